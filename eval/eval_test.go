@@ -1,0 +1,235 @@
+package eval_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bento-nix/bento/eval"
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/fixture"
+	"github.com/bento-nix/bento/nix"
+)
+
+func runner() *nix.Runner { return &nix.Runner{Env: fixture.Env()} }
+
+func sampleHosts() []fixture.Host {
+	return []fixture.Host{
+		{Name: "alpha", Bento: &fixture.Bento{Enable: true, Tags: []string{"web", "eu"}, User: "alpha-sftp", Server: "bento.example.org"}},
+		{Name: "beta", Bento: &fixture.Bento{Enable: true, Mode: "fetch", Operation: "boot"}},
+		{Name: "pi.home", Bento: &fixture.Bento{Enable: true, Tags: []string{"pi"}}},
+		{Name: "off", Bento: &fixture.Bento{Enable: false}},
+		{Name: "plain"},
+	}
+}
+
+func TestDiscover(t *testing.T) {
+	for _, layout := range []struct {
+		name    string
+		classic bool
+	}{{"flake", false}, {"classic", true}} {
+		t.Run(layout.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := fixture.Write(dir, fixture.Fleet{Hosts: sampleHosts(), Classic: layout.classic}); err != nil {
+				t.Fatal(err)
+			}
+			r := runner()
+			if layout.classic {
+				r.Env = append(r.Env, "NIX_PATH="+fixture.ClassicNixPath(dir))
+			}
+			f, err := eval.Discover(context.Background(), r, eval.Options{Ref: dir, ChunkSize: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []struct {
+				name, state, user, mode, op, tags, server string
+			}{
+				{"alpha", "managed", "alpha-sftp", "build", "switch", "web,eu", "bento.example.org"},
+				{"beta", "managed", "beta", "fetch", "boot", "", ""},
+				{"off", "disabled", "off", "build", "switch", "", ""},
+				{"pi.home", "managed", "pi.home", "build", "switch", "pi", ""},
+				{"plain", "not-managed", "plain", "build", "switch", "", ""},
+			}
+			if len(f.Hosts) != len(want) {
+				t.Fatalf("got %d hosts, want %d: %+v", len(f.Hosts), len(want), f.Hosts)
+			}
+			for i, w := range want {
+				h := f.Hosts[i]
+				got := []string{h.Name, h.State(), h.Options.User, h.Options.Mode, h.Options.Operation, strings.Join(h.Options.Tags, ","), h.Options.Server}
+				exp := []string{w.name, w.state, w.user, w.mode, w.op, w.tags, w.server}
+				if strings.Join(got, "|") != strings.Join(exp, "|") {
+					t.Errorf("host %d: got %v, want %v", i, got, exp)
+				}
+				if h.System != fixture.NixSystem() {
+					t.Errorf("host %s: system %q, want %q", h.Name, h.System, fixture.NixSystem())
+				}
+			}
+			if want := fleet.LayoutFlake; !layout.classic && f.Layout != want {
+				t.Errorf("layout %s, want %s", f.Layout, want)
+			}
+			if layout.classic && f.Layout != fleet.LayoutClassic {
+				t.Errorf("layout %s, want classic", f.Layout)
+			}
+		})
+	}
+}
+
+// The installable of a dotted host name must build: quoting is right.
+func TestInstallableQuotesDottedNames(t *testing.T) {
+	dir := t.TempDir()
+	if err := fixture.Write(dir, fixture.Fleet{Hosts: sampleHosts()}); err != nil {
+		t.Fatal(err)
+	}
+	r := runner()
+	f, err := eval.Discover(context.Background(), r, eval.Options{Ref: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := f.Lookup("pi.home")
+	args := append([]string{"eval", "--raw"}, h.Installable("config.networking.hostName")...)
+	out, err := r.Output(context.Background(), h.Name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != "pi.home" {
+		t.Fatalf("hostName = %q", out)
+	}
+}
+
+func TestDiscoverErrors(t *testing.T) {
+	cases := []struct {
+		name  string
+		setup func(t *testing.T, dir string) *nix.Runner
+		want  []string
+	}{
+		{
+			name:  "no flake and no hosts",
+			setup: func(t *testing.T, dir string) *nix.Runner { return runner() },
+			want:  []string{"no flake.nix and no hosts/<name>/configuration.nix", "--flake"},
+		},
+		{
+			name: "flake without nixosConfigurations",
+			setup: func(t *testing.T, dir string) *nix.Runner {
+				write(t, dir, "flake.nix", `{ outputs = { self }: { }; }`)
+				return runner()
+			},
+			want: []string{"no nixosConfigurations output", "nixosConfigurations.<host>"},
+		},
+		{
+			name: "evaluation error names the host",
+			setup: func(t *testing.T, dir string) *nix.Runner {
+				hs := sampleHosts()
+				hs[1].FailEval = true
+				mustWrite(t, dir, hs)
+				return runner()
+			},
+			want: []string{"host beta: evaluation failed", "fixture: evaluation of beta fails on purpose"},
+		},
+		{
+			name: "invalid host name",
+			setup: func(t *testing.T, dir string) *nix.Runner {
+				mustWrite(t, dir, append(sampleHosts(), fixture.Host{Name: "-evil", Bento: &fixture.Bento{Enable: true}}))
+				return runner()
+			},
+			want: []string{`invalid host name "-evil"`, "rename"},
+		},
+		{
+			name: "nix not installed",
+			setup: func(t *testing.T, dir string) *nix.Runner {
+				mustWrite(t, dir, sampleHosts())
+				return &nix.Runner{Bin: "/nonexistent/nix", Env: fixture.Env()}
+			},
+			want: []string{"nix is not installed", "apt-get install nix-bin"},
+		},
+		{
+			name: "flakes not enabled",
+			setup: func(t *testing.T, dir string) *nix.Runner {
+				mustWrite(t, dir, sampleHosts())
+				return &nix.Runner{Env: []string{"NIX_CONFIG=experimental-features =\nsandbox = false\n"}}
+			},
+			want: []string{"experimental-features = nix-command flakes"},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			r := tc.setup(t, dir)
+			_, err := eval.Discover(context.Background(), r, eval.Options{Ref: dir})
+			if err == nil {
+				t.Fatal("Discover succeeded, want an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestKeepGoingReturnsTheOtherHosts(t *testing.T) {
+	dir := t.TempDir()
+	hs := sampleHosts()
+	hs[2].FailEval = true // pi.home
+	mustWrite(t, dir, hs)
+	f, err := eval.Discover(context.Background(), runner(), eval.Options{Ref: dir, KeepGoing: true, ChunkSize: 10})
+	var herrs eval.HostErrors
+	if !errors.As(err, &herrs) || len(herrs) != 1 || herrs[0].Host != "pi.home" {
+		t.Fatalf("want one HostError for pi.home, got %v", err)
+	}
+	if f == nil || len(f.Hosts) != 4 {
+		t.Fatalf("want the 4 other hosts, got %+v", f)
+	}
+	if _, ok := f.Lookup("pi.home"); ok {
+		t.Error("failed host is listed as discovered")
+	}
+}
+
+func TestChunks(t *testing.T) {
+	names := func(n int) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = "h"
+		}
+		return out
+	}
+	cases := []struct {
+		n, size, jobs int
+		wantChunks    int
+		wantMax       int
+	}{
+		{n: 300, size: 0, jobs: 2, wantChunks: 6, wantMax: 50},
+		{n: 10, size: 0, jobs: 2, wantChunks: 2, wantMax: 5},
+		{n: 1, size: 0, jobs: 8, wantChunks: 1, wantMax: 1},
+		{n: 10, size: 3, jobs: 2, wantChunks: 4, wantMax: 3},
+		{n: 0, size: 0, jobs: 2, wantChunks: 0, wantMax: 0},
+	}
+	for _, tc := range cases {
+		got := eval.Chunks(names(tc.n), tc.size, tc.jobs)
+		maxLen, total := 0, 0
+		for _, c := range got {
+			maxLen = max(maxLen, len(c))
+			total += len(c)
+		}
+		if len(got) != tc.wantChunks || maxLen != tc.wantMax || total != tc.n {
+			t.Errorf("Chunks(%d, %d, %d): %d chunks of at most %d (total %d), want %d of at most %d", tc.n, tc.size, tc.jobs, len(got), maxLen, total, tc.wantChunks, tc.wantMax)
+		}
+	}
+}
+
+func write(t *testing.T, dir, name, content string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustWrite(t *testing.T, dir string, hs []fixture.Host) {
+	t.Helper()
+	if err := fixture.Write(dir, fixture.Fleet{Hosts: hs}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,202 @@
+// Package manifest defines the two documents that cross the chroot: the
+// manifest the server publishes (manifest.json) and the report a client
+// uploads (reports/status.json). Both are versioned by Format.
+package manifest
+
+import (
+	"encoding/json"
+	"fmt"
+	"path"
+	"strings"
+	"time"
+)
+
+// Format is the current format number of both documents.
+const Format = 1
+
+// Names of the files and directories inside a host's chroot.
+const (
+	ManifestFile = "manifest.json"
+	ConfigDir    = "config"
+	ReportsDir   = "reports"
+	StatusFile   = "reports/status.json"
+	LogsDir      = "reports/logs"
+	SecretsDir   = "secrets"
+	CacheDir     = "cache"
+)
+
+// MaxSize is the largest manifest a client accepts.
+const MaxSize = 64 << 20
+
+// Manifest is what is published for one host now.
+type Manifest struct {
+	Format int    `json:"format"`
+	Host   string `json:"host"`
+	// Version is the content hash of the published tree (and secrets).
+	Version     string    `json:"version"`
+	PublishedAt time.Time `json:"publishedAt"`
+	// ExpectedToplevel is the store path the server built for the host;
+	// empty when published without a build.
+	ExpectedToplevel string `json:"expectedToplevel,omitempty"`
+	Flake            Flake  `json:"flake"`
+	Files            []File `json:"files"`
+	// Secrets are listed by name, size and hash, never content.
+	Secrets []File `json:"secrets,omitempty"`
+	// Cache is set when the chroot holds a binary cache of the host's closure.
+	Cache *Cache `json:"cache,omitempty"`
+}
+
+// Flake says what to build from the published tree.
+type Flake struct {
+	// Attr is the host's attribute path, e.g. nixosConfigurations.alpha.
+	Attr string `json:"attr"`
+	// Layout is "flake" (default) or "classic" (configuration.nix at the
+	// root of the tree, built with <nixpkgs/nixos>).
+	Layout string `json:"layout,omitempty"`
+}
+
+// Cache describes the per-host binary cache in the chroot.
+type Cache struct {
+	// Dir is relative to the chroot root, e.g. "cache".
+	Dir string `json:"dir"`
+	// PublicKey is the fleet's signing key, name:base64.
+	PublicKey string `json:"publicKey,omitempty"`
+}
+
+// File is one published file.
+type File struct {
+	Path   string `json:"path"`
+	Mode   uint32 `json:"mode"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// ConfigPath is the directory of a version relative to the chroot root.
+func ConfigPath(version string) string { return ConfigDir + "/" + version }
+
+// Parse decodes and validates a manifest. It refuses anything a client
+// must not act on: unknown format, paths that escape the tree, absurd sizes.
+func Parse(data []byte) (*Manifest, error) {
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("manifest is %d bytes, over the %d limit", len(data), MaxSize)
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("manifest: invalid JSON: %w", err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// Validate checks the manifest's invariants.
+func (m *Manifest) Validate() error {
+	if m.Format != Format {
+		return fmt.Errorf("manifest: format %d is not supported (this bento reads format %d); upgrade bento", m.Format, Format)
+	}
+	if m.Version == "" || strings.ContainsAny(m.Version, "/\\") || m.Version == "." || m.Version == ".." {
+		return fmt.Errorf("manifest: invalid version %q", m.Version)
+	}
+	for _, list := range [][]File{m.Files, m.Secrets} {
+		seen := make(map[string]bool, len(list))
+		for _, f := range list {
+			if err := ValidatePath(f.Path); err != nil {
+				return fmt.Errorf("manifest: %w", err)
+			}
+			if seen[f.Path] {
+				return fmt.Errorf("manifest: %s listed twice", f.Path)
+			}
+			seen[f.Path] = true
+			if f.Size < 0 {
+				return fmt.Errorf("manifest: %s: negative size", f.Path)
+			}
+			if len(f.SHA256) != 64 {
+				return fmt.Errorf("manifest: %s: sha256 must be 64 hex digits", f.Path)
+			}
+		}
+	}
+	return nil
+}
+
+// ValidatePath refuses a path that is absolute, not clean, or escapes the tree.
+func ValidatePath(p string) error {
+	if p == "" || strings.HasPrefix(p, "/") || strings.Contains(p, "\\") || strings.ContainsRune(p, 0) {
+		return fmt.Errorf("unsafe path %q", p)
+	}
+	if path.Clean(p) != p || p == "." || p == ".." || strings.HasPrefix(p, "../") {
+		return fmt.Errorf("unsafe path %q", p)
+	}
+	for _, part := range strings.Split(p, "/") {
+		if part == ".." || part == "." || part == ".git" {
+			return fmt.Errorf("unsafe path %q", p)
+		}
+	}
+	return nil
+}
+
+// Stage is how far a client got with a version.
+type Stage string
+
+const (
+	StageFetched    Stage = "fetched"
+	StageBuilt      Stage = "built"
+	StageSwitched   Stage = "switched"
+	StageConfirmed  Stage = "confirmed"
+	StageRolledBack Stage = "rolled-back"
+	StageFailed     Stage = "failed"
+)
+
+// Result is the outcome of one attempt.
+type Result string
+
+const (
+	ResultSuccess     Result = "success"
+	ResultFailure     Result = "failure"
+	ResultRolledBack  Result = "rolled-back"
+	ResultAutoUpdated Result = "auto-updated"
+	ResultUnchanged   Result = "unchanged"
+)
+
+// Report is what a client uploads as reports/status.json after every attempt.
+type Report struct {
+	Format int    `json:"format"`
+	Host   string `json:"host"`
+	// SeenVersion is the published version the client read this time.
+	SeenVersion string `json:"seenVersion"`
+	// AppliedVersion is the version now active on the host ("" if none yet).
+	AppliedVersion string `json:"appliedVersion"`
+	// AttemptedVersion is the version this attempt tried.
+	AttemptedVersion string `json:"attemptedVersion"`
+	Stage            Stage  `json:"stage"`
+	Result           Result `json:"result"`
+	Error            string `json:"error,omitempty"`
+	// RollbackReason says which trigger fired: "activation-failed" or
+	// "server-unreachable".
+	RollbackReason   string `json:"rollbackReason,omitempty"`
+	ExpectedToplevel string `json:"expectedToplevel,omitempty"`
+	// ActualToplevel is what the client built or fetched.
+	ActualToplevel string `json:"actualToplevel,omitempty"`
+	// Reproducible is ExpectedToplevel == ActualToplevel, when both are known.
+	Reproducible   *bool  `json:"reproducible,omitempty"`
+	CurrentSystem  string `json:"currentSystem,omitempty"`
+	BootedSystem   string `json:"bootedSystem,omitempty"`
+	RebootRequired bool   `json:"rebootRequired"`
+	// RebootScheduled is when a reboot is planned (policy window), if any.
+	RebootScheduled *time.Time `json:"rebootScheduled,omitempty"`
+	Mode            string     `json:"mode,omitempty"`
+	Operation       string     `json:"operation,omitempty"`
+	AgentVersion    string     `json:"agentVersion,omitempty"`
+	StartedAt       time.Time  `json:"startedAt"`
+	FinishedAt      time.Time  `json:"finishedAt"`
+	// Log is the name of the uploaded log under reports/logs/.
+	Log string `json:"log,omitempty"`
+	// BytesFetched counts what this update downloaded (files and NARs).
+	BytesFetched int64 `json:"bytesFetched,omitempty"`
+	// Attempts counts consecutive attempts of AttemptedVersion.
+	Attempts int `json:"attempts,omitempty"`
+	// NextRetry is when a failed version will be tried again.
+	NextRetry *time.Time `json:"nextRetry,omitempty"`
+	// SecretErrors names secrets that could not be installed (never content).
+	SecretErrors map[string]string `json:"secretErrors,omitempty"`
+}
