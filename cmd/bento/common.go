@@ -1,0 +1,111 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/bento-nix/bento/eval"
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/nix"
+)
+
+func globalFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "verbose", Usage: "log every command bento runs"},
+		&cli.BoolFlag{Name: "no-color", Usage: "never colour the output (also: NO_COLOR=1)", EnvVars: []string{"NO_COLOR"}},
+	}
+}
+
+// fleetFlags are the flags of every command that discovers the fleet.
+func fleetFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "flake", Aliases: []string{"f"}, Value: ".", Usage: "the fleet flake (or a directory with hosts/<name>/configuration.nix)", EnvVars: []string{"BENTO_FLAKE"}},
+		&cli.IntFlag{Name: "eval-jobs", Value: runtime.NumCPU(), Usage: "nix eval processes run at once during discovery"},
+		&cli.IntFlag{Name: "eval-chunk", Usage: "hosts evaluated per nix eval process (0: spread evenly, at most 64)"},
+		&cli.BoolFlag{Name: "keep-going", Aliases: []string{"k"}, Usage: "go on with the hosts that evaluate when some do not"},
+	}
+}
+
+func logger(c *cli.Context) *slog.Logger {
+	level := slog.LevelInfo
+	if c.Bool("verbose") {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+func nixRunner(c *cli.Context) *nix.Runner {
+	return &nix.Runner{Bin: os.Getenv("BENTO_NIX"), Logger: logger(c)}
+}
+
+// useColor says whether w gets ANSI colours: a terminal, no NO_COLOR, no --no-color.
+func useColor(c *cli.Context, w io.Writer) bool {
+	if c.Bool("no-color") || os.Getenv("NO_COLOR") != "" {
+		return false
+	}
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// discover evaluates the fleet and applies the positional host selection.
+// With --keep-going, hosts that fail to evaluate are reported as warnings
+// and the returned error is nil; evalFailed tells the caller to exit
+// non-zero at the end.
+func discover(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, err error) {
+	log := logger(c)
+	f, err = eval.Discover(c.Context, nixRunner(c), eval.Options{
+		Ref:       c.String("flake"),
+		Jobs:      c.Int("eval-jobs"),
+		ChunkSize: c.Int("eval-chunk"),
+		KeepGoing: c.Bool("keep-going"),
+	})
+	var herrs eval.HostErrors
+	if err != nil {
+		if f == nil || !errors.As(err, &herrs) {
+			if errors.As(err, &herrs) {
+				err = withHint(err, "--keep-going goes on with the other hosts")
+			}
+			return nil, nil, false, failed(err)
+		}
+		for _, he := range herrs {
+			log.Error("host skipped", "host", he.Host, "err", he.Err)
+		}
+		evalFailed = true
+	}
+	if c.Int("eval-jobs") < 1 {
+		return nil, nil, false, usageError("--eval-jobs must be at least 1")
+	}
+	for _, a := range c.Args().Slice() {
+		if strings.HasPrefix(a, "-") {
+			return nil, nil, false, usageError("%s comes after the host names: put flags first (bento %s %s %s)", a, c.Command.Name, a, strings.Join(slices.DeleteFunc(c.Args().Slice(), func(s string) bool { return s == a }), " "))
+		}
+	}
+	selected, err = fleet.Select(f.Hosts, c.Args().Slice())
+	if err != nil {
+		return nil, nil, false, usageError("%w", err)
+	}
+	return f, selected, evalFailed, nil
+}
+
+type hinted struct {
+	err  error
+	hint string
+}
+
+func (h *hinted) Error() string { return h.err.Error() + "\n(" + h.hint + ")" }
+func (h *hinted) Unwrap() error { return h.err }
+
+func withHint(err error, hint string) error { return &hinted{err, hint} }
+
+// deployed keeps the hosts bento publishes (managed and enabled).
+func deployed(hosts []fleet.Host) []fleet.Host {
+	return slices.DeleteFunc(slices.Clone(hosts), func(h fleet.Host) bool { return !h.Deployed() })
+}

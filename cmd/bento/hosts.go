@@ -1,0 +1,79 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bento-nix/bento/fleet"
+)
+
+func hostsCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "hosts",
+		Usage:     "list the fleet's hosts and their bento settings",
+		ArgsUsage: "[HOST|GLOB|@TAG]...",
+		Description: "Evaluates the fleet flake once and lists every nixosConfigurations entry:\n" +
+			"managed (imports services.bento and enables it), disabled, or not managed.",
+		Flags: append(fleetFlags(),
+			&cli.BoolFlag{Name: "json", Usage: "print JSON for scripts"},
+		),
+		Action: func(c *cli.Context) error {
+			f, hosts, evalFailed, err := discover(c)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				err = printHostsJSON(c.App.Writer, f, hosts)
+			} else {
+				err = printHostsTable(c.App.Writer, hosts)
+			}
+			if err != nil {
+				return err
+			}
+			if evalFailed {
+				return failed(fmt.Errorf("some hosts could not be evaluated (see above)"))
+			}
+			return nil
+		},
+	}
+}
+
+func printHostsJSON(w io.Writer, f *fleet.Fleet, hosts []fleet.Host) error {
+	type row struct {
+		fleet.Host
+		State string `json:"state"`
+	}
+	out := struct {
+		Flake  string       `json:"flake"`
+		Layout fleet.Layout `json:"layout"`
+		Hosts  []row        `json:"hosts"`
+	}{Flake: f.Ref, Layout: f.Layout, Hosts: []row{}}
+	for _, h := range hosts {
+		out.Hosts = append(out.Hosts, row{h, h.State()})
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+func printHostsTable(w io.Writer, hosts []fleet.Host) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tSTATE\tSYSTEM\tUSER\tMODE\tTAGS")
+	for _, h := range hosts {
+		tags := strings.Join(h.Options.Tags, ",")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.State(), dash(h.System), h.Options.User, h.Options.Mode, dash(tags))
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
