@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -24,7 +25,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newApp().RunContext(ctx, os.Args)
 	stop()
-	os.Exit(exitCode(err))
+	os.Exit(exitCode(os.Stderr, err))
 }
 
 func newApp() *cli.App {
@@ -74,25 +75,26 @@ func usageError(format string, args ...any) error {
 
 func failed(err error) error { return &exitError{code: exitFailed, err: err} }
 
-func exitCode(err error) int {
+// exitCode prints err (once) to w and returns the process exit status.
+func exitCode(w io.Writer, err error) int {
 	if err == nil {
 		return exitOK
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil && ee.err.Error() != "" {
-			fmt.Fprintln(os.Stderr, "bento:", ee.err)
+			fmt.Fprintln(w, "bento:", ee.err)
 		}
 		return ee.code
 	}
 	var ce cli.ExitCoder
 	if errors.As(err, &ce) {
 		if err.Error() != "" {
-			fmt.Fprintln(os.Stderr, "bento:", err)
+			fmt.Fprintln(w, "bento:", err)
 		}
 		return ce.ExitCode()
 	}
-	fmt.Fprintln(os.Stderr, "bento:", err)
+	fmt.Fprintln(w, "bento:", err)
 	if errors.Is(err, context.Canceled) {
 		return 130
 	}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/bento-nix/bento/internal/fixture"
+)
+
+func TestHostsCommand(t *testing.T) {
+	dir := t.TempDir()
+	hosts := []fixture.Host{
+		{Name: "web-1", Bento: &fixture.Bento{Enable: true, Tags: []string{"web"}}},
+		{Name: "web-2", Bento: &fixture.Bento{Enable: true, Tags: []string{"web"}}},
+		{Name: "pi", Bento: &fixture.Bento{Enable: true, Tags: []string{"pi"}, User: "pi-sftp"}},
+		{Name: "lab", Bento: &fixture.Bento{Enable: false}},
+		{Name: "legacy"},
+	}
+	if err := fixture.Write(dir, fixture.Fleet{Hosts: hosts}); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name     string
+		args     []string
+		code     int
+		stdout   []string // each must appear
+		absent   []string // none may appear in stdout
+		stderr   []string
+		jsonHost []string // with --json: exactly these hosts, in order
+	}{
+		{name: "all hosts", args: []string{"hosts", "--flake", dir}, code: 0,
+			stdout: []string{"HOST", "web-1", "pi-sftp", "lab  ", "disabled", "legacy", "not-managed"}},
+		{name: "glob", args: []string{"hosts", "--flake", dir, "web-*"}, code: 0,
+			stdout: []string{"web-1", "web-2"}, absent: []string{"pi", "legacy"}},
+		{name: "tag as json", args: []string{"hosts", "--flake", dir, "--json", "@pi"}, code: 0,
+			jsonHost: []string{"pi"}},
+		{name: "names and tags combine", args: []string{"hosts", "--json", "--flake", dir, "legacy", "@web"}, code: 0,
+			jsonHost: []string{"legacy", "web-1", "web-2"}},
+		{name: "selection matching nothing", args: []string{"hosts", "--flake", dir, "db-*"}, code: 2,
+			stderr: []string{`host selection "db-*" matches no host`, "known hosts: lab, legacy, pi, web-1, web-2"}},
+		{name: "flag after host names", args: []string{"hosts", "--flake", dir, "pi", "--json"}, code: 2,
+			stderr: []string{"--json comes after the host names", "put flags first"}},
+		{name: "not a fleet", args: []string{"hosts", "--flake", t.TempDir()}, code: 1,
+			stderr: []string{"no flake.nix and no hosts/<name>/configuration.nix"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			stdout, stderr, code := runCLI(t, tc.args...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, stdout, stderr)
+			}
+			for _, w := range tc.stdout {
+				if !strings.Contains(stdout, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, stdout)
+				}
+			}
+			for _, w := range tc.absent {
+				if strings.Contains(stdout, w) {
+					t.Errorf("stdout has %q:\n%s", w, stdout)
+				}
+			}
+			for _, w := range tc.stderr {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+			if tc.jsonHost != nil {
+				var got struct {
+					Hosts []struct {
+						Name  string `json:"name"`
+						State string `json:"state"`
+					} `json:"hosts"`
+				}
+				if err := json.Unmarshal([]byte(stdout), &got); err != nil {
+					t.Fatalf("--json output is not JSON: %v\n%s", err, stdout)
+				}
+				var names []string
+				for _, h := range got.Hosts {
+					names = append(names, h.Name)
+				}
+				if strings.Join(names, ",") != strings.Join(tc.jsonHost, ",") {
+					t.Errorf("hosts %v, want %v", names, tc.jsonHost)
+				}
+			}
+		})
+	}
+}
