@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -75,6 +76,9 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 		f.Dir = dir
 		switch {
 		case exists(filepath.Join(dir, "flake.nix")):
+			if err := checkTracked(ctx, dir); err != nil {
+				return nil, fmt.Errorf("fleet %s: %w", ref, err)
+			}
 			f.Ref = strings.TrimPrefix(dir, "path:")
 			if strings.HasPrefix(ref, "path:") {
 				f.Ref = "path:" + dir
@@ -134,6 +138,21 @@ func localDir(ref string) (string, bool) {
 		return "", false
 	}
 	return abs, true
+}
+
+// checkTracked refuses a flake.nix that git does not track: Nix copies only
+// tracked files of a git repository, and its own message ("getting status
+// of …: No such file or directory") does not say why.
+func checkTracked(ctx context.Context, dir string) error {
+	top, err := exec.CommandContext(ctx, "git", "-C", dir, "rev-parse", "--show-toplevel").Output()
+	if err != nil {
+		return nil // not a git work tree (or no git): Nix reads the directory as is
+	}
+	cmd := exec.CommandContext(ctx, "git", "-C", dir, "ls-files", "--error-unmatch", "flake.nix")
+	if cmd.Run() != nil {
+		return fmt.Errorf("flake.nix is not tracked by git in %s, and Nix sees only tracked files of a git repository: run git add flake.nix (and the files it imports)", strings.TrimSpace(string(top)))
+	}
+	return nil
 }
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }

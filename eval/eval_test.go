@@ -233,3 +233,20 @@ func mustWrite(t *testing.T, dir string, hs []fixture.Host) {
 		t.Fatal(err)
 	}
 }
+
+func TestUntrackedFlakeIsExplained(t *testing.T) {
+	dir := t.TempDir()
+	mustWrite(t, dir, sampleHosts())
+	if err := fixture.Write(dir, fixture.Fleet{Hosts: sampleHosts(), Git: true}); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "sub")
+	mustWrite(t, sub, sampleHosts()) // inside the repository, never added
+	_, err := eval.Discover(context.Background(), runner(), eval.Options{Ref: sub})
+	if err == nil || !strings.Contains(err.Error(), "git add flake.nix") {
+		t.Fatalf("want an error saying to git add flake.nix, got %v", err)
+	}
+	if _, err := eval.Discover(context.Background(), runner(), eval.Options{Ref: dir}); err != nil {
+		t.Fatalf("committed fleet: %v", err)
+	}
+}
