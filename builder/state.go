@@ -1,0 +1,303 @@
+package builder
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/nix"
+)
+
+// Layout of the state directory.
+const (
+	// GCRootsDir holds <host>/current and <host>/previous, links to the
+	// host's last two distinct toplevels, registered as Nix GC roots.
+	GCRootsDir = "gcroots"
+	// LogsDir holds <host>/<timestamp>.log, one per host and run.
+	LogsDir = "logs"
+	// BuildsDir holds <host>.json, the Record of the last successful build.
+	BuildsDir = "builds"
+	// CurrentLink and PreviousLink are the names of the GC roots.
+	CurrentLink  = "current"
+	PreviousLink = "previous"
+	// KeepLogs is how many logs are kept per host; older ones are removed.
+	KeepLogs = 30
+)
+
+// Record is a host's last successful build, as bento status and bento
+// diff read it.
+type Record struct {
+	Host    string    `json:"host"`
+	OutPath string    `json:"outPath"`
+	DrvPath string    `json:"drvPath"`
+	BuiltAt time.Time `json:"builtAt"`
+	// Previous is the toplevel built before OutPath (its GC root is kept
+	// too), empty when there was none.
+	Previous string `json:"previous,omitempty"`
+}
+
+// LastBuilds returns the record of every host built with stateDir
+// (DefaultStateDir when empty). A state directory that was never used
+// gives an empty map.
+func LastBuilds(stateDir string) (map[string]Record, error) {
+	if stateDir == "" {
+		stateDir = DefaultStateDir
+	}
+	dir := filepath.Join(stateDir, BuildsDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return map[string]Record{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("build records: %w", err)
+	}
+	out := make(map[string]Record, len(entries))
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || strings.HasPrefix(name, ".") || e.IsDir() {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("build record: %w", err)
+		}
+		var rec Record
+		if err := json.Unmarshal(data, &rec); err != nil {
+			return nil, fmt.Errorf("build record %s: %w (remove the file; the next bento build writes it again)", p, err)
+		}
+		if rec.Host != name {
+			return nil, fmt.Errorf("build record %s: it is for host %q (remove the file; the next bento build writes it again)", p, rec.Host)
+		}
+		out[name] = rec
+	}
+	return out, nil
+}
+
+type stateDir struct {
+	root string
+}
+
+// openState creates the state directory's layout and checks that files
+// can be created there, before any build starts.
+func openState(root string) (*stateDir, error) {
+	for _, d := range []string{GCRootsDir, LogsDir, BuildsDir} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, fmt.Errorf("build: state directory %s is not usable: %w", root, err)
+		}
+	}
+	probe, err := os.CreateTemp(filepath.Join(root, BuildsDir), ".probe-*")
+	if err != nil {
+		return nil, fmt.Errorf("build: state directory %s is not writable: %w", root, err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	return &stateDir{root: root}, nil
+}
+
+func (s *stateDir) hostDir(kind, host string) (string, error) {
+	// Names were validated by Build; check again since they become paths.
+	if err := fleet.ValidateName(host); err != nil {
+		return "", err
+	}
+	d := filepath.Join(s.root, kind, host)
+	return d, os.MkdirAll(d, 0o755)
+}
+
+func logStamp(t time.Time) string { return t.UTC().Format("20060102T150405.000Z") }
+
+// newLog creates this run's log file for host and removes the oldest logs
+// beyond KeepLogs.
+func (s *stateDir) newLog(host, stamp string) (*os.File, error) {
+	dir, err := s.hostDir(LogsDir, host)
+	if err != nil {
+		return nil, fmt.Errorf("log: %w", err)
+	}
+	var f *os.File
+	for i := 1; ; i++ {
+		name := stamp + ".log"
+		if i > 1 {
+			// Another run started in the same millisecond.
+			name = stamp + "-" + strconv.Itoa(i) + ".log"
+		}
+		f, err = os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err == nil || !errors.Is(err, fs.ErrExist) || i > 100 {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("log: %w", err)
+	}
+	pruneLogs(dir, KeepLogs)
+	return f, nil
+}
+
+func pruneLogs(dir string, keep int) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	var logs []string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".log") && e.Type().IsRegular() {
+			logs = append(logs, e.Name())
+		}
+	}
+	if len(logs) <= keep {
+		return
+	}
+	// Stamps sort chronologically.
+	sort.Strings(logs)
+	for _, n := range logs[:len(logs)-keep] {
+		os.Remove(filepath.Join(dir, n))
+	}
+}
+
+// tempLink is a fresh out-link name in the host's GC roots directory,
+// unique to this process, for nix build to create.
+func (s *stateDir) tempLink(host string) (string, error) {
+	dir, err := s.hostDir(GCRootsDir, host)
+	if err != nil {
+		return "", fmt.Errorf("gc roots: %w", err)
+	}
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	return filepath.Join(dir, fmt.Sprintf(".new-%d-%s", os.Getpid(), hex.EncodeToString(rnd[:]))), nil
+}
+
+// removeTempLink removes an out link and the "-<output>" links nix adds
+// for derivations with several outputs.
+func (s *stateDir) removeTempLink(link string) {
+	os.Remove(link)
+	more, _ := filepath.Glob(link + "-*")
+	for _, m := range more {
+		os.Remove(m)
+	}
+}
+
+// keep makes rec.OutPath the host's current GC root, moves the previous
+// current one to previous (when it differs), and writes the record. Each
+// link is replaced atomically by nix-store --add-root, which also
+// registers it with the garbage collector, so at every moment both builds
+// stay rooted.
+func (s *stateDir) keep(ctx context.Context, r *nix.Runner, rec Record) error {
+	dir, err := s.hostDir(GCRootsDir, rec.Host)
+	if err != nil {
+		return fmt.Errorf("gc roots: %w", err)
+	}
+	unlock, err := lockFile(filepath.Join(dir, ".lock"))
+	if err != nil {
+		return fmt.Errorf("gc roots: %w", err)
+	}
+	defer unlock()
+	removeStaleLinks(dir)
+
+	current := filepath.Join(dir, CurrentLink)
+	previous := filepath.Join(dir, PreviousLink)
+	cur, _ := os.Readlink(current)
+	if cur != rec.OutPath {
+		if cur != "" {
+			if err := addRoot(ctx, r, rec.Host, cur, previous); err != nil {
+				// The old build is gone (removed by hand): nothing to keep.
+				os.Remove(previous)
+			}
+		}
+		if err := addRoot(ctx, r, rec.Host, rec.OutPath, current); err != nil {
+			return fmt.Errorf("gc root %s: %w", current, err)
+		}
+	}
+	rec.Previous, _ = os.Readlink(previous)
+	return s.writeRecord(rec)
+}
+
+func addRoot(ctx context.Context, r *nix.Runner, host, path, link string) error {
+	_, err := r.Run(ctx, nix.Cmd{Host: host, Tool: "nix-store", Args: []string{"--realise", path, "--add-root", link}})
+	return err
+}
+
+// removeStaleLinks removes out links left by bento processes that died
+// between nix build and the rotation (they would root old builds forever).
+func removeStaleLinks(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), ".new-")
+		if !ok {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// lockFile serialises GC root rotation of one host between concurrent
+// bento processes.
+func lockFile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// writeRecord replaces the host's record atomically: temp file, fsync,
+// rename, fsync of the directory.
+func (s *stateDir) writeRecord(rec Record) error {
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(s.root, BuildsDir)
+	return writeFileAtomic(filepath.Join(dir, rec.Host+".json"), append(data, '\n'))
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("build record: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("build record: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("build record: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("build record: %w", err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return fmt.Errorf("build record: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("build record: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
