@@ -1,0 +1,585 @@
+// Package transport is the agent's one connection to the server: SSH with a
+// pinned server host key (there is no way to skip verification), SFTP on top,
+// connect retries with backoff and jitter, keepalives, and a watchdog on
+// every operation so that a hung server can never block a tick forever.
+package transport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bento-nix/bento/agent/backoff"
+)
+
+// Options configure a connection.
+type Options struct {
+	// Addr is host:port of the server.
+	Addr string
+	User string
+	// Signer is the client's private key.
+	Signer ssh.Signer
+	// HostKeys are the server keys accepted; any other key is refused.
+	HostKeys []ssh.PublicKey
+	// ConnectTimeout bounds TCP connect plus the SSH and SFTP handshakes
+	// of one attempt; 20s when zero.
+	ConnectTimeout time.Duration
+	// OpTimeout is how long one SFTP operation may go without progress;
+	// 60s when zero.
+	OpTimeout time.Duration
+	// Keepalive is the interval of SSH keepalives; the connection counts as
+	// dead after three intervals without a byte from the server. 15s when zero.
+	Keepalive time.Duration
+	// Attempts is how many times Dial tries to connect; 1 when zero.
+	Attempts int
+	// Backoff spaces the attempts (with jitter).
+	Backoff backoff.Policy
+	// Dial opens the TCP connection; a net.Dialer when nil. Benchmarks wrap
+	// it to count bytes.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Logger receives retry notices; nil discards.
+	Logger *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 20 * time.Second
+	}
+	if o.OpTimeout <= 0 {
+		o.OpTimeout = 60 * time.Second
+	}
+	if o.Keepalive <= 0 {
+		o.Keepalive = 15 * time.Second
+	}
+	if o.Attempts <= 0 {
+		o.Attempts = 1
+	}
+	if o.Backoff.Initial <= 0 {
+		o.Backoff.Initial = 2 * time.Second
+	}
+	if o.Backoff.Max <= 0 {
+		o.Backoff.Max = 30 * time.Second
+	}
+}
+
+// HostKeyError is returned when the server presents a key that is not the
+// configured one. It is never retried.
+type HostKeyError struct {
+	Addr string
+	Got  ssh.PublicKey
+	Want []ssh.PublicKey
+}
+
+func (e *HostKeyError) Error() string {
+	var want []string
+	for _, k := range e.Want {
+		want = append(want, k.Type()+" "+ssh.FingerprintSHA256(k))
+	}
+	return fmt.Sprintf("server %s presented host key %s %s, which is not the configured serverHostKey (%s): refusing to connect; if the server's key really changed, update serverHostKey",
+		e.Addr, e.Got.Type(), ssh.FingerprintSHA256(e.Got), strings.Join(want, ", "))
+}
+
+// ErrAuth is returned (wrapped) when the server refuses the client's key.
+var ErrAuth = errors.New("the server refused this host's key")
+
+// ErrTimeout is returned (wrapped) when an operation made no progress for
+// OpTimeout; the connection is closed.
+var ErrTimeout = errors.New("timed out")
+
+// Permanent reports whether retrying the connection cannot help.
+func Permanent(err error) bool {
+	var hk *HostKeyError
+	return errors.As(err, &hk) || errors.Is(err, ErrAuth)
+}
+
+// ParseHostKeys reads the configured server key(s): one per line, each a
+// public key ("ssh-ed25519 AAAA… comment") or a known_hosts line
+// ("server.example ssh-ed25519 AAAA…"). Only the key is pinned; the host
+// patterns of a known_hosts line are not matched against the address, so a
+// non-standard port or an IP address needs no second entry.
+func ParseHostKeys(text string) ([]ssh.PublicKey, error) {
+	var keys []ssh.PublicKey
+	for i, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line)); err == nil {
+			keys = append(keys, k)
+			continue
+		}
+		marker, _, k, _, _, err := ssh.ParseKnownHosts([]byte(line))
+		if err != nil {
+			return nil, fmt.Errorf("serverHostKey line %d: neither a public key (\"ssh-ed25519 AAAA…\") nor a known_hosts line: %q", i+1, abbreviate(line))
+		}
+		if marker != "" {
+			return nil, fmt.Errorf("serverHostKey line %d: %s entries are not supported; give the server's plain public key", i+1, marker)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("serverHostKey is empty: bento never trusts a server key on first use; set it to the server's /etc/ssh/ssh_host_ed25519_key.pub")
+	}
+	return keys, nil
+}
+
+func abbreviate(s string) string {
+	if len(s) > 60 {
+		return s[:57] + "..."
+	}
+	return s
+}
+
+// LoadSigner reads an unencrypted private key (OpenSSH or PEM format).
+func LoadSigner(file string) (ssh.Signer, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("identity file: %w", err)
+	}
+	s, err := ssh.ParsePrivateKey(data)
+	var pp *ssh.PassphraseMissingError
+	if errors.As(err, &pp) {
+		return nil, fmt.Errorf("identity file %s is protected by a passphrase; the agent runs unattended and needs an unencrypted key (such as /etc/ssh/ssh_host_ed25519_key)", file)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("identity file %s: %w", file, err)
+	}
+	return s, nil
+}
+
+// hostKeyAlgorithms asks the server for exactly the key types we can
+// verify, so a server holding several keys presents the pinned one.
+func hostKeyAlgorithms(keys []ssh.PublicKey) []string {
+	var algos []string
+	add := func(a ...string) {
+		for _, x := range a {
+			if !contains(algos, x) {
+				algos = append(algos, x)
+			}
+		}
+	}
+	for _, k := range keys {
+		if k.Type() == ssh.KeyAlgoRSA {
+			add(ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA)
+		} else {
+			add(k.Type())
+		}
+	}
+	return algos
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// Conn is one SSH connection with an SFTP session.
+type Conn struct {
+	raw       net.Conn
+	ssh       *ssh.Client
+	sftp      *sftp.Client
+	opTimeout time.Duration
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+// Dial connects, retrying failed attempts (not a wrong host key or a
+// refused client key) with jittered exponential backoff.
+func Dial(ctx context.Context, o Options) (*Conn, error) {
+	o.defaults()
+	if len(o.HostKeys) == 0 {
+		return nil, errors.New("no serverHostKey configured: bento never connects without verifying the server")
+	}
+	if o.Signer == nil {
+		return nil, errors.New("no identity key configured")
+	}
+	var last error
+	for attempt := 1; ; attempt++ {
+		c, err := dialOnce(ctx, o)
+		if err == nil {
+			return c, nil
+		}
+		last = err
+		if Permanent(err) || ctx.Err() != nil || attempt >= o.Attempts {
+			break
+		}
+		wait := o.Backoff.Jittered(attempt, nil)
+		if o.Logger != nil {
+			o.Logger.Warn("cannot reach the server, retrying", "server", o.Addr, "attempt", attempt, "of", o.Attempts, "in", wait.Round(time.Millisecond), "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("server %s: %w (last error: %w)", o.Addr, ctx.Err(), last)
+		case <-time.After(wait):
+		}
+	}
+	if o.Attempts > 1 && !Permanent(last) {
+		return nil, fmt.Errorf("server %s unreachable after %d attempts: %w", o.Addr, o.Attempts, last)
+	}
+	return nil, fmt.Errorf("server %s: %w", o.Addr, last)
+}
+
+func dialOnce(ctx context.Context, o Options) (*Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, o.ConnectTimeout)
+	defer cancel()
+	dial := o.Dial
+	if dial == nil {
+		d := &net.Dialer{KeepAlive: -1}
+		dial = d.DialContext
+	}
+	raw, err := dial(dctx, "tcp", o.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	// The handshakes do not take a context: closing the socket is what
+	// interrupts them when the deadline passes or the tick is cancelled.
+	var timedOut atomic.Bool
+	stop := context.AfterFunc(dctx, func() { timedOut.Store(true); raw.Close() })
+	idle := &idleConn{Conn: raw, idle: 3 * o.Keepalive}
+	cfg := &ssh.ClientConfig{
+		User:              o.User,
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(o.Signer)},
+		HostKeyCallback:   hostKeyCallback(o.Addr, o.HostKeys),
+		HostKeyAlgorithms: hostKeyAlgorithms(o.HostKeys),
+		ClientVersion:     "SSH-2.0-bento",
+	}
+	sc, chans, reqs, err := ssh.NewClientConn(idle, o.Addr, cfg)
+	if err != nil {
+		stop()
+		raw.Close()
+		return nil, handshakeError(err, timedOut.Load(), ctx, o)
+	}
+	client := ssh.NewClient(sc, chans, reqs)
+	// Packets of 32 KiB (the SFTP default and OpenSSH's limit) with up to
+	// 16 in flight per file keep a long-latency link busy.
+	sc2, err := sftp.NewClient(client, sftp.MaxPacket(32<<10), sftp.MaxConcurrentRequestsPerFile(16))
+	if err != nil {
+		stop()
+		client.Close()
+		if timedOut.Load() {
+			return nil, fmt.Errorf("sftp: %w", deadlineErr(ctx, o.ConnectTimeout))
+		}
+		return nil, fmt.Errorf("sftp session (is the server's ForceCommand internal-sftp?): %w", err)
+	}
+	if !stop() {
+		client.Close()
+		return nil, deadlineErr(ctx, o.ConnectTimeout)
+	}
+	c := &Conn{raw: raw, ssh: client, sftp: sc2, opTimeout: o.OpTimeout, done: make(chan struct{})}
+	go c.keepalive(o.Keepalive)
+	return c, nil
+}
+
+func deadlineErr(ctx context.Context, d time.Duration) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("no answer within %s: %w", d, ErrTimeout)
+}
+
+func handshakeError(err error, timedOut bool, ctx context.Context, o Options) error {
+	var hk *HostKeyError
+	switch {
+	case errors.As(err, &hk):
+		return hk
+	case timedOut:
+		return fmt.Errorf("ssh handshake: %w", deadlineErr(ctx, o.ConnectTimeout))
+	case strings.Contains(err.Error(), "unable to authenticate"):
+		return fmt.Errorf("%w as user %q with key %s %s: check that the server lists it for that user (services.bento on the server): %w",
+			ErrAuth, o.User, o.Signer.PublicKey().Type(), ssh.FingerprintSHA256(o.Signer.PublicKey()), err)
+	}
+	return fmt.Errorf("ssh handshake: %w", err)
+}
+
+func hostKeyCallback(addr string, keys []ssh.PublicKey) ssh.HostKeyCallback {
+	return func(_ string, _ net.Addr, key ssh.PublicKey) error {
+		for _, k := range keys {
+			if bytes.Equal(k.Marshal(), key.Marshal()) {
+				return nil
+			}
+		}
+		return &HostKeyError{Addr: addr, Got: key, Want: keys}
+	}
+}
+
+// keepalive asks the server for an answer every interval; idleConn turns
+// three silent intervals into a read error that tears the connection down.
+func (c *Conn) keepalive(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+			if _, _, err := c.ssh.SendRequest("keepalive@openssh.com", true, nil); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// idleConn fails a read when the server has been silent for idle.
+type idleConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	if c.idle > 0 {
+		c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	}
+	return c.Conn.Read(p)
+}
+
+// Close ends the connection. It is safe to call more than once.
+func (c *Conn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		close(c.done)
+		c.sftp.Close()
+		err = c.ssh.Close()
+	})
+	return err
+}
+
+// guard runs one operation under a watchdog: when the operation makes no
+// progress for OpTimeout, or ctx ends, the connection is closed, which
+// unblocks whatever the SFTP client waits for. f calls kick on progress.
+func (c *Conn) guard(ctx context.Context, what string, f func(kick func()) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	var fired atomic.Bool
+	t := time.AfterFunc(c.opTimeout, func() { fired.Store(true); c.Close() })
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	err := f(func() { t.Reset(c.opTimeout) })
+	t.Stop()
+	stop()
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s: %w", what, ctx.Err())
+	case fired.Load():
+		return fmt.Errorf("%s: no answer from the server for %s, connection closed: %w", what, c.opTimeout, ErrTimeout)
+	case err != nil:
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// Stat returns the attributes of a remote file.
+func (c *Conn) Stat(ctx context.Context, p string) (os.FileInfo, error) {
+	var fi os.FileInfo
+	err := c.guard(ctx, "stat "+p, func(func()) error {
+		var err error
+		fi, err = c.sftp.Stat(p)
+		return err
+	})
+	return fi, err
+}
+
+// ReadFile reads a whole remote file, refusing one larger than max bytes.
+func (c *Conn) ReadFile(ctx context.Context, p string, max int64) ([]byte, error) {
+	var buf bytes.Buffer
+	err := c.guard(ctx, "read "+p, func(kick func()) error {
+		f, err := c.sftp.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = copyLimited(&buf, f, max, kick)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// ReadHead reads a remote file in chunks of chunk bytes until more says it
+// has enough (it sees everything read so far) or the file ends. It lets
+// the agent learn the version at the top of a large manifest with one
+// small request.
+func (c *Conn) ReadHead(ctx context.Context, p string, chunk int, max int64, more func(head []byte) bool) (data []byte, complete bool, err error) {
+	var buf bytes.Buffer
+	err = c.guard(ctx, "read "+p, func(kick func()) error {
+		f, err := c.sftp.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		b := make([]byte, chunk)
+		for {
+			n, rerr := f.Read(b)
+			buf.Write(b[:n])
+			kick()
+			if int64(buf.Len()) > max {
+				return fmt.Errorf("file is over the %d byte limit", max)
+			}
+			if rerr == io.EOF {
+				complete = true
+				return nil
+			}
+			if rerr != nil {
+				return rerr
+			}
+			if !more(buf.Bytes()) {
+				return nil
+			}
+			// Big reads from here on: the caller needs the whole file.
+			if len(b) < 256<<10 {
+				b = make([]byte, 256<<10)
+			}
+		}
+	})
+	return buf.Bytes(), complete, err
+}
+
+// Download copies a remote file to w, refusing more than max bytes.
+func (c *Conn) Download(ctx context.Context, p string, w io.Writer, max int64) (int64, error) {
+	var n int64
+	err := c.guard(ctx, "download "+p, func(kick func()) error {
+		f, err := c.sftp.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		n, err = copyLimited(w, f, max, kick)
+		return err
+	})
+	return n, err
+}
+
+// copyLimited copies with large reads (the SFTP client splits them into
+// concurrent requests) and fails once more than max bytes arrive.
+func copyLimited(w io.Writer, r io.Reader, max int64, kick func()) (int64, error) {
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		k, err := r.Read(buf)
+		if k > 0 {
+			n += int64(k)
+			kick()
+			if n > max {
+				return n, fmt.Errorf("more than the expected %d bytes", max)
+			}
+			if _, werr := w.Write(buf[:k]); werr != nil {
+				return n, werr
+			}
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// WriteFile replaces a remote file atomically: the content goes to a
+// temporary name in the same directory, which is then renamed over p
+// (posix-rename@openssh.com), so a reader sees the old file or the new one,
+// never a part.
+func (c *Conn) WriteFile(ctx context.Context, p string, data []byte) error {
+	dir, base := path.Split(p)
+	tmp := fmt.Sprintf("%s.%s.tmp-%08x", dir, base, rand.Uint32())
+	err := c.guard(ctx, "write "+p, func(kick func()) error {
+		f, err := c.sftp.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_TRUNC)
+		if err != nil {
+			return err
+		}
+		if _, err := f.Write(data); err != nil {
+			f.Close()
+			c.sftp.Remove(tmp)
+			return err
+		}
+		kick()
+		if _, ok := c.sftp.HasExtension("fsync@openssh.com"); ok {
+			if err := f.Sync(); err != nil {
+				f.Close()
+				c.sftp.Remove(tmp)
+				return err
+			}
+		}
+		if err := f.Close(); err != nil {
+			c.sftp.Remove(tmp)
+			return err
+		}
+		kick()
+		if _, ok := c.sftp.HasExtension("posix-rename@openssh.com"); ok {
+			err = c.sftp.PosixRename(tmp, p)
+		} else {
+			// Plain SFTP rename refuses to replace: the old file goes
+			// first, a reader may briefly find none (never a half one).
+			c.sftp.Remove(p)
+			err = c.sftp.Rename(tmp, p)
+		}
+		if err != nil {
+			c.sftp.Remove(tmp)
+		}
+		return err
+	})
+	return err
+}
+
+// ReadDir lists a remote directory.
+func (c *Conn) ReadDir(ctx context.Context, p string) ([]os.FileInfo, error) {
+	var out []os.FileInfo
+	err := c.guard(ctx, "list "+p, func(func()) error {
+		var err error
+		out, err = c.sftp.ReadDir(p)
+		return err
+	})
+	return out, err
+}
+
+// Remove deletes a remote file.
+func (c *Conn) Remove(ctx context.Context, p string) error {
+	return c.guard(ctx, "remove "+p, func(func()) error { return c.sftp.Remove(p) })
+}
+
+// Mkdir creates a remote directory; an existing one is not an error.
+func (c *Conn) Mkdir(ctx context.Context, p string) error {
+	return c.guard(ctx, "mkdir "+p, func(func()) error {
+		err := c.sftp.Mkdir(p)
+		if err != nil {
+			if fi, serr := c.sftp.Stat(p); serr == nil && fi.IsDir() {
+				return nil
+			}
+		}
+		return err
+	})
+}
+
+// Touch sets a remote file's modification time: the agent's heartbeat on a
+// tick that has nothing new to report.
+func (c *Conn) Touch(ctx context.Context, p string, t time.Time) error {
+	return c.guard(ctx, "touch "+p, func(func()) error { return c.sftp.Chtimes(p, t, t) })
+}
+
+// IsNotExist reports whether err says a remote file does not exist.
+func IsNotExist(err error) bool {
+	if errors.Is(err, os.ErrNotExist) {
+		return true
+	}
+	var se *sftp.StatusError
+	return errors.As(err, &se) && se.FxCode() == sftp.ErrSSHFxNoSuchFile
+}
