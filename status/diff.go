@@ -1,0 +1,116 @@
+package status
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/nix"
+)
+
+// DiffSides are the two systems bento diff compares, each with where it
+// comes from.
+type DiffSides struct {
+	Host      string
+	From, To  string
+	FromLabel string
+	ToLabel   string
+	// FromHost is true when From is what the host reported (it may have
+	// been built on the host and never exist on the server).
+	FromHost bool
+}
+
+// Same tells whether both sides are the same system.
+func (d DiffSides) Same() bool { return d.From == d.To }
+
+// storePathRE accepts what a Nix store path looks like (hash in Nix's
+// base32 alphabet, then a name), so nothing a host reports reaches nix as
+// an option or a relative path.
+var storePathRE = regexp.MustCompile(`^/[A-Za-z0-9._+/-]*/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+._?=-]+$`)
+
+// DiffTargets picks the sides of bento diff for host: the system the host
+// reported against the one the server built (its build record, else the
+// manifest's expected toplevel); with previous, the server's previous
+// build against its last one. Each side must be in this machine's store.
+func DiffTargets(root, host string, build *Build, previous bool) (DiffSides, error) {
+	d := DiffSides{Host: host}
+	if previous {
+		if build == nil {
+			return d, fmt.Errorf("host %s: the server has no build record (bento build %s makes one)", host, host)
+		}
+		if build.Previous == "" {
+			return d, fmt.Errorf("host %s: the server has built it only once: no previous build to compare", host)
+		}
+		d.From, d.FromLabel = build.Previous, "the server's previous build"
+		d.To, d.ToLabel = build.OutPath, "its last build"
+		return d, d.check()
+	}
+	r, err := openChroot(root, host)
+	if err != nil {
+		return d, err
+	}
+	defer r.Close()
+	data, err := readCapped(r, manifest.StatusFile, MaxReportSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return d, fmt.Errorf("host %s has not reported yet: there is no running system to compare (bento status %s)", host, host)
+	}
+	if err != nil {
+		return d, fmt.Errorf("host %s: unreadable report: %w", host, err)
+	}
+	rep, err := parseReport(data, host)
+	if err != nil {
+		return d, fmt.Errorf("host %s: unreadable report: %w", host, err)
+	}
+	d.From, d.FromLabel, d.FromHost = reportedSystem(rep), "the system host "+host+" reported", true
+	if d.From == "" {
+		return d, fmt.Errorf("host %s reported no system yet (its last attempt stopped at stage %s)", host, orDash(string(rep.Stage)))
+	}
+	switch {
+	case build != nil && build.OutPath != "":
+		d.To, d.ToLabel = build.OutPath, "the server's last build"
+	default:
+		if mdata, err := readCapped(r, manifest.ManifestFile, manifest.MaxSize); err == nil {
+			if m, err := parseManifest(mdata, host); err == nil && m.expected != "" {
+				d.To, d.ToLabel = m.expected, "the published expected system"
+			}
+		}
+	}
+	if d.To == "" {
+		return d, fmt.Errorf("host %s: the server has not built it (no build record, no expected system in its manifest): bento build %s", host, host)
+	}
+	return d, d.check()
+}
+
+func (d DiffSides) check() error {
+	sides := []struct {
+		path, label string
+		host        bool
+	}{{d.From, d.FromLabel, d.FromHost}, {d.To, d.ToLabel, false}}
+	for _, side := range sides {
+		if !storePathRE.MatchString(side.path) || filepath.Clean(side.path) != side.path {
+			return fmt.Errorf("host %s: %s, %q, is not a Nix store path", d.Host, side.label, oneLine(side.path))
+		}
+		if _, err := os.Lstat(side.path); err != nil {
+			hint := "it was garbage-collected here (bento build " + d.Host + " builds it again)"
+			if side.host {
+				hint = "the host built it itself, not what the server built, or it was garbage-collected here; nix copy --from ssh://<host> " + side.path + " brings it over"
+			}
+			return fmt.Errorf("host %s: %s, %s, is not in this machine's Nix store: %s", d.Host, side.label, side.path, hint)
+		}
+	}
+	return nil
+}
+
+// Diff prints nix store diff-closures between the two sides.
+func Diff(ctx context.Context, r *nix.Runner, d DiffSides, w io.Writer) error {
+	if _, err := r.Run(ctx, nix.Cmd{Host: d.Host, Args: []string{"store", "diff-closures", d.From, d.To}, Stdout: w}); err != nil {
+		return fmt.Errorf("diff: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,273 @@
+package status
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/manifest"
+)
+
+// MaxReportSize is the largest status.json bento status reads. A report is a
+// few kilobytes; anything bigger is broken or hostile (reports/ is the one
+// place a host can write).
+const MaxReportSize = 1 << 20
+
+// manifestInfo is the part of manifest.json status needs. The file list is
+// skipped unparsed: it is most of the manifest, and status reads thousands.
+type manifestInfo struct {
+	host        string
+	version     string
+	publishedAt time.Time
+	expected    string
+	interval    string
+}
+
+// hostInput is everything known about one host, for decide.
+type hostInput struct {
+	name string
+	// chroot is true when the host's directory holds a manifest or reports.
+	chroot      bool
+	manifest    *manifestInfo
+	manifestErr error
+	report      *manifest.Report
+	reportErr   error
+
+	fleetKnown bool
+	fleetHost  *fleet.Host
+	evalErr    error
+	build      *Build
+	now        time.Time
+	staleAfter time.Duration
+}
+
+// readHost reads a host's manifest and report. Every failure is kept in the
+// input, with its reason, for the row: one broken host never hides the others.
+func readHost(root, name string) hostInput {
+	in := hostInput{name: name}
+	dir := hostDir(root, name)
+	// The reports directory belongs to the host, which may be hostile: an
+	// os.Root refuses symlinks that lead out of the chroot.
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			in.chroot = true
+			in.manifestErr = fmt.Errorf("cannot open %s: %s", dir, reason(err))
+		}
+		return in
+	}
+	defer r.Close()
+
+	data, err := readCapped(r, manifest.ManifestFile, manifest.MaxSize)
+	switch {
+	case err == nil:
+		in.chroot = true
+		in.manifest, in.manifestErr = parseManifest(data, name)
+	case !errors.Is(err, fs.ErrNotExist):
+		in.chroot = true
+		in.manifestErr = err
+	}
+
+	data, err = readCapped(r, manifest.StatusFile, MaxReportSize)
+	switch {
+	case err == nil:
+		in.chroot = true
+		in.report, in.reportErr = parseReport(data, name)
+	case errors.Is(err, fs.ErrNotExist):
+		if _, err := r.Lstat(manifest.ReportsDir); err == nil {
+			in.chroot = true
+		}
+	default:
+		in.chroot = true
+		in.reportErr = err
+	}
+	return in
+}
+
+// readCapped reads a regular file of at most limit bytes below r.
+func readCapped(r *os.Root, name string, limit int64) ([]byte, error) {
+	// O_NONBLOCK: a FIFO planted in place of the file must not hang status.
+	f, err := r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%s: %s", name, reason(err))
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s", name, reason(err))
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", name, strings.TrimSpace(st.Mode().Type().String()))
+	}
+	if st.Size() > limit {
+		return nil, fmt.Errorf("%s is %s, over the %s limit", name, humanBytes(st.Size()), humanBytes(limit))
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s", name, reason(err))
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s grew over the %s limit while being read", name, humanBytes(limit))
+	}
+	return data, nil
+}
+
+// reason is the cause of a file error without the path noise of PathError.
+func reason(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		if errors.Is(pe.Err, fs.ErrPermission) {
+			return "permission denied (run bento status as root, or as the owner of the chroot root)"
+		}
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// parseManifest reads the few fields status needs with gjson, which skips
+// the file list without decoding it.
+func parseManifest(data []byte, host string) (*manifestInfo, error) {
+	if !gjson.ValidBytes(data) {
+		return nil, fmt.Errorf("manifest.json: %s", jsonReason(json.Unmarshal(data, new(any)), len(data)))
+	}
+	res := gjson.ParseBytes(data)
+	if !res.IsObject() {
+		return nil, fmt.Errorf("manifest.json is not a JSON object")
+	}
+	m := &manifestInfo{}
+	var errs []string
+	str := func(key string, dst *string) {
+		v := res.Get(key)
+		switch v.Type {
+		case gjson.String:
+			*dst = v.Str
+		case gjson.Null:
+		default:
+			errs = append(errs, fmt.Sprintf("%s is %s, not a string", key, gjsonKind(v)))
+		}
+	}
+	if f := res.Get("format"); f.Type != gjson.Number || f.Num != manifest.Format {
+		return nil, fmt.Errorf("manifest.json: format %s is not %d: this bento is older or newer than the one that published it", f.Raw, manifest.Format)
+	}
+	str("host", &m.host)
+	str("version", &m.version)
+	str("expectedToplevel", &m.expected)
+	str("interval", &m.interval)
+	var published string
+	str("publishedAt", &published)
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("manifest.json: %s", strings.Join(errs, "; "))
+	}
+	if m.version == "" {
+		return nil, fmt.Errorf("manifest.json has no version")
+	}
+	if m.host != "" && m.host != host {
+		return nil, fmt.Errorf("manifest.json is for host %q", m.host)
+	}
+	if published != "" {
+		t, err := time.Parse(time.RFC3339Nano, published)
+		if err != nil {
+			return nil, fmt.Errorf("manifest.json: publishedAt %q is not an RFC 3339 time", published)
+		}
+		m.publishedAt = t
+	}
+	return m, nil
+}
+
+func gjsonKind(v gjson.Result) string {
+	switch {
+	case v.IsArray():
+		return "an array"
+	case v.IsObject():
+		return "an object"
+	case v.Type == gjson.Number:
+		return "a number"
+	case v.Type == gjson.True || v.Type == gjson.False:
+		return "a boolean"
+	}
+	return "a " + v.Type.String()
+}
+
+// parseReport decodes a host's report and says why it cannot be used.
+func parseReport(data []byte, host string) (*manifest.Report, error) {
+	if len(strings.TrimSpace(string(data))) == 0 {
+		return nil, fmt.Errorf("status.json is empty")
+	}
+	var r manifest.Report
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("status.json: %s", jsonReason(err, len(data)))
+	}
+	if r.Format != manifest.Format {
+		return nil, fmt.Errorf("status.json: format %d is not %d: the host runs an agent older or newer than this bento", r.Format, manifest.Format)
+	}
+	if r.Host != "" && r.Host != host {
+		return nil, fmt.Errorf("status.json is for host %q", r.Host)
+	}
+	if r.FinishedAt.IsZero() && r.StartedAt.IsZero() {
+		return nil, fmt.Errorf("status.json has neither finishedAt nor startedAt: its age is unknown")
+	}
+	return &r, nil
+}
+
+// jsonReason turns an encoding/json error into a short reason.
+func jsonReason(err error, size int) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case err == nil:
+		return "invalid JSON"
+	case errors.As(err, &se) && se.Offset >= int64(size):
+		return fmt.Sprintf("truncated JSON (ends after %d bytes)", size)
+	case errors.As(err, &se):
+		return fmt.Sprintf("invalid JSON at byte %d: %s", se.Offset, se.Error())
+	case errors.As(err, &te):
+		field := te.Field
+		if field == "" {
+			return fmt.Sprintf("the document is %s, not an object", article(te.Value))
+		}
+		return fmt.Sprintf("%s is %s, not %s", field, article(te.Value), article(te.Type.Kind().String()))
+	}
+	return err.Error()
+}
+
+func article(kind string) string {
+	switch {
+	case kind == "string":
+		return "a string"
+	case kind == "bool":
+		return "a boolean"
+	case kind == "array" || kind == "slice":
+		return "an array"
+	case kind == "object" || kind == "struct" || kind == "map":
+		return "an object"
+	case strings.HasPrefix(kind, "int") || strings.HasPrefix(kind, "uint"):
+		return "an integer"
+	case strings.HasPrefix(kind, "number") || strings.HasPrefix(kind, "float"):
+		return "a number"
+	}
+	return kind
+}

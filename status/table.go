@@ -1,0 +1,165 @@
+package status
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/mattn/go-runewidth"
+)
+
+// Ago renders a duration the way the table shows ages: 45s, 3m, 2h 5m, 4d.
+func Ago(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d/time.Minute))
+	case d < 24*time.Hour:
+		h, m := int(d/time.Hour), int(d%time.Hour/time.Minute)
+		if m == 0 {
+			return fmt.Sprintf("%dh", h)
+		}
+		return fmt.Sprintf("%dh %dm", h, m)
+	}
+	return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
+}
+
+// TableOptions shape the human table.
+type TableOptions struct {
+	// Color adds ANSI colours (only on a terminal, never with NO_COLOR).
+	Color bool
+	// MessageWidth cuts messages to that many columns; 0 keeps them whole.
+	MessageWidth int
+}
+
+// ANSI colours per state: red needs action, yellow is silence, cyan is
+// work in progress, green is fine, grey is not deployed.
+var stateColor = map[State]string{
+	Unreadable:     "1;31",
+	Failing:        "1;31",
+	RolledBack:     "1;31",
+	Drift:          "1;35",
+	Stale:          "33",
+	NeverSeen:      "33",
+	Pending:        "36",
+	RebootRequired: "36",
+	Unpublished:    "36",
+	Removed:        "90",
+	UpToDate:       "32",
+	Disabled:       "90",
+	NotManaged:     "90",
+}
+
+func paint(s, code string, on bool) string {
+	if !on || code == "" {
+		return s
+	}
+	return "\x1b[" + code + "m" + s + "\x1b[0m"
+}
+
+// WriteTable prints one aligned row per host and the summary line. Widths
+// are measured in terminal cells (wide and combining characters, emoji)
+// and colour codes never count, so columns line up whatever the content.
+func WriteTable(w io.Writer, s *Snapshot, o TableOptions) error {
+	bw := bufio.NewWriter(w)
+	cond := &runewidth.Condition{EastAsianWidth: false, StrictEmojiNeutral: true}
+	if len(s.Hosts) > 0 {
+		header := []string{"HOST", "STATE", "PUBLISHED", "APPLIED", "SYSTEM", "SEEN", "MESSAGE"}
+		cells := make([][]string, 0, len(s.Hosts))
+		for i := range s.Hosts {
+			cells = append(cells, tableCells(&s.Hosts[i], s.GeneratedAt, o, cond))
+		}
+		widths := make([]int, len(header))
+		for i, h := range header {
+			widths[i] = cond.StringWidth(h)
+		}
+		for _, row := range cells {
+			for i, c := range row {
+				widths[i] = max(widths[i], cond.StringWidth(c))
+			}
+		}
+		writeRow(bw, header, widths, cond, func(int, string) string { return "1" }, o.Color)
+		for i, row := range cells {
+			r := &s.Hosts[i]
+			writeRow(bw, row, widths, cond, func(col int, _ string) string {
+				switch {
+				case col == 1:
+					return stateColor[r.State]
+				case col == 4 && r.SystemMatch != nil && !*r.SystemMatch:
+					return stateColor[Drift]
+				}
+				return ""
+			}, o.Color)
+		}
+	}
+	bw.WriteString(SummaryLine(s, o.Color))
+	bw.WriteByte('\n')
+	return bw.Flush()
+}
+
+func writeRow(w *bufio.Writer, cells []string, widths []int, cond *runewidth.Condition, color func(int, string) string, on bool) {
+	last := len(cells) - 1
+	for last > 0 && cells[last] == "" {
+		last--
+	}
+	for i := 0; i <= last; i++ {
+		c := cells[i]
+		w.WriteString(paint(c, color(i, c), on))
+		if i < last {
+			w.WriteString(strings.Repeat(" ", widths[i]-cond.StringWidth(c)+2))
+		}
+	}
+	w.WriteByte('\n')
+}
+
+func tableCells(r *Row, now time.Time, o TableOptions, cond *runewidth.Condition) []string {
+	system := "-"
+	if r.SystemMatch != nil {
+		system = "match"
+		if !*r.SystemMatch {
+			system = "differs"
+		}
+	}
+	seen := "never"
+	if r.LastSeen != nil {
+		seen = Ago(now.Sub(*r.LastSeen))
+	}
+	msg := r.Message
+	if o.MessageWidth > 0 && cond.StringWidth(msg) > o.MessageWidth {
+		msg = cond.Truncate(msg, o.MessageWidth, "…")
+	}
+	return []string{
+		r.Host,
+		string(r.State),
+		orDash(ShortVersion(r.PublishedVersion)),
+		orDash(ShortVersion(r.AppliedVersion)),
+		system,
+		seen,
+		msg,
+	}
+}
+
+// SummaryLine counts hosts per state, most urgent first:
+// "5 hosts: 1 failing, 1 pending, 3 up-to-date".
+func SummaryLine(s *Snapshot, color bool) string {
+	if s.Summary.Total == 0 {
+		return fmt.Sprintf("no hosts in %s yet (bento deploy publishes them)", s.Root)
+	}
+	var parts []string
+	for _, st := range States {
+		if n := s.Summary.States[st]; n > 0 {
+			parts = append(parts, paint(fmt.Sprintf("%d %s", n, st), stateColor[st], color))
+		}
+	}
+	noun := "hosts"
+	if s.Summary.Total == 1 {
+		noun = "host"
+	}
+	return fmt.Sprintf("%d %s: %s", s.Summary.Total, noun, strings.Join(parts, ", "))
+}

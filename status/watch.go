@@ -1,0 +1,124 @@
+package status
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/manifest"
+)
+
+// settle is how long a burst of file events may last before one redraw:
+// a deploy renames hundreds of manifests at once.
+const settle = 150 * time.Millisecond
+
+// Watch draws the status now, again whenever a manifest or report changes
+// (fsnotify on the root, each host's directory and its reports/), and at
+// least every `every` so that ages stay true. It returns nil when ctx is
+// done (Ctrl-C), and an error only for bad options or when draw fails.
+// A missing or empty root is drawn (with its error) and watched until
+// hosts appear.
+func Watch(ctx context.Context, o Options, every time.Duration, clock func() time.Time, draw func(*Snapshot, error) error) error {
+	if every <= 0 {
+		return &UsageError{fmt.Errorf("watch: the redraw interval must be positive, not %s", every)}
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", o.Root, err)
+	}
+	defer w.Close()
+
+	redraw := func() error {
+		addWatches(w, o.Root)
+		o.Now = clock()
+		s, err := Collect(ctx, o)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var ue *UsageError
+		if errors.As(err, &ue) {
+			return err
+		}
+		return draw(s, err)
+	}
+	if err := redraw(); err != nil {
+		return err
+	}
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	var pending <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+			pending = nil
+			if err := redraw(); err != nil {
+				return err
+			}
+		case <-pending:
+			pending = nil
+			if err := redraw(); err != nil {
+				return err
+			}
+		case _, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if pending == nil {
+				pending = time.After(settle)
+			}
+		case _, ok := <-w.Errors:
+			// An overflowed event queue loses events, not changes: redraw
+			// soon, and the periodic redraw covers the rest.
+			if !ok {
+				return nil
+			}
+			if pending == nil {
+				pending = time.After(settle)
+			}
+		}
+	}
+}
+
+// addWatches watches the root (new hosts), each host directory (manifest.json
+// is replaced by rename) and each reports/ (status.json likewise). Paths
+// already watched are skipped; vanished ones drop out of the watcher by
+// themselves. Failures are ignored: the periodic redraw still shows changes.
+func addWatches(w *fsnotify.Watcher, root string) {
+	have := map[string]bool{}
+	for _, p := range w.WatchList() {
+		have[p] = true
+	}
+	add := func(p string) {
+		if have[p] {
+			return
+		}
+		// Never follow a symlink the host planted in its reports/.
+		if st, err := os.Lstat(p); err != nil || !st.IsDir() {
+			return
+		}
+		if w.Add(p) == nil {
+			have[p] = true
+		}
+	}
+	add(root)
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() || fleet.ValidateName(e.Name()) != nil {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		add(dir)
+		add(filepath.Join(dir, manifest.ReportsDir))
+	}
+}
