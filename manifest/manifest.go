@@ -44,6 +44,9 @@ type Manifest struct {
 	Secrets []File `json:"secrets,omitempty"`
 	// Cache is set when the chroot holds a binary cache of the host's closure.
 	Cache *Cache `json:"cache,omitempty"`
+	// Interval is the host's poll schedule (services.bento.interval), so
+	// that bento status can tell a silent host without evaluating the flake.
+	Interval string `json:"interval,omitempty"`
 }
 
 // Flake says what to build from the published tree.

@@ -261,13 +261,19 @@ func TestStates(t *testing.T) {
 			state: UpToDate, msg: "the host's clock is 5m ahead", exit: ExitUpToDate,
 		},
 		{
-			name:  "unreadable: invalid JSON",
-			setup: func(c chroot) { c.publish(h, v1, ago(time.Hour), sysA); c.raw(h, manifest.StatusFile, []byte(`{"format": 1, "host": x}`)) },
+			name: "unreadable: invalid JSON",
+			setup: func(c chroot) {
+				c.publish(h, v1, ago(time.Hour), sysA)
+				c.raw(h, manifest.StatusFile, []byte(`{"format": 1, "host": x}`))
+			},
 			state: Unreadable, msg: "unreadable report: status.json: invalid JSON at byte 23: invalid character 'x' looking for beginning of value", exit: ExitFailing,
 		},
 		{
-			name:  "unreadable: truncated",
-			setup: func(c chroot) { c.publish(h, v1, ago(time.Hour), sysA); c.raw(h, manifest.StatusFile, []byte(`{"format": 1, "host": "alp`)) },
+			name: "unreadable: truncated",
+			setup: func(c chroot) {
+				c.publish(h, v1, ago(time.Hour), sysA)
+				c.raw(h, manifest.StatusFile, []byte(`{"format": 1, "host": "alp`))
+			},
 			state: Unreadable, msg: "truncated JSON (ends after 26 bytes)", exit: ExitFailing,
 		},
 		{
@@ -279,8 +285,11 @@ func TestStates(t *testing.T) {
 			state: Unreadable, msg: "unreadable report: status.json: appliedVersion is a number, not a string", exit: ExitFailing,
 		},
 		{
-			name:  "unreadable: not an object",
-			setup: func(c chroot) { c.publish(h, v1, ago(time.Hour), sysA); c.raw(h, manifest.StatusFile, []byte(`[1, 2]`)) },
+			name: "unreadable: not an object",
+			setup: func(c chroot) {
+				c.publish(h, v1, ago(time.Hour), sysA)
+				c.raw(h, manifest.StatusFile, []byte(`[1, 2]`))
+			},
 			state: Unreadable, msg: "status.json: the document is an array, not an object", exit: ExitFailing,
 		},
 		{
