@@ -1,0 +1,629 @@
+// Package cache keeps the fleet's binary cache on the server. NARs are
+// compressed and signed once for the whole fleet into a pool outside every
+// chroot (nix copy --to file://…); each host's chroot then gets a cache
+// directory of hard links to exactly the narinfo and NAR files of its own
+// closures. Fifty hosts sharing most of a closure cost about one closure of
+// disk, and a host that can read only its chroot cannot learn which paths
+// another host has.
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bento-nix/bento/cache/narinfo"
+	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/nix"
+)
+
+// CacheInfoFile is the file a binary cache is recognised by.
+const CacheInfoFile = "nix-cache-info"
+
+// narDir holds the NAR files of a cache, as Nix lays it out.
+const narDir = "nar"
+
+// tmpPrefix marks links being made; a crash may leave some behind and the
+// next LinkHost removes them.
+const tmpPrefix = ".bento-tmp-"
+
+// DefaultCompression is what NARs are compressed with: much faster than
+// Nix's default xz to make and to unpack on a small client, for slightly
+// larger files.
+const DefaultCompression = "zstd"
+
+// Pool is the fleet-wide cache that host caches link into.
+type Pool struct {
+	// Dir is outside every chroot (e.g. <stateDir>/cache-pool) and on the
+	// same filesystem as the chroot root: host caches are hard links.
+	Dir string
+	Nix *nix.Runner
+	// SecretKeyFile signs every narinfo (bento keygen makes one).
+	SecretKeyFile string
+	// Compression of new NARs; DefaultCompression when empty.
+	Compression string
+	// Log receives one line per pool change; nil discards.
+	Log *slog.Logger
+}
+
+// Stats describes one host's cache after LinkHost.
+type Stats struct {
+	// Paths is the number of store paths the host's cache serves.
+	Paths int `json:"paths"`
+	// Bytes is the size of its NAR files (shared with the pool on disk).
+	Bytes int64 `json:"bytes"`
+	// Linked and Removed count the files this call added and removed.
+	Linked  int `json:"linked"`
+	Removed int `json:"removed"`
+}
+
+// PruneStats describes what Prune removed from the pool.
+type PruneStats struct {
+	// Kept is the number of store paths still in the pool.
+	Kept int `json:"kept"`
+	// Removed counts narinfo and NAR files removed, RemovedBytes their size.
+	Removed      int   `json:"removed"`
+	RemovedBytes int64 `json:"removedBytes"`
+}
+
+func (p *Pool) log() *slog.Logger {
+	if p.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return p.Log
+}
+
+// check validates the pool's settings and returns its absolute directory.
+func (p *Pool) check() (string, error) {
+	if p.Dir == "" {
+		return "", errors.New("cache pool: no directory set")
+	}
+	dir, err := filepath.Abs(p.Dir)
+	if err != nil {
+		return "", fmt.Errorf("cache pool %s: %w", p.Dir, err)
+	}
+	// Nix reads both paths from a store URL, where these characters
+	// would cut or change the URL.
+	if strings.ContainsAny(dir, "?&#%= \t\n") {
+		return "", fmt.Errorf("cache pool %s: the path must not contain ?, &, #, %%, = or spaces (Nix takes it as a URL); choose another directory", dir)
+	}
+	return dir, nil
+}
+
+// Add copies storePaths and their closures into the pool, compressed and
+// signed, skipping what it already holds. Entries that are incomplete (NAR
+// missing) or not signed by the current key are made again, so a damaged
+// pool or a rotated key heals on the next deploy.
+func (p *Pool) Add(ctx context.Context, storePaths []string) error {
+	dir, err := p.check()
+	if err != nil {
+		return err
+	}
+	if len(storePaths) == 0 {
+		return nil
+	}
+	if p.SecretKeyFile == "" {
+		return errors.New("cache pool: no signing key set: create one with bento keygen (clients only accept signed paths)")
+	}
+	keyFile, err := filepath.Abs(p.SecretKeyFile)
+	if err != nil {
+		return fmt.Errorf("cache signing key: %w", err)
+	}
+	if strings.ContainsAny(keyFile, "?&#%= \t\n") {
+		return fmt.Errorf("cache signing key %s: the path must not contain ?, &, #, %%, = or spaces (Nix takes it as a URL); move the key", keyFile)
+	}
+	secret, err := os.ReadFile(keyFile)
+	if err != nil {
+		return fmt.Errorf("cache signing key: %w (create one with bento keygen)", err)
+	}
+	pub, err := narinfo.PublicFromSecret(string(secret))
+	if err != nil {
+		return fmt.Errorf("cache signing key %s: %w", keyFile, err)
+	}
+	for _, sp := range storePaths {
+		if _, err := narinfo.HashPart(sp); err != nil {
+			return fmt.Errorf("cache pool: %w", err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("cache pool: %w", err)
+	}
+	unlock, err := lock(ctx, dir, false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	closure, err := p.localClosure(ctx, storePaths)
+	if err != nil {
+		return err
+	}
+	stale := 0
+	for _, sp := range closure {
+		h, _ := narinfo.HashPart(sp)
+		reason := staleReason(dir, h, pub)
+		if reason == "" {
+			continue
+		}
+		p.log().Info("cache pool: making entry again", "path", sp, "reason", reason)
+		if err := os.Remove(filepath.Join(dir, h+".narinfo")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("cache pool: %w", err)
+		}
+		stale++
+	}
+	compression := p.Compression
+	if compression == "" {
+		compression = DefaultCompression
+	}
+	url := "file://" + dir + "?compression=" + compression + "&secret-key=" + keyFile
+	args := append([]string{"--extra-experimental-features", "nix-command", "copy", "--to", url}, storePaths...)
+	if _, err := p.Nix.Run(ctx, nix.Cmd{Args: args}); err != nil {
+		return fmt.Errorf("cache pool: copying %d closures: %w", len(storePaths), err)
+	}
+	p.log().Debug("cache pool: added", "closures", len(storePaths), "paths", len(closure), "remade", stale)
+	return nil
+}
+
+// staleReason says why the pool entry of hash h must be made again, or "".
+func staleReason(dir, h string, key narinfo.PublicKey) string {
+	data, err := os.ReadFile(filepath.Join(dir, h+".narinfo"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "" // nix copy adds it
+	}
+	if err != nil {
+		return err.Error()
+	}
+	in, err := narinfo.Parse(data)
+	if err != nil {
+		return err.Error()
+	}
+	if err := checkNARURL(in.URL); err != nil {
+		return err.Error()
+	}
+	if _, err := os.Stat(filepath.Join(dir, filepath.FromSlash(in.URL))); err != nil {
+		return "NAR missing: " + err.Error()
+	}
+	if err := in.Verify([]narinfo.PublicKey{key}); err != nil {
+		return "signed with another key"
+	}
+	return ""
+}
+
+// localClosure lists the closure of paths in the local store.
+func (p *Pool) localClosure(ctx context.Context, paths []string) ([]string, error) {
+	args := append([]string{"--extra-experimental-features", "nix-command", "path-info", "--recursive"}, paths...)
+	out, err := p.Nix.Run(ctx, nix.Cmd{Args: args})
+	if err != nil {
+		return nil, fmt.Errorf("cache pool: closure: %w", err)
+	}
+	return strings.Fields(string(out)), nil
+}
+
+// entry is one store path of a cache: its narinfo and its NAR file.
+type entry struct {
+	hash string
+	nar  string // relative to the cache root, e.g. nar/<filehash>.nar.zst
+	size int64  // of the NAR file
+}
+
+// closure walks the pool's narinfos from toplevels through their
+// references. With strict, a toplevel or reference missing from the pool
+// is an error; otherwise it is skipped (pruning must not fail on damage).
+func (p *Pool) closure(dir string, toplevels []string, strict bool) (map[string]entry, error) {
+	out := make(map[string]entry)
+	type item struct{ hash, from string }
+	var queue []item
+	for _, t := range toplevels {
+		h, err := narinfo.HashPart(t)
+		if err != nil {
+			return nil, fmt.Errorf("cache: %w", err)
+		}
+		queue = append(queue, item{h, ""})
+	}
+	for len(queue) > 0 {
+		it := queue[len(queue)-1]
+		queue = queue[:len(queue)-1]
+		if _, ok := out[it.hash]; ok {
+			continue
+		}
+		e, refs, err := readEntry(dir, it.hash)
+		if err != nil {
+			if !strict {
+				p.log().Debug("cache pool: skipping entry", "hash", it.hash, "err", err)
+				continue
+			}
+			if it.from != "" {
+				return nil, fmt.Errorf("cache pool %s: %s (a reference of %s): %w; run the deploy again to re-add it", dir, it.hash, it.from, err)
+			}
+			return nil, fmt.Errorf("cache pool %s: %w; add the closure to the pool first", dir, err)
+		}
+		out[it.hash] = e
+		for _, r := range refs {
+			h, _ := narinfo.HashPart(r) // validated by Parse
+			if _, ok := out[h]; !ok {
+				queue = append(queue, item{h, it.hash})
+			}
+		}
+	}
+	return out, nil
+}
+
+// readEntry reads the pool's narinfo for hash and checks its NAR is there.
+func readEntry(dir, hash string) (entry, []string, error) {
+	data, err := os.ReadFile(filepath.Join(dir, hash+".narinfo"))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return entry{}, nil, fmt.Errorf("no narinfo for %s", hash)
+		}
+		return entry{}, nil, err
+	}
+	in, err := narinfo.Parse(data)
+	if err != nil {
+		return entry{}, nil, fmt.Errorf("%s.narinfo: %w", hash, err)
+	}
+	if h, _ := narinfo.HashPart(in.StorePath); h != hash {
+		return entry{}, nil, fmt.Errorf("%s.narinfo names %s", hash, in.StorePath)
+	}
+	if err := checkNARURL(in.URL); err != nil {
+		return entry{}, nil, fmt.Errorf("%s.narinfo: %w", hash, err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, filepath.FromSlash(in.URL)))
+	if err != nil {
+		return entry{}, nil, fmt.Errorf("NAR of %s: %w", in.StorePath, err)
+	}
+	return entry{hash: hash, nar: in.URL, size: fi.Size()}, in.References, nil
+}
+
+// checkNARURL accepts only the NAR names nix copy writes, so nothing a
+// narinfo says can make LinkHost link a file outside nar/.
+func checkNARURL(u string) error {
+	name, ok := strings.CutPrefix(u, narDir+"/")
+	if !ok || !ValidNARName(name) {
+		return fmt.Errorf("unexpected NAR URL %q (want nar/<hash>.nar[.<compression>])", u)
+	}
+	return nil
+}
+
+// ValidNARName reports whether name is a NAR file name as Nix writes them
+// in a binary cache: <52-character base32 file hash>.nar, optionally with
+// a compression suffix.
+func ValidNARName(name string) bool {
+	stem, ok := strings.CutSuffix(name, ".nar")
+	if !ok {
+		i := strings.LastIndex(name, ".nar.")
+		if i < 0 {
+			return false
+		}
+		switch name[i+len(".nar."):] {
+		case "xz", "bz2", "zst", "br", "gz", "lz", "lz4":
+		default:
+			return false
+		}
+		stem = name[:i]
+	}
+	if len(stem) != 52 {
+		return false
+	}
+	_, _, err := narinfo.ParseHash("sha256:" + stem)
+	return err == nil
+}
+
+// LinkHost makes hostDir/cache serve exactly the closures of toplevels:
+// nix-cache-info, one narinfo per store path and its NAR, all hard links
+// into the pool. Files no longer needed are removed. A reader never sees a
+// narinfo whose NAR is missing: NARs are linked before narinfos, and
+// narinfos removed before NARs; every file appears by an atomic rename.
+func (p *Pool) LinkHost(ctx context.Context, hostDir string, toplevels []string) (Stats, error) {
+	dir, err := p.check()
+	if err != nil {
+		return Stats{}, err
+	}
+	unlock, err := lock(ctx, dir, false)
+	if err != nil {
+		return Stats{}, err
+	}
+	defer unlock()
+
+	want, err := p.closure(dir, toplevels, true)
+	if err != nil {
+		return Stats{}, err
+	}
+	dest := filepath.Join(hostDir, manifest.CacheDir)
+	if err := os.MkdirAll(filepath.Join(dest, narDir), 0o755); err != nil {
+		return Stats{}, fmt.Errorf("host cache: %w", err)
+	}
+
+	var st Stats
+	st.Paths = len(want)
+	hashes := make([]string, 0, len(want))
+	nars := make(map[string]int64, len(want)) // NAR file → size
+	for h, e := range want {
+		hashes = append(hashes, h)
+		nars[e.nar] = e.size
+	}
+	sort.Strings(hashes)
+	narList := make([]string, 0, len(nars))
+	for n := range nars {
+		narList = append(narList, n)
+	}
+	sort.Strings(narList)
+
+	link := func(rel string) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		made, err := linkFile(filepath.Join(dir, filepath.FromSlash(rel)), filepath.Join(dest, filepath.FromSlash(rel)))
+		if err != nil {
+			if errors.Is(err, syscall.EXDEV) {
+				return fmt.Errorf("host cache %s: cannot hard-link from the pool %s: they are on different filesystems; put the cache pool on the filesystem of the chroot root", dest, dir)
+			}
+			return fmt.Errorf("host cache %s: %w", dest, err)
+		}
+		if made {
+			st.Linked++
+		}
+		return nil
+	}
+	for _, n := range narList {
+		if err := link(n); err != nil {
+			return st, err
+		}
+		st.Bytes += nars[n]
+	}
+	if err := syncDir(filepath.Join(dest, narDir)); err != nil {
+		return st, err
+	}
+	if err := ensureCacheInfo(dir); err != nil {
+		return st, err
+	}
+	if err := link(CacheInfoFile); err != nil {
+		return st, err
+	}
+	for _, h := range hashes {
+		if err := link(h + ".narinfo"); err != nil {
+			return st, err
+		}
+	}
+	if err := syncDir(dest); err != nil {
+		return st, err
+	}
+
+	// Narinfos go first, so no narinfo ever points at a removed NAR.
+	keep := map[string]bool{CacheInfoFile: true, narDir: true}
+	for _, h := range hashes {
+		keep[h+".narinfo"] = true
+	}
+	n, err := removeExcept(dest, keep)
+	st.Removed += n
+	if err != nil {
+		return st, err
+	}
+	if err := syncDir(dest); err != nil {
+		return st, err
+	}
+	keepNAR := make(map[string]bool, len(nars))
+	for rel := range nars {
+		keepNAR[strings.TrimPrefix(rel, narDir+"/")] = true
+	}
+	n, err = removeExcept(filepath.Join(dest, narDir), keepNAR)
+	st.Removed += n
+	if err != nil {
+		return st, err
+	}
+	p.log().Debug("host cache linked", "dir", dest, "paths", st.Paths, "linked", st.Linked, "removed", st.Removed)
+	return st, nil
+}
+
+// ensureCacheInfo writes the pool's nix-cache-info if nix copy has not
+// (a pool that never received a path still makes valid, empty host caches).
+func ensureCacheInfo(dir string) error {
+	p := filepath.Join(dir, CacheInfoFile)
+	if _, err := os.Stat(p); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return writeFileAtomic(p, []byte("StoreDir: "+narinfo.StoreDir+"\n"), 0o644)
+}
+
+// writeFileAtomic writes data to path through a temporary file, fsynced
+// and renamed, so path holds the old content or the new, never part.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	ok = true
+	return syncDir(filepath.Dir(path))
+}
+
+// linkFile makes dst a hard link to src unless it already is one. The
+// link appears by rename, replacing whatever dst was, so a reader sees the
+// old file or the new one, never none.
+func linkFile(src, dst string) (bool, error) {
+	sfi, err := os.Stat(src)
+	if err != nil {
+		return false, err
+	}
+	if dfi, err := os.Lstat(dst); err == nil && os.SameFile(sfi, dfi) {
+		return false, nil
+	}
+	tmp := filepath.Join(filepath.Dir(dst), tmpPrefix+filepath.Base(dst))
+	os.Remove(tmp)
+	if err := os.Link(src, tmp); err != nil {
+		return false, err
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		os.Remove(tmp)
+		return false, err
+	}
+	return true, nil
+}
+
+// removeExcept removes every entry of dir not named in keep (including
+// temporary links a crash left) and returns how many it removed.
+func removeExcept(dir string, keep map[string]bool) (int, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("host cache: %w", err)
+	}
+	n := 0
+	for _, e := range ents {
+		if keep[e.Name()] {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return n, fmt.Errorf("host cache: %w", err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// Prune removes from the pool every entry outside the closures of keep
+// (the toplevels still published anywhere: current and previous versions).
+// Host caches are not touched: their hard links keep serving until their
+// next LinkHost, so pruning can never break a client mid-download.
+func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
+	dir, err := p.check()
+	if err != nil {
+		return PruneStats{}, err
+	}
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return PruneStats{}, nil
+	}
+	unlock, err := lock(ctx, dir, true)
+	if err != nil {
+		return PruneStats{}, err
+	}
+	defer unlock()
+
+	want, err := p.closure(dir, keep, false)
+	if err != nil {
+		return PruneStats{}, err
+	}
+	st := PruneStats{Kept: len(want)}
+	keepInfo := map[string]bool{CacheInfoFile: true, narDir: true, lockFile: true}
+	keepNAR := map[string]bool{}
+	for h, e := range want {
+		keepInfo[h+".narinfo"] = true
+		keepNAR[strings.TrimPrefix(e.nar, narDir+"/")] = true
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return st, fmt.Errorf("cache pool: %w", err)
+	}
+	for _, e := range ents {
+		// Nix's own directories (log/, realisations/) are left alone.
+		if keepInfo[e.Name()] || !strings.HasSuffix(e.Name(), ".narinfo") {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			return st, fmt.Errorf("cache pool: %w", err)
+		}
+		st.Removed++
+	}
+	if err := syncDir(dir); err != nil {
+		return st, err
+	}
+	ents, err = os.ReadDir(filepath.Join(dir, narDir))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return st, fmt.Errorf("cache pool: %w", err)
+	}
+	for _, e := range ents {
+		if keepNAR[e.Name()] {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		if fi, err := e.Info(); err == nil {
+			st.RemovedBytes += fi.Size()
+		}
+		if err := os.Remove(filepath.Join(dir, narDir, e.Name())); err != nil {
+			return st, fmt.Errorf("cache pool: %w", err)
+		}
+		st.Removed++
+	}
+	p.log().Debug("cache pool pruned", "kept", st.Kept, "removed", st.Removed)
+	return st, nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// lockFile serialises pool writers: Add and LinkHost share the pool,
+// Prune needs it alone (another deploy's LinkHost must not lose entries
+// between reading a narinfo and linking its NAR).
+const lockFile = ".bento-lock"
+
+func lock(ctx context.Context, dir string, exclusive bool) (func(), error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cache pool: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("cache pool: %w", err)
+	}
+	how := syscall.LOCK_SH
+	if exclusive {
+		how = syscall.LOCK_EX
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("cache pool: lock: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("cache pool %s: waiting for another bento using it: %w", dir, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

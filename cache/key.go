@@ -1,0 +1,107 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/bento-nix/bento/cache/narinfo"
+	"github.com/bento-nix/bento/nix"
+)
+
+// GenerateKey makes the fleet's signing key pair with nix key
+// generate-secret: secretFile (0600) signs the pool, publicFile holds
+// "name:base64" for the hosts' trusted-public-keys. It never overwrites an
+// existing secret key: every host trusts its public half, so losing it
+// silently would stop every host from fetching.
+func GenerateKey(ctx context.Context, r *nix.Runner, name, secretFile, publicFile string) (narinfo.PublicKey, error) {
+	if name == "" || strings.ContainsAny(name, ": \t\n") {
+		return narinfo.PublicKey{}, fmt.Errorf("key name %q: must be non-empty without spaces or ':' (e.g. bento.example.org-1)", name)
+	}
+	if secretFile == "" || publicFile == "" {
+		return narinfo.PublicKey{}, errors.New("key files: both the secret and the public key file are required")
+	}
+	if filepath.Clean(secretFile) == filepath.Clean(publicFile) {
+		return narinfo.PublicKey{}, fmt.Errorf("key files: the secret and the public key cannot both be %s", secretFile)
+	}
+	if _, err := os.Lstat(secretFile); err == nil {
+		return narinfo.PublicKey{}, fmt.Errorf("secret key %s already exists: bento keygen never replaces a signing key that hosts trust; to rotate, move it away first and redeploy", secretFile)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return narinfo.PublicKey{}, fmt.Errorf("secret key: %w", err)
+	}
+	out, err := r.Run(ctx, nix.Cmd{Args: []string{"--extra-experimental-features", "nix-command", "key", "generate-secret", "--key-name", name}})
+	if err != nil {
+		return narinfo.PublicKey{}, fmt.Errorf("generating the signing key: %w", err)
+	}
+	secret := strings.TrimSpace(string(out))
+	pub, err := narinfo.PublicFromSecret(secret)
+	if err != nil {
+		return narinfo.PublicKey{}, fmt.Errorf("nix key generate-secret printed something unexpected: %w", err)
+	}
+	for _, f := range []string{secretFile, publicFile} {
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			return narinfo.PublicKey{}, fmt.Errorf("key files: %w", err)
+		}
+	}
+	// The public half first: a crash in between leaves no secret, so the
+	// next run simply starts again.
+	if err := writeFileAtomic(publicFile, []byte(pub.String()+"\n"), 0o644); err != nil {
+		return narinfo.PublicKey{}, fmt.Errorf("public key: %w", err)
+	}
+	if err := writeNew(secretFile, []byte(secret+"\n")); err != nil {
+		return narinfo.PublicKey{}, fmt.Errorf("secret key: %w", err)
+	}
+	return pub, nil
+}
+
+// writeNew is writeFileAtomic (mode 0600) that fails if path appeared
+// meanwhile, so two keygens at once cannot replace each other's key.
+func writeNew(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	// link fails with EEXIST instead of replacing, unlike rename.
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s already exists", path)
+		}
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// ReadPublicKey reads a public key file written by GenerateKey (or by
+// nix key convert-secret-to-public).
+func ReadPublicKey(file string) (narinfo.PublicKey, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return narinfo.PublicKey{}, fmt.Errorf("cache public key: %w (create the key pair with bento keygen)", err)
+	}
+	k, err := narinfo.ParsePublicKey(string(data))
+	if err != nil {
+		return narinfo.PublicKey{}, fmt.Errorf("cache public key %s: %w", file, err)
+	}
+	return k, nil
+}
