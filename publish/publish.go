@@ -302,14 +302,30 @@ func (p *Publisher) publishHost(ctx context.Context, t Target) Result {
 		return res
 	}
 	if res.Status == StatusPublished {
-		st, err := p.writeVersion(ctx, hostDir, version, cur, tree)
+		// Both directories are written completely under temporary names
+		// before either is renamed into place: a failure leaves nothing.
+		var stages []*staged
+		defer func() {
+			for _, s := range stages {
+				s.discard()
+			}
+		}()
+		if t.Extra != nil {
+			s, err := p.writeExtra(ctx, hostDir, version, t.Extra)
+			if err != nil {
+				return fail(fmt.Errorf("secrets: %w", err))
+			}
+			stages = append(stages, s)
+		}
+		s, st, err := p.writeVersion(ctx, hostDir, version, cur, tree)
 		if err != nil {
 			return fail(err)
 		}
+		stages = append(stages, s)
 		res.Copied, res.Linked, res.BytesWritten = st.copied, st.linked, st.bytes
-		if t.Extra != nil {
-			if err := p.writeExtra(ctx, hostDir, version, t.Extra); err != nil {
-				return fail(fmt.Errorf("secrets: %w", err))
+		for i := len(stages) - 1; i >= 0; i-- {
+			if err := stages[i].commit(); err != nil {
+				return fail(err)
 			}
 		}
 	}
@@ -480,39 +496,70 @@ func sameSize(p string, size int64) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Size() == size
 }
 
+// staged is a directory written completely under a temporary name.
+type staged struct {
+	tmp, final string
+	// madeParent: the parent was created for it, and goes if it is discarded.
+	madeParent bool
+}
+
+// commit renames the directory into place and makes the rename durable.
+func (s *staged) commit() error {
+	if s.tmp == "" {
+		return nil
+	}
+	if err := os.Rename(s.tmp, s.final); err != nil {
+		return err
+	}
+	s.tmp, s.madeParent = "", false
+	return syncDir(filepath.Dir(s.final))
+}
+
+// discard removes what commit did not put in place.
+func (s *staged) discard() {
+	if s.tmp != "" {
+		removeAll(s.tmp)
+		s.tmp = ""
+	}
+	if s.madeParent {
+		os.Remove(filepath.Dir(s.final))
+		s.madeParent = false
+	}
+}
+
 // writeVersion writes config/<version> completely and durably under a
-// temporary name, then renames it into place. On error nothing named
-// <version> exists and the temporary directory is gone.
-func (p *Publisher) writeVersion(ctx context.Context, hostDir, version string, cur *manifest.Manifest, tree *Tree) (writeStats, error) {
+// temporary name; commit renames it into place. On error nothing is left.
+func (p *Publisher) writeVersion(ctx context.Context, hostDir, version string, cur *manifest.Manifest, tree *Tree) (*staged, writeStats, error) {
 	var st writeStats
 	configDir := filepath.Join(hostDir, manifest.ConfigDir)
-	final := filepath.Join(configDir, version)
-	if fi, err := os.Lstat(final); err == nil && fi.IsDir() {
+	s := &staged{final: filepath.Join(configDir, version)}
+	if fi, err := os.Lstat(s.final); err == nil && fi.IsDir() {
 		// An earlier version with this very content (a revert) is still
 		// kept: it was renamed into place complete, so it is reused.
-		return st, nil
+		return s, st, nil
 	}
 	tmp, err := os.MkdirTemp(configDir, ".tmp-"+version+"-")
 	if err != nil {
-		return st, err
+		return nil, st, err
 	}
-	done := false
+	s.tmp = tmp
+	ok := false
 	defer func() {
-		if !done {
-			os.RemoveAll(tmp)
+		if !ok {
+			s.discard()
 		}
 	}()
 	idx := linkSources(hostDir, cur)
 	dirs := map[string]bool{tmp: true}
 	for _, e := range tree.Files {
 		if err := ctx.Err(); err != nil {
-			return st, err
+			return nil, st, err
 		}
 		dst := filepath.Join(tmp, filepath.FromSlash(e.Path))
 		if err := mkdirs(filepath.Dir(dst), tmp, dirs); err != nil {
-			return st, err
+			return nil, st, err
 		}
-		if src, ok := idx[contentKey{e.SHA256, e.Mode, e.Size}]; ok && sameSize(src, e.Size) {
+		if src, found := idx[contentKey{e.SHA256, e.Mode, e.Size}]; found && sameSize(src, e.Size) {
 			if err := os.Link(src, dst); err == nil {
 				st.linked++
 				continue
@@ -520,7 +567,7 @@ func (p *Publisher) writeVersion(ctx context.Context, hostDir, version string, c
 			// No hard link (another file system, link count limit): copy.
 		}
 		if err := copyFile(e, dst); err != nil {
-			return st, fmt.Errorf("%s: %w", e.Path, err)
+			return nil, st, fmt.Errorf("%s: %w", e.Path, err)
 		}
 		st.copied++
 		st.bytes += e.Size
@@ -534,17 +581,14 @@ func (p *Publisher) writeVersion(ctx context.Context, hostDir, version string, c
 	sort.Slice(ds, func(i, j int) bool { return len(ds[i]) > len(ds[j]) })
 	for _, d := range ds {
 		if err := os.Chmod(d, 0o755); err != nil {
-			return st, err
+			return nil, st, err
 		}
 		if err := syncDir(d); err != nil {
-			return st, err
+			return nil, st, err
 		}
 	}
-	if err := os.Rename(tmp, final); err != nil {
-		return st, err
-	}
-	done = true
-	return st, syncDir(configDir)
+	ok = true
+	return s, st, nil
 }
 
 func mkdirs(d, top string, made map[string]bool) error {
@@ -601,34 +645,36 @@ func copyFile(e Entry, dst string) error {
 	return err
 }
 
-// writeExtra writes the extra files of a new version into <Dir>/<version>
-// through a temporary directory.
-func (p *Publisher) writeExtra(ctx context.Context, hostDir, version string, x *Extra) error {
+// writeExtra writes the extra files of a new version under a temporary
+// name beside secrets/<version>; commit renames it into place.
+func (p *Publisher) writeExtra(ctx context.Context, hostDir, version string, x *Extra) (*staged, error) {
 	base := filepath.Join(hostDir, manifest.SecretsDir)
-	if err := p.ensureDir(base, 0, 0, p.asRoot); err != nil {
-		return err
+	s := &staged{final: filepath.Join(base, version)}
+	if _, err := os.Lstat(base); errors.Is(err, fs.ErrNotExist) {
+		s.madeParent = true
 	}
-	final := filepath.Join(base, version)
-	if fi, err := os.Lstat(final); err == nil && fi.IsDir() {
-		return nil
+	if err := p.ensureDir(base, 0, 0, p.asRoot); err != nil {
+		s.discard()
+		return nil, err
+	}
+	if fi, err := os.Lstat(s.final); err == nil && fi.IsDir() {
+		return s, nil
 	}
 	tmp, err := os.MkdirTemp(base, ".tmp-"+version+"-")
 	if err != nil {
-		return err
+		s.discard()
+		return nil, err
 	}
+	s.tmp = tmp
 	if err := x.Write(ctx, tmp); err != nil {
-		os.RemoveAll(tmp)
-		return err
+		s.discard()
+		return nil, err
 	}
 	if err := syncDir(tmp); err != nil {
-		os.RemoveAll(tmp)
-		return err
+		s.discard()
+		return nil, err
 	}
-	if err := os.Rename(tmp, final); err != nil {
-		os.RemoveAll(tmp)
-		return err
-	}
-	return syncDir(base)
+	return s, nil
 }
 
 // writeManifest replaces manifest.json atomically: a temporary file in the
