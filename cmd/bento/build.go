@@ -1,17 +1,323 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/bento-nix/bento/builder"
+	"github.com/bento-nix/bento/builder/progress"
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/nix"
 )
 
-// buildCommand is a placeholder until its package lands.
 func buildCommand() *cli.Command {
 	return &cli.Command{
-		Name:   "build",
-		Usage:  "(not yet implemented)",
-		Hidden: true,
-		Action: func(*cli.Context) error { return errors.New("build: not yet implemented") },
+		Name:      "build",
+		Usage:     "build every deployed host's system in parallel, keep the results, report per host",
+		ArgsUsage: "[HOST|GLOB|@TAG]...",
+		Description: "Builds nixosConfigurations.<host>.config.system.build.toplevel of the selected hosts\n" +
+			"that bento deploys (services.bento.enable = true), --jobs at a time, each in its own nix\n" +
+			"process: one failing host never stops the others. Each host gets a log file per run and GC\n" +
+			"roots for its current and previous build under --state-dir. Exits 1 when any host failed.",
+		Flags: append(append(fleetFlags(), buildFlags()...),
+			&cli.BoolFlag{Name: "json", Usage: "print the results as JSON for scripts"},
+		),
+		Action: runBuild,
 	}
+}
+
+// buildFlags are the flags of every command that builds hosts (build, deploy).
+func buildFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Value: runtime.NumCPU(), Usage: "hosts built at once (one nix process each)"},
+		&cli.IntFlag{Name: "max-jobs", Usage: "passed to each host's nix as --max-jobs (0: Nix's own setting); up to jobs × max-jobs derivations build at once"},
+		&cli.StringFlag{Name: "state-dir", Value: builder.DefaultStateDir, Usage: "where GC roots, build logs and build records live", EnvVars: []string{"BENTO_STATE_DIR"}},
+		&cli.BoolFlag{Name: "dry-run", Usage: "evaluate and instantiate only (drv paths), build nothing"},
+		&cli.StringFlag{Name: "copy-to", Usage: "copy each built closure to this Nix store (file:///dir, s3://bucket, ssh-ng://host…)", EnvVars: []string{"BENTO_COPY_TO"}},
+		&cli.StringFlag{Name: "sign-key", Usage: "sign what is copied with this secret key file (nix key generate-secret)", EnvVars: []string{"BENTO_SIGN_KEY"}},
+		&cli.StringFlag{Name: "builders", Usage: "passed to nix as --builders (remote builders); default: Nix's configuration"},
+	}
+}
+
+// buildOptions reads buildFlags. The progress display goes to the
+// command's error stream: live on a terminal, plain lines otherwise.
+func buildOptions(c *cli.Context) (builder.Options, error) {
+	opts := builder.Options{
+		Jobs:     c.Int("jobs"),
+		MaxJobs:  c.Int("max-jobs"),
+		StateDir: c.String("state-dir"),
+		DryRun:   c.Bool("dry-run"),
+		CopyTo:   c.String("copy-to"),
+		SignKey:  c.String("sign-key"),
+		Builders: c.String("builders"),
+	}
+	switch {
+	case opts.Jobs < 1:
+		return opts, usageError("--jobs must be at least 1, got %d", opts.Jobs)
+	case opts.MaxJobs < 0:
+		return opts, usageError("--max-jobs must be 0 (Nix's own setting) or more, got %d", opts.MaxJobs)
+	case opts.StateDir == "":
+		return opts, usageError("--state-dir is empty: give a directory (default %s)", builder.DefaultStateDir)
+	case opts.SignKey != "" && opts.CopyTo == "":
+		return opts, usageError("--sign-key signs what is copied: add --copy-to STORE_URL")
+	case opts.DryRun && opts.CopyTo != "":
+		return opts, usageError("--dry-run builds nothing, so there is nothing to --copy-to")
+	}
+	if opts.SignKey != "" {
+		if _, err := os.Stat(opts.SignKey); err != nil {
+			return opts, usageError("--sign-key: %w (make one with: nix key generate-secret --key-name NAME > FILE)", err)
+		}
+	}
+	w := errWriter(c)
+	if isTerminal(w) {
+		opts.Progress = progress.NewLive(w, useColor(c, w))
+	} else {
+		opts.Progress = progress.NewPlain(w)
+	}
+	return opts, nil
+}
+
+func errWriter(c *cli.Context) io.Writer {
+	if c.App.ErrWriter != nil {
+		return c.App.ErrWriter
+	}
+	return os.Stderr
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+func runBuild(c *cli.Context) error {
+	opts, err := buildOptions(c)
+	if err != nil {
+		return err
+	}
+	_, selected, evalFailed, err := discover(c)
+	if err != nil {
+		return err
+	}
+	hosts, skipped := splitDeployed(selected)
+	for _, s := range skipped {
+		fmt.Fprintf(errWriter(c), "bento: skipping %s: %s\n", s.Host, s.Reason)
+	}
+	if len(hosts) == 0 {
+		return usageError("nothing to build: no selected host is deployed by bento (set services.bento.enable = true on the hosts to build)")
+	}
+	results, err := builder.Build(c.Context, nixRunner(c), hosts, opts)
+	if err != nil {
+		if strings.Contains(err.Error(), "state directory") {
+			err = withHint(err, "--state-dir or BENTO_STATE_DIR chooses another directory")
+		}
+		return failed(err)
+	}
+	if c.Bool("json") {
+		err = printBuildJSON(c.App.Writer, results, skipped, opts.DryRun)
+	} else {
+		err = printBuildSummary(c.App.Writer, results, useColor(c, c.App.Writer))
+	}
+	if err != nil {
+		return err
+	}
+	if c.Context.Err() != nil {
+		return fmt.Errorf("build interrupted: %w", context.Cause(c.Context))
+	}
+	if err := buildFailure(results); err != nil {
+		return err
+	}
+	if evalFailed {
+		return failed(errors.New("some hosts could not be evaluated and were not built (see above)"))
+	}
+	return nil
+}
+
+// skippedHost is a selected host that bento does not build, and why.
+type skippedHost struct {
+	Host   string `json:"host"`
+	Reason string `json:"reason"`
+}
+
+// splitDeployed keeps the hosts bento deploys and explains the others.
+func splitDeployed(selected []fleet.Host) (hosts []fleet.Host, skipped []skippedHost) {
+	hosts = deployed(selected)
+	for _, h := range selected {
+		switch {
+		case !h.Managed:
+			skipped = append(skipped, skippedHost{h.Name, "not managed by bento (its configuration does not import the bento module)"})
+		case !h.Enable:
+			skipped = append(skipped, skippedHost{h.Name, "disabled (services.bento.enable = false)"})
+		}
+	}
+	return hosts, skipped
+}
+
+func printBuildJSON(w io.Writer, results []builder.Result, skipped []skippedHost, dryRun bool) error {
+	out := struct {
+		OK      bool             `json:"ok"`
+		DryRun  bool             `json:"dryRun"`
+		Results []builder.Result `json:"results"`
+		Skipped []skippedHost    `json:"skipped"`
+	}{OK: buildFailure(results) == nil, DryRun: dryRun, Results: results, Skipped: skipped}
+	if out.Skipped == nil {
+		out.Skipped = []skippedHost{}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+// logTailLines is how much of a failed host's log the summary shows.
+const logTailLines = 12
+
+// printBuildSummary prints a table of every host's result, then, for each
+// host that failed, its error, its log file and the last lines of the log,
+// then one line that counts.
+func printBuildSummary(w io.Writer, results []builder.Result, color bool) error {
+	paint := func(colour, s string) string {
+		if !color {
+			return s
+		}
+		return colour + s + "\x1b[0m"
+	}
+	pathHeader := "OUT PATH"
+	if len(results) > 0 && results[0].Status == builder.StatusDryRun {
+		pathHeader = "DRV PATH"
+	}
+	rows := [][]string{{"HOST", "RESULT", "DURATION", pathHeader}}
+	colours := []string{""}
+	for _, r := range results {
+		status, colour := string(r.Status), "\x1b[32m"
+		switch {
+		case r.Status == builder.StatusBuilt && r.CopyErr != nil:
+			status, colour = "built, copy failed", "\x1b[33m"
+		case !r.OK():
+			colour = "\x1b[31m"
+		}
+		path := r.OutPath
+		if r.Status == builder.StatusDryRun {
+			path = r.DrvPath
+		}
+		rows = append(rows, []string{r.Host, status, progress.FormatDuration(r.Duration), dash(path)})
+		colours = append(colours, colour)
+	}
+	// Aligned by hand: tabwriter would count colour codes as width.
+	widths := make([]int, 3)
+	for _, row := range rows {
+		for i := range widths {
+			widths[i] = max(widths[i], utf8.RuneCountInString(row[i]))
+		}
+	}
+	for i, row := range rows {
+		status := row[1] + strings.Repeat(" ", widths[1]-utf8.RuneCountInString(row[1]))
+		if colours[i] != "" {
+			status = paint(colours[i], status)
+		}
+		if _, err := fmt.Fprintf(w, "%-*s  %s  %-*s  %s\n", widths[0], row[0], status, widths[2], row[2], row[3]); err != nil {
+			return err
+		}
+	}
+	var bad []string
+	counts := map[builder.Status]int{}
+	for _, r := range results {
+		counts[r.Status]++
+		if r.OK() {
+			continue
+		}
+		bad = append(bad, r.Host)
+		if r.Status == builder.StatusCancelled {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s %s: %s\n", paint("\x1b[31m", "✗"), r.Host, indent(r.Reason(), "  "))
+		if r.LogFile != "" {
+			fmt.Fprintf(w, "  log: %s\n", r.LogFile)
+			for _, l := range logTail(r.LogFile, logTailLines) {
+				fmt.Fprintf(w, "  │ %s\n", l)
+			}
+		}
+	}
+	var parts []string
+	for _, s := range []builder.Status{builder.StatusBuilt, builder.StatusDryRun, builder.StatusFailed, builder.StatusCancelled} {
+		if counts[s] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[s], s))
+		}
+	}
+	line := strings.Join(parts, ", ")
+	if len(bad) > 0 {
+		line += "; needs attention: " + strings.Join(bad, ", ")
+	}
+	_, err := fmt.Fprintf(w, "\n%s\n", line)
+	return err
+}
+
+// buildFailure is the error a command returns when any host did not
+// build (or copy), naming them; nil when all are OK.
+func buildFailure(results []builder.Result) error {
+	var notBuilt, notCopied, cancelled []string
+	for _, r := range results {
+		switch {
+		case r.OK():
+		case r.Status == builder.StatusCancelled:
+			cancelled = append(cancelled, r.Host)
+		case r.Status == builder.StatusBuilt:
+			notCopied = append(notCopied, r.Host)
+		default:
+			notBuilt = append(notBuilt, r.Host)
+		}
+	}
+	var parts []string
+	add := func(hosts []string, what string) {
+		if len(hosts) > 0 {
+			parts = append(parts, fmt.Sprintf("%d of %d hosts %s: %s", len(hosts), len(results), what, strings.Join(hosts, ", ")))
+		}
+	}
+	add(notBuilt, "failed to build")
+	add(notCopied, "were built but not copied")
+	add(cancelled, "were cancelled")
+	if len(parts) == 0 {
+		return nil
+	}
+	return failed(errors.New(strings.Join(parts, "; ")))
+}
+
+// logTail returns the last n lines Nix wrote to a host's log, without
+// bento's own header and footer lines.
+func logTail(path string, n int) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	// A build log can be large; its end is what explains a failure.
+	const window = 64 << 10
+	if st, err := f.Stat(); err == nil && st.Size() > window {
+		if _, err := f.Seek(-window, io.SeekEnd); err != nil {
+			return nil
+		}
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil
+	}
+	var kept []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if !strings.HasPrefix(l, "bento: ") {
+			kept = append(kept, l)
+		}
+	}
+	return nix.Tail(strings.Join(kept, "\n"), n)
+}
+
+func indent(s, prefix string) string {
+	return strings.ReplaceAll(s, "\n", "\n"+prefix)
 }

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bento-nix/bento/internal/fixture"
+)
+
+func TestBuildCommand(t *testing.T) {
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		t.Fatal(err)
+	}
+	gen := hex.EncodeToString(rnd[:])
+	dir := t.TempDir()
+	if err := fixture.Write(dir, fixture.Fleet{Hosts: []fixture.Host{
+		{Name: "alpha", Bento: &fixture.Bento{Enable: true, Tags: []string{"good"}}, Generation: gen},
+		{Name: "beta", Bento: &fixture.Bento{Enable: true, Tags: []string{"good"}}, Generation: gen},
+		{Name: "bad", Bento: &fixture.Bento{Enable: true}, Generation: gen, FailBuild: true},
+		{Name: "off", Bento: &fixture.Bento{Enable: false}, Generation: gen},
+		{Name: "plain", Generation: gen},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout []string
+		absent []string
+		stderr []string
+		// state checks what the state directory holds afterwards.
+		state func(t *testing.T, state string)
+	}{
+		{name: "good and failing hosts", args: []string{"--jobs", "2"}, code: 1,
+			stdout: []string{
+				"HOST   RESULT  DURATION  OUT PATH\n",
+				"alpha  built ", "beta   built ", "bad    failed",
+				"✗ bad: build: error: builder for",
+				"fixture: build of bad fails on purpose", // the log's tail
+				"2 built, 1 failed; needs attention: bad",
+			},
+			absent: []string{"off ", "plain "},
+			stderr: []string{
+				"skipping off: disabled (services.bento.enable = false)",
+				"skipping plain: not managed by bento",
+				"bento: 1 of 3 hosts failed to build: bad",
+			},
+			state: func(t *testing.T, state string) {
+				for _, h := range []string{"alpha", "beta"} {
+					target, err := os.Readlink(filepath.Join(state, "gcroots", h, "current"))
+					if err != nil || !strings.Contains(target, "nixos-system-"+h) {
+						t.Errorf("%s: GC root current -> %q (%v)", h, target, err)
+					}
+				}
+				if _, err := os.Lstat(filepath.Join(state, "gcroots", "bad", "current")); err == nil {
+					t.Errorf("bad: failed build has a GC root")
+				}
+			}},
+		{name: "json for a tag", args: []string{"--json", "@good"}, code: 0,
+			stdout: []string{`"status": "built"`}},
+		{name: "dry run", args: []string{"--dry-run", "alpha"}, code: 0,
+			stdout: []string{"DRV PATH", "alpha  dry-run", ".drv\n", "1 dry-run\n"},
+			state: func(t *testing.T, state string) {
+				if _, err := os.Lstat(filepath.Join(state, "gcroots", "alpha", "current")); err == nil {
+					t.Errorf("dry run made a GC root")
+				}
+			}},
+		{name: "unknown store URL", args: []string{"--copy-to", "bogus://x", "alpha"}, code: 1,
+			stdout: []string{"alpha  built, copy failed", "copy to bogus://x: error: don't know how to open Nix store 'bogus://x'"},
+			stderr: []string{"1 of 1 hosts were built but not copied: alpha"}},
+		{name: "jobs 0", args: []string{"--jobs", "0"}, code: 2,
+			stderr: []string{"--jobs must be at least 1, got 0"}},
+		{name: "negative jobs", args: []string{"-j", "-2"}, code: 2,
+			stderr: []string{"--jobs must be at least 1, got -2"}},
+		{name: "unknown host", args: []string{"gamma"}, code: 2,
+			stderr: []string{`host selection "gamma" matches no host`}},
+		{name: "only a disabled host", args: []string{"off"}, code: 2,
+			stderr: []string{"skipping off: disabled", "nothing to build: no selected host is deployed"}},
+		{name: "sign key without copy", args: []string{"--sign-key", notDir}, code: 2,
+			stderr: []string{"--sign-key signs what is copied: add --copy-to"}},
+		{name: "missing sign key", args: []string{"--copy-to", "file:///nonexistent", "--sign-key", "/nonexistent/key"}, code: 2,
+			stderr: []string{"--sign-key: stat /nonexistent/key: no such file or directory"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			state := filepath.Join(t.TempDir(), "state")
+			args := append([]string{"build", "--flake", dir, "--state-dir", state}, tc.args...)
+			stdout, stderr, code := runCLI(t, args...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, stdout, stderr)
+			}
+			for _, w := range tc.stdout {
+				if !strings.Contains(stdout, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, stdout)
+				}
+			}
+			for _, w := range tc.absent {
+				if strings.Contains(stdout, w) {
+					t.Errorf("stdout has %q:\n%s", w, stdout)
+				}
+			}
+			for _, w := range tc.stderr {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+			if tc.code == 2 {
+				if _, err := os.Stat(state); err == nil {
+					t.Errorf("a usage error created the state directory")
+				}
+			}
+			if tc.state != nil {
+				tc.state(t, state)
+			}
+		})
+	}
+
+	t.Run("json results", func(t *testing.T) {
+		stdout, stderr, code := runCLI(t, "build", "--flake", dir, "--state-dir", t.TempDir(), "--json", "alpha", "bad", "off")
+		if code != 1 {
+			t.Fatalf("exit %d, want 1: %s", code, stderr)
+		}
+		var out struct {
+			OK      bool
+			Results []struct {
+				Host, Status, OutPath, LogFile, Error string
+				OK                                    bool
+			}
+			Skipped []struct{ Host, Reason string }
+		}
+		if err := json.Unmarshal([]byte(stdout), &out); err != nil {
+			t.Fatalf("--json output is not JSON: %v\n%s", err, stdout)
+		}
+		if out.OK || len(out.Results) != 2 || len(out.Skipped) != 1 || out.Skipped[0].Host != "off" {
+			t.Fatalf("unexpected JSON: %+v", out)
+		}
+		a, b := out.Results[0], out.Results[1]
+		if a.Host != "alpha" || a.Status != "built" || !a.OK {
+			t.Errorf("alpha: %+v", a)
+		}
+		if _, err := os.Stat(filepath.Join(a.OutPath, "bin", "switch-to-configuration")); err != nil {
+			t.Errorf("alpha: out path %s is not a built system: %v", a.OutPath, err)
+		}
+		if b.Host != "bad" || b.Status != "failed" || b.OK || !strings.Contains(b.Error, "failed with exit code 1") {
+			t.Errorf("bad: %+v", b)
+		}
+		if log, err := os.ReadFile(b.LogFile); err != nil || !strings.Contains(string(log), "fails on purpose") {
+			t.Errorf("bad: log %s: %q %v", b.LogFile, log, err)
+		}
+	})
+
+	t.Run("unwritable state directory", func(t *testing.T) {
+		_, stderr, code := runCLI(t, "build", "--flake", dir, "--state-dir", filepath.Join(notDir, "state"), "alpha")
+		if code != 1 || !strings.Contains(stderr, "state directory "+notDir+"/state is not usable") || !strings.Contains(stderr, "--state-dir or BENTO_STATE_DIR") {
+			t.Errorf("exit %d, stderr %q", code, stderr)
+		}
+	})
+}
