@@ -50,7 +50,9 @@ func decide(in hostInput) Row {
 		age := int64(in.now.Sub(seen) / time.Second)
 		r.LastSeenSeconds = &age
 	}
-	if expected := r.expected(); expected != "" && r.System != "" {
+	// Comparing systems says something only once the host applied the
+	// published version: before, it naturally runs an older one.
+	if expected := r.expected(); expected != "" && r.System != "" && r.PublishedVersion != "" && r.AppliedVersion == r.PublishedVersion {
 		match := r.System == expected
 		r.SystemMatch = &match
 	}

@@ -219,6 +219,14 @@ func parseReport(data []byte, host string) (*manifest.Report, error) {
 	}
 	var r manifest.Report
 	if err := json.Unmarshal(data, &r); err != nil {
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &se) && !errors.As(err, &te) {
+			// encoding/json does not say which time field it choked on.
+			if why := badTime(data); why != "" {
+				return nil, fmt.Errorf("status.json: %s", why)
+			}
+		}
 		return nil, fmt.Errorf("status.json: %s", jsonReason(err, len(data)))
 	}
 	if r.Format != manifest.Format {
@@ -231,6 +239,23 @@ func parseReport(data []byte, host string) (*manifest.Report, error) {
 		return nil, fmt.Errorf("status.json has neither finishedAt nor startedAt: its age is unknown")
 	}
 	return &r, nil
+}
+
+// badTime names the first time field of a report that is no RFC 3339 time.
+func badTime(data []byte) string {
+	for _, key := range []string{"startedAt", "finishedAt", "rebootScheduled", "nextRetry"} {
+		v := gjson.GetBytes(data, key)
+		switch v.Type {
+		case gjson.Null:
+		case gjson.String:
+			if _, err := time.Parse(time.RFC3339Nano, v.Str); err != nil {
+				return fmt.Sprintf("%s %q is not an RFC 3339 time", key, v.Str)
+			}
+		default:
+			return fmt.Sprintf("%s is %s, not an RFC 3339 time string", key, gjsonKind(v))
+		}
+	}
+	return ""
 }
 
 // jsonReason turns an encoding/json error into a short reason.

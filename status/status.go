@@ -167,7 +167,8 @@ type Row struct {
 	// System is what the host reported running (or, for operation boot,
 	// what it will boot).
 	System string `json:"system"`
-	// SystemMatch is System == the expected system; null when a side is unknown.
+	// SystemMatch is System == the expected system, once the host applied
+	// the published version; null before, or when a side is unknown.
 	SystemMatch     *bool      `json:"systemMatch"`
 	RebootRequired  bool       `json:"rebootRequired"`
 	RebootScheduled *time.Time `json:"rebootScheduled"`
