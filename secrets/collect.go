@@ -1,0 +1,323 @@
+package secrets
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/manifest"
+)
+
+// PublishedMode is the mode of a secret in the chroot and in the manifest:
+// only the host's SFTP user may read it.
+const PublishedMode = 0o400
+
+// publishedDirMode is the mode of <host>/secrets/<version>/.
+const publishedDirMode = 0o500
+
+// ResolveDir returns the secrets directory: flag (--secrets-dir or
+// BENTO_SECRETS_DIR) when set, else secrets/ in the fleet's directory; ""
+// when there is neither (a remote flake without --secrets-dir has no secrets).
+func ResolveDir(flag, fleetDir string) (string, error) {
+	if flag == "" && fleetDir == "" {
+		return "", nil
+	}
+	d := flag
+	if d == "" {
+		d = filepath.Join(fleetDir, DirName)
+	}
+	abs, err := filepath.Abs(d)
+	if err != nil {
+		return "", fmt.Errorf("secrets directory %s: %w", d, err)
+	}
+	if flag != "" {
+		fi, err := os.Stat(abs)
+		if err != nil {
+			return "", fmt.Errorf("secrets directory %s (--secrets-dir): %w", abs, err)
+		}
+		if !fi.IsDir() {
+			return "", fmt.Errorf("secrets directory %s (--secrets-dir) is not a directory", abs)
+		}
+	}
+	return abs, nil
+}
+
+// Collect lists the secrets of host, the files directly under dir/<host>/,
+// sorted by name, each with PublishedMode, its size and sha256. A missing
+// dir or host directory means no secrets. Files whose name starts with a
+// dot (.gitkeep, editor files) are ignored; anything else that is not a
+// regular file, or a symlink leading out of dir, is an error.
+func Collect(dir, host string) ([]manifest.File, error) {
+	if err := fleet.ValidateName(host); err != nil {
+		return nil, err
+	}
+	if dir == "" {
+		return nil, nil
+	}
+	hostDir := filepath.Join(dir, host)
+	entries, err := os.ReadDir(hostDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("secrets of %s: %w", host, err)
+	}
+	var files []manifest.File
+	byName := map[string]string{}
+	for _, e := range entries {
+		n := e.Name()
+		if strings.HasPrefix(n, ".") {
+			continue
+		}
+		rel := filepath.Join(host, n)
+		if err := ValidateName(Name(n)); err != nil {
+			return nil, fmt.Errorf("secret %s: %w", rel, err)
+		}
+		if other, ok := byName[Name(n)]; ok {
+			return nil, fmt.Errorf("secret %s: both %s and %s are there; keep one (the .age one is encrypted)", filepath.Join(host, Name(n)), other, n)
+		}
+		byName[Name(n)] = n
+		src, err := source(dir, host, n)
+		if err != nil {
+			return nil, err
+		}
+		size, sum, err := hashFile(src)
+		if err != nil {
+			return nil, fmt.Errorf("secret %s: %w", rel, err)
+		}
+		files = append(files, manifest.File{Path: n, Mode: PublishedMode, Size: size, SHA256: sum})
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
+	return files, nil
+}
+
+// source returns the regular file that dir/<host>/<name> stands for,
+// following symlinks only while they stay inside dir.
+func source(dir, host, name string) (string, error) {
+	rel := filepath.Join(host, name)
+	p := filepath.Join(dir, rel)
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return "", fmt.Errorf("secret %s: %w", rel, err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		real, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return "", fmt.Errorf("secret %s: broken symlink: %w", rel, err)
+		}
+		realDir, err := filepath.EvalSymlinks(dir)
+		if err != nil {
+			return "", fmt.Errorf("secrets directory %s: %w", dir, err)
+		}
+		if !within(real, realDir) {
+			return "", fmt.Errorf("secret %s is a symlink to %s, outside the secrets directory %s: copy the file in instead", rel, real, dir)
+		}
+		p = real
+		if fi, err = os.Stat(p); err != nil {
+			return "", fmt.Errorf("secret %s: %w", rel, err)
+		}
+	}
+	if fi.IsDir() {
+		return "", fmt.Errorf("secret %s is a directory: secrets are files directly under %s", rel, filepath.Join(dir, host))
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("secret %s is not a regular file (%s)", rel, fi.Mode().Type())
+	}
+	return p, nil
+}
+
+func within(p, dir string) bool {
+	r, err := filepath.Rel(dir, p)
+	return err == nil && r != ".." && !strings.HasPrefix(r, "../") && !filepath.IsAbs(r)
+}
+
+func hashFile(p string) (int64, string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return 0, "", err
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Owner is the host's SFTP user on the server, which alone may read the
+// published secrets. UID or GID -1 keeps whoever runs the deploy (a local
+// try-out without root).
+type Owner struct{ UID, GID int }
+
+// NoOwner leaves published secrets owned by the deploying user.
+var NoOwner = Owner{UID: -1, GID: -1}
+
+// LookupOwner finds the SFTP user a host logs in as (services.bento.user).
+func LookupOwner(name string) (Owner, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return Owner{}, fmt.Errorf("SFTP user %q: %w (create the host's user on the server: the bento server module does)", name, err)
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		return Owner{}, fmt.Errorf("SFTP user %q: non-numeric uid %q or gid %q", name, u.Uid, u.Gid)
+	}
+	return Owner{UID: uid, GID: gid}, nil
+}
+
+// ErrChanged is returned (wrapped) when a secret changed between Collect
+// and Write: its manifest line would lie.
+var ErrChanged = errors.New("changed while being published; run bento deploy again")
+
+// Write fills dst, a fresh empty directory that becomes
+// <root>/<host>/secrets/<version>/, with host's secrets as Collect listed
+// them: files 0400 and dst itself 0500, all owned by owner, each synced.
+// It reads each file again and fails with ErrChanged when its content is no
+// longer what files says.
+func Write(ctx context.Context, dst, dir, host string, files []manifest.File, owner Owner) error {
+	for _, f := range files {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := ValidateName(Name(f.Path)); err != nil {
+			return err
+		}
+		src, err := source(dir, host, f.Path)
+		if err != nil {
+			return err
+		}
+		if err := copySecret(src, filepath.Join(dst, f.Path), f, owner); err != nil {
+			return fmt.Errorf("secret %s: %w", filepath.Join(host, f.Path), err)
+		}
+	}
+	if err := os.Lchown(dst, owner.UID, owner.GID); err != nil {
+		return fmt.Errorf("secrets directory: %w", err)
+	}
+	if err := os.Chmod(dst, publishedDirMode); err != nil {
+		return fmt.Errorf("secrets directory: %w", err)
+	}
+	return syncDir(dst)
+}
+
+func copySecret(src, dst string, f manifest.File, owner Owner) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, PublishedMode)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(out, h), in)
+	if err == nil && (n != f.Size || hex.EncodeToString(h.Sum(nil)) != f.SHA256) {
+		err = ErrChanged
+	}
+	if err == nil {
+		err = out.Chown(owner.UID, owner.GID)
+	}
+	if err == nil {
+		// The umask may have taken bits off; a chown may have cleared some.
+		err = out.Chmod(PublishedMode)
+	}
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(dst)
+	}
+	return err
+}
+
+func syncDir(d string) error {
+	f, err := os.Open(d)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// CheckExposure refuses a secrets directory that Nix would copy into the
+// world-readable store while it evaluates the fleet: one inside the flake's
+// directory when that directory is not a git work tree (Nix copies all of
+// it), or was named with path: (plain), or when git tracks files under it
+// (Nix copies tracked files). Call it before evaluating anything. The
+// returned note, when not empty, is advice that does not stop a deploy.
+// Classic fleets (hosts/<name>/configuration.nix) are never copied whole;
+// pass classic to skip the check.
+func CheckExposure(ctx context.Context, fleetDir, secretsDir string, plain, classic bool) (string, error) {
+	if fleetDir == "" || secretsDir == "" || classic {
+		return "", nil
+	}
+	realSecrets, err := filepath.EvalSymlinks(secretsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("secrets directory %s: %w", secretsDir, err)
+	}
+	realFleet, err := filepath.EvalSymlinks(fleetDir)
+	if err != nil {
+		return "", fmt.Errorf("fleet directory %s: %w", fleetDir, err)
+	}
+	if !within(realSecrets, realFleet) {
+		return "", nil
+	}
+	const fix = "move the secrets out of the flake (--secrets-dir), or keep the fleet in git with the secrets untracked (echo /secrets/ >> .gitignore)"
+	if plain {
+		return "", fmt.Errorf("secrets directory %s is inside the fleet %s, given as path:, so Nix would copy the secrets into the world-readable Nix store: %s", secretsDir, fleetDir, fix)
+	}
+	top, err := git(ctx, realFleet, "rev-parse", "--show-toplevel")
+	if err != nil {
+		return "", fmt.Errorf("secrets directory %s is inside the fleet %s, which is not a git work tree, so Nix would copy the secrets into the world-readable Nix store: %s", secretsDir, fleetDir, fix)
+	}
+	top = strings.TrimSpace(top)
+	tracked, err := git(ctx, top, "ls-files", "-z", "--", realSecrets)
+	if err != nil {
+		return "", fmt.Errorf("secrets directory %s: git ls-files: %w", secretsDir, err)
+	}
+	if first, _, _ := strings.Cut(tracked, "\x00"); first != "" {
+		return "", fmt.Errorf("secret %s is tracked by git, so Nix copies it into the world-readable Nix store: git rm -r --cached %s && echo /%s/ >> .gitignore (and rotate the secret: it is in git history)", first, DirName, DirName)
+	}
+	if _, err := git(ctx, top, "check-ignore", "-q", realSecrets); err != nil {
+		return fmt.Sprintf("%s is not in .gitignore: a git add -A would put the secrets into the Nix store at the next evaluation; add /%s/ to .gitignore", secretsDir, DirName), nil
+	}
+	return "", nil
+}
+
+func git(ctx context.Context, dir string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", dir}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			return "", fmt.Errorf("%w: %s", err, msg)
+		}
+		return "", err
+	}
+	return stdout.String(), nil
+}

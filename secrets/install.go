@@ -1,0 +1,513 @@
+package secrets
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/bento-nix/bento/manifest"
+)
+
+// StoreDir is the Nix store: no secret is ever installed below it.
+const StoreDir = "/nix/store"
+
+// DefaultRestartCommand restarts a unit only if it is running, so a
+// secret installed before the switch never starts a unit early.
+var DefaultRestartCommand = []string{"systemctl", "try-restart"}
+
+// Installed is what the agent put at a secret's path.
+type Installed struct {
+	Path  string `json:"path"`
+	Owner string `json:"owner"`
+	Group string `json:"group"`
+	Mode  string `json:"mode"`
+	// Published is the sha256 of the published file (the ciphertext of
+	// an .age secret).
+	Published string `json:"published"`
+	// Content is the sha256 of what was written at Path, to notice a file
+	// that was changed or lost (/run is emptied at boot).
+	Content string `json:"content"`
+}
+
+// State is what is installed, by secret name. The agent keeps it in its
+// state directory between ticks.
+type State map[string]Installed
+
+// LoadState reads a state file; a missing one is an empty state.
+func LoadState(file string) (State, error) {
+	data, err := os.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return State{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("secrets state: %w", err)
+	}
+	st := State{}
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("secrets state %s: %w (remove it: every secret is then installed again)", file, err)
+	}
+	return st, nil
+}
+
+// Save writes the state file atomically, readable by root only.
+func (s State) Save(file string) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(file)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(file)+".tmp-")
+	if err != nil {
+		return fmt.Errorf("secrets state: %w", err)
+	}
+	_, err = tmp.Write(append(data, '\n'))
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), file)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("secrets state: %w", err)
+	}
+	return syncDir(dir)
+}
+
+// Restarter restarts one unit.
+type Restarter interface {
+	Restart(ctx context.Context, unit string) error
+}
+
+// Command restarts a unit by running the command with the unit's name
+// appended; DefaultRestartCommand when empty.
+type Command []string
+
+// Restart runs the command.
+func (c Command) Restart(ctx context.Context, unit string) error {
+	argv := []string(c)
+	if len(argv) == 0 {
+		argv = DefaultRestartCommand
+	}
+	cmd := exec.CommandContext(ctx, argv[0], append(argv[1:len(argv):len(argv)], unit)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(out.String())
+		if len(msg) > 500 {
+			msg = msg[len(msg)-500:]
+		}
+		if msg != "" {
+			return fmt.Errorf("%s %s: %w: %s", strings.Join(argv, " "), unit, err, msg)
+		}
+		return fmt.Errorf("%s %s: %w", strings.Join(argv, " "), unit, err)
+	}
+	return nil
+}
+
+// Installer puts staged secrets in place on the host.
+type Installer struct {
+	// Restarter restarts units; Command(DefaultRestartCommand) when nil.
+	Restarter Restarter
+	// AgeIdentity is the private key .age secrets are decrypted with (the
+	// host's SSH key, usually the agent's identityFile).
+	AgeIdentity string
+	// Age is the age binary; "age" from PATH when empty.
+	Age string
+	// Log receives one line per secret installed or removed (name and
+	// path, never content); nil discards.
+	Log *slog.Logger
+}
+
+// Outcome is what one Install did.
+type Outcome struct {
+	// State is what is installed now; save it for the next Install.
+	State State
+	// Errors are one-line reasons by secret name; the other secrets were
+	// installed. A failed secret keeps what was installed before.
+	Errors map[string]string
+	// Changed are the secrets written this time (new, changed or repaired).
+	Changed []string
+	// Removed are the secrets no longer published, whose files were removed.
+	Removed []string
+	// Units are the units the changed secrets ask to restart.
+	Units []string
+
+	// unitsOf maps each unit to the changed secrets that listed it.
+	unitsOf map[string][]string
+}
+
+// want is a Spec resolved on this host.
+type want struct {
+	path       string
+	uid, gid   int
+	mode       fs.FileMode
+	spec       Spec
+	owner, grp string
+}
+
+// Install makes the host hold exactly the secrets in files, read from dir
+// (Store.Path of the version), as specs say. prev is the previous Outcome's
+// State. It is idempotent: a secret already in place (same content, owner,
+// group, mode) is not touched, so calling it on every tick repairs what a
+// reboot or a hand emptied, and calling it again after a switch installs
+// secrets whose owner the switch created. The error is non-nil only when
+// nothing could be decided (bad arguments); per-secret failures are in
+// Outcome.Errors.
+func (i *Installer) Install(ctx context.Context, dir string, files []manifest.File, specs map[string]Spec, prev State) (Outcome, error) {
+	log := i.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	o := Outcome{State: State{}, Errors: map[string]string{}, unitsOf: map[string][]string{}}
+	published := map[string]bool{}
+	for _, f := range files {
+		name := Name(f.Path)
+		if err := ValidateName(name); err != nil {
+			return o, fmt.Errorf("manifest: %w", err)
+		}
+		if published[name] {
+			return o, fmt.Errorf("manifest: secret %s is published twice", name)
+		}
+		published[name] = true
+	}
+	paths := map[string]string{}
+	for _, f := range files {
+		if err := ctx.Err(); err != nil {
+			return o, err
+		}
+		name := Name(f.Path)
+		old, had := prev[name]
+		fail := func(err error) {
+			o.Errors[name] = err.Error()
+			if had {
+				o.State[name] = old
+			}
+			log.Warn("secret not installed", "secret", name, "err", err)
+		}
+		spec, ok := specs[name]
+		if !ok {
+			fail(fmt.Errorf("the server publishes secret %s but this host declares no services.bento.secrets.%s: declare it (path, owner, group, mode) or remove secrets/<host>/%s on the server", name, name, f.Path))
+			continue
+		}
+		w, err := resolve(name, spec)
+		if err != nil {
+			fail(err)
+			continue
+		}
+		if other, dup := paths[w.path]; dup {
+			fail(fmt.Errorf("secret %s: path %s is also secret %s's: give each secret its own path", name, w.path, other))
+			continue
+		}
+		paths[w.path] = name
+		if had && old.Published == f.SHA256 && old.Path == w.path && inPlace(w, old.Content) {
+			o.State[name] = Installed{Path: w.path, Owner: w.owner, Group: w.grp, Mode: fmt.Sprintf("%04o", w.mode), Published: f.SHA256, Content: old.Content}
+			continue
+		}
+		content, err := i.write(ctx, filepath.Join(dir, f.Path), f, w)
+		if err != nil {
+			fail(fmt.Errorf("secret %s: %w", name, err))
+			continue
+		}
+		o.State[name] = Installed{Path: w.path, Owner: w.owner, Group: w.grp, Mode: fmt.Sprintf("%04o", w.mode), Published: f.SHA256, Content: content}
+		o.Changed = append(o.Changed, name)
+		for _, u := range spec.RestartUnits {
+			o.unitsOf[u] = append(o.unitsOf[u], name)
+		}
+		log.Info("secret installed", "secret", name, "path", w.path, "owner", w.owner, "group", w.grp, "mode", fmt.Sprintf("%04o", w.mode))
+		if had && old.Path != w.path {
+			if err := removeInstalled(old.Path); err != nil {
+				o.Errors[name] = fmt.Sprintf("secret %s: installed at %s, but removing the old copy at %s failed: %v", name, w.path, old.Path, err)
+			}
+		}
+	}
+	var gone []string
+	for name := range prev {
+		if !published[name] {
+			gone = append(gone, name)
+		}
+	}
+	sort.Strings(gone)
+	for _, name := range gone {
+		old := prev[name]
+		if err := removeInstalled(old.Path); err != nil {
+			o.Errors[name] = fmt.Sprintf("secret %s is no longer published, but removing %s failed: %v", name, old.Path, err)
+			o.State[name] = old
+			continue
+		}
+		o.Removed = append(o.Removed, name)
+		log.Info("secret removed", "secret", name, "path", old.Path)
+	}
+	for u := range o.unitsOf {
+		o.Units = append(o.Units, u)
+	}
+	sort.Strings(o.Units)
+	return o, nil
+}
+
+// Restart restarts the units of the secrets Install changed (call it after
+// the switch, so units the new system defines exist) and records each
+// failure in o.Errors under the secrets that listed the unit.
+func (i *Installer) Restart(ctx context.Context, o *Outcome) {
+	r := i.Restarter
+	if r == nil {
+		r = Command(DefaultRestartCommand)
+	}
+	for _, u := range o.Units {
+		err := validUnit(u)
+		if err == nil {
+			err = r.Restart(ctx, u)
+		}
+		if err == nil {
+			continue
+		}
+		if i.Log != nil {
+			i.Log.Warn("restarting a unit for a changed secret failed", "unit", u, "err", err)
+		}
+		for _, name := range o.unitsOf[u] {
+			msg := fmt.Sprintf("secret %s installed, but restarting %s failed: %v", name, u, err)
+			if prev, ok := o.Errors[name]; ok {
+				msg = prev + "; " + msg
+			}
+			o.Errors[name] = msg
+		}
+	}
+}
+
+var unitRE = regexp.MustCompile(`^[A-Za-z0-9:_.@\\-]+$`)
+
+func validUnit(u string) error {
+	if !unitRE.MatchString(u) || strings.HasPrefix(u, "-") {
+		return fmt.Errorf("invalid unit name %q in restartUnits", u)
+	}
+	return nil
+}
+
+// resolve checks a secret's Spec against this host: path, mode, owner, group.
+func resolve(name string, s Spec) (want, error) {
+	opt := "services.bento.secrets." + name
+	w := want{spec: s, path: s.Path}
+	if s.Path == "" {
+		return w, fmt.Errorf("secret %s: %s.path is empty: set it to an absolute path", name, opt)
+	}
+	if !filepath.IsAbs(s.Path) || filepath.Clean(s.Path) != s.Path || s.Path == "/" {
+		return w, fmt.Errorf("secret %s: %s.path %q must be an absolute, clean file path", name, opt, s.Path)
+	}
+	if inStore(s.Path) {
+		return w, fmt.Errorf("secret %s: %s.path %s is in the Nix store, which every user can read: pick a path such as /run/bento-secrets/%s", name, opt, s.Path, name)
+	}
+	mode := s.Mode
+	if mode == "" {
+		mode = "0400"
+	}
+	m, err := strconv.ParseUint(mode, 8, 32)
+	if err != nil || m > 0o777 {
+		return w, fmt.Errorf("secret %s: %s.mode %q is not an octal permission such as 0400", name, opt, s.Mode)
+	}
+	w.mode = fs.FileMode(m)
+	w.owner = s.Owner
+	if w.owner == "" {
+		w.owner = "root"
+	}
+	u, err := lookupUser(w.owner)
+	if err != nil {
+		return w, fmt.Errorf("secret %s: owner %q: no such user on this host (create it, or fix %s.owner)", name, w.owner, opt)
+	}
+	w.uid, _ = strconv.Atoi(u.Uid)
+	w.grp = s.Group
+	if w.grp == "" {
+		w.gid, _ = strconv.Atoi(u.Gid)
+		w.grp = u.Gid
+		if g, err := user.LookupGroupId(u.Gid); err == nil {
+			w.grp = g.Name
+		}
+		return w, nil
+	}
+	g, err := lookupGroup(w.grp)
+	if err != nil {
+		return w, fmt.Errorf("secret %s: group %q: no such group on this host (create it, or fix %s.group)", name, w.grp, opt)
+	}
+	w.gid, _ = strconv.Atoi(g.Gid)
+	return w, nil
+}
+
+func lookupUser(name string) (*user.User, error) {
+	if _, err := strconv.Atoi(name); err == nil {
+		if u, err := user.LookupId(name); err == nil {
+			return u, nil
+		}
+		// A numeric owner without a passwd entry is still an owner.
+		return &user.User{Uid: name, Gid: name, Username: name}, nil
+	}
+	return user.Lookup(name)
+}
+
+func lookupGroup(name string) (*user.Group, error) {
+	if _, err := strconv.Atoi(name); err == nil {
+		return &user.Group{Gid: name, Name: name}, nil
+	}
+	return user.LookupGroup(name)
+}
+
+// inStore tells whether p, or what its existing parent resolves to, lies
+// in the Nix store.
+func inStore(p string) bool {
+	if within(p, StoreDir) {
+		return true
+	}
+	for d := filepath.Dir(p); ; d = filepath.Dir(d) {
+		if real, err := filepath.EvalSymlinks(d); err == nil {
+			return within(real, StoreDir)
+		}
+		if d == "/" {
+			return false
+		}
+	}
+}
+
+// inPlace tells whether w.path holds content with w's owner, group and mode.
+func inPlace(w want, content string) bool {
+	fi, err := os.Lstat(w.path)
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != w.mode {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || int(st.Uid) != w.uid || int(st.Gid) != w.gid {
+		return false
+	}
+	_, sum, err := hashFile(w.path)
+	return err == nil && sum == content
+}
+
+// write installs the staged file src at w.path atomically: a temporary file
+// beside it, owned and moded before anything is written into it, synced,
+// renamed over the path. It returns the sha256 of what it wrote.
+func (i *Installer) write(ctx context.Context, src string, f manifest.File, w want) (string, error) {
+	// The staged copy was verified when downloaded; check again so a
+	// tampered state directory cannot slip in other content.
+	if size, sum, err := hashFile(src); err != nil {
+		return "", fmt.Errorf("staged copy: %w", err)
+	} else if size != f.Size || sum != f.SHA256 {
+		return "", errors.New("staged copy differs from the manifest: it is downloaded again at the next update")
+	}
+	parent := filepath.Dir(w.path)
+	if fi, err := os.Lstat(w.path); err == nil && fi.IsDir() {
+		return "", fmt.Errorf("%s is a directory: remove it or pick another path", w.path)
+	}
+	if err := os.MkdirAll(parent, 0o751); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(parent, "."+filepath.Base(w.path)+".bento-")
+	if err != nil {
+		return "", err
+	}
+	done := false
+	defer func() {
+		if !done {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	// Owner and mode first: the content must never be readable by anyone
+	// else, even for a moment.
+	if err := tmp.Chown(w.uid, w.gid); err != nil {
+		return "", err
+	}
+	if err := tmp.Chmod(w.mode); err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	if Encrypted(f.Path) {
+		err = i.decrypt(ctx, src, io.MultiWriter(tmp, h))
+	} else {
+		err = copyFrom(src, io.MultiWriter(tmp, h))
+	}
+	if err != nil {
+		return "", err
+	}
+	if err := tmp.Sync(); err != nil {
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp.Name(), w.path); err != nil {
+		return "", err
+	}
+	done = true
+	return hex.EncodeToString(h.Sum(nil)), syncDir(parent)
+}
+
+func copyFrom(src string, w io.Writer) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	_, err = io.Copy(w, in)
+	return err
+}
+
+// decrypt runs age -d with the host's identity. Only age's standard error
+// (its own messages, never plaintext) goes into an error.
+func (i *Installer) decrypt(ctx context.Context, src string, w io.Writer) error {
+	if i.AgeIdentity == "" {
+		return errors.New("it is age-encrypted, but the agent has no identity to decrypt it with (set identityFile)")
+	}
+	bin := i.Age
+	if bin == "" {
+		bin = "age"
+	}
+	cmd := exec.CommandContext(ctx, bin, "-d", "-i", i.AgeIdentity, src)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	if err := cmd.Run(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return fmt.Errorf("it is age-encrypted, but %s is not installed (add pkgs.age to the agent's path)", bin)
+		}
+		msg := strings.TrimSpace(stderr.String())
+		if len(msg) > 300 {
+			msg = msg[:300]
+		}
+		return fmt.Errorf("age -d with %s: %w: %s (was it encrypted to this host's key? age -R /etc/ssh/ssh_host_ed25519_key.pub)", i.AgeIdentity, err, msg)
+	}
+	return nil
+}
+
+// removeInstalled removes a secret bento installed; a file already gone is
+// fine, anything but a regular file is left alone.
+func removeInstalled(p string) error {
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is no longer a regular file (%s): left alone", p, fi.Mode().Type())
+	}
+	if err := os.Remove(p); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(p))
+}

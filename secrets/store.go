@@ -1,0 +1,213 @@
+package secrets
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/bento-nix/bento/manifest"
+)
+
+// Fetcher downloads one remote file (a path relative to the chroot root)
+// into w, refusing more than max bytes. The agent's transport.Conn is one.
+type Fetcher interface {
+	Download(ctx context.Context, remote string, w io.Writer, max int64) (int64, error)
+}
+
+// RemotePath is where a published secret lies, relative to the chroot root.
+func RemotePath(version, file string) string {
+	return manifest.SecretsDir + "/" + version + "/" + file
+}
+
+// Store keeps the agent's copies of published secrets, one directory per
+// version, in a directory only root can enter. An encrypted (.age) secret
+// is kept encrypted: it is decrypted only into its installed path.
+type Store struct {
+	Dir string
+}
+
+const stagingPrefix = ".staging-"
+
+// Path is the directory of a version's secrets.
+func (s *Store) Path(version string) string { return filepath.Join(s.Dir, version) }
+
+// Has reports whether a complete copy of version's secrets is held.
+func (s *Store) Has(version string) bool {
+	fi, err := os.Lstat(s.Path(version))
+	return err == nil && fi.IsDir()
+}
+
+// Stage makes a complete, verified copy of m's secrets at Path(m.Version):
+// each file is copied from a version already held when its hash matches,
+// else downloaded from secrets/<version>/, checked against its size and
+// sha256, and synced; the directory appears under its name only when
+// complete. It returns how many bytes it downloaded.
+func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher) (int64, error) {
+	if s.Has(m.Version) {
+		return 0, nil
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return 0, fmt.Errorf("secrets store: %w", err)
+	}
+	// The store may predate this bento or have been made by hand.
+	if err := os.Chmod(s.Dir, 0o700); err != nil {
+		return 0, fmt.Errorf("secrets store: %w", err)
+	}
+	if err := s.clean(); err != nil {
+		return 0, err
+	}
+	held := s.index()
+	staging, err := os.MkdirTemp(s.Dir, stagingPrefix+m.Version+"-")
+	if err != nil {
+		return 0, fmt.Errorf("secrets store: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(staging)
+		}
+	}()
+	var total int64
+	for _, file := range m.Secrets {
+		if err := ValidateName(Name(file.Path)); err != nil {
+			return total, fmt.Errorf("manifest: %w", err)
+		}
+		dst := filepath.Join(staging, file.Path)
+		if src, found := held[file.SHA256]; found {
+			if err := copyVerified(ctx, dst, file, func(w io.Writer) (int64, error) {
+				in, err := os.Open(src)
+				if err != nil {
+					return 0, err
+				}
+				defer in.Close()
+				return io.Copy(w, io.LimitReader(in, file.Size+1))
+			}); err == nil {
+				continue
+			}
+		}
+		remote := RemotePath(m.Version, file.Path)
+		var n int64
+		err := copyVerified(ctx, dst, file, func(w io.Writer) (int64, error) {
+			var err error
+			n, err = f.Download(ctx, remote, w, file.Size)
+			return n, err
+		})
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("fetch secret %s: %w", file.Path, err)
+		}
+	}
+	if err := syncDir(staging); err != nil {
+		return total, fmt.Errorf("secrets store: %w", err)
+	}
+	if err := os.Rename(staging, s.Path(m.Version)); err != nil {
+		return total, fmt.Errorf("secrets store: %w", err)
+	}
+	ok = true
+	return total, syncDir(s.Dir)
+}
+
+// copyVerified writes what fill produces into a new file dst (0600) and
+// keeps it only when its size and sha256 are file's.
+func copyVerified(ctx context.Context, dst string, file manifest.File, fill func(io.Writer) (int64, error)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	n, err := fill(io.MultiWriter(out, h))
+	if err == nil && n != file.Size {
+		err = fmt.Errorf("size %d, but the manifest says %d (republished during the download? the next tick retries)", n, file.Size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); err == nil && !strings.EqualFold(got, file.SHA256) {
+		err = fmt.Errorf("sha256 differs from the manifest's: refusing the file")
+	}
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(dst)
+	}
+	return err
+}
+
+// index maps the hash of every held secret file to its path, so a secret
+// unchanged across versions is never downloaded twice.
+func (s *Store) index() map[string]string {
+	idx := map[string]string{}
+	versions, _ := os.ReadDir(s.Dir)
+	for _, v := range versions {
+		if !v.IsDir() || strings.HasPrefix(v.Name(), ".") {
+			continue
+		}
+		files, _ := os.ReadDir(filepath.Join(s.Dir, v.Name()))
+		for _, f := range files {
+			p := filepath.Join(s.Dir, v.Name(), f.Name())
+			if !f.Type().IsRegular() {
+				continue
+			}
+			if _, sum, err := hashFile(p); err == nil {
+				idx[sum] = p
+			}
+		}
+	}
+	return idx
+}
+
+// clean removes staging directories an interrupted tick left.
+func (s *Store) clean() error {
+	entries, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return fmt.Errorf("secrets store: %w", err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), stagingPrefix) {
+			if err := os.RemoveAll(filepath.Join(s.Dir, e.Name())); err != nil {
+				return fmt.Errorf("secrets store: removing leftover %s: %w", e.Name(), err)
+			}
+		}
+	}
+	return nil
+}
+
+// Prune removes every held version but the ones in keep.
+func (s *Store) Prune(keep ...string) error {
+	entries, err := os.ReadDir(s.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("secrets store: %w", err)
+	}
+	kept := map[string]bool{}
+	for _, k := range keep {
+		kept[k] = true
+	}
+	var errs []error
+	for _, e := range entries {
+		if kept[e.Name()] || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(s.Dir, e.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("secrets store: %w", err)
+	}
+	return nil
+}
