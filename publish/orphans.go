@@ -22,7 +22,7 @@ type Orphan struct {
 
 // Orphans lists the chroots under the root whose host is not in known.
 // Only directories that look like bento chroots (a manifest, config/,
-// reports/ or secrets/ inside) count, so unrelated directories are never
+// secrets/, cache/ or reports/ inside) count, so unrelated directories are never
 // listed, let alone pruned.
 func (p *Publisher) Orphans(known []string) ([]Orphan, error) {
 	entries, err := os.ReadDir(p.root)
@@ -44,7 +44,7 @@ func (p *Publisher) Orphans(known []string) ([]Orphan, error) {
 		}
 		dir := filepath.Join(p.root, n)
 		has := func(sub string) bool { _, err := os.Lstat(filepath.Join(dir, sub)); return err == nil }
-		bento := has(manifest.ManifestFile) || has(manifest.ConfigDir) || has(manifest.SecretsDir)
+		bento := has(manifest.ManifestFile) || has(manifest.ConfigDir) || has(manifest.SecretsDir) || has(manifest.CacheDir)
 		if !bento && !has(manifest.ReportsDir) {
 			continue
 		}

@@ -67,6 +67,9 @@ type Target struct {
 	ExpectedToplevel string
 	// Extra, when set, publishes more files beside the tree.
 	Extra *Extra
+	// Cache, when set, is announced in the manifest: the host's binary
+	// cache in its chroot, filled by package cache.
+	Cache *manifest.Cache
 }
 
 // Extra is a second set of files published with a version, under
@@ -276,6 +279,7 @@ func (p *Publisher) publishHost(ctx context.Context, t Target) Result {
 		Flake:            flakeOf(t.Host),
 		Files:            tree.Manifest(),
 		Secrets:          extra,
+		Cache:            t.Cache,
 	}
 	live := cur != nil && cur.Version == version && p.versionPresent(hostDir, version, t.Extra != nil)
 	switch {
@@ -366,8 +370,12 @@ func flakeOf(h fleet.Host) manifest.Flake {
 // nothing a client or bento status reads. An unknown expected system
 // (--no-build) keeps the known one.
 func sameMeta(cur, m *manifest.Manifest) bool {
-	return cur.Host == m.Host && cur.Flake == m.Flake &&
+	return cur.Host == m.Host && cur.Flake == m.Flake && sameCache(cur.Cache, m.Cache) &&
 		(m.ExpectedToplevel == "" || m.ExpectedToplevel == cur.ExpectedToplevel)
+}
+
+func sameCache(a, b *manifest.Cache) bool {
+	return a == nil && b == nil || a != nil && b != nil && *a == *b
 }
 
 func (p *Publisher) versionPresent(hostDir, version string, extra bool) bool {
