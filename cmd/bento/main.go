@@ -44,6 +44,7 @@ func newApp() *cli.App {
 			logsCommand(),
 			diffCommand(),
 			agentCommand(),
+			keygenCommand(),
 			completionCommand(),
 		},
 		// Errors are printed once, by exitCode, with their exit status.

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bento-nix/bento/cache"
+)
+
+// defaultCacheKey is where the server keeps the fleet's signing key.
+const defaultCacheKey = "/var/lib/bento/cache-key.sec"
+
+func keygenCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "keygen",
+		Usage: "create the signing key of the binary cache the server gives each host",
+		Description: "Creates the key pair that signs every path bento puts in the hosts' chroots\n" +
+			"(nix key generate-secret). The secret key stays on the server (mode 0600);\n" +
+			"the public key is printed and published in every manifest. An existing\n" +
+			"secret key is never replaced: move it away first to rotate it.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "name", Usage: "key name hosts see in trusted-public-keys (default: <hostname>-bento-1)"},
+			&cli.StringFlag{Name: "secret-key", Value: defaultCacheKey, Usage: "where to write the secret key", EnvVars: []string{"BENTO_CACHE_KEY"}},
+			&cli.StringFlag{Name: "public-key", Usage: "where to write the public key (default: the secret key's path with .pub)"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return usageError("keygen takes no arguments (got %q); use --name, --secret-key and --public-key", c.Args().First())
+			}
+			name := c.String("name")
+			if name == "" {
+				h, err := os.Hostname()
+				if err != nil || h == "" {
+					return usageError("cannot tell this machine's hostname (%v): pass --name", err)
+				}
+				name = h + "-bento-1"
+			}
+			sec := c.String("secret-key")
+			pub := c.String("public-key")
+			if pub == "" {
+				pub = strings.TrimSuffix(sec, ".sec") + ".pub"
+			}
+			key, err := cache.GenerateKey(c.Context, nixRunner(c), name, sec, pub)
+			if err != nil {
+				return failed(err)
+			}
+			fmt.Fprintln(c.App.Writer, key.String())
+			fmt.Fprintf(c.App.ErrWriter, "bento: wrote the secret key to %s (keep it on this server) and the public key to %s\n", sec, pub)
+			return nil
+		},
+	}
+}
