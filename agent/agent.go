@@ -1,0 +1,469 @@
+// Package agent is the client half of bento: one tick connects to the
+// server over SSH/SFTP, reads the host's manifest, and when a new
+// publication is there downloads what changed, builds (or fetches) the
+// host's system, switches to it with a guard that rolls back, and reports.
+//
+// A tick is safe to kill at any point: the state directory is written with
+// temp files and renames, the lock is an flock, reports wait in a local
+// queue until the server has them, and an attempt that was interrupted is
+// taken up again by the next tick.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bento-nix/bento/activate"
+	"github.com/bento-nix/bento/agent/backoff"
+	"github.com/bento-nix/bento/agent/queue"
+	"github.com/bento-nix/bento/agent/transport"
+	"github.com/bento-nix/bento/agent/tree"
+	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/nix"
+)
+
+// Options are what a tick needs beyond the configuration.
+type Options struct {
+	// Out receives the tick's progress and the live build and switch
+	// output (the terminal, or a trigger connection); nil discards.
+	Out io.Writer
+	// Nix runs nix, nix-store and nix-env.
+	Nix *nix.Runner
+	// AgentVersion goes into every report.
+	AgentVersion string
+	// LockWait bounds the wait for another tick's lock; 0 waits as long
+	// as ctx allows.
+	LockWait time.Duration
+	// Dial replaces the TCP dialer (benchmarks count bytes with it).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// Rand spreads reboot times; a random seed when nil.
+	Rand *rand.Rand
+}
+
+// Outcome says what a tick did.
+type Outcome struct {
+	// Action is "up-to-date", "applied", "failed", "rolled-back",
+	// "waiting-retry", "auto-updated" or "unpublished".
+	Action string
+	// Report is the report written this tick, if any.
+	Report *manifest.Report
+	// Fetched is the number of tree files downloaded.
+	Fetched int
+	// Rebooted is true when the reboot command ran.
+	Rebooted bool
+}
+
+// Actions of Outcome.
+const (
+	ActionUpToDate    = "up-to-date"
+	ActionApplied     = "applied"
+	ActionFailed      = "failed"
+	ActionRolledBack  = "rolled-back"
+	ActionWaiting     = "waiting-retry"
+	ActionAutoUpdated = "auto-updated"
+	ActionUnpublished = "unpublished"
+)
+
+// ErrQueued is returned (wrapped) when the tick's report could not be
+// delivered and waits in the local queue for the next tick.
+var ErrQueued = errors.New("report queued")
+
+// Run runs one tick. The error is non-nil when the host is not where the
+// publication wants it (an attempt failed or rolled back, a failed version
+// waits for its retry) or the server could not be reached; the Outcome
+// says what happened either way.
+func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
+	if err := cfg.Complete(); err != nil {
+		return Outcome{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return Outcome{}, err
+	}
+	keys, err := transport.ParseHostKeys(cfg.ServerHostKey)
+	if err != nil {
+		return Outcome{}, err
+	}
+	signer, err := transport.LoadSigner(cfg.IdentityFile)
+	if err != nil {
+		return Outcome{}, err
+	}
+	policy, err := activate.ParsePolicy(cfg.Reboot.Policy, cfg.Reboot.Window)
+	if err != nil {
+		return Outcome{}, err
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	if o.Nix == nil {
+		o.Nix = &nix.Runner{}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
+		return Outcome{}, fmt.Errorf("state directory: %w", err)
+	}
+	lk, err := acquireLock(ctx, cfg.StateDir, o.LockWait, o.Out)
+	if err != nil {
+		return Outcome{}, err
+	}
+	defer lk.release()
+
+	t := &tick{
+		cfg:    cfg,
+		o:      o,
+		keys:   keys,
+		signer: signer,
+		policy: policy,
+		retry:  backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
+		store:  &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir)},
+		queue:  &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
+		log:    slog.New(slog.NewTextHandler(o.Out, nil)),
+	}
+	defer t.closeConn()
+	out, err := t.run(ctx)
+	if err != nil {
+		err = fmt.Errorf("host %s: %w", cfg.Host, err)
+	}
+	return out, err
+}
+
+type tick struct {
+	cfg    Config
+	o      Options
+	keys   []ssh.PublicKey
+	signer ssh.Signer
+	policy activate.Policy
+	retry  backoff.Policy
+	store  *tree.Store
+	queue  *queue.Queue
+	log    *slog.Logger
+
+	mu   sync.Mutex
+	conn *transport.Conn
+}
+
+func (t *tick) say(format string, args ...any) {
+	fmt.Fprintf(t.o.Out, "bento: "+format+"\n", args...)
+}
+
+func (t *tick) transportOptions(attempts int) transport.Options {
+	return transport.Options{
+		Addr:           net.JoinHostPort(t.cfg.Server, strconv.Itoa(t.cfg.Port)),
+		User:           t.cfg.User,
+		Signer:         t.signer,
+		HostKeys:       t.keys,
+		ConnectTimeout: time.Duration(t.cfg.ConnectTimeout),
+		OpTimeout:      time.Duration(t.cfg.OperationTimeout),
+		Attempts:       attempts,
+		Backoff:        backoff.Policy{Initial: time.Second, Max: 30 * time.Second},
+		Dial:           t.o.Dial,
+		Logger:         t.log,
+	}
+}
+
+// connect (re)opens the tick's connection.
+func (t *tick) connect(ctx context.Context, attempts int) error {
+	c, err := transport.Dial(ctx, t.transportOptions(attempts))
+	if err != nil {
+		return err
+	}
+	t.setConn(c)
+	return nil
+}
+
+func (t *tick) setConn(c *transport.Conn) {
+	t.mu.Lock()
+	old := t.conn
+	t.conn = c
+	t.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+}
+
+func (t *tick) getConn() *transport.Conn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.conn
+}
+
+func (t *tick) closeConn() { t.setConn(nil) }
+
+func (t *tick) activator(log io.Writer) *activate.Activator {
+	return &activate.Activator{
+		Nix: t.o.Nix,
+		Paths: activate.Paths{
+			Profile:       t.cfg.Profile,
+			CurrentSystem: t.cfg.CurrentSystem,
+			BootedSystem:  t.cfg.BootedSystem,
+			RebootCommand: t.cfg.RebootCommand,
+		},
+		Log: log,
+	}
+}
+
+func (t *tick) run(ctx context.Context) (Outcome, error) {
+	st, err := loadState(t.cfg.StateDir)
+	if err != nil {
+		return Outcome{}, err
+	}
+	if err := t.store.Clean(); err != nil {
+		return Outcome{}, err
+	}
+	if err := t.connect(ctx, t.cfg.ConnectAttempts); err != nil {
+		if n, _ := t.queue.List(); len(n) > 0 {
+			return Outcome{}, fmt.Errorf("%w (%d reports wait in %s)", err, len(n), t.queue.Dir)
+		}
+		return Outcome{}, err
+	}
+	if err := t.flush(ctx); err != nil {
+		return Outcome{}, fmt.Errorf("delivering queued reports: %w", err)
+	}
+
+	head, err := t.readHead(ctx)
+	if transport.IsNotExist(err) {
+		t.say("nothing is published for %s yet (no %s in its chroot): run bento deploy on the server", t.cfg.Host, manifest.ManifestFile)
+		return Outcome{Action: ActionUnpublished}, nil
+	}
+	if err != nil {
+		return Outcome{}, err
+	}
+	now := t.o.Now()
+	d, due := decide(st, head.Version, head.Expected, now, t.retry)
+	switch d {
+	case upToDate:
+		if t.cfg.SelfUpdate {
+			return t.selfUpdate(ctx, &st, head)
+		}
+		return t.upToDate(ctx, st, head)
+	case waitRetry:
+		t.say("version %s failed %d time(s) (%s); next retry after %s", head.Version, st.Attempt.Count, st.Attempt.Result, due.Format(time.RFC3339))
+		out := Outcome{Action: ActionWaiting}
+		rebooted, rerr := t.rebootIfDue(ctx, t.activator(t.o.Out))
+		out.Rebooted = rebooted
+		return out, errors.Join(fmt.Errorf("version %s failed; next retry after %s", head.Version, due.Format(time.RFC3339)), rerr)
+	}
+	m, err := t.readManifest(ctx)
+	if err != nil {
+		return t.refuse(ctx, &st, head, err)
+	}
+	return t.apply(ctx, &st, m)
+}
+
+// headChunk is the first read of manifest.json: enough for the keys
+// before "files" in the publisher's layout.
+const headChunk = 768
+
+func (t *tick) readHead(ctx context.Context) (manifestHead, error) {
+	data, complete, err := t.getConn().ReadHead(ctx, manifest.ManifestFile, headChunk, manifest.MaxSize, func(b []byte) bool {
+		_, ok := parseHead(b)
+		return !ok
+	})
+	if err != nil {
+		return manifestHead{}, err
+	}
+	h, ok := parseHead(data)
+	if !ok || h.Format != manifest.Format || h.Host != t.cfg.Host {
+		// Let the full parse explain what is wrong.
+		if !complete {
+			data, err = t.getConn().ReadFile(ctx, manifest.ManifestFile, manifest.MaxSize)
+			if err != nil {
+				return manifestHead{}, err
+			}
+		}
+		m, err := t.parseManifest(data)
+		if err != nil {
+			return manifestHead{Version: h.Version, Expected: h.Expected}, err
+		}
+		return manifestHead{Format: m.Format, Host: m.Host, Version: m.Version, Expected: m.ExpectedToplevel}, nil
+	}
+	return h, nil
+}
+
+func (t *tick) readManifest(ctx context.Context) (*manifest.Manifest, error) {
+	data, err := t.getConn().ReadFile(ctx, manifest.ManifestFile, manifest.MaxSize)
+	if err != nil {
+		return nil, err
+	}
+	return t.parseManifest(data)
+}
+
+func (t *tick) parseManifest(data []byte) (*manifest.Manifest, error) {
+	m, err := manifest.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("refusing the published %s: %w", manifest.ManifestFile, err)
+	}
+	if m.Host != t.cfg.Host {
+		return nil, fmt.Errorf("the published %s is for host %q, not %q: user %q reads another host's chroot (check services.bento.user on both sides)", manifest.ManifestFile, m.Host, t.cfg.Host, t.cfg.User)
+	}
+	return m, nil
+}
+
+// newReport starts the report of an attempt.
+func (t *tick) newReport(st *State, version, expected string, now time.Time) manifest.Report {
+	return manifest.Report{
+		Format:           manifest.Format,
+		Host:             t.cfg.Host,
+		SeenVersion:      version,
+		AppliedVersion:   st.AppliedVersion,
+		AttemptedVersion: version,
+		ExpectedToplevel: expected,
+		Mode:             t.cfg.Mode,
+		Operation:        t.cfg.Operation,
+		AgentVersion:     t.o.AgentVersion,
+		StartedAt:        now.UTC(),
+		Attempts:         st.Attempt.Count,
+	}
+}
+
+// refuse reports a publication the agent will not act on (an invalid or
+// unsafe manifest), so the operator sees why in bento status.
+func (t *tick) refuse(ctx context.Context, st *State, head manifestHead, cause error) (Outcome, error) {
+	now := t.o.Now()
+	version := head.Version
+	if version == "" {
+		version = "invalid"
+	}
+	st.begin(version, head.Expected, now)
+	rep := t.newReport(st, version, head.Expected, now)
+	rep.Stage, rep.Result, rep.Error = manifest.StageFailed, manifest.ResultFailure, cause.Error()
+	log := newLogBuffer(t.cfg.LogMaxBytes, t.o.Out)
+	log.Printf("%v", cause)
+	return t.finishAttempt(ctx, st, &rep, log, ActionFailed, cause)
+}
+
+// finishAttempt records the attempt's end in the state, queues its
+// report and log, and delivers them.
+func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, action string, cause error) (Outcome, error) {
+	now := t.o.Now()
+	st.finish(rep.Result, now, t.retry)
+	if !final(rep.Result) {
+		next := st.Attempt.NextRetry.UTC()
+		rep.NextRetry = &next
+		log.Printf("will retry version %s after %s (attempt %d failed)", rep.AttemptedVersion, next.Format(time.RFC3339), st.Attempt.Count)
+	}
+	rep.AppliedVersion = st.AppliedVersion
+	act := t.activator(io.Discard)
+	rep.CurrentSystem, _ = act.Current()
+	rep.BootedSystem, _ = act.Booted()
+	rep.FinishedAt = now.UTC()
+	rep.Log = logName(rep.AttemptedVersion, rep.StartedAt)
+	out := Outcome{Action: action, Report: rep}
+	// Queue first, then the state: a kill in between repeats the attempt
+	// (harmless) rather than losing its report.
+	if err := t.send(ctx, *rep, rep.Log, log.Bytes(), true); err != nil {
+		saveErr := saveState(t.cfg.StateDir, *st)
+		return out, errors.Join(cause, err, saveErr)
+	}
+	if err := saveState(t.cfg.StateDir, *st); err != nil {
+		return out, errors.Join(cause, err)
+	}
+	return out, cause
+}
+
+func logName(version string, started time.Time) string {
+	return version + "-" + started.UTC().Format("20060102T150405Z") + ".log.gz"
+}
+
+// send queues a report (and its log) and delivers the queue. When the
+// connection is gone it reconnects once (with retries); when the server
+// stays unreachable the report waits in the queue.
+func (t *tick) send(ctx context.Context, rep manifest.Report, logName string, log []byte, withLog bool) error {
+	var gz []byte
+	if withLog {
+		gz = gzipBytes(log)
+	} else {
+		logName = ""
+	}
+	if !withLog {
+		// A heartbeat waiting from an earlier tick says nothing this one
+		// does not say better.
+		if entries, err := t.queue.List(); err == nil {
+			for _, e := range entries {
+				if !e.HasLog && e.Report.Result == manifest.ResultUnchanged {
+					t.queue.Done(e)
+				}
+			}
+		}
+	}
+	if _, err := t.queue.Put(rep, logName, gz); err != nil {
+		return err
+	}
+	if data, err := json.Marshal(rep); err == nil {
+		writeFileAtomic(filepath.Join(t.cfg.StateDir, lastReportFile), data, 0o644)
+	}
+	if t.getConn() != nil {
+		if err := t.flush(ctx); err == nil {
+			return nil
+		}
+	}
+	if err := t.connect(ctx, t.cfg.ConnectAttempts); err != nil {
+		t.say("cannot deliver the report now; it waits in %s for the next tick: %v", t.queue.Dir, err)
+		return fmt.Errorf("%w in %s, the server is unreachable: %w", ErrQueued, t.queue.Dir, err)
+	}
+	if err := t.flush(ctx); err != nil {
+		return fmt.Errorf("%w in %s: %w", ErrQueued, t.queue.Dir, err)
+	}
+	return nil
+}
+
+// flush delivers the queued reports in order: each one's log, then
+// status.json (replaced atomically), then it leaves the queue.
+func (t *tick) flush(ctx context.Context) error {
+	entries, err := t.queue.List()
+	if err != nil || len(entries) == 0 {
+		return err
+	}
+	c := t.getConn()
+	logged := false
+	for _, e := range entries {
+		if e.HasLog {
+			data, err := t.queue.Log(e)
+			if err != nil {
+				return err
+			}
+			if err := c.Mkdir(ctx, manifest.LogsDir); err != nil {
+				return err
+			}
+			if err := c.WriteFile(ctx, manifest.LogsDir+"/"+e.LogName, data); err != nil {
+				return err
+			}
+		}
+		body, err := json.MarshalIndent(e.Report, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := c.WriteFile(ctx, manifest.StatusFile, append(body, '\n')); err != nil {
+			return err
+		}
+		if err := t.queue.Done(e); err != nil {
+			return err
+		}
+		logged = logged || e.HasLog
+	}
+	if logged {
+		if err := pruneLogs(ctx, c, t.cfg.LogsKept); err != nil {
+			t.say("warning: could not remove old logs: %v", err)
+		}
+	}
+	return nil
+}

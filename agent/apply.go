@@ -1,0 +1,357 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/bento-nix/bento/activate"
+	"github.com/bento-nix/bento/agent/transport"
+	"github.com/bento-nix/bento/manifest"
+)
+
+// apply fetches, builds and switches to a new publication.
+func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outcome, error) {
+	now := t.o.Now()
+	st.begin(m.Version, m.ExpectedToplevel, now)
+	if err := saveState(t.cfg.StateDir, *st); err != nil {
+		return Outcome{}, err
+	}
+	rep := t.newReport(st, m.Version, m.ExpectedToplevel, now)
+	log := newLogBuffer(t.cfg.LogMaxBytes, t.o.Out)
+	log.Printf("host %s: applying version %s published %s (attempt %d, mode %s, operation %s)",
+		t.cfg.Host, m.Version, m.PublishedAt.UTC().Format(time.RFC3339), st.Attempt.Count, t.cfg.Mode, t.cfg.Operation)
+	fail := func(step string, err error) (Outcome, error) {
+		err = fmt.Errorf("%s: %w", step, err)
+		log.Printf("%v", err)
+		rep.Stage, rep.Result, rep.Error = manifest.StageFailed, manifest.ResultFailure, err.Error()
+		return t.finishAttempt(ctx, st, &rep, log, ActionFailed, err)
+	}
+
+	cur, _ := t.store.Current()
+	start := time.Now()
+	stats, err := t.store.Stage(ctx, m, t.getConn(), cur, st.AppliedVersion)
+	rep.BytesFetched = stats.Bytes
+	if err != nil {
+		if ctx.Err() != nil {
+			return Outcome{}, err
+		}
+		return fail("fetch", err)
+	}
+	log.Printf("fetched version %s: %d of %d files downloaded (%d bytes), %d unchanged reused, in %s",
+		m.Version, stats.Downloaded, stats.Files, stats.Bytes, stats.Reused, time.Since(start).Round(time.Millisecond))
+	if err := t.store.SetCurrent(m.Version); err != nil {
+		return fail("fetch", err)
+	}
+	if err := t.store.Prune(m.Version, st.AppliedVersion); err != nil {
+		log.Printf("warning: removing old trees: %v", err)
+	}
+	rep.Stage = manifest.StageFetched
+
+	var toplevel string
+	if t.cfg.Mode == "fetch" {
+		log.Printf("realising %s from the substituters (fetch mode: evaluating nothing)", m.ExpectedToplevel)
+		toplevel, err = fetch(ctx, t.o.Nix, &t.cfg, m, log)
+	} else {
+		log.Printf("building %s", strings.Join(installable(t.cfg.Host, m, t.store.Path(m.Version)), " "))
+		toplevel, err = build(ctx, t.o.Nix, &t.cfg, m, t.store.Path(m.Version), false, log)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return Outcome{}, err
+		}
+		return fail(map[string]string{"fetch": "realise", "build": "build"}[t.cfg.Mode], err)
+	}
+	rep.ActualToplevel = toplevel
+	if m.ExpectedToplevel != "" {
+		same := toplevel == m.ExpectedToplevel
+		rep.Reproducible = &same
+		if same {
+			log.Printf("built %s: the same system the server built", toplevel)
+		} else {
+			log.Printf("built %s, but the server built %s: not reproducible (applying this host's build)", toplevel, m.ExpectedToplevel)
+		}
+	} else {
+		log.Printf("built %s", toplevel)
+	}
+	rep.Stage = manifest.StageBuilt
+	return t.switchTo(ctx, st, &rep, log, toplevel, m.Version, ActionApplied, manifest.ResultSuccess)
+}
+
+// switchTo activates toplevel behind the guard: a failed activation, or
+// a server that cannot be reached again within confirmTimeout, rolls back
+// to the system that ran before. Nothing switched, nothing rolled back.
+func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, toplevel, version, action string, result manifest.Result) (Outcome, error) {
+	act := t.activator(log)
+	op := t.cfg.Operation
+	prev, err := act.Current()
+	if err != nil {
+		return t.failAttempt(ctx, st, rep, log, fmt.Errorf("activation: %w", err))
+	}
+	log.Printf("switching to %s (%s); the running system is %s", toplevel, op, orNone(prev))
+	outcome, err := act.Switch(ctx, toplevel, op)
+	if err != nil {
+		if ctx.Err() != nil {
+			// Stopped mid-switch: the state says "running", so the next
+			// tick takes the attempt up again.
+			return Outcome{}, err
+		}
+		err = fmt.Errorf("activation: %w", err)
+		if !outcome.NeedsRollback() {
+			log.Printf("%v (nothing was changed)", err)
+			return t.failAttempt(ctx, st, rep, log, err)
+		}
+		return t.rollback(ctx, st, rep, log, act, prev, "activation-failed", err)
+	}
+	switch {
+	case outcome == activate.Skipped:
+		// This tick reached the server with the system running: that is
+		// the confirmation.
+		log.Printf("already running %s: nothing to switch", toplevel)
+		rep.Stage = manifest.StageConfirmed
+	case op == activate.OpBoot:
+		log.Printf("%s is the boot default; it runs after the next reboot", toplevel)
+		rep.Stage = manifest.StageSwitched
+	default:
+		rep.Stage = manifest.StageSwitched
+		timeout := time.Duration(t.cfg.ConfirmTimeout)
+		log.Printf("switched; checking that the server is still reachable (up to %s)", timeout)
+		if err := activate.Confirm(ctx, timeout, t.probe); err != nil {
+			if errors.Is(err, activate.ErrUnconfirmed) {
+				return t.rollback(ctx, st, rep, log, act, prev, "server-unreachable", err)
+			}
+			return Outcome{}, err
+		}
+		log.Printf("confirmed: the server answers after the switch")
+		rep.Stage = manifest.StageConfirmed
+	}
+	st.AppliedVersion, st.AppliedSystem = version, toplevel
+	rep.Result = result
+	t.planReboot(rep, act, toplevel, log)
+	out, err := t.finishAttempt(ctx, st, rep, log, action, nil)
+	rebooted, rerr := t.rebootIfDue(ctx, act)
+	out.Rebooted = rebooted
+	return out, errors.Join(err, rerr)
+}
+
+func (t *tick) failAttempt(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, err error) (Outcome, error) {
+	rep.Stage, rep.Result, rep.Error = manifest.StageFailed, manifest.ResultFailure, err.Error()
+	return t.finishAttempt(ctx, st, rep, log, ActionFailed, err)
+}
+
+func (t *tick) rollback(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, act *activate.Activator, prev, reason string, cause error) (Outcome, error) {
+	rep.RollbackReason = reason
+	if prev == "" {
+		err := fmt.Errorf("%w; no system was running before (%s missing), so there is nothing to roll back to", cause, t.cfg.CurrentSystem)
+		log.Printf("%v", err)
+		return t.failAttempt(ctx, st, rep, log, err)
+	}
+	log.Printf("%v: rolling back to %s", cause, prev)
+	if err := act.Rollback(context.WithoutCancel(ctx), prev, t.cfg.Operation); err != nil {
+		err = fmt.Errorf("%w; rolling back to %s failed too: %w", cause, prev, err)
+		log.Printf("%v", err)
+		return t.failAttempt(ctx, st, rep, log, err)
+	}
+	log.Printf("rolled back to %s", prev)
+	rep.Stage, rep.Result, rep.Error = manifest.StageRolledBack, manifest.ResultRolledBack, cause.Error()
+	return t.finishAttempt(ctx, st, rep, log, ActionRolledBack, fmt.Errorf("rolled back to %s: %w", prev, cause))
+}
+
+// probe is the confirmation after a switch: a fresh connection (the old
+// one may have survived a network that is now broken) that can read the
+// manifest. It becomes the tick's connection.
+func (t *tick) probe(ctx context.Context) error {
+	c, err := transport.Dial(ctx, t.transportOptions(1))
+	if err != nil {
+		return err
+	}
+	if _, err := c.Stat(ctx, manifest.ManifestFile); err != nil {
+		c.Close()
+		return err
+	}
+	t.setConn(c)
+	return nil
+}
+
+// planReboot decides, after a switch, whether and when to reboot.
+func (t *tick) planReboot(rep *manifest.Report, act *activate.Activator, toplevel string, log *logBuffer) {
+	if t.cfg.Operation == activate.OpTest {
+		// test does not touch the boot loader: a reboot returns to the
+		// profile's system, so there is nothing to reboot into.
+		return
+	}
+	booted, _ := act.Booted()
+	rc, err := activate.NeedsReboot(booted, toplevel)
+	if err != nil {
+		log.Printf("warning: reboot check: %v", err)
+		return
+	}
+	if rc.Note != "" {
+		log.Printf("reboot check: %s", rc.Note)
+	}
+	rep.RebootRequired = rc.Required
+	if !rc.Required {
+		// A newer generation that no longer needs it cancels a pending reboot.
+		if p, _ := activate.LoadPending(t.cfg.StateDir); p != nil {
+			log.Printf("the pending reboot planned for %s is no longer needed: cancelled", p.At.Format(time.RFC3339))
+		}
+		activate.ClearPending(t.cfg.StateDir)
+		return
+	}
+	log.Printf("reboot required: %s differ from the booted system %s", strings.Join(rc.Changed, ", "), booted)
+	at, ok := t.policy.Plan(t.o.Now(), t.o.Rand)
+	if !ok {
+		log.Printf("reboot policy %s: reporting reboot-required, not rebooting", t.policy.Mode)
+		activate.ClearPending(t.cfg.StateDir)
+		return
+	}
+	if err := activate.SavePending(t.cfg.StateDir, activate.PendingReboot{At: at, System: toplevel}); err != nil {
+		log.Printf("warning: %v", err)
+		return
+	}
+	at = at.UTC()
+	rep.RebootScheduled = &at
+	log.Printf("reboot planned for %s (policy %s)", at.Format(time.RFC3339), t.policy.Mode)
+}
+
+// rebootIfDue runs a planned reboot whose time has come, once the report
+// is delivered or queued. It cancels one that is no longer needed.
+func (t *tick) rebootIfDue(ctx context.Context, act *activate.Activator) (bool, error) {
+	p, err := activate.LoadPending(t.cfg.StateDir)
+	if err != nil || p == nil {
+		return false, err
+	}
+	if t.policy.Mode == activate.PolicyNever {
+		t.say("reboot policy is never: dropping the reboot planned for %s", p.At.Format(time.RFC3339))
+		return false, activate.ClearPending(t.cfg.StateDir)
+	}
+	booted, _ := act.Booted()
+	next, _ := act.ProfileTarget()
+	if t.cfg.Operation == activate.OpTest {
+		next, _ = act.Current()
+	}
+	if !p.StillNeeded(booted, next) {
+		t.say("the reboot planned for %s is no longer needed: cancelled", p.At.Format(time.RFC3339))
+		return false, activate.ClearPending(t.cfg.StateDir)
+	}
+	if t.o.Now().Before(p.At) {
+		t.say("reboot planned for %s", p.At.Format(time.RFC3339))
+		return false, nil
+	}
+	t.say("rebooting into %s (planned for %s)", p.System, p.At.Format(time.RFC3339))
+	if err := act.Reboot(ctx); err != nil {
+		return false, err
+	}
+	return true, activate.ClearPending(t.cfg.StateDir)
+}
+
+// upToDate is a tick with nothing new: it refreshes the report (so the
+// server sees the host alive, and its current and booted systems) and
+// runs a reboot that came due.
+func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outcome, error) {
+	act := t.activator(t.o.Out)
+	now := t.o.Now()
+	rep := t.lastReport()
+	rep.Format, rep.Host = manifest.Format, t.cfg.Host
+	rep.SeenVersion, rep.AppliedVersion, rep.AttemptedVersion = head.Version, st.AppliedVersion, st.Attempt.Version
+	rep.ExpectedToplevel = head.Expected
+	if rep.Result != manifest.ResultAutoUpdated {
+		rep.Result = manifest.ResultUnchanged
+	}
+	if rep.Stage == "" {
+		rep.Stage = manifest.StageConfirmed
+	}
+	rep.Error, rep.RollbackReason, rep.NextRetry = "", "", nil
+	if rep.ActualToplevel == "" {
+		rep.ActualToplevel = st.AppliedSystem
+	}
+	rep.Mode, rep.Operation, rep.AgentVersion = t.cfg.Mode, t.cfg.Operation, t.o.AgentVersion
+	rep.CurrentSystem, _ = act.Current()
+	rep.BootedSystem, _ = act.Booted()
+	rep.Attempts = st.Attempt.Count
+	rep.BytesFetched = 0
+	rep.StartedAt, rep.FinishedAt = now.UTC(), now.UTC()
+	rep.RebootRequired, rep.RebootScheduled = false, nil
+	if t.cfg.Operation != activate.OpTest && rep.BootedSystem != "" {
+		next, _ := act.ProfileTarget()
+		if next == "" {
+			next = st.AppliedSystem
+		}
+		if next != "" {
+			if rc, err := activate.NeedsReboot(rep.BootedSystem, next); err == nil {
+				rep.RebootRequired = rc.Required
+			}
+		}
+	}
+	if p, _ := activate.LoadPending(t.cfg.StateDir); p != nil && rep.RebootRequired {
+		at := p.At.UTC()
+		rep.RebootScheduled = &at
+	}
+	t.say("up to date: version %s, running %s", head.Version, orNone(rep.CurrentSystem))
+	out := Outcome{Action: ActionUpToDate, Report: &rep}
+	err := t.send(ctx, rep, "", nil, false)
+	rebooted, rerr := t.rebootIfDue(ctx, act)
+	out.Rebooted = rebooted
+	return out, errors.Join(err, rerr)
+}
+
+func (t *tick) lastReport() manifest.Report {
+	var r manifest.Report
+	data, err := os.ReadFile(filepath.Join(t.cfg.StateDir, lastReportFile))
+	if err == nil {
+		json.Unmarshal(data, &r)
+	}
+	return r
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// pruneLogs keeps the newest keep logs under reports/logs (by the time in
+// their names) and removes what a killed upload left behind.
+func pruneLogs(ctx context.Context, c *transport.Conn, keep int) error {
+	fis, err := c.ReadDir(ctx, manifest.LogsDir)
+	if err != nil {
+		return err
+	}
+	type entry struct{ name, at string }
+	var logs []entry
+	var errs []error
+	for _, fi := range fis {
+		name := fi.Name()
+		if strings.HasPrefix(name, ".") && strings.Contains(name, ".tmp-") {
+			errs = append(errs, c.Remove(ctx, manifest.LogsDir+"/"+name))
+			continue
+		}
+		base := strings.TrimSuffix(strings.TrimSuffix(name, ".gz"), ".log")
+		i := strings.LastIndexByte(base, '-')
+		if i < 0 || base == name {
+			continue
+		}
+		if _, err := time.Parse("20060102T150405Z", base[i+1:]); err != nil {
+			continue
+		}
+		logs = append(logs, entry{name, base[i+1:]})
+	}
+	sort.Slice(logs, func(i, j int) bool {
+		if logs[i].at != logs[j].at {
+			return logs[i].at < logs[j].at
+		}
+		return logs[i].name < logs[j].name
+	})
+	for len(logs) > keep {
+		errs = append(errs, c.Remove(ctx, manifest.LogsDir+"/"+logs[0].name))
+		logs = logs[1:]
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,393 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bento-nix/bento/activate"
+	"github.com/bento-nix/bento/agent/transport"
+	"github.com/bento-nix/bento/fleet"
+)
+
+// Config is the agent's configuration. The NixOS module writes it as JSON
+// (the keys below are a contract with it) and runs
+// "bento agent run --config FILE"; every key is also a flag and a BENTO_*
+// environment variable (see Keys), which override the file.
+type Config struct {
+	Host          string `json:"host"`
+	Server        string `json:"server"`
+	Port          int    `json:"port"`
+	User          string `json:"user"`
+	IdentityFile  string `json:"identityFile"`
+	ServerHostKey string `json:"serverHostKey"`
+	StateDir      string `json:"stateDir"`
+	// Mode is build (evaluate and build the published flake) or fetch
+	// (realise the server's expected toplevel from substituters).
+	Mode string `json:"mode"`
+	// Operation is switch, boot or test.
+	Operation      string   `json:"operation"`
+	ConfirmTimeout Duration `json:"confirmTimeout"`
+	Reboot         Reboot   `json:"reboot"`
+	Retry          Retry    `json:"retry"`
+	// Substituters and TrustedPublicKeys are added to Nix's own for the
+	// build (build mode) or the realisation (fetch mode).
+	Substituters            []string `json:"substituters"`
+	TrustedPublicKeys       []string `json:"trustedPublicKeys"`
+	NarinfoCacheNegativeTTL int      `json:"narinfoCacheNegativeTTL"`
+	SelfUpdate              bool     `json:"selfUpdate"`
+	Profile                 string   `json:"profile"`
+	CurrentSystem           string   `json:"currentSystem"`
+	BootedSystem            string   `json:"bootedSystem"`
+	RebootCommand           []string `json:"rebootCommand"`
+	// Secrets are accepted and not acted on yet.
+	Secrets json.RawMessage `json:"secrets,omitempty"`
+
+	// Beyond the module's contract: tuning with sensible defaults.
+	ConnectTimeout   Duration `json:"connectTimeout"`
+	OperationTimeout Duration `json:"operationTimeout"`
+	ConnectAttempts  int      `json:"connectAttempts"`
+	LogMaxBytes      int64    `json:"logMaxBytes"`
+	LogsKept         int      `json:"logsKept"`
+}
+
+// Reboot is the reboot policy.
+type Reboot struct {
+	Policy string `json:"policy"`
+	Window string `json:"window"`
+}
+
+// Retry is the backoff for a version whose attempt failed.
+type Retry struct {
+	InitialDelay Duration `json:"initialDelay"`
+	MaxDelay     Duration `json:"maxDelay"`
+}
+
+// Duration is a time.Duration written "60s", "5m", "1h30m" (or a number of
+// seconds) in JSON.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var n float64
+	if err := json.Unmarshal(b, &n); err == nil {
+		*d = Duration(n * float64(time.Second))
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration such as \"60s\", got %s", b)
+	}
+	v, err := parseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	if n, err := strconv.ParseFloat(s, 64); err == nil {
+		return time.Duration(n * float64(time.Second)), nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration: write it like \"60s\", \"5m\" or \"1h30m\"", s)
+	}
+	return v, nil
+}
+
+// Defaults returns the configuration used where nothing is set.
+func Defaults() Config {
+	p := activate.DefaultPaths()
+	return Config{
+		Port:             22,
+		IdentityFile:     "/etc/ssh/ssh_host_ed25519_key",
+		StateDir:         "/var/lib/bento",
+		Mode:             "build",
+		Operation:        activate.OpSwitch,
+		ConfirmTimeout:   Duration(60 * time.Second),
+		Reboot:           Reboot{Policy: activate.PolicyNever},
+		Retry:            Retry{InitialDelay: Duration(10 * time.Minute), MaxDelay: Duration(6 * time.Hour)},
+		Profile:          p.Profile,
+		CurrentSystem:    p.CurrentSystem,
+		BootedSystem:     p.BootedSystem,
+		RebootCommand:    p.RebootCommand,
+		ConnectTimeout:   Duration(20 * time.Second),
+		OperationTimeout: Duration(60 * time.Second),
+		ConnectAttempts:  4,
+		LogMaxBytes:      1 << 20,
+		LogsKept:         20,
+	}
+}
+
+// LoadFile reads a JSON configuration over c. Unknown keys are returned
+// as warnings, not errors, so a newer module does not break an older agent.
+func (c *Config) LoadFile(file string) (warnings []string, err error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("config %s: not a JSON object: %w", file, err)
+	}
+	known := map[string]bool{}
+	for _, k := range jsonKeys() {
+		known[k] = true
+	}
+	var unknown []string
+	for k := range raw {
+		if !known[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	sort.Strings(unknown)
+	for _, k := range unknown {
+		warnings = append(warnings, fmt.Sprintf("config %s: unknown key %q ignored", file, k))
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(c); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return warnings, fmt.Errorf("config %s: key %q: %s is not a %s", file, te.Field, te.Value, te.Type)
+		}
+		return warnings, fmt.Errorf("config %s: %w", file, err)
+	}
+	return warnings, nil
+}
+
+// jsonKeys are the top-level keys of the JSON form.
+func jsonKeys() []string {
+	seen := map[string]bool{"secrets": true}
+	for _, k := range Keys() {
+		seen[strings.SplitN(k.Name, ".", 2)[0]] = true
+	}
+	var out []string
+	for k := range seen {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Key is one configuration setting in its three spellings.
+type Key struct {
+	// Name is the JSON key ("reboot.policy" for nested ones).
+	Name string
+	// Flag is the command-line flag without dashes.
+	Flag string
+	// Env is the environment variable.
+	Env   string
+	Usage string
+	// List is true when the value is a list: space- or comma-separated
+	// on the command line and in the environment.
+	List bool
+	set  func(c *Config, v string) error
+}
+
+// Keys lists every setting that a flag or an environment variable can set.
+func Keys() []Key {
+	str := func(p func(*Config) *string) func(*Config, string) error {
+		return func(c *Config, v string) error { *p(c) = v; return nil }
+	}
+	num := func(p func(*Config) *int) func(*Config, string) error {
+		return func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("%q is not a whole number", v)
+			}
+			*p(c) = n
+			return nil
+		}
+	}
+	dur := func(p func(*Config) *Duration) func(*Config, string) error {
+		return func(c *Config, v string) error {
+			d, err := parseDuration(v)
+			*p(c) = Duration(d)
+			return err
+		}
+	}
+	list := func(p func(*Config) *[]string) func(*Config, string) error {
+		return func(c *Config, v string) error { *p(c) = splitList(v); return nil }
+	}
+	k := func(name, usage string, set func(*Config, string) error) Key {
+		flag := kebab(name)
+		return Key{Name: name, Flag: flag, Env: "BENTO_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_")), Usage: usage, set: set}
+	}
+	l := func(key Key) Key { key.List = true; return key }
+	return []Key{
+		k("host", "this host's name in the fleet (default: the machine's host name)", str(func(c *Config) *string { return &c.Host })),
+		k("server", "the bento server's address", str(func(c *Config) *string { return &c.Server })),
+		k("port", "the server's SSH port (default 22)", num(func(c *Config) *int { return &c.Port })),
+		k("user", "the SFTP user of this host on the server (default: the host name)", str(func(c *Config) *string { return &c.User })),
+		k("identityFile", "private key this host logs in with (default /etc/ssh/ssh_host_ed25519_key)", str(func(c *Config) *string { return &c.IdentityFile })),
+		k("serverHostKey", "the server's SSH host key: \"ssh-ed25519 AAAA…\" or a known_hosts line (required: never trusted on first use)", str(func(c *Config) *string { return &c.ServerHostKey })),
+		k("stateDir", "where the agent keeps its trees, state, queue and lock (default /var/lib/bento)", str(func(c *Config) *string { return &c.StateDir })),
+		k("mode", "build (evaluate and build the flake here) or fetch (realise the server's build from substituters, evaluate nothing)", str(func(c *Config) *string { return &c.Mode })),
+		k("operation", "switch, boot or test", str(func(c *Config) *string { return &c.Operation })),
+		k("confirmTimeout", "after a switch, how long the server may stay unreachable before rolling back", dur(func(c *Config) *Duration { return &c.ConfirmTimeout })),
+		k("reboot.policy", "when a new kernel, initrd or modules need a reboot: never, now or window", str(func(c *Config) *string { return &c.Reboot.Policy })),
+		k("reboot.window", "daily reboot window for policy window, e.g. 01:00-05:00", str(func(c *Config) *string { return &c.Reboot.Window })),
+		k("retry.initialDelay", "wait before retrying a version that failed (doubles each time)", dur(func(c *Config) *Duration { return &c.Retry.InitialDelay })),
+		k("retry.maxDelay", "longest wait between retries of a failed version", dur(func(c *Config) *Duration { return &c.Retry.MaxDelay })),
+		l(k("substituters", "binary caches to add (URLs, space-separated)", list(func(c *Config) *[]string { return &c.Substituters }))),
+		l(k("trustedPublicKeys", "keys the substituters sign with (name:base64, space-separated)", list(func(c *Config) *[]string { return &c.TrustedPublicKeys }))),
+		k("narinfoCacheNegativeTTL", "seconds Nix remembers that a cache lacks a path (default 0: a just-published path is seen at once)", num(func(c *Config) *int { return &c.NarinfoCacheNegativeTTL })),
+		k("selfUpdate", "between publications, update the flake inputs (nix flake update), build and switch", func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("%q is not true or false", v)
+			}
+			c.SelfUpdate = b
+			return nil
+		}),
+		k("profile", "the system profile (default /nix/var/nix/profiles/system)", str(func(c *Config) *string { return &c.Profile })),
+		k("currentSystem", "link to the running system (default /run/current-system)", str(func(c *Config) *string { return &c.CurrentSystem })),
+		k("bootedSystem", "link to the booted system (default /run/booted-system)", str(func(c *Config) *string { return &c.BootedSystem })),
+		l(k("rebootCommand", "command that reboots, words separated by spaces (default \"systemctl reboot\")", func(c *Config, v string) error { c.RebootCommand = strings.Fields(v); return nil })),
+		k("connectTimeout", "limit for connecting and the SSH handshake, per attempt", dur(func(c *Config) *Duration { return &c.ConnectTimeout })),
+		k("operationTimeout", "how long one SFTP operation may make no progress", dur(func(c *Config) *Duration { return &c.OperationTimeout })),
+		k("connectAttempts", "connection attempts per tick (backoff with jitter between them)", num(func(c *Config) *int { return &c.ConnectAttempts })),
+		k("logMaxBytes", "largest uploaded log; the middle of a longer one is cut", func(c *Config, v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return fmt.Errorf("%q is not a whole number", v)
+			}
+			c.LogMaxBytes = n
+			return nil
+		}),
+		k("logsKept", "how many logs to keep under reports/logs on the server", num(func(c *Config) *int { return &c.LogsKept })),
+	}
+}
+
+// Set sets the key named name (a JSON key such as "reboot.policy") from
+// its command-line or environment spelling.
+func (c *Config) Set(name, value string) error {
+	for _, k := range Keys() {
+		if k.Name == name {
+			if err := k.set(c, value); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown setting %q", name)
+}
+
+func splitList(v string) []string {
+	return strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\t' })
+}
+
+// kebab turns "retry.initialDelay" into "retry-initial-delay".
+func kebab(name string) string {
+	var b strings.Builder
+	for i, r := range name {
+		switch {
+		case r == '.':
+			b.WriteByte('-')
+		case r >= 'A' && r <= 'Z':
+			if i > 0 {
+				b.WriteByte('-')
+			}
+			b.WriteRune(r - 'A' + 'a')
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// Complete fills what can be derived: the host name from the machine, the
+// user from the host name.
+func (c *Config) Complete() error {
+	if c.Host == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("host is not set and the machine's host name is unknown (%w): set host (--host)", err)
+		}
+		c.Host, _, _ = strings.Cut(h, ".")
+	}
+	if c.User == "" {
+		c.User = c.Host
+	}
+	return nil
+}
+
+// Validate checks the configuration and says how to fix what is wrong.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if err := fleet.ValidateName(c.Host); err != nil {
+		bad("host: %w", err)
+	}
+	if c.Server == "" {
+		bad("server is not set: set services.bento.server (--server, BENTO_SERVER) to the bento server's address")
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		bad("port %d is not a TCP port (1-65535)", c.Port)
+	}
+	if c.User == "" {
+		bad("user is empty: set it to this host's SFTP user on the server")
+	}
+	if c.IdentityFile == "" {
+		bad("identityFile is empty: set it to the private key this host logs in with")
+	}
+	if _, err := transport.ParseHostKeys(c.ServerHostKey); err != nil {
+		bad("%w", err)
+	}
+	if c.StateDir == "" || !strings.HasPrefix(c.StateDir, "/") {
+		bad("stateDir %q must be an absolute path", c.StateDir)
+	}
+	switch c.Mode {
+	case "build", "fetch":
+	default:
+		bad("mode %q is not supported: use build or fetch", c.Mode)
+	}
+	if err := activate.CheckOp(c.Operation); err != nil {
+		bad("%w", err)
+	}
+	if c.ConfirmTimeout <= 0 {
+		bad("confirmTimeout must be positive (e.g. \"60s\")")
+	}
+	if _, err := activate.ParsePolicy(c.Reboot.Policy, c.Reboot.Window); err != nil {
+		bad("%w", err)
+	}
+	if c.Retry.InitialDelay < 0 || c.Retry.MaxDelay < 0 || (c.Retry.MaxDelay > 0 && c.Retry.InitialDelay > c.Retry.MaxDelay) {
+		bad("retry: initialDelay (%s) and maxDelay (%s) must not be negative, and initialDelay not above maxDelay", time.Duration(c.Retry.InitialDelay), time.Duration(c.Retry.MaxDelay))
+	}
+	if c.NarinfoCacheNegativeTTL < 0 {
+		bad("narinfoCacheNegativeTTL must not be negative")
+	}
+	if c.Mode == "fetch" && c.SelfUpdate {
+		bad("selfUpdate needs mode build: a host in fetch mode evaluates nothing")
+	}
+	for name, p := range map[string]string{"profile": c.Profile, "currentSystem": c.CurrentSystem, "bootedSystem": c.BootedSystem} {
+		if !strings.HasPrefix(p, "/") {
+			bad("%s %q must be an absolute path", name, p)
+		}
+	}
+	if len(c.RebootCommand) == 0 || c.RebootCommand[0] == "" {
+		bad("rebootCommand is empty: use e.g. [\"systemctl\", \"reboot\"]")
+	}
+	if c.ConnectAttempts < 1 {
+		bad("connectAttempts must be at least 1")
+	}
+	if c.ConnectTimeout <= 0 || c.OperationTimeout <= 0 {
+		bad("connectTimeout and operationTimeout must be positive")
+	}
+	if c.LogMaxBytes < 4096 {
+		bad("logMaxBytes must be at least 4096")
+	}
+	if c.LogsKept < 1 {
+		bad("logsKept must be at least 1")
+	}
+	return errors.Join(errs...)
+}

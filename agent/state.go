@@ -1,0 +1,188 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/bento-nix/bento/agent/backoff"
+	"github.com/bento-nix/bento/manifest"
+)
+
+// Names inside the state directory.
+const (
+	stateFile      = "state.json"
+	lastReportFile = "last-report.json"
+	lockFile       = "lock"
+	treesDir       = "config"
+	queueDir       = "queue"
+	logsDir        = "logs"
+)
+
+// State is what the agent remembers between ticks. It is saved atomically
+// at every step that matters, so a tick killed anywhere leaves a state the
+// next tick recovers from.
+type State struct {
+	// AppliedVersion is the publication whose system is active;
+	// AppliedSystem is that system.
+	AppliedVersion string `json:"appliedVersion,omitempty"`
+	AppliedSystem  string `json:"appliedSystem,omitempty"`
+	// Attempt is the last attempt.
+	Attempt Attempt `json:"attempt"`
+}
+
+// Attempt is one try to apply a publication.
+type Attempt struct {
+	Version  string `json:"version,omitempty"`
+	Expected string `json:"expected,omitempty"`
+	// Count is the number of consecutive attempts of this publication.
+	Count int `json:"count,omitempty"`
+	// Running is set when the attempt starts and cleared when it ends: a
+	// state loaded with Running set belongs to a tick that was killed.
+	Running   bool            `json:"running,omitempty"`
+	Result    manifest.Result `json:"result,omitempty"`
+	StartedAt time.Time       `json:"startedAt"`
+	NextRetry time.Time       `json:"nextRetry"`
+}
+
+func loadState(dir string) (State, error) {
+	var s State
+	data, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return s, fmt.Errorf("state: %w", err)
+	}
+	if err := json.Unmarshal(data, &s); err != nil {
+		// Written atomically, so this is damage from outside: start over
+		// rather than never work again. The next publication is applied
+		// from scratch; switching is skipped when already current.
+		return State{}, nil
+	}
+	return s, nil
+}
+
+func saveState(dir string, s State) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, stateFile), append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	return nil
+}
+
+// decision is what a tick does with a publication.
+type decision int
+
+const (
+	// upToDate: the publication was applied (or found already applied);
+	// report that the host is still there.
+	upToDate decision = iota
+	// apply: fetch, build and switch.
+	apply
+	// waitRetry: the last attempt of this publication failed and its
+	// retry is not due yet.
+	waitRetry
+)
+
+// final results need nothing more until the next publication.
+func final(r manifest.Result) bool {
+	return r == manifest.ResultSuccess || r == manifest.ResultUnchanged || r == manifest.ResultAutoUpdated
+}
+
+// decide compares the publication (version and expected system) with the
+// last attempt. A publication is never missed: any difference in version
+// (a content hash) or in the expected system means apply, however close
+// together two publications are.
+func decide(s State, version, expected string, now time.Time, retry backoff.Policy) (decision, time.Time) {
+	a := s.Attempt
+	if a.Version != version || a.Expected != expected {
+		return apply, time.Time{}
+	}
+	if a.Running {
+		// Killed mid-way. The first time, try again at once; a tick that
+		// keeps dying (out of memory in the build?) backs off like a failure.
+		if a.Count <= 1 {
+			return apply, time.Time{}
+		}
+		due := a.StartedAt.Add(retry.Delay(a.Count - 1))
+		if now.Before(due) {
+			return waitRetry, due
+		}
+		return apply, time.Time{}
+	}
+	if final(a.Result) {
+		return upToDate, time.Time{}
+	}
+	if now.Before(a.NextRetry) {
+		return waitRetry, a.NextRetry
+	}
+	return apply, time.Time{}
+}
+
+// begin records the start of an attempt.
+func (s *State) begin(version, expected string, now time.Time) {
+	if s.Attempt.Version == version && s.Attempt.Expected == expected {
+		s.Attempt.Count++
+	} else {
+		s.Attempt = Attempt{Version: version, Expected: expected, Count: 1}
+	}
+	s.Attempt.Running = true
+	s.Attempt.Result = ""
+	s.Attempt.StartedAt = now
+	s.Attempt.NextRetry = time.Time{}
+}
+
+// finish records the end of an attempt; a failed one gets its retry time.
+func (s *State) finish(r manifest.Result, now time.Time, retry backoff.Policy) {
+	s.Attempt.Running = false
+	s.Attempt.Result = r
+	if !final(r) {
+		s.Attempt.NextRetry = now.Add(retry.Delay(s.Attempt.Count))
+	}
+}
+
+// writeFileAtomic writes to a temporary name, fsyncs, renames over path
+// and fsyncs the directory: a crash leaves the old file or the new one.
+func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, mode)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
