@@ -321,3 +321,32 @@ func git(ctx context.Context, dir string, args ...string) (string, error) {
 	}
 	return stdout.String(), nil
 }
+
+// Guard resolves the secrets directory of the fleet at flakeRef (as given
+// to --flake) and checks, before anything evaluates the fleet, that Nix
+// will not copy it into its store (see CheckExposure). flag is
+// --secrets-dir ("" for the default, secrets/ next to the flake). A remote
+// flake has no default secrets directory.
+func Guard(ctx context.Context, flakeRef, flag string) (dir, note string, err error) {
+	ref := flakeRef
+	if ref == "" {
+		ref = "."
+	}
+	plain := strings.HasPrefix(ref, "path:")
+	p := strings.TrimPrefix(ref, "path:")
+	if strings.ContainsAny(p, ":#?") {
+		dir, err = ResolveDir(flag, "")
+		return dir, "", err
+	}
+	fleetDir, err := filepath.Abs(p)
+	if err != nil {
+		return "", "", fmt.Errorf("fleet %s: %w", ref, err)
+	}
+	if dir, err = ResolveDir(flag, fleetDir); err != nil {
+		return "", "", err
+	}
+	_, statErr := os.Stat(filepath.Join(fleetDir, "flake.nix"))
+	classic := errors.Is(statErr, fs.ErrNotExist)
+	note, err = CheckExposure(ctx, fleetDir, dir, plain, classic)
+	return dir, note, err
+}

@@ -289,3 +289,30 @@ func TestResolveDir(t *testing.T) {
 		t.Errorf("a missing --secrets-dir gave %v", err)
 	}
 }
+
+func TestGuard(t *testing.T) {
+	ctx := context.Background()
+	fleetDir := t.TempDir()
+	writeFile(t, filepath.Join(fleetDir, "flake.nix"), "{ outputs = _: { }; }\n")
+	writeFile(t, filepath.Join(fleetDir, "secrets", "alpha", "db"), "x")
+	if _, _, err := Guard(ctx, fleetDir, ""); err == nil || !strings.Contains(err.Error(), "not a git work tree") {
+		t.Fatalf("plain flake with secrets/: %v", err)
+	}
+	elsewhere := t.TempDir()
+	if dir, _, err := Guard(ctx, fleetDir, elsewhere); err != nil || dir != elsewhere {
+		t.Fatalf("--secrets-dir outside the flake: %q, %v", dir, err)
+	}
+	if dir, _, err := Guard(ctx, "github:example/fleet", ""); err != nil || dir != "" {
+		t.Fatalf("remote flake: %q, %v", dir, err)
+	}
+	gitRun(t, fleetDir, "init", "-q")
+	writeFile(t, filepath.Join(fleetDir, ".gitignore"), "/secrets/\n")
+	gitRun(t, fleetDir, "add", "flake.nix", ".gitignore")
+	gitRun(t, fleetDir, "commit", "-q", "-m", "x")
+	if dir, note, err := Guard(ctx, fleetDir, ""); err != nil || note != "" || dir != filepath.Join(fleetDir, "secrets") {
+		t.Fatalf("git flake with ignored secrets/: %q %q %v", dir, note, err)
+	}
+	if _, _, err := Guard(ctx, "path:"+fleetDir, ""); err == nil {
+		t.Fatal("path: flake with secrets/ inside was accepted")
+	}
+}
