@@ -120,13 +120,9 @@ func (p *Pool) Add(ctx context.Context, storePaths []string) error {
 	if strings.ContainsAny(keyFile, "?&#%= \t\n") {
 		return fmt.Errorf("cache signing key %s: the path must not contain ?, &, #, %%, = or spaces (Nix takes it as a URL); move the key", keyFile)
 	}
-	secret, err := os.ReadFile(keyFile)
+	pub, err := p.PublicKey()
 	if err != nil {
-		return fmt.Errorf("cache signing key: %w (create one with bento keygen)", err)
-	}
-	pub, err := narinfo.PublicFromSecret(string(secret))
-	if err != nil {
-		return fmt.Errorf("cache signing key %s: %w", keyFile, err)
+		return err
 	}
 	for _, sp := range storePaths {
 		if _, err := narinfo.HashPart(sp); err != nil {
@@ -509,10 +505,13 @@ func removeExcept(dir string, keep map[string]bool) (int, error) {
 	return n, nil
 }
 
-// Prune removes from the pool every entry outside the closures of keep
-// (the toplevels still published anywhere: current and previous versions).
-// Host caches are not touched: their hard links keep serving until their
-// next LinkHost, so pruning can never break a client mid-download.
+// Prune removes from the pool every entry that neither the closures of
+// keep need nor any host cache still links (a pool file with one link is
+// in no chroot). So Prune(ctx, nil) after linking every host frees exactly
+// what no host can fetch any more, whichever hosts this deploy touched; a
+// host removed from the fleet keeps its entries until its chroot goes.
+// Host caches are never touched: their links keep serving until their next
+// LinkHost, so pruning cannot break a client mid-download.
 func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
 	dir, err := p.check()
 	if err != nil {
@@ -531,26 +530,35 @@ func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
 	if err != nil {
 		return PruneStats{}, err
 	}
-	st := PruneStats{Kept: len(want)}
-	keepInfo := map[string]bool{CacheInfoFile: true, narDir: true, lockFile: true}
+	var st PruneStats
 	keepNAR := map[string]bool{}
-	for h, e := range want {
-		keepInfo[h+".narinfo"] = true
-		keepNAR[strings.TrimPrefix(e.nar, narDir+"/")] = true
-	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return st, fmt.Errorf("cache pool: %w", err)
 	}
 	for _, e := range ents {
 		// Nix's own directories (log/, realisations/) are left alone.
-		if keepInfo[e.Name()] || !strings.HasSuffix(e.Name(), ".narinfo") {
+		name := e.Name()
+		h, ok := strings.CutSuffix(name, ".narinfo")
+		if !ok || !e.Type().IsRegular() {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
 			return st, err
 		}
-		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+		if ent, ok := want[h]; ok {
+			keepNAR[strings.TrimPrefix(ent.nar, narDir+"/")] = true
+			st.Kept++
+			continue
+		}
+		if linked(filepath.Join(dir, name)) {
+			if ent, _, err := readEntry(dir, h); err == nil {
+				keepNAR[strings.TrimPrefix(ent.nar, narDir+"/")] = true
+			}
+			st.Kept++
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
 			return st, fmt.Errorf("cache pool: %w", err)
 		}
 		st.Removed++
@@ -563,7 +571,8 @@ func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
 		return st, fmt.Errorf("cache pool: %w", err)
 	}
 	for _, e := range ents {
-		if keepNAR[e.Name()] {
+		file := filepath.Join(dir, narDir, e.Name())
+		if keepNAR[e.Name()] || linked(file) {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
@@ -572,13 +581,24 @@ func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
 		if fi, err := e.Info(); err == nil {
 			st.RemovedBytes += fi.Size()
 		}
-		if err := os.Remove(filepath.Join(dir, narDir, e.Name())); err != nil {
+		if err := os.Remove(file); err != nil {
 			return st, fmt.Errorf("cache pool: %w", err)
 		}
 		st.Removed++
 	}
 	p.log().Debug("cache pool pruned", "kept", st.Kept, "removed", st.Removed)
 	return st, nil
+}
+
+// linked reports whether a pool file has links besides the pool's own,
+// that is, whether some host cache serves it. In doubt, it says yes.
+func linked(file string) bool {
+	fi, err := os.Lstat(file)
+	if err != nil {
+		return !errors.Is(err, fs.ErrNotExist)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return !ok || st.Nlink > 1
 }
 
 func syncDir(dir string) error {

@@ -510,3 +510,72 @@ func nixConvert(t *testing.T, secret string) string {
 	}
 	return strings.TrimSpace(string(out))
 }
+
+// Prune keeps what any host cache links, whichever hosts a deploy touched,
+// and what keep names; it frees the rest.
+func TestPruneKeepsWhatHostsLink(t *testing.T) {
+	ctx := context.Background()
+	tops := buildHosts(t,
+		host("a", func(h *fixture.Host) { h.Kernel = "prune-a" }),
+		host("b", func(h *fixture.Host) { h.Kernel = "prune-b" }),
+		host("c", func(h *fixture.Host) { h.Kernel = "prune-c" }),
+	)
+	pool, _ := newPool(t)
+	root := t.TempDir()
+	if err := pool.Add(ctx, []string{tops["a"], tops["b"], tops["c"]}); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"a", "b"} {
+		if _, err := pool.LinkHost(ctx, filepath.Join(root, h), []string{tops[h]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inPool := func(p string) bool {
+		h, _ := narinfo.HashPart(p)
+		_, err := os.Stat(filepath.Join(pool.Dir, h+".narinfo"))
+		return err == nil
+	}
+	steps := []struct {
+		name   string
+		before func()
+		keep   []string
+		want   map[string]bool // store path → still in the pool
+	}{
+		{"c is linked nowhere but kept", nil, []string{tops["c"]}, map[string]bool{
+			tops["a"]: true, tops["b"]: true, tops["c"]: true,
+		}},
+		{"c is linked nowhere", nil, nil, map[string]bool{
+			tops["a"]: true, tops["b"]: true, tops["c"]: false,
+			closureWith(t, tops["c"], "kernel-prune-c"): false,
+			closureWith(t, tops["a"], "initrd-1"):        true,
+		}},
+		{"b's chroot is gone", func() { os.RemoveAll(filepath.Join(root, "b")) }, nil, map[string]bool{
+			tops["a"]: true, tops["b"]: false,
+			closureWith(t, tops["b"], "kernel-prune-b"): false,
+			closureWith(t, tops["a"], "kernel-prune-a"): true,
+			closureWith(t, tops["a"], "initrd-1"):       true,
+		}},
+	}
+	for _, s := range steps {
+		if s.before != nil {
+			s.before()
+		}
+		if _, err := pool.Prune(ctx, s.keep); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		for p, want := range s.want {
+			if got := inPool(p); got != want {
+				t.Errorf("%s: %s in the pool: %v, want %v", s.name, p, got, want)
+			}
+		}
+		poolNARs, _ := filepath.Glob(filepath.Join(pool.Dir, "nar", "*"))
+		infos, _ := filepath.Glob(filepath.Join(pool.Dir, "*.narinfo"))
+		if len(poolNARs) != len(infos) {
+			t.Errorf("%s: pool has %d NARs for %d narinfos", s.name, len(poolNARs), len(infos))
+		}
+	}
+	// a's cache still serves its whole closure.
+	if _, err := pool.LinkHost(ctx, filepath.Join(root, "a"), []string{tops["a"]}); err != nil {
+		t.Errorf("relinking a after prunes: %v", err)
+	}
+}

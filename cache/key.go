@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/bento-nix/bento/cache/narinfo"
+	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 )
 
@@ -104,4 +105,30 @@ func ReadPublicKey(file string) (narinfo.PublicKey, error) {
 		return narinfo.PublicKey{}, fmt.Errorf("cache public key %s: %w", file, err)
 	}
 	return k, nil
+}
+
+// PublicKey derives the public half of the pool's signing key.
+func (p *Pool) PublicKey() (narinfo.PublicKey, error) {
+	if p.SecretKeyFile == "" {
+		return narinfo.PublicKey{}, errors.New("cache pool: no signing key set: create one with bento keygen")
+	}
+	secret, err := os.ReadFile(p.SecretKeyFile)
+	if err != nil {
+		return narinfo.PublicKey{}, fmt.Errorf("cache signing key: %w (create one with bento keygen)", err)
+	}
+	k, err := narinfo.PublicFromSecret(string(secret))
+	if err != nil {
+		return narinfo.PublicKey{}, fmt.Errorf("cache signing key %s: %w", p.SecretKeyFile, err)
+	}
+	return k, nil
+}
+
+// Manifest is what a host's manifest announces once LinkHost filled its
+// cache: where the cache is in the chroot and the key that signed it.
+func (p *Pool) Manifest() (*manifest.Cache, error) {
+	k, err := p.PublicKey()
+	if err != nil {
+		return nil, err
+	}
+	return &manifest.Cache{Dir: manifest.CacheDir, PublicKey: k.String()}, nil
 }
