@@ -294,7 +294,7 @@ func (p *Publisher) publishHost(ctx context.Context, t Target) Result {
 	}
 	if p.opts.DryRun {
 		if res.Status == StatusPublished {
-			res.Copied, res.Linked, res.BytesWritten = planCopies(hostDir, cur, tree)
+			res.Copied, res.Linked, res.BytesWritten = planCopies(hostDir, cur, tree, version)
 		}
 		return res
 	}
@@ -486,7 +486,10 @@ type contentKey struct {
 	size int64
 }
 
-func planCopies(hostDir string, cur *manifest.Manifest, tree *Tree) (copied, linked int, bytes int64) {
+func planCopies(hostDir string, cur *manifest.Manifest, tree *Tree, version string) (copied, linked int, bytes int64) {
+	if fi, err := os.Lstat(filepath.Join(hostDir, manifest.ConfigDir, version)); err == nil && fi.IsDir() {
+		return 0, 0, 0 // a kept version goes live again
+	}
 	idx := linkSources(hostDir, cur)
 	for _, e := range tree.Files {
 		if src, ok := idx[contentKey{e.SHA256, e.Mode, e.Size}]; ok && sameSize(src, e.Size) {

@@ -204,7 +204,7 @@ func TestFailureKeepsPublication(t *testing.T) {
 	requireRoot(t)
 	for _, tc := range []struct {
 		name   string
-		break_ func(t *testing.T, dir string, ts []publish.Target)
+		breakIt func(t *testing.T, dir string, ts []publish.Target)
 		want   string
 	}{
 		{"escaping symlink", func(t *testing.T, dir string, ts []publish.Target) {
@@ -238,7 +238,7 @@ func TestFailureKeepsPublication(t *testing.T) {
 			manifestBefore := mustRead(t, filepath.Join(root, "alpha/manifest.json"))
 
 			ts := targets(dir, "alpha", "beta")
-			tc.break_(t, dir, ts)
+			tc.breakIt(t, dir, ts)
 			rs := deploy(t, root, ts)
 			if rs[0].Status != publish.StatusFailed || rs[0].Err == nil || !strings.Contains(rs[0].Err.Error(), tc.want) {
 				t.Fatalf("alpha: %s %v, want failed saying %q", rs[0].Status, rs[0].Err, tc.want)

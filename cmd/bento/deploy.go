@@ -138,7 +138,7 @@ func runDeploy(c *cli.Context) error {
 		if built && !b.OK() && b.Status != builder.StatusBuilt {
 			rows[i].BuildFailed = true
 			if !c.Bool("force") {
-				rows[i].Result = publish.Result{Host: h.Name, Status: publish.StatusFailed, Err: fmt.Errorf("build: %s", b.Reason())}
+				rows[i].Result = publish.Result{Host: h.Name, Status: publish.StatusFailed, Err: errors.New(b.Reason())}
 				continue
 			}
 		}
@@ -397,12 +397,15 @@ func describe(h deployRow, dryRun bool) (text, colour, key string) {
 	if dryRun {
 		verb, key = "would publish", "would publish"
 	}
-	detail := fmt.Sprintf("%d new files (%s), %d hard-linked", h.Copied, formatBytes(h.BytesWritten), h.Linked)
+	detail := fmt.Sprintf("%d files copied, %d hard-linked, %s written", h.Copied, h.Linked, formatBytes(h.BytesWritten))
+	if dryRun {
+		detail = fmt.Sprintf("%d files to copy, %d to hard-link", h.Copied, h.Linked)
+	}
 	if h.Copied+h.Linked == 0 {
-		detail = "kept version reused"
+		detail = "the kept previous version goes live again"
 	}
 	if h.Previous != "" {
-		detail += ", was " + h.Previous
+		detail += "; was " + h.Previous
 	}
 	colour = "\x1b[32m"
 	if h.BuildFailed {
