@@ -203,9 +203,9 @@ func sortStrings2(s []string) []string {
 func TestFailureKeepsPublication(t *testing.T) {
 	requireRoot(t)
 	for _, tc := range []struct {
-		name   string
+		name    string
 		breakIt func(t *testing.T, dir string, ts []publish.Target)
-		want   string
+		want    string
 	}{
 		{"escaping symlink", func(t *testing.T, dir string, ts []publish.Target) {
 			symlink(t, "/etc/shadow", filepath.Join(dir, "shadow"))

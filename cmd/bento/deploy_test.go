@@ -47,9 +47,9 @@ func (e deployEnv) manifest(t *testing.T, host string) (*manifest.Manifest, stri
 }
 
 type deployJSON struct {
-	OK      bool `json:"ok"`
-	DryRun  bool `json:"dryRun"`
-	Hosts   []struct {
+	OK     bool `json:"ok"`
+	DryRun bool `json:"dryRun"`
+	Hosts  []struct {
 		Host             string `json:"host"`
 		Status           string `json:"status"`
 		OK               bool   `json:"ok"`
