@@ -1,0 +1,557 @@
+# services.bento: the client half of bento on every NixOS host of a fleet.
+#
+# A timer runs `bento agent run --config <agent.json>`, which polls this
+# host's own SFTP chroot on the server, downloads a newly published
+# version of the fleet flake, builds (or fetches) this host's system,
+# switches with a guarded rollback, reboots by policy and uploads a report.
+#
+# `bento deploy` on the server reads some of these options (user, server,
+# port, mode, operation, interval, tags, secrets) from each host's
+# evaluated configuration: their names are part of bento's interface.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  inherit (lib)
+    concatMapStringsSep
+    hasPrefix
+    literalExpression
+    mapAttrs
+    mapAttrsToList
+    mkEnableOption
+    mkIf
+    mkOption
+    optional
+    types
+    ;
+
+  cfg = config.services.bento;
+
+  # One argument of an ExecStart= line, quoted for systemd (the same as
+  # nixpkgs' utils.escapeSystemdExecArg): JSON string quoting, with % and $
+  # doubled so systemd expands neither specifiers nor variables.
+  escapeArg = arg: builtins.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
+  execLine = args: concatMapStringsSep " " escapeArg args;
+
+  inStore = p: hasPrefix "${builtins.storeDir}/" (toString p);
+
+  # Go's time.ParseDuration syntax, for the retry delays.
+  goDuration = types.strMatching "([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+";
+
+  # What `bento agent` reads (--config). Keys are bento's interface with
+  # the agent: see docs/modules.md.
+  agentConfig = {
+    host = config.networking.hostName;
+    inherit (cfg)
+      server
+      port
+      user
+      serverHostKey
+      mode
+      operation
+      substituters
+      trustedPublicKeys
+      narinfoCacheNegativeTTL
+      selfUpdate
+      ;
+    identityFile = toString cfg.identityFile;
+    stateDir = toString cfg.stateDir;
+    confirmTimeout = "${toString cfg.confirmTimeout}s";
+    reboot = {
+      inherit (cfg.reboot) policy window;
+    };
+    retry = {
+      inherit (cfg.retry) initialDelay maxDelay;
+    };
+    profile = "/nix/var/nix/profiles/system";
+    currentSystem = "/run/current-system";
+    bootedSystem = "/run/booted-system";
+    rebootCommand = cfg.reboot.command;
+    secrets = mapAttrs (_: s: {
+      inherit (s)
+        path
+        owner
+        group
+        mode
+        restartUnits
+        ;
+    }) cfg.secrets;
+  };
+
+  configFile = pkgs.writeText "bento-agent.json" (builtins.toJSON agentConfig);
+
+  bento = "${cfg.package}/bin/bento";
+
+  # The agent switches the whole system: the activation script installs the
+  # boot loader, writes /etc, creates users and homes, loads kernel modules
+  # and restarts units. ProtectSystem, ProtectHome, PrivateDevices,
+  # ProtectKernel*, RestrictSUIDSGID, NoNewPrivileges, PrivateTmp or a
+  # restrictive UMask would each break some activation, so the unit keeps
+  # to what cannot: builds run in nix-daemon's sandbox (NIX_REMOTE=daemon),
+  # not in this unit.
+  hardening = {
+    LockPersonality = true;
+    RestrictRealtime = true;
+    SystemCallArchitectures = "native";
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+      "AF_NETLINK"
+    ];
+  };
+
+  # A switch must never stop or restart the unit that is running it.
+  unitCommon = {
+    restartIfChanged = false;
+    unitConfig.X-StopOnRemoval = false;
+    path = [
+      pkgs.coreutils
+      pkgs.gnutar
+      pkgs.gzip
+      pkgs.xz
+      pkgs.gitMinimal
+      config.nix.package
+      config.programs.ssh.package
+      config.systemd.package
+    ];
+    environment = {
+      HOME = "/root";
+      NIX_REMOTE = "daemon";
+    }
+    // config.networking.proxy.envVars;
+  };
+
+  secretModule =
+    { name, ... }:
+    {
+      options = {
+        path = mkOption {
+          type = types.str;
+          default = "/run/bento-secrets/${name}";
+          defaultText = literalExpression ''"/run/bento-secrets/''${name}"'';
+          description = "Where the agent installs the secret (atomically, never in the Nix store).";
+        };
+        owner = mkOption {
+          type = types.str;
+          default = "root";
+          description = "Owner of the installed secret file.";
+        };
+        group = mkOption {
+          type = types.str;
+          default = "root";
+          description = "Group of the installed secret file.";
+        };
+        mode = mkOption {
+          type = types.strMatching "0?[0-7]{3}";
+          default = "0400";
+          description = "Octal permissions of the installed secret file.";
+        };
+        restartUnits = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "nginx.service" ];
+          description = "Units the agent restarts when this secret changed.";
+        };
+      };
+    };
+
+  safeSecretName = name: builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" name != null;
+  userName = cfg.user;
+in
+{
+  options.services.bento = {
+    enable = mkEnableOption "the bento agent, which keeps this host on the configuration its bento server publishes";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ../nix/package.nix { };
+      defaultText = literalExpression "pkgs.callPackage (bento + \"/nix/package.nix\") { }";
+      description = ''
+        The bento package. The default builds bento from the same source as
+        this module with this host's nixpkgs (which needs Go 1.26); set it to
+        `bento.packages.''${system}.default` to use the flake's own build.
+      '';
+    };
+
+    server = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "bento.example.org";
+      description = "Host name or address of the bento server (required when enabled).";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 22;
+      description = "SSH port of the bento server.";
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = config.networking.hostName;
+      defaultText = literalExpression "config.networking.hostName";
+      description = ''
+        This host's SFTP user on the server. `bento deploy` reads it to give
+        the host's chroot to that user; the server module creates it.
+      '';
+    };
+
+    identityFile = mkOption {
+      type = types.path;
+      default = "/etc/ssh/ssh_host_ed25519_key";
+      description = ''
+        Private key the agent logs in with. The default is this host's own
+        SSH host key, so there is nothing to generate: put its public half
+        (`/etc/ssh/ssh_host_ed25519_key.pub`) in {option}`services.bento.hostPublicKey`.
+        Give a string, never a Nix path literal (which would copy the key
+        into the world-readable Nix store).
+      '';
+    };
+
+    hostPublicKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... root@web-1";
+      description = ''
+        Public half of {option}`services.bento.identityFile`. The agent does
+        not use it: the server does, through
+        `bento.lib.hostsFromNixosConfigurations`, to authorize this host's
+        SFTP user. Print it on the host with
+        `cat /etc/ssh/ssh_host_ed25519_key.pub`.
+      '';
+    };
+
+    serverHostKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... root@bento";
+      description = ''
+        The server's SSH host public key (`ssh-ed25519 AAAA…`) or a whole
+        `known_hosts` line. The agent verifies the server against it and
+        nothing else: there is no trust on first use. Required when enabled.
+        On the server: `cat /etc/ssh/ssh_host_ed25519_key.pub`.
+      '';
+    };
+
+    interval = mkOption {
+      type = types.str;
+      default = "*:0/10";
+      example = "hourly";
+      description = "When the agent polls the server: a systemd `OnCalendar=` expression (see {manpage}`systemd.time(7)`).";
+    };
+
+    randomizedDelaySec = mkOption {
+      type = types.str;
+      default = "5min";
+      description = ''
+        Random delay added to each poll (`RandomizedDelaySec=`), so that the
+        hosts of a fleet do not all connect at the same second.
+      '';
+    };
+
+    persistent = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Run a poll missed while the host was off as soon as it is back (`Persistent=`).";
+    };
+
+    timeout = mkOption {
+      type = types.str;
+      default = "2h";
+      description = ''
+        Longest time one run of the agent may take (`TimeoutStartSec=`):
+        a hung download or build never blocks the timer for ever.
+      '';
+    };
+
+    mode = mkOption {
+      type = types.enum [
+        "build"
+        "fetch"
+      ];
+      default = "build";
+      description = ''
+        `build`: evaluate and build this host's system from the downloaded
+        flake (substituting from {option}`services.bento.substituters`).
+        `fetch`: evaluate nothing, realise the system the server built from
+        the substituters: for hosts too small to evaluate NixOS.
+      '';
+    };
+
+    operation = mkOption {
+      type = types.enum [
+        "switch"
+        "boot"
+        "test"
+      ];
+      default = "switch";
+      description = "How the new system is activated: `switch-to-configuration switch`, `boot` or `test`.";
+    };
+
+    confirmTimeout = mkOption {
+      type = types.ints.positive;
+      default = 60;
+      description = ''
+        Seconds the agent has, after a switch, to reach the server again.
+        If it cannot, or if activation failed, it rolls back to the system
+        that ran before.
+      '';
+    };
+
+    reboot = {
+      policy = mkOption {
+        type = types.enum [
+          "never"
+          "now"
+          "window"
+        ];
+        default = "never";
+        description = ''
+          What to do when the new system has another kernel, initrd or kernel
+          modules than the booted one: `never` (only report
+          `reboot-required`), `now`, or `window` (a random moment inside
+          {option}`services.bento.reboot.window`).
+        '';
+      };
+
+      window = mkOption {
+        type = types.strMatching "[0-2][0-9]:[0-5][0-9]-[0-2][0-9]:[0-5][0-9]";
+        default = "03:00-05:00";
+        description = "Daily local-time window `HH:MM-HH:MM` for reboots under the `window` policy (may cross midnight).";
+      };
+
+      command = mkOption {
+        type = types.listOf types.str;
+        default = [
+          "${config.systemd.package}/bin/systemctl"
+          "reboot"
+        ];
+        defaultText = literalExpression ''[ "''${config.systemd.package}/bin/systemctl" "reboot" ]'';
+        example = [
+          "/run/current-system/sw/bin/systemctl"
+          "kexec"
+        ];
+        description = "The command the agent runs to reboot.";
+      };
+    };
+
+    retry = {
+      initialDelay = mkOption {
+        type = goDuration;
+        default = "15m";
+        description = "After a failed attempt, wait this long before trying the same version again (Go duration).";
+      };
+      maxDelay = mkOption {
+        type = goDuration;
+        default = "6h";
+        description = "The wait between retries of a failing version doubles up to this (Go duration).";
+      };
+    };
+
+    substituters = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "http://bento.example.org:5000" ];
+      description = "Extra binary caches for the agent's builds and fetches, such as the server's cache.";
+    };
+
+    trustedPublicKeys = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "bento.example.org-1:AAAA…" ];
+      description = "Public keys the substituters' paths must be signed with.";
+    };
+
+    narinfoCacheNegativeTTL = mkOption {
+      type = types.ints.unsigned;
+      default = 0;
+      description = ''
+        `narinfo-cache-negative-ttl` for the agent's Nix commands: 0 so that
+        a path the server has just published is never remembered as missing.
+      '';
+    };
+
+    selfUpdate = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Between publications, update the flake inputs of the local copy
+        (`nix flake update`), build and switch, and report `auto-updated`.
+      '';
+    };
+
+    trigger = {
+      enable = mkEnableOption "the local trigger: a socket that runs a poll now and streams its output (`bento agent trigger`)";
+
+      socket = mkOption {
+        type = types.str;
+        default = "/run/bento/trigger.sock";
+        description = "Unix socket of the local trigger (root only).";
+      };
+
+      port = mkOption {
+        type = types.nullOr types.port;
+        default = null;
+        example = 51337;
+        description = "Also listen on this TCP port, on 127.0.0.1 only (never on other interfaces).";
+      };
+    };
+
+    tags = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "web"
+        "eu"
+      ];
+      description = "Tags for selecting hosts on the server (`bento deploy @web`).";
+    };
+
+    stateDir = mkOption {
+      type = types.path;
+      default = "/var/lib/bento";
+      description = "Where the agent keeps its copy of the flake, its state and queued reports.";
+    };
+
+    secrets = mkOption {
+      type = types.attrsOf (types.submodule secretModule);
+      default = { };
+      example = literalExpression ''{ "wg.key" = { owner = "systemd-network"; restartUnits = [ "systemd-networkd.service" ]; }; }'';
+      description = ''
+        Secrets this host receives from the server's `secrets/<host>/<name>`,
+        installed outside the Nix store before the switch.
+      '';
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "--verbose" ];
+      description = "Extra arguments for `bento agent run`.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.server != null && cfg.server != "";
+        message = "services.bento.server must name the bento server (host name or address).";
+      }
+      {
+        assertion = cfg.serverHostKey != null;
+        message = ''
+          services.bento.serverHostKey is not set. bento never trusts a server key on first use.
+          Read the key on the server: cat /etc/ssh/ssh_host_ed25519_key.pub
+          (or, checking its fingerprint out of band, ssh-keyscan -t ed25519 -p ${toString cfg.port} ${toString cfg.server})
+          and set services.bento.serverHostKey = "ssh-ed25519 AAAA…";
+        '';
+      }
+      {
+        assertion =
+          cfg.serverHostKey == null
+          || builtins.match "(.*[ ])?(ssh-[a-z0-9]+|ecdsa-sha2-[a-z0-9]+|sk-[a-z0-9@.-]+)[ ]+AAAA[A-Za-z0-9+/]+=*([ ].*)?" cfg.serverHostKey != null;
+        message = "services.bento.serverHostKey must be a public key such as \"ssh-ed25519 AAAA…\" or a known_hosts line, not `${toString cfg.serverHostKey}'.";
+      }
+      {
+        assertion = builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" userName != null && builtins.stringLength userName <= 32;
+        message = "services.bento.user `${userName}' is not a usable user name (letters, digits, '.', '_', '-', at most 32 characters); set networking.hostName or services.bento.user.";
+      }
+      {
+        assertion = !(builtins.isPath cfg.identityFile) && !(inStore cfg.identityFile);
+        message = "services.bento.identityFile must be a string path outside the Nix store (a path literal copies the private key into the world-readable store).";
+      }
+      {
+        assertion = !(inStore cfg.stateDir);
+        message = "services.bento.stateDir must be outside the Nix store.";
+      }
+      {
+        assertion = cfg.trigger.port != 0;
+        message = "services.bento.trigger.port must be a port number (1-65535) or null.";
+      }
+    ]
+    ++ mapAttrsToList (name: s: {
+      assertion = safeSecretName name && hasPrefix "/" s.path && !(inStore s.path);
+      message = "services.bento.secrets.\"${name}\": the name must be a plain file name and the path absolute and outside the Nix store (got `${s.path}').";
+    }) cfg.secrets;
+
+    environment.systemPackages = [ cfg.package ];
+
+    # For people and for `bento agent trigger`: the configuration the agent runs with.
+    environment.etc."bento/agent.json".source = configFile;
+
+    systemd.tmpfiles.rules = [ "d ${toString cfg.stateDir} 0700 root root -" ];
+
+    systemd.services.bento-agent = unitCommon // {
+      description = "bento agent: update this host to the configuration its server publishes";
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      serviceConfig = hardening // {
+        Type = "oneshot";
+        ExecStart = execLine (
+          [
+            bento
+            "agent"
+            "run"
+            "--config"
+            configFile
+          ]
+          ++ cfg.extraArgs
+        );
+        # Only the agent is stopped on timeout; a switch-to-configuration it
+        # started is left to finish (as nixos-rebuild's is).
+        KillMode = "process";
+        TimeoutStartSec = cfg.timeout;
+      };
+    };
+
+    systemd.timers.bento-agent = {
+      description = "bento agent: poll the server";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnCalendar = cfg.interval;
+        RandomizedDelaySec = cfg.randomizedDelaySec;
+        Persistent = cfg.persistent;
+      };
+    };
+
+    systemd.sockets.bento-trigger = mkIf cfg.trigger.enable {
+      description = "bento agent: local trigger";
+      wantedBy = [ "sockets.target" ];
+      listenStreams = [ cfg.trigger.socket ] ++ optional (cfg.trigger.port != null) "127.0.0.1:${toString cfg.trigger.port}";
+      socketConfig = {
+        SocketMode = "0600";
+        DirectoryMode = "0755";
+        Accept = false;
+      };
+    };
+
+    systemd.services.bento-trigger = mkIf cfg.trigger.enable (
+      unitCommon
+      // {
+        description = "bento agent: run a poll on request from the local trigger socket";
+        requires = [ "bento-trigger.socket" ];
+        after = [
+          "bento-trigger.socket"
+          "network-online.target"
+        ];
+        wants = [ "network-online.target" ];
+        serviceConfig = hardening // {
+          Type = "simple";
+          ExecStart = execLine [
+            bento
+            "agent"
+            "trigger-server"
+            "--config"
+            configFile
+          ];
+          KillMode = "process";
+        };
+      }
+    );
+  };
+}

@@ -1,0 +1,345 @@
+# services.bento-server: the server half of bento.
+#
+# One SFTP chroot per host under chrootRoot, one system user per host in
+# one group, an sshd `Match Group` block that locks those users into
+# internal-sftp inside their own chroot, the tmpfiles rules for sshd's
+# ownership rules, an optional timer running `bento deploy`, and an
+# optional binary cache for the clients.
+#
+# (The client's options own `services.bento`, whose `server` is the
+# server's address, so the server's options cannot live under
+# `services.bento.server`.)
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  inherit (lib)
+    attrNames
+    attrValues
+    concatLists
+    concatMapStringsSep
+    filterAttrs
+    hasPrefix
+    literalExpression
+    mapAttrs'
+    mapAttrsToList
+    mkAfter
+    mkDefault
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    nameValuePair
+    types
+    unique
+    ;
+
+  cfg = config.services.bento-server;
+  root = toString cfg.chrootRoot;
+
+  escapeArg = arg: builtins.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
+  execLine = args: concatMapStringsSep " " escapeArg args;
+
+  validHostName = (import ./lib.nix).validHostName;
+  validUserName = name: builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" name != null && builtins.stringLength name <= 32;
+
+  # `restrict` (OpenSSH 7.2) turns off every forwarding, the pty and
+  # ~/.ssh/rc for the key, on top of the Match block. Keys that already
+  # carry options are left as they are.
+  restrictKey = key: if builtins.match "(ssh-|ecdsa-|sk-).*" key != null then "restrict ${key}" else key;
+
+  hostModule =
+    { name, ... }:
+    {
+      options = {
+        user = mkOption {
+          type = types.str;
+          default = name;
+          defaultText = literalExpression "<name>";
+          description = "The host's SFTP user on this server (its `services.bento.user`).";
+        };
+        publicKeys = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... root@web-1" ];
+          description = "Public keys the host logs in with (its `services.bento.hostPublicKey`).";
+        };
+      };
+    };
+
+  # sshd: every user of the group is locked into internal-sftp inside its
+  # home, which is its chroot. Appended last (mkAfter) because a Match
+  # block runs to the end of the file.
+  matchBlock = ''
+
+    # bento (services.bento-server): hosts may only use SFTP, inside their own chroot.
+    Match Group ${cfg.group}
+      ChrootDirectory %h
+      ForceCommand internal-sftp
+      PermitTTY no
+      DisableForwarding yes
+      AllowTcpForwarding no
+      AllowAgentForwarding no
+      AllowStreamLocalForwarding no
+      X11Forwarding no
+      PermitTunnel no
+      PermitListen none
+      PermitOpen none
+      GatewayPorts no
+      PermitUserRC no
+      PasswordAuthentication no
+      KbdInteractiveAuthentication no
+      AuthenticationMethods publickey
+  '';
+
+  deployCommand = execLine (
+    [
+      "${cfg.package}/bin/bento"
+      "deploy"
+      "--flake"
+      cfg.flake
+      "--chroot-root"
+      root
+    ]
+    ++ cfg.deploy.extraArgs
+  );
+
+  users = map (h: h.user) (attrValues cfg.hosts);
+in
+{
+  options.services.bento-server = {
+    enable = mkEnableOption "the bento server: one SFTP chroot, user and sshd rule per host of the fleet";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ../nix/package.nix { };
+      defaultText = literalExpression "pkgs.callPackage (bento + \"/nix/package.nix\") { }";
+      description = "The bento package (for the deploy timer and for `bento` on the server's PATH).";
+    };
+
+    chrootRoot = mkOption {
+      type = types.path;
+      default = "/home/chroot";
+      description = ''
+        Directory holding one chroot per host, `<chrootRoot>/<host>`. sshd
+        requires it and every parent to be owned by root and writable by
+        nobody else.
+      '';
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "bento";
+      description = "Group of the hosts' SFTP users; sshd's `Match Group` block applies to it.";
+    };
+
+    hosts = mkOption {
+      type = types.attrsOf (types.submodule hostModule);
+      default = { };
+      example = literalExpression "bento.lib.hostsFromNixosConfigurations self.nixosConfigurations";
+      description = ''
+        The fleet's hosts, by name (their nixosConfigurations attribute).
+        Each gets a system user, a chroot `<chrootRoot>/<name>` and a
+        writable `<chrootRoot>/<name>/reports`. Derive them from the fleet
+        flake itself with `bento.lib.hostsFromNixosConfigurations`.
+      '';
+    };
+
+    maxStartups = mkOption {
+      type = types.nullOr types.str;
+      default = "100:30:1000";
+      description = ''
+        sshd's `MaxStartups` (`start:rate:full`): concurrent unauthenticated
+        connections before sshd starts refusing some. The OpenSSH default
+        (10:30:100) is too low for a large fleet polling after an outage.
+        null leaves sshd's setting alone.
+      '';
+    };
+
+    flake = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/srv/fleet";
+      description = "The fleet flake `bento deploy` publishes (a path or flake reference); required by the deploy timer.";
+    };
+
+    deploy = {
+      enable = mkEnableOption "a timer that runs `bento deploy` on {option}`services.bento-server.flake`";
+
+      interval = mkOption {
+        type = types.str;
+        default = "*:0/15";
+        description = "When `bento deploy` runs: a systemd `OnCalendar=` expression.";
+      };
+
+      extraArgs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "--keep-going" ];
+        description = "Extra arguments for `bento deploy`.";
+      };
+    };
+
+    cache = {
+      enable = mkEnableOption "a binary cache of the server's store for the clients (nix-serve), signed with {option}`services.bento-server.cache.secretKeyFile`";
+
+      secretKeyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/bento/cache-key.sec";
+        description = ''
+          Signing key of the cache (`nix key generate-secret --key-name
+          bento.example.org-1`). Clients trust its public half through
+          {option}`services.bento.trustedPublicKeys`.
+        '';
+      };
+
+      port = mkOption {
+        type = types.port;
+        default = 5000;
+        description = "Port of the cache; clients add `http://<server>:<port>` to {option}`services.bento.substituters`.";
+      };
+
+      bindAddress = mkOption {
+        type = types.str;
+        default = "0.0.0.0";
+        description = "Address the cache listens on.";
+      };
+
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the cache's port in the firewall.";
+      };
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = hasPrefix "/" root && !(hasPrefix "${builtins.storeDir}/" root) && root != "/";
+          message = "services.bento-server.chrootRoot must be an absolute directory outside the Nix store (got `${root}').";
+        }
+        {
+          assertion = builtins.length (unique users) == builtins.length users;
+          message = "services.bento-server.hosts: two hosts share an SFTP user; each host needs its own.";
+        }
+        {
+          assertion = !(builtins.elem "root" users);
+          message = "services.bento-server.hosts: no host may use the root user.";
+        }
+      ]
+      ++ concatLists (
+        mapAttrsToList (name: h: [
+          {
+            assertion = validHostName name;
+            message = "services.bento-server.hosts: `${name}' is not a usable host name (^[A-Za-z0-9][A-Za-z0-9._-]*$).";
+          }
+          {
+            assertion = validUserName h.user;
+            message = "services.bento-server.hosts.${name}.user `${h.user}' is not a usable user name (letters, digits, '.', '_', '-', at most 32 characters).";
+          }
+        ]) cfg.hosts
+      );
+
+      warnings = map (name: "services.bento-server: host `${name}' has no public key (services.bento.hostPublicKey on that host), so it cannot log in yet.") (
+        attrNames (filterAttrs (_: h: h.publicKeys == [ ]) cfg.hosts)
+      );
+
+      environment.systemPackages = [ cfg.package ];
+
+      users.groups.${cfg.group} = { };
+
+      users.users = mapAttrs' (
+        name: h:
+        nameValuePair h.user {
+          isSystemUser = true;
+          group = cfg.group;
+          description = "bento SFTP user of host ${name}";
+          # sshd's ChrootDirectory %h: the home is the chroot, owned by root.
+          home = "${root}/${name}";
+          createHome = false;
+          openssh.authorizedKeys.keys = map restrictKey h.publicKeys;
+        }
+      ) cfg.hosts;
+
+      # sshd refuses a chroot that is not root-owned and unwritable by others;
+      # `d` also fixes the owner and mode of existing directories.
+      systemd.tmpfiles.rules = [
+        "d ${root} 0755 root root -"
+      ]
+      ++ concatLists (
+        mapAttrsToList (name: h: [
+          "d ${root}/${name} 0755 root root -"
+          "d ${root}/${name}/reports 0755 ${h.user} ${cfg.group} -"
+        ]) cfg.hosts
+      );
+
+      services.openssh = {
+        enable = mkDefault true;
+        settings.MaxStartups = mkIf (cfg.maxStartups != null) (mkDefault cfg.maxStartups);
+        extraConfig = mkAfter matchBlock;
+      };
+    }
+
+    (mkIf cfg.deploy.enable {
+      assertions = [
+        {
+          assertion = cfg.flake != null;
+          message = "services.bento-server.deploy.enable needs services.bento-server.flake (the fleet flake to publish).";
+        }
+      ];
+
+      systemd.services.bento-deploy = {
+        description = "bento deploy: build and publish the fleet";
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" ];
+        # Publishing must never be cut short by a switch of the server itself.
+        restartIfChanged = false;
+        unitConfig.X-StopOnRemoval = false;
+        path = [
+          pkgs.coreutils
+          pkgs.gitMinimal
+          config.nix.package
+          config.programs.ssh.package
+        ];
+        environment = {
+          HOME = "/root";
+        }
+        // config.networking.proxy.envVars;
+        serviceConfig = {
+          Type = "oneshot";
+          ExecStart = deployCommand;
+        };
+      };
+
+      systemd.timers.bento-deploy = {
+        description = "bento deploy: publish the fleet periodically";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = cfg.deploy.interval;
+          Persistent = true;
+        };
+      };
+    })
+
+    (mkIf cfg.cache.enable {
+      assertions = [
+        {
+          assertion = cfg.cache.secretKeyFile != null;
+          message = "services.bento-server.cache.enable needs services.bento-server.cache.secretKeyFile: clients only accept signed paths.";
+        }
+      ];
+      services.nix-serve = {
+        enable = true;
+        inherit (cfg.cache) port bindAddress openFirewall;
+        secretKeyFile = cfg.cache.secretKeyFile;
+      };
+    })
+  ]);
+}

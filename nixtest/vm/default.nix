@@ -1,0 +1,3 @@
+# NixOS VM tests of bento (flake output `checks`): not written yet.
+{ pkgs, self, nixpkgs }:
+{ }

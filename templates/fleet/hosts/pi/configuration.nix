@@ -1,0 +1,27 @@
+# A small client (a Raspberry Pi) that evaluates nothing: it fetches the
+# system the server built from the server's binary cache.
+{ ... }:
+{
+  services.bento = {
+    enable = true;
+
+    # CHANGE ME: this host's SSH host key (cat /etc/ssh/ssh_host_ed25519_key.pub).
+    hostPublicKey = null;
+
+    mode = "fetch";
+    substituters = [ "http://bento.example.org:5000" ]; # CHANGE ME: the server
+    # CHANGE ME: the content of /var/lib/bento-cache.pub on the server.
+    trustedPublicKeys = [ ];
+    tags = [ "home" ];
+  };
+
+  # CHANGE ME: the boot loader and file systems of your board.
+  boot.loader.grub.enable = false;
+  boot.loader.generic-extlinux-compatible.enable = true;
+  fileSystems."/" = {
+    device = "/dev/disk/by-label/NIXOS_SD";
+    fsType = "ext4";
+  };
+
+  system.stateVersion = "25.11";
+}
