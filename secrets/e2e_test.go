@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -116,22 +117,19 @@ func (s *server) deploy(ctx context.Context) map[string]publish.Result {
 	return res
 }
 
-// client is one host's agent side: its SFTP login, its private secrets
-// store and installer.
+// client is one host's agent side: its SFTP login and its secrets.
 type client struct {
 	t      *testing.T
 	c      *sshdtest.Client
 	srv    *sshdtest.Server
-	store  *secrets.Store
-	inst   *secrets.Installer
-	state  secrets.State
-	specs  map[string]secrets.Spec
+	agent  *secrets.Agent
 	logs   *bytes.Buffer
 	report manifest.Report
 }
 
-// tick fetches the manifest, stages its secrets and installs them as the
-// agent does, then restarts units and fills the report's SecretErrors.
+// tick does with secrets what an agent tick does: fetch the manifest and
+// the secrets, install them before the switch and again after it, restart
+// units, report SecretErrors.
 func (c *client) tick(ctx context.Context) (*manifest.Manifest, secrets.Outcome) {
 	t := c.t
 	t.Helper()
@@ -148,24 +146,28 @@ func (c *client) tick(ctx context.Context) (*manifest.Manifest, secrets.Outcome)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.store.Stage(ctx, m, conn); err != nil {
+	if _, err := c.agent.Fetch(ctx, m, conn); err != nil {
 		t.Fatal(err)
 	}
-	o, err := c.inst.Install(ctx, c.store.Path(m.Version), m.Secrets, c.specs, c.state)
+	before, err := c.agent.Install(ctx, m.Version)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.inst.Restart(ctx, &o)
-	c.state = o.State
-	if err := c.store.Prune(m.Version); err != nil {
+	// (the switch would run here)
+	after, err := c.agent.Install(ctx, m.Version)
+	if err != nil {
 		t.Fatal(err)
 	}
-	c.report = manifest.Report{Format: manifest.Format, Host: c.c.Host, SeenVersion: m.Version, SecretErrors: o.Errors}
+	if err := c.agent.Finish(ctx, []string{m.Version}, &before, &after); err != nil {
+		t.Fatal(err)
+	}
+	c.report = manifest.Report{Format: manifest.Format, Host: c.c.Host, SeenVersion: m.Version, SecretErrors: after.Errors}
 	rep, _ := json.Marshal(c.report)
 	if err := conn.WriteFile(ctx, manifest.StatusFile, rep); err != nil {
 		t.Fatal(err)
 	}
-	return m, o
+	before.Errors = after.Errors
+	return m, before
 }
 
 func TestEndToEnd(t *testing.T) {
@@ -219,18 +221,17 @@ func TestEndToEnd(t *testing.T) {
 	// owner that does not exist on this host, which fails alone.
 	target := t.TempDir()
 	restarts := filepath.Join(t.TempDir(), "restarts")
-	ac := &client{
-		t: t, c: alpha, srv: srv, logs: &bytes.Buffer{},
-		store: &secrets.Store{Dir: filepath.Join(t.TempDir(), "state", "secrets")},
-		state: secrets.State{},
-		specs: map[string]secrets.Spec{
+	ac := &client{t: t, c: alpha, srv: srv, logs: &bytes.Buffer{}}
+	ac.agent = &secrets.Agent{
+		Dir: filepath.Join(t.TempDir(), "state", "secrets"),
+		Specs: map[string]secrets.Spec{
 			"db":  {Path: filepath.Join(target, "db"), Owner: "nobody", Group: "nogroup", Mode: "0440", RestartUnits: []string{"postgresql.service"}},
 			"api": {Path: filepath.Join(target, "api"), Owner: "no-such-user-bento", RestartUnits: []string{"api.service"}},
 		},
-	}
-	ac.inst = &secrets.Installer{
-		Restarter: secrets.Command{"/bin/sh", "-c", `echo "$0" >> "` + restarts + `"`},
-		Log:       slog.New(slog.NewTextHandler(ac.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Installer: secrets.Installer{
+			Restarter: secrets.Command{"/bin/sh", "-c", `echo "$0" >> "` + restarts + `"`},
+			Log:       slog.New(slog.NewTextHandler(ac.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		},
 	}
 	m, o := ac.tick(ctx)
 	if len(m.Secrets) != 2 || m.Version != v1 {
@@ -250,7 +251,7 @@ func TestEndToEnd(t *testing.T) {
 	if len(st.SecretErrors) != 1 || st.SecretErrors["api"] == "" {
 		t.Errorf("uploaded report's secretErrors = %v", st.SecretErrors)
 	}
-	checkStoreMode(t, ac.store.Path(v1))
+	checkStoreMode(t, ac.agent.Dir)
 
 	// Nix copied the fleet into its store (the marker is there), never a secret.
 	found := grepStore(t, marker, dbPass, apiToken, betaKey)
@@ -282,8 +283,23 @@ func TestEndToEnd(t *testing.T) {
 	if got := lines(restarts); !slices.Equal(got, []string{"postgresql.service", "postgresql.service"}) {
 		t.Errorf("restarts after db changed = %v", got)
 	}
-	if _, err := os.Lstat(ac.store.Path(v1)); err == nil {
+	if ac.agent.Store().Has(v1) {
 		t.Error("the client kept the old version's secrets")
+	}
+
+	// An idle tick after a reboot emptied /run puts the secret back from
+	// the held copy, without the server.
+	os.Remove(filepath.Join(target, "db"))
+	o, err = ac.agent.Install(ctx, m.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkContent(t, filepath.Join(target, "db"), dbPass2, 0o440, "nobody")
+	if !slices.Equal(o.Changed, []string{"db"}) {
+		t.Errorf("repair changed %v", o.Changed)
+	}
+	if _, err := ac.agent.Install(ctx, v1); !errors.Is(err, secrets.ErrNotHeld) {
+		t.Errorf("installing a version that is not held: %v", err)
 	}
 
 	// A removed secret is removed from the host.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -34,7 +35,38 @@ type Store struct {
 	Dir string
 }
 
-const stagingPrefix = ".staging-"
+const (
+	stagingPrefix = ".staging-"
+	filesList     = ".files.json"
+)
+
+// Files lists the secrets of a held version, as its manifest did.
+func (s *Store) Files(version string) ([]manifest.File, error) {
+	data, err := os.ReadFile(filepath.Join(s.Path(version), filesList))
+	if err != nil {
+		return nil, fmt.Errorf("secrets store: version %s is not held: %w", version, err)
+	}
+	var files []manifest.File
+	if err := json.Unmarshal(data, &files); err != nil {
+		return nil, fmt.Errorf("secrets store: version %s: %w", version, err)
+	}
+	return files, nil
+}
+
+func writeSynced(p string, data []byte) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
 
 // Path is the directory of a version's secrets.
 func (s *Store) Path(version string) string { return filepath.Join(s.Dir, version) }
@@ -105,6 +137,16 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher) (int
 			return total, fmt.Errorf("fetch secret %s: %w", file.Path, err)
 		}
 	}
+	// The list lets a later tick install the version again (after a
+	// reboot emptied /run) without reading the manifest's long tail, and
+	// tells "no secrets" from "not held".
+	list, err := json.Marshal(m.Secrets)
+	if err == nil {
+		err = writeSynced(filepath.Join(staging, filesList), list)
+	}
+	if err != nil {
+		return total, fmt.Errorf("secrets store: %w", err)
+	}
 	if err := syncDir(staging); err != nil {
 		return total, fmt.Errorf("secrets store: %w", err)
 	}
@@ -157,7 +199,7 @@ func (s *Store) index() map[string]string {
 		files, _ := os.ReadDir(filepath.Join(s.Dir, v.Name()))
 		for _, f := range files {
 			p := filepath.Join(s.Dir, v.Name(), f.Name())
-			if !f.Type().IsRegular() {
+			if !f.Type().IsRegular() || strings.HasPrefix(f.Name(), ".") {
 				continue
 			}
 			if _, sum, err := hashFile(p); err == nil {
