@@ -191,6 +191,7 @@ func (i *Installer) Install(ctx context.Context, dir string, files []manifest.Fi
 		published[name] = true
 	}
 	paths := map[string]string{}
+	ids := &idCache{users: map[string]*user.User{}, groups: map[string]*user.Group{}}
 	for _, f := range files {
 		if err := ctx.Err(); err != nil {
 			return o, err
@@ -209,7 +210,7 @@ func (i *Installer) Install(ctx context.Context, dir string, files []manifest.Fi
 			fail(fmt.Errorf("the server publishes secret %s but this host declares no services.bento.secrets.%s: declare it (path, owner, group, mode) or remove secrets/<host>/%s on the server", name, name, f.Path))
 			continue
 		}
-		w, err := resolve(name, spec)
+		w, err := resolve(name, spec, ids)
 		if err != nil {
 			fail(err)
 			continue
@@ -303,7 +304,7 @@ func validUnit(u string) error {
 }
 
 // resolve checks a secret's Spec against this host: path, mode, owner, group.
-func resolve(name string, s Spec) (want, error) {
+func resolve(name string, s Spec, ids *idCache) (want, error) {
 	opt := "services.bento.secrets." + name
 	w := want{spec: s, path: s.Path}
 	if s.Path == "" {
@@ -328,7 +329,7 @@ func resolve(name string, s Spec) (want, error) {
 	if w.owner == "" {
 		w.owner = "root"
 	}
-	u, err := lookupUser(w.owner)
+	u, err := ids.user(w.owner)
 	if err != nil {
 		return w, fmt.Errorf("secret %s: owner %q: no such user on this host (create it, or fix %s.owner)", name, w.owner, opt)
 	}
@@ -342,12 +343,41 @@ func resolve(name string, s Spec) (want, error) {
 		}
 		return w, nil
 	}
-	g, err := lookupGroup(w.grp)
+	g, err := ids.group(w.grp)
 	if err != nil {
 		return w, fmt.Errorf("secret %s: group %q: no such group on this host (create it, or fix %s.group)", name, w.grp, opt)
 	}
 	w.gid, _ = strconv.Atoi(g.Gid)
 	return w, nil
+}
+
+// idCache remembers lookups for one Install: each one reads /etc/passwd
+// or /etc/group, and many secrets share an owner.
+type idCache struct {
+	users  map[string]*user.User
+	groups map[string]*user.Group
+}
+
+func (c *idCache) user(name string) (*user.User, error) {
+	if u, ok := c.users[name]; ok {
+		return u, nil
+	}
+	u, err := lookupUser(name)
+	if err == nil {
+		c.users[name] = u
+	}
+	return u, err
+}
+
+func (c *idCache) group(name string) (*user.Group, error) {
+	if g, ok := c.groups[name]; ok {
+		return g, nil
+	}
+	g, err := lookupGroup(name)
+	if err == nil {
+		c.groups[name] = g
+	}
+	return g, err
 }
 
 func lookupUser(name string) (*user.User, error) {
