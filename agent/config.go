@@ -190,6 +190,8 @@ type Key struct {
 	// List is true when the value is a list: space- or comma-separated
 	// on the command line and in the environment.
 	List bool
+	// Bool is true for a true/false setting (a flag without value).
+	Bool bool
 	set  func(c *Config, v string) error
 }
 
@@ -223,6 +225,7 @@ func Keys() []Key {
 		return Key{Name: name, Flag: flag, Env: "BENTO_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_")), Usage: usage, set: set}
 	}
 	l := func(key Key) Key { key.List = true; return key }
+	b := func(key Key) Key { key.Bool = true; return key }
 	return []Key{
 		k("host", "this host's name in the fleet (default: the machine's host name)", str(func(c *Config) *string { return &c.Host })),
 		k("server", "the bento server's address", str(func(c *Config) *string { return &c.Server })),
@@ -241,14 +244,14 @@ func Keys() []Key {
 		l(k("substituters", "binary caches to add (URLs, space-separated)", list(func(c *Config) *[]string { return &c.Substituters }))),
 		l(k("trustedPublicKeys", "keys the substituters sign with (name:base64, space-separated)", list(func(c *Config) *[]string { return &c.TrustedPublicKeys }))),
 		k("narinfoCacheNegativeTTL", "seconds Nix remembers that a cache lacks a path (default 0: a just-published path is seen at once)", num(func(c *Config) *int { return &c.NarinfoCacheNegativeTTL })),
-		k("selfUpdate", "between publications, update the flake inputs (nix flake update), build and switch", func(c *Config, v string) error {
-			b, err := strconv.ParseBool(v)
+		b(k("selfUpdate", "between publications, update the flake inputs (nix flake update), build and switch", func(c *Config, v string) error {
+			on, err := strconv.ParseBool(v)
 			if err != nil {
 				return fmt.Errorf("%q is not true or false", v)
 			}
-			c.SelfUpdate = b
+			c.SelfUpdate = on
 			return nil
-		}),
+		})),
 		k("profile", "the system profile (default /nix/var/nix/profiles/system)", str(func(c *Config) *string { return &c.Profile })),
 		k("currentSystem", "link to the running system (default /run/current-system)", str(func(c *Config) *string { return &c.CurrentSystem })),
 		k("bootedSystem", "link to the booted system (default /run/booted-system)", str(func(c *Config) *string { return &c.BootedSystem })),
@@ -294,7 +297,7 @@ func kebab(name string) string {
 		case r == '.':
 			b.WriteByte('-')
 		case r >= 'A' && r <= 'Z':
-			if i > 0 {
+			if i > 0 && name[i-1] >= 'a' && name[i-1] <= 'z' {
 				b.WriteByte('-')
 			}
 			b.WriteRune(r - 'A' + 'a')

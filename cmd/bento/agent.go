@@ -1,17 +1,170 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/bento-nix/bento/agent"
+	"github.com/bento-nix/bento/agent/trigger"
 )
 
-// agentCommand is a placeholder until its package lands.
+const defaultTriggerAddr = "unix:/run/bento/trigger.sock"
+
 func agentCommand() *cli.Command {
 	return &cli.Command{
-		Name:   "agent",
-		Usage:  "(not yet implemented)",
-		Hidden: true,
-		Action: func(*cli.Context) error { return errors.New("agent: not yet implemented") },
+		Name:  "agent",
+		Usage: "the client: pull this host's publication, switch to it, report",
+		Description: "Runs on every host (the NixOS module starts \"bento agent run\" from a timer).\n" +
+			"Every setting comes from --config FILE (JSON), a flag, or a BENTO_* variable;\n" +
+			"flags and variables override the file. See docs/agent.md.",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "run",
+				Usage: "run one tick: fetch, build, switch and report when a new version is published",
+				Description: "Exits 0 when the host runs what is published (or nothing is published yet),\n" +
+					"1 when an attempt failed or rolled back, a failed version waits for its retry,\n" +
+					"or the server could not be reached (reports then wait in the state directory),\n" +
+					"2 when the configuration is invalid.",
+				Flags: append(agentConfigFlags(),
+					&cli.DurationFlag{Name: "lock-wait", Usage: "give up when another tick holds the lock for this long (0: wait)"},
+				),
+				Action: func(c *cli.Context) error {
+					cfg, err := agentConfig(c)
+					if err != nil {
+						return err
+					}
+					return runTick(c, cfg, c.App.ErrWriter)
+				},
+			},
+			{
+				Name:  "trigger",
+				Usage: "ask the local trigger server for a tick now and stream its output",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "address", Value: defaultTriggerAddr, Usage: "the trigger server's unix:/path or 127.0.0.1:PORT", EnvVars: []string{"BENTO_TRIGGER"}},
+				},
+				Action: func(c *cli.Context) error {
+					a, err := trigger.ParseAddr(c.String("address"))
+					if err != nil {
+						return usageError("%w", err)
+					}
+					err = trigger.Request(c.Context, a, c.App.Writer)
+					if errors.Is(err, trigger.ErrFailed) {
+						return failed(err)
+					}
+					return err
+				},
+			},
+			{
+				Name:  "trigger-server",
+				Usage: "serve tick requests on a unix socket or a loopback port, streaming each tick's output",
+				Flags: append(agentConfigFlags(),
+					&cli.StringFlag{Name: "listen", Value: defaultTriggerAddr, Usage: "unix:/path or 127.0.0.1:PORT (never all interfaces)", EnvVars: []string{"BENTO_TRIGGER"}},
+				),
+				Action: func(c *cli.Context) error {
+					if _, err := agentConfig(c); err != nil {
+						return err
+					}
+					a, err := trigger.ParseAddr(c.String("listen"))
+					if err != nil {
+						return usageError("%w", err)
+					}
+					ln, err := trigger.Listen(a)
+					if err != nil {
+						return failed(err)
+					}
+					fmt.Fprintf(c.App.ErrWriter, "bento: trigger server listening on %s\n", a)
+					return trigger.Serve(c.Context, ln, func(ctx context.Context, out io.Writer) error {
+						// Re-read the configuration: the module may have
+						// changed it since the server started.
+						cfg, err := agentConfig(c)
+						if err != nil {
+							return err
+						}
+						return runTick(c, cfg, io.MultiWriter(out, c.App.ErrWriter))
+					})
+				},
+			},
+		},
 	}
+}
+
+// agentConfigFlags are --config plus one flag per configuration key.
+func agentConfigFlags() []cli.Flag {
+	flags := []cli.Flag{
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "JSON configuration file (written by the NixOS module)", EnvVars: []string{"BENTO_CONFIG"}},
+	}
+	for _, k := range agent.Keys() {
+		usage := k.Usage
+		if k.List {
+			usage += " (a list)"
+		}
+		if k.Bool {
+			flags = append(flags, &cli.BoolFlag{Name: k.Flag, Usage: usage, EnvVars: []string{k.Env}})
+			continue
+		}
+		flags = append(flags, &cli.StringFlag{Name: k.Flag, Usage: usage, EnvVars: []string{k.Env}})
+	}
+	return flags
+}
+
+// agentConfig builds the configuration: defaults, then the file, then
+// flags and environment variables.
+func agentConfig(c *cli.Context) (agent.Config, error) {
+	cfg := agent.Defaults()
+	if file := c.String("config"); file != "" {
+		warnings, err := cfg.LoadFile(file)
+		for _, w := range warnings {
+			fmt.Fprintln(c.App.ErrWriter, "bento: warning:", w)
+		}
+		if err != nil {
+			return cfg, usageError("%w", err)
+		}
+	}
+	for _, k := range agent.Keys() {
+		if c.IsSet(k.Flag) {
+			v := c.String(k.Flag)
+			if k.Bool {
+				v = strconv.FormatBool(c.Bool(k.Flag))
+			}
+			if err := cfg.Set(k.Name, v); err != nil {
+				return cfg, usageError("--%s (or %s): %w", k.Flag, k.Env, err)
+			}
+		}
+	}
+	if err := cfg.Complete(); err != nil {
+		return cfg, usageError("%w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, usageError("agent configuration: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	return cfg, nil
+}
+
+func runTick(c *cli.Context, cfg agent.Config, out io.Writer) error {
+	_, err := agent.Run(c.Context, cfg, agent.Options{
+		Out:          out,
+		Nix:          nixRunner(c),
+		AgentVersion: version,
+		LockWait:     lockWait(c),
+	})
+	if err != nil {
+		return failed(err)
+	}
+	return nil
+}
+
+func lockWait(c *cli.Context) time.Duration {
+	for _, f := range c.Command.Flags {
+		if f.Names()[0] == "lock-wait" {
+			return c.Duration("lock-wait")
+		}
+	}
+	return 0
 }

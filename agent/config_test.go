@@ -1,0 +1,205 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+const hostKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl server"
+
+// moduleJSON is what the NixOS module writes: every key of the contract.
+const moduleJSON = `{
+  "host": "alpha",
+  "server": "bento.example",
+  "port": 2222,
+  "user": "bento-alpha",
+  "identityFile": "/etc/ssh/ssh_host_ed25519_key",
+  "serverHostKey": "[bento.example]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+  "stateDir": "/var/lib/bento",
+  "mode": "fetch",
+  "operation": "boot",
+  "confirmTimeout": "90s",
+  "reboot": { "policy": "window", "window": "01:00-05:00" },
+  "retry": { "initialDelay": "5m", "maxDelay": "2h" },
+  "substituters": [ "https://cache.example", "file:///srv/cache" ],
+  "trustedPublicKeys": [ "cache.example-1:AAAA" ],
+  "narinfoCacheNegativeTTL": 0,
+  "selfUpdate": false,
+  "profile": "/nix/var/nix/profiles/system",
+  "currentSystem": "/run/current-system",
+  "bootedSystem": "/run/booted-system",
+  "rebootCommand": [ "systemctl", "kexec" ],
+  "secrets": { "wifi": { "path": "/run/secrets/wifi", "owner": "root", "group": "root", "mode": "0400", "restartUnits": [ "wpa_supplicant.service" ] } }
+}`
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "agent.json")
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadModuleJSON(t *testing.T) {
+	c := Defaults()
+	warnings, err := c.LoadFile(writeConfig(t, moduleJSON))
+	if err != nil || len(warnings) != 0 {
+		t.Fatalf("LoadFile: %v, warnings %v", err, warnings)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("the module's configuration does not validate: %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"port", c.Port, 2222},
+		{"user", c.User, "bento-alpha"},
+		{"mode", c.Mode, "fetch"},
+		{"operation", c.Operation, "boot"},
+		{"confirmTimeout", time.Duration(c.ConfirmTimeout), 90 * time.Second},
+		{"reboot", c.Reboot, Reboot{Policy: "window", Window: "01:00-05:00"}},
+		{"retry", c.Retry, Retry{InitialDelay: Duration(5 * time.Minute), MaxDelay: Duration(2 * time.Hour)}},
+		{"substituters", c.Substituters, []string{"https://cache.example", "file:///srv/cache"}},
+		{"rebootCommand", c.RebootCommand, []string{"systemctl", "kexec"}},
+		{"untouched default", c.ConnectAttempts, 4},
+	}
+	for _, ch := range checks {
+		if !reflect.DeepEqual(ch.got, ch.want) {
+			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
+		}
+	}
+}
+
+func TestLoadFileProblems(t *testing.T) {
+	cases := []struct {
+		name, json, err, warning string
+	}{
+		{"unknown key is a warning", `{"host":"a","colour":"blue"}`, "", `unknown key "colour" ignored`},
+		{"wrong type names the key", `{"port":"twenty-two"}`, `key "port"`, ""},
+		{"bad duration", `{"confirmTimeout":"soon"}`, `"soon" is not a duration`, ""},
+		{"not an object", `[1]`, "not a JSON object", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Defaults()
+			warnings, err := c.LoadFile(writeConfig(t, tc.json))
+			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Errorf("error %v, want %q", err, tc.err)
+			}
+			if tc.warning != "" && (len(warnings) != 1 || !strings.Contains(warnings[0], tc.warning)) {
+				t.Errorf("warnings %v, want %q", warnings, tc.warning)
+			}
+		})
+	}
+	c := Defaults()
+	if _, err := c.LoadFile("/nonexistent/agent.json"); err == nil {
+		t.Error("a missing file is not an error")
+	}
+}
+
+func TestEveryKeyHasAFlagAndVariable(t *testing.T) {
+	want := map[string][2]string{
+		"identityFile":            {"identity-file", "BENTO_IDENTITY_FILE"},
+		"reboot.policy":           {"reboot-policy", "BENTO_REBOOT_POLICY"},
+		"retry.initialDelay":      {"retry-initial-delay", "BENTO_RETRY_INITIAL_DELAY"},
+		"narinfoCacheNegativeTTL": {"narinfo-cache-negative-ttl", "BENTO_NARINFO_CACHE_NEGATIVE_TTL"},
+		"serverHostKey":           {"server-host-key", "BENTO_SERVER_HOST_KEY"},
+	}
+	seen := map[string]bool{}
+	for _, k := range Keys() {
+		seen[strings.SplitN(k.Name, ".", 2)[0]] = true
+		if w, ok := want[k.Name]; ok && (k.Flag != w[0] || k.Env != w[1]) {
+			t.Errorf("%s: flag %s env %s, want %s %s", k.Name, k.Flag, k.Env, w[0], w[1])
+		}
+	}
+	// Every key of the module's contract but secrets (ignored for now).
+	for _, key := range []string{"host", "server", "port", "user", "identityFile", "serverHostKey", "stateDir", "mode", "operation",
+		"confirmTimeout", "reboot", "retry", "substituters", "trustedPublicKeys", "narinfoCacheNegativeTTL", "selfUpdate",
+		"profile", "currentSystem", "bootedSystem", "rebootCommand"} {
+		if !seen[key] {
+			t.Errorf("contract key %s has no flag", key)
+		}
+	}
+}
+
+func TestSetOverridesFromStrings(t *testing.T) {
+	c := Defaults()
+	sets := [][2]string{
+		{"port", "2200"}, {"confirmTimeout", "2s"}, {"retry.maxDelay", "30"}, {"substituters", "file:///a, file:///b"},
+		{"rebootCommand", "/bin/echo reboot"}, {"selfUpdate", "true"}, {"reboot.window", "23:00-02:00"},
+	}
+	for _, s := range sets {
+		if err := c.Set(s[0], s[1]); err != nil {
+			t.Fatalf("Set(%s, %s): %v", s[0], s[1], err)
+		}
+	}
+	if c.Port != 2200 || c.ConfirmTimeout != Duration(2*time.Second) || c.Retry.MaxDelay != Duration(30*time.Second) ||
+		!reflect.DeepEqual(c.Substituters, []string{"file:///a", "file:///b"}) || !reflect.DeepEqual(c.RebootCommand, []string{"/bin/echo", "reboot"}) ||
+		!c.SelfUpdate || c.Reboot.Window != "23:00-02:00" {
+		t.Errorf("after Set: %+v", c)
+	}
+	for _, bad := range [][2]string{{"port", "x"}, {"selfUpdate", "maybe"}, {"confirmTimeout", "later"}, {"nosuch", "1"}} {
+		if err := c.Set(bad[0], bad[1]); err == nil {
+			t.Errorf("Set(%s, %q) accepted", bad[0], bad[1])
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	good := func() Config {
+		c := Defaults()
+		c.Host, c.Server, c.ServerHostKey = "alpha", "bento.example", hostKey
+		c.Complete()
+		return c
+	}
+	if err := func() error { c := good(); return c.Validate() }(); err != nil {
+		t.Fatalf("good config: %v", err)
+	}
+	cases := []struct {
+		name   string
+		change func(*Config)
+		err    string
+	}{
+		{"no server", func(c *Config) { c.Server = "" }, "server is not set"},
+		{"no host key", func(c *Config) { c.ServerHostKey = "" }, "never trusts a server key on first use"},
+		{"garbage host key", func(c *Config) { c.ServerHostKey = "hello" }, "neither a public key"},
+		{"bad host name", func(c *Config) { c.Host = "../etc" }, "invalid host name"},
+		{"bad mode", func(c *Config) { c.Mode = "push" }, `mode "push" is not supported`},
+		{"bad operation", func(c *Config) { c.Operation = "dry-activate" }, "use switch, boot or test"},
+		{"bad window", func(c *Config) { c.Reboot = Reboot{Policy: "window", Window: "25:00-03:00"} }, "25:00"},
+		{"window without window", func(c *Config) { c.Reboot = Reboot{Policy: "window"} }, "needs a window"},
+		{"self-update in fetch mode", func(c *Config) { c.Mode, c.SelfUpdate = "fetch", true }, "selfUpdate needs mode build"},
+		{"relative state dir", func(c *Config) { c.StateDir = "state" }, "absolute path"},
+		{"retry upside down", func(c *Config) { c.Retry = Retry{InitialDelay: Duration(time.Hour), MaxDelay: Duration(time.Minute)} }, "initialDelay not above maxDelay"},
+		{"empty reboot command", func(c *Config) { c.RebootCommand = nil }, "rebootCommand is empty"},
+		{"port", func(c *Config) { c.Port = 70000 }, "not a TCP port"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := good()
+			tc.change(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("Validate() = %v, want an error containing %q", err, tc.err)
+			}
+		})
+	}
+}
+
+func TestCompleteDefaultsUserToHost(t *testing.T) {
+	c := Defaults()
+	c.Host = "alpha"
+	if err := c.Complete(); err != nil || c.User != "alpha" {
+		t.Errorf("Complete: user %q, %v", c.User, err)
+	}
+	c = Defaults()
+	if err := c.Complete(); err != nil || c.Host == "" || strings.Contains(c.Host, ".") {
+		t.Errorf("Complete without host: %q, %v (want the machine's short name)", c.Host, err)
+	}
+}

@@ -1,0 +1,495 @@
+// Package e2e runs bento end to end for tests: a real sshd serving one SFTP
+// chroot per host (package sshdtest), a fixture fleet published into those
+// chroots the way bento deploy does (package publish, with the systems
+// built by real Nix on the "server"), and the real bento binary running
+// "bento agent run" for each host, with every system path (profile,
+// current and booted system, reboot command) in a temporary directory.
+//
+// Tests assert on what a user would see: where the profile points, what
+// the fixture's switch-to-configuration recorded, what the reboot command
+// recorded, and the status.json and logs the host uploaded.
+package e2e
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bento-nix/bento/eval"
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/fixture"
+	"github.com/bento-nix/bento/internal/sshdtest"
+	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/nix"
+	"github.com/bento-nix/bento/publish"
+)
+
+// Env is one server with its fleet.
+type Env struct {
+	SSHD *sshdtest.Server
+	// FleetDir holds the fixture fleet's flake.
+	FleetDir string
+	Fleet    fixture.Fleet
+	// Nix runs nix on the server side (fixture NIX_CONFIG).
+	Nix *nix.Runner
+
+	mu    sync.Mutex
+	hosts map[string]*Host
+}
+
+// Start runs an sshd and writes the fleet; nothing is published yet.
+func Start(t testing.TB, f fixture.Fleet) *Env {
+	t.Helper()
+	e := &Env{
+		SSHD:     sshdtest.Start(t, sshdtest.Options{}),
+		FleetDir: filepath.Join(t.TempDir(), "fleet"),
+		Nix:      &nix.Runner{Env: fixture.Env()},
+		hosts:    map[string]*Host{},
+	}
+	e.WriteFleet(t, f)
+	return e
+}
+
+// WriteFleet (re)writes the fleet's files.
+func (e *Env) WriteFleet(t testing.TB, f fixture.Fleet) {
+	t.Helper()
+	e.Fleet = f
+	if err := fixture.Write(e.FleetDir, f); err != nil {
+		t.Fatalf("e2e: writing the fleet: %v", err)
+	}
+}
+
+// Update changes one host of the fleet and rewrites it.
+func (e *Env) Update(t testing.TB, name string, change func(h *fixture.Host)) {
+	t.Helper()
+	for i := range e.Fleet.Hosts {
+		if e.Fleet.Hosts[i].Name == name {
+			change(&e.Fleet.Hosts[i])
+			e.WriteFleet(t, e.Fleet)
+			return
+		}
+	}
+	t.Fatalf("e2e: no fixture host %s", name)
+}
+
+// Chroot is a host's chroot directory on the server.
+func (e *Env) Chroot(host string) string { return filepath.Join(e.SSHD.Root, host) }
+
+// Published is what a publication did for one host.
+type Published struct {
+	publish.Result
+	// Built is the system the server built ("" when its build failed:
+	// published anyway, like bento deploy --force).
+	Built string
+}
+
+// Publish discovers the fleet, builds the named hosts' systems (all hosts
+// when none is named) with real Nix, and publishes them into their
+// chroots, as bento deploy does. A host whose server build fails is
+// published without an expected system.
+func (e *Env) Publish(t testing.TB, names ...string) map[string]Published {
+	t.Helper()
+	ctx := context.Background()
+	f, err := eval.Discover(ctx, e.Nix, eval.Options{Ref: e.FleetDir})
+	if err != nil {
+		t.Fatalf("e2e: discovering the fleet: %v", err)
+	}
+	hosts, err := fleet.Select(f.Hosts, names)
+	if err != nil {
+		t.Fatalf("e2e: %v", err)
+	}
+	p, err := publish.Open(ctx, publish.Options{Root: e.SSHD.Root, LockWait: time.Minute})
+	if err != nil {
+		t.Fatalf("e2e: %v", err)
+	}
+	defer p.Close()
+	var targets []publish.Target
+	built := map[string]string{}
+	for _, h := range hosts {
+		src, err := publish.SourceFor(h, f.Dir)
+		if err != nil {
+			t.Fatalf("e2e: %v", err)
+		}
+		out, err := BuildSystem(ctx, e.Nix, h)
+		if err == nil {
+			built[h.Name] = out
+		}
+		targets = append(targets, publish.Target{Host: h, Source: src, ExpectedToplevel: built[h.Name]})
+	}
+	res := map[string]Published{}
+	for _, r := range p.Publish(ctx, targets) {
+		if r.Err != nil {
+			t.Fatalf("e2e: %v", r.Err)
+		}
+		res[r.Host] = Published{Result: r, Built: built[r.Host]}
+	}
+	return res
+}
+
+// BuildSystem builds a host's toplevel and returns its out path.
+func BuildSystem(ctx context.Context, r *nix.Runner, h fleet.Host) (string, error) {
+	args := append([]string{"build", "--no-link", "--json"}, h.Installable("config.system.build.toplevel")...)
+	out, err := r.Run(ctx, nix.Cmd{Host: h.Name, Args: args})
+	if err != nil {
+		return "", err
+	}
+	var res []struct {
+		Outputs map[string]string `json:"outputs"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || len(res) != 1 {
+		return "", fmt.Errorf("nix build printed %q", out)
+	}
+	return res[0].Outputs["out"], nil
+}
+
+// WriteManifest replaces a host's published manifest by hand (for
+// scenarios no honest publisher produces, such as unsafe paths).
+func (e *Env) WriteManifest(t testing.TB, host string, m any) {
+	t.Helper()
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(e.Chroot(host), manifest.ManifestFile)
+	if err := os.WriteFile(p+".tmp", data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(p+".tmp", p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Manifest reads a host's published manifest.
+func (e *Env) Manifest(t testing.TB, host string) *manifest.Manifest {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.Chroot(host), manifest.ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// Host is one client machine, simulated in a temporary directory: its own
+// SSH identity on the server, its state directory, system profile,
+// current-system and booted-system links, and a reboot command that
+// records instead of rebooting.
+type Host struct {
+	Name string
+	SSH  *sshdtest.Client
+	env  *Env
+
+	Dir           string
+	StateDir      string
+	Profile       string
+	CurrentSystem string
+	BootedSystem  string
+	// SwitchRecord collects the fixture switch-to-configuration's lines
+	// ("<toplevel> <op>"); RebootRecord one line per reboot.
+	SwitchRecord string
+	RebootRecord string
+	// Settings are agent configuration keys written into the config
+	// file on every Run (on top of the harness's).
+	Settings map[string]any
+	// Env is added to the agent's environment.
+	Env []string
+}
+
+// Host returns the client named name, creating its user on the server
+// and its directories on first use.
+func (e *Env) Host(t testing.TB, name string) *Host {
+	t.Helper()
+	e.mu.Lock()
+	h, ok := e.hosts[name]
+	e.mu.Unlock()
+	if ok {
+		return h
+	}
+	dir := t.TempDir()
+	h = &Host{
+		Name:          name,
+		SSH:           e.SSHD.AddHost(t, name),
+		env:           e,
+		Dir:           dir,
+		StateDir:      filepath.Join(dir, "state"),
+		Profile:       filepath.Join(dir, "profiles", "system"),
+		CurrentSystem: filepath.Join(dir, "run", "current-system"),
+		BootedSystem:  filepath.Join(dir, "run", "booted-system"),
+		SwitchRecord:  filepath.Join(dir, "switches"),
+		RebootRecord:  filepath.Join(dir, "reboots"),
+		Settings:      map[string]any{},
+	}
+	os.MkdirAll(filepath.Join(dir, "run"), 0o755)
+	e.mu.Lock()
+	e.hosts[name] = h
+	e.mu.Unlock()
+	return h
+}
+
+// Config is the agent configuration the harness writes for the host, in
+// the NixOS module's JSON format.
+func (h *Host) Config() map[string]any {
+	c := map[string]any{
+		"host":           h.Name,
+		"server":         "127.0.0.1",
+		"port":           h.env.SSHD.Port,
+		"user":           h.SSH.User,
+		"identityFile":   h.SSH.KeyFile,
+		"serverHostKey":  h.env.SSHD.KnownHostsLine,
+		"stateDir":       h.StateDir,
+		"mode":           "build",
+		"operation":      "switch",
+		"confirmTimeout": "10s",
+		"reboot":         map[string]any{"policy": "never"},
+		"retry":          map[string]any{"initialDelay": "1h", "maxDelay": "6h"},
+		"profile":        h.Profile,
+		"currentSystem":  h.CurrentSystem,
+		"bootedSystem":   h.BootedSystem,
+		"rebootCommand":  []string{"/bin/sh", "-c", "echo reboot >> " + h.RebootRecord},
+		// Fail fast when the server is meant to be down.
+		"connectAttempts": 2,
+		"connectTimeout":  "10s",
+	}
+	for k, v := range h.Settings {
+		c[k] = v
+	}
+	return c
+}
+
+// Result is one run of the bento binary.
+type Result struct {
+	ExitCode int
+	Stdout   string
+	Stderr   string
+}
+
+// Output is stdout and stderr together, for messages.
+func (r Result) Output() string { return r.Stdout + r.Stderr }
+
+// ConfigFile writes the host's configuration and returns its path.
+func (h *Host) ConfigFile(t testing.TB) string {
+	t.Helper()
+	data, err := json.MarshalIndent(h.Config(), "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(h.Dir, "agent.json")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Environ is the environment the agent runs with.
+func (h *Host) Environ() []string {
+	env := append(os.Environ(), fixture.Env()...)
+	env = append(env,
+		"BENTO_FIXTURE_RECORD="+h.SwitchRecord,
+		"BENTO_FIXTURE_CURRENT_SYSTEM="+h.CurrentSystem,
+	)
+	return append(env, h.Env...)
+}
+
+// Command prepares "bento agent run --config FILE args…" for the host.
+func (h *Host) Command(t testing.TB, ctx context.Context, args ...string) *exec.Cmd {
+	t.Helper()
+	full := append([]string{"agent", "run", "--config", h.ConfigFile(t)}, args...)
+	cmd := exec.CommandContext(ctx, Bento(t), full...)
+	cmd.Env = h.Environ()
+	return cmd
+}
+
+// Run runs one tick of the host's agent and waits for it.
+func (h *Host) Run(t testing.TB, args ...string) Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := h.Command(t, ctx, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	res := Result{Stdout: stdout.String(), Stderr: stderr.String()}
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("e2e: running bento agent run: %v", err)
+		}
+		res.ExitCode = ee.ExitCode()
+	}
+	t.Logf("bento agent run (%s) exit %d:\n%s", h.Name, res.ExitCode, indent(res.Output()))
+	return res
+}
+
+func indent(s string) string {
+	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
+}
+
+// Status reads the status.json the host uploaded (nil when there is none).
+func (h *Host) Status(t testing.TB) *manifest.Report {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(h.env.Chroot(h.Name), manifest.StatusFile))
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r manifest.Report
+	if err := json.Unmarshal(data, &r); err != nil {
+		t.Fatalf("e2e: %s uploaded an invalid status.json: %v\n%s", h.Name, err, data)
+	}
+	return &r
+}
+
+// Log reads a log the host uploaded, decompressed.
+func (h *Host) Log(t testing.TB, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(h.env.Chroot(h.Name), manifest.LogsDir, name))
+	if err != nil {
+		t.Fatalf("e2e: log %s of %s: %v", name, h.Name, err)
+	}
+	if strings.HasSuffix(name, ".gz") {
+		zr, err := gzip.NewReader(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err = io.ReadAll(zr)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return string(data)
+}
+
+// Logs lists the host's uploaded logs.
+func (h *Host) Logs(t testing.TB) []string {
+	t.Helper()
+	des, err := os.ReadDir(filepath.Join(h.env.Chroot(h.Name), manifest.LogsDir))
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, d := range des {
+		out = append(out, d.Name())
+	}
+	return out
+}
+
+// Switches returns what switch-to-configuration recorded, one
+// "<toplevel> <op>" per call.
+func (h *Host) Switches(t testing.TB) []string { return readLines(t, h.SwitchRecord) }
+
+// Reboots returns one line per run of the reboot command.
+func (h *Host) Reboots(t testing.TB) []string { return readLines(t, h.RebootRecord) }
+
+func readLines(t testing.TB, p string) []string {
+	t.Helper()
+	data, err := os.ReadFile(p)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+}
+
+// ProfileTarget is the store path the system profile points at ("" if none).
+func (h *Host) ProfileTarget(t testing.TB) string { return resolve(t, h.Profile) }
+
+// Current is the store path current-system points at ("" if none).
+func (h *Host) Current(t testing.TB) string { return resolve(t, h.CurrentSystem) }
+
+// Boot makes booted-system point at the current system, as a reboot would.
+func (h *Host) Boot(t testing.TB) {
+	t.Helper()
+	cur := h.Current(t)
+	if cur == "" {
+		t.Fatal("e2e: nothing to boot: no current system")
+	}
+	os.Remove(h.BootedSystem)
+	if err := os.Symlink(cur, h.BootedSystem); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func resolve(t testing.TB, link string) string {
+	t.Helper()
+	p, err := filepath.EvalSymlinks(link)
+	if os.IsNotExist(err) {
+		return ""
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+var (
+	bentoOnce sync.Once
+	bentoPath string
+	bentoErr  error
+)
+
+// Bento returns the path of a bento binary built from this checkout, once
+// per test binary.
+func Bento(t testing.TB) string {
+	t.Helper()
+	bentoOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "bento-e2e-bin-")
+		if err != nil {
+			bentoErr = err
+			return
+		}
+		bentoPath = filepath.Join(dir, "bento")
+		root, err := moduleRoot()
+		if err != nil {
+			bentoErr = err
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", bentoPath, "./cmd/bento")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			bentoErr = fmt.Errorf("go build ./cmd/bento: %v\n%s", err, out)
+		}
+	})
+	if bentoErr != nil {
+		t.Fatalf("e2e: %v", bentoErr)
+	}
+	return bentoPath
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("not inside the bento module")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// RemoveBinary deletes the bento binary Bento built (call it from TestMain).
+func RemoveBinary() {
+	if bentoPath != "" {
+		os.RemoveAll(filepath.Dir(bentoPath))
+	}
+}
