@@ -24,8 +24,9 @@ let
     mapAttrsToList
     mkEnableOption
     mkIf
+    mkMerge
     mkOption
-    optional
+    optionalAttrs
     types
     ;
 
@@ -159,6 +160,13 @@ let
         };
       };
     };
+
+  triggerAddresses = {
+    bento-trigger = "unix:${cfg.trigger.socket}";
+  }
+  // optionalAttrs (cfg.trigger.port != null) {
+    bento-trigger-tcp = "127.0.0.1:${toString cfg.trigger.port}";
+  };
 
   safeSecretName = name: builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" name != null;
   userName = cfg.user;
@@ -436,122 +444,121 @@ in
     };
   };
 
-  config = mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = cfg.server != null && cfg.server != "";
-        message = "services.bento.server must name the bento server (host name or address).";
-      }
-      {
-        assertion = cfg.serverHostKey != null;
-        message = ''
-          services.bento.serverHostKey is not set. bento never trusts a server key on first use.
-          Read the key on the server: cat /etc/ssh/ssh_host_ed25519_key.pub
-          (or, checking its fingerprint out of band, ssh-keyscan -t ed25519 -p ${toString cfg.port} ${toString cfg.server})
-          and set services.bento.serverHostKey = "ssh-ed25519 AAAA…";
-        '';
-      }
-      {
-        assertion =
-          cfg.serverHostKey == null
-          || builtins.match "(.*[ ])?(ssh-[a-z0-9]+|ecdsa-sha2-[a-z0-9]+|sk-[a-z0-9@.-]+)[ ]+AAAA[A-Za-z0-9+/]+=*([ ].*)?" cfg.serverHostKey != null;
-        message = "services.bento.serverHostKey must be a public key such as \"ssh-ed25519 AAAA…\" or a known_hosts line, not `${toString cfg.serverHostKey}'.";
-      }
-      {
-        assertion = builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" userName != null && builtins.stringLength userName <= 32;
-        message = "services.bento.user `${userName}' is not a usable user name (letters, digits, '.', '_', '-', at most 32 characters); set networking.hostName or services.bento.user.";
-      }
-      {
-        assertion = !(builtins.isPath cfg.identityFile) && !(inStore cfg.identityFile);
-        message = "services.bento.identityFile must be a string path outside the Nix store (a path literal copies the private key into the world-readable store).";
-      }
-      {
-        assertion = !(inStore cfg.stateDir);
-        message = "services.bento.stateDir must be outside the Nix store.";
-      }
-      {
-        assertion = cfg.trigger.port != 0;
-        message = "services.bento.trigger.port must be a port number (1-65535) or null.";
-      }
-    ]
-    ++ mapAttrsToList (name: s: {
-      assertion = safeSecretName name && hasPrefix "/" s.path && !(inStore s.path);
-      message = "services.bento.secrets.\"${name}\": the name must be a plain file name and the path absolute and outside the Nix store (got `${s.path}').";
-    }) cfg.secrets;
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = cfg.server != null && cfg.server != "";
+          message = "services.bento.server must name the bento server (host name or address).";
+        }
+        {
+          assertion = cfg.serverHostKey != null;
+          message = ''
+            services.bento.serverHostKey is not set. bento never trusts a server key on first use.
+            Read the key on the server: cat /etc/ssh/ssh_host_ed25519_key.pub
+            (or, checking its fingerprint out of band, ssh-keyscan -t ed25519 -p ${toString cfg.port} ${toString cfg.server})
+            and set services.bento.serverHostKey = "ssh-ed25519 AAAA…";
+          '';
+        }
+        {
+          assertion =
+            cfg.serverHostKey == null
+            || builtins.match "(.*[ ])?(ssh-[a-z0-9]+|ecdsa-sha2-[a-z0-9]+|sk-[a-z0-9@.-]+)[ ]+AAAA[A-Za-z0-9+/]+=*([ ].*)?" cfg.serverHostKey != null;
+          message = "services.bento.serverHostKey must be a public key such as \"ssh-ed25519 AAAA…\" or a known_hosts line, not `${toString cfg.serverHostKey}'.";
+        }
+        {
+          assertion = builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" userName != null && builtins.stringLength userName <= 32;
+          message = "services.bento.user `${userName}' is not a usable user name (letters, digits, '.', '_', '-', at most 32 characters); set networking.hostName or services.bento.user.";
+        }
+        {
+          assertion = !(builtins.isPath cfg.identityFile) && !(inStore cfg.identityFile);
+          message = "services.bento.identityFile must be a string path outside the Nix store (a path literal copies the private key into the world-readable store).";
+        }
+        {
+          assertion = !(inStore cfg.stateDir);
+          message = "services.bento.stateDir must be outside the Nix store.";
+        }
+        {
+          assertion = cfg.trigger.port != 0;
+          message = "services.bento.trigger.port must be a port number (1-65535) or null.";
+        }
+      ]
+      ++ mapAttrsToList (name: s: {
+        assertion = safeSecretName name && hasPrefix "/" s.path && !(inStore s.path);
+        message = "services.bento.secrets.\"${name}\": the name must be a plain file name and the path absolute and outside the Nix store (got `${s.path}').";
+      }) cfg.secrets;
 
-    environment.systemPackages = [ cfg.package ];
+      environment.systemPackages = [ cfg.package ];
 
-    # For people and for `bento agent trigger`: the configuration the agent runs with.
-    environment.etc."bento/agent.json".source = configFile;
+      # For people and for `bento agent trigger`: the configuration the agent runs with.
+      environment.etc."bento/agent.json".source = configFile;
 
-    systemd.tmpfiles.rules = [ "d ${toString cfg.stateDir} 0700 root root -" ];
+      systemd.tmpfiles.rules = [ "d ${toString cfg.stateDir} 0700 root root -" ];
 
-    systemd.services.bento-agent = unitCommon // {
-      description = "bento agent: update this host to the configuration its server publishes";
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
-      serviceConfig = hardening // {
-        Type = "oneshot";
-        ExecStart = execLine (
-          [
-            bento
-            "agent"
-            "run"
-            "--config"
-            configFile
-          ]
-          ++ cfg.extraArgs
-        );
-        # Only the agent is stopped on timeout; a switch-to-configuration it
-        # started is left to finish (as nixos-rebuild's is).
-        KillMode = "process";
-        TimeoutStartSec = cfg.timeout;
-      };
-    };
-
-    systemd.timers.bento-agent = {
-      description = "bento agent: poll the server";
-      wantedBy = [ "timers.target" ];
-      timerConfig = {
-        OnCalendar = cfg.interval;
-        RandomizedDelaySec = cfg.randomizedDelaySec;
-        Persistent = cfg.persistent;
-      };
-    };
-
-    systemd.sockets.bento-trigger = mkIf cfg.trigger.enable {
-      description = "bento agent: local trigger";
-      wantedBy = [ "sockets.target" ];
-      listenStreams = [ cfg.trigger.socket ] ++ optional (cfg.trigger.port != null) "127.0.0.1:${toString cfg.trigger.port}";
-      socketConfig = {
-        SocketMode = "0600";
-        DirectoryMode = "0755";
-        Accept = false;
-      };
-    };
-
-    systemd.services.bento-trigger = mkIf cfg.trigger.enable (
-      unitCommon
-      // {
-        description = "bento agent: run a poll on request from the local trigger socket";
-        requires = [ "bento-trigger.socket" ];
-        after = [
-          "bento-trigger.socket"
-          "network-online.target"
-        ];
+      systemd.services.bento-agent = unitCommon // {
+        description = "bento agent: update this host to the configuration its server publishes";
         wants = [ "network-online.target" ];
+        after = [ "network-online.target" ];
         serviceConfig = hardening // {
-          Type = "simple";
-          ExecStart = execLine [
-            bento
-            "agent"
-            "trigger-server"
-            "--config"
-            configFile
-          ];
+          Type = "oneshot";
+          ExecStart = execLine (
+            [
+              bento
+              "agent"
+              "run"
+              "--config"
+              configFile
+            ]
+            ++ cfg.extraArgs
+          );
+          # Only the agent is stopped on timeout; a switch-to-configuration it
+          # started is left to finish (as nixos-rebuild's is).
           KillMode = "process";
+          TimeoutStartSec = cfg.timeout;
         };
-      }
-    );
-  };
+      };
+
+      systemd.timers.bento-agent = {
+        description = "bento agent: poll the server";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = cfg.interval;
+          RandomizedDelaySec = cfg.randomizedDelaySec;
+          Persistent = cfg.persistent;
+        };
+      };
+    }
+
+    # The local trigger: `bento agent trigger-server` runs a tick in its own
+    # process on each request, so its units are as protected from switches
+    # as the agent's. One server per address (unix socket, loopback port).
+    (mkIf cfg.trigger.enable {
+      systemd.tmpfiles.rules = [ "d ${dirOf cfg.trigger.socket} 0755 root root -" ];
+      systemd.services = mapAttrs (
+        _: address:
+        unitCommon
+        // {
+          description = "bento agent: local trigger on ${address}";
+          wantedBy = [ "multi-user.target" ];
+          wants = [ "network-online.target" ];
+          after = [ "network-online.target" ];
+          serviceConfig = hardening // {
+            Type = "simple";
+            ExecStart = execLine [
+              bento
+              "agent"
+              "trigger-server"
+              "--config"
+              configFile
+              "--listen"
+              address
+            ];
+            KillMode = "process";
+            Restart = "on-failure";
+            RestartSec = "10s";
+          };
+        }
+      ) triggerAddresses;
+    })
+  ]);
 }
