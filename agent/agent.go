@@ -460,6 +460,9 @@ func (t *tick) flush(ctx context.Context) error {
 		}
 		logged = logged || e.HasLog
 	}
+	if len(entries) > 1 || entries[0].HasLog {
+		t.say("delivered %d report(s) to %s", len(entries), manifest.StatusFile)
+	}
 	if logged {
 		if err := pruneLogs(ctx, c, t.cfg.LogsKept); err != nil {
 			t.say("warning: could not remove old logs: %v", err)

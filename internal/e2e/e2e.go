@@ -493,3 +493,123 @@ func RemoveBinary() {
 		os.RemoveAll(filepath.Dir(bentoPath))
 	}
 }
+
+// Running is an agent tick started in the background whose output can be
+// watched line by line.
+type Running struct {
+	cmd   *exec.Cmd
+	mu    sync.Mutex
+	out   strings.Builder
+	lines chan string
+	done  chan struct{}
+	res   Result
+}
+
+// Start starts a tick without waiting for it.
+func (h *Host) Start(t testing.TB, args ...string) *Running {
+	t.Helper()
+	cmd := h.Command(t, context.Background(), args...)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	r := &Running{cmd: cmd, lines: make(chan string, 1024), done: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("e2e: starting bento agent run: %v", err)
+	}
+	go func() {
+		defer close(r.lines)
+		buf := make([]byte, 0, 4096)
+		b := make([]byte, 4096)
+		for {
+			n, err := pr.Read(b)
+			buf = append(buf, b[:n]...)
+			for {
+				i := bytes.IndexByte(buf, '\n')
+				if i < 0 {
+					break
+				}
+				line := string(buf[:i])
+				buf = buf[i+1:]
+				r.mu.Lock()
+				r.out.WriteString(line + "\n")
+				r.mu.Unlock()
+				select {
+				case r.lines <- line:
+				default:
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		err := cmd.Wait()
+		pw.Close()
+		r.res.ExitCode = 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			r.res.ExitCode = ee.ExitCode()
+		}
+		close(r.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-r.done:
+		default:
+			cmd.Process.Kill()
+			<-r.done
+		}
+	})
+	return r
+}
+
+// WaitFor blocks until the tick prints a line containing s, failing the
+// test when it ends first.
+func (r *Running) WaitFor(t testing.TB, s string) string {
+	t.Helper()
+	timeout := time.After(3 * time.Minute)
+	for {
+		select {
+		case line, ok := <-r.lines:
+			if !ok {
+				t.Fatalf("e2e: the tick ended without printing %q:\n%s", s, indent(r.Output()))
+			}
+			if strings.Contains(line, s) {
+				return line
+			}
+		case <-timeout:
+			t.Fatalf("e2e: no line with %q after 3 minutes:\n%s", s, indent(r.Output()))
+		}
+	}
+}
+
+// Output is everything printed so far.
+func (r *Running) Output() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.out.String()
+}
+
+// Kill sends SIGKILL and waits for the process to end.
+func (r *Running) Kill(t testing.TB) {
+	t.Helper()
+	r.cmd.Process.Kill()
+	<-r.done
+}
+
+// Pid is the tick's process id.
+func (r *Running) Pid() int { return r.cmd.Process.Pid }
+
+// Wait waits for the tick to end.
+func (r *Running) Wait(t testing.TB) Result {
+	t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(5 * time.Minute):
+		t.Fatalf("e2e: the tick did not end:\n%s", indent(r.Output()))
+	}
+	for range r.lines {
+	}
+	r.res.Stdout = r.Output()
+	t.Logf("bento agent run exit %d:\n%s", r.res.ExitCode, indent(r.res.Stdout))
+	return r.res
+}
