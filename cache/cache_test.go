@@ -17,6 +17,7 @@ import (
 	"github.com/bento-nix/bento/cache/narinfo"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/fixture"
+	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 )
 
@@ -547,7 +548,7 @@ func TestPruneKeepsWhatHostsLink(t *testing.T) {
 		{"c is linked nowhere", nil, nil, map[string]bool{
 			tops["a"]: true, tops["b"]: true, tops["c"]: false,
 			closureWith(t, tops["c"], "kernel-prune-c"): false,
-			closureWith(t, tops["a"], "initrd-1"):        true,
+			closureWith(t, tops["a"], "initrd-1"):       true,
 		}},
 		{"b's chroot is gone", func() { os.RemoveAll(filepath.Join(root, "b")) }, nil, map[string]bool{
 			tops["a"]: true, tops["b"]: false,
@@ -577,5 +578,55 @@ func TestPruneKeepsWhatHostsLink(t *testing.T) {
 	// a's cache still serves its whole closure.
 	if _, err := pool.LinkHost(ctx, filepath.Join(root, "a"), []string{tops["a"]}); err != nil {
 		t.Errorf("relinking a after prunes: %v", err)
+	}
+}
+
+// A deploy links each host to its new system and to the one its live
+// manifest names, when the pool still has it.
+func TestLinkFleetKeepsTheLiveSystem(t *testing.T) {
+	ctx := context.Background()
+	gen1 := buildHosts(t, host("a", func(h *fixture.Host) { h.Generation = "fleet-1" }))["a"]
+	gen2 := buildHosts(t, host("a", func(h *fixture.Host) { h.Generation = "fleet-2" }))["a"]
+	gen3 := buildHosts(t, host("a", func(h *fixture.Host) { h.Generation = "fleet-3" }))["a"]
+	unknown := buildHosts(t, host("a", func(h *fixture.Host) { h.Generation = "fleet-never-pooled" }))["a"]
+	pool, key := newPool(t)
+	root := t.TempDir()
+	live := func(h, top string) {
+		dir := filepath.Join(root, h)
+		os.MkdirAll(dir, 0o755)
+		data, _ := json.Marshal(manifest.Manifest{Format: manifest.Format, Host: h, Version: "v-" + h, ExpectedToplevel: top})
+		if err := os.WriteFile(filepath.Join(dir, "manifest.json"), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pool.Add(ctx, []string{gen1}); err != nil {
+		t.Fatal(err)
+	}
+	live("published", gen1)   // live system in the pool: kept
+	live("stranger", unknown) // live system never pooled: skipped
+	stats, errs := pool.LinkFleet(ctx, []cache.Target{
+		{Host: "published", Dir: filepath.Join(root, "published"), Toplevel: gen2},
+		{Host: "stranger", Dir: filepath.Join(root, "stranger"), Toplevel: gen2},
+		{Host: "new", Dir: filepath.Join(root, "new"), Toplevel: gen3},
+	})
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	want := map[string][]string{
+		"published": closure(t, gen2, gen1),
+		"stranger":  closure(t, gen2),
+		"new":       closure(t, gen3),
+	}
+	for h, w := range want {
+		got, _ := cacheContents(t, pool, filepath.Join(root, h), key)
+		if strings.Join(got, " ") != strings.Join(w, " ") || stats[h].Paths != len(w) {
+			t.Errorf("%s: cache serves %v (stats %+v), want %v", h, got, stats[h], w)
+		}
+	}
+	// A signing problem fails every host, and says so.
+	pool.SecretKeyFile = filepath.Join(t.TempDir(), "gone")
+	_, errs = pool.LinkFleet(ctx, []cache.Target{{Host: "new", Dir: filepath.Join(root, "new"), Toplevel: gen3}})
+	if err := errs["new"]; err == nil || !strings.Contains(err.Error(), "bento keygen") {
+		t.Errorf("LinkFleet without a key: %v", err)
 	}
 }
