@@ -33,6 +33,7 @@ import (
 
 	"github.com/bento-nix/bento/cache"
 	"github.com/bento-nix/bento/cache/narinfo"
+	"github.com/bento-nix/bento/manifest"
 )
 
 // Options configure a Handler.
@@ -345,4 +346,24 @@ func (s *Server) NixArgs() []string {
 		args = append(args, "--option", "extra-trusted-public-keys", strings.Join(keys, " "))
 	}
 	return args
+}
+
+// ServeManifest serves the cache a manifest announces, after checking
+// that its directory stays inside the chroot and its key is well formed.
+func ServeManifest(ctx context.Context, c *sftp.Client, mc *manifest.Cache, log *slog.Logger) (*Server, error) {
+	if mc == nil {
+		return nil, errors.New("the manifest announces no binary cache")
+	}
+	if err := manifest.ValidatePath(mc.Dir); err != nil {
+		return nil, fmt.Errorf("manifest cache: %w", err)
+	}
+	var keys []narinfo.PublicKey
+	if mc.PublicKey != "" {
+		k, err := narinfo.ParsePublicKey(mc.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("manifest cache: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	return Serve(ctx, c, mc.Dir, Options{Log: log, PublicKeys: keys})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/internal/sshdtest"
+	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 	"github.com/bento-nix/bento/sftpcache"
 )
@@ -432,5 +433,31 @@ func TestLostServer(t *testing.T) {
 	srv.Close()
 	if _, err := get(); err == nil {
 		t.Error("still serving after its context ended")
+	}
+}
+
+// A manifest cannot point the cache outside the chroot's tree or carry a
+// malformed key.
+func TestServeManifestRefuses(t *testing.T) {
+	cases := []struct {
+		name string
+		mc   *manifest.Cache
+		want string
+	}{
+		{"no cache", nil, "announces no binary cache"},
+		{"escaping dir", &manifest.Cache{Dir: "../beta/cache"}, "unsafe path"},
+		{"absolute dir", &manifest.Cache{Dir: "/etc"}, "unsafe path"},
+		{"bad key", &manifest.Cache{Dir: "cache", PublicKey: "nokey"}, "public key"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			srv, err := sftpcache.ServeManifest(context.Background(), nil, c.mc, nil)
+			if err == nil {
+				srv.Close()
+			}
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("got %v, want an error containing %q", err, c.want)
+			}
+		})
 	}
 }
