@@ -36,7 +36,7 @@ buildGo {
     ];
   };
 
-  vendorHash = "sha256-ZiKH3Pz6NmEEnTR2bfCyrZlfqgNAbDVOQsgOuepKRYI=";
+  vendorHash = "sha256-PLEs3nwJu8zuwdZdmHuZ0PrZLn69bc+7XARr0sGnUvg=";
 
   subPackages = [ "cmd/bento" ];
   env.CGO_ENABLED = 0;
