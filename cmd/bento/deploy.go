@@ -36,7 +36,7 @@ func deployCommand() *cli.Command {
 			"replaced atomically, so a host never sees half a publication. A host whose build failed keeps\n" +
 			"its previous publication (unless --force). Chroots of hosts no longer in the fleet are listed;\n" +
 			"--prune removes them. One deploy at a time per chroot root. Exits 1 when any host failed.",
-		Flags: append(append(fleetFlags(), buildFlags()...),
+		Flags: append(append(append(fleetFlags(), buildFlags()...), cacheFlags()...),
 			chrootRootFlag(),
 			&cli.BoolFlag{Name: "no-build", Usage: "publish without building (the manifests then name no expected system)"},
 			&cli.BoolFlag{Name: "force", Usage: "publish hosts whose build failed, too"},
@@ -94,6 +94,10 @@ func runDeploy(c *cli.Context) error {
 	defer pub.Close()
 	for _, w := range pub.Warnings() {
 		fmt.Fprintln(ew, "bento: warning:", w)
+	}
+	pool, err := cachePool(c, pub.Root())
+	if err != nil {
+		return err
 	}
 
 	f, selected, evalFailed, err := discover(c)
@@ -159,6 +163,7 @@ func runDeploy(c *cli.Context) error {
 		targets = append(targets, t)
 		targetRow = append(targetRow, i)
 	}
+	targets, targetRow = fillCaches(c, pool, pub.Root(), targets, targetRow, rows)
 	for j, r := range pub.Publish(c.Context, targets) {
 		rows[targetRow[j]].Result = r
 	}
@@ -188,6 +193,8 @@ func runDeploy(c *cli.Context) error {
 			}
 		}
 	}
+	// After the orphans went: their pool entries are free now, too.
+	report.Warnings = append(report.Warnings, pruneCache(c, pool)...)
 	report.OK = deployFailure(rows) == nil && !evalFailed && len(report.PruneErrors) == 0
 	// The root's warnings were printed before the build; JSON has them all.
 	lateWarnings := report.Warnings
