@@ -1,23 +1,27 @@
 // Package builder builds the system (config.system.build.toplevel) of many
-// hosts at once, each in its own nix process, so that one failing host never
-// stops the others. Every host gets its own log file per run, a GC root for
-// its current and previous build (so the server can serve both as a
-// substituter and status/diff can compare against them), a record of its
+// hosts at once, each in its own nix processes, so that one failing host
+// never stops the others. Every host gets its own log file per run, a GC
+// root for its current and previous build (so the server can serve both as
+// a substituter and status/diff can compare against them), a record of its
 // last successful build, and optionally a push of its closure to a cache.
+//
+// A host goes through two stages: evaluation (nix eval of the toplevel's
+// drvPath, which instantiates it), at most EvalJobs at once, then the
+// build of that derivation (nix-store --realise), at most Jobs at once.
+// Evaluation is CPU- and memory-bound and builds are often I/O-bound or
+// remote, so the two limits differ, and the next hosts are evaluated while
+// others build: a build slot never waits for an evaluation.
 package builder
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
+	"runtime"
 	"strings"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/nix"
@@ -34,6 +38,9 @@ const ToplevelSub = "config.system.build.toplevel"
 type Options struct {
 	// Jobs is how many hosts build at once; must be at least 1.
 	Jobs int
+	// EvalJobs is how many hosts are evaluated at once; 0 means
+	// min(Jobs, number of CPUs).
+	EvalJobs int
 	// StateDir holds gcroots/, logs/ and builds/; DefaultStateDir when empty.
 	StateDir string
 	// DryRun evaluates and instantiates only: drv paths, nothing built,
@@ -45,7 +52,7 @@ type Options struct {
 	// SignKey is a secret key file; when set, each closure is signed with it
 	// (nix store sign) before it is copied.
 	SignKey string
-	// Builders is passed to nix as --builders when set.
+	// Builders is passed to nix as the builders setting when set.
 	Builders string
 	// MaxJobs is passed to nix as --max-jobs when > 0. Each host's nix
 	// process has its own max-jobs (there is no global limit without a
@@ -170,56 +177,15 @@ func (r Result) MarshalJSON() ([]byte, error) {
 	return json.Marshal(o)
 }
 
-// Build builds hosts, at most opts.Jobs at once, and returns one Result
-// per host in the order given. The error is only for problems that stop
-// everything before the first build (bad options, unusable state
-// directory); a host's failure, and cancellation, live in its Result.
-func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options) ([]Result, error) {
-	if r == nil {
-		r = &nix.Runner{}
-	}
-	if err := validate(hosts, &opts); err != nil {
-		return nil, err
-	}
-	st, err := openState(opts.StateDir)
-	if err != nil {
-		return nil, err
-	}
-	b := &build{runner: r, opts: opts, state: st, stamp: logStamp(time.Now())}
-	prog := opts.Progress
-	if prog == nil {
-		prog = silent{}
-	}
-	names := make([]string, len(hosts))
-	for i, h := range hosts {
-		names[i] = h.Name
-	}
-	prog.Begin(names)
-
-	results := make([]Result, len(hosts))
-	// Not errgroup.WithContext: one host failing must not cancel the others.
-	var g errgroup.Group
-	g.SetLimit(opts.Jobs)
-	for i, h := range hosts {
-		if ctx.Err() != nil {
-			results[i] = Result{Host: h.Name, Status: StatusCancelled, Err: &HostError{Host: h.Name, Stage: "build", Err: fmt.Errorf("not started: %w", context.Cause(ctx))}}
-			prog.Done(results[i])
-			continue
-		}
-		g.Go(func() error {
-			results[i] = b.host(ctx, h, prog)
-			prog.Done(results[i])
-			return nil
-		})
-	}
-	_ = g.Wait()
-	prog.End()
-	return results, nil
-}
-
 func validate(hosts []fleet.Host, opts *Options) error {
 	if opts.Jobs < 1 {
 		return fmt.Errorf("build: jobs must be at least 1, got %d", opts.Jobs)
+	}
+	if opts.EvalJobs < 0 {
+		return fmt.Errorf("build: eval jobs must be 0 (automatic) or more, got %d", opts.EvalJobs)
+	}
+	if opts.EvalJobs == 0 {
+		opts.EvalJobs = min(opts.Jobs, runtime.NumCPU())
 	}
 	if opts.MaxJobs < 0 {
 		return fmt.Errorf("build: max-jobs must be 0 (Nix's setting) or more, got %d", opts.MaxJobs)
@@ -256,125 +222,6 @@ func validate(hosts []fleet.Host, opts *Options) error {
 		f.Close()
 	}
 	return nil
-}
-
-// build is one run of Build.
-type build struct {
-	runner *nix.Runner
-	opts   Options
-	state  *stateDir
-	stamp  string
-}
-
-// nixBuildOutput is one element of nix build --json.
-type nixBuildOutput struct {
-	DrvPath string            `json:"drvPath"`
-	Outputs map[string]string `json:"outputs"`
-}
-
-func (b *build) host(ctx context.Context, h fleet.Host, prog Progress) Result {
-	start := time.Now()
-	res := Result{Host: h.Name}
-	finish := func(err error) Result {
-		res.Duration = time.Since(start)
-		if err != nil {
-			res.Err = err
-			res.Status = StatusFailed
-			if ctx.Err() != nil {
-				res.Status = StatusCancelled
-			}
-		}
-		return res
-	}
-
-	logf, err := b.state.newLog(h.Name, b.stamp)
-	if err != nil {
-		return finish(&HostError{Host: h.Name, Stage: "build", Err: err})
-	}
-	defer logf.Close()
-	res.LogFile = logf.Name()
-	lw := newLineWriter(logf, h.Name, prog, b.opts.DryRun)
-	defer lw.Flush()
-
-	prog.Phase(h.Name, PhaseEvaluating)
-	args := []string{"build", "--json", "--print-build-logs"}
-	var link string
-	if b.opts.DryRun {
-		args = append(args, "--dry-run", "--no-link")
-	} else {
-		link, err = b.state.tempLink(h.Name)
-		if err != nil {
-			return finish(&HostError{Host: h.Name, Stage: "build", Err: err})
-		}
-		// The out link is registered as a GC root by nix itself, so the
-		// result is never collectable between the build and the rotation
-		// of current/previous.
-		args = append(args, "--out-link", link)
-		defer b.state.removeTempLink(link)
-	}
-	if b.opts.Builders != "" {
-		args = append(args, "--builders", b.opts.Builders)
-	}
-	if b.opts.MaxJobs > 0 {
-		args = append(args, "--max-jobs", strconv.Itoa(b.opts.MaxJobs))
-	}
-	args = append(args, h.Installable(ToplevelSub)...)
-	fmt.Fprintf(logf, "bento: building %s, started %s\nbento: $ nix %s\n", h.Name, start.Format(time.RFC3339), strings.Join(args, " "))
-
-	out, err := b.runner.Run(ctx, nix.Cmd{Host: h.Name, Args: args, Log: lw})
-	lw.Flush()
-	if err != nil {
-		fmt.Fprintf(logf, "bento: %s\n", errMessage(err))
-		return finish(&HostError{Host: h.Name, Stage: "build", Err: err})
-	}
-	var outs []nixBuildOutput
-	if err := json.Unmarshal(out, &outs); err != nil || len(outs) != 1 || outs[0].Outputs["out"] == "" {
-		return finish(&HostError{Host: h.Name, Stage: "build", Err: fmt.Errorf("unexpected output of nix build --json (%q): want one derivation with an \"out\" output", truncate(string(out), 200))})
-	}
-	res.DrvPath, res.OutPath = outs[0].DrvPath, outs[0].Outputs["out"]
-	if b.opts.DryRun {
-		res.Status = StatusDryRun
-		fmt.Fprintf(logf, "bento: dry run: would build %s\n", res.OutPath)
-		return finish(nil)
-	}
-
-	// The build is done: keep it even if the run is being cancelled, so
-	// that what was built is never half-recorded.
-	keepCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	err = b.state.keep(keepCtx, b.runner, Record{Host: h.Name, OutPath: res.OutPath, DrvPath: res.DrvPath, BuiltAt: time.Now().UTC()})
-	cancel()
-	if err != nil {
-		return finish(&HostError{Host: h.Name, Stage: "keep result", Err: err})
-	}
-	res.Status = StatusBuilt
-	fmt.Fprintf(logf, "bento: built %s\n", res.OutPath)
-
-	if b.opts.CopyTo != "" {
-		prog.Phase(h.Name, PhaseCopying)
-		err := b.copy(ctx, h.Name, res.OutPath, lw)
-		lw.Flush()
-		if err != nil {
-			res.CopyErr = &HostError{Host: h.Name, Stage: "copy to " + b.opts.CopyTo, Err: err}
-			fmt.Fprintf(logf, "bento: %s\n", errMessage(err))
-		} else {
-			fmt.Fprintf(logf, "bento: copied to %s\n", b.opts.CopyTo)
-		}
-	}
-	return finish(nil)
-}
-
-// copy pushes the closure of path to opts.CopyTo, signing it first when a
-// key is given: signatures live in the local store's database and travel
-// with nix copy to any kind of store, unlike the secret-key URL parameter
-// that only binary-cache stores understand.
-func (b *build) copy(ctx context.Context, host, path string, lw *lineWriter) error {
-	if b.opts.SignKey != "" {
-		if _, err := b.runner.Run(ctx, nix.Cmd{Host: host, Args: []string{"store", "sign", "--recursive", "--key-file", b.opts.SignKey, path}, Log: lw}); err != nil {
-			return fmt.Errorf("signing: %w", err)
-		}
-	}
-	_, err := b.runner.Run(ctx, nix.Cmd{Host: host, Args: []string{"copy", "--to", b.opts.CopyTo, path}, Log: lw})
-	return err
 }
 
 func truncate(s string, n int) string {

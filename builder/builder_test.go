@@ -118,6 +118,11 @@ func TestBuildGoodAndFailingHosts(t *testing.T) {
 				{Name: "gamma", Bento: &fixture.Bento{Enable: true}, Generation: gen},
 				{Name: "pi.home", Bento: &fixture.Bento{Enable: true}, Generation: gen},
 			}})
+			// A host whose configuration does not evaluate.
+			ghost := hosts[0]
+			ghost.Name, ghost.Attr = "ghost", fleet.ConfigAttr("ghost")
+			ghost.ClassicConfig = filepath.Join(filepath.Dir(filepath.Dir(ghost.ClassicConfig)), "ghost", "configuration.nix")
+			hosts = append(hosts, ghost)
 			state := t.TempDir()
 			rec := newRecorder()
 			results, err := builder.Build(context.Background(), r, hosts, builder.Options{Jobs: tc.jobs, StateDir: state, Progress: rec})
@@ -153,8 +158,8 @@ func TestBuildGoodAndFailingHosts(t *testing.T) {
 				if !strings.HasPrefix(res.LogFile, filepath.Join(state, "logs", name)+"/") {
 					t.Errorf("%s: log file %s is not under the state dir's logs/%s", name, res.LogFile, name)
 				}
-				if p := rec.phases[name]; !slices.Equal(p, []builder.Phase{builder.PhaseEvaluating, builder.PhaseBuilding}) {
-					t.Errorf("%s: phases %v, want evaluating then building", name, p)
+				if p := rec.phases[name]; !slices.Equal(p, []builder.Phase{builder.PhaseEvaluating, builder.PhaseWaiting, builder.PhaseBuilding}) {
+					t.Errorf("%s: phases %v, want evaluating, waiting, building", name, p)
 				}
 			}
 			bad := m["bad"]
@@ -172,16 +177,21 @@ func TestBuildGoodAndFailingHosts(t *testing.T) {
 			if err != nil || !strings.Contains(string(log), "fixture: build of bad fails on purpose") {
 				t.Errorf("bad: log %s lacks the builder's message: %q (%v)", bad.LogFile, log, err)
 			}
-			if !slices.ContainsFunc(rec.lines["bad"], func(l string) bool {
-				return strings.HasPrefix(l, "nixos-system-bad") && strings.HasSuffix(l, "> fixture: build of bad fails on purpose")
-			}) {
+			if !slices.Contains(rec.lines["bad"], "fixture: build of bad fails on purpose") {
 				t.Errorf("bad: progress did not see the builder's line; got %q", rec.lines["bad"])
 			}
-			if _, err := os.Lstat(filepath.Join(state, "gcroots", "bad", "current")); err == nil {
-				t.Errorf("bad: a failed build left a GC root")
+			if roots := gcRoots(t, filepath.Join(state, "gcroots", "bad")); len(roots) != 0 {
+				t.Errorf("bad: a failed build left GC roots %v", roots)
+			}
+			gh := m["ghost"]
+			if gh.Status != builder.StatusFailed || !strings.HasPrefix(gh.Reason(), "evaluate: error: ") || gh.DrvPath != "" {
+				t.Errorf("ghost: status %s, reason %q; want failed to evaluate", gh.Status, gh.Reason())
+			}
+			if p := rec.phases["ghost"]; !slices.Equal(p, []builder.Phase{builder.PhaseEvaluating}) {
+				t.Errorf("ghost: phases %v, want only evaluating", p)
 			}
 			slices.Sort(rec.done)
-			if !slices.Equal(rec.done, []string{"alpha", "bad", "gamma", "pi.home"}) || !rec.ended || len(rec.begin) != 4 {
+			if !slices.Equal(rec.done, []string{"alpha", "bad", "gamma", "ghost", "pi.home"}) || !rec.ended || len(rec.begin) != 5 {
 				t.Errorf("progress saw begin %v, done %v, end %v", rec.begin, rec.done, rec.ended)
 			}
 			records, err := builder.LastBuilds(state)
@@ -240,7 +250,9 @@ func TestGCRootsKeepCurrentAndPrevious(t *testing.T) {
 	g1, g2, g3 := build(n+"-1"), build(n+"-2"), build(n+"-3")
 	rootsDir := filepath.Join(state, "gcroots")
 
-	want := map[string]string{"alpha/current": g3.OutPath, "alpha/previous": g2.OutPath}
+	// Each root is named after its build's log.
+	root := func(r builder.Result) string { return "alpha/" + strings.TrimSuffix(filepath.Base(r.LogFile), ".log") }
+	want := map[string]string{root(g3): g3.OutPath, root(g2): g2.OutPath}
 	if got := gcRoots(t, rootsDir); !mapsEqual(got, want) {
 		t.Errorf("after three builds Nix's GC roots are %v, want %v", got, want)
 	}
@@ -248,11 +260,11 @@ func TestGCRootsKeepCurrentAndPrevious(t *testing.T) {
 	var names []string
 	for _, e := range entries {
 		if !strings.HasPrefix(e.Name(), ".lock") {
-			names = append(names, e.Name())
+			names = append(names, "alpha/"+e.Name())
 		}
 	}
-	if !slices.Equal(names, []string{"current", "previous"}) {
-		t.Errorf("gcroots/alpha holds %v, want only current and previous", names)
+	if want := []string{root(g2), root(g3)}; !slices.Equal(names, want) {
+		t.Errorf("gcroots/alpha holds %v, want only %v", names, want)
 	}
 	// The first build is no longer rooted: a GC may take it.
 	cmd := exec.Command("nix-store", "--delete", g1.OutPath)
@@ -267,11 +279,12 @@ func TestGCRootsKeepCurrentAndPrevious(t *testing.T) {
 		t.Errorf("the previous build %s was not protected from the GC", g2.OutPath)
 	}
 
-	// Rebuilding the same generation changes nothing.
+	// Rebuilding the same system keeps the build before it as previous.
 	g3again := build(n + "-3")
 	if g3again.OutPath != g3.OutPath {
 		t.Fatalf("same generation gave %s then %s", g3.OutPath, g3again.OutPath)
 	}
+	want = map[string]string{root(g3again): g3.OutPath, root(g2): g2.OutPath}
 	if got := gcRoots(t, rootsDir); !mapsEqual(got, want) {
 		t.Errorf("after a rebuild of the same system GC roots are %v, want %v", got, want)
 	}

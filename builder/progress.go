@@ -13,7 +13,7 @@ type Phase string
 const (
 	// PhaseEvaluating: nix evaluates the configuration and instantiates it.
 	PhaseEvaluating Phase = "evaluating"
-	// PhaseBuilding: nix builds (or fetches) derivations.
+	// PhaseBuilding: nix builds (or fetches) the system.
 	PhaseBuilding Phase = "building"
 	// PhaseCopying: the closure is being signed and copied to the cache.
 	PhaseCopying Phase = "copying"
@@ -47,21 +47,17 @@ func (silent) Done(Result)         {}
 func (silent) End()                {}
 
 // lineWriter copies Nix's standard error to the host's log file and hands
-// complete lines to the progress display, moving the host from evaluating
-// to building when Nix starts realising paths.
+// complete lines to the progress display.
 type lineWriter struct {
 	mu      sync.Mutex
 	w       io.Writer
 	host    string
 	prog    Progress
 	partial []byte
-	phase   Phase
-	// dryRun keeps the host evaluating: "will be built" is only a plan.
-	dryRun bool
 }
 
-func newLineWriter(w io.Writer, host string, prog Progress, dryRun bool) *lineWriter {
-	return &lineWriter{w: w, host: host, prog: prog, phase: PhaseEvaluating, dryRun: dryRun}
+func newLineWriter(w io.Writer, host string, prog Progress) *lineWriter {
+	return &lineWriter{w: w, host: host, prog: prog}
 }
 
 func (l *lineWriter) Write(p []byte) (int, error) {
@@ -102,18 +98,5 @@ func (l *lineWriter) line(s string) {
 	if strings.TrimSpace(s) == "" {
 		return
 	}
-	if l.phase == PhaseEvaluating && !l.dryRun && startsRealising(s) {
-		l.phase = PhaseBuilding
-		l.prog.Phase(l.host, PhaseBuilding)
-	}
 	l.prog.Log(l.host, s)
-}
-
-// startsRealising recognises the lines Nix 2.x prints once evaluation is
-// over and it builds or substitutes paths.
-func startsRealising(s string) bool {
-	return strings.HasPrefix(s, "building '") ||
-		strings.HasPrefix(s, "copying path '") ||
-		strings.Contains(s, " will be built:") ||
-		strings.Contains(s, " will be fetched")
 }

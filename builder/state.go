@@ -1,9 +1,6 @@
 package builder
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,21 +14,18 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/fleet"
-	"github.com/bento-nix/bento/nix"
 )
 
 // Layout of the state directory.
 const (
-	// GCRootsDir holds <host>/current and <host>/previous, links to the
-	// host's last two distinct toplevels, registered as Nix GC roots.
+	// GCRootsDir holds <host>/<run>, links to the host's last two distinct
+	// toplevels (the current build and the one before), registered as Nix
+	// GC roots; <run> is also the name of that build's log.
 	GCRootsDir = "gcroots"
 	// LogsDir holds <host>/<timestamp>.log, one per host and run.
 	LogsDir = "logs"
 	// BuildsDir holds <host>.json, the Record of the last successful build.
 	BuildsDir = "builds"
-	// CurrentLink and PreviousLink are the names of the GC roots.
-	CurrentLink  = "current"
-	PreviousLink = "previous"
 	// KeepLogs is how many logs are kept per host; older ones are removed.
 	KeepLogs = 30
 )
@@ -165,85 +159,63 @@ func pruneLogs(dir string, keep int) {
 	}
 }
 
-// tempLink is a fresh out-link name in the host's GC roots directory,
-// unique to this process, for nix build to create.
-func (s *stateDir) tempLink(host string) (string, error) {
+// outLink is where nix build links the host's new toplevel: in the host's
+// GC roots directory, named after this run's log file (unique per host and
+// run), so that the root and the log of one build share a name.
+func (s *stateDir) outLink(host, logFile string) (string, error) {
 	dir, err := s.hostDir(GCRootsDir, host)
 	if err != nil {
 		return "", fmt.Errorf("gc roots: %w", err)
 	}
-	var rnd [4]byte
-	_, _ = rand.Read(rnd[:])
-	return filepath.Join(dir, fmt.Sprintf(".new-%d-%s", os.Getpid(), hex.EncodeToString(rnd[:]))), nil
+	return filepath.Join(dir, strings.TrimSuffix(filepath.Base(logFile), ".log")), nil
 }
 
-// removeTempLink removes an out link and the "-<output>" links nix adds
-// for derivations with several outputs.
-func (s *stateDir) removeTempLink(link string) {
-	os.Remove(link)
-	more, _ := filepath.Glob(link + "-*")
-	for _, m := range more {
-		os.Remove(m)
-	}
-}
-
-// keep makes rec.OutPath the host's current GC root, moves the previous
-// current one to previous (when it differs), and writes the record. Each
-// link is replaced atomically by nix-store --add-root, which also
-// registers it with the garbage collector, so at every moment both builds
-// stay rooted.
-func (s *stateDir) keep(ctx context.Context, r *nix.Runner, rec Record) error {
-	dir, err := s.hostDir(GCRootsDir, rec.Host)
-	if err != nil {
-		return fmt.Errorf("gc roots: %w", err)
-	}
+// keep records a successful build whose out link nix build has just made
+// (and registered with the garbage collector itself, so the build was
+// never collectable). It then removes the host's older links but one: the
+// newest that points at a different system, the previous build. Pruning
+// is only os.Remove (Nix drops the stale registration at its next GC), so
+// keeping costs no extra Nix process per host.
+func (s *stateDir) keep(rec Record, link string) error {
+	dir := filepath.Dir(link)
 	unlock, err := lockFile(filepath.Join(dir, ".lock"))
 	if err != nil {
 		return fmt.Errorf("gc roots: %w", err)
 	}
 	defer unlock()
-	removeStaleLinks(dir)
-
-	current := filepath.Join(dir, CurrentLink)
-	previous := filepath.Join(dir, PreviousLink)
-	cur, _ := os.Readlink(current)
-	if cur != rec.OutPath {
-		if cur != "" {
-			if err := addRoot(ctx, r, rec.Host, cur, previous); err != nil {
-				// The old build is gone (removed by hand): nothing to keep.
-				os.Remove(previous)
-			}
-		}
-		if err := addRoot(ctx, r, rec.Host, rec.OutPath, current); err != nil {
-			return fmt.Errorf("gc root %s: %w", current, err)
+	if target, err := os.Readlink(link); err != nil || target != rec.OutPath {
+		return fmt.Errorf("gc root %s: nix build did not link it to %s (%v)", link, rec.OutPath, err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("gc roots: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if e.Type()&fs.ModeSymlink != 0 && !strings.HasPrefix(e.Name(), ".") && e.Name() != filepath.Base(link) {
+			names = append(names, e.Name())
 		}
 	}
-	rec.Previous, _ = os.Readlink(previous)
+	// Names are run stamps: newest first.
+	sort.Sort(sort.Reverse(sort.StringSlice(names)))
+	rec.Previous = ""
+	for _, n := range names {
+		p := filepath.Join(dir, n)
+		target, _ := os.Readlink(p)
+		if rec.Previous == "" && target != "" && target != rec.OutPath && exists(target) {
+			rec.Previous = target
+			continue
+		}
+		if err := os.Remove(p); err != nil {
+			return fmt.Errorf("gc roots: %w", err)
+		}
+	}
 	return s.writeRecord(rec)
 }
 
-func addRoot(ctx context.Context, r *nix.Runner, host, path, link string) error {
-	_, err := r.Run(ctx, nix.Cmd{Host: host, Tool: "nix-store", Args: []string{"--realise", path, "--add-root", link}})
-	return err
-}
-
-// removeStaleLinks removes out links left by bento processes that died
-// between nix build and the rotation (they would root old builds forever).
-func removeStaleLinks(dir string) {
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		rest, ok := strings.CutPrefix(e.Name(), ".new-")
-		if !ok {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-			os.Remove(filepath.Join(dir, e.Name()))
-		}
-	}
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // lockFile serialises GC root rotation of one host between concurrent

@@ -67,6 +67,10 @@ func (p *Plain) Phase(host string, ph builder.Phase) {
 		p.started[host] = true
 		p.c.running++
 	}
+	if ph == builder.PhaseWaiting {
+		// Only the moments that take time are worth a line.
+		return
+	}
 	p.printf("%s: %s", host, ph)
 }
 

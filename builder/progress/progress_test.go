@@ -38,6 +38,7 @@ func drive(p builder.Progress) {
 		go func() {
 			defer wg.Done()
 			p.Phase(r.Host, builder.PhaseEvaluating)
+			p.Phase(r.Host, builder.PhaseWaiting)
 			p.Phase(r.Host, builder.PhaseBuilding)
 			for i := range 50 {
 				p.Log(r.Host, "line "+strings.Repeat("x", i))
@@ -69,6 +70,9 @@ func TestPlain(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("plain output lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, "waiting") {
+		t.Errorf("plain output has a line for the short wait between evaluation and build:\n%s", out)
 	}
 	if strings.Contains(out, "line x") {
 		t.Errorf("plain output repeats Nix's lines (they belong in the log files):\n%s", out)

@@ -53,7 +53,10 @@ func buildFlags() []cli.Flag {
 // command's error stream: live on a terminal, plain lines otherwise.
 func buildOptions(c *cli.Context) (builder.Options, error) {
 	opts := builder.Options{
-		Jobs:     c.Int("jobs"),
+		Jobs: c.Int("jobs"),
+		// --eval-jobs (a fleet flag) bounds nix evaluations, in discovery
+		// and here alike; builder caps it at --jobs.
+		EvalJobs: min(c.Int("eval-jobs"), c.Int("jobs")),
 		MaxJobs:  c.Int("max-jobs"),
 		StateDir: c.String("state-dir"),
 		DryRun:   c.Bool("dry-run"),
@@ -64,6 +67,8 @@ func buildOptions(c *cli.Context) (builder.Options, error) {
 	switch {
 	case opts.Jobs < 1:
 		return opts, usageError("--jobs must be at least 1, got %d", opts.Jobs)
+	case opts.EvalJobs < 0:
+		return opts, usageError("--eval-jobs must be at least 1, got %d", c.Int("eval-jobs"))
 	case opts.MaxJobs < 0:
 		return opts, usageError("--max-jobs must be 0 (Nix's own setting) or more, got %d", opts.MaxJobs)
 	case opts.StateDir == "":

@@ -1,0 +1,299 @@
+package builder
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/nix"
+)
+
+// PhaseWaiting: evaluated, waiting for a build slot.
+const PhaseWaiting Phase = "waiting"
+
+// Build builds hosts, evaluating at most opts.EvalJobs and building at
+// most opts.Jobs at once, and returns one Result per host in the order
+// given. The error is only for problems that stop everything before the
+// first host starts (bad options, unusable state directory); a host's
+// failure, and cancellation, live in its Result.
+func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options) ([]Result, error) {
+	if r == nil {
+		r = &nix.Runner{}
+	}
+	if err := validate(hosts, &opts); err != nil {
+		return nil, err
+	}
+	st, err := openState(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	prog := opts.Progress
+	if prog == nil {
+		prog = silent{}
+	}
+	b := &run{runner: r, opts: opts, state: st, stamp: logStamp(time.Now()), prog: prog}
+	names := make([]string, len(hosts))
+	for i, h := range hosts {
+		names[i] = h.Name
+	}
+	prog.Begin(names)
+
+	results := make([]Result, len(hosts))
+	done := make([]bool, len(hosts))
+	finish := func(h *hostRun) {
+		results[h.i] = h.finish(ctx)
+		done[h.i] = true
+		prog.Done(results[h.i])
+	}
+
+	// Hosts enter evaluation in the order given. Not errgroup.WithContext:
+	// one host failing must not cancel the others.
+	queue := make(chan int)
+	go func() {
+		defer close(queue)
+		for i := range hosts {
+			select {
+			case queue <- i:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	// A small buffer: evaluation runs ahead of the builds by a few hosts,
+	// enough that a freed build slot finds one ready, not so many that
+	// evaluated hosts pile up waiting.
+	evaluated := make(chan *hostRun, opts.EvalJobs)
+	var evals errgroup.Group
+	for range opts.EvalJobs {
+		evals.Go(func() error {
+			for i := range queue {
+				h := b.evaluate(ctx, i, hosts[i])
+				if h.err != nil || opts.DryRun {
+					finish(h)
+					continue
+				}
+				prog.Phase(h.host.Name, PhaseWaiting)
+				evaluated <- h
+			}
+			return nil
+		})
+	}
+	go func() {
+		_ = evals.Wait()
+		close(evaluated)
+	}()
+	var builds errgroup.Group
+	for range opts.Jobs {
+		builds.Go(func() error {
+			for h := range evaluated {
+				b.build(ctx, h)
+				finish(h)
+			}
+			return nil
+		})
+	}
+	_ = builds.Wait()
+
+	for i, h := range hosts {
+		if !done[i] {
+			results[i] = Result{Host: h.Name, Status: StatusCancelled, Err: &HostError{Host: h.Name, Stage: "build", Err: fmt.Errorf("not started: %w", context.Cause(ctx))}}
+			prog.Done(results[i])
+		}
+	}
+	prog.End()
+	return results, nil
+}
+
+// run is one call of Build.
+type run struct {
+	runner *nix.Runner
+	opts   Options
+	state  *stateDir
+	stamp  string
+	prog   Progress
+}
+
+// hostRun is one host going through a run.
+type hostRun struct {
+	i     int
+	host  fleet.Host
+	start time.Time
+	logf  *os.File
+	lw    *lineWriter
+	res   Result
+	err   error
+}
+
+func (h *hostRun) fail(stage string, err error) {
+	h.err = &HostError{Host: h.host.Name, Stage: stage, Err: err}
+	if h.logf != nil {
+		h.lw.Flush()
+		fmt.Fprintf(h.logf, "bento: %s: %s\n", stage, errMessage(err))
+	}
+}
+
+// finish closes the host's log and returns its result.
+func (h *hostRun) finish(ctx context.Context) Result {
+	res := h.res
+	res.Host = h.host.Name
+	res.Duration = time.Since(h.start)
+	if h.err != nil {
+		res.Err = h.err
+		res.Status = StatusFailed
+		if ctx.Err() != nil {
+			res.Status = StatusCancelled
+		}
+	}
+	if h.logf != nil {
+		h.lw.Flush()
+		h.logf.Close()
+	}
+	return res
+}
+
+// nixBuildOutput is one element of nix build --json.
+type nixBuildOutput struct {
+	DrvPath string            `json:"drvPath"`
+	Outputs map[string]string `json:"outputs"`
+}
+
+// evaluate instantiates the host's toplevel. In a dry run, it is
+// nix build --dry-run, which also says what would be built or fetched.
+func (b *run) evaluate(ctx context.Context, i int, host fleet.Host) *hostRun {
+	h := &hostRun{i: i, host: host, start: time.Now()}
+	logf, err := b.state.newLog(host.Name, b.stamp)
+	if err != nil {
+		h.fail("build", err)
+		return h
+	}
+	h.logf, h.lw = logf, newLineWriter(logf, host.Name, b.prog)
+	h.res.LogFile = logf.Name()
+	b.prog.Phase(host.Name, PhaseEvaluating)
+
+	// The evaluation cache is one SQLite database per flake that
+	// concurrent evaluations fight over ("error (ignored): … is busy" in
+	// every log), and a changed flake misses it anyway.
+	if b.opts.DryRun {
+		args := append([]string{"build", "--dry-run", "--json", "--no-link", "--no-eval-cache"}, host.Installable(ToplevelSub)...)
+		fmt.Fprintf(logf, "bento: dry run of %s, started %s\nbento: $ nix %s\n", host.Name, h.start.Format(time.RFC3339), strings.Join(args, " "))
+		out, err := b.runner.Run(ctx, nix.Cmd{Host: host.Name, Args: args, Log: h.lw})
+		if err != nil {
+			h.fail("evaluate", err)
+			return h
+		}
+		var outs []nixBuildOutput
+		if err := json.Unmarshal(out, &outs); err != nil || len(outs) != 1 || outs[0].DrvPath == "" {
+			h.fail("evaluate", fmt.Errorf("unexpected output of nix build --dry-run --json (%q): want one derivation", truncate(string(out), 200)))
+			return h
+		}
+		h.res.DrvPath, h.res.OutPath, h.res.Status = outs[0].DrvPath, outs[0].Outputs["out"], StatusDryRun
+		h.lw.Flush()
+		fmt.Fprintf(logf, "bento: dry run: %s would build %s\n", host.Name, h.res.OutPath)
+		return h
+	}
+
+	args := append([]string{"eval", "--raw", "--no-eval-cache"}, host.Installable(ToplevelSub+".drvPath")...)
+	fmt.Fprintf(logf, "bento: build of %s, started %s\nbento: $ nix %s\n", host.Name, h.start.Format(time.RFC3339), strings.Join(args, " "))
+	out, err := b.runner.Run(ctx, nix.Cmd{Host: host.Name, Args: args, Log: h.lw})
+	if err != nil {
+		h.fail("evaluate", err)
+		return h
+	}
+	drv := strings.TrimSpace(string(out))
+	if !strings.HasPrefix(drv, "/") || !strings.HasSuffix(drv, ".drv") {
+		h.fail("evaluate", fmt.Errorf("%s is not a derivation: nix eval of its drvPath printed %q", ToplevelSub, truncate(drv, 200)))
+		return h
+	}
+	h.res.DrvPath = drv
+	h.lw.Flush()
+	fmt.Fprintf(logf, "bento: evaluated %s\n", drv)
+	return h
+}
+
+// build realises the evaluated derivation into an out link that Nix
+// registers as a GC root, keeps the result, and copies it when asked.
+//
+// nix-store --realise is used, not nix build DRV: nix build changed its
+// reading of a .drv argument (Nix ≥ 2.15 returns the .drv itself unless
+// given DRV^*, a syntax Nix 2.8 rejects), the old CLI never did.
+func (b *run) build(ctx context.Context, h *hostRun) {
+	name := h.host.Name
+	if ctx.Err() != nil {
+		h.fail("build", fmt.Errorf("not started: %w", context.Cause(ctx)))
+		return
+	}
+	b.prog.Phase(name, PhaseBuilding)
+	link, err := b.state.outLink(name, h.logf.Name())
+	if err != nil {
+		h.fail("build", err)
+		return
+	}
+	// Hosts build in separate processes that often need the same
+	// derivations at once; the losers of a lock poll for it every
+	// build-poll-interval (5 s by default), which 1 s makes cheap.
+	args := []string{"--realise", h.res.DrvPath, "--add-root", link, "--option", "build-poll-interval", "1"}
+	if b.opts.Builders != "" {
+		args = append(args, "--option", "builders", b.opts.Builders)
+	}
+	if b.opts.MaxJobs > 0 {
+		args = append(args, "--max-jobs", strconv.Itoa(b.opts.MaxJobs))
+	}
+	fmt.Fprintf(h.logf, "bento: $ nix-store %s\n", strings.Join(args, " "))
+	_, err = b.runner.Run(ctx, nix.Cmd{Host: name, Tool: "nix-store", Args: args, Log: h.lw})
+	if err != nil {
+		if _, statErr := os.Stat(h.res.DrvPath); errors.Is(statErr, os.ErrNotExist) {
+			err = fmt.Errorf("%w (its derivation %s was garbage-collected after evaluation: build again)", err, h.res.DrvPath)
+		}
+		h.fail("build", err)
+		return
+	}
+	out, err := os.Readlink(link)
+	if err != nil || !strings.HasPrefix(out, "/") {
+		h.fail("build", fmt.Errorf("nix-store --realise made no out link %s: %v", link, err))
+		return
+	}
+	h.res.OutPath = out
+	// Kept even when the run is being cancelled: the build is done.
+	if err := b.state.keep(Record{Host: name, OutPath: out, DrvPath: h.res.DrvPath, BuiltAt: time.Now().UTC()}, link); err != nil {
+		h.fail("keep result", err)
+		return
+	}
+	h.res.Status = StatusBuilt
+	h.lw.Flush()
+	fmt.Fprintf(h.logf, "bento: built %s\n", out)
+
+	if b.opts.CopyTo == "" {
+		return
+	}
+	b.prog.Phase(name, PhaseCopying)
+	err = b.copy(ctx, name, out, h.lw)
+	h.lw.Flush()
+	if err != nil {
+		h.res.CopyErr = &HostError{Host: name, Stage: "copy to " + b.opts.CopyTo, Err: err}
+		fmt.Fprintf(h.logf, "bento: copy to %s: %s\n", b.opts.CopyTo, errMessage(err))
+		return
+	}
+	fmt.Fprintf(h.logf, "bento: copied to %s\n", b.opts.CopyTo)
+}
+
+// copy pushes the closure of path to opts.CopyTo, signing it first when a
+// key is given: signatures live in the local store's database and travel
+// with nix copy to any kind of store, unlike the secret-key URL parameter
+// that only binary-cache stores understand.
+func (b *run) copy(ctx context.Context, host, path string, lw *lineWriter) error {
+	if b.opts.SignKey != "" {
+		if _, err := b.runner.Run(ctx, nix.Cmd{Host: host, Args: []string{"store", "sign", "--recursive", "--key-file", b.opts.SignKey, path}, Log: lw}); err != nil {
+			return fmt.Errorf("signing: %w", err)
+		}
+	}
+	_, err := b.runner.Run(ctx, nix.Cmd{Host: host, Args: []string{"copy", "--to", b.opts.CopyTo, path}, Log: lw})
+	return err
+}
