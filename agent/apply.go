@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -58,6 +59,9 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	if t.cfg.Mode == "fetch" {
 		log.Printf("realising %s from the substituters (fetch mode: evaluating nothing)", m.ExpectedToplevel)
 		toplevel, err = fetch(ctx, t.o.Nix, &t.cfg, m, log)
+		if err != nil {
+			err = fetchHint(err, log.Bytes())
+		}
 	} else {
 		log.Printf("building %s", strings.Join(installable(t.cfg.Host, m, t.store.Path(m.Version)), " "))
 		toplevel, err = build(ctx, t.o.Nix, &t.cfg, m, t.store.Path(m.Version), false, log)
@@ -204,7 +208,7 @@ func (t *tick) planReboot(rep *manifest.Report, act *activate.Activator, topleve
 		activate.ClearPending(t.cfg.StateDir)
 		return
 	}
-	log.Printf("reboot required: %s differ from the booted system %s", strings.Join(rc.Changed, ", "), booted)
+	log.Printf("reboot required: %s changed since boot (booted system %s)", strings.Join(rc.Changed, ", "), booted)
 	at, ok := t.policy.Plan(t.o.Now(), t.o.Rand)
 	if !ok {
 		log.Printf("reboot policy %s: reporting reboot-required, not rebooting", t.policy.Mode)
@@ -354,4 +358,16 @@ func pruneLogs(ctx context.Context, c *transport.Conn, keep int) error {
 		logs = logs[1:]
 	}
 	return errors.Join(errs...)
+}
+
+// fetchHint explains the two usual reasons a fetch fails, which Nix only
+// tells in a warning before its error.
+func fetchHint(err error, log []byte) error {
+	switch {
+	case bytes.Contains(log, []byte("is not signed by any of the keys")):
+		return fmt.Errorf("%w (the substituter's signature is not trusted: add its public key to trustedPublicKeys)", err)
+	case bytes.Contains(log, []byte("don't know how to build")):
+		return fmt.Errorf("%w (no substituter has this system: copy the server's build to a cache listed in substituters)", err)
+	}
+	return err
 }

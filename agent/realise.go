@@ -52,7 +52,7 @@ func build(ctx context.Context, r *nix.Runner, c *Config, m *manifest.Manifest, 
 	}
 	args = append(args, c.nixOptions()...)
 	args = append(args, installable(c.Host, m, dir)...)
-	out, err := r.Run(ctx, nix.Cmd{Host: c.Host, Args: args, Log: log})
+	out, err := r.Run(ctx, nix.Cmd{Args: args, Log: log})
 	if err != nil {
 		return "", err
 	}
@@ -76,7 +76,7 @@ func fetch(ctx context.Context, r *nix.Runner, c *Config, m *manifest.Manifest, 
 		return "", fmt.Errorf("expectedToplevel %q is not a store path", p)
 	}
 	args := append([]string{"--realise", p}, c.nixOptions()...)
-	if _, err := r.Run(ctx, nix.Cmd{Host: c.Host, Tool: "nix-store", Args: args, Log: log}); err != nil {
+	if _, err := r.Run(ctx, nix.Cmd{Tool: "nix-store", Args: args, Log: log}); err != nil {
 		return "", err
 	}
 	return p, nil
@@ -86,6 +86,6 @@ func fetch(ctx context.Context, r *nix.Runner, c *Config, m *manifest.Manifest, 
 func flakeUpdate(ctx context.Context, r *nix.Runner, c *Config, dir string, log io.Writer) error {
 	args := append([]string{"flake", "update"}, c.nixOptions()...)
 	args = append(args, "path:"+dir)
-	_, err := r.Run(ctx, nix.Cmd{Host: c.Host, Args: args, Dir: dir, Log: log})
+	_, err := r.Run(ctx, nix.Cmd{Args: args, Dir: dir, Log: log})
 	return err
 }

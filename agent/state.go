@@ -44,9 +44,13 @@ type Attempt struct {
 	// Running is set when the attempt starts and cleared when it ends: a
 	// state loaded with Running set belongs to a tick that was killed.
 	Running   bool            `json:"running,omitempty"`
-	Result    manifest.Result `json:"result,omitempty"`
-	StartedAt time.Time       `json:"startedAt"`
-	NextRetry time.Time       `json:"nextRetry"`
+	Result     manifest.Result `json:"result,omitempty"`
+	StartedAt  time.Time       `json:"startedAt"`
+	FinishedAt time.Time       `json:"finishedAt"`
+	// NextRetry is when a failed attempt is retried under the retry policy
+	// in force when it failed; decide recomputes it from FinishedAt, so a
+	// changed policy applies at once.
+	NextRetry time.Time `json:"nextRetry"`
 }
 
 func loadState(dir string) (State, error) {
@@ -121,8 +125,12 @@ func decide(s State, version, expected string, now time.Time, retry backoff.Poli
 	if final(a.Result) {
 		return upToDate, time.Time{}
 	}
-	if now.Before(a.NextRetry) {
-		return waitRetry, a.NextRetry
+	due := a.NextRetry
+	if !a.FinishedAt.IsZero() {
+		due = a.FinishedAt.Add(retry.Delay(a.Count))
+	}
+	if now.Before(due) {
+		return waitRetry, due
 	}
 	return apply, time.Time{}
 }
@@ -137,6 +145,7 @@ func (s *State) begin(version, expected string, now time.Time) {
 	s.Attempt.Running = true
 	s.Attempt.Result = ""
 	s.Attempt.StartedAt = now
+	s.Attempt.FinishedAt = time.Time{}
 	s.Attempt.NextRetry = time.Time{}
 }
 
@@ -144,6 +153,7 @@ func (s *State) begin(version, expected string, now time.Time) {
 func (s *State) finish(r manifest.Result, now time.Time, retry backoff.Policy) {
 	s.Attempt.Running = false
 	s.Attempt.Result = r
+	s.Attempt.FinishedAt = now
 	if !final(r) {
 		s.Attempt.NextRetry = now.Add(retry.Delay(s.Attempt.Count))
 	}

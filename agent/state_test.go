@@ -14,7 +14,7 @@ func TestDecide(t *testing.T) {
 	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	retry := backoff.Policy{Initial: 10 * time.Minute, Max: time.Hour}
 	done := func(v, exp string, r manifest.Result, count int, next time.Time) State {
-		return State{AppliedVersion: "v0", Attempt: Attempt{Version: v, Expected: exp, Count: count, Result: r, StartedAt: t0, NextRetry: next}}
+		return State{AppliedVersion: "v0", Attempt: Attempt{Version: v, Expected: exp, Count: count, Result: r, StartedAt: t0, FinishedAt: t0, NextRetry: next}}
 	}
 	cases := []struct {
 		name      string
@@ -36,6 +36,7 @@ func TestDecide(t *testing.T) {
 		{"failed, but a new version is published", done("v1", "", manifest.ResultFailure, 3, t0.Add(time.Hour)), "v2", "", t0, apply, time.Time{}},
 		{"killed mid-attempt: retried at once", State{Attempt: Attempt{Version: "v1", Count: 1, Running: true, StartedAt: t0}}, "v1", "", t0.Add(time.Second), apply, time.Time{}},
 		{"killed again and again: backs off", State{Attempt: Attempt{Version: "v1", Count: 3, Running: true, StartedAt: t0}}, "v1", "", t0.Add(time.Minute), waitRetry, t0.Add(20 * time.Minute)},
+		{"retry policy shortened since the failure", done("v1", "", manifest.ResultFailure, 1, t0.Add(6*time.Hour)), "v1", "", t0.Add(10 * time.Minute), apply, time.Time{}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,101 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bento-nix/bento/internal/fixture"
+)
+
+func TestKillDuringDownloadLeavesAConsistentState(t *testing.T) {
+	f := hostsFleet("alpha")
+	f.Files = map[string]string{"modules/a.nix": "{ }\n", "modules/b.nix": "{ b = 1; }\n", "modules/c.nix": "{ c = 1; }\n"}
+	e, h, v1 := applied(t, f)
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
+	e.Fleet.Files["modules/b.nix"] = "{ b = 2; }\n"
+	e.Fleet.Files["modules/c.nix"] = "{ c = 2; }\n"
+	e.WriteFleet(t, e.Fleet)
+	v2 := e.Publish(t)["alpha"]
+
+	// One file of the new version becomes a FIFO on the server: the SFTP
+	// server blocks opening it, so the download stops half-way, for as
+	// long as the test wants.
+	blocked := filepath.Join(e.Chroot("alpha"), "config", v2.Version, "modules", "c.nix")
+	content, err := os.ReadFile(blocked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Dir(blocked), 0o755)
+	os.Remove(blocked)
+	if err := syscall.Mkfifo(blocked, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := h.Start(t)
+	staging := waitForStaging(t, h, v2.Version)
+	run.Kill(t)
+
+	// Killed mid-download: the old tree and system are untouched, the new
+	// version is not in place, nothing half-written is taken for real.
+	if h.ProfileTarget(t) != v1.Built || h.Current(t) != v1.Built {
+		t.Errorf("after kill -9: profile %s, current %s, want %s", h.ProfileTarget(t), h.Current(t), v1.Built)
+	}
+	if _, err := os.Stat(filepath.Join(h.StateDir, "config", v2.Version)); !os.IsNotExist(err) {
+		t.Errorf("a half-downloaded version is in place: %v", err)
+	}
+	cur, _ := os.Readlink(filepath.Join(h.StateDir, "config", "current"))
+	if cur != v1.Version {
+		t.Errorf("current tree -> %q, want %s", cur, v1.Version)
+	}
+
+	// Unblock the server (a writer that closes at once) and put the real
+	// file back, as the publisher wrote it.
+	if w, err := os.OpenFile(blocked, os.O_WRONLY, 0); err == nil {
+		w.Close()
+	}
+	tmp := blocked + ".real"
+	os.WriteFile(tmp, content, 0o444)
+	os.Rename(tmp, blocked)
+
+	res := h.Run(t)
+	if res.ExitCode != 0 {
+		t.Fatalf("the tick after the kill failed: exit %d", res.ExitCode)
+	}
+	if h.ProfileTarget(t) != v2.Built || h.Current(t) != v2.Built {
+		t.Errorf("the tick after the kill did not apply %s", v2.Built)
+	}
+	if _, err := os.Stat(staging); !os.IsNotExist(err) {
+		t.Errorf("the interrupted staging directory %s is still there", staging)
+	}
+	got, err := os.ReadFile(filepath.Join(h.StateDir, "config", v2.Version, "modules", "c.nix"))
+	if err != nil || string(got) != string(content) {
+		t.Errorf("modules/c.nix = %q, %v; want %q", got, err, content)
+	}
+	if st := h.Status(t); st.AppliedVersion != v2.Version || st.Attempts != 2 {
+		t.Errorf("status after recovery: applied %s, attempts %d (the killed attempt counts)", st.AppliedVersion, st.Attempts)
+	}
+}
+
+// waitForStaging waits until the agent has begun downloading version into
+// a staging directory and returns it.
+func waitForStaging(t *testing.T, h *Host, version string) string {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		matches, _ := filepath.Glob(filepath.Join(h.StateDir, "config", ".staging-"+version+"-*"))
+		for _, m := range matches {
+			if !strings.Contains(m, "-update-") {
+				// Give the other downloads a moment to land beside the
+				// blocked one.
+				time.Sleep(200 * time.Millisecond)
+				return m
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the agent never started downloading")
+	return ""
+}
