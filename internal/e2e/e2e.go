@@ -53,9 +53,10 @@ func Start(t testing.TB, f fixture.Fleet) *Env {
 	e := &Env{
 		SSHD:     sshdtest.Start(t, sshdtest.Options{}),
 		FleetDir: filepath.Join(t.TempDir(), "fleet"),
-		Nix:      &nix.Runner{Env: fixture.Env()},
 		hosts:    map[string]*Host{},
 	}
+	// A classic fleet's <nixpkgs/nixos> is the stand-in it ships.
+	e.Nix = &nix.Runner{Env: append(fixture.Env(), "NIX_PATH="+fixture.ClassicNixPath(e.FleetDir))}
 	e.WriteFleet(t, f)
 	return e
 }
