@@ -56,16 +56,19 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	rep.Stage = manifest.StageFetched
 
 	var toplevel string
+	cfg, doneCache := t.serverCache(ctx, m, log)
 	if t.cfg.Mode == "fetch" {
 		log.Printf("realising %s from the substituters (fetch mode: evaluating nothing)", m.ExpectedToplevel)
-		toplevel, err = fetch(ctx, t.o.Nix, &t.cfg, m, log)
+		toplevel, err = fetch(ctx, t.o.Nix, cfg, m, log)
 		if err != nil {
 			err = fetchHint(err, log.Bytes())
 		}
 	} else {
 		log.Printf("building %s", strings.Join(installable(t.cfg.Host, m, t.store.Path(m.Version)), " "))
-		toplevel, err = build(ctx, t.o.Nix, &t.cfg, m, t.store.Path(m.Version), false, log)
+		toplevel, err = build(ctx, t.o.Nix, cfg, m, t.store.Path(m.Version), false, log)
 	}
+	cacheBytes, err := doneCache(err)
+	rep.BytesFetched += cacheBytes
 	if err != nil {
 		if ctx.Err() != nil {
 			return Outcome{}, err

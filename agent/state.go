@@ -43,7 +43,7 @@ type Attempt struct {
 	Count int `json:"count,omitempty"`
 	// Running is set when the attempt starts and cleared when it ends: a
 	// state loaded with Running set belongs to a tick that was killed.
-	Running   bool            `json:"running,omitempty"`
+	Running    bool            `json:"running,omitempty"`
 	Result     manifest.Result `json:"result,omitempty"`
 	StartedAt  time.Time       `json:"startedAt"`
 	FinishedAt time.Time       `json:"finishedAt"`

@@ -350,6 +350,11 @@ func (c *idleConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// SFTP is the session itself, for readers that stream many files at once
+// (the binary cache Nix substitutes from). Its calls are not under the
+// per-operation watchdog; keepalives still close a dead connection.
+func (c *Conn) SFTP() *sftp.Client { return c.sftp }
+
 // Close ends the connection. It is safe to call more than once.
 func (c *Conn) Close() error {
 	var err error

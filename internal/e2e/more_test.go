@@ -209,4 +209,3 @@ func TestClassicLayout(t *testing.T) {
 		t.Errorf("classic build differs from the server's: %+v", st)
 	}
 }
-
