@@ -15,6 +15,7 @@ import (
 	"github.com/bento-nix/bento/activate"
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/sftpcache"
 )
 
 // apply fetches, builds and switches to a new publication.
@@ -60,15 +61,16 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	if t.cfg.Mode == "fetch" {
 		log.Printf("realising %s from the substituters (fetch mode: evaluating nothing)", m.ExpectedToplevel)
 		toplevel, err = fetch(ctx, t.o.Nix, cfg, m, log)
-		if err != nil {
-			err = fetchHint(err, log.Bytes())
-		}
 	} else {
 		log.Printf("building %s", strings.Join(installable(t.cfg.Host, m, t.store.Path(m.Version)), " "))
 		toplevel, err = build(ctx, t.o.Nix, cfg, m, t.store.Path(m.Version), false, log)
 	}
 	cacheBytes, err := doneCache(err)
 	rep.BytesFetched += cacheBytes
+	// A tampered cache is named by doneCache; the generic hints would mislead.
+	if err != nil && t.cfg.Mode == "fetch" && !errors.Is(err, sftpcache.ErrTampered) {
+		err = fetchHint(err, log.Bytes())
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return Outcome{}, err
