@@ -83,6 +83,10 @@ let
   optionalAttrs = cond: set: if cond then set else { };
   unique = foldl' (acc: e: if elem e acc then acc else acc ++ [ e ]) [ ];
   last = list: builtins.elemAt list (length list - 1);
+  removeSuffix =
+    suf: str: if hasSuffix suf str then substring 0 (stringLength str - stringLength suf) str else str;
+  fileContents = file: removeSuffix "\n" (builtins.readFile file);
+  importJSON = file: builtins.fromJSON (builtins.readFile file);
   toList = x: if isList x then x else [ x ];
   isDerivation = x: isAttrs x && (x.type or null) == "derivation";
   isStringLike = x: isString x || isPath x || (isAttrs x && (x ? outPath || x ? __toString));
@@ -705,13 +709,15 @@ let
             p = pushed loc ds;
             declared = mapAttrs (n: sub: evalTree (loc ++ [ n ]) sub (subDefs n p)) decl;
             extra = filter (n: !(decl ? ${n})) (unique (concatMap (d: attrNames d.value) p));
+            # Like lazyAttrsOf: the names are known without evaluating any
+            # mkIf condition (which may read config).
             free = listToAttrs (
-              concatMap (
+              map (
                 n:
                 let
                   r = mergeDefinitions (loc ++ [ n ]) freeform (subDefs n p);
                 in
-                optional r.isDefined (nameValuePair n r.value)
+                nameValuePair n (if r.isDefined then r.value else throw "The option `${showOption (loc ++ [ n ])}' is used but not defined.")
               ) extra
             );
           in
@@ -755,10 +761,12 @@ let
       concatStringsSep
       elem
       evalModules
+      fileContents
       filter
       filterAttrs
       hasPrefix
       hasSuffix
+      importJSON
       isDerivation
       isOption
       last
@@ -785,11 +793,13 @@ let
       optionalAttrs
       optionalString
       optionals
+      removeSuffix
       showOption
       toList
       types
       unique
       ;
+    inherit (builtins) replaceStrings;
   };
 in
 lib

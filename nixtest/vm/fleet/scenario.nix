@@ -1,0 +1,4 @@
+# Which VM test this fleet serves: the VM tests rewrite this file.
+{
+  bentoTest.scenario = "happy-path";
+}
