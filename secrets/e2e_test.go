@@ -313,8 +313,11 @@ func TestEndToEnd(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(target, "db")); err == nil {
 		t.Error("db is still installed after its removal from the server")
 	}
-	if !slices.Equal(o.Removed, []string{"db"}) || len(o.Errors) != 0 {
-		t.Errorf("removed = %v, errors = %v", o.Removed, o.Errors)
+	if !slices.Equal(o.Removed, []string{"db"}) {
+		t.Errorf("removed = %v", o.Removed)
+	}
+	if msg := readReport(t, srv, "alpha").SecretErrors["db"]; !strings.Contains(msg, "the server publishes no such secret") {
+		t.Errorf("a declared secret the server no longer publishes is reported as %q", msg)
 	}
 	if _, err := os.Lstat(filepath.Join(srv.Root, "alpha", manifest.SecretsDir, third["alpha"].Version)); err == nil {
 		t.Error("an empty secrets version was published")

@@ -258,6 +258,16 @@ func (i *Installer) Install(ctx context.Context, dir string, files []manifest.Fi
 		o.Removed = append(o.Removed, name)
 		log.Info("secret removed", "secret", name, "path", old.Path)
 	}
+	var missing []string
+	for name := range specs {
+		if !published[name] {
+			missing = append(missing, name)
+		}
+	}
+	sort.Strings(missing)
+	for _, name := range missing {
+		o.Errors[name] = fmt.Sprintf("services.bento.secrets.%s is declared, but the server publishes no such secret: add secrets/<host>/%s on the server", name, name)
+	}
 	for u := range o.unitsOf {
 		o.Units = append(o.Units, u)
 	}
