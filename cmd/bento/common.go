@@ -61,6 +61,11 @@ func useColor(c *cli.Context, w io.Writer) bool {
 // non-zero at the end.
 func discover(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, err error) {
 	log := logger(c)
+	// Evaluating copies the flake into the Nix store: refuse first when
+	// that would copy the secrets too.
+	if _, err := guardSecrets(c); err != nil {
+		return nil, nil, false, err
+	}
 	f, err = eval.Discover(c.Context, nixRunner(c), eval.Options{
 		Ref:       c.String("flake"),
 		Jobs:      c.Int("eval-jobs"),
