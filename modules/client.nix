@@ -285,9 +285,10 @@ in
       default = "build";
       description = ''
         `build`: evaluate and build this host's system from the downloaded
-        flake (substituting from {option}`services.bento.substituters`).
-        `fetch`: evaluate nothing, realise the system the server built from
-        the substituters: for hosts too small to evaluate NixOS.
+        flake. `fetch`: evaluate nothing, realise the system the server
+        built: for hosts too small to evaluate NixOS. Both substitute from
+        the cache the server publishes in this host's chroot, if any, and
+        from {option}`services.bento.substituters`.
       '';
     };
 
