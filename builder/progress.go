@@ -13,6 +13,8 @@ type Phase string
 const (
 	// PhaseEvaluating: nix evaluates the configuration and instantiates it.
 	PhaseEvaluating Phase = "evaluating"
+	// PhaseWaiting: evaluated, waiting for a build slot.
+	PhaseWaiting Phase = "waiting"
 	// PhaseBuilding: nix builds (or fetches) the system.
 	PhaseBuilding Phase = "building"
 	// PhaseCopying: the closure is being signed and copied to the cache.

@@ -16,9 +16,6 @@ import (
 	"github.com/bento-nix/bento/nix"
 )
 
-// PhaseWaiting: evaluated, waiting for a build slot.
-const PhaseWaiting Phase = "waiting"
-
 // Build builds hosts, evaluating at most opts.EvalJobs and building at
 // most opts.Jobs at once, and returns one Result per host in the order
 // given. The error is only for problems that stop everything before the
