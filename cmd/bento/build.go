@@ -75,8 +75,11 @@ func buildOptions(c *cli.Context) (builder.Options, error) {
 		return opts, usageError("--state-dir is empty: give a directory (default %s)", builder.DefaultStateDir)
 	case opts.SignKey != "" && opts.CopyTo == "":
 		return opts, usageError("--sign-key signs what is copied: add --copy-to STORE_URL")
-	case opts.DryRun && opts.CopyTo != "":
-		return opts, usageError("--dry-run builds nothing, so there is nothing to --copy-to")
+	}
+	if opts.DryRun {
+		// Nothing is built, so nothing is copied (BENTO_COPY_TO may be set
+		// for the real runs).
+		opts.CopyTo, opts.SignKey = "", ""
 	}
 	if opts.SignKey != "" {
 		if _, err := os.Stat(opts.SignKey); err != nil {
