@@ -45,6 +45,7 @@ func decide(in hostInput) Row {
 		r.NextRetry = utc(rep.NextRetry)
 		r.Log = rep.Log
 		r.AgentVersion = rep.AgentVersion
+		r.BytesFetched = rep.BytesFetched
 		seen := lastSeen(rep).UTC()
 		r.LastSeen = &seen
 		age := int64(in.now.Sub(seen) / time.Second)
@@ -119,6 +120,9 @@ func judge(in hostInput, r *Row) (State, string) {
 		if rep.Result == manifest.ResultAutoUpdated {
 			msg = "runs its own update of the flake inputs (self-update)"
 		}
+	}
+	if applied && rep.BytesFetched > 0 && (state == UpToDate || state == RebootRequired) {
+		msg = join(msg, "last update fetched "+humanBytes(rep.BytesFetched))
 	}
 	if age := in.now.Sub(lastSeen(rep)); age > in.staleAfter && (state == UpToDate || state == Pending || state == RebootRequired) {
 		return Stale, fmt.Sprintf("silent for %s (over %s); its last report said %s", Ago(age), Ago(in.staleAfter), join(string(state), msg))

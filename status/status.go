@@ -181,6 +181,9 @@ type Row struct {
 	StaleAfterSeconds int64  `json:"staleAfterSeconds"`
 	Log               string `json:"log"`
 	AgentVersion      string `json:"agentVersion"`
+	// BytesFetched is what the host's last update downloaded from the
+	// server: changed files and, through its binary cache, NARs.
+	BytesFetched int64 `json:"bytesFetched"`
 }
 
 // Summary counts hosts per state.
