@@ -39,7 +39,6 @@ buildGo {
   vendorHash = "sha256-PLEs3nwJu8zuwdZdmHuZ0PrZLn69bc+7XARr0sGnUvg=";
 
   subPackages = [ "cmd/bento" ];
-  env.CGO_ENABLED = 0;
   ldflags = [
     "-s"
     "-w"
