@@ -79,7 +79,9 @@ type Result struct {
 	Status Status
 	// Err says why the build failed or was cancelled; it wraps a *nix.Error
 	// when Nix failed.
-	Err      error
+	Err error
+	// Duration is the time spent evaluating, building and copying the
+	// host, not the time it waited for a free build slot.
 	Duration time.Duration
 	// OutPath is the host's toplevel. With DryRun it is the path the build
 	// would produce (it does not exist).

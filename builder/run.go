@@ -77,6 +77,7 @@ func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options)
 					finish(h)
 					continue
 				}
+				h.evaluated = time.Now()
 				prog.Phase(h.host.Name, PhaseWaiting)
 				evaluated <- h
 			}
@@ -123,10 +124,14 @@ type hostRun struct {
 	i     int
 	host  fleet.Host
 	start time.Time
-	logf  *os.File
-	lw    *lineWriter
-	res   Result
-	err   error
+	// evaluated is when evaluation ended; waited is the time spent between
+	// then and a free build slot, which is not the host's own duration.
+	evaluated time.Time
+	waited    time.Duration
+	logf      *os.File
+	lw        *lineWriter
+	res       Result
+	err       error
 }
 
 func (h *hostRun) fail(stage string, err error) {
@@ -141,7 +146,7 @@ func (h *hostRun) fail(stage string, err error) {
 func (h *hostRun) finish(ctx context.Context) Result {
 	res := h.res
 	res.Host = h.host.Name
-	res.Duration = time.Since(h.start)
+	res.Duration = time.Since(h.start) - h.waited
 	if h.err != nil {
 		res.Err = h.err
 		res.Status = StatusFailed
@@ -223,6 +228,7 @@ func (b *run) evaluate(ctx context.Context, i int, host fleet.Host) *hostRun {
 // given DRV^*, a syntax Nix 2.8 rejects), the old CLI never did.
 func (b *run) build(ctx context.Context, h *hostRun) {
 	name := h.host.Name
+	h.waited = time.Since(h.evaluated)
 	if ctx.Err() != nil {
 		h.fail("build", fmt.Errorf("not started: %w", context.Cause(ctx)))
 		return

@@ -110,7 +110,11 @@ func (l *Live) Phase(host string, ph builder.Phase) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if h, ok := l.hosts[host]; ok {
+		old, _ := h.get()
 		h.set(ph, "")
+		l.cmu.Lock()
+		l.c.waiting += b2i(ph == builder.PhaseWaiting) - b2i(old == builder.PhaseWaiting)
+		l.cmu.Unlock()
 		return
 	}
 	h := &liveHost{phase: ph}
@@ -157,6 +161,9 @@ func (l *Live) Done(r builder.Result) {
 	l.cmu.Lock()
 	if started {
 		l.c.running--
+		if ph, _ := h.get(); ph == builder.PhaseWaiting {
+			l.c.waiting--
+		}
 	}
 	l.c.done++
 	if !r.OK() {
@@ -187,4 +194,11 @@ func (l *Live) End() {
 	}
 	l.total.SetTotal(-1, true)
 	l.p.Wait()
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -15,7 +15,10 @@ import (
 
 // counts is the done/failed/running tally both displays print.
 type counts struct {
-	total, done, failed, running int
+	total, done, failed int
+	// running counts the hosts started and not done, waiting those of
+	// them evaluated and waiting for a build slot.
+	running, waiting int
 }
 
 func (c counts) String() string {
@@ -23,8 +26,11 @@ func (c counts) String() string {
 	if c.failed > 0 {
 		s += fmt.Sprintf(", %d failed", c.failed)
 	}
-	if c.running > 0 {
-		s += fmt.Sprintf(", %d running", c.running)
+	if n := c.running - c.waiting; n > 0 {
+		s += fmt.Sprintf(", %d running", n)
+	}
+	if c.waiting > 0 {
+		s += fmt.Sprintf(", %d waiting", c.waiting)
 	}
 	return s
 }
