@@ -26,6 +26,7 @@ let
     mkIf
     mkMerge
     mkOption
+    optional
     optionalAttrs
     types
     ;
@@ -37,6 +38,8 @@ let
   # doubled so systemd expands neither specifiers nor variables.
   escapeArg = arg: builtins.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
   execLine = args: concatMapStringsSep " " escapeArg args;
+
+  defaultIdentityFile = "/etc/ssh/ssh_host_ed25519_key";
 
   inStore = p: hasPrefix "${builtins.storeDir}/" (toString p);
 
@@ -211,7 +214,7 @@ in
 
     identityFile = mkOption {
       type = types.path;
-      default = "/etc/ssh/ssh_host_ed25519_key";
+      default = defaultIdentityFile;
       description = ''
         Private key the agent logs in with. The default is this host's own
         SSH host key, so there is nothing to generate: put its public half
@@ -488,6 +491,11 @@ in
         assertion = safeSecretName name && hasPrefix "/" s.path && !(inStore s.path);
         message = "services.bento.secrets.\"${name}\": the name must be a plain file name and the path absolute and outside the Nix store (got `${s.path}').";
       }) cfg.secrets;
+
+      warnings = optional (toString cfg.identityFile == defaultIdentityFile && !config.services.openssh.enable) ''
+        services.bento.identityFile is this host's SSH host key, but services.openssh is off, so nothing
+        creates ${defaultIdentityFile}: enable services.openssh, or install a key and point identityFile at it.
+      '';
 
       environment.systemPackages = [ cfg.package ];
 

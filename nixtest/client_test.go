@@ -27,6 +27,7 @@ type unit struct {
 
 type clientResult struct {
 	Failed   []string        `json:"failed"`
+	Warnings []string        `json:"warnings"`
 	Services map[string]unit `json:"services"`
 	Timers   map[string]unit `json:"timers"`
 	Sockets  map[string]any  `json:"sockets"`
@@ -40,6 +41,7 @@ type clientResult struct {
 
 const clientSelect = `c: {
   failed = (` + failedAssertions + `) c;
+  warnings = c.warnings;
   services = c.systemd.services;
   timers = c.systemd.timers;
   sockets = c.systemd.sockets;
@@ -102,6 +104,13 @@ func TestClientDefaults(t *testing.T) {
 	}`, nixString(key)))
 	if len(r.Failed) != 0 {
 		t.Fatalf("failed assertions: %q", r.Failed)
+	}
+	// Nothing creates the default identity file (the host key) without sshd.
+	if len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "services.openssh is off") {
+		t.Errorf("warnings = %q, want the one about the missing host key", r.Warnings)
+	}
+	if w := evalClient(t, fmt.Sprintf(`{ services.openssh.enable = true; services.bento = { enable = true; server = "s"; serverHostKey = %s; }; }`, nixString(key))).Warnings; len(w) != 0 {
+		t.Errorf("warnings with sshd on: %q", w)
 	}
 
 	svc, ok := r.Services["bento-agent"]
@@ -210,8 +219,8 @@ func TestClientOptions(t *testing.T) {
 	    extraArgs = [ "--verbose" "100%%" "$HOME" ];
 	  };
 	}`, nixString(key)))
-	if len(r.Failed) != 0 {
-		t.Fatalf("failed assertions: %q", r.Failed)
+	if len(r.Failed)+len(r.Warnings) != 0 {
+		t.Fatalf("failed assertions: %q, warnings %q", r.Failed, r.Warnings)
 	}
 	svc := r.Services["bento-agent"]
 	argv := splitExec(t, svc.ServiceConfig["ExecStart"].(string))
