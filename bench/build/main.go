@@ -76,6 +76,9 @@ func run(n int, seconds float64, jobs int, skipSeq bool, extra string) error {
 	}
 
 	fmt.Printf("bench/build: %d hosts, %gs I/O-bound build each, %d CPUs, nix max-jobs default per process unless said\n", n, seconds, runtime.NumCPU())
+	if extra != "" {
+		fmt.Printf("extra nix.conf: %q\n", extra)
+	}
 
 	var seq time.Duration
 	if !skipSeq {
@@ -123,7 +126,7 @@ func run(n int, seconds float64, jobs int, skipSeq bool, extra string) error {
 			return fmt.Errorf("bento: %v", res.Err)
 		}
 	}
-	fmt.Printf("  bento build --jobs %-3d (nix's max-jobs per host 1): %8.2fs\n", jobs, bento.Seconds())
+	fmt.Printf("  bento build --jobs %-3d (nix's max-jobs per host):   %8.2fs\n", jobs, bento.Seconds())
 
 	if !skipSeq {
 		fmt.Printf("ratio bento / sequential loop:  %.3f (goal <= 0.10)\n", bento.Seconds()/seq.Seconds())
