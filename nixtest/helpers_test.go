@@ -220,3 +220,11 @@ func bentoBinary(t testing.TB) string {
 	}
 	return bentoBin
 }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bentoBin != "" {
+		os.RemoveAll(filepath.Dir(filepath.Dir(bentoBin)))
+	}
+	os.Exit(code)
+}
