@@ -16,6 +16,7 @@
 package publish
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,12 +28,14 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/manifest"
@@ -108,9 +111,11 @@ type Result struct {
 	ExpectedToplevel string `json:"expectedToplevel,omitempty"`
 	Files            int    `json:"files"`
 	// Copied files were written anew; Linked ones are hard links to the
-	// previous version.
+	// previous version; Shared ones are hard links to a file another
+	// host of the same deploy copied (the same flake, written once).
 	Copied int `json:"copied"`
 	Linked int `json:"linked"`
+	Shared int `json:"shared"`
 	// BytesWritten counts file contents and the manifest.
 	BytesWritten int64         `json:"bytesWritten"`
 	Pruned       []string      `json:"pruned,omitempty"`
@@ -133,6 +138,14 @@ type Publisher struct {
 	hashes   *HashCache
 	mu       sync.Mutex
 	trees    map[Source]*treeCall
+	// pool maps content to a file this deploy copied into some host's
+	// temporary directory (which stays put until the commit), so the other
+	// hosts link it instead of writing the same bytes again.
+	poolMu sync.Mutex
+	pool   map[contentKey]*pooled
+	// umaskClears: the umask takes bits off 0755/0444, so every directory
+	// and file made needs a chmod (tens of thousands per deploy otherwise).
+	umaskClears bool
 }
 
 type treeCall struct {
@@ -150,7 +163,8 @@ func Open(ctx context.Context, opts Options) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{opts: opts, root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{}}
+	p := &Publisher{opts: opts, root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{}, pool: map[contentKey]*pooled{}}
+	p.umaskClears = umask()&0o022 != 0
 	if p.opts.Jobs <= 0 {
 		p.opts.Jobs = 2 * runtime.NumCPU()
 	}
@@ -204,43 +218,95 @@ func (p *Publisher) Tree(ctx context.Context, src Source) (*Tree, error) {
 	}
 }
 
-// Publish publishes every target, in parallel. One failing host never
-// stops the others; results come in the order of targets.
+// Publish publishes every target. One failing host never stops the
+// others; results come in the order of targets.
+//
+// Durability is batched: instead of an fsync per file and directory
+// (thousands per deploy, each a journal commit), every host's new
+// directories are written first, then one syncfs(2) makes them durable,
+// then they are renamed into place and the new manifests written, another
+// syncfs, then the manifests are renamed over the old ones and a last
+// syncfs makes the renames durable. A crash at any point leaves each host
+// with its old or its new manifest, and whichever it is names complete,
+// durable files.
 func (p *Publisher) Publish(ctx context.Context, targets []Target) []Result {
-	results := make([]Result, len(targets))
-	var g errgroup.Group
-	g.SetLimit(p.opts.Jobs)
-	for i, t := range targets {
-		g.Go(func() error {
-			start := time.Now()
-			r := p.publishHost(ctx, t)
-			r.Duration = time.Since(start)
-			if r.Err != nil {
-				r.Status = StatusFailed
-				r.Err = fmt.Errorf("host %s: publish: %w", t.Host.Name, r.Err)
-			}
-			results[i] = r
-			return nil
-		})
+	jobs := make([]*hostJob, len(targets))
+	p.parallel(len(targets), func(i int) {
+		start := time.Now()
+		jobs[i] = p.prepare(ctx, targets[i])
+		jobs[i].res.Duration = time.Since(start)
+	})
+	if !p.opts.DryRun {
+		p.commit(ctx, jobs)
 	}
-	g.Wait()
+	results := make([]Result, len(jobs))
+	for i, j := range jobs {
+		r := j.res
+		if r.Err != nil {
+			r.Status = StatusFailed
+			r.Err = fmt.Errorf("host %s: publish: %w", j.name, r.Err)
+		}
+		results[i] = r
+	}
 	return results
 }
 
-func (p *Publisher) publishHost(ctx context.Context, t Target) Result {
+func (p *Publisher) parallel(n int, f func(i int)) {
+	var g errgroup.Group
+	g.SetLimit(p.opts.Jobs)
+	for i := 0; i < n; i++ {
+		g.Go(func() error { f(i); return nil })
+	}
+	g.Wait()
+}
+
+// hostJob is one host on its way through Publish.
+type hostJob struct {
+	name    string
+	hostDir string
+	res     Result
+	m       *manifest.Manifest
+	// keep are the versions pruning spares (nil: do not prune).
+	keep   map[string]bool
+	stages []*staged
+	// tmpManifest is the new manifest under its temporary name.
+	tmpManifest string
+}
+
+func (j *hostJob) fail(err error) *hostJob {
+	j.res.Err = err
+	for _, s := range j.stages {
+		s.discard()
+	}
+	j.stages = nil
+	if j.tmpManifest != "" {
+		os.Remove(j.tmpManifest)
+		j.tmpManifest = ""
+	}
+	return j
+}
+
+// writing tells whether the job still has something to put in place.
+func (j *hostJob) writing() bool {
+	return j.res.Err == nil && (j.res.Status == StatusPublished || j.res.Status == StatusUpdated)
+}
+
+// prepare decides what a host needs and, unless in a dry run, writes its
+// new directories under temporary names (not yet durable).
+func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	name := t.Host.Name
-	res := Result{Host: name, DryRun: p.opts.DryRun, ExpectedToplevel: t.ExpectedToplevel}
-	fail := func(err error) Result { res.Err = err; return res }
+	j := &hostJob{name: name, res: Result{Host: name, DryRun: p.opts.DryRun, ExpectedToplevel: t.ExpectedToplevel}}
 	if err := fleet.ValidateName(name); err != nil {
-		return fail(err)
+		return j.fail(err)
 	}
 	if err := ctx.Err(); err != nil {
-		return fail(err)
+		return j.fail(err)
 	}
 	tree, err := p.Tree(ctx, t.Source)
 	if err != nil {
-		return fail(err)
+		return j.fail(err)
 	}
+	res := &j.res
 	res.Notes = tree.Notes
 	var extra []manifest.File
 	if t.Extra != nil {
@@ -250,16 +316,17 @@ func (p *Publisher) publishHost(ctx context.Context, t Target) Result {
 	res.Version, res.Files = version, len(tree.Files)
 
 	hostDir := filepath.Join(p.root, name)
+	j.hostDir = hostDir
 	if fi, err := os.Lstat(hostDir); err == nil && !fi.IsDir() {
-		return fail(fmt.Errorf("%s is not a directory (%s); refusing to publish through it: remove it", hostDir, fi.Mode().Type()))
+		return j.fail(fmt.Errorf("%s is not a directory (%s); refusing to publish through it: remove it", hostDir, fi.Mode().Type()))
 	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fail(err)
+		return j.fail(err)
 	}
 	var acct *account
 	if p.opts.Users {
 		a, err := lookupAccount(t.Host.Options.User, hostDir)
 		if err != nil {
-			return fail(err)
+			return j.fail(err)
 		}
 		acct = &a
 	}
@@ -267,11 +334,16 @@ func (p *Publisher) publishHost(ctx context.Context, t Target) Result {
 	cur, curErr := readManifest(hostDir, name)
 	if curErr != nil {
 		res.Notes = append(res.Notes, fmt.Sprintf("the current manifest is unreadable (%v): publishing afresh, no old version pruned", curErr))
+	} else {
+		j.keep = map[string]bool{version: true}
 	}
 	if cur != nil {
 		res.Previous = cur.Version
+		if j.keep != nil {
+			j.keep[cur.Version] = true
+		}
 	}
-	m := &manifest.Manifest{
+	j.m = &manifest.Manifest{
 		Format:           manifest.Format,
 		Host:             name,
 		Version:          version,
@@ -283,78 +355,150 @@ func (p *Publisher) publishHost(ctx context.Context, t Target) Result {
 	}
 	live := cur != nil && cur.Version == version && p.versionPresent(hostDir, version, t.Extra != nil)
 	switch {
-	case live && sameMeta(cur, m):
+	case live && sameMeta(cur, j.m):
 		res.Status = StatusUnchanged
 		res.Previous = ""
 		res.ExpectedToplevel = cur.ExpectedToplevel
 	case live:
 		res.Status = StatusUpdated
+		j.keep = nil // nothing new, nothing to prune
 	default:
 		res.Status = StatusPublished
 	}
 	if p.opts.DryRun {
 		if res.Status == StatusPublished {
-			res.Copied, res.Linked, res.BytesWritten = planCopies(hostDir, cur, tree, version)
+			res.Copied, res.Linked, res.Shared, res.BytesWritten = p.planCopies(hostDir, cur, tree, version)
 		}
-		return res
+		return j
 	}
 
 	if err := p.ensureLayout(hostDir, acct); err != nil {
-		return fail(err)
+		return j.fail(err)
 	}
-	if res.Status == StatusUnchanged {
-		return res
+	if res.Status != StatusPublished {
+		return j
 	}
-	if res.Status == StatusPublished {
-		// Both directories are written completely under temporary names
-		// before either is renamed into place: a failure leaves nothing.
-		var stages []*staged
-		defer func() {
-			for _, s := range stages {
-				s.discard()
-			}
-		}()
-		if t.Extra != nil {
-			s, err := p.writeExtra(ctx, hostDir, version, t.Extra)
-			if err != nil {
-				return fail(fmt.Errorf("secrets: %w", err))
-			}
-			stages = append(stages, s)
-		}
-		s, st, err := p.writeVersion(ctx, hostDir, version, cur, tree)
+	// Both directories are written completely under temporary names
+	// before either is renamed into place: a failure leaves nothing.
+	if t.Extra != nil {
+		s, err := p.writeExtra(ctx, hostDir, version, t.Extra)
 		if err != nil {
-			return fail(err)
+			return j.fail(fmt.Errorf("secrets: %w", err))
 		}
-		stages = append(stages, s)
-		res.Copied, res.Linked, res.BytesWritten = st.copied, st.linked, st.bytes
-		for i := len(stages) - 1; i >= 0; i-- {
-			if err := stages[i].commit(); err != nil {
-				return fail(err)
-			}
-		}
+		j.stages = append(j.stages, s)
 	}
-	removeStaleTemps(hostDir)
-	m.PublishedAt = p.opts.Now().UTC().Truncate(time.Millisecond)
-	n, err := writeManifest(hostDir, m)
+	s, st, err := p.writeVersion(ctx, hostDir, version, cur, tree)
 	if err != nil {
-		return fail(err)
+		return j.fail(err)
 	}
-	res.BytesWritten += n
-	if res.Status == StatusPublished && curErr == nil {
-		keep := map[string]bool{version: true}
-		if cur != nil {
-			keep[cur.Version] = true
+	j.stages = append(j.stages, s)
+	res.Copied, res.Linked, res.Shared, res.BytesWritten = st.copied, st.linked, st.shared, st.bytes
+	return j
+}
+
+// commit makes the prepared jobs durable and live, in the order the
+// Publish comment gives.
+func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
+	if err := ctx.Err(); err != nil {
+		for _, j := range jobs {
+			if j.writing() {
+				j.fail(fmt.Errorf("interrupted before anything went live: %w", err))
+			}
 		}
-		pruned, err := pruneVersions(hostDir, keep)
-		res.Pruned = pruned
+		return
+	}
+	// 1. The new directories' contents reach the disk.
+	p.syncJobs(jobs, "writing the new versions")
+	// 2. Renamed into place; the new manifests written aside.
+	for _, j := range jobs {
+		if !j.writing() {
+			continue
+		}
+		for i := len(j.stages) - 1; i >= 0; i-- {
+			if err := j.stages[i].commit(); err != nil {
+				j.fail(err)
+				break
+			}
+		}
+		if j.res.Err != nil {
+			continue
+		}
+		j.stages = nil
+		removeStaleTemps(j.hostDir)
+		j.m.PublishedAt = p.opts.Now().UTC().Truncate(time.Millisecond)
+		tmp, n, err := writeManifestTemp(j.hostDir, j.m)
 		if err != nil {
-			// The publication is live; an old directory left behind is
-			// pruned by the next deploy.
-			res.Notes = append(res.Notes, fmt.Sprintf("pruning old versions: %v", err))
+			j.fail(err)
+			continue
+		}
+		j.tmpManifest = tmp
+		j.res.BytesWritten += n
+	}
+	p.syncJobs(jobs, "writing the new manifests")
+	// 3. The switch: each manifest.json replaced by rename.
+	for _, j := range jobs {
+		if !j.writing() {
+			continue
+		}
+		if err := os.Rename(j.tmpManifest, filepath.Join(j.hostDir, manifest.ManifestFile)); err != nil {
+			j.fail(err)
+			continue
+		}
+		j.tmpManifest = ""
+	}
+	p.syncJobs(jobs, "making the new manifests durable")
+	// 4. Old versions go; a failure here leaves a directory for the next
+	// deploy to prune, while the publication is live already.
+	p.parallel(len(jobs), func(i int) {
+		j := jobs[i]
+		if j.res.Err != nil || j.res.Status != StatusPublished || j.keep == nil {
+			return
+		}
+		pruned, err := pruneVersions(j.hostDir, j.keep)
+		j.res.Pruned = pruned
+		if err != nil {
+			j.res.Notes = append(j.res.Notes, fmt.Sprintf("pruning old versions: %v", err))
+		}
+		p.opts.Logger.Debug("published", "host", j.name, "version", j.res.Version, "status", j.res.Status, "copied", j.res.Copied, "linked", j.res.Linked)
+	})
+}
+
+// syncJobs flushes the file systems the writing jobs live on (one
+// syncfs(2) per file system); a job whose file system failed to flush
+// fails, with nothing of it live yet or, after the manifest rename, with
+// its new manifest live but maybe not durable (the error says so).
+func (p *Publisher) syncJobs(jobs []*hostJob, what string) {
+	byDev := map[uint64][]*hostJob{}
+	dirs := map[uint64]string{}
+	for _, j := range jobs {
+		if !j.writing() {
+			continue
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(j.hostDir, &st); err != nil {
+			j.fail(err)
+			continue
+		}
+		dev := uint64(st.Dev)
+		byDev[dev] = append(byDev[dev], j)
+		dirs[dev] = j.hostDir
+	}
+	for dev, js := range byDev {
+		if err := syncFS(dirs[dev]); err != nil {
+			for _, j := range js {
+				j.fail(fmt.Errorf("%s: syncfs: %w", what, err))
+			}
 		}
 	}
-	p.opts.Logger.Debug("published", "host", name, "version", version, "status", res.Status, "copied", res.Copied, "linked", res.Linked)
-	return res
+}
+
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
 }
 
 func flakeOf(h fleet.Host) manifest.Flake {
@@ -436,9 +580,6 @@ func (p *Publisher) ensureDir(d string, uid, gid int, own bool) error {
 		if fi, err = os.Lstat(d); err != nil {
 			return err
 		}
-		if err := syncDir(filepath.Dir(d)); err != nil {
-			return err
-		}
 	} else if err != nil {
 		return err
 	}
@@ -459,8 +600,8 @@ func (p *Publisher) ensureDir(d string, uid, gid int, own bool) error {
 }
 
 type writeStats struct {
-	copied, linked int
-	bytes          int64
+	copied, linked, shared int
+	bytes                  int64
 }
 
 // linkSources indexes the files of the current version by content, so an
@@ -486,20 +627,53 @@ type contentKey struct {
 	size int64
 }
 
-func planCopies(hostDir string, cur *manifest.Manifest, tree *Tree, version string) (copied, linked int, bytes int64) {
+func (p *Publisher) planCopies(hostDir string, cur *manifest.Manifest, tree *Tree, version string) (copied, linked, shared int, bytes int64) {
 	if fi, err := os.Lstat(filepath.Join(hostDir, manifest.ConfigDir, version)); err == nil && fi.IsDir() {
-		return 0, 0, 0 // a kept version goes live again
+		return 0, 0, 0, 0 // a kept version goes live again
 	}
 	idx := linkSources(hostDir, cur)
 	for _, e := range tree.Files {
-		if src, ok := idx[contentKey{e.SHA256, e.Mode, e.Size}]; ok && sameSize(src, e.Size) {
+		k := contentKey{e.SHA256, e.Mode, e.Size}
+		if src, ok := idx[k]; ok && sameSize(src, e.Size) {
 			linked++
 			continue
+		}
+		if e, mine := p.claim(k); !mine {
+			shared++
+			continue
+		} else {
+			e.fill("")
 		}
 		copied++
 		bytes += e.Size
 	}
-	return copied, linked, bytes
+	return copied, linked, shared, bytes
+}
+
+// pooled is one content of the pool: the first host that needs it copies
+// it, the others wait for that copy and link it.
+type pooled struct {
+	done chan struct{}
+	// path is the copy; "" when the copy failed (the others copy too).
+	path string
+}
+
+// claim returns the pool entry of k, and whether the caller must fill it
+// (then it must call fill, even on failure).
+func (p *Publisher) claim(k contentKey) (*pooled, bool) {
+	p.poolMu.Lock()
+	defer p.poolMu.Unlock()
+	if e, ok := p.pool[k]; ok {
+		return e, false
+	}
+	e := &pooled{done: make(chan struct{})}
+	p.pool[k] = e
+	return e, true
+}
+
+func (e *pooled) fill(path string) {
+	e.path = path
+	close(e.done)
 }
 
 func sameSize(p string, size int64) bool {
@@ -514,7 +688,7 @@ type staged struct {
 	madeParent bool
 }
 
-// commit renames the directory into place and makes the rename durable.
+// commit renames the directory into place (Publish syncs afterwards).
 func (s *staged) commit() error {
 	if s.tmp == "" {
 		return nil
@@ -523,7 +697,7 @@ func (s *staged) commit() error {
 		return err
 	}
 	s.tmp, s.madeParent = "", false
-	return syncDir(filepath.Dir(s.final))
+	return nil
 }
 
 // discard removes what commit did not put in place.
@@ -538,8 +712,9 @@ func (s *staged) discard() {
 	}
 }
 
-// writeVersion writes config/<version> completely and durably under a
-// temporary name; commit renames it into place. On error nothing is left.
+// writeVersion writes config/<version> completely under a temporary name;
+// Publish syncs it, then commit renames it into place. On error nothing is
+// left.
 func (p *Publisher) writeVersion(ctx context.Context, hostDir, version string, cur *manifest.Manifest, tree *Tree) (*staged, writeStats, error) {
 	var st writeStats
 	configDir := filepath.Join(hostDir, manifest.ConfigDir)
@@ -570,32 +745,43 @@ func (p *Publisher) writeVersion(ctx context.Context, hostDir, version string, c
 		if err := mkdirs(filepath.Dir(dst), tmp, dirs); err != nil {
 			return nil, st, err
 		}
-		if src, found := idx[contentKey{e.SHA256, e.Mode, e.Size}]; found && sameSize(src, e.Size) {
+		k := contentKey{e.SHA256, e.Mode, e.Size}
+		if src, found := idx[k]; found && sameSize(src, e.Size) {
 			if err := os.Link(src, dst); err == nil {
 				st.linked++
 				continue
 			}
 			// No hard link (another file system, link count limit): copy.
 		}
-		if err := copyFile(e, dst); err != nil {
+		entry, mine := p.claim(k)
+		if !mine {
+			<-entry.done
+			// No path if that copy failed; gone if that host failed and
+			// discarded its directory: copy then.
+			if entry.path != "" && os.Link(entry.path, dst) == nil {
+				st.shared++
+				continue
+			}
+		}
+		err := copyFile(e, dst, p.umaskClears)
+		if mine {
+			if err == nil {
+				entry.fill(dst)
+			} else {
+				entry.fill("")
+			}
+		}
+		if err != nil {
 			return nil, st, fmt.Errorf("%s: %w", e.Path, err)
 		}
 		st.copied++
 		st.bytes += e.Size
 	}
-	// Deepest first, so each directory's entries are durable before its
-	// parent's entry for it.
-	var ds []string
-	for d := range dirs {
-		ds = append(ds, d)
-	}
-	sort.Slice(ds, func(i, j int) bool { return len(ds[i]) > len(ds[j]) })
-	for _, d := range ds {
-		if err := os.Chmod(d, 0o755); err != nil {
-			return nil, st, err
-		}
-		if err := syncDir(d); err != nil {
-			return nil, st, err
+	if p.umaskClears {
+		for d := range dirs {
+			if err := os.Chmod(d, 0o755); err != nil {
+				return nil, st, err
+			}
 		}
 	}
 	ok = true
@@ -622,9 +808,9 @@ func mkdirs(d, top string, made map[string]bool) error {
 // copying: its manifest line would lie.
 var ErrChanged = errors.New("changed while being published; run bento deploy again")
 
-// copyFile copies e.Src to dst (which must not exist), read-only, checks
-// that what was copied has the hash the manifest will announce, and syncs.
-func copyFile(e Entry, dst string) error {
+// copyFile copies e.Src to dst (which must not exist), read-only, and
+// checks that what was copied has the hash the manifest will announce.
+func copyFile(e Entry, dst string, chmod bool) error {
 	in, err := os.Open(e.Src)
 	if err != nil {
 		return err
@@ -643,12 +829,9 @@ func copyFile(e Entry, dst string) error {
 	if err == nil && (n != e.Size || h.hex() != e.SHA256) {
 		err = fmt.Errorf("%s %w", e.Src, ErrChanged)
 	}
-	if err == nil {
-		// The umask may have taken bits off: the mode is part of the version.
+	if err == nil && chmod {
+		// The umask took bits off: the mode is part of the version.
 		err = out.Chmod(perm)
-	}
-	if err == nil {
-		err = out.Sync()
 	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
@@ -681,53 +864,39 @@ func (p *Publisher) writeExtra(ctx context.Context, hostDir, version string, x *
 		s.discard()
 		return nil, err
 	}
-	if err := syncDir(tmp); err != nil {
-		s.discard()
-		return nil, err
-	}
 	return s, nil
 }
 
-// writeManifest replaces manifest.json atomically: a temporary file in the
-// same directory, synced, renamed over the old one, then the directory
-// synced so the rename survives a crash.
-func writeManifest(hostDir string, m *manifest.Manifest) (int64, error) {
-	data, err := json.MarshalIndent(m, "", "  ")
+// writeManifestTemp writes m beside manifest.json under a temporary name,
+// for Publish to sync and rename over the old one. The JSON is compact
+// with one file per line: clients fetch it on every change, and every
+// byte of indentation is paid by every host.
+func writeManifestTemp(hostDir string, m *manifest.Manifest) (string, int64, error) {
+	data, err := json.Marshal(m)
 	if err != nil {
-		return 0, err
+		return "", 0, err
 	}
+	// In compact JSON a quote inside a string is escaped, so these
+	// sequences can only be the structure of the file list.
+	data = bytes.ReplaceAll(data, []byte(`[{"path":`), []byte("[\n{\"path\":"))
+	data = bytes.ReplaceAll(data, []byte(`},{"path":`), []byte("},\n{\"path\":"))
 	data = append(data, '\n')
-	if err := writeAtomic(filepath.Join(hostDir, manifest.ManifestFile), data, 0o644); err != nil {
-		return 0, err
-	}
-	return int64(len(data)), nil
-}
-
-func writeAtomic(path string, data []byte, perm fs.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
+	f, err := os.CreateTemp(hostDir, "."+manifest.ManifestFile+".tmp-")
 	if err != nil {
-		return err
+		return "", 0, err
 	}
-	tmp := f.Name()
 	_, err = f.Write(data)
 	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
+		err = f.Chmod(0o644)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
 	if err != nil {
-		os.Remove(tmp)
-		return err
+		os.Remove(f.Name())
+		return "", 0, err
 	}
-	return syncDir(dir)
+	return f.Name(), int64(len(data)), nil
 }
 
 // removeStaleTemps removes the temporary manifests a crashed deploy left
@@ -767,7 +936,6 @@ func pruneVersions(hostDir string, keep map[string]bool) ([]string, error) {
 			errs = append(errs, err)
 			continue
 		}
-		removed := false
 		for _, e := range entries {
 			n := e.Name()
 			if keep[n] || !(isVersionName(n) || strings.HasPrefix(n, ".tmp-")) {
@@ -777,14 +945,8 @@ func pruneVersions(hostDir string, keep map[string]bool) ([]string, error) {
 				errs = append(errs, err)
 				continue
 			}
-			removed = true
 			if sub == manifest.ConfigDir && isVersionName(n) {
 				pruned = append(pruned, n)
-			}
-		}
-		if removed {
-			if err := syncDir(base); err != nil {
-				errs = append(errs, err)
 			}
 		}
 	}
@@ -805,6 +967,23 @@ func removeAll(p string) error {
 		return nil
 	})
 	return os.RemoveAll(p)
+}
+
+// umask reads the process's umask without changing it (syscall.Umask
+// would, racing with other goroutines); 0o777 (chmod everything) when
+// unknown.
+func umask() int {
+	data, err := os.ReadFile("/proc/self/status")
+	if err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(l, "Umask:"); ok {
+				if n, err := strconv.ParseInt(strings.TrimSpace(v), 8, 32); err == nil {
+					return int(n)
+				}
+			}
+		}
+	}
+	return 0o777
 }
 
 func isVersionName(n string) bool {

@@ -88,8 +88,23 @@ func TestFirstDeployLayout(t *testing.T) {
 			}
 		}
 	}
-	if rs[0].Copied != rs[0].Files || rs[0].Linked != 0 {
-		t.Errorf("first deploy: copied %d linked %d of %d", rs[0].Copied, rs[0].Linked, rs[0].Files)
+	// Both hosts get the same flake: each content is written once, and the
+	// other host's file is a hard link to it.
+	copied, shared := 0, 0
+	for _, r := range rs {
+		copied, shared = copied+r.Copied, shared+r.Shared
+		if r.Linked != 0 {
+			t.Errorf("%s: %d files linked to a previous version on a first deploy", r.Host, r.Linked)
+		}
+	}
+	if copied != rs[0].Files || shared != rs[0].Files {
+		t.Errorf("first deploy of 2 hosts × %d files: %d copied, %d shared", rs[0].Files, copied, shared)
+	}
+	v := rs[0].Version
+	a, _ := os.Stat(filepath.Join(root, "alpha/config", v, "flake.nix"))
+	b, _ := os.Stat(filepath.Join(root, "beta/config", v, "flake.nix"))
+	if !os.SameFile(a, b) {
+		t.Error("alpha's and beta's flake.nix are two copies of the same content")
 	}
 }
 
@@ -476,7 +491,7 @@ func TestOrphansAndPrune(t *testing.T) {
 			t.Errorf("%s: %v", keep, err)
 		}
 	}
-	if d := diffSnapshots(alphaBefore, snapshot(t, filepath.Join(root, "alpha"))); len(d) > 0 {
+	if d := diffPublished(alphaBefore, snapshot(t, filepath.Join(root, "alpha"))); len(d) > 0 {
 		t.Errorf("alpha changed: %v", d)
 	}
 	orphans, _ = p.Orphans(known)
@@ -542,5 +557,31 @@ func TestClassicHostTree(t *testing.T) {
 	cfg := filepath.Join(root, "alpha/config", m.Version, "configuration.nix")
 	if !bytes.Contains([]byte(mustRead(t, cfg)), []byte("./utils/mkhost.nix")) {
 		t.Error("configuration.nix not published")
+	}
+}
+
+// A restrictive umask does not make published files unreadable for the
+// host, nor change the version.
+func TestUmask(t *testing.T) {
+	dir := newFleet(t, map[string]string{"lib/tool.sh": "#!/bin/sh\n"}, false)
+	os.Chmod(filepath.Join(dir, "lib/tool.sh"), 0o755)
+	ts := targets(dir, "alpha")
+	ts[0].Source.Plain = true
+	want := deploy(t, filepath.Join(t.TempDir(), "chroot"), ts)[0].Version
+
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	root := filepath.Join(t.TempDir(), "chroot")
+	rs := deploy(t, root, ts)
+	mustOK(t, rs, publish.StatusPublished)
+	if rs[0].Version != want {
+		t.Errorf("version %s under umask 077, %s otherwise", rs[0].Version, want)
+	}
+	v := filepath.Join(root, "alpha/config", want)
+	for p, perm := range map[string]os.FileMode{v: 0o755, v + "/lib": 0o755, v + "/lib/tool.sh": 0o555, v + "/flake.nix": 0o444,
+		filepath.Join(root, "alpha"): 0o755, filepath.Join(root, "alpha/manifest.json"): 0o644} {
+		if _, _, got := owner(t, p); got != perm {
+			t.Errorf("%s: mode %04o under umask 077, want %04o", p, got, perm)
+		}
 	}
 }

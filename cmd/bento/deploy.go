@@ -404,11 +404,11 @@ func describe(h deployRow, dryRun bool) (text, colour, key string) {
 	if dryRun {
 		verb, key = "would publish", "would publish"
 	}
-	detail := fmt.Sprintf("%d files copied, %d hard-linked, %s written", h.Copied, h.Linked, formatBytes(h.BytesWritten))
+	detail := fmt.Sprintf("%d copied, %d linked, %d shared, %s written", h.Copied, h.Linked, h.Shared, formatBytes(h.BytesWritten))
 	if dryRun {
-		detail = fmt.Sprintf("%d files to copy, %d to hard-link", h.Copied, h.Linked)
+		detail = fmt.Sprintf("%d to copy, %d to link, %d to share", h.Copied, h.Linked, h.Shared)
 	}
-	if h.Copied+h.Linked == 0 {
+	if h.Copied+h.Linked+h.Shared == 0 {
 		detail = "the kept previous version goes live again"
 	}
 	if h.Previous != "" {
