@@ -36,7 +36,13 @@ type TableOptions struct {
 	Color bool
 	// MessageWidth cuts messages to that many columns; 0 keeps them whole.
 	MessageWidth int
+	// Width, when positive and MessageWidth is not set, is the terminal's
+	// width: messages are cut so that rows fit (but never below 20 columns).
+	Width int
 }
+
+// minMessageWidth is the narrowest a cut message gets on a narrow terminal.
+const minMessageWidth = 20
 
 // ANSI colours per state: red needs action, yellow is silence, cyan is
 // work in progress, green is fine, grey is not deployed.
@@ -73,15 +79,29 @@ func WriteTable(w io.Writer, s *Snapshot, o TableOptions) error {
 		header := []string{"HOST", "STATE", "PUBLISHED", "APPLIED", "SYSTEM", "SEEN", "MESSAGE"}
 		cells := make([][]string, 0, len(s.Hosts))
 		for i := range s.Hosts {
-			cells = append(cells, tableCells(&s.Hosts[i], s.GeneratedAt, o, cond))
+			cells = append(cells, tableCells(&s.Hosts[i], s.GeneratedAt))
 		}
 		widths := make([]int, len(header))
 		for i, h := range header {
 			widths[i] = cond.StringWidth(h)
 		}
 		for _, row := range cells {
-			for i, c := range row {
+			for i, c := range row[:len(row)-1] {
 				widths[i] = max(widths[i], cond.StringWidth(c))
+			}
+		}
+		msgWidth := o.MessageWidth
+		if msgWidth == 0 && o.Width > 0 {
+			used := 0
+			for _, w := range widths[:len(widths)-1] {
+				used += w + 2
+			}
+			msgWidth = max(minMessageWidth, o.Width-used-1)
+		}
+		last := len(header) - 1
+		for _, row := range cells {
+			if msgWidth > 0 && cond.StringWidth(row[last]) > msgWidth {
+				row[last] = cond.Truncate(row[last], msgWidth, "…")
 			}
 		}
 		writeRow(bw, header, widths, cond, func(int, string) string { return "1" }, o.Color)
@@ -118,7 +138,7 @@ func writeRow(w *bufio.Writer, cells []string, widths []int, cond *runewidth.Con
 	w.WriteByte('\n')
 }
 
-func tableCells(r *Row, now time.Time, o TableOptions, cond *runewidth.Condition) []string {
+func tableCells(r *Row, now time.Time) []string {
 	system := "-"
 	if r.SystemMatch != nil {
 		system = "match"
@@ -130,10 +150,6 @@ func tableCells(r *Row, now time.Time, o TableOptions, cond *runewidth.Condition
 	if r.LastSeen != nil {
 		seen = Ago(now.Sub(*r.LastSeen))
 	}
-	msg := r.Message
-	if o.MessageWidth > 0 && cond.StringWidth(msg) > o.MessageWidth {
-		msg = cond.Truncate(msg, o.MessageWidth, "…")
-	}
 	return []string{
 		r.Host,
 		string(r.State),
@@ -141,7 +157,7 @@ func tableCells(r *Row, now time.Time, o TableOptions, cond *runewidth.Condition
 		orDash(ShortVersion(r.AppliedVersion)),
 		system,
 		seen,
-		msg,
+		r.Message,
 	}
 }
 

@@ -149,7 +149,7 @@ func TestTableAlignment(t *testing.T) {
 		}
 		for i, r := range s.Hosts {
 			line := stripSGR(lines[i+1])
-			cells := tableCells(&r, s.GeneratedAt, TableOptions{}, cond)
+			cells := tableCells(&r, s.GeneratedAt)
 			pos := 0
 			for j, cell := range cells {
 				if cell == "" {

@@ -2,16 +2,90 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/bento-nix/bento/status"
 )
 
-// logsCommand is a placeholder until its package lands.
 func logsCommand() *cli.Command {
 	return &cli.Command{
-		Name:   "logs",
-		Usage:  "(not yet implemented)",
-		Hidden: true,
-		Action: func(*cli.Context) error { return errors.New("logs: not yet implemented") },
+		Name:      "logs",
+		Usage:     "print a host's latest build and switch log (or a chosen one), decompressed",
+		ArgsUsage: "HOST [NAME]",
+		Description: "Logs are what the host uploaded to <chroot-root>/<host>/reports/logs/. The latest is\n" +
+			"the one its last report names. NAME may be the start of a log's name (a version)\n" +
+			"when that is unique. --follow keeps printing what is added, and each newer log.\n" +
+			"On a terminal, escape sequences other than colours are removed.",
+		Flags: []cli.Flag{
+			chrootRootFlag(),
+			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing what the host adds, until Ctrl-C"},
+			&cli.BoolFlag{Name: "list", Aliases: []string{"l"}, Usage: "list the host's logs instead"},
+			&cli.DurationFlag{Name: "every", Value: time.Second, Usage: "with --follow: look for new output at least this often", Hidden: true},
+		},
+		Action: runLogs,
 	}
+}
+
+func runLogs(c *cli.Context) error {
+	args := c.Args().Slice()
+	if len(args) == 0 || len(args) > 2 {
+		return usageError("say which host: bento logs HOST [NAME] (bento status lists the hosts)")
+	}
+	if c.Duration("every") <= 0 {
+		return usageError("--every must be positive")
+	}
+	host, name := args[0], ""
+	if len(args) == 2 {
+		name = args[1]
+	}
+	root := c.String("chroot-root")
+	w := c.App.Writer
+	if isTerminal(w) {
+		w = &status.TerminalWriter{W: w, KeepColor: useColor(c, w)}
+	}
+	switch {
+	case c.Bool("list"):
+		logs, err := status.Logs(root, host)
+		if err != nil {
+			return logsError(err)
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tSIZE\tWRITTEN\t")
+		for _, l := range logs {
+			latest := ""
+			if l.Latest {
+				latest = "latest"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", l.Name, l.Size, l.ModTime.Local().Format("2006-01-02 15:04:05"), latest)
+		}
+		return tw.Flush()
+	case c.Bool("follow"):
+		return logsError(status.FollowLog(c.Context, root, host, name, w, c.Duration("every")))
+	}
+	rc, l, err := status.OpenLog(root, host, name)
+	if err != nil {
+		return logsError(err)
+	}
+	defer rc.Close()
+	fmt.Fprintf(c.App.ErrWriter, "==> %s: %s <==\n", host, l.Name)
+	if _, err := io.Copy(w, rc); err != nil {
+		return failed(fmt.Errorf("host %s: log %s: %w", host, l.Name, err))
+	}
+	return nil
+}
+
+func logsError(err error) error {
+	var ue *status.UsageError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ue):
+		return usageError("%w", err)
+	}
+	return failed(err)
 }

@@ -1,17 +1,292 @@
 package main
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/bento-nix/bento/builder"
+	"github.com/bento-nix/bento/eval"
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/status"
 )
 
-// statusCommand is a placeholder until its package lands.
+const statusDescription = `One row per host, from <chroot-root>/<host>/manifest.json (what is published),
+<host>/reports/status.json (what the host last reported) and the server's build
+records (what bento build made). A state is decided from the versions these name,
+never from file times:
+
+  up-to-date          applied the published version; runs what the server built
+  pending             a newer version is published than the host has applied
+  failing             the host tried the published version and failed
+  rolled-back         the host switched to it and rolled back
+  drift               applied it, but runs another system than the server built
+  reboot-required     applied; a new kernel, initrd or modules wait for a reboot
+  stale               no report for longer than --stale-after
+  never-seen          published, but the host never reported
+  unpublished         bento deploys the host, nothing is published yet
+  unreadable          its report or manifest cannot be read (the reason is shown)
+  removed-from-flake  a chroot is left for a host the flake no longer has
+  disabled            services.bento.enable = false
+  not-managed         the host does not import the bento module
+
+The flake is evaluated (--flake, default .) to know disabled, unmanaged and
+removed hosts and each host's poll interval; without a flake at hand, or with
+--no-eval, status shows what the chroot root holds.
+
+Exit status: 0 every host up to date (or not deployed by design); 3 some host
+pending, reboot-required or unpublished; 4 some host stale or never seen; 5 some
+host failing, rolled back, drifting or unreadable (the worst wins); 1 status
+itself failed (no chroot root); 2 bad flags or arguments. See docs/status.md.`
+
 func statusCommand() *cli.Command {
+	prom := &promTarget{}
 	return &cli.Command{
-		Name:   "status",
-		Usage:  "(not yet implemented)",
-		Hidden: true,
-		Action: func(*cli.Context) error { return errors.New("status: not yet implemented") },
+		Name:        "status",
+		Usage:       "show, for every host, whether it runs what was published",
+		ArgsUsage:   "[HOST|GLOB|@TAG]...",
+		Description: statusDescription,
+		Flags: append(fleetFlags(),
+			chrootRootFlag(),
+			statusStateDirFlag(),
+			&cli.BoolFlag{Name: "no-eval", Usage: "do not evaluate the flake: show what the chroot root holds"},
+			&cli.BoolFlag{Name: "json", Usage: "print the documented JSON document (docs/status.md)"},
+			&cli.GenericFlag{Name: "prometheus", Value: prom, Usage: "print Prometheus metrics; --prometheus=FILE writes them to FILE atomically (node_exporter's textfile collector) and prints the table as usual"},
+			&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "redraw whenever a report or manifest changes, and every --every; Ctrl-C quits"},
+			&cli.DurationFlag{Name: "every", Value: 2 * time.Second, Usage: "with --watch: redraw at least this often, so ages stay true"},
+			&cli.DurationFlag{Name: "stale-after", Usage: "a host silent for longer is stale (default: 3 of its poll intervals, else 45m)"},
+			&cli.StringFlag{Name: "sort", Value: "state", Usage: "row order: state (most urgent first), name, seen (longest silent first) or published (latest first)"},
+			&cli.BoolFlag{Name: "wide", Usage: "never cut messages to the terminal's width"},
+		),
+		Action: func(c *cli.Context) error { return runStatus(c, prom) },
 	}
+}
+
+// promTarget is --prometheus[=FILE]: a flag that may stand alone (the
+// standard flag package treats it as a boolean then) or take a file.
+type promTarget struct {
+	set  bool
+	file string
+}
+
+func (p *promTarget) String() string { return "" }
+
+// IsBoolFlag lets "--prometheus" go without a value.
+func (p *promTarget) IsBoolFlag() bool { return true }
+
+func (p *promTarget) Set(v string) error {
+	p.set = true
+	if v != "true" {
+		p.file = v
+	}
+	if v == "" || v == "false" {
+		p.set, p.file = false, ""
+	}
+	return nil
+}
+
+func statusStateDirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "state-dir", Value: builder.DefaultStateDir, Usage: "where bento build keeps its build records", EnvVars: []string{"BENTO_STATE_DIR"}}
+}
+
+func runStatus(c *cli.Context, prom *promTarget) error {
+	for _, a := range c.Args().Slice() {
+		if strings.HasPrefix(a, "-") {
+			return usageError("%s comes after the host names: put flags first (bento status %s HOST…)", a, a)
+		}
+		if prom.set && prom.file == "" && (strings.Contains(a, "/") || strings.HasSuffix(a, ".prom")) {
+			return usageError("%q is not a host: write --prometheus=%s (with =) to write the metrics to a file", a, a)
+		}
+	}
+	switch {
+	case c.Bool("json") && prom.set && prom.file == "":
+		return usageError("--json and --prometheus both print to standard output: choose one (or --prometheus=FILE)")
+	case c.Bool("watch") && c.Bool("json"):
+		return usageError("--watch redraws a table: it does not mix with --json")
+	case c.Bool("watch") && prom.set && prom.file == "":
+		return usageError("--watch with --prometheus needs a file: --prometheus=FILE rewrites it on every redraw")
+	case c.Duration("stale-after") < 0:
+		return usageError("--stale-after must be positive")
+	case c.Duration("every") <= 0:
+		return usageError("--every must be positive")
+	}
+	root := c.String("chroot-root")
+	if root == "" {
+		return usageError("--chroot-root is empty: give the directory holding the hosts' chroots (default %s)", DefaultChrootRoot)
+	}
+	opts := status.Options{
+		Root:       root,
+		Select:     c.Args().Slice(),
+		StaleAfter: c.Duration("stale-after"),
+		Sort:       c.String("sort"),
+	}
+	if err := status.SortRows(nil, opts.Sort); err != nil {
+		return usageError("%w", err)
+	}
+	builds, err := statusBuilds(c.String("state-dir"))
+	if err != nil {
+		// Status without the SYSTEM column for unpublished builds beats no status.
+		fmt.Fprintf(c.App.ErrWriter, "bento: warning: %v (status goes on without the server's build records)\n", err)
+	}
+	opts.Builds = builds
+	if !c.Bool("no-eval") {
+		f, evalErrs, err := statusFleet(c)
+		if err != nil {
+			return err
+		}
+		opts.Fleet, opts.EvalErrors = f, evalErrs
+	}
+
+	w := c.App.Writer
+	tty := isTerminal(w)
+	table := status.TableOptions{Color: useColor(c, w)}
+	if tty && !c.Bool("wide") {
+		if f, ok := w.(*os.File); ok {
+			if width, _, err := term.GetSize(int(f.Fd())); err == nil {
+				table.Width = width
+			}
+		}
+	}
+
+	if c.Bool("watch") {
+		var last []byte
+		draw := func(s *status.Snapshot, err error) error {
+			var buf bytes.Buffer
+			if err != nil {
+				fmt.Fprintf(&buf, "bento: %v\n", err)
+			} else {
+				status.WriteTable(&buf, s, table)
+				if prom.file != "" {
+					if err := status.WriteFileAtomic(prom.file, 0o644, func(w io.Writer) error { return status.WritePrometheus(w, s) }); err != nil {
+						fmt.Fprintf(&buf, "bento: %v\n", err)
+					}
+				}
+			}
+			if !tty {
+				// A log gets a table only when something in it changed.
+				if bytes.Equal(buf.Bytes(), last) {
+					return nil
+				}
+				last = bytes.Clone(buf.Bytes())
+				buf.WriteByte('\n')
+				_, err := w.Write(buf.Bytes())
+				return err
+			}
+			// Home, each line cleared to its end, then the rest of the
+			// screen: no flicker, no leftovers from a longer table.
+			var screen bytes.Buffer
+			screen.WriteString("\x1b[H")
+			for _, line := range strings.SplitAfter(buf.String(), "\n") {
+				screen.WriteString(strings.TrimSuffix(line, "\n"))
+				if strings.HasSuffix(line, "\n") {
+					screen.WriteString("\x1b[K\n")
+				}
+			}
+			fmt.Fprintf(&screen, "watching %s, redrawn %s; Ctrl-C quits\x1b[K\n\x1b[J", root, time.Now().Format("15:04:05"))
+			_, err = w.Write(screen.Bytes())
+			return err
+		}
+		err := status.Watch(c.Context, opts, c.Duration("every"), time.Now, draw)
+		var ue *status.UsageError
+		if errors.As(err, &ue) {
+			return usageError("%w", err)
+		}
+		if err != nil {
+			return failed(err)
+		}
+		return nil
+	}
+
+	opts.Now = time.Now()
+	s, err := status.Collect(c.Context, opts)
+	if err != nil {
+		var ue *status.UsageError
+		if errors.As(err, &ue) {
+			return usageError("%w", err)
+		}
+		return failed(err)
+	}
+	if prom.file != "" {
+		if err := status.WriteFileAtomic(prom.file, 0o644, func(w io.Writer) error { return status.WritePrometheus(w, s) }); err != nil {
+			return failed(err)
+		}
+	}
+	switch {
+	case c.Bool("json"):
+		err = status.WriteJSON(w, s)
+	case prom.set && prom.file == "":
+		err = status.WritePrometheus(w, s)
+	default:
+		err = status.WriteTable(w, s, table)
+	}
+	if err != nil {
+		return failed(err)
+	}
+	if s.ExitCode != status.ExitUpToDate {
+		// The table (or document) already says why.
+		return &exitError{code: s.ExitCode, err: errors.New("")}
+	}
+	return nil
+}
+
+// statusFleet evaluates the flake when one is at hand. Hosts that fail to
+// evaluate are still shown, from their chroots, with the error.
+func statusFleet(c *cli.Context) (*fleet.Fleet, map[string]error, error) {
+	ref := c.String("flake")
+	if !c.IsSet("flake") && !fleetHere(ref) {
+		abs, _ := filepath.Abs(ref)
+		fmt.Fprintf(c.App.ErrWriter, "bento: no fleet flake in %s: showing what %s holds (--flake names the fleet; --no-eval skips this check)\n", abs, c.String("chroot-root"))
+		return nil, nil, nil
+	}
+	if c.Int("eval-jobs") < 1 {
+		return nil, nil, usageError("--eval-jobs must be at least 1")
+	}
+	f, err := eval.Discover(c.Context, nixRunner(c), eval.Options{
+		Ref:       ref,
+		Jobs:      c.Int("eval-jobs"),
+		ChunkSize: c.Int("eval-chunk"),
+		KeepGoing: true,
+	})
+	var herrs eval.HostErrors
+	switch {
+	case err == nil:
+		return f, nil, nil
+	case f != nil && errors.As(err, &herrs):
+		evalErrs := map[string]error{}
+		for _, he := range herrs {
+			evalErrs[he.Host] = he.Err
+		}
+		return f, evalErrs, nil
+	}
+	return nil, nil, failed(withHint(err, "--no-eval shows what the chroot root holds without evaluating the flake"))
+}
+
+// fleetHere tells whether dir holds a fleet: a flake or classic hosts.
+func fleetHere(dir string) bool {
+	if _, err := os.Stat(filepath.Join(dir, "flake.nix")); err == nil {
+		return true
+	}
+	m, _ := filepath.Glob(filepath.Join(dir, "hosts", "*", "configuration.nix"))
+	return len(m) > 0
+}
+
+// statusBuilds reads the server's build records.
+func statusBuilds(stateDir string) (map[string]status.Build, error) {
+	recs, err := builder.LastBuilds(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]status.Build, len(recs))
+	for h, r := range recs {
+		out[h] = status.Build{OutPath: r.OutPath, DrvPath: r.DrvPath, BuiltAt: r.BuiltAt, Previous: r.Previous}
+	}
+	return out, nil
 }
