@@ -38,6 +38,7 @@ func deployCommand() *cli.Command {
 			"--prune removes them. One deploy at a time per chroot root. Exits 1 when any host failed.",
 		Flags: append(append(append(fleetFlags(), buildFlags()...), cacheFlags()...),
 			chrootRootFlag(),
+			secretsDirFlag(),
 			&cli.BoolFlag{Name: "no-build", Usage: "publish without building (the manifests then name no expected system)"},
 			&cli.BoolFlag{Name: "force", Usage: "publish hosts whose build failed, too"},
 			&cli.DurationFlag{Name: "lock-wait", Usage: "wait this long for another deploy to finish (0: fail at once)"},
@@ -75,6 +76,12 @@ func runDeploy(c *cli.Context) error {
 		fmt.Fprintln(ew, "bento: warning: --no-user-check: each host's reports/ stays owned by root, so hosts cannot upload reports until you deploy again without it")
 	}
 
+	// Before anything evaluates the fleet: a secrets directory Nix would
+	// copy into its store is refused.
+	secretsDir, err := guardSecrets(c)
+	if err != nil {
+		return err
+	}
 	// Lock and check the chroot root before evaluating and building: a
 	// second deploy or an unusable root fails in a second, not after the
 	// builds.
@@ -133,6 +140,7 @@ func runDeploy(c *cli.Context) error {
 	rows := make([]deployRow, len(hosts))
 	var targets []publish.Target
 	var targetRow []int
+	var secretWarnings []string
 	for i, h := range hosts {
 		rows[i].Host = h.Name
 		b, built := builds[h.Name]
@@ -152,6 +160,15 @@ func runDeploy(c *cli.Context) error {
 			continue
 		}
 		t := publish.Target{Host: h, Source: src}
+		if secretsDir != "" {
+			extra, warnings, err := secretsExtra(secretsDir, h, users)
+			secretWarnings = append(secretWarnings, warnings...)
+			if err != nil {
+				rows[i].Result = publish.Result{Host: h.Name, Status: publish.StatusFailed, Err: err}
+				continue
+			}
+			t.Extra = extra
+		}
 		if built && b.Status == builder.StatusBuilt && b.CopyErr != nil {
 			// Built, so published; but the cache the host may rely on
 			// lacks it, which the exit status reports.
@@ -168,7 +185,7 @@ func runDeploy(c *cli.Context) error {
 		rows[targetRow[j]].Result = r
 	}
 
-	report := deployReport{Root: pub.Root(), DryRun: dryRun, Hosts: rows, Skipped: skipped}
+	report := deployReport{Root: pub.Root(), DryRun: dryRun, Hosts: rows, Skipped: skipped, Warnings: secretWarnings}
 	report.Notes = hostNotes(rows)
 	// Orphans are judged against every host of the fleet, selected or not;
 	// when some host did not evaluate, the list of hosts is incomplete and
