@@ -150,11 +150,27 @@ func rollbackMessage(rep *manifest.Report) string {
 	default:
 		why = "rolled back: " + rep.RollbackReason
 	}
-	return join(why, rep.Error)
+	return join(why, shortError(rep.Error))
+}
+
+// shortError drops the command line Nix errors are quoted with ("build:
+// nix build --no-link … path:/…#…: error: builder for … failed"): the
+// stage and Nix's own message are what a table row has room for. The JSON
+// error field keeps it whole.
+func shortError(s string) string {
+	i := strings.Index(s, "error: ")
+	if i <= 0 {
+		return s
+	}
+	stage, _, ok := strings.Cut(s[:i], ":")
+	if ok && stage != "" && !strings.ContainsAny(stage, " /") {
+		return stage + ": " + s[i:]
+	}
+	return s[i:]
 }
 
 func failureMessage(rep *manifest.Report, now time.Time) string {
-	msg := rep.Error
+	msg := shortError(rep.Error)
 	if msg == "" {
 		msg = fmt.Sprintf("failed at stage %s", orDash(string(rep.Stage)))
 	}
