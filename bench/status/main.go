@@ -3,14 +3,17 @@
 // report, in a mix of states. It measures, in the same run:
 //
 //   - the floor: reading every manifest.json and status.json, nothing else;
+//
 //   - the straightforward way: the same files decoded whole with
 //     encoding/json (manifest.Parse, json.Unmarshal), one host after another;
+//
 //   - bento status' reader (status.Collect: parallel, the manifest's head
 //     only), then the table, JSON and Prometheus renderings;
+//
 //   - the bento binary end to end (bento status --no-eval), process start
 //     included.
 //
-//	go run ./bench/status [-hosts 1000] [-files 300] [-runs 5]
+//     go run ./bench/status [-hosts 1000] [-files 300] [-runs 5]
 //
 // Each figure is the median of -runs runs after one warm-up (page cache
 // warm, as on a server that runs status from cron or --watch).
