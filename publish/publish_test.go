@@ -585,3 +585,47 @@ func TestUmask(t *testing.T) {
 		}
 	}
 }
+
+// A chroot root inside a plain fleet (a try-out in the fleet's directory)
+// is never published into itself: the second deploy is unchanged.
+func TestChrootRootInsideFleet(t *testing.T) {
+	dir := newFleet(t, nil, false)
+	root := filepath.Join(dir, "chroot")
+	ts := targets(dir, "alpha")
+	ts[0].Source.Plain = true
+	rs := deploy(t, root, ts)
+	mustOK(t, rs, publish.StatusPublished)
+	rs = deploy(t, root, ts)
+	mustOK(t, rs, publish.StatusUnchanged)
+	if !strings.Contains(strings.Join(rs[0].Notes, "\n"), "left out chroot: it holds the chroots") {
+		t.Errorf("notes %q", rs[0].Notes)
+	}
+}
+
+// An unreadable manifest (edited by hand, truncated by a full disk) does
+// not stop a publication, and nothing is pruned: bento cannot tell which
+// version hosts may be reading.
+func TestUnreadableManifest(t *testing.T) {
+	files := map[string]string{"lib/a.nix": "1\n"}
+	dir := newFleet(t, files, true)
+	root := filepath.Join(t.TempDir(), "chroot")
+	v1 := deploy(t, root, targets(dir, "alpha"))[0].Version
+	files["lib/a.nix"] = "2\n"
+	writeFleet(t, dir, files, true)
+	v2 := deploy(t, root, targets(dir, "alpha"))[0].Version
+	os.WriteFile(filepath.Join(root, "alpha/manifest.json"), []byte(`{"format":1,"host":"alpha","vers`), 0o644)
+
+	files["lib/a.nix"] = "3\n"
+	writeFleet(t, dir, files, true)
+	rs := deploy(t, root, targets(dir, "alpha"))
+	mustOK(t, rs, publish.StatusPublished)
+	if !strings.Contains(strings.Join(rs[0].Notes, "\n"), "the current manifest is unreadable") {
+		t.Errorf("notes %q", rs[0].Notes)
+	}
+	verify(t, root, "alpha")
+	for _, v := range []string{v1, v2} {
+		if _, err := os.Stat(filepath.Join(root, "alpha/config", v)); err != nil {
+			t.Errorf("version %s pruned although no manifest said it was not in use: %v", v, err)
+		}
+	}
+}

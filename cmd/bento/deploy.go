@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -93,7 +94,10 @@ func runDeploy(c *cli.Context) error {
 		Logger:   logger(c),
 	})
 	if err != nil {
-		if errors.Is(err, publish.ErrLocked) {
+		switch {
+		case errors.Is(err, context.Canceled):
+			return err
+		case errors.Is(err, publish.ErrLocked):
 			return failed(err)
 		}
 		return usageError("%w", err)
