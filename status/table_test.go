@@ -189,3 +189,34 @@ func TestSummaryLine(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+// TestTableFitsTheTerminal: on a terminal, messages are cut so rows fit
+// its width, but never below a readable minimum.
+func TestTableFitsTheTerminal(t *testing.T) {
+	root, f := goldenFleet(t)
+	s, err := Collect(context.Background(), Options{Root: root, Fleet: f, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cond := &runewidth.Condition{StrictEmojiNeutral: true}
+	for _, width := range []int{100, 140, 40} {
+		var buf bytes.Buffer
+		WriteTable(&buf, s, TableOptions{Width: width})
+		lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+		header := lines[0]
+		msgCol := cond.StringWidth(header[:strings.Index(header, "MESSAGE")])
+		cut := 0
+		for _, line := range lines[1 : len(lines)-1] {
+			w := cond.StringWidth(line)
+			if w > max(width, msgCol+minMessageWidth) {
+				t.Errorf("width %d: line of %d cells: %s", width, w, line)
+			}
+			if strings.HasSuffix(line, "…") {
+				cut++
+			}
+		}
+		if cut == 0 {
+			t.Errorf("width %d: no message was cut:\n%s", width, buf.String())
+		}
+	}
+}
