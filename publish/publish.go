@@ -231,7 +231,18 @@ func (p *Publisher) Tree(ctx context.Context, src Source) (*Tree, error) {
 // durable files.
 func (p *Publisher) Publish(ctx context.Context, targets []Target) []Result {
 	jobs := make([]*hostJob, len(targets))
+	seen := map[string]bool{}
+	for i, t := range targets {
+		// The same host twice would race for one chroot.
+		if name := t.Host.Name; seen[name] {
+			jobs[i] = (&hostJob{name: name, res: Result{Host: name}}).fail(errors.New("listed twice"))
+		}
+		seen[t.Host.Name] = true
+	}
 	p.parallel(len(targets), func(i int) {
+		if jobs[i] != nil {
+			return
+		}
 		start := time.Now()
 		jobs[i] = p.prepare(ctx, targets[i])
 		jobs[i].res.Duration = time.Since(start)
@@ -251,6 +262,7 @@ func (p *Publisher) Publish(ctx context.Context, targets []Target) []Result {
 	return results
 }
 
+// parallel runs f(i) for i < n, Jobs at a time.
 func (p *Publisher) parallel(n int, f func(i int)) {
 	var g errgroup.Group
 	g.SetLimit(p.opts.Jobs)
@@ -352,6 +364,7 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 		Files:            tree.Manifest(),
 		Secrets:          extra,
 		Cache:            t.Cache,
+		Interval:         t.Host.Options.Interval,
 	}
 	live := cur != nil && cur.Version == version && p.versionPresent(hostDir, version, t.Extra != nil)
 	switch {
@@ -514,7 +527,7 @@ func flakeOf(h fleet.Host) manifest.Flake {
 // nothing a client or bento status reads. An unknown expected system
 // (--no-build) keeps the known one.
 func sameMeta(cur, m *manifest.Manifest) bool {
-	return cur.Host == m.Host && cur.Flake == m.Flake && sameCache(cur.Cache, m.Cache) &&
+	return cur.Host == m.Host && cur.Flake == m.Flake && sameCache(cur.Cache, m.Cache) && cur.Interval == m.Interval &&
 		(m.ExpectedToplevel == "" || m.ExpectedToplevel == cur.ExpectedToplevel)
 }
 
@@ -955,10 +968,12 @@ func pruneVersions(hostDir string, keep map[string]bool) ([]string, error) {
 }
 
 // removeAll is os.RemoveAll that also gets through directories a non-root
-// owner made read-only (secrets directories may be 0500).
+// owner made read-only (secrets directories may be 0500). Root needs no
+// chmod, and must not do one: a host may swap a directory of its
+// reports/ for a symlink between the walk and the chmod.
 func removeAll(p string) error {
-	if err := os.RemoveAll(p); err == nil {
-		return nil
+	if err := os.RemoveAll(p); err == nil || os.Geteuid() == 0 {
+		return err
 	}
 	filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
 		if err == nil && d.IsDir() {

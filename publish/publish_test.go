@@ -388,6 +388,12 @@ func TestHostNameCannotEscape(t *testing.T) {
 	dir := newFleet(t, nil, true)
 	base := t.TempDir()
 	root := filepath.Join(base, "chroot")
+	ts := append(targets(dir, "alpha"), targets(dir, "alpha")...)
+	rs := deploy(t, root, ts)
+	if !rs[0].OK() || rs[1].OK() || !strings.Contains(rs[1].Err.Error(), "host alpha: publish: listed twice") {
+		t.Errorf("alpha twice: %v, %v", rs[0].Err, rs[1].Err)
+	}
+	os.RemoveAll(root)
 	for _, name := range []string{"../evil", "..", "a/b", ".hidden", ""} {
 		ts := targets(dir, "alpha")
 		ts[0].Host.Name = name
