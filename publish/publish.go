@@ -1,9 +1,10 @@
 // Package publish fills the SFTP chroots that hosts pull from: for each host
 // it computes the tree that ships (what Nix sees of the fleet), names it by
 // a content hash, writes a new version directory beside the live one (hard
-// links for unchanged files), then swaps manifest.json by rename. A client
-// reading at any moment sees either the old or the new manifest, and every
-// file the manifest it read names is present with the right hash.
+// links for files unchanged since the previous version or already copied
+// for another host), then swaps manifest.json by rename. A client reading
+// at any moment sees either the old or the new manifest, and every file the
+// manifest it read names is present with the right hash.
 //
 // Layout (see manifest for the names):
 //
@@ -11,8 +12,8 @@
 //	<root>/<host>/                  root:root 0755 (sshd's ChrootDirectory rule)
 //	  manifest.json                 replaced atomically
 //	  config/<version>/…            the tree, files 0444/0555, kept: current + previous
-//	  secrets/<version>/…           reserved for secrets (Target.Extra)
-//	  reports/                      owned by the host's SFTP user, never touched
+//	  secrets/<version>/…           the host's secrets (Target.Extra)
+//	  reports/                      owned by the host's SFTP user, never emptied
 package publish
 
 import (
@@ -76,8 +77,8 @@ type Target struct {
 }
 
 // Extra is a second set of files published with a version, under
-// <host>/<Dir>/<version>/: reserved for secrets. Its files count in the
-// version, and are listed in the manifest's secrets.
+// <host>/secrets/<version>/. Its files count in the version and are listed
+// in the manifest's secrets.
 type Extra struct {
 	Files []manifest.File
 	// Write fills dir (a fresh, empty directory) with Files. It is called

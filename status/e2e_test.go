@@ -54,6 +54,7 @@ func TestStatesProducedByRealAgents(t *testing.T) {
 	for _, n := range names {
 		f.Hosts = append(f.Hosts, fixture.Host{Name: n, Bento: &fixture.Bento{Enable: true}, FailBuild: n == "broken"})
 	}
+	f.Hosts[0].Bento.Interval = "hourly"
 	e := e2e.Start(t, f)
 	pub := e.Publish(t)
 	for _, n := range []string{"good", "broken", "flaky", "kernel", "slow", "drifter"} {
@@ -124,6 +125,12 @@ func TestStatesProducedByRealAgents(t *testing.T) {
 	stdout, _, code = bento(t, "status", "--flake", e.FleetDir, "--chroot-root", root, "--state-dir", state)
 	if code != status.ExitFailing || !strings.Contains(stdout, "7 hosts: 1 failing, 1 rolled-back, 1 drift, 1 never-seen, 1 pending, 1 reboot-required, 1 up-to-date") {
 		t.Errorf("table: exit %d\n%s", code, stdout)
+	}
+
+	// Without the flake, the poll interval comes from the manifest.
+	stdout, _, _ = bento(t, "status", "--no-eval", "--json", "--chroot-root", root, "good")
+	if !strings.Contains(stdout, `"staleAfterSeconds": 10800`) {
+		t.Errorf("--no-eval: good's threshold is not 3 hourly polls:\n%s", stdout)
 	}
 
 	// Without the flake, and judged stale with a tiny threshold: the
