@@ -165,7 +165,7 @@ func Open(ctx context.Context, opts Options) (*Publisher, error) {
 		return nil, err
 	}
 	p := &Publisher{opts: opts, root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{}, pool: map[contentKey]*pooled{}}
-	p.umaskClears = umask()&0o022 != 0
+	p.umaskClears = umask()&0o755 != 0
 	if p.opts.Jobs <= 0 {
 		p.opts.Jobs = 2 * runtime.NumCPU()
 	}
@@ -791,8 +791,9 @@ func (p *Publisher) writeVersion(ctx context.Context, hostDir, version string, c
 		st.copied++
 		st.bytes += e.Size
 	}
-	if p.umaskClears {
-		for d := range dirs {
+	// MkdirTemp made the top 0700; the others lost bits only to a umask.
+	for d := range dirs {
+		if d == tmp || p.umaskClears {
 			if err := os.Chmod(d, 0o755); err != nil {
 				return nil, st, err
 			}
