@@ -20,7 +20,7 @@ import (
 func globalFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.BoolFlag{Name: "verbose", Usage: "log every command bento runs"},
-		&cli.BoolFlag{Name: "no-color", Usage: "never colour the output (also: NO_COLOR=1)", EnvVars: []string{"NO_COLOR"}},
+		&cli.BoolFlag{Name: "no-color", Usage: "never colour the output (also: NO_COLOR set to anything)"},
 	}
 }
 

@@ -86,3 +86,18 @@ func TestHostsCommand(t *testing.T) {
 		})
 	}
 }
+
+// NO_COLOR is set to any value by users (no-color.org); it must never be
+// parsed as a flag value.
+func TestNoColorAnyValue(t *testing.T) {
+	dir := t.TempDir()
+	if err := fixture.Write(dir, fixture.Fleet{Hosts: fixture.Many("h", 1, nil)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"1", "yes", "true"} {
+		t.Setenv("NO_COLOR", v)
+		if stdout, stderr, code := runCLI(t, "hosts", "--flake", dir); code != 0 || !strings.Contains(stdout, "h-000") {
+			t.Errorf("NO_COLOR=%s: exit %d, stdout %q, stderr %q", v, code, stdout, stderr)
+		}
+	}
+}
