@@ -360,8 +360,11 @@ func (c *Conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		close(c.done)
-		c.sftp.Close()
+		// SSH first: closing the SFTP client waits for its reader, which
+		// only ends once the connection underneath is gone (a silent
+		// server would otherwise hang Close forever).
 		err = c.ssh.Close()
+		c.sftp.Close()
 	})
 	return err
 }
