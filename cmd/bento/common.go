@@ -62,8 +62,9 @@ func useColor(c *cli.Context, w io.Writer) bool {
 func discover(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, err error) {
 	log := logger(c)
 	// Evaluating copies the flake into the Nix store: refuse first when
-	// that would copy the secrets too.
-	if _, err := guardSecrets(c); err != nil {
+	// that would copy the secrets too. (deploy checked already, and gave
+	// the advice.)
+	if _, err := guardSecretsNote(c, c.Command.Name != "deploy"); err != nil {
 		return nil, nil, false, err
 	}
 	f, err = eval.Discover(c.Context, nixRunner(c), eval.Options{

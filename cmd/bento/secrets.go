@@ -22,19 +22,23 @@ func secretsDirFlag() cli.Flag {
 // guardSecrets refuses, before anything evaluates the fleet, a secrets
 // directory that Nix would copy into its world-readable store, and returns
 // the secrets directory ("" when there is none).
-func guardSecrets(c *cli.Context) (string, error) {
+func guardSecrets(c *cli.Context) (string, error) { return guardSecretsNote(c, true) }
+
+// guardSecretsNote is guardSecrets, printing its advice only when note is
+// set (once per command).
+func guardSecretsNote(c *cli.Context, note bool) (string, error) {
 	flag := c.String("secrets-dir")
 	if flag == "" {
 		// Commands without the flag still evaluate the fleet: check the
 		// directory deploy would use.
 		flag = os.Getenv("BENTO_SECRETS_DIR")
 	}
-	dir, note, err := secrets.Guard(c.Context, c.String("flake"), flag)
+	dir, advice, err := secrets.Guard(c.Context, c.String("flake"), flag)
 	if err != nil {
 		return "", usageError("%w", err)
 	}
-	if note != "" {
-		fmt.Fprintln(errWriter(c), "bento: warning:", note)
+	if note && advice != "" {
+		fmt.Fprintln(errWriter(c), "bento: warning:", advice)
 	}
 	return dir, nil
 }
