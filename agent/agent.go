@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -136,7 +137,7 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 		retry:  backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
 		store:  &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir)},
 		queue:  &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
-		log:    slog.New(slog.NewTextHandler(o.Out, nil)),
+		log:    slog.New(newLineHandler(o.Out)),
 	}
 	defer t.closeConn()
 	out, err := t.run(ctx)
@@ -244,6 +245,15 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		t.say("nothing is published for %s yet (no %s in its chroot): run bento deploy on the server", t.cfg.Host, manifest.ManifestFile)
 		return Outcome{Action: ActionUnpublished}, nil
 	}
+	var bad *badManifest
+	if errors.As(err, &bad) && !bad.otherHost {
+		// Report what is wrong with the publication (once per retry
+		// period), so the operator sees it in bento status.
+		if d, due := decide(st, bad.head.versionOr("invalid"), bad.head.Expected, t.o.Now(), t.retry); d == waitRetry {
+			return Outcome{Action: ActionWaiting}, fmt.Errorf("%w (reported; next check after %s)", err, due.Format(time.RFC3339))
+		}
+		return t.refuse(ctx, &st, bad.head, err)
+	}
 	if err != nil {
 		return Outcome{}, err
 	}
@@ -263,10 +273,32 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		return out, errors.Join(fmt.Errorf("version %s failed; next retry after %s", head.Version, due.Format(time.RFC3339)), rerr)
 	}
 	m, err := t.readManifest(ctx)
-	if err != nil {
+	if errors.As(err, &bad) && !bad.otherHost {
 		return t.refuse(ctx, &st, head, err)
 	}
+	if err != nil {
+		return Outcome{}, err
+	}
 	return t.apply(ctx, &st, m)
+}
+
+// badManifest is a published manifest the agent refuses to act on.
+type badManifest struct {
+	err  error
+	head manifestHead
+	// otherHost: the manifest names another host. The chroot is not
+	// this host's (a configuration mistake): nothing is reported there.
+	otherHost bool
+}
+
+func (b *badManifest) Error() string { return b.err.Error() }
+func (b *badManifest) Unwrap() error { return b.err }
+
+func (h manifestHead) versionOr(fallback string) string {
+	if h.Version == "" || strings.ContainsAny(h.Version, "/\\\x00") || len(h.Version) > 128 {
+		return fallback
+	}
+	return h.Version
 }
 
 // headChunk is the first read of manifest.json: enough for the keys
@@ -292,6 +324,10 @@ func (t *tick) readHead(ctx context.Context) (manifestHead, error) {
 		}
 		m, err := t.parseManifest(data)
 		if err != nil {
+			var bad *badManifest
+			if errors.As(err, &bad) {
+				bad.head = h
+			}
 			return manifestHead{Version: h.Version, Expected: h.Expected}, err
 		}
 		return manifestHead{Format: m.Format, Host: m.Host, Version: m.Version, Expected: m.ExpectedToplevel}, nil
@@ -310,10 +346,11 @@ func (t *tick) readManifest(ctx context.Context) (*manifest.Manifest, error) {
 func (t *tick) parseManifest(data []byte) (*manifest.Manifest, error) {
 	m, err := manifest.Parse(data)
 	if err != nil {
-		return nil, fmt.Errorf("refusing the published %s: %w", manifest.ManifestFile, err)
+		h, _ := parseHead(data)
+		return nil, &badManifest{err: fmt.Errorf("refusing the published %s: %w", manifest.ManifestFile, err), head: h}
 	}
 	if m.Host != t.cfg.Host {
-		return nil, fmt.Errorf("the published %s is for host %q, not %q: user %q reads another host's chroot (check services.bento.user on both sides)", manifest.ManifestFile, m.Host, t.cfg.Host, t.cfg.User)
+		return nil, &badManifest{otherHost: true, err: fmt.Errorf("the published %s is for host %q, not %q: user %q reads another host's chroot (check services.bento.user on both sides)", manifest.ManifestFile, m.Host, t.cfg.Host, t.cfg.User)}
 	}
 	return m, nil
 }
@@ -339,10 +376,7 @@ func (t *tick) newReport(st *State, version, expected string, now time.Time) man
 // unsafe manifest), so the operator sees why in bento status.
 func (t *tick) refuse(ctx context.Context, st *State, head manifestHead, cause error) (Outcome, error) {
 	now := t.o.Now()
-	version := head.Version
-	if version == "" {
-		version = "invalid"
-	}
+	version := head.versionOr("invalid")
 	st.begin(version, head.Expected, now)
 	rep := t.newReport(st, version, head.Expected, now)
 	rep.Stage, rep.Result, rep.Error = manifest.StageFailed, manifest.ResultFailure, cause.Error()

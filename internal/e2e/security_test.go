@@ -115,3 +115,23 @@ func TestUnsafeManifestIsRefused(t *testing.T) {
 		t.Errorf("wrote %v", matches)
 	}
 }
+
+func TestManifestFromANewerBentoIsReported(t *testing.T) {
+	e, h, v1 := applied(t, hostsFleet("alpha"))
+	m := e.Manifest(t, "alpha")
+	m.Format, m.Version = 2, "future0000000000"
+	e.WriteManifest(t, "alpha", m)
+	res := h.Run(t)
+	if res.ExitCode != 1 || !strings.Contains(res.Output(), "upgrade bento") {
+		t.Errorf("exit %d; the output must say to upgrade", res.ExitCode)
+	}
+	st := h.Status(t)
+	if st.Result != manifest.ResultFailure || st.SeenVersion != m.Version || !strings.Contains(st.Error, "format 2") || st.AppliedVersion != v1.Version {
+		t.Errorf("status: %+v", st)
+	}
+	// Reported once, not on every tick.
+	res = h.Run(t)
+	if res.ExitCode != 1 || len(h.Logs(t)) != 2 {
+		t.Errorf("second tick: exit %d, logs %v (want the failure reported once)", res.ExitCode, h.Logs(t))
+	}
+}
