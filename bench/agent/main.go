@@ -289,13 +289,16 @@ type benchTB struct {
 
 type fatal struct{}
 
-func (t *benchTB) Helper()                           {}
-func (t *benchTB) Name() string                      { return t.name }
-func (t *benchTB) Failed() bool                      { return t.failed }
-func (t *benchTB) Cleanup(f func())                  { t.cleanups = append(t.cleanups, f) }
-func (t *benchTB) Logf(format string, args ...any)   {}
-func (t *benchTB) Log(args ...any)                   {}
-func (t *benchTB) Errorf(format string, args ...any) { t.failed = true; fmt.Fprintf(os.Stderr, format+"\n", args...) }
+func (t *benchTB) Helper()                         {}
+func (t *benchTB) Name() string                    { return t.name }
+func (t *benchTB) Failed() bool                    { return t.failed }
+func (t *benchTB) Cleanup(f func())                { t.cleanups = append(t.cleanups, f) }
+func (t *benchTB) Logf(format string, args ...any) {}
+func (t *benchTB) Log(args ...any)                 {}
+func (t *benchTB) Errorf(format string, args ...any) {
+	t.failed = true
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
+}
 func (t *benchTB) Fatalf(format string, args ...any) {
 	t.Errorf(format, args...)
 	panic(fatal{})
