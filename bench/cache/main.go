@@ -94,7 +94,7 @@ var r = &nix.Runner{Env: fixture.Env()}
 func run(tb *benchTB, hosts, sharedMiB, packages, uniqueKiB, runs int) error {
 	ctx := context.Background()
 	shared := int64(sharedMiB) << 20
-	fmt.Printf("\n== %d hosts, %d MiB shared in %d packages, %d KiB unique per host (%.1f%% of a closure)\n",
+	fmt.Printf("\n== %d hosts, %d MiB shared in %d packages, %d KiB unique per host (%.2f%% of a closure)\n",
 		hosts, sharedMiB, packages, uniqueKiB, 100*float64(uniqueKiB<<10)/float64(shared+int64(uniqueKiB)<<10))
 
 	work, err := os.MkdirTemp("", "bento-bench-cache-")
