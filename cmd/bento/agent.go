@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -36,6 +40,10 @@ func agentCommand() *cli.Command {
 					&cli.DurationFlag{Name: "lock-wait", Usage: "give up when another tick holds the lock for this long (0: wait)"},
 				),
 				Action: func(c *cli.Context) error {
+					// A watcher that goes away (a closed pipe, a trigger
+					// server stopped mid-tick) must not kill a tick that
+					// may be switching the system: write errors are enough.
+					signal.Ignore(syscall.SIGPIPE)
 					cfg, err := agentConfig(c)
 					if err != nil {
 						return err
@@ -81,13 +89,7 @@ func agentCommand() *cli.Command {
 					}
 					fmt.Fprintf(c.App.ErrWriter, "bento: trigger server listening on %s\n", a)
 					return trigger.Serve(c.Context, ln, func(ctx context.Context, out io.Writer) error {
-						// Re-read the configuration: the module may have
-						// changed it since the server started.
-						cfg, err := agentConfig(c)
-						if err != nil {
-							return err
-						}
-						return runTick(c, cfg, io.MultiWriter(out, c.App.ErrWriter))
+						return runTickProcess(c, io.MultiWriter(out, c.App.ErrWriter))
 					})
 				},
 			},
@@ -167,4 +169,42 @@ func lockWait(c *cli.Context) time.Duration {
 		}
 	}
 	return 0
+}
+
+// runTickProcess runs "bento agent run" with the trigger server's settings
+// as a child process in its own process group: stopping or restarting the
+// trigger server (a switch may do that) never cuts a tick short, and each
+// tick reads the configuration anew.
+func runTickProcess(c *cli.Context, out io.Writer) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var args []string
+	if c.Bool("verbose") {
+		args = append(args, "--verbose")
+	}
+	args = append(args, "agent", "run")
+	for _, f := range agentConfigFlags() {
+		name := f.Names()[0]
+		if !c.IsSet(name) {
+			continue
+		}
+		if _, ok := f.(*cli.BoolFlag); ok {
+			args = append(args, "--"+name+"="+strconv.FormatBool(c.Bool(name)))
+		} else {
+			args = append(args, "--"+name, c.String(name))
+		}
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return fmt.Errorf("bento agent run exited with status %d", ee.ExitCode())
+		}
+		return err
+	}
+	return nil
 }
