@@ -184,6 +184,9 @@ func (w *walker) tree() (*Tree, error) {
 		t.Size += e.Size
 	}
 	if len(t.Files) == 0 {
+		if w.tracked != nil {
+			return nil, fmt.Errorf("tree %s: git tracks no file there, and Nix sees only tracked files: git add them", w.realRoot)
+		}
 		return nil, fmt.Errorf("tree %s: no file to publish", w.realRoot)
 	}
 	return t, nil
