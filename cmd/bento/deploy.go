@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/bento-nix/bento/builder"
+	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/publish"
 )
 
@@ -141,49 +142,7 @@ func runDeploy(c *cli.Context) error {
 		return fmt.Errorf("deploy interrupted before publishing; nothing was published: %w", c.Context.Err())
 	}
 
-	rows := make([]deployRow, len(hosts))
-	var targets []publish.Target
-	var targetRow []int
-	var secretWarnings []string
-	for i, h := range hosts {
-		rows[i].Host = h.Name
-		b, built := builds[h.Name]
-		if built {
-			rows[i].Build = &b
-		}
-		if built && !b.OK() && b.Status != builder.StatusBuilt {
-			rows[i].BuildFailed = true
-			if !c.Bool("force") {
-				rows[i].Result = publish.Result{Host: h.Name, Status: publish.StatusFailed, Err: errors.New(b.Reason())}
-				continue
-			}
-		}
-		src, err := publish.SourceFor(h, f.Dir)
-		if err != nil {
-			rows[i].Result = publish.Result{Host: h.Name, Status: publish.StatusFailed, Err: err}
-			continue
-		}
-		t := publish.Target{Host: h, Source: src}
-		if secretsDir != "" {
-			extra, warnings, err := secretsExtra(secretsDir, h, users)
-			secretWarnings = append(secretWarnings, warnings...)
-			if err != nil {
-				rows[i].Result = publish.Result{Host: h.Name, Status: publish.StatusFailed, Err: err}
-				continue
-			}
-			t.Extra = extra
-		}
-		if built && b.Status == builder.StatusBuilt && b.CopyErr != nil {
-			// Built, so published; but the cache the host may rely on
-			// lacks it, which the exit status reports.
-			rows[i].CopyError = b.Reason()
-		}
-		if built && b.Status != builder.StatusFailed && b.Status != builder.StatusCancelled {
-			t.ExpectedToplevel = b.OutPath
-		}
-		targets = append(targets, t)
-		targetRow = append(targetRow, i)
-	}
+	rows, targets, targetRow, secretWarnings := planTargets(hosts, builds, f.Dir, secretsDir, users, c.Bool("force"))
 	targets, targetRow = fillCaches(c, pool, pub.Root(), targets, targetRow, rows)
 	for j, r := range pub.Publish(c.Context, targets) {
 		rows[targetRow[j]].Result = r
@@ -191,27 +150,14 @@ func runDeploy(c *cli.Context) error {
 
 	report := deployReport{Root: pub.Root(), DryRun: dryRun, Hosts: rows, Skipped: skipped, Warnings: secretWarnings}
 	report.Notes = hostNotes(rows)
-	// Orphans are judged against every host of the fleet, selected or not;
-	// when some host did not evaluate, the list of hosts is incomplete and
-	// its chroot would look orphaned, so nothing is listed or pruned.
 	if evalFailed {
+		// The list of hosts is incomplete: a host that did not evaluate
+		// would look orphaned.
 		report.Warnings = append(report.Warnings, "some hosts did not evaluate: chroots of hosts no longer in the fleet are neither listed nor pruned this time")
 	} else {
-		known := make([]string, len(f.Hosts))
-		for i, h := range f.Hosts {
-			known[i] = h.Name
-		}
-		if report.Orphans, err = pub.Orphans(known); err != nil {
+		report.Orphans, report.Pruned, report.PruneErrors, err = orphans(pub, f.Hosts, c.Bool("prune") && !dryRun, c.Bool("prune-reports"))
+		if err != nil {
 			report.Warnings = append(report.Warnings, err.Error())
-		}
-		if c.Bool("prune") && !dryRun {
-			for _, o := range report.Orphans {
-				if err := pub.Prune(o, c.Bool("prune-reports")); err != nil {
-					report.PruneErrors = append(report.PruneErrors, err.Error())
-					continue
-				}
-				report.Pruned = append(report.Pruned, o.Host)
-			}
 		}
 	}
 	// After the orphans went: their pool entries are free now, too.
@@ -248,6 +194,74 @@ func runDeploy(c *cli.Context) error {
 		return failed(errors.New("some hosts could not be evaluated and were not deployed (see above)"))
 	}
 	return nil
+}
+
+// planTargets turns the built hosts into publish targets. A host whose
+// build failed (unless force) or whose tree or secrets cannot be read gets
+// its failed row now; targetRow maps each target to its row.
+func planTargets(hosts []fleet.Host, builds map[string]builder.Result, dir, secretsDir string, users, force bool) (rows []deployRow, targets []publish.Target, targetRow []int, warnings []string) {
+	rows = make([]deployRow, len(hosts))
+	for i, h := range hosts {
+		rows[i].Host = h.Name
+		fail := func(err error) { rows[i].Result = publish.Result{Host: h.Name, Status: publish.StatusFailed, Err: err} }
+		b, built := builds[h.Name]
+		if built {
+			rows[i].Build = &b
+			switch {
+			case b.Status == builder.StatusBuilt && b.CopyErr != nil:
+				// Built, so published; but the cache the host may rely on
+				// lacks it, which the exit status reports.
+				rows[i].CopyError = b.Reason()
+			case !b.OK():
+				rows[i].BuildFailed = true
+				if !force {
+					fail(errors.New(b.Reason()))
+					continue
+				}
+			}
+		}
+		src, err := publish.SourceFor(h, dir)
+		if err != nil {
+			fail(err)
+			continue
+		}
+		t := publish.Target{Host: h, Source: src}
+		if built && !rows[i].BuildFailed {
+			t.ExpectedToplevel = b.OutPath
+		}
+		if secretsDir != "" {
+			extra, ws, err := secretsExtra(secretsDir, h, users)
+			warnings = append(warnings, ws...)
+			if err != nil {
+				fail(err)
+				continue
+			}
+			t.Extra = extra
+		}
+		targets = append(targets, t)
+		targetRow = append(targetRow, i)
+	}
+	return rows, targets, targetRow, warnings
+}
+
+// orphans lists the chroots of hosts no longer in the fleet (judged
+// against every host, selected or not) and, with prune, removes them.
+func orphans(pub *publish.Publisher, hosts []fleet.Host, prune, withReports bool) (list []publish.Orphan, pruned, pruneErrors []string, err error) {
+	known := make([]string, len(hosts))
+	for i, h := range hosts {
+		known[i] = h.Name
+	}
+	if list, err = pub.Orphans(known); err != nil || !prune {
+		return list, nil, nil, err
+	}
+	for _, o := range list {
+		if err := pub.Prune(o, withReports); err != nil {
+			pruneErrors = append(pruneErrors, err.Error())
+			continue
+		}
+		pruned = append(pruned, o.Host)
+	}
+	return list, pruned, pruneErrors, nil
 }
 
 // deployRow is one host's line: its build (when one ran) and publication.
