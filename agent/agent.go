@@ -160,6 +160,8 @@ type tick struct {
 
 	mu   sync.Mutex
 	conn *transport.Conn
+	// fetched counts the tree files downloaded this tick.
+	fetched int
 }
 
 func (t *tick) say(format string, args ...any) {
@@ -401,7 +403,7 @@ func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Repor
 	rep.BootedSystem, _ = act.Booted()
 	rep.FinishedAt = now.UTC()
 	rep.Log = logName(rep.AttemptedVersion, rep.StartedAt)
-	out := Outcome{Action: action, Report: rep}
+	out := Outcome{Action: action, Report: rep, Fetched: t.fetched}
 	// Queue first, then the state: a kill in between repeats the attempt
 	// (harmless) rather than losing its report.
 	if err := t.send(ctx, *rep, rep.Log, log.Bytes(), true); err != nil {

@@ -40,6 +40,7 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	start := time.Now()
 	stats, err := t.store.Stage(ctx, m, t.getConn(), cur, st.AppliedVersion)
 	rep.BytesFetched = stats.Bytes
+	t.fetched = stats.Downloaded
 	if err != nil {
 		if ctx.Err() != nil {
 			return Outcome{}, err

@@ -1,0 +1,63 @@
+package agent_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/bento-nix/bento/agent"
+	"github.com/bento-nix/bento/internal/e2e"
+	"github.com/bento-nix/bento/internal/fixture"
+	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/nix"
+)
+
+// TestRunInProcess drives agent.Run itself (the e2e tests run the binary)
+// so that the race detector sees the tick: apply, idle, one-file update.
+func TestRunInProcess(t *testing.T) {
+	f := fixture.Fleet{
+		Hosts: []fixture.Host{{Name: "alpha", Bento: &fixture.Bento{Enable: true}}},
+		Files: map[string]string{"modules/a.nix": "{ a = 1; }\n", "modules/b.nix": "{ b = 1; }\n"},
+	}
+	env := e2e.Start(t, f)
+	v1 := env.Publish(t)["alpha"]
+	h := env.Host(t, "alpha")
+	for _, kv := range h.Environ()[len(os.Environ()):] {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	cfg := agent.Defaults()
+	if _, err := cfg.LoadFile(h.ConfigFile(t)); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	run := func() agent.Outcome {
+		t.Helper()
+		out.Reset()
+		o, err := agent.Run(context.Background(), cfg, agent.Options{Out: &out, Nix: &nix.Runner{}, AgentVersion: "test"})
+		if err != nil {
+			t.Fatalf("tick: %v\n%s", err, out.String())
+		}
+		return o
+	}
+
+	o := run()
+	if o.Action != agent.ActionApplied || o.Fetched != 5 || o.Report == nil || o.Report.AgentVersion != "test" || h.Current(t) != v1.Built {
+		t.Fatalf("first tick: %+v, current %s", o, h.Current(t))
+	}
+	o = run()
+	if o.Action != agent.ActionUpToDate || o.Fetched != 0 || o.Report.Result != manifest.ResultUnchanged {
+		t.Errorf("idle tick: %+v", o)
+	}
+	env.Fleet.Files["modules/b.nix"] = "{ b = 2; }\n"
+	env.WriteFleet(t, env.Fleet)
+	v2 := env.Publish(t)["alpha"]
+	o = run()
+	if o.Action != agent.ActionApplied || o.Fetched != 1 || o.Report.AppliedVersion != v2.Version {
+		t.Errorf("one-file update: %+v", o)
+	}
+	if !strings.Contains(out.String(), "1 of 5 files downloaded") {
+		t.Errorf("output:\n%s", out.String())
+	}
+}
