@@ -239,7 +239,10 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		return Outcome{}, err
 	}
 	if err := t.flush(ctx); err != nil {
-		return Outcome{}, fmt.Errorf("delivering queued reports: %w", err)
+		// Undeliverable reports must not keep the host from updating:
+		// they stay queued, and the tick goes on (or fails on its own if
+		// the connection is gone).
+		t.log.Warn("queued reports not delivered", "err", err)
 	}
 
 	head, err := t.readHead(ctx)
