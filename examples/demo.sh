@@ -1,9 +1,132 @@
 #!/usr/bin/env bash
-# bento's main job on the example fleet, on this machine, offline.
+# The whole bento loop on this machine, offline, in a throwaway directory:
+#
+#   1. bento deploy   builds the example fleet and publishes one chroot per host
+#   2. a real sshd    serves those chroots on 127.0.0.1 (SFTP only, one user per host)
+#   3. bento agent    runs once per host, as that host would from its systemd
+#                     timer: download, build, switch (into a system root of its own)
+#   4. bento status   shows the fleet; "broken" fails on purpose
+#
+# It needs root (sshd chroots, per-host users) and cleans up after itself;
+# pass --keep to leave everything in $DEMO for a look around.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+keep=0
+[ "${1:-}" = --keep ] && keep=1
+if [ "$(id -u)" -ne 0 ]; then
+  echo "demo: run as root (it starts sshd with chroots and adds one user per example host)" >&2
+  exit 1
+fi
 scripts/deps.sh
+
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\nwarn-dirty = false'
-go build -o .bench/bento ./cmd/bento
-echo "\$ bento hosts --flake examples/fleet"
-.bench/bento hosts --flake examples/fleet
+# sshd refuses a ChrootDirectory with any group/world-writable or non-root
+# component, so the demo lives under /var/lib, not /tmp.
+DEMO=/var/lib/bento-demo
+PORT=${BENTO_DEMO_PORT:-2222}
+GROUP=bento-demo
+HOSTS=(web-1 web-2 cupboard-pi broken)
+BENTO=$DEMO/bin/bento
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+cleanup() {
+  status=$?
+  [ -f "$DEMO/sshd.pid" ] && kill "$(cat "$DEMO/sshd.pid")" 2>/dev/null || true
+  if [ "$keep" -eq 0 ]; then
+    for h in "${HOSTS[@]}"; do userdel "bento-$h" 2>/dev/null || true; done
+    groupdel "$GROUP" 2>/dev/null || true
+    rm -rf "$DEMO"
+    echo "demo: stopped sshd, removed the demo users and $DEMO"
+  else
+    echo "demo: kept $DEMO (users bento-<host> and group $GROUP stay; run again without --keep to remove them)"
+  fi
+  exit $status
+}
+
+rm -rf "$DEMO"
+mkdir -p "$DEMO/bin" "$DEMO/keys" /run/sshd
+chmod 755 "$DEMO"
+trap cleanup EXIT
+go build -o "$BENTO" ./cmd/bento
+
+say "1. The fleet: one flake, four hosts"
+run "$BENTO" hosts --flake examples/fleet
+
+say "2. Server: one SFTP user per host (the server module does this in production)"
+groupadd -f "$GROUP"
+for h in "${HOSTS[@]}"; do
+  id "bento-$h" >/dev/null 2>&1 || useradd --system --no-create-home --home-dir "$DEMO/chroot/$h" \
+    --gid "$GROUP" --shell /usr/sbin/nologin --password '*' "bento-$h"
+  ssh-keygen -q -t ed25519 -N '' -C "$h" -f "$DEMO/keys/$h"
+  cp "$DEMO/keys/$h.pub" "$DEMO/keys/authorized-bento-$h"
+  echo "  user bento-$h, key $DEMO/keys/$h"
+done
+
+say "3. Server: bento deploy builds every host and publishes its chroot"
+# The example hosts do not name their SFTP users (they default to the host
+# name); the demo's users are prefixed, so it skips the user check and hands
+# each reports/ directory to its user afterwards.
+set +e
+run "$BENTO" deploy --flake examples/fleet --chroot-root "$DEMO/chroot" --state-dir "$DEMO/server" --no-user-check
+set -e
+for h in "${HOSTS[@]}"; do chown "bento-$h:$GROUP" "$DEMO/chroot/$h/reports"; done
+run ls "$DEMO/chroot/web-1" "$DEMO/chroot/web-1/config"
+
+say "4. Server: sshd serves each chroot to its host only (SFTP, no shell, no forwarding)"
+ssh-keygen -q -t ed25519 -N '' -f "$DEMO/ssh_host_ed25519_key"
+cat > "$DEMO/sshd_config" <<CFG
+ListenAddress 127.0.0.1
+Port $PORT
+HostKey $DEMO/ssh_host_ed25519_key
+PidFile $DEMO/sshd.pid
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AuthorizedKeysFile $DEMO/keys/authorized-%u
+AllowGroups $GROUP
+Subsystem sftp internal-sftp
+Match Group $GROUP
+  ChrootDirectory %h
+  ForceCommand internal-sftp
+  AllowTcpForwarding no
+  AllowStreamLocalForwarding no
+  X11Forwarding no
+  PermitTTY no
+  PermitTunnel no
+  AllowAgentForwarding no
+CFG
+/usr/sbin/sshd -t -f "$DEMO/sshd_config"
+/usr/sbin/sshd -f "$DEMO/sshd_config" -E "$DEMO/sshd.log"
+for _ in $(seq 50); do [ -f "$DEMO/sshd.pid" ] && break; sleep 0.1; done
+echo "  sshd listens on 127.0.0.1:$PORT"
+HOSTKEY=$(cut -d' ' -f1,2 "$DEMO/ssh_host_ed25519_key.pub")
+
+say "5. Clients: each host runs one tick of bento agent (its systemd timer does, every ~10 min)"
+for h in "${HOSTS[@]}"; do
+  root="$DEMO/hosts/$h"
+  mkdir -p "$root/profiles"
+  printf '$ bento agent run --host %s …\n' "$h"
+  set +e
+  BENTO_DEMO_CURRENT_SYSTEM="$root/current-system" "$BENTO" agent run \
+    --host "$h" --server 127.0.0.1 --port "$PORT" --user "bento-$h" \
+    --identity-file "$DEMO/keys/$h" --server-host-key "$HOSTKEY" \
+    --state-dir "$root/state" --profile "$root/profiles/system" \
+    --current-system "$root/current-system" --booted-system "$root/booted-system" \
+    --reboot-command "/bin/echo would reboot" 2>&1 | sed 's/^/    /'
+  echo "    (exit ${PIPESTATUS[0]})"
+  set -e
+done
+
+say "6. Server: bento status"
+set +e
+run "$BENTO" status --flake examples/fleet --chroot-root "$DEMO/chroot" --state-dir "$DEMO/server"
+code=$?
+set -e
+echo "(bento status exited $code: 5 means some host is failing, as \"broken\" is on purpose)"
+echo
+echo "Logs of the failing host: $BENTO logs --chroot-root $DEMO/chroot broken"
+"$BENTO" logs --chroot-root "$DEMO/chroot" broken 2>&1 | tail -n 8 | sed 's/^/    /'
