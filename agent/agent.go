@@ -419,8 +419,13 @@ func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Repor
 	return out, cause
 }
 
+// logTimeLayout sorts as text in time order.
+const logTimeLayout = "20060102T150405.000Z"
+
 func logName(version string, started time.Time) string {
-	return version + "-" + started.UTC().Format("20060102T150405Z") + ".log.gz"
+	// Milliseconds: two attempts of a version in the same second (a quick
+	// retry) must not share a name.
+	return version + "-" + started.UTC().Format(logTimeLayout) + ".log.gz"
 }
 
 // send queues a report (and its log) and delivers the queue. When the

@@ -348,7 +348,7 @@ func pruneLogs(ctx context.Context, c *transport.Conn, keep int) error {
 		if i < 0 || base == name {
 			continue
 		}
-		if _, err := time.Parse("20060102T150405Z", base[i+1:]); err != nil {
+		if _, err := time.Parse(logTimeLayout, base[i+1:]); err != nil {
 			continue
 		}
 		logs = append(logs, entry{name, base[i+1:]})

@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -59,5 +60,25 @@ func TestRunInProcess(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "1 of 5 files downloaded") {
 		t.Errorf("output:\n%s", out.String())
+	}
+
+	// Old logs go beyond logsKept, and so do leftovers of a killed upload.
+	cfg.LogsKept = 2
+	leftover := filepath.Join(env.Chroot("alpha"), manifest.LogsDir, ".x.log.gz.tmp-0badc0de")
+	if err := os.WriteFile(leftover, []byte("half"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env.Fleet.Files["modules/b.nix"] = "{ b = 3; }\n"
+	env.WriteFleet(t, env.Fleet)
+	v3 := env.Publish(t)["alpha"]
+	o = run()
+	logs := h.Logs(t)
+	if len(logs) != 2 || !strings.HasPrefix(logs[0], v2.Version) && !strings.HasPrefix(logs[1], v2.Version) || o.Report.Log == "" {
+		t.Errorf("logs on the server %v, want the newest two (%s, %s)", logs, v2.Version, v3.Version)
+	}
+	for _, l := range logs {
+		if strings.HasPrefix(l, v1.Version) || strings.HasPrefix(l, ".") {
+			t.Errorf("log %s should have been removed", l)
+		}
 	}
 }

@@ -53,7 +53,7 @@ func TestKillDuringDownloadLeavesAConsistentState(t *testing.T) {
 
 	// Unblock the server (a writer that closes at once) and put the real
 	// file back, as the publisher wrote it.
-	if w, err := os.OpenFile(blocked, os.O_WRONLY, 0); err == nil {
+	if w, err := os.OpenFile(blocked, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
 		w.Close()
 	}
 	tmp := blocked + ".real"
