@@ -308,7 +308,7 @@ func (h manifestHead) versionOr(fallback string) string {
 
 // headChunk is the first read of manifest.json: enough for the keys
 // before "files" in the publisher's layout.
-const headChunk = 768
+const headChunk = 512
 
 func (t *tick) readHead(ctx context.Context) (manifestHead, error) {
 	data, complete, err := t.getConn().ReadHead(ctx, manifest.ManifestFile, headChunk, manifest.MaxSize, func(b []byte) bool {
