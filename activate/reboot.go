@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -296,7 +297,7 @@ func SavePending(stateDir string, p PendingReboot) error {
 	if err != nil {
 		return fmt.Errorf("pending reboot: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(stateDir, PendingFile), append(data, '\n'), 0o644); err != nil {
+	if err := writePending(stateDir, data); err != nil {
 		return fmt.Errorf("pending reboot: %w", err)
 	}
 	return nil
@@ -309,48 +310,16 @@ func ClearPending(stateDir string) error {
 		return fmt.Errorf("pending reboot: %w", err)
 	}
 	if err == nil {
-		return syncDir(stateDir)
+		return atomicfile.SyncDir(stateDir)
 	}
 	return nil
 }
 
-func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// writePending creates the state directory if needed: the record may be the
+// first thing the agent keeps there.
+func writePending(stateDir string, data []byte) error {
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op once renamed
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.WriteFile(filepath.Join(stateDir, PendingFile), append(data, '\n'), 0o644)
 }

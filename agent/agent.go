@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -453,7 +454,7 @@ func (t *tick) send(ctx context.Context, rep manifest.Report, logName string, lo
 		return err
 	}
 	if data, err := json.Marshal(rep); err == nil {
-		writeFileAtomic(filepath.Join(t.cfg.StateDir, lastReportFile), data, 0o644)
+		atomicfile.WriteFile(filepath.Join(t.cfg.StateDir, lastReportFile), data, 0o644)
 	}
 	if t.getConn() != nil {
 		if err := t.flush(ctx); err == nil {
