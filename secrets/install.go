@@ -21,6 +21,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -71,26 +72,10 @@ func (s State) Save(file string) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(file)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(file)+".tmp-")
-	if err != nil {
+	if err := atomicfile.WriteFile(file, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("secrets state: %w", err)
 	}
-	_, err = tmp.Write(append(data, '\n'))
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), file)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("secrets state: %w", err)
-	}
-	return syncDir(dir)
+	return nil
 }
 
 // Restarter restarts one unit.
