@@ -35,6 +35,7 @@ import (
 	"github.com/bento-nix/bento/agent/tree"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
+	"github.com/bento-nix/bento/secrets"
 )
 
 // Options are what a tick needs beyond the configuration.
@@ -163,6 +164,8 @@ type tick struct {
 	conn *transport.Conn
 	// fetched counts the tree files downloaded this tick.
 	fetched int
+	// secretsBefore is what installing secrets before the switch did.
+	secretsBefore *secrets.Outcome
 }
 
 func (t *tick) say(format string, args ...any) {

@@ -55,6 +55,12 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	if err := t.store.Prune(m.Version, st.AppliedVersion); err != nil {
 		log.Printf("warning: removing old trees: %v", err)
 	}
+	if err := t.fetchSecrets(ctx, m, &rep, log); err != nil {
+		if ctx.Err() != nil {
+			return Outcome{}, err
+		}
+		return fail("fetch", err)
+	}
 	rep.Stage = manifest.StageFetched
 
 	var toplevel string
@@ -91,6 +97,7 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 		log.Printf("built %s", toplevel)
 	}
 	rep.Stage = manifest.StageBuilt
+	t.installSecrets(ctx, m.Version, &rep, log, false)
 	return t.switchTo(ctx, st, &rep, log, toplevel, m.Version, ActionApplied, manifest.ResultSuccess)
 }
 
@@ -142,6 +149,7 @@ func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, lo
 		rep.Stage = manifest.StageConfirmed
 	}
 	st.AppliedVersion, st.AppliedSystem = version, toplevel
+	t.installSecrets(ctx, version, rep, log, true)
 	rep.Result = result
 	t.planReboot(rep, act, toplevel, log)
 	out, err := t.finishAttempt(ctx, st, rep, log, action, nil)
@@ -169,6 +177,10 @@ func (t *tick) rollback(ctx context.Context, st *State, rep *manifest.Report, lo
 		return t.failAttempt(ctx, st, rep, log, err)
 	}
 	log.Printf("rolled back to %s", prev)
+	if st.AppliedVersion != "" && t.secretsBefore != nil {
+		// The old system gets its own secrets back.
+		t.installSecrets(context.WithoutCancel(ctx), st.AppliedVersion, rep, log, true)
+	}
 	rep.Stage, rep.Result, rep.Error = manifest.StageRolledBack, manifest.ResultRolledBack, cause.Error()
 	return t.finishAttempt(ctx, st, rep, log, ActionRolledBack, fmt.Errorf("rolled back to %s: %w", prev, cause))
 }
@@ -303,6 +315,7 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 		at := p.At.UTC()
 		rep.RebootScheduled = &at
 	}
+	t.idleSecrets(ctx, st.AppliedVersion, &rep)
 	t.say("up to date: version %s, running %s", head.Version, orNone(rep.CurrentSystem))
 	out := Outcome{Action: ActionUpToDate, Report: &rep}
 	err := t.send(ctx, rep, "", nil, false)

@@ -14,6 +14,7 @@ import (
 	"github.com/bento-nix/bento/activate"
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/secrets"
 )
 
 // Config is the agent's configuration. The NixOS module writes it as JSON
@@ -46,8 +47,11 @@ type Config struct {
 	CurrentSystem           string   `json:"currentSystem"`
 	BootedSystem            string   `json:"bootedSystem"`
 	RebootCommand           []string `json:"rebootCommand"`
-	// Secrets are accepted and not acted on yet.
-	Secrets json.RawMessage `json:"secrets,omitempty"`
+	// Secrets are the host's secrets options by name (see package secrets).
+	Secrets map[string]secrets.Spec `json:"secrets,omitempty"`
+	// RestartCommand restarts a unit whose secret changed, the unit's
+	// name appended.
+	RestartCommand []string `json:"restartCommand"`
 
 	// Beyond the module's contract: tuning with sensible defaults.
 	ConnectTimeout   Duration `json:"connectTimeout"`
@@ -120,6 +124,7 @@ func Defaults() Config {
 		CurrentSystem:    p.CurrentSystem,
 		BootedSystem:     p.BootedSystem,
 		RebootCommand:    p.RebootCommand,
+		RestartCommand:   append([]string(nil), secrets.DefaultRestartCommand...),
 		ConnectTimeout:   Duration(20 * time.Second),
 		OperationTimeout: Duration(60 * time.Second),
 		ConnectAttempts:  4,
@@ -256,6 +261,7 @@ func Keys() []Key {
 		k("currentSystem", "link to the running system (default /run/current-system)", str(func(c *Config) *string { return &c.CurrentSystem })),
 		k("bootedSystem", "link to the booted system (default /run/booted-system)", str(func(c *Config) *string { return &c.BootedSystem })),
 		l(k("rebootCommand", "command that reboots, words separated by spaces (default \"systemctl reboot\")", func(c *Config, v string) error { c.RebootCommand = strings.Fields(v); return nil })),
+		l(k("restartCommand", "command that restarts a unit whose secret changed, the unit's name appended (default \"systemctl try-restart\")", func(c *Config, v string) error { c.RestartCommand = strings.Fields(v); return nil })),
 		k("connectTimeout", "limit for connecting and the SSH handshake, per attempt", dur(func(c *Config) *Duration { return &c.ConnectTimeout })),
 		k("operationTimeout", "how long one SFTP operation may make no progress", dur(func(c *Config) *Duration { return &c.OperationTimeout })),
 		k("connectAttempts", "connection attempts per tick (backoff with jitter between them)", num(func(c *Config) *int { return &c.ConnectAttempts })),
@@ -379,6 +385,14 @@ func (c *Config) Validate() error {
 	}
 	if len(c.RebootCommand) == 0 || c.RebootCommand[0] == "" {
 		bad("rebootCommand is empty: use e.g. [\"systemctl\", \"reboot\"]")
+	}
+	if len(c.RestartCommand) == 0 || c.RestartCommand[0] == "" {
+		bad("restartCommand is empty: use e.g. [\"systemctl\", \"try-restart\"]")
+	}
+	for name := range c.Secrets {
+		if err := secrets.ValidateName(name); err != nil {
+			bad("secrets: %w", err)
+		}
 	}
 	if c.ConnectAttempts < 1 {
 		bad("connectAttempts must be at least 1")

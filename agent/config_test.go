@@ -118,7 +118,7 @@ func TestEveryKeyHasAFlagAndVariable(t *testing.T) {
 			t.Errorf("%s: flag %s env %s, want %s %s", k.Name, k.Flag, k.Env, w[0], w[1])
 		}
 	}
-	// Every key of the module's contract but secrets (ignored for now).
+	// Every key of the module's contract but secrets (a JSON map: no flag).
 	for _, key := range []string{"host", "server", "port", "user", "identityFile", "serverHostKey", "stateDir", "mode", "operation",
 		"confirmTimeout", "reboot", "retry", "substituters", "trustedPublicKeys", "narinfoCacheNegativeTTL", "selfUpdate",
 		"profile", "currentSystem", "bootedSystem", "rebootCommand"} {
