@@ -32,6 +32,7 @@ import (
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 	"github.com/bento-nix/bento/publish"
+	"github.com/bento-nix/bento/secrets"
 )
 
 // Env is one server with its fleet.
@@ -42,6 +43,10 @@ type Env struct {
 	Fleet    fixture.Fleet
 	// Nix runs nix on the server side (fixture NIX_CONFIG).
 	Nix *nix.Runner
+	// SecretsDir, when set, holds <host>/<name> secrets that Publish
+	// publishes as bento deploy --secrets-dir does, owned by each host's
+	// SFTP user.
+	SecretsDir string
 
 	mu    sync.Mutex
 	hosts map[string]*Host
@@ -125,7 +130,11 @@ func (e *Env) Publish(t testing.TB, names ...string) map[string]Published {
 		if err == nil {
 			built[h.Name] = out
 		}
-		targets = append(targets, publish.Target{Host: h, Source: src, ExpectedToplevel: built[h.Name]})
+		target := publish.Target{Host: h, Source: src, ExpectedToplevel: built[h.Name]}
+		if e.SecretsDir != "" {
+			target.Extra = e.secretsExtra(t, h.Name)
+		}
+		targets = append(targets, target)
 	}
 	res := map[string]Published{}
 	for _, r := range p.Publish(ctx, targets) {
@@ -135,6 +144,30 @@ func (e *Env) Publish(t testing.TB, names ...string) map[string]Published {
 		res[r.Host] = Published{Result: r, Built: built[r.Host]}
 	}
 	return res
+}
+
+// secretsExtra is what publishes a host's secrets (nil: none).
+func (e *Env) secretsExtra(t testing.TB, host string) *publish.Extra {
+	t.Helper()
+	files, err := secrets.Collect(e.SecretsDir, host)
+	if err != nil {
+		t.Fatalf("e2e: %v", err)
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	owner := secrets.NoOwner
+	e.mu.Lock()
+	h := e.hosts[host]
+	e.mu.Unlock()
+	if h != nil {
+		if owner, err = secrets.LookupOwner(h.SSH.User); err != nil {
+			t.Fatalf("e2e: %v", err)
+		}
+	}
+	return &publish.Extra{Files: files, Write: func(ctx context.Context, dir string) error {
+		return secrets.Write(ctx, dir, e.SecretsDir, host, files, owner)
+	}}
 }
 
 // BuildSystem builds a host's toplevel and returns its out path.

@@ -1,0 +1,152 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+func randomSecret(what string) string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return "bento-e2e-secret-" + what + "-" + hex.EncodeToString(b)
+}
+
+func writeSecret(t *testing.T, e *Env, host, name, content string) {
+	t.Helper()
+	p := filepath.Join(e.SecretsDir, host, name)
+	os.MkdirAll(filepath.Dir(p), 0o700)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func checkSecret(t *testing.T, p, content string, mode fs.FileMode, uid int) {
+	t.Helper()
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("secret not installed: %v", err)
+	}
+	if string(data) != content {
+		t.Errorf("%s holds the wrong content", p)
+	}
+	fi, _ := os.Lstat(p)
+	if st := fi.Sys().(*syscall.Stat_t); fi.Mode() != mode || int(st.Uid) != uid {
+		t.Errorf("%s: %v uid %d, want %v uid %d", p, fi.Mode(), st.Uid, mode, uid)
+	}
+}
+
+// The whole life of a secret through bento agent run: installed before the
+// switch with its owner and mode, a failing one reported alone, a change
+// restarts its unit, a reboot's empty /run is repaired by an idle tick, a
+// removed secret disappears; no log, report or store path holds a secret.
+func TestSecretsThroughTheAgent(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	e.SecretsDir = filepath.Join(t.TempDir(), "secrets")
+	h := e.Host(t, "alpha")
+	target := filepath.Join(h.Dir, "run", "bento-secrets")
+	restarts := filepath.Join(h.Dir, "restarts")
+	h.Settings["restartCommand"] = []string{"/bin/sh", "-c", `echo "$0" >> "` + restarts + `"`}
+	h.Settings["secrets"] = map[string]any{
+		"db":  map[string]any{"path": filepath.Join(target, "db"), "owner": "nobody", "group": "nogroup", "mode": "0440", "restartUnits": []string{"postgresql.service"}},
+		"api": map[string]any{"path": filepath.Join(target, "api"), "owner": "no-such-user-bento", "group": "root", "mode": "0400", "restartUnits": []string{"api.service"}},
+	}
+	db, api := randomSecret("db"), randomSecret("api")
+	writeSecret(t, e, "alpha", "db", db)
+	writeSecret(t, e, "alpha", "api", api)
+	pub := e.Publish(t)
+
+	res := h.Run(t)
+	if res.ExitCode != 0 {
+		t.Fatalf("tick: exit %d", res.ExitCode)
+	}
+	checkSecret(t, filepath.Join(target, "db"), db, 0o440, 65534)
+	if _, err := os.Lstat(filepath.Join(target, "api")); err == nil {
+		t.Error("api was installed although its owner does not exist")
+	}
+	st := h.Status(t)
+	if st.AppliedVersion != pub["alpha"].Version || !strings.Contains(st.SecretErrors["api"], `owner "no-such-user-bento": no such user`) || len(st.SecretErrors) != 1 {
+		t.Fatalf("status.json: applied %s, secretErrors %v", st.AppliedVersion, st.SecretErrors)
+	}
+	log := h.Log(t, st.Log)
+	installed, switched := strings.Index(log, "secret installed secret=db"), strings.Index(log, "switching to")
+	if installed < 0 || switched < 0 || installed > switched {
+		t.Errorf("the uploaded log does not show db installed before the switch:\n%s", log)
+	}
+	if got := readLines(t, restarts); len(got) != 1 || got[0] != "postgresql.service" {
+		t.Errorf("restarts after the first tick: %q", got)
+	}
+
+	// Only db changes: a new version, db's unit restarted, no rebuild needed.
+	db2 := randomSecret("db2")
+	writeSecret(t, e, "alpha", "db", db2)
+	pub2 := e.Publish(t)
+	if pub2["alpha"].Version == pub["alpha"].Version {
+		t.Fatal("a changed secret did not make a new version")
+	}
+	if res := h.Run(t); res.ExitCode != 0 {
+		t.Fatalf("tick after the change: exit %d", res.ExitCode)
+	}
+	checkSecret(t, filepath.Join(target, "db"), db2, 0o440, 65534)
+	if got := readLines(t, restarts); len(got) != 2 || got[1] != "postgresql.service" {
+		t.Errorf("restarts after db changed: %q", got)
+	}
+
+	// A reboot empties /run: the next idle tick puts db back.
+	os.RemoveAll(target)
+	res = h.Run(t)
+	if res.ExitCode != 0 || !strings.Contains(res.Output(), "up to date") {
+		t.Fatalf("idle tick: exit %d", res.ExitCode)
+	}
+	checkSecret(t, filepath.Join(target, "db"), db2, 0o440, 65534)
+
+	// db is removed on the server (and from the host's options).
+	os.Remove(filepath.Join(e.SecretsDir, "alpha", "db"))
+	delete(h.Settings["secrets"].(map[string]any), "db")
+	e.Publish(t)
+	if res := h.Run(t); res.ExitCode != 0 {
+		t.Fatalf("tick after the removal: exit %d", res.ExitCode)
+	}
+	if _, err := os.Lstat(filepath.Join(target, "db")); err == nil {
+		t.Error("db is still installed after its removal")
+	}
+	if st := h.Status(t); len(st.SecretErrors) != 1 || st.SecretErrors["api"] == "" {
+		t.Errorf("secretErrors after the removal: %v", st.SecretErrors)
+	}
+
+	// Nothing the host uploaded or printed holds a secret, nor the store.
+	var all bytes.Buffer
+	all.WriteString(res.Output())
+	for _, name := range h.Logs(t) {
+		all.WriteString(h.Log(t, name))
+	}
+	data, _ := os.ReadFile(filepath.Join(e.Chroot("alpha"), "reports", "status.json"))
+	all.Write(data)
+	for _, s := range []string{db, db2, api} {
+		if strings.Contains(all.String(), s) {
+			t.Error("a secret's content is in a log or report")
+		}
+	}
+	if !strings.Contains(all.String(), "secret installed") {
+		t.Fatal("control failed: the logs searched do not hold the agent's secret lines")
+	}
+	filepath.WalkDir("/nix/store", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		if b, err := os.ReadFile(p); err == nil {
+			for _, s := range []string{db, db2, api} {
+				if bytes.Contains(b, []byte(s)) {
+					t.Errorf("a secret is in %s", p)
+				}
+			}
+		}
+		return nil
+	})
+}
