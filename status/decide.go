@@ -3,6 +3,7 @@ package status
 import (
 	"fmt"
 	"path"
+	"sort"
 	"strings"
 	"time"
 	"unicode"
@@ -46,6 +47,7 @@ func decide(in hostInput) Row {
 		r.Log = rep.Log
 		r.AgentVersion = rep.AgentVersion
 		r.BytesFetched = rep.BytesFetched
+		r.SecretErrors = rep.SecretErrors
 		seen := lastSeen(rep).UTC()
 		r.LastSeen = &seen
 		age := int64(in.now.Sub(seen) / time.Second)
@@ -124,12 +126,33 @@ func judge(in hostInput, r *Row) (State, string) {
 	if applied && rep.BytesFetched > 0 && (state == UpToDate || state == RebootRequired) {
 		msg = join(msg, "last update fetched "+humanBytes(rep.BytesFetched))
 	}
+	if len(rep.SecretErrors) > 0 {
+		msg = join(msg, secretsMessage(rep.SecretErrors))
+	}
 	if age := in.now.Sub(lastSeen(rep)); age > in.staleAfter && (state == UpToDate || state == Pending || state == RebootRequired) {
 		return Stale, fmt.Sprintf("silent for %s (over %s); its last report said %s", Ago(age), Ago(in.staleAfter), join(string(state), msg))
 	} else if age < -time.Minute {
 		msg = join(msg, fmt.Sprintf("the host's clock is %s ahead", Ago(-age)))
 	}
 	return state, msg
+}
+
+// secretsMessage names the secrets a host could not install and why.
+func secretsMessage(errs map[string]string) string {
+	names := make([]string, 0, len(errs))
+	for n := range errs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = n + ": " + strings.TrimPrefix(errs[n], "secret "+n+": ")
+	}
+	word := "secret"
+	if len(names) > 1 {
+		word = "secrets"
+	}
+	return fmt.Sprintf("%d %s not installed (%s)", len(names), word, strings.Join(parts, "; "))
 }
 
 func leftover(msg string, chroot bool) string {

@@ -184,6 +184,9 @@ type Row struct {
 	// BytesFetched is what the host's last update downloaded from the
 	// server: changed files and, through its binary cache, NARs.
 	BytesFetched int64 `json:"bytesFetched"`
+	// SecretErrors are the secrets the host could not install, with why
+	// (never their content); null when none.
+	SecretErrors map[string]string `json:"secretErrors"`
 }
 
 // Summary counts hosts per state.
