@@ -119,6 +119,7 @@ let
       pkgs.gzip
       pkgs.xz
       pkgs.gitMinimal
+      pkgs.age # decrypts .age secrets with the host's key
       config.nix.package
       config.programs.ssh.package
       config.systemd.package

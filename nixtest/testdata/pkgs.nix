@@ -19,6 +19,7 @@ in
   gzip = fake "gzip";
   xz = fake "xz";
   gitMinimal = fake "git-minimal";
+  age = fake "age";
   nix = fake "nix";
   openssh = fake "openssh";
   systemd = fake "systemd";
