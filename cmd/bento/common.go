@@ -21,13 +21,34 @@ func globalFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.BoolFlag{Name: "verbose", Usage: "log every command bento runs"},
 		&cli.BoolFlag{Name: "no-color", Usage: "never colour the output (also: NO_COLOR set to anything)"},
+		flakeFlag(),
 	}
+}
+
+func flakeFlag() cli.Flag {
+	return &cli.StringFlag{Name: "flake", Aliases: []string{"f"}, Value: ".", Usage: "the fleet flake (or a directory with hosts/<name>/configuration.nix)", EnvVars: []string{"BENTO_FLAKE"}}
+}
+
+// flakeRef is --flake as given after the command or before it (bento
+// --flake F deploy), else $BENTO_FLAKE, else ".". set says whether the
+// user named one. urfave/cli reads a flag from the innermost command that
+// defines it, which would hide a --flake given before the command.
+func flakeRef(c *cli.Context) (ref string, set bool) {
+	for _, ctx := range c.Lineage() {
+		if slices.Contains(ctx.LocalFlagNames(), "flake") {
+			return ctx.String("flake"), true
+		}
+	}
+	if v := os.Getenv("BENTO_FLAKE"); v != "" {
+		return v, true
+	}
+	return ".", false
 }
 
 // fleetFlags are the flags of every command that discovers the fleet.
 func fleetFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "flake", Aliases: []string{"f"}, Value: ".", Usage: "the fleet flake (or a directory with hosts/<name>/configuration.nix)", EnvVars: []string{"BENTO_FLAKE"}},
+		flakeFlag(),
 		&cli.IntFlag{Name: "eval-jobs", Value: runtime.NumCPU(), Usage: "nix eval processes run at once during discovery"},
 		&cli.IntFlag{Name: "eval-chunk", Usage: "hosts evaluated per nix eval process (0: spread evenly, at most 64)"},
 		&cli.BoolFlag{Name: "keep-going", Aliases: []string{"k"}, Usage: "go on with the hosts that evaluate when some do not"},
@@ -67,8 +88,9 @@ func discover(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed
 	if _, err := guardSecretsNote(c, c.Command.Name != "deploy"); err != nil {
 		return nil, nil, false, err
 	}
+	ref, _ := flakeRef(c)
 	f, err = eval.Discover(c.Context, nixRunner(c), eval.Options{
-		Ref:       c.String("flake"),
+		Ref:       ref,
 		Jobs:      c.Int("eval-jobs"),
 		ChunkSize: c.Int("eval-chunk"),
 		KeepGoing: c.Bool("keep-going"),

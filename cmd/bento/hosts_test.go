@@ -101,3 +101,26 @@ func TestNoColorAnyValue(t *testing.T) {
 		}
 	}
 }
+
+// --flake is global: it works before the command as well as after it.
+func TestFlakeBeforeOrAfterCommand(t *testing.T) {
+	dir := t.TempDir()
+	if err := fixture.Write(dir, fixture.Fleet{Hosts: fixture.Many("h", 2, nil)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"--flake", dir, "hosts"},
+		{"-f", dir, "hosts"},
+		{"hosts", "--flake", dir},
+		{"--flake", "/nonexistent", "hosts", "-f", dir},
+	} {
+		stdout, stderr, code := runCLI(t, args...)
+		if code != 0 || !strings.Contains(stdout, "h-001") {
+			t.Errorf("bento %v: exit %d, stdout %q, stderr %q", args, code, stdout, stderr)
+		}
+	}
+	t.Setenv("BENTO_FLAKE", dir)
+	if stdout, _, code := runCLI(t, "hosts"); code != 0 || !strings.Contains(stdout, "h-000") {
+		t.Errorf("BENTO_FLAKE: exit %d, %q", code, stdout)
+	}
+}

@@ -33,7 +33,8 @@ func guardSecretsNote(c *cli.Context, note bool) (string, error) {
 		// directory deploy would use.
 		flag = os.Getenv("BENTO_SECRETS_DIR")
 	}
-	dir, advice, err := secrets.Guard(c.Context, c.String("flake"), flag)
+	ref, _ := flakeRef(c)
+	dir, advice, err := secrets.Guard(c.Context, ref, flag)
 	if err != nil {
 		return "", usageError("%w", err)
 	}

@@ -240,8 +240,8 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 // statusFleet evaluates the flake when one is at hand. Hosts that fail to
 // evaluate are still shown, from their chroots, with the error.
 func statusFleet(c *cli.Context) (*fleet.Fleet, map[string]error, error) {
-	ref := c.String("flake")
-	if !c.IsSet("flake") && !fleetHere(ref) {
+	ref, set := flakeRef(c)
+	if !set && !fleetHere(ref) {
 		abs, _ := filepath.Abs(ref)
 		fmt.Fprintf(c.App.ErrWriter, "bento: no fleet flake in %s: showing what %s holds (--flake names the fleet; --no-eval skips this check)\n", abs, c.String("chroot-root"))
 		return nil, nil, nil
