@@ -60,7 +60,11 @@ func logger(c *cli.Context) *slog.Logger {
 	if c.Bool("verbose") {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	var w io.Writer = os.Stderr
+	if c.App != nil && c.App.ErrWriter != nil {
+		w = c.App.ErrWriter
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
 func nixRunner(c *cli.Context) *nix.Runner {

@@ -124,3 +124,24 @@ func TestFlakeBeforeOrAfterCommand(t *testing.T) {
 		t.Errorf("BENTO_FLAKE: exit %d, %q", code, stdout)
 	}
 }
+
+// One host that does not evaluate: named with Nix's message; with
+// --keep-going the others are listed and the exit status still says so.
+func TestHostsEvalErrorAndKeepGoing(t *testing.T) {
+	dir := t.TempDir()
+	hosts := fixture.Many("h", 3, nil)
+	hosts[1].FailEval = true
+	if err := fixture.Write(dir, fixture.Fleet{Hosts: hosts}); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code := runCLI(t, "hosts", "--flake", dir)
+	if code != 1 || stdout != "" || !strings.Contains(stderr, "host h-001: evaluation failed") ||
+		!strings.Contains(stderr, "fixture: evaluation of h-001 fails on purpose") || !strings.Contains(stderr, "--keep-going") {
+		t.Errorf("without --keep-going: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	stdout, stderr, code = runCLI(t, "hosts", "--keep-going", "--flake", dir)
+	if code != 1 || !strings.Contains(stdout, "h-000") || !strings.Contains(stdout, "h-002") || strings.Contains(stdout, "h-001") ||
+		!strings.Contains(stderr, "host=h-001") {
+		t.Errorf("with --keep-going: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+}
