@@ -3,9 +3,12 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/secrets"
@@ -94,6 +97,75 @@ func (t *tick) idleSecrets(ctx context.Context, version string, rep *manifest.Re
 		t.say("warning: secrets: %v", err)
 	}
 	rep.SecretErrors = orNil(o.Errors)
+}
+
+// ErrSecretsFailed is returned (wrapped) by InstallSecrets when some
+// secret could not be installed; the others were.
+var ErrSecretsFailed = errors.New("some secrets were not installed")
+
+// InstallSecrets puts the secrets of the version the host applied back in
+// place from the agent's own copies, without the network: at boot (/run was
+// emptied) before the units that need them start, or by hand. It takes the
+// tick lock, writes nothing into the report (the next tick reports), and
+// restarts the units of the secrets it wrote only when restart is set: at
+// boot the units start after it and find them. A host that applied nothing
+// yet, or holds no copy (its first tick fetches them), is not an error.
+func InstallSecrets(ctx context.Context, cfg Config, o Options, restart bool) error {
+	if err := cfg.Complete(); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	t := &tick{cfg: cfg, o: o}
+	if _, err := os.Stat(cfg.StateDir); errors.Is(err, os.ErrNotExist) {
+		t.say("no state directory %s: nothing applied yet, no secrets to install", cfg.StateDir)
+		return nil
+	}
+	lk, err := acquireLock(ctx, cfg.StateDir, o.LockWait, o.Out)
+	if err != nil {
+		return err
+	}
+	defer lk.release()
+	st, err := loadState(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	if st.AppliedVersion == "" {
+		t.say("nothing applied yet: no secrets to install")
+		return nil
+	}
+	a := t.secretsAgent(o.Out)
+	out, err := a.Install(ctx, st.AppliedVersion)
+	if errors.Is(err, secrets.ErrNotHeld) {
+		t.say("warning: the secrets of version %s are not held here: the next tick fetches them", st.AppliedVersion)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("secrets: %w", err)
+	}
+	if restart {
+		if err := a.Finish(ctx, []string{st.AppliedVersion}, &out); err != nil {
+			t.say("warning: secrets: %v", err)
+		}
+	}
+	t.say("secrets of version %s: %d written, %d removed, %d failed",
+		st.AppliedVersion, len(out.Changed), len(out.Removed), len(out.Errors))
+	if len(out.Errors) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(out.Errors))
+	for name := range out.Errors {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		t.say("error: secret %s: %s", name, out.Errors[name])
+	}
+	return fmt.Errorf("host %s: %w: %v", cfg.Host, ErrSecretsFailed, names)
 }
 
 func orNil(m map[string]string) map[string]string {

@@ -29,6 +29,7 @@ func agentCommand() *cli.Command {
 			"Every setting comes from --config FILE (JSON), a flag, or a BENTO_* variable;\n" +
 			"flags and variables override the file. See docs/agent.md.",
 		Subcommands: []*cli.Command{
+			agentInstallSecretsCommand(),
 			{
 				Name:  "run",
 				Usage: "run one tick: fetch, build, switch and report when a new version is published",
@@ -93,6 +94,35 @@ func agentCommand() *cli.Command {
 					})
 				},
 			},
+		},
+	}
+}
+
+// agentInstallSecretsCommand is "bento agent install-secrets": the applied
+// version's secrets back in place from the agent's copies, no network (the
+// NixOS module runs it at boot, since /run starts empty).
+func agentInstallSecretsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "install-secrets",
+		Usage: "put the applied version's secrets back in place from the local copies (no network; for boot)",
+		Description: "Reinstalls every secret of the version this host applied, from the copies the agent\n" +
+			"keeps in its state directory, without contacting the server: run it at boot, before\n" +
+			"the units that read secrets under /run. Exits 1 when a secret could not be installed\n" +
+			"(the others are), 2 when the configuration is invalid.",
+		Flags: append(agentConfigFlags(),
+			&cli.DurationFlag{Name: "lock-wait", Usage: "give up when a tick holds the lock for this long (0: wait)"},
+			&cli.BoolFlag{Name: "no-restart", Usage: "do not restart the restartUnits of the secrets written (at boot they start after this)"},
+		),
+		Action: func(c *cli.Context) error {
+			cfg, err := agentConfig(c)
+			if err != nil {
+				return err
+			}
+			err = agent.InstallSecrets(c.Context, cfg, agent.Options{Out: c.App.ErrWriter, LockWait: lockWait(c)}, !c.Bool("no-restart"))
+			if err != nil {
+				return failed(err)
+			}
+			return nil
 		},
 	}
 }
