@@ -163,7 +163,7 @@ func InstallSecrets(ctx context.Context, cfg Config, o Options, restart bool) er
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		t.say("error: secret %s: %s", name, out.Errors[name])
+		t.say("error: %s", out.Errors[name])
 	}
 	return fmt.Errorf("host %s: %w: %v", cfg.Host, ErrSecretsFailed, names)
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -149,4 +150,95 @@ func TestSecretsThroughTheAgent(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// installSecrets runs "bento agent install-secrets" for the host.
+func installSecrets(t *testing.T, h *Host, args ...string) Result {
+	t.Helper()
+	cmd := exec.Command(Bento(t), append([]string{"agent", "install-secrets", "--config", h.ConfigFile(t)}, args...)...)
+	cmd.Env = h.Environ()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	res := Result{Stdout: stdout.String(), Stderr: stderr.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		res.ExitCode = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("bento agent install-secrets %v exit %d:\n%s", args, res.ExitCode, indent(res.Output()))
+	return res
+}
+
+// After a reboot /run is empty until the next tick; install-secrets puts
+// the applied version's secrets back from the agent's copies with the
+// server out of reach, restarting units only when asked to.
+func TestInstallSecretsAtBoot(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	e.SecretsDir = filepath.Join(t.TempDir(), "secrets")
+	h := e.Host(t, "alpha")
+	target := filepath.Join(h.Dir, "run", "bento-secrets")
+	restarts := filepath.Join(h.Dir, "restarts")
+	h.Settings["restartCommand"] = []string{"/bin/sh", "-c", `echo "$0" >> "` + restarts + `"`}
+	h.Settings["secrets"] = map[string]any{
+		"db": map[string]any{"path": filepath.Join(target, "db"), "owner": "nobody", "group": "nogroup", "mode": "0440", "restartUnits": []string{"postgresql.service"}},
+	}
+	db := randomSecret("db")
+	writeSecret(t, e, "alpha", "db", db)
+
+	// Nothing applied yet: nothing to do, and no state directory is made.
+	if res := installSecrets(t, h); res.ExitCode != 0 || !strings.Contains(res.Output(), "nothing applied yet") {
+		t.Fatalf("before the first tick: exit %d", res.ExitCode)
+	}
+	if _, err := os.Stat(h.StateDir); err == nil {
+		t.Error("install-secrets made the state directory of a host that never ran")
+	}
+
+	e.Publish(t)
+	if res := h.Run(t); res.ExitCode != 0 {
+		t.Fatalf("tick: exit %d", res.ExitCode)
+	}
+	checkSecret(t, filepath.Join(target, "db"), db, 0o440, 65534)
+	if got := readLines(t, restarts); len(got) != 1 {
+		t.Fatalf("restarts after the tick: %q", got)
+	}
+
+	// The server is out of reach (nothing listens on port 1).
+	h.Settings["port"] = 1
+	os.RemoveAll(target)
+	res := installSecrets(t, h, "--no-restart")
+	if res.ExitCode != 0 {
+		t.Fatalf("install-secrets --no-restart: exit %d", res.ExitCode)
+	}
+	checkSecret(t, filepath.Join(target, "db"), db, 0o440, 65534)
+	if got := readLines(t, restarts); len(got) != 1 {
+		t.Errorf("--no-restart restarted units: %q", got)
+	}
+	// In place already: nothing written, nothing restarted.
+	if res := installSecrets(t, h); res.ExitCode != 0 || !strings.Contains(res.Output(), "0 written") {
+		t.Errorf("second install-secrets: exit %d", res.ExitCode)
+	}
+	if got := readLines(t, restarts); len(got) != 1 {
+		t.Errorf("an unchanged secret restarted units: %q", got)
+	}
+	os.Remove(filepath.Join(target, "db"))
+	if res := installSecrets(t, h); res.ExitCode != 0 {
+		t.Fatalf("install-secrets: exit %d", res.ExitCode)
+	}
+	checkSecret(t, filepath.Join(target, "db"), db, 0o440, 65534)
+	if got := readLines(t, restarts); len(got) != 2 || got[1] != "postgresql.service" {
+		t.Errorf("restarts after a repair: %q", got)
+	}
+
+	// An owner that no longer exists fails that secret: exit 1, named,
+	// never its content.
+	h.Settings["secrets"].(map[string]any)["db"].(map[string]any)["owner"] = "no-such-user-bento"
+	os.Remove(filepath.Join(target, "db"))
+	res = installSecrets(t, h)
+	if res.ExitCode != 1 || !strings.Contains(res.Output(), "secret db") || !strings.Contains(res.Output(), "no-such-user-bento") {
+		t.Errorf("a failing secret: exit %d", res.ExitCode)
+	}
+	if strings.Contains(res.Output(), db) {
+		t.Error("install-secrets printed a secret's content")
+	}
 }
