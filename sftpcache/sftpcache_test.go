@@ -156,6 +156,11 @@ func TestFetchThroughTheChroot(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer srv.Close()
+		// Nothing is mirrored in advance: the server is read only when
+		// Nix asks.
+		if st := srv.Stats(); st != (sftpcache.Stats{}) {
+			t.Errorf("read %+v from the server before Nix asked for anything", st)
+		}
 		if err := realise(ctx, srv, store, top); err != nil {
 			t.Fatalf("realising %s through the chroot: %v", top, srv.Explain(err))
 		}
@@ -184,10 +189,16 @@ func TestFetchThroughTheChroot(t *testing.T) {
 	if second.NARs != 1 || second.NARBytes != size {
 		t.Errorf("one changed path: %+v; want exactly its NAR (%d bytes)", second, size)
 	}
+	// The cache now serves both systems; Nix asked about what the host
+	// lacks, not about every path the cache holds.
+	infos, _ := filepath.Glob(filepath.Join(cacheDir, "*.narinfo"))
+	if second.Narinfos >= len(infos) {
+		t.Errorf("one changed path: %d narinfos read of the %d the cache holds; want only those of missing paths", second.Narinfos, len(infos))
+	}
 	if !valid(t, store, gen2) {
 		t.Errorf("%s is not in the client's store", gen2)
 	}
-	t.Logf("whole closure: %d bytes; one changed path: %d bytes", first.Bytes, second.Bytes)
+	t.Logf("whole closure: %+v; one changed path: %+v", first, second)
 }
 
 // The handler serves the cache and nothing else of the chroot, and a host
@@ -216,6 +227,11 @@ func TestOnlyTheHostsOwnCache(t *testing.T) {
 	alphaTop, _ := narinfo.HashPart(tops["alpha"])
 	betaTop, _ := narinfo.HashPart(tops["beta"])
 	alphaNAR := "/" + strings.TrimPrefix(narURL(t, s, "alpha", tops["alpha"]), "/")
+	// beta's narinfo is there on the server: the checks below would prove
+	// nothing if it were not.
+	if _, err := os.Stat(filepath.Join(s.sshd.Root, "beta", "cache", betaTop+".narinfo")); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		method, path string
 		want         int

@@ -153,7 +153,15 @@ func run(tb *benchTB, hosts, sharedMiB, packages, uniqueKiB, runs int) error {
 	}
 	fmt.Printf("pool: nix copy of %d closures %v, %d LinkHost %v (%v per host)\n", len(tops), addTime.Round(time.Millisecond), len(tops), linkTime.Round(time.Millisecond), (linkTime / time.Duration(len(tops))).Round(time.Microsecond))
 	fmt.Printf("disk: one host's closure %s; the fleet's distinct paths once (pool) %s\n", mib(one), mib(union))
-	fmt.Printf("disk: pool + %d host caches %s = %.3f× the distinct paths (goal ≤ 1.1×), %.2f× one closure\n", len(tops), mib(all), ratio(all, union), ratio(all, one))
+	// Both views: the goal compares with one closure, which only
+	// holds while the hosts' own paths are small; against the fleet's
+	// distinct paths is what the hard links themselves cost.
+	verdict := "met"
+	if ratio(all, one) > 1.1 {
+		verdict = fmt.Sprintf("NOT met: the hosts' own paths add %s of distinct data that no sharing can avoid", mib(union-one))
+	}
+	fmt.Printf("disk: pool + %d host caches %s = %.2f× one closure (the issue's goal ≤ 1.1×: %s)\n", len(tops), mib(all), ratio(all, one), verdict)
+	fmt.Printf("disk: pool + %d host caches %s = %.3f× the fleet's distinct paths stored once (what the per-host links cost)\n", len(tops), mib(all), ratio(all, union))
 	fmt.Printf("disk: %d separate caches without links would take %s (%.1f× bento's)\n", len(tops), mib(separate), ratio(separate, all))
 
 	// Transfer and time, for host 0.
