@@ -123,11 +123,13 @@ func judge(in hostInput, r *Row) (State, string) {
 			msg = "runs its own update of the flake inputs (self-update)"
 		}
 	}
-	if applied && rep.BytesFetched > 0 && (state == UpToDate || state == RebootRequired) {
-		msg = join(msg, "last update fetched "+humanBytes(rep.BytesFetched))
-	}
+	// Secrets first: on a narrow terminal the message is cut, and what
+	// needs action must stay visible.
 	if len(rep.SecretErrors) > 0 {
 		msg = join(msg, secretsMessage(rep.SecretErrors))
+	}
+	if applied && rep.BytesFetched > 0 && (state == UpToDate || state == RebootRequired) {
+		msg = join(msg, "last update fetched "+humanBytes(rep.BytesFetched))
 	}
 	if age := in.now.Sub(lastSeen(rep)); age > in.staleAfter && (state == UpToDate || state == Pending || state == RebootRequired) {
 		return Stale, fmt.Sprintf("silent for %s (over %s); its last report said %s", Ago(age), Ago(in.staleAfter), join(string(state), msg))

@@ -56,7 +56,7 @@ func WritePrometheus(w io.Writer, s *Snapshot) error {
 
 	gauge("bento_status_timestamp_seconds", "When bento status read the chroots.")
 	value("bento_status_timestamp_seconds", float64(s.GeneratedAt.Unix()))
-	gauge("bento_status_exit_code", "The exit status bento status gave (0 all up to date, 3 pending, 4 silent, 5 failing).")
+	gauge("bento_status_exit_code", "The exit status bento status gave (0 all up to date, 3 pending, 4 silent, 5 failing or secrets not installed).")
 	value("bento_status_exit_code", float64(s.ExitCode))
 	gauge("bento_hosts", "Number of hosts per state.")
 	for _, st := range States {
@@ -93,6 +93,14 @@ func WritePrometheus(w io.Writer, s *Snapshot) error {
 		if r.PublishedAt != nil {
 			value("bento_host_published_timestamp_seconds", float64(r.PublishedAt.Unix()), "host", r.Host)
 		}
+	}
+	gauge("bento_host_secret_errors", "Number of secrets the host reported it could not install.")
+	for _, r := range s.Hosts {
+		n := 0
+		if r.hasSecretErrors() {
+			n = len(r.SecretErrors)
+		}
+		value("bento_host_secret_errors", float64(n), "host", r.Host)
 	}
 	gauge("bento_host_stale_after_seconds", "How long the host may stay silent before it is stale.")
 	for _, r := range s.Hosts {

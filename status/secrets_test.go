@@ -1,25 +1,36 @@
 package status
 
 import (
+	"bytes"
 	"context"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/bento-nix/bento/fleet"
 )
 
 // A secret the host could not install shows in the message and in JSON,
-// whatever the host's state, and its content is never there to show.
+// whatever the host's state, and its content is never there to show. The
+// host keeps its state (it runs what was published), but the exit status
+// is 5, the summary line counts it, and Prometheus has a gauge for it, so
+// that monitoring keyed on any of them sees it.
 func TestSecretErrors(t *testing.T) {
 	cases := []struct {
 		name    string
 		errs    map[string]string
 		message string // "" means the message must not mention secrets
+		exit    int
+		summary string
 	}{
-		{"none", nil, ""},
+		{"none", nil, "", ExitUpToDate, "1 host: 1 up-to-date"},
 		{"one", map[string]string{"api": `secret api: owner "svc": no such user on this host (create it, or fix services.bento.secrets.api.owner)`},
-			`1 secret not installed (api: owner "svc": no such user on this host`},
+			`1 secret not installed (api: owner "svc": no such user on this host`, ExitFailing, "1 host: 1 up-to-date; 1 with secrets not installed"},
 		{"two, sorted", map[string]string{"wg": "the server publishes secret wg but this host declares no services.bento.secrets.wg", "db": "secret db: group \"pg\": no such group"},
-			`2 secrets not installed (db: group "pg": no such group; wg: the server publishes secret wg`},
+			`2 secrets not installed (db: group "pg": no such group; wg: the server publishes secret wg`, ExitFailing, "1 host: 1 up-to-date; 1 with secrets not installed"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -27,6 +38,7 @@ func TestSecretErrors(t *testing.T) {
 			c.publish("pi", v1, now.Add(-time.Hour), sysA)
 			rep := applied(v1, sysA, now.Add(-time.Minute))
 			rep.SecretErrors = tc.errs
+			rep.BytesFetched = 3 << 10
 			c.report("pi", rep)
 			s, err := Collect(context.Background(), Options{Root: c.root, Now: now})
 			if err != nil {
@@ -36,12 +48,55 @@ func TestSecretErrors(t *testing.T) {
 			if r.State != UpToDate || len(r.SecretErrors) != len(tc.errs) {
 				t.Errorf("state %s, secretErrors %v", r.State, r.SecretErrors)
 			}
-			if tc.message != "" && !strings.Contains(r.Message, tc.message) {
-				t.Errorf("message %q lacks %q", r.Message, tc.message)
+			if tc.message != "" && !strings.HasPrefix(r.Message, tc.message) {
+				t.Errorf("message %q does not start with %q", r.Message, tc.message)
 			}
 			if tc.message == "" && strings.Contains(r.Message, "secret") {
 				t.Errorf("message %q mentions secrets", r.Message)
 			}
+			if s.ExitCode != tc.exit || s.Summary.SecretErrors != min(1, len(tc.errs)) {
+				t.Errorf("exit %d, summary.secretErrors %d; want %d, %d", s.ExitCode, s.Summary.SecretErrors, tc.exit, min(1, len(tc.errs)))
+			}
+			if got := SummaryLine(s, false); got != tc.summary {
+				t.Errorf("summary %q, want %q", got, tc.summary)
+			}
+			var buf bytes.Buffer
+			if err := WritePrometheus(&buf, s); err != nil {
+				t.Fatal(err)
+			}
+			parser := expfmt.NewTextParser(model.LegacyValidation)
+			fams, err := parser.TextToMetricFamilies(&buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := fams["bento_host_secret_errors"].GetMetric()
+			if len(m) != 1 || m[0].GetGauge().GetValue() != float64(len(tc.errs)) {
+				t.Errorf("bento_host_secret_errors = %v, want %d", m, len(tc.errs))
+			}
 		})
+	}
+}
+
+// A failing host with secret errors stays failing (exit 5 anyway); a host
+// bento no longer deploys does not raise the exit status with the secret
+// errors its leftover report names.
+func TestSecretErrorsOfHostsNotDeployed(t *testing.T) {
+	c := newChroot(t)
+	rep := applied(v1, sysA, now.Add(-time.Minute))
+	rep.SecretErrors = map[string]string{"api": "no such user"}
+	for _, h := range []string{"gone", "off"} {
+		c.publish(h, v1, now.Add(-time.Hour), sysA)
+		c.report(h, rep)
+	}
+	f := &fleet.Fleet{Ref: "/fleet", Hosts: []fleet.Host{{Name: "off", Managed: true}}}
+	s, err := Collect(context.Background(), Options{Root: c.root, Fleet: f, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ExitCode != ExitUpToDate || s.Summary.SecretErrors != 0 {
+		t.Errorf("exit %d, summary.secretErrors %d; want 0, 0 (%+v)", s.ExitCode, s.Summary.SecretErrors, s.Hosts)
+	}
+	if strings.Contains(SummaryLine(s, false), "secret") {
+		t.Errorf("summary %q mentions secrets", SummaryLine(s, false))
 	}
 }

@@ -73,7 +73,7 @@ const (
 	// never-seen), and none is failing.
 	ExitSilent = 4
 	// ExitFailing: some host is failing, rolled back, drifting or has an
-	// unreadable report.
+	// unreadable report, or reported secrets it could not install.
 	ExitFailing = 5
 )
 
@@ -193,6 +193,9 @@ type Row struct {
 type Summary struct {
 	Total  int           `json:"total"`
 	States map[State]int `json:"states"`
+	// SecretErrors counts the hosts, of any deployed state, that reported
+	// secrets they could not install.
+	SecretErrors int `json:"secretErrors"`
 }
 
 // Snapshot is the status of the selected hosts at one moment.
@@ -287,8 +290,25 @@ func summarize(rows []Row) (Summary, int) {
 	for _, r := range rows {
 		sum.States[r.State]++
 		code = max(code, r.State.ExitCode())
+		if r.hasSecretErrors() {
+			// A secret that did not install leaves a service without it,
+			// whatever the host's state: monitoring must see it.
+			sum.SecretErrors++
+			code = max(code, ExitFailing)
+		}
 	}
 	return sum, code
+}
+
+// hasSecretErrors tells whether a host bento deploys reported secrets it
+// could not install. A report left in the chroot of a host no longer
+// deployed (disabled, not managed, removed) does not count.
+func (r *Row) hasSecretErrors() bool {
+	switch r.State {
+	case Removed, Disabled, NotManaged:
+		return false
+	}
+	return len(r.SecretErrors) > 0
 }
 
 // candidate is a host to show: from the flake, the chroot root, or both.

@@ -161,8 +161,9 @@ func tableCells(r *Row, now time.Time) []string {
 	}
 }
 
-// SummaryLine counts hosts per state, most urgent first:
-// "5 hosts: 1 failing, 1 pending, 3 up-to-date".
+// SummaryLine counts hosts per state, most urgent first, then the hosts
+// with secrets not installed: "5 hosts: 1 failing, 1 pending, 3 up-to-date;
+// 1 with secrets not installed".
 func SummaryLine(s *Snapshot, color bool) string {
 	if s.Summary.Total == 0 {
 		return fmt.Sprintf("no hosts in %s yet (bento deploy publishes them)", s.Root)
@@ -177,5 +178,9 @@ func SummaryLine(s *Snapshot, color bool) string {
 	if s.Summary.Total == 1 {
 		noun = "host"
 	}
-	return fmt.Sprintf("%d %s: %s", s.Summary.Total, noun, strings.Join(parts, ", "))
+	line := fmt.Sprintf("%d %s: %s", s.Summary.Total, noun, strings.Join(parts, ", "))
+	if n := s.Summary.SecretErrors; n > 0 {
+		line += "; " + paint(fmt.Sprintf("%d with secrets not installed", n), stateColor[Failing], color)
+	}
+	return line
 }

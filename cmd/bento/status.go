@@ -44,8 +44,9 @@ removed hosts and each host's poll interval; without a flake at hand, or with
 
 Exit status: 0 every host up to date (or not deployed by design); 3 some host
 pending, reboot-required or unpublished; 4 some host stale or never seen; 5 some
-host failing, rolled back, drifting or unreadable (the worst wins); 1 status
-itself failed (no chroot root); 2 bad flags or arguments. See docs/status.md.`
+host failing, rolled back, drifting or unreadable, or reporting secrets it could
+not install (the worst wins); 1 status itself failed (no chroot root); 2 bad
+flags or arguments. See docs/status.md.`
 
 func statusCommand() *cli.Command {
 	prom := &promTarget{}
