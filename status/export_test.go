@@ -175,6 +175,12 @@ func TestJSONFields(t *testing.T) {
 			t.Errorf("document lacks %q", k)
 		}
 	}
+	sum, _ := doc["summary"].(map[string]any)
+	for _, k := range []string{"total", "states", "secretErrors"} {
+		if _, ok := sum[k]; !ok || len(sum) != 3 {
+			t.Errorf("summary %v: want exactly total, states, secretErrors (docs/status.md)", sum)
+		}
+	}
 	if doc["exitCode"] != float64(ExitFailing) || doc["generatedAt"] != "2025-03-14T12:00:00Z" {
 		t.Errorf("exitCode %v generatedAt %v", doc["exitCode"], doc["generatedAt"])
 	}
