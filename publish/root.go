@@ -103,8 +103,14 @@ type account struct {
 // lookupAccount finds the SFTP user a host's chroot belongs to.
 func lookupAccount(name, hostDir string) (account, error) {
 	u, err := user.Lookup(name)
-	if err != nil {
+	var unknown user.UnknownUserError
+	if errors.As(err, &unknown) {
 		return account{}, fmt.Errorf("SFTP user %q does not exist on this server: add it with services.bento.server (or: useradd --system --no-create-home --home-dir %s --shell /usr/sbin/nologin %s)", name, hostDir, name)
+	}
+	if err != nil {
+		// Not "no such user": the lookup itself failed (NSS, an unreadable
+		// /etc/passwd); telling the operator to add the user would mislead.
+		return account{}, fmt.Errorf("looking up SFTP user %q: %w", name, err)
 	}
 	uid, err1 := strconv.Atoi(u.Uid)
 	gid, err2 := strconv.Atoi(u.Gid)
