@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/bento-nix/bento/cache/narinfo"
@@ -58,7 +60,14 @@ func TestDeployFillsHostCaches(t *testing.T) {
 	if has(filepath.Join(e.root, "alpha", "cache"), betaKernel) {
 		t.Error("alpha's cache holds beta's kernel")
 	}
-	// What Nix does with it: the manifest's key verifies the host's cache.
+	// An unchanged redeploy keeps every link as it was.
+	before := cacheFiles(t, filepath.Join(e.root, "alpha", "cache"))
+	deploy()
+	if after := cacheFiles(t, filepath.Join(e.root, "alpha", "cache")); !maps.Equal(before, after) {
+		t.Errorf("an unchanged redeploy changed alpha's cache:\nbefore %v\nafter  %v", before, after)
+	}
+
+	// What Nix does with it (Nix adds log/ and realisations/ to a file:// cache it opens): the manifest's key verifies the host's cache.
 	store := filepath.Join(t.TempDir(), "client")
 	r := &nix.Runner{Env: append(fixture.Env(), "XDG_CACHE_HOME="+store+"-xdg")}
 	if _, err := r.Output(context.Background(), "", "copy", "--from", "file://"+filepath.Join(e.root, "alpha", "cache"), "--to", store,
@@ -123,4 +132,80 @@ func storePathNamed(t *testing.T, top, suffix string) string {
 	}
 	t.Fatalf("no %s in the closure of %s", suffix, top)
 	return ""
+}
+
+// cacheFiles lists a host cache (path → inode), checking on the way that
+// the host can change none of it: root owns everything, and only root may
+// write (the files are shared with the pool and other hosts).
+func cacheFiles(t *testing.T, dir string) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
+			t.Errorf("%s: owner %d, mode %v; want root's, writable by root only", p, st.Uid, fi.Mode())
+		}
+		rel, _ := filepath.Rel(dir, p)
+		out[rel] = st.Ino
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) < 3 {
+		t.Fatalf("%s holds only %v", dir, out)
+	}
+	return out
+}
+
+// A host whose cache cannot be filled is not published: its live manifest
+// and cache stay, the deploy says why and exits 1.
+func TestDeployCacheFailureKeepsThePublication(t *testing.T) {
+	requireRootCLI(t)
+	hosts := hostsOf("alpha")
+	e := newDeployEnv(t, hosts)
+	var a, b syscall.Statfs_t
+	shm := t.TempDir()
+	if err := os.MkdirAll(e.root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := os.MkdirTemp("/dev/shm", "bento-cache-test-"); err == nil {
+		shm = d
+		t.Cleanup(func() { os.RemoveAll(d) })
+	}
+	if syscall.Statfs(shm, &a) != nil || syscall.Statfs(e.root, &b) != nil || a.Fsid == b.Fsid {
+		t.Skip("needs a pool on another filesystem than the chroot root")
+	}
+	key := filepath.Join(t.TempDir(), "cache.sec")
+	if _, stderr, code := runCLI(t, "keygen", "--name", "deploy-test-1", "--secret-key", key); code != 0 {
+		t.Fatal(stderr)
+	}
+	if stdout, stderr, code := runCLI(t, e.args("--no-user-check", "--cache-key", key)...); code != 0 {
+		t.Fatalf("first deploy: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	m1, _ := e.manifest(t, "alpha")
+	cache1 := cacheFiles(t, filepath.Join(e.root, "alpha", "cache"))
+
+	hosts[0].Generation = "2"
+	if err := fixture.Write(e.fleet, fixture.Fleet{Hosts: hosts, Git: true}); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code := runCLI(t, e.args("--no-user-check", "--cache-key", key, "--cache-pool", filepath.Join(shm, "pool"))...)
+	if code != 1 || !strings.Contains(stdout+stderr, "different filesystems") {
+		t.Errorf("deploy with a pool on another filesystem: exit %d; want 1 and the reason\n%s\n%s", code, stdout, stderr)
+	}
+	m2, _ := e.manifest(t, "alpha")
+	if m2.Version != m1.Version || m2.ExpectedToplevel != m1.ExpectedToplevel {
+		t.Errorf("alpha was published (%s, %s) although its cache could not be filled; want %s kept", m2.Version, m2.ExpectedToplevel, m1.Version)
+	}
+	if cache2 := cacheFiles(t, filepath.Join(e.root, "alpha", "cache")); !maps.Equal(cache1, cache2) {
+		t.Errorf("the failed deploy changed alpha's cache:\nbefore %v\nafter  %v", cache1, cache2)
+	}
 }
