@@ -237,6 +237,7 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		return Outcome{}, err
 	}
 	if err := t.connect(ctx, t.cfg.ConnectAttempts); err != nil {
+		t.repairSecrets(ctx, st)
 		if n, _ := t.queue.List(); len(n) > 0 {
 			return Outcome{}, fmt.Errorf("%w (%d reports wait in %s)", err, len(n), t.queue.Dir)
 		}
@@ -277,6 +278,7 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	case waitRetry:
 		t.say("version %s failed %d time(s) (%s); next retry after %s", head.Version, st.Attempt.Count, st.Attempt.Result, due.Format(time.RFC3339))
 		out := Outcome{Action: ActionWaiting}
+		t.repairSecrets(ctx, st)
 		rebooted, rerr := t.rebootIfDue(ctx, t.activator(t.o.Out))
 		out.Rebooted = rebooted
 		return out, errors.Join(fmt.Errorf("version %s failed; next retry after %s", head.Version, due.Format(time.RFC3339)), rerr)

@@ -99,6 +99,33 @@ func (t *tick) idleSecrets(ctx context.Context, version string, rep *manifest.Re
 	rep.SecretErrors = orNil(o.Errors)
 }
 
+// repairSecrets puts back, from the held copies, the applied version's
+// secrets on a tick that reports nothing (the server is out of reach, or
+// the newest version waits for its retry): the running system needs them
+// whatever the server says, and /run is emptied at every boot. Failures
+// are the next report's business; here they are only printed.
+func (t *tick) repairSecrets(ctx context.Context, st State) {
+	if st.AppliedVersion == "" || ctx.Err() != nil {
+		return
+	}
+	a := t.secretsAgent(t.o.Out)
+	o, err := a.Install(ctx, st.AppliedVersion)
+	if errors.Is(err, secrets.ErrNotHeld) {
+		return
+	}
+	if err != nil {
+		t.say("warning: secrets: %v", err)
+		return
+	}
+	// Keep the copies of the version waiting for its retry.
+	if err := a.Finish(ctx, []string{st.AppliedVersion, st.Attempt.Version}, &o); err != nil {
+		t.say("warning: secrets: %v", err)
+	}
+	for name, msg := range o.Errors {
+		t.say("warning: secret %s not installed: %s", name, msg)
+	}
+}
+
 // ErrSecretsFailed is returned (wrapped) by InstallSecrets when some
 // secret could not be installed; the others were.
 var ErrSecretsFailed = errors.New("some secrets were not installed")

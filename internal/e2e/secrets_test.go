@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/bento-nix/bento/internal/fixture"
 )
 
 func randomSecret(what string) string {
@@ -241,4 +243,44 @@ func TestInstallSecretsAtBoot(t *testing.T) {
 	if strings.Contains(res.Output(), db) {
 		t.Error("install-secrets printed a secret's content")
 	}
+}
+
+// A tick that applies nothing still puts the running system's secrets
+// back from the held copies: when the server is out of reach, and when
+// the newest version failed and waits for its retry.
+func TestSecretsRepairedOnTicksThatApplyNothing(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	e.SecretsDir = filepath.Join(t.TempDir(), "secrets")
+	h := e.Host(t, "alpha")
+	target := filepath.Join(h.Dir, "run", "bento-secrets", "db")
+	h.Settings["restartCommand"] = []string{"/bin/true"}
+	h.Settings["secrets"] = map[string]any{"db": map[string]any{"path": target, "owner": "nobody", "mode": "0400"}}
+	db := randomSecret("db")
+	writeSecret(t, e, "alpha", "db", db)
+	e.Publish(t)
+	if res := h.Run(t); res.ExitCode != 0 {
+		t.Fatalf("tick: exit %d", res.ExitCode)
+	}
+	checkSecret(t, target, db, 0o400, 65534)
+
+	// The newest version fails activation: rolled back, then waiting.
+	e.Update(t, "alpha", func(x *fixture.Host) { x.FailSwitch = true })
+	e.Publish(t)
+	if res := h.Run(t); res.ExitCode == 0 {
+		t.Fatal("a failing switch exited 0")
+	}
+	os.Remove(target)
+	res := h.Run(t)
+	if res.ExitCode == 0 || !strings.Contains(res.Output(), "next retry after") {
+		t.Fatalf("expected a tick waiting for the retry: exit %d", res.ExitCode)
+	}
+	checkSecret(t, target, db, 0o400, 65534)
+
+	// The server is out of reach (nothing listens on port 1).
+	h.Settings["port"] = 1
+	os.Remove(target)
+	if res := h.Run(t); res.ExitCode == 0 {
+		t.Fatal("a tick without the server exited 0")
+	}
+	checkSecret(t, target, db, 0o400, 65534)
 }
