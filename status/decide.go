@@ -125,11 +125,12 @@ func judge(in hostInput, r *Row) (State, string) {
 	}
 	// Secrets first: on a narrow terminal the message is cut, and what
 	// needs action must stay visible.
+	// Separate facts are separated by "; " (": " introduces a cause).
 	if len(rep.SecretErrors) > 0 {
-		msg = join(msg, secretsMessage(rep.SecretErrors))
+		msg = joinFacts(msg, secretsMessage(rep.SecretErrors))
 	}
 	if applied && rep.BytesFetched > 0 && (state == UpToDate || state == RebootRequired) {
-		msg = join(msg, "last update fetched "+humanBytes(rep.BytesFetched))
+		msg = joinFacts(msg, "last update fetched "+humanBytes(rep.BytesFetched))
 	}
 	if age := in.now.Sub(lastSeen(rep)); age > in.staleAfter && (state == UpToDate || state == Pending || state == RebootRequired) {
 		return Stale, fmt.Sprintf("silent for %s (over %s); its last report said %s", Ago(age), Ago(in.staleAfter), join(string(state), msg))
@@ -302,6 +303,17 @@ func join(a, b string) string {
 		return a
 	}
 	return a + ": " + b
+}
+
+// joinFacts joins two independent parts of a message.
+func joinFacts(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
 }
 
 func orDash(s string) string {

@@ -100,3 +100,32 @@ func TestSecretErrorsOfHostsNotDeployed(t *testing.T) {
 		t.Errorf("summary %q mentions secrets", SummaryLine(s, false))
 	}
 }
+
+// Within a state, the default sort puts hosts with secrets not installed
+// first; facts in a message are separated by "; ".
+func TestSecretErrorsSortFirst(t *testing.T) {
+	c := newChroot(t)
+	for _, h := range []string{"a", "b", "c"} {
+		c.publish(h, v1, now.Add(-time.Hour), sysA)
+		rep := applied(v1, sysA, now.Add(-time.Minute))
+		if h == "b" {
+			rep.SecretErrors = map[string]string{"api": "no such user"}
+			rep.BytesFetched = 2 << 10
+		}
+		c.report(h, rep)
+	}
+	s, err := Collect(context.Background(), Options{Root: c.root, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, r := range s.Hosts {
+		order = append(order, r.Host)
+	}
+	if got := strings.Join(order, " "); got != "b a c" {
+		t.Errorf("order %q, want %q", got, "b a c")
+	}
+	if m := s.Hosts[0].Message; m != "1 secret not installed (api: no such user); last update fetched 2.0 KiB" {
+		t.Errorf("message %q", m)
+	}
+}

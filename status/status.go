@@ -108,7 +108,9 @@ type Build struct {
 }
 
 // DefaultStaleAfter is the stale threshold when neither --stale-after nor
-// the host's poll interval is known: three of the default 15-minute polls.
+// the host's poll interval is known: three 15-minute gaps, the longest
+// between two polls of the module's default timer (*:0/10 with a 5-minute
+// random delay).
 const DefaultStaleAfter = 45 * time.Minute
 
 // StaleIntervals is how many missed polls make a host stale.
@@ -416,7 +418,13 @@ func SortRows(rows []Row, key string) error {
 	var cmp func(a, b *Row) int
 	switch key {
 	case "", "state":
-		cmp = func(a, b *Row) int { return a.State.rank() - b.State.rank() }
+		cmp = func(a, b *Row) int {
+			if c := a.State.rank() - b.State.rank(); c != 0 {
+				return c
+			}
+			// Within a state, hosts with secrets not installed need action.
+			return boolRank(b.hasSecretErrors()) - boolRank(a.hasSecretErrors())
+		}
 	case "name":
 		cmp = func(a, b *Row) int { return 0 }
 	case "seen":
@@ -433,6 +441,13 @@ func SortRows(rows []Row, key string) error {
 		return strings.Compare(a.Host, b.Host)
 	})
 	return nil
+}
+
+func boolRank(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // compareTimes orders unknown times first, then oldest first.
