@@ -209,3 +209,28 @@ func TestDeployCacheFailureKeepsThePublication(t *testing.T) {
 		t.Errorf("the failed deploy changed alpha's cache:\nbefore %v\nafter  %v", cache1, cache2)
 	}
 }
+
+// --no-cache fills nothing: the manifests it publishes announce no cache,
+// and the caches and the pool are left as they were.
+func TestDeployNoCache(t *testing.T) {
+	requireRootCLI(t)
+	e := newDeployEnv(t, hostsOf("alpha"))
+	key := filepath.Join(t.TempDir(), "cache.sec")
+	if _, stderr, code := runCLI(t, "keygen", "--name", "deploy-test-1", "--secret-key", key); code != 0 {
+		t.Fatal(stderr)
+	}
+	if stdout, stderr, code := runCLI(t, e.args("--no-user-check", "--cache-key", key)...); code != 0 {
+		t.Fatalf("deploy: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	cacheDir := filepath.Join(e.root, "alpha", "cache")
+	before := cacheFiles(t, cacheDir)
+	if stdout, stderr, code := runCLI(t, e.args("--no-user-check", "--cache-key", key, "--no-cache")...); code != 0 {
+		t.Fatalf("deploy --no-cache: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if m, _ := e.manifest(t, "alpha"); m.Cache != nil {
+		t.Errorf("after --no-cache the manifest announces %+v", m.Cache)
+	}
+	if after := cacheFiles(t, cacheDir); !maps.Equal(before, after) {
+		t.Errorf("--no-cache changed alpha's cache:\nbefore %v\nafter  %v", before, after)
+	}
+}
