@@ -138,8 +138,15 @@ func (h *hostRun) fail(stage string, err error) {
 	h.err = &HostError{Host: h.host.Name, Stage: stage, Err: err}
 	if h.logf != nil {
 		h.lw.Flush()
-		fmt.Fprintf(h.logf, "bento: %s: %s\n", stage, errMessage(err))
+		fmt.Fprintf(h.logf, "bento: %s: %s\n", stage, bentoLines(errMessage(err)))
 	}
+}
+
+// bentoLines marks every line of a multi-line message as bento's own, so
+// that a log's tail (which leaves out bento's lines) does not show Nix's
+// last lines twice.
+func bentoLines(msg string) string {
+	return strings.ReplaceAll(strings.TrimRight(msg, "\n"), "\n", "\nbento: ")
 }
 
 // finish closes the host's log and returns its result.
@@ -281,7 +288,7 @@ func (b *run) build(ctx context.Context, h *hostRun) {
 	h.lw.Flush()
 	if err != nil {
 		h.res.CopyErr = &HostError{Host: name, Stage: "copy to " + b.opts.CopyTo, Err: err}
-		fmt.Fprintf(h.logf, "bento: copy to %s: %s\n", b.opts.CopyTo, errMessage(err))
+		fmt.Fprintf(h.logf, "bento: copy to %s: %s\n", b.opts.CopyTo, bentoLines(errMessage(err)))
 		return
 	}
 	fmt.Fprintf(h.logf, "bento: copied to %s\n", b.opts.CopyTo)

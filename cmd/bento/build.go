@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -199,7 +200,8 @@ func printBuildSummary(w io.Writer, results []builder.Result, color bool) error 
 		return colour + s + "\x1b[0m"
 	}
 	pathHeader := "OUT PATH"
-	if len(results) > 0 && results[0].Status == builder.StatusDryRun {
+	// A dry run's hosts are dry-run, failed or cancelled, in any order.
+	if slices.ContainsFunc(results, func(r builder.Result) bool { return r.Status == builder.StatusDryRun }) {
 		pathHeader = "DRV PATH"
 	}
 	rows := [][]string{{"HOST", "RESULT", "DURATION", pathHeader}}
