@@ -17,6 +17,7 @@
 
 let
   inherit (lib)
+    concatLists
     concatMapStringsSep
     hasPrefix
     literalExpression
@@ -29,6 +30,7 @@ let
     optional
     optionalAttrs
     types
+    unique
     ;
 
   cfg = config.services.bento;
@@ -437,7 +439,10 @@ in
       example = literalExpression ''{ "wg.key" = { owner = "systemd-network"; restartUnits = [ "systemd-networkd.service" ]; }; }'';
       description = ''
         Secrets this host receives from the server's `secrets/<host>/<name>`,
-        installed outside the Nix store before the switch.
+        installed outside the Nix store before the switch, and put back at
+        boot by `bento-secrets.service` from the agent's local copies (a
+        unit that reads one at start and is not in its `restartUnits`
+        should be ordered after that service).
       '';
     };
 
@@ -538,6 +543,40 @@ in
         };
       };
     }
+
+    # Secrets under /run are gone after a reboot, and the agent's first
+    # tick may be minutes away (or the server unreachable): put the applied
+    # version's secrets back from the agent's local copies at boot, before
+    # their restartUnits (and before the agent) start. It never needs the
+    # network. A switch that adds this unit starts it while the agent that
+    # runs the switch holds its lock: it then gives up after --lock-wait
+    # (that tick installs the secrets itself), and "-" keeps that from
+    # failing the switch; failures are in its journal.
+    (mkIf (cfg.secrets != { }) {
+      systemd.services.bento-secrets = unitCommon // {
+        description = "bento agent: put this host's secrets back in place after a boot";
+        wantedBy = [ "multi-user.target" ];
+        before = unique ([ "bento-agent.service" ] ++ concatLists (mapAttrsToList (_: s: s.restartUnits) cfg.secrets));
+        serviceConfig = hardening // {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStart =
+            "-"
+            + execLine [
+              bento
+              "agent"
+              "install-secrets"
+              "--config"
+              configFile
+              "--no-restart"
+              "--lock-wait"
+              "5s"
+            ];
+          KillMode = "process";
+          TimeoutStartSec = "5min";
+        };
+      };
+    })
 
     # The local trigger: `bento agent trigger-server` runs a tick in its own
     # process on each request, so its units are as protected from switches

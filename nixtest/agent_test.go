@@ -72,6 +72,25 @@ func TestAgentCommandLine(t *testing.T) {
 		}
 	})
 
+	// bento-secrets runs `bento agent install-secrets` at boot.
+	t.Run("agent install-secrets", func(t *testing.T) {
+		argv := secretsArgv(t, r.Services["bento-secrets"])
+		if argv[0] != bin {
+			t.Fatalf("bento-secrets runs %q, want %q", argv, bin)
+		}
+		if out, err := runErr(t, "", argv[0], append(argv[1:], "--help")...); err != nil {
+			t.Errorf("the bento-secrets unit's command line %q is refused: %v\n%s", argv, err, out)
+		}
+		// Nothing applied yet (a fresh state directory): it succeeds
+		// without the network, for real.
+		conf := argv[indexOf(argv, "--config")+1]
+		state := t.TempDir()
+		if out, err := runErr(t, "", argv[0], append(argv[1:], "--state-dir", state)...); err != nil {
+			data, _ := os.ReadFile(conf)
+			t.Errorf("%q --state-dir %s: %v\n%s\n%s", argv, state, err, out, data)
+		}
+	})
+
 	t.Run("agent configuration", func(t *testing.T) {
 		root := repoRoot(t)
 		if _, err := os.Stat(filepath.Join(root, "agent", "config.go")); err != nil {
@@ -122,8 +141,8 @@ func TestUnitsVerify(t *testing.T) {
 	for name, u := range r.Timers {
 		write(name+".timer", renderUnit(u, "Timer", u.TimerConfig))
 	}
-	if len(files) != 4 {
-		t.Fatalf("units: %v, want the agent's service and timer and two trigger services", files)
+	if len(files) != 5 {
+		t.Fatalf("units: %v, want the agent's service and timer, two trigger services and bento-secrets", files)
 	}
 	out, err := runErr(t, dir, analyze, append([]string{"verify", "--man=no"}, files...)...)
 	if err != nil || regexp.MustCompile(`(?i)ignoring|unknown|failed|invalid`).MatchString(out) {
@@ -162,6 +181,9 @@ func renderUnit(u unit, section string, settings map[string]any) string {
 	}
 	for _, w := range u.After {
 		line("After", w)
+	}
+	for _, w := range u.Before {
+		line("Before", w)
 	}
 	lines(u.UnitConfig)
 	fmt.Fprintf(&b, "\n[%s]\n", section)

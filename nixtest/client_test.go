@@ -15,6 +15,7 @@ type unit struct {
 	Description      string            `json:"description"`
 	Wants            []string          `json:"wants"`
 	After            []string          `json:"after"`
+	Before           []string          `json:"before"`
 	Requires         []string          `json:"requires"`
 	WantedBy         []string          `json:"wantedBy"`
 	Path             []string          `json:"path"`
@@ -269,7 +270,7 @@ func TestClientOptions(t *testing.T) {
 			t.Errorf("%s = %+v", name, trig)
 		}
 	}
-	if len(r.Services) != 3 || len(r.Sockets) != 0 {
+	if len(r.Services) != 4 || len(r.Sockets) != 0 {
 		t.Errorf("services %v, sockets %v", keys(r.Services), keys(r.Sockets))
 	}
 	for k, v := range map[string]any{"user": "pi-sftp", "mode": "fetch", "tags": []any{"home", "arm"}, "interval": "hourly", "port": 2222.0} {
@@ -277,6 +278,65 @@ func TestClientOptions(t *testing.T) {
 			t.Errorf("services.bento.%s = %#v, want %#v", k, r.Bento[k], v)
 		}
 	}
+}
+
+// Secrets under /run are gone after a reboot: bento-secrets puts them back
+// from the agent's local copies at boot, before the units that read them
+// and before the agent, and can neither fail nor hang a switch that adds it.
+func TestClientSecretsAtBoot(t *testing.T) {
+	needNix(t)
+	key := publicKey(t)
+	r := evalClient(t, fmt.Sprintf(`{
+	  networking.hostName = "web-1";
+	  services.bento = {
+	    enable = true; server = "s"; serverHostKey = %s;
+	    secrets.a.restartUnits = [ "nginx.service" "x.service" ];
+	    secrets.b.restartUnits = [ "nginx.service" ];
+	    secrets.c = { };
+	  };
+	}`, nixString(key)))
+	if len(r.Failed) != 0 {
+		t.Fatalf("failed assertions: %q", r.Failed)
+	}
+	svc, ok := r.Services["bento-secrets"]
+	if !ok {
+		t.Fatalf("no bento-secrets service: %v", keys(r.Services))
+	}
+	if want := []string{"bento-agent.service", "nginx.service", "x.service"}; !reflect.DeepEqual(svc.Before, want) {
+		t.Errorf("before = %q, want %q", svc.Before, want)
+	}
+	if !reflect.DeepEqual(svc.WantedBy, []string{"multi-user.target"}) || contains(svc.After, "network-online.target") || len(svc.Wants) != 0 {
+		t.Errorf("wantedBy %q, wants %q, after %q: want a boot unit that needs no network", svc.WantedBy, svc.Wants, svc.After)
+	}
+	if svc.RestartIfChanged == nil || *svc.RestartIfChanged || svc.UnitConfig["X-StopOnRemoval"] != false {
+		t.Errorf("a switch would restart bento-secrets while the agent holds its lock: %+v", svc)
+	}
+	if svc.ServiceConfig["Type"] != "oneshot" || svc.ServiceConfig["RemainAfterExit"] != true {
+		t.Errorf("serviceConfig = %v", svc.ServiceConfig)
+	}
+	argv := secretsArgv(t, svc)
+	agent := splitExec(t, r.Services["bento-agent"].ServiceConfig["ExecStart"].(string))
+	if want := []string{agent[0], "agent", "install-secrets", "--config", agent[4], "--no-restart", "--lock-wait", "5s"}; !reflect.DeepEqual(argv, want) {
+		t.Errorf("ExecStart = %q, want %q", argv, want)
+	}
+
+	// Without secrets there is nothing to put back.
+	r = evalClient(t, fmt.Sprintf(`{ services.bento = { enable = true; server = "s"; serverHostKey = %s; }; }`, nixString(key)))
+	if _, ok := r.Services["bento-secrets"]; ok {
+		t.Errorf("bento-secrets without secrets")
+	}
+}
+
+// secretsArgv is bento-secrets' command line; "-" (a failure does not
+// fail a switch) must prefix it.
+func secretsArgv(t testing.TB, u unit) []string {
+	t.Helper()
+	line, _ := u.ServiceConfig["ExecStart"].(string)
+	rest, ok := strings.CutPrefix(line, "-")
+	if !ok {
+		t.Fatalf("bento-secrets: ExecStart %q lacks the \"-\" prefix: its failure would fail the switch that adds it", line)
+	}
+	return splitExec(t, rest)
 }
 
 func TestClientDisabled(t *testing.T) {
