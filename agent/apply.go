@@ -122,6 +122,7 @@ func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, lo
 		err = fmt.Errorf("activation: %w", err)
 		if !outcome.NeedsRollback() {
 			log.Printf("%v (nothing was changed)", err)
+			t.restoreSecrets(ctx, st, rep, log)
 			return t.failAttempt(ctx, st, rep, log, err)
 		}
 		return t.rollback(ctx, st, rep, log, act, prev, "activation-failed", err)

@@ -70,6 +70,14 @@ func (t *tick) installSecrets(ctx context.Context, version string, rep *manifest
 	rep.SecretErrors = orNil(o.Errors)
 }
 
+// restoreSecrets puts back the applied version's secrets after an attempt
+// that installed its own before the switch and then did not switch.
+func (t *tick) restoreSecrets(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer) {
+	if st.AppliedVersion != "" && t.secretsBefore != nil {
+		t.installSecrets(context.WithoutCancel(ctx), st.AppliedVersion, rep, log, true)
+	}
+}
+
 // idleSecrets puts back, on a tick with nothing new, the applied version's
 // secrets that are missing or were changed (/run is emptied at boot).
 func (t *tick) idleSecrets(ctx context.Context, version string, rep *manifest.Report) {

@@ -284,3 +284,38 @@ func TestSecretsRepairedOnTicksThatApplyNothing(t *testing.T) {
 	}
 	checkSecret(t, target, db, 0o400, 65534)
 }
+
+// An attempt that installs a new version's secrets before the switch and
+// then cannot switch at all (nothing changed, nothing to roll back) puts
+// the running version's secrets back.
+func TestSecretsRestoredWhenTheSwitchChangesNothing(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	e.SecretsDir = filepath.Join(t.TempDir(), "secrets")
+	h := e.Host(t, "alpha")
+	target := filepath.Join(h.Dir, "run", "bento-secrets", "db")
+	h.Settings["restartCommand"] = []string{"/bin/true"}
+	h.Settings["secrets"] = map[string]any{"db": map[string]any{"path": target, "owner": "nobody", "mode": "0400"}}
+	db := randomSecret("db")
+	writeSecret(t, e, "alpha", "db", db)
+	e.Publish(t)
+	if res := h.Run(t); res.ExitCode != 0 {
+		t.Fatalf("tick: exit %d", res.ExitCode)
+	}
+	checkSecret(t, target, db, 0o400, 65534)
+
+	// nix-env cannot set a profile under a regular file: the switch fails
+	// before anything changed.
+	blocker := filepath.Join(h.Dir, "not-a-directory")
+	os.WriteFile(blocker, nil, 0o644)
+	h.Settings["profile"] = filepath.Join(blocker, "system")
+	writeSecret(t, e, "alpha", "db", randomSecret("db2"))
+	e.Publish(t)
+	res := h.Run(t)
+	if res.ExitCode == 0 || !strings.Contains(res.Output(), "nothing was changed") {
+		t.Fatalf("expected a switch that changed nothing: exit %d", res.ExitCode)
+	}
+	if !strings.Contains(res.Output(), "secret installed secret=db") {
+		t.Fatal("control failed: the new secret was not installed before the switch")
+	}
+	checkSecret(t, target, db, 0o400, 65534)
+}
