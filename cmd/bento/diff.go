@@ -57,6 +57,10 @@ func runDiff(c *cli.Context) error {
 	}
 	fmt.Fprintf(w, "host %s\n  from %s (%s)\n  to   %s (%s)\n", host, d.From, d.FromLabel, d.To, d.ToLabel)
 	if err := status.Diff(c.Context, nixRunner(c), d, w); err != nil {
+		if c.Context.Err() != nil {
+			// Ctrl-C: exit 130, like every bento command.
+			return fmt.Errorf("diff interrupted: %w", c.Context.Err())
+		}
 		return failed(err)
 	}
 	return nil

@@ -210,8 +210,12 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 	s, err := status.Collect(c.Context, opts)
 	if err != nil {
 		var ue *status.UsageError
-		if errors.As(err, &ue) {
+		switch {
+		case errors.As(err, &ue):
 			return usageError("%w", err)
+		case c.Context.Err() != nil:
+			// Ctrl-C: exit 130, like every bento command.
+			return fmt.Errorf("status interrupted: %w", c.Context.Err())
 		}
 		return failed(err)
 	}
