@@ -212,7 +212,10 @@ func Write(ctx context.Context, dst, dir, host string, files []manifest.File, ow
 	if err := os.Chmod(dst, publishedDirMode); err != nil {
 		return fmt.Errorf("secrets directory: %w", err)
 	}
-	return syncDir(dst)
+	if err := syncDir(dst); err != nil {
+		return fmt.Errorf("secrets directory: %w", err)
+	}
+	return nil
 }
 
 func copySecret(src, dst string, f manifest.File, owner Owner) error {

@@ -154,7 +154,10 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher) (int
 		return total, fmt.Errorf("secrets store: %w", err)
 	}
 	ok = true
-	return total, syncDir(s.Dir)
+	if err := syncDir(s.Dir); err != nil {
+		return total, fmt.Errorf("secrets store: %w", err)
+	}
+	return total, nil
 }
 
 // copyVerified writes what fill produces into a new file dst (0600) and
