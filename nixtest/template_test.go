@@ -16,7 +16,9 @@ type templateHost struct {
 		User          string   `json:"user"`
 		Tags          []string `json:"tags"`
 		HostPublicKey *string  `json:"hostPublicKey"`
+		Substituters  []string `json:"substituters"`
 	} `json:"bento"`
+	NixServe bool `json:"nixServe"`
 	ServerHosts map[string]struct {
 		User       string   `json:"user"`
 		PublicKeys []string `json:"publicKeys"`
@@ -38,7 +40,8 @@ func evalTemplate(t *testing.T, fill string) map[string]templateHost {
 	expr := fmt.Sprintf(`let
   f = import %s { template = %s; bento = %s; fill = %s; };
 in builtins.mapAttrs (name: h: let c = h.config; in {
-  bento = { inherit (c.services.bento) enable server mode user tags hostPublicKey; };
+  bento = { inherit (c.services.bento) enable server mode user tags hostPublicKey substituters; };
+  nixServe = c.services.nix-serve.enable or false;
   serverHosts = if c.services.bento-server.enable then c.services.bento-server.hosts else null;
   failed = (%s) c;
   warnings = c.warnings;
@@ -66,6 +69,14 @@ func TestTemplateAsWritten(t *testing.T) {
 	}
 	if !pi.Bento.Enable || pi.Bento.Mode != "fetch" || pi.Bento.User != "pi" {
 		t.Errorf("pi: %+v", pi.Bento)
+	}
+	// The pi fetches from the cache in its own chroot (bento keygen): no
+	// shared HTTP cache of the server's whole store, which every host (and
+	// anyone reaching the port) could read.
+	for name, h := range hosts {
+		if h.NixServe || len(h.Bento.Substituters) != 0 {
+			t.Errorf("%s: nix-serve %v, substituters %q: the template's README promises that a host reads only its own store paths", name, h.NixServe, h.Bento.Substituters)
+		}
 	}
 	if server.Bento.Enable {
 		t.Errorf("the template's server is a bento client: %+v", server.Bento)

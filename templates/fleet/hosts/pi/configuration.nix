@@ -1,5 +1,6 @@
 # A small client (a Raspberry Pi) that evaluates nothing: it fetches the
-# system the server built from the server's binary cache.
+# system the server built from the binary cache in its own chroot (run
+# `bento keygen` once on the server, see hosts/server/configuration.nix).
 { ... }:
 {
   services.bento = {
@@ -9,9 +10,6 @@
     hostPublicKey = null;
 
     mode = "fetch";
-    substituters = [ "http://bento.example.org:5000" ]; # CHANGE ME: the server
-    # CHANGE ME: the content of /var/lib/bento-cache.pub on the server.
-    trustedPublicKeys = [ ];
     tags = [ "home" ];
   };
 

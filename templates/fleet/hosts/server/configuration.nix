@@ -16,15 +16,11 @@
     flake = "/srv/fleet"; # CHANGE ME if you keep it elsewhere
     deploy.enable = true;
 
-    # A signed binary cache of the server's store, for the pi (fetch mode).
-    # Create the key once:
-    #   nix-store --generate-binary-cache-key bento.example.org-1 \
-    #     /var/lib/bento-cache.sec /var/lib/bento-cache.pub
-    cache = {
-      enable = true;
-      secretKeyFile = "/var/lib/bento-cache.sec";
-      openFirewall = true;
-    };
+    # Binary caches: run `bento keygen` once on this server. From then on
+    # `bento deploy` puts a signed cache of each host's own closure in that
+    # host's chroot, and its agent substitutes from it over SSH (the pi, in
+    # fetch mode, needs it). No HTTP server, no open port, and no host can
+    # read another host's store paths.
   };
 
   # The server builds every host, the aarch64 pi included.
