@@ -128,4 +128,12 @@ func TestSecretErrorsSortFirst(t *testing.T) {
 	if m := s.Hosts[0].Message; m != "1 secret not installed (api: no such user); last update fetched 2.0 KiB" {
 		t.Errorf("message %q", m)
 	}
+	// In colour, its message is red even though its state is green.
+	var buf bytes.Buffer
+	if err := WriteTable(&buf, s, TableOptions{Color: true}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "\x1b[1;31m1 secret not installed") || strings.Count(buf.String(), "\x1b[1;31m") != 2 {
+		t.Errorf("colour table:\n%q", buf.String())
+	}
 }

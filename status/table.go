@@ -113,6 +113,9 @@ func WriteTable(w io.Writer, s *Snapshot, o TableOptions) error {
 					return stateColor[r.State]
 				case col == 4 && r.SystemMatch != nil && !*r.SystemMatch:
 					return stateColor[Drift]
+				case col == 6 && r.hasSecretErrors():
+					// Whatever the state, a secret not installed needs action.
+					return stateColor[Failing]
 				}
 				return ""
 			}, o.Color)
