@@ -18,7 +18,7 @@ type templateHost struct {
 		HostPublicKey *string  `json:"hostPublicKey"`
 		Substituters  []string `json:"substituters"`
 	} `json:"bento"`
-	NixServe bool `json:"nixServe"`
+	NixServe    bool `json:"nixServe"`
 	ServerHosts map[string]struct {
 		User       string   `json:"user"`
 		PublicKeys []string `json:"publicKeys"`
