@@ -140,7 +140,17 @@ func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, lo
 		rep.Stage = manifest.StageSwitched
 		timeout := time.Duration(t.cfg.ConfirmTimeout)
 		log.Printf("switched; checking that the server is still reachable (up to %s)", timeout)
-		if err := activate.Confirm(ctx, timeout, t.probe); err != nil {
+		probes := 0
+		probe := func(ctx context.Context) error {
+			probes++
+			err := t.probe(ctx)
+			if err != nil && ctx.Err() == nil {
+				// In the log: a network that came back in time is visible.
+				log.Printf("confirmation probe %d: the server is not reachable: %v", probes, err)
+			}
+			return err
+		}
+		if err := activate.Confirm(ctx, timeout, probe); err != nil {
 			if errors.Is(err, activate.ErrUnconfirmed) {
 				return t.rollback(ctx, st, rep, log, act, prev, "server-unreachable", err)
 			}

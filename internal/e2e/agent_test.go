@@ -287,8 +287,14 @@ func TestServerLostAfterSwitchRollsBackAndQueuesTheReport(t *testing.T) {
 		st.AppliedVersion != v1.Version || st.CurrentSystem != v1.Built {
 		t.Errorf("delivered report: %+v", st)
 	}
-	if log := h.Log(t, st.Log); !strings.Contains(log, "rolled back to "+v1.Built) {
+	log := h.Log(t, st.Log)
+	if !strings.Contains(log, "rolled back to "+v1.Built) {
 		t.Errorf("the delivered log does not tell the rollback:\n%s", log)
+	}
+	// Not on the first failed probe: the guard kept trying until the
+	// timeout (the original rolled back on any single failure).
+	if !strings.Contains(log, "confirmation probe 2:") || !strings.Contains(st.Error, "within 3s") {
+		t.Errorf("the rollback did not wait for the confirmation timeout, retrying (error %q):\n%s", st.Error, log)
 	}
 	if res.ExitCode == 0 || strings.Contains(res.Output(), "building") {
 		t.Errorf("the rolled-back version must wait for its retry, not be retried at once")
