@@ -36,7 +36,18 @@ func TestKillDuringDownloadLeavesAConsistentState(t *testing.T) {
 	}
 	run := h.Start(t)
 	staging := waitForStaging(t, h, v2.Version)
+	select {
+	case <-run.done:
+		t.Fatalf("the tick ended before the kill: the download was not blocked:\n%s", run.Output())
+	default:
+	}
 	run.Kill(t)
+	// The killed attempt is on record as running: what the next tick
+	// recovers from.
+	if data, err := os.ReadFile(filepath.Join(h.StateDir, "state.json")); err != nil ||
+		!strings.Contains(string(data), `"running": true`) || !strings.Contains(string(data), v2.Version) {
+		t.Errorf("state after kill -9 (%v):\n%s", err, data)
+	}
 
 	// Killed mid-download: the old tree and system are untouched, the new
 	// version is not in place, nothing half-written is taken for real.
