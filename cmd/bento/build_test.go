@@ -4,11 +4,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/internal/fixture"
 )
 
@@ -172,4 +174,19 @@ func TestBuildCommand(t *testing.T) {
 			t.Errorf("exit %d, stderr %q", code, stderr)
 		}
 	})
+}
+
+// A dry run's summary names drv paths whatever the first host's fate.
+func TestBuildSummaryDryRunHeader(t *testing.T) {
+	var out strings.Builder
+	results := []builder.Result{
+		{Host: "alpha", Status: builder.StatusFailed, Err: errors.New("error: boom")},
+		{Host: "beta", Status: builder.StatusDryRun, DrvPath: "/nix/store/bbbb-nixos-system-beta.drv", OutPath: "/nix/store/cccc-nixos-system-beta"},
+	}
+	if err := printBuildSummary(&out, results, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "HOST   RESULT   DURATION  DRV PATH\n") || !strings.Contains(out.String(), "beta   dry-run  0s        /nix/store/bbbb-nixos-system-beta.drv\n") {
+		t.Errorf("summary:\n%s", out.String())
+	}
 }
