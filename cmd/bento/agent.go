@@ -21,6 +21,10 @@ import (
 
 const defaultTriggerAddr = "unix:/run/bento/trigger.sock"
 
+// defaultAgentConfig is the file the NixOS module writes: read when
+// --config is not given and the file exists (a variable for tests).
+var defaultAgentConfig = "/etc/bento/agent.json"
+
 func agentCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "agent",
@@ -130,7 +134,7 @@ func agentInstallSecretsCommand() *cli.Command {
 // agentConfigFlags are --config plus one flag per configuration key.
 func agentConfigFlags() []cli.Flag {
 	flags := []cli.Flag{
-		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "JSON configuration file (written by the NixOS module)", EnvVars: []string{"BENTO_CONFIG"}},
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "JSON configuration file (written by the NixOS module; default " + defaultAgentConfig + " when it exists)", EnvVars: []string{"BENTO_CONFIG"}},
 	}
 	for _, k := range agent.Keys() {
 		usage := k.Usage
@@ -150,7 +154,13 @@ func agentConfigFlags() []cli.Flag {
 // flags and environment variables.
 func agentConfig(c *cli.Context) (agent.Config, error) {
 	cfg := agent.Defaults()
-	if file := c.String("config"); file != "" {
+	file := c.String("config")
+	if file == "" && !c.IsSet("config") {
+		if _, err := os.Stat(defaultAgentConfig); err == nil {
+			file = defaultAgentConfig
+		}
+	}
+	if file != "" {
 		warnings, err := cfg.LoadFile(file)
 		for _, w := range warnings {
 			fmt.Fprintln(c.App.ErrWriter, "bento: warning:", w)
