@@ -232,7 +232,7 @@ func TestFailureKeepsPublication(t *testing.T) {
 			writeFile(t, filepath.Join(dir, "new.nix"), "{ }", 0o644)
 			run(t, dir, "git", "add", "new.nix")
 			ts[0].Host.Options.User = "bento-no-such-user"
-		}, `SFTP user "bento-no-such-user" does not exist on this server: add it with services.bento.server (or: useradd`},
+		}, `SFTP user "bento-no-such-user" does not exist on this server: add it with services.bento-server.hosts (or: useradd`},
 		{"SFTP user is root", func(t *testing.T, dir string, ts []publish.Target) {
 			writeFile(t, filepath.Join(dir, "new.nix"), "{ }", 0o644)
 			run(t, dir, "git", "add", "new.nix")

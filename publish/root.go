@@ -105,7 +105,7 @@ func lookupAccount(name, hostDir string) (account, error) {
 	u, err := user.Lookup(name)
 	var unknown user.UnknownUserError
 	if errors.As(err, &unknown) {
-		return account{}, fmt.Errorf("SFTP user %q does not exist on this server: add it with services.bento.server (or: useradd --system --no-create-home --home-dir %s --shell /usr/sbin/nologin %s)", name, hostDir, name)
+		return account{}, fmt.Errorf("SFTP user %q does not exist on this server: add it with services.bento-server.hosts (or: useradd --system --no-create-home --home-dir %s --shell /usr/sbin/nologin %s)", name, hostDir, name)
 	}
 	if err != nil {
 		// Not "no such user": the lookup itself failed (NSS, an unreadable

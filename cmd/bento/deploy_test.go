@@ -293,7 +293,7 @@ func TestDeployBadInput(t *testing.T) {
 		{"unknown host", []string{"nosuchhost"}, 2, nil, []string{`host selection "nosuchhost" matches no host`}},
 		{"prune-reports alone", []string{"--prune-reports"}, 2, nil, []string{"--prune-reports only adds to --prune"}},
 		{"missing SFTP user", nil, 1,
-			[]string{"alpha   published", `nouser  failed: SFTP user "bento-no-such-user" does not exist on this server: add it with services.bento.server`},
+			[]string{"alpha   published", `nouser  failed: SFTP user "bento-no-such-user" does not exist on this server: add it with services.bento-server.hosts`},
 			[]string{"1 of 2 hosts failed"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
