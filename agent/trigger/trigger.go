@@ -109,9 +109,37 @@ type Tick func(ctx context.Context, out io.Writer) error
 // away does not stop its tick: a switch is never cut short by a Ctrl-C on
 // a watching terminal.
 func Serve(ctx context.Context, ln net.Listener, tick Tick) error {
+	return ServeAll(ctx, []net.Listener{ln}, tick)
+}
+
+// ServeAll is Serve on several listeners at once (a unix socket and a
+// loopback port), still one tick at a time across all of them. When one
+// listener fails, the others stop too and the error is returned.
+func ServeAll(ctx context.Context, lns []net.Listener, tick Tick) error {
+	if len(lns) == 0 {
+		return errors.New("trigger: no address to listen on")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var running sync.Mutex
+	errs := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() {
+			err := serveOne(ctx, ln, tick, &running)
+			cancel()
+			errs <- err
+		}()
+	}
+	var all []error
+	for range lns {
+		all = append(all, <-errs)
+	}
+	return errors.Join(all...)
+}
+
+func serveOne(ctx context.Context, ln net.Listener, tick Tick, running *sync.Mutex) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	var running sync.Mutex
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -76,24 +77,37 @@ func agentCommand() *cli.Command {
 			},
 			{
 				Name:  "trigger-server",
-				Usage: "serve tick requests on a unix socket or a loopback port, streaming each tick's output",
+				Usage: "serve tick requests on unix sockets or loopback ports, streaming each tick's output",
 				Flags: append(agentConfigFlags(),
-					&cli.StringFlag{Name: "listen", Value: defaultTriggerAddr, Usage: "unix:/path or 127.0.0.1:PORT (never all interfaces)", EnvVars: []string{"BENTO_TRIGGER"}},
+					&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice(defaultTriggerAddr), Usage: "unix:/path or 127.0.0.1:PORT (never all interfaces); repeat to listen on several", EnvVars: []string{"BENTO_TRIGGER"}},
 				),
 				Action: func(c *cli.Context) error {
 					if _, err := agentConfig(c); err != nil {
 						return err
 					}
-					a, err := trigger.ParseAddr(c.String("listen"))
-					if err != nil {
-						return usageError("%w", err)
+					var addrs []trigger.Addr
+					for _, s := range c.StringSlice("listen") {
+						a, err := trigger.ParseAddr(s)
+						if err != nil {
+							return usageError("%w", err)
+						}
+						addrs = append(addrs, a)
 					}
-					ln, err := trigger.Listen(a)
-					if err != nil {
-						return failed(err)
+					var lns []net.Listener
+					defer func() {
+						for _, ln := range lns {
+							ln.Close()
+						}
+					}()
+					for _, a := range addrs {
+						ln, err := trigger.Listen(a)
+						if err != nil {
+							return failed(err)
+						}
+						lns = append(lns, ln)
+						fmt.Fprintf(c.App.ErrWriter, "bento: trigger server listening on %s\n", a)
 					}
-					fmt.Fprintf(c.App.ErrWriter, "bento: trigger server listening on %s\n", a)
-					return trigger.Serve(c.Context, ln, func(ctx context.Context, out io.Writer) error {
+					return trigger.ServeAll(c.Context, lns, func(ctx context.Context, out io.Writer) error {
 						return runTickProcess(c, io.MultiWriter(out, c.App.ErrWriter))
 					})
 				},

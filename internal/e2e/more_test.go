@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,7 +108,14 @@ func TestTriggerRunsATickAndStreamsIt(t *testing.T) {
 	pub := e.Publish(t)["alpha"]
 	h := e.Host(t, "alpha")
 	sock := filepath.Join(h.Dir, "trigger.sock")
-	server := exec.Command(Bento(t), "agent", "trigger-server", "--config", h.ConfigFile(t), "--listen", "unix:"+sock)
+	// Both at once, as the module offers: the unix socket and a loopback port.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().String()
+	l.Close()
+	server := exec.Command(Bento(t), "agent", "trigger-server", "--config", h.ConfigFile(t), "--listen", "unix:"+sock, "--listen", port)
 	server.Env = h.Environ()
 	var serverOut strings.Builder
 	server.Stdout, server.Stderr = &serverOut, &serverOut
@@ -130,12 +138,15 @@ func TestTriggerRunsATickAndStreamsIt(t *testing.T) {
 	}()
 	for i := 0; i < 500; i++ {
 		if _, err := os.Stat(sock); err == nil {
-			break
+			if c, err := net.Dial("tcp", port); err == nil {
+				c.Close()
+				break
+			}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	trigger := func() Result {
-		cmd := exec.Command(Bento(t), "agent", "trigger", "--address", "unix:"+sock)
+	trigger := func(addr string) Result {
+		cmd := exec.Command(Bento(t), "agent", "trigger", "--address", addr)
 		out, err := cmd.CombinedOutput()
 		res := Result{Stdout: string(out)}
 		if ee, ok := err.(*exec.ExitError); ok {
@@ -146,7 +157,7 @@ func TestTriggerRunsATickAndStreamsIt(t *testing.T) {
 		t.Logf("bento agent trigger: exit %d\n%s", res.ExitCode, indent(res.Stdout))
 		return res
 	}
-	res := trigger()
+	res := trigger("unix:" + sock)
 	if res.ExitCode != 0 || !strings.Contains(res.Stdout, "applying version "+pub.Version) || !strings.Contains(res.Stdout, "switch-to-configuration switch for alpha") {
 		t.Errorf("triggered tick: exit %d; its output must be streamed", res.ExitCode)
 	}
@@ -155,7 +166,7 @@ func TestTriggerRunsATickAndStreamsIt(t *testing.T) {
 	}
 	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation, x.FailBuild = "2", true })
 	e.Publish(t)
-	res = trigger()
+	res = trigger(port)
 	if res.ExitCode != 1 || !strings.Contains(res.Stdout, "build of alpha fails on purpose") {
 		t.Errorf("a failing triggered tick: exit %d, want 1 with the build log", res.ExitCode)
 	}
