@@ -1,0 +1,87 @@
+package progress_test
+
+import (
+	"bytes"
+	"regexp"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vbauerster/mpb/v8"
+
+	"github.com/bento-nix/bento/builder"
+	"github.com/bento-nix/bento/builder/progress"
+)
+
+// lockedBuffer is written by mpb's renderer while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestLiveRunningLines checks what the live display shows while hosts run:
+// a line per host with its phase, elapsed time and Nix's last line, and
+// the counter.
+func TestLiveRunningLines(t *testing.T) {
+	var buf lockedBuffer
+	refresh := make(chan any)
+	l := progress.NewLive(&buf, false, mpb.WithManualRefresh(refresh), mpb.WithWidth(160))
+	l.Begin([]string{"alpha", "beta", "gamma"})
+	l.Phase("alpha", builder.PhaseEvaluating)
+	l.Phase("alpha", builder.PhaseBuilding)
+	l.Log("alpha", "building '/nix/store/xxxx-foo.drv'...")
+	l.Phase("beta", builder.PhaseEvaluating)
+	l.Phase("beta", builder.PhaseWaiting)
+
+	want := []*regexp.Regexp{
+		regexp.MustCompile(`alpha\s+building\s+\d[^ ]*\s+building '/nix/store/xxxx-foo.drv'\.\.\.`),
+		regexp.MustCompile(`beta\s+waiting\s+\d`),
+		regexp.MustCompile(`0/3 done, 1 running, 1 waiting`),
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		refresh <- time.Now()
+		out := ansi.ReplaceAllString(buf.String(), "")
+		missing := 0
+		for _, re := range want {
+			if !re.MatchString(out) {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the live display never showed the running hosts:\n%s", out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if regexp.MustCompile(`gamma\s+(evaluating|waiting|building)`).MatchString(ansi.ReplaceAllString(buf.String(), "")) {
+		t.Errorf("a host that has not started has a running line:\n%s", buf.String())
+	}
+	for _, h := range []string{"alpha", "beta", "gamma"} {
+		l.Done(builder.Result{Host: h, Status: builder.StatusBuilt, OutPath: "/nix/store/out-" + h})
+	}
+	go func() {
+		// End waits for a last render.
+		for range 100 {
+			select {
+			case refresh <- time.Now():
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	l.End()
+}
