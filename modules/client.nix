@@ -556,6 +556,12 @@ in
       systemd.services.bento-secrets = unitCommon // {
         description = "bento agent: put this host's secrets back in place after a boot";
         wantedBy = [ "multi-user.target" ];
+        # Early (after the file systems and users, not after basic.target),
+        # so that early consumers such as systemd-networkd can wait for it.
+        unitConfig = unitCommon.unitConfig // {
+          DefaultDependencies = false;
+        };
+        after = [ "sysinit.target" ];
         before = unique ([ "bento-agent.service" ] ++ concatLists (mapAttrsToList (_: s: s.restartUnits) cfg.secrets));
         serviceConfig = hardening // {
           Type = "oneshot";

@@ -305,8 +305,12 @@ func TestClientSecretsAtBoot(t *testing.T) {
 	if want := []string{"bento-agent.service", "nginx.service", "x.service"}; !reflect.DeepEqual(svc.Before, want) {
 		t.Errorf("before = %q, want %q", svc.Before, want)
 	}
-	if !reflect.DeepEqual(svc.WantedBy, []string{"multi-user.target"}) || contains(svc.After, "network-online.target") || len(svc.Wants) != 0 {
+	if !reflect.DeepEqual(svc.WantedBy, []string{"multi-user.target"}) || !reflect.DeepEqual(svc.After, []string{"sysinit.target"}) || len(svc.Wants) != 0 {
 		t.Errorf("wantedBy %q, wants %q, after %q: want a boot unit that needs no network", svc.WantedBy, svc.Wants, svc.After)
+	}
+	// Not after basic.target: early consumers (systemd-networkd) can wait for it.
+	if svc.UnitConfig["DefaultDependencies"] != false {
+		t.Errorf("unitConfig = %v, want DefaultDependencies = false", svc.UnitConfig)
 	}
 	if svc.RestartIfChanged == nil || *svc.RestartIfChanged || svc.UnitConfig["X-StopOnRemoval"] != false {
 		t.Errorf("a switch would restart bento-secrets while the agent holds its lock: %+v", svc)
