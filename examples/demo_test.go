@@ -16,15 +16,17 @@ import (
 )
 
 // statusBlock returns the table rows and the summary line that follow the
-// "bento status" command line in text, one slice of cells per line, with
+// demo's "bento status" command line in text, one slice of cells per line, with
 // what changes from run to run (the SEEN column, the retry delay) masked.
 func statusBlock(t *testing.T, text string) [][]string {
 	t.Helper()
 	lines := strings.Split(text, "\n")
 	start := -1
 	for i, l := range lines {
-		if strings.HasPrefix(l, "$ ") && strings.Contains(l, "bento status ") {
+		// The demo's own status command: other examples may follow.
+		if strings.HasPrefix(l, "$ ") && strings.Contains(l, "bento status ") && strings.Contains(l, "--chroot-root /var/lib/bento-demo/chroot") {
 			start = i + 1
+			break
 		}
 	}
 	if start < 0 {
