@@ -18,7 +18,9 @@
 let
   inherit (lib)
     concatLists
+    concatMap
     concatMapStringsSep
+    concatStringsSep
     hasPrefix
     literalExpression
     mapAttrs
@@ -28,7 +30,6 @@ let
     mkMerge
     mkOption
     optional
-    optionalAttrs
     types
     unique
     ;
@@ -89,6 +90,7 @@ let
   };
 
   configFile = pkgs.writeText "bento-agent.json" (builtins.toJSON agentConfig);
+  agentConfigEtc = "bento/agent.json";
 
   bento = "${cfg.package}/bin/bento";
 
@@ -167,12 +169,10 @@ let
       };
     };
 
-  triggerAddresses = {
-    bento-trigger = "unix:${cfg.trigger.socket}";
-  }
-  // optionalAttrs (cfg.trigger.port != null) {
-    bento-trigger-tcp = "127.0.0.1:${toString cfg.trigger.port}";
-  };
+  triggerAddresses = [
+    "unix:${cfg.trigger.socket}"
+  ]
+  ++ optional (cfg.trigger.port != null) "127.0.0.1:${toString cfg.trigger.port}";
 
   safeSecretName = name: builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" name != null;
   userName = cfg.user;
@@ -406,7 +406,7 @@ in
       socket = mkOption {
         type = types.str;
         default = "/run/bento/trigger.sock";
-        description = "Unix socket of the local trigger (root only).";
+        description = "Unix socket of the local trigger (root only). `bento agent trigger` asks the default one; for another, give it `--address unix:<socket>`.";
       };
 
       port = mkOption {
@@ -506,7 +506,7 @@ in
       environment.systemPackages = [ cfg.package ];
 
       # For people and for `bento agent trigger`: the configuration the agent runs with.
-      environment.etc."bento/agent.json".source = configFile;
+      environment.etc.${agentConfigEtc}.source = configFile;
 
       systemd.tmpfiles.rules = [ "d ${toString cfg.stateDir} 0700 root root -" ];
 
@@ -584,36 +584,40 @@ in
       };
     })
 
-    # The local trigger: `bento agent trigger-server` runs a tick in its own
-    # process on each request, so its units are as protected from switches
-    # as the agent's. One server per address (unix socket, loopback port).
+    # The local trigger: `bento agent trigger-server` runs each requested
+    # tick as a child process, so its unit is as protected from switches as
+    # the agent's. One server for every address (unix socket, loopback
+    # port): one tick at a time across them.
     (mkIf cfg.trigger.enable {
       systemd.tmpfiles.rules = [ "d ${dirOf cfg.trigger.socket} 0755 root root -" ];
-      systemd.services = mapAttrs (
-        _: address:
-        unitCommon
-        // {
-          description = "bento agent: local trigger on ${address}";
-          wantedBy = [ "multi-user.target" ];
-          wants = [ "network-online.target" ];
-          after = [ "network-online.target" ];
-          serviceConfig = hardening // {
-            Type = "simple";
-            ExecStart = execLine [
+      systemd.services.bento-trigger = unitCommon // {
+        description = "bento agent: local trigger on ${concatStringsSep " and " triggerAddresses}";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" ];
+        serviceConfig = hardening // {
+          Type = "simple";
+          # /etc/bento/agent.json, not the store file: a switch does not
+          # restart this server, and each tick it runs reads the file
+          # anew, so triggered ticks follow the current configuration.
+          ExecStart = execLine (
+            [
               bento
               "agent"
               "trigger-server"
               "--config"
-              configFile
+              "/etc/${agentConfigEtc}"
+            ]
+            ++ concatMap (address: [
               "--listen"
               address
-            ];
-            KillMode = "process";
-            Restart = "on-failure";
-            RestartSec = "10s";
-          };
-        }
-      ) triggerAddresses;
+            ]) triggerAddresses
+          );
+          KillMode = "process";
+          Restart = "on-failure";
+          RestartSec = "10s";
+        };
+      };
     })
   ]);
 }

@@ -1,14 +1,20 @@
 package nixtest
 
 import (
+	"bufio"
+	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 // clientWithPackage evaluates an enabled client whose package is the
@@ -38,10 +44,7 @@ func TestAgentCommandLine(t *testing.T) {
 		t.Fatalf("failed assertions: %q", r.Failed)
 	}
 	agentArgv := splitExec(t, r.Services["bento-agent"].ServiceConfig["ExecStart"].(string))
-	var triggers [][]string
-	for _, name := range []string{"bento-trigger", "bento-trigger-tcp"} {
-		triggers = append(triggers, splitExec(t, r.Services[name].ServiceConfig["ExecStart"].(string)))
-	}
+	triggers := [][]string{splitExec(t, r.Services["bento-trigger"].ServiceConfig["ExecStart"].(string))}
 	for _, argv := range append(triggers, agentArgv) {
 		if argv[0] != bin {
 			t.Fatalf("ExecStart runs %q, want %q", argv, bin)
@@ -63,11 +66,93 @@ func TestAgentCommandLine(t *testing.T) {
 		}
 		out, err = runErr(t, "", bin, "agent", "trigger-server", "--help")
 		if err != nil || !strings.Contains(out, "--config") || !strings.Contains(out, "--listen") {
-			t.Fatalf("bento agent trigger-server --help: %v\n%s\n(the module's bento-trigger services run bento agent trigger-server --config FILE --listen unix:SOCKET|127.0.0.1:PORT)", err, out)
+			t.Fatalf("bento agent trigger-server --help: %v\n%s\n(the module's bento-trigger service runs bento agent trigger-server --config FILE --listen unix:SOCKET [--listen 127.0.0.1:PORT])", err, out)
 		}
 		for _, argv := range triggers {
 			if out, err := runErr(t, "", argv[0], append(argv[1:], "--help")...); err != nil {
 				t.Errorf("the trigger unit's command line %q is refused: %v\n%s", argv, err, out)
+			}
+		}
+	})
+
+	// The trigger unit's command line, run for real (with its socket in a
+	// temporary directory): one server answers on both addresses, and only
+	// on those (the default socket is replaced, not added to).
+	t.Run("agent trigger-server", func(t *testing.T) {
+		sock := filepath.Join(t.TempDir(), "trigger.sock")
+		port := freePort(t)
+		key := publicKey(t)
+		r := evalClient(t, fmt.Sprintf(`{
+		  networking.hostName = "web-1";
+		  services.bento = {
+		    enable = true; server = "bento.example.org"; serverHostKey = %s;
+		    package = { type = "derivation"; name = "bento"; outPath = %s; };
+		    trigger = { enable = true; socket = %s; port = %d; };
+		  };
+		}`, nixString(key), nixString(pkg), nixString(sock), port))
+		argv := splitExec(t, r.Services["bento-trigger"].ServiceConfig["ExecStart"].(string))
+		i := indexOf(argv, "--config")
+		if i < 0 || argv[i+1] != "/etc/bento/agent.json" {
+			t.Fatalf("ExecStart = %q, want --config /etc/bento/agent.json", argv)
+		}
+		// /etc/bento/agent.json is the unit's own file on a host; here, the store file.
+		args := append(append([]string{}, argv[1:]...), "--state-dir", t.TempDir())
+		args[i] = agentArgv[indexOf(agentArgv, "--config")+1]
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		cmd := exec.CommandContext(ctx, argv[0], args...)
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Wait()
+		defer cancel()
+		lines := make(chan string)
+		go func() {
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				lines <- sc.Text()
+			}
+			close(lines)
+		}()
+		var listening []string
+		timeout := time.After(time.Minute)
+		for len(listening) < 2 {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("%q exited; listening on %q", append(argv[:1], args...), listening)
+				}
+				if a, ok := strings.CutPrefix(l, "bento: trigger server listening on "); ok {
+					listening = append(listening, a)
+				}
+			case <-timeout:
+				t.Fatalf("%q is not listening on both addresses after a minute (%q)", append(argv[:1], args...), listening)
+			}
+		}
+		go func() {
+			for range lines {
+			}
+		}()
+		want := []string{"unix:" + sock, fmt.Sprintf("127.0.0.1:%d", port)}
+		if !reflect.DeepEqual(listening, want) {
+			t.Errorf("listening on %q, want %q", listening, want)
+		}
+		for _, a := range []struct{ network, address string }{{"unix", sock}, {"tcp", fmt.Sprintf("127.0.0.1:%d", port)}} {
+			c, err := net.DialTimeout(a.network, a.address, 10*time.Second)
+			if err != nil {
+				t.Errorf("%s %s: %v", a.network, a.address, err)
+				continue
+			}
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			fmt.Fprintf(c, "not a request\n")
+			reply, _ := io.ReadAll(c)
+			c.Close()
+			if !strings.Contains(string(reply), "unknown request") {
+				t.Errorf("%s %s answered %q, want the trigger server's refusal of a bad request", a.network, a.address, reply)
 			}
 		}
 	})
@@ -141,8 +226,8 @@ func TestUnitsVerify(t *testing.T) {
 	for name, u := range r.Timers {
 		write(name+".timer", renderUnit(u, "Timer", u.TimerConfig))
 	}
-	if len(files) != 5 {
-		t.Fatalf("units: %v, want the agent's service and timer, two trigger services and bento-secrets", files)
+	if len(files) != 4 {
+		t.Fatalf("units: %v, want the agent's service and timer, bento-trigger and bento-secrets", files)
 	}
 	out, err := runErr(t, dir, analyze, append([]string{"verify", "--man=no"}, files...)...)
 	if err != nil || regexp.MustCompile(`(?i)ignoring|unknown|failed|invalid`).MatchString(out) {
@@ -208,6 +293,17 @@ func renderUnit(u unit, section string, settings map[string]any) string {
 		}
 	}
 	return b.String()
+}
+
+// freePort is a TCP port on 127.0.0.1 that nothing listened on a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -250,28 +250,31 @@ func TestClientOptions(t *testing.T) {
 			t.Errorf("agent configuration %s = %#v, want %#v", k, conf[k], v)
 		}
 	}
+	if r.Etc["bento/agent.json"].Source != argv[4] {
+		t.Errorf("/etc/bento/agent.json = %q, want the unit's %q", r.Etc["bento/agent.json"].Source, argv[4])
+	}
 	if got := r.Timers["bento-agent"].TimerConfig; !reflect.DeepEqual(got, map[string]any{"OnCalendar": "hourly", "RandomizedDelaySec": "30min", "Persistent": false}) {
 		t.Errorf("timerConfig = %v", got)
 	}
 
-	// The trigger: one server on the unix socket, one on 127.0.0.1, each
-	// as protected from switches as the agent.
+	// The trigger: one server on the unix socket and on 127.0.0.1 (one
+	// tick at a time across both), as protected from switches as the agent.
 	if !reflect.DeepEqual(r.Tmpfiles, []string{"d /srv/bento 0700 root root -", "d /run/bento 0755 root root -"}) {
 		t.Errorf("tmpfiles = %q", r.Tmpfiles)
 	}
-	for name, listen := range map[string]string{"bento-trigger": "unix:/run/bento/trigger.sock", "bento-trigger-tcp": "127.0.0.1:51337"} {
-		trig := r.Services[name]
-		targv := splitExec(t, trig.ServiceConfig["ExecStart"].(string))
-		if !reflect.DeepEqual(targv[1:], []string{"agent", "trigger-server", "--config", argv[4], "--listen", listen}) || targv[0] != argv[0] {
-			t.Errorf("%s: ExecStart = %q (agent: %q)", name, targv, argv)
-		}
-		if trig.RestartIfChanged == nil || *trig.RestartIfChanged || trig.UnitConfig["X-StopOnRemoval"] != false || trig.ServiceConfig["KillMode"] != "process" ||
-			trig.ServiceConfig["Type"] != "simple" || !contains(trig.WantedBy, "multi-user.target") {
-			t.Errorf("%s = %+v", name, trig)
-		}
+	trig := r.Services["bento-trigger"]
+	targv := splitExec(t, trig.ServiceConfig["ExecStart"].(string))
+	// The trigger server outlives switches: its ticks read the current
+	// configuration through /etc, not the store file it started with.
+	if want := []string{argv[0], "agent", "trigger-server", "--config", "/etc/bento/agent.json", "--listen", "unix:/run/bento/trigger.sock", "--listen", "127.0.0.1:51337"}; !reflect.DeepEqual(targv, want) {
+		t.Errorf("bento-trigger: ExecStart = %q, want %q", targv, want)
 	}
-	if len(r.Services) != 4 || len(r.Sockets) != 0 {
-		t.Errorf("services %v, sockets %v", keys(r.Services), keys(r.Sockets))
+	if trig.RestartIfChanged == nil || *trig.RestartIfChanged || trig.UnitConfig["X-StopOnRemoval"] != false || trig.ServiceConfig["KillMode"] != "process" ||
+		trig.ServiceConfig["Type"] != "simple" || !contains(trig.WantedBy, "multi-user.target") {
+		t.Errorf("bento-trigger = %+v", trig)
+	}
+	if want := []string{"bento-agent", "bento-secrets", "bento-trigger"}; !reflect.DeepEqual(keys(r.Services), want) || len(r.Sockets) != 0 {
+		t.Errorf("services %v (want %v), sockets %v", keys(r.Services), want, keys(r.Sockets))
 	}
 	for k, v := range map[string]any{"user": "pi-sftp", "mode": "fetch", "tags": []any{"home", "arm"}, "interval": "hourly", "port": 2222.0} {
 		if !reflect.DeepEqual(r.Bento[k], v) {
