@@ -14,8 +14,9 @@ import (
 )
 
 // barrierFleet writes a NixOS-shaped flake whose hosts' builds each drop a
-// file into barrier and then wait, up to two minutes (build users may be busy with other builds), until want files are
-// there: the builds succeed only if want of them run at the same time.
+// file into barrier and then wait, up to two minutes (build users may be
+// busy with other builds), until want files are there: the builds succeed
+// only if want of them run at the same time.
 func barrierFleet(t *testing.T, hosts int, barrier string, want int, gen string) string {
 	t.Helper()
 	dir := t.TempDir()
