@@ -322,15 +322,16 @@ func (t *tick) readHead(ctx context.Context) (manifestHead, error) {
 		return !ok
 	})
 	if err != nil {
-		return manifestHead{}, err
+		return manifestHead{}, tooLarge(err, data)
 	}
 	h, ok := parseHead(data)
 	if !ok || h.Format != manifest.Format || h.Host != t.cfg.Host {
 		// Let the full parse explain what is wrong.
 		if !complete {
+			head := data
 			data, err = t.getConn().ReadFile(ctx, manifest.ManifestFile, manifest.MaxSize)
 			if err != nil {
-				return manifestHead{}, err
+				return manifestHead{}, tooLarge(err, head)
 			}
 		}
 		m, err := t.parseManifest(data)
@@ -349,9 +350,21 @@ func (t *tick) readHead(ctx context.Context) (manifestHead, error) {
 func (t *tick) readManifest(ctx context.Context) (*manifest.Manifest, error) {
 	data, err := t.getConn().ReadFile(ctx, manifest.ManifestFile, manifest.MaxSize)
 	if err != nil {
-		return nil, err
+		return nil, tooLarge(err, data)
 	}
 	return t.parseManifest(data)
+}
+
+// tooLarge turns a manifest over the size limit into a refused one, so it
+// is reported (once per retry period) rather than failing every tick
+// unseen. Other errors are returned as they are.
+func tooLarge(err error, data []byte) error {
+	var tl *transport.TooLargeError
+	if !errors.As(err, &tl) {
+		return err
+	}
+	h, _ := parseHead(data)
+	return &badManifest{err: fmt.Errorf("refusing the published %s: it is over the %d byte limit", manifest.ManifestFile, manifest.MaxSize), head: h}
 }
 
 func (t *tick) parseManifest(data []byte) (*manifest.Manifest, error) {

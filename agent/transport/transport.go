@@ -100,6 +100,14 @@ var ErrAuth = errors.New("the server refused this host's key")
 // OpTimeout; the connection is closed.
 var ErrTimeout = errors.New("timed out")
 
+// TooLargeError is returned (wrapped) when a remote file holds more bytes
+// than the caller allowed; the read stops there.
+type TooLargeError struct{ Max int64 }
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("more than the expected %d bytes", e.Max)
+}
+
 // Permanent reports whether retrying the connection cannot help.
 func Permanent(err error) bool {
 	var hk *HostKeyError
@@ -440,7 +448,7 @@ func (c *Conn) ReadHead(ctx context.Context, p string, chunk int, max int64, mor
 			buf.Write(b[:n])
 			kick()
 			if int64(buf.Len()) > max {
-				return fmt.Errorf("file is over the %d byte limit", max)
+				return &TooLargeError{Max: max}
 			}
 			if rerr == io.EOF {
 				complete = true
@@ -487,7 +495,7 @@ func copyLimited(w io.Writer, r io.Reader, max int64, kick func()) (int64, error
 			n += int64(k)
 			kick()
 			if n > max {
-				return n, fmt.Errorf("more than the expected %d bytes", max)
+				return n, &TooLargeError{Max: max}
 			}
 			if _, werr := w.Write(buf[:k]); werr != nil {
 				return n, werr
