@@ -19,6 +19,10 @@ import (
 	"time"
 )
 
+// killDelay is how long a cancelled command's process group has between
+// SIGTERM and SIGKILL.
+const killDelay = 5 * time.Second
+
 // Runner runs Nix commands. The zero value runs "nix" from PATH with the
 // process environment.
 type Runner struct {
@@ -104,8 +108,14 @@ func (r *Runner) Run(ctx context.Context, c Cmd) ([]byte, error) {
 	// A process group of its own, so that cancelling kills nix and every
 	// builder it forked, not only the direct child.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
-	cmd.WaitDelay = 5 * time.Second
+	cmd.Cancel = func() error {
+		pgid := cmd.Process.Pid
+		// Builders that ignore SIGTERM get SIGKILL a little later; the
+		// group outlives nix itself, so WaitDelay's kill of nix is not enough.
+		time.AfterFunc(killDelay, func() { syscall.Kill(-pgid, syscall.SIGKILL) })
+		return syscall.Kill(-pgid, syscall.SIGTERM)
+	}
+	cmd.WaitDelay = killDelay + time.Second
 
 	var stdout bytes.Buffer
 	if c.Stdout != nil {

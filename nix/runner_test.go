@@ -110,3 +110,27 @@ func TestNotInstalled(t *testing.T) {
 		t.Fatalf("want ErrNotInstalled, got %v", err)
 	}
 }
+
+// A process that ignores SIGTERM is killed all the same, with its group.
+func TestCancelKillsStubbornProcesses(t *testing.T) {
+	unique := fmt.Sprintf("31.%d", time.Now().UnixNano()%1e9)
+	r := &nix.Runner{Bin: fakeTool(t, "trap '' TERM\n(trap '' TERM; sleep "+unique+") &\nsleep "+unique+"\n")}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := r.Output(ctx, "alpha", "build"); done <- err }()
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	time.Sleep(6 * time.Second) // past the SIGKILL delay
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(cmdline), unique) {
+			t.Errorf("process %s survived cancellation: %q", e.Name(), cmdline)
+		}
+	}
+}

@@ -49,7 +49,7 @@ func flakeRef(c *cli.Context) (ref string, set bool) {
 func fleetFlags() []cli.Flag {
 	return []cli.Flag{
 		flakeFlag(),
-		&cli.IntFlag{Name: "eval-jobs", Value: runtime.NumCPU(), Usage: "nix eval processes run at once during discovery"},
+		&cli.IntFlag{Name: "eval-jobs", Value: runtime.NumCPU(), Usage: "nix eval processes run at once (discovery, and each host's evaluation before its build)"},
 		&cli.IntFlag{Name: "eval-chunk", Usage: "hosts evaluated per nix eval process (0: spread evenly, at most 64)"},
 		&cli.BoolFlag{Name: "keep-going", Aliases: []string{"k"}, Usage: "go on with the hosts that evaluate when some do not"},
 	}
