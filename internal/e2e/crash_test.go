@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,4 +110,70 @@ func waitForStaging(t *testing.T, h *Host, version string) string {
 	}
 	t.Fatal("the agent never started downloading")
 	return ""
+}
+
+// Killed in the middle of the switch (switch-to-configuration, in its own
+// process group, finishes on its own): the next tick finds the new system
+// running, does not switch again, and reports it applied.
+func TestKillDuringSwitchIsTakenUpByTheNextTick(t *testing.T) {
+	e, h, v1 := applied(t, hostsFleet("alpha"))
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
+	v2 := e.Publish(t)["alpha"]
+	start, switches := recordFIFO(t, h)
+
+	run := h.Start(t)
+	run.WaitFor(t, "switch-to-configuration switch")
+	// switch-to-configuration runs (blocked on its record) when the agent dies.
+	mark := "BENTO_FIXTURE_RECORD=" + filepath.Join(h.Dir, "switch-fifo")
+	waitProcs(t, mark, func(n int) bool { return n > 0 })
+	run.Kill(t)
+	if h.ProfileTarget(t) != v2.Built {
+		t.Errorf("profile %s: the kill came before the profile was set", h.ProfileTarget(t))
+	}
+	// The orphaned switch-to-configuration (its own process group) goes on
+	// and makes the new system current.
+	start()
+	waitProcs(t, mark, func(n int) bool { return n == 0 })
+	if h.Current(t) != v2.Built {
+		t.Fatalf("the orphaned switch-to-configuration did not finish: current %s", h.Current(t))
+	}
+
+	res := h.Run(t)
+	if res.ExitCode != 0 || !strings.Contains(res.Output(), "nothing to switch") {
+		t.Fatalf("the tick after the kill: exit %d; it must find the system running", res.ExitCode)
+	}
+	if got := switches(); len(got) != 1 || got[0] != v2.Built+" switch" {
+		t.Errorf("switches %q, want the killed tick's one only", got)
+	}
+	st := h.Status(t)
+	if st.Result != "success" || st.AppliedVersion != v2.Version || st.Attempts != 2 || st.CurrentSystem != v2.Built {
+		t.Errorf("status after recovery: %+v (v1 was %s)", st, v1.Version)
+	}
+}
+
+// waitProcs waits until ok(number of switch-to-configuration processes
+// whose environment holds mark) is true.
+func waitProcs(t *testing.T, mark string, ok func(int) bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		n := 0
+		envs, _ := filepath.Glob("/proc/[0-9]*/environ")
+		for _, f := range envs {
+			data, err := os.ReadFile(f)
+			if err != nil || !bytes.Contains(data, []byte(mark+"\x00")) {
+				continue
+			}
+			if cmd, err := os.ReadFile(filepath.Join(filepath.Dir(f), "cmdline")); err == nil && bytes.Contains(cmd, []byte("/bin/switch-to-configuration\x00")) {
+				n++
+			}
+		}
+		if ok(n) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("e2e: %d processes with %s after a minute", n, mark)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
