@@ -315,6 +315,9 @@ in
         serviceConfig = {
           Type = "oneshot";
           ExecStart = deployCommand;
+          # A hung build or lock must not block the timer forever, silently;
+          # override with systemd.services.bento-deploy.serviceConfig.
+          TimeoutStartSec = lib.mkDefault "4h";
         };
       };
 

@@ -132,6 +132,9 @@ func TestServerModule(t *testing.T) {
 	if !strings.HasSuffix(argv[0], "-bento/bin/bento") || !reflect.DeepEqual(argv[1:], []string{"deploy", "--flake", "/srv/fleet", "--chroot-root", "/home/chroot", "--keep-going"}) {
 		t.Errorf("bento-deploy ExecStart = %q", argv)
 	}
+	if svc.ServiceConfig["TimeoutStartSec"] != "4h" {
+		t.Errorf("bento-deploy has no start timeout: a hung deploy would block its timer: %v", svc.ServiceConfig)
+	}
 	if svc.ServiceConfig["Type"] != "oneshot" || svc.RestartIfChanged == nil || *svc.RestartIfChanged || svc.UnitConfig["X-StopOnRemoval"] != false {
 		t.Errorf("bento-deploy = %+v", svc)
 	}
