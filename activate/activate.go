@@ -364,7 +364,7 @@ func (a *Activator) run(ctx context.Context, argv []string) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
-	tail := &tailBuffer{max: 32 << 10}
+	tail := &nix.TailBuffer{Max: 32 << 10}
 	var out io.Writer = tail
 	if a.Log != nil {
 		out = io.MultiWriter(tail, a.Log)
@@ -395,19 +395,3 @@ func shortCommand(argv []string) string {
 	}
 	return strings.Join(parts, " ")
 }
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	buf []byte
-	max int
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.max {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string { return string(t.buf) }

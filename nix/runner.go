@@ -123,7 +123,7 @@ func (r *Runner) Run(ctx context.Context, c Cmd) ([]byte, error) {
 	} else {
 		cmd.Stdout = &stdout
 	}
-	stderr := &tailBuffer{max: 64 << 10}
+	stderr := &TailBuffer{Max: 64 << 10}
 	if c.Log != nil {
 		cmd.Stderr = io.MultiWriter(stderr, c.Log)
 	} else {
@@ -269,18 +269,19 @@ func stripANSI(s string) string {
 	return b.String()
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
+// TailBuffer keeps the last Max bytes written to it: enough of a long
+// command's output to quote its error, without holding all of it.
+type TailBuffer struct {
 	buf []byte
-	max int
+	Max int
 }
 
-func (t *tailBuffer) Write(p []byte) (int, error) {
+func (t *TailBuffer) Write(p []byte) (int, error) {
 	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.max {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
+	if len(t.buf) > t.Max {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.Max:]...)
 	}
 	return len(p), nil
 }
 
-func (t *tailBuffer) String() string { return string(t.buf) }
+func (t *TailBuffer) String() string { return string(t.buf) }

@@ -3,6 +3,7 @@ package publish
 import (
 	"errors"
 	"fmt"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -73,7 +74,7 @@ func (p *Publisher) Prune(o Orphan, withReports bool) error {
 		if err := removeAll(dir); err != nil {
 			return fmt.Errorf("host %s: prune: %w", o.Host, err)
 		}
-		return syncDir(p.root)
+		return atomicfile.SyncDir(p.root)
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -87,5 +88,5 @@ func (p *Publisher) Prune(o Orphan, withReports bool) error {
 			return fmt.Errorf("host %s: prune: %w", o.Host, err)
 		}
 	}
-	return syncDir(dir)
+	return atomicfile.SyncDir(dir)
 }

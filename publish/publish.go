@@ -923,18 +923,6 @@ func removeStaleTemps(hostDir string) {
 	}
 }
 
-func syncDir(d string) error {
-	f, err := os.Open(d)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
 // pruneVersions removes, under config/ and secrets/, every version not in
 // keep and every temporary directory a crashed deploy left. It runs under
 // the lock, so no temporary directory belongs to a live deploy.

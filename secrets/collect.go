@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"io"
 	"io/fs"
 	"os"
@@ -212,7 +213,7 @@ func Write(ctx context.Context, dst, dir, host string, files []manifest.File, ow
 	if err := os.Chmod(dst, publishedDirMode); err != nil {
 		return fmt.Errorf("secrets directory: %w", err)
 	}
-	if err := syncDir(dst); err != nil {
+	if err := atomicfile.SyncDir(dst); err != nil {
 		return fmt.Errorf("secrets directory: %w", err)
 	}
 	return nil
@@ -248,18 +249,6 @@ func copySecret(src, dst string, f manifest.File, owner Owner) error {
 	}
 	if err != nil {
 		os.Remove(dst)
-	}
-	return err
-}
-
-func syncDir(d string) error {
-	f, err := os.Open(d)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
 	}
 	return err
 }

@@ -479,7 +479,7 @@ func (i *Installer) write(ctx context.Context, src string, f manifest.File, w wa
 		return "", err
 	}
 	done = true
-	return hex.EncodeToString(h.Sum(nil)), syncDir(parent)
+	return hex.EncodeToString(h.Sum(nil)), atomicfile.SyncDir(parent)
 }
 
 func copyFrom(src string, w io.Writer) error {
@@ -534,5 +534,5 @@ func removeInstalled(p string) error {
 	if err := os.Remove(p); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(p))
+	return atomicfile.SyncDir(filepath.Dir(p))
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"io"
 	"io/fs"
 	"os"
@@ -147,14 +148,14 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher) (int
 	if err != nil {
 		return total, fmt.Errorf("secrets store: %w", err)
 	}
-	if err := syncDir(staging); err != nil {
+	if err := atomicfile.SyncDir(staging); err != nil {
 		return total, fmt.Errorf("secrets store: %w", err)
 	}
 	if err := os.Rename(staging, s.Path(m.Version)); err != nil {
 		return total, fmt.Errorf("secrets store: %w", err)
 	}
 	ok = true
-	if err := syncDir(s.Dir); err != nil {
+	if err := atomicfile.SyncDir(s.Dir); err != nil {
 		return total, fmt.Errorf("secrets store: %w", err)
 	}
 	return total, nil

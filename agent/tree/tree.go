@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"hash"
 	"io"
 	"os"
@@ -162,7 +163,7 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher, reus
 		return st, fmt.Errorf("local tree: %w", err)
 	}
 	ok = true
-	return st, syncDir(s.Dir)
+	return st, atomicfile.SyncDir(s.Dir)
 }
 
 // reuse copies file from an older version when the copy there has the
@@ -270,7 +271,7 @@ func (s *Store) SetCurrent(version string) error {
 		os.Remove(tmp)
 		return fmt.Errorf("local tree: %w", err)
 	}
-	return syncDir(s.Dir)
+	return atomicfile.SyncDir(s.Dir)
 }
 
 // Prune removes every version but the ones in keep.
@@ -364,17 +365,8 @@ func syncDirs(root string) error {
 			return err
 		}
 		if d.IsDir() {
-			return syncDir(p)
+			return atomicfile.SyncDir(p)
 		}
 		return nil
 	})
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
