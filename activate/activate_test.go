@@ -3,7 +3,6 @@ package activate_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -58,41 +57,11 @@ func buildSystems(dir string) (map[string]string, error) {
 	if err := fixture.Write(dir, fixture.Fleet{Hosts: hosts}); err != nil {
 		return nil, err
 	}
-	args := []string{"build", "--no-link", "--json"}
+	var names []string
 	for _, h := range hosts {
-		args = append(args, dir+"#nixosConfigurations."+h.Name+".config.system.build.toplevel")
+		names = append(names, h.Name)
 	}
-	out, err := (&nix.Runner{Env: fixture.Env()}).Run(context.Background(), nix.Cmd{Args: args})
-	if err != nil {
-		return nil, err
-	}
-	var res []struct {
-		Outputs map[string]string `json:"outputs"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		return nil, err
-	}
-	if len(res) != len(hosts) {
-		return nil, fmt.Errorf("nix build returned %d results for %d hosts", len(res), len(hosts))
-	}
-	// Nix 2.8 does not list results in the order of the installables:
-	// match them by the toplevel's name, nixos-system-<host>-<generation>.
-	m := make(map[string]string, len(hosts))
-	for _, h := range hosts {
-		gen := h.Generation
-		if gen == "" {
-			gen = "1"
-		}
-		for _, r := range res {
-			if out := r.Outputs["out"]; strings.HasSuffix(out, "-nixos-system-"+h.Name+"-"+gen) {
-				m[h.Name] = out
-			}
-		}
-		if m[h.Name] == "" {
-			return nil, fmt.Errorf("no toplevel built for %s in %s", h.Name, out)
-		}
-	}
-	return m, nil
+	return fixture.BuildToplevels(context.Background(), &nix.Runner{Env: fixture.Env()}, dir, names...)
 }
 
 // machine is a NixOS machine in a temporary directory: a system profile,

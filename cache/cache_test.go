@@ -15,7 +15,6 @@ import (
 
 	"github.com/bento-nix/bento/cache"
 	"github.com/bento-nix/bento/cache/narinfo"
-	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
@@ -31,23 +30,13 @@ func buildHosts(t *testing.T, hosts ...fixture.Host) map[string]string {
 	if err := fixture.Write(dir, fixture.Fleet{Hosts: hosts}); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"build", "--no-link", "--json"}
+	var names []string
 	for _, h := range hosts {
-		args = append(args, dir+"#"+fleet.ToplevelAttr(h.Name))
+		names = append(names, h.Name)
 	}
-	out, err := runner().Output(context.Background(), "", args...)
+	m, err := fixture.BuildToplevels(context.Background(), runner(), dir, names...)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var res []struct {
-		Outputs map[string]string `json:"outputs"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatal(err)
-	}
-	m := make(map[string]string)
-	for i, h := range hosts {
-		m[h.Name] = res[i].Outputs["out"]
 	}
 	return m
 }

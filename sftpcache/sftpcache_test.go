@@ -2,7 +2,6 @@ package sftpcache_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/bento-nix/bento/cache"
 	"github.com/bento-nix/bento/cache/narinfo"
-	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/internal/sshdtest"
 	"github.com/bento-nix/bento/manifest"
@@ -23,30 +21,21 @@ import (
 
 func runner() *nix.Runner { return &nix.Runner{Env: fixture.Env()} }
 
-// buildHosts writes a fixture fleet and builds every host's toplevel.
+// buildHosts writes a fixture fleet and builds every host's toplevel,
+// returning host name → out path.
 func buildHosts(t *testing.T, hosts ...fixture.Host) map[string]string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := fixture.Write(dir, fixture.Fleet{Hosts: hosts}); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"build", "--no-link", "--json"}
+	var names []string
 	for _, h := range hosts {
-		args = append(args, dir+"#"+fleet.ToplevelAttr(h.Name))
+		names = append(names, h.Name)
 	}
-	out, err := runner().Output(context.Background(), "", args...)
+	m, err := fixture.BuildToplevels(context.Background(), runner(), dir, names...)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var res []struct {
-		Outputs map[string]string `json:"outputs"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatal(err)
-	}
-	m := make(map[string]string)
-	for i, h := range hosts {
-		m[h.Name] = res[i].Outputs["out"]
 	}
 	return m
 }

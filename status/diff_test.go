@@ -3,7 +3,6 @@ package status
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"os/exec"
 	"strings"
 	"testing"
@@ -13,7 +12,7 @@ import (
 	"github.com/bento-nix/bento/nix"
 )
 
-// buildFixture builds host alpha of a fixture fleet with the given kernel
+// buildFixture writes a one-host fleet into dir with the given kernel
 // and generation, with real Nix, and returns its toplevel.
 func buildFixture(t *testing.T, r *nix.Runner, dir, kernel, generation string) string {
 	t.Helper()
@@ -23,17 +22,11 @@ func buildFixture(t *testing.T, r *nix.Runner, dir, kernel, generation string) s
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := r.Output(context.Background(), "alpha", "build", "--no-link", "--json", dir+"#nixosConfigurations.alpha.config.system.build.toplevel")
+	m, err := fixture.BuildToplevels(context.Background(), r, dir, "alpha")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var res []struct {
-		Outputs map[string]string `json:"outputs"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil || len(res) != 1 || res[0].Outputs["out"] == "" {
-		t.Fatalf("nix build --json: %s (%v)", out, err)
-	}
-	return res[0].Outputs["out"]
+	return m["alpha"]
 }
 
 func TestDiff(t *testing.T) {
