@@ -18,6 +18,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/bento-nix/bento/internal/benchtb"
 	"io"
 	"net"
 	"os"
@@ -28,7 +29,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 
 	"github.com/bento-nix/bento/agent"
@@ -43,24 +43,9 @@ func main() {
 	idle := flag.Int("idle", 20, "idle ticks measured")
 	updates := flag.Int("updates", 5, "one-file updates measured")
 	flag.Parse()
-	tb := &benchTB{name: "bench/agent"}
-	code := 0
-	func() {
-		defer func() {
-			if r := recover(); r != nil {
-				if _, ok := r.(fatal); !ok {
-					panic(r)
-				}
-				code = 1
-			}
-		}()
-		defer tb.cleanup()
-		if err := run(tb, *files, *size, *idle, *updates); err != nil {
-			fmt.Fprintln(os.Stderr, "bench/agent:", err)
-			code = 1
-		}
-	}()
-	os.Exit(code)
+	os.Exit(benchtb.Run("bench/agent", io.Discard, func(tb *benchtb.TB) error {
+		return run(tb, *files, *size, *idle, *updates)
+	}))
 }
 
 // counter counts the bytes of every connection it dials.
@@ -97,7 +82,7 @@ type sample struct {
 	dur     time.Duration
 }
 
-func run(tb *benchTB, nFiles, size, nIdle, nUpdates int) error {
+func run(tb *benchtb.TB, nFiles, size, nIdle, nUpdates int) error {
 	os.Setenv("NIX_CONFIG", fixture.NixConfig)
 	f := fixture.Fleet{
 		Hosts: []fixture.Host{{Name: "alpha", Bento: &fixture.Bento{Enable: true}}},
@@ -211,7 +196,7 @@ func fileContent(i, rev, size int) string {
 
 // originalSFTP runs OpenSSH's sftp in batch mode with the host's key, as
 // the original update.sh did, through a proxy that counts bytes.
-func originalSFTP(tb *benchTB, env *e2e.Env, h *e2e.Host, batch string) (sample, error) {
+func originalSFTP(tb *benchtb.TB, env *e2e.Env, h *e2e.Host, batch string) (sample, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return sample{}, err
@@ -275,47 +260,4 @@ func ratio(a, b int64) float64 {
 		return 0
 	}
 	return float64(a) / float64(b)
-}
-
-// benchTB lets the benchmark use the test harness (internal/e2e and
-// internal/sshdtest): failures end the run, cleanups run at the end in
-// reverse order.
-type benchTB struct {
-	testing.TB
-	name     string
-	cleanups []func()
-	failed   bool
-}
-
-type fatal struct{}
-
-func (t *benchTB) Helper()                         {}
-func (t *benchTB) Name() string                    { return t.name }
-func (t *benchTB) Failed() bool                    { return t.failed }
-func (t *benchTB) Cleanup(f func())                { t.cleanups = append(t.cleanups, f) }
-func (t *benchTB) Logf(format string, args ...any) {}
-func (t *benchTB) Log(args ...any)                 {}
-func (t *benchTB) Errorf(format string, args ...any) {
-	t.failed = true
-	fmt.Fprintf(os.Stderr, format+"\n", args...)
-}
-func (t *benchTB) Fatalf(format string, args ...any) {
-	t.Errorf(format, args...)
-	panic(fatal{})
-}
-func (t *benchTB) Fatal(args ...any) { t.Fatalf("%s", fmt.Sprint(args...)) }
-func (t *benchTB) TempDir() string {
-	d, err := os.MkdirTemp("", "bento-bench-agent-")
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	t.cleanups = append(t.cleanups, func() { os.RemoveAll(d) })
-	return d
-}
-
-func (t *benchTB) cleanup() {
-	for i := len(t.cleanups) - 1; i >= 0; i-- {
-		t.cleanups[i]()
-	}
-	t.cleanups = nil
 }

@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/bento-nix/bento/internal/benchtb"
 	"io/fs"
 	"net"
 	"net/http"
@@ -32,7 +33,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -66,32 +66,19 @@ func main() {
 		}
 		uniques = append(uniques, n)
 	}
-	tb := &benchTB{name: "bench-cache"}
-	code := 0
-	func() {
-		defer tb.cleanup()
-		defer func() {
-			if r := recover(); r != nil {
-				if _, ok := r.(fatal); !ok {
-					panic(r)
-				}
-				code = 1
-			}
-		}()
+	os.Exit(benchtb.Run("bench/cache", os.Stderr, func(tb *benchtb.TB) error {
 		for _, u := range uniques {
 			if err := run(tb, *hosts, *sharedMiB, *packages, u, *runs); err != nil {
-				fmt.Fprintln(os.Stderr, "bench/cache:", err)
-				code = 1
-				return
+				return err
 			}
 		}
-	}()
-	os.Exit(code)
+		return nil
+	}))
 }
 
 var r = &nix.Runner{Env: fixture.Env()}
 
-func run(tb *benchTB, hosts, sharedMiB, packages, uniqueKiB, runs int) error {
+func run(tb *benchtb.TB, hosts, sharedMiB, packages, uniqueKiB, runs int) error {
 	ctx := context.Background()
 	shared := int64(sharedMiB) << 20
 	fmt.Printf("\n== %d hosts, %d MiB shared in %d packages, %d KiB unique per host (%.2f%% of a closure)\n",
@@ -395,44 +382,5 @@ func median(ds []time.Duration) time.Duration {
 func ratio(a, b int64) float64 { return float64(a) / float64(b) }
 func mib(n int64) string       { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 func kib(n int64) string       { return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10)) }
-
-// benchTB lets the benchmark use internal/sshdtest, written for tests:
-// failures end the run, cleanups run at the end in reverse order.
-type benchTB struct {
-	testing.TB
-	name     string
-	cleanups []func()
-	failed   bool
-	tmp      []string
-}
-
-type fatal struct{}
-
-func (t *benchTB) Helper()                           {}
-func (t *benchTB) Name() string                      { return t.name }
-func (t *benchTB) Failed() bool                      { return t.failed }
-func (t *benchTB) Cleanup(f func())                  { t.cleanups = append(t.cleanups, f) }
-func (t *benchTB) Logf(format string, args ...any)   { fmt.Fprintf(os.Stderr, format+"\n", args...) }
-func (t *benchTB) Errorf(format string, args ...any) { t.failed = true; t.Logf(format, args...) }
-func (t *benchTB) Fatalf(format string, args ...any) {
-	t.Errorf(format, args...)
-	panic(fatal{})
-}
-func (t *benchTB) Fatal(args ...any) { t.Fatalf("%s", fmt.Sprint(args...)) }
-func (t *benchTB) TempDir() string {
-	d, err := os.MkdirTemp("", "bento-bench-")
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	t.cleanups = append(t.cleanups, func() { os.RemoveAll(d) })
-	return d
-}
-
-func (t *benchTB) cleanup() {
-	for i := len(t.cleanups) - 1; i >= 0; i-- {
-		t.cleanups[i]()
-	}
-	t.cleanups = nil
-}
 
 var sftpOpts []sftp.ClientOption
