@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -324,13 +325,13 @@ func orDash(s string) string {
 }
 
 // oneLine makes text from a report safe for a terminal and a table cell:
-// control characters (escape sequences, newlines) become spaces, and runs
-// of spaces collapse.
+// what termsafe finds unsafe (controls, escape sequences, bidi and other
+// format characters) and every space or newline become one space.
 func oneLine(s string) string {
 	var b strings.Builder
 	space := false
 	for _, r := range s {
-		if unicode.IsControl(r) || unicode.IsSpace(r) || r == '\u2028' || r == '\u2029' || unicode.Is(unicode.Cf, r) && r != '\u200d' {
+		if termsafe.Unsafe(r) || unicode.IsSpace(r) {
 			space = b.Len() > 0
 			continue
 		}

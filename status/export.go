@@ -2,20 +2,30 @@ package status
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
-	"github.com/bento-nix/bento/internal/atomicfile"
 	"io"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/termsafe"
 )
 
 // WriteJSON prints the snapshot as the documented JSON document.
+// Host-written text in it has its control, bidi and format characters
+// escaped (\u009b, \u202e): encoding/json writes those raw.
 func WriteJSON(w io.Writer, s *Snapshot) error {
-	enc := json.NewEncoder(w)
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
 	enc.SetIndent("", "  ")
-	return enc.Encode(s)
+	if err := enc.Encode(s); err != nil {
+		return err
+	}
+	_, err := w.Write(termsafe.EscapeJSON(b.Bytes()))
+	return err
 }
 
 // WritePrometheus prints the snapshot in the Prometheus text exposition

@@ -18,6 +18,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -127,18 +128,27 @@ func pickLog(logs []LogFile, host, name string) (LogFile, error) {
 	case 1:
 		return matches[0], nil
 	case 0:
-		return LogFile{}, &UsageError{fmt.Errorf("host %s has no log %q (bento logs --list %s shows them)", host, name, host)}
+		return LogFile{}, &UsageError{fmt.Errorf("host %s has no log %q (bento logs --list %s shows them)", host, termsafe.Line(name), host)}
 	}
 	var names []string
 	for _, m := range matches {
-		names = append(names, m.Name)
+		names = append(names, termsafe.Line(m.Name))
 	}
 	return LogFile{}, &UsageError{fmt.Errorf("host %s: %q matches %d logs (%s): give more of the name", host, name, len(matches), strings.Join(names, ", "))}
 }
 
+// DefaultMaxLogBytes is how much of a log bento logs prints, decompressed,
+// by default: a small gzip file can inflate without bound.
+const DefaultMaxLogBytes = 64 << 20
+
+// ErrLogTooBig is returned (wrapped) once a log's decompressed output
+// passed the limit.
+var ErrLogTooBig = errors.New("over the limit of decompressed output")
+
 // OpenLog opens a host's log (the latest when name is empty), decompressed
-// when it is gzipped.
-func OpenLog(root, host, name string) (io.ReadCloser, LogFile, error) {
+// when it is gzipped. Reading more than max bytes from it fails with
+// ErrLogTooBig.
+func OpenLog(root, host, name string, max int64) (io.ReadCloser, LogFile, error) {
 	r, err := openChroot(root, host)
 	if err != nil {
 		return nil, LogFile{}, err
@@ -153,7 +163,38 @@ func OpenLog(root, host, name string) (io.ReadCloser, LogFile, error) {
 		return nil, LogFile{}, err
 	}
 	rc, err := openLogFile(r, host, l.Name, 0)
-	return rc, l, err
+	if err != nil {
+		return nil, l, err
+	}
+	return readCloser{&capReader{r: rc, left: max, host: host, name: l.Name, max: max}, rc}, l, nil
+}
+
+// capReader fails once more than max bytes were read.
+type capReader struct {
+	r          io.Reader
+	left, max  int64
+	host, name string
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		// One byte more tells a log of exactly max bytes from a longer one.
+		var one [1]byte
+		if n, _ := c.r.Read(one[:]); n == 0 {
+			return 0, io.EOF
+		}
+		return 0, logTooBig(c.host, c.name, c.max)
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, err
+}
+
+func logTooBig(host, name string, max int64) error {
+	return fmt.Errorf("host %s: log %s: stopped after %s: %w (--max-bytes raises it)", host, termsafe.Line(name), humanBytes(max), ErrLogTooBig)
 }
 
 // openLogFile opens a log at offset, decompressing gzip (by its magic
@@ -161,29 +202,29 @@ func OpenLog(root, host, name string) (io.ReadCloser, LogFile, error) {
 func openLogFile(r *os.Root, host, name string, offset int64) (io.ReadCloser, error) {
 	f, err := r.OpenFile(filepath.Join(manifest.LogsDir, name), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, fmt.Errorf("host %s: log %s: %s", host, name, reason(err))
+		return nil, fmt.Errorf("host %s: log %s: %s", host, termsafe.Line(name), reason(err))
 	}
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
 		f.Close()
-		return nil, fmt.Errorf("host %s: log %s is not a regular file", host, name)
+		return nil, fmt.Errorf("host %s: log %s is not a regular file", host, termsafe.Line(name))
 	}
 	br := bufio.NewReader(f)
 	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
 		zr, err := gzip.NewReader(br)
 		if err != nil {
 			f.Close()
-			return nil, fmt.Errorf("host %s: log %s: %w", host, name, err)
+			return nil, fmt.Errorf("host %s: log %s: %w", host, termsafe.Line(name), err)
 		}
 		if _, err := io.CopyN(io.Discard, zr, offset); err != nil && err != io.EOF {
 			f.Close()
-			return nil, fmt.Errorf("host %s: log %s: %w", host, name, err)
+			return nil, fmt.Errorf("host %s: log %s: %w", host, termsafe.Line(name), err)
 		}
 		return readCloser{zr, f}, nil
 	}
 	if offset > 0 {
 		if _, err := f.Seek(offset, io.SeekStart); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("host %s: log %s: %w", host, name, err)
+			return nil, fmt.Errorf("host %s: log %s: %w", host, termsafe.Line(name), err)
 		}
 		br.Reset(f)
 	}
@@ -199,7 +240,7 @@ type readCloser struct {
 // then what is added to it; without a name it moves on to each newer log
 // the host uploads, under a "==> name <==" header. It returns nil when ctx
 // is done. Gzipped logs are printed whole when they appear.
-func FollowLog(ctx context.Context, root, host, name string, w io.Writer, every time.Duration) error {
+func FollowLog(ctx context.Context, root, host, name string, w io.Writer, every time.Duration, max int64) error {
 	r, err := openChroot(root, host)
 	if err != nil {
 		return err
@@ -235,17 +276,23 @@ func FollowLog(ctx context.Context, root, host, name string, w io.Writer, every 
 		}
 		if l.Name != cur {
 			if cur != "" {
-				fmt.Fprintf(w, "\n==> %s <==\n", l.Name)
+				fmt.Fprintf(w, "\n==> %s <==\n", termsafe.Line(l.Name))
 			}
 			cur, done = l.Name, 0
+		}
+		if done > max {
+			return nil // reported once already
 		}
 		rc, err := openLogFile(r, host, l.Name, done)
 		if err != nil {
 			return err
 		}
 		defer rc.Close()
-		n, err := io.Copy(w, rc)
+		n, err := io.Copy(w, &capReader{r: rc, left: max - done, max: max, host: host, name: l.Name})
 		done += n
+		if errors.Is(err, ErrLogTooBig) {
+			done = max + 1
+		}
 		return err
 	}
 	if err := step(); err != nil {

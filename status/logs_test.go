@@ -50,7 +50,7 @@ func logChroot(t *testing.T) chroot {
 
 func readLog(t *testing.T, root, host, name string) (string, LogFile, error) {
 	t.Helper()
-	rc, l, err := OpenLog(root, host, name)
+	rc, l, err := OpenLog(root, host, name, DefaultMaxLogBytes)
 	if err != nil {
 		return "", l, err
 	}
@@ -167,7 +167,7 @@ func TestFollowLog(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- FollowLog(ctx, c.root, "alpha", "", &out, time.Hour) }()
+	go func() { done <- FollowLog(ctx, c.root, "alpha", "", &out, time.Hour, DefaultMaxLogBytes) }()
 	wait := func(want string) {
 		t.Helper()
 		deadline := time.Now().Add(waitFor)

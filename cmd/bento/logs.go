@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/status"
 )
 
@@ -20,11 +21,15 @@ func logsCommand() *cli.Command {
 		Description: "Logs are what the host uploaded to <chroot-root>/<host>/reports/logs/. The latest is\n" +
 			"the one its last report names. NAME may be the start of a log's name (a version)\n" +
 			"when that is unique. --follow keeps printing what is added, and each newer log.\n" +
-			"On a terminal, escape sequences other than colours are removed.",
+			"Control characters and escape sequences are removed (on a terminal, colours are\n" +
+			"kept); --raw prints the bytes as the host uploaded them. At most --max-bytes of a\n" +
+			"log are printed, decompressed.",
 		Flags: []cli.Flag{
 			chrootRootFlag(),
 			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing what the host adds, until Ctrl-C"},
 			&cli.BoolFlag{Name: "list", Aliases: []string{"l"}, Usage: "list the host's logs instead"},
+			&cli.BoolFlag{Name: "raw", Usage: "print the log as the host uploaded it (decompressed), control sequences and all: only into a file or a pager that filters them, never to a terminal"},
+			&cli.Int64Flag{Name: "max-bytes", Value: status.DefaultMaxLogBytes, Usage: "print at most this many bytes of a log, decompressed (a small gzip file may inflate to gigabytes)"},
 			&cli.DurationFlag{Name: "every", Value: time.Second, Usage: "with --follow: look for new output at least this often", Hidden: true},
 		},
 		Action: runLogs,
@@ -39,15 +44,21 @@ func runLogs(c *cli.Context) error {
 	if c.Duration("every") <= 0 {
 		return usageError("--every must be positive")
 	}
+	if c.Int64("max-bytes") <= 0 {
+		return usageError("--max-bytes must be positive")
+	}
 	host, name := args[0], ""
 	if len(args) == 2 {
 		name = args[1]
 	}
 	root := c.String("chroot-root")
 	w := c.App.Writer
-	if isTerminal(w) {
-		w = &status.TerminalWriter{W: w, KeepColor: useColor(c, w)}
+	if !c.Bool("raw") {
+		// Every byte is the host's: filtered also into a pipe, which may
+		// well end on a terminal (bento logs HOST | less -R).
+		w = &status.TerminalWriter{W: w, KeepColor: isTerminal(w) && useColor(c, w)}
 	}
+	max := c.Int64("max-bytes")
 	switch {
 	case c.Bool("list"):
 		logs, err := status.Logs(root, host)
@@ -61,20 +72,23 @@ func runLogs(c *cli.Context) error {
 			if l.Latest {
 				latest = "latest"
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", l.Name, l.Size, l.ModTime.Local().Format("2006-01-02 15:04:05"), latest)
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", termsafe.Line(l.Name), l.Size, l.ModTime.Local().Format("2006-01-02 15:04:05"), latest)
 		}
 		return tw.Flush()
 	case c.Bool("follow"):
-		return logsError(status.FollowLog(c.Context, root, host, name, w, c.Duration("every")))
+		return logsError(status.FollowLog(c.Context, root, host, name, w, c.Duration("every"), max))
 	}
-	rc, l, err := status.OpenLog(root, host, name)
+	rc, l, err := status.OpenLog(root, host, name, max)
 	if err != nil {
 		return logsError(err)
 	}
 	defer rc.Close()
-	fmt.Fprintf(c.App.ErrWriter, "==> %s: %s <==\n", host, l.Name)
+	fmt.Fprintf(c.App.ErrWriter, "==> %s: %s <==\n", host, termsafe.Line(l.Name))
 	if _, err := io.Copy(w, rc); err != nil {
-		return failed(fmt.Errorf("host %s: log %s: %w", host, l.Name, err))
+		if errors.Is(err, status.ErrLogTooBig) {
+			return failed(err)
+		}
+		return failed(fmt.Errorf("host %s: log %s: %w", host, termsafe.Line(l.Name), err))
 	}
 	return nil
 }

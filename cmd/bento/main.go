@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bento-nix/bento/internal/termsafe"
 	"io"
 	"os"
 	"os/signal"
@@ -77,7 +78,10 @@ func usageError(format string, args ...any) error {
 func failed(err error) error { return &exitError{code: exitFailed, err: err} }
 
 // exitCode prints err (once) to w and returns the process exit status.
+// Messages quote what hosts wrote (a log name, a report's error): every
+// one goes through the sanitizer.
 func exitCode(w io.Writer, err error) int {
+	w = &termsafe.Writer{W: w}
 	if err == nil {
 		return exitOK
 	}
