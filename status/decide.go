@@ -41,6 +41,13 @@ func decide(in hostInput) Row {
 		r.Error = rep.Error
 		r.RollbackReason = rep.RollbackReason
 		r.System = reportedSystem(rep)
+		if r.System != "" {
+			if err := CheckStorePath(in.storeDir, r.System); err != nil {
+				// Never shown, compared or passed on: the host may have
+				// named a directory it wrote for Nix to evaluate.
+				r.System, r.InvalidSystem = "", true
+			}
+		}
 		r.RebootRequired = rep.RebootRequired
 		r.RebootScheduled = utc(rep.RebootScheduled)
 		r.Attempts = rep.Attempts
@@ -90,6 +97,8 @@ func judge(in hostInput, r *Row) (State, string) {
 		return Unreadable, "unreadable manifest: " + in.manifestErr.Error()
 	case in.reportErr != nil:
 		return Unreadable, "unreadable report: " + in.reportErr.Error()
+	case r.InvalidSystem:
+		return Unreadable, "unreadable report: " + InvalidSystem
 	case m == nil:
 		return Unpublished, "nothing published yet: run bento deploy"
 	case rep == nil:

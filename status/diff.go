@@ -7,8 +7,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"regexp"
+
+	"github.com/bento-nix/bento/internal/termsafe"
 
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
@@ -28,11 +28,6 @@ type DiffSides struct {
 
 // Same tells whether both sides are the same system.
 func (d DiffSides) Same() bool { return d.From == d.To }
-
-// storePathRE accepts what a Nix store path looks like (hash in Nix's
-// base32 alphabet, then a name), so nothing a host reports reaches nix as
-// an option or a relative path.
-var storePathRE = regexp.MustCompile(`^/[A-Za-z0-9._+/-]*/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+._?=-]+$`)
 
 // DiffTargets picks the sides of bento diff for host: the system the host
 // reported against the one the server built (its build record, else the
@@ -93,8 +88,11 @@ func (d DiffSides) check() error {
 		host        bool
 	}{{d.From, d.FromLabel, d.FromHost}, {d.To, d.ToLabel, false}}
 	for _, side := range sides {
-		if !storePathRE.MatchString(side.path) || filepath.Clean(side.path) != side.path {
-			return fmt.Errorf("host %s: %s, %q, is not a Nix store path", d.Host, side.label, oneLine(side.path))
+		if err := CheckStorePath("", side.path); err != nil {
+			if side.host {
+				return fmt.Errorf("host %s: %w", d.Host, err)
+			}
+			return fmt.Errorf("host %s: %s, %q, is not a Nix store path", d.Host, side.label, termsafe.Line(side.path))
 		}
 		if _, err := os.Lstat(side.path); err != nil {
 			hint := "it was garbage-collected here (bento build " + d.Host + " builds it again)"
@@ -107,9 +105,20 @@ func (d DiffSides) check() error {
 	return nil
 }
 
-// Diff prints nix store diff-closures between the two sides.
+// Diff prints nix store diff-closures between the two sides, once both
+// are verified valid paths right under Nix's store directory: given
+// anything else, Nix 2.8 would evaluate it as a flake, as root.
 func Diff(ctx context.Context, r *nix.Runner, d DiffSides, w io.Writer) error {
-	if _, err := r.Run(ctx, nix.Cmd{Host: d.Host, Args: []string{"store", "diff-closures", d.From, d.To}, Stdout: w}); err != nil {
+	storeDir, err := StoreDir(ctx, r)
+	if err != nil {
+		return fmt.Errorf("host %s: %w", d.Host, err)
+	}
+	for _, p := range []string{d.From, d.To} {
+		if err := verifyStorePath(ctx, r, storeDir, p); err != nil {
+			return fmt.Errorf("host %s: %w", d.Host, err)
+		}
+	}
+	if _, err := r.Run(ctx, nix.Cmd{Host: d.Host, Args: []string{"store", "diff-closures", "--", d.From, d.To}, Stdout: w}); err != nil {
 		return fmt.Errorf("diff: %w", err)
 	}
 	return nil

@@ -89,7 +89,7 @@ func TestDiff(t *testing.T) {
 		{"server build garbage-collected", func() { c.report("alpha", applied(v2, old, now)) }, &Build{OutPath: missing}, false,
 			"the server's last build, " + missing + ", is not in this machine's Nix store: it was garbage-collected here"},
 		{"hostile path", func() { c.report("alpha", applied(v2, "--option build-hook /tmp/x", now)) }, &Build{OutPath: cur}, false,
-			`"--option build-hook /tmp/x", is not a Nix store path`},
+			`invalid system reported by the host: "--option build-hook /tmp/x" is not an absolute store path`},
 		{"no server build", func() {
 			c.report("alpha", applied(v2, old, now))
 			c.publish("alpha", v2, now, "")

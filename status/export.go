@@ -92,6 +92,10 @@ func WritePrometheus(w io.Writer, s *Snapshot) error {
 			value("bento_host_system_match", b(*r.SystemMatch), "host", r.Host)
 		}
 	}
+	gauge("bento_host_invalid_system", "1 when the host reported an invalid system (no store path under the Nix store): broken or hostile.")
+	for _, r := range s.Hosts {
+		value("bento_host_invalid_system", b(r.InvalidSystem), "host", r.Host)
+	}
 	gauge("bento_host_last_seen_timestamp_seconds", "When the host finished its last report (by its clock); absent when it never reported.")
 	for _, r := range s.Hosts {
 		if r.LastSeen != nil {

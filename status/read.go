@@ -48,6 +48,7 @@ type hostInput struct {
 	build      *Build
 	now        time.Time
 	staleAfter time.Duration
+	storeDir   string
 }
 
 // readHost reads a host's manifest and report. Every failure is kept in the

@@ -140,6 +140,9 @@ type Options struct {
 	Sort string
 	// Jobs bounds concurrent host reads; 0 picks a default.
 	Jobs int
+	// StoreDir is Nix's store directory (StoreDir asks Nix): a reported
+	// system anywhere else is an invalid report. Empty checks the shape.
+	StoreDir string
 }
 
 // Row is one host's status. Its JSON field names are bento's documented
@@ -169,6 +172,10 @@ type Row struct {
 	// System is what the host reported running (or, for operation boot,
 	// what it will boot).
 	System string `json:"system"`
+	// InvalidSystem is set when the report named something other than a
+	// store path under Nix's store directory as its system (System is
+	// then empty): a broken or hostile host.
+	InvalidSystem bool `json:"invalidSystem,omitempty"`
 	// SystemMatch is System == the expected system, once the host applied
 	// the published version; null before, or when a side is unknown.
 	SystemMatch     *bool      `json:"systemMatch"`
@@ -254,6 +261,7 @@ func Collect(ctx context.Context, o Options) (*Snapshot, error) {
 			if c.fleetHost == nil && !c.evalFailed && !in.chroot {
 				return nil
 			}
+			in.storeDir = o.StoreDir
 			in.fleetKnown = o.Fleet != nil
 			in.fleetHost = c.fleetHost
 			in.evalErr = o.EvalErrors[c.name]

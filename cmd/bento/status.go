@@ -132,6 +132,12 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 	if err := status.SortRows(nil, opts.Sort); err != nil {
 		return usageError("%w", err)
 	}
+	// Asked once per run: a reported system must be right under it.
+	if dir, err := status.StoreDir(c.Context, nixRunner(c)); err == nil {
+		opts.StoreDir = dir
+	} else {
+		fmt.Fprintf(c.App.ErrWriter, "bento: warning: %v (reported systems are checked for their shape only)\n", err)
+	}
 	builds, err := statusBuilds(c.String("state-dir"))
 	if err != nil {
 		// Status without the SYSTEM column for unpublished builds beats no status.

@@ -276,7 +276,7 @@ func TestLogsCommand(t *testing.T) {
 		stdout string
 		stderr string
 	}{
-		{"latest, decompressed", []string{"logs", "--chroot-root", s.root, "web"}, 0, "building web\n\x1b]0;title\x07switching\n", "==> web: v1-20250314T110000Z.log.gz <=="},
+		{"latest, decompressed", []string{"logs", "--chroot-root", s.root, "web"}, 0, "building web\nswitching\n", "==> web: v1-20250314T110000Z.log.gz <=="},
 		{"by version", []string{"logs", "--chroot-root", s.root, "web", "v0"}, 0, "plain old log\n", ""},
 		{"list", []string{"logs", "--chroot-root", s.root, "--list", "web"}, 0, "v1-20250314T110000Z.log.gz", ""},
 		{"no host", []string{"logs", "--chroot-root", s.root}, 2, "", "say which host"},
