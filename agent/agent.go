@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bento-nix/bento/internal/atomicfile"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -35,6 +34,8 @@ import (
 	"github.com/bento-nix/bento/agent/queue"
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/agent/tree"
+	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 	"github.com/bento-nix/bento/secrets"
@@ -260,6 +261,9 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		return Outcome{}, err
 	}
 	t.note(note)
+	if _, err := activate.LoadPending(t.cfg.StateDir); errors.Is(err, statefile.ErrUnusable) {
+		t.note(err.Error())
+	}
 	if err := t.store.Clean(); err != nil {
 		return Outcome{}, err
 	}

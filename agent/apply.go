@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/bento-nix/bento/activate"
 	"github.com/bento-nix/bento/agent/transport"
+	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/sftpcache"
 )
@@ -371,11 +371,13 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 	return out, errors.Join(err, rerr)
 }
 
+// lastReport is the last report made (a zero one when there is none or it
+// is damaged: it only seeds the next heartbeat, and is rewritten by it).
 func (t *tick) lastReport() manifest.Report {
 	var r manifest.Report
-	data, err := os.ReadFile(filepath.Join(t.cfg.StateDir, lastReportFile))
-	if err == nil {
-		json.Unmarshal(data, &r)
+	data, err := statefile.Read(filepath.Join(t.cfg.StateDir, lastReportFile), maxStateFile)
+	if err == nil && json.Unmarshal(data, &r) != nil {
+		r = manifest.Report{}
 	}
 	return r
 }
