@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/statefile"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -268,24 +269,37 @@ func (p PendingReboot) StillNeeded(booted, current string) bool {
 	return rc.Required
 }
 
-// LoadPending reads the pending reboot from stateDir; nil when there is none.
+// maxPendingFile bounds pending-reboot.json (it is a few hundred bytes).
+const maxPendingFile = 64 << 10
+
+// LoadPending reads the pending reboot from stateDir; nil when there is
+// none. A damaged record (not a regular file, too large, invalid) is moved
+// aside as pending-reboot.json.corrupt-<time>, so it cannot stop every
+// tick: nil is returned with an error wrapping statefile.ErrUnusable that
+// names where it went, once (the next call finds no file).
 func LoadPending(stateDir string) (*PendingReboot, error) {
 	path := filepath.Join(stateDir, PendingFile)
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	var p PendingReboot
+	ok, note, err := statefile.Load(path, maxPendingFile, time.Now(), func(data []byte) error {
+		p = PendingReboot{}
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&p); err != nil {
+			return err
+		}
+		if p.System == "" || p.At.IsZero() {
+			return errors.New("no time or system")
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("pending reboot: %w", err)
 	}
-	var p PendingReboot
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil || p.System == "" || p.At.IsZero() {
-		if err == nil {
-			err = errors.New("no time or system")
-		}
-		return nil, fmt.Errorf("pending reboot %s is invalid (%v): remove it to plan again", path, err)
+	if note != "" {
+		return nil, fmt.Errorf("pending reboot: %w: %s (planned again at the next switch that needs it)", statefile.ErrUnusable, note)
+	}
+	if !ok {
+		return nil, nil
 	}
 	return &p, nil
 }

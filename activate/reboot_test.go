@@ -1,6 +1,8 @@
 package activate_test
 
 import (
+	"errors"
+	"github.com/bento-nix/bento/internal/statefile"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -199,8 +201,15 @@ func TestPendingReboot(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, activate.PendingFile), []byte(`{"at": "soon"`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := activate.LoadPending(dir); err == nil || !strings.Contains(err.Error(), "remove it") {
-		t.Errorf("corrupt record: error %v, want one telling to remove it", err)
+	if _, err := activate.LoadPending(dir); !errors.Is(err, statefile.ErrUnusable) || !strings.Contains(err.Error(), "moved aside to ") {
+		t.Errorf("corrupt record: error %v, want one saying it was moved aside", err)
+	}
+	if aside, _ := filepath.Glob(filepath.Join(dir, activate.PendingFile+".corrupt-*")); len(aside) != 1 {
+		t.Errorf("corrupt record not moved aside: %q", aside)
+	}
+	// Reported once: the next read finds no record.
+	if p, err := activate.LoadPending(dir); err != nil || p != nil {
+		t.Errorf("after moving aside: %v, %v", p, err)
 	}
 }
 

@@ -14,8 +14,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bento-nix/bento/internal/atomicfile"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -33,6 +34,8 @@ import (
 	"github.com/bento-nix/bento/agent/queue"
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/agent/tree"
+	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 	"github.com/bento-nix/bento/secrets"
@@ -166,6 +169,30 @@ type tick struct {
 	fetched int
 	// secretsBefore is what installing secrets before the switch did.
 	secretsBefore *secrets.Outcome
+	// notes are damaged state files moved aside this tick: they go into
+	// the tick's report once (the next tick no longer finds the file).
+	notes []string
+}
+
+// note records a damaged state file moved aside, for the report.
+func (t *tick) note(n string) {
+	if n == "" {
+		return
+	}
+	t.log.Warn(n)
+	t.notes = append(t.notes, n)
+}
+
+// withNotes adds the tick's notes to a report's error.
+func (t *tick) withNotes(msg string) string {
+	if len(t.notes) == 0 {
+		return msg
+	}
+	n := "damaged state: " + strings.Join(t.notes, "; ")
+	if msg == "" {
+		return n
+	}
+	return msg + "; " + n
 }
 
 func (t *tick) say(format string, args ...any) {
@@ -229,12 +256,23 @@ func (t *tick) activator(log io.Writer) *activate.Activator {
 }
 
 func (t *tick) run(ctx context.Context) (Outcome, error) {
-	st, err := loadState(t.cfg.StateDir)
+	st, note, err := loadState(t.cfg.StateDir, t.o.Now())
 	if err != nil {
 		return Outcome{}, err
 	}
+	t.note(note)
+	if _, err := activate.LoadPending(t.cfg.StateDir); errors.Is(err, statefile.ErrUnusable) {
+		t.note(err.Error())
+	}
 	if err := t.store.Clean(); err != nil {
 		return Outcome{}, err
+	}
+	if err := t.adoptRecordedOutcome(&st); err != nil {
+		return Outcome{}, err
+	}
+	if st.Switch != nil {
+		// Before anything else: the host may run a system nobody confirmed.
+		return t.recoverSwitch(ctx, &st)
 	}
 	if err := t.connect(ctx, t.cfg.ConnectAttempts); err != nil {
 		t.repairSecrets(ctx, st)
@@ -411,9 +449,17 @@ func (t *tick) refuse(ctx context.Context, st *State, head manifestHead, cause e
 
 // finishAttempt records the attempt's end in the state, queues its
 // report and log, and delivers them.
+//
+// The outcome is on disk before anything is sent: the report is queued
+// (and copied to last-report.json), then the state saved. A tick killed
+// between the two finds its state "running" with the report of that very
+// attempt queued or in last-report.json, and adopts the outcome
+// (adoptRecordedOutcome) instead of repeating the attempt; a kill after
+// both only delays the delivery to the next tick.
 func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, action string, cause error) (Outcome, error) {
 	now := t.o.Now()
 	st.finish(rep.Result, now, t.retry)
+	st.Switch = nil
 	if !final(rep.Result) {
 		next := st.Attempt.NextRetry.UTC()
 		rep.NextRetry = &next
@@ -425,17 +471,51 @@ func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Repor
 	rep.BootedSystem, _ = act.Booted()
 	rep.FinishedAt = now.UTC()
 	rep.Log = logName(rep.AttemptedVersion, rep.StartedAt)
+	rep.Error = t.withNotes(rep.Error)
 	out := Outcome{Action: action, Report: rep, Fetched: t.fetched}
-	// Queue first, then the state: a kill in between repeats the attempt
-	// (harmless) rather than losing its report.
-	if err := t.send(ctx, *rep, rep.Log, log.Bytes(), true); err != nil {
-		saveErr := saveState(t.cfg.StateDir, *st)
+	gz, name, qerr := t.enqueue(rep, rep.Log, log.Bytes(), true)
+	saveErr := saveState(t.cfg.StateDir, *st)
+	if saveErr != nil {
+		saveErr = describeDiskError(saveErr)
+		t.say("warning: the outcome could not be saved: %v", saveErr)
+		rep.Error = joinMsg(rep.Error, "state not saved: "+saveErr.Error())
+	}
+	if ctx.Err() != nil {
+		// Stopping (a signal during the activation): the outcome is
+		// recorded; give its delivery a short, bounded chance.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopDeliveryTimeout)
+		defer cancel()
+		ctx = dctx
+	}
+	if err := t.push(ctx, *rep, name, gz, qerr); err != nil {
 		return out, errors.Join(cause, err, saveErr)
 	}
-	if err := saveState(t.cfg.StateDir, *st); err != nil {
-		return out, errors.Join(cause, err)
+	return out, errors.Join(cause, saveErr)
+}
+
+// stopDeliveryTimeout bounds the delivery of an activation's report once a
+// signal asked the agent to stop.
+const stopDeliveryTimeout = 20 * time.Second
+
+func joinMsg(a, b string) string {
+	if a == "" {
+		return b
 	}
-	return out, cause
+	return a + "; " + b
+}
+
+// describeDiskError names a full disk as "disk full: <path>", the words
+// the report and status show.
+func describeDiskError(err error) error {
+	if !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EDQUOT) {
+		return err
+	}
+	var pe *fs.PathError
+	path := "the state directory"
+	if errors.As(err, &pe) {
+		path = pe.Path
+	}
+	return fmt.Errorf("disk full: %s: %w", path, err)
 }
 
 // logTimeLayout sorts as text in time order.
@@ -451,6 +531,14 @@ func logName(version string, started time.Time) string {
 // connection is gone it reconnects once (with retries); when the server
 // stays unreachable the report waits in the queue.
 func (t *tick) send(ctx context.Context, rep manifest.Report, logName string, log []byte, withLog bool) error {
+	gz, logName, qerr := t.enqueue(&rep, logName, log, withLog)
+	return t.push(ctx, rep, logName, gz, qerr)
+}
+
+// enqueue puts a report in the queue and in last-report.json. When the
+// queue cannot hold it (a full disk), the report says so and the error
+// is returned for push to deliver it directly.
+func (t *tick) enqueue(rep *manifest.Report, logName string, log []byte, withLog bool) ([]byte, string, error) {
 	var gz []byte
 	if withLog {
 		gz = gzipBytes(log)
@@ -468,11 +556,23 @@ func (t *tick) send(ctx context.Context, rep manifest.Report, logName string, lo
 			}
 		}
 	}
-	if _, err := t.queue.Put(rep, logName, gz); err != nil {
-		return err
+	if _, err := t.queue.Put(*rep, logName, gz); err != nil {
+		qerr := describeDiskError(err)
+		t.say("warning: the report cannot be queued (%v): sending it directly", qerr)
+		rep.Error = joinMsg(rep.Error, "report not queued: "+qerr.Error())
+		return gz, logName, qerr
 	}
 	if data, err := json.Marshal(rep); err == nil {
 		atomicfile.WriteFile(filepath.Join(t.cfg.StateDir, lastReportFile), data, 0o644)
+	}
+	return gz, logName, nil
+}
+
+// push delivers the queue; a report that could not be queued (qerr) goes
+// over the connection directly, rather than the host going silent.
+func (t *tick) push(ctx context.Context, rep manifest.Report, logName string, gz []byte, qerr error) error {
+	if qerr != nil {
+		return t.sendDirect(ctx, rep, logName, gz)
 	}
 	if t.getConn() != nil {
 		if err := t.flush(ctx); err == nil {
@@ -489,6 +589,42 @@ func (t *tick) send(ctx context.Context, rep manifest.Report, logName string, lo
 	return nil
 }
 
+// sendDirect delivers a report that could not be queued: what is queued
+// first (in order), then this one, over the open connection (or a new one).
+func (t *tick) sendDirect(ctx context.Context, rep manifest.Report, logName string, gz []byte) error {
+	if t.getConn() == nil {
+		if err := t.connect(ctx, t.cfg.ConnectAttempts); err != nil {
+			return fmt.Errorf("the report could not be queued nor delivered: %w", err)
+		}
+	}
+	if err := t.flush(ctx); err != nil {
+		t.log.Warn("queued reports not delivered", "err", err)
+	}
+	if err := t.deliver(ctx, queue.Entry{Report: rep, LogName: logName, HasLog: gz != nil}, gz); err != nil {
+		return fmt.Errorf("the report could not be queued nor delivered: %w", err)
+	}
+	return nil
+}
+
+// deliver writes one report (its log first, then status.json, replaced
+// atomically) to the server.
+func (t *tick) deliver(ctx context.Context, e queue.Entry, log []byte) error {
+	c := t.getConn()
+	if e.HasLog {
+		if err := c.Mkdir(ctx, manifest.LogsDir); err != nil {
+			return err
+		}
+		if err := c.WriteFile(ctx, manifest.LogsDir+"/"+e.LogName, log); err != nil {
+			return err
+		}
+	}
+	body, err := json.MarshalIndent(e.Report, "", "  ")
+	if err != nil {
+		return err
+	}
+	return c.WriteFile(ctx, manifest.StatusFile, append(body, '\n'))
+}
+
 // flush delivers the queued reports in order: each one's log, then
 // status.json (replaced atomically), then it leaves the queue.
 func (t *tick) flush(ctx context.Context) error {
@@ -499,23 +635,11 @@ func (t *tick) flush(ctx context.Context) error {
 	c := t.getConn()
 	logged := false
 	for _, e := range entries {
-		if e.HasLog {
-			data, err := t.queue.Log(e)
-			if err != nil {
-				return err
-			}
-			if err := c.Mkdir(ctx, manifest.LogsDir); err != nil {
-				return err
-			}
-			if err := c.WriteFile(ctx, manifest.LogsDir+"/"+e.LogName, data); err != nil {
-				return err
-			}
-		}
-		body, err := json.MarshalIndent(e.Report, "", "  ")
+		data, err := t.queue.Log(e)
 		if err != nil {
 			return err
 		}
-		if err := c.WriteFile(ctx, manifest.StatusFile, append(body, '\n')); err != nil {
+		if err := t.deliver(ctx, e, data); err != nil {
 			return err
 		}
 		if err := t.queue.Done(e); err != nil {

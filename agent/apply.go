@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/bento-nix/bento/activate"
 	"github.com/bento-nix/bento/agent/transport"
+	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/sftpcache"
 )
@@ -104,6 +104,13 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 // switchTo activates toplevel behind the guard: a failed activation, or
 // a server that cannot be reached again within confirmTimeout, rolls back
 // to the system that ran before. Nothing switched, nothing rolled back.
+//
+// From the moment the profile is touched until the outcome is recorded,
+// the activation is detached from ctx: a signal does not cut a
+// switch-to-configuration in half or skip the guard; it is noted and
+// honoured once the outcome is recorded (no reboot then). Before the
+// switch the journal (State.Switch) is saved, so that an agent killed
+// outright leaves what the next tick needs to confirm or roll back.
 func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, toplevel, version, action string, result manifest.Result) (Outcome, error) {
 	act := t.activator(log)
 	op := t.cfg.Operation
@@ -111,14 +118,39 @@ func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, lo
 	if err != nil {
 		return t.failAttempt(ctx, st, rep, log, fmt.Errorf("activation: %w", err))
 	}
+	if ctx.Err() != nil {
+		return Outcome{}, ctx.Err()
+	}
+	now := t.o.Now()
+	st.Switch = &SwitchJournal{
+		Version: version, To: toplevel, From: prev, Op: op, At: now.UTC(),
+		ConfirmBy: now.Add(time.Duration(t.cfg.ConfirmTimeout)).UTC(), Phase: phaseSwitching,
+	}
+	if err := saveState(t.cfg.StateDir, *st); err != nil {
+		st.Switch = nil
+		return t.failAttempt(ctx, st, rep, log, fmt.Errorf("activation: the switch cannot be recorded before it is made, so it is not made: %w", describeDiskError(err)))
+	}
+	actx := context.WithoutCancel(ctx)
+	stopNote := context.AfterFunc(ctx, func() {
+		log.Printf("signal received: stopping after the activation finishes")
+	})
+	defer stopNote()
+	out, err := t.activate(actx, st, rep, log, act, prev, toplevel, version, action, result)
+	if ctx.Err() != nil {
+		// Honoured now that the outcome is recorded: no reboot.
+		return out, errors.Join(err, fmt.Errorf("stopped after the activation finished: %w", ctx.Err()))
+	}
+	rebooted, rerr := t.rebootIfDue(ctx, act)
+	out.Rebooted = rebooted
+	return out, errors.Join(err, rerr)
+}
+
+// activate is switchTo's uncancellable part: switch, guard, record.
+func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, act *activate.Activator, prev, toplevel, version, action string, result manifest.Result) (Outcome, error) {
+	op := t.cfg.Operation
 	log.Printf("switching to %s (%s); the running system is %s", toplevel, op, orNone(prev))
 	outcome, err := act.Switch(ctx, toplevel, op)
 	if err != nil {
-		if ctx.Err() != nil {
-			// Stopped mid-switch: the state says "running", so the next
-			// tick takes the attempt up again.
-			return Outcome{}, err
-		}
 		err = fmt.Errorf("activation: %w", err)
 		if !outcome.NeedsRollback() {
 			log.Printf("%v (nothing was changed)", err)
@@ -163,10 +195,7 @@ func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, lo
 	t.installSecrets(ctx, version, rep, log, true)
 	rep.Result = result
 	t.planReboot(rep, act, toplevel, log)
-	out, err := t.finishAttempt(ctx, st, rep, log, action, nil)
-	rebooted, rerr := t.rebootIfDue(ctx, act)
-	out.Rebooted = rebooted
-	return out, errors.Join(err, rerr)
+	return t.finishAttempt(ctx, st, rep, log, action, nil)
 }
 
 func (t *tick) failAttempt(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, err error) (Outcome, error) {
@@ -180,6 +209,13 @@ func (t *tick) rollback(ctx context.Context, st *State, rep *manifest.Report, lo
 		err := fmt.Errorf("%w; no system was running before (%s missing), so there is nothing to roll back to", cause, t.cfg.CurrentSystem)
 		log.Printf("%v", err)
 		return t.failAttempt(ctx, st, rep, log, err)
+	}
+	if st.Switch != nil && st.Switch.Phase != phaseRollingBack {
+		// A machine found on prev after a kill was rolled back on purpose.
+		st.Switch.Phase = phaseRollingBack
+		if err := saveState(t.cfg.StateDir, *st); err != nil {
+			log.Printf("warning: %v", describeDiskError(err))
+		}
 	}
 	log.Printf("%v: rolling back to %s", cause, prev)
 	if err := act.Rollback(context.WithoutCancel(ctx), prev, t.cfg.Operation); err != nil {
@@ -300,7 +336,7 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 	if rep.Stage == "" {
 		rep.Stage = manifest.StageConfirmed
 	}
-	rep.Error, rep.RollbackReason, rep.NextRetry = "", "", nil
+	rep.Error, rep.RollbackReason, rep.NextRetry = t.withNotes(""), "", nil
 	if rep.ActualToplevel == "" {
 		rep.ActualToplevel = st.AppliedSystem
 	}
@@ -335,11 +371,13 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 	return out, errors.Join(err, rerr)
 }
 
+// lastReport is the last report made (a zero one when there is none or it
+// is damaged: it only seeds the next heartbeat, and is rewritten by it).
 func (t *tick) lastReport() manifest.Report {
 	var r manifest.Report
-	data, err := os.ReadFile(filepath.Join(t.cfg.StateDir, lastReportFile))
-	if err == nil {
-		json.Unmarshal(data, &r)
+	data, err := statefile.Read(filepath.Join(t.cfg.StateDir, lastReportFile), maxStateFile)
+	if err == nil && json.Unmarshal(data, &r) != nil {
+		r = manifest.Report{}
 	}
 	return r
 }

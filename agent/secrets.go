@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/secrets"
@@ -165,9 +166,12 @@ func InstallSecrets(ctx context.Context, cfg Config, o Options, restart bool) er
 		return err
 	}
 	defer lk.release()
-	st, err := loadState(cfg.StateDir)
+	st, note, err := loadState(cfg.StateDir, time.Now())
 	if err != nil {
 		return err
+	}
+	if note != "" {
+		t.say("warning: %s", note)
 	}
 	if st.AppliedVersion == "" {
 		t.say("nothing applied yet: no secrets to install")

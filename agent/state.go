@@ -2,15 +2,13 @@ package agent
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"github.com/bento-nix/bento/internal/atomicfile"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/bento-nix/bento/agent/backoff"
+	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -34,7 +32,39 @@ type State struct {
 	AppliedSystem  string `json:"appliedSystem,omitempty"`
 	// Attempt is the last attempt.
 	Attempt Attempt `json:"attempt"`
+	// Switch is the journal of an activation under way: saved before the
+	// profile is touched, cleared with the attempt's outcome. A state
+	// loaded with it set belongs to an agent that died between the two,
+	// and the next tick settles it (recoverSwitch) before anything else.
+	Switch *SwitchJournal `json:"switch,omitempty"`
 }
+
+// SwitchJournal is "switched to To from From at At, confirm by ConfirmBy".
+type SwitchJournal struct {
+	Version string `json:"version"`
+	To      string `json:"to"`
+	// From is the system that ran before ("" on a first installation).
+	From string `json:"from,omitempty"`
+	// Op is the operation (switch, boot, test).
+	Op string    `json:"op"`
+	At time.Time `json:"at"`
+	// ConfirmBy is when an unconfirmed switch is rolled back.
+	ConfirmBy time.Time `json:"confirmBy"`
+	// Phase is "switching" until the guard decides to roll back, then
+	// "rolling-back": a machine found on From is then known to have been
+	// rolled back on purpose.
+	Phase string `json:"phase"`
+}
+
+// Phases of a SwitchJournal.
+const (
+	phaseSwitching   = "switching"
+	phaseRollingBack = "rolling-back"
+)
+
+// maxStateFile bounds every small JSON file the agent reads back from its
+// state directory: they are a few kilobytes.
+const maxStateFile = 1 << 20
 
 // Attempt is one try to apply a publication.
 type Attempt struct {
@@ -54,22 +84,22 @@ type Attempt struct {
 	NextRetry time.Time `json:"nextRetry"`
 }
 
-func loadState(dir string) (State, error) {
-	var s State
-	data, err := os.ReadFile(filepath.Join(dir, stateFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return s, nil
-	}
+// loadState reads the state. A damaged state file (not a regular file,
+// too large, not JSON) is moved aside and the agent starts over from an
+// empty state: the next publication is applied from scratch, and
+// switching is skipped when it already runs. note says so, for the report.
+func loadState(dir string, now time.Time) (s State, note string, err error) {
+	_, note, err = statefile.Load(filepath.Join(dir, stateFile), maxStateFile, now, func(b []byte) error {
+		s = State{}
+		return json.Unmarshal(b, &s)
+	})
 	if err != nil {
-		return s, fmt.Errorf("state: %w", err)
+		return State{}, "", fmt.Errorf("state: %w", err)
 	}
-	if err := json.Unmarshal(data, &s); err != nil {
-		// Written atomically, so this is damage from outside: start over
-		// rather than never work again. The next publication is applied
-		// from scratch; switching is skipped when already current.
-		return State{}, nil
+	if note != "" {
+		s = State{}
 	}
-	return s, nil
+	return s, note, nil
 }
 
 func saveState(dir string, s State) error {

@@ -2,7 +2,10 @@ package agent
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -85,9 +88,51 @@ func TestStateSurvivesReload(t *testing.T) {
 	if err := saveState(dir, s); err != nil {
 		t.Fatal(err)
 	}
-	got, err := loadState(dir)
-	if err != nil || got.AppliedVersion != "v1" || !got.Attempt.Running || got.Attempt.Count != 2 {
-		t.Errorf("reloaded %+v, %v", got, err)
+	got, note, err := loadState(dir, time.Now())
+	if err != nil || note != "" || got.AppliedVersion != "v1" || !got.Attempt.Running || got.Attempt.Count != 2 {
+		t.Errorf("reloaded %+v, %q, %v", got, note, err)
+	}
+}
+
+// A damaged state file is moved aside once and the agent starts from an
+// empty state; a symlink to /dev/zero is never read.
+func TestDamagedStateIsMovedAside(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		make func(p string) error
+	}{
+		{"garbage", func(p string) error { return os.WriteFile(p, []byte("{not json"), 0o644) }},
+		{"symlink to /dev/zero", func(p string) error { return os.Symlink("/dev/zero", p) }},
+		{"fifo", func(p string) error { return syscall.Mkfifo(p, 0o644) }},
+		{"too large", func(p string) error { return os.WriteFile(p, make([]byte, maxStateFile+1), 0o644) }},
+		{"directory", func(p string) error { return os.Mkdir(p, 0o755) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, stateFile)
+			if err := tc.make(p); err != nil {
+				t.Fatal(err)
+			}
+			now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+			got, note, err := loadState(dir, now)
+			if err != nil || got.AppliedVersion != "" || got.Attempt.Version != "" {
+				t.Fatalf("loadState: %+v, %v", got, err)
+			}
+			aside := p + ".corrupt-20260102T030405Z"
+			if !strings.Contains(note, aside) {
+				t.Errorf("note %q does not name %s", note, aside)
+			}
+			if _, err := os.Lstat(aside); err != nil {
+				t.Errorf("not moved aside: %v", err)
+			}
+			if _, err := os.Lstat(p); !os.IsNotExist(err) {
+				t.Errorf("%s still there: %v", p, err)
+			}
+			// Once: the next load finds nothing to say.
+			if _, note, err := loadState(dir, now); err != nil || note != "" {
+				t.Errorf("second load: %q, %v", note, err)
+			}
+		})
 	}
 }
 

@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/bento-nix/bento/activate"
+	"github.com/bento-nix/bento/manifest"
+)
+
+// adoptRecordedOutcome settles an attempt whose report was queued but
+// whose state was not saved (a kill between the two in finishAttempt):
+// the report of that very attempt (same version, same start) is the
+// record of its outcome, so it is not tried again.
+func (t *tick) adoptRecordedOutcome(st *State) error {
+	a := st.Attempt
+	if !a.Running {
+		return nil
+	}
+	same := func(r manifest.Report) bool {
+		return r.AttemptedVersion == a.Version && r.StartedAt.Equal(a.StartedAt) && r.Result != "" && !r.FinishedAt.IsZero()
+	}
+	var rep *manifest.Report
+	if entries, err := t.queue.List(); err == nil {
+		for i := len(entries) - 1; i >= 0 && rep == nil; i-- {
+			if same(entries[i].Report) {
+				rep = &entries[i].Report
+			}
+		}
+	}
+	if last := t.lastReport(); rep == nil && same(last) {
+		rep = &last
+	}
+	if rep == nil {
+		return nil
+	}
+	t.say("the last tick was stopped after recording the outcome of version %s (%s): taking it as it is", a.Version, rep.Result)
+	st.finish(rep.Result, rep.FinishedAt, t.retry)
+	st.AppliedVersion = rep.AppliedVersion
+	if final(rep.Result) && rep.AppliedVersion == a.Version {
+		st.AppliedSystem = rep.ActualToplevel
+	}
+	st.Switch = nil
+	return saveState(t.cfg.StateDir, *st)
+}
+
+// recoverSwitch settles an activation the agent did not see to its end
+// (killed, out of memory, power cut between the switch and its outcome):
+//
+//   - the new system is in effect and the server answers now: confirmed;
+//   - it is in effect, the server does not answer, and the confirmation
+//     deadline has passed: rolled back to the system before;
+//   - it is in effect, no answer, deadline not passed: nothing yet, a
+//     later tick decides;
+//   - it is not in effect (killed before it took, or during the
+//     rollback): the machine is put back on the system before if it is
+//     not there, and the attempt counts as failed, so its retry delay
+//     applies and it is never re-run at once.
+//
+// The outcome is reported like any other attempt's.
+func (t *tick) recoverSwitch(ctx context.Context, st *State) (Outcome, error) {
+	j := *st.Switch
+	log := newLogBuffer(t.cfg.LogMaxBytes, t.o.Out)
+	act := t.activator(log)
+	rep := t.newReport(st, j.Version, st.Attempt.Expected, st.Attempt.StartedAt)
+	rep.ActualToplevel = j.To
+	log.Printf("host %s: the agent stopped during the activation of version %s (%s to %s from %s at %s); settling it",
+		t.cfg.Host, j.Version, j.Op, j.To, orNone(j.From), j.At.Format(time.RFC3339))
+	cur, _ := act.Current()
+	prof, _ := act.ProfileTarget()
+	var inEffect bool
+	switch j.Op {
+	case activate.OpTest:
+		inEffect = cur == j.To
+	case activate.OpBoot:
+		inEffect = prof == j.To
+	default:
+		inEffect = cur == j.To && prof == j.To
+	}
+	actx := context.WithoutCancel(ctx)
+	if inEffect && j.Phase == phaseSwitching {
+		if j.Op == activate.OpBoot {
+			log.Printf("%s is the boot default; it runs after the next reboot", j.To)
+			return t.recovered(ctx, st, &rep, log, j, manifest.StageSwitched)
+		}
+		err := t.connect(ctx, t.cfg.ConnectAttempts)
+		if err == nil {
+			log.Printf("%s runs and the server answers: confirmed", j.To)
+			if ferr := t.flush(ctx); ferr != nil {
+				t.log.Warn("queued reports not delivered", "err", ferr)
+			}
+			return t.recovered(ctx, st, &rep, log, j, manifest.StageConfirmed)
+		}
+		if ctx.Err() != nil {
+			return Outcome{}, err
+		}
+		now := t.o.Now()
+		if now.Before(j.ConfirmBy) {
+			t.say("the switch to %s is not confirmed: it is rolled back if the server is still unreachable after %s", j.To, j.ConfirmBy.Format(time.RFC3339))
+			return Outcome{Action: ActionWaiting}, fmt.Errorf("%w (switch to %s not confirmed; rolled back after %s)", err, j.To, j.ConfirmBy.Format(time.RFC3339))
+		}
+		cause := fmt.Errorf("%w: the switch was not confirmed by %s and the server is still unreachable: %v", activate.ErrUnconfirmed, j.ConfirmBy.Format(time.RFC3339), err)
+		return t.rollback(actx, st, &rep, log, act, j.From, "server-unreachable", cause)
+	}
+	// Not in effect, or a rollback was under way.
+	var cause error
+	if j.Phase == phaseRollingBack {
+		cause = errors.New("the agent stopped while rolling back")
+	} else {
+		cause = fmt.Errorf("activation interrupted: the agent stopped before %s took effect (running %s, profile %s)", j.To, orNone(cur), orNone(prof))
+	}
+	onFrom := cur == j.From && (j.Op == activate.OpTest || prof == j.From)
+	if j.From != "" && !onFrom {
+		return t.rollback(actx, st, &rep, log, act, j.From, "interrupted", cause)
+	}
+	log.Printf("%v; the machine runs %s", cause, orNone(cur))
+	if j.Phase == phaseRollingBack {
+		rep.RollbackReason = "interrupted"
+		rep.Stage, rep.Result, rep.Error = manifest.StageRolledBack, manifest.ResultRolledBack, cause.Error()
+		return t.finishAttempt(actx, st, &rep, log, ActionRolledBack, cause)
+	}
+	return t.failAttempt(actx, st, &rep, log, cause)
+}
+
+// recovered records an interrupted activation found in effect.
+func (t *tick) recovered(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, j SwitchJournal, stage manifest.Stage) (Outcome, error) {
+	rep.Stage = stage
+	st.AppliedVersion, st.AppliedSystem = j.Version, j.To
+	rep.Result = manifest.ResultSuccess
+	return t.finishAttempt(context.WithoutCancel(ctx), st, rep, log, ActionApplied, nil)
+}
