@@ -92,25 +92,32 @@ var ErrQueued = errors.New("report queued")
 // says what happened either way.
 func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	if err := cfg.Complete(); err != nil {
-		return Outcome{}, err
+		return Outcome{}, &ConfigError{err}
 	}
 	if err := cfg.Validate(); err != nil {
-		return Outcome{}, err
+		return Outcome{}, &ConfigError{err}
 	}
 	keys, err := transport.ParseHostKeys(cfg.ServerHostKey)
 	if err != nil {
-		return Outcome{}, err
-	}
-	signer, err := transport.LoadSigner(cfg.IdentityFile)
-	if err != nil {
-		return Outcome{}, err
-	}
-	policy, err := activate.ParsePolicy(cfg.Reboot.Policy, cfg.Reboot.Window)
-	if err != nil {
-		return Outcome{}, err
+		return Outcome{}, &ConfigError{err}
 	}
 	if o.Out == nil {
 		o.Out = io.Discard
+	}
+	warning, err := cfg.CheckIdentityFile()
+	if err != nil {
+		return Outcome{}, err
+	}
+	if warning != "" {
+		fmt.Fprintf(o.Out, "bento: warning: %s\n", warning)
+	}
+	signer, err := transport.LoadSigner(cfg.IdentityFile)
+	if err != nil {
+		return Outcome{}, &ConfigError{err}
+	}
+	policy, err := activate.ParsePolicy(cfg.Reboot.Policy, cfg.Reboot.Window)
+	if err != nil {
+		return Outcome{}, &ConfigError{err}
 	}
 	if o.Nix == nil {
 		o.Nix = &nix.Runner{}
