@@ -381,7 +381,7 @@ func (t *tick) parseManifest(data []byte) (*manifest.Manifest, error) {
 		return nil, &badManifest{err: fmt.Errorf("refusing the published %s: %w", manifest.ManifestFile, err), head: h}
 	}
 	if m.Host != t.cfg.Host {
-		return nil, &badManifest{otherHost: true, err: fmt.Errorf("the published %s is for host %q, not %q: user %q reads another host's chroot (check services.bento.user on both sides)", manifest.ManifestFile, m.Host, t.cfg.Host, t.cfg.User)}
+		return nil, &badManifest{otherHost: true, err: fmt.Errorf("the published %s is for host %q, not %q: if this host is %q in the fleet's nixosConfigurations, set services.bento.host = %q; (--host); otherwise user %q reads another host's chroot: check services.bento.user here and on the server", manifest.ManifestFile, m.Host, t.cfg.Host, m.Host, m.Host, t.cfg.User)}
 	}
 	return m, nil
 }

@@ -40,6 +40,7 @@ func newApp() *cli.App {
 			hostsCommand(),
 			buildCommand(),
 			deployCommand(),
+			checkCommand(),
 			statusCommand(),
 			logsCommand(),
 			diffCommand(),
