@@ -95,25 +95,32 @@ var ErrQueued = errors.New("report queued")
 // says what happened either way.
 func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	if err := cfg.Complete(); err != nil {
-		return Outcome{}, err
+		return Outcome{}, &ConfigError{err}
 	}
 	if err := cfg.Validate(); err != nil {
-		return Outcome{}, err
+		return Outcome{}, &ConfigError{err}
 	}
 	keys, err := transport.ParseHostKeys(cfg.ServerHostKey)
 	if err != nil {
-		return Outcome{}, err
-	}
-	signer, err := transport.LoadSigner(cfg.IdentityFile)
-	if err != nil {
-		return Outcome{}, err
-	}
-	policy, err := activate.ParsePolicy(cfg.Reboot.Policy, cfg.Reboot.Window)
-	if err != nil {
-		return Outcome{}, err
+		return Outcome{}, &ConfigError{err}
 	}
 	if o.Out == nil {
 		o.Out = io.Discard
+	}
+	warning, err := cfg.CheckIdentityFile()
+	if err != nil {
+		return Outcome{}, err
+	}
+	if warning != "" {
+		fmt.Fprintf(o.Out, "bento: warning: %s\n", warning)
+	}
+	signer, err := transport.LoadSigner(cfg.IdentityFile)
+	if err != nil {
+		return Outcome{}, &ConfigError{err}
+	}
+	policy, err := activate.ParsePolicy(cfg.Reboot.Policy, cfg.Reboot.Window)
+	if err != nil {
+		return Outcome{}, &ConfigError{err}
 	}
 	if o.Nix == nil {
 		o.Nix = &nix.Runner{}
@@ -412,7 +419,7 @@ func (t *tick) parseManifest(data []byte) (*manifest.Manifest, error) {
 		return nil, &badManifest{err: fmt.Errorf("refusing the published %s: %w", manifest.ManifestFile, err), head: h}
 	}
 	if m.Host != t.cfg.Host {
-		return nil, &badManifest{otherHost: true, err: fmt.Errorf("the published %s is for host %q, not %q: user %q reads another host's chroot (check services.bento.user on both sides)", manifest.ManifestFile, m.Host, t.cfg.Host, t.cfg.User)}
+		return nil, &badManifest{otherHost: true, err: fmt.Errorf("the published %s is for host %q, not %q: if this host is %q in the fleet's nixosConfigurations, set services.bento.host = %q; (--host); otherwise user %q reads another host's chroot: check services.bento.user here and on the server", manifest.ManifestFile, m.Host, t.cfg.Host, m.Host, m.Host, t.cfg.User)}
 	}
 	return m, nil
 }

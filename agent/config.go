@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"github.com/bento-nix/bento/activate"
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/secrets"
 )
 
@@ -73,39 +75,35 @@ type Retry struct {
 	MaxDelay     Duration `json:"maxDelay"`
 }
 
-// Duration is a time.Duration written "60s", "5m", "1h30m" (or a number of
-// seconds) in JSON.
+// Duration is a time.Duration written in JSON as a systemd time span
+// ("90s", "15min", "1h 30min"), a Go duration ("1h30m") or a number of
+// seconds.
 type Duration time.Duration
 
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(timespan.Format(time.Duration(d)))
+}
 
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var n float64
 	if err := json.Unmarshal(b, &n); err == nil {
-		*d = Duration(n * float64(time.Second))
+		v, err := timespan.FromSeconds(n)
+		if err != nil {
+			return err
+		}
+		*d = Duration(v)
 		return nil
 	}
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("want a duration such as \"60s\", got %s", b)
+		return fmt.Errorf("want %s, got %s", timespan.Syntax, b)
 	}
-	v, err := parseDuration(s)
+	v, err := timespan.Parse(s)
 	if err != nil {
 		return err
 	}
 	*d = Duration(v)
 	return nil
-}
-
-func parseDuration(s string) (time.Duration, error) {
-	if n, err := strconv.ParseFloat(s, 64); err == nil {
-		return time.Duration(n * float64(time.Second)), nil
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a duration: write it like \"60s\", \"5m\" or \"1h30m\"", s)
-	}
-	return v, nil
 }
 
 // Defaults returns the configuration used where nothing is set.
@@ -136,9 +134,9 @@ func Defaults() Config {
 // LoadFile reads a JSON configuration over c. Unknown keys are returned
 // as warnings, not errors, so a newer module does not break an older agent.
 func (c *Config) LoadFile(file string) (warnings []string, err error) {
-	data, err := os.ReadFile(file)
+	data, err := readConfigFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, err
 	}
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(data, &raw); err != nil {
@@ -158,15 +156,45 @@ func (c *Config) LoadFile(file string) (warnings []string, err error) {
 	for _, k := range unknown {
 		warnings = append(warnings, fmt.Sprintf("config %s: unknown key %q ignored", file, k))
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(c); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return warnings, fmt.Errorf("config %s: key %q: %s is not a %s", file, te.Field, te.Value, te.Type)
+	// Key by key, so that an error names the key even when it comes from
+	// a value's own parser (a duration) rather than from encoding/json.
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		if known[k] {
+			keys = append(keys, k)
 		}
-		return warnings, fmt.Errorf("config %s: %w", file, err)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		one, _ := json.Marshal(map[string]json.RawMessage{k: raw[k]})
+		if err := json.NewDecoder(bytes.NewReader(one)).Decode(c); err != nil {
+			var te *json.UnmarshalTypeError
+			if errors.As(err, &te) {
+				return warnings, fmt.Errorf("config %s: key %q: %s is not a %s", file, te.Field, te.Value, te.Type)
+			}
+			return warnings, fmt.Errorf("config %s: key %q: %w", file, k, err)
+		}
 	}
 	return warnings, nil
+}
+
+// maxConfigBytes bounds the configuration file: the module's is a few KiB.
+const maxConfigBytes = 1 << 20
+
+func readConfigFile(file string) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", file, err)
+	}
+	if len(data) > maxConfigBytes {
+		return nil, fmt.Errorf("config %s: larger than %d bytes: not an agent configuration", file, maxConfigBytes)
+	}
+	return data, nil
 }
 
 // jsonKeys are the top-level keys of the JSON form.
@@ -217,7 +245,7 @@ func Keys() []Key {
 	}
 	dur := func(p func(*Config) *Duration) func(*Config, string) error {
 		return func(c *Config, v string) error {
-			d, err := parseDuration(v)
+			d, err := timespan.Parse(v)
 			*p(c) = Duration(d)
 			return err
 		}
@@ -330,6 +358,34 @@ func (c *Config) Complete() error {
 	return nil
 }
 
+// The ranges of the numbers in the configuration: wide enough for any real
+// fleet, narrow enough that no conversion overflows and no loop runs for
+// ever. docs/agent.md lists them.
+const (
+	maxConnectAttempts = 100
+	maxNegativeTTL     = 365 * 24 * 3600
+	minLogBytes        = 4096
+	maxLogBytes        = 64 << 20
+	maxLogsKept        = 1000
+)
+
+type durationBound struct {
+	name     string
+	d        *Duration
+	min, max time.Duration
+}
+
+func durationBounds(c *Config) []durationBound {
+	const day = 24 * time.Hour
+	return []durationBound{
+		{"confirmTimeout", &c.ConfirmTimeout, time.Second, day},
+		{"retry.initialDelay", &c.Retry.InitialDelay, 0, 30 * day},
+		{"retry.maxDelay", &c.Retry.MaxDelay, 0, 30 * day},
+		{"connectTimeout", &c.ConnectTimeout, time.Second, time.Hour},
+		{"operationTimeout", &c.OperationTimeout, time.Second, day},
+	}
+}
+
 // Validate checks the configuration and says how to fix what is wrong.
 func (c *Config) Validate() error {
 	var errs []error
@@ -342,6 +398,25 @@ func (c *Config) Validate() error {
 	}
 	if c.Port < 1 || c.Port > 65535 {
 		bad("port %d is not a TCP port (1-65535)", c.Port)
+	}
+	for _, b := range durationBounds(c) {
+		if *b.d < Duration(b.min) || *b.d > Duration(b.max) {
+			bad("%s %s is out of range: it must be from %s to %s", b.name, timespan.Format(time.Duration(*b.d)), timespan.Format(b.min), timespan.Format(b.max))
+		}
+	}
+	for _, b := range []struct {
+		name     string
+		v        int64
+		min, max int64
+	}{
+		{"connectAttempts", int64(c.ConnectAttempts), 1, maxConnectAttempts},
+		{"narinfoCacheNegativeTTL", int64(c.NarinfoCacheNegativeTTL), 0, maxNegativeTTL},
+		{"logMaxBytes", c.LogMaxBytes, minLogBytes, maxLogBytes},
+		{"logsKept", int64(c.LogsKept), 1, maxLogsKept},
+	} {
+		if b.v < b.min || b.v > b.max {
+			bad("%s %d is out of range: it must be from %d to %d", b.name, b.v, b.min, b.max)
+		}
 	}
 	if c.User == "" {
 		bad("user is empty: set it to this host's SFTP user on the server")
@@ -363,17 +438,11 @@ func (c *Config) Validate() error {
 	if err := activate.CheckOp(c.Operation); err != nil {
 		bad("%w", err)
 	}
-	if c.ConfirmTimeout <= 0 {
-		bad("confirmTimeout must be positive (e.g. \"60s\")")
-	}
 	if _, err := activate.ParsePolicy(c.Reboot.Policy, c.Reboot.Window); err != nil {
 		bad("%w", err)
 	}
-	if c.Retry.InitialDelay < 0 || c.Retry.MaxDelay < 0 || (c.Retry.MaxDelay > 0 && c.Retry.InitialDelay > c.Retry.MaxDelay) {
-		bad("retry: initialDelay (%s) and maxDelay (%s) must not be negative, and initialDelay not above maxDelay", time.Duration(c.Retry.InitialDelay), time.Duration(c.Retry.MaxDelay))
-	}
-	if c.NarinfoCacheNegativeTTL < 0 {
-		bad("narinfoCacheNegativeTTL must not be negative")
+	if c.Retry.MaxDelay > 0 && c.Retry.InitialDelay > c.Retry.MaxDelay {
+		bad("retry: initialDelay (%s) must not be above maxDelay (%s)", timespan.Format(time.Duration(c.Retry.InitialDelay)), timespan.Format(time.Duration(c.Retry.MaxDelay)))
 	}
 	if c.Mode == "fetch" && c.SelfUpdate {
 		bad("selfUpdate needs mode build: a host in fetch mode evaluates nothing")
@@ -394,17 +463,38 @@ func (c *Config) Validate() error {
 			bad("secrets: %w", err)
 		}
 	}
-	if c.ConnectAttempts < 1 {
-		bad("connectAttempts must be at least 1")
-	}
-	if c.ConnectTimeout <= 0 || c.OperationTimeout <= 0 {
-		bad("connectTimeout and operationTimeout must be positive")
-	}
-	if c.LogMaxBytes < 4096 {
-		bad("logMaxBytes must be at least 4096")
-	}
-	if c.LogsKept < 1 {
-		bad("logsKept must be at least 1")
-	}
 	return errors.Join(errs...)
+}
+
+// ConfigError is a configuration the agent cannot run with: the command
+// exits 2 (a usage error), not 1 (a failed tick), since no retry helps.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// CheckIdentityFile checks that the identity file is a readable regular
+// file. A key that group or others can read is a warning, not an error:
+// the host key's own permissions are the host's business, but a key left
+// open is worth saying once per tick.
+func (c *Config) CheckIdentityFile() (warning string, err error) {
+	fi, err := os.Stat(c.IdentityFile)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", &ConfigError{fmt.Errorf("identityFile %s does not exist: set services.bento.identityFile (--identity-file) to this host's private key (the default, /etc/ssh/ssh_host_ed25519_key, is created by services.openssh)", c.IdentityFile)}
+		}
+		return "", &ConfigError{fmt.Errorf("identityFile: %w", err)}
+	}
+	if !fi.Mode().IsRegular() {
+		return "", &ConfigError{fmt.Errorf("identityFile %s is not a regular file", c.IdentityFile)}
+	}
+	f, err := os.Open(c.IdentityFile)
+	if err != nil {
+		return "", &ConfigError{fmt.Errorf("identityFile %s cannot be read (%w): the agent runs as root and needs to read it", c.IdentityFile, err)}
+	}
+	f.Close()
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Sprintf("identityFile %s is readable by group or others (mode %04o): chmod 600 %s", c.IdentityFile, perm, c.IdentityFile), nil
+	}
+	return "", nil
 }

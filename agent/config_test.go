@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -82,7 +83,11 @@ func TestLoadFileProblems(t *testing.T) {
 	}{
 		{"unknown key is a warning", `{"host":"a","colour":"blue"}`, "", `unknown key "colour" ignored`},
 		{"wrong type names the key", `{"port":"twenty-two"}`, `key "port"`, ""},
-		{"bad duration", `{"confirmTimeout":"soon"}`, `"soon" is not a duration`, ""},
+		{"bad duration", `{"confirmTimeout":"soon"}`, `key "confirmTimeout": "soon" is not a duration: write a systemd time span`, ""},
+		{"overflowing seconds", `{"confirmTimeout":1e300}`, `key "confirmTimeout": 1e+300 is too long a duration`, ""},
+		{"overflowing span", `{"retry":{"maxDelay":"300 years"}}`, `key "retry": "300 years" is too long a duration`, ""},
+		{"exponent is not a span", `{"retry":{"maxDelay":"1e10"}}`, `"1e10" is not a duration`, ""},
+		{"too large a file", `{"host":"` + strings.Repeat("a", 1<<20) + `"}`, "larger than 1048576 bytes", ""},
 		{"not an object", `[1]`, "not a JSON object", ""},
 	}
 	for _, tc := range cases {
@@ -100,6 +105,66 @@ func TestLoadFileProblems(t *testing.T) {
 	c := Defaults()
 	if _, err := c.LoadFile("/nonexistent/agent.json"); err == nil {
 		t.Error("a missing file is not an error")
+	}
+}
+
+// The module writes systemd time spans; Go's spellings and plain seconds
+// keep working.
+func TestDurationSpellings(t *testing.T) {
+	c := Defaults()
+	_, err := c.LoadFile(writeConfig(t, `{"confirmTimeout":"1min 30s","retry":{"initialDelay":"15min","maxDelay":"1h30m"},"connectTimeout":20,"operationTimeout":"2 min"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []time.Duration{time.Duration(c.ConfirmTimeout), time.Duration(c.Retry.InitialDelay), time.Duration(c.Retry.MaxDelay), time.Duration(c.ConnectTimeout), time.Duration(c.OperationTimeout)}
+	want := []time.Duration{90 * time.Second, 15 * time.Minute, 90 * time.Minute, 20 * time.Second, 2 * time.Minute}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("durations %v, want %v", got, want)
+	}
+	if err := c.Set("retry.initialDelay", "1h 30min"); err != nil || c.Retry.InitialDelay != Duration(90*time.Minute) {
+		t.Errorf("Set(retry.initialDelay, \"1h 30min\") = %v, %v", err, time.Duration(c.Retry.InitialDelay))
+	}
+}
+
+func TestCheckIdentityFile(t *testing.T) {
+	dir := t.TempDir()
+	private := filepath.Join(dir, "key")
+	open := filepath.Join(dir, "open")
+	for _, f := range []struct {
+		path string
+		mode os.FileMode
+	}{{private, 0o600}, {open, 0o644}} {
+		if err := os.WriteFile(f.path, []byte("key"), f.mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(f.path, f.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		name, file, warning, err string
+	}{
+		{"private", private, "", ""},
+		{"readable by others", open, "is readable by group or others (mode 0644): chmod 600 " + open, ""},
+		{"missing", filepath.Join(dir, "nosuch"), "", "does not exist: set services.bento.identityFile"},
+		{"directory", dir, "", "is not a regular file"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Defaults()
+			c.IdentityFile = tc.file
+			w, err := c.CheckIdentityFile()
+			if !strings.Contains(w, tc.warning) || (tc.warning == "") != (w == "") {
+				t.Errorf("warning %q, want %q", w, tc.warning)
+			}
+			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Errorf("error %v, want %q", err, tc.err)
+			}
+			var ce *ConfigError
+			if err != nil && !errors.As(err, &ce) {
+				t.Errorf("error %v is not a ConfigError (the command would exit 1, not 2)", err)
+			}
+		})
 	}
 }
 
@@ -176,7 +241,18 @@ func TestValidate(t *testing.T) {
 		{"window without window", func(c *Config) { c.Reboot = Reboot{Policy: "window"} }, "needs a window"},
 		{"self-update in fetch mode", func(c *Config) { c.Mode, c.SelfUpdate = "fetch", true }, "selfUpdate needs mode build"},
 		{"relative state dir", func(c *Config) { c.StateDir = "state" }, "absolute path"},
-		{"retry upside down", func(c *Config) { c.Retry = Retry{InitialDelay: Duration(time.Hour), MaxDelay: Duration(time.Minute)} }, "initialDelay not above maxDelay"},
+		{"retry upside down", func(c *Config) { c.Retry = Retry{InitialDelay: Duration(time.Hour), MaxDelay: Duration(time.Minute)} }, "initialDelay (1h) must not be above maxDelay (1min)"},
+		{"confirmTimeout too long", func(c *Config) { c.ConfirmTimeout = Duration(48 * time.Hour) }, "confirmTimeout 2d is out of range: it must be from 1s to 1d"},
+		{"confirmTimeout zero", func(c *Config) { c.ConfirmTimeout = 0 }, "confirmTimeout 0 is out of range: it must be from 1s to 1d"},
+		{"retry negative", func(c *Config) { c.Retry.InitialDelay = Duration(-time.Second) }, "retry.initialDelay -1s is out of range: it must be from 0 to 30d"},
+		{"maxDelay too long", func(c *Config) { c.Retry.MaxDelay = Duration(31 * 24 * time.Hour) }, "retry.maxDelay 31d is out of range: it must be from 0 to 30d"},
+		{"connectTimeout", func(c *Config) { c.ConnectTimeout = Duration(2 * time.Hour) }, "connectTimeout 2h is out of range: it must be from 1s to 1h"},
+		{"operationTimeout", func(c *Config) { c.OperationTimeout = 0 }, "operationTimeout 0 is out of range: it must be from 1s to 1d"},
+		{"connectAttempts unbounded", func(c *Config) { c.ConnectAttempts = 1e9 }, "connectAttempts 1000000000 is out of range: it must be from 1 to 100"},
+		{"connectAttempts zero", func(c *Config) { c.ConnectAttempts = 0 }, "connectAttempts 0 is out of range: it must be from 1 to 100"},
+		{"negative TTL", func(c *Config) { c.NarinfoCacheNegativeTTL = -1 }, "narinfoCacheNegativeTTL -1 is out of range: it must be from 0 to 31536000"},
+		{"log too small", func(c *Config) { c.LogMaxBytes = 100 }, "logMaxBytes 100 is out of range: it must be from 4096 to 67108864"},
+		{"logs kept", func(c *Config) { c.LogsKept = 0 }, "logsKept 0 is out of range: it must be from 1 to 1000"},
 		{"empty reboot command", func(c *Config) { c.RebootCommand = nil }, "rebootCommand is empty"},
 		{"port", func(c *Config) { c.Port = 70000 }, "not a TCP port"},
 	}

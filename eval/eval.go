@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 
@@ -113,6 +114,13 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 		return nil, ctx.Err()
 	}
 	errs = append(errs, evalErrs...)
+	hosts = slices.DeleteFunc(hosts, func(h fleet.Host) bool {
+		if err := h.CheckAgentHost(); err != nil {
+			errs = append(errs, &HostError{Host: h.Name, Err: err})
+			return true
+		}
+		return false
+	})
 	sort.Slice(errs, func(i, j int) bool { return errs[i].Host < errs[j].Host })
 	f.Hosts = hosts
 	if len(errs) > 0 {
@@ -209,6 +217,7 @@ const hostInfo = `c:
     enable = if b == null then false else (b.enable or false);
     hostName = try (cfg.networking.hostName or null);
     system = try (cfg.nixpkgs.hostPlatform.system or cfg.nixpkgs.system or c.pkgs.stdenv.hostPlatform.system or null);
+    host = if b == null then null else try (b.host or null);
     user = if b == null then null else (b.user or null);
     server = if b == null then null else try (b.server or null);
     port = if b == null then null else try (b.port or null);
@@ -368,6 +377,7 @@ func hostFromJSON(f *fleet.Fleet, name string, v gjson.Result) fleet.Host {
 		h.Attr = "hosts/" + name
 	}
 	o := fleet.Options{
+		Host:      v.Get("host").String(),
 		User:      v.Get("user").String(),
 		Server:    v.Get("server").String(),
 		Port:      int(v.Get("port").Int()),
@@ -381,6 +391,10 @@ func hostFromJSON(f *fleet.Fleet, name string, v gjson.Result) fleet.Host {
 	}
 	for _, s := range v.Get("secrets").Array() {
 		o.Secrets = append(o.Secrets, s.String())
+	}
+	if o.Host == "" && h.Managed {
+		// A module without services.bento.host: its agent uses the hostName.
+		o.Host = h.HostName
 	}
 	if o.User == "" {
 		o.User = name

@@ -250,3 +250,42 @@ func TestUntrackedFlakeIsExplained(t *testing.T) {
 		t.Fatalf("committed fleet: %v", err)
 	}
 }
+
+// A host whose agent calls itself by another name than its attribute would
+// refuse every publication: discovery refuses it, naming both names and
+// the one-line fix. A dotted attribute cannot be a NixOS hostName, so
+// such a host needs services.bento.host; with it, it is fine.
+func TestAgentHostMustBeTheAttributeName(t *testing.T) {
+	hosts := []fixture.Host{
+		{Name: "web-1", HostName: "web", Bento: &fixture.Bento{Enable: true, Host: "web"}},
+		{Name: "pi.home", HostName: "pi", Bento: &fixture.Bento{Enable: true}},
+		{Name: "db.eu", HostName: "db", Bento: &fixture.Bento{Enable: true, Host: "db.eu"}},
+		{Name: "mail-1", HostName: "mail", Bento: &fixture.Bento{Enable: true, Host: "mail-1"}},
+		{Name: "off-1", HostName: "off", Bento: &fixture.Bento{Enable: false, Host: "off"}},
+		{Name: "plain-1", HostName: "plain"},
+	}
+	dir := t.TempDir()
+	mustWrite(t, dir, hosts)
+	_, err := eval.Discover(context.Background(), runner(), eval.Options{Ref: dir})
+	for _, w := range []string{
+		`host web-1: services.bento.host is "web", but bento publishes this host as nixosConfigurations.web-1, so its agent would refuse every publication: add services.bento.host = "web-1"; to the host's configuration`,
+		`host pi.home: services.bento.host is "pi", but bento publishes this host as nixosConfigurations."pi.home", so its agent would refuse every publication: add services.bento.host = "pi.home"; to the host's configuration`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("Discover error %v\nwant it to contain %q", err, w)
+		}
+	}
+	f, err := eval.Discover(context.Background(), runner(), eval.Options{Ref: dir, KeepGoing: true})
+	var herrs eval.HostErrors
+	if !errors.As(err, &herrs) || len(herrs) != 2 {
+		t.Fatalf("want two HostErrors, got %v", err)
+	}
+	var names []string
+	for _, h := range f.Hosts {
+		names = append(names, h.Name+"="+h.Options.Host)
+	}
+	// Disabled and unmanaged hosts are not published, so their names do not matter.
+	if got, want := strings.Join(names, " "), "db.eu=db.eu mail-1=mail-1 off-1=off plain-1="; got != want {
+		t.Errorf("discovered %s, want %s", got, want)
+	}
+}

@@ -58,6 +58,10 @@ type Host struct {
 // Options are the host's services.bento settings that the server reads.
 // Defaults apply to hosts that do not import the module.
 type Options struct {
+	// Host is the name the host's agent calls itself (services.bento.host,
+	// or networking.hostName for a module without that option); it must
+	// be the host's Name, or the agent refuses every publication.
+	Host   string   `json:"host,omitempty"`
 	User   string   `json:"user"`
 	Server string   `json:"server,omitempty"`
 	Port   int      `json:"port,omitempty"`
@@ -74,6 +78,25 @@ type Options struct {
 
 // Deployed reports whether bento publishes this host.
 func (h Host) Deployed() bool { return h.Managed && h.Enable }
+
+// CheckAgentHost refuses a deployed host whose agent would call itself
+// by another name than the one the server publishes it under (its
+// nixosConfigurations attribute): that agent would refuse every
+// publication, on every tick. The message names both and the fix.
+func (h Host) CheckAgentHost() error {
+	if !h.Deployed() || h.Options.Host == "" || h.Options.Host == h.Name {
+		return nil
+	}
+	return fmt.Errorf("services.bento.host is %q, but bento publishes this host as %s, so its agent would refuse every publication: add services.bento.host = %s; to the host's configuration",
+		h.Options.Host, h.Attr, nixStringLit(h.Name))
+}
+
+// nixStringLit quotes s as a Nix string (host names never need escapes,
+// but a message must never mislead).
+func nixStringLit(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, `${`, `\${`)
+	return `"` + r.Replace(s) + `"`
+}
 
 // State describes why a host is or is not deployed, for listings.
 func (h Host) State() string {
@@ -217,4 +240,20 @@ func (f *Fleet) Lookup(name string) (Host, bool) {
 		}
 	}
 	return Host{}, false
+}
+
+var userRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]*$`)
+
+// MaxUserLen is the longest user name NixOS creates ("longer than 31
+// characters" aborts users-groups.nix), so the longest bento allows.
+const MaxUserLen = 31
+
+// ValidateUser checks a host's SFTP user name (services.bento.user) the way
+// the server module's assertion does.
+func (h Host) ValidateUser() error {
+	u := h.Options.User
+	if !userRE.MatchString(u) || len(u) > MaxUserLen {
+		return fmt.Errorf("services.bento.user %q is not a usable user name (letters, digits, '.', '_', '-', at most %d characters: NixOS refuses longer ones): set services.bento.user to a shorter name on that host", u, MaxUserLen)
+	}
+	return nil
 }

@@ -11,6 +11,10 @@ let
   # Host names become directory and user names (see fleet.ValidateName).
   validHostName = name: match "[A-Za-z0-9][A-Za-z0-9._-]*" name != null;
 
+  # NixOS refuses user names of 32 characters or more (users-groups.nix:
+  # "longer than 31 characters"), so bento's limit is 31 too.
+  validUserName = name: match "[A-Za-z0-9_][A-Za-z0-9._-]*" name != null && builtins.stringLength name <= 31;
+
   checkName =
     name:
     if validHostName name then
@@ -19,7 +23,7 @@ let
       throw "bento: host name `${name}' is not usable: host names must match ^[A-Za-z0-9][A-Za-z0-9._-]*$ because they become user and directory names; rename that nixosConfigurations entry";
 
   self = {
-    inherit validHostName;
+    inherit validHostName validUserName;
 
     /**
       The `services.bento-server.hosts` of a fleet, derived from the fleet

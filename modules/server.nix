@@ -45,7 +45,7 @@ let
   execLine = args: concatMapStringsSep " " escapeArg args;
 
   validHostName = (import ./lib.nix).validHostName;
-  validUserName = name: builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" name != null && builtins.stringLength name <= 32;
+  inherit ((import ./lib.nix)) validUserName;
 
   # `restrict` (OpenSSH 7.2) turns off every forwarding, the pty and
   # ~/.ssh/rc for the key, on top of the Match block. Keys that already
@@ -242,7 +242,7 @@ in
           }
           {
             assertion = validUserName h.user;
-            message = "services.bento-server.hosts.${name}.user `${h.user}' is not a usable user name (letters, digits, '.', '_', '-', at most 32 characters).";
+            message = "services.bento-server.hosts.${name}.user `${h.user}' is not a usable user name for host `${name}' (letters, digits, '.', '_', '-', at most 31 characters: NixOS refuses longer ones); set services.bento.user on that host to a shorter name.";
           }
         ]) cfg.hosts
       );

@@ -311,7 +311,7 @@ func handshakeError(err error, timedOut bool, ctx context.Context, o Options) er
 	case timedOut:
 		return fmt.Errorf("ssh handshake: %w", deadlineErr(ctx, o.ConnectTimeout))
 	case strings.Contains(err.Error(), "unable to authenticate"):
-		return fmt.Errorf("%w as user %q with key %s %s: check that the server lists it for that user (services.bento on the server): %w",
+		return fmt.Errorf("%w as user %q with key %s %s: check that the server lists this key for that user: put this host's public key in services.bento.hostPublicKey (which bento.lib.hostsFromNixosConfigurations gives the server), or in services.bento-server.hosts.<host>.publicKeys on the server, and redeploy the server: %w",
 			ErrAuth, o.User, o.Signer.PublicKey().Type(), ssh.FingerprintSHA256(o.Signer.PublicKey()), err)
 	}
 	return fmt.Errorf("ssh handshake: %w", err)

@@ -58,6 +58,24 @@ func agentCommand() *cli.Command {
 				},
 			},
 			{
+				Name:  "check-config",
+				Usage: "validate an agent configuration as \"bento agent run\" would, touching nothing",
+				Description: "Loads --config FILE (and any flags or BENTO_* variables) and checks every\n" +
+					"setting with the agent's own rules. Exits 0 when the agent would accept it,\n" +
+					"2 with the agent's message when not. The NixOS module runs it on the file it\n" +
+					"writes when the system is built. It does not read the identity file or\n" +
+					"connect: those are checked when the agent runs.",
+				Flags: agentConfigFlags(),
+				Action: func(c *cli.Context) error {
+					cfg, err := agentConfig(c)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "bento: the agent configuration for host %s is valid\n", cfg.Host)
+					return nil
+				},
+			},
+			{
 				Name:  "trigger",
 				Usage: "ask the local trigger server for a tick now and stream its output",
 				Flags: []cli.Flag{
@@ -210,6 +228,10 @@ func runTick(c *cli.Context, cfg agent.Config, out io.Writer) error {
 		AgentVersion: version,
 		LockWait:     lockWait(c),
 	})
+	var ce *agent.ConfigError
+	if errors.As(err, &ce) {
+		return usageError("agent configuration: %w", err)
+	}
 	if err != nil {
 		return failed(err)
 	}

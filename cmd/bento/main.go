@@ -41,6 +41,7 @@ func newApp() *cli.App {
 			hostsCommand(),
 			buildCommand(),
 			deployCommand(),
+			checkCommand(),
 			statusCommand(),
 			logsCommand(),
 			diffCommand(),

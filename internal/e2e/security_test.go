@@ -62,7 +62,7 @@ func TestAHostCannotReadAnotherHostsChroot(t *testing.T) {
 	// chroot, whose manifest names alpha, and refuses it.
 	alpha.Settings["host"] = "beta"
 	res = alpha.Run(t)
-	if res.ExitCode != 1 || !strings.Contains(res.Output(), `is for host "alpha", not "beta"`) {
+	if res.ExitCode != 1 || !strings.Contains(res.Output(), `is for host "alpha", not "beta"`) || !strings.Contains(res.Output(), `set services.bento.host = "alpha";`) {
 		t.Errorf("alpha posing as beta: exit %d", res.ExitCode)
 	}
 	if alpha.ProfileTarget(t) != "" {

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bento-nix/bento/eval"
+	"github.com/bento-nix/bento/fleet"
+)
+
+func checkCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "check",
+		Usage:     "check every host's bento settings against the fleet, without building",
+		ArgsUsage: "[HOST|GLOB|@TAG]...",
+		Description: "Evaluates the fleet like bento hosts and checks each deployed host: it evaluates,\n" +
+			"its services.bento.host is its nixosConfigurations name (else its agent refuses every\n" +
+			"publication), and its SFTP user is a name NixOS can create. Prints one line per problem\n" +
+			"with the fix; exits 1 when any host has one.",
+		Flags: fleetFlags()[:len(fleetFlags())-1], // always goes on: it reports every host
+		Action: runCheck,
+	}
+}
+
+func runCheck(c *cli.Context) error {
+	if _, err := guardSecretsNote(c, true); err != nil {
+		return err
+	}
+	if c.Int("eval-jobs") < 1 {
+		return usageError("--eval-jobs must be at least 1")
+	}
+	ref, _ := flakeRef(c)
+	f, err := eval.Discover(c.Context, nixRunner(c), eval.Options{
+		Ref:       ref,
+		Jobs:      c.Int("eval-jobs"),
+		ChunkSize: c.Int("eval-chunk"),
+		KeepGoing: true,
+	})
+	var herrs eval.HostErrors
+	if err != nil && (f == nil || !errors.As(err, &herrs)) {
+		return failed(err)
+	}
+	problems := 0
+	selected := map[string]bool{}
+	hosts := f.Hosts
+	if c.Args().Len() > 0 {
+		// Hosts refused by discovery are not in f.Hosts: select among every name.
+		all := append([]fleet.Host(nil), f.Hosts...)
+		for _, he := range herrs {
+			all = append(all, fleet.Host{Name: he.Host})
+		}
+		picked, err := fleet.Select(all, c.Args().Slice())
+		if err != nil {
+			return usageError("%w", err)
+		}
+		for _, h := range picked {
+			selected[h.Name] = true
+		}
+		hosts = nil
+		for _, h := range f.Hosts {
+			if selected[h.Name] {
+				hosts = append(hosts, h)
+			}
+		}
+	}
+	for _, he := range herrs {
+		if len(selected) == 0 || selected[he.Host] {
+			fmt.Fprintf(c.App.ErrWriter, "bento: %s\n", sanitizeLine(he.Error()))
+			problems++
+		}
+	}
+	for _, h := range deployed(hosts) {
+		if err := h.ValidateUser(); err != nil {
+			fmt.Fprintf(c.App.ErrWriter, "bento: host %s: %v\n", h.Name, err)
+			problems++
+		}
+	}
+	if problems > 0 {
+		return failed(fmt.Errorf("%d %s to fix (see above)", problems, plural(problems, "problem", "problems")))
+	}
+	n := len(deployed(hosts))
+	fmt.Fprintf(c.App.Writer, "bento: %d deployed %s checked: no problems\n", n, plural(n, "host", "hosts"))
+	return nil
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// sanitizeLine keeps a multi-line Nix error on indented lines.
+func sanitizeLine(s string) string {
+	return strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n  ")
+}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bento-nix/bento/internal/fixture"
+)
+
+// A fleet where one host's attribute name differs from its hostName
+// (services.bento.host left at its default) and one has a dotted
+// attribute name, which no NixOS hostName can equal. Every command that
+// would publish or list them refuses them with both names and the fix.
+func mismatchFleet() []fixture.Host {
+	return []fixture.Host{
+		{Name: "web-1", HostName: "web", Bento: &fixture.Bento{Enable: true, Host: "web"}},
+		{Name: "pi.home", HostName: "pi", Bento: &fixture.Bento{Enable: true, Host: "pi"}},
+		{Name: "db-1", HostName: "db", Bento: &fixture.Bento{Enable: true, Host: "db-1"}},
+	}
+}
+
+const (
+	fixWeb = `host web-1: services.bento.host is "web", but bento publishes this host as nixosConfigurations.web-1, so its agent would refuse every publication: add services.bento.host = "web-1"; to the host's configuration`
+	fixPi  = `host pi.home: services.bento.host is "pi", but bento publishes this host as nixosConfigurations."pi.home", so its agent would refuse every publication: add services.bento.host = "pi.home"; to the host's configuration`
+)
+
+func TestHostNameMismatchIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	if err := fixture.Write(dir, fixture.Fleet{Hosts: mismatchFleet()}); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string
+		stderr []string
+	}{
+		{"hosts", []string{"hosts", "--flake", dir}, 1, "", []string{fixWeb, fixPi}},
+		{"check", []string{"check", "--flake", dir}, 1, "", []string{"bento: " + fixWeb, "bento: " + fixPi, "2 problems to fix"}},
+		{"check one good host", []string{"check", "--flake", dir, "db-1"}, 0, "1 deployed host checked: no problems", nil},
+		{"check one bad host", []string{"check", "--flake", dir, "pi.home"}, 1, "", []string{"bento: " + fixPi}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			stdout, stderr, code := runCLI(t, tc.args...)
+			if code != tc.code || !strings.Contains(stdout, tc.stdout) {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, stdout, stderr)
+			}
+			for _, w := range tc.stderr {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+		})
+	}
+}
+
+func TestDeployRefusesHostNameMismatch(t *testing.T) {
+	requireRootCLI(t)
+	e := newDeployEnv(t, mismatchFleet())
+	stdout, stderr, code := runCLI(t, e.args("--no-user-check")...)
+	if code != 1 || !strings.Contains(stderr, fixWeb) || !strings.Contains(stderr, fixPi) {
+		t.Fatalf("deploy: exit %d, want 1 naming both hosts and the fix\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	for _, h := range []string{"web-1", "pi.home", "db-1"} {
+		if _, err := os.Stat(filepath.Join(e.root, h, "manifest.json")); !os.IsNotExist(err) {
+			t.Errorf("%s was published: %v", h, err)
+		}
+	}
+	// With --keep-going the good host is published, the others are not.
+	stdout, stderr, code = runCLI(t, e.args("--no-user-check", "--keep-going")...)
+	if code != 1 || !strings.Contains(stdout, "db-1") {
+		t.Fatalf("deploy --keep-going: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(e.root, "db-1", "manifest.json")); err != nil {
+		t.Errorf("db-1 not published: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.root, "web-1", "manifest.json")); !os.IsNotExist(err) {
+		t.Errorf("web-1 was published with --keep-going: %v", err)
+	}
+}
+
+func TestCheckUserNameLength(t *testing.T) {
+	dir := t.TempDir()
+	long := strings.Repeat("u", 32)
+	hosts := []fixture.Host{
+		{Name: "a", Bento: &fixture.Bento{Enable: true, User: long}},
+		{Name: "b", Bento: &fixture.Bento{Enable: true, User: strings.Repeat("u", 31)}},
+	}
+	if err := fixture.Write(dir, fixture.Fleet{Hosts: hosts}); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code := runCLI(t, "check", "--flake", dir)
+	want := `bento: host a: services.bento.user "` + long + `" is not a usable user name (letters, digits, '.', '_', '-', at most 31 characters: NixOS refuses longer ones)`
+	if code != 1 || !strings.Contains(stderr, want) || strings.Contains(stderr, "host b:") {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s\nwant %q", code, stdout, stderr, want)
+	}
+}
