@@ -20,7 +20,7 @@ func checkCommand() *cli.Command {
 			"its services.bento.host is its nixosConfigurations name (else its agent refuses every\n" +
 			"publication), and its SFTP user is a name NixOS can create. Prints one line per problem\n" +
 			"with the fix; exits 1 when any host has one.",
-		Flags: fleetFlags()[:len(fleetFlags())-1], // always goes on: it reports every host
+		Flags:  fleetFlags()[:len(fleetFlags())-1], // always goes on: it reports every host
 		Action: runCheck,
 	}
 }
