@@ -52,7 +52,7 @@ let
   # What `bento agent` reads (--config). Keys are bento's interface with
   # the agent: see docs/modules.md.
   agentConfig = {
-    host = config.networking.hostName;
+    host = cfg.host;
     inherit (cfg)
       server
       port
@@ -205,10 +205,24 @@ in
       description = "SSH port of the bento server.";
     };
 
-    user = mkOption {
-      type = types.str;
+    host = mkOption {
+      type = types.strMatching "[A-Za-z0-9][A-Za-z0-9._-]*";
       default = config.networking.hostName;
       defaultText = literalExpression "config.networking.hostName";
+      example = "web-1";
+      description = ''
+        This host's name in the fleet: the `nixosConfigurations` attribute the
+        server publishes it as (its chroot and manifest are named after it).
+        Set it when that attribute differs from `networking.hostName`, for
+        example `nixosConfigurations."pi.home"`; `bento deploy` and
+        `bento check` refuse a host whose name here differs from its attribute.
+      '';
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = cfg.host;
+      defaultText = literalExpression "config.services.bento.host";
       description = ''
         This host's SFTP user on the server. `bento deploy` reads it to give
         the host's chroot to that user; the server module creates it.
@@ -477,8 +491,8 @@ in
           message = "services.bento.serverHostKey must be a public key such as \"ssh-ed25519 AAAA…\" or a known_hosts line, not `${toString cfg.serverHostKey}'.";
         }
         {
-          assertion = builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" userName != null && builtins.stringLength userName <= 32;
-          message = "services.bento.user `${userName}' is not a usable user name (letters, digits, '.', '_', '-', at most 32 characters); set networking.hostName or services.bento.user.";
+          assertion = builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" userName != null && builtins.stringLength userName <= 31;
+          message = "services.bento.user `${userName}' of host `${cfg.host}' is not a usable user name (letters, digits, '.', '_', '-', at most 31 characters: NixOS refuses longer ones); set services.bento.user.";
         }
         {
           assertion = !(builtins.isPath cfg.identityFile) && !(inStore cfg.identityFile);

@@ -419,3 +419,42 @@ func anyHasSuffix(list []string, suffix string) bool {
 	}
 	return false
 }
+
+// services.bento.host names the host as the fleet does: a dotted attribute
+// name, which networking.hostName can never hold, reaches agent.json and the
+// default SFTP user; a user name NixOS would refuse is refused here first,
+// naming the host.
+func TestClientHostOption(t *testing.T) {
+	needNix(t)
+	key := publicKey(t)
+	cases := []struct {
+		name, defs     string
+		host, user     string
+		failedContains string
+	}{
+		{name: "default is hostName", defs: `networking.hostName = "web-1";`, host: "web-1", user: "web-1"},
+		{name: "dotted attribute name", defs: `networking.hostName = "pi"; services.bento.host = "pi.home";`, host: "pi.home", user: "pi.home"},
+		{name: "explicit user", defs: `networking.hostName = "pi"; services.bento.host = "pi.home"; services.bento.user = "pi-sftp";`, host: "pi.home", user: "pi-sftp"},
+		{name: "user of 32 characters", defs: `services.bento.host = "h"; services.bento.user = "a234567890123456789012345678901b";`,
+			failedContains: "of host `h' is not a usable user name (letters, digits, '.', '_', '-', at most 31 characters"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := evalClient(t, fmt.Sprintf(`{ %s services.openssh.enable = true;
+			  services.bento = { enable = true; server = "s"; serverHostKey = %s; }; }`, c.defs, nixString(key)))
+			if c.failedContains != "" {
+				if len(r.Failed) != 1 || !strings.Contains(r.Failed[0], c.failedContains) {
+					t.Fatalf("failed assertions %q, want one containing %q", r.Failed, c.failedContains)
+				}
+				return
+			}
+			if len(r.Failed) != 0 {
+				t.Fatalf("failed assertions: %q", r.Failed)
+			}
+			conf := agentJSON(t, splitExec(t, r.Services["bento-agent"].ServiceConfig["ExecStart"].(string)))
+			if conf["host"] != c.host || conf["user"] != c.user {
+				t.Errorf("agent.json host %v user %v, want %s %s", conf["host"], conf["user"], c.host, c.user)
+			}
+		})
+	}
+}
