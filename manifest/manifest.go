@@ -12,11 +12,11 @@ import (
 	"time"
 )
 
-// Format numbers. A manifest of format 2 names each file's content by its
-// sha256 under objects/; format 1 (read, never written) named the files
-// under config/<version>/. Reports are still format 1.
+// Format numbers. Format 1 manifests name the files under
+// config/<version>/; format 2 (content-addressed objects/) is designed in
+// DESIGN.md but not written or read yet. Reports are format 1.
 const (
-	ManifestFormat = 2
+	ManifestFormat = 1
 	// MinManifestFormat is the oldest manifest format a client still reads.
 	MinManifestFormat = 1
 	ReportFormat      = 1
@@ -31,10 +31,8 @@ const VersionLen = 16
 // Names of the files and directories inside a host's chroot.
 const (
 	ManifestFile = "manifest.json"
-	// ConfigDir held format 1's per-version trees; a deploy migrates it away.
-	ConfigDir = "config"
-	// ObjectsDir holds one read-only file per distinct content (format 2).
-	ObjectsDir = "objects"
+	// ConfigDir holds the per-version trees (format 1).
+	ConfigDir  = "config"
 	ReportsDir = "reports"
 	StatusFile = "reports/status.json"
 	LogsDir    = "reports/logs"
@@ -94,19 +92,6 @@ type File struct {
 // ConfigPath is the directory of a format-1 version relative to the
 // chroot root.
 func ConfigPath(version string) string { return ConfigDir + "/" + version }
-
-// ObjectPath is where a format-2 chroot keeps the content whose sha256 is
-// sum (64 lowercase hex digits), relative to the chroot root: fanned out
-// by the first two digits, as git does.
-func ObjectPath(sum string) string { return ObjectsDir + "/" + sum[:2] + "/" + sum[2:] }
-
-// RemotePath is where f's content is read from in the chroot of m.
-func (m *Manifest) RemotePath(f File) string {
-	if m.Format == 1 {
-		return ConfigPath(m.Version) + "/" + f.Path
-	}
-	return ObjectPath(f.SHA256)
-}
 
 // Parse decodes and validates a manifest. It refuses anything a client
 // must not act on: unknown format, paths that escape the tree, absurd sizes.

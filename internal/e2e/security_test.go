@@ -92,7 +92,7 @@ func TestAHostCannotReadAnotherHostsChroot(t *testing.T) {
 func TestUnsafeManifestIsRefused(t *testing.T) {
 	e, h, v1 := applied(t, hostsFleet("alpha"))
 	m := e.Manifest(t, "alpha")
-	m.Version = "evil0000evil0000"
+	m.Version = "e0110000e0110000"
 	m.Files = append(m.Files, manifest.File{Path: "../../etc/passwd", Mode: 0o644, Size: 5, SHA256: strings.Repeat("0", 64)})
 	e.WriteManifest(t, "alpha", m)
 	res := h.Run(t)
@@ -129,7 +129,7 @@ func TestUnsafeManifestIsRefused(t *testing.T) {
 func TestManifestFromANewerBentoIsReported(t *testing.T) {
 	e, h, v1 := applied(t, hostsFleet("alpha"))
 	m := e.Manifest(t, "alpha")
-	m.Format, m.Version = 2, "future0000000000"
+	m.Format, m.Version = 2, "f0000000000000aa"
 	e.WriteManifest(t, "alpha", m)
 	res := h.Run(t)
 	if res.ExitCode != 1 || !strings.Contains(res.Output(), "upgrade bento") {
