@@ -54,6 +54,8 @@ type Config struct {
 	// RestartCommand restarts a unit whose secret changed, the unit's
 	// name appended.
 	RestartCommand []string `json:"restartCommand"`
+	// Trigger is read by "bento agent trigger-server" only.
+	Trigger Trigger `json:"trigger"`
 
 	// Beyond the module's contract: tuning with sensible defaults.
 	ConnectTimeout   Duration `json:"connectTimeout"`
@@ -67,6 +69,13 @@ type Config struct {
 type Reboot struct {
 	Policy string `json:"policy"`
 	Window string `json:"window"`
+}
+
+// Trigger says who may use the local trigger.
+type Trigger struct {
+	// AllowedGroups: besides root, members of these groups may ask the
+	// trigger server for a tick (and read its output).
+	AllowedGroups []string `json:"allowedGroups"`
 }
 
 // Retry is the backoff for a version whose attempt failed.
@@ -123,6 +132,7 @@ func Defaults() Config {
 		BootedSystem:     p.BootedSystem,
 		RebootCommand:    p.RebootCommand,
 		RestartCommand:   append([]string(nil), secrets.DefaultRestartCommand...),
+		Trigger:          Trigger{AllowedGroups: []string{"wheel"}},
 		ConnectTimeout:   Duration(20 * time.Second),
 		OperationTimeout: Duration(60 * time.Second),
 		ConnectAttempts:  4,
@@ -290,6 +300,7 @@ func Keys() []Key {
 		k("bootedSystem", "link to the booted system (default /run/booted-system)", str(func(c *Config) *string { return &c.BootedSystem })),
 		l(k("rebootCommand", "command that reboots, words separated by spaces (default \"systemctl reboot\")", func(c *Config, v string) error { c.RebootCommand = strings.Fields(v); return nil })),
 		l(k("restartCommand", "command that restarts a unit whose secret changed, the unit's name appended (default \"systemctl try-restart\")", func(c *Config, v string) error { c.RestartCommand = strings.Fields(v); return nil })),
+		l(k("trigger.allowedGroups", "groups whose members, besides root, may use the local trigger (default wheel; space-separated)", list(func(c *Config) *[]string { return &c.Trigger.AllowedGroups }))),
 		k("connectTimeout", "limit for connecting and the SSH handshake, per attempt", dur(func(c *Config) *Duration { return &c.ConnectTimeout })),
 		k("operationTimeout", "how long one SFTP operation may make no progress", dur(func(c *Config) *Duration { return &c.OperationTimeout })),
 		k("connectAttempts", "connection attempts per tick (backoff with jitter between them)", num(func(c *Config) *int { return &c.ConnectAttempts })),

@@ -49,7 +49,7 @@ func TestServeAllListensOnEveryAddressOneTickAtATime(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- ServeAll(ctx, lns, tick) }()
+	go func() { done <- (&Server{Tick: tick}).ServeAll(ctx, lns) }()
 
 	results := make(chan error, 2)
 	var outs [2]bytes.Buffer

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -104,28 +105,100 @@ func Listen(a Addr) (net.Listener, error) {
 // Tick runs one tick, writing its output to out.
 type Tick func(ctx context.Context, out io.Writer) error
 
-// Serve answers trigger requests on ln until ctx ends, one tick at a time
-// (requests that arrive during a tick wait for it). A client that goes
-// away does not stop its tick: a switch is never cut short by a Ctrl-C on
-// a watching terminal.
-func Serve(ctx context.Context, ln net.Listener, tick Tick) error {
-	return ServeAll(ctx, []net.Listener{ln}, tick)
+// DefaultMaxClients bounds the clients waiting for or watching a tick.
+const DefaultMaxClients = 16
+
+// Trailer codes after "\x00exit ".
+const (
+	codeOK       = 0
+	codeFailed   = 1 // the tick ran and failed
+	codeBad      = 2 // not a request
+	codeRefused  = 3 // the peer may not trigger
+	codeBusy     = 4 // too many clients already wait
+	codeStopping = 5 // the server stopped before the tick started
+)
+
+// Server answers trigger requests.
+type Server struct {
+	Tick Tick
+	// AllowedGroups returns the groups whose members, besides root, may
+	// trigger a tick. It is called for every connection (the module's
+	// configuration can change under a running server).
+	AllowedGroups func() []string
+	// MaxClients bounds the allowed clients waiting for or watching a
+	// tick at once; more are refused until one leaves
+	// (DefaultMaxClients when 0).
+	MaxClients int
+	// Log receives refused connections (nil: discarded).
+	Log *slog.Logger
+
+	// queued, when set (by tests), is called each time a client joins
+	// the next tick.
+	queued func()
 }
 
-// ServeAll is Serve on several listeners at once (a unix socket and a
-// loopback port), still one tick at a time across all of them. When one
-// listener fails, the others stop too and the error is returned.
-func ServeAll(ctx context.Context, lns []net.Listener, tick Tick) error {
+// batch is one tick and the clients watching it: every request that
+// arrives while a tick runs joins the next batch, so they share one tick.
+type batch struct {
+	mu   sync.Mutex
+	outs []*dropWriter
+	done chan struct{}
+	err  error
+	ran  bool
+}
+
+// Write sends the tick's output to every client of the batch.
+func (b *batch) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	outs := b.outs
+	b.mu.Unlock()
+	for _, w := range outs {
+		w.Write(p)
+	}
+	return len(p), nil
+}
+
+// queue is the state shared by the listeners of one server.
+type queue struct {
+	mu       sync.Mutex
+	next     *batch // the batch the next tick runs; nil when none waits
+	clients  int
+	stopping bool
+	wake     chan struct{}
+}
+
+// ServeAll answers trigger requests on every listener (a unix socket and
+// a loopback port) until ctx ends, one tick at a time across all of
+// them. Requests that arrive while a tick runs are merged into the next
+// tick. When one listener fails, the others stop too and the error is
+// returned. A client that goes away does not stop its tick: a switch is
+// never cut short by a Ctrl-C on a watching terminal. When ctx ends, the
+// running tick is waited for and no waiting one starts.
+func (s *Server) ServeAll(ctx context.Context, lns []net.Listener) error {
 	if len(lns) == 0 {
 		return errors.New("trigger: no address to listen on")
 	}
+	if s.MaxClients <= 0 {
+		s.MaxClients = DefaultMaxClients
+	}
+	if s.Log == nil {
+		s.Log = slog.New(slog.DiscardHandler)
+	}
+	if s.AllowedGroups == nil {
+		s.AllowedGroups = func() []string { return nil }
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var running sync.Mutex
+	q := &queue{wake: make(chan struct{}, 1)}
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		s.run(ctx, q)
+	}()
 	errs := make(chan error, len(lns))
 	for _, ln := range lns {
 		go func() {
-			err := serveOne(ctx, ln, tick, &running)
+			err := s.serveOne(ctx, ln, q)
 			cancel()
 			errs <- err
 		}()
@@ -134,10 +207,50 @@ func ServeAll(ctx context.Context, lns []net.Listener, tick Tick) error {
 	for range lns {
 		all = append(all, <-errs)
 	}
+	<-ran
 	return errors.Join(all...)
 }
 
-func serveOne(ctx context.Context, ln net.Listener, tick Tick, running *sync.Mutex) error {
+// run runs the queued batches one after the other until ctx ends; then
+// it ends the waiting batch without running it.
+func (s *Server) run(ctx context.Context, q *queue) {
+	take := func() *batch {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		b := q.next
+		q.next = nil
+		return b
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			q.mu.Lock()
+			q.stopping = true
+			q.mu.Unlock()
+			if b := take(); b != nil {
+				close(b.done)
+			}
+			return
+		case <-q.wake:
+		}
+		b := take()
+		if b == nil {
+			continue
+		}
+		if ctx.Err() != nil { // stopped while the previous tick ran
+			q.mu.Lock()
+			q.stopping = true
+			q.mu.Unlock()
+			close(b.done)
+			return
+		}
+		b.err = s.Tick(ctx, b)
+		b.ran = true
+		close(b.done)
+	}
+}
+
+func (s *Server) serveOne(ctx context.Context, ln net.Listener, q *queue) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
@@ -154,43 +267,114 @@ func serveOne(ctx context.Context, ln net.Listener, tick Tick, running *sync.Mut
 			}
 			return fmt.Errorf("trigger: %w", err)
 		}
+		// Who connected is known before the client sends a byte, so a
+		// refused client costs one table scan and one short write here,
+		// and never holds a goroutine or a place in the queue.
+		if ok, why := s.admit(c); !ok {
+			s.Log.Warn("trigger: connection refused", "listener", ln.Addr().String(), "reason", why)
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			fmt.Fprintf(c, "%s%d %s\n", trailer, codeRefused, why)
+			c.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			line, err := bufio.NewReader(io.LimitReader(c, 64)).ReadString('\n')
-			if err != nil || line != request {
-				fmt.Fprintf(c, "bento trigger: unknown request %q\n%s2 bad request\n", strings.TrimSpace(line), trailer)
-				return
-			}
-			c.SetReadDeadline(time.Time{})
-			w := &dropWriter{w: c}
-			running.Lock()
-			err = tick(ctx, w)
-			running.Unlock()
-			code, msg := 0, "ok"
-			if err != nil {
-				code, msg = 1, strings.ReplaceAll(err.Error(), "\n", " ")
-			}
-			fmt.Fprintf(w, "%s%d %s\n", trailer, code, msg)
+			s.handle(c, q)
 		}()
 	}
 }
 
-// dropWriter stops writing after the first error (the client left) and
-// never reports one, so the tick goes on.
+func (s *Server) admit(c net.Conn) (bool, string) {
+	uid, err := peerUID(c)
+	if err != nil {
+		return false, "cannot tell which user connected: " + strings.ReplaceAll(err.Error(), "\n", " ")
+	}
+	return authorize(uid, s.AllowedGroups())
+}
+
+func (s *Server) handle(c net.Conn, q *queue) {
+	end := func(code int, msg string) {
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		fmt.Fprintf(c, "%s%d %s\n", trailer, code, msg)
+	}
+	q.mu.Lock()
+	if q.clients >= s.MaxClients {
+		q.mu.Unlock()
+		end(codeBusy, fmt.Sprintf("%d clients already wait for or watch a tick; try again when it ends", s.MaxClients))
+		return
+	}
+	q.clients++
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		q.clients--
+		q.mu.Unlock()
+	}()
+
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(io.LimitReader(c, 64)).ReadString('\n')
+	if err != nil || line != request {
+		fmt.Fprintf(c, "bento trigger: unknown request %q\n", strings.TrimSpace(line))
+		end(codeBad, "bad request")
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+
+	w := &dropWriter{c: c}
+	q.mu.Lock()
+	if q.stopping {
+		q.mu.Unlock()
+		end(codeStopping, "the trigger server is stopping: no tick was run")
+		return
+	}
+	b := q.next
+	if b == nil {
+		b = &batch{done: make(chan struct{})}
+		q.next = b
+	}
+	b.mu.Lock()
+	b.outs = append(b.outs, w)
+	b.mu.Unlock()
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	if s.queued != nil {
+		s.queued()
+	}
+	<-b.done
+	switch {
+	case !b.ran:
+		end(codeStopping, "the trigger server stopped before the tick started: no tick was run")
+	case b.err != nil:
+		end(codeFailed, strings.ReplaceAll(b.err.Error(), "\n", " "))
+	default:
+		end(codeOK, "ok")
+	}
+}
+
+// dropWriter stops writing after the first error (the client left, or
+// stopped reading for writeStall) and never reports one, so the tick goes
+// on.
 type dropWriter struct {
 	mu   sync.Mutex
-	w    io.Writer
+	c    net.Conn
 	gone bool
 }
+
+// writeStall is how long a client may leave the tick's output unread
+// before it is dropped: the tick does not wait for it any longer.
+const writeStall = 30 * time.Second
 
 func (d *dropWriter) Write(p []byte) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.gone {
-		if _, err := d.w.Write(p); err != nil {
+		d.c.SetWriteDeadline(time.Now().Add(writeStall))
+		if _, err := d.c.Write(p); err != nil {
 			d.gone = true
 		}
 	}
@@ -199,6 +383,10 @@ func (d *dropWriter) Write(p []byte) (int, error) {
 
 // ErrFailed is returned (wrapped) by Request when the tick failed.
 var ErrFailed = errors.New("the tick failed")
+
+// ErrRefused is returned (wrapped) by Request when the server did not run
+// a tick for this client: not allowed, too many waiting, stopping.
+var ErrRefused = errors.New("refused")
 
 // Request asks the server at a for a tick and copies its output to out.
 // It returns nil when the tick succeeded, an error wrapping ErrFailed when
@@ -220,10 +408,13 @@ func Request(ctx context.Context, a Addr, out io.Writer) error {
 		line, err := r.ReadString('\n')
 		if rest, ok := strings.CutPrefix(line, trailer); ok {
 			code, msg, _ := strings.Cut(strings.TrimSpace(rest), " ")
-			if code == "0" {
+			switch code {
+			case "0":
 				return nil
+			case "1":
+				return fmt.Errorf("%w: %s", ErrFailed, msg)
 			}
-			return fmt.Errorf("%w: %s", ErrFailed, msg)
+			return fmt.Errorf("trigger %s: %w: %s", a, ErrRefused, msg)
 		}
 		io.WriteString(out, line)
 		if err != nil {

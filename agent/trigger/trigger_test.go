@@ -48,27 +48,39 @@ func TestParseAddr(t *testing.T) {
 // serve starts a trigger server on addr whose ticks run tick.
 func serve(t *testing.T, addr string, tick Tick) Addr {
 	t.Helper()
-	a, err := ParseAddr(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := Listen(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if a.Network == "tcp" {
-		a.Address = ln.Addr().String()
+	return serveWith(t, &Server{Tick: tick}, addr)[0]
+}
+
+// serveWith starts srv on every address (a TCP port 0 gets a free one)
+// and stops it at cleanup.
+func serveWith(t *testing.T, srv *Server, addrs ...string) []Addr {
+	t.Helper()
+	var lns []net.Listener
+	var out []Addr
+	for _, addr := range addrs {
+		a, err := ParseAddr(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := Listen(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Network == "tcp" {
+			a.Address = ln.Addr().String()
+		}
+		lns, out = append(lns, ln), append(out, a)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- Serve(ctx, ln, tick) }()
+	go func() { done <- srv.ServeAll(ctx, lns) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
+			t.Errorf("ServeAll: %v", err)
 		}
 	})
-	return a
+	return out
 }
 
 func TestTriggerStreamsOutputAndExitStatus(t *testing.T) {

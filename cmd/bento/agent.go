@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -98,9 +99,11 @@ func agentCommand() *cli.Command {
 				Usage: "serve tick requests on unix sockets or loopback ports, streaming each tick's output",
 				Flags: append(agentConfigFlags(),
 					&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice(defaultTriggerAddr), Usage: "unix:/path or 127.0.0.1:PORT (never all interfaces); repeat to listen on several", EnvVars: []string{"BENTO_TRIGGER"}},
+					&cli.IntFlag{Name: "max-clients", Value: trigger.DefaultMaxClients, Usage: "clients that may wait for or watch a tick at once; more are refused"},
 				),
 				Action: func(c *cli.Context) error {
-					if _, err := agentConfig(c); err != nil {
+					cfg, err := agentConfig(c)
+					if err != nil {
 						return err
 					}
 					var addrs []trigger.Addr
@@ -125,9 +128,27 @@ func agentCommand() *cli.Command {
 						lns = append(lns, ln)
 						fmt.Fprintf(c.App.ErrWriter, "bento: trigger server listening on %s\n", a)
 					}
-					return trigger.ServeAll(c.Context, lns, func(ctx context.Context, out io.Writer) error {
-						return runTickProcess(c, io.MultiWriter(out, c.App.ErrWriter))
-					})
+					log := slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
+					srv := &trigger.Server{
+						Tick: func(ctx context.Context, out io.Writer) error {
+							return runTickProcess(ctx, c, io.MultiWriter(out, c.App.ErrWriter))
+						},
+						// Read anew for each connection: a switch changes
+						// the configuration file without restarting this
+						// server. A file that no longer loads keeps the
+						// groups the server started with.
+						AllowedGroups: func() []string {
+							now, err := loadAgentConfig(c, io.Discard)
+							if err != nil {
+								log.Warn("trigger: configuration unreadable, keeping the allowed groups read at start", "err", err, "allowedGroups", cfg.Trigger.AllowedGroups)
+								return cfg.Trigger.AllowedGroups
+							}
+							return now.Trigger.AllowedGroups
+						},
+						MaxClients: c.Int("max-clients"),
+						Log:        log,
+					}
+					return srv.ServeAll(c.Context, lns)
 				},
 			},
 		},
@@ -185,6 +206,11 @@ func agentConfigFlags() []cli.Flag {
 // agentConfig builds the configuration: defaults, then the file, then
 // flags and environment variables.
 func agentConfig(c *cli.Context) (agent.Config, error) {
+	return loadAgentConfig(c, c.App.ErrWriter)
+}
+
+// loadAgentConfig is agentConfig with the file's warnings sent to warn.
+func loadAgentConfig(c *cli.Context, warn io.Writer) (agent.Config, error) {
 	cfg := agent.Defaults()
 	file := c.String("config")
 	if file == "" && !c.IsSet("config") {
@@ -195,7 +221,7 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	if file != "" {
 		warnings, err := cfg.LoadFile(file)
 		for _, w := range warnings {
-			fmt.Fprintln(c.App.ErrWriter, "bento: warning:", w)
+			fmt.Fprintln(warn, "bento: warning:", w)
 		}
 		if err != nil {
 			return cfg, usageError("%w", err)
@@ -250,8 +276,9 @@ func lockWait(c *cli.Context) time.Duration {
 // runTickProcess runs "bento agent run" with the trigger server's settings
 // as a child process in its own process group: stopping or restarting the
 // trigger server (a switch may do that) never cuts a tick short, and each
-// tick reads the configuration anew.
-func runTickProcess(c *cli.Context, out io.Writer) error {
+// tick reads the configuration anew. Its context carries ctx's values but
+// not its cancellation, for the same reason: a tick may be switching.
+func runTickProcess(ctx context.Context, c *cli.Context, out io.Writer) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -272,7 +299,7 @@ func runTickProcess(c *cli.Context, out io.Writer) error {
 			args = append(args, "--"+name, c.String(name))
 		}
 	}
-	cmd := exec.Command(exe, args...)
+	cmd := exec.CommandContext(context.WithoutCancel(ctx), exe, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Run(); err != nil {
