@@ -17,3 +17,10 @@ unformatted=$(gofmt -l $(git ls-files '*.go'))
 if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted" >&2; exit 1; fi
 echo "== go test"
 go test -count=1 -timeout 25m ./...
+# Each fuzz target runs briefly on top of its seed corpus (which go test
+# above already replays): "package target" pairs.
+echo "== fuzz"
+for pair in "manifest FuzzParse"; do
+	set -- $pair
+	go test -run='^$' -fuzz="^$2\$" -fuzztime=3s "./$1"
+done
