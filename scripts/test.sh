@@ -20,7 +20,7 @@ go test -count=1 -timeout 25m ./...
 # Each fuzz target runs briefly on top of its seed corpus (which go test
 # above already replays): "package target" pairs.
 echo "== fuzz"
-for pair in "manifest FuzzParse"; do
+for pair in "manifest FuzzParse" "internal/termsafe FuzzSanitize"; do
 	set -- $pair
 	go test -run='^$' -fuzz="^$2\$" -fuzztime=3s "./$1"
 done
