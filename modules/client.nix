@@ -78,6 +78,9 @@ let
     currentSystem = "/run/current-system";
     bootedSystem = "/run/booted-system";
     rebootCommand = cfg.reboot.command;
+    trigger = {
+      inherit (cfg.trigger) allowedGroups;
+    };
     secrets = mapAttrs (_: s: {
       inherit (s)
         path
@@ -428,6 +431,18 @@ in
         default = null;
         example = 51337;
         description = "Also listen on this TCP port, on 127.0.0.1 only (never on other interfaces).";
+      };
+
+      allowedGroups = mkOption {
+        type = types.listOf types.str;
+        default = [ "wheel" ];
+        example = [ "wheel" "ops" ];
+        description = ''
+          Besides root, members of these groups may use the local trigger (a
+          triggered tick runs as root and streams its whole output). Checked on
+          every connection: the TCP client's uid is the owner of its socket,
+          the unix socket's is its peer credential.
+        '';
       };
     };
 

@@ -93,7 +93,7 @@ var agentKeys = []string{
 	"bootedSystem", "confirmTimeout", "currentSystem", "host", "identityFile", "mode",
 	"narinfoCacheNegativeTTL", "operation", "port", "profile", "reboot", "rebootCommand",
 	"retry", "secrets", "selfUpdate", "server", "serverHostKey", "stateDir",
-	"substituters", "trustedPublicKeys", "user",
+	"substituters", "trigger", "trustedPublicKeys", "user",
 }
 
 func TestClientDefaults(t *testing.T) {
@@ -238,6 +238,7 @@ func TestClientOptions(t *testing.T) {
 		"reboot":                  map[string]any{"policy": "window", "window": "23:30-01:00"},
 		"rebootCommand":           []any{"/run/current-system/sw/bin/systemctl", "kexec"},
 		"retry":                   map[string]any{"initialDelay": "1m30s", "maxDelay": "2h"},
+		"trigger":                 map[string]any{"allowedGroups": []any{"wheel"}},
 		"substituters":            []any{"http://10.0.0.1:5000"},
 		"trustedPublicKeys":       []any{"bento-1:abc="},
 		"narinfoCacheNegativeTTL": 30.0, "selfUpdate": true,
