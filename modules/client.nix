@@ -559,6 +559,9 @@ in
           # started is left to finish (as nixos-rebuild's is).
           KillMode = "process";
           TimeoutStartSec = cfg.timeout;
+          # A stop during an activation waits for it (the agent defers
+          # SIGTERM until the outcome is recorded): confirm window + margin.
+          TimeoutStopSec = "${toString (cfg.confirmTimeout + 60)}s";
         };
       };
 

@@ -120,7 +120,7 @@ func TestClientDefaults(t *testing.T) {
 	}
 	sc := svc.ServiceConfig
 	for k, want := range map[string]any{
-		"Type": "oneshot", "KillMode": "process", "TimeoutStartSec": "2h",
+		"Type": "oneshot", "KillMode": "process", "TimeoutStartSec": "2h", "TimeoutStopSec": "120s",
 		"LockPersonality": true, "RestrictRealtime": true, "SystemCallArchitectures": "native",
 	} {
 		if !reflect.DeepEqual(sc[k], want) {
