@@ -1,6 +1,7 @@
 package status
 
 import (
+	"github.com/bento-nix/bento/internal/timespan"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,7 +21,7 @@ func PollInterval(spec string) (time.Duration, bool) {
 	if d, ok := shorthand[strings.ToLower(spec)]; ok {
 		return d, true
 	}
-	if d, ok := parseSpan(spec); ok {
+	if d, err := timespan.Parse(spec); err == nil && d > 0 {
 		return d, true
 	}
 	return parseCalendar(spec)
@@ -36,57 +37,6 @@ var shorthand = map[string]time.Duration{
 	"semiannually": 184 * 24 * time.Hour,
 	"yearly":       366 * 24 * time.Hour,
 	"annually":     366 * 24 * time.Hour,
-}
-
-var spanUnits = map[string]time.Duration{
-	"us": time.Microsecond, "usec": time.Microsecond, "µs": time.Microsecond,
-	"ms": time.Millisecond, "msec": time.Millisecond,
-	"s": time.Second, "sec": time.Second, "second": time.Second, "seconds": time.Second,
-	"m": time.Minute, "min": time.Minute, "minute": time.Minute, "minutes": time.Minute,
-	"h": time.Hour, "hr": time.Hour, "hour": time.Hour, "hours": time.Hour,
-	"d": 24 * time.Hour, "day": 24 * time.Hour, "days": 24 * time.Hour,
-	"w": 7 * 24 * time.Hour, "week": 7 * 24 * time.Hour, "weeks": 7 * 24 * time.Hour,
-	"M": 2629800 * time.Second, "month": 2629800 * time.Second, "months": 2629800 * time.Second,
-	"y": 31557600 * time.Second, "year": 31557600 * time.Second, "years": 31557600 * time.Second,
-}
-
-// parseSpan reads a systemd time span: numbers each followed by a unit,
-// spaces optional ("1h 30min", "90s", "2d4h").
-func parseSpan(s string) (time.Duration, bool) {
-	var total time.Duration
-	rest := strings.TrimSpace(s)
-	if rest == "" {
-		return 0, false
-	}
-	for rest != "" {
-		i := 0
-		for i < len(rest) && (rest[i] >= '0' && rest[i] <= '9' || rest[i] == '.') {
-			i++
-		}
-		if i == 0 {
-			return 0, false
-		}
-		n, err := strconv.ParseFloat(rest[:i], 64)
-		if err != nil {
-			return 0, false
-		}
-		rest = strings.TrimLeft(rest[i:], " ")
-		j := 0
-		for j < len(rest) && rest[j] != ' ' && (rest[j] < '0' || rest[j] > '9') {
-			j++
-		}
-		unit, ok := spanUnits[rest[:j]]
-		if !ok {
-			if j == 0 && rest == "" {
-				unit = time.Second // systemd: a bare number is seconds
-			} else {
-				return 0, false
-			}
-		}
-		total += time.Duration(n * float64(unit))
-		rest = strings.TrimLeft(rest[j:], " ")
-	}
-	return total, total > 0
 }
 
 // parseCalendar handles the calendar events a poll schedule uses: an
