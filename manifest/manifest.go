@@ -1,6 +1,7 @@
 // Package manifest defines the two documents that cross the chroot: the
-// manifest the server publishes (manifest.json) and the report a client
-// uploads (reports/status.json). Both are versioned by Format.
+// manifest the server publishes (manifest.json, versioned by
+// ManifestFormat) and the report a client uploads (reports/status.json,
+// versioned by ReportFormat).
 package manifest
 
 import (
@@ -11,18 +12,34 @@ import (
 	"time"
 )
 
-// Format is the current format number of both documents.
-const Format = 1
+// Format numbers. A manifest of format 2 names each file's content by its
+// sha256 under objects/; format 1 (read, never written) named the files
+// under config/<version>/. Reports are still format 1.
+const (
+	ManifestFormat = 2
+	// MinManifestFormat is the oldest manifest format a client still reads.
+	MinManifestFormat = 1
+	ReportFormat      = 1
+	// Format is the report's format number (the name predates format 2 of
+	// the manifest; report writers use it).
+	Format = ReportFormat
+)
+
+// VersionLen is how many lowercase hex digits name a version.
+const VersionLen = 16
 
 // Names of the files and directories inside a host's chroot.
 const (
 	ManifestFile = "manifest.json"
-	ConfigDir    = "config"
-	ReportsDir   = "reports"
-	StatusFile   = "reports/status.json"
-	LogsDir      = "reports/logs"
-	SecretsDir   = "secrets"
-	CacheDir     = "cache"
+	// ConfigDir held format 1's per-version trees; a deploy migrates it away.
+	ConfigDir = "config"
+	// ObjectsDir holds one read-only file per distinct content (format 2).
+	ObjectsDir = "objects"
+	ReportsDir = "reports"
+	StatusFile = "reports/status.json"
+	LogsDir    = "reports/logs"
+	SecretsDir = "secrets"
+	CacheDir   = "cache"
 )
 
 // MaxSize is the largest manifest a client accepts.
@@ -74,8 +91,22 @@ type File struct {
 	SHA256 string `json:"sha256"`
 }
 
-// ConfigPath is the directory of a version relative to the chroot root.
+// ConfigPath is the directory of a format-1 version relative to the
+// chroot root.
 func ConfigPath(version string) string { return ConfigDir + "/" + version }
+
+// ObjectPath is where a format-2 chroot keeps the content whose sha256 is
+// sum (64 lowercase hex digits), relative to the chroot root: fanned out
+// by the first two digits, as git does.
+func ObjectPath(sum string) string { return ObjectsDir + "/" + sum[:2] + "/" + sum[2:] }
+
+// RemotePath is where f's content is read from in the chroot of m.
+func (m *Manifest) RemotePath(f File) string {
+	if m.Format == 1 {
+		return ConfigPath(m.Version) + "/" + f.Path
+	}
+	return ObjectPath(f.SHA256)
+}
 
 // Parse decodes and validates a manifest. It refuses anything a client
 // must not act on: unknown format, paths that escape the tree, absurd sizes.
@@ -95,11 +126,16 @@ func Parse(data []byte) (*Manifest, error) {
 
 // Validate checks the manifest's invariants.
 func (m *Manifest) Validate() error {
-	if m.Format != Format {
-		return fmt.Errorf("manifest: format %d is not supported (this bento reads format %d); upgrade bento", m.Format, Format)
+	if m.Format < MinManifestFormat || m.Format > ManifestFormat {
+		return fmt.Errorf("manifest: format %d is not supported (this bento reads formats %d to %d); upgrade bento", m.Format, MinManifestFormat, ManifestFormat)
 	}
-	if m.Version == "" || strings.ContainsAny(m.Version, "/\\") || m.Version == "." || m.Version == ".." {
-		return fmt.Errorf("manifest: invalid version %q", m.Version)
+	if !IsVersion(m.Version) {
+		return fmt.Errorf("manifest: invalid version %q (want %d lowercase hex digits)", clip(m.Version), VersionLen)
+	}
+	if m.ExpectedToplevel != "" {
+		if err := CheckStorePath(m.ExpectedToplevel, ""); err != nil {
+			return fmt.Errorf("manifest: expectedToplevel: %w", err)
+		}
 	}
 	for _, list := range [][]File{m.Files, m.Secrets} {
 		seen := make(map[string]bool, len(list))
@@ -114,12 +150,80 @@ func (m *Manifest) Validate() error {
 			if f.Size < 0 {
 				return fmt.Errorf("manifest: %s: negative size", f.Path)
 			}
-			if len(f.SHA256) != 64 {
-				return fmt.Errorf("manifest: %s: sha256 must be 64 hex digits", f.Path)
+			if !isHex(f.SHA256, 64) {
+				return fmt.Errorf("manifest: %s: sha256 must be 64 lowercase hex digits", f.Path)
 			}
 		}
 	}
 	return nil
+}
+
+// IsVersion tells whether v has the form of a version: VersionLen
+// lowercase hex digits (so it is safe as a file name, and never "current").
+func IsVersion(v string) bool { return isHex(v, VersionLen) }
+
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// nixBase32 is Nix's base32 alphabet (no e, o, u, t).
+const nixBase32 = "0123456789abcdfghijklmnpqrsvwxyz"
+
+// CheckStorePath checks that p has the form of a store path,
+// <storeDir>/<32 nix-base32 characters>-<name>, exactly one component
+// under the store directory. With storeDir "" any clean absolute
+// directory is accepted as the store's (the manifest parser does not know
+// the client's); a client passes its own.
+func CheckStorePath(p, storeDir string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("%q is not a store path (%s; want <store>/<32 nix-base32 characters>-<name>)", clip(p), why)
+	}
+	if len(p) > 4096 || !strings.HasPrefix(p, "/") || path.Clean(p) != p {
+		return bad("not a clean absolute path")
+	}
+	dir, base := path.Split(p)
+	dir = strings.TrimSuffix(dir, "/")
+	if storeDir != "" && dir != storeDir {
+		return bad("not directly in " + storeDir)
+	}
+	if dir == "" {
+		return bad("no store directory")
+	}
+	if len(base) < 34 || base[32] != '-' {
+		return bad("no hash")
+	}
+	for i := 0; i < 32; i++ {
+		if !strings.ContainsRune(nixBase32, rune(base[i])) {
+			return bad("the hash is not nix-base32")
+		}
+	}
+	name := base[33:]
+	if len(name) > 211 || name[0] == '.' {
+		return bad("invalid name")
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("+-._?=", c) >= 0) {
+			return bad("invalid character in the name")
+		}
+	}
+	return nil
+}
+
+// clip shortens host-controlled text quoted in an error.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
 }
 
 // ValidatePath refuses a path that is absolute, not clean, or escapes the tree.

@@ -39,7 +39,9 @@ func TestParse(t *testing.T) {
 		err    string
 	}{
 		{name: "good", mutate: func(*manifest.Manifest) {}},
-		{name: "newer format", mutate: func(m *manifest.Manifest) { m.Format = 2 }, err: "format 2 is not supported"},
+		{name: "newer format", mutate: func(m *manifest.Manifest) { m.Format = 3 }, err: "format 3 is not supported"},
+		{name: "version not hex", mutate: func(m *manifest.Manifest) { m.Version = "current" }, err: "invalid version"},
+		{name: "expected system not a store path", mutate: func(m *manifest.Manifest) { m.ExpectedToplevel = "/nix/store/../etc" }, err: "not a store path"},
 		{name: "escaping path", mutate: func(m *manifest.Manifest) { m.Files[0].Path = "../../etc/passwd" }, err: "unsafe path"},
 		{name: "absolute path", mutate: func(m *manifest.Manifest) { m.Files[0].Path = "/etc/passwd" }, err: "unsafe path"},
 		{name: "version with slash", mutate: func(m *manifest.Manifest) { m.Version = "../x" }, err: "invalid version"},
