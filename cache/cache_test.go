@@ -583,7 +583,7 @@ func TestLinkFleetKeepsTheLiveSystem(t *testing.T) {
 	live := func(h, top string) {
 		dir := filepath.Join(root, h)
 		os.MkdirAll(dir, 0o755)
-		data, _ := json.Marshal(manifest.Manifest{Format: manifest.Format, Host: h, Version: "0123456789abcdef",  ExpectedToplevel: top})
+		data, _ := json.Marshal(manifest.Manifest{Format: manifest.Format, Host: h, Version: "0123456789abcdef", ExpectedToplevel: top})
 		if err := os.WriteFile(filepath.Join(dir, "manifest.json"), data, 0o644); err != nil {
 			t.Fatal(err)
 		}

@@ -47,7 +47,7 @@ func TestParse(t *testing.T) {
 		{name: "version with slash", mutate: func(m *manifest.Manifest) { m.Version = "../x" }, err: "invalid version"},
 		{name: "duplicate file", mutate: func(m *manifest.Manifest) { m.Files = append(m.Files, m.Files[0]) }, err: "listed twice"},
 		{name: "negative size", mutate: func(m *manifest.Manifest) { m.Files[0].Size = -1 }, err: "negative size"},
-		{name: "short hash", mutate: func(m *manifest.Manifest) { m.Files[0].SHA256 = "abc" }, err: "64 hex digits"},
+		{name: "short hash", mutate: func(m *manifest.Manifest) { m.Files[0].SHA256 = "abc" }, err: "64 lowercase hex digits"},
 		{name: "escaping secret", mutate: func(m *manifest.Manifest) {
 			m.Secrets = []manifest.File{{Path: "../x", Size: 1, SHA256: sha}}
 		}, err: "unsafe path"},

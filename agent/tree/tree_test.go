@@ -112,7 +112,7 @@ func TestStageDownloadsVerifiesAndReuses(t *testing.T) {
 	s := &Store{Dir: filepath.Join(t.TempDir(), "config")}
 	ctx := context.Background()
 
-	m1 := srv.publish(t, "v1", v1Files)
+	m1 := srv.publish(t, "1111111111111111", v1Files)
 	st, err := s.Stage(ctx, m1, srv)
 	if err != nil {
 		t.Fatal(err)
@@ -120,14 +120,14 @@ func TestStageDownloadsVerifiesAndReuses(t *testing.T) {
 	if st.Downloaded != 4 || st.Reused != 0 || st.Bytes == 0 {
 		t.Errorf("first stage: %+v, want 4 downloaded, 0 reused", st)
 	}
-	if got := readTree(t, s.Path("v1")); fmt.Sprint(got) != fmt.Sprint(v1Files) {
+	if got := readTree(t, s.Path("1111111111111111")); fmt.Sprint(got) != fmt.Sprint(v1Files) {
 		t.Errorf("tree v1 = %v, want %v", got, v1Files)
 	}
-	fi, err := os.Stat(filepath.Join(s.Path("v1"), "bin/hook.sh"))
+	fi, err := os.Stat(filepath.Join(s.Path("1111111111111111"), "bin/hook.sh"))
 	if err != nil || fi.Mode().Perm()&0o111 == 0 {
 		t.Errorf("bin/hook.sh should be executable: %v %v", fi.Mode(), err)
 	}
-	if err := s.SetCurrent("v1"); err != nil {
+	if err := s.SetCurrent("1111111111111111"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -137,38 +137,38 @@ func TestStageDownloadsVerifiesAndReuses(t *testing.T) {
 		v2Files[k] = v
 	}
 	v2Files["hosts/alpha/default.nix"] = "{ generation = \"2\"; }\n"
-	m2 := srv.publish(t, "v2", v2Files)
+	m2 := srv.publish(t, "2222222222222222", v2Files)
 	before := srv.downloads.Load()
-	st, err = s.Stage(ctx, m2, srv, "v1")
+	st, err = s.Stage(ctx, m2, srv, "1111111111111111")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := srv.downloads.Load() - before; got != 1 || st.Downloaded != 1 || st.Reused != 3 {
 		t.Errorf("second stage downloaded %d files (stats %+v), want only the changed one", got, st)
 	}
-	if got := readTree(t, s.Path("v2")); fmt.Sprint(got) != fmt.Sprint(v2Files) {
+	if got := readTree(t, s.Path("2222222222222222")); fmt.Sprint(got) != fmt.Sprint(v2Files) {
 		t.Errorf("tree v2 = %v, want %v", got, v2Files)
 	}
 
 	// Staging a version already held downloads nothing.
 	before = srv.downloads.Load()
-	if _, err := s.Stage(ctx, m2, srv, "v1"); err != nil {
+	if _, err := s.Stage(ctx, m2, srv, "1111111111111111"); err != nil {
 		t.Fatal(err)
 	}
 	if srv.downloads.Load() != before {
 		t.Error("staging a version already held downloaded files again")
 	}
 
-	if err := s.SetCurrent("v2"); err != nil {
+	if err := s.SetCurrent("2222222222222222"); err != nil {
 		t.Fatal(err)
 	}
-	if cur, _ := s.Current(); cur != "v2" {
+	if cur, _ := s.Current(); cur != "2222222222222222" {
 		t.Errorf("Current() = %q, want v2", cur)
 	}
-	if err := s.Prune("v2"); err != nil {
+	if err := s.Prune("2222222222222222"); err != nil {
 		t.Fatal(err)
 	}
-	if vs, _ := s.Versions(); fmt.Sprint(vs) != "[v2]" {
+	if vs, _ := s.Versions(); fmt.Sprint(vs) != "[2222222222222222]" {
 		t.Errorf("after Prune(v2): versions %v", vs)
 	}
 	if l := leftovers(t, s.Dir); len(l) != 0 {
@@ -183,17 +183,17 @@ func TestStageRefusesBadContent(t *testing.T) {
 		wantErr string
 	}{
 		{"server file differs from its hash", func(t *testing.T, srv *chroot, m *manifest.Manifest) {
-			os.WriteFile(filepath.Join(srv.root, "config/v1/lib/mkhost.nix"), []byte("spec: evil\n"), 0o644)
+			os.WriteFile(filepath.Join(srv.root, "config/1111111111111111/lib/mkhost.nix"), []byte("spec: evil\n"), 0o644)
 		}, "lib/mkhost.nix: sha256"},
 		{"server file longer than listed", func(t *testing.T, srv *chroot, m *manifest.Manifest) {
-			os.WriteFile(filepath.Join(srv.root, "config/v1/flake.nix"), []byte(v1Files["flake.nix"]+"# more\n"), 0o644)
+			os.WriteFile(filepath.Join(srv.root, "config/1111111111111111/flake.nix"), []byte(v1Files["flake.nix"]+"# more\n"), 0o644)
 		}, "flake.nix: more than the expected"},
 		{"server file shorter than listed", func(t *testing.T, srv *chroot, m *manifest.Manifest) {
-			os.WriteFile(filepath.Join(srv.root, "config/v1/flake.nix"), []byte("{"), 0o644)
+			os.WriteFile(filepath.Join(srv.root, "config/1111111111111111/flake.nix"), []byte("{"), 0o644)
 		}, "flake.nix: size 1, but the manifest says"},
 		{"file missing on the server", func(t *testing.T, srv *chroot, m *manifest.Manifest) {
-			os.Remove(filepath.Join(srv.root, "config/v1/flake.nix"))
-		}, "config/v1/flake.nix"},
+			os.Remove(filepath.Join(srv.root, "config/1111111111111111/flake.nix"))
+		}, "config/1111111111111111/flake.nix"},
 		{"path escaping the tree", func(t *testing.T, srv *chroot, m *manifest.Manifest) {
 			m.Files[0].Path = "../../etc/passwd"
 		}, `unsafe path "../../etc/passwd"`},
@@ -208,13 +208,13 @@ func TestStageRefusesBadContent(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := &chroot{root: t.TempDir()}
 			s := &Store{Dir: filepath.Join(t.TempDir(), "config"), Jobs: 1}
-			m := srv.publish(t, "v1", v1Files)
+			m := srv.publish(t, "1111111111111111", v1Files)
 			tc.tamper(t, srv, m)
 			_, err := s.Stage(context.Background(), m, srv)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("Stage error = %v, want one containing %q", err, tc.wantErr)
 			}
-			if s.Has("v1") {
+			if s.Has("1111111111111111") {
 				t.Error("a refused version was put in place")
 			}
 			if l := leftovers(t, s.Dir); len(l) != 0 {
@@ -231,25 +231,25 @@ func TestTamperedLocalCopyIsNotReused(t *testing.T) {
 	srv := &chroot{root: t.TempDir()}
 	s := &Store{Dir: filepath.Join(t.TempDir(), "config")}
 	ctx := context.Background()
-	m1 := srv.publish(t, "v1", v1Files)
+	m1 := srv.publish(t, "1111111111111111", v1Files)
 	if _, err := s.Stage(ctx, m1, srv); err != nil {
 		t.Fatal(err)
 	}
 	// Same size, different content: only the hash tells.
-	p := filepath.Join(s.Path("v1"), "lib/mkhost.nix")
+	p := filepath.Join(s.Path("1111111111111111"), "lib/mkhost.nix")
 	os.Chmod(p, 0o644)
 	if err := os.WriteFile(p, []byte("spec: EVIL\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m2 := srv.publish(t, "v2", v1Files)
-	st, err := s.Stage(ctx, m2, srv, "v1")
+	m2 := srv.publish(t, "2222222222222222", v1Files)
+	st, err := s.Stage(ctx, m2, srv, "1111111111111111")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.Downloaded != 1 {
 		t.Errorf("downloaded %d files, want 1 (the tampered one)", st.Downloaded)
 	}
-	if got := readTree(t, s.Path("v2"))["lib/mkhost.nix"]; got != v1Files["lib/mkhost.nix"] {
+	if got := readTree(t, s.Path("2222222222222222"))["lib/mkhost.nix"]; got != v1Files["lib/mkhost.nix"] {
 		t.Errorf("v2 lib/mkhost.nix = %q, want the published content", got)
 	}
 }
@@ -265,7 +265,7 @@ func TestCleanRemovesInterruptedStaging(t *testing.T) {
 	if _, err := os.Stat(half); !os.IsNotExist(err) {
 		t.Errorf("interrupted staging %s survived Clean", half)
 	}
-	if s.Has("v9") {
+	if s.Has("9999999999999999") {
 		t.Error("half tree counted as held")
 	}
 }
@@ -273,11 +273,11 @@ func TestCleanRemovesInterruptedStaging(t *testing.T) {
 func TestCopyIsPrivateAndWritable(t *testing.T) {
 	srv := &chroot{root: t.TempDir()}
 	s := &Store{Dir: t.TempDir()}
-	m := srv.publish(t, "v1", v1Files)
+	m := srv.publish(t, "1111111111111111", v1Files)
 	if _, err := s.Stage(context.Background(), m, srv); err != nil {
 		t.Fatal(err)
 	}
-	dir, err := s.Copy("v1")
+	dir, err := s.Copy("1111111111111111")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +287,7 @@ func TestCopyIsPrivateAndWritable(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "flake.nix"), []byte("changed"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if got := readTree(t, s.Path("v1")); fmt.Sprint(got) != fmt.Sprint(v1Files) {
+	if got := readTree(t, s.Path("1111111111111111")); fmt.Sprint(got) != fmt.Sprint(v1Files) {
 		t.Errorf("writing the copy changed the held version: %v", got)
 	}
 	if err := s.Clean(); err != nil {

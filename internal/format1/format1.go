@@ -75,7 +75,6 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-
 // Publisher writes into one chroot root. It holds the root's lock from Open
 // to Close (except in dry-run mode).
 type Publisher struct {
