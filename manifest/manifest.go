@@ -13,8 +13,9 @@ import (
 )
 
 // Format numbers. Format 1 manifests name the files under
-// config/<version>/; format 2 (content-addressed objects/) is designed in
-// DESIGN.md but not written or read yet. Reports are format 1.
+// config/<version>/; a manifest of format 2 names each file's content by its
+// sha256 under objects/ (being built: the publisher still writes format 1).
+// Reports are format 1.
 const (
 	ManifestFormat = 1
 	// MinManifestFormat is the oldest manifest format a client still reads.
@@ -31,8 +32,10 @@ const VersionLen = 16
 // Names of the files and directories inside a host's chroot.
 const (
 	ManifestFile = "manifest.json"
-	// ConfigDir holds the per-version trees (format 1).
-	ConfigDir  = "config"
+	// ConfigDir held format 1's per-version trees; a deploy migrates it away.
+	ConfigDir = "config"
+	// ObjectsDir holds one read-only file per distinct content (format 2).
+	ObjectsDir = "objects"
 	ReportsDir = "reports"
 	StatusFile = "reports/status.json"
 	LogsDir    = "reports/logs"
@@ -92,6 +95,19 @@ type File struct {
 // ConfigPath is the directory of a format-1 version relative to the
 // chroot root.
 func ConfigPath(version string) string { return ConfigDir + "/" + version }
+
+// ObjectPath is where a format-2 chroot keeps the content whose sha256 is
+// sum (64 lowercase hex digits), relative to the chroot root: fanned out
+// by the first two digits, as git does.
+func ObjectPath(sum string) string { return ObjectsDir + "/" + sum[:2] + "/" + sum[2:] }
+
+// RemotePath is where f's content is read from in the chroot of m.
+func (m *Manifest) RemotePath(f File) string {
+	if m.Format == 1 {
+		return ConfigPath(m.Version) + "/" + f.Path
+	}
+	return ObjectPath(f.SHA256)
+}
 
 // Parse decodes and validates a manifest. It refuses anything a client
 // must not act on: unknown format, paths that escape the tree, absurd sizes.
