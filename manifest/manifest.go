@@ -14,10 +14,10 @@ import (
 
 // Format numbers. Format 1 manifests name the files under
 // config/<version>/; a manifest of format 2 names each file's content by its
-// sha256 under objects/ (being built: the publisher still writes format 1).
-// Reports are format 1.
+// sha256 under objects/. Clients read both; reports are format 1.
 const (
-	ManifestFormat = 1
+	// ManifestFormat is the newest manifest format: what a client reads.
+	ManifestFormat = 2
 	// MinManifestFormat is the oldest manifest format a client still reads.
 	MinManifestFormat = 1
 	ReportFormat      = 1

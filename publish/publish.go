@@ -357,7 +357,7 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 		}
 	}
 	j.m = &manifest.Manifest{
-		Format:           manifest.Format,
+		Format:           1, // the publisher still writes format-1 trees
 		Host:             name,
 		Version:          version,
 		ExpectedToplevel: t.ExpectedToplevel,
