@@ -441,6 +441,9 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 		removeStaleTemps(j.hostDir)
 		j.m.PublishedAt = p.opts.Now().UTC().Truncate(time.Millisecond)
 		tmp, n, err := writeManifestTemp(j.hostDir, j.m)
+		if err == nil {
+			err = advanceMtime(j.hostDir, tmp, p.opts.Now())
+		}
 		if err != nil {
 			j.fail(err)
 			continue
