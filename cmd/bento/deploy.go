@@ -15,6 +15,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/publish"
+	"github.com/bento-nix/bento/status"
 )
 
 // DefaultChrootRoot is where the SFTP chroots live on a server.
@@ -38,7 +39,7 @@ func deployCommand() *cli.Command {
 			"replaced atomically, so a host never sees half a publication. A host whose build failed keeps\n" +
 			"its previous publication (unless --force). Chroots of hosts no longer in the fleet are listed;\n" +
 			"--prune removes them. One deploy at a time per chroot root. Exits 1 when any host failed.",
-		Flags: append(append(append(fleetFlags(), buildFlags()...), cacheFlags()...),
+		Flags: append(append(append(append(fleetFlags(), buildFlags()...), cacheFlags()...),
 			chrootRootFlag(),
 			secretsDirFlag(),
 			&cli.BoolFlag{Name: "no-build", Usage: "publish without building (the manifests then name no expected system)"},
@@ -48,7 +49,7 @@ func deployCommand() *cli.Command {
 			&cli.BoolFlag{Name: "prune-reports", Usage: "with --prune, remove their reports/ too"},
 			&cli.BoolFlag{Name: "no-user-check", Usage: "do not require each host's SFTP user to exist (reports/ then stays owned by the deploying user)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the results as JSON for scripts"},
-		),
+		), reportsLimitFlags()...),
 		Action: runDeploy,
 	}
 }
@@ -59,6 +60,10 @@ func runDeploy(c *cli.Context) error {
 	}
 	if c.Duration("lock-wait") < 0 {
 		return usageError("--lock-wait must not be negative")
+	}
+	limits, err := reportLimits(c)
+	if err != nil {
+		return err
 	}
 	dryRun, noBuild := c.Bool("dry-run"), c.Bool("no-build")
 	var bopts builder.Options
@@ -149,6 +154,7 @@ func runDeploy(c *cli.Context) error {
 	}
 
 	report := deployReport{Root: pub.Root(), DryRun: dryRun, Hosts: rows, Skipped: skipped, Warnings: secretWarnings}
+	report.Warnings = append(report.Warnings, enforceReportLimits(pub.Root(), hosts, limits, dryRun)...)
 	report.Notes = hostNotes(rows)
 	if evalFailed {
 		// The list of hosts is incomplete: a host that did not evaluate
@@ -194,6 +200,27 @@ func runDeploy(c *cli.Context) error {
 		return failed(errors.New("some hosts could not be evaluated and were not deployed (see above)"))
 	}
 	return nil
+}
+
+// enforceReportLimits applies the limits on reports/ to each deployed host
+// (removing the oldest logs beyond them, unless dryRun). A host over them is
+// a warning, never a failure: the other hosts' publications stand, and its
+// own publication does not depend on what it uploads.
+func enforceReportLimits(root string, hosts []fleet.Host, l status.ReportLimits, dryRun bool) []string {
+	var ws []string
+	for _, h := range hosts {
+		u, err := status.EnforceReportLimits(root, h.Name, l, dryRun)
+		var ue *status.UsageError
+		switch {
+		case errors.As(err, &ue):
+			// No chroot yet: a dry run of a new host.
+		case err != nil:
+			ws = append(ws, err.Error()+" (bento status shows it as unreadable until the host stays within them)")
+		case u.Exceeded():
+			ws = append(ws, fmt.Sprintf("host %s: %s: %s", h.Name, status.ReportsOverLimit, u.Describe()))
+		}
+	}
+	return ws
 }
 
 // planTargets turns the built hosts into publish targets. A host whose
