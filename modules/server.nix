@@ -304,6 +304,7 @@ in
       environment.variables = {
         BENTO_REPORTS_MAX_BYTES = toString cfg.reports.maxBytes;
         BENTO_REPORTS_MAX_FILES = toString cfg.reports.maxFiles;
+        BENTO_HOST_GROUP = cfg.group;
       };
 
       users.groups.${cfg.group} = { };
@@ -384,6 +385,8 @@ in
         ];
         environment = {
           HOME = "/root";
+          # bento deploy refuses a host whose user is outside this group.
+          BENTO_HOST_GROUP = cfg.group;
         }
         // config.networking.proxy.envVars;
         serviceConfig = {

@@ -16,7 +16,8 @@ type reportsResult struct {
 		FSType  string   `json:"fsType"`
 		Options []string `json:"options"`
 	} `json:"fileSystems"`
-	ExecStart string `json:"execStart"`
+	ExecStart string            `json:"execStart"`
+	DeployEnv map[string]string `json:"deployEnv"`
 }
 
 const reportsSelect = `c: {
@@ -24,6 +25,7 @@ const reportsSelect = `c: {
   variables = c.environment.variables;
   fileSystems = c.fileSystems;
   execStart = c.systemd.services.bento-deploy.serviceConfig.ExecStart or "";
+  deployEnv = c.systemd.services.bento-deploy.environment or { };
 }`
 
 // services.bento-server.reports: the limits reach the deploy timer's
@@ -49,7 +51,7 @@ func TestServerReportsLimits(t *testing.T) {
 			if len(r.Failed) != 0 {
 				t.Fatalf("failed assertions: %q", r.Failed)
 			}
-			if r.Variables["BENTO_REPORTS_MAX_BYTES"] != tc.bytes || r.Variables["BENTO_REPORTS_MAX_FILES"] != tc.files {
+			if r.Variables["BENTO_REPORTS_MAX_BYTES"] != tc.bytes || r.Variables["BENTO_REPORTS_MAX_FILES"] != tc.files || r.Variables["BENTO_HOST_GROUP"] != "bento" || r.DeployEnv["BENTO_HOST_GROUP"] != "bento" {
 				t.Errorf("environment.variables = %v, want the limits %s and %s", r.Variables, tc.bytes, tc.files)
 			}
 			argv := splitExec(t, r.ExecStart)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -38,7 +39,9 @@ func deployCommand() *cli.Command {
 			"are not written at all; changed files are copied, the others hard-linked; manifest.json is\n" +
 			"replaced atomically, so a host never sees half a publication. A host whose build failed keeps\n" +
 			"its previous publication (unless --force). Chroots of hosts no longer in the fleet are listed;\n" +
-			"--prune removes them. One deploy at a time per chroot root. Exits 1 when any host failed.",
+			"--prune removes them. One deploy at a time per chroot root. A host whose services.bento.user\n" +
+			"is root, another deployed host's, or (when --host-group exists) outside that group is refused.\n" +
+			"Exits 1 when any host failed.",
 		Flags: append(append(append(append(fleetFlags(), buildFlags()...), cacheFlags()...),
 			chrootRootFlag(),
 			secretsDirFlag(),
@@ -49,6 +52,7 @@ func deployCommand() *cli.Command {
 			&cli.BoolFlag{Name: "prune-reports", Usage: "with --prune, remove their reports/ too"},
 			&cli.BoolFlag{Name: "no-user-check", Usage: "do not require each host's SFTP user to exist (reports/ then stays owned by the deploying user)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the results as JSON for scripts"},
+			hostGroupFlag(),
 		), reportsLimitFlags()...),
 		Action: runDeploy,
 	}
@@ -128,6 +132,32 @@ func runDeploy(c *cli.Context) error {
 	if len(hosts) == 0 {
 		return usageError("nothing to deploy: no selected host is deployed by bento (set services.bento.enable = true on the hosts to deploy)")
 	}
+	// Before building: a host whose SFTP user would reach more than its
+	// own chroot is refused (its previous publication stays), the others
+	// go on. Without user checks, only the names are judged.
+	var accounts accountDB = systemAccounts{}
+	group := c.String("host-group")
+	if !users {
+		accounts, group = noAccounts{}, ""
+	}
+	bad, err := checkUsers(f.Hosts, hosts, group, accounts)
+	if err != nil {
+		return failed(err)
+	}
+	var refused []deployRow
+	for _, e := range sortedErrors(bad) {
+		fmt.Fprintln(ew, "bento:", e)
+	}
+	hosts = slices.DeleteFunc(hosts, func(h fleet.Host) bool {
+		if err := bad[h.Name]; err != nil {
+			refused = append(refused, deployRow{Result: publish.Result{Host: h.Name, Status: publish.StatusFailed, Err: err}})
+			return true
+		}
+		return false
+	})
+	if len(hosts) == 0 {
+		return failed(fmt.Errorf("nothing deployed: every selected host's services.bento.user is refused (see above)"))
+	}
 
 	builds := map[string]builder.Result{}
 	var buildResults []builder.Result
@@ -152,6 +182,7 @@ func runDeploy(c *cli.Context) error {
 	for j, r := range pub.Publish(c.Context, targets) {
 		rows[targetRow[j]].Result = r
 	}
+	rows = append(rows, refused...)
 
 	report := deployReport{Root: pub.Root(), DryRun: dryRun, Hosts: rows, Skipped: skipped, Warnings: secretWarnings}
 	report.Warnings = append(report.Warnings, enforceReportLimits(pub.Root(), hosts, limits, dryRun)...)
