@@ -32,6 +32,8 @@ func decide(in hostInput) Row {
 	if in.build != nil {
 		r.ServerBuilt = in.build.OutPath
 	}
+	r.ReportsBytes, r.ReportsFiles = in.reports.Bytes, in.reports.Files
+	r.ReportsOverLimit = in.reports.Exceeded()
 	if rep := in.report; rep != nil {
 		r.SeenVersion = rep.SeenVersion
 		r.AppliedVersion = rep.AppliedVersion
@@ -95,8 +97,12 @@ func judge(in hostInput, r *Row) (State, string) {
 		return Disabled, leftover("services.bento.enable = false", in.chroot)
 	case in.manifestErr != nil:
 		return Unreadable, "unreadable manifest: " + in.manifestErr.Error()
+	case r.ReportsOverLimit:
+		return Unreadable, ReportsOverLimit + ": " + in.reports.Describe()
 	case in.reportErr != nil:
 		return Unreadable, "unreadable report: " + in.reportErr.Error()
+	case in.reportsErr != nil:
+		return Unreadable, "unreadable reports: " + in.reportsErr.Error()
 	case r.InvalidSystem:
 		return Unreadable, "unreadable report: " + InvalidSystem
 	case m == nil:

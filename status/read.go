@@ -49,11 +49,16 @@ type hostInput struct {
 	now        time.Time
 	staleAfter time.Duration
 	storeDir   string
+
+	// reports is what reports/ held against its limits; reportsErr is
+	// set when it could not be measured.
+	reports    ReportsUsage
+	reportsErr error
 }
 
 // readHost reads a host's manifest and report. Every failure is kept in the
 // input, with its reason, for the row: one broken host never hides the others.
-func readHost(root, name string) hostInput {
+func readHost(root, name string, limits ReportLimits) hostInput {
 	in := hostInput{name: name}
 	dir := hostDir(root, name)
 	// The reports directory belongs to the host, which may be hostile: an
@@ -77,6 +82,21 @@ func readHost(root, name string) hostInput {
 		in.chroot = true
 		in.manifestErr = err
 	}
+
+	// Limits first: a host over them gets its oldest logs removed, and
+	// nothing of its reports/ is read this time.
+	in.reports, err = enforceReports(r, limits, false)
+	if err != nil && !errors.Is(err, ErrReportsOverLimit) {
+		in.reportsErr = err
+	}
+	if in.reports.Files > 0 || in.reportsErr != nil {
+		in.chroot = true
+	}
+	if in.reports.Exceeded() {
+		return in
+	}
+	// Unmeasured (permission denied, say), status.json is still read: its
+	// own cap bounds it, and its error says more than the walk's.
 
 	data, err = readCapped(r, manifest.StatusFile, MaxReportSize)
 	switch {

@@ -92,6 +92,13 @@ let
       members = strList;
     };
   };
+  fileSystem = {
+    options = {
+      device = opt (types.nullOr types.str) null;
+      fsType = opt types.str "auto";
+      options = opt (types.listOf types.str) [ "defaults" ];
+    };
+  };
   etcFile = {
     options = {
       source = opt types.path "/nix/store/00000000000000000000000000000000-etc-text";
@@ -114,6 +121,9 @@ in
 
     environment.systemPackages = opt (types.listOf types.package) [ ];
     environment.etc = opt (types.attrsOf (types.submodule etcFile)) { };
+    environment.variables = opt (types.attrsOf (types.either types.str (types.listOf types.str))) { };
+
+    fileSystems = opt (types.attrsOf (types.submodule fileSystem)) { };
 
     systemd.services = opt (types.attrsOf (types.submodule service)) { };
     systemd.timers = opt (types.attrsOf (types.submodule timer)) { };
