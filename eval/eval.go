@@ -38,6 +38,9 @@ type Options struct {
 	// when ChunkSize is 0; 0 means SystemBudget (DefaultMemoryShare of
 	// MemAvailable).
 	Memory int64
+	// ChunkStarted, when set, is called with the hosts of each chunk as its
+	// nix process starts (from several goroutines): a progress display.
+	ChunkStarted func(names []string)
 	// KeepGoing returns the hosts that evaluated, plus a *HostErrors for the
 	// others, instead of failing on the first host that does not evaluate.
 	KeepGoing bool
@@ -282,6 +285,9 @@ func forEachChunk(ctx context.Context, names []string, opts Options, fallback bo
 		g.Go(func() error {
 			for chunk := chunker.Next(); chunk != nil; chunk = chunker.Next() {
 				var rss int64
+				if opts.ChunkStarted != nil {
+					opts.ChunkStarted(chunk)
+				}
 				vals, err := eval(gctx, chunk, &rss)
 				if err == nil {
 					chunker.Observe(len(chunk), rss)
