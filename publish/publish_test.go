@@ -615,7 +615,7 @@ func TestUmask(t *testing.T) {
 	tool := objectFile(root, "alpha", fileOf(t, m, "lib/tool.sh"))
 	for p, perm := range map[string]os.FileMode{tool: 0o444, filepath.Dir(tool): 0o755, filepath.Join(root, "alpha/objects"): 0o755,
 		objectFile(root, "alpha", fileOf(t, m, "flake.nix")): 0o444,
-		filepath.Join(root, "alpha"): 0o755, filepath.Join(root, "alpha/manifest.json"): 0o644} {
+		filepath.Join(root, "alpha"):                         0o755, filepath.Join(root, "alpha/manifest.json"): 0o644} {
 		if _, _, got := owner(t, p); got != perm {
 			t.Errorf("%s: mode %04o under umask 077, want %04o", p, got, perm)
 		}
