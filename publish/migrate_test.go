@@ -24,7 +24,9 @@ func TestMigrateFormat1Chroot(t *testing.T) {
 	secret := func(content string) *publish.Extra {
 		return &publish.Extra{
 			Files: []manifest.File{{Path: "k", Mode: 0o400, Size: int64(len(content)), SHA256: sha([]byte(content))}},
-			Write: func(_ context.Context, d string) error { return os.WriteFile(filepath.Join(d, "k"), []byte(content), 0o400) },
+			Write: func(_ context.Context, d string) error {
+				return os.WriteFile(filepath.Join(d, "k"), []byte(content), 0o400)
+			},
 		}
 	}
 	old := func(content string) {
