@@ -522,6 +522,10 @@ func describeDiskError(err error) error {
 	path := "the state directory"
 	if errors.As(err, &pe) {
 		path = pe.Path
+		if strings.HasPrefix(filepath.Base(path), ".tmp-") {
+			// A temp file's name says nothing; its directory does.
+			path = filepath.Dir(path)
+		}
 	}
 	return fmt.Errorf("disk full: %s: %w", path, err)
 }

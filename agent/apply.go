@@ -22,19 +22,22 @@ import (
 func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outcome, error) {
 	now := t.o.Now()
 	st.begin(m.Version, m.ExpectedToplevel, now)
-	if err := saveState(t.cfg.StateDir, *st); err != nil {
-		return Outcome{}, err
-	}
 	rep := t.newReport(st, m.Version, m.ExpectedToplevel, now)
 	log := newLogBuffer(t.cfg.LogMaxBytes, t.o.Out)
-	log.Printf("host %s: applying version %s published %s (attempt %d, mode %s, operation %s)",
-		t.cfg.Host, m.Version, m.PublishedAt.UTC().Format(time.RFC3339), st.Attempt.Count, t.cfg.Mode, t.cfg.Operation)
 	fail := func(step string, err error) (Outcome, error) {
 		err = fmt.Errorf("%s: %w", step, err)
 		log.Printf("%v", err)
 		rep.Stage, rep.Result, rep.Error = manifest.StageFailed, manifest.ResultFailure, err.Error()
 		return t.finishAttempt(ctx, st, &rep, log, ActionFailed, err)
 	}
+	if err := saveState(t.cfg.StateDir, *st); err != nil {
+		// Nothing is fetched without the attempt on record; but a full
+		// disk must not make the host go silent: the failure is
+		// reported (directly, when the queue cannot hold it either).
+		return fail("state", describeDiskError(err))
+	}
+	log.Printf("host %s: applying version %s published %s (attempt %d, mode %s, operation %s)",
+		t.cfg.Host, m.Version, m.PublishedAt.UTC().Format(time.RFC3339), st.Attempt.Count, t.cfg.Mode, t.cfg.Operation)
 
 	cur, _ := t.store.Current()
 	start := time.Now()
