@@ -258,11 +258,12 @@ in
     package = mkOption {
       type = types.package;
       default = pkgs.callPackage ../nix/package.nix { };
-      defaultText = literalExpression "pkgs.callPackage (bento + \"/nix/package.nix\") { }";
+      defaultText = literalExpression "bento.packages.\${system}.bento (through the flake), else pkgs.callPackage (bento + \"/nix/package.nix\") { }";
       description = ''
-        The bento package. The default builds bento from the same source as
-        this module with this host's nixpkgs (which needs Go 1.26); set it to
-        `bento.packages.''${system}.default` to use the flake's own build.
+        The bento package. Imported through the flake's `nixosModules`, the
+        default is the flake's own `packages.''${system}.bento`; imported
+        as a file (without the flake), bento is built from the same source
+        with this host's nixpkgs, which needs Go 1.26.
       '';
     };
 
