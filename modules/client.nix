@@ -716,21 +716,26 @@ in
     })
 
     # The local trigger: `bento agent trigger-server` runs each requested
-    # tick as a child process, so its unit is as protected from switches as
-    # the agent's. One server for every address (unix socket, loopback
-    # port): one tick at a time across them.
+    # tick as a child process in its own process group. A switch that
+    # changes the unit (a new bento) restarts it, and KillMode=process
+    # stops only the server: a tick in progress, even the one running that
+    # switch, goes on (the server does not wait for it). One server for
+    # every address (unix socket, loopback port): one tick at a time
+    # across them.
     (mkIf cfg.trigger.enable {
       systemd.tmpfiles.rules = [ "d ${dirOf cfg.trigger.socket} 0755 root root -" ];
       systemd.services.bento-trigger = unitCommon // {
+        restartIfChanged = true;
+        unitConfig = { };
         description = "bento agent: local trigger on ${concatStringsSep " and " triggerAddresses}";
         wantedBy = [ "multi-user.target" ];
         wants = [ "network-online.target" ];
         after = [ "network-online.target" ];
         serviceConfig = hardening // {
           Type = "simple";
-          # /etc/bento/agent.json, not the store file: a switch does not
-          # restart this server, and each tick it runs reads the file
-          # anew, so triggered ticks follow the current configuration.
+          # /etc/bento/agent.json, not the store file: a change of the
+          # configuration alone does not restart this server, and each
+          # tick it runs reads the file anew.
           ExecStart = execLine (
             [
               bento
