@@ -18,6 +18,7 @@ const (
 	lastReportFile = "last-report.json"
 	lockFile       = "lock"
 	treesDir       = "config"
+	objectsDir     = "objects"
 	queueDir       = "queue"
 	logsDir        = "logs"
 )
