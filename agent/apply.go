@@ -129,6 +129,10 @@ func (t *tick) stageTree(ctx context.Context, st *State, m *manifest.Manifest, r
 	if err := t.store.Prune(m.Version, st.AppliedVersion); err != nil {
 		log.Printf("warning: removing old trees: %v", err)
 	}
+	// The store keeps what the trees kept need, nothing else.
+	if err := t.store.GC(m, st.AppliedVersion); err != nil {
+		log.Printf("warning: %v", err)
+	}
 	return nil
 }
 

@@ -260,6 +260,11 @@ func distinct(m *manifest.Manifest) ([]manifest.File, error) {
 		if err := manifest.ValidatePath(file.Path); err != nil {
 			return nil, fmt.Errorf("manifest: %w", err)
 		}
+		// The sum becomes a file name in the store: 64 lowercase hex
+		// digits and nothing else (Parse checks it too).
+		if b, err := hex.DecodeString(file.SHA256); err != nil || len(b) != sha256.Size || strings.ToLower(file.SHA256) != file.SHA256 {
+			return nil, fmt.Errorf("manifest: %s: sha256 must be 64 lowercase hex digits", file.Path)
+		}
 		if prev, ok := seen[file.SHA256]; ok {
 			if prev.Size != file.Size {
 				return nil, fmt.Errorf("manifest: %s and %s have the same sha256 but sizes %d and %d", prev.Path, file.Path, prev.Size, file.Size)
