@@ -211,8 +211,8 @@ func parseManifest(data []byte, host string) (*manifestInfo, error) {
 			errs = append(errs, fmt.Sprintf("%s is %s, not a string", key, gjsonKind(v)))
 		}
 	}
-	if f := res.Get("format"); f.Type != gjson.Number || f.Num != manifest.Format {
-		return nil, fmt.Errorf("manifest.json: format %s is not %d: this bento is older or newer than the one that published it", f.Raw, manifest.Format)
+	if f := res.Get("format"); f.Type != gjson.Number || f.Num < manifest.MinManifestFormat || f.Num > manifest.ManifestFormat || f.Num != float64(int(f.Num)) {
+		return nil, fmt.Errorf("manifest.json: format %s is not one this bento reads (%d to %d): it is older or newer than the one that published it", f.Raw, manifest.MinManifestFormat, manifest.ManifestFormat)
 	}
 	str("host", &m.host)
 	str("version", &m.version)
