@@ -467,7 +467,7 @@ in
       maxDelay = mkOption {
         type = span;
         default = "6h";
-        description = "The wait between retries of a failing version doubles up to this (a time span, at most 30d; not below initialDelay).";
+        description = "The wait between retries of a failing version doubles up to this (a time span, at most 30d; not below initialDelay; 0 for no cap).";
       };
     };
 
@@ -601,7 +601,8 @@ in
           message = "services.bento.selfUpdate of host `${cfg.host}' needs services.bento.mode = \"build\": a host in fetch mode evaluates nothing, so it cannot update its inputs. Set selfUpdate = false or mode = \"build\".";
         }
         {
-          assertion = spanSeconds cfg.retry.initialDelay <= spanSeconds cfg.retry.maxDelay;
+          # maxDelay 0 is no cap, for the agent too.
+          assertion = spanSeconds cfg.retry.maxDelay == 0 || spanSeconds cfg.retry.initialDelay <= spanSeconds cfg.retry.maxDelay;
           message = "services.bento.retry.initialDelay (${cfg.retry.initialDelay}) of host `${cfg.host}' is longer than services.bento.retry.maxDelay (${cfg.retry.maxDelay}): the wait grows from initialDelay up to maxDelay.";
         }
         {

@@ -65,6 +65,7 @@ func clientExamples() []clientExample {
 		{name: "dotted host", defs: `services.openssh.enable = true; networking.hostName = "pi";
 		  services.bento = { host = "pi.home"; enable = true; server = "s"; serverHostKey = %[1]s; %[2]s };`},
 		{name: "self-update in build mode", defs: base(`selfUpdate = true; confirmTimeout = "2min";`)},
+		{name: "retry without a cap", defs: base(`retry = { initialDelay = "1h"; maxDelay = "0"; };`)},
 		{name: "reboot window just before midnight", defs: base(`reboot = { policy = "window"; window = "23:00-23:59"; };`)},
 
 		{name: "self-update in fetch mode", defs: base(`mode = "fetch"; selfUpdate = true;`),
