@@ -35,19 +35,23 @@
       # pkgs.callPackage. A system this flake does not build keeps that too.
       nixosModules =
         let
+          # The key makes the module system apply each once, however many
+          # of client, server and default a configuration imports (two
+          # equal definitions of a package option would conflict).
           flakePackage =
-            set:
+            name: set:
             { lib, pkgs, ... }:
             let
               system = pkgs.stdenv.hostPlatform.system;
             in
             {
+              key = "bento-flake-package-${name}";
               config = lib.mkIf (self.packages ? ${system}) (
                 set (lib.mkDefault self.packages.${system}.bento)
               );
             };
-          client = flakePackage (p: { services.bento.package = p; });
-          server = flakePackage (p: { services.bento-server.package = p; });
+          client = flakePackage "client" (p: { services.bento.package = p; });
+          server = flakePackage "server" (p: { services.bento-server.package = p; });
         in
         {
           # services.bento: the agent on every host of the fleet.

@@ -50,8 +50,9 @@ let
   # "2 days"; Go's "1h30m" is one too. A unit-less number is seconds, and
   # may only come last ("1min 30"). The agent parses the same spellings
   # (internal/timespan), so what passes here reaches it unchanged.
-  spanUnits = "usec|us|nsec|ns|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y";
-  spanNumber = "[0-9]+([.][0-9]+)?";
+  spanUnits = "usec|us|µs|μs|nsec|ns|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y";
+  # What strconv.ParseFloat reads of digits and one dot: "1", "1.5", ".5", "1.".
+  spanNumber = "([0-9]+[.]?[0-9]*|[.][0-9]+)";
   spanPattern = "[ ]*(((${spanNumber})[ ]*(${spanUnits})[ ]*)+(${spanNumber}[ ]*)?|${spanNumber}[ ]*)";
   span = types.strMatching spanPattern // {
     description = "systemd time span such as \"90s\", \"15min\" or \"1h 30min\"";
@@ -63,6 +64,8 @@ let
     "" = 1;
     usec = 1.0e-6;
     us = 1.0e-6;
+    "µs" = 1.0e-6;
+    "μs" = 1.0e-6;
     nsec = 1.0e-9;
     ns = 1.0e-9;
     msec = 1.0e-3;
@@ -96,13 +99,20 @@ let
   # two of them in an assertion.
   spanSeconds =
     s:
-    builtins.foldl' (
-      acc: p:
-      # "015" is not JSON: strip leading zeros before fromJSON.
-      acc
-      + builtins.fromJSON (builtins.head (builtins.match "0*([0-9].*)" (builtins.elemAt p 0)))
-        * (spanUnitSeconds.${builtins.elemAt p 2} or 1)
-    ) 0 (builtins.filter builtins.isList (builtins.split "(${spanNumber})[ ]*([a-zA-Z]*)" s));
+    let
+      # "015", ".5" and "1." are not JSON numbers: rebuild each as one.
+      number =
+        n:
+        let
+          m = builtins.match "0*([0-9]*)[.]?([0-9]*)" n;
+          whole = builtins.elemAt m 0;
+          fraction = builtins.elemAt m 1;
+        in
+        builtins.fromJSON ((if whole == "" then "0" else whole) + (if fraction == "" then "" else ".${fraction}"));
+    in
+    builtins.foldl' (acc: p: acc + number (builtins.elemAt p 0) * spanUnitSeconds.${builtins.elemAt p 2}) 0 (
+      builtins.filter builtins.isList (builtins.split "(${spanNumber})[ ]*([^0-9. ]*)" s)
+    );
 
   # systemd unit names, as nixpkgs' unitNameType: a secret's restartUnits
   # end up in bento-secrets' Before=, so a bad one is refused here, on the
@@ -457,7 +467,7 @@ in
       maxDelay = mkOption {
         type = span;
         default = "6h";
-        description = "The wait between retries of a failing version doubles up to this (a time span, at most 30d; not below initialDelay).";
+        description = "The wait between retries of a failing version doubles up to this (a time span, at most 30d; not below initialDelay; 0 for no cap).";
       };
     };
 
@@ -591,7 +601,8 @@ in
           message = "services.bento.selfUpdate of host `${cfg.host}' needs services.bento.mode = \"build\": a host in fetch mode evaluates nothing, so it cannot update its inputs. Set selfUpdate = false or mode = \"build\".";
         }
         {
-          assertion = spanSeconds cfg.retry.initialDelay <= spanSeconds cfg.retry.maxDelay;
+          # maxDelay 0 is no cap, for the agent too.
+          assertion = spanSeconds cfg.retry.maxDelay == 0 || spanSeconds cfg.retry.initialDelay <= spanSeconds cfg.retry.maxDelay;
           message = "services.bento.retry.initialDelay (${cfg.retry.initialDelay}) of host `${cfg.host}' is longer than services.bento.retry.maxDelay (${cfg.retry.maxDelay}): the wait grows from initialDelay up to maxDelay.";
         }
         {

@@ -65,6 +65,7 @@ func clientExamples() []clientExample {
 		{name: "dotted host", defs: `services.openssh.enable = true; networking.hostName = "pi";
 		  services.bento = { host = "pi.home"; enable = true; server = "s"; serverHostKey = %[1]s; %[2]s };`},
 		{name: "self-update in build mode", defs: base(`selfUpdate = true; confirmTimeout = "2min";`)},
+		{name: "retry without a cap", defs: base(`retry = { initialDelay = "1h"; maxDelay = "0"; };`)},
 		{name: "reboot window just before midnight", defs: base(`reboot = { policy = "window"; window = "23:00-23:59"; };`)},
 
 		{name: "self-update in fetch mode", defs: base(`mode = "fetch"; selfUpdate = true;`),
@@ -79,6 +80,23 @@ func clientExamples() []clientExample {
 		{name: "host key not base64", defs: strings.ReplaceAll(base(""), "%[1]s", nixString(cutKey)),
 			assertion: "services.bento.serverHostKey of host `web-1' is not a valid key: its base64 part is cut or damaged. Copy the whole line again from the server: cat /etc/ssh/ssh_host_ed25519_key.pub",
 			check:     `bento: agent configuration: serverHostKey line 1: neither a public key ("ssh-ed25519 AAAA…") nor a known_hosts line: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9jS0kq2w1pN9h0c3g4f..."`},
+		// The mistakes of TestClientAssertions that the agent sees too.
+		{name: "no server", defs: `networking.hostName = "web-1"; services.bento = { enable = true; serverHostKey = %[1]s; %[2]s };`,
+			assertion: "services.bento.server must name the bento server (host name or address).",
+			check:     "bento: agent configuration: server is not set: set services.bento.server (--server, BENTO_SERVER) to the bento server's address"},
+		{name: "no server host key", defs: `networking.hostName = "web-1"; services.bento = { enable = true; server = "bento.example.org"; port = 2200; %[2]s };`,
+			assertion: "services.bento.serverHostKey is not set. bento never trusts a server key on first use.\nRead the key on the server: cat /etc/ssh/ssh_host_ed25519_key.pub\n(or, checking its fingerprint out of band, ssh-keyscan -t ed25519 -p 2200 bento.example.org)\nand set services.bento.serverHostKey = \"ssh-ed25519 AAAA…\";\n",
+			check:     "bento: agent configuration: serverHostKey is empty: bento never trusts a server key on first use; set it to the server's /etc/ssh/ssh_host_ed25519_key.pub"},
+		{name: "server host key not a key", defs: `networking.hostName = "web-1"; services.bento = { enable = true; server = "s"; serverHostKey = "hello"; %[2]s };`,
+			assertion: "services.bento.serverHostKey must be a public key such as \"ssh-ed25519 AAAA…\" or a known_hosts line, not `hello'.",
+			check:     `bento: agent configuration: serverHostKey line 1: neither a public key ("ssh-ed25519 AAAA…") nor a known_hosts line: "hello"`},
+		// The agent has no rule for user names (the server's deploy and
+		// NixOS refuse it): the assertion is the only gate on the host.
+		{name: "user of 32 characters", defs: base(`user = "a234567890123456789012345678901b";`),
+			assertion: "services.bento.user `a234567890123456789012345678901b' of host `web-1' is not a usable user name (letters, digits, '.', '_', '-', at most 31 characters: NixOS refuses longer ones); set services.bento.user."},
+		{name: "secret name with a slash", defs: base(`secrets."../x" = { };`),
+			assertion: "services.bento.secrets.\"../x\": the name must be a plain file name and the path absolute and outside the Nix store (got `/run/bento-secrets/../x').",
+			check:     `bento: agent configuration: secrets: invalid secret name "../x": names must match ^[A-Za-z0-9_][A-Za-z0-9._-]*$ (they become file names); rename the file`},
 		// Ranges only the agent knows: the build-time check stops them.
 		{name: "confirm timeout of two days", defs: base(`confirmTimeout = "2d";`),
 			check: "bento: agent configuration: confirmTimeout 2d is out of range: it must be from 1s to 1d"},

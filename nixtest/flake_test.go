@@ -278,7 +278,7 @@ func TestFlakeModulesDefaultToTheFlakesPackage(t *testing.T) {
 	var got map[string]string
 	eval("nixosModules", `ms: let
 	  ev = m: system: (import `+evalNix+` {
-	    modules = [ m ];
+	    modules = if builtins.isList m then m else [ m ];
 	    pkgs = let p = import `+pkgsNix+`; in p // { stdenv = p.stdenv // { hostPlatform.system = system; }; };
 	  }).config.services;
 	  withoutFlake = (import `+evalNix+` { modules = [ `+nixString(filepath.Join(repoRoot(t), "modules/default.nix"))+` ]; }).config.services;
@@ -288,11 +288,13 @@ func TestFlakeModulesDefaultToTheFlakesPackage(t *testing.T) {
 	  defaultClient = (ev ms.default "x86_64-linux").bento.package.outPath;
 	  defaultServer = (ev ms.default "x86_64-linux").bento-server.package.outPath;
 	  otherSystem = (ev ms.client "riscv64-linux").bento.package.outPath;
+	  # Imported more than once: still one definition.
+	  all = (ev [ ms.client ms.server ms.default ] "x86_64-linux").bento.package.outPath;
 	  withoutFlake = withoutFlake.bento.package.outPath;
 	}`, &got)
 	flakes := "/nix/store/00000000000000000000000000000000-bento-0.1.0+dirty"
 	own := "/nix/store/00000000000000000000000000000000-bento"
-	want := map[string]string{"client": flakes, "server": flakes, "defaultClient": flakes, "defaultServer": flakes, "otherSystem": own, "withoutFlake": own}
+	want := map[string]string{"client": flakes, "server": flakes, "defaultClient": flakes, "defaultServer": flakes, "otherSystem": own, "withoutFlake": own, "all": flakes}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("packages: %v\nwant %v", got, want)
 	}

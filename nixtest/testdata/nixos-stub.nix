@@ -59,6 +59,7 @@ let
       restartIfChanged = opt types.bool true;
       stopIfChanged = opt types.bool true;
       script = opt types.lines "";
+      preStop = opt types.lines "";
       startAt = opt (types.either types.str (types.listOf types.str)) [ ];
     };
   };
