@@ -492,7 +492,11 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 			continue
 		}
 		seenSum[e.SHA256] = true
-		if have[e.SHA256] {
+		// Named by the live manifest, so in the chroot, unless hands or a
+		// damaged disk removed it: a new publication checks (one lstat)
+		// and links it again rather than publish a manifest naming a
+		// missing object.
+		if have[e.SHA256] && objectPresent(hostDir, e.SHA256) {
 			res.Linked++
 			continue
 		}
@@ -647,6 +651,13 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 		}
 		p.opts.Hook(StepCollected, "")
 	}
+}
+
+// objectPresent tells whether the chroot at hostDir holds the object sum
+// as a regular file.
+func objectPresent(hostDir, sum string) bool {
+	fi, err := os.Lstat(filepath.Join(hostDir, filepath.FromSlash(manifest.ObjectPath(sum))))
+	return err == nil && fi.Mode().IsRegular()
 }
 
 // discardPool removes the temporary copies that were never renamed (their
