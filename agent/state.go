@@ -21,6 +21,7 @@ const (
 	deliveredFile = "delivered-report"
 	lockFile      = "lock"
 	treesDir      = "config"
+	objectsDir    = "objects"
 	queueDir      = "queue"
 	logsDir       = "logs"
 )

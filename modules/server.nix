@@ -104,6 +104,10 @@ let
       cfg.flake
       "--chroot-root"
       root
+      "--reports-max-bytes"
+      (toString cfg.reports.maxBytes)
+      "--reports-max-files"
+      (toString cfg.reports.maxFiles)
     ]
     ++ cfg.deploy.extraArgs
   );
@@ -117,8 +121,8 @@ in
     package = mkOption {
       type = types.package;
       default = pkgs.callPackage ../nix/package.nix { };
-      defaultText = literalExpression "pkgs.callPackage (bento + \"/nix/package.nix\") { }";
-      description = "The bento package (for the deploy timer and for `bento` on the server's PATH).";
+      defaultText = literalExpression "bento.packages.\${system}.bento (through the flake), else pkgs.callPackage (bento + \"/nix/package.nix\") { }";
+      description = "The bento package (for the deploy timer and for `bento` on the server's PATH): through the flake's `nixosModules`, the flake's own build; imported as a file, one built with this host's nixpkgs (which needs Go 1.26).";
     };
 
     chrootRoot = mkOption {
@@ -158,6 +162,48 @@ in
         (10:30:100) is too low for a large fleet polling after an outage.
         null leaves sshd's setting alone.
       '';
+    };
+
+    reports = {
+      maxBytes = mkOption {
+        type = types.ints.positive;
+        default = 64 * 1024 * 1024;
+        defaultText = literalExpression "64 * 1024 * 1024";
+        description = ''
+          Bytes one host may keep in its `reports/` (the sum of its files'
+          sizes). `bento deploy`, `bento status` and `bento logs` enforce it
+          whenever they read reports: they remove the host's oldest logs
+          beyond it, and show a host still over it as `unreadable: reports
+          over limit`. The module passes it to the deploy timer and, through
+          `BENTO_REPORTS_MAX_BYTES`, to `bento` run from a login shell. The
+          agent's own logs stay far below it (`logsKept` × `logMaxBytes`,
+          20 × 1 MiB by default). This bounds what the server keeps, not what
+          a host can write between two reads: see
+          {option}`services.bento-server.reports.tmpfs`.
+        '';
+      };
+
+      maxFiles = mkOption {
+        type = types.ints.positive;
+        default = 500;
+        description = ''
+          Files (and directories) one host may keep in its `reports/`,
+          enforced like {option}`services.bento-server.reports.maxBytes`
+          (`BENTO_REPORTS_MAX_FILES`).
+        '';
+      };
+
+      tmpfs = mkEnableOption ''
+        a tmpfs of its own for each host's `reports/`, of
+        {option}`services.bento-server.reports.maxBytes` bytes and
+        {option}`services.bento-server.reports.maxFiles` files, mounted
+        `nosuid,nodev,noexec`: the kernel refuses a host's write beyond the
+        limits the moment it happens, and no host can fill the filesystem
+        holding the chroots and the cache. Reports then live in memory (and
+        swap): a reboot of the server empties them until each host reports
+        again (one poll interval; old logs are gone), and the worst case is
+        every host full, hosts × maxBytes of memory. See docs/security.md for
+        disk quotas instead'';
     };
 
     flake = mkOption {
@@ -253,6 +299,14 @@ in
 
       environment.systemPackages = [ cfg.package ];
 
+      # bento status and logs, run by an admin, enforce the same limits as
+      # the deploy timer.
+      environment.variables = {
+        BENTO_REPORTS_MAX_BYTES = toString cfg.reports.maxBytes;
+        BENTO_REPORTS_MAX_FILES = toString cfg.reports.maxFiles;
+        BENTO_HOST_GROUP = cfg.group;
+      };
+
       users.groups.${cfg.group} = { };
 
       users.users = mapAttrs' (
@@ -287,6 +341,27 @@ in
       };
     }
 
+    (mkIf cfg.reports.tmpfs {
+      # The mount point is created by systemd; systemd-tmpfiles (after
+      # local-fs.target) then gives the mounted directory to the host's user.
+      fileSystems = mapAttrs' (
+        name: h:
+        nameValuePair "${root}/${name}/reports" {
+          device = "tmpfs";
+          fsType = "tmpfs";
+          options = [
+            "size=${toString cfg.reports.maxBytes}"
+            # The mount's own directory is an inode too.
+            "nr_inodes=${toString (cfg.reports.maxFiles + 1)}"
+            "mode=0755"
+            "nosuid"
+            "nodev"
+            "noexec"
+          ];
+        }
+      ) cfg.hosts;
+    })
+
     (mkIf cfg.deploy.enable {
       assertions = [
         {
@@ -310,6 +385,8 @@ in
         ];
         environment = {
           HOME = "/root";
+          # bento deploy refuses a host whose user is outside this group.
+          BENTO_HOST_GROUP = cfg.group;
         }
         // config.networking.proxy.envVars;
         serviceConfig = {

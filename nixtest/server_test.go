@@ -129,7 +129,7 @@ func TestServerModule(t *testing.T) {
 	// The deploy timer.
 	svc := r.Services["bento-deploy"]
 	argv := splitExec(t, svc.ServiceConfig["ExecStart"].(string))
-	if !strings.HasSuffix(argv[0], "-bento/bin/bento") || !reflect.DeepEqual(argv[1:], []string{"deploy", "--flake", "/srv/fleet", "--chroot-root", "/home/chroot", "--keep-going"}) {
+	if !strings.HasSuffix(argv[0], "-bento/bin/bento") || !reflect.DeepEqual(argv[1:], []string{"deploy", "--flake", "/srv/fleet", "--chroot-root", "/home/chroot", "--reports-max-bytes", "67108864", "--reports-max-files", "500", "--keep-going"}) {
 		t.Errorf("bento-deploy ExecStart = %q", argv)
 	}
 	if svc.ServiceConfig["TimeoutStartSec"] != "4h" {

@@ -32,6 +32,8 @@ func decide(in hostInput) Row {
 	if in.build != nil {
 		r.ServerBuilt = in.build.OutPath
 	}
+	r.ReportsBytes, r.ReportsFiles = in.reports.Bytes, in.reports.Files
+	r.ReportsOverLimit = in.reports.Exceeded()
 	if rep := in.report; rep != nil {
 		r.SeenVersion = rep.SeenVersion
 		r.AppliedVersion = rep.AppliedVersion
@@ -95,8 +97,12 @@ func judge(in hostInput, r *Row) (State, string) {
 		return Disabled, leftover("services.bento.enable = false", in.chroot)
 	case in.manifestErr != nil:
 		return Unreadable, "unreadable manifest: " + in.manifestErr.Error()
+	case r.ReportsOverLimit:
+		return Unreadable, ReportsOverLimit + ": " + in.reports.Describe()
 	case in.reportErr != nil:
 		return Unreadable, "unreadable report: " + in.reportErr.Error()
+	case in.reportsErr != nil:
+		return Unreadable, "unreadable reports: " + in.reportsErr.Error()
 	case r.InvalidSystem:
 		return Unreadable, "unreadable report: " + InvalidSystem
 	case m == nil:
@@ -138,6 +144,11 @@ func judge(in hostInput, r *Row) (State, string) {
 	// Separate facts are separated by "; " (": " introduces a cause).
 	if len(rep.SecretErrors) > 0 {
 		msg = joinFacts(msg, secretsMessage(rep.SecretErrors))
+	}
+	if applied && rep.Error != "" && (state == UpToDate || state == RebootRequired || state == Drift) {
+		// A host that runs its publication can still be in trouble (a
+		// full disk, damaged state files): say what it reported.
+		msg = joinFacts(msg, oneLine(shortError(rep.Error)))
 	}
 	if applied && rep.BytesFetched > 0 && (state == UpToDate || state == RebootRequired) {
 		msg = joinFacts(msg, "last update fetched "+humanBytes(rep.BytesFetched))

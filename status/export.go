@@ -96,6 +96,14 @@ func WritePrometheus(w io.Writer, s *Snapshot) error {
 	for _, r := range s.Hosts {
 		value("bento_host_invalid_system", b(r.InvalidSystem), "host", r.Host)
 	}
+	gauge("bento_host_reports_over_limit", "1 when the host's reports/ was over its limits (bytes or files) when read: broken or hostile.")
+	for _, r := range s.Hosts {
+		value("bento_host_reports_over_limit", b(r.ReportsOverLimit), "host", r.Host)
+	}
+	gauge("bento_host_reports_bytes", "Bytes the host keeps in its reports/ (a lower bound when over the limit on files).")
+	for _, r := range s.Hosts {
+		value("bento_host_reports_bytes", float64(r.ReportsBytes), "host", r.Host)
+	}
 	gauge("bento_host_last_seen_timestamp_seconds", "When the host finished its last report (by its clock); absent when it never reported.")
 	for _, r := range s.Hosts {
 		if r.LastSeen != nil {

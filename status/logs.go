@@ -51,14 +51,32 @@ func openChroot(root, host string) (*os.Root, error) {
 	return r, nil
 }
 
-// Logs lists a host's logs, oldest first.
-func Logs(root, host string) ([]LogFile, error) {
+// Logs lists a host's logs, oldest first, after enforcing limits on its
+// reports/ (as bento status does).
+func Logs(root, host string, limits ReportLimits) ([]LogFile, error) {
 	r, err := openChroot(root, host)
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
+	if err := checkLimits(r, host, limits); err != nil {
+		return nil, err
+	}
 	return listLogs(r, host)
+}
+
+// checkLimits enforces the limits on a host's reports/ before its logs are
+// read: the oldest logs beyond them are removed, and a reports/ still over
+// them is not read at all.
+func checkLimits(r *os.Root, host string, limits ReportLimits) error {
+	_, err := enforceReports(r, limits, false)
+	switch {
+	case errors.Is(err, ErrReportsOverLimit):
+		return fmt.Errorf("host %s: %w (--reports-max-bytes and --reports-max-files raise the limits)", host, err)
+	case err != nil:
+		return fmt.Errorf("host %s: %w", host, err)
+	}
+	return nil
 }
 
 func listLogs(r *os.Root, host string) ([]LogFile, error) {
@@ -148,12 +166,15 @@ var ErrLogTooBig = errors.New("over the limit of decompressed output")
 // OpenLog opens a host's log (the latest when name is empty), decompressed
 // when it is gzipped. Reading more than max bytes from it fails with
 // ErrLogTooBig.
-func OpenLog(root, host, name string, max int64) (io.ReadCloser, LogFile, error) {
+func OpenLog(root, host, name string, max int64, limits ReportLimits) (io.ReadCloser, LogFile, error) {
 	r, err := openChroot(root, host)
 	if err != nil {
 		return nil, LogFile{}, err
 	}
 	defer r.Close()
+	if err := checkLimits(r, host, limits); err != nil {
+		return nil, LogFile{}, err
+	}
 	logs, err := listLogs(r, host)
 	if err != nil {
 		return nil, LogFile{}, err
@@ -240,7 +261,7 @@ type readCloser struct {
 // then what is added to it; without a name it moves on to each newer log
 // the host uploads, under a "==> name <==" header. It returns nil when ctx
 // is done. Gzipped logs are printed whole when they appear.
-func FollowLog(ctx context.Context, root, host, name string, w io.Writer, every time.Duration, max int64) error {
+func FollowLog(ctx context.Context, root, host, name string, w io.Writer, every time.Duration, max int64, limits ReportLimits) error {
 	r, err := openChroot(root, host)
 	if err != nil {
 		return err
@@ -259,6 +280,9 @@ func FollowLog(ctx context.Context, root, host, name string, w io.Writer, every 
 			if st, err := os.Lstat(p); err == nil && st.IsDir() && !slices.Contains(watcher.WatchList(), p) {
 				watcher.Add(p)
 			}
+		}
+		if err := checkLimits(r, host, limits); err != nil {
+			return err
 		}
 		logs, err := listLogs(r, host)
 		if errors.Is(err, ErrNoLogs) {

@@ -50,7 +50,7 @@ func logChroot(t *testing.T) chroot {
 
 func readLog(t *testing.T, root, host, name string) (string, LogFile, error) {
 	t.Helper()
-	rc, l, err := OpenLog(root, host, name, DefaultMaxLogBytes)
+	rc, l, err := OpenLog(root, host, name, DefaultMaxLogBytes, ReportLimits{})
 	if err != nil {
 		return "", l, err
 	}
@@ -61,7 +61,7 @@ func readLog(t *testing.T, root, host, name string) (string, LogFile, error) {
 
 func TestLogs(t *testing.T) {
 	c := logChroot(t)
-	logs, err := Logs(c.root, "alpha")
+	logs, err := Logs(c.root, "alpha", ReportLimits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,9 @@ func TestFollowLog(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- FollowLog(ctx, c.root, "alpha", "", &out, time.Hour, DefaultMaxLogBytes) }()
+	go func() {
+		done <- FollowLog(ctx, c.root, "alpha", "", &out, time.Hour, DefaultMaxLogBytes, ReportLimits{})
+	}()
 	wait := func(want string) {
 		t.Helper()
 		deadline := time.Now().Add(waitFor)

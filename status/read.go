@@ -49,11 +49,16 @@ type hostInput struct {
 	now        time.Time
 	staleAfter time.Duration
 	storeDir   string
+
+	// reports is what reports/ held against its limits; reportsErr is
+	// set when it could not be measured.
+	reports    ReportsUsage
+	reportsErr error
 }
 
 // readHost reads a host's manifest and report. Every failure is kept in the
 // input, with its reason, for the row: one broken host never hides the others.
-func readHost(root, name string) hostInput {
+func readHost(root, name string, limits ReportLimits) hostInput {
 	in := hostInput{name: name}
 	dir := hostDir(root, name)
 	// The reports directory belongs to the host, which may be hostile: an
@@ -77,6 +82,21 @@ func readHost(root, name string) hostInput {
 		in.chroot = true
 		in.manifestErr = err
 	}
+
+	// Limits first: a host over them gets its oldest logs removed, and
+	// nothing of its reports/ is read this time.
+	in.reports, err = enforceReports(r, limits, false)
+	if err != nil && !errors.Is(err, ErrReportsOverLimit) {
+		in.reportsErr = err
+	}
+	if in.reports.Files > 0 || in.reportsErr != nil {
+		in.chroot = true
+	}
+	if in.reports.Exceeded() {
+		return in
+	}
+	// Unmeasured (permission denied, say), status.json is still read: its
+	// own cap bounds it, and its error says more than the walk's.
 
 	data, err = readCapped(r, manifest.StatusFile, MaxReportSize)
 	switch {
@@ -191,8 +211,8 @@ func parseManifest(data []byte, host string) (*manifestInfo, error) {
 			errs = append(errs, fmt.Sprintf("%s is %s, not a string", key, gjsonKind(v)))
 		}
 	}
-	if f := res.Get("format"); f.Type != gjson.Number || f.Num != manifest.Format {
-		return nil, fmt.Errorf("manifest.json: format %s is not %d: this bento is older or newer than the one that published it", f.Raw, manifest.Format)
+	if f := res.Get("format"); f.Type != gjson.Number || f.Num < manifest.MinManifestFormat || f.Num > manifest.ManifestFormat || f.Num != float64(int(f.Num)) {
+		return nil, fmt.Errorf("manifest.json: format %s is not one this bento reads (%d to %d): it is older or newer than the one that published it", f.Raw, manifest.MinManifestFormat, manifest.ManifestFormat)
 	}
 	str("host", &m.host)
 	str("version", &m.version)

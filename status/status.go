@@ -143,6 +143,10 @@ type Options struct {
 	// StoreDir is Nix's store directory (StoreDir asks Nix): a reported
 	// system anywhere else is an invalid report. Empty checks the shape.
 	StoreDir string
+	// ReportLimits bound each host's reports/; zero fields are the
+	// defaults. Collect enforces them: it removes the oldest logs of a
+	// host over them.
+	ReportLimits ReportLimits
 }
 
 // Row is one host's status. Its JSON field names are bento's documented
@@ -176,6 +180,14 @@ type Row struct {
 	// store path under Nix's store directory as its system (System is
 	// then empty): a broken or hostile host.
 	InvalidSystem bool `json:"invalidSystem,omitempty"`
+	// ReportsOverLimit is set when the host's reports/ was over its
+	// limits (bytes or files) when read: its report was not read, and its
+	// oldest logs were removed as far as that helps (the message says).
+	ReportsOverLimit bool `json:"reportsOverLimit,omitempty"`
+	// ReportsBytes and ReportsFiles are what reports/ held when read
+	// (before removals); lower bounds when the walk stopped at its budget.
+	ReportsBytes int64 `json:"reportsBytes"`
+	ReportsFiles int   `json:"reportsFiles"`
 	// SystemMatch is System == the expected system, once the host applied
 	// the published version; null before, or when a side is unknown.
 	SystemMatch     *bool      `json:"systemMatch"`
@@ -255,7 +267,7 @@ func Collect(ctx context.Context, o Options) (*Snapshot, error) {
 			if err := gctx.Err(); err != nil {
 				return err
 			}
-			in := readHost(o.Root, c.name)
+			in := readHost(o.Root, c.name, o.ReportLimits)
 			// A directory in the root that holds neither a manifest nor
 			// reports, and is no host of the flake, is not a chroot.
 			if c.fleetHost == nil && !c.evalFailed && !in.chroot {

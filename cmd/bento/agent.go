@@ -187,6 +187,9 @@ func agentCommand() *cli.Command {
 						},
 						MaxClients: c.Int("max-clients"),
 						Log:        log,
+						// Each tick is a process of its own
+						// (runTickProcess): a restart need not wait.
+						Detached: true,
 					}
 					return srv.ServeAll(c.Context, lns)
 				},

@@ -18,9 +18,10 @@ func checkCommand() *cli.Command {
 		ArgsUsage: "[HOST|GLOB|@TAG]...",
 		Description: "Evaluates the fleet like bento hosts and checks each deployed host: it evaluates,\n" +
 			"its services.bento.host is its nixosConfigurations name (else its agent refuses every\n" +
-			"publication), and its SFTP user is a name NixOS can create. Prints one line per problem\n" +
-			"with the fix; exits 1 when any host has one.",
-		Flags:  fleetFlags()[:len(fleetFlags())-1], // always goes on: it reports every host
+			"publication), and its SFTP user is a name NixOS can create, not root, no other deployed\n" +
+			"host's, and (when --host-group exists on this machine) a member of it. Prints one line per\n" +
+			"problem with the fix; exits 1 when any host has one.",
+		Flags:  append(fleetFlags()[:len(fleetFlags())-1], hostGroupFlag()), // always goes on: it reports every host
 		Action: runCheck,
 	}
 }
@@ -33,12 +34,12 @@ func runCheck(c *cli.Context) error {
 		return usageError("--eval-jobs must be at least 1")
 	}
 	ref, _ := flakeRef(c)
-	f, err := eval.Discover(c.Context, nixRunner(c), eval.Options{
-		Ref:       ref,
-		Jobs:      c.Int("eval-jobs"),
-		ChunkSize: c.Int("eval-chunk"),
-		KeepGoing: true,
-	})
+	evalOpts, err := evalOptions(c)
+	if err != nil {
+		return err
+	}
+	evalOpts.Ref, evalOpts.KeepGoing = ref, true
+	f, err := eval.Discover(c.Context, nixRunner(c), evalOpts)
 	var herrs eval.HostErrors
 	if err != nil && (f == nil || !errors.As(err, &herrs)) {
 		return failed(err)
@@ -72,9 +73,16 @@ func runCheck(c *cli.Context) error {
 			problems++
 		}
 	}
+	bad, err := checkUsers(f.Hosts, hosts, c.String("host-group"), systemAccounts{})
+	if err != nil {
+		return failed(err)
+	}
 	for _, h := range deployed(hosts) {
 		if err := h.ValidateUser(); err != nil {
 			fmt.Fprintf(c.App.ErrWriter, "bento: host %s: %v\n", h.Name, err)
+			problems++
+		} else if err := bad[h.Name]; err != nil {
+			fmt.Fprintf(c.App.ErrWriter, "bento: %v\n", err)
 			problems++
 		}
 	}

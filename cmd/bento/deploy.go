@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/publish"
+	"github.com/bento-nix/bento/status"
 )
 
 // DefaultChrootRoot is where the SFTP chroots live on a server.
@@ -37,8 +39,10 @@ func deployCommand() *cli.Command {
 			"are not written at all; changed files are copied, the others hard-linked; manifest.json is\n" +
 			"replaced atomically, so a host never sees half a publication. A host whose build failed keeps\n" +
 			"its previous publication (unless --force). Chroots of hosts no longer in the fleet are listed;\n" +
-			"--prune removes them. One deploy at a time per chroot root. Exits 1 when any host failed.",
-		Flags: append(append(append(fleetFlags(), buildFlags()...), cacheFlags()...),
+			"--prune removes them. One deploy at a time per chroot root. A host whose services.bento.user\n" +
+			"is root, another deployed host's, or (when --host-group exists) outside that group is refused.\n" +
+			"Exits 1 when any host failed.",
+		Flags: append(append(append(append(fleetFlags(), buildFlags()...), cacheFlags()...),
 			chrootRootFlag(),
 			secretsDirFlag(),
 			&cli.BoolFlag{Name: "no-build", Usage: "publish without building (the manifests then name no expected system)"},
@@ -48,7 +52,8 @@ func deployCommand() *cli.Command {
 			&cli.BoolFlag{Name: "prune-reports", Usage: "with --prune, remove their reports/ too"},
 			&cli.BoolFlag{Name: "no-user-check", Usage: "do not require each host's SFTP user to exist (reports/ then stays owned by the deploying user)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the results as JSON for scripts"},
-		),
+			hostGroupFlag(),
+		), reportsLimitFlags()...),
 		Action: runDeploy,
 	}
 }
@@ -59,6 +64,10 @@ func runDeploy(c *cli.Context) error {
 	}
 	if c.Duration("lock-wait") < 0 {
 		return usageError("--lock-wait must not be negative")
+	}
+	limits, err := reportLimits(c)
+	if err != nil {
+		return err
 	}
 	dryRun, noBuild := c.Bool("dry-run"), c.Bool("no-build")
 	var bopts builder.Options
@@ -123,6 +132,32 @@ func runDeploy(c *cli.Context) error {
 	if len(hosts) == 0 {
 		return usageError("nothing to deploy: no selected host is deployed by bento (set services.bento.enable = true on the hosts to deploy)")
 	}
+	// Before building: a host whose SFTP user would reach more than its
+	// own chroot is refused (its previous publication stays), the others
+	// go on. Without user checks, only the names are judged.
+	var accounts accountDB = systemAccounts{}
+	group := c.String("host-group")
+	if !users {
+		accounts, group = noAccounts{}, ""
+	}
+	bad, err := checkUsers(f.Hosts, hosts, group, accounts)
+	if err != nil {
+		return failed(err)
+	}
+	var refused []deployRow
+	for _, e := range sortedErrors(bad) {
+		fmt.Fprintln(ew, "bento:", e)
+	}
+	hosts = slices.DeleteFunc(hosts, func(h fleet.Host) bool {
+		if err := bad[h.Name]; err != nil {
+			refused = append(refused, deployRow{Result: publish.Result{Host: h.Name, Status: publish.StatusFailed, Err: err}})
+			return true
+		}
+		return false
+	})
+	if len(hosts) == 0 {
+		return failed(fmt.Errorf("nothing deployed: every selected host's services.bento.user is refused (see above)"))
+	}
 
 	builds := map[string]builder.Result{}
 	var buildResults []builder.Result
@@ -147,8 +182,10 @@ func runDeploy(c *cli.Context) error {
 	for j, r := range pub.Publish(c.Context, targets) {
 		rows[targetRow[j]].Result = r
 	}
+	rows = append(rows, refused...)
 
 	report := deployReport{Root: pub.Root(), DryRun: dryRun, Hosts: rows, Skipped: skipped, Warnings: secretWarnings}
+	report.Warnings = append(report.Warnings, enforceReportLimits(pub.Root(), hosts, limits, dryRun)...)
 	report.Notes = hostNotes(rows)
 	if evalFailed {
 		// The list of hosts is incomplete: a host that did not evaluate
@@ -194,6 +231,27 @@ func runDeploy(c *cli.Context) error {
 		return failed(errors.New("some hosts could not be evaluated and were not deployed (see above)"))
 	}
 	return nil
+}
+
+// enforceReportLimits applies the limits on reports/ to each deployed host
+// (removing the oldest logs beyond them, unless dryRun). A host over them is
+// a warning, never a failure: the other hosts' publications stand, and its
+// own publication does not depend on what it uploads.
+func enforceReportLimits(root string, hosts []fleet.Host, l status.ReportLimits, dryRun bool) []string {
+	var ws []string
+	for _, h := range hosts {
+		u, err := status.EnforceReportLimits(root, h.Name, l, dryRun)
+		var ue *status.UsageError
+		switch {
+		case errors.As(err, &ue):
+			// No chroot yet: a dry run of a new host.
+		case err != nil:
+			ws = append(ws, err.Error()+" (bento status shows it as unreadable until the host stays within them)")
+		case u.Exceeded():
+			ws = append(ws, fmt.Sprintf("host %s: %s: %s", h.Name, status.ReportsOverLimit, u.Describe()))
+		}
+	}
+	return ws
 }
 
 // planTargets turns the built hosts into publish targets. A host whose

@@ -76,10 +76,14 @@ func parseDeploy(t *testing.T, stdout string) deployJSON {
 	return out
 }
 
+// testUsers are unprivileged users every Debian system has: deploy refuses
+// two hosts with one user, so each host gets its own (the first nobody).
+var testUsers = []string{"nobody", "daemon", "bin", "sys", "games", "man", "lp", "mail"}
+
 func hostsOf(hosts ...string) []fixture.Host {
 	var out []fixture.Host
-	for _, h := range hosts {
-		out = append(out, fixture.Host{Name: h, Bento: &fixture.Bento{Enable: true, User: "nobody"}})
+	for i, h := range hosts {
+		out = append(out, fixture.Host{Name: h, Bento: &fixture.Bento{Enable: true, User: testUsers[i]}})
 	}
 	return out
 }

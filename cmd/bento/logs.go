@@ -23,15 +23,16 @@ func logsCommand() *cli.Command {
 			"when that is unique. --follow keeps printing what is added, and each newer log.\n" +
 			"Control characters and escape sequences are removed (on a terminal, colours are\n" +
 			"kept); --raw prints the bytes as the host uploaded them. At most --max-bytes of a\n" +
-			"log are printed, decompressed.",
-		Flags: []cli.Flag{
+			"log are printed, decompressed. A host whose reports/ is over --reports-max-bytes or\n" +
+			"--reports-max-files has its oldest logs removed first; beyond that, nothing is read.",
+		Flags: append([]cli.Flag{
 			chrootRootFlag(),
 			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing what the host adds, until Ctrl-C"},
 			&cli.BoolFlag{Name: "list", Aliases: []string{"l"}, Usage: "list the host's logs instead"},
 			&cli.BoolFlag{Name: "raw", Usage: "print the log as the host uploaded it (decompressed), control sequences and all: only into a file or a pager that filters them, never to a terminal"},
 			&cli.Int64Flag{Name: "max-bytes", Value: status.DefaultMaxLogBytes, Usage: "print at most this many bytes of a log, decompressed (a small gzip file may inflate to gigabytes)"},
 			&cli.DurationFlag{Name: "every", Value: time.Second, Usage: "with --follow: look for new output at least this often", Hidden: true},
-		},
+		}, reportsLimitFlags()...),
 		Action: runLogs,
 	}
 }
@@ -47,6 +48,10 @@ func runLogs(c *cli.Context) error {
 	if c.Int64("max-bytes") <= 0 {
 		return usageError("--max-bytes must be positive")
 	}
+	limits, err := reportLimits(c)
+	if err != nil {
+		return err
+	}
 	host, name := args[0], ""
 	if len(args) == 2 {
 		name = args[1]
@@ -61,7 +66,7 @@ func runLogs(c *cli.Context) error {
 	max := c.Int64("max-bytes")
 	switch {
 	case c.Bool("list"):
-		logs, err := status.Logs(root, host)
+		logs, err := status.Logs(root, host, limits)
 		if err != nil {
 			return logsError(err)
 		}
@@ -76,9 +81,9 @@ func runLogs(c *cli.Context) error {
 		}
 		return tw.Flush()
 	case c.Bool("follow"):
-		return logsError(status.FollowLog(c.Context, root, host, name, w, c.Duration("every"), max))
+		return logsError(status.FollowLog(c.Context, root, host, name, w, c.Duration("every"), max, limits))
 	}
-	rc, l, err := status.OpenLog(root, host, name, max)
+	rc, l, err := status.OpenLog(root, host, name, max, limits)
 	if err != nil {
 		return logsError(err)
 	}

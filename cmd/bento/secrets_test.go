@@ -73,7 +73,7 @@ func TestDeploySecrets(t *testing.T) {
 	requireRootCLI(t)
 	hosts := []fixture.Host{
 		{Name: "alpha", Bento: &fixture.Bento{Enable: true, User: "nobody", Secrets: []string{"db", "missing"}}},
-		{Name: "beta", Bento: &fixture.Bento{Enable: true, User: "nobody"}},
+		{Name: "beta", Bento: &fixture.Bento{Enable: true, User: "daemon"}},
 	}
 	base := t.TempDir()
 	e := deployEnv{fleet: filepath.Join(base, "fleet"), root: filepath.Join(base, "chroot"), state: filepath.Join(base, "state")}

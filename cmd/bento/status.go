@@ -33,7 +33,9 @@ never from file times:
   stale               no report for longer than --stale-after
   never-seen          published, but the host never reported
   unpublished         bento deploys the host, nothing is published yet
-  unreadable          its report or manifest cannot be read (the reason is shown)
+  unreadable          its report or manifest cannot be read (the reason is shown),
+                      or its reports/ is over --reports-max-bytes/--reports-max-files
+                      ("reports over limit": its oldest logs are removed)
   removed-from-flake  a chroot is left for a host the flake no longer has
   disabled            services.bento.enable = false
   not-managed         the host does not import the bento module
@@ -55,7 +57,7 @@ func statusCommand() *cli.Command {
 		Usage:       "show, for every host, whether it runs what was published",
 		ArgsUsage:   "[HOST|GLOB|@TAG]...",
 		Description: statusDescription,
-		Flags: append(fleetFlags(),
+		Flags: append(append(fleetFlags(),
 			chrootRootFlag(),
 			statusStateDirFlag(),
 			&cli.BoolFlag{Name: "no-eval", Usage: "do not evaluate the flake: show what the chroot root holds"},
@@ -66,7 +68,7 @@ func statusCommand() *cli.Command {
 			&cli.DurationFlag{Name: "stale-after", Usage: "a host silent for longer is stale (default: 3 of its poll intervals, else 45m)"},
 			&cli.StringFlag{Name: "sort", Value: "state", Usage: "row order: state (most urgent first), name, seen (longest silent first) or published (latest first)"},
 			&cli.BoolFlag{Name: "wide", Usage: "never cut messages to the terminal's width"},
-		),
+		), reportsLimitFlags()...),
 		Action: func(c *cli.Context) error { return runStatus(c, prom) },
 	}
 }
@@ -92,6 +94,25 @@ func (p *promTarget) Set(v string) error {
 		p.set, p.file = false, ""
 	}
 	return nil
+}
+
+// reportsLimitFlags are the per-host limits on reports/ of every command
+// that reads reports (status, logs, deploy). The server module sets their
+// environment variables from services.bento-server.reports.
+func reportsLimitFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.Int64Flag{Name: "reports-max-bytes", Value: status.DefaultReportsMaxBytes, Usage: "a host may keep at most this many bytes in its reports/: beyond, its oldest logs are removed and it shows as unreadable", EnvVars: []string{"BENTO_REPORTS_MAX_BYTES"}},
+		&cli.IntFlag{Name: "reports-max-files", Value: status.DefaultReportsMaxFiles, Usage: "a host may keep at most this many files in its reports/: beyond, its oldest logs are removed and it shows as unreadable", EnvVars: []string{"BENTO_REPORTS_MAX_FILES"}},
+	}
+}
+
+// reportLimits reads the flags of reportsLimitFlags.
+func reportLimits(c *cli.Context) (status.ReportLimits, error) {
+	l := status.ReportLimits{MaxBytes: c.Int64("reports-max-bytes"), MaxFiles: c.Int("reports-max-files")}
+	if l.MaxBytes <= 0 || l.MaxFiles <= 0 {
+		return l, usageError("--reports-max-bytes and --reports-max-files must be positive (got %d and %d)", l.MaxBytes, l.MaxFiles)
+	}
+	return l, nil
 }
 
 func statusStateDirFlag() cli.Flag {
@@ -123,11 +144,16 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 	if root == "" {
 		return usageError("--chroot-root is empty: give the directory holding the hosts' chroots (default %s)", DefaultChrootRoot)
 	}
+	limits, err := reportLimits(c)
+	if err != nil {
+		return err
+	}
 	opts := status.Options{
-		Root:       root,
-		Select:     c.Args().Slice(),
-		StaleAfter: c.Duration("stale-after"),
-		Sort:       c.String("sort"),
+		Root:         root,
+		Select:       c.Args().Slice(),
+		StaleAfter:   c.Duration("stale-after"),
+		Sort:         c.String("sort"),
+		ReportLimits: limits,
 	}
 	if err := status.SortRows(nil, opts.Sort); err != nil {
 		return usageError("%w", err)
@@ -260,12 +286,12 @@ func statusFleet(c *cli.Context) (*fleet.Fleet, map[string]error, error) {
 	if c.Int("eval-jobs") < 1 {
 		return nil, nil, usageError("--eval-jobs must be at least 1")
 	}
-	f, err := eval.Discover(c.Context, nixRunner(c), eval.Options{
-		Ref:       ref,
-		Jobs:      c.Int("eval-jobs"),
-		ChunkSize: c.Int("eval-chunk"),
-		KeepGoing: true,
-	})
+	evalOpts, err := evalOptions(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	evalOpts.Ref, evalOpts.KeepGoing = ref, true
+	f, err := eval.Discover(c.Context, nixRunner(c), evalOpts)
 	var herrs eval.HostErrors
 	switch {
 	case err == nil:
