@@ -5,12 +5,17 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/bento-nix/bento/agent"
 	"github.com/bento-nix/bento/internal/e2e"
@@ -129,12 +134,13 @@ func (p *inProcess) publish2(t *testing.T) e2e.Published {
 	return pub
 }
 
-// localObjects counts the objects in the agent's store.
+// localObjects counts the objects in the agent's store (not the
+// downloads in progress).
 func localObjects(t *testing.T, stateDir string) int {
 	t.Helper()
 	n := 0
 	filepath.WalkDir(filepath.Join(stateDir, "objects"), func(p string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
+		if err == nil && !d.IsDir() && !strings.HasPrefix(d.Name(), ".") {
 			n++
 		}
 		return nil
@@ -333,4 +339,107 @@ func TestFetchModeAsksForNoTree(t *testing.T) {
 		}
 	})
 	step("no files listed", func(m *manifest.Manifest) { m.Files = nil })
+}
+
+// A tick stopped (SIGTERM, Ctrl-C: its context cancelled) while a download
+// hangs on the server returns at once, keeps every object it verified (and
+// nothing unverified), and the next tick downloads only what the store
+// lacks. The hang is a FIFO in place of an object: the SFTP server waits in
+// open() (and, being single-threaded, serves nothing else meanwhile, so how
+// many of the other objects landed first is up to the scheduler: the test
+// counts them). Nine objects are missing and the agent fetches eight at a
+// time, so the blocked ninth, last in the manifest, is asked for only once
+// one of the others is verified: at least one is kept. The stop comes once
+// the agent has begun the blocked download.
+func TestFormat2StoppedDownloadResumesWithTheRest(t *testing.T) {
+	f := storeFleet()
+	for i := 1; i <= 9; i++ {
+		f.Files[fmt.Sprintf("modules/m%d.nix", i)] = fmt.Sprintf("{ m%d = 1; }\n", i)
+	}
+	p := startInProcess(t, f)
+	p.h.Settings["retry"] = map[string]any{"initialDelay": "1ms", "maxDelay": "1ms"}
+	p.publish2(t)
+	p.mustRun(t)
+	before := localObjects(t, p.h.StateDir)
+
+	for i := 1; i <= 9; i++ {
+		p.env.Fleet.Files[fmt.Sprintf("modules/m%d.nix", i)] = fmt.Sprintf("{ m%d = 2; }\n", i)
+	}
+	p.env.WriteFleet(t, p.env.Fleet)
+	v2 := p.publish2(t)
+	sum := sha("{ m9 = 2; }\n")
+	blocked := filepath.Join(p.env.Chroot("alpha"), manifest.ObjectPath(sum))
+	content, err := os.ReadFile(blocked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(blocked)
+	if err := syscall.Mkfifo(blocked, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	unblock := func() {
+		if w, err := os.OpenFile(blocked, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close()
+		}
+	}
+	defer unblock()
+
+	cfg := agent.Defaults()
+	if _, err := cfg.LoadFile(p.h.ConfigFile(t)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := agent.Run(ctx, cfg, agent.Options{Out: io.Discard, Nix: &nix.Runner{}})
+		done <- err
+	}()
+	// The agent's temporary file for the blocked object: its download began.
+	started := filepath.Join(p.h.StateDir, "objects", ".tmp-"+sum[:12]+"-*")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if m, _ := filepath.Glob(started); len(m) > 0 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the tick ended before the stop: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent never began downloading the blocked object")
+		}
+		time.Sleep(10 * time.Millisecond) // polling for the event
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("stopped tick: %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stopped tick did not return while the server hung")
+	}
+	kept := localObjects(t, p.h.StateDir) - before
+	if kept < 1 || kept > 8 {
+		t.Fatalf("after the stop the store gained %d objects; want between 1 and the 8 unblocked ones", kept)
+	}
+	if _, err := os.Stat(filepath.Join(p.h.StateDir, "objects", sum[:2], sum[2:])); err == nil {
+		t.Error("the blocked object is in the store, unverified")
+	}
+	t.Logf("objects verified before the stop: %d of 9", kept)
+
+	unblock()
+	os.Remove(blocked)
+	if err := os.WriteFile(blocked, content, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	o := p.mustRun(t)
+	if o.Action != agent.ActionApplied || o.Report.AppliedVersion != v2.Version {
+		t.Fatalf("tick after the stop: %+v\n%s", o, p.out.String())
+	}
+	if o.Fetched != 9-kept {
+		t.Errorf("tick after the stop fetched %d objects; want %d (the %d verified before were kept)\n%s", o.Fetched, 9-kept, kept, p.out.String())
+	}
 }
