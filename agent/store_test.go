@@ -89,13 +89,17 @@ func (p *inProcess) mustRun(t *testing.T) agent.Outcome {
 }
 
 // publish2 publishes the fleet and leaves alpha's chroot in publication
-// format 2, as the format-2 publisher writes it: every file's content in
-// objects/<aa>/<rest> (read-only, kept from earlier publications), the
-// manifest saying "format": 2, no config/. While the publisher still writes
-// format 1, its config/ is moved out of the chroot (and back before the
-// next publication, which expects it); once it writes format 2 this only
-// reads the manifest.
-func (p *inProcess) publish2(t *testing.T) e2e.Published {
+// format 2 (publishAs).
+func (p *inProcess) publish2(t *testing.T) e2e.Published { return p.publishAs(t, 2) }
+
+// publishAs publishes the fleet and leaves alpha's chroot in the given
+// publication format, whichever the publisher writes. Format 2: every
+// file's content in objects/<aa>/<rest> (read-only, kept from earlier
+// publications), the manifest saying "format": 2, no config/ (a format-1
+// publisher's config/ is moved out of the chroot, and back before the next
+// publication, which expects it). Format 1: every file at
+// config/<version>/<path>, the manifest saying "format": 1.
+func (p *inProcess) publishAs(t *testing.T, format int) e2e.Published {
 	t.Helper()
 	chroot := p.env.Chroot("alpha")
 	if _, err := os.Stat(p.aside); err == nil {
@@ -106,11 +110,13 @@ func (p *inProcess) publish2(t *testing.T) e2e.Published {
 	}
 	pub := p.env.Publish(t)["alpha"]
 	m := p.env.Manifest(t, "alpha")
-	if m.Format == 2 {
+	if m.Format == format {
 		return pub
 	}
+	out := *m
+	out.Format = format
 	for _, f := range m.Files {
-		dst := filepath.Join(chroot, manifest.ObjectPath(f.SHA256))
+		dst := filepath.Join(chroot, out.RemotePath(f))
 		if _, err := os.Stat(dst); err == nil {
 			continue
 		}
@@ -126,11 +132,12 @@ func (p *inProcess) publish2(t *testing.T) e2e.Published {
 			t.Fatal(err)
 		}
 	}
-	if err := os.Rename(filepath.Join(chroot, manifest.ConfigDir), p.aside); err != nil {
-		t.Fatal(err)
+	if format == 2 {
+		if err := os.Rename(filepath.Join(chroot, manifest.ConfigDir), p.aside); err != nil {
+			t.Fatal(err)
+		}
 	}
-	m.Format = 2
-	p.env.WriteManifest(t, "alpha", m)
+	p.env.WriteManifest(t, "alpha", &out)
 	return pub
 }
 
@@ -208,49 +215,58 @@ func itoa(n int) string {
 
 // A download that fails part way (an object gone from the server) keeps
 // what it verified; the next tick, here for a publication that followed,
-// downloads only what the store still lacks.
-func TestFormat2InterruptedDownloadKeepsVerifiedObjects(t *testing.T) {
-	p := startInProcess(t, storeFleet())
-	p.publish2(t)
-	p.mustRun(t)
-	before := localObjects(t, p.h.StateDir)
+// downloads only what the store still lacks. Both publication formats.
+func TestInterruptedDownloadKeepsVerifiedObjects(t *testing.T) {
+	for _, format := range []int{1, 2} {
+		t.Run(fmt.Sprintf("format %d", format), func(t *testing.T) {
+			p := startInProcess(t, storeFleet())
+			publish := func() e2e.Published { return p.publishAs(t, format) }
+			publish()
+			p.mustRun(t)
+			before := localObjects(t, p.h.StateDir)
 
-	for _, k := range []string{"a", "b", "c"} {
-		p.env.Fleet.Files["modules/"+k+".nix"] = "{ " + k + " = 2; }\n"
-	}
-	p.env.WriteFleet(t, p.env.Fleet)
-	v2 := p.publish2(t)
-	gone := manifest.ObjectPath(sha("{ c = 2; }\n"))
-	if err := os.Remove(filepath.Join(p.env.Chroot("alpha"), gone)); err != nil {
-		t.Fatal(err)
-	}
-	o, err := p.run(t)
-	if err == nil || o.Action != agent.ActionFailed {
-		t.Fatalf("tick with an object missing: %+v, %v", o, err)
-	}
-	if msg := o.Report.Error; !strings.Contains(msg, "fetch "+gone+" (modules/c.nix)") || !strings.Contains(msg, "not exist") {
-		t.Errorf("report error %q does not name the missing object", msg)
-	}
-	if o.Fetched != 2 || localObjects(t, p.h.StateDir) != before+2 {
-		t.Errorf("failed tick fetched %d objects, store %d → %d; want the 2 it could verify kept", o.Fetched, before, localObjects(t, p.h.StateDir))
-	}
-	if !strings.Contains(p.out.String(), "2 objects") || !strings.Contains(p.out.String(), "kept for the next attempt") {
-		t.Errorf("output does not say what was kept:\n%s", p.out.String())
-	}
-	if o.Report.AppliedVersion == v2.Version {
-		t.Fatal("applied without a file")
-	}
+			for _, k := range []string{"a", "b", "c"} {
+				p.env.Fleet.Files["modules/"+k+".nix"] = "{ " + k + " = 2; }\n"
+			}
+			p.env.WriteFleet(t, p.env.Fleet)
+			v2 := publish()
+			m2 := p.env.Manifest(t, "alpha")
+			if m2.Format != format {
+				t.Fatalf("published format %d, want %d", m2.Format, format)
+			}
+			gone := m2.RemotePath(manifest.File{Path: "modules/c.nix", SHA256: sha("{ c = 2; }\n")})
+			if err := os.Remove(filepath.Join(p.env.Chroot("alpha"), gone)); err != nil {
+				t.Fatal(err)
+			}
+			o, err := p.run(t)
+			if err == nil || o.Action != agent.ActionFailed {
+				t.Fatalf("tick with an object missing: %+v, %v", o, err)
+			}
+			if msg := o.Report.Error; !strings.Contains(msg, "fetch "+gone+" (modules/c.nix)") || !strings.Contains(msg, "not exist") {
+				t.Errorf("report error %q does not name the missing object", msg)
+			}
+			if o.Fetched != 2 || localObjects(t, p.h.StateDir) != before+2 {
+				t.Errorf("failed tick fetched %d objects, store %d → %d; want the 2 it could verify kept", o.Fetched, before, localObjects(t, p.h.StateDir))
+			}
+			if !strings.Contains(p.out.String(), "2 objects") || !strings.Contains(p.out.String(), "kept for the next attempt") {
+				t.Errorf("output does not say what was kept:\n%s", p.out.String())
+			}
+			if o.Report.AppliedVersion == v2.Version {
+				t.Fatal("applied without a file")
+			}
 
-	// The next publication (d changed; c's object is back) comes before the retry.
-	p.env.Fleet.Files["modules/d.nix"] = "{ d = 3; }\n"
-	p.env.WriteFleet(t, p.env.Fleet)
-	v3 := p.publish2(t)
-	o = p.mustRun(t)
-	if o.Action != agent.ActionApplied || o.Report.AppliedVersion != v3.Version || p.h.Current(t) != v3.Built {
-		t.Fatalf("tick after the failure: %+v\n%s", o, p.out.String())
-	}
-	if o.Fetched != 2 {
-		t.Errorf("the next publication fetched %d objects; want 2 (c and d), a and b were kept\n%s", o.Fetched, p.out.String())
+			// The next publication (d changed; c is back) comes before the retry.
+			p.env.Fleet.Files["modules/d.nix"] = "{ d = 3; }\n"
+			p.env.WriteFleet(t, p.env.Fleet)
+			v3 := publish()
+			o = p.mustRun(t)
+			if o.Action != agent.ActionApplied || o.Report.AppliedVersion != v3.Version || p.h.Current(t) != v3.Built {
+				t.Fatalf("tick after the failure: %+v\n%s", o, p.out.String())
+			}
+			if o.Fetched != 2 {
+				t.Errorf("the next publication fetched %d objects; want 2 (c and d), a and b were kept\n%s", o.Fetched, p.out.String())
+			}
+		})
 	}
 }
 

@@ -428,7 +428,9 @@ func (s *Store) materialise(m *manifest.Manifest, staging string) error {
 			if err == nil {
 				continue
 			}
-			if !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EMLINK) {
+			// Another filesystem, a link count at its limit, or one
+			// without hard links: a verified copy does.
+			if !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EMLINK) && !errors.Is(err, syscall.EPERM) && !errors.Is(err, syscall.EOPNOTSUPP) {
 				return fmt.Errorf("local tree: %s: %w", file.Path, err)
 			}
 		}
