@@ -279,12 +279,18 @@ func sha(s string) string {
 // in-place delete left before) is not reused: the agent checks it against
 // the manifest, makes it again from its store, and downloads nothing.
 func TestPartialLocalTreeIsNotReused(t *testing.T) {
+	for _, format := range []int{1, 2} {
+		t.Run(fmt.Sprintf("format %d", format), func(t *testing.T) { partialTree(t, format) })
+	}
+}
+
+func partialTree(t *testing.T, format int) {
 	p := startInProcess(t, storeFleet())
-	v1 := p.publish2(t)
+	v1 := p.publishAs(t, format)
 	p.mustRun(t)
 	p.env.Fleet.Files["modules/a.nix"] = "{ a = 2; }\n"
 	p.env.WriteFleet(t, p.env.Fleet)
-	p.publish2(t)
+	p.publishAs(t, format)
 	p.mustRun(t)
 
 	tree := filepath.Join(p.h.StateDir, "config", v1.Version)
@@ -299,7 +305,7 @@ func TestPartialLocalTreeIsNotReused(t *testing.T) {
 	// The fleet goes back to v1's content: the same version.
 	p.env.Fleet.Files["modules/a.nix"] = "{ a = 1; }\n"
 	p.env.WriteFleet(t, p.env.Fleet)
-	if again := p.publish2(t); again.Version != v1.Version {
+	if again := p.publishAs(t, format); again.Version != v1.Version {
 		t.Fatalf("republished %s, want v1 %s", again.Version, v1.Version)
 	}
 	o := p.mustRun(t)
@@ -317,12 +323,18 @@ func TestPartialLocalTreeIsNotReused(t *testing.T) {
 }
 
 // A host in fetch mode asks for no tree file: its chroot may hold none at
-// all (the objects are removed from the server here; a later manifest lists
+// all (the tree is removed from the server here; a later manifest lists
 // no files), and the update still goes through, over real SFTP. Trees left
 // from build mode go.
 func TestFetchModeAsksForNoTree(t *testing.T) {
+	for _, format := range []int{1, 2} {
+		t.Run(fmt.Sprintf("format %d", format), func(t *testing.T) { fetchModeNoTree(t, format) })
+	}
+}
+
+func fetchModeNoTree(t *testing.T, format int) {
 	p := startInProcess(t, storeFleet())
-	p.publish2(t)
+	p.publishAs(t, format)
 	p.mustRun(t)
 	p.h.Settings["mode"] = "fetch"
 
@@ -330,10 +342,12 @@ func TestFetchModeAsksForNoTree(t *testing.T) {
 		t.Helper()
 		p.env.Fleet.Files["modules/d.nix"] = "{ d = \"" + name + "\"; }\n"
 		p.env.WriteFleet(t, p.env.Fleet)
-		pub := p.publish2(t)
+		pub := p.publishAs(t, format)
 		chroot := p.env.Chroot("alpha")
-		if err := os.RemoveAll(filepath.Join(chroot, manifest.ObjectsDir)); err != nil {
-			t.Fatal(err)
+		for _, d := range []string{manifest.ObjectsDir, manifest.ConfigDir} {
+			if err := os.RemoveAll(filepath.Join(chroot, d)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		m := p.env.Manifest(t, "alpha")
 		strip(m)
