@@ -4,13 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -163,7 +163,7 @@ func localObjects(t *testing.T, stateDir string) int {
 	return n
 }
 
-var storeFleet = func() fixture.Fleet {
+func storeFleet() fixture.Fleet {
 	return fixture.Fleet{
 		Hosts: []fixture.Host{{Name: "alpha", Bento: &fixture.Bento{Enable: true}}},
 		Files: map[string]string{
@@ -214,7 +214,7 @@ func TestFormat2OneFileUpdateDownloadsOneObject(t *testing.T) {
 	if o.Fetched != 1 || o.Report.BytesFetched != int64(len(changed)) {
 		t.Errorf("one-file update fetched %d objects, %d bytes; want 1 object of %d bytes", o.Fetched, o.Report.BytesFetched, len(changed))
 	}
-	if !strings.Contains(p.out.String(), "1 of "+itoa(all)+" objects downloaded") {
+	if !strings.Contains(p.out.String(), "1 of "+strconv.Itoa(all)+" objects downloaded") {
 		t.Errorf("output:\n%s", p.out.String())
 	}
 	// The goal: on the update's own connection, the bytes from
@@ -229,11 +229,6 @@ func TestFormat2OneFileUpdateDownloadsOneObject(t *testing.T) {
 	if limit := int64(len(mdata) + len(changed) + 2048); extra > limit {
 		t.Errorf("the update read %d bytes more than an idle tick, over the manifest + object + 2 kB = %d", extra, limit)
 	}
-}
-
-func itoa(n int) string {
-	b, _ := json.Marshal(n)
-	return string(b)
 }
 
 // A download that fails part way (an object gone from the server) keeps
