@@ -575,6 +575,11 @@ func TestAttackSymlinksInReports(t *testing.T) {
 		{"a log to beta's log", func(t *testing.T) {
 			mustSymlink(t, c, "../../../beta/"+manifest.LogsDir+"/"+betaLogs[0], "/"+manifest.LogsDir+"/"+betaLogs[0])
 		}, []string{betaLogs[0]}, "no report yet", "alpha's own log"},
+		{"the report names beta's log by path", func(t *testing.T) {
+			rep := hostReport("alpha", e.Manifest(t, "alpha").Version)
+			rep.Log = "../../../beta/" + manifest.LogsDir + "/" + betaLogs[0]
+			uploadReport(t, c, rep)
+		}, []string{pathToBetasLog(betaLogs[0])}, "up-to-date", "alpha's own log"},
 		{"the logs directory to beta's", func(t *testing.T) {
 			mustSymlink(t, c, "../../beta/"+manifest.LogsDir, "/"+manifest.LogsDir)
 		}, nil, "no report yet", "reports/logs: path escapes from parent"},
@@ -641,6 +646,9 @@ func TestAttackSymlinksInReports(t *testing.T) {
 		})
 	}
 }
+
+// pathToBetasLog names beta's log as a path from alpha's logs directory.
+func pathToBetasLog(name string) string { return "../../../beta/" + manifest.LogsDir + "/" + name }
 
 func mustSymlink(t *testing.T, c *sftp.Client, target, link string) {
 	t.Helper()
