@@ -181,6 +181,9 @@ func TestAttackDiffEvaluatesNoHostFlake(t *testing.T) {
 			if !strings.Contains(res.Stderr, "host alpha") || !strings.Contains(res.Stderr, tc.want) {
 				t.Errorf("bento diff's error does not name the host and %q:\n%s", tc.want, res.Stderr)
 			}
+			if strings.Contains(res.Stdout, "from") || strings.Contains(res.Stdout, tc.system) {
+				t.Errorf("bento diff shows what the host reported as a system before refusing it:\n%s", res.Stdout)
+			}
 			if exists(filepath.Join(evilDir, "flake.lock")) {
 				t.Errorf("Nix locked the host's flake: %s/flake.lock was written", evilDir)
 			}
