@@ -29,21 +29,55 @@ import (
 	"github.com/bento-nix/bento/nix"
 )
 
+// measureRSS, set in the environment of this test binary, makes it run
+// the command in its arguments, write the command's peak resident size (in
+// bytes) to the file it names, and exit as the command did. A child's
+// ru_maxrss starts at its parent's resident size (Linux keeps the old
+// address space's high-water mark across exec), so bento is measured as
+// the child of this small, fresh process, not of the test.
+const measureRSS = "BENTO_E2E_MEASURE_RSS"
+
+func init() {
+	out := os.Getenv(measureRSS)
+	if out == "" {
+		return
+	}
+	cmd := exec.Command(os.Args[1], os.Args[2:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err := cmd.Run()
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && cmd.ProcessState != nil {
+		os.WriteFile(out, []byte(fmt.Sprint(ru.Maxrss<<10)), 0o600) // kilobytes on Linux
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		os.Exit(ee.ExitCode())
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(127)
+	}
+	os.Exit(0)
+}
+
 // serverBento runs the bento CLI as the server's operator would (as root,
-// on the chroot root the sshd serves) and returns what it printed. maxRSS
-// is the process's peak resident memory in bytes.
+// on the chroot root the sshd serves) and returns what it printed and its
+// peak resident memory in bytes.
 func serverBento(t *testing.T, e *Env, stdout io.Writer, args ...string) (res Result, maxRSS int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, Bento(t), args...)
-	cmd.Env = append(append(os.Environ(), fixture.Env()...), "NO_COLOR=1")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rssFile := filepath.Join(t.TempDir(), "rss")
+	cmd := exec.CommandContext(ctx, self, append([]string{Bento(t)}, args...)...)
+	cmd.Env = append(append(os.Environ(), fixture.Env()...), "NO_COLOR=1", measureRSS+"="+rssFile)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if stdout != nil {
 		cmd.Stdout = stdout
 	}
-	err := cmd.Run()
+	err = cmd.Run()
 	res = Result{Stdout: out.String(), Stderr: errb.String()}
 	if err != nil {
 		ee, ok := err.(*exec.ExitError)
@@ -52,14 +86,16 @@ func serverBento(t *testing.T, e *Env, stdout io.Writer, args ...string) (res Re
 		}
 		res.ExitCode = ee.ExitCode()
 	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		maxRSS = ru.Maxrss << 10 // kilobytes on Linux
+	if data, err := os.ReadFile(rssFile); err == nil {
+		fmt.Sscan(string(data), &maxRSS)
+	} else {
+		t.Fatalf("bento %v: its peak memory was not measured: %v", args, err)
 	}
 	shown := res.Output()
 	if len(shown) > 4000 {
 		shown = shown[:4000] + "…"
 	}
-	t.Logf("bento %s: exit %d:\n%s", strings.Join(args, " "), res.ExitCode, indent(shown))
+	t.Logf("bento %s: exit %d, peak RSS %d MiB:\n%s", strings.Join(args, " "), res.ExitCode, maxRSS>>20, indent(shown))
 	return res, maxRSS
 }
 
@@ -696,4 +732,129 @@ func rowOf(table, host string) string {
 		}
 	}
 	return ""
+}
+
+// Reports that are too big, too deep or not files at all: bento status
+// names the problem in the host's row, stays small and shows the other
+// hosts as usual.
+func TestAttackOversizedAndMalformedReports(t *testing.T) {
+	e := Start(t, hostsFleet("alpha", "beta"))
+	alpha, beta := e.Host(t, "alpha"), e.Host(t, "beta")
+	e.Publish(t)
+	if res := beta.Run(t); res.ExitCode != 0 {
+		t.Fatalf("beta's tick: exit %d", res.ExitCode)
+	}
+	stateDir := t.TempDir()
+	c := e.SSHD.SFTP(t, alpha.SSH)
+	for _, tc := range []struct {
+		name  string
+		plant func(t *testing.T)
+		want  string
+	}{
+		{"64 MiB of JSON", func(t *testing.T) {
+			upload(t, c, "/"+manifest.StatusFile, append([]byte(`{"format":1,"error":"`), bytes.Repeat([]byte("A"), 64<<20)...))
+		}, "reports/status.json is 64.0 MiB, over the 1.0 MiB limit"},
+		{"nested 600000 deep, over the size limit", func(t *testing.T) {
+			upload(t, c, "/"+manifest.StatusFile, []byte(`{"format":1,"x":`+strings.Repeat("[", 600000)+strings.Repeat("]", 600000)+`}`))
+		}, "over the 1.0 MiB limit"},
+		{"nested 100000 deep, under the size limit", func(t *testing.T) {
+			upload(t, c, "/"+manifest.StatusFile, []byte(`{"format":1,"x":`+strings.Repeat("[", 100000)+strings.Repeat("]", 100000)+`}`))
+		}, "unreadable report: status.json"},
+		{"a directory", func(t *testing.T) {
+			if err := c.Mkdir("/" + manifest.StatusFile); err != nil {
+				t.Fatal(err)
+			}
+		}, "reports/status.json is not a regular file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.Remove("/" + manifest.StatusFile)
+			c.RemoveDirectory("/" + manifest.StatusFile)
+			tc.plant(t)
+			res, rss := serverBento(t, e, nil, "status", "--no-eval", "--wide", "--chroot-root", e.SSHD.Root, "--state-dir", stateDir)
+			if res.ExitCode != 5 {
+				t.Errorf("exit %d, want 5 (a host unreadable)", res.ExitCode)
+			}
+			if row := rowOf(res.Stdout, "alpha"); !strings.Contains(row, "unreadable") || !strings.Contains(row, tc.want) {
+				t.Errorf("alpha's row %q lacks %q", row, tc.want)
+			}
+			if row := rowOf(res.Stdout, "beta"); !strings.Contains(row, "up-to-date") {
+				t.Errorf("beta's row %q: one hostile host hid another", row)
+			}
+			if rss > 64<<20 {
+				t.Errorf("bento status used %d MiB", rss>>20)
+			}
+		})
+	}
+}
+
+// bento logs --follow while the host uploads a new log whose name and
+// content carry terminal controls: the "==> name <==" header it prints
+// for the new log, and the log, hold none.
+func TestAttackFollowedLogNames(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	alpha := e.Host(t, "alpha")
+	e.Publish(t)
+	c := e.SSHD.SFTP(t, alpha.SSH)
+	upload(t, c, "/"+manifest.LogsDir+"/0000000000000000-first.log", []byte("first log\n"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, Bento(t), "logs", "--follow", "--chroot-root", e.SSHD.Root, "alpha")
+	cmd.Env = append(append(os.Environ(), fixture.Env()...), "NO_COLOR=1")
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); pw.Close(); close(done) }()
+	defer func() { cmd.Process.Kill(); <-done }()
+
+	var out bytes.Buffer
+	lines := make(chan string, 64)
+	go func() {
+		defer close(lines)
+		buf := make([]byte, 4096)
+		var partial []byte
+		for {
+			n, err := pr.Read(buf)
+			out.Write(buf[:n])
+			partial = append(partial, buf[:n]...)
+			for {
+				i := bytes.IndexByte(partial, '\n')
+				if i < 0 {
+					break
+				}
+				lines <- string(partial[:i])
+				partial = partial[i+1:]
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	waitLine := func(want string) {
+		t.Helper()
+		for line := range lines {
+			if strings.Contains(line, want) {
+				return
+			}
+		}
+		t.Fatalf("bento logs --follow ended without printing %q", want)
+	}
+	waitLine("first log")
+	evil := "1111111111111111" + hostileText + ".log"
+	upload(t, c, "/"+manifest.LogsDir+"/.tmp-upload", []byte("second log "+hostileText+"\n"))
+	if err := c.PosixRename("/"+manifest.LogsDir+"/.tmp-upload", "/"+manifest.LogsDir+"/"+evil); err != nil {
+		t.Fatal(err)
+	}
+	waitLine("second log")
+	cmd.Process.Kill()
+	<-done
+	for range lines {
+	}
+	if !strings.Contains(out.String(), "==> 1111111111111111x") {
+		t.Errorf("no header for the new log:\n%q", out.String())
+	}
+	assertNoControls(t, "bento logs --follow", out.String())
 }
