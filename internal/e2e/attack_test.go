@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -337,7 +338,7 @@ func TestAttackTerminalEscapesInLogsAndStatus(t *testing.T) {
 		if args[0] == "status" && args[len(args)-1] != "alpha" && !strings.Contains(res.Stdout, "build failed") && !strings.Contains(res.Stdout, "bento_host") {
 			t.Errorf("%s does not show the host's error", what)
 		}
-		if slicesContains(args, "--json") {
+		if slices.Contains(args, "--json") {
 			var doc any
 			if err := json.Unmarshal([]byte(res.Stdout), &doc); err != nil {
 				t.Errorf("bento status --json is not JSON: %v", err)
@@ -353,15 +354,6 @@ func TestAttackTerminalEscapesInLogsAndStatus(t *testing.T) {
 			assertNoControls(t, "bento status --json's messages (decoded)", decoded.String())
 		}
 	}
-}
-
-func slicesContains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 // walkMessages calls f with each host's "message".
@@ -457,7 +449,7 @@ func TestAttackManifestVersionIsNotAVersion(t *testing.T) {
 			if h.ProfileTarget(t) != v1.Built || len(h.Switches(t)) != 1 {
 				t.Error("the host acted on a manifest with an invalid version")
 			}
-			if after := listTree(t, h.StateDir); !sameNames(before, after) {
+			if after := listTree(t, h.StateDir); !slices.Equal(before, after) {
 				t.Errorf("the agent's state directory changed: before %v, after %v", before, after)
 			}
 			if st := h.Status(t); st == nil || st.Result != manifest.ResultFailure || st.AppliedVersion != v1.Version || !strings.Contains(st.Error, "invalid version") {
@@ -485,18 +477,6 @@ func listTree(t *testing.T, dir string) []string {
 		return nil
 	})
 	return names
-}
-
-func sameNames(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // A compromised server tells a fetch-mode host to realise something that is
@@ -588,7 +568,6 @@ func TestAttackSymlinksInReports(t *testing.T) {
 	c := e.SSHD.SFTP(t, alpha.SSH)
 	// Relative targets climb out of alpha's chroot on the server, where
 	// root resolves them; absolute ones name the server's root directory.
-	betaRel := "../../beta/" + manifest.StatusFile
 	for _, tc := range []struct {
 		name    string
 		plant   func(t *testing.T)
@@ -597,10 +576,12 @@ func TestAttackSymlinksInReports(t *testing.T) {
 		alphaRow, logsSay string
 	}{
 		{"status.json to beta's report", func(t *testing.T) {
-			mustSymlink(t, c, "../"+betaRel, "/"+manifest.StatusFile)
+			mustSymlink(t, c, "../../beta/"+manifest.StatusFile, "/"+manifest.StatusFile)
+			leadsTo(t, filepath.Join(e.Chroot("alpha"), manifest.StatusFile), filepath.Join(e.Chroot("beta"), manifest.StatusFile))
 		}, nil, "unreadable report: reports/status.json: path escapes from parent", "alpha's own log"},
 		{"status.json by absolute path to beta's report", func(t *testing.T) {
 			mustSymlink(t, c, filepath.Join(e.Chroot("beta"), manifest.StatusFile), "/"+manifest.StatusFile)
+			leadsTo(t, filepath.Join(e.Chroot("alpha"), manifest.StatusFile), filepath.Join(e.Chroot("beta"), manifest.StatusFile))
 		}, nil, "unreadable report: reports/status.json: path escapes from parent", "alpha's own log"},
 		{"status.json to /etc/shadow", func(t *testing.T) {
 			mustSymlink(t, c, "/etc/shadow", "/"+manifest.StatusFile)
@@ -613,6 +594,7 @@ func TestAttackSymlinksInReports(t *testing.T) {
 		}, []string{"0000000000000000-shadow.log"}, "up-to-date", "alpha's own log"},
 		{"a log to beta's log", func(t *testing.T) {
 			mustSymlink(t, c, "../../../beta/"+manifest.LogsDir+"/"+betaLogs[0], "/"+manifest.LogsDir+"/"+betaLogs[0])
+			leadsTo(t, filepath.Join(e.Chroot("alpha"), manifest.LogsDir, betaLogs[0]), filepath.Join(e.Chroot("beta"), manifest.LogsDir, betaLogs[0]))
 		}, []string{betaLogs[0]}, "no report yet", "alpha's own log"},
 		{"the report names beta's log by path", func(t *testing.T) {
 			rep := hostReport("alpha", e.Manifest(t, "alpha").Version)
@@ -621,6 +603,7 @@ func TestAttackSymlinksInReports(t *testing.T) {
 		}, []string{pathToBetasLog(betaLogs[0])}, "up-to-date", "alpha's own log"},
 		{"the logs directory to beta's", func(t *testing.T) {
 			mustSymlink(t, c, "../../beta/"+manifest.LogsDir, "/"+manifest.LogsDir)
+			leadsTo(t, filepath.Join(e.Chroot("alpha"), manifest.LogsDir), filepath.Join(e.Chroot("beta"), manifest.LogsDir))
 		}, nil, "no report yet", "reports/logs: path escapes from parent"},
 		{"reports/ entries to /etc", func(t *testing.T) {
 			mustSymlink(t, c, "/etc", "/"+manifest.LogsDir)
@@ -688,6 +671,17 @@ func TestAttackSymlinksInReports(t *testing.T) {
 
 // pathToBetasLog names beta's log as a path from alpha's logs directory.
 func pathToBetasLog(name string) string { return "../../../beta/" + manifest.LogsDir + "/" + name }
+
+// leadsTo checks that link, followed by root on the server, is target:
+// the attack would work on a bento that follows links.
+func leadsTo(t *testing.T, link, target string) {
+	t.Helper()
+	a, errA := os.Stat(link)
+	b, errB := os.Stat(target)
+	if errA != nil || errB != nil || !os.SameFile(a, b) {
+		t.Fatalf("the planted link %s does not lead to %s (%v, %v): the attack is not tried", link, target, errA, errB)
+	}
+}
 
 func mustSymlink(t *testing.T, c *sftp.Client, target, link string) {
 	t.Helper()
