@@ -193,22 +193,30 @@ func TestAttackDiffEvaluatesNoHostFlake(t *testing.T) {
 	}
 	storeDir := path.Dir(e.Manifest(t, "alpha").ExpectedToplevel)
 
+	built := e.Manifest(t, "alpha").ExpectedToplevel
 	for _, tc := range []struct {
 		name, system string
 		want         string
+		// boot: reported as operation boot's actualToplevel (what the host
+		// will boot), next to a valid current system.
+		boot bool
 	}{
-		{"a store-path-shaped directory in reports/", evilDir, "invalid system reported by the host"},
-		{"a symlink in reports/ to it", filepath.Join(e.Chroot("alpha"), manifest.ReportsDir, "1123456789abcdfghijklmnpqrsvwxyz-nixos-system-alpha"), "invalid system reported by the host"},
-		{"a path: flake reference", "path:" + evilDir, "invalid system reported by the host"},
-		{"a flake reference with an attribute", evilDir + "#default", "invalid system reported by the host"},
-		{"a store path with .. back out", storeDir + "/../.." + evilDir, "invalid system reported by the host"},
-		{"a store path below a store path", storeDir + "/0123456789abcdfghijklmnpqrsvwxyz-x/flake", "invalid system reported by the host"},
-		{"an option", "--impure", "invalid system reported by the host"},
-		{"a store path never built here", storeDir + "/" + fake, "is not in this machine's Nix store"},
+		{"a store-path-shaped directory in reports/", evilDir, "invalid system reported by the host", false},
+		{"the same as the system a boot host will boot", evilDir, "invalid system reported by the host", true},
+		{"a symlink in reports/ to it", filepath.Join(e.Chroot("alpha"), manifest.ReportsDir, "1123456789abcdfghijklmnpqrsvwxyz-nixos-system-alpha"), "invalid system reported by the host", false},
+		{"a path: flake reference", "path:" + evilDir, "invalid system reported by the host", false},
+		{"a flake reference with an attribute", evilDir + "#default", "invalid system reported by the host", false},
+		{"a store path with .. back out", storeDir + "/../.." + evilDir, "invalid system reported by the host", false},
+		{"a store path below a store path", storeDir + "/0123456789abcdfghijklmnpqrsvwxyz-x/flake", "invalid system reported by the host", false},
+		{"an option", "--impure", "invalid system reported by the host", false},
+		{"a store path never built here", storeDir + "/" + fake, "is not in this machine's Nix store", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rep := hostReport("alpha", e.Manifest(t, "alpha").Version)
 			rep.CurrentSystem = tc.system
+			if tc.boot {
+				rep.Operation, rep.CurrentSystem, rep.ActualToplevel = "boot", built, tc.system
+			}
 			uploadReport(t, c, rep)
 
 			res, _ := serverBento(t, e, nil, "diff", "--chroot-root", e.SSHD.Root, "--state-dir", stateDir, "alpha")
