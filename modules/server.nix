@@ -104,6 +104,8 @@ let
       cfg.flake
       "--chroot-root"
       root
+      "--retention"
+      cfg.retention
     ]
     ++ cfg.deploy.extraArgs
   );
@@ -128,6 +130,19 @@ in
         Directory holding one chroot per host, `<chrootRoot>/<host>`. sshd
         requires it and every parent to be owned by root and writable by
         nobody else.
+      '';
+    };
+
+    retention = mkOption {
+      type = types.str;
+      default = "1h";
+      example = "6h";
+      description = ''
+        How long `bento deploy` keeps a published file in a host's chroot
+        after the last manifest naming it was replaced (a systemd time span
+        or a Go duration): a host that read a manifest up to this long ago
+        still finds every file it names. Longer than the slowest host's
+        download.
       '';
     };
 
