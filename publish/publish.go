@@ -754,7 +754,7 @@ func (p *Publisher) finish(j *hostJob) bool {
 }
 
 // protected lists what the entries of the window need: objects (by
-// <aa><rest>, as removeObjects names them), versions (their secrets), and
+// sha256), versions (their secrets), and
 // whether a format-1 manifest is among them (config/ stays).
 func (p *Publisher) protected(j *hostJob) (keep, versions map[string]bool, format1 bool, err error) {
 	now, ret := p.opts.Now(), p.opts.Retention
