@@ -555,8 +555,15 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 		return
 	}
 	p.opts.Hook(StepPrepared, "")
-	// 2. The new objects' and secrets' contents reach the disk.
-	p.syncJobs(jobs, "writing the new objects", true)
+	// 2. The new objects' and secrets' contents reach the disk (a syncfs
+	// flushes the whole file system: none when nothing was written).
+	writing := false
+	for _, j := range jobs {
+		writing = writing || j.writing()
+	}
+	if writing {
+		p.syncJobs(jobs, "writing the new objects", true)
+	}
 	p.opts.Hook(StepSynced, "")
 	// 3. Objects renamed into the pool (once each), then linked into the
 	// chroots; the new manifests written aside.
