@@ -69,6 +69,9 @@ func (p *Publisher) ready(o *object, src string) (written int64, err error) {
 			return 0, nil
 		}
 	}
+	if err := p.mark(); err != nil {
+		return 0, err
+	}
 	tmp, err := p.copyObject(src, filepath.Dir(o.final), o.sum, o.size)
 	if err != nil {
 		return 0, err
@@ -196,7 +199,7 @@ func (p *Publisher) linkObject(o *object, dst string, made map[string]bool) (boo
 // (unlike a directory tree, which is renamed aside first). It walks
 // objects/ two levels deep, so it reads a fanned-out layout (objects/<aa>/
 // <rest>) as well as a flat one. Returns how many went.
-func removeObjects(hostDir string, keep map[string]bool) (int, error) {
+func removeObjects(hostDir string, keep map[string]bool, removed func(sum string)) (int, error) {
 	base := filepath.Join(hostDir, manifest.ObjectsDir)
 	n := 0
 	var errs []error
@@ -229,6 +232,9 @@ func removeObjects(hostDir string, keep map[string]bool) (int, error) {
 				left++
 				continue
 			}
+			if isHexN(sum, 64) {
+				removed(sum)
+			}
 			n++
 		}
 		return left
@@ -237,10 +243,52 @@ func removeObjects(hostDir string, keep map[string]bool) (int, error) {
 	return n, errors.Join(errs...)
 }
 
+// removeNamed removes the named objects from a chroot's objects/ (those
+// that are there).
+func removeNamed(hostDir string, sums map[string]bool, removed func(sum string)) (int, error) {
+	n := 0
+	var errs []error
+	for sum := range sums {
+		err := os.Remove(filepath.Join(hostDir, filepath.FromSlash(manifest.ObjectPath(sum))))
+		switch {
+		case err == nil:
+			n++
+			removed(sum)
+		case !errors.Is(err, fs.ErrNotExist):
+			errs = append(errs, err)
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
 // collectPool drops the pool's objects that no chroot links any more
-// (link count 1) and the temporary copies a killed deploy left. It runs
+// (link count 1) and the temporary copies a killed deploy left: among
+// candidates (by sha256), or everywhere when candidates is nil. It runs
 // under the lock, after every chroot's removals.
-func (p *Publisher) collectPool() (int, error) {
+func (p *Publisher) collectPool(candidates map[string]bool) (int, error) {
+	if candidates != nil {
+		n := 0
+		var errs []error
+		for sum := range candidates {
+			q := filepath.Join(p.root, PoolDir, sum[:2], sum[2:])
+			fi, err := os.Lstat(q)
+			if err != nil || !fi.Mode().IsRegular() {
+				continue
+			}
+			if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink > 1 {
+				continue
+			}
+			if err := os.Remove(q); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+				continue
+			}
+			n++
+		}
+		if err := errors.Join(errs...); err != nil {
+			return n, fmt.Errorf("object pool: %w", err)
+		}
+		return n, nil
+	}
 	base := filepath.Join(p.root, PoolDir)
 	fans, err := os.ReadDir(base)
 	if errors.Is(err, fs.ErrNotExist) {
