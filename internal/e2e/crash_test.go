@@ -25,7 +25,7 @@ func TestKillDuringDownloadLeavesAConsistentState(t *testing.T) {
 	// One file of the new version becomes a FIFO on the server: the SFTP
 	// server blocks opening it, so the download stops half-way, for as
 	// long as the test wants.
-	blocked := filepath.Join(e.Chroot("alpha"), "config", v2.Version, "modules", "c.nix")
+	blocked := e.PublishedFile(t, "alpha", "modules/c.nix")
 	content, err := os.ReadFile(blocked)
 	if err != nil {
 		t.Fatal(err)
