@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,12 +41,15 @@ func main() {
 	files := flag.Int("files", 400, "files in the flake (at least hosts + 2: flake.nix, lib/mkhost.nix, one file per host)")
 	size := flag.Int("size", 2048, "bytes of each extra file")
 	dir := flag.String("dir", "", "where to work (default: a temporary directory; pick the file system you care about)")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of format 2's unchanged redeploy to this file")
 	flag.Parse()
 	if err := run(*hosts, *files, *size, *dir); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/publish:", err)
 		os.Exit(1)
 	}
 }
+
+var cpuProfile string
 
 type figures struct {
 	dur     time.Duration
@@ -142,9 +146,20 @@ func run(nHosts, nFiles, size int, base string) error {
 		var f [2]figures
 		for k, format := range []string{"1", "2"} {
 			runtime.GC()
+			if cpuProfile != "" && i == 1 && format == "2" {
+				out, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				pprof.StartCPUProfile(out)
+				defer out.Close()
+			}
 			if f[k], err = measure(ctx, pubs[format], roots[format], targets); err != nil {
 				return fmt.Errorf("%s: format %s: %w", s.name, format, err)
 			}
+		}
+		if cpuProfile != "" && i == 1 {
+			pprof.StopCPUProfile()
 		}
 		if i == 0 {
 			first = f
