@@ -438,10 +438,14 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 		acct = &a
 	}
 
-	cur, curErr := readManifest(hostDir, name)
+	// Only the head of the live manifest is decoded at first: that is all
+	// an unchanged host needs, and decoding every host's file list would
+	// be most of an unchanged deploy's time.
+	cur, curFiles, curErr := readManifestHead(hostDir, name)
 	if curErr != nil {
 		res.Notes = append(res.Notes, fmt.Sprintf("the current manifest is unreadable (%v): publishing afresh", curErr))
 	}
+	curObjects := cur != nil && cur.Format >= 2 && len(curFiles) > 0
 	j.cur = cur
 	if cur != nil {
 		res.Previous = cur.Version
@@ -457,7 +461,7 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 		Cache:            t.Cache,
 		Interval:         t.Host.Options.Interval,
 	}
-	live := cur != nil && cur.Format == writeFormat && cur.Version == version && hasObjects(cur) == hasObjects(j.m) &&
+	live := cur != nil && cur.Format == writeFormat && cur.Version == version && curObjects == hasObjects(j.m) &&
 		(t.Extra == nil || isDir(filepath.Join(hostDir, manifest.SecretsDir, version)))
 	switch {
 	case live && sameMeta(cur, j.m):
@@ -471,8 +475,8 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	}
 	// What the live manifest names is in the chroot: nothing removes it.
 	have := map[string]bool{}
-	if cur != nil && cur.Format >= 2 {
-		for _, f := range cur.Files {
+	if curObjects && res.Status == StatusPublished {
+		for _, f := range curFiles.all() {
 			have[f.SHA256] = true
 		}
 	}
@@ -483,7 +487,7 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 		return j
 	}
 	var notes []string
-	j.hist, notes, j.histChanged = p.loadHistory(name, hostDir, cur, p.opts.Now())
+	j.hist, notes, j.histChanged = p.loadHistory(name, hostDir, cur, curObjects, p.opts.Now())
 	res.Notes = append(res.Notes, notes...)
 
 	if err := p.ensureLayout(hostDir, acct); err != nil {
@@ -1090,23 +1094,50 @@ func isDir(p string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// readManifest returns the host's current manifest, nil when there is none.
-func readManifest(hostDir, host string) (*manifest.Manifest, error) {
+// readManifestHead returns the host's current manifest without its files
+// (nil when there is none), and its bytes for decoding them when needed
+// (nil when it names no file).
+func readManifestHead(hostDir, host string) (*manifest.Manifest, manifestFiles, error) {
 	data, err := readCapped(filepath.Join(hostDir, manifest.ManifestFile), manifest.MaxSize)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	m, err := manifest.Parse(data)
-	if err != nil {
-		return nil, err
+	var head struct {
+		manifest.Manifest
+		// Shadows Manifest.Files: kept raw, decoded only when needed.
+		Files json.RawMessage `json:"files"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return nil, nil, fmt.Errorf("manifest: invalid JSON: %w", err)
+	}
+	m := &head.Manifest
+	if err := m.Validate(); err != nil {
+		return nil, nil, err
 	}
 	if m.Host != host {
-		return nil, fmt.Errorf("it names host %q", m.Host)
+		return nil, nil, fmt.Errorf("it names host %q", m.Host)
 	}
-	return m, nil
+	raw := bytes.TrimSpace(head.Files)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) || bytes.Equal(raw, []byte("[]")) {
+		return m, nil, nil
+	}
+	return m, manifestFiles(data), nil
+}
+
+// manifestFiles is a whole manifest whose files were not decoded yet;
+// ranging over it decodes and validates them (and yields nothing when
+// that fails: the chroot then gets everything linked anew).
+type manifestFiles []byte
+
+func (mf manifestFiles) all() []manifest.File {
+	m, err := manifest.Parse(mf)
+	if err != nil {
+		return nil
+	}
+	return m.Files
 }
 
 // ensureLayout creates or repairs the host's directories, writing nothing
