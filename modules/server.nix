@@ -108,6 +108,8 @@ let
       (toString cfg.reports.maxBytes)
       "--reports-max-files"
       (toString cfg.reports.maxFiles)
+      "--retention"
+      cfg.retention
     ]
     ++ cfg.deploy.extraArgs
   );
@@ -132,6 +134,19 @@ in
         Directory holding one chroot per host, `<chrootRoot>/<host>`. sshd
         requires it and every parent to be owned by root and writable by
         nobody else.
+      '';
+    };
+
+    retention = mkOption {
+      type = types.str;
+      default = "1h";
+      example = "6h";
+      description = ''
+        How long `bento deploy` keeps a published file in a host's chroot
+        after the last manifest naming it was replaced (a systemd time span
+        or a Go duration): a host that read a manifest up to this long ago
+        still finds every file it names. Longer than the slowest host's
+        download.
       '';
     };
 

@@ -70,6 +70,7 @@ func TestServerModule(t *testing.T) {
 	    hosts.web-1.publicKeys = [ %s "restrict,from=\"10.0.0.0/8\" %s" ];
 	    hosts."pi.home" = { user = "pi-sftp"; };
 	    flake = "/srv/fleet";
+	    retention = "6h";
 	    deploy = { enable = true; interval = "hourly"; extraArgs = [ "--keep-going" ]; };
 	  };
 	}`, nixString(key), strings.ReplaceAll(key, `"`, `\"`)))
@@ -130,7 +131,7 @@ func TestServerModule(t *testing.T) {
 	// The deploy timer.
 	svc := r.Services["bento-deploy"]
 	argv := splitExec(t, svc.ServiceConfig["ExecStart"].(string))
-	if !strings.HasSuffix(argv[0], "-bento/bin/bento") || !reflect.DeepEqual(argv[1:], []string{"deploy", "--flake", "/srv/fleet", "--chroot-root", "/home/chroot", "--reports-max-bytes", "67108864", "--reports-max-files", "500", "--keep-going"}) {
+	if !strings.HasSuffix(argv[0], "-bento/bin/bento") || !reflect.DeepEqual(argv[1:], []string{"deploy", "--flake", "/srv/fleet", "--chroot-root", "/home/chroot", "--reports-max-bytes", "67108864", "--reports-max-files", "500", "--retention", "6h", "--keep-going"}) {
 		t.Errorf("bento-deploy ExecStart = %q", argv)
 	}
 	if svc.ServiceConfig["TimeoutStartSec"] != "4h" {
