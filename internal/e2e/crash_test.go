@@ -179,4 +179,3 @@ func waitProcs(t *testing.T, mark string, ok func(int) bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
