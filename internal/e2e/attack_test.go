@@ -753,9 +753,11 @@ func TestAttackOversizedAndMalformedReports(t *testing.T) {
 		plant func(t *testing.T)
 		want  string
 	}{
-		{"64 MiB of JSON", func(t *testing.T) {
-			upload(t, c, "/"+manifest.StatusFile, append([]byte(`{"format":1,"error":"`), bytes.Repeat([]byte("A"), 64<<20)...))
-		}, "reports/status.json is 64.0 MiB, over the 1.0 MiB limit"},
+		// 32 MiB: far over status.json's own cap, under the reports/
+		// limit (64 MiB), which a bigger file would trip first.
+		{"32 MiB of JSON", func(t *testing.T) {
+			upload(t, c, "/"+manifest.StatusFile, append([]byte(`{"format":1,"error":"`), bytes.Repeat([]byte("A"), 32<<20)...))
+		}, "reports/status.json is 32.0 MiB, over the 1.0 MiB limit"},
 		{"nested 600000 deep, over the size limit", func(t *testing.T) {
 			upload(t, c, "/"+manifest.StatusFile, []byte(`{"format":1,"x":`+strings.Repeat("[", 600000)+strings.Repeat("]", 600000)+`}`))
 		}, "over the 1.0 MiB limit"},
