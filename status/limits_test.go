@@ -288,3 +288,29 @@ func TestCollectReportsOverLimit(t *testing.T) {
 		t.Errorf("alpha after the removal: %s %q", a.State, a.Message)
 	}
 }
+
+// What the limits cost each read of a host: a healthy one (a report and the
+// agent's 20 logs) and one at the file limit.
+func BenchmarkEnforceReports(b *testing.B) {
+	for _, logs := range []int{20, DefaultReportsMaxFiles - 2} {
+		b.Run(fmt.Sprintf("%d-logs", logs), func(b *testing.B) {
+			c := chroot{b, b.TempDir()}
+			c.publish("alpha", v1, now, sysA)
+			c.report("alpha", applied(v1, sysA, now))
+			for i := range logs {
+				c.logAt("alpha", fmt.Sprintf("v-%03d.log", i), 1<<10, now.Add(time.Duration(i)*time.Second))
+			}
+			r, err := os.OpenRoot(filepath.Join(c.root, "alpha"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer r.Close()
+			b.ResetTimer()
+			for b.Loop() {
+				if u, err := enforceReports(r, ReportLimits{}, false); err != nil || u.Exceeded() {
+					b.Fatal(err, u)
+				}
+			}
+		})
+	}
+}
