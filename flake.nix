@@ -8,13 +8,9 @@
     let
       # nixosModules, templates and lib never touch `nixpkgs`: they evaluate
       # offline, without fetching it (nixtest checks that).
+      # bento is Linux only (it uses syncfs and Linux's stat): the flake
+      # publishes nothing it cannot build.
       systems = [
-        "x86_64-linux"
-        "aarch64-linux"
-        "x86_64-darwin"
-        "aarch64-darwin"
-      ];
-      linuxSystems = [
         "x86_64-linux"
         "aarch64-linux"
       ];
@@ -32,20 +28,55 @@
     {
       lib = import ./modules/lib.nix;
 
-      nixosModules = {
-        # services.bento: the agent on every host of the fleet.
-        client = {
-          imports = [ ./modules/client.nix ];
+      # Through the flake, the modules default their package to this
+      # flake's own build (pinned nixpkgs, with the Go bento needs), not to
+      # one built with the host's nixpkgs, which may lack Go 1.26 (as
+      # comin does). Imported without the flake, the modules keep
+      # pkgs.callPackage. A system this flake does not build keeps that too.
+      nixosModules =
+        let
+          # The key makes the module system apply each once, however many
+          # of client, server and default a configuration imports (two
+          # equal definitions of a package option would conflict).
+          flakePackage =
+            name: set:
+            { lib, pkgs, ... }:
+            let
+              system = pkgs.stdenv.hostPlatform.system;
+            in
+            {
+              key = "bento-flake-package-${name}";
+              config = lib.mkIf (self.packages ? ${system}) (
+                set (lib.mkDefault self.packages.${system}.bento)
+              );
+            };
+          client = flakePackage "client" (p: { services.bento.package = p; });
+          server = flakePackage "server" (p: { services.bento-server.package = p; });
+        in
+        {
+          # services.bento: the agent on every host of the fleet.
+          client = {
+            imports = [
+              ./modules/client.nix
+              client
+            ];
+          };
+          # services.bento-server: chroots, users and sshd rules on the server.
+          server = {
+            imports = [
+              ./modules/server.nix
+              server
+            ];
+          };
+          # Both (a server can be a client of itself).
+          default = {
+            imports = [
+              ./modules/default.nix
+              client
+              server
+            ];
+          };
         };
-        # services.bento-server: chroots, users and sshd rules on the server.
-        server = {
-          imports = [ ./modules/server.nix ];
-        };
-        # Both (a server can be a client of itself).
-        default = {
-          imports = [ ./modules/default.nix ];
-        };
-      };
 
       templates = {
         fleet = {
@@ -83,7 +114,7 @@
       # NixOS VM tests (a server and two clients): they need KVM and build
       # whole NixOS systems, so they run with `nix flake check` on a Linux
       # machine with KVM, not in bento's Go test suite.
-      checks = forSystems linuxSystems (
+      checks = forSystems systems (
         system:
         import ./nixtest/vm {
           pkgs = pkgsFor system;

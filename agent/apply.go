@@ -22,38 +22,36 @@ import (
 func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outcome, error) {
 	now := t.o.Now()
 	st.begin(m.Version, m.ExpectedToplevel, now)
-	if err := saveState(t.cfg.StateDir, *st); err != nil {
-		return Outcome{}, err
-	}
 	rep := t.newReport(st, m.Version, m.ExpectedToplevel, now)
 	log := newLogBuffer(t.cfg.LogMaxBytes, t.o.Out)
-	log.Printf("host %s: applying version %s published %s (attempt %d, mode %s, operation %s)",
-		t.cfg.Host, m.Version, m.PublishedAt.UTC().Format(time.RFC3339), st.Attempt.Count, t.cfg.Mode, t.cfg.Operation)
 	fail := func(step string, err error) (Outcome, error) {
 		err = fmt.Errorf("%s: %w", step, err)
 		log.Printf("%v", err)
 		rep.Stage, rep.Result, rep.Error = manifest.StageFailed, manifest.ResultFailure, err.Error()
 		return t.finishAttempt(ctx, st, &rep, log, ActionFailed, err)
 	}
+	if err := saveState(t.cfg.StateDir, *st); err != nil {
+		// Nothing is fetched without the attempt on record; but a full
+		// disk must not make the host go silent: the failure is
+		// reported (directly, when the queue cannot hold it either).
+		return fail("state", describeDiskError(err))
+	}
+	log.Printf("host %s: applying version %s published %s (attempt %d, mode %s, operation %s)",
+		t.cfg.Host, m.Version, m.PublishedAt.UTC().Format(time.RFC3339), st.Attempt.Count, t.cfg.Mode, t.cfg.Operation)
 
-	cur, _ := t.store.Current()
-	start := time.Now()
-	stats, err := t.store.Stage(ctx, m, t.getConn(), cur, st.AppliedVersion)
-	rep.BytesFetched = stats.Bytes
-	t.fetched = stats.Downloaded
-	if err != nil {
+	if t.cfg.Mode == "fetch" {
+		// Fetch mode evaluates nothing, so it asks for no tree: the
+		// publication may not even list one (the way to keep hosts blind
+		// to each other's configuration). Trees and objects left from
+		// build mode go.
+		if err := t.store.Empty(); err != nil {
+			log.Printf("warning: removing local trees (fetch mode keeps none): %v", err)
+		}
+	} else if err := t.stageTree(ctx, st, m, &rep, log); err != nil {
 		if ctx.Err() != nil {
 			return Outcome{}, err
 		}
 		return fail("fetch", err)
-	}
-	log.Printf("fetched version %s: %d of %d files downloaded (%d bytes), %d unchanged reused, in %s",
-		m.Version, stats.Downloaded, stats.Files, stats.Bytes, stats.Reused, time.Since(start).Round(time.Millisecond))
-	if err := t.store.SetCurrent(m.Version); err != nil {
-		return fail("fetch", err)
-	}
-	if err := t.store.Prune(m.Version, st.AppliedVersion); err != nil {
-		log.Printf("warning: removing old trees: %v", err)
 	}
 	if err := t.fetchSecrets(ctx, m, &rep, log); err != nil {
 		if ctx.Err() != nil {
@@ -64,6 +62,7 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	rep.Stage = manifest.StageFetched
 
 	var toplevel string
+	var err error
 	cfg, doneCache := t.serverCache(ctx, m, log)
 	if t.cfg.Mode == "fetch" {
 		log.Printf("realising %s from the substituters (fetch mode: evaluating nothing)", m.ExpectedToplevel)
@@ -99,6 +98,45 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	rep.Stage = manifest.StageBuilt
 	t.installSecrets(ctx, m.Version, &rep, log, false)
 	return t.switchTo(ctx, st, &rep, log, toplevel, m.Version, ActionApplied, manifest.ResultSuccess)
+}
+
+// stageTree brings m's tree into the local store and materialises it,
+// downloading only the objects the store lacks.
+func (t *tick) stageTree(ctx context.Context, st *State, m *manifest.Manifest, rep *manifest.Report, log *logBuffer) error {
+	cur, _ := t.store.Current()
+	start := time.Now()
+	stats, err := t.store.Stage(ctx, m, t.getConn(), cur, st.AppliedVersion)
+	rep.BytesFetched += stats.Bytes
+	t.fetched += stats.Downloaded
+	if stats.Discarded != "" {
+		log.Printf("warning: not reusing the local tree: %s; made it again", stats.Discarded)
+	}
+	if stats.Refetched > 0 {
+		log.Printf("warning: %d objects of the local store were damaged; fetched them again", stats.Refetched)
+	}
+	if err != nil {
+		if stats.Downloaded > 0 {
+			log.Printf("%d objects (%d bytes) downloaded and verified before the failure are kept for the next attempt", stats.Downloaded, stats.Bytes)
+		}
+		return err
+	}
+	if stats.Reused {
+		log.Printf("fetched version %s: its local tree is complete (%d files verified), nothing downloaded", m.Version, stats.Files)
+	} else {
+		log.Printf("fetched version %s: %d of %d objects downloaded (%d bytes), %d already held, %d taken from an older tree, for %d files, in %s",
+			m.Version, stats.Downloaded, stats.Objects, stats.Bytes, stats.Held, stats.Imported, stats.Files, time.Since(start).Round(time.Millisecond))
+	}
+	if err := t.store.SetCurrent(m.Version); err != nil {
+		return err
+	}
+	if err := t.store.Prune(m.Version, st.AppliedVersion); err != nil {
+		log.Printf("warning: removing old trees: %v", err)
+	}
+	// The store keeps what the trees kept need, nothing else.
+	if err := t.store.GC(m, st.AppliedVersion); err != nil {
+		log.Printf("warning: %v", err)
+	}
+	return nil
 }
 
 // switchTo activates toplevel behind the guard: a failed activation, or

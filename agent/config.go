@@ -61,8 +61,11 @@ type Config struct {
 	ConnectTimeout   Duration `json:"connectTimeout"`
 	OperationTimeout Duration `json:"operationTimeout"`
 	ConnectAttempts  int      `json:"connectAttempts"`
-	LogMaxBytes      int64    `json:"logMaxBytes"`
-	LogsKept         int      `json:"logsKept"`
+	// PostQuantum offers the hybrid ML-KEM key exchange (about 2.2 kB more
+	// per connection) where the server supports it.
+	PostQuantum bool  `json:"postQuantum"`
+	LogMaxBytes int64 `json:"logMaxBytes"`
+	LogsKept    int   `json:"logsKept"`
 }
 
 // Reboot is the reboot policy.
@@ -293,6 +296,14 @@ func Keys() []Key {
 				return fmt.Errorf("%q is not true or false", v)
 			}
 			c.SelfUpdate = on
+			return nil
+		})),
+		b(k("postQuantum", "offer the post-quantum hybrid key exchange mlkem768x25519 (OpenSSH 9.9+; about 2.2 kB more per connection)", func(c *Config, v string) error {
+			on, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("%q is not true or false", v)
+			}
+			c.PostQuantum = on
 			return nil
 		})),
 		k("profile", "the system profile (default /nix/var/nix/profiles/system)", str(func(c *Config) *string { return &c.Profile })),

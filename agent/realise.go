@@ -72,10 +72,21 @@ func fetch(ctx context.Context, r *nix.Runner, c *Config, m *manifest.Manifest, 
 	if p == "" {
 		return "", fmt.Errorf("version %s was published without a server build (no expectedToplevel), and a host in fetch mode builds nothing: deploy it with a build", m.Version)
 	}
-	if !strings.HasPrefix(p, "/") || filepath.Clean(p) != p || strings.ContainsAny(p, "\n\x00") {
-		return "", fmt.Errorf("expectedToplevel %q is not a store path", p)
+	// The manifest's parser checked the shape only (it cannot know this
+	// host's store directory): anything not right under the real store
+	// directory is refused before nix-store sees it, and so is a
+	// derivation, which nix-store --realise would build.
+	out, err := r.Run(ctx, nix.Cmd{Args: []string{"eval", "--raw", "--expr", "builtins.storeDir"}})
+	if err != nil {
+		return "", fmt.Errorf("ask nix for its store directory: %w", err)
 	}
-	args := append([]string{"--realise", p}, c.nixOptions()...)
+	if err := manifest.CheckStorePath(p, strings.TrimSpace(string(out))); err != nil {
+		return "", fmt.Errorf("expectedToplevel: %w", err)
+	}
+	if strings.HasSuffix(p, ".drv") {
+		return "", fmt.Errorf("expectedToplevel %s is a derivation, not a system: a host in fetch mode builds nothing", p)
+	}
+	args := append(append([]string{"--realise"}, c.nixOptions()...), "--", p)
 	if _, err := r.Run(ctx, nix.Cmd{Tool: "nix-store", Args: args, Log: log}); err != nil {
 		return "", err
 	}

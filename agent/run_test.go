@@ -58,7 +58,7 @@ func TestRunInProcess(t *testing.T) {
 	if o.Action != agent.ActionApplied || o.Fetched != 1 || o.Report.AppliedVersion != v2.Version {
 		t.Errorf("one-file update: %+v", o)
 	}
-	if !strings.Contains(out.String(), "1 of 5 files downloaded") {
+	if !strings.Contains(out.String(), "1 of 5 objects downloaded") {
 		t.Errorf("output:\n%s", out.String())
 	}
 

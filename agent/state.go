@@ -16,10 +16,14 @@ import (
 const (
 	stateFile      = "state.json"
 	lastReportFile = "last-report.json"
-	lockFile       = "lock"
-	treesDir       = "config"
-	queueDir       = "queue"
-	logsDir        = "logs"
+	// deliveredFile holds the fingerprint of the report last written to
+	// the server's status.json (heartbeat.go).
+	deliveredFile = "delivered-report"
+	lockFile      = "lock"
+	treesDir      = "config"
+	objectsDir    = "objects"
+	queueDir      = "queue"
+	logsDir       = "logs"
 )
 
 // State is what the agent remembers between ticks. It is saved atomically

@@ -41,6 +41,11 @@ type Options struct {
 	// EvalJobs is how many hosts are evaluated at once; 0 means
 	// min(Jobs, number of CPUs).
 	EvalJobs int
+	// EvalChunk and EvalMemory size the chunked evaluation of the hosts'
+	// derivations as in discovery (eval.Options.ChunkSize and Memory);
+	// 0 is automatic.
+	EvalChunk  int
+	EvalMemory int64
 	// StateDir holds gcroots/, logs/ and builds/; DefaultStateDir when empty.
 	StateDir string
 	// DryRun evaluates and instantiates only: drv paths, nothing built,
@@ -89,6 +94,9 @@ type Result struct {
 	DrvPath string
 	// LogFile holds Nix's full output for this host and run.
 	LogFile string
+	// Unchanged is set when the host's derivation and GC root were those of
+	// its last successful build, so nothing was realised again.
+	Unchanged bool
 	// CopyErr is set when the build succeeded but copying it to
 	// Options.CopyTo (or signing it) failed.
 	CopyErr error
@@ -167,9 +175,11 @@ func (r Result) MarshalJSON() ([]byte, error) {
 		LogFile  string  `json:"logFile,omitempty"`
 		Error    string  `json:"error,omitempty"`
 		CopyErr  string  `json:"copyError,omitempty"`
+		// Unchanged: not realised again (see Result.Unchanged).
+		Unchanged bool `json:"unchanged,omitempty"`
 	}
 	o := out{Host: r.Host, Status: r.Status, OK: r.OK(), Duration: r.Duration.Round(time.Millisecond).Seconds(),
-		OutPath: r.OutPath, DrvPath: r.DrvPath, LogFile: r.LogFile}
+		OutPath: r.OutPath, DrvPath: r.DrvPath, LogFile: r.LogFile, Unchanged: r.Unchanged}
 	if r.Err != nil {
 		o.Error = withoutHost(r.Err)
 	}

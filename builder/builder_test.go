@@ -279,10 +279,26 @@ func TestGCRootsKeepCurrentAndPrevious(t *testing.T) {
 		t.Errorf("the previous build %s was not protected from the GC", g2.OutPath)
 	}
 
-	// Rebuilding the same system keeps the build before it as previous.
+	// Rebuilding the same system realises nothing (its derivation and GC
+	// root are those of the last build) and keeps the roots as they are.
 	g3again := build(n + "-3")
-	if g3again.OutPath != g3.OutPath {
-		t.Fatalf("same generation gave %s then %s", g3.OutPath, g3again.OutPath)
+	if g3again.OutPath != g3.OutPath || !g3again.Unchanged {
+		t.Fatalf("same generation gave %s (unchanged %v), then %s", g3.OutPath, g3again.Unchanged, g3again.OutPath)
+	}
+	if log, _ := os.ReadFile(g3again.LogFile); !strings.Contains(string(log), "bento: unchanged: "+g3.DrvPath) || strings.Contains(string(log), "nix-store --realise") {
+		t.Errorf("log of the unchanged rebuild should say it was not realised again:\n%s", log)
+	}
+	if got := gcRoots(t, rootsDir); !mapsEqual(got, want) {
+		t.Errorf("after a rebuild of the same system GC roots are %v, want %v (as before)", got, want)
+	}
+	// Once its GC root is gone, the same system is realised again, and
+	// keeps the build before it as previous.
+	if err := os.Remove(filepath.Join(rootsDir, root(g3))); err != nil {
+		t.Fatal(err)
+	}
+	g3again = build(n + "-3")
+	if g3again.OutPath != g3.OutPath || g3again.Unchanged {
+		t.Fatalf("without its GC root: out %s, unchanged %v; want %s realised again", g3again.OutPath, g3again.Unchanged, g3.OutPath)
 	}
 	want = map[string]string{root(g3again): g3.OutPath, root(g2): g2.OutPath}
 	if got := gcRoots(t, rootsDir); !mapsEqual(got, want) {

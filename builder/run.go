@@ -8,10 +8,12 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/bento-nix/bento/eval"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/nix"
 )
@@ -51,27 +53,22 @@ func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options)
 		prog.Done(results[h.i])
 	}
 
-	// Hosts enter evaluation in the order given. Not errgroup.WithContext:
-	// one host failing must not cancel the others.
-	queue := make(chan int)
-	go func() {
-		defer close(queue)
-		for i := range hosts {
-			select {
-			case queue <- i:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	// A small buffer: evaluation runs ahead of the builds by a few hosts,
-	// enough that a freed build slot finds one ready, not so many that
-	// evaluated hosts pile up waiting.
-	evaluated := make(chan *hostRun, opts.EvalJobs)
+	// evaluated holds hosts whose derivation is known, waiting for a
+	// build slot. It can hold every host: chunked evaluation delivers a
+	// whole chunk at once, and a chunk worker must not wait for builds.
+	evaluated := make(chan *hostRun, len(hosts))
+	// single holds hosts evaluated one per nix process, into their own
+	// log: every host in a dry run (nix build --dry-run says what would be
+	// built), else the hosts of chunks that failed to evaluate, so that
+	// each one's log shows its own error.
+	single := make(chan int, len(hosts))
 	var evals errgroup.Group
 	for range opts.EvalJobs {
 		evals.Go(func() error {
-			for i := range queue {
+			for i := range single {
+				if ctx.Err() != nil {
+					continue
+				}
 				h := b.evaluate(ctx, i, hosts[i])
 				if h.err != nil || opts.DryRun {
 					finish(h)
@@ -85,6 +82,14 @@ func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options)
 		})
 	}
 	go func() {
+		if opts.DryRun {
+			for i := range hosts {
+				single <- i
+			}
+		} else {
+			b.evaluateChunks(ctx, hosts, single, evaluated)
+		}
+		close(single)
 		_ = evals.Wait()
 		close(evaluated)
 	}()
@@ -92,7 +97,11 @@ func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options)
 	for range opts.Jobs {
 		builds.Go(func() error {
 			for h := range evaluated {
-				b.build(ctx, h)
+				if !b.unchanged(h) {
+					b.build(ctx, h)
+				} else if b.opts.CopyTo != "" {
+					b.copyResult(ctx, h)
+				}
 				finish(h)
 			}
 			return nil
@@ -117,6 +126,10 @@ type run struct {
 	state  *stateDir
 	stamp  string
 	prog   Progress
+	// evaluating holds the hosts whose evaluating phase was announced, so
+	// that a host evaluated again alone (its chunk failed) is not
+	// announced twice.
+	evaluating sync.Map
 }
 
 // hostRun is one host going through a run.
@@ -185,7 +198,9 @@ func (b *run) evaluate(ctx context.Context, i int, host fleet.Host) *hostRun {
 	}
 	h.logf, h.lw = logf, newLineWriter(logf, host.Name, b.prog)
 	h.res.LogFile = logf.Name()
-	b.prog.Phase(host.Name, PhaseEvaluating)
+	if _, already := b.evaluating.LoadOrStore(host.Name, true); !already {
+		b.prog.Phase(host.Name, PhaseEvaluating)
+	}
 
 	// The evaluation cache is one SQLite database per flake that
 	// concurrent evaluations fight over ("error (ignored): … is busy" in
@@ -225,6 +240,72 @@ func (b *run) evaluate(ctx context.Context, i int, host fleet.Host) *hostRun {
 	h.lw.Flush()
 	fmt.Fprintf(logf, "bento: evaluated %s\n", drv)
 	return h
+}
+
+// evaluateChunks instantiates every host's toplevel with a few chunked
+// nix eval processes (eval.DrvPaths) instead of one process per host, and
+// sends each host to evaluated as its chunk ends, so that builds start
+// while later chunks evaluate. Hosts of a chunk that failed go to single,
+// to be evaluated alone into their own log.
+func (b *run) evaluateChunks(ctx context.Context, hosts []fleet.Host, single chan<- int, evaluated chan<- *hostRun) {
+	index := make(map[string]int, len(hosts))
+	for i, h := range hosts {
+		index[h.Name] = i
+	}
+	opts := eval.Options{Jobs: b.opts.EvalJobs, ChunkSize: b.opts.EvalChunk, Memory: b.opts.EvalMemory,
+		ChunkStarted: func(names []string) {
+			for _, n := range names {
+				b.evaluating.Store(n, true)
+				b.prog.Phase(n, PhaseEvaluating)
+			}
+		}}
+	_ = eval.DrvPaths(ctx, b.runner, hosts, opts,
+		func(name, drv string) {
+			i := index[name]
+			h := &hostRun{i: i, host: hosts[i], start: time.Now()}
+			logf, err := b.state.newLog(name, b.stamp)
+			if err != nil {
+				h.fail("build", err)
+			} else {
+				h.logf, h.lw = logf, newLineWriter(logf, name, b.prog)
+				h.res.LogFile = logf.Name()
+				h.res.DrvPath = drv
+				fmt.Fprintf(logf, "bento: build of %s, started %s\nbento: evaluated %s (nix eval --json of many hosts' %s at once)\n", name, h.start.Format(time.RFC3339), drv, eval.ToplevelDrv)
+			}
+			h.evaluated = time.Now()
+			b.prog.Phase(name, PhaseWaiting)
+			evaluated <- h
+		},
+		func(name string, err error) {
+			if b.runner.Logger != nil {
+				b.runner.Logger.Debug("chunked evaluation failed; evaluating the host alone", "host", name, "err", err)
+			}
+			single <- index[name]
+		})
+}
+
+// unchanged tells whether h's derivation is the one its last successful
+// build realised and that build's GC root still holds the system: then
+// nix-store --realise would only confirm it, at the cost of a Nix process
+// per host, and the host is done. An unchanged redeploy then costs about
+// what --no-build costs (the evaluation aside).
+func (b *run) unchanged(h *hostRun) bool {
+	if h.err != nil || h.logf == nil {
+		return false
+	}
+	rec, ok := b.state.record(h.host.Name)
+	if !ok || rec.DrvPath != h.res.DrvPath || rec.OutPath == "" || !exists(rec.OutPath) {
+		return false
+	}
+	root, ok := b.state.rootOf(h.host.Name, rec.OutPath)
+	if !ok {
+		return false
+	}
+	h.waited = time.Since(h.evaluated)
+	h.res.OutPath, h.res.Status, h.res.Unchanged = rec.OutPath, StatusBuilt, true
+	h.lw.Flush()
+	fmt.Fprintf(h.logf, "bento: unchanged: %s was built to %s at %s and its GC root %s is in place; not realised again\n", rec.DrvPath, rec.OutPath, rec.BuiltAt.Format(time.RFC3339), root)
+	return true
 }
 
 // build realises the evaluated derivation into an out link that Nix
@@ -280,11 +361,18 @@ func (b *run) build(ctx context.Context, h *hostRun) {
 	h.lw.Flush()
 	fmt.Fprintf(h.logf, "bento: built %s\n", out)
 
-	if b.opts.CopyTo == "" {
-		return
+	if b.opts.CopyTo != "" {
+		b.copyResult(ctx, h)
 	}
+}
+
+// copyResult copies a built host's closure to opts.CopyTo (also when the
+// host was unchanged: the store there may have lost it, or a previous copy
+// failed; nix copy of paths already there costs one query).
+func (b *run) copyResult(ctx context.Context, h *hostRun) {
+	name, out := h.host.Name, h.res.OutPath
 	b.prog.Phase(name, PhaseCopying)
-	err = b.copy(ctx, name, out, h.lw)
+	err := b.copy(ctx, name, out, h.lw)
 	h.lw.Flush()
 	if err != nil {
 		h.res.CopyErr = &HostError{Host: name, Stage: "copy to " + b.opts.CopyTo, Err: err}

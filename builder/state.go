@@ -246,3 +246,36 @@ func (s *stateDir) writeRecord(rec Record) error {
 	}
 	return nil
 }
+
+// record reads host's last successful build; false when there is none or
+// it cannot be read (the host is then simply built).
+func (s *stateDir) record(host string) (Record, bool) {
+	data, err := os.ReadFile(filepath.Join(s.root, BuildsDir, host+".json"))
+	if err != nil {
+		return Record{}, false
+	}
+	var rec Record
+	if json.Unmarshal(data, &rec) != nil || rec.Host != host {
+		return Record{}, false
+	}
+	return rec, true
+}
+
+// rootOf returns one of host's GC roots that links to out.
+func (s *stateDir) rootOf(host, out string) (string, bool) {
+	dir := filepath.Join(s.root, GCRootsDir, host)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", false
+	}
+	for _, e := range entries {
+		if e.Type()&fs.ModeSymlink == 0 || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if target, err := os.Readlink(p); err == nil && target == out {
+			return p, true
+		}
+	}
+	return "", false
+}

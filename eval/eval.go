@@ -16,6 +16,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/tidwall/gjson"
 	"golang.org/x/sync/errgroup"
@@ -30,17 +31,20 @@ type Options struct {
 	Ref string
 	// Jobs is how many nix eval processes run at once; NumCPU when 0.
 	Jobs int
-	// ChunkSize is how many hosts one nix eval process evaluates; 0 picks
-	// a size that spreads the hosts evenly over Jobs, at most MaxChunk.
+	// ChunkSize is how many hosts one nix eval process evaluates; 0 sizes
+	// chunks by Memory (see Chunker).
 	ChunkSize int
+	// Memory is how many bytes the Jobs nix eval processes may use together
+	// when ChunkSize is 0; 0 means SystemBudget (DefaultMemoryShare of
+	// MemAvailable).
+	Memory int64
+	// ChunkStarted, when set, is called with the hosts of each chunk as its
+	// nix process starts (from several goroutines): a progress display.
+	ChunkStarted func(names []string)
 	// KeepGoing returns the hosts that evaluated, plus a *HostErrors for the
 	// others, instead of failing on the first host that does not evaluate.
 	KeepGoing bool
 }
-
-// MaxChunk bounds the automatic chunk size: a nix process holding hundreds
-// of NixOS evaluations uses gigabytes of memory.
-const MaxChunk = 64
 
 // HostError is one host that could not be discovered.
 type HostError struct {
@@ -229,59 +233,101 @@ const hostInfo = `c:
   }`
 
 func evaluate(ctx context.Context, r *nix.Runner, f *fleet.Fleet, names []string, opts Options) ([]fleet.Host, HostErrors) {
+	var mu sync.Mutex
+	var hosts []fleet.Host
+	errs := forEachChunk(ctx, names, opts, true,
+		func(ctx context.Context, chunk []string, rss *int64) (map[string]gjson.Result, error) {
+			return evalChunk(ctx, r, f, chunk, rss)
+		},
+		func(name string, v gjson.Result) {
+			h := hostFromJSON(f, name, v)
+			mu.Lock()
+			hosts = append(hosts, h)
+			mu.Unlock()
+		})
+	sort.Slice(hosts, func(i, j int) bool { return hosts[i].Name < hosts[j].Name })
+	return hosts, errs
+}
+
+// chunkFunc evaluates one chunk of hosts in one nix process and returns
+// each host's value, storing the process's peak memory in rss.
+type chunkFunc func(ctx context.Context, names []string, rss *int64) (map[string]gjson.Result, error)
+
+// forEachChunk evaluates names in chunks (a Chunker sized by opts), at most
+// opts.Jobs processes at once, and calls keep for every host that
+// evaluated, from several goroutines. When a chunk fails and fallback is
+// set, its hosts are evaluated one by one so that the error names the
+// host and the others are still known; without fallback, every host of the
+// chunk is reported with the chunk's error. Without opts.KeepGoing, no new
+// chunk starts after the first host error.
+func forEachChunk(ctx context.Context, names []string, opts Options, fallback bool, eval chunkFunc, keep func(string, gjson.Result)) HostErrors {
 	jobs := opts.Jobs
 	if jobs <= 0 {
 		jobs = runtime.NumCPU()
 	}
-	chunks := Chunks(names, opts.ChunkSize, jobs)
-	results := make([][]fleet.Host, len(chunks))
-	errsPer := make([]HostErrors, len(chunks))
+	budget := opts.Memory
+	if budget <= 0 {
+		budget = SystemBudget()
+	}
+	chunker := NewChunker(names, jobs, budget, opts.ChunkSize)
+	var mu sync.Mutex
+	var errs HostErrors
+	addErr := func(e *HostError) {
+		mu.Lock()
+		errs = append(errs, e)
+		mu.Unlock()
+		if !opts.KeepGoing {
+			chunker.Stop()
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(jobs)
-	for i, chunk := range chunks {
+	for range jobs {
 		g.Go(func() error {
-			hosts, err := evalChunk(gctx, r, f, chunk)
-			if err == nil {
-				results[i] = hosts
-				return nil
-			}
-			if gctx.Err() != nil {
-				return gctx.Err()
-			}
-			if len(chunk) == 1 {
-				errsPer[i] = HostErrors{{Host: chunk[0], Err: hostCause(err)}}
-				return nil
-			}
-			// Some host of the chunk does not evaluate: find which, one by
-			// one, so the error names it and the others are still known.
-			for _, n := range chunk {
-				hs, err := evalChunk(gctx, r, f, []string{n})
-				if err != nil {
-					if gctx.Err() != nil {
-						return gctx.Err()
-					}
-					errsPer[i] = append(errsPer[i], &HostError{Host: n, Err: hostCause(err)})
-					if !opts.KeepGoing {
-						return nil
+			for chunk := chunker.Next(); chunk != nil; chunk = chunker.Next() {
+				var rss int64
+				if opts.ChunkStarted != nil {
+					opts.ChunkStarted(chunk)
+				}
+				vals, err := eval(gctx, chunk, &rss)
+				if err == nil {
+					chunker.Observe(len(chunk), rss)
+					for _, n := range chunk {
+						keep(n, vals[n])
 					}
 					continue
 				}
-				results[i] = append(results[i], hs...)
+				if gctx.Err() != nil {
+					return gctx.Err()
+				}
+				if len(chunk) == 1 || !fallback {
+					for _, n := range chunk {
+						addErr(&HostError{Host: n, Err: hostCause(err)})
+					}
+					continue
+				}
+				for _, n := range chunk {
+					vals, err := eval(gctx, []string{n}, &rss)
+					if err != nil {
+						if gctx.Err() != nil {
+							return gctx.Err()
+						}
+						addErr(&HostError{Host: n, Err: hostCause(err)})
+						if !opts.KeepGoing {
+							break
+						}
+						continue
+					}
+					keep(n, vals[n])
+				}
 			}
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, HostErrors{{Host: "*", Err: err}}
+		return HostErrors{{Host: "*", Err: err}}
 	}
-	var hosts []fleet.Host
-	var errs HostErrors
-	for i := range chunks {
-		hosts = append(hosts, results[i]...)
-		errs = append(errs, errsPer[i]...)
-	}
-	sort.Slice(hosts, func(i, j int) bool { return hosts[i].Name < hosts[j].Name })
-	return hosts, errs
+	sort.Slice(errs, func(i, j int) bool { return errs[i].Host < errs[j].Host })
+	return errs
 }
 
 // hostCause strips the command from a nix error: the host is already named.
@@ -293,72 +339,73 @@ func hostCause(err error) error {
 	return err
 }
 
-// Chunks splits names into chunks of at most size (auto when size <= 0),
-// with a chunk count that is a multiple of jobs so workers finish together.
-func Chunks(names []string, size, jobs int) [][]string {
-	if len(names) == 0 {
-		return nil
-	}
-	if size <= 0 {
-		if jobs < 1 {
-			jobs = 1
-		}
-		n := (len(names) + MaxChunk - 1) / MaxChunk
-		n = (n + jobs - 1) / jobs * jobs
-		if n > len(names) {
-			n = len(names)
-		}
-		size = (len(names) + n - 1) / n
-	}
-	var out [][]string
-	for i := 0; i < len(names); i += size {
-		out = append(out, names[i:min(i+size, len(names))])
-	}
-	return out
-}
-
-func evalChunk(ctx context.Context, r *nix.Runner, f *fleet.Fleet, names []string) ([]fleet.Host, error) {
-	// Names are validated (^[A-Za-z0-9][A-Za-z0-9._-]*$) before they get
-	// here, so quoting them as Nix strings needs no escaping.
+// nixNames renders validated host names as a Nix list body. Names match
+// ^[A-Za-z0-9][A-Za-z0-9._-]*$ (fleet.ValidateName) before they get here,
+// so quoting them as Nix strings needs no escaping.
+func nixNames(names []string) string {
 	var list strings.Builder
 	for _, n := range names {
-		if f.Layout == fleet.LayoutClassic {
-			fmt.Fprintf(&list, "{ name = %q; path = %s; } ", n, classicConfigPath(f.Dir, n))
-		} else {
-			fmt.Fprintf(&list, "%q ", n)
-		}
+		fmt.Fprintf(&list, "%q ", n)
 	}
+	return list.String()
+}
+
+func evalChunk(ctx context.Context, r *nix.Runner, f *fleet.Fleet, names []string, rss *int64) (map[string]gjson.Result, error) {
 	var args []string
 	if f.Layout == fleet.LayoutClassic {
+		var list strings.Builder
+		for _, n := range names {
+			fmt.Fprintf(&list, "{ name = %q; path = %s; } ", n, classicConfigPath(f.Dir, n))
+		}
 		expr := fmt.Sprintf("let info = %s; in builtins.listToAttrs (map (p: { name = p.name; value = info (import <nixpkgs/nixos> { configuration = p.path; }); }) [ %s])", hostInfo, list.String())
 		args = []string{"eval", "--json", "--impure", "--expr", expr}
 	} else {
-		apply := fmt.Sprintf("cs: let info = %s; in builtins.listToAttrs (map (n: { name = n; value = info cs.${n}; }) [ %s])", hostInfo, list.String())
+		apply := fmt.Sprintf("cs: let info = %s; in builtins.listToAttrs (map (n: { name = n; value = info cs.${n}; }) [ %s])", hostInfo, nixNames(names))
 		args = []string{"eval", "--json", f.Ref + "#nixosConfigurations", "--apply", apply}
 	}
+	return runChunk(ctx, r, names, args, rss)
+}
+
+// runChunk runs one nix eval --json whose result is an object keyed by
+// host name, and reads it in one pass: with thousands of hosts per chunk,
+// a lookup per host (each re-scanning the whole output) dominated
+// discovery's CPU time.
+func runChunk(ctx context.Context, r *nix.Runner, names []string, args []string, rss *int64) (map[string]gjson.Result, error) {
 	host := ""
 	if len(names) == 1 {
 		host = names[0]
 	}
-	out, err := r.Output(ctx, host, args...)
+	out, err := r.Run(ctx, nix.Cmd{Host: host, Args: args, MaxRSS: rss})
 	if err != nil {
 		return nil, err
 	}
 	res := gjson.ParseBytes(out)
-	hosts := make([]fleet.Host, 0, len(names))
+	if !res.IsObject() {
+		return nil, fmt.Errorf("nix eval printed %q, want a JSON object of hosts", truncate(string(out), 200))
+	}
+	vals := make(map[string]gjson.Result, len(names))
+	res.ForEach(func(k, v gjson.Result) bool {
+		vals[k.String()] = v
+		return true
+	})
 	for _, n := range names {
-		v := res.Get(gjson.Escape(n))
-		if !v.Exists() {
+		if _, ok := vals[n]; !ok {
 			return nil, fmt.Errorf("host %s: missing from nix eval output", n)
 		}
-		hosts = append(hosts, hostFromJSON(f, n, v))
 	}
-	return hosts, nil
+	return vals, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 func classicConfigPath(dir, name string) string {
 	p := filepath.Join(dir, "hosts", name, "configuration.nix")
-	return fmt.Sprintf("(/. + %q)", p)
+	return fmt.Sprintf("(/. + %s)", nixString(p))
 }
 
 func hostFromJSON(f *fleet.Fleet, name string, v gjson.Result) fleet.Host {

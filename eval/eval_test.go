@@ -188,38 +188,6 @@ func TestKeepGoingReturnsTheOtherHosts(t *testing.T) {
 	}
 }
 
-func TestChunks(t *testing.T) {
-	names := func(n int) []string {
-		out := make([]string, n)
-		for i := range out {
-			out[i] = "h"
-		}
-		return out
-	}
-	cases := []struct {
-		n, size, jobs int
-		wantChunks    int
-		wantMax       int
-	}{
-		{n: 300, size: 0, jobs: 2, wantChunks: 6, wantMax: 50},
-		{n: 10, size: 0, jobs: 2, wantChunks: 2, wantMax: 5},
-		{n: 1, size: 0, jobs: 8, wantChunks: 1, wantMax: 1},
-		{n: 10, size: 3, jobs: 2, wantChunks: 4, wantMax: 3},
-		{n: 0, size: 0, jobs: 2, wantChunks: 0, wantMax: 0},
-	}
-	for _, tc := range cases {
-		got := eval.Chunks(names(tc.n), tc.size, tc.jobs)
-		maxLen, total := 0, 0
-		for _, c := range got {
-			maxLen = max(maxLen, len(c))
-			total += len(c)
-		}
-		if len(got) != tc.wantChunks || maxLen != tc.wantMax || total != tc.n {
-			t.Errorf("Chunks(%d, %d, %d): %d chunks of at most %d (total %d), want %d of at most %d", tc.n, tc.size, tc.jobs, len(got), maxLen, total, tc.wantChunks, tc.wantMax)
-		}
-	}
-}
-
 func write(t *testing.T, dir, name, content string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {

@@ -73,7 +73,7 @@ set +e
 run "$BENTO" deploy --flake examples/fleet --chroot-root "$DEMO/chroot" --state-dir "$DEMO/server" --no-user-check
 set -e
 for h in "${HOSTS[@]}"; do chown "bento-$h:$GROUP" "$DEMO/chroot/$h/reports"; done
-run ls "$DEMO/chroot/web-1" "$DEMO/chroot/web-1/config"
+run ls "$DEMO/chroot/web-1" "$DEMO/chroot/web-1/objects"
 
 say "4. Server: sshd serves each chroot to its host only (SFTP, no shell, no forwarding)"
 ssh-keygen -q -t ed25519 -N '' -f "$DEMO/ssh_host_ed25519_key"

@@ -46,8 +46,85 @@ let
 
   inStore = p: hasPrefix "${builtins.storeDir}/" (toString p);
 
-  # Go's time.ParseDuration syntax, for the retry delays.
-  goDuration = types.strMatching "([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+";
+  # A systemd time span (systemd.time(7)): "90s", "15min", "1h 30min",
+  # "2 days"; Go's "1h30m" is one too. A unit-less number is seconds, and
+  # may only come last ("1min 30"). The agent parses the same spellings
+  # (internal/timespan), so what passes here reaches it unchanged.
+  spanUnits = "usec|us|µs|μs|nsec|ns|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y";
+  # What strconv.ParseFloat reads of digits and one dot: "1", "1.5", ".5", "1.".
+  spanNumber = "([0-9]+[.]?[0-9]*|[.][0-9]+)";
+  spanPattern = "[ ]*(((${spanNumber})[ ]*(${spanUnits})[ ]*)+(${spanNumber}[ ]*)?|${spanNumber}[ ]*)";
+  span = types.strMatching spanPattern // {
+    description = "systemd time span such as \"90s\", \"15min\" or \"1h 30min\"";
+  };
+  # Integer seconds, as confirmTimeout used to take, still work.
+  spanOrSeconds = types.coercedTo types.ints.positive (n: "${toString n}s") span;
+
+  spanUnitSeconds = {
+    "" = 1;
+    usec = 1.0e-6;
+    us = 1.0e-6;
+    "µs" = 1.0e-6;
+    "μs" = 1.0e-6;
+    nsec = 1.0e-9;
+    ns = 1.0e-9;
+    msec = 1.0e-3;
+    ms = 1.0e-3;
+    seconds = 1;
+    second = 1;
+    sec = 1;
+    s = 1;
+    minutes = 60;
+    minute = 60;
+    min = 60;
+    m = 60;
+    hours = 3600;
+    hour = 3600;
+    hr = 3600;
+    h = 3600;
+    days = 86400;
+    day = 86400;
+    d = 86400;
+    weeks = 604800;
+    week = 604800;
+    w = 604800;
+    months = 2629800;
+    month = 2629800;
+    M = 2629800;
+    years = 31557600;
+    year = 31557600;
+    y = 31557600;
+  };
+  # The seconds a span (already of type `span`) stands for, to compare
+  # two of them in an assertion.
+  spanSeconds =
+    s:
+    let
+      # "015", ".5" and "1." are not JSON numbers: rebuild each as one.
+      number =
+        n:
+        let
+          m = builtins.match "0*([0-9]*)[.]?([0-9]*)" n;
+          whole = builtins.elemAt m 0;
+          fraction = builtins.elemAt m 1;
+        in
+        builtins.fromJSON ((if whole == "" then "0" else whole) + (if fraction == "" then "" else ".${fraction}"));
+    in
+    builtins.foldl' (acc: p: acc + number (builtins.elemAt p 0) * spanUnitSeconds.${builtins.elemAt p 2}) 0 (
+      builtins.filter builtins.isList (builtins.split "(${spanNumber})[ ]*([^0-9. ]*)" s)
+    );
+
+  # systemd unit names, as nixpkgs' unitNameType: a secret's restartUnits
+  # end up in bento-secrets' Before=, so a bad one is refused here, on the
+  # option the user wrote.
+  unitName = types.strMatching "[a-zA-Z0-9@%:_.\\-]+[.](service|socket|device|mount|automount|swap|target|path|timer|scope|slice)";
+
+  # An OpenSSH public key (optionally a whole known_hosts line); the blob
+  # must be base64 as far as a pattern can tell: whole groups of four,
+  # padding only at the end.
+  keyPattern = "(.*[ ])?(ssh-[a-z0-9]+|ecdsa-sha2-[a-z0-9]+|sk-[a-z0-9@.-]+)[ ]+(AAAA[^ ]*)([ ].*)?";
+  keyBlob = k: builtins.elemAt (builtins.match keyPattern k) 2;
+  base64Blob = b: builtins.match "([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?" b != null;
 
   # What `bento agent` reads (--config). Keys are bento's interface with
   # the agent: see docs/modules.md.
@@ -67,7 +144,7 @@ let
       ;
     identityFile = toString cfg.identityFile;
     stateDir = toString cfg.stateDir;
-    confirmTimeout = "${toString cfg.confirmTimeout}s";
+    inherit (cfg) confirmTimeout;
     reboot = {
       inherit (cfg.reboot) policy window;
     };
@@ -94,6 +171,10 @@ let
 
   configFile = pkgs.writeText "bento-agent.json" (builtins.toJSON agentConfig);
   agentConfigEtc = "bento/agent.json";
+
+  configCheck = pkgs.runCommand "bento-agent-config-check" { } ''
+    ${bento} agent check-config --config ${configFile} > "$out"
+  '';
 
   bento = "${cfg.package}/bin/bento";
 
@@ -164,7 +245,7 @@ let
           description = "Octal permissions of the installed secret file.";
         };
         restartUnits = mkOption {
-          type = types.listOf types.str;
+          type = types.listOf unitName;
           default = [ ];
           example = [ "nginx.service" ];
           description = "Units the agent restarts when this secret changed.";
@@ -187,11 +268,12 @@ in
     package = mkOption {
       type = types.package;
       default = pkgs.callPackage ../nix/package.nix { };
-      defaultText = literalExpression "pkgs.callPackage (bento + \"/nix/package.nix\") { }";
+      defaultText = literalExpression "bento.packages.\${system}.bento (through the flake), else pkgs.callPackage (bento + \"/nix/package.nix\") { }";
       description = ''
-        The bento package. The default builds bento from the same source as
-        this module with this host's nixpkgs (which needs Go 1.26); set it to
-        `bento.packages.''${system}.default` to use the flake's own build.
+        The bento package. Imported through the flake's `nixosModules`, the
+        default is the flake's own `packages.''${system}.bento`; imported
+        as a file (without the flake), bento is built from the same source
+        with this host's nixpkgs, which needs Go 1.26.
       '';
     };
 
@@ -277,7 +359,7 @@ in
     };
 
     randomizedDelaySec = mkOption {
-      type = types.str;
+      type = span;
       default = "5min";
       description = ''
         Random delay added to each poll (`RandomizedDelaySec=`), so that the
@@ -292,7 +374,9 @@ in
     };
 
     timeout = mkOption {
-      type = types.str;
+      type = types.strMatching "infinity|${spanPattern}" // {
+        description = "systemd time span or \"infinity\"";
+      };
       default = "2h";
       description = ''
         Longest time one run of the agent may take (`TimeoutStartSec=`):
@@ -326,12 +410,14 @@ in
     };
 
     confirmTimeout = mkOption {
-      type = types.ints.positive;
-      default = 60;
+      type = spanOrSeconds;
+      default = "60s";
+      example = "2min";
       description = ''
-        Seconds the agent has, after a switch, to reach the server again.
-        If it cannot, or if activation failed, it rolls back to the system
-        that ran before.
+        How long the agent has, after a switch, to reach the server again
+        (a time span; a plain number is seconds). If it cannot, or if
+        activation failed, it rolls back to the system that ran before.
+        The agent accepts 1s to 1d.
       '';
     };
 
@@ -352,7 +438,7 @@ in
       };
 
       window = mkOption {
-        type = types.strMatching "[0-2][0-9]:[0-5][0-9]-[0-2][0-9]:[0-5][0-9]";
+        type = types.strMatching "([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]";
         default = "03:00-05:00";
         description = "Daily local-time window `HH:MM-HH:MM` for reboots under the `window` policy (may cross midnight).";
       };
@@ -374,14 +460,14 @@ in
 
     retry = {
       initialDelay = mkOption {
-        type = goDuration;
-        default = "15m";
-        description = "After a failed attempt, wait this long before trying the same version again (Go duration).";
+        type = span;
+        default = "15min";
+        description = "After a failed attempt, wait this long before trying the same version again (a time span, at most 30d).";
       };
       maxDelay = mkOption {
-        type = goDuration;
+        type = span;
         default = "6h";
-        description = "The wait between retries of a failing version doubles up to this (Go duration).";
+        description = "The wait between retries of a failing version doubles up to this (a time span, at most 30d; not below initialDelay; 0 for no cap).";
       };
     };
 
@@ -500,10 +586,28 @@ in
           '';
         }
         {
+          assertion = cfg.serverHostKey == null || builtins.match keyPattern cfg.serverHostKey != null;
+          message = "services.bento.serverHostKey must be a public key such as \"ssh-ed25519 AAAA…\" or a known_hosts line, not `${toString cfg.serverHostKey}'.";
+        }
+        {
           assertion =
             cfg.serverHostKey == null
-            || builtins.match "(.*[ ])?(ssh-[a-z0-9]+|ecdsa-sha2-[a-z0-9]+|sk-[a-z0-9@.-]+)[ ]+AAAA[A-Za-z0-9+/]+=*([ ].*)?" cfg.serverHostKey != null;
-          message = "services.bento.serverHostKey must be a public key such as \"ssh-ed25519 AAAA…\" or a known_hosts line, not `${toString cfg.serverHostKey}'.";
+            || builtins.match keyPattern cfg.serverHostKey == null
+            || base64Blob (keyBlob cfg.serverHostKey);
+          message = "services.bento.serverHostKey of host `${cfg.host}' is not a valid key: its base64 part is cut or damaged. Copy the whole line again from the server: cat /etc/ssh/ssh_host_ed25519_key.pub";
+        }
+        {
+          assertion = !(cfg.mode == "fetch" && cfg.selfUpdate);
+          message = "services.bento.selfUpdate of host `${cfg.host}' needs services.bento.mode = \"build\": a host in fetch mode evaluates nothing, so it cannot update its inputs. Set selfUpdate = false or mode = \"build\".";
+        }
+        {
+          # maxDelay 0 is no cap, for the agent too.
+          assertion = spanSeconds cfg.retry.maxDelay == 0 || spanSeconds cfg.retry.initialDelay <= spanSeconds cfg.retry.maxDelay;
+          message = "services.bento.retry.initialDelay (${cfg.retry.initialDelay}) of host `${cfg.host}' is longer than services.bento.retry.maxDelay (${cfg.retry.maxDelay}): the wait grows from initialDelay up to maxDelay.";
+        }
+        {
+          assertion = cfg.reboot.command != [ ] && builtins.head cfg.reboot.command != "";
+          message = "services.bento.reboot.command of host `${cfg.host}' is empty: give the command that reboots, such as [ \"systemctl\" \"reboot\" ].";
         }
         {
           assertion = builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" userName != null && builtins.stringLength userName <= 31;
@@ -534,6 +638,12 @@ in
 
       environment.systemPackages = [ cfg.package ];
 
+      # The agent's own validation of the file it will run with, when the
+      # system is built (as nixpkgs runs `sshd -t` on sshd_config): what
+      # the agent would refuse on every tick fails the build instead.
+      # Skipped when the build machine cannot run the host's bento.
+      system.checks = optional (pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform) configCheck;
+
       # For people and for `bento agent trigger`: the configuration the agent runs with.
       environment.etc.${agentConfigEtc}.source = configFile;
 
@@ -561,7 +671,7 @@ in
           TimeoutStartSec = cfg.timeout;
           # A stop during an activation waits for it (the agent defers
           # SIGTERM until the outcome is recorded): confirm window + margin.
-          TimeoutStopSec = "${toString (cfg.confirmTimeout + 60)}s";
+          TimeoutStopSec = "${toString (builtins.ceil (spanSeconds cfg.confirmTimeout) + 60)}s";
         };
       };
 
@@ -617,21 +727,26 @@ in
     })
 
     # The local trigger: `bento agent trigger-server` runs each requested
-    # tick as a child process, so its unit is as protected from switches as
-    # the agent's. One server for every address (unix socket, loopback
-    # port): one tick at a time across them.
+    # tick as a child process in its own process group. A switch that
+    # changes the unit (a new bento) restarts it, and KillMode=process
+    # stops only the server: a tick in progress, even the one running that
+    # switch, goes on (the server does not wait for it). One server for
+    # every address (unix socket, loopback port): one tick at a time
+    # across them.
     (mkIf cfg.trigger.enable {
       systemd.tmpfiles.rules = [ "d ${dirOf cfg.trigger.socket} 0755 root root -" ];
       systemd.services.bento-trigger = unitCommon // {
+        restartIfChanged = true;
+        unitConfig = { };
         description = "bento agent: local trigger on ${concatStringsSep " and " triggerAddresses}";
         wantedBy = [ "multi-user.target" ];
         wants = [ "network-online.target" ];
         after = [ "network-online.target" ];
         serviceConfig = hardening // {
           Type = "simple";
-          # /etc/bento/agent.json, not the store file: a switch does not
-          # restart this server, and each tick it runs reads the file
-          # anew, so triggered ticks follow the current configuration.
+          # /etc/bento/agent.json, not the store file: a change of the
+          # configuration alone does not restart this server, and each
+          # tick it runs reads the file anew.
           ExecStart = execLine (
             [
               bento

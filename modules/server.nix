@@ -121,8 +121,8 @@ in
     package = mkOption {
       type = types.package;
       default = pkgs.callPackage ../nix/package.nix { };
-      defaultText = literalExpression "pkgs.callPackage (bento + \"/nix/package.nix\") { }";
-      description = "The bento package (for the deploy timer and for `bento` on the server's PATH).";
+      defaultText = literalExpression "bento.packages.\${system}.bento (through the flake), else pkgs.callPackage (bento + \"/nix/package.nix\") { }";
+      description = "The bento package (for the deploy timer and for `bento` on the server's PATH): through the flake's `nixosModules`, the flake's own build; imported as a file, one built with this host's nixpkgs (which needs Go 1.26).";
     };
 
     chrootRoot = mkOption {

@@ -53,6 +53,6 @@ buildGo {
     description = "Pull-based deployment for a fleet of NixOS machines described by one flake";
     homepage = "https://github.com/bento-nix/bento";
     mainProgram = "bento";
-    platforms = lib.platforms.unix;
+    platforms = lib.platforms.linux;
   };
 }

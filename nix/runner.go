@@ -50,6 +50,10 @@ type Cmd struct {
 	Log io.Writer
 	// ExtraEnv is appended after Runner.Env.
 	ExtraEnv []string
+	// MaxRSS, when set, receives the process's peak resident memory in
+	// bytes once it has exited (0 when unknown), whether it failed or not:
+	// discovery sizes its chunks from it.
+	MaxRSS *int64
 }
 
 // Error is a failed Nix command.
@@ -134,6 +138,15 @@ func (r *Runner) Run(ctx context.Context, c Cmd) ([]byte, error) {
 		r.Logger.Debug("running", "host", c.Host, "cmd", strings.Join(full, " "))
 	}
 	err := cmd.Run()
+	if c.MaxRSS != nil {
+		*c.MaxRSS = 0
+		if cmd.ProcessState != nil {
+			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+				// Linux reports ru_maxrss in KiB.
+				*c.MaxRSS = ru.Maxrss * 1024
+			}
+		}
+	}
 	if err == nil {
 		return stdout.Bytes(), nil
 	}

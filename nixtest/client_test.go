@@ -99,10 +99,7 @@ var agentKeys = []string{
 func TestClientDefaults(t *testing.T) {
 	needNix(t)
 	key := publicKey(t)
-	r := evalClient(t, fmt.Sprintf(`{
-	  networking.hostName = "web-1";
-	  services.bento = { enable = true; server = "bento.example.org"; serverHostKey = %s; };
-	}`, nixString(key)))
+	r := evalClient(t, exampleDefs(t, "defaults", key))
 	if len(r.Failed) != 0 {
 		t.Fatalf("failed assertions: %q", r.Failed)
 	}
@@ -162,7 +159,7 @@ func TestClientDefaults(t *testing.T) {
 		"stateDir": "/var/lib/bento", "mode": "build", "operation": "switch",
 		"confirmTimeout": "60s",
 		"reboot":         map[string]any{"policy": "never", "window": "03:00-05:00"},
-		"retry":          map[string]any{"initialDelay": "15m", "maxDelay": "6h"},
+		"retry":          map[string]any{"initialDelay": "15min", "maxDelay": "6h"},
 		"substituters":   []any{}, "trustedPublicKeys": []any{},
 		"narinfoCacheNegativeTTL": 0.0, "selfUpdate": false,
 		"profile": "/nix/var/nix/profiles/system", "currentSystem": "/run/current-system", "bootedSystem": "/run/booted-system",
@@ -202,24 +199,7 @@ func TestClientDefaults(t *testing.T) {
 func TestClientOptions(t *testing.T) {
 	needNix(t)
 	key := publicKey(t)
-	r := evalClient(t, fmt.Sprintf(`{
-	  networking.hostName = "pi";
-	  services.bento = {
-	    enable = true; server = "10.0.0.1"; port = 2222; user = "pi-sftp";
-	    identityFile = "/var/lib/bento-key"; serverHostKey = %s;
-	    interval = "hourly"; randomizedDelaySec = "30min"; persistent = false; timeout = "30m";
-	    mode = "fetch"; operation = "boot"; confirmTimeout = 90;
-	    reboot = { policy = "window"; window = "23:30-01:00"; command = [ "/run/current-system/sw/bin/systemctl" "kexec" ]; };
-	    retry = { initialDelay = "1m30s"; maxDelay = "2h"; };
-	    substituters = [ "http://10.0.0.1:5000" ]; trustedPublicKeys = [ "bento-1:abc=" ];
-	    narinfoCacheNegativeTTL = 30; selfUpdate = true;
-	    trigger = { enable = true; port = 51337; };
-	    tags = [ "home" "arm" ]; stateDir = "/srv/bento";
-	    secrets."wg.key" = { owner = "systemd-network"; restartUnits = [ "systemd-networkd.service" ]; };
-	    secrets.token = { path = "/etc/token"; mode = "0440"; group = "wheel"; };
-	    extraArgs = [ "--verbose" "100%%" "$HOME" ];
-	  };
-	}`, nixString(key)))
+	r := evalClient(t, exampleDefs(t, "options", key))
 	if len(r.Failed)+len(r.Warnings) != 0 {
 		t.Fatalf("failed assertions: %q, warnings %q", r.Failed, r.Warnings)
 	}
@@ -228,8 +208,8 @@ func TestClientOptions(t *testing.T) {
 	if got := argv[5:]; !reflect.DeepEqual(got, []string{"--verbose", "100%", "$HOME"}) {
 		t.Errorf("extraArgs in ExecStart = %q", got)
 	}
-	if svc.ServiceConfig["TimeoutStartSec"] != "30m" {
-		t.Errorf("TimeoutStartSec = %v", svc.ServiceConfig["TimeoutStartSec"])
+	if svc.ServiceConfig["TimeoutStartSec"] != "1h 30min" || svc.ServiceConfig["TimeoutStopSec"] != "150s" {
+		t.Errorf("TimeoutStartSec = %v, TimeoutStopSec = %v", svc.ServiceConfig["TimeoutStartSec"], svc.ServiceConfig["TimeoutStopSec"])
 	}
 	conf := agentJSON(t, argv)
 	for k, v := range map[string]any{
@@ -237,11 +217,11 @@ func TestClientOptions(t *testing.T) {
 		"stateDir": "/srv/bento", "mode": "fetch", "operation": "boot", "confirmTimeout": "90s",
 		"reboot":                  map[string]any{"policy": "window", "window": "23:30-01:00"},
 		"rebootCommand":           []any{"/run/current-system/sw/bin/systemctl", "kexec"},
-		"retry":                   map[string]any{"initialDelay": "1m30s", "maxDelay": "2h"},
+		"retry":                   map[string]any{"initialDelay": "1m30s", "maxDelay": "2 hours"},
 		"trigger":                 map[string]any{"allowedGroups": []any{"wheel"}},
 		"substituters":            []any{"http://10.0.0.1:5000"},
 		"trustedPublicKeys":       []any{"bento-1:abc="},
-		"narinfoCacheNegativeTTL": 30.0, "selfUpdate": true,
+		"narinfoCacheNegativeTTL": 30.0, "selfUpdate": false,
 		"secrets": map[string]any{
 			"wg.key": map[string]any{"path": "/run/bento-secrets/wg.key", "owner": "systemd-network", "group": "root", "mode": "0400", "restartUnits": []any{"systemd-networkd.service"}},
 			"token":  map[string]any{"path": "/etc/token", "owner": "root", "group": "wheel", "mode": "0440", "restartUnits": []any{}},
@@ -265,12 +245,14 @@ func TestClientOptions(t *testing.T) {
 	}
 	trig := r.Services["bento-trigger"]
 	targv := splitExec(t, trig.ServiceConfig["ExecStart"].(string))
-	// The trigger server outlives switches: its ticks read the current
-	// configuration through /etc, not the store file it started with.
+	// Its ticks read the current configuration through /etc, not the store
+	// file it started with (a configuration change alone does not restart it).
 	if want := []string{argv[0], "agent", "trigger-server", "--config", "/etc/bento/agent.json", "--listen", "unix:/run/bento/trigger.sock", "--listen", "127.0.0.1:51337"}; !reflect.DeepEqual(targv, want) {
 		t.Errorf("bento-trigger: ExecStart = %q, want %q", targv, want)
 	}
-	if trig.RestartIfChanged == nil || *trig.RestartIfChanged || trig.UnitConfig["X-StopOnRemoval"] != false || trig.ServiceConfig["KillMode"] != "process" ||
+	// A new bento restarts it; KillMode=process keeps a running tick
+	// (TestTriggerRestartKeepsTheTick runs that for real).
+	if trig.RestartIfChanged == nil || !*trig.RestartIfChanged || len(trig.UnitConfig) != 0 || trig.ServiceConfig["KillMode"] != "process" ||
 		trig.ServiceConfig["Type"] != "simple" || !contains(trig.WantedBy, "multi-user.target") {
 		t.Errorf("bento-trigger = %+v", trig)
 	}
@@ -290,15 +272,7 @@ func TestClientOptions(t *testing.T) {
 func TestClientSecretsAtBoot(t *testing.T) {
 	needNix(t)
 	key := publicKey(t)
-	r := evalClient(t, fmt.Sprintf(`{
-	  networking.hostName = "web-1";
-	  services.bento = {
-	    enable = true; server = "s"; serverHostKey = %s;
-	    secrets.a.restartUnits = [ "nginx.service" "x.service" ];
-	    secrets.b.restartUnits = [ "nginx.service" ];
-	    secrets.c = { };
-	  };
-	}`, nixString(key)))
+	r := evalClient(t, exampleDefs(t, "secrets", key))
 	if len(r.Failed) != 0 {
 		t.Fatalf("failed assertions: %q", r.Failed)
 	}
@@ -399,10 +373,18 @@ func TestClientAssertions(t *testing.T) {
 		{`operation = "dry-activate";`, "services.bento.operation"},
 		{`reboot.policy = "sometimes";`, "services.bento.reboot.policy"},
 		{`reboot.window = "3-5";`, "services.bento.reboot.window"},
-		{`retry.initialDelay = "15 minutes";`, "services.bento.retry.initialDelay"},
+		{`reboot.window = "23:00-24:00";`, "services.bento.reboot.window"},
+		{`reboot.window = "29:00-29:30";`, "services.bento.reboot.window"},
+		{`retry.initialDelay = "15 mins";`, "services.bento.retry.initialDelay"},
+		{`retry.maxDelay = "";`, "services.bento.retry.maxDelay"},
 		{`confirmTimeout = 0;`, "services.bento.confirmTimeout"},
+		{`confirmTimeout = "soon";`, "services.bento.confirmTimeout"},
+		{`randomizedDelaySec = "5 min later";`, "services.bento.randomizedDelaySec"},
+		{`timeout = "forever";`, "services.bento.timeout"},
 		{`port = 70000;`, "services.bento.port"},
 		{`secrets.x.mode = "rw";`, "services.bento.secrets.x.mode"},
+		// Not a unit name: refused on the secret, not on bento-secrets' Before=.
+		{`secrets.x.restartUnits = [ "nginx" ];`, "services.bento.secrets.x.restartUnits"},
 		{`nonsense = true;`, "services.bento.nonsense' does not exist"},
 	} {
 		_, err := evalErr(t, hostExpr(t, []string{nixString(filepath.Join(repoRoot(t), "modules/client.nix")), `{ services.bento = { ` + base + tc.defs + ` }; }`}, clientSelect))

@@ -83,7 +83,7 @@ func TestFlakeOutputsWithoutNixpkgs(t *testing.T) {
 	}
 
 	var modules map[string][]string
-	eval("nixosModules", `ms: builtins.mapAttrs (n: m: map toString m.imports) ms`, &modules)
+	eval("nixosModules", `ms: builtins.mapAttrs (n: m: map toString (builtins.filter builtins.isPath m.imports)) ms`, &modules)
 	want := map[string]string{"client": "modules/client.nix", "server": "modules/server.nix", "default": "modules/default.nix"}
 	if len(modules) != len(want) {
 		t.Errorf("nixosModules = %v, want %v", keys(modules), keys(want))
@@ -242,4 +242,76 @@ func keys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Through the flake, services.bento.package and services.bento-server.package
+// default to the flake's own build (not one with the host's nixpkgs, which
+// may lack Go 1.26); a system the flake does not build, and the modules
+// imported without the flake, keep pkgs.callPackage. The flake's nixpkgs
+// input is a stand-in whose callPackage names what it builds; packages and
+// apps are published for Linux only.
+func TestFlakeModulesDefaultToTheFlakesPackage(t *testing.T) {
+	needNix(t)
+	dir := flakeCopy(t)
+	stub := t.TempDir()
+	copyTree(t, stub, "nixtest/testdata/pkgs.nix")
+	if err := os.WriteFile(filepath.Join(stub, "flake.nix"), []byte(`{
+  outputs = _: {
+    legacyPackages = {
+      x86_64-linux = import ./nixtest/testdata/pkgs.nix;
+      aarch64-linux = import ./nixtest/testdata/pkgs.nix;
+    };
+  };
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eval := func(attr, apply string, v any) {
+		t.Helper()
+		out := run(t, dir, "nix", "eval", "--json", "--impure", "--override-input", "nixpkgs", "path:"+stub, "path:"+dir+"#"+attr, "--apply", apply)
+		if err := json.Unmarshal([]byte(out), v); err != nil {
+			t.Fatalf("%s: %v\n%s", attr, err, out)
+		}
+	}
+	evalNix := nixString(filepath.Join(repoRoot(t), "nixtest/testdata/eval.nix"))
+	pkgsNix := nixString(filepath.Join(repoRoot(t), "nixtest/testdata/pkgs.nix"))
+	var got map[string]string
+	eval("nixosModules", `ms: let
+	  ev = m: system: (import `+evalNix+` {
+	    modules = if builtins.isList m then m else [ m ];
+	    pkgs = let p = import `+pkgsNix+`; in p // { stdenv = p.stdenv // { hostPlatform.system = system; }; };
+	  }).config.services;
+	  withoutFlake = (import `+evalNix+` { modules = [ `+nixString(filepath.Join(repoRoot(t), "modules/default.nix"))+` ]; }).config.services;
+	in {
+	  client = (ev ms.client "x86_64-linux").bento.package.outPath;
+	  server = (ev ms.server "aarch64-linux").bento-server.package.outPath;
+	  defaultClient = (ev ms.default "x86_64-linux").bento.package.outPath;
+	  defaultServer = (ev ms.default "x86_64-linux").bento-server.package.outPath;
+	  otherSystem = (ev ms.client "riscv64-linux").bento.package.outPath;
+	  # Imported more than once: still one definition.
+	  all = (ev [ ms.client ms.server ms.default ] "x86_64-linux").bento.package.outPath;
+	  withoutFlake = withoutFlake.bento.package.outPath;
+	}`, &got)
+	flakes := "/nix/store/00000000000000000000000000000000-bento-0.1.0+dirty"
+	own := "/nix/store/00000000000000000000000000000000-bento"
+	want := map[string]string{"client": flakes, "server": flakes, "defaultClient": flakes, "defaultServer": flakes, "otherSystem": own, "withoutFlake": own, "all": flakes}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("packages: %v\nwant %v", got, want)
+	}
+
+	var systems map[string][]string
+	eval("packages", `ps: { packages = builtins.attrNames ps; }`, &systems)
+	var apps map[string][]string
+	eval("apps", `as: { apps = builtins.attrNames as; }`, &apps)
+	linux := []string{"aarch64-linux", "x86_64-linux"}
+	if !reflect.DeepEqual(systems["packages"], linux) || !reflect.DeepEqual(apps["apps"], linux) {
+		t.Errorf("packages for %v, apps for %v; want Linux only (%v): bento does not build elsewhere", systems["packages"], apps["apps"], linux)
+	}
+	pkg, err := os.ReadFile(filepath.Join(repoRoot(t), "nix/package.nix"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(pkg), "platforms = lib.platforms.linux;") {
+		t.Errorf("nix/package.nix: meta.platforms must be lib.platforms.linux (GOOS=darwin does not build)")
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -82,4 +83,67 @@ func TestVMChecksEvaluate(t *testing.T) {
 			t.Errorf("the fleet's %s: /etc/bento-test = %v, want version 1", h, v)
 		}
 	}
+}
+
+// vm-server-lost-rollback cuts client1 off from the server: every address
+// /etc/hosts gives "server", IPv6 included (the test driver writes both,
+// and Go's dialer falls back from one family to the other), and the
+// rollback (stopping the unit) puts them all back. The unit's script runs
+// here with a stand-in `ip` that records its arguments and a hosts file as
+// the NixOS test driver writes it.
+func TestVMServerCutCoversIPv6(t *testing.T) {
+	needNix(t)
+	root := repoRoot(t)
+	var unit struct {
+		Script  string `json:"script"`
+		PreStop string `json:"preStop"`
+	}
+	evalJSON(t, `let
+	  p = import `+nixString(filepath.Join(root, "nixtest/testdata/pkgs.nix"))+`;
+	  r = import `+nixString(filepath.Join(root, "nixtest/testdata/eval.nix"))+` {
+	    freeform = true;
+	    pkgs = p // { iproute2 = p.coreutils; gawk = p.coreutils; };
+	    modules = [
+	      `+nixString(filepath.Join(root, "nixtest/vm/fleet/common.nix"))+`
+	      { networking.hostName = "client1"; bentoTest = { version = 2; scenario = "server-lost-rollback"; }; }
+	    ];
+	  };
+	in { inherit (r.config.systemd.services.bento-test-cut) script preStop; }`, &unit)
+
+	dir := t.TempDir()
+	hosts := filepath.Join(dir, "hosts")
+	if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\n::1 localhost\n192.168.1.1 client1\n2001:db8:1::1 client1\n192.168.1.3 server\n2001:db8:1::3 server\n192.168.1.3 server.local server\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "bin")
+	if err := os.Mkdir(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	calls := filepath.Join(dir, "calls")
+	if err := os.WriteFile(filepath.Join(bin, "ip"), []byte("#!/bin/sh\necho \"$*\" >> "+calls+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		script, op string
+	}{{unit.Script, "add"}, {unit.PreStop, "del"}} {
+		os.Remove(calls)
+		script := strings.ReplaceAll(tc.script, "/etc/hosts", hosts)
+		cmd := exec.Command("/bin/sh", "-ec", script)
+		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s\n%s", tc.op, err, out, script)
+		}
+		data, _ := os.ReadFile(calls)
+		want := "route " + tc.op + " blackhole 192.168.1.3/32\n-6 route " + tc.op + " blackhole 2001:db8:1::3/128\n"
+		if got := string(data); !sameLines(got, want) {
+			t.Errorf("%s: ip was run as\n%s\nwant\n%s", tc.op, got, want)
+		}
+	}
+}
+
+func sameLines(a, b string) bool {
+	x, y := strings.Split(strings.TrimSpace(a), "\n"), strings.Split(strings.TrimSpace(b), "\n")
+	sort.Strings(x)
+	sort.Strings(y)
+	return reflect.DeepEqual(x, y)
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -104,30 +105,99 @@ func readManifest(t *testing.T, root, host string) *manifest.Manifest {
 	return m
 }
 
-// verify checks what a client checks: every file the manifest names
-// exists under config/<version> with the announced size and hash, and
-// nothing else is there.
+// verifyExact is verify, and objects/ holds nothing else.
+func verifyExact(t *testing.T, root, host string) *manifest.Manifest {
+	t.Helper()
+	m := verify(t, root, host)
+	want := map[string]bool{}
+	for _, f := range m.Files {
+		want[manifest.ObjectPath(f.SHA256)] = true
+	}
+	got := listFiles(t, filepath.Join(root, host, manifest.ObjectsDir))
+	if len(got) != len(want) {
+		t.Fatalf("host %s: objects/ holds %d objects %v, the manifest names %d", host, len(got), got, len(want))
+	}
+	return m
+}
+
+// verify checks what a client checks: the manifest is format 2 and every
+// file it names is in the chroot's objects/ with the announced size and
+// hash, read-only. objects/ may hold more (kept for the retention period).
 func verify(t *testing.T, root, host string) *manifest.Manifest {
 	t.Helper()
 	m := readManifest(t, root, host)
-	dir := filepath.Join(root, host, manifest.ConfigPath(m.Version))
-	want := map[string]bool{}
+	if m.Format != 2 {
+		t.Fatalf("host %s: manifest format %d, want 2", host, m.Format)
+	}
 	for _, f := range m.Files {
-		want[f.Path] = true
-		data, err := os.ReadFile(filepath.Join(dir, f.Path))
+		p := filepath.Join(root, host, filepath.FromSlash(m.RemotePath(f)))
+		data, err := os.ReadFile(p)
 		if err != nil {
-			t.Fatalf("host %s: %v", host, err)
+			t.Fatalf("host %s: %s: %v", host, f.Path, err)
 		}
 		if int64(len(data)) != f.Size || sha(data) != f.SHA256 {
 			t.Fatalf("host %s: %s does not match its manifest line", host, f.Path)
 		}
-	}
-	got := listFiles(t, dir)
-	if len(got) != len(want) {
-		t.Fatalf("host %s: config/%s holds %v, the manifest names %d files", host, m.Version, got, len(want))
+		if fi, err := os.Lstat(p); err != nil || fi.Mode().Perm() != 0o444 {
+			t.Fatalf("host %s: object of %s: mode %v (%v), want 0444", host, f.Path, fi.Mode(), err)
+		}
 	}
 	return m
 }
+
+// objectFile is where the chroot of host keeps f's content.
+func objectFile(root, host string, f manifest.File) string {
+	return filepath.Join(root, host, filepath.FromSlash(manifest.ObjectPath(f.SHA256)))
+}
+
+// fileOf returns the manifest line of path.
+func fileOf(t *testing.T, m *manifest.Manifest, path string) manifest.File {
+	t.Helper()
+	for _, f := range m.Files {
+		if f.Path == path {
+			return f
+		}
+	}
+	t.Fatalf("%s is not in the manifest of %s", path, m.Host)
+	return manifest.File{}
+}
+
+// materialise builds the tree a manifest describes from the chroot's
+// objects, as the agent does, and returns its directory.
+func materialise(t *testing.T, root, host string, m *manifest.Manifest) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "tree")
+	for _, f := range m.Files {
+		data, err := os.ReadFile(filepath.Join(root, host, filepath.FromSlash(m.RemotePath(f))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, filepath.FromSlash(f.Path)), string(data), fs.FileMode(f.Mode))
+	}
+	return dir
+}
+
+// clock is a publication clock the test moves.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock() *clock { return &clock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func (c *clock) opt(o *publish.Options) { o.Now = c.Now }
 
 func sha(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
 
@@ -144,7 +214,7 @@ func listFiles(t *testing.T, dir string) []string {
 		}
 		return nil
 	})
-	if err != nil {
+	if err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
 	sort.Strings(out)

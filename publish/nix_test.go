@@ -9,7 +9,6 @@ import (
 	"github.com/bento-nix/bento/eval"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/fixture"
-	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 	"github.com/bento-nix/bento/publish"
 )
@@ -57,7 +56,7 @@ func TestPublishedTreeEvaluatesToSameSystem(t *testing.T) {
 
 			for _, h := range f.Hosts {
 				m := verify(t, root, h.Name)
-				pub := filepath.Join(root, h.Name, manifest.ConfigPath(m.Version))
+				pub := materialise(t, root, h.Name, m)
 				var args []string
 				if classic {
 					// The client builds configuration.nix at the root of its copy.

@@ -47,12 +47,12 @@ func TestNotRoot(t *testing.T) {
 	if !strings.Contains(string(out), "--- PASS: TestNotRoot") {
 		t.Fatalf("the test did not run as nobody:\n%s", out)
 	}
-	for _, p := range []string{"chroot/alpha", "chroot/alpha/config", "chroot/alpha/reports", "chroot/alpha/manifest.json"} {
+	for _, p := range []string{"chroot/alpha", "chroot/alpha/objects", "chroot/alpha/reports", "chroot/alpha/manifest.json"} {
 		if u, _, _ := owner(t, filepath.Join(mine, p)); u != uid {
 			t.Errorf("%s belongs to uid %d, want the deploying user %d", p, u, uid)
 		}
 	}
-	verify(t, filepath.Join(mine, "chroot"), "alpha")
+	verifyExact(t, filepath.Join(mine, "chroot"), "alpha")
 }
 
 func notRootChild(t *testing.T, base string) {

@@ -45,7 +45,7 @@ func (p *Publisher) Orphans(known []string) ([]Orphan, error) {
 		}
 		dir := filepath.Join(p.root, n)
 		has := func(sub string) bool { _, err := os.Lstat(filepath.Join(dir, sub)); return err == nil }
-		bento := has(manifest.ManifestFile) || has(manifest.ConfigDir) || has(manifest.SecretsDir) || has(manifest.CacheDir)
+		bento := has(manifest.ManifestFile) || has(manifest.ObjectsDir) || has(manifest.ConfigDir) || has(manifest.SecretsDir) || has(manifest.CacheDir)
 		if !bento && !has(manifest.ReportsDir) {
 			continue
 		}
@@ -58,7 +58,9 @@ func (p *Publisher) Orphans(known []string) ([]Orphan, error) {
 // Prune removes an orphan's publication: its manifest first (a client then
 // sees that nothing is published rather than a manifest naming missing
 // files), then everything else but reports/, unless withReports, which
-// removes the whole chroot.
+// removes the whole chroot; then its retention record, and the pool's
+// objects no other chroot links. A host that is no longer in the fleet
+// gets no retention period.
 func (p *Publisher) Prune(o Orphan, withReports bool) error {
 	if p.opts.DryRun {
 		return errors.New("prune: dry run")
@@ -69,6 +71,10 @@ func (p *Publisher) Prune(o Orphan, withReports bool) error {
 	dir := filepath.Join(p.root, o.Host)
 	if err := os.Remove(filepath.Join(dir, manifest.ManifestFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("host %s: prune: %w", o.Host, err)
+	}
+	defer p.collectPool()
+	if err := removeAll(p.stateDir(o.Host)); err != nil {
+		return fmt.Errorf("host %s: prune: retention record: %w", o.Host, err)
 	}
 	if withReports {
 		if err := removeAll(dir); err != nil {

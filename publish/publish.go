@@ -1,19 +1,28 @@
-// Package publish fills the SFTP chroots that hosts pull from: for each host
-// it computes the tree that ships (what Nix sees of the fleet), names it by
-// a content hash, writes a new version directory beside the live one (hard
-// links for files unchanged since the previous version or already copied
-// for another host), then swaps manifest.json by rename. A client reading
-// at any moment sees either the old or the new manifest, and every file the
-// manifest it read names is present with the right hash.
+// Package publish fills the SFTP chroots that hosts pull from (publication
+// format 2): for each host it computes the tree that ships (what Nix sees
+// of the fleet), names it by a content hash, makes sure the host's
+// objects/ holds every content the tree has (one read-only file per
+// distinct sha256, hard-linked from a fleet-wide pool where each content
+// is written once), then swaps manifest.json by rename. A client reading
+// at any moment sees either the old or the new manifest, and every object
+// a manifest names stays in the chroot for as long as a reader may still
+// hold that manifest: until it has not been live for Options.Retention.
 //
-// Layout (see manifest for the names):
+// Layout (see manifest for the names inside a chroot):
 //
-//	<root>/.bento-deploy.lock       flock: one deploy at a time
-//	<root>/<host>/                  root:root 0755 (sshd's ChrootDirectory rule)
-//	  manifest.json                 replaced atomically
-//	  config/<version>/…            the tree, files 0444/0555, kept: current + previous
-//	  secrets/<version>/…           the host's secrets (Target.Extra)
-//	  reports/                      owned by the host's SFTP user, never emptied
+//	<root>/.bento-deploy.lock          flock: one deploy at a time
+//	<root>/.bento-objects/<aa>/<rest>  the pool: root-only (0700), objects 0444
+//	<root>/.bento-state/<host>/        root-only: history.json (which manifests
+//	                                   were live when) and a copy of each
+//	<root>/<host>/                     root:root 0755 (sshd's ChrootDirectory rule)
+//	  manifest.json                    replaced atomically; "format": 2
+//	  objects/<aa>/<rest>              hard links into the pool, 0444
+//	  secrets/<version>/…              the host's secrets (Target.Extra)
+//	  reports/                         owned by the host's SFTP user, never emptied
+//
+// A fetch-mode host (services.bento.mode = "fetch") evaluates nothing: its
+// manifest lists no file and its chroot receives no object, so it cannot
+// read the fleet's configuration.
 package publish
 
 import (
@@ -22,7 +31,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -42,6 +50,9 @@ import (
 	"github.com/bento-nix/bento/manifest"
 )
 
+// writeFormat is the manifest format this publisher writes.
+const writeFormat = 2
+
 // Options configure a Publisher.
 type Options struct {
 	// Root is the chroot root, e.g. /home/chroot.
@@ -56,11 +67,42 @@ type Options struct {
 	LockWait time.Duration
 	// Jobs is how many hosts are published at once; 2×NumCPU when 0.
 	Jobs int
+	// Retention is how long an object (and a secrets/<version>, and a
+	// format-1 config/) stays in a chroot after the last manifest naming it
+	// stopped being live: a host that read a manifest up to that long ago
+	// still finds everything it names. DefaultRetention when 0.
+	Retention time.Duration
 	// Now gives the publication time; time.Now when nil.
 	Now func() time.Time
 	// Logger receives debug lines; nil discards.
 	Logger *slog.Logger
+	// Hook, when set, is called at each step of a publication (step names
+	// are the Step constants; host is "" for the fleet-wide steps). Tests
+	// use it to kill the process at every point.
+	Hook func(step Step, host string)
 }
+
+// Step names a point of a publication, for Options.Hook.
+type Step string
+
+const (
+	// StepPrepared: new objects are in the pool under temporary names.
+	StepPrepared Step = "prepared"
+	// StepSynced: their content is durable.
+	StepSynced Step = "synced"
+	// StepLinked: a host's chroot links every object its new manifest names.
+	StepLinked Step = "linked"
+	// StepManifestWritten: a host's new manifest is beside the old one.
+	StepManifestWritten Step = "manifest-written"
+	// StepLive: a host's new manifest replaced the old one.
+	StepLive Step = "live"
+	// StepRecorded: the host's retention record names the new manifest.
+	StepRecorded Step = "recorded"
+	// StepRemoved: what left the retention window left the host's chroot.
+	StepRemoved Step = "removed"
+	// StepCollected: the pool dropped what no chroot links.
+	StepCollected Step = "collected"
+)
 
 // Target is one host to publish.
 type Target struct {
@@ -111,18 +153,23 @@ type Result struct {
 	Previous         string `json:"previousVersion,omitempty"`
 	ExpectedToplevel string `json:"expectedToplevel,omitempty"`
 	Files            int    `json:"files"`
-	// Copied files were written anew; Linked ones are hard links to the
-	// previous version; Shared ones are hard links to a file another
-	// host of the same deploy copied (the same flake, written once).
+	// Counted in distinct contents (objects): Copied ones were written
+	// into the pool by this host; Shared ones were linked into the chroot
+	// from the pool (written by another host of this deploy, or earlier);
+	// Linked ones were in the chroot already (nothing written).
 	Copied int `json:"copied"`
 	Linked int `json:"linked"`
 	Shared int `json:"shared"`
-	// BytesWritten counts file contents and the manifest.
-	BytesWritten int64         `json:"bytesWritten"`
-	Pruned       []string      `json:"pruned,omitempty"`
-	Notes        []string      `json:"notes,omitempty"`
-	Err          error         `json:"-"`
-	Duration     time.Duration `json:"-"`
+	// BytesWritten counts object contents and the manifest.
+	BytesWritten int64 `json:"bytesWritten"`
+	// Pruned are the versions that left the retention window (their
+	// objects and secrets left the chroot unless a newer one names them).
+	Pruned []string `json:"pruned,omitempty"`
+	// Removed counts the objects removed from the chroot.
+	Removed  int           `json:"removed,omitempty"`
+	Notes    []string      `json:"notes,omitempty"`
+	Err      error         `json:"-"`
+	Duration time.Duration `json:"-"`
 }
 
 // OK reports whether the host is published (changed or not).
@@ -139,13 +186,15 @@ type Publisher struct {
 	hashes   *HashCache
 	mu       sync.Mutex
 	trees    map[Source]*treeCall
-	// pool maps content to a file this deploy copied into some host's
-	// temporary directory (which stays put until the commit), so the other
-	// hosts link it instead of writing the same bytes again.
-	poolMu sync.Mutex
-	pool   map[contentKey]*pooled
+	// pool maps each content this deploy needs somewhere to its entry.
+	poolMu   sync.Mutex
+	pool     map[string]*object
+	poolDirs map[string]bool
+	// copies caches, by version, the objects a manifest copy names.
+	copiesMu sync.Mutex
+	copies   map[string]map[string]bool
 	// umaskClears: the umask takes bits off 0755/0444, so every directory
-	// and file made needs a chmod (tens of thousands per deploy otherwise).
+	// and file made needs a chmod.
 	umaskClears bool
 }
 
@@ -160,20 +209,30 @@ func Open(ctx context.Context, opts Options) (*Publisher, error) {
 	if opts.Root == "" {
 		return nil, errors.New("no chroot root: pass --chroot-root or set BENTO_CHROOT_ROOT")
 	}
+	if opts.Retention < 0 {
+		return nil, fmt.Errorf("retention %s is negative: pass a duration such as 1h", opts.Retention)
+	}
 	root, err := filepath.Abs(opts.Root)
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{opts: opts, root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{}, pool: map[contentKey]*pooled{}}
+	p := &Publisher{opts: opts, root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{},
+		pool: map[string]*object{}, poolDirs: map[string]bool{}, copies: map[string]map[string]bool{}}
 	p.umaskClears = umask()&0o755 != 0
 	if p.opts.Jobs <= 0 {
 		p.opts.Jobs = 2 * runtime.NumCPU()
+	}
+	if p.opts.Retention == 0 {
+		p.opts.Retention = DefaultRetention
 	}
 	if p.opts.Now == nil {
 		p.opts.Now = time.Now
 	}
 	if p.opts.Logger == nil {
 		p.opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if p.opts.Hook == nil {
+		p.opts.Hook = func(Step, string) {}
 	}
 	if opts.Users && !p.asRoot && !opts.DryRun {
 		return nil, fmt.Errorf("giving each host's reports/ to its SFTP user needs root: run bento deploy as root, or pass --no-user-check for a local try-out")
@@ -222,14 +281,22 @@ func (p *Publisher) Tree(ctx context.Context, src Source) (*Tree, error) {
 // Publish publishes every target. One failing host never stops the
 // others; results come in the order of targets.
 //
-// Durability is batched: instead of an fsync per file and directory
-// (thousands per deploy, each a journal commit), every host's new
-// directories are written first, then one syncfs(2) makes them durable,
-// then they are renamed into place and the new manifests written, another
-// syncfs, then the manifests are renamed over the old ones and a last
-// syncfs makes the renames durable. A crash at any point leaves each host
-// with its old or its new manifest, and whichever it is names complete,
-// durable files.
+// The order makes a kill -9 at any point harmless, and durability is
+// batched (one syncfs(2) per step instead of an fsync per file):
+//
+//  1. every new content is written into the pool under a temporary name;
+//  2. syncfs: the content is durable;
+//  3. renamed to its pool name, hard-linked into each chroot's objects/;
+//     each new manifest written beside the old one;
+//  4. syncfs; each manifest.json replaced by rename; syncfs;
+//  5. each host's retention record names the new manifest; then, only
+//     for what no manifest of the retention window names, objects,
+//     secrets and format-1 config/ leave the chroot;
+//  6. the pool drops what no chroot links.
+//
+// A crash leaves each host with its old or its new manifest, and every
+// object either names in its chroot: nothing is removed before step 5,
+// and step 5 never removes what the live manifest names.
 func (p *Publisher) Publish(ctx context.Context, targets []Target) []Result {
 	jobs := make([]*hostJob, len(targets))
 	seen := map[string]bool{}
@@ -279,8 +346,13 @@ type hostJob struct {
 	hostDir string
 	res     Result
 	m       *manifest.Manifest
-	// keep are the versions pruning spares (nil: do not prune).
-	keep   map[string]bool
+	cur     *manifest.Manifest
+	hist    *history
+	// histChanged: loading the record repaired it; it is saved even when
+	// nothing is published.
+	histChanged bool
+	// objs are the objects the chroot lacks (per the live manifest).
+	objs   []*object
 	stages []*staged
 	// tmpManifest is the new manifest under its temporary name.
 	tmpManifest string
@@ -304,8 +376,8 @@ func (j *hostJob) writing() bool {
 	return j.res.Err == nil && (j.res.Status == StatusPublished || j.res.Status == StatusUpdated)
 }
 
-// prepare decides what a host needs and, unless in a dry run, writes its
-// new directories under temporary names (not yet durable).
+// prepare decides what a host needs and, unless in a dry run, writes the
+// new contents into the pool under temporary names (not yet durable).
 func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	name := t.Host.Name
 	j := &hostJob{name: name, res: Result{Host: name, DryRun: p.opts.DryRun, ExpectedToplevel: t.ExpectedToplevel}}
@@ -325,8 +397,17 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	if t.Extra != nil {
 		extra = t.Extra.Files
 	}
+	// The version is the tree's hash for every mode, so that a change of
+	// the flake is a new version for a fetch-mode host too; but a host in
+	// fetch mode evaluates nothing, so it receives none of the tree: no
+	// host can read the fleet's configuration through it.
 	version := Version(tree.Manifest(), extra)
-	res.Version, res.Files = version, len(tree.Files)
+	files := tree.Manifest()
+	entries := tree.Files
+	if t.Host.Options.Mode == "fetch" {
+		files, entries = []manifest.File{}, nil
+	}
+	res.Version, res.Files = version, len(files)
 
 	hostDir := filepath.Join(p.root, name)
 	j.hostDir = hostDir
@@ -346,28 +427,25 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 
 	cur, curErr := readManifest(hostDir, name)
 	if curErr != nil {
-		res.Notes = append(res.Notes, fmt.Sprintf("the current manifest is unreadable (%v): publishing afresh, no old version pruned", curErr))
-	} else {
-		j.keep = map[string]bool{version: true}
+		res.Notes = append(res.Notes, fmt.Sprintf("the current manifest is unreadable (%v): publishing afresh", curErr))
 	}
+	j.cur = cur
 	if cur != nil {
 		res.Previous = cur.Version
-		if j.keep != nil {
-			j.keep[cur.Version] = true
-		}
 	}
 	j.m = &manifest.Manifest{
-		Format:           1, // the publisher still writes format-1 trees
+		Format:           writeFormat,
 		Host:             name,
 		Version:          version,
 		ExpectedToplevel: t.ExpectedToplevel,
 		Flake:            flakeOf(t.Host),
-		Files:            tree.Manifest(),
+		Files:            files,
 		Secrets:          extra,
 		Cache:            t.Cache,
 		Interval:         t.Host.Options.Interval,
 	}
-	live := cur != nil && cur.Version == version && p.versionPresent(hostDir, version, t.Extra != nil)
+	live := cur != nil && cur.Format == writeFormat && cur.Version == version && hasObjects(cur) == hasObjects(j.m) &&
+		(t.Extra == nil || isDir(filepath.Join(hostDir, manifest.SecretsDir, version)))
 	switch {
 	case live && sameMeta(cur, j.m):
 		res.Status = StatusUnchanged
@@ -375,16 +453,25 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 		res.ExpectedToplevel = cur.ExpectedToplevel
 	case live:
 		res.Status = StatusUpdated
-		j.keep = nil // nothing new, nothing to prune
 	default:
 		res.Status = StatusPublished
 	}
+	// What the live manifest names is in the chroot: nothing removes it.
+	have := map[string]bool{}
+	if cur != nil && cur.Format >= 2 {
+		for _, f := range cur.Files {
+			have[f.SHA256] = true
+		}
+	}
 	if p.opts.DryRun {
 		if res.Status == StatusPublished {
-			res.Copied, res.Linked, res.Shared, res.BytesWritten = p.planCopies(hostDir, cur, tree, version)
+			p.planObjects(j, entries, have)
 		}
 		return j
 	}
+	var notes []string
+	j.hist, notes, j.histChanged = p.loadHistory(name, hostDir, cur, p.opts.Now())
+	res.Notes = append(res.Notes, notes...)
 
 	if err := p.ensureLayout(hostDir, acct); err != nil {
 		return j.fail(err)
@@ -392,8 +479,6 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	if res.Status != StatusPublished {
 		return j
 	}
-	// Both directories are written completely under temporary names
-	// before either is renamed into place: a failure leaves nothing.
 	if t.Extra != nil {
 		s, err := p.writeExtra(ctx, hostDir, version, t.Extra)
 		if err != nil {
@@ -401,17 +486,68 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 		}
 		j.stages = append(j.stages, s)
 	}
-	s, st, err := p.writeVersion(ctx, hostDir, version, cur, tree)
-	if err != nil {
-		return j.fail(err)
+	seenSum := map[string]bool{}
+	for _, e := range entries {
+		if seenSum[e.SHA256] {
+			continue
+		}
+		seenSum[e.SHA256] = true
+		// Named by the live manifest, so in the chroot, unless hands or a
+		// damaged disk removed it: a new publication checks (one lstat)
+		// and links it again rather than publish a manifest naming a
+		// missing object.
+		if have[e.SHA256] && objectPresent(hostDir, e.SHA256) {
+			res.Linked++
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return j.fail(err)
+		}
+		o, mine := p.objectFor(e.SHA256, e.Size)
+		j.objs = append(j.objs, o)
+		if !mine {
+			res.Shared++
+			continue
+		}
+		n, err := p.ready(o, e.Src)
+		if err != nil {
+			o.err = fmt.Errorf("%s: %w", e.Path, err)
+			return j.fail(o.err)
+		}
+		if n > 0 {
+			res.Copied++
+			res.BytesWritten += n
+		} else {
+			res.Shared++
+		}
 	}
-	j.stages = append(j.stages, s)
-	res.Copied, res.Linked, res.Shared, res.BytesWritten = st.copied, st.linked, st.shared, st.bytes
 	return j
 }
 
+// planObjects counts what a publication would write (dry run).
+func (p *Publisher) planObjects(j *hostJob, entries []Entry, have map[string]bool) {
+	seen := map[string]bool{}
+	for _, e := range entries {
+		if seen[e.SHA256] {
+			continue
+		}
+		seen[e.SHA256] = true
+		if have[e.SHA256] || exists(filepath.Join(j.hostDir, filepath.FromSlash(manifest.ObjectPath(e.SHA256)))) {
+			j.res.Linked++
+			continue
+		}
+		o, mine := p.objectFor(e.SHA256, e.Size)
+		if mine && !exists(o.final) {
+			j.res.Copied++
+			j.res.BytesWritten += e.Size
+			continue
+		}
+		j.res.Shared++
+	}
+}
+
 // commit makes the prepared jobs durable and live, in the order the
-// Publish comment gives.
+// Publish comment gives, then applies the retention rule.
 func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 	if err := ctx.Err(); err != nil {
 		for _, j := range jobs {
@@ -419,37 +555,61 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 				j.fail(fmt.Errorf("interrupted before anything went live: %w", err))
 			}
 		}
+		p.discardPool()
 		return
 	}
-	// 1. The new directories' contents reach the disk.
-	p.syncJobs(jobs, "writing the new versions")
-	// 2. Renamed into place; the new manifests written aside.
+	p.opts.Hook(StepPrepared, "")
+	// 2. The new objects' and secrets' contents reach the disk.
+	p.syncJobs(jobs, "writing the new objects", true)
+	p.opts.Hook(StepSynced, "")
+	// 3. Objects renamed into the pool (once each), then linked into the
+	// chroots; the new manifests written aside.
 	for _, j := range jobs {
 		if !j.writing() {
 			continue
 		}
-		for i := len(j.stages) - 1; i >= 0; i-- {
-			if err := j.stages[i].commit(); err != nil {
+		for _, o := range j.objs {
+			if err := o.commit(); err != nil {
 				j.fail(err)
 				break
 			}
 		}
-		if j.res.Err != nil {
-			continue
+	}
+	p.parallel(len(jobs), func(i int) {
+		j := jobs[i]
+		if !j.writing() {
+			return
 		}
-		j.stages = nil
+		if err := p.linkJob(j); err != nil {
+			j.fail(err)
+			return
+		}
+		p.opts.Hook(StepLinked, j.name)
 		removeStaleTemps(j.hostDir)
 		j.m.PublishedAt = p.opts.Now().UTC().Truncate(time.Millisecond)
 		tmp, n, err := writeManifestTemp(j.hostDir, j.m)
+		if err == nil {
+			err = advanceMtime(j.hostDir, tmp, p.opts.Now())
+		}
 		if err != nil {
 			j.fail(err)
-			continue
+			return
 		}
 		j.tmpManifest = tmp
 		j.res.BytesWritten += n
-	}
-	p.syncJobs(jobs, "writing the new manifests")
-	// 3. The switch: each manifest.json replaced by rename.
+		if hasObjects(j.m) {
+			// The record's copy of what this manifest names: a hard link,
+			// no bytes.
+			e := histEntry{Version: j.m.Version, Format: j.m.Format, Objects: true}
+			if err := p.saveCopy(j.name, e, tmp); err != nil {
+				j.fail(fmt.Errorf("retention record: %w", err))
+				return
+			}
+		}
+		p.opts.Hook(StepManifestWritten, j.name)
+	})
+	p.syncJobs(jobs, "writing the new manifests", false)
+	// 4. The switch: each manifest.json replaced by rename.
 	for _, j := range jobs {
 		if !j.writing() {
 			continue
@@ -459,31 +619,303 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 			continue
 		}
 		j.tmpManifest = ""
+		p.opts.Hook(StepLive, j.name)
 	}
-	p.syncJobs(jobs, "making the new manifests durable")
-	// 4. Old versions go; a failure here leaves a directory for the next
-	// deploy to prune, while the publication is live already.
+	p.syncJobs(jobs, "making the new manifests durable", false)
+	// 5. Retention: what no manifest of the window names leaves the chroot.
+	changed := false
+	var changedMu sync.Mutex
 	p.parallel(len(jobs), func(i int) {
 		j := jobs[i]
-		if j.res.Err != nil || j.res.Status != StatusPublished || j.keep == nil {
+		if j.res.Err != nil {
 			return
 		}
-		pruned, err := pruneVersions(j.hostDir, j.keep)
-		j.res.Pruned = pruned
-		if err != nil {
-			j.res.Notes = append(j.res.Notes, fmt.Sprintf("pruning old versions: %v", err))
+		if p.finish(j) {
+			changedMu.Lock()
+			changed = true
+			changedMu.Unlock()
 		}
-		p.opts.Logger.Debug("published", "host", j.name, "version", j.res.Version, "status", j.res.Status, "copied", j.res.Copied, "linked", j.res.Linked)
+		p.opts.Logger.Debug("published", "host", j.name, "version", j.res.Version, "status", j.res.Status,
+			"copied", j.res.Copied, "linked", j.res.Linked, "shared", j.res.Shared, "removed", j.res.Removed)
 	})
+	// 6. The pool.
+	if changed || len(p.pool) > 0 {
+		p.discardPool()
+		if _, err := p.collectPool(); err != nil {
+			for _, j := range jobs {
+				if j.res.Err == nil && j.res.Status == StatusPublished {
+					j.res.Notes = append(j.res.Notes, err.Error())
+					break
+				}
+			}
+		}
+		p.opts.Hook(StepCollected, "")
+	}
+}
+
+// objectPresent tells whether the chroot at hostDir holds the object sum
+// as a regular file.
+func objectPresent(hostDir, sum string) bool {
+	fi, err := os.Lstat(filepath.Join(hostDir, filepath.FromSlash(manifest.ObjectPath(sum))))
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// discardPool removes the temporary copies that were never renamed (their
+// hosts failed, or the deploy was interrupted).
+func (p *Publisher) discardPool() {
+	p.poolMu.Lock()
+	defer p.poolMu.Unlock()
+	for _, o := range p.pool {
+		if o.tmp != "" {
+			os.Remove(o.tmp)
+			o.tmp = ""
+		}
+	}
+}
+
+// linkJob links the objects the host's chroot lacks, and renames the
+// secrets into place.
+func (p *Publisher) linkJob(j *hostJob) error {
+	for i := len(j.stages) - 1; i >= 0; i-- {
+		if err := j.stages[i].commit(); err != nil {
+			return err
+		}
+	}
+	j.stages = nil
+	made := map[string]bool{}
+	if len(j.objs) > 0 {
+		if err := p.ensureDir(filepath.Join(j.hostDir, manifest.ObjectsDir), 0, 0, p.asRoot); err != nil {
+			return err
+		}
+	}
+	for _, o := range j.objs {
+		dst := filepath.Join(j.hostDir, filepath.FromSlash(manifest.ObjectPath(o.sum)))
+		created, err := p.linkObject(o, dst, made)
+		if err != nil {
+			return fmt.Errorf("linking object %s: %w", o.sum, err)
+		}
+		if !created {
+			// Kept by retention from an earlier manifest.
+			j.res.Shared--
+			j.res.Linked++
+		}
+	}
+	return nil
+}
+
+// finish updates the host's retention record and removes what left the
+// window. It returns whether anything was removed or published.
+func (p *Publisher) finish(j *hostJob) bool {
+	now := p.opts.Now()
+	ret := p.opts.Retention
+	h := j.hist
+	if h == nil {
+		return false
+	}
+	published := j.res.Status == StatusPublished || j.res.Status == StatusUpdated
+	if published {
+		h.record(j.m, now)
+	}
+	expiring := h.expiring(now, ret)
+	if !published && !j.histChanged && !expiring {
+		return false // unchanged: nothing written
+	}
+	note := func(format string, args ...any) { j.res.Notes = append(j.res.Notes, fmt.Sprintf(format, args...)) }
+	// The record names the new manifest before anything is removed: a
+	// crash from here on leaves a record that protects it.
+	if err := p.saveHistory(h); err != nil {
+		note("retention record: %v; nothing removed this time", err)
+		return published
+	}
+	p.opts.Hook(StepRecorded, j.name)
+	if h.recovering(now, ret) || !(j.res.Status == StatusPublished || expiring) {
+		return published
+	}
+	var expired []string
+	for _, e := range h.Entries {
+		if !e.inWindow(now, ret) && !e.Recovered {
+			expired = append(expired, e.Version)
+		}
+	}
+	keep, versions, format1, err := p.protected(j)
+	if err != nil {
+		note("retention: %v; nothing removed this time", err)
+		return published
+	}
+	n, err := removeObjects(j.hostDir, keep)
+	j.res.Removed = n
+	if err != nil {
+		note("removing old objects: %v", err)
+	}
+	if err := p.removeOldSecrets(j, versions); err != nil {
+		note("removing old secrets: %v", err)
+	}
+	if !format1 {
+		if err := p.removeAside(j.name, filepath.Join(j.hostDir, manifest.ConfigDir)); err != nil {
+			note("removing the format-1 config/: %v", err)
+		}
+	}
+	p.opts.Hook(StepRemoved, j.name)
+	if h.expire(now, ret) {
+		p.cleanCopies(h)
+		if err := p.saveHistory(h); err != nil {
+			note("retention record: %v", err)
+		}
+	}
+	sort.Strings(expired)
+	j.res.Pruned = expired
+	return true
+}
+
+// protected lists what the entries of the window need: objects (by
+// <aa><rest>, as removeObjects names them), versions (their secrets), and
+// whether a format-1 manifest is among them (config/ stays).
+func (p *Publisher) protected(j *hostJob) (keep, versions map[string]bool, format1 bool, err error) {
+	now, ret := p.opts.Now(), p.opts.Retention
+	keep, versions = map[string]bool{}, map[string]bool{}
+	for _, e := range j.hist.Entries {
+		if !e.inWindow(now, ret) {
+			continue
+		}
+		versions[e.Version] = true
+		if e.Format == 1 {
+			format1 = true
+		}
+		if !e.Objects {
+			continue
+		}
+		var sums map[string]bool
+		if e.same(j.m) {
+			sums = sumsOf(j.m) // same version and format: same files
+		} else if sums, err = p.copyObjects(j.name, e); err != nil {
+			return nil, nil, false, err
+		}
+		for s := range sums {
+			keep[s] = true
+		}
+	}
+	return keep, versions, format1, nil
+}
+
+func sumsOf(m *manifest.Manifest) map[string]bool {
+	out := make(map[string]bool, len(m.Files))
+	for _, f := range m.Files {
+		out[f.SHA256] = true
+	}
+	return out
+}
+
+// copyObjects reads the objects an entry's manifest copy names, once per
+// version and deploy (every host of a flake shares its versions).
+func (p *Publisher) copyObjects(host string, e histEntry) (map[string]bool, error) {
+	p.copiesMu.Lock()
+	s, ok := p.copies[e.Version]
+	p.copiesMu.Unlock()
+	if ok {
+		return s, nil
+	}
+	path := filepath.Join(p.stateDir(host), e.copyName())
+	data, err := readCapped(path, manifest.MaxSize)
+	if err != nil {
+		return nil, fmt.Errorf("the copy of version %s: %w", e.Version, err)
+	}
+	m, err := manifest.Parse(data)
+	if err != nil || m.Version != e.Version {
+		return nil, fmt.Errorf("the copy of version %s (%s) is unreadable: %v", e.Version, path, err)
+	}
+	s = sumsOf(m)
+	p.copiesMu.Lock()
+	p.copies[e.Version] = s
+	p.copiesMu.Unlock()
+	return s, nil
+}
+
+// cleanCopies removes the manifest copies no entry names any more, and
+// the temporary files a killed deploy left.
+func (p *Publisher) cleanCopies(h *history) {
+	dir := p.stateDir(h.Host)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	named := map[string]bool{historyFile: true}
+	for _, e := range h.Entries {
+		if e.Objects {
+			named[e.copyName()] = true
+		}
+	}
+	for _, e := range entries {
+		if !named[e.Name()] && !strings.Contains(e.Name(), ".corrupt-") {
+			removeAll(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// removeOldSecrets removes secrets/<version> of every version outside the
+// window (and temporary directories a killed deploy left), each renamed
+// aside first so that no half-removed directory keeps a version's name.
+func (p *Publisher) removeOldSecrets(j *hostJob, versions map[string]bool) error {
+	base := filepath.Join(j.hostDir, manifest.SecretsDir)
+	entries, err := os.ReadDir(base)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		n := e.Name()
+		if versions[n] || !(isVersionName(n) || strings.HasPrefix(n, ".tmp-")) {
+			continue
+		}
+		if err := p.removeAside(j.name, filepath.Join(base, n)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeAside renames path into the host's state directory (outside the
+// chroot), then deletes it there: a kill halfway leaves no partial tree
+// under a name anyone reads. A missing path is fine.
+func (p *Publisher) removeAside(host, path string) error {
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	dir := p.stateDir(host)
+	if err := p.ensurePrivateDir(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := p.ensurePrivateDir(dir); err != nil {
+		return err
+	}
+	aside := filepath.Join(dir, ".tmp-removing-"+randomSuffix())
+	if err := os.Rename(path, aside); err != nil {
+		if !errors.Is(err, syscall.EXDEV) {
+			return err
+		}
+		aside = filepath.Join(filepath.Dir(path), ".tmp-removing-"+randomSuffix())
+		if err := os.Rename(path, aside); err != nil {
+			return err
+		}
+	}
+	return removeAll(aside)
 }
 
 // syncJobs flushes the file systems the writing jobs live on (one
-// syncfs(2) per file system); a job whose file system failed to flush
-// fails, with nothing of it live yet or, after the manifest rename, with
-// its new manifest live but maybe not durable (the error says so).
-func (p *Publisher) syncJobs(jobs []*hostJob, what string) {
+// syncfs(2) per file system, the pool's too when pool); a job whose file
+// system failed to flush fails, with nothing of it live yet or, after the
+// manifest rename, with its new manifest live but maybe not durable.
+func (p *Publisher) syncJobs(jobs []*hostJob, what string, pool bool) {
 	byDev := map[uint64][]*hostJob{}
 	dirs := map[uint64]string{}
+	if pool {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p.root, &st); err == nil {
+			dirs[uint64(st.Dev)] = p.root
+		}
+	}
 	for _, j := range jobs {
 		if !j.writing() {
 			continue
@@ -497,13 +929,24 @@ func (p *Publisher) syncJobs(jobs []*hostJob, what string) {
 		byDev[dev] = append(byDev[dev], j)
 		dirs[dev] = j.hostDir
 	}
-	for dev, js := range byDev {
-		if err := syncFS(dirs[dev]); err != nil {
-			for _, j := range js {
-				j.fail(fmt.Errorf("%s: syncfs: %w", what, err))
+	for dev, d := range dirs {
+		if err := syncFS(d); err != nil {
+			for _, j := range jobs {
+				if j.writing() && (pool || containsJob(byDev[dev], j)) {
+					j.fail(fmt.Errorf("%s: syncfs: %w", what, err))
+				}
 			}
 		}
 	}
+}
+
+func containsJob(js []*hostJob, j *hostJob) bool {
+	for _, x := range js {
+		if x == j {
+			return true
+		}
+	}
+	return false
 }
 
 func syncFS(dir string) error {
@@ -536,21 +979,14 @@ func sameCache(a, b *manifest.Cache) bool {
 	return a == nil && b == nil || a != nil && b != nil && *a == *b
 }
 
-func (p *Publisher) versionPresent(hostDir, version string, extra bool) bool {
-	if fi, err := os.Lstat(filepath.Join(hostDir, manifest.ConfigDir, version)); err != nil || !fi.IsDir() {
-		return false
-	}
-	if extra {
-		if fi, err := os.Lstat(filepath.Join(hostDir, manifest.SecretsDir, version)); err != nil || !fi.IsDir() {
-			return false
-		}
-	}
-	return true
+func isDir(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.IsDir()
 }
 
 // readManifest returns the host's current manifest, nil when there is none.
 func readManifest(hostDir, host string) (*manifest.Manifest, error) {
-	data, err := os.ReadFile(filepath.Join(hostDir, manifest.ManifestFile))
+	data, err := readCapped(filepath.Join(hostDir, manifest.ManifestFile), manifest.MaxSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -568,11 +1004,14 @@ func readManifest(hostDir, host string) (*manifest.Manifest, error) {
 }
 
 // ensureLayout creates or repairs the host's directories, writing nothing
-// when they are already right: <host> and config/ owned by root (when root)
-// and 0755, reports/ owned by the host's user.
+// when they are already right: <host> and objects/ owned by root (when
+// root) and 0755, reports/ owned by the host's user.
 func (p *Publisher) ensureLayout(hostDir string, acct *account) error {
-	for _, d := range []string{hostDir, filepath.Join(hostDir, manifest.ConfigDir)} {
-		if err := p.ensureDir(d, 0, 0, p.asRoot); err != nil {
+	if err := p.ensureDir(hostDir, 0, 0, p.asRoot); err != nil {
+		return err
+	}
+	if obj := filepath.Join(hostDir, manifest.ObjectsDir); exists(obj) {
+		if err := p.ensureDir(obj, 0, 0, p.asRoot); err != nil {
 			return err
 		}
 	}
@@ -588,7 +1027,7 @@ func (p *Publisher) ensureLayout(hostDir string, acct *account) error {
 func (p *Publisher) ensureDir(d string, uid, gid int, own bool) error {
 	fi, err := os.Lstat(d)
 	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.Mkdir(d, 0o755); err != nil {
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
 		if fi, err = os.Lstat(d); err != nil {
@@ -611,88 +1050,6 @@ func (p *Publisher) ensureDir(d string, uid, gid int, own bool) error {
 		}
 	}
 	return nil
-}
-
-type writeStats struct {
-	copied, linked, shared int
-	bytes                  int64
-}
-
-// linkSources indexes the files of the current version by content, so an
-// unchanged file (even moved) becomes a hard link instead of a copy.
-func linkSources(hostDir string, cur *manifest.Manifest) map[contentKey]string {
-	idx := map[contentKey]string{}
-	if cur == nil {
-		return idx
-	}
-	dir := filepath.Join(hostDir, manifest.ConfigDir, cur.Version)
-	for _, f := range cur.Files {
-		k := contentKey{f.SHA256, f.Mode, f.Size}
-		if _, ok := idx[k]; !ok {
-			idx[k] = filepath.Join(dir, filepath.FromSlash(f.Path))
-		}
-	}
-	return idx
-}
-
-type contentKey struct {
-	sha  string
-	mode uint32
-	size int64
-}
-
-func (p *Publisher) planCopies(hostDir string, cur *manifest.Manifest, tree *Tree, version string) (copied, linked, shared int, bytes int64) {
-	if fi, err := os.Lstat(filepath.Join(hostDir, manifest.ConfigDir, version)); err == nil && fi.IsDir() {
-		return 0, 0, 0, 0 // a kept version goes live again
-	}
-	idx := linkSources(hostDir, cur)
-	for _, e := range tree.Files {
-		k := contentKey{e.SHA256, e.Mode, e.Size}
-		if src, ok := idx[k]; ok && sameSize(src, e.Size) {
-			linked++
-			continue
-		}
-		if e, mine := p.claim(k); !mine {
-			shared++
-			continue
-		} else {
-			e.fill("")
-		}
-		copied++
-		bytes += e.Size
-	}
-	return copied, linked, shared, bytes
-}
-
-// pooled is one content of the pool: the first host that needs it copies
-// it, the others wait for that copy and link it.
-type pooled struct {
-	done chan struct{}
-	// path is the copy; "" when the copy failed (the others copy too).
-	path string
-}
-
-// claim returns the pool entry of k, and whether the caller must fill it
-// (then it must call fill, even on failure).
-func (p *Publisher) claim(k contentKey) (*pooled, bool) {
-	p.poolMu.Lock()
-	defer p.poolMu.Unlock()
-	if e, ok := p.pool[k]; ok {
-		return e, false
-	}
-	e := &pooled{done: make(chan struct{})}
-	p.pool[k] = e
-	return e, true
-}
-
-func (e *pooled) fill(path string) {
-	e.path = path
-	close(e.done)
-}
-
-func sameSize(p string, size int64) bool {
-	fi, err := os.Lstat(p)
-	return err == nil && fi.Mode().IsRegular() && fi.Size() == size
 }
 
 // staged is a directory written completely under a temporary name.
@@ -726,133 +1083,9 @@ func (s *staged) discard() {
 	}
 }
 
-// writeVersion writes config/<version> completely under a temporary name;
-// Publish syncs it, then commit renames it into place. On error nothing is
-// left.
-func (p *Publisher) writeVersion(ctx context.Context, hostDir, version string, cur *manifest.Manifest, tree *Tree) (*staged, writeStats, error) {
-	var st writeStats
-	configDir := filepath.Join(hostDir, manifest.ConfigDir)
-	s := &staged{final: filepath.Join(configDir, version)}
-	if fi, err := os.Lstat(s.final); err == nil && fi.IsDir() {
-		// An earlier version with this very content (a revert) is still
-		// kept: it was renamed into place complete, so it is reused.
-		return s, st, nil
-	}
-	tmp, err := os.MkdirTemp(configDir, ".tmp-"+version+"-")
-	if err != nil {
-		return nil, st, err
-	}
-	s.tmp = tmp
-	ok := false
-	defer func() {
-		if !ok {
-			s.discard()
-		}
-	}()
-	idx := linkSources(hostDir, cur)
-	dirs := map[string]bool{tmp: true}
-	for _, e := range tree.Files {
-		if err := ctx.Err(); err != nil {
-			return nil, st, err
-		}
-		dst := filepath.Join(tmp, filepath.FromSlash(e.Path))
-		if err := mkdirs(filepath.Dir(dst), tmp, dirs); err != nil {
-			return nil, st, err
-		}
-		k := contentKey{e.SHA256, e.Mode, e.Size}
-		if src, found := idx[k]; found && sameSize(src, e.Size) {
-			if err := os.Link(src, dst); err == nil {
-				st.linked++
-				continue
-			}
-			// No hard link (another file system, link count limit): copy.
-		}
-		entry, mine := p.claim(k)
-		if !mine {
-			<-entry.done
-			// No path if that copy failed; gone if that host failed and
-			// discarded its directory: copy then.
-			if entry.path != "" && os.Link(entry.path, dst) == nil {
-				st.shared++
-				continue
-			}
-		}
-		err := copyFile(e, dst, p.umaskClears)
-		if mine {
-			if err == nil {
-				entry.fill(dst)
-			} else {
-				entry.fill("")
-			}
-		}
-		if err != nil {
-			return nil, st, fmt.Errorf("%s: %w", e.Path, err)
-		}
-		st.copied++
-		st.bytes += e.Size
-	}
-	// MkdirTemp made the top 0700; the others lost bits only to a umask.
-	for d := range dirs {
-		if d == tmp || p.umaskClears {
-			if err := os.Chmod(d, 0o755); err != nil {
-				return nil, st, err
-			}
-		}
-	}
-	ok = true
-	return s, st, nil
-}
-
-func mkdirs(d, top string, made map[string]bool) error {
-	if made[d] {
-		return nil
-	}
-	if d != top {
-		if err := mkdirs(filepath.Dir(d), top, made); err != nil {
-			return err
-		}
-	}
-	if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	made[d] = true
-	return nil
-}
-
 // ErrChanged is returned (wrapped) when a file changed between hashing and
 // copying: its manifest line would lie.
 var ErrChanged = errors.New("changed while being published; run bento deploy again")
-
-// copyFile copies e.Src to dst (which must not exist), read-only, and
-// checks that what was copied has the hash the manifest will announce.
-func copyFile(e Entry, dst string, chmod bool) error {
-	in, err := os.Open(e.Src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	perm := fs.FileMode(0o444)
-	if e.Mode&0o111 != 0 {
-		perm = 0o555
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return err
-	}
-	h := newHasher()
-	n, err := io.Copy(io.MultiWriter(out, h), in)
-	if err == nil && (n != e.Size || h.hex() != e.SHA256) {
-		err = fmt.Errorf("%s %w", e.Src, ErrChanged)
-	}
-	if err == nil && chmod {
-		// The umask took bits off: the mode is part of the version.
-		err = out.Chmod(perm)
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
 
 // writeExtra writes the extra files of a new version under a temporary
 // name beside secrets/<version>; commit renames it into place.
@@ -921,40 +1154,6 @@ func removeStaleTemps(hostDir string) {
 	for _, f := range stale {
 		os.Remove(f)
 	}
-}
-
-// pruneVersions removes, under config/ and secrets/, every version not in
-// keep and every temporary directory a crashed deploy left. It runs under
-// the lock, so no temporary directory belongs to a live deploy.
-func pruneVersions(hostDir string, keep map[string]bool) ([]string, error) {
-	var pruned []string
-	var errs []error
-	for _, sub := range []string{manifest.ConfigDir, manifest.SecretsDir} {
-		base := filepath.Join(hostDir, sub)
-		entries, err := os.ReadDir(base)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, e := range entries {
-			n := e.Name()
-			if keep[n] || !(isVersionName(n) || strings.HasPrefix(n, ".tmp-")) {
-				continue
-			}
-			if err := removeAll(filepath.Join(base, n)); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if sub == manifest.ConfigDir && isVersionName(n) {
-				pruned = append(pruned, n)
-			}
-		}
-	}
-	sort.Strings(pruned)
-	return pruned, errors.Join(errs...)
 }
 
 // removeAll is os.RemoveAll that also gets through directories a non-root

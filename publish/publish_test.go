@@ -55,7 +55,7 @@ func TestFirstDeployLayout(t *testing.T) {
 	mustOK(t, rs, publish.StatusPublished)
 
 	for _, host := range []string{"alpha", "beta"} {
-		m := verify(t, root, host)
+		m := verifyExact(t, root, host)
 		hostDir := filepath.Join(root, host)
 		for _, c := range []struct {
 			path     string
@@ -63,19 +63,23 @@ func TestFirstDeployLayout(t *testing.T) {
 			perm     os.FileMode
 		}{
 			{hostDir, 0, 0, 0o755},
-			{filepath.Join(hostDir, "config"), 0, 0, 0o755},
-			{filepath.Join(hostDir, "config", m.Version), 0, 0, 0o755},
-			{filepath.Join(hostDir, "config", m.Version, "flake.nix"), 0, 0, 0o444},
-			{filepath.Join(hostDir, "config", m.Version, "lib/tool.sh"), 0, 0, 0o555},
+			{filepath.Join(hostDir, "objects"), 0, 0, 0o755},
+			{objectFile(root, host, fileOf(t, m, "flake.nix")), 0, 0, 0o444},
+			// One object per content, whatever its mode: the manifest
+			// carries the executable bit.
+			{objectFile(root, host, fileOf(t, m, "lib/tool.sh")), 0, 0, 0o444},
 			{filepath.Join(hostDir, "manifest.json"), 0, 0, 0o644},
 			{filepath.Join(hostDir, "reports"), nuid, ngid, 0o755},
+			{filepath.Join(root, publish.PoolDir), 0, 0, 0o700},
+			{filepath.Join(root, publish.StateDir), 0, 0, 0o700},
+			{filepath.Join(root, publish.StateDir, host), 0, 0, 0o700},
 		} {
 			uid, gid, perm := owner(t, c.path)
 			if uid != c.uid || gid != c.gid || perm != c.perm {
 				t.Errorf("%s: %d:%d %04o, want %d:%d %04o", c.path, uid, gid, perm, c.uid, c.gid, c.perm)
 			}
 		}
-		if m.Host != host || m.Flake.Attr != "nixosConfigurations."+host || m.Flake.Layout != "flake" ||
+		if m.Format != 2 || m.Host != host || m.Flake.Attr != "nixosConfigurations."+host || m.Flake.Layout != "flake" ||
 			!m.PublishedAt.Equal(when) || !strings.HasSuffix(m.ExpectedToplevel, "-nixos-system-"+host) {
 			t.Errorf("manifest of %s: %+v", host, m)
 		}
@@ -87,24 +91,36 @@ func TestFirstDeployLayout(t *testing.T) {
 				t.Errorf("%s: mode %o", f.Path, f.Mode)
 			}
 		}
+		if _, err := os.Stat(filepath.Join(hostDir, "config")); !os.IsNotExist(err) {
+			t.Errorf("%s has a config/: %v", host, err)
+		}
 	}
-	// Both hosts get the same flake: each content is written once, and the
-	// other host's file is a hard link to it.
+	// Both hosts get the same flake: each content is written once into
+	// the pool, and both chroots link it.
+	m := readManifest(t, root, "alpha")
+	distinct := map[string]bool{}
+	for _, f := range m.Files {
+		distinct[f.SHA256] = true
+	}
 	copied, shared := 0, 0
 	for _, r := range rs {
 		copied, shared = copied+r.Copied, shared+r.Shared
 		if r.Linked != 0 {
-			t.Errorf("%s: %d files linked to a previous version on a first deploy", r.Host, r.Linked)
+			t.Errorf("%s: %d objects already there on a first deploy", r.Host, r.Linked)
 		}
 	}
-	if copied != rs[0].Files || shared != rs[0].Files {
-		t.Errorf("first deploy of 2 hosts × %d files: %d copied, %d shared", rs[0].Files, copied, shared)
+	if copied != len(distinct) || shared != len(distinct) {
+		t.Errorf("first deploy of 2 hosts × %d contents: %d copied, %d shared", len(distinct), copied, shared)
 	}
-	v := rs[0].Version
-	a, _ := os.Stat(filepath.Join(root, "alpha/config", v, "flake.nix"))
-	b, _ := os.Stat(filepath.Join(root, "beta/config", v, "flake.nix"))
-	if !os.SameFile(a, b) {
-		t.Error("alpha's and beta's flake.nix are two copies of the same content")
+	f := fileOf(t, m, "flake.nix")
+	a, _ := os.Stat(objectFile(root, "alpha", f))
+	b, _ := os.Stat(objectFile(root, "beta", f))
+	pool, _ := os.Stat(filepath.Join(root, publish.PoolDir, f.SHA256[:2], f.SHA256[2:]))
+	if !os.SameFile(a, b) || !os.SameFile(a, pool) {
+		t.Error("alpha's, beta's and the pool's flake.nix are not one file")
+	}
+	if n := a.Sys().(*syscall.Stat_t).Nlink; n != 3 {
+		t.Errorf("flake.nix has %d links, want 3 (pool, alpha, beta)", n)
 	}
 }
 
@@ -135,75 +151,87 @@ func TestOneFileChangeLinksTheRest(t *testing.T) {
 	files := map[string]string{"lib/a.nix": "a1\n", "lib/b.nix": "b\n", "lib/c.nix": "c\n"}
 	dir := newFleet(t, files, true)
 	root := filepath.Join(t.TempDir(), "chroot")
-	mustOK(t, deploy(t, root, targets(dir, "alpha")), publish.StatusPublished)
-	v1 := readManifest(t, root, "alpha").Version
+	clk := newClock()
+	mustOK(t, deploy(t, root, targets(dir, "alpha"), clk.opt), publish.StatusPublished)
+	m1 := readManifest(t, root, "alpha")
+	a1 := fileOf(t, m1, "lib/a.nix")
 
 	files["lib/a.nix"] = "a2\n"
 	writeFleet(t, dir, files, true)
-	rs := deploy(t, root, targets(dir, "alpha"))
+	before := snapshot(t, filepath.Join(root, "alpha/objects"))
+	rs := deploy(t, root, targets(dir, "alpha"), clk.opt)
 	mustOK(t, rs, publish.StatusPublished)
 	m2 := verify(t, root, "alpha")
-	if m2.Version == v1 || rs[0].Previous != v1 {
-		t.Fatalf("version %s (previous %s) after a change of %s", m2.Version, rs[0].Previous, v1)
+	if m2.Version == m1.Version || rs[0].Previous != m1.Version {
+		t.Fatalf("version %s (previous %s) after a change of %s", m2.Version, rs[0].Previous, m1.Version)
 	}
-	if rs[0].Copied != 1 || rs[0].Linked != rs[0].Files-1 || rs[0].BytesWritten <= 3 {
-		t.Errorf("copied %d, linked %d of %d, %d bytes", rs[0].Copied, rs[0].Linked, rs[0].Files, rs[0].BytesWritten)
+	// One new object, the manifest, and nothing else.
+	if rs[0].Copied != 1 || rs[0].Shared != 0 || rs[0].Linked != len(sumsOf(m2))-1 {
+		t.Errorf("copied %d, shared %d, linked %d of %d", rs[0].Copied, rs[0].Shared, rs[0].Linked, len(sumsOf(m2)))
 	}
-	old := filepath.Join(root, "alpha/config", v1)
-	cur := filepath.Join(root, "alpha/config", m2.Version)
-	for _, f := range m2.Files {
-		a, err1 := os.Stat(filepath.Join(old, f.Path))
-		b, err2 := os.Stat(filepath.Join(cur, f.Path))
-		if err1 != nil || err2 != nil {
-			t.Fatal(err1, err2)
-		}
-		linked := os.SameFile(a, b)
-		nlink := b.Sys().(*syscall.Stat_t).Nlink
-		if f.Path == "lib/a.nix" {
-			if linked {
-				t.Errorf("%s changed but is a hard link to the old version", f.Path)
-			}
-			continue
-		}
-		if !linked || nlink != 2 {
-			t.Errorf("%s unchanged but not hard-linked (same file %v, %d links)", f.Path, linked, nlink)
+	manifestSize := int64(len(mustRead(t, filepath.Join(root, "alpha/manifest.json"))))
+	if rs[0].BytesWritten != 3+manifestSize {
+		t.Errorf("%d bytes written, want the file (3) and the manifest (%d)", rs[0].BytesWritten, manifestSize)
+	}
+	a2 := fileOf(t, m2, "lib/a.nix")
+	d := diffPublished(before, snapshot(t, filepath.Join(root, "alpha/objects")))
+	if len(d) == 0 {
+		t.Error("no object created")
+	}
+	for _, c := range d {
+		if !strings.HasPrefix(c, "created ") || !strings.Contains(c, a2.SHA256[2:]) && !strings.HasSuffix(c, "/"+a2.SHA256[:2]) {
+			t.Errorf("a one-file change did more in objects/: %s", c)
 		}
 	}
-	if string(mustRead(t, filepath.Join(old, "lib/a.nix"))) != "a1\n" {
-		t.Error("the previous version was changed")
+	// The old content stays for readers of the old manifest.
+	if got := mustRead(t, objectFile(root, "alpha", a1)); got != "a1\n" {
+		t.Errorf("the previous version's object: %q", got)
 	}
 
-	// A third version prunes the first and keeps the second.
+	// A third version, past the retention period: the first version's
+	// own object leaves; the second's stays (it was live a moment ago).
 	files["lib/b.nix"] = "b2\n"
 	writeFleet(t, dir, files, true)
-	rs = deploy(t, root, targets(dir, "alpha"))
+	clk.Advance(publish.DefaultRetention + time.Second)
+	rs = deploy(t, root, targets(dir, "alpha"), clk.opt)
 	mustOK(t, rs, publish.StatusPublished)
-	entries, _ := os.ReadDir(filepath.Join(root, "alpha/config"))
-	var got []string
-	for _, e := range entries {
-		got = append(got, e.Name())
+	if len(rs[0].Pruned) != 1 || rs[0].Pruned[0] != m1.Version || rs[0].Removed != 1 {
+		t.Errorf("pruned %v, %d objects removed, want [%s] and its one object", rs[0].Pruned, rs[0].Removed, m1.Version)
 	}
-	want := sortStrings2([]string{m2.Version, rs[0].Version})
-	if strings.Join(got, " ") != strings.Join(want, " ") {
-		t.Errorf("config/ holds %v, want the current and previous %v", got, want)
+	if _, err := os.Stat(objectFile(root, "alpha", a1)); !os.IsNotExist(err) {
+		t.Errorf("the first version's object is still there: %v", err)
 	}
-	if len(rs[0].Pruned) != 1 || rs[0].Pruned[0] != v1 {
-		t.Errorf("pruned %v, want [%s]", rs[0].Pruned, v1)
+	pooled := filepath.Join(root, publish.PoolDir, a1.SHA256[:2], a1.SHA256[2:])
+	if _, err := os.Stat(pooled); !os.IsNotExist(err) {
+		t.Errorf("the pool kept an object no chroot links: %v", err)
+	}
+	for _, f := range m2.Files {
+		if _, err := os.Stat(objectFile(root, "alpha", f)); err != nil {
+			t.Errorf("the second version's %s left: %v", f.Path, err)
+		}
 	}
 
-	// Reverting to the second version's content reuses its directory.
+	// Reverting to the second version's content writes no object.
 	files["lib/b.nix"] = "b\n"
 	writeFleet(t, dir, files, true)
-	before := snapshot(t, cur)
-	rs = deploy(t, root, targets(dir, "alpha"))
+	before = snapshot(t, filepath.Join(root, "alpha/objects"))
+	rs = deploy(t, root, targets(dir, "alpha"), clk.opt)
 	mustOK(t, rs, publish.StatusPublished)
-	if rs[0].Version != m2.Version || rs[0].Copied+rs[0].Linked != 0 {
-		t.Errorf("revert: version %s (want %s), %d copied %d linked", rs[0].Version, m2.Version, rs[0].Copied, rs[0].Linked)
+	if rs[0].Version != m2.Version || rs[0].Copied+rs[0].Shared != 0 {
+		t.Errorf("revert: version %s (want %s), %d copied %d shared", rs[0].Version, m2.Version, rs[0].Copied, rs[0].Shared)
 	}
-	if d := diffSnapshots(before, snapshot(t, cur)); len(d) > 0 {
-		t.Errorf("revert rewrote the kept version: %v", d)
+	if d := diffPublished(before, snapshot(t, filepath.Join(root, "alpha/objects"))); len(d) > 0 {
+		t.Errorf("revert rewrote objects: %v", d)
 	}
 	verify(t, root, "alpha")
+}
+
+func sumsOf(m *manifest.Manifest) map[string]bool {
+	out := map[string]bool{}
+	for _, f := range m.Files {
+		out[f.SHA256] = true
+	}
+	return out
 }
 
 func sortStrings2(s []string) []string {
@@ -306,7 +334,7 @@ func TestExpectedSystemChangeRewritesManifestOnly(t *testing.T) {
 	ts[0].ExpectedToplevel = "" // forced publication of a failed build
 	mustOK(t, deploy(t, root, ts), publish.StatusPublished)
 	m1 := readManifest(t, root, "alpha")
-	cfg := filepath.Join(root, "alpha/config")
+	cfg := filepath.Join(root, "alpha/objects")
 	before := snapshot(t, cfg)
 
 	rs := deploy(t, root, targets(dir, "alpha"))
@@ -316,7 +344,7 @@ func TestExpectedSystemChangeRewritesManifestOnly(t *testing.T) {
 		t.Errorf("manifest %+v after %+v", m2, m1)
 	}
 	if d := diffSnapshots(before, snapshot(t, cfg)); len(d) > 0 {
-		t.Errorf("config/ changed: %v", d)
+		t.Errorf("objects/ changed: %v", d)
 	}
 }
 
@@ -560,7 +588,7 @@ func TestClassicHostTree(t *testing.T) {
 	if m.Flake.Layout != "classic" || m.Flake.Attr != "" {
 		t.Errorf("flake %+v", m.Flake)
 	}
-	cfg := filepath.Join(root, "alpha/config", m.Version, "configuration.nix")
+	cfg := objectFile(root, "alpha", fileOf(t, m, "configuration.nix"))
 	if !bytes.Contains([]byte(mustRead(t, cfg)), []byte("./utils/mkhost.nix")) {
 		t.Error("configuration.nix not published")
 	}
@@ -583,9 +611,11 @@ func TestUmask(t *testing.T) {
 	if rs[0].Version != want {
 		t.Errorf("version %s under umask 077, %s otherwise", rs[0].Version, want)
 	}
-	v := filepath.Join(root, "alpha/config", want)
-	for p, perm := range map[string]os.FileMode{v: 0o755, v + "/lib": 0o755, v + "/lib/tool.sh": 0o555, v + "/flake.nix": 0o444,
-		filepath.Join(root, "alpha"): 0o755, filepath.Join(root, "alpha/manifest.json"): 0o644} {
+	m := verify(t, root, "alpha")
+	tool := objectFile(root, "alpha", fileOf(t, m, "lib/tool.sh"))
+	for p, perm := range map[string]os.FileMode{tool: 0o444, filepath.Dir(tool): 0o755, filepath.Join(root, "alpha/objects"): 0o755,
+		objectFile(root, "alpha", fileOf(t, m, "flake.nix")): 0o444,
+		filepath.Join(root, "alpha"):                         0o755, filepath.Join(root, "alpha/manifest.json"): 0o644} {
 		if _, _, got := owner(t, p); got != perm {
 			t.Errorf("%s: mode %04o under umask 077, want %04o", p, got, perm)
 		}
@@ -609,17 +639,19 @@ func TestChrootRootInsideFleet(t *testing.T) {
 }
 
 // An unreadable manifest (edited by hand, truncated by a full disk) does
-// not stop a publication, and nothing is pruned: bento cannot tell which
-// version hosts may be reading.
+// not stop a publication, and the retention record still protects what
+// the earlier manifests named.
 func TestUnreadableManifest(t *testing.T) {
 	files := map[string]string{"lib/a.nix": "1\n"}
 	dir := newFleet(t, files, true)
 	root := filepath.Join(t.TempDir(), "chroot")
-	v1 := deploy(t, root, targets(dir, "alpha"))[0].Version
+	deploy(t, root, targets(dir, "alpha"))
+	m1 := readManifest(t, root, "alpha")
 	files["lib/a.nix"] = "2\n"
 	writeFleet(t, dir, files, true)
-	v2 := deploy(t, root, targets(dir, "alpha"))[0].Version
-	os.WriteFile(filepath.Join(root, "alpha/manifest.json"), []byte(`{"format":1,"host":"alpha","vers`), 0o644)
+	deploy(t, root, targets(dir, "alpha"))
+	m2 := readManifest(t, root, "alpha")
+	os.WriteFile(filepath.Join(root, "alpha/manifest.json"), []byte(`{"format":2,"host":"alpha","vers`), 0o644)
 
 	files["lib/a.nix"] = "3\n"
 	writeFleet(t, dir, files, true)
@@ -629,9 +661,11 @@ func TestUnreadableManifest(t *testing.T) {
 		t.Errorf("notes %q", rs[0].Notes)
 	}
 	verify(t, root, "alpha")
-	for _, v := range []string{v1, v2} {
-		if _, err := os.Stat(filepath.Join(root, "alpha/config", v)); err != nil {
-			t.Errorf("version %s pruned although no manifest said it was not in use: %v", v, err)
+	for _, m := range []*manifest.Manifest{m1, m2} {
+		for _, f := range m.Files {
+			if _, err := os.Stat(objectFile(root, "alpha", f)); err != nil {
+				t.Errorf("version %s: %s removed within the retention period: %v", m.Version, f.Path, err)
+			}
 		}
 	}
 }

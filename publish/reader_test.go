@@ -14,9 +14,11 @@ import (
 )
 
 // Clients read while deploys run. Whatever the moment, a reader must see a
-// whole manifest, and every file it names with the announced hash — as
-// long as that version is still the current or the previous one (an older
-// version is pruned; a client that slow fetches the new manifest again).
+// whole manifest, and every file it names with the announced hash. The
+// publication clock moves half a retention period per publication, so
+// objects do leave the chroot: a version stays readable for two
+// publications after it stopped being live (a reader older than that is
+// past the retention period and must fetch the new manifest again).
 func TestConcurrentReadersNeverSeeTornState(t *testing.T) {
 	const (
 		files      = 24
@@ -54,7 +56,8 @@ func TestConcurrentReadersNeverSeeTornState(t *testing.T) {
 		return publish.Version(tr.Manifest(), nil)
 	}
 	order[versionOf()] = 0
-	mustOK(t, deploy(t, root, ts), publish.StatusPublished)
+	clk := newClock()
+	mustOK(t, deploy(t, root, ts, clk.opt), publish.StatusPublished)
 
 	var reads, retries, torn atomic.Int64
 	stop := make(chan struct{})
@@ -83,7 +86,7 @@ func TestConcurrentReadersNeverSeeTornState(t *testing.T) {
 					age = order[m.Version] - order[v]
 				}
 				mu.Unlock()
-				if v != "" && age >= 2 {
+				if v != "" && age >= 3 {
 					retries.Add(1)
 					continue
 				}
@@ -94,7 +97,7 @@ func TestConcurrentReadersNeverSeeTornState(t *testing.T) {
 		}()
 	}
 
-	step := 0
+	step, removed := 0, 0
 	for step < minSteps || reads.Load() < minReads {
 		step++
 		writeFleet(t, dir, content(step), false)
@@ -102,12 +105,14 @@ func TestConcurrentReadersNeverSeeTornState(t *testing.T) {
 		mu.Lock()
 		order[v] = step
 		mu.Unlock()
-		rs := deploy(t, root, ts)
+		clk.Advance(publish.DefaultRetention / 2)
+		rs := deploy(t, root, ts, clk.opt)
 		if !rs[0].OK() || rs[0].Version != v {
 			close(stop)
 			wg.Wait()
 			t.Fatalf("step %d: %s %v (version %s, want %s)", step, rs[0].Status, rs[0].Err, rs[0].Version, v)
 		}
+		removed += rs[0].Removed
 		if step > 1000 {
 			break
 		}
@@ -115,6 +120,9 @@ func TestConcurrentReadersNeverSeeTornState(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	t.Logf("%d publications, %d reads, %d re-reads after pruning", step, reads.Load(), retries.Load())
+	if removed == 0 {
+		t.Error("no object ever left the chroot: the test did not exercise removals")
+	}
 	if reads.Load() < minReads {
 		t.Errorf("only %d reads", reads.Load())
 	}
@@ -135,9 +143,8 @@ func readOnce(root, host string) (problem, version string) {
 	if err != nil {
 		return "manifest: " + err.Error(), ""
 	}
-	dir := filepath.Join(root, host, manifest.ConfigPath(m.Version))
 	for _, f := range m.Files {
-		b, err := os.ReadFile(filepath.Join(dir, f.Path))
+		b, err := os.ReadFile(filepath.Join(root, host, filepath.FromSlash(m.RemotePath(f))))
 		if err != nil {
 			return err.Error(), m.Version
 		}

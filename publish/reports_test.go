@@ -19,8 +19,9 @@ func TestReportsSurviveDeploys(t *testing.T) {
 	files := map[string]string{"lib/a.nix": "1\n"}
 	dir := newFleet(t, files, true)
 	root := filepath.Join(t.TempDir(), "chroot")
+	clk := newClock()
 	noUsers := func(o *publish.Options) { o.Users = false }
-	mustOK(t, deploy(t, root, targets(dir, "alpha"), noUsers), publish.StatusPublished)
+	mustOK(t, deploy(t, root, targets(dir, "alpha"), noUsers, clk.opt), publish.StatusPublished)
 	rep := filepath.Join(root, "alpha/reports")
 	if uid, _, _ := owner(t, rep); uid != 0 {
 		t.Fatalf("reports/ of a deploy without user check belongs to uid %d", uid)
@@ -44,13 +45,15 @@ func TestReportsSurviveDeploys(t *testing.T) {
 		}
 	}
 	// Unchanged content, now with the user check: only the owner changes.
-	mustOK(t, deploy(t, root, targets(dir, "alpha")), publish.StatusUnchanged)
+	mustOK(t, deploy(t, root, targets(dir, "alpha"), clk.opt), publish.StatusUnchanged)
 	check("unchanged redeploy")
-	// Two new versions: the second prunes the first.
+	// Two new versions, the second after the retention period: it prunes
+	// the first.
 	for i, c := range []string{"2\n", "3\n"} {
 		files["lib/a.nix"] = c
 		writeFleet(t, dir, files, true)
-		rs := deploy(t, root, targets(dir, "alpha"))
+		clk.Advance(2 * publish.DefaultRetention)
+		rs := deploy(t, root, targets(dir, "alpha"), clk.opt)
 		mustOK(t, rs, publish.StatusPublished)
 		if i == 1 && len(rs[0].Pruned) != 1 {
 			t.Errorf("pruned %v, want the first version", rs[0].Pruned)
@@ -60,7 +63,7 @@ func TestReportsSurviveDeploys(t *testing.T) {
 	// Same files, new expected system: the manifest only.
 	ts := targets(dir, "alpha")
 	ts[0].ExpectedToplevel += "-2"
-	mustOK(t, deploy(t, root, ts), publish.StatusUpdated)
+	mustOK(t, deploy(t, root, ts, clk.opt), publish.StatusUpdated)
 	check("manifest-only update")
 	if _, err := os.Stat(filepath.Join(root, "alpha/manifest.json")); err != nil {
 		t.Fatal(err)

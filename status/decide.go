@@ -145,6 +145,11 @@ func judge(in hostInput, r *Row) (State, string) {
 	if len(rep.SecretErrors) > 0 {
 		msg = joinFacts(msg, secretsMessage(rep.SecretErrors))
 	}
+	if applied && rep.Error != "" && (state == UpToDate || state == RebootRequired || state == Drift) {
+		// A host that runs its publication can still be in trouble (a
+		// full disk, damaged state files): say what it reported.
+		msg = joinFacts(msg, oneLine(shortError(rep.Error)))
+	}
 	if applied && rep.BytesFetched > 0 && (state == UpToDate || state == RebootRequired) {
 		msg = joinFacts(msg, "last update fetched "+humanBytes(rep.BytesFetched))
 	}

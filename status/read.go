@@ -103,6 +103,9 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 	case err == nil:
 		in.chroot = true
 		in.report, in.reportErr = parseReport(data, name)
+		if in.report != nil {
+			heartbeat(r, in.report)
+		}
 	case errors.Is(err, fs.ErrNotExist):
 		if _, err := r.Lstat(manifest.ReportsDir); err == nil {
 			in.chroot = true
@@ -112,6 +115,23 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 		in.reportErr = err
 	}
 	return in
+}
+
+// heartbeat dates an unchanged report by its file's mtime when that is
+// newer: an agent whose report did not change since its last upload only
+// moves status.json's mtime ("seen now"), which is cheaper on the wire
+// than a new upload. Both times come from the host's clock, as before.
+func heartbeat(r *os.Root, rep *manifest.Report) {
+	if rep.Result != manifest.ResultUnchanged {
+		return
+	}
+	st, err := r.Stat(manifest.StatusFile)
+	if err != nil {
+		return
+	}
+	if mt := st.ModTime(); mt.After(rep.FinishedAt) {
+		rep.StartedAt, rep.FinishedAt = mt.UTC(), mt.UTC()
+	}
 }
 
 // readCapped reads a regular file of at most limit bytes below r.
@@ -191,8 +211,8 @@ func parseManifest(data []byte, host string) (*manifestInfo, error) {
 			errs = append(errs, fmt.Sprintf("%s is %s, not a string", key, gjsonKind(v)))
 		}
 	}
-	if f := res.Get("format"); f.Type != gjson.Number || f.Num != manifest.Format {
-		return nil, fmt.Errorf("manifest.json: format %s is not %d: this bento is older or newer than the one that published it", f.Raw, manifest.Format)
+	if f := res.Get("format"); f.Type != gjson.Number || f.Num < manifest.MinManifestFormat || f.Num > manifest.ManifestFormat || f.Num != float64(int(f.Num)) {
+		return nil, fmt.Errorf("manifest.json: format %s is not one this bento reads (%d to %d): it is older or newer than the one that published it", f.Raw, manifest.MinManifestFormat, manifest.ManifestFormat)
 	}
 	str("host", &m.host)
 	str("version", &m.version)

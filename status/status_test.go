@@ -377,7 +377,7 @@ func TestStates(t *testing.T) {
 			setup: func(c chroot) {
 				c.raw(h, manifest.ManifestFile, []byte(`{"format": 7, "version": "x"}`))
 			},
-			state: Unreadable, msg: "manifest.json: format 7 is not 1", exit: ExitFailing,
+			state: Unreadable, msg: "manifest.json: format 7 is not one this bento reads (1 to 2)", exit: ExitFailing,
 		},
 		{
 			name: "hostile escape sequences never reach the table",

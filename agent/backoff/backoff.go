@@ -1,5 +1,5 @@
 // Package backoff computes retry delays: exponential growth from an initial
-// delay up to a ceiling, optionally spread by jitter so that hundreds of
+// delay up to a ceiling, optionally spread by full jitter so that hundreds of
 // hosts that lost the server at the same moment do not come back together.
 package backoff
 
@@ -36,19 +36,15 @@ func (p Policy) Delay(n int) time.Duration {
 	return d
 }
 
-// Jittered is Delay(n) spread uniformly over [Delay/2, Delay] ("equal
-// jitter"): never shorter than half the nominal wait, never longer than it.
+// Jittered is Delay(n) spread uniformly over [0, Delay] ("full jitter"):
+// when a server comes back, hosts that lost it at the same moment spread
+// over the whole window instead of half of it, which halves the peak of
+// connections the server's sshd must take at once (MaxStartups) for the
+// same mean wait. A retry may come at once; the next one waits longer.
 func (p Policy) Jittered(n int, rnd *rand.Rand) time.Duration {
 	d := p.Delay(n)
-	half := d / 2
-	if half <= 0 {
-		return d
-	}
-	var j int64
 	if rnd != nil {
-		j = rnd.Int64N(int64(half) + 1)
-	} else {
-		j = rand.Int64N(int64(half) + 1)
+		return time.Duration(rnd.Int64N(int64(d) + 1))
 	}
-	return half + time.Duration(j)
+	return time.Duration(rand.Int64N(int64(d) + 1))
 }

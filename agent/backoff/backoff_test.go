@@ -25,16 +25,25 @@ func TestDelay(t *testing.T) {
 	}
 }
 
-func TestJitteredStaysInHalfToFull(t *testing.T) {
+func TestJitteredSpreadsOverTheWholeWindow(t *testing.T) {
 	p := Policy{Initial: time.Second, Max: time.Minute}
 	rnd := rand.New(rand.NewPCG(1, 2))
 	seen := map[time.Duration]bool{}
+	low := 0
 	for i := 0; i < 1000; i++ {
 		d := p.Jittered(3, rnd)
-		if d < 2*time.Second || d > 4*time.Second {
-			t.Fatalf("Jittered(3) = %s, outside [2s, 4s]", d)
+		if d < 0 || d > 4*time.Second {
+			t.Fatalf("Jittered(3) = %s, outside [0, 4s]", d)
 		}
 		seen[d] = true
+		if d < time.Second {
+			low++
+		}
+	}
+	// Full jitter: a quarter of the draws fall in the first quarter of the
+	// window (equal jitter would put none there).
+	if low < 150 || low > 350 {
+		t.Errorf("%d of 1000 draws below 1s, want about 250", low)
 	}
 	if len(seen) < 100 {
 		t.Errorf("Jittered gave only %d distinct delays in 1000 draws: hosts would retry in lockstep", len(seen))

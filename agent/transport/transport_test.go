@@ -358,3 +358,58 @@ func TestLoadSigner(t *testing.T) {
 		t.Errorf("garbage key: %v", err)
 	}
 }
+
+// The handshake offers short algorithm lists (an idle tick is mostly
+// handshake) and still agrees with a stock OpenSSH.
+func TestHandshakeIsSmallAndAgreesWithOpenSSH(t *testing.T) {
+	s := startServer(t)
+	ctx := context.Background()
+	dial := func(o Options) (ssh.NegotiatedAlgorithms, int64) {
+		t.Helper()
+		m := &meter{}
+		o.Dial = m.dial
+		c, err := Dial(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		algs := c.ssh.Conn.(ssh.AlgorithmsConnMetadata).Algorithms()
+		return algs, m.out.Load()
+	}
+	classic, classicOut := dial(s.options(&meter{}))
+	if classic.KeyExchange != ssh.KeyExchangeCurve25519 || classic.Write.Cipher != ssh.CipherAES128GCM {
+		t.Errorf("negotiated %+v, want curve25519-sha256 with aes128-gcm", classic)
+	}
+	pq := s.options(&meter{})
+	pq.PostQuantum = true
+	pqAlgs, _ := dial(pq)
+	// This machine's OpenSSH may predate ML-KEM (9.9); either way the
+	// connection must succeed on one of the offered exchanges.
+	if pqAlgs.KeyExchange != ssh.KeyExchangeMLKEM768X25519 && pqAlgs.KeyExchange != ssh.KeyExchangeCurve25519 {
+		t.Errorf("post-quantum offer negotiated %s", pqAlgs.KeyExchange)
+	}
+
+	// What x/crypto would send with its default lists, for comparison.
+	m := &meter{}
+	raw, err := m.dial(ctx, "tcp", s.sshd.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, chans, reqs, err := ssh.NewClientConn(raw, s.sshd.Addr, &ssh.ClientConfig{
+		User: s.client.User, Auth: []ssh.AuthMethod{ssh.PublicKeys(s.client.Signer)},
+		HostKeyCallback: ssh.FixedHostKey(s.sshd.HostKey), HostKeyAlgorithms: hostKeyAlgorithms([]ssh.PublicKey{s.sshd.HostKey}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ssh.NewClient(sc, chans, reqs)
+	if _, err := newSFTP(client); err != nil {
+		t.Fatal(err)
+	}
+	client.Close()
+	if def := m.out.Load(); classicOut >= def {
+		t.Errorf("bento's handshake sent %d bytes, x/crypto's defaults %d: the short lists should cost less", classicOut, def)
+	} else {
+		t.Logf("bytes out to a ready SFTP session: %d (x/crypto defaults: %d)", classicOut, def)
+	}
+}

@@ -1,38 +1,68 @@
 // Package tree keeps the agent's local copies of published flake trees.
 //
-// Every version lives in its own directory, <dir>/<version>, which appears
-// only once it is complete and verified: files are downloaded (or copied
-// from an older local version when their hash matches) into a staging
-// directory, every size and sha256 is checked, everything is fsynced, and
-// the staging directory is renamed into place. A kill -9 at any moment
-// leaves either no <dir>/<version> at all or a complete one; leftover
-// staging directories are removed by the next Clean.
+// Two directories work together:
+//
+//	<objects>/<aa>/<rest>       a local object store: one read-only file per
+//	                            distinct content, named by its sha256
+//	<trees>/<version>/          the tree Nix evaluates, materialised from the
+//	                            store (hard links, or copies)
+//	<trees>/.manifest-<version>.json   the manifest that tree was built from
+//
+// Every object is verified (size and sha256) on arrival: it is downloaded
+// to a temporary file, checked, fsynced and renamed into place, so a name
+// in the store always holds the content it names; and it is hashed again
+// before a tree is made from it, so a file damaged on disk is fetched
+// again instead of trusted by its name. What was verified stays across
+// attempts and publications: a download cut off, or one that outlives two
+// publications, resumes with only what is still missing.
+//
+// A tree appears only complete: it is materialised in a staging directory,
+// fsynced, and renamed to <trees>/<version>. An existing tree is never
+// trusted by its name either: before reuse it is checked against its
+// manifest (the exact set of files, their sizes, modes and hashes), and
+// one that does not match is renamed aside and made again. Nothing is
+// deleted in place: a directory is renamed to a ".trash-" name first, so
+// a kill during removal leaves a name Clean finishes removing, never a
+// partial tree under a version's name.
 package tree
 
 import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bento-nix/bento/internal/atomicfile"
 	"hash"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/manifest"
 )
 
 const (
-	stagingPrefix = ".staging-"
-	currentLink   = "current"
+	stagingPrefix  = ".staging-"
+	trashPrefix    = ".trash-"
+	manifestPrefix = ".manifest-"
+	manifestSuffix = ".json"
+	tmpPrefix      = ".tmp-"
+	currentLink    = "current"
+
+	// objectPerm is every object's mode: read-only, so that nothing
+	// writing through a tree's hard link changes it by accident (root
+	// still can; the hash check before every use catches that).
+	objectPerm = 0o444
+	execPerm   = 0o555
 )
 
 // Fetcher downloads one remote file (a path relative to the chroot root)
@@ -41,28 +71,51 @@ type Fetcher interface {
 	Download(ctx context.Context, remote string, w io.Writer, max int64) (int64, error)
 }
 
-// Store is the directory holding the local trees.
+// Store is the agent's object store and the trees made from it.
 type Store struct {
+	// Dir holds the trees (<stateDir>/config).
 	Dir string
-	// Jobs is how many files are downloaded at once; 8 when zero.
+	// Objects holds the verified objects (<stateDir>/objects).
+	Objects string
+	// Jobs is how many objects are downloaded at once; 8 when zero.
 	Jobs int
 }
 
 // Stats say what staging a version cost.
 type Stats struct {
-	Files      int
+	// Files is how many files the manifest lists; Objects how many
+	// distinct contents they have.
+	Files   int
+	Objects int
+	// Downloaded objects crossed the network (Bytes in all); Held were
+	// already in the store, verified; Imported were found, verified, in
+	// an older local tree (a store started by an agent that kept no
+	// objects).
 	Downloaded int
-	Reused     int
+	Held       int
+	Imported   int
 	Bytes      int64
+	// Refetched counts objects found damaged in the store and fetched
+	// again.
+	Refetched int
+	// Reused is true when the version's tree was already there and
+	// matched its manifest.
+	Reused bool
+	// Discarded says why an existing tree of the version was not reused
+	// ("" when there was none, or it was).
+	Discarded string
 }
 
-// Path is the directory of a version.
+// Path is the directory of a version's tree.
 func (s *Store) Path(version string) string { return filepath.Join(s.Dir, version) }
 
-// Has reports whether a complete copy of version is held.
-func (s *Store) Has(version string) bool {
-	fi, err := os.Stat(s.Path(version))
-	return err == nil && fi.IsDir()
+func (s *Store) manifestPath(version string) string {
+	return filepath.Join(s.Dir, manifestPrefix+version+manifestSuffix)
+}
+
+// objectPath is where the store keeps the content whose sha256 is sum.
+func (s *Store) objectPath(sum string) string {
+	return filepath.Join(s.Objects, filepath.FromSlash(manifest.ObjectPath(sum)[len(manifest.ObjectsDir)+1:]))
 }
 
 // Current returns the version the "current" link names ("" if none).
@@ -77,39 +130,79 @@ func (s *Store) Current() (string, error) {
 	return filepath.Base(target), nil
 }
 
-// Clean removes staging directories left by an interrupted tick.
+// Clean finishes what an interrupted tick left: staging and trash
+// directories, temporary downloads, manifests of trees that are gone.
 func (s *Store) Clean() error {
-	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
-		return fmt.Errorf("local tree: %w", err)
+	for _, d := range []string{s.Dir, s.Objects} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("local tree: %w", err)
+		}
 	}
 	entries, err := os.ReadDir(s.Dir)
 	if err != nil {
 		return fmt.Errorf("local tree: %w", err)
 	}
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), stagingPrefix) || strings.HasPrefix(e.Name(), ".current-") {
-			if err := os.RemoveAll(filepath.Join(s.Dir, e.Name())); err != nil {
-				return fmt.Errorf("local tree: removing leftover %s: %w", e.Name(), err)
+		name := e.Name()
+		switch {
+		case strings.HasPrefix(name, stagingPrefix), strings.HasPrefix(name, trashPrefix), strings.HasPrefix(name, ".current-"):
+			if err := os.RemoveAll(filepath.Join(s.Dir, name)); err != nil {
+				return fmt.Errorf("local tree: removing leftover %s: %w", name, err)
 			}
+		case strings.HasPrefix(name, manifestPrefix) && strings.HasSuffix(name, manifestSuffix):
+			v := strings.TrimSuffix(strings.TrimPrefix(name, manifestPrefix), manifestSuffix)
+			if fi, err := os.Lstat(s.Path(v)); err != nil || !fi.IsDir() {
+				os.Remove(filepath.Join(s.Dir, name))
+			}
+		}
+	}
+	tmps, _ := filepath.Glob(filepath.Join(s.Objects, tmpPrefix+"*"))
+	for _, p := range tmps {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("local tree: removing leftover %s: %w", p, err)
 		}
 	}
 	return nil
 }
 
-// Stage makes a complete, verified copy of m's tree at Path(m.Version).
-// Files whose size and sha256 match a file at the same path in one of the
-// reuse versions are copied locally; the others are downloaded from
-// config/<version>/ through f. Nothing is downloaded when the version is
-// already held.
-func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher, reuse ...string) (Stats, error) {
+// Stage makes sure a complete tree of m is at Path(m.Version), fetching
+// through f only the objects the store lacks. keep names the versions
+// whose objects must survive this stage besides m's (the current tree
+// and the applied version): every other object is removed first, which
+// bounds the store to three publications plus nothing.
+func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher, keep ...string) (Stats, error) {
 	st := Stats{Files: len(m.Files)}
-	if s.Has(m.Version) {
-		st.Reused = len(m.Files)
-		return st, nil
+	objects, err := distinct(m)
+	if err != nil {
+		return st, err
 	}
+	st.Objects = len(objects)
 	if err := s.Clean(); err != nil {
 		return st, err
 	}
+	if _, err := os.Lstat(s.Path(m.Version)); err == nil {
+		verr := s.Verify(m)
+		if verr == nil {
+			st.Reused = true
+			// A tree from an agent that kept no manifest beside it.
+			if _, err := os.Stat(s.manifestPath(m.Version)); err != nil {
+				if err := s.saveManifest(m); err != nil {
+					return st, err
+				}
+			}
+			return st, nil
+		}
+		st.Discarded = verr.Error()
+		if err := s.remove(m.Version); err != nil {
+			return st, err
+		}
+	}
+	if err := s.GC(m, keep...); err != nil {
+		return st, err
+	}
+
+	// The staging directory comes first, so that a tick's progress is
+	// visible from the moment it starts fetching.
 	staging, err := os.MkdirTemp(s.Dir, stagingPrefix+m.Version+"-")
 	if err != nil {
 		return st, fmt.Errorf("local tree: %w", err)
@@ -121,43 +214,35 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher, reus
 		}
 	}()
 
-	var toFetch []manifest.File
-	for _, file := range m.Files {
-		if err := manifest.ValidatePath(file.Path); err != nil {
-			return st, fmt.Errorf("manifest: %w", err)
+	var missing []manifest.File
+	for _, o := range objects {
+		held, damaged := s.held(o)
+		if damaged {
+			st.Refetched++
 		}
-		if err := os.MkdirAll(filepath.Join(staging, filepath.Dir(file.Path)), 0o755); err != nil {
-			return st, fmt.Errorf("local tree: %s: %w", file.Path, err)
+		switch {
+		case held:
+			st.Held++
+		case s.importFrom(o, keep):
+			st.Imported++
+		default:
+			missing = append(missing, o)
 		}
-		if s.reuse(file, staging, reuse) {
-			st.Reused++
-			continue
-		}
-		toFetch = append(toFetch, file)
+	}
+	n, bytes, err := s.fetch(ctx, m, f, missing)
+	st.Downloaded, st.Bytes = n, bytes
+	if err != nil {
+		return st, err
 	}
 
-	jobs := s.Jobs
-	if jobs <= 0 {
-		jobs = 8
-	}
-	var bytes atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(jobs)
-	for _, file := range toFetch {
-		g.Go(func() error {
-			n, err := download(gctx, f, m.Version, file, filepath.Join(staging, file.Path))
-			bytes.Add(n)
-			return err
-		})
-	}
-	err = g.Wait()
-	st.Downloaded = len(toFetch)
-	st.Bytes = bytes.Load()
-	if err != nil {
+	if err := s.materialise(m, staging); err != nil {
 		return st, err
 	}
 	if err := syncDirs(staging); err != nil {
 		return st, fmt.Errorf("local tree: %w", err)
+	}
+	if err := s.saveManifest(m); err != nil {
+		return st, err
 	}
 	if err := os.Rename(staging, s.Path(m.Version)); err != nil {
 		return st, fmt.Errorf("local tree: %w", err)
@@ -166,52 +251,377 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher, reus
 	return st, atomicfile.SyncDir(s.Dir)
 }
 
-// reuse copies file from an older version when the copy there has the
-// same size and hash; it reports whether it did.
-func (s *Store) reuse(file manifest.File, staging string, versions []string) bool {
+// distinct lists one file per distinct content of m, refusing paths that
+// escape the tree and a hash listed with two sizes.
+func distinct(m *manifest.Manifest) ([]manifest.File, error) {
+	seen := map[string]manifest.File{}
+	var out []manifest.File
+	for _, file := range m.Files {
+		if err := manifest.ValidatePath(file.Path); err != nil {
+			return nil, fmt.Errorf("manifest: %w", err)
+		}
+		// The sum becomes a file name in the store: 64 lowercase hex
+		// digits and nothing else (Parse checks it too).
+		if b, err := hex.DecodeString(file.SHA256); err != nil || len(b) != sha256.Size || strings.ToLower(file.SHA256) != file.SHA256 {
+			return nil, fmt.Errorf("manifest: %s: sha256 must be 64 lowercase hex digits", file.Path)
+		}
+		if prev, ok := seen[file.SHA256]; ok {
+			if prev.Size != file.Size {
+				return nil, fmt.Errorf("manifest: %s and %s have the same sha256 but sizes %d and %d", prev.Path, file.Path, prev.Size, file.Size)
+			}
+			continue
+		}
+		seen[file.SHA256] = file
+		out = append(out, file)
+	}
+	return out, nil
+}
+
+// held reports whether the store has o's object with the right content;
+// a damaged one (another size or hash) is removed, and damaged says so.
+func (s *Store) held(o manifest.File) (held, damaged bool) {
+	p := s.objectPath(o.SHA256)
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return false, false
+	}
+	if fi.Mode().IsRegular() && fi.Size() == o.Size && verifyFile(p, o) == nil {
+		return true, false
+	}
+	os.RemoveAll(p)
+	return false, true
+}
+
+// importFrom takes o's content from the file at the same path in an
+// older local tree, when it has the right size and hash.
+func (s *Store) importFrom(o manifest.File, versions []string) bool {
 	for _, v := range versions {
-		if v == "" {
+		if !manifest.IsVersion(v) {
 			continue
 		}
-		src := filepath.Join(s.Path(v), file.Path)
+		src := filepath.Join(s.Path(v), filepath.FromSlash(o.Path))
 		fi, err := os.Lstat(src)
-		if err != nil || !fi.Mode().IsRegular() || fi.Size() != file.Size {
+		if err != nil || !fi.Mode().IsRegular() || fi.Size() != o.Size {
 			continue
 		}
-		if err := copyVerified(src, filepath.Join(staging, file.Path), file); err == nil {
+		in, err := os.Open(src)
+		if err != nil {
+			continue
+		}
+		_, err = s.put(o, func(w io.Writer) (int64, error) { return io.Copy(w, in) })
+		in.Close()
+		if err == nil {
 			return true
 		}
 	}
 	return false
 }
 
+// fetch downloads the missing objects, Jobs at a time. One that fails
+// does not stop the others: everything verified is kept for the next
+// attempt. Only a cancelled ctx stops the lot.
+func (s *Store) fetch(ctx context.Context, m *manifest.Manifest, f Fetcher, missing []manifest.File) (int, int64, error) {
+	if len(missing) == 0 {
+		return 0, 0, nil
+	}
+	if f == nil {
+		return 0, 0, fmt.Errorf("local tree: %d objects to download and no connection", len(missing))
+	}
+	jobs := s.Jobs
+	if jobs <= 0 {
+		jobs = 8
+	}
+	var (
+		bytes atomic.Int64
+		done  atomic.Int64
+		mu    sync.Mutex
+		errs  []error
+	)
+	var g errgroup.Group
+	g.SetLimit(jobs)
+	for _, o := range missing {
+		if ctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			if ctx.Err() != nil {
+				return nil
+			}
+			remote := m.RemotePath(o)
+			n, err := s.put(o, func(w io.Writer) (int64, error) { return f.Download(ctx, remote, w, o.Size) })
+			bytes.Add(n)
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("fetch %s (%s): %w", remote, o.Path, err))
+				mu.Unlock()
+				return nil
+			}
+			done.Add(1)
+			return nil
+		})
+	}
+	g.Wait()
+	if err := ctx.Err(); err != nil {
+		return int(done.Load()), bytes.Load(), err
+	}
+	switch len(errs) {
+	case 0:
+		return int(done.Load()), bytes.Load(), nil
+	case 1:
+		return int(done.Load()), bytes.Load(), errs[0]
+	default:
+		sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
+		return int(done.Load()), bytes.Load(), fmt.Errorf("%w (and %d more objects failed; the %d verified are kept for the next attempt)", errs[0], len(errs)-1, done.Load())
+	}
+}
+
+// put writes an object into the store through write, which returns how
+// many bytes it wrote: to a temporary file, checked against o's size and
+// sha256, fsynced, made read-only and renamed to its name.
+func (s *Store) put(o manifest.File, write func(io.Writer) (int64, error)) (int64, error) {
+	dst := s.objectPath(o.SHA256)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return 0, fmt.Errorf("local store: %w", err)
+	}
+	tmp, err := os.CreateTemp(s.Objects, tmpPrefix+o.SHA256[:12]+"-")
+	if err != nil {
+		return 0, fmt.Errorf("local store: %w", err)
+	}
+	h := sha256.New()
+	n, err := write(io.MultiWriter(tmp, h))
+	if err == nil {
+		err = check(o, h, n)
+	}
+	if err == nil {
+		err = tmp.Chmod(objectPerm)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), dst)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return n, err
+	}
+	return n, atomicfile.SyncDir(filepath.Dir(dst))
+}
+
+// materialise fills staging with m's files: hard links to the store's
+// objects for read-only files, verified copies for executable ones (a
+// link would share the object's mode) and when the store is on another
+// filesystem. Every object was hashed by this stage (held, or put), so
+// none reaches Nix on the strength of its name.
+func (s *Store) materialise(m *manifest.Manifest, staging string) error {
+	for _, file := range m.Files {
+		dst := filepath.Join(staging, filepath.FromSlash(file.Path))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return fmt.Errorf("local tree: %s: %w", file.Path, err)
+		}
+		src := s.objectPath(file.SHA256)
+		if file.Mode&0o111 == 0 {
+			err := os.Link(src, dst)
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EMLINK) {
+				return fmt.Errorf("local tree: %s: %w", file.Path, err)
+			}
+		}
+		if err := copyVerified(src, dst, file); err != nil {
+			return fmt.Errorf("local tree: %s: %w", file.Path, err)
+		}
+	}
+	return nil
+}
+
+// Verify checks the tree of m.Version against m: exactly m's files (no
+// more, no fewer, nothing but directories and regular files), each with
+// its size, executable bit and sha256. The error names the first
+// difference.
+func (s *Store) Verify(m *manifest.Manifest) error {
+	root := s.Path(m.Version)
+	want := make(map[string]manifest.File, len(m.Files))
+	dirs := map[string]bool{".": true}
+	for _, f := range m.Files {
+		want[f.Path] = f
+		for d := filepath.Dir(filepath.FromSlash(f.Path)); d != "."; d = filepath.Dir(d) {
+			dirs[filepath.ToSlash(d)] = true
+		}
+	}
+	seen := 0
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		rel = filepath.ToSlash(rel)
+		if d.IsDir() {
+			if !dirs[rel] {
+				return fmt.Errorf("%s: a directory the manifest does not list", rel)
+			}
+			return nil
+		}
+		f, ok := want[rel]
+		if !ok {
+			return fmt.Errorf("%s: a file the manifest does not list", rel)
+		}
+		if !d.Type().IsRegular() {
+			return fmt.Errorf("%s: not a regular file", rel)
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if (fi.Mode().Perm()&0o111 != 0) != (f.Mode&0o111 != 0) {
+			return fmt.Errorf("%s: mode %o, but the manifest says %o", rel, fi.Mode().Perm(), f.Mode)
+		}
+		if err := verifyFile(p, f); err != nil {
+			return fmt.Errorf("%s: %w", rel, err)
+		}
+		seen++
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("local tree %s: %w", m.Version, err)
+	}
+	if seen != len(want) {
+		var absent []string
+		for p := range want {
+			if _, err := os.Lstat(filepath.Join(root, filepath.FromSlash(p))); err != nil {
+				absent = append(absent, p)
+			}
+		}
+		sort.Strings(absent)
+		more := ""
+		if len(absent) > 1 {
+			more = fmt.Sprintf(" and %d more", len(absent)-1)
+		}
+		return fmt.Errorf("local tree %s: %d of %d files; missing %s%s", m.Version, seen, len(want), strings.Join(absent[:min(1, len(absent))], ""), more)
+	}
+	return nil
+}
+
+func (s *Store) saveManifest(m *manifest.Manifest) error {
+	data, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.WriteFile(s.manifestPath(m.Version), data, 0o644); err != nil {
+		return fmt.Errorf("local tree: %w", err)
+	}
+	return nil
+}
+
+// loadManifest reads the manifest a local tree was made from (nil when
+// there is none or it is unreadable: its objects are then not kept).
+func (s *Store) loadManifest(version string) *manifest.Manifest {
+	if !manifest.IsVersion(version) {
+		return nil
+	}
+	f, err := os.Open(s.manifestPath(version))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, manifest.MaxSize+1))
+	if err != nil {
+		return nil
+	}
+	m, err := manifest.Parse(data)
+	if err != nil {
+		return nil
+	}
+	return m
+}
+
+// GC removes every object that neither m nor the local manifest of a
+// version in keep names, and every temporary download. This is the
+// store's bound: what one attempt fetched survives until a stage of
+// another publication that does not need it.
+func (s *Store) GC(m *manifest.Manifest, keep ...string) error {
+	named := map[string]bool{}
+	add := func(m *manifest.Manifest) {
+		if m == nil {
+			return
+		}
+		for _, f := range m.Files {
+			named[f.SHA256] = true
+		}
+	}
+	add(m)
+	for _, v := range keep {
+		add(s.loadManifest(v))
+	}
+	fans, err := os.ReadDir(s.Objects)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("local store: %w", err)
+	}
+	var errs []error
+	for _, fan := range fans {
+		dir := filepath.Join(s.Objects, fan.Name())
+		if !fan.IsDir() || len(fan.Name()) != 2 {
+			if err := os.RemoveAll(dir); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		left := len(entries)
+		for _, e := range entries {
+			if named[fan.Name()+e.Name()] {
+				continue
+			}
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			left--
+		}
+		if left == 0 {
+			os.Remove(dir)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("local store: garbage collection: %w", err)
+	}
+	return nil
+}
+
 func perm(mode uint32) os.FileMode {
 	if mode&0o111 != 0 {
-		return 0o755
+		return execPerm
 	}
-	return 0o644
+	return objectPerm
 }
 
-// create opens a new file in the staging tree; O_EXCL and O_NOFOLLOW make
-// sure nothing already there (a link planted by a bad manifest) is followed.
-func create(dst string, mode uint32) (*os.File, error) {
-	return os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, perm(mode))
-}
-
+// copyVerified copies an object into a tree, hashing it on the way.
+// O_EXCL and O_NOFOLLOW make sure nothing already there is followed.
 func copyVerified(src, dst string, file manifest.File) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := create(dst, file.Mode)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, perm(file.Mode))
 	if err != nil {
 		return err
 	}
 	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(out, h), in)
+	n, err := io.Copy(io.MultiWriter(out, h), in)
 	if err == nil {
-		err = check(file, h, -1)
+		err = check(file, h, n)
 	}
 	if err == nil {
 		err = out.Sync()
@@ -225,27 +635,19 @@ func copyVerified(src, dst string, file manifest.File) error {
 	return err
 }
 
-func download(ctx context.Context, f Fetcher, version string, file manifest.File, dst string) (int64, error) {
-	remote := manifest.ConfigPath(version) + "/" + file.Path
-	out, err := create(dst, file.Mode)
+// verifyFile hashes the file at p and compares it with file's size and sum.
+func verifyFile(p string, file manifest.File) error {
+	in, err := os.Open(p)
 	if err != nil {
-		return 0, fmt.Errorf("local tree: %s: %w", file.Path, err)
+		return err
 	}
+	defer in.Close()
 	h := sha256.New()
-	n, err := f.Download(ctx, remote, io.MultiWriter(out, h), file.Size)
-	if err == nil {
-		err = check(file, h, n)
-	}
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
+	n, err := io.Copy(h, io.LimitReader(in, file.Size+1))
 	if err != nil {
-		return n, fmt.Errorf("fetch %s: %w", remote, err)
+		return err
 	}
-	return n, nil
+	return check(file, h, n)
 }
 
 func check(file manifest.File, h hash.Hash, n int64) error {
@@ -253,7 +655,7 @@ func check(file manifest.File, h hash.Hash, n int64) error {
 		return fmt.Errorf("size %d, but the manifest says %d (was it republished during the download? the next tick retries)", n, file.Size)
 	}
 	got := hex.EncodeToString(h.Sum(nil))
-	if !strings.EqualFold(got, file.SHA256) {
+	if got != file.SHA256 {
 		return fmt.Errorf("sha256 %s, but the manifest says %s: refusing the file", got, file.SHA256)
 	}
 	return nil
@@ -274,29 +676,67 @@ func (s *Store) SetCurrent(version string) error {
 	return atomicfile.SyncDir(s.Dir)
 }
 
-// Prune removes every version but the ones in keep.
-func (s *Store) Prune(keep ...string) error {
-	entries, err := os.ReadDir(s.Dir)
+// remove takes a version's tree away: renamed aside first (one atomic
+// step, after which no partial tree carries the version's name), then
+// deleted, then its manifest.
+func (s *Store) remove(version string) error {
+	trash, err := os.MkdirTemp(s.Dir, trashPrefix+version+"-")
 	if err != nil {
 		return fmt.Errorf("local tree: %w", err)
 	}
-	kept := map[string]bool{currentLink: true}
+	aside := filepath.Join(trash, version)
+	if err := os.Rename(s.Path(version), aside); err != nil {
+		os.Remove(trash)
+		return fmt.Errorf("local tree: moving %s aside: %w", version, err)
+	}
+	if err := atomicfile.SyncDir(s.Dir); err != nil {
+		return fmt.Errorf("local tree: %w", err)
+	}
+	os.Remove(s.manifestPath(version))
+	if err := os.RemoveAll(trash); err != nil {
+		return fmt.Errorf("local tree: removing %s: %w", trash, err)
+	}
+	return nil
+}
+
+// Prune removes every tree but the ones in keep.
+func (s *Store) Prune(keep ...string) error {
+	vs, err := s.Versions()
+	if err != nil {
+		return fmt.Errorf("local tree: %w", err)
+	}
+	kept := map[string]bool{}
 	for _, k := range keep {
 		kept[k] = true
 	}
 	var errs []error
-	for _, e := range entries {
-		if kept[e.Name()] || strings.HasPrefix(e.Name(), ".") || !e.IsDir() {
+	for _, v := range vs {
+		if kept[v] {
 			continue
 		}
-		if err := os.RemoveAll(filepath.Join(s.Dir, e.Name())); err != nil {
+		if err := s.remove(v); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// Versions lists the complete versions held.
+// Empty removes every tree, the current link and every object: a host in
+// fetch mode keeps nothing of the fleet's configuration.
+func (s *Store) Empty() error {
+	if err := s.Prune(); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(s.Dir, currentLink)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("local tree: %w", err)
+	}
+	if err := s.GC(nil); err != nil {
+		return err
+	}
+	return s.Clean()
+}
+
+// Versions lists the trees held.
 func (s *Store) Versions() ([]string, error) {
 	entries, err := os.ReadDir(s.Dir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -116,6 +116,7 @@ const (
 	codeRefused  = 3 // the peer may not trigger
 	codeBusy     = 4 // too many clients already wait
 	codeStopping = 5 // the server stopped before the tick started
+	codeDetached = 6 // the server stopped while the tick ran; the tick goes on
 )
 
 // Server answers trigger requests.
@@ -131,6 +132,15 @@ type Server struct {
 	MaxClients int
 	// Log receives refused connections (nil: discarded).
 	Log *slog.Logger
+	// Detached says that a tick outlives the server: it is a process of
+	// its own (bento's are, see runTickProcess in cmd/bento). A server
+	// that stops then does not wait for the running tick: it tells the
+	// tick's clients that the tick goes on without it, and returns. So
+	// `systemctl restart bento-trigger` (a switch that upgrades bento
+	// does it, with KillMode=process) takes a moment, not the rest of the
+	// tick: a tick that is itself running that switch would otherwise
+	// wait for the restart while the restart waits for it.
+	Detached bool
 
 	// queued, when set (by tests), is called each time a client joins
 	// the next tick.
@@ -145,6 +155,8 @@ type batch struct {
 	done chan struct{}
 	err  error
 	ran  bool
+	// detached: the server stopped while the tick ran (Server.Detached).
+	detached bool
 }
 
 // Write sends the tick's output to every client of the batch.
@@ -172,8 +184,9 @@ type queue struct {
 // them. Requests that arrive while a tick runs are merged into the next
 // tick. When one listener fails, the others stop too and the error is
 // returned. A client that goes away does not stop its tick: a switch is
-// never cut short by a Ctrl-C on a watching terminal. When ctx ends, the
-// running tick is waited for and no waiting one starts.
+// never cut short by a Ctrl-C on a watching terminal. When ctx ends, no
+// waiting tick starts, and the running one is waited for unless the
+// server is Detached.
 func (s *Server) ServeAll(ctx context.Context, lns []net.Listener) error {
 	if len(lns) == 0 {
 		return errors.New("trigger: no address to listen on")
@@ -244,9 +257,32 @@ func (s *Server) run(ctx context.Context, q *queue) {
 			close(b.done)
 			return
 		}
-		b.err = s.Tick(ctx, b)
-		b.ran = true
-		close(b.done)
+		if !s.Detached {
+			b.err = s.Tick(ctx, b)
+			b.ran = true
+			close(b.done)
+			continue
+		}
+		ticked := make(chan error, 1)
+		go func() { ticked <- s.Tick(ctx, b) }()
+		select {
+		case err := <-ticked:
+			b.err = err
+			b.ran = true
+			close(b.done)
+		case <-ctx.Done():
+			// The tick's process goes on; this server's copy of its
+			// output ends with the server.
+			b.detached = true
+			q.mu.Lock()
+			q.stopping = true
+			q.mu.Unlock()
+			close(b.done)
+			if w := take(); w != nil {
+				close(w.done)
+			}
+			return
+		}
 	}
 }
 
@@ -347,6 +383,8 @@ func (s *Server) handle(c net.Conn, q *queue) {
 	}
 	<-b.done
 	switch {
+	case b.detached:
+		end(codeDetached, "the trigger server stopped (restarted?) while the tick ran: the tick goes on without it; bento status on the server shows its outcome once it reports")
 	case !b.ran:
 		end(codeStopping, "the trigger server stopped before the tick started: no tick was run")
 	case b.err != nil:
@@ -384,6 +422,10 @@ func (d *dropWriter) Write(p []byte) (int, error) {
 // ErrFailed is returned (wrapped) by Request when the tick failed.
 var ErrFailed = errors.New("the tick failed")
 
+// ErrDetached is returned (wrapped) by Request when the server stopped
+// while the tick ran: the tick goes on, its outcome unknown here.
+var ErrDetached = errors.New("detached from the tick")
+
 // ErrRefused is returned (wrapped) by Request when the server did not run
 // a tick for this client: not allowed, too many waiting, stopping.
 var ErrRefused = errors.New("refused")
@@ -413,6 +455,8 @@ func Request(ctx context.Context, a Addr, out io.Writer) error {
 				return nil
 			case "1":
 				return fmt.Errorf("%w: %s", ErrFailed, msg)
+			case "6":
+				return fmt.Errorf("trigger %s: %w: %s", a, ErrDetached, msg)
 			}
 			return fmt.Errorf("trigger %s: %w: %s", a, ErrRefused, msg)
 		}

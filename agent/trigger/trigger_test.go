@@ -193,3 +193,70 @@ func TestBadRequestIsRefused(t *testing.T) {
 		t.Errorf("reply %q, tick ran: %v", reply, ran)
 	}
 }
+
+// A Detached server (bento's: each tick is a process of its own) stops at
+// once while a tick runs, telling the tick's client that the tick goes on;
+// an attached one waits for the tick.
+func TestStopWhileATickRuns(t *testing.T) {
+	for _, detached := range []bool{true, false} {
+		t.Run(fmt.Sprintf("detached=%v", detached), func(t *testing.T) {
+			started, release, finished := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			srv := &Server{Detached: detached, Tick: func(ctx context.Context, out io.Writer) error {
+				fmt.Fprintln(out, "bento: switching")
+				close(started)
+				<-release
+				close(finished)
+				return nil
+			}}
+			a, err := ParseAddr("unix:" + filepath.Join(t.TempDir(), "trigger.sock"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln, err := Listen(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			served := make(chan error, 1)
+			go func() { served <- srv.ServeAll(ctx, []net.Listener{ln}) }()
+			requested := make(chan error, 1)
+			var out bytes.Buffer
+			go func() { requested <- Request(context.Background(), a, &out) }()
+			<-started
+			cancel()
+			if !detached {
+				close(release)
+				if err := <-served; err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case <-finished:
+				default:
+					t.Fatal("an attached server returned before its tick finished")
+				}
+				if err := <-requested; err != nil {
+					t.Errorf("the client of a tick that finished: %v", err)
+				}
+				return
+			}
+			if err := <-served; err != nil {
+				t.Fatalf("ServeAll: %v", err)
+			}
+			err = <-requested
+			if !errors.Is(err, ErrDetached) || !strings.Contains(err.Error(), "the tick goes on without it") {
+				t.Errorf("client: %v, want ErrDetached saying the tick goes on", err)
+			}
+			if !strings.Contains(out.String(), "bento: switching") {
+				t.Errorf("client output %q", out.String())
+			}
+			select {
+			case <-finished:
+				t.Fatal("the tick finished before it was released")
+			default:
+			}
+			close(release)
+			<-finished
+		})
+	}
+}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/bento-nix/bento/agent"
 	"github.com/bento-nix/bento/agent/trigger"
+	"github.com/bento-nix/bento/manifest"
 )
 
 const defaultTriggerAddr = "unix:/run/bento/trigger.sock"
@@ -73,6 +74,45 @@ func agentCommand() *cli.Command {
 						return err
 					}
 					fmt.Fprintf(c.App.Writer, "bento: the agent configuration for host %s is valid\n", cfg.Host)
+					return nil
+				},
+			},
+			{
+				Name:  "watch",
+				Usage: "hold one connection to the server and run a tick as soon as a new publication appears",
+				Description: "Keeps one SSH connection open (keepalives; reconnects with growing, jittered\n" +
+					"pauses) and looks at this host's manifest.json every --every (one SFTP stat,\n" +
+					"no new handshake). At start and whenever the manifest changed it runs a tick,\n" +
+					"\"bento agent run\", as a child process that a restart of the watch never\n" +
+					"cuts short. The timer's ticks go on beside it (the lock keeps one tick at a\n" +
+					"time): the watch makes updates arrive in seconds, it is never the only path.",
+				Flags: append(agentConfigFlags(),
+					&cli.DurationFlag{Name: "every", Value: 5 * time.Second, Usage: "pause between two looks at the manifest (1s to 10m)"},
+				),
+				Action: func(c *cli.Context) error {
+					cfg, err := agentConfig(c)
+					if err != nil {
+						return err
+					}
+					every := c.Duration("every")
+					if every < time.Second || every > 10*time.Minute {
+						return usageError("--every %s is out of range: it must be from 1s to 10m", every)
+					}
+					fmt.Fprintf(c.App.ErrWriter, "bento: watching %s on %s every %s\n", manifest.ManifestFile, cfg.Server, every)
+					err = agent.Watch(c.Context, cfg, agent.WatchOptions{
+						Every: every,
+						Out:   c.App.ErrWriter,
+						Tick: func(ctx context.Context) error {
+							return runTickProcess(ctx, c, c.App.ErrWriter)
+						},
+					})
+					var ce *agent.ConfigError
+					if errors.As(err, &ce) {
+						return usageError("agent configuration: %w", err)
+					}
+					if err != nil {
+						return failed(err)
+					}
 					return nil
 				},
 			},
@@ -147,6 +187,9 @@ func agentCommand() *cli.Command {
 						},
 						MaxClients: c.Int("max-clients"),
 						Log:        log,
+						// Each tick is a process of its own
+						// (runTickProcess): a restart need not wait.
+						Detached: true,
 					}
 					return srv.ServeAll(c.Context, lns)
 				},

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -40,7 +39,7 @@ func buildCommand() *cli.Command {
 // buildFlags are the flags of every command that builds hosts (build, deploy).
 func buildFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Value: runtime.NumCPU(), Usage: "hosts built at once (one nix process each)"},
+		&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, DefaultText: "auto", Usage: "hosts built at once (one nix process each); default: one per Nix build user (members of build-users-group in /etc/group, from nix.conf/NIX_CONFIG; nixbld for root), divided by max-jobs when that is above 1 but at least the CPUs; two per CPU without build users"},
 		&cli.IntFlag{Name: "max-jobs", Usage: "passed to each host's nix as --max-jobs (0: Nix's own setting); up to jobs × max-jobs derivations build at once"},
 		&cli.StringFlag{Name: "state-dir", Value: builder.DefaultStateDir, Usage: "where GC roots, build logs and build records live", EnvVars: []string{"BENTO_STATE_DIR"}},
 		&cli.BoolFlag{Name: "dry-run", Usage: "evaluate and instantiate only (drv paths), build nothing"},
@@ -53,17 +52,29 @@ func buildFlags() []cli.Flag {
 // buildOptions reads buildFlags. The progress display goes to the
 // command's error stream: live on a terminal, plain lines otherwise.
 func buildOptions(c *cli.Context) (builder.Options, error) {
+	jobs := c.Int("jobs")
+	if !c.IsSet("jobs") {
+		var why string
+		jobs, why = builder.DefaultJobs(builder.SystemJobsEnv())
+		logger(c).Debug("default --jobs", "jobs", jobs, "why", why)
+	}
+	evalOpts, err := evalOptions(c)
+	if err != nil {
+		return builder.Options{}, err
+	}
 	opts := builder.Options{
-		Jobs: c.Int("jobs"),
+		Jobs: jobs,
 		// --eval-jobs (a fleet flag) bounds nix evaluations, in discovery
-		// and here alike; builder caps it at --jobs.
-		EvalJobs: min(c.Int("eval-jobs"), c.Int("jobs")),
-		MaxJobs:  c.Int("max-jobs"),
-		StateDir: c.String("state-dir"),
-		DryRun:   c.Bool("dry-run"),
-		CopyTo:   c.String("copy-to"),
-		SignKey:  c.String("sign-key"),
-		Builders: c.String("builders"),
+		// and here alike, and --eval-chunk/--eval-memory size them.
+		EvalJobs:   c.Int("eval-jobs"),
+		EvalChunk:  evalOpts.ChunkSize,
+		EvalMemory: evalOpts.Memory,
+		MaxJobs:    c.Int("max-jobs"),
+		StateDir:   c.String("state-dir"),
+		DryRun:     c.Bool("dry-run"),
+		CopyTo:     c.String("copy-to"),
+		SignKey:    c.String("sign-key"),
+		Builders:   c.String("builders"),
 	}
 	switch {
 	case opts.Jobs < 1:

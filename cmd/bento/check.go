@@ -34,12 +34,12 @@ func runCheck(c *cli.Context) error {
 		return usageError("--eval-jobs must be at least 1")
 	}
 	ref, _ := flakeRef(c)
-	f, err := eval.Discover(c.Context, nixRunner(c), eval.Options{
-		Ref:       ref,
-		Jobs:      c.Int("eval-jobs"),
-		ChunkSize: c.Int("eval-chunk"),
-		KeepGoing: true,
-	})
+	evalOpts, err := evalOptions(c)
+	if err != nil {
+		return err
+	}
+	evalOpts.Ref, evalOpts.KeepGoing = ref, true
+	f, err := eval.Discover(c.Context, nixRunner(c), evalOpts)
 	var herrs eval.HostErrors
 	if err != nil && (f == nil || !errors.As(err, &herrs)) {
 		return failed(err)

@@ -50,7 +50,8 @@ func fleetFlags() []cli.Flag {
 	return []cli.Flag{
 		flakeFlag(),
 		&cli.IntFlag{Name: "eval-jobs", Value: runtime.NumCPU(), Usage: "nix eval processes run at once (discovery, and each host's evaluation before its build)"},
-		&cli.IntFlag{Name: "eval-chunk", Usage: "hosts evaluated per nix eval process (0: spread evenly, at most 64)"},
+		&cli.IntFlag{Name: "eval-chunk", Usage: "hosts evaluated per nix eval process (default 0: sized by --eval-memory)"},
+		&cli.StringFlag{Name: "eval-memory", Usage: "memory the --eval-jobs nix eval processes may use together, e.g. 8G (default: 3/4 of MemAvailable in /proc/meminfo); the first chunks assume 512 MiB a host, the rest are sized from the first chunk's measured peak memory, at most an even share per job", EnvVars: []string{"BENTO_EVAL_MEMORY"}},
 		&cli.BoolFlag{Name: "keep-going", Aliases: []string{"k"}, Usage: "go on with the hosts that evaluate when some do not"},
 	}
 }
@@ -93,12 +94,12 @@ func discover(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed
 		return nil, nil, false, err
 	}
 	ref, _ := flakeRef(c)
-	f, err = eval.Discover(c.Context, nixRunner(c), eval.Options{
-		Ref:       ref,
-		Jobs:      c.Int("eval-jobs"),
-		ChunkSize: c.Int("eval-chunk"),
-		KeepGoing: c.Bool("keep-going"),
-	})
+	evalOpts, err := evalOptions(c)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	evalOpts.Ref = ref
+	f, err = eval.Discover(c.Context, nixRunner(c), evalOpts)
 	var herrs eval.HostErrors
 	if err != nil {
 		if f == nil || !errors.As(err, &herrs) {
@@ -125,6 +126,26 @@ func discover(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed
 		return nil, nil, false, usageError("%w", err)
 	}
 	return f, selected, evalFailed, nil
+}
+
+// evalOptions reads the fleet flags that size nix evaluations.
+func evalOptions(c *cli.Context) (eval.Options, error) {
+	opts := eval.Options{
+		Jobs:      c.Int("eval-jobs"),
+		ChunkSize: c.Int("eval-chunk"),
+		KeepGoing: c.Bool("keep-going"),
+	}
+	if opts.ChunkSize < 0 {
+		return opts, usageError("--eval-chunk must be 0 (sized by --eval-memory) or more, got %d", opts.ChunkSize)
+	}
+	if s := c.String("eval-memory"); s != "" {
+		m, err := eval.ParseSize(s)
+		if err != nil {
+			return opts, usageError("--eval-memory: %w", err)
+		}
+		opts.Memory = m
+	}
+	return opts, nil
 }
 
 type hinted struct {

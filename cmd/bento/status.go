@@ -286,12 +286,12 @@ func statusFleet(c *cli.Context) (*fleet.Fleet, map[string]error, error) {
 	if c.Int("eval-jobs") < 1 {
 		return nil, nil, usageError("--eval-jobs must be at least 1")
 	}
-	f, err := eval.Discover(c.Context, nixRunner(c), eval.Options{
-		Ref:       ref,
-		Jobs:      c.Int("eval-jobs"),
-		ChunkSize: c.Int("eval-chunk"),
-		KeepGoing: true,
-	})
+	evalOpts, err := evalOptions(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	evalOpts.Ref, evalOpts.KeepGoing = ref, true
+	f, err := eval.Discover(c.Context, nixRunner(c), evalOpts)
 	var herrs eval.HostErrors
 	switch {
 	case err == nil:

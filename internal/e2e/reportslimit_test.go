@@ -40,7 +40,7 @@ func bentoCmd(t *testing.T, args ...string) (stdout, all string, code int) {
 
 // upload writes n files of size bytes under reports/logs over SFTP, as the
 // host, named after prefix; it fails the test if the server refuses one.
-func upload(t *testing.T, c *sftp.Client, prefix string, n, size int) {
+func uploadMany(t *testing.T, c *sftp.Client, prefix string, n, size int) {
 	t.Helper()
 	data := bytes.Repeat([]byte("x"), size)
 	for i := range n {
@@ -97,7 +97,7 @@ func TestAHostOverItsReportsLimitIsFlaggedAndTrimmed(t *testing.T) {
 
 	// Over the limit on files: 600 small logs.
 	c := e.SSHD.SFTP(t, alpha.SSH)
-	upload(t, c, "flood", 600, 100)
+	uploadMany(t, c, "flood", 600, 100)
 	js, out, code := bentoCmd(t, "status", "--no-eval", "--chroot-root", e.SSHD.Root, "--state-dir", state, "--json")
 	if code != status.ExitFailing {
 		t.Errorf("status: exit %d, want %d\n%s", code, status.ExitFailing, out)
@@ -129,7 +129,7 @@ func TestAHostOverItsReportsLimitIsFlaggedAndTrimmed(t *testing.T) {
 
 	// Over the limit on bytes: three logs of 30 MiB. A deploy trims them
 	// and publishes beta's new generation all the same.
-	upload(t, c, "big", 3, 30<<20)
+	uploadMany(t, c, "big", 3, 30<<20)
 	e.Update(t, "beta", func(h *fixture.Host) { h.Generation = "2" })
 	before := e.Manifest(t, "beta").Version
 	out, code = deploy()

@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -129,14 +130,14 @@ func TestUnsafeManifestIsRefused(t *testing.T) {
 func TestManifestFromANewerBentoIsReported(t *testing.T) {
 	e, h, v1 := applied(t, hostsFleet("alpha"))
 	m := e.Manifest(t, "alpha")
-	m.Format, m.Version = 2, "f0000000000000aa"
+	m.Format, m.Version = manifest.ManifestFormat+1, "f0000000000000aa"
 	e.WriteManifest(t, "alpha", m)
 	res := h.Run(t)
 	if res.ExitCode != 1 || !strings.Contains(res.Output(), "upgrade bento") {
 		t.Errorf("exit %d; the output must say to upgrade", res.ExitCode)
 	}
 	st := h.Status(t)
-	if st.Result != manifest.ResultFailure || st.SeenVersion != m.Version || !strings.Contains(st.Error, "format 2") || st.AppliedVersion != v1.Version {
+	if st.Result != manifest.ResultFailure || st.SeenVersion != m.Version || !strings.Contains(st.Error, fmt.Sprintf("format %d", manifest.ManifestFormat+1)) || st.AppliedVersion != v1.Version {
 		t.Errorf("status: %+v", st)
 	}
 	// Reported once, not on every tick.

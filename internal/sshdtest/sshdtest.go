@@ -70,6 +70,8 @@ type Options struct {
 	// "bt<random>" group. A named group is created if missing (and then
 	// removed at cleanup).
 	Group string
+	// MaxStartups is sshd's MaxStartups; "100:30:200" when empty.
+	MaxStartups string
 }
 
 // Server is a running sshd serving chroots under Root.
@@ -85,8 +87,9 @@ type Server struct {
 	ConfigFile     string        // the generated sshd_config
 	LogFile        string        // sshd's stderr, appended across restarts
 
-	sshd string
-	base string // /var/lib/bento-test-XXXX
+	sshd        string
+	base        string // /var/lib/bento-test-XXXX
+	maxStartups string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -141,6 +144,7 @@ func Start(t testing.TB, opts Options) *Server {
 		ConfigFile:     filepath.Join(base, "sshd", "sshd_config"),
 		LogFile:        filepath.Join(base, "sshd", "sshd.log"),
 		KnownHostsFile: filepath.Join(base, "sshd", "known_hosts"),
+		maxStartups:    opts.MaxStartups,
 	}
 	s.own = owner{PID: os.Getpid(), PIDNS: pidNamespace(), Config: s.ConfigFile}
 	// Registered before anything else is made, so a Fatalf halfway through
@@ -456,7 +460,11 @@ func (s *Server) writeConfig(t testing.TB) {
 	// Only this server's hosts: the machine's other accounts, and other
 	// tests' users, cannot log in here even by mistake.
 	fmt.Fprintf(&b, "AllowGroups %s\n", s.Group)
-	b.WriteString("MaxStartups 100:30:200\n")
+	maxStartups := s.maxStartups
+	if maxStartups == "" {
+		maxStartups = "100:30:200"
+	}
+	fmt.Fprintf(&b, "MaxStartups %s\n", maxStartups)
 	if sshdPenalizes(s.sshd) {
 		// OpenSSH 9.8+ blocks a source address after failed logins, and
 		// every test connects from 127.0.0.1: one negative test would make

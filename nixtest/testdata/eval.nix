@@ -5,10 +5,10 @@
   modules,
   freeform ? false,
   specialArgs ? { },
+  pkgs ? import ./pkgs.nix,
 }:
 let
   lib = import ./minilib.nix;
-  pkgs = import ./pkgs.nix;
 in
 lib.evalModules {
   modules = [

@@ -464,6 +464,20 @@ let
 
     oneOf = ts: foldl' either (head ts) (tail ts);
 
+    # As nixpkgs: a value of coercedType is converted to finalType.
+    coercedTo =
+      coercedType: coerceFunc: finalType:
+      mkOptionType {
+        name = "coercedTo";
+        description = "${phrase finalType} or ${phrase coercedType} convertible to it";
+        check = x: (coercedType.check x && finalType.check (coerceFunc x)) || finalType.check x;
+        merge =
+          loc: defs:
+          finalType.merge loc (
+            map (d: d // { value = if coercedType.check d.value then coerceFunc d.value else d.value; }) defs
+          );
+      };
+
     listOf =
       elemType:
       mkOptionType {

@@ -35,14 +35,19 @@ let
   };
   section = opt (types.attrsOf unitOption) { };
 
+  # nixpkgs' unitNameType: a unit's dependencies must be unit names.
+  unitNames = opt (types.listOf (
+    types.strMatching "[a-zA-Z0-9@%:_.\\-]+[.](service|socket|device|mount|automount|swap|target|path|timer|scope|slice)"
+  )) [ ];
+
   unitCommon = {
     description = opt types.str "";
-    wantedBy = strList;
-    requiredBy = strList;
-    wants = strList;
-    requires = strList;
-    after = strList;
-    before = strList;
+    wantedBy = unitNames;
+    requiredBy = unitNames;
+    wants = unitNames;
+    requires = unitNames;
+    after = unitNames;
+    before = unitNames;
     unitConfig = section;
   };
 
@@ -54,6 +59,7 @@ let
       restartIfChanged = opt types.bool true;
       stopIfChanged = opt types.bool true;
       script = opt types.lines "";
+      preStop = opt types.lines "";
       startAt = opt (types.either types.str (types.listOf types.str)) [ ];
     };
   };
@@ -111,6 +117,7 @@ in
   options = {
     assertions = opt (types.listOf types.unspecified) [ ];
     warnings = opt (types.listOf types.str) [ ];
+    system.checks = opt (types.listOf types.package) [ ];
 
     networking.hostName = opt types.str "nixos";
     networking.proxy.envVars = opt (types.attrsOf types.str) { };

@@ -15,7 +15,6 @@ let
   pkgs = import ./pkgs.nix // {
     inherit lib;
     path = "/nix/store/00000000000000000000000000000000-nixpkgs";
-    stdenv.hostPlatform.system = "x86_64-linux";
     testers.runNixOSTest = args: args;
     runCommand = name: _env: _script: fake name;
     writeClosure = _: fake "closure";

@@ -19,8 +19,9 @@
 #   vm-happy-path            both clients switch and confirm
 #   vm-activation-rollback   client1's new system has a unit that fails to
 #                            start: switch fails, the agent rolls back
-#   vm-server-lost-rollback  client1's new system routes the server to a
-#                            blackhole: the agent cannot confirm, rolls back
+#   vm-server-lost-rollback  client1's new system routes the server's IPv4
+#                            and IPv6 addresses to a blackhole: the agent
+#                            cannot confirm, rolls back
 #   vm-kernel-reboot         the kernel command line changes: client1
 #                            (policy never) reports reboot-required, client2
 #                            (policy now) runs its reboot command
@@ -238,8 +239,9 @@ in
         client1.fail("systemctl start bento-agent.service")
         client1.succeed("test \"$(cat /etc/bento-test)\" = 1")
         assert system(client1) == before["client1"], (system(client1), before["client1"])
-        # The rollback removed the blackhole route: the server is reachable.
+        # The rollback removed the blackhole routes: the server is reachable.
         client1.succeed("! ip route show type blackhole | grep -q .")
+        client1.succeed("! ip -6 route show type blackhole | grep -q .")
         r = report("client1")
         if r["result"] != "rolled-back":
             # The report waited in the agent's queue: the next tick sends it.

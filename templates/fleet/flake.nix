@@ -4,6 +4,8 @@
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
     bento.url = "github:bento-nix/bento";
+    # bento is built with this nixpkgs (it needs Go 1.26). With a nixpkgs
+    # older than that, remove this line: bento then builds with its own.
     bento.inputs.nixpkgs.follows = "nixpkgs";
   };
 

@@ -1,0 +1,285 @@
+package publish
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/manifest"
+)
+
+// StateDir is the server-side directory beside the chroots that remembers,
+// per host, which manifests were live when: what retention needs. It lies
+// outside every chroot (a host sees only <root>/<host>), root-only (0700).
+// Its leading dot keeps it from ever being taken for a host.
+const StateDir = ".bento-state"
+
+// historyFile is the per-host record under <root>/.bento-state/<host>/.
+const historyFile = "history.json"
+
+// maxHistoryBytes bounds what is read back (the server wrote it, but a
+// full disk or an editor may have left anything there).
+const maxHistoryBytes = 16 << 20
+
+// DefaultRetention is how long an object stays in a chroot after the last
+// manifest naming it stopped being live.
+const DefaultRetention = time.Hour
+
+// history is what a host's chroot served recently: one entry per
+// (version, format, with objects) that was live at some moment of the
+// retention window, the live one included.
+type history struct {
+	Host    string      `json:"host"`
+	Entries []histEntry `json:"entries"`
+}
+
+type histEntry struct {
+	Version string `json:"version,omitempty"`
+	// Format is the manifest's format: 1 protects config/, 2 the objects
+	// its copy <version>.json names (when Objects).
+	Format  int  `json:"format,omitempty"`
+	Objects bool `json:"objects,omitempty"`
+	// Recovered: the record was missing or unreadable; until Until plus
+	// the retention, nothing is removed from the chroot, since no one
+	// knows what a host may still be reading.
+	Recovered bool `json:"recovered,omitempty"`
+	// Until is when the entry stopped being live; zero: it is live.
+	Until time.Time `json:"until,omitzero"`
+}
+
+func (e histEntry) live() bool { return e.Until.IsZero() }
+
+// inWindow tells whether a reader may still hold the entry's manifest.
+func (e histEntry) inWindow(now time.Time, retention time.Duration) bool {
+	return e.live() || now.Sub(e.Until) < retention
+}
+
+func (e histEntry) same(m *manifest.Manifest) bool {
+	return !e.Recovered && e.Version == m.Version && e.Format == m.Format && e.Objects == hasObjects(m)
+}
+
+func hasObjects(m *manifest.Manifest) bool { return m.Format >= 2 && len(m.Files) > 0 }
+
+// copyName is the name of the manifest copy in the host's state directory.
+func (e histEntry) copyName() string { return e.Version + ".json" }
+
+func (p *Publisher) stateDir(host string) string {
+	return filepath.Join(p.root, StateDir, host)
+}
+
+// loadHistory reads a host's record and reconciles it with the manifest
+// the chroot serves (cur; nil when none): a deploy killed between the
+// manifest's rename and the record's update left the record behind, and
+// the record may be lost altogether. Both are repaired conservatively:
+// the entries it does not know end now (later than they really did), and
+// a lost record keeps everything in the chroot for a whole window.
+func (p *Publisher) loadHistory(host, hostDir string, cur *manifest.Manifest, now time.Time) (h *history, notes []string, changed bool) {
+	h = &history{Host: host}
+	path := filepath.Join(p.stateDir(host), historyFile)
+	data, err := readCapped(path, maxHistoryBytes)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err == nil:
+		if err = json.Unmarshal(data, h); err == nil && h.Host != host {
+			err = fmt.Errorf("it names host %q", h.Host)
+		}
+		if err == nil {
+			for _, e := range h.Entries {
+				if !e.Recovered && !manifest.IsVersion(e.Version) {
+					err = fmt.Errorf("invalid version %q", clip(e.Version))
+					break
+				}
+			}
+		}
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		aside := fmt.Sprintf("%s.corrupt-%d", path, now.UnixNano())
+		os.Rename(path, aside)
+		notes = append(notes, fmt.Sprintf("the retention record %s was unreadable (%v): moved to %s; nothing is removed from the chroot for one retention period", path, err, aside))
+		h = &history{Host: host}
+	}
+	if len(h.Entries) == 0 && (cur != nil || exists(filepath.Join(hostDir, manifest.ObjectsDir)) || exists(filepath.Join(hostDir, manifest.ConfigDir))) {
+		// A chroot without a record: published by format 1, or its record
+		// was lost. Whatever it holds may be in use.
+		h.Entries = append(h.Entries, histEntry{Recovered: true, Until: now})
+		changed = true
+	}
+	if cur != nil {
+		found := false
+		for i := range h.Entries {
+			e := &h.Entries[i]
+			if e.same(cur) {
+				found = true
+				if !e.live() {
+					e.Until = time.Time{}
+					changed = true
+				}
+			} else if e.live() {
+				e.Until = now
+				changed = true
+			}
+		}
+		if !found {
+			e := histEntry{Version: cur.Version, Format: cur.Format, Objects: hasObjects(cur)}
+			if e.Objects {
+				if err := p.saveCopy(host, e, filepath.Join(hostDir, manifest.ManifestFile)); err != nil {
+					// Without its copy the entry protects nothing: keep all.
+					notes = append(notes, fmt.Sprintf("keeping a copy of the live manifest: %v; nothing is removed from the chroot for one retention period", err))
+					h.Entries = append(h.Entries, histEntry{Recovered: true, Until: now})
+				}
+			}
+			h.Entries = append(h.Entries, e)
+			changed = true
+		}
+	}
+	return h, notes, changed
+}
+
+// saveCopy keeps the manifest at src as the copy of e: a hard link (the
+// manifest is never rewritten in place, so the link keeps the old
+// content), or a copy on another file system.
+func (p *Publisher) saveCopy(host string, e histEntry, src string) error {
+	dir := p.stateDir(host)
+	if err := p.ensurePrivateDir(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := p.ensurePrivateDir(dir); err != nil {
+		return err
+	}
+	dst := filepath.Join(dir, e.copyName())
+	tmp := filepath.Join(dir, atomicfile.TempPrefix+e.copyName())
+	os.Remove(tmp)
+	if err := os.Link(src, tmp); err != nil {
+		data, rerr := readCapped(src, manifest.MaxSize)
+		if rerr != nil {
+			return rerr
+		}
+		if err := atomicfile.WriteFile(dst, data, 0o600); err != nil {
+			return err
+		}
+		return nil
+	}
+	return os.Rename(tmp, dst)
+}
+
+// record makes m the live entry: the others end now.
+func (h *history) record(m *manifest.Manifest, now time.Time) {
+	found := false
+	for i := range h.Entries {
+		e := &h.Entries[i]
+		if e.same(m) {
+			e.Until, found = time.Time{}, true
+		} else if e.live() {
+			e.Until = now
+		}
+	}
+	if !found {
+		h.Entries = append(h.Entries, histEntry{Version: m.Version, Format: m.Format, Objects: hasObjects(m)})
+	}
+}
+
+// expire drops the entries outside the window and says whether any went.
+func (h *history) expire(now time.Time, retention time.Duration) bool {
+	kept := h.Entries[:0]
+	for _, e := range h.Entries {
+		if e.inWindow(now, retention) {
+			kept = append(kept, e)
+		}
+	}
+	gone := len(kept) != len(h.Entries)
+	h.Entries = kept
+	return gone
+}
+
+func (h *history) expiring(now time.Time, retention time.Duration) bool {
+	for _, e := range h.Entries {
+		if !e.inWindow(now, retention) {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *history) recovering(now time.Time, retention time.Duration) bool {
+	for _, e := range h.Entries {
+		if e.Recovered && e.inWindow(now, retention) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Publisher) saveHistory(h *history) error {
+	dir := p.stateDir(h.Host)
+	if err := p.ensurePrivateDir(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := p.ensurePrivateDir(dir); err != nil {
+		return err
+	}
+	data, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(filepath.Join(dir, historyFile), append(data, '\n'), 0o600)
+}
+
+// ensurePrivateDir makes d a directory only root (the deploying user)
+// can enter.
+func (p *Publisher) ensurePrivateDir(d string) error {
+	fi, err := os.Lstat(d)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		fi, err = os.Lstat(d)
+	}
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory (%s); remove it", d, fi.Mode().Type())
+	}
+	if fi.Mode().Perm() != 0o700 {
+		return os.Chmod(d, 0o700)
+	}
+	return nil
+}
+
+func readCapped(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(data)) > max {
+		err = fmt.Errorf("%s is over %d bytes", path, max)
+	}
+	return data, err
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
+}

@@ -1,0 +1,325 @@
+package publish
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/manifest"
+)
+
+// PoolDir is the fleet-wide object pool beside the chroots: every distinct
+// content is written there once, then hard-linked into each chroot's
+// objects/. It lies outside every chroot and only root may enter it
+// (0700): a host reads an object through its own chroot's link only.
+//
+// An object is named by its sha256 alone and is always 0444: the same
+// content published once executable and once not is one object, and the
+// file's mode lives in the manifest (the agent applies it when it
+// materialises the tree). That is what manifest.ObjectPath names.
+const PoolDir = ".bento-objects"
+
+// object is one content of the pool as this deploy sees it. The host that
+// claims it first makes it ready (writes a temporary copy, or checks the
+// pool's existing file); the others only link it, after the commit's sync.
+type object struct {
+	sum  string
+	size int64
+	// tmp is the new copy, renamed to final after the content is durable;
+	// "" when final was already there and checked.
+	tmp, final string
+	err        error
+	// renamed: final holds the content now (set by the commit).
+	renamed bool
+}
+
+// objectFor returns the pool entry of a content, and whether the caller
+// must make it ready.
+func (p *Publisher) objectFor(sum string, size int64) (*object, bool) {
+	p.poolMu.Lock()
+	defer p.poolMu.Unlock()
+	if o, ok := p.pool[sum]; ok {
+		return o, false
+	}
+	o := &object{sum: sum, size: size, final: filepath.Join(p.root, PoolDir, filepath.FromSlash(manifest.ObjectPath(sum)[len(manifest.ObjectsDir)+1:]))}
+	p.pool[sum] = o
+	return o, true
+}
+
+// ready makes o's content available: the pool's file when it is there
+// with the right size and hash (a pool file is only ever renamed into
+// place after its content was made durable, but it is checked anyway:
+// never reuse without checking), otherwise a new temporary copy of src.
+func (p *Publisher) ready(o *object, src string) (written int64, err error) {
+	if err := p.ensurePoolDir(filepath.Dir(o.final)); err != nil {
+		return 0, err
+	}
+	if fi, err := os.Lstat(o.final); err == nil && fi.Mode().IsRegular() && fi.Size() == o.size {
+		if sum, err := fileSum(o.final); err == nil && sum == o.sum {
+			return 0, nil
+		}
+	}
+	tmp, err := p.copyObject(src, filepath.Dir(o.final), o.sum, o.size)
+	if err != nil {
+		return 0, err
+	}
+	o.tmp = tmp
+	return o.size, nil
+}
+
+func (p *Publisher) ensurePoolDir(d string) error {
+	p.poolMu.Lock()
+	defer p.poolMu.Unlock()
+	if p.poolDirs[d] {
+		return nil
+	}
+	for _, x := range []string{filepath.Join(p.root, PoolDir), d} {
+		if err := p.ensurePrivateDir(x); err != nil {
+			return fmt.Errorf("object pool: %w", err)
+		}
+	}
+	p.poolDirs[d] = true
+	return nil
+}
+
+// copyObject copies src into a new temporary file in dir, read-only, and
+// checks that what was copied has the hash the manifest announces. It is
+// not synced: the commit syncs every new object with one syncfs.
+func (p *Publisher) copyObject(src, dir, sum string, size int64) (string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	tmp := filepath.Join(dir, atomicfile.TempPrefix+sum[2:]+"-"+randomSuffix())
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return "", err
+	}
+	h := newHasher()
+	n, err := io.Copy(io.MultiWriter(out, h), in)
+	if err == nil && (n != size || h.hex() != sum) {
+		err = fmt.Errorf("%s %w", src, ErrChanged)
+	}
+	if err == nil && p.umaskClears {
+		err = out.Chmod(0o444)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
+// commitObject renames o's new copy into the pool (after the sync).
+func (o *object) commit() error {
+	if o.renamed || o.err != nil {
+		return o.err
+	}
+	if o.tmp != "" {
+		if err := os.Rename(o.tmp, o.final); err != nil {
+			o.err = fmt.Errorf("object pool: %w", err)
+			os.Remove(o.tmp)
+			return o.err
+		}
+		o.tmp = ""
+	}
+	o.renamed = true
+	return nil
+}
+
+// link puts o into the chroot's objects/ as dst. A file already there is
+// kept when it is the pool's very file (the same inode), replaced
+// otherwise (a leftover of another file system, or of hands). It returns
+// whether something was created.
+func (p *Publisher) linkObject(o *object, dst string, made map[string]bool) (bool, error) {
+	dir := filepath.Dir(dst)
+	if !made[dir] {
+		if err := p.ensureDir(dir, 0, 0, false); err != nil {
+			return false, err
+		}
+		made[dir] = true
+	}
+	err := os.Link(o.final, dst)
+	if err == nil {
+		return true, nil
+	}
+	if errors.Is(err, fs.ErrExist) {
+		a, err1 := os.Lstat(dst)
+		b, err2 := os.Lstat(o.final)
+		if err1 == nil && err2 == nil && os.SameFile(a, b) {
+			return false, nil
+		}
+		if err1 == nil && a.Mode().IsRegular() && a.Size() == o.size && a.Mode().Perm() == 0o444 {
+			if sum, err := fileSum(dst); err == nil && sum == o.sum {
+				return false, nil
+			}
+		}
+	} else if !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EMLINK) {
+		return false, err
+	}
+	// Replace by rename, so the name never goes missing; across file
+	// systems (or past the link limit) a durable copy.
+	tmp := filepath.Join(dir, atomicfile.TempPrefix+filepath.Base(dst)+"-"+randomSuffix())
+	if err := os.Link(o.final, tmp); err != nil {
+		if tmp, err = p.copyObject(o.final, dir, o.sum, o.size); err != nil {
+			return false, err
+		}
+		if err := syncFile(tmp); err != nil {
+			os.Remove(tmp)
+			return false, err
+		}
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		os.Remove(tmp)
+		return false, err
+	}
+	return true, nil
+}
+
+// removeObjects removes from a chroot's objects/ every object that keep
+// does not name, and the temporary files a killed deploy left. A file is
+// removed with one unlink, which no crash can leave half done (unlike a
+// directory tree, which is renamed aside first). Returns how many went.
+func removeObjects(hostDir string, keep map[string]bool) (int, error) {
+	base := filepath.Join(hostDir, manifest.ObjectsDir)
+	fans, err := os.ReadDir(base)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var errs []error
+	for _, fan := range fans {
+		fd := filepath.Join(base, fan.Name())
+		if !fan.IsDir() || !isHexN(fan.Name(), 2) {
+			continue
+		}
+		entries, err := os.ReadDir(fd)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		left := len(entries)
+		for _, e := range entries {
+			name := e.Name()
+			if keep[fan.Name()+name] {
+				continue
+			}
+			if !strings.HasPrefix(name, atomicfile.TempPrefix) && !isHexN(name, 62) {
+				continue // not ours: left alone
+			}
+			if err := os.Remove(filepath.Join(fd, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+				continue
+			}
+			left--
+			n++
+		}
+		if left == 0 {
+			os.Remove(fd)
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+// collectPool drops the pool's objects that no chroot links any more
+// (link count 1) and the temporary copies a killed deploy left. It runs
+// under the lock, after every chroot's removals.
+func (p *Publisher) collectPool() (int, error) {
+	base := filepath.Join(p.root, PoolDir)
+	fans, err := os.ReadDir(base)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("object pool: %w", err)
+	}
+	n := 0
+	var errs []error
+	for _, fan := range fans {
+		if !fan.IsDir() || !isHexN(fan.Name(), 2) {
+			continue
+		}
+		fd := filepath.Join(base, fan.Name())
+		entries, err := os.ReadDir(fd)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, e := range entries {
+			q := filepath.Join(fd, e.Name())
+			if !strings.HasPrefix(e.Name(), atomicfile.TempPrefix) {
+				fi, err := os.Lstat(q)
+				if err != nil || !fi.Mode().IsRegular() {
+					continue
+				}
+				if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink > 1 {
+					continue
+				}
+			}
+			if err := os.Remove(q); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+				continue
+			}
+			n++
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return n, fmt.Errorf("object pool: %w", err)
+	}
+	return n, nil
+}
+
+func fileSum(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := newHasher()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return h.hex(), nil
+}
+
+func syncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func randomSuffix() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func isHexN(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
