@@ -76,7 +76,9 @@ func fetch(ctx context.Context, r *nix.Runner, c *Config, m *manifest.Manifest, 
 	// host's store directory): anything not right under the real store
 	// directory is refused before nix-store sees it, and so is a
 	// derivation, which nix-store --realise would build.
-	out, err := r.Run(ctx, nix.Cmd{Args: []string{"eval", "--raw", "--expr", "builtins.storeDir"}})
+	// --extra-experimental-features: a fetch-mode host needs no flakes and
+	// may not have nix-command on.
+	out, err := r.Run(ctx, nix.Cmd{Args: []string{"--extra-experimental-features", "nix-command", "eval", "--raw", "--expr", "builtins.storeDir"}})
 	if err != nil {
 		return "", fmt.Errorf("ask nix for its store directory: %w", err)
 	}

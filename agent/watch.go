@@ -40,7 +40,9 @@ type WatchOptions struct {
 // Watch keeps one SSH connection to the server open and looks at the
 // host's manifest.json every few seconds (one SFTP stat: no handshake, a
 // few hundred bytes), running a tick whenever its size or modification
-// time changed, and once at the start. It returns when ctx ends.
+// time changed, and once at the start. It returns when ctx ends, without
+// waiting for a running tick (Tick must then outlive it: the command runs
+// each tick as a child process).
 //
 // The publisher gives every new manifest a modification time at least one
 // second after the previous one's, so two publications within the same
@@ -153,11 +155,21 @@ func (w *watcher) watch(ctx context.Context, c *transport.Conn) error {
 				fmt.Fprintf(w.o.Out, "bento: watch: %s changed: running a tick\n", manifest.ManifestFile)
 			}
 			w.first, w.last = false, now
-			switch err := w.o.Tick(ctx); {
-			case err == nil:
-				fmt.Fprintf(w.o.Out, "bento: watch: tick finished\n")
-			case ctx.Err() == nil:
-				fmt.Fprintf(w.o.Out, "bento: watch: tick failed: %v\n", err)
+			done := make(chan error, 1)
+			go func() { done <- w.o.Tick(ctx) }()
+			select {
+			case err := <-done:
+				if err != nil {
+					fmt.Fprintf(w.o.Out, "bento: watch: tick failed: %v\n", err)
+				} else {
+					fmt.Fprintf(w.o.Out, "bento: watch: tick finished\n")
+				}
+			case <-ctx.Done():
+				// The tick is a process of its own: a switch that
+				// restarts the watch must not wait for the tick that
+				// runs the switch, which waits for the restart.
+				fmt.Fprintf(w.o.Out, "bento: watch: stopping; the running tick goes on without the watch\n")
+				return ctx.Err()
 			}
 		}
 		if w.o.Changed != nil {

@@ -503,6 +503,17 @@ in
       '';
     };
 
+    watch = {
+      enable = mkEnableOption "watch mode: a service holding one SSH connection to the server that looks at this host's manifest every `services.bento.watch.every` (one SFTP stat) and runs a tick as soon as a publication appears; the timer stays as the fallback. Each watching host holds about 2 MiB of sshd memory on the server (docs/agent.md, Watch mode)";
+
+      every = mkOption {
+        type = span;
+        default = "5s";
+        example = "30s";
+        description = "How often the watch looks at the manifest (a time span, from 1s to 10min).";
+      };
+    };
+
     trigger = {
       enable = mkEnableOption "the local trigger: a socket that runs a poll now and streams its output (`bento agent trigger`)";
 
@@ -604,6 +615,10 @@ in
           # maxDelay 0 is no cap, for the agent too.
           assertion = spanSeconds cfg.retry.maxDelay == 0 || spanSeconds cfg.retry.initialDelay <= spanSeconds cfg.retry.maxDelay;
           message = "services.bento.retry.initialDelay (${cfg.retry.initialDelay}) of host `${cfg.host}' is longer than services.bento.retry.maxDelay (${cfg.retry.maxDelay}): the wait grows from initialDelay up to maxDelay.";
+        }
+        {
+          assertion = !cfg.watch.enable || (spanSeconds cfg.watch.every >= 1 && spanSeconds cfg.watch.every <= 600);
+          message = "services.bento.watch.every of host `${cfg.host}' is ${cfg.watch.every}: it must be from 1s to 10min.";
         }
         {
           assertion = cfg.reboot.command != [ ] && builtins.head cfg.reboot.command != "";
@@ -733,6 +748,36 @@ in
     # switch, goes on (the server does not wait for it). One server for
     # every address (unix socket, loopback port): one tick at a time
     # across them.
+    # Watch mode: like the trigger server, the watch runs each tick as a
+    # child process, so a switch that restarts it (restartIfChanged, to run
+    # the new bento) never cuts the tick short; KillMode=process leaves the
+    # tick alone and the watch returns at once on SIGTERM.
+    (mkIf cfg.watch.enable {
+      systemd.services.bento-watch = unitCommon // {
+        restartIfChanged = true;
+        unitConfig = { };
+        description = "bento agent: watch the server for a new publication";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" ];
+        serviceConfig = hardening // {
+          Type = "simple";
+          ExecStart = execLine [
+            bento
+            "agent"
+            "watch"
+            "--config"
+            "/etc/${agentConfigEtc}"
+            "--every"
+            cfg.watch.every
+          ];
+          KillMode = "process";
+          Restart = "always";
+          RestartSec = "10s";
+        };
+      };
+    })
+
     (mkIf cfg.trigger.enable {
       systemd.tmpfiles.rules = [ "d ${dirOf cfg.trigger.socket} 0755 root root -" ];
       systemd.services.bento-trigger = unitCommon // {

@@ -108,6 +108,8 @@ let
       (toString cfg.reports.maxBytes)
       "--reports-max-files"
       (toString cfg.reports.maxFiles)
+      "--retention"
+      cfg.retention
     ]
     ++ cfg.deploy.extraArgs
   );
@@ -135,6 +137,19 @@ in
       '';
     };
 
+    retention = mkOption {
+      type = types.str;
+      default = "1h";
+      example = "6h";
+      description = ''
+        How long `bento deploy` keeps a published file in a host's chroot
+        after the last manifest naming it was replaced (a systemd time span
+        or a Go duration): a host that read a manifest up to this long ago
+        still finds every file it names. Longer than the slowest host's
+        download.
+      '';
+    };
+
     group = mkOption {
       type = types.str;
       default = "bento";
@@ -155,12 +170,32 @@ in
 
     maxStartups = mkOption {
       type = types.nullOr types.str;
-      default = "100:30:1000";
+      # After an outage of the server every host's timer has fired
+      # (Persistent=true) and each agent retries with full jitter, so up to
+      # every host may be mid-handshake at once. Random early drop should
+      # start only above that (start = the host count, at least 100) and
+      # refusals only at twice it. An unauthenticated connection costs sshd
+      # one short-lived process (about 1 MiB); a handshake takes
+      # milliseconds of CPU, so even 1000 at once clear in seconds
+      # (bench/burst). OpenSSH's 10:30:100 refused 20 of 300 ticks there.
+      default =
+        let
+          hosts = builtins.length (attrNames cfg.hosts);
+          start = if hosts > 100 then hosts else 100;
+        in
+        "${toString start}:30:${toString (2 * start)}";
+      defaultText = literalExpression ''"<max 100 hosts>:30:<2 × that>"'';
       description = ''
         sshd's `MaxStartups` (`start:rate:full`): concurrent unauthenticated
-        connections before sshd starts refusing some. The OpenSSH default
-        (10:30:100) is too low for a large fleet polling after an outage.
-        null leaves sshd's setting alone.
+        connections before sshd starts refusing some. The default is sized
+        from the number of hosts, so that every host can connect at once
+        after an outage of the server; OpenSSH's own (10:30:100) is too low
+        for a fleet. null leaves sshd's setting alone.
+
+        On OpenSSH 9.8 and later, `PerSourcePenalties` also delays addresses
+        that failed to log in: hosts behind one NAT share an address, so one
+        misconfigured host can delay the others. Exempt such addresses with
+        `services.openssh.settings.PerSourcePenaltyExemptList`.
       '';
     };
 

@@ -18,7 +18,7 @@ import (
 )
 
 // clientWithPackage evaluates an enabled client whose package is the
-// directory pkg (holding bin/bento), with the trigger on.
+// directory pkg (holding bin/bento), with the trigger and the watch on.
 func clientWithPackage(t *testing.T, pkg string) clientResult {
 	t.Helper()
 	key := publicKey(t)
@@ -28,6 +28,7 @@ func clientWithPackage(t *testing.T, pkg string) clientResult {
 	    enable = true; server = "bento.example.org"; serverHostKey = %s;
 	    package = { type = "derivation"; name = "bento"; outPath = %s; };
 	    trigger = { enable = true; port = 51337; };
+	    watch = { enable = true; every = "1min 30s"; };
 	    secrets.token.restartUnits = [ "nginx.service" ];
 	  };
 	}`, nixString(key), nixString(pkg)))
@@ -45,7 +46,8 @@ func TestAgentCommandLine(t *testing.T) {
 	}
 	agentArgv := splitExec(t, r.Services["bento-agent"].ServiceConfig["ExecStart"].(string))
 	triggers := [][]string{splitExec(t, r.Services["bento-trigger"].ServiceConfig["ExecStart"].(string))}
-	for _, argv := range append(triggers, agentArgv) {
+	watchArgv := splitExec(t, r.Services["bento-watch"].ServiceConfig["ExecStart"].(string))
+	for _, argv := range append(triggers, agentArgv, watchArgv) {
 		if argv[0] != bin {
 			t.Fatalf("ExecStart runs %q, want %q", argv, bin)
 		}
@@ -72,6 +74,22 @@ func TestAgentCommandLine(t *testing.T) {
 			if out, err := runErr(t, "", argv[0], append(argv[1:], "--help")...); err != nil {
 				t.Errorf("the trigger unit's command line %q is refused: %v\n%s", argv, err, out)
 			}
+		}
+		if want := []string{bin, "agent", "watch", "--config", "/etc/bento/agent.json", "--every", "1min 30s"}; !reflect.DeepEqual(watchArgv, want) {
+			t.Errorf("bento-watch: ExecStart = %q, want %q", watchArgv, want)
+		}
+		if out, err := runErr(t, "", watchArgv[0], append(watchArgv[1:], "--help")...); err != nil {
+			t.Errorf("the watch unit's command line %q is refused: %v\n%s", watchArgv, err, out)
+		}
+		// The span is bento's too: a value out of range is refused by the
+		// command itself (exit 2) before it connects anywhere.
+		cfg := agentArgv[indexOf(agentArgv, "--config")+1]
+		if out, err := runErr(t, "", bin, "agent", "watch", "--config", cfg, "--every", "20min"); err == nil || !strings.Contains(err.Error(), "--every 20min is out of range") {
+			t.Errorf("bento agent watch --every 20min: %v\n%s", err, out)
+		}
+		w := r.Services["bento-watch"]
+		if w.RestartIfChanged == nil || !*w.RestartIfChanged || w.ServiceConfig["KillMode"] != "process" || w.ServiceConfig["Restart"] != "always" {
+			t.Errorf("bento-watch = %+v", w)
 		}
 	})
 
@@ -226,8 +244,8 @@ func TestUnitsVerify(t *testing.T) {
 	for name, u := range r.Timers {
 		write(name+".timer", renderUnit(u, "Timer", u.TimerConfig))
 	}
-	if len(files) != 4 {
-		t.Fatalf("units: %v, want the agent's service and timer, bento-trigger and bento-secrets", files)
+	if len(files) != 5 {
+		t.Fatalf("units: %v, want the agent's service and timer, bento-trigger, bento-watch and bento-secrets", files)
 	}
 	out, err := runErr(t, dir, analyze, append([]string{"verify", "--man=no"}, files...)...)
 	if err != nil || regexp.MustCompile(`(?i)ignoring|unknown|failed|invalid`).MatchString(out) {

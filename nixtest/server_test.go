@@ -70,6 +70,7 @@ func TestServerModule(t *testing.T) {
 	    hosts.web-1.publicKeys = [ %s "restrict,from=\"10.0.0.0/8\" %s" ];
 	    hosts."pi.home" = { user = "pi-sftp"; };
 	    flake = "/srv/fleet";
+	    retention = "6h";
 	    deploy = { enable = true; interval = "hourly"; extraArgs = [ "--keep-going" ]; };
 	  };
 	}`, nixString(key), strings.ReplaceAll(key, `"`, `\"`)))
@@ -110,8 +111,9 @@ func TestServerModule(t *testing.T) {
 		t.Errorf("tmpfiles =\n%s\nwant\n%s", strings.Join(r.Tmpfiles, "\n"), strings.Join(wantTmp, "\n"))
 	}
 
-	// sshd: on, MaxStartups raised, the Match block last.
-	if !r.SSH.Enable || r.SSH.Settings["MaxStartups"] != "100:30:1000" {
+	// sshd: on, MaxStartups sized for the fleet (two hosts: the floor of
+	// 100), the Match block last.
+	if !r.SSH.Enable || r.SSH.Settings["MaxStartups"] != "100:30:200" {
 		t.Errorf("openssh: enable %v, settings %v", r.SSH.Enable, r.SSH.Settings)
 	}
 	match := matchBlock(t, r.SSH.ExtraConfig)
@@ -129,7 +131,7 @@ func TestServerModule(t *testing.T) {
 	// The deploy timer.
 	svc := r.Services["bento-deploy"]
 	argv := splitExec(t, svc.ServiceConfig["ExecStart"].(string))
-	if !strings.HasSuffix(argv[0], "-bento/bin/bento") || !reflect.DeepEqual(argv[1:], []string{"deploy", "--flake", "/srv/fleet", "--chroot-root", "/home/chroot", "--reports-max-bytes", "67108864", "--reports-max-files", "500", "--keep-going"}) {
+	if !strings.HasSuffix(argv[0], "-bento/bin/bento") || !reflect.DeepEqual(argv[1:], []string{"deploy", "--flake", "/srv/fleet", "--chroot-root", "/home/chroot", "--reports-max-bytes", "67108864", "--reports-max-files", "500", "--retention", "6h", "--keep-going"}) {
 		t.Errorf("bento-deploy ExecStart = %q", argv)
 	}
 	if svc.ServiceConfig["TimeoutStartSec"] != "4h" {
@@ -293,7 +295,7 @@ func TestServerSSHDConfig(t *testing.T) {
 		"allowstreamlocalforwarding": "no", "x11forwarding": "no", "permittunnel": "no",
 		"permitopen": "none", "permitlisten": "none", "gatewayports": "no", "permituserrc": "no",
 		"passwordauthentication": "no", "kbdinteractiveauthentication": "no",
-		"authenticationmethods": "publickey", "maxstartups": "100:30:1000",
+		"authenticationmethods": "publickey", "maxstartups": "100:30:200",
 	} {
 		if got[k] != want {
 			t.Errorf("sshd -T for a member of the group: %s = %q, want %q", k, got[k], want)

@@ -119,10 +119,14 @@ func asExit(err error, exit **exec.ExitError) bool {
 	return ok
 }
 
-// checkPool: after a deploy, the pool holds no temporary file and no
-// object that no chroot links.
+// checkPool: after a deploy that went well, the pool holds no temporary
+// file and no object that no chroot links, and no marker says a deploy
+// did not finish.
 func checkPool(t *testing.T, root string) {
 	t.Helper()
+	if _, err := os.Stat(filepath.Join(root, publish.StateDir, "unfinished")); !os.IsNotExist(err) {
+		t.Errorf("the unfinished-deploy marker is there after a deploy that finished: %v", err)
+	}
 	pool := filepath.Join(root, publish.PoolDir)
 	for _, p := range listFiles(t, pool) {
 		fi, err := os.Lstat(filepath.Join(pool, p))

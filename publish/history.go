@@ -60,8 +60,11 @@ func (e histEntry) inWindow(now time.Time, retention time.Duration) bool {
 	return e.live() || now.Sub(e.Until) < retention
 }
 
-func (e histEntry) same(m *manifest.Manifest) bool {
-	return !e.Recovered && e.Version == m.Version && e.Format == m.Format && e.Objects == hasObjects(m)
+func (e histEntry) same(m *manifest.Manifest) bool { return e.matches(m, hasObjects(m)) }
+
+// matches is same for a manifest whose files may not have been decoded.
+func (e histEntry) matches(m *manifest.Manifest, objects bool) bool {
+	return !e.Recovered && e.Version == m.Version && e.Format == m.Format && e.Objects == objects
 }
 
 func hasObjects(m *manifest.Manifest) bool { return m.Format >= 2 && len(m.Files) > 0 }
@@ -79,7 +82,7 @@ func (p *Publisher) stateDir(host string) string {
 // the record may be lost altogether. Both are repaired conservatively:
 // the entries it does not know end now (later than they really did), and
 // a lost record keeps everything in the chroot for a whole window.
-func (p *Publisher) loadHistory(host, hostDir string, cur *manifest.Manifest, now time.Time) (h *history, notes []string, changed bool) {
+func (p *Publisher) loadHistory(host, hostDir string, cur *manifest.Manifest, curObjects bool, now time.Time) (h *history, notes []string, changed bool) {
 	h = &history{Host: host}
 	path := filepath.Join(p.stateDir(host), historyFile)
 	data, err := readCapped(path, maxHistoryBytes)
@@ -114,7 +117,7 @@ func (p *Publisher) loadHistory(host, hostDir string, cur *manifest.Manifest, no
 		found := false
 		for i := range h.Entries {
 			e := &h.Entries[i]
-			if e.same(cur) {
+			if e.matches(cur, curObjects) {
 				found = true
 				if !e.live() {
 					e.Until = time.Time{}
@@ -126,7 +129,7 @@ func (p *Publisher) loadHistory(host, hostDir string, cur *manifest.Manifest, no
 			}
 		}
 		if !found {
-			e := histEntry{Version: cur.Version, Format: cur.Format, Objects: hasObjects(cur)}
+			e := histEntry{Version: cur.Version, Format: cur.Format, Objects: curObjects}
 			if e.Objects {
 				if err := p.saveCopy(host, e, filepath.Join(hostDir, manifest.ManifestFile)); err != nil {
 					// Without its copy the entry protects nothing: keep all.

@@ -49,7 +49,9 @@ func (p *Publisher) objectFor(sum string, size int64) (*object, bool) {
 	if o, ok := p.pool[sum]; ok {
 		return o, false
 	}
-	o := &object{sum: sum, size: size, final: filepath.Join(p.root, PoolDir, filepath.FromSlash(manifest.ObjectPath(sum)[len(manifest.ObjectsDir)+1:]))}
+	// The pool fans out by the first two digits whatever the chroots'
+	// layout: it is one directory for the fleet.
+	o := &object{sum: sum, size: size, final: filepath.Join(p.root, PoolDir, sum[:2], sum[2:])}
 	p.pool[sum] = o
 	return o, true
 }
@@ -66,6 +68,9 @@ func (p *Publisher) ready(o *object, src string) (written int64, err error) {
 		if sum, err := fileSum(o.final); err == nil && sum == o.sum {
 			return 0, nil
 		}
+	}
+	if err := p.mark(); err != nil {
+		return 0, err
 	}
 	tmp, err := p.copyObject(src, filepath.Dir(o.final), o.sum, o.size)
 	if err != nil {
@@ -189,57 +194,101 @@ func (p *Publisher) linkObject(o *object, dst string, made map[string]bool) (boo
 }
 
 // removeObjects removes from a chroot's objects/ every object that keep
-// does not name, and the temporary files a killed deploy left. A file is
-// removed with one unlink, which no crash can leave half done (unlike a
-// directory tree, which is renamed aside first). Returns how many went.
-func removeObjects(hostDir string, keep map[string]bool) (int, error) {
+// (by sha256) does not name, and the temporary files a killed deploy left.
+// A file is removed with one unlink, which no crash can leave half done
+// (unlike a directory tree, which is renamed aside first). It walks
+// objects/ two levels deep, so it reads a fanned-out layout (objects/<aa>/
+// <rest>) as well as a flat one. Returns how many went.
+func removeObjects(hostDir string, keep map[string]bool, removed func(sum string)) (int, error) {
 	base := filepath.Join(hostDir, manifest.ObjectsDir)
-	fans, err := os.ReadDir(base)
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
 	n := 0
 	var errs []error
-	for _, fan := range fans {
-		fd := filepath.Join(base, fan.Name())
-		if !fan.IsDir() || !isHexN(fan.Name(), 2) {
-			continue
-		}
-		entries, err := os.ReadDir(fd)
+	var walk func(dir, prefix string, depth int) int
+	walk = func(dir, prefix string, depth int) (left int) {
+		entries, err := os.ReadDir(dir)
 		if err != nil {
-			errs = append(errs, err)
-			continue
+			if !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			return 1
 		}
-		left := len(entries)
 		for _, e := range entries {
 			name := e.Name()
-			if keep[fan.Name()+name] {
+			if e.IsDir() {
+				if depth == 0 && isHexN(name, 2) && walk(filepath.Join(dir, name), name, 1) == 0 {
+					os.Remove(filepath.Join(dir, name))
+					continue
+				}
+				left++
 				continue
 			}
-			if !strings.HasPrefix(name, atomicfile.TempPrefix) && !isHexN(name, 62) {
-				continue // not ours: left alone
+			sum := prefix + name
+			if keep[sum] || !strings.HasPrefix(name, atomicfile.TempPrefix) && !isHexN(sum, 64) {
+				left++ // kept, or not ours: left alone
+				continue
 			}
-			if err := os.Remove(filepath.Join(fd, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
+				left++
 				continue
 			}
-			left--
+			if isHexN(sum, 64) {
+				removed(sum)
+			}
 			n++
 		}
-		if left == 0 {
-			os.Remove(fd)
+		return left
+	}
+	walk(base, "", 0)
+	return n, errors.Join(errs...)
+}
+
+// removeNamed removes the named objects from a chroot's objects/ (those
+// that are there).
+func removeNamed(hostDir string, sums map[string]bool, removed func(sum string)) (int, error) {
+	n := 0
+	var errs []error
+	for sum := range sums {
+		err := os.Remove(filepath.Join(hostDir, filepath.FromSlash(manifest.ObjectPath(sum))))
+		switch {
+		case err == nil:
+			n++
+			removed(sum)
+		case !errors.Is(err, fs.ErrNotExist):
+			errs = append(errs, err)
 		}
 	}
 	return n, errors.Join(errs...)
 }
 
 // collectPool drops the pool's objects that no chroot links any more
-// (link count 1) and the temporary copies a killed deploy left. It runs
+// (link count 1) and the temporary copies a killed deploy left: among
+// candidates (by sha256), or everywhere when candidates is nil. It runs
 // under the lock, after every chroot's removals.
-func (p *Publisher) collectPool() (int, error) {
+func (p *Publisher) collectPool(candidates map[string]bool) (int, error) {
+	if candidates != nil {
+		n := 0
+		var errs []error
+		for sum := range candidates {
+			q := filepath.Join(p.root, PoolDir, sum[:2], sum[2:])
+			fi, err := os.Lstat(q)
+			if err != nil || !fi.Mode().IsRegular() {
+				continue
+			}
+			if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink > 1 {
+				continue
+			}
+			if err := os.Remove(q); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+				continue
+			}
+			n++
+		}
+		if err := errors.Join(errs...); err != nil {
+			return n, fmt.Errorf("object pool: %w", err)
+		}
+		return n, nil
+	}
 	base := filepath.Join(p.root, PoolDir)
 	fans, err := os.ReadDir(base)
 	if errors.Is(err, fs.ErrNotExist) {

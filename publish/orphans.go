@@ -72,7 +72,7 @@ func (p *Publisher) Prune(o Orphan, withReports bool) error {
 	if err := os.Remove(filepath.Join(dir, manifest.ManifestFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("host %s: prune: %w", o.Host, err)
 	}
-	defer p.collectPool()
+	defer p.collectPool(nil)
 	if err := removeAll(p.stateDir(o.Host)); err != nil {
 		return fmt.Errorf("host %s: prune: retention record: %w", o.Host, err)
 	}

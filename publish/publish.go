@@ -40,6 +40,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,6 +48,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -193,6 +195,16 @@ type Publisher struct {
 	// copies caches, by version, the objects a manifest copy names.
 	copiesMu sync.Mutex
 	copies   map[string]map[string]bool
+	// removed are the objects some chroot dropped: the pool checks them.
+	removedMu sync.Mutex
+	removed   map[string]bool
+	// fullScan: the previous deploy did not finish (its marker is there),
+	// so chroots and the pool may hold objects nothing names: this one
+	// looks at everything. unfinished: this one leaves the marker.
+	fullScan   bool
+	unfinished atomic.Bool
+	markOnce   sync.Once
+	markErr    error
 	// umaskClears: the umask takes bits off 0755/0444, so every directory
 	// and file made needs a chmod.
 	umaskClears bool
@@ -217,7 +229,7 @@ func Open(ctx context.Context, opts Options) (*Publisher, error) {
 		return nil, err
 	}
 	p := &Publisher{opts: opts, root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{},
-		pool: map[string]*object{}, poolDirs: map[string]bool{}, copies: map[string]map[string]bool{}}
+		pool: map[string]*object{}, poolDirs: map[string]bool{}, copies: map[string]map[string]bool{}, removed: map[string]bool{}}
 	p.umaskClears = umask()&0o755 != 0
 	if p.opts.Jobs <= 0 {
 		p.opts.Jobs = 2 * runtime.NumCPU()
@@ -244,6 +256,7 @@ func Open(ctx context.Context, opts Options) (*Publisher, error) {
 		if p.lock, err = AcquireLock(ctx, root, opts.LockWait); err != nil {
 			return nil, err
 		}
+		p.fullScan = exists(p.markerPath())
 	}
 	return p, nil
 }
@@ -425,10 +438,14 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 		acct = &a
 	}
 
-	cur, curErr := readManifest(hostDir, name)
+	// Only the head of the live manifest is decoded at first: that is all
+	// an unchanged host needs, and decoding every host's file list would
+	// be most of an unchanged deploy's time.
+	cur, curFiles, curErr := readManifestHead(hostDir, name)
 	if curErr != nil {
 		res.Notes = append(res.Notes, fmt.Sprintf("the current manifest is unreadable (%v): publishing afresh", curErr))
 	}
+	curObjects := cur != nil && cur.Format >= 2 && len(curFiles) > 0
 	j.cur = cur
 	if cur != nil {
 		res.Previous = cur.Version
@@ -444,7 +461,7 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 		Cache:            t.Cache,
 		Interval:         t.Host.Options.Interval,
 	}
-	live := cur != nil && cur.Format == writeFormat && cur.Version == version && hasObjects(cur) == hasObjects(j.m) &&
+	live := cur != nil && cur.Format == writeFormat && cur.Version == version && curObjects == hasObjects(j.m) &&
 		(t.Extra == nil || isDir(filepath.Join(hostDir, manifest.SecretsDir, version)))
 	switch {
 	case live && sameMeta(cur, j.m):
@@ -458,8 +475,8 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	}
 	// What the live manifest names is in the chroot: nothing removes it.
 	have := map[string]bool{}
-	if cur != nil && cur.Format >= 2 {
-		for _, f := range cur.Files {
+	if curObjects && res.Status == StatusPublished {
+		for _, f := range curFiles.all() {
 			have[f.SHA256] = true
 		}
 	}
@@ -470,7 +487,7 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 		return j
 	}
 	var notes []string
-	j.hist, notes, j.histChanged = p.loadHistory(name, hostDir, cur, p.opts.Now())
+	j.hist, notes, j.histChanged = p.loadHistory(name, hostDir, cur, curObjects, p.opts.Now())
 	res.Notes = append(res.Notes, notes...)
 
 	if err := p.ensureLayout(hostDir, acct); err != nil {
@@ -559,9 +576,33 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 		return
 	}
 	p.opts.Hook(StepPrepared, "")
-	// 2. The new objects' and secrets' contents reach the disk.
-	p.syncJobs(jobs, "writing the new objects", true)
+	// 2. The new objects' and secrets' contents reach the disk (a syncfs
+	// flushes the whole file system: none when nothing was written).
+	writing := false
+	for _, j := range jobs {
+		writing = writing || j.writing()
+	}
+	if writing {
+		p.syncJobs(jobs, "writing the new objects", true)
+	}
 	p.opts.Hook(StepSynced, "")
+	if writing {
+		// From here on a kill may leave links that no manifest names; the
+		// marker makes the next deploy look for them.
+		if err := p.mark(); err != nil {
+			for _, j := range jobs {
+				if j.writing() {
+					j.fail(err)
+				}
+			}
+		}
+	}
+	var committing []*hostJob
+	for _, j := range jobs {
+		if j.writing() {
+			committing = append(committing, j)
+		}
+	}
 	// 3. Objects renamed into the pool (once each), then linked into the
 	// chroots; the new manifests written aside.
 	for _, j := range jobs {
@@ -639,9 +680,22 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 			"copied", j.res.Copied, "linked", j.res.Linked, "shared", j.res.Shared, "removed", j.res.Removed)
 	})
 	// 6. The pool.
+	for _, j := range committing {
+		if j.res.Err != nil {
+			p.unfinished.Store(true) // its links may name nothing
+		}
+	}
 	if changed || len(p.pool) > 0 {
 		p.discardPool()
-		if _, err := p.collectPool(); err != nil {
+		var candidates map[string]bool
+		if !p.fullScan {
+			candidates = p.removed
+			for sum := range p.pool {
+				candidates[sum] = true
+			}
+		}
+		if _, err := p.collectPool(candidates); err != nil {
+			p.unfinished.Store(true)
 			for _, j := range jobs {
 				if j.res.Err == nil && j.res.Status == StatusPublished {
 					j.res.Notes = append(j.res.Notes, err.Error())
@@ -651,6 +705,39 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 		}
 		p.opts.Hook(StepCollected, "")
 	}
+	if !p.unfinished.Load() && (writing || p.fullScan) {
+		os.Remove(p.markerPath())
+	}
+}
+
+// markerPath is the file that says a deploy started linking objects and
+// did not finish.
+func (p *Publisher) markerPath() string { return filepath.Join(p.root, StateDir, "unfinished") }
+
+// mark writes the marker once per deploy, before the first write that a
+// kill could leave unnamed.
+func (p *Publisher) mark() error {
+	p.markOnce.Do(func() { p.markErr = p.markUnfinished() })
+	return p.markErr
+}
+
+func (p *Publisher) markUnfinished() error {
+	if exists(p.markerPath()) {
+		return nil
+	}
+	if err := p.ensurePrivateDir(filepath.Join(p.root, StateDir)); err != nil {
+		return fmt.Errorf("retention record: %w", err)
+	}
+	if err := atomicfile.WriteFile(p.markerPath(), []byte("a bento deploy linked objects and has not finished; the next one scans every chroot\n"), 0o600); err != nil {
+		return fmt.Errorf("retention record: %w", err)
+	}
+	return nil
+}
+
+func (p *Publisher) noteRemoved(sum string) {
+	p.removedMu.Lock()
+	p.removed[sum] = true
+	p.removedMu.Unlock()
 }
 
 // objectPresent tells whether the chroot at hostDir holds the object sum
@@ -742,9 +829,46 @@ func (p *Publisher) finish(j *hostJob) bool {
 		note("retention: %v; nothing removed this time", err)
 		return published
 	}
-	n, err := removeObjects(j.hostDir, keep)
+	// Usually only what the expiring entries named can go, and only that
+	// is looked at; objects/ is scanned whole when something unknown may
+	// be there: a deploy that did not finish, a repaired record, or a
+	// recovered entry leaving the window.
+	full := p.fullScan || j.histChanged
+	var candidates map[string]bool
+	if !full {
+		candidates = map[string]bool{}
+		for _, e := range h.Entries {
+			if e.inWindow(now, ret) {
+				continue
+			}
+			if e.Recovered {
+				full = true
+				break
+			}
+			if !e.Objects {
+				continue
+			}
+			sums, err := p.copyObjects(j.name, e)
+			if err != nil {
+				full = true
+				break
+			}
+			for s := range sums {
+				if !keep[s] {
+					candidates[s] = true
+				}
+			}
+		}
+	}
+	var n int
+	if full {
+		n, err = removeObjects(j.hostDir, keep, p.noteRemoved)
+	} else {
+		n, err = removeNamed(j.hostDir, candidates, p.noteRemoved)
+	}
 	j.res.Removed = n
 	if err != nil {
+		p.unfinished.Store(true)
 		note("removing old objects: %v", err)
 	}
 	if err := p.removeOldSecrets(j, versions); err != nil {
@@ -768,7 +892,7 @@ func (p *Publisher) finish(j *hostJob) bool {
 }
 
 // protected lists what the entries of the window need: objects (by
-// <aa><rest>, as removeObjects names them), versions (their secrets), and
+// sha256), versions (their secrets), and
 // whether a format-1 manifest is among them (config/ stays).
 func (p *Publisher) protected(j *hostJob) (keep, versions map[string]bool, format1 bool, err error) {
 	now, ret := p.opts.Now(), p.opts.Retention
@@ -984,23 +1108,50 @@ func isDir(p string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// readManifest returns the host's current manifest, nil when there is none.
-func readManifest(hostDir, host string) (*manifest.Manifest, error) {
+// readManifestHead returns the host's current manifest without its files
+// (nil when there is none), and its bytes for decoding them when needed
+// (nil when it names no file).
+func readManifestHead(hostDir, host string) (*manifest.Manifest, manifestFiles, error) {
 	data, err := readCapped(filepath.Join(hostDir, manifest.ManifestFile), manifest.MaxSize)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	m, err := manifest.Parse(data)
-	if err != nil {
-		return nil, err
+	var head struct {
+		manifest.Manifest
+		// Shadows Manifest.Files: kept raw, decoded only when needed.
+		Files json.RawMessage `json:"files"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return nil, nil, fmt.Errorf("manifest: invalid JSON: %w", err)
+	}
+	m := &head.Manifest
+	if err := m.Validate(); err != nil {
+		return nil, nil, err
 	}
 	if m.Host != host {
-		return nil, fmt.Errorf("it names host %q", m.Host)
+		return nil, nil, fmt.Errorf("it names host %q", m.Host)
 	}
-	return m, nil
+	raw := bytes.TrimSpace(head.Files)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) || bytes.Equal(raw, []byte("[]")) {
+		return m, nil, nil
+	}
+	return m, manifestFiles(data), nil
+}
+
+// manifestFiles is a whole manifest whose files were not decoded yet;
+// ranging over it decodes and validates them (and yields nothing when
+// that fails: the chroot then gets everything linked anew).
+type manifestFiles []byte
+
+func (mf manifestFiles) all() []manifest.File {
+	m, err := manifest.Parse(mf)
+	if err != nil {
+		return nil
+	}
+	return m.Files
 }
 
 // ensureLayout creates or repairs the host's directories, writing nothing

@@ -20,7 +20,8 @@ go test -count=1 -timeout 25m ./...
 # Each fuzz target runs briefly on top of its seed corpus (which go test
 # above already replays): "package target" pairs.
 echo "== fuzz"
-for pair in "manifest FuzzParse" "internal/termsafe FuzzSanitize"; do
+for pair in "manifest FuzzParse" "internal/termsafe FuzzSanitize" "status FuzzParseReport" \
+	"cache/narinfo FuzzParse" "agent FuzzParseHead" "agent/transport FuzzParseHostKeys"; do
 	set -- $pair
 	go test -run='^$' -fuzz="^$2\$" -fuzztime=3s "./$1"
 done

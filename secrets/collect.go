@@ -106,6 +106,42 @@ func Collect(dir, host string) ([]manifest.File, error) {
 	return files, nil
 }
 
+// Exposed warns, one line each, about the plaintext secrets of host (as
+// Collect listed them) whose source file under dir is readable by its group
+// or by others: anyone of them can read the secret on this machine, before
+// bento ever publishes it. Encrypted (.age) files are exempt: only the
+// host's key opens them.
+func Exposed(dir, host string, files []manifest.File) []string {
+	var out []string
+	for _, f := range files {
+		if Encrypted(f.Path) {
+			continue
+		}
+		src, err := source(dir, host, f.Path)
+		if err != nil {
+			continue // Collect or Write reports it
+		}
+		fi, err := os.Stat(src)
+		if err != nil {
+			continue
+		}
+		perm := fi.Mode().Perm()
+		var who []string
+		if perm&0o040 != 0 {
+			who = append(who, "its group")
+		}
+		if perm&0o004 != 0 {
+			who = append(who, "every user")
+		}
+		if len(who) == 0 {
+			continue
+		}
+		out = append(out, fmt.Sprintf("secret %s: %s is readable by %s (mode %04o): chmod 0600 %s (and the directories above it 0700)",
+			filepath.Join(host, f.Path), src, strings.Join(who, " and "), perm, src))
+	}
+	return out
+}
+
 // source returns the regular file that dir/<host>/<name> stands for,
 // following symlinks only while they stay inside dir.
 func source(dir, host, name string) (string, error) {

@@ -3,6 +3,7 @@ package secrets
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -20,6 +21,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/manifest"
@@ -411,7 +414,18 @@ func inStore(p string) bool {
 
 // inPlace tells whether w.path holds content with w's owner, group and mode.
 func inPlace(w want, content string) bool {
-	fi, err := os.Lstat(w.path)
+	dir, err := openParent(w.path, false)
+	if err != nil {
+		return false
+	}
+	defer dir.Close()
+	fd, err := unix.Openat(int(dir.Fd()), filepath.Base(w.path), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	f := os.NewFile(uintptr(fd), w.path)
+	defer f.Close()
+	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != w.mode {
 		return false
 	}
@@ -419,13 +433,61 @@ func inPlace(w want, content string) bool {
 	if !ok || int(st.Uid) != w.uid || int(st.Gid) != w.gid {
 		return false
 	}
-	_, sum, err := hashFile(w.path)
-	return err == nil && sum == content
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return false
+	}
+	return hex.EncodeToString(h.Sum(nil)) == content
+}
+
+// ErrSymlinkInPath is returned (wrapped) when a directory on the way to a
+// secret's path is a symlink.
+var ErrSymlinkInPath = errors.New("a secret is never installed through a symlink")
+
+// openParent opens the directory holding p (absolute and clean), walking
+// from / one component at a time with O_NOFOLLOW and, with create, making
+// missing directories (0751) on the way. Everything the agent then does
+// at p is relative to that handle: a symlink anywhere on the path, planted
+// by whoever can write one of its directories, is refused instead of
+// followed, and a directory swapped for one after the walk cannot redirect
+// a write of root's.
+func openParent(p string, create bool) (*os.File, error) {
+	fd, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: "/", Err: err}
+	}
+	at := "/"
+	for _, comp := range strings.Split(strings.Trim(filepath.Dir(p), "/"), "/") {
+		if comp == "" {
+			continue
+		}
+		next := filepath.Join(at, comp)
+		nfd, err := unix.Openat(fd, comp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) && create {
+			if err = unix.Mkdirat(fd, comp, 0o751); err == nil || errors.Is(err, unix.EEXIST) {
+				nfd, err = unix.Openat(fd, comp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			}
+		}
+		if err != nil {
+			var st unix.Stat_t
+			if serr := unix.Fstatat(fd, comp, &st, unix.AT_SYMLINK_NOFOLLOW); serr == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				err = fmt.Errorf("%s is a symlink: %w (whoever can write %s could point it anywhere); set the path to where it leads, or make %s a directory", next, ErrSymlinkInPath, at, next)
+			} else {
+				err = &fs.PathError{Op: "open", Path: next, Err: err}
+			}
+			unix.Close(fd)
+			return nil, err
+		}
+		unix.Close(fd)
+		fd, at = nfd, next
+	}
+	return os.NewFile(uintptr(fd), at), nil
 }
 
 // write installs the staged file src at w.path atomically: a temporary file
 // beside it, owned and moded before anything is written into it, synced,
-// renamed over the path. It returns the sha256 of what it wrote.
+// renamed over the path, all relative to a handle on the parent directory
+// (openParent). It returns the sha256 of what it wrote.
 func (i *Installer) write(ctx context.Context, src string, f manifest.File, w want) (string, error) {
 	// The staged copy was verified when downloaded; check again so a
 	// tampered state directory cannot slip in other content.
@@ -434,22 +496,33 @@ func (i *Installer) write(ctx context.Context, src string, f manifest.File, w wa
 	} else if size != f.Size || sum != f.SHA256 {
 		return "", errors.New("staged copy differs from the manifest: it is downloaded again at the next update")
 	}
-	parent := filepath.Dir(w.path)
-	if fi, err := os.Lstat(w.path); err == nil && fi.IsDir() {
-		return "", fmt.Errorf("%s is a directory: remove it or pick another path", w.path)
-	}
-	if err := os.MkdirAll(parent, 0o751); err != nil {
-		return "", err
-	}
-	tmp, err := os.CreateTemp(parent, "."+filepath.Base(w.path)+".bento-")
+	dir, err := openParent(w.path, true)
 	if err != nil {
 		return "", err
 	}
+	defer dir.Close()
+	dfd := int(dir.Fd())
+	base := filepath.Base(w.path)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return "", fmt.Errorf("%s is a directory: remove it or pick another path", w.path)
+	}
+	var rnd [8]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return "", err
+	}
+	tmpName := "." + base + ".bento-" + hex.EncodeToString(rnd[:])
+	// O_EXCL|O_NOFOLLOW: a name planted in the meantime is never opened.
+	fd, err := unix.Openat(dfd, tmpName, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return "", &fs.PathError{Op: "create", Path: filepath.Join(dir.Name(), tmpName), Err: err}
+	}
+	tmp := os.NewFile(uintptr(fd), filepath.Join(dir.Name(), tmpName))
 	done := false
 	defer func() {
 		if !done {
 			tmp.Close()
-			os.Remove(tmp.Name())
+			unix.Unlinkat(dfd, tmpName, 0)
 		}
 	}()
 	// Owner and mode first: the content must never be readable by anyone
@@ -475,11 +548,12 @@ func (i *Installer) write(ctx context.Context, src string, f manifest.File, w wa
 	if err := tmp.Close(); err != nil {
 		return "", err
 	}
-	if err := os.Rename(tmp.Name(), w.path); err != nil {
-		return "", err
+	// rename(2) replaces a symlink at the path itself, never its target.
+	if err := unix.Renameat(dfd, tmpName, dfd, base); err != nil {
+		return "", &fs.PathError{Op: "rename", Path: w.path, Err: err}
 	}
 	done = true
-	return hex.EncodeToString(h.Sum(nil)), atomicfile.SyncDir(parent)
+	return hex.EncodeToString(h.Sum(nil)), dir.Sync()
 }
 
 func copyFrom(src string, w io.Writer) error {
@@ -519,20 +593,45 @@ func (i *Installer) decrypt(ctx context.Context, src string, w io.Writer) error 
 }
 
 // removeInstalled removes a secret bento installed; a file already gone is
-// fine, anything but a regular file is left alone.
+// fine, anything but a regular file is left alone, and so is a path through
+// a symlink (openParent).
 func removeInstalled(p string) error {
-	fi, err := os.Lstat(p)
+	dir, err := openParent(p, false)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s is no longer a regular file (%s): left alone", p, fi.Mode().Type())
+	defer dir.Close()
+	dfd, base := int(dir.Fd()), filepath.Base(p)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
+		return nil
+	} else if err != nil {
+		return &fs.PathError{Op: "lstat", Path: p, Err: err}
 	}
-	if err := os.Remove(p); err != nil {
-		return err
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%s is no longer a regular file (%s): left alone", p, fileType(st.Mode))
 	}
-	return atomicfile.SyncDir(filepath.Dir(p))
+	if err := unix.Unlinkat(dfd, base, 0); err != nil {
+		return &fs.PathError{Op: "remove", Path: p, Err: err}
+	}
+	return dir.Sync()
+}
+
+func fileType(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFLNK:
+		return "a symlink"
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFIFO:
+		return "a FIFO"
+	case unix.S_IFSOCK:
+		return "a socket"
+	case unix.S_IFCHR, unix.S_IFBLK:
+		return "a device"
+	}
+	return "not a regular file"
 }

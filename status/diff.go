@@ -105,10 +105,9 @@ func (d DiffSides) check() error {
 	return nil
 }
 
-// Diff prints nix store diff-closures between the two sides, once both
-// are verified valid paths right under Nix's store directory: given
-// anything else, Nix 2.8 would evaluate it as a flake, as root.
-func Diff(ctx context.Context, r *nix.Runner, d DiffSides, w io.Writer) error {
+// Verify checks both sides as Diff does, without running the diff: so
+// that nothing the host reported is shown as a system before it passed.
+func (d DiffSides) Verify(ctx context.Context, r *nix.Runner) error {
 	storeDir, err := StoreDir(ctx, r)
 	if err != nil {
 		return fmt.Errorf("host %s: %w", d.Host, err)
@@ -117,6 +116,16 @@ func Diff(ctx context.Context, r *nix.Runner, d DiffSides, w io.Writer) error {
 		if err := verifyStorePath(ctx, r, storeDir, p); err != nil {
 			return fmt.Errorf("host %s: %w", d.Host, err)
 		}
+	}
+	return nil
+}
+
+// Diff prints nix store diff-closures between the two sides, once both
+// are verified valid paths right under Nix's store directory: given
+// anything else, Nix 2.8 would evaluate it as a flake, as root.
+func Diff(ctx context.Context, r *nix.Runner, d DiffSides, w io.Writer) error {
+	if err := d.Verify(ctx, r); err != nil {
+		return err
 	}
 	if _, err := r.Run(ctx, nix.Cmd{Host: d.Host, Args: []string{"store", "diff-closures", "--", d.From, d.To}, Stdout: w}); err != nil {
 		return fmt.Errorf("diff: %w", err)

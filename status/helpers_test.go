@@ -23,7 +23,7 @@ const (
 
 // chroot writes a host's chroot files under root.
 type chroot struct {
-	t    *testing.T
+	t    testing.TB
 	root string
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -286,5 +287,66 @@ func TestCollectReportsOverLimit(t *testing.T) {
 	}
 	if a := rowsByHost(s)["alpha"]; a.State != UpToDate {
 		t.Errorf("alpha after the removal: %s %q", a.State, a.Message)
+	}
+}
+
+// What the limits cost each read of a host: a healthy one (a report and the
+// agent's 20 logs) and one at the file limit.
+func BenchmarkEnforceReports(b *testing.B) {
+	for _, logs := range []int{20, DefaultReportsMaxFiles - 2} {
+		b.Run(fmt.Sprintf("%d-logs", logs), func(b *testing.B) {
+			c := chroot{b, b.TempDir()}
+			c.publish("alpha", v1, now, sysA)
+			c.report("alpha", applied(v1, sysA, now))
+			for i := range logs {
+				c.logAt("alpha", fmt.Sprintf("v-%03d.log", i), 1<<10, now.Add(time.Duration(i)*time.Second))
+			}
+			r, err := os.OpenRoot(filepath.Join(c.root, "alpha"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer r.Close()
+			b.ResetTimer()
+			for b.Loop() {
+				if u, err := enforceReports(r, ReportLimits{}, false); err != nil || u.Exceeded() {
+					b.Fatal(err, u)
+				}
+			}
+		})
+	}
+}
+
+// bento logs enforces the limits first: a host they can fix loses its
+// oldest logs and its latest is printed; a host still over them is not
+// read at all, and the error names the flags.
+func TestLogsEnforceTheLimits(t *testing.T) {
+	c := newChroot(t)
+	c.publish("alpha", v1, now, sysA)
+	for i := range 6 {
+		c.logAt("alpha", fmt.Sprintf("v-%d.log", i), 10, now.Add(time.Duration(i)*time.Minute))
+	}
+	limits := ReportLimits{MaxBytes: 1 << 20, MaxFiles: 4}
+	logs, err := Logs(c.root, "alpha", limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(logs) != 3 || logs[0].Name != "v-3.log" || !logs[2].Latest {
+		t.Errorf("logs after the trim: %+v", logs)
+	}
+	// Five entries besides the logs: removing every log would not do.
+	for _, n := range []string{"a", "b", "c", "d"} {
+		c.raw("alpha", "reports/junk/"+n, []byte("x"))
+	}
+	for _, open := range []func() error{
+		func() error { _, err := Logs(c.root, "alpha", limits); return err },
+		func() error { _, _, err := OpenLog(c.root, "alpha", "", DefaultMaxLogBytes, limits); return err },
+		func() error {
+			return FollowLog(context.Background(), c.root, "alpha", "", io.Discard, time.Hour, DefaultMaxLogBytes, limits)
+		},
+	} {
+		err := open()
+		if !errors.Is(err, ErrReportsOverLimit) || !strings.Contains(err.Error(), "host alpha: reports over limit: ") || !strings.Contains(err.Error(), "--reports-max-files") {
+			t.Errorf("over the limit: %v", err)
+		}
 	}
 }

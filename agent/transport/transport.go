@@ -158,7 +158,8 @@ func ParseHostKeys(text string) ([]ssh.PublicKey, error) {
 			return nil, fmt.Errorf("serverHostKey line %d: neither a public key (\"ssh-ed25519 AAAA…\") nor a known_hosts line: %q", i+1, abbreviate(line))
 		}
 		if marker != "" {
-			return nil, fmt.Errorf("serverHostKey line %d: %s entries are not supported; give the server's plain public key", i+1, marker)
+			// %q: the marker is whatever followed "@", control characters and all.
+			return nil, fmt.Errorf("serverHostKey line %d: %q entries are not supported; give the server's plain public key", i+1, "@"+abbreviate(marker))
 		}
 		keys = append(keys, k)
 	}

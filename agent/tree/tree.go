@@ -168,8 +168,8 @@ func (s *Store) Clean() error {
 // Stage makes sure a complete tree of m is at Path(m.Version), fetching
 // through f only the objects the store lacks. keep names the versions
 // whose objects must survive this stage besides m's (the current tree
-// and the applied version): every other object is removed first, which
-// bounds the store to three publications plus nothing.
+// and the applied version): every other object is removed first, so the
+// store never holds more than the objects of these three publications.
 func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher, keep ...string) (Stats, error) {
 	st := Stats{Files: len(m.Files)}
 	objects, err := distinct(m)
@@ -184,13 +184,9 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher, keep
 		verr := s.Verify(m)
 		if verr == nil {
 			st.Reused = true
-			// A tree from an agent that kept no manifest beside it.
-			if _, err := os.Stat(s.manifestPath(m.Version)); err != nil {
-				if err := s.saveManifest(m); err != nil {
-					return st, err
-				}
-			}
-			return st, nil
+			// Saved again: the tree may come from an agent that kept no
+			// manifest beside it, and GC goes by this one.
+			return st, s.saveManifest(m)
 		}
 		st.Discarded = verr.Error()
 		if err := s.remove(m.Version); err != nil {
@@ -428,7 +424,9 @@ func (s *Store) materialise(m *manifest.Manifest, staging string) error {
 			if err == nil {
 				continue
 			}
-			if !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EMLINK) {
+			// Another filesystem, a link count at its limit, or one
+			// without hard links: a verified copy does.
+			if !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EMLINK) && !errors.Is(err, syscall.EPERM) && !errors.Is(err, syscall.EOPNOTSUPP) {
 				return fmt.Errorf("local tree: %s: %w", file.Path, err)
 			}
 		}

@@ -130,7 +130,7 @@ func run(nHosts, nFiles, size int, base string) error {
 	fmt.Printf("\nwritten: file contents (+ manifests for bento) as counted by each tool; copied/linked/shared:\n"+
 		"files written anew / hard-linked to the host's previous version / hard-linked to another host's\n"+
 		"copy of this run; touched: inodes created or changed during the step (ctime), counted on disk;\n"+
-		"du: disk used by the chroot root (bento keeps the current and previous version, rsync one).\n"+
+		"du: disk used by the chroot root (bento keeps what its retention period needs, rsync one version).\n"+
 		"the changed file is %s: × %d hosts = %s\n", human(int64(len(extra[changed]))), nHosts, human(int64(len(extra[changed])*nHosts)))
 	return nil
 }

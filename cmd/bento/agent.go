@@ -19,6 +19,7 @@ import (
 
 	"github.com/bento-nix/bento/agent"
 	"github.com/bento-nix/bento/agent/trigger"
+	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -85,18 +86,22 @@ func agentCommand() *cli.Command {
 					"no new handshake). At start and whenever the manifest changed it runs a tick,\n" +
 					"\"bento agent run\", as a child process that a restart of the watch never\n" +
 					"cuts short. The timer's ticks go on beside it (the lock keeps one tick at a\n" +
-					"time): the watch makes updates arrive in seconds, it is never the only path.",
+					"time): the watch makes updates arrive in seconds, it is never the only path.\n" +
+					"Stopped, it returns at once: a running tick finishes on its own.",
 				Flags: append(agentConfigFlags(),
-					&cli.DurationFlag{Name: "every", Value: 5 * time.Second, Usage: "pause between two looks at the manifest (1s to 10m)"},
+					&cli.StringFlag{Name: "every", Value: "5s", Usage: "pause between two looks at the manifest, a systemd time span or Go duration (1s to 10min)"},
 				),
 				Action: func(c *cli.Context) error {
 					cfg, err := agentConfig(c)
 					if err != nil {
 						return err
 					}
-					every := c.Duration("every")
+					every, err := timespan.Parse(c.String("every"))
+					if err != nil {
+						return usageError("--every: %w", err)
+					}
 					if every < time.Second || every > 10*time.Minute {
-						return usageError("--every %s is out of range: it must be from 1s to 10m", every)
+						return usageError("--every %s is out of range: it must be from 1s to 10min", timespan.Format(every))
 					}
 					fmt.Fprintf(c.App.ErrWriter, "bento: watching %s on %s every %s\n", manifest.ManifestFile, cfg.Server, every)
 					err = agent.Watch(c.Context, cfg, agent.WatchOptions{

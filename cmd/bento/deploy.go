@@ -15,6 +15,7 @@ import (
 
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/publish"
 	"github.com/bento-nix/bento/status"
 )
@@ -34,10 +35,12 @@ func deployCommand() *cli.Command {
 		Usage:     "build every deployed host and publish its flake into its SFTP chroot",
 		ArgsUsage: "[HOST|GLOB|@TAG]...",
 		Description: "Discovers the fleet, builds the selected hosts (as bento build), then publishes each host\n" +
-			"whose build succeeded into <chroot-root>/<host>/: config/<version>/ holds the flake as Nix sees\n" +
-			"it, manifest.json names the version (a content hash) and the expected system. Unchanged hosts\n" +
-			"are not written at all; changed files are copied, the others hard-linked; manifest.json is\n" +
-			"replaced atomically, so a host never sees half a publication. A host whose build failed keeps\n" +
+			"whose build succeeded into <chroot-root>/<host>/: manifest.json names the version (a content\n" +
+			"hash), the expected system and every file of the flake as Nix sees it, whose content is in\n" +
+			"objects/ (each distinct content written once for the fleet, then hard-linked). Unchanged hosts\n" +
+			"are not written at all; manifest.json is replaced atomically, so a host never sees half a\n" +
+			"publication, and an object stays for --retention after the last manifest naming it was\n" +
+			"replaced. A fetch-mode host receives no file of the flake. A host whose build failed keeps\n" +
 			"its previous publication (unless --force). Chroots of hosts no longer in the fleet are listed;\n" +
 			"--prune removes them. One deploy at a time per chroot root. A host whose services.bento.user\n" +
 			"is root, another deployed host's, or (when --host-group exists) outside that group is refused.\n" +
@@ -48,6 +51,7 @@ func deployCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-build", Usage: "publish without building (the manifests then name no expected system)"},
 			&cli.BoolFlag{Name: "force", Usage: "publish hosts whose build failed, too"},
 			&cli.DurationFlag{Name: "lock-wait", Usage: "wait this long for another deploy to finish (0: fail at once)"},
+			&cli.StringFlag{Name: "retention", Value: "1h", Usage: "keep each published file this long after the last manifest naming it was replaced, for hosts still downloading it (" + timespan.Syntax + ")"},
 			&cli.BoolFlag{Name: "prune", Usage: "remove the chroots of hosts that are no longer in the fleet (keeping their reports/)"},
 			&cli.BoolFlag{Name: "prune-reports", Usage: "with --prune, remove their reports/ too"},
 			&cli.BoolFlag{Name: "no-user-check", Usage: "do not require each host's SFTP user to exist (reports/ then stays owned by the deploying user)"},
@@ -68,6 +72,13 @@ func runDeploy(c *cli.Context) error {
 	limits, err := reportLimits(c)
 	if err != nil {
 		return err
+	}
+	retention, err := timespan.Parse(c.String("retention"))
+	if err != nil {
+		return usageError("--retention: %w", err)
+	}
+	if retention <= 0 {
+		return usageError("--retention must be positive (got %s): it is how long hosts may take to download a publication", c.String("retention"))
 	}
 	dryRun, noBuild := c.Bool("dry-run"), c.Bool("no-build")
 	var bopts builder.Options
@@ -97,11 +108,12 @@ func runDeploy(c *cli.Context) error {
 	// second deploy or an unusable root fails in a second, not after the
 	// builds.
 	pub, err := publish.Open(c.Context, publish.Options{
-		Root:     c.String("chroot-root"),
-		Users:    users,
-		DryRun:   dryRun,
-		LockWait: c.Duration("lock-wait"),
-		Logger:   logger(c),
+		Root:      c.String("chroot-root"),
+		Users:     users,
+		DryRun:    dryRun,
+		LockWait:  c.Duration("lock-wait"),
+		Retention: retention,
+		Logger:    logger(c),
 	})
 	if err != nil {
 		switch {

@@ -296,6 +296,8 @@ func TestDeployBadInput(t *testing.T) {
 		{"chroot root is a file", []string{"--chroot-root", file}, 2, nil, []string{"is a file, not a directory"}},
 		{"unknown host", []string{"nosuchhost"}, 2, nil, []string{`host selection "nosuchhost" matches no host`}},
 		{"prune-reports alone", []string{"--prune-reports"}, 2, nil, []string{"--prune-reports only adds to --prune"}},
+		{"retention not a duration", []string{"--retention", "soon"}, 2, nil, []string{`--retention: "soon" is not a duration`}},
+		{"retention zero", []string{"--retention", "0"}, 2, nil, []string{"--retention must be positive"}},
 		{"missing SFTP user", nil, 1,
 			[]string{"alpha   published", `nouser  failed: SFTP user "bento-no-such-user" does not exist on this server: add it with services.bento-server.hosts`},
 			[]string{"1 of 2 hosts failed"}},

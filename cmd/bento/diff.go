@@ -50,6 +50,12 @@ func runDiff(c *cli.Context) error {
 		}
 		return failed(err)
 	}
+	if err := d.Verify(c.Context, nixRunner(c)); err != nil {
+		if c.Context.Err() != nil {
+			return fmt.Errorf("diff interrupted: %w", c.Context.Err())
+		}
+		return failed(err)
+	}
 	w := c.App.Writer
 	if d.Same() {
 		fmt.Fprintf(w, "host %s: %s and %s are the same system, %s: nothing differs\n", host, d.FromLabel, d.ToLabel, d.From)

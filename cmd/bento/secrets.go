@@ -53,7 +53,7 @@ func secretsExtra(dir string, h fleet.Host, owned bool) (*publish.Extra, []strin
 	if err != nil {
 		return nil, nil, fmt.Errorf("secrets: %w", err)
 	}
-	var warnings []string
+	warnings := secrets.Exposed(dir, h.Name, files)
 	for _, name := range h.Options.Secrets {
 		if !slices.ContainsFunc(files, func(f manifest.File) bool { return secrets.Name(f.Path) == name }) {
 			warnings = append(warnings, fmt.Sprintf("host %s declares services.bento.secrets.%s, but %s/%s/%s does not exist: the host will not get it", h.Name, name, dir, h.Name, name))

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -29,21 +30,55 @@ import (
 	"github.com/bento-nix/bento/nix"
 )
 
+// measureRSS, set in the environment of this test binary, makes it run
+// the command in its arguments, write the command's peak resident size (in
+// bytes) to the file it names, and exit as the command did. A child's
+// ru_maxrss starts at its parent's resident size (Linux keeps the old
+// address space's high-water mark across exec), so bento is measured as
+// the child of this small, fresh process, not of the test.
+const measureRSS = "BENTO_E2E_MEASURE_RSS"
+
+func init() {
+	out := os.Getenv(measureRSS)
+	if out == "" {
+		return
+	}
+	cmd := exec.Command(os.Args[1], os.Args[2:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err := cmd.Run()
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && cmd.ProcessState != nil {
+		os.WriteFile(out, []byte(fmt.Sprint(ru.Maxrss<<10)), 0o600) // kilobytes on Linux
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		os.Exit(ee.ExitCode())
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(127)
+	}
+	os.Exit(0)
+}
+
 // serverBento runs the bento CLI as the server's operator would (as root,
-// on the chroot root the sshd serves) and returns what it printed. maxRSS
-// is the process's peak resident memory in bytes.
+// on the chroot root the sshd serves) and returns what it printed and its
+// peak resident memory in bytes.
 func serverBento(t *testing.T, e *Env, stdout io.Writer, args ...string) (res Result, maxRSS int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, Bento(t), args...)
-	cmd.Env = append(append(os.Environ(), fixture.Env()...), "NO_COLOR=1")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rssFile := filepath.Join(t.TempDir(), "rss")
+	cmd := exec.CommandContext(ctx, self, append([]string{Bento(t)}, args...)...)
+	cmd.Env = append(append(os.Environ(), fixture.Env()...), "NO_COLOR=1", measureRSS+"="+rssFile)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if stdout != nil {
 		cmd.Stdout = stdout
 	}
-	err := cmd.Run()
+	err = cmd.Run()
 	res = Result{Stdout: out.String(), Stderr: errb.String()}
 	if err != nil {
 		ee, ok := err.(*exec.ExitError)
@@ -52,14 +87,16 @@ func serverBento(t *testing.T, e *Env, stdout io.Writer, args ...string) (res Re
 		}
 		res.ExitCode = ee.ExitCode()
 	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		maxRSS = ru.Maxrss << 10 // kilobytes on Linux
+	if data, err := os.ReadFile(rssFile); err == nil {
+		fmt.Sscan(string(data), &maxRSS)
+	} else {
+		t.Fatalf("bento %v: its peak memory was not measured: %v", args, err)
 	}
 	shown := res.Output()
 	if len(shown) > 4000 {
 		shown = shown[:4000] + "…"
 	}
-	t.Logf("bento %s: exit %d:\n%s", strings.Join(args, " "), res.ExitCode, indent(shown))
+	t.Logf("bento %s: exit %d, peak RSS %d MiB:\n%s", strings.Join(args, " "), res.ExitCode, maxRSS>>20, indent(shown))
 	return res, maxRSS
 }
 
@@ -156,22 +193,30 @@ func TestAttackDiffEvaluatesNoHostFlake(t *testing.T) {
 	}
 	storeDir := path.Dir(e.Manifest(t, "alpha").ExpectedToplevel)
 
+	built := e.Manifest(t, "alpha").ExpectedToplevel
 	for _, tc := range []struct {
 		name, system string
 		want         string
+		// boot: reported as operation boot's actualToplevel (what the host
+		// will boot), next to a valid current system.
+		boot bool
 	}{
-		{"a store-path-shaped directory in reports/", evilDir, "invalid system reported by the host"},
-		{"a symlink in reports/ to it", filepath.Join(e.Chroot("alpha"), manifest.ReportsDir, "1123456789abcdfghijklmnpqrsvwxyz-nixos-system-alpha"), "invalid system reported by the host"},
-		{"a path: flake reference", "path:" + evilDir, "invalid system reported by the host"},
-		{"a flake reference with an attribute", evilDir + "#default", "invalid system reported by the host"},
-		{"a store path with .. back out", storeDir + "/../.." + evilDir, "invalid system reported by the host"},
-		{"a store path below a store path", storeDir + "/0123456789abcdfghijklmnpqrsvwxyz-x/flake", "invalid system reported by the host"},
-		{"an option", "--impure", "invalid system reported by the host"},
-		{"a store path never built here", storeDir + "/" + fake, "is not in this machine's Nix store"},
+		{"a store-path-shaped directory in reports/", evilDir, "invalid system reported by the host", false},
+		{"the same as the system a boot host will boot", evilDir, "invalid system reported by the host", true},
+		{"a symlink in reports/ to it", filepath.Join(e.Chroot("alpha"), manifest.ReportsDir, "1123456789abcdfghijklmnpqrsvwxyz-nixos-system-alpha"), "invalid system reported by the host", false},
+		{"a path: flake reference", "path:" + evilDir, "invalid system reported by the host", false},
+		{"a flake reference with an attribute", evilDir + "#default", "invalid system reported by the host", false},
+		{"a store path with .. back out", storeDir + "/../.." + evilDir, "invalid system reported by the host", false},
+		{"a store path below a store path", storeDir + "/0123456789abcdfghijklmnpqrsvwxyz-x/flake", "invalid system reported by the host", false},
+		{"an option", "--impure", "invalid system reported by the host", false},
+		{"a store path never built here", storeDir + "/" + fake, "is not in this machine's Nix store", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rep := hostReport("alpha", e.Manifest(t, "alpha").Version)
 			rep.CurrentSystem = tc.system
+			if tc.boot {
+				rep.Operation, rep.CurrentSystem, rep.ActualToplevel = "boot", built, tc.system
+			}
 			uploadReport(t, c, rep)
 
 			res, _ := serverBento(t, e, nil, "diff", "--chroot-root", e.SSHD.Root, "--state-dir", stateDir, "alpha")
@@ -180,6 +225,9 @@ func TestAttackDiffEvaluatesNoHostFlake(t *testing.T) {
 			}
 			if !strings.Contains(res.Stderr, "host alpha") || !strings.Contains(res.Stderr, tc.want) {
 				t.Errorf("bento diff's error does not name the host and %q:\n%s", tc.want, res.Stderr)
+			}
+			if strings.Contains(res.Stdout, "from") || strings.Contains(res.Stdout, tc.system) {
+				t.Errorf("bento diff shows what the host reported as a system before refusing it:\n%s", res.Stdout)
 			}
 			if exists(filepath.Join(evilDir, "flake.lock")) {
 				t.Errorf("Nix locked the host's flake: %s/flake.lock was written", evilDir)
@@ -298,7 +346,7 @@ func TestAttackTerminalEscapesInLogsAndStatus(t *testing.T) {
 		if args[0] == "status" && args[len(args)-1] != "alpha" && !strings.Contains(res.Stdout, "build failed") && !strings.Contains(res.Stdout, "bento_host") {
 			t.Errorf("%s does not show the host's error", what)
 		}
-		if slicesContains(args, "--json") {
+		if slices.Contains(args, "--json") {
 			var doc any
 			if err := json.Unmarshal([]byte(res.Stdout), &doc); err != nil {
 				t.Errorf("bento status --json is not JSON: %v", err)
@@ -314,15 +362,6 @@ func TestAttackTerminalEscapesInLogsAndStatus(t *testing.T) {
 			assertNoControls(t, "bento status --json's messages (decoded)", decoded.String())
 		}
 	}
-}
-
-func slicesContains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 // walkMessages calls f with each host's "message".
@@ -418,7 +457,7 @@ func TestAttackManifestVersionIsNotAVersion(t *testing.T) {
 			if h.ProfileTarget(t) != v1.Built || len(h.Switches(t)) != 1 {
 				t.Error("the host acted on a manifest with an invalid version")
 			}
-			if after := listTree(t, h.StateDir); !sameNames(before, after) {
+			if after := listTree(t, h.StateDir); !slices.Equal(before, after) {
 				t.Errorf("the agent's state directory changed: before %v, after %v", before, after)
 			}
 			if st := h.Status(t); st == nil || st.Result != manifest.ResultFailure || st.AppliedVersion != v1.Version || !strings.Contains(st.Error, "invalid version") {
@@ -446,18 +485,6 @@ func listTree(t *testing.T, dir string) []string {
 		return nil
 	})
 	return names
-}
-
-func sameNames(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // A compromised server tells a fetch-mode host to realise something that is
@@ -549,7 +576,6 @@ func TestAttackSymlinksInReports(t *testing.T) {
 	c := e.SSHD.SFTP(t, alpha.SSH)
 	// Relative targets climb out of alpha's chroot on the server, where
 	// root resolves them; absolute ones name the server's root directory.
-	betaRel := "../../beta/" + manifest.StatusFile
 	for _, tc := range []struct {
 		name    string
 		plant   func(t *testing.T)
@@ -558,10 +584,12 @@ func TestAttackSymlinksInReports(t *testing.T) {
 		alphaRow, logsSay string
 	}{
 		{"status.json to beta's report", func(t *testing.T) {
-			mustSymlink(t, c, "../"+betaRel, "/"+manifest.StatusFile)
+			mustSymlink(t, c, "../../beta/"+manifest.StatusFile, "/"+manifest.StatusFile)
+			leadsTo(t, filepath.Join(e.Chroot("alpha"), manifest.StatusFile), filepath.Join(e.Chroot("beta"), manifest.StatusFile))
 		}, nil, "unreadable report: reports/status.json: path escapes from parent", "alpha's own log"},
 		{"status.json by absolute path to beta's report", func(t *testing.T) {
 			mustSymlink(t, c, filepath.Join(e.Chroot("beta"), manifest.StatusFile), "/"+manifest.StatusFile)
+			leadsTo(t, filepath.Join(e.Chroot("alpha"), manifest.StatusFile), filepath.Join(e.Chroot("beta"), manifest.StatusFile))
 		}, nil, "unreadable report: reports/status.json: path escapes from parent", "alpha's own log"},
 		{"status.json to /etc/shadow", func(t *testing.T) {
 			mustSymlink(t, c, "/etc/shadow", "/"+manifest.StatusFile)
@@ -574,9 +602,16 @@ func TestAttackSymlinksInReports(t *testing.T) {
 		}, []string{"0000000000000000-shadow.log"}, "up-to-date", "alpha's own log"},
 		{"a log to beta's log", func(t *testing.T) {
 			mustSymlink(t, c, "../../../beta/"+manifest.LogsDir+"/"+betaLogs[0], "/"+manifest.LogsDir+"/"+betaLogs[0])
+			leadsTo(t, filepath.Join(e.Chroot("alpha"), manifest.LogsDir, betaLogs[0]), filepath.Join(e.Chroot("beta"), manifest.LogsDir, betaLogs[0]))
 		}, []string{betaLogs[0]}, "no report yet", "alpha's own log"},
+		{"the report names beta's log by path", func(t *testing.T) {
+			rep := hostReport("alpha", e.Manifest(t, "alpha").Version)
+			rep.Log = "../../../beta/" + manifest.LogsDir + "/" + betaLogs[0]
+			uploadReport(t, c, rep)
+		}, []string{pathToBetasLog(betaLogs[0])}, "up-to-date", "alpha's own log"},
 		{"the logs directory to beta's", func(t *testing.T) {
 			mustSymlink(t, c, "../../beta/"+manifest.LogsDir, "/"+manifest.LogsDir)
+			leadsTo(t, filepath.Join(e.Chroot("alpha"), manifest.LogsDir), filepath.Join(e.Chroot("beta"), manifest.LogsDir))
 		}, nil, "no report yet", "reports/logs: path escapes from parent"},
 		{"reports/ entries to /etc", func(t *testing.T) {
 			mustSymlink(t, c, "/etc", "/"+manifest.LogsDir)
@@ -642,6 +677,20 @@ func TestAttackSymlinksInReports(t *testing.T) {
 	}
 }
 
+// pathToBetasLog names beta's log as a path from alpha's logs directory.
+func pathToBetasLog(name string) string { return "../../../beta/" + manifest.LogsDir + "/" + name }
+
+// leadsTo checks that link, followed by root on the server, is target:
+// the attack would work on a bento that follows links.
+func leadsTo(t *testing.T, link, target string) {
+	t.Helper()
+	a, errA := os.Stat(link)
+	b, errB := os.Stat(target)
+	if errA != nil || errB != nil || !os.SameFile(a, b) {
+		t.Fatalf("the planted link %s does not lead to %s (%v, %v): the attack is not tried", link, target, errA, errB)
+	}
+}
+
 func mustSymlink(t *testing.T, c *sftp.Client, target, link string) {
 	t.Helper()
 	if fi, err := c.Lstat(link); err == nil && fi.IsDir() {
@@ -685,4 +734,131 @@ func rowOf(table, host string) string {
 		}
 	}
 	return ""
+}
+
+// Reports that are too big, too deep or not files at all: bento status
+// names the problem in the host's row, stays small and shows the other
+// hosts as usual.
+func TestAttackOversizedAndMalformedReports(t *testing.T) {
+	e := Start(t, hostsFleet("alpha", "beta"))
+	alpha, beta := e.Host(t, "alpha"), e.Host(t, "beta")
+	e.Publish(t)
+	if res := beta.Run(t); res.ExitCode != 0 {
+		t.Fatalf("beta's tick: exit %d", res.ExitCode)
+	}
+	stateDir := t.TempDir()
+	c := e.SSHD.SFTP(t, alpha.SSH)
+	for _, tc := range []struct {
+		name  string
+		plant func(t *testing.T)
+		want  string
+	}{
+		// 32 MiB: far over status.json's own cap, under the reports/
+		// limit (64 MiB), which a bigger file would trip first.
+		{"32 MiB of JSON", func(t *testing.T) {
+			upload(t, c, "/"+manifest.StatusFile, append([]byte(`{"format":1,"error":"`), bytes.Repeat([]byte("A"), 32<<20)...))
+		}, "reports/status.json is 32.0 MiB, over the 1.0 MiB limit"},
+		{"nested 600000 deep, over the size limit", func(t *testing.T) {
+			upload(t, c, "/"+manifest.StatusFile, []byte(`{"format":1,"x":`+strings.Repeat("[", 600000)+strings.Repeat("]", 600000)+`}`))
+		}, "over the 1.0 MiB limit"},
+		{"nested 100000 deep, under the size limit", func(t *testing.T) {
+			upload(t, c, "/"+manifest.StatusFile, []byte(`{"format":1,"x":`+strings.Repeat("[", 100000)+strings.Repeat("]", 100000)+`}`))
+		}, "unreadable report: status.json"},
+		{"a directory", func(t *testing.T) {
+			if err := c.Mkdir("/" + manifest.StatusFile); err != nil {
+				t.Fatal(err)
+			}
+		}, "reports/status.json is not a regular file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.Remove("/" + manifest.StatusFile)
+			c.RemoveDirectory("/" + manifest.StatusFile)
+			tc.plant(t)
+			res, rss := serverBento(t, e, nil, "status", "--no-eval", "--wide", "--chroot-root", e.SSHD.Root, "--state-dir", stateDir)
+			if res.ExitCode != 5 {
+				t.Errorf("exit %d, want 5 (a host unreadable)", res.ExitCode)
+			}
+			if row := rowOf(res.Stdout, "alpha"); !strings.Contains(row, "unreadable") || !strings.Contains(row, tc.want) {
+				t.Errorf("alpha's row %q lacks %q", row, tc.want)
+			}
+			if row := rowOf(res.Stdout, "beta"); !strings.Contains(row, "up-to-date") {
+				t.Errorf("beta's row %q: one hostile host hid another", row)
+			}
+			if rss > 64<<20 {
+				t.Errorf("bento status used %d MiB", rss>>20)
+			}
+		})
+	}
+}
+
+// bento logs --follow while the host uploads a new log whose name and
+// content carry terminal controls: the "==> name <==" header it prints
+// for the new log, and the log, hold none.
+func TestAttackFollowedLogNames(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	alpha := e.Host(t, "alpha")
+	e.Publish(t)
+	c := e.SSHD.SFTP(t, alpha.SSH)
+	upload(t, c, "/"+manifest.LogsDir+"/0000000000000000-first.log", []byte("first log\n"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, Bento(t), "logs", "--follow", "--chroot-root", e.SSHD.Root, "alpha")
+	cmd.Env = append(append(os.Environ(), fixture.Env()...), "NO_COLOR=1")
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); pw.Close(); close(done) }()
+	defer func() { cmd.Process.Kill(); <-done }()
+
+	var out bytes.Buffer
+	lines := make(chan string, 64)
+	go func() {
+		defer close(lines)
+		buf := make([]byte, 4096)
+		var partial []byte
+		for {
+			n, err := pr.Read(buf)
+			out.Write(buf[:n])
+			partial = append(partial, buf[:n]...)
+			for {
+				i := bytes.IndexByte(partial, '\n')
+				if i < 0 {
+					break
+				}
+				lines <- string(partial[:i])
+				partial = partial[i+1:]
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	waitLine := func(want string) {
+		t.Helper()
+		for line := range lines {
+			if strings.Contains(line, want) {
+				return
+			}
+		}
+		t.Fatalf("bento logs --follow ended without printing %q", want)
+	}
+	waitLine("first log")
+	evil := "1111111111111111" + hostileText + ".log"
+	upload(t, c, "/"+manifest.LogsDir+"/.tmp-upload", []byte("second log "+hostileText+"\n"))
+	if err := c.PosixRename("/"+manifest.LogsDir+"/.tmp-upload", "/"+manifest.LogsDir+"/"+evil); err != nil {
+		t.Fatal(err)
+	}
+	waitLine("second log")
+	cmd.Process.Kill()
+	<-done
+	for range lines {
+	}
+	if !strings.Contains(out.String(), "==> 1111111111111111x") {
+		t.Errorf("no header for the new log:\n%q", out.String())
+	}
+	assertNoControls(t, "bento logs --follow", out.String())
 }

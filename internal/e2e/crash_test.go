@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/internal/fixture"
-	"github.com/bento-nix/bento/manifest"
 )
 
 func TestKillDuringDownloadLeavesAConsistentState(t *testing.T) {
@@ -26,7 +25,7 @@ func TestKillDuringDownloadLeavesAConsistentState(t *testing.T) {
 	// One file of the new version becomes a FIFO on the server: the SFTP
 	// server blocks opening it, so the download stops half-way, for as
 	// long as the test wants.
-	blocked := filepath.Join(e.Chroot("alpha"), remotePath(t, e.Manifest(t, "alpha"), "modules/c.nix"))
+	blocked := e.PublishedFile(t, "alpha", "modules/c.nix")
 	content, err := os.ReadFile(blocked)
 	if err != nil {
 		t.Fatal(err)
@@ -179,17 +178,4 @@ func waitProcs(t *testing.T, mark string, ok func(int) bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// remotePath is where the chroot holds the published file name of m
-// (config/<version>/<name> in format 1, its object in format 2).
-func remotePath(t *testing.T, m *manifest.Manifest, name string) string {
-	t.Helper()
-	for _, f := range m.Files {
-		if f.Path == name {
-			return filepath.FromSlash(m.RemotePath(f))
-		}
-	}
-	t.Fatalf("the manifest of %s lists no %s", m.Host, name)
-	return ""
 }

@@ -204,6 +204,20 @@ func (e *Env) WriteManifest(t testing.TB, host string, m any) {
 }
 
 // Manifest reads a host's published manifest.
+// PublishedFile is where the host's chroot holds the content of the
+// published file path (whatever the publication format).
+func (e *Env) PublishedFile(t testing.TB, host, path string) string {
+	t.Helper()
+	m := e.Manifest(t, host)
+	for _, f := range m.Files {
+		if f.Path == path {
+			return filepath.Join(e.Chroot(host), filepath.FromSlash(m.RemotePath(f)))
+		}
+	}
+	t.Fatalf("%s is not published for %s", path, host)
+	return ""
+}
+
 func (e *Env) Manifest(t testing.TB, host string) *manifest.Manifest {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(e.Chroot(host), manifest.ManifestFile))

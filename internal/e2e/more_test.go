@@ -85,7 +85,7 @@ func TestSelfUpdateFollowsInputsBetweenPublications(t *testing.T) {
 		t.Error("the publication changed")
 	}
 	lock, _ := os.ReadFile(filepath.Join(h.StateDir, "config", v1.Version, "flake.lock"))
-	orig, _ := os.ReadFile(filepath.Join(e.Chroot("alpha"), remotePath(t, published, "flake.lock")))
+	orig, _ := os.ReadFile(e.PublishedFile(t, "alpha", "flake.lock"))
 	if len(orig) == 0 || string(lock) != string(orig) {
 		t.Error("the local copy of the published tree was modified by the update")
 	}

@@ -92,6 +92,8 @@ func TestAHostOverItsReportsLimitIsFlaggedAndTrimmed(t *testing.T) {
 		}
 	}
 	reports := filepath.Join(e.Chroot("alpha"), manifest.ReportsDir)
+	betaReports := filepath.Join(e.Chroot("beta"), manifest.ReportsDir)
+	betaFiles, betaBytes := reportsUsage(t, betaReports)
 
 	// Over the limit on files: 600 small logs.
 	c := e.SSHD.SFTP(t, alpha.SSH)
@@ -143,6 +145,12 @@ func TestAHostOverItsReportsLimitIsFlaggedAndTrimmed(t *testing.T) {
 	}
 	if size < 30<<20 {
 		t.Errorf("alpha's reports/ after deploy: %d bytes: more than the oldest logs went", size)
+	}
+	if f, b := reportsUsage(t, betaReports); f != betaFiles || b != betaBytes {
+		t.Errorf("beta's reports/ changed from %d files, %d bytes to %d, %d", betaFiles, betaBytes, f, b)
+	}
+	if _, err := os.Stat(filepath.Join(e.Chroot("alpha"), manifest.ManifestFile)); err != nil {
+		t.Errorf("alpha's publication went: %v", err)
 	}
 	if e.Manifest(t, "beta").Version == before {
 		t.Error("beta was not published")

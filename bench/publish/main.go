@@ -1,0 +1,316 @@
+// Command publish benchmarks publication format 2 (package publish: one
+// object per distinct content, hard-linked from a fleet-wide pool) against
+// format 1 (internal/format1, a frozen copy of the previous publisher: a
+// config/<version>/ tree per host and version), on the same generated
+// fleet in the same run. The fleet has the usual hosts/<name>/ layout, so
+// every host receives every host's directory.
+//
+// Scenarios: first deploy into empty chroots, unchanged redeploy, and a
+// redeploy after one file changed. For each: wall time, bytes written
+// (as each publisher counts them, and as write(2) saw them: wchar of
+// /proc/self/io), inodes created or changed (ctime); after the first
+// deploy, the inodes and disk space one version takes.
+//
+//	go run ./bench/publish                         # the default size, < 3 minutes here
+//	go run ./bench/publish -hosts 1000 -files 1000 # the size
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/fixture"
+	"github.com/bento-nix/bento/internal/format1"
+	"github.com/bento-nix/bento/publish"
+)
+
+func main() {
+	hosts := flag.Int("hosts", 200, "hosts in the fleet (each gets the whole flake)")
+	files := flag.Int("files", 400, "files in the flake (at least hosts + 2: flake.nix, lib/mkhost.nix, one file per host)")
+	size := flag.Int("size", 2048, "bytes of each extra file")
+	dir := flag.String("dir", "", "where to work (default: a temporary directory; pick the file system you care about)")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of format 2's unchanged redeploy to this file")
+	flag.Parse()
+	if err := run(*hosts, *files, *size, *dir); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/publish:", err)
+		os.Exit(1)
+	}
+}
+
+var cpuProfile string
+
+type figures struct {
+	dur     time.Duration
+	bytes   int64 // as the publisher counts: contents and manifests
+	wchar   int64 // bytes passed to write(2) by this process during the step
+	touched int   // inodes created or changed during the step
+	// After the step, under the chroot root:
+	inodes  int   // distinct inodes
+	diskKiB int64 // du -sk
+}
+
+// publisher is one format's publisher.
+type publisher func(ctx context.Context, root string, ts []publish.Target) ([]publish.Result, error)
+
+func format2(ctx context.Context, root string, ts []publish.Target) ([]publish.Result, error) {
+	p, err := publish.Open(ctx, publish.Options{Root: root})
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	return p.Publish(ctx, ts), nil
+}
+
+func format1Publish(ctx context.Context, root string, ts []publish.Target) ([]publish.Result, error) {
+	p, err := format1.Open(ctx, format1.Options{Root: root})
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	return p.Publish(ctx, ts), nil
+}
+
+func run(nHosts, nFiles, size int, base string) error {
+	if nFiles < nHosts+2 {
+		return fmt.Errorf("-files %d: the fleet has at least hosts + 2 = %d files", nFiles, nHosts+2)
+	}
+	work, err := os.MkdirTemp(base, "bento-bench-publish-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	src := filepath.Join(work, "fleet")
+	extra := map[string]string{}
+	for i := 0; len(extra) < nFiles-nHosts-2; i++ {
+		extra[fmt.Sprintf("modules/m%02d/file-%03d.nix", i%10, i)] = content(i, size)
+	}
+	fl := fixture.Fleet{Hosts: fixture.Many("host", nHosts, nil), Files: extra, Git: true}
+	if err := fixture.Write(src, fl); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	var targets []publish.Target
+	for _, h := range fl.Hosts {
+		host := fleet.Host{Name: h.Name, Managed: true, Enable: true, Layout: fleet.LayoutFlake, Ref: src, Attr: fleet.ConfigAttr(h.Name)}
+		s, err := publish.SourceFor(host, src)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, publish.Target{Host: host, Source: s, ExpectedToplevel: "/nix/store/" + strings.Repeat("0", 32) + "-nixos-system-" + h.Name})
+	}
+	tr, err := publish.ReadTree(ctx, targets[0].Source, publish.TreeOptions{})
+	if err != nil {
+		return err
+	}
+	distinct := map[string]bool{}
+	for _, f := range tr.Files {
+		distinct[f.SHA256] = true
+	}
+	fmt.Printf("fleet: %d hosts × a %d-file flake (%d distinct contents, %s), %d CPUs, work dir %s (%s)\n\n",
+		nHosts, len(tr.Files), len(distinct), human(tr.Size), runtime.NumCPU(), work, fsType(work))
+
+	roots := map[string]string{"1": filepath.Join(work, "format1"), "2": filepath.Join(work, "format2")}
+	pubs := map[string]publisher{"1": format1Publish, "2": format2}
+	changed := fmt.Sprintf("modules/m%02d/file-%03d.nix", 7%10, 7)
+	steps := []struct {
+		name   string
+		before func() error
+	}{
+		{"first deploy", func() error { return nil }},
+		{"unchanged redeploy", func() error { return nil }},
+		{"one-file change", func() error {
+			extra[changed] = content(7, size) + "# changed\n"
+			return fixture.Write(src, fl)
+		}},
+	}
+	fmt.Printf("%-19s │ %-58s │ %-58s │ %s\n", "", "format 1 (config/<version>/ trees)", "format 2 (objects/ + pool)", "format 2 / format 1")
+	fmt.Printf("%-19s │ %8s %10s %10s %9s %8s %9s │ %8s %10s %10s %9s %8s %9s │ %6s %7s %7s\n", "scenario",
+		"time", "written", "write(2)", "touched", "inodes", "du", "time", "written", "write(2)", "touched", "inodes", "du", "time", "written", "inodes")
+	var first [2]figures
+	for i, s := range steps {
+		if err := s.before(); err != nil {
+			return err
+		}
+		var f [2]figures
+		for k, format := range []string{"1", "2"} {
+			runtime.GC()
+			if cpuProfile != "" && i == 1 && format == "2" {
+				out, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				pprof.StartCPUProfile(out)
+				defer out.Close()
+			}
+			if f[k], err = measure(ctx, pubs[format], roots[format], targets); err != nil {
+				return fmt.Errorf("%s: format %s: %w", s.name, format, err)
+			}
+		}
+		if cpuProfile != "" && i == 1 {
+			pprof.StopCPUProfile()
+		}
+		if i == 0 {
+			first = f
+		}
+		a, b := f[0], f[1]
+		fmt.Printf("%-19s │ %8s %10s %10s %9d %8d %9s │ %8s %10s %10s %9d %8d %9s │ %6s %7s %7s\n", s.name,
+			round(a.dur), human(a.bytes), human(a.wchar), a.touched, a.inodes, humanKiB(a.diskKiB),
+			round(b.dur), human(b.bytes), human(b.wchar), b.touched, b.inodes, humanKiB(b.diskKiB),
+			ratio(float64(b.dur), float64(a.dur)), ratio(float64(b.wchar), float64(a.wchar)), ratio(float64(b.touched), float64(a.touched)))
+	}
+	// One version: what the first deploy left.
+	manifests := int64(0)
+	for _, t := range targets {
+		if fi, err := os.Stat(filepath.Join(roots["2"], t.Host.Name, "manifest.json")); err == nil {
+			manifests += fi.Size()
+		}
+	}
+	fmt.Printf("\none version (after the first deploy): format 1 %d inodes, %s; format 2 %d inodes, %s (%s of inodes, %s of disk)\n",
+		first[0].inodes, humanKiB(first[0].diskKiB), first[1].inodes, humanKiB(first[1].diskKiB),
+		ratio(float64(first[1].inodes), float64(first[0].inodes)), ratio(float64(first[1].diskKiB), float64(first[0].diskKiB)))
+	fmt.Printf("format 2 goals: inodes ≤ distinct files + 2 per host = %d (got %d); disk ≤ 1.1 × one copy of the tree + manifests = %s (got %s)\n",
+		len(distinct)+2*nHosts, first[1].inodes, human(int64(1.1*float64(tr.Size))+manifests), humanKiB(first[1].diskKiB))
+	fmt.Printf("\nwritten: contents and manifests as the publisher counts them; write(2): bytes this process passed to\n"+
+		"write(2) during the step (wchar); touched: inodes created or changed during the step (ctime); inodes\n"+
+		"and du: distinct inodes and disk used under the chroot root after the step (every host directory,\n"+
+		"reports/ included; format 2 also counts its pool and retention records). The changed file is %s.\n", human(int64(len(extra[changed]))))
+	return nil
+}
+
+func measure(ctx context.Context, pub publisher, root string, ts []publish.Target) (figures, error) {
+	var f figures
+	w0 := wchar()
+	start := time.Now()
+	rs, err := pub(ctx, root, ts)
+	if err != nil {
+		return f, err
+	}
+	f.dur = time.Since(start)
+	f.wchar = wchar() - w0
+	for _, r := range rs {
+		if r.Err != nil {
+			return f, r.Err
+		}
+		f.bytes += r.BytesWritten
+	}
+	f.touched, f.inodes = inodes(root, start)
+	f.diskKiB = du(root)
+	return f, nil
+}
+
+// inodes counts the distinct inodes under root, and those created or
+// changed since start (their ctime moves with any write, chmod, rename
+// or link).
+func inodes(root string, since time.Time) (touched, all int) {
+	seen := map[uint64]bool{}
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if seen[st.Ino] {
+			return nil
+		}
+		seen[st.Ino] = true
+		if !time.Unix(st.Ctim.Sec, st.Ctim.Nsec).Before(since) {
+			touched++
+		}
+		return nil
+	})
+	return touched, len(seen)
+}
+
+// wchar is the bytes this process passed to write(2) and friends so far.
+func wchar() int64 {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "wchar: "); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func du(dir string) int64 {
+	out, err := exec.Command("du", "-sk", dir).Output()
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseInt(strings.Fields(string(out))[0], 10, 64)
+	return n
+}
+
+func fsType(dir string) string {
+	out, err := exec.Command("df", "--output=fstype", dir).Output()
+	if err != nil {
+		return "?"
+	}
+	lines := strings.Fields(string(out))
+	return lines[len(lines)-1]
+}
+
+func content(i, size int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# module %d\n{ config, ... }: {\n", i)
+	for b.Len() < size-4 {
+		fmt.Fprintf(&b, "  # option %d of module %d, padding the file to a realistic size\n", b.Len(), i)
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+func human(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func humanKiB(k int64) string { return human(k << 10) }
+
+func round(d time.Duration) string {
+	if d < time.Second {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(10 * time.Millisecond).String()
+}
+
+// ratio is a / b, as "0.01×".
+func ratio(a, b float64) string {
+	if b <= 0 {
+		return "-"
+	}
+	r := a / b
+	switch {
+	case r < 0.01:
+		return fmt.Sprintf("%.4f×", r)
+	case r < 1:
+		return fmt.Sprintf("%.3f×", r)
+	}
+	return fmt.Sprintf("%.2f×", r)
+}
