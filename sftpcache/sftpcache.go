@@ -31,7 +31,6 @@ import (
 
 	"github.com/pkg/sftp"
 
-	"github.com/bento-nix/bento/cache"
 	"github.com/bento-nix/bento/cache/narinfo"
 	"github.com/bento-nix/bento/manifest"
 )
@@ -140,11 +139,11 @@ const (
 // handler must never become a way to read the rest of the chroot.
 func classify(p string) (string, kind) {
 	switch {
-	case p == "/"+cache.CacheInfoFile:
-		return cache.CacheInfoFile, kindInfo
+	case p == "/"+narinfo.CacheInfoFile:
+		return narinfo.CacheInfoFile, kindInfo
 	case strings.HasPrefix(p, "/nar/"):
 		name := p[len("/nar/"):]
-		if cache.ValidNARName(name) {
+		if narinfo.ValidNARName(name) {
 			return "nar/" + name, kindNAR
 		}
 	case strings.HasSuffix(p, ".narinfo"):
