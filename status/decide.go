@@ -306,6 +306,26 @@ func ShortVersion(v string) string {
 	return v
 }
 
+// Ago renders a duration the way the table shows ages: 45s, 3m, 2h 5m, 4d.
+func Ago(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d/time.Minute))
+	case d < 24*time.Hour:
+		h, m := int(d/time.Hour), int(d%time.Hour/time.Minute)
+		if m == 0 {
+			return fmt.Sprintf("%dh", h)
+		}
+		return fmt.Sprintf("%dh %dm", h, m)
+	}
+	return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
+}
+
 // storeName shortens a store path to its hash prefix and name:
 // /nix/store/abcdefgh…-nixos-system-x → abcdefgh-nixos-system-x.
 func storeName(p string) string {

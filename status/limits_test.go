@@ -17,17 +17,6 @@ import (
 	"github.com/bento-nix/bento/manifest"
 )
 
-// logAt writes a log of size bytes under the host's reports/logs with the
-// given modification time.
-func (c chroot) logAt(host, name string, size int, at time.Time) {
-	c.t.Helper()
-	rel := filepath.Join(manifest.LogsDir, name)
-	c.raw(host, rel, bytes.Repeat([]byte("x"), size))
-	if err := os.Chtimes(filepath.Join(c.root, host, rel), at, at); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
 func logNames(t *testing.T, c chroot, host string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(filepath.Join(c.root, host, manifest.LogsDir))
@@ -257,14 +246,16 @@ func TestCollectReportsOverLimit(t *testing.T) {
 	if s.ExitCode != ExitFailing {
 		t.Errorf("exit code %d, want %d", s.ExitCode, ExitFailing)
 	}
-	var buf bytes.Buffer
-	if err := WriteJSON(&buf, s); err != nil {
+	// The snapshot bento status --json prints flags exactly alpha
+	// (status/render tests the gauge of a row so flagged).
+	data, err := json.Marshal(s)
+	if err != nil {
 		t.Fatal(err)
 	}
 	var doc struct {
 		Hosts []map[string]any `json:"hosts"`
 	}
-	if err := json.Unmarshal(buf.Bytes(), &doc); err != nil {
+	if err := json.Unmarshal(data, &doc); err != nil {
 		t.Fatal(err)
 	}
 	for _, h := range doc.Hosts {
@@ -272,13 +263,6 @@ func TestCollectReportsOverLimit(t *testing.T) {
 		if over != (h["host"] == "alpha") {
 			t.Errorf("JSON host %v: reportsOverLimit %v", h["host"], h["reportsOverLimit"])
 		}
-	}
-	buf.Reset()
-	if err := WritePrometheus(&buf, s); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(buf.String(), `bento_host_reports_over_limit{host="alpha"} 1`) {
-		t.Errorf("prometheus lacks the over-limit gauge:\n%s", buf.String())
 	}
 	// The removal fixed it: the next read shows the host as it is.
 	s, err = Collect(context.Background(), Options{Root: c.root, Now: now, ReportLimits: limits})

@@ -312,7 +312,7 @@ func summarize(rows []Row) (Summary, int) {
 	for _, r := range rows {
 		sum.States[r.State]++
 		code = max(code, r.State.ExitCode())
-		if r.hasSecretErrors() {
+		if r.HasSecretErrors() {
 			// A secret that did not install leaves a service without it,
 			// whatever the host's state: monitoring must see it.
 			sum.SecretErrors++
@@ -322,10 +322,10 @@ func summarize(rows []Row) (Summary, int) {
 	return sum, code
 }
 
-// hasSecretErrors tells whether a host bento deploys reported secrets it
+// HasSecretErrors tells whether a host bento deploys reported secrets it
 // could not install. A report left in the chroot of a host no longer
 // deployed (disabled, not managed, removed) does not count.
-func (r *Row) hasSecretErrors() bool {
+func (r *Row) HasSecretErrors() bool {
 	switch r.State {
 	case Removed, Disabled, NotManaged:
 		return false
@@ -443,7 +443,7 @@ func SortRows(rows []Row, key string) error {
 				return c
 			}
 			// Within a state, hosts with secrets not installed need action.
-			return boolRank(b.hasSecretErrors()) - boolRank(a.hasSecretErrors())
+			return boolRank(b.HasSecretErrors()) - boolRank(a.HasSecretErrors())
 		}
 	case "name":
 		cmp = func(a, b *Row) int { return 0 }

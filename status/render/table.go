@@ -1,4 +1,4 @@
-package status
+package render
 
 import (
 	"bufio"
@@ -7,28 +7,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bento-nix/bento/status"
 	"github.com/mattn/go-runewidth"
 )
-
-// Ago renders a duration the way the table shows ages: 45s, 3m, 2h 5m, 4d.
-func Ago(d time.Duration) string {
-	if d < 0 {
-		d = 0
-	}
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d/time.Second))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d/time.Minute))
-	case d < 24*time.Hour:
-		h, m := int(d/time.Hour), int(d%time.Hour/time.Minute)
-		if m == 0 {
-			return fmt.Sprintf("%dh", h)
-		}
-		return fmt.Sprintf("%dh %dm", h, m)
-	}
-	return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
-}
 
 // TableOptions shape the human table.
 type TableOptions struct {
@@ -46,20 +27,20 @@ const minMessageWidth = 20
 
 // ANSI colours per state: red needs action, yellow is silence, cyan is
 // work in progress, green is fine, grey is not deployed.
-var stateColor = map[State]string{
-	Unreadable:     "1;31",
-	Failing:        "1;31",
-	RolledBack:     "1;31",
-	Drift:          "1;35",
-	Stale:          "33",
-	NeverSeen:      "33",
-	Pending:        "36",
-	RebootRequired: "36",
-	Unpublished:    "36",
-	Removed:        "90",
-	UpToDate:       "32",
-	Disabled:       "90",
-	NotManaged:     "90",
+var stateColor = map[status.State]string{
+	status.Unreadable:     "1;31",
+	status.Failing:        "1;31",
+	status.RolledBack:     "1;31",
+	status.Drift:          "1;35",
+	status.Stale:          "33",
+	status.NeverSeen:      "33",
+	status.Pending:        "36",
+	status.RebootRequired: "36",
+	status.Unpublished:    "36",
+	status.Removed:        "90",
+	status.UpToDate:       "32",
+	status.Disabled:       "90",
+	status.NotManaged:     "90",
 }
 
 func paint(s, code string, on bool) string {
@@ -69,10 +50,10 @@ func paint(s, code string, on bool) string {
 	return "\x1b[" + code + "m" + s + "\x1b[0m"
 }
 
-// WriteTable prints one aligned row per host and the summary line. Widths
+// Table prints one aligned row per host and the summary line. Widths
 // are measured in terminal cells (wide and combining characters, emoji)
 // and colour codes never count, so columns line up whatever the content.
-func WriteTable(w io.Writer, s *Snapshot, o TableOptions) error {
+func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 	bw := bufio.NewWriter(w)
 	cond := &runewidth.Condition{EastAsianWidth: false, StrictEmojiNeutral: true}
 	if len(s.Hosts) > 0 {
@@ -112,10 +93,10 @@ func WriteTable(w io.Writer, s *Snapshot, o TableOptions) error {
 				case col == 1:
 					return stateColor[r.State]
 				case col == 4 && r.SystemMatch != nil && !*r.SystemMatch:
-					return stateColor[Drift]
-				case col == 6 && r.hasSecretErrors():
+					return stateColor[status.Drift]
+				case col == 6 && r.HasSecretErrors():
 					// Whatever the state, a secret not installed needs action.
-					return stateColor[Failing]
+					return stateColor[status.Failing]
 				}
 				return ""
 			}, o.Color)
@@ -141,7 +122,7 @@ func writeRow(w *bufio.Writer, cells []string, widths []int, cond *runewidth.Con
 	w.WriteByte('\n')
 }
 
-func tableCells(r *Row, now time.Time) []string {
+func tableCells(r *status.Row, now time.Time) []string {
 	system := "-"
 	if r.SystemMatch != nil {
 		system = "match"
@@ -151,13 +132,13 @@ func tableCells(r *Row, now time.Time) []string {
 	}
 	seen := "never"
 	if r.LastSeen != nil {
-		seen = Ago(now.Sub(*r.LastSeen))
+		seen = status.Ago(now.Sub(*r.LastSeen))
 	}
 	return []string{
 		r.Host,
 		string(r.State),
-		orDash(ShortVersion(r.PublishedVersion)),
-		orDash(ShortVersion(r.AppliedVersion)),
+		orDash(status.ShortVersion(r.PublishedVersion)),
+		orDash(status.ShortVersion(r.AppliedVersion)),
 		system,
 		seen,
 		r.Message,
@@ -167,12 +148,12 @@ func tableCells(r *Row, now time.Time) []string {
 // SummaryLine counts hosts per state, most urgent first, then the hosts
 // with secrets not installed: "5 hosts: 1 failing, 1 pending, 3 up-to-date;
 // 1 with secrets not installed".
-func SummaryLine(s *Snapshot, color bool) string {
+func SummaryLine(s *status.Snapshot, color bool) string {
 	if s.Summary.Total == 0 {
 		return fmt.Sprintf("no hosts in %s yet (bento deploy publishes them)", s.Root)
 	}
 	var parts []string
-	for _, st := range States {
+	for _, st := range status.States {
 		if n := s.Summary.States[st]; n > 0 {
 			parts = append(parts, paint(fmt.Sprintf("%d %s", n, st), stateColor[st], color))
 		}
@@ -183,7 +164,15 @@ func SummaryLine(s *Snapshot, color bool) string {
 	}
 	line := fmt.Sprintf("%d %s: %s", s.Summary.Total, noun, strings.Join(parts, ", "))
 	if n := s.Summary.SecretErrors; n > 0 {
-		line += "; " + paint(fmt.Sprintf("%d with secrets not installed", n), stateColor[Failing], color)
+		line += "; " + paint(fmt.Sprintf("%d with secrets not installed", n), stateColor[status.Failing], color)
 	}
 	return line
+}
+
+// orDash fills an empty cell, so columns stay apart.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
