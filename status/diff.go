@@ -46,7 +46,7 @@ func DiffTargets(root, host string, build *Build, previous bool) (DiffSides, err
 		d.To, d.ToLabel = build.OutPath, "its last build"
 		return d, d.check()
 	}
-	r, err := openChroot(root, host)
+	r, err := OpenChroot(root, host)
 	if err != nil {
 		return d, err
 	}

@@ -1,11 +1,12 @@
 package status
 
 import (
-	"github.com/bento-nix/bento/internal/timespan"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bento-nix/bento/internal/timespan"
 )
 
 // PollInterval tells the longest gap between two polls of a client whose

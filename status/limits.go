@@ -114,7 +114,7 @@ func (u ReportsUsage) Describe() string {
 		s += fmt.Sprintf("; %s its %d oldest logs (%s)", verb, len(u.Removed), humanBytes(u.RemovedBytes))
 	}
 	if u.RemoveErr != nil {
-		s += "; cannot remove old logs: " + reason(u.RemoveErr)
+		s += "; cannot remove old logs: " + Reason(u.RemoveErr)
 	}
 	if u.Over() && u.RemoveErr == nil {
 		s += "; removing old logs is not enough: look at what else the host put in its reports/"
@@ -135,23 +135,23 @@ type reportEntry struct {
 // dryRun). It fails with ErrReportsOverLimit when reports/ is still over.
 // A host without reports/ is within any limit.
 func EnforceReportLimits(root, host string, limits ReportLimits, dryRun bool) (ReportsUsage, error) {
-	r, err := openChroot(root, host)
+	r, err := OpenChroot(root, host)
 	if err != nil {
 		return ReportsUsage{Limits: limits.withDefaults()}, err
 	}
 	defer r.Close()
-	u, err := enforceReports(r, limits, dryRun)
+	u, err := EnforceReportLimitsIn(r, limits, dryRun)
 	if err != nil {
 		return u, fmt.Errorf("host %s: %w", host, err)
 	}
 	return u, nil
 }
 
-// enforceReports does EnforceReportLimits in an open chroot. Removals happen
-// inside an os.Root of reports/ only, so a symlink the host planted (in
-// place of logs/, or of a log) never leads them anywhere else: the worst a
-// racing host can do is make the server remove its own files.
-func enforceReports(chroot *os.Root, limits ReportLimits, dryRun bool) (ReportsUsage, error) {
+// EnforceReportLimitsIn does EnforceReportLimits in an open chroot.
+// Removals happen inside an os.Root of reports/ only, so a symlink the host
+// planted (in place of logs/, or of a log) never leads them anywhere else:
+// the worst a racing host can do is make the server remove its own files.
+func EnforceReportLimitsIn(chroot *os.Root, limits ReportLimits, dryRun bool) (ReportsUsage, error) {
 	u := ReportsUsage{Limits: limits.withDefaults(), DryRun: dryRun}
 	// <host>/ is root's, so the host cannot swap reports/ itself; a
 	// directory, never followed through a symlink, is still checked.
@@ -160,13 +160,13 @@ func enforceReports(chroot *os.Root, limits ReportLimits, dryRun bool) (ReportsU
 	case errors.Is(err, fs.ErrNotExist):
 		return u, nil
 	case err != nil:
-		return u, fmt.Errorf("%s: %s", manifest.ReportsDir, reason(err))
+		return u, fmt.Errorf("%s: %s", manifest.ReportsDir, Reason(err))
 	case !st.IsDir():
 		return u, nil // readCapped refuses what is below it, with the reason
 	}
 	rr, err := chroot.OpenRoot(manifest.ReportsDir)
 	if err != nil {
-		return u, fmt.Errorf("%s: %s", manifest.ReportsDir, reason(err))
+		return u, fmt.Errorf("%s: %s", manifest.ReportsDir, Reason(err))
 	}
 	defer rr.Close()
 
@@ -223,7 +223,7 @@ func walkReports(rr *os.Root, l ReportLimits, u *ReportsUsage) ([]reportEntry, e
 		f, err := rr.OpenFile(d.name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_DIRECTORY, 0)
 		if err != nil {
 			if d.name == "." {
-				return out, fmt.Errorf("%s: %s", manifest.ReportsDir, reason(err))
+				return out, fmt.Errorf("%s: %s", manifest.ReportsDir, Reason(err))
 			}
 			continue // vanished or swapped while walking: the host's doing
 		}

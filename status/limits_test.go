@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -292,45 +291,10 @@ func BenchmarkEnforceReports(b *testing.B) {
 			defer r.Close()
 			b.ResetTimer()
 			for b.Loop() {
-				if u, err := enforceReports(r, ReportLimits{}, false); err != nil || u.Exceeded() {
+				if u, err := EnforceReportLimitsIn(r, ReportLimits{}, false); err != nil || u.Exceeded() {
 					b.Fatal(err, u)
 				}
 			}
 		})
-	}
-}
-
-// bento logs enforces the limits first: a host they can fix loses its
-// oldest logs and its latest is printed; a host still over them is not
-// read at all, and the error names the flags.
-func TestLogsEnforceTheLimits(t *testing.T) {
-	c := newChroot(t)
-	c.publish("alpha", v1, now, sysA)
-	for i := range 6 {
-		c.logAt("alpha", fmt.Sprintf("v-%d.log", i), 10, now.Add(time.Duration(i)*time.Minute))
-	}
-	limits := ReportLimits{MaxBytes: 1 << 20, MaxFiles: 4}
-	logs, err := Logs(c.root, "alpha", limits)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(logs) != 3 || logs[0].Name != "v-3.log" || !logs[2].Latest {
-		t.Errorf("logs after the trim: %+v", logs)
-	}
-	// Five entries besides the logs: removing every log would not do.
-	for _, n := range []string{"a", "b", "c", "d"} {
-		c.raw("alpha", "reports/junk/"+n, []byte("x"))
-	}
-	for _, open := range []func() error{
-		func() error { _, err := Logs(c.root, "alpha", limits); return err },
-		func() error { _, _, err := OpenLog(c.root, "alpha", "", DefaultMaxLogBytes, limits); return err },
-		func() error {
-			return FollowLog(context.Background(), c.root, "alpha", "", io.Discard, time.Hour, DefaultMaxLogBytes, limits)
-		},
-	} {
-		err := open()
-		if !errors.Is(err, ErrReportsOverLimit) || !strings.Contains(err.Error(), "host alpha: reports over limit: ") || !strings.Contains(err.Error(), "--reports-max-files") {
-			t.Errorf("over the limit: %v", err)
-		}
 	}
 }

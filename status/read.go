@@ -67,7 +67,7 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			in.chroot = true
-			in.manifestErr = fmt.Errorf("cannot open %s: %s", dir, reason(err))
+			in.manifestErr = fmt.Errorf("cannot open %s: %s", dir, Reason(err))
 		}
 		return in
 	}
@@ -85,7 +85,7 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 
 	// Limits first: a host over them gets its oldest logs removed, and
 	// nothing of its reports/ is read this time.
-	in.reports, err = enforceReports(r, limits, false)
+	in.reports, err = EnforceReportLimitsIn(r, limits, false)
 	if err != nil && !errors.Is(err, ErrReportsOverLimit) {
 		in.reportsErr = err
 	}
@@ -142,12 +142,12 @@ func readCapped(r *os.Root, name string, limit int64) ([]byte, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%s: %s", name, reason(err))
+		return nil, fmt.Errorf("%s: %s", name, Reason(err))
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s", name, reason(err))
+		return nil, fmt.Errorf("%s: %s", name, Reason(err))
 	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file (%s)", name, strings.TrimSpace(st.Mode().Type().String()))
@@ -157,7 +157,7 @@ func readCapped(r *os.Root, name string, limit int64) ([]byte, error) {
 	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s", name, reason(err))
+		return nil, fmt.Errorf("%s: %s", name, Reason(err))
 	}
 	if int64(len(data)) > limit {
 		return nil, fmt.Errorf("%s grew over the %s limit while being read", name, humanBytes(limit))
@@ -165,8 +165,8 @@ func readCapped(r *os.Root, name string, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// reason is the cause of a file error without the path noise of PathError.
-func reason(err error) string {
+// Reason is the cause of a file error without the path noise of PathError.
+func Reason(err error) string {
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		if errors.Is(pe.Err, fs.ErrPermission) {

@@ -4,6 +4,11 @@
 // evaluated, the fleet; and it decides a state from the versions these
 // documents name, never from file times, so a host that finishes an old
 // build after a new publication is never shown as up to date.
+//
+// This package is the model: Collect returns a Snapshot of Rows. Printing
+// one (table, JSON, Prometheus) is status/render's; listing, printing and
+// following a host's logs is status/logs'. Both import status, never the
+// reverse.
 package status
 
 import (

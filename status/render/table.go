@@ -1,3 +1,7 @@
+// Package render prints a status.Snapshot: the human table (Table,
+// SummaryLine), the documented JSON document (JSON) and Prometheus text
+// metrics (Prometheus). Host-written text reaches it already made one line
+// and terminal-safe by status; JSON escapes what encoding/json leaves raw.
 package render
 
 import (

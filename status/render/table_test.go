@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/status"
 	"github.com/mattn/go-runewidth"
 )
@@ -101,7 +102,7 @@ func TestTableAlignment(t *testing.T) {
 
 func stripSGR(s string) string {
 	var b strings.Builder
-	w := &status.TerminalWriter{W: &b}
+	w := &termsafe.Writer{W: &b}
 	w.Write([]byte(s))
 	return b.String()
 }

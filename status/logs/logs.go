@@ -1,4 +1,9 @@
-package status
+// Package logs lists, prints and follows the logs a host uploads under
+// reports/logs/ in its chroot (bento logs). Every read goes through an
+// os.Root of the chroot after status has enforced the reports/ limits, and
+// every byte is the host's: bounded when decompressed, and sanitized by
+// TerminalWriter before it reaches a terminal.
+package logs
 
 import (
 	"bufio"
@@ -17,13 +22,13 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
-	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/status"
 )
 
-// LogFile is one log a host uploaded under reports/logs/.
-type LogFile struct {
+// File is one log a host uploaded under reports/logs/.
+type File struct {
 	Name    string    `json:"name"`
 	Size    int64     `json:"size"`
 	ModTime time.Time `json:"modTime"`
@@ -35,26 +40,10 @@ type LogFile struct {
 // ErrNoLogs is returned (wrapped) when a host has uploaded no log yet.
 var ErrNoLogs = errors.New("no logs uploaded yet")
 
-// openChroot opens a host's chroot as an os.Root, so that no symlink the
-// host planted in its reports/ leads a root-run bento out of it.
-func openChroot(root, host string) (*os.Root, error) {
-	if err := fleet.ValidateName(host); err != nil {
-		return nil, &UsageError{err}
-	}
-	r, err := os.OpenRoot(hostDir(root, host))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, &UsageError{fmt.Errorf("host %s: no chroot at %s (bento status lists the hosts; --chroot-root sets the root)", host, hostDir(root, host))}
-		}
-		return nil, fmt.Errorf("host %s: %s", host, reason(err))
-	}
-	return r, nil
-}
-
-// Logs lists a host's logs, oldest first, after enforcing limits on its
+// List lists a host's logs, oldest first, after enforcing limits on its
 // reports/ (as bento status does).
-func Logs(root, host string, limits ReportLimits) ([]LogFile, error) {
-	r, err := openChroot(root, host)
+func List(root, host string, limits status.ReportLimits) ([]File, error) {
+	r, err := status.OpenChroot(root, host)
 	if err != nil {
 		return nil, err
 	}
@@ -62,16 +51,16 @@ func Logs(root, host string, limits ReportLimits) ([]LogFile, error) {
 	if err := checkLimits(r, host, limits); err != nil {
 		return nil, err
 	}
-	return listLogs(r, host)
+	return listList(r, host)
 }
 
 // checkLimits enforces the limits on a host's reports/ before its logs are
 // read: the oldest logs beyond them are removed, and a reports/ still over
 // them is not read at all.
-func checkLimits(r *os.Root, host string, limits ReportLimits) error {
-	_, err := enforceReports(r, limits, false)
+func checkLimits(r *os.Root, host string, limits status.ReportLimits) error {
+	_, err := status.EnforceReportLimitsIn(r, limits, false)
 	switch {
-	case errors.Is(err, ErrReportsOverLimit):
+	case errors.Is(err, status.ErrReportsOverLimit):
 		return fmt.Errorf("host %s: %w (--reports-max-bytes and --reports-max-files raise the limits)", host, err)
 	case err != nil:
 		return fmt.Errorf("host %s: %w", host, err)
@@ -79,20 +68,20 @@ func checkLimits(r *os.Root, host string, limits ReportLimits) error {
 	return nil
 }
 
-func listLogs(r *os.Root, host string) ([]LogFile, error) {
+func listList(r *os.Root, host string) ([]File, error) {
 	d, err := r.Open(manifest.LogsDir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("host %s: %w", host, ErrNoLogs)
 		}
-		return nil, fmt.Errorf("host %s: %s: %s", host, manifest.LogsDir, reason(err))
+		return nil, fmt.Errorf("host %s: %s: %s", host, manifest.LogsDir, status.Reason(err))
 	}
 	defer d.Close()
 	entries, err := d.ReadDir(-1)
 	if err != nil {
-		return nil, fmt.Errorf("host %s: %s: %s", host, manifest.LogsDir, reason(err))
+		return nil, fmt.Errorf("host %s: %s: %s", host, manifest.LogsDir, status.Reason(err))
 	}
-	var logs []LogFile
+	var logs []File
 	for _, e := range entries {
 		// Regular files only: the agent uploads to a dot-prefixed temporary
 		// name, and a symlink could point anywhere.
@@ -103,23 +92,21 @@ func listLogs(r *os.Root, host string) ([]LogFile, error) {
 		if err != nil {
 			continue
 		}
-		logs = append(logs, LogFile{Name: e.Name(), Size: info.Size(), ModTime: info.ModTime()})
+		logs = append(logs, File{Name: e.Name(), Size: info.Size(), ModTime: info.ModTime()})
 	}
 	if len(logs) == 0 {
 		return nil, fmt.Errorf("host %s: %w", host, ErrNoLogs)
 	}
-	slices.SortFunc(logs, func(a, b LogFile) int {
+	slices.SortFunc(logs, func(a, b File) int {
 		if c := a.ModTime.Compare(b.ModTime); c != 0 {
 			return c
 		}
 		return strings.Compare(a.Name, b.Name)
 	})
 	latest := len(logs) - 1
-	if data, err := readCapped(r, manifest.StatusFile, MaxReportSize); err == nil {
-		if rep, err := parseReport(data, host); err == nil && rep.Log != "" {
-			if i := slices.IndexFunc(logs, func(l LogFile) bool { return l.Name == rep.Log }); i >= 0 {
-				latest = i
-			}
+	if rep, err := status.ReadReport(r, host); err == nil && rep.Log != "" {
+		if i := slices.IndexFunc(logs, func(l File) bool { return l.Name == rep.Log }); i >= 0 {
+			latest = i
 		}
 	}
 	logs[latest].Latest = true
@@ -128,12 +115,12 @@ func listLogs(r *os.Root, host string) ([]LogFile, error) {
 
 // pickLog finds the log called name (or starting with it, when that is
 // unique), or the latest one when name is empty.
-func pickLog(logs []LogFile, host, name string) (LogFile, error) {
+func pickLog(logs []File, host, name string) (File, error) {
 	if name == "" {
-		i := slices.IndexFunc(logs, func(l LogFile) bool { return l.Latest })
+		i := slices.IndexFunc(logs, func(l File) bool { return l.Latest })
 		return logs[i], nil
 	}
-	var matches []LogFile
+	var matches []File
 	for _, l := range logs {
 		if l.Name == name {
 			return l, nil
@@ -146,42 +133,42 @@ func pickLog(logs []LogFile, host, name string) (LogFile, error) {
 	case 1:
 		return matches[0], nil
 	case 0:
-		return LogFile{}, &UsageError{fmt.Errorf("host %s has no log %q (bento logs --list %s shows them)", host, termsafe.Line(name), host)}
+		return File{}, &status.UsageError{Err: fmt.Errorf("host %s has no log %q (bento logs --list %s shows them)", host, termsafe.Line(name), host)}
 	}
 	var names []string
 	for _, m := range matches {
 		names = append(names, termsafe.Line(m.Name))
 	}
-	return LogFile{}, &UsageError{fmt.Errorf("host %s: %q matches %d logs (%s): give more of the name", host, name, len(matches), strings.Join(names, ", "))}
+	return File{}, &status.UsageError{Err: fmt.Errorf("host %s: %q matches %d logs (%s): give more of the name", host, name, len(matches), strings.Join(names, ", "))}
 }
 
-// DefaultMaxLogBytes is how much of a log bento logs prints, decompressed,
+// DefaultMaxBytes is how much of a log bento logs prints, decompressed,
 // by default: a small gzip file can inflate without bound.
-const DefaultMaxLogBytes = 64 << 20
+const DefaultMaxBytes = 64 << 20
 
-// ErrLogTooBig is returned (wrapped) once a log's decompressed output
+// ErrTooBig is returned (wrapped) once a log's decompressed output
 // passed the limit.
-var ErrLogTooBig = errors.New("over the limit of decompressed output")
+var ErrTooBig = errors.New("over the limit of decompressed output")
 
-// OpenLog opens a host's log (the latest when name is empty), decompressed
+// Open opens a host's log (the latest when name is empty), decompressed
 // when it is gzipped. Reading more than max bytes from it fails with
-// ErrLogTooBig.
-func OpenLog(root, host, name string, max int64, limits ReportLimits) (io.ReadCloser, LogFile, error) {
-	r, err := openChroot(root, host)
+// ErrTooBig.
+func Open(root, host, name string, max int64, limits status.ReportLimits) (io.ReadCloser, File, error) {
+	r, err := status.OpenChroot(root, host)
 	if err != nil {
-		return nil, LogFile{}, err
+		return nil, File{}, err
 	}
 	defer r.Close()
 	if err := checkLimits(r, host, limits); err != nil {
-		return nil, LogFile{}, err
+		return nil, File{}, err
 	}
-	logs, err := listLogs(r, host)
+	logs, err := listList(r, host)
 	if err != nil {
-		return nil, LogFile{}, err
+		return nil, File{}, err
 	}
 	l, err := pickLog(logs, host, name)
 	if err != nil {
-		return nil, LogFile{}, err
+		return nil, File{}, err
 	}
 	rc, err := openLogFile(r, host, l.Name, 0)
 	if err != nil {
@@ -215,7 +202,7 @@ func (c *capReader) Read(p []byte) (int, error) {
 }
 
 func logTooBig(host, name string, max int64) error {
-	return fmt.Errorf("host %s: log %s: stopped after %s: %w (--max-bytes raises it)", host, termsafe.Line(name), humanBytes(max), ErrLogTooBig)
+	return fmt.Errorf("host %s: log %s: stopped after %s: %w (--max-bytes raises it)", host, termsafe.Line(name), humanBytes(max), ErrTooBig)
 }
 
 // openLogFile opens a log at offset, decompressing gzip (by its magic
@@ -223,7 +210,7 @@ func logTooBig(host, name string, max int64) error {
 func openLogFile(r *os.Root, host, name string, offset int64) (io.ReadCloser, error) {
 	f, err := r.OpenFile(filepath.Join(manifest.LogsDir, name), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, fmt.Errorf("host %s: log %s: %s", host, termsafe.Line(name), reason(err))
+		return nil, fmt.Errorf("host %s: log %s: %s", host, termsafe.Line(name), status.Reason(err))
 	}
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
 		f.Close()
@@ -257,12 +244,12 @@ type readCloser struct {
 	io.Closer
 }
 
-// FollowLog prints a host's log (the latest, or the one called name) and
+// Follow prints a host's log (the latest, or the one called name) and
 // then what is added to it; without a name it moves on to each newer log
 // the host uploads, under a "==> name <==" header. It returns nil when ctx
 // is done. Gzipped logs are printed whole when they appear.
-func FollowLog(ctx context.Context, root, host, name string, w io.Writer, every time.Duration, max int64, limits ReportLimits) error {
-	r, err := openChroot(root, host)
+func Follow(ctx context.Context, root, host, name string, w io.Writer, every time.Duration, max int64, limits status.ReportLimits) error {
+	r, err := status.OpenChroot(root, host)
 	if err != nil {
 		return err
 	}
@@ -276,7 +263,7 @@ func FollowLog(ctx context.Context, root, host, name string, w io.Writer, every 
 	var done int64 // bytes of cur already printed (decompressed)
 	step := func() error {
 		for _, dir := range []string{manifest.ReportsDir, manifest.LogsDir} {
-			p := filepath.Join(hostDir(root, host), dir)
+			p := filepath.Join(filepath.Join(root, host), dir)
 			if st, err := os.Lstat(p); err == nil && st.IsDir() && !slices.Contains(watcher.WatchList(), p) {
 				watcher.Add(p)
 			}
@@ -284,7 +271,7 @@ func FollowLog(ctx context.Context, root, host, name string, w io.Writer, every 
 		if err := checkLimits(r, host, limits); err != nil {
 			return err
 		}
-		logs, err := listLogs(r, host)
+		logs, err := listList(r, host)
 		if errors.Is(err, ErrNoLogs) {
 			return nil
 		}
@@ -314,7 +301,7 @@ func FollowLog(ctx context.Context, root, host, name string, w io.Writer, every 
 		defer rc.Close()
 		n, err := io.Copy(w, &capReader{r: rc, left: max - done, max: max, host: host, name: l.Name})
 		done += n
-		if errors.Is(err, ErrLogTooBig) {
+		if errors.Is(err, ErrTooBig) {
 			done = max + 1
 		}
 		return err
