@@ -66,49 +66,67 @@ func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 		for i := range s.Hosts {
 			cells = append(cells, tableCells(&s.Hosts[i], s.GeneratedAt))
 		}
-		widths := make([]int, len(header))
-		for i, h := range header {
-			widths[i] = cond.StringWidth(h)
-		}
-		for _, row := range cells {
-			for i, c := range row[:len(row)-1] {
-				widths[i] = max(widths[i], cond.StringWidth(c))
-			}
-		}
-		msgWidth := o.MessageWidth
-		if msgWidth == 0 && o.Width > 0 {
-			used := 0
-			for _, w := range widths[:len(widths)-1] {
-				used += w + 2
-			}
-			msgWidth = max(minMessageWidth, o.Width-used-1)
-		}
-		last := len(header) - 1
-		for _, row := range cells {
-			if msgWidth > 0 && cond.StringWidth(row[last]) > msgWidth {
-				row[last] = cond.Truncate(row[last], msgWidth, "…")
+		widths := columnWidths(header, cells, cond)
+		if msgWidth := o.messageWidth(widths); msgWidth > 0 {
+			last := len(header) - 1
+			for _, row := range cells {
+				if cond.StringWidth(row[last]) > msgWidth {
+					row[last] = cond.Truncate(row[last], msgWidth, "…")
+				}
 			}
 		}
 		writeRow(bw, header, widths, cond, func(int, string) string { return "1" }, o.Color)
 		for i, row := range cells {
 			r := &s.Hosts[i]
-			writeRow(bw, row, widths, cond, func(col int, _ string) string {
-				switch {
-				case col == 1:
-					return stateColor[r.State]
-				case col == 4 && r.SystemMatch != nil && !*r.SystemMatch:
-					return stateColor[status.Drift]
-				case col == 6 && r.HasSecretErrors():
-					// Whatever the state, a secret not installed needs action.
-					return stateColor[status.Failing]
-				}
-				return ""
-			}, o.Color)
+			writeRow(bw, row, widths, cond, func(col int, _ string) string { return cellColor(r, col) }, o.Color)
 		}
 	}
 	bw.WriteString(SummaryLine(s, o.Color))
 	bw.WriteByte('\n')
 	return bw.Flush()
+}
+
+// columnWidths is the widest cell of each column but the last (the
+// message, which is never padded).
+func columnWidths(header []string, cells [][]string, cond *runewidth.Condition) []int {
+	widths := make([]int, len(header))
+	for i, h := range header {
+		widths[i] = cond.StringWidth(h)
+	}
+	for _, row := range cells {
+		for i, c := range row[:len(row)-1] {
+			widths[i] = max(widths[i], cond.StringWidth(c))
+		}
+	}
+	return widths
+}
+
+// messageWidth is how many columns a message may take: MessageWidth when
+// set, else what the terminal's Width leaves (at least minMessageWidth),
+// else 0 for no limit.
+func (o TableOptions) messageWidth(widths []int) int {
+	if o.MessageWidth != 0 || o.Width <= 0 {
+		return o.MessageWidth
+	}
+	used := 0
+	for _, w := range widths[:len(widths)-1] {
+		used += w + 2
+	}
+	return max(minMessageWidth, o.Width-used-1)
+}
+
+// cellColor is the colour of column col of r's row.
+func cellColor(r *status.Row, col int) string {
+	switch {
+	case col == 1:
+		return stateColor[r.State]
+	case col == 4 && r.SystemMatch != nil && !*r.SystemMatch:
+		return stateColor[status.Drift]
+	case col == 6 && r.HasSecretErrors():
+		// Whatever the state, a secret not installed needs action.
+		return stateColor[status.Failing]
+	}
+	return ""
 }
 
 func writeRow(w *bufio.Writer, cells []string, widths []int, cond *runewidth.Condition, color func(int, string) string, on bool) {
