@@ -51,7 +51,7 @@ func List(root, host string, limits status.ReportLimits) ([]File, error) {
 	if err := checkLimits(r, host, limits); err != nil {
 		return nil, err
 	}
-	return listList(r, host)
+	return listLogs(r, host)
 }
 
 // checkLimits enforces the limits on a host's reports/ before its logs are
@@ -68,7 +68,7 @@ func checkLimits(r *os.Root, host string, limits status.ReportLimits) error {
 	return nil
 }
 
-func listList(r *os.Root, host string) ([]File, error) {
+func listLogs(r *os.Root, host string) ([]File, error) {
 	d, err := r.Open(manifest.LogsDir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -162,7 +162,7 @@ func Open(root, host, name string, max int64, limits status.ReportLimits) (io.Re
 	if err := checkLimits(r, host, limits); err != nil {
 		return nil, File{}, err
 	}
-	logs, err := listList(r, host)
+	logs, err := listLogs(r, host)
 	if err != nil {
 		return nil, File{}, err
 	}
@@ -259,54 +259,8 @@ func Follow(ctx context.Context, root, host, name string, w io.Writer, every tim
 		return fmt.Errorf("host %s: follow: %w", host, err)
 	}
 	defer watcher.Close()
-	var cur string
-	var done int64 // bytes of cur already printed (decompressed)
-	step := func() error {
-		for _, dir := range []string{manifest.ReportsDir, manifest.LogsDir} {
-			p := filepath.Join(filepath.Join(root, host), dir)
-			if st, err := os.Lstat(p); err == nil && st.IsDir() && !slices.Contains(watcher.WatchList(), p) {
-				watcher.Add(p)
-			}
-		}
-		if err := checkLimits(r, host, limits); err != nil {
-			return err
-		}
-		logs, err := listList(r, host)
-		if errors.Is(err, ErrNoLogs) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		l, err := pickLog(logs, host, name)
-		if err != nil {
-			if name != "" && cur == "" {
-				return err
-			}
-			return nil
-		}
-		if l.Name != cur {
-			if cur != "" {
-				fmt.Fprintf(w, "\n==> %s <==\n", termsafe.Line(l.Name))
-			}
-			cur, done = l.Name, 0
-		}
-		if done > max {
-			return nil // reported once already
-		}
-		rc, err := openLogFile(r, host, l.Name, done)
-		if err != nil {
-			return err
-		}
-		defer rc.Close()
-		n, err := io.Copy(w, &capReader{r: rc, left: max - done, max: max, host: host, name: l.Name})
-		done += n
-		if errors.Is(err, ErrTooBig) {
-			done = max + 1
-		}
-		return err
-	}
-	if err := step(); err != nil {
+	f := &follower{r: r, watcher: watcher, dir: filepath.Join(root, host), host: host, name: name, w: w, max: max, limits: limits}
+	if err := f.step(); err != nil {
 		return err
 	}
 	ticker := time.NewTicker(every)
@@ -319,8 +273,80 @@ func Follow(ctx context.Context, root, host, name string, w io.Writer, every tim
 		case <-watcher.Events:
 		case <-watcher.Errors:
 		}
-		if err := step(); err != nil {
+		if err := f.step(); err != nil {
 			return err
 		}
 	}
+}
+
+// follower is Follow's state between two looks at the host's logs.
+type follower struct {
+	r          *os.Root
+	watcher    *fsnotify.Watcher
+	dir        string // the host's chroot
+	host, name string
+	w          io.Writer
+	max        int64
+	limits     status.ReportLimits
+
+	cur  string // the log being printed
+	done int64  // bytes of cur already printed (decompressed)
+}
+
+// step prints what is new: the rest of the current log, or the header and
+// start of a newer one.
+func (f *follower) step() error {
+	f.watch()
+	if err := checkLimits(f.r, f.host, f.limits); err != nil {
+		return err
+	}
+	logs, err := listLogs(f.r, f.host)
+	if errors.Is(err, ErrNoLogs) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	l, err := pickLog(logs, f.host, f.name)
+	switch {
+	case err != nil && f.name != "" && f.cur == "":
+		return err // the log asked for does not exist
+	case err != nil:
+		return nil
+	}
+	if l.Name != f.cur {
+		if f.cur != "" {
+			fmt.Fprintf(f.w, "\n==> %s <==\n", termsafe.Line(l.Name))
+		}
+		f.cur, f.done = l.Name, 0
+	}
+	if f.done > f.max {
+		return nil // reported once already
+	}
+	return f.copy()
+}
+
+// watch adds reports/ and reports/logs/ to the watcher once they exist.
+func (f *follower) watch() {
+	for _, dir := range []string{manifest.ReportsDir, manifest.LogsDir} {
+		p := filepath.Join(f.dir, dir)
+		if st, err := os.Lstat(p); err == nil && st.IsDir() && !slices.Contains(f.watcher.WatchList(), p) {
+			f.watcher.Add(p)
+		}
+	}
+}
+
+// copy prints the current log from where the last step stopped, up to max.
+func (f *follower) copy() error {
+	rc, err := openLogFile(f.r, f.host, f.cur, f.done)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	n, err := io.Copy(f.w, &capReader{r: rc, left: f.max - f.done, max: f.max, host: f.host, name: f.cur})
+	f.done += n
+	if errors.Is(err, ErrTooBig) {
+		f.done = f.max + 1
+	}
+	return err
 }

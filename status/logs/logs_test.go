@@ -36,7 +36,7 @@ func logChroot(t *testing.T) statustest.Chroot {
 	c := statustest.New(t)
 	c.Publish("alpha", statustest.V2, now, statustest.SysB)
 	c.Raw("alpha", manifest.LogsDir+"/"+statustest.V1+"-20250314T100000.log", []byte("old build\n"))
-	c.Raw("alpha", manifest.LogsDir+"/"+statustest.V2+"-20250314T110000.log.gz", gz(t, "building statustest.V2\nswitch-to-configuration switch\n"))
+	c.Raw("alpha", manifest.LogsDir+"/"+statustest.V2+"-20250314T110000.log.gz", gz(t, "building v2\nswitch-to-configuration switch\n"))
 	c.Raw("alpha", manifest.LogsDir+"/"+statustest.V2+"-20250314T113000.log", []byte("retry\n"))
 	c.Raw("alpha", manifest.LogsDir+"/.upload.tmp", []byte("partial"))
 	base := time.Date(2025, 3, 14, 0, 0, 0, 0, time.UTC)
@@ -82,7 +82,7 @@ func TestList(t *testing.T) {
 	tests := []struct {
 		name, want, err string
 	}{
-		{"", "building statustest.V2\nswitch-to-configuration switch\n", ""},
+		{"", "building v2\nswitch-to-configuration switch\n", ""},
 		{statustest.V1, "old build\n", ""},
 		{statustest.V2 + "-20250314T113000.log", "retry\n", ""},
 		{statustest.V2, "", "matches 2 logs"},
