@@ -31,6 +31,11 @@ func TestPollInterval(t *testing.T) {
 		{"0..23:0,5", 55 * time.Minute},
 		{"Mon *-*-* 04:00", 0},
 		{"*:0/0", 0},
+		{"*:50/5", 55 * time.Minute}, // 50, 55, then 50 of the next hour
+		{"*:10..40/15", 30 * time.Minute},
+		{"*:40..10", 0},
+		{"*:x/5", 0},
+		{"*:0..x", 0},
 		{"25:00", 0},
 		{"soon", 0},
 		{"5 parsecs", 0},

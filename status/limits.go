@@ -207,72 +207,97 @@ func sizeOf(entries []reportEntry, name string) int64 {
 // entry and the bytes of each, and stops at the walk budget or the depth
 // limit (then u.Truncated).
 func walkReports(rr *os.Root, l ReportLimits, u *ReportsUsage) ([]reportEntry, error) {
-	var out []reportEntry
-	type dir struct {
-		name  string
-		depth int
+	w := &reportsWalk{
+		rr: rr, u: u, budget: l.walkBudget(),
+		logsDir: strings.TrimPrefix(manifest.LogsDir, manifest.ReportsDir+"/"),
+		queue:   []reportsDir{{".", 0}},
 	}
-	queue := []dir{{".", 0}}
-	budget := l.walkBudget()
-	logsDir := strings.TrimPrefix(manifest.LogsDir, manifest.ReportsDir+"/")
-	for len(queue) > 0 {
-		d := queue[0]
-		queue = queue[1:]
-		// O_NONBLOCK|O_DIRECTORY: a FIFO swapped in for a directory fails
-		// at once instead of hanging the read.
-		f, err := rr.OpenFile(d.name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_DIRECTORY, 0)
-		if err != nil {
-			if d.name == "." {
-				return out, fmt.Errorf("%s: %s", manifest.ReportsDir, Reason(err))
-			}
-			continue // vanished or swapped while walking: the host's doing
+	for len(w.queue) > 0 && !u.Truncated {
+		d := w.queue[0]
+		w.queue = w.queue[1:]
+		if err := w.readDir(d); err != nil {
+			return w.out, err
 		}
-		for {
-			batch, err := f.ReadDir(256)
-			for _, e := range batch {
-				if budget == 0 {
-					u.Truncated = true
-					break
-				}
-				budget--
-				name := path.Join(d.name, e.Name())
-				info, ierr := e.Info()
-				if ierr != nil {
-					continue
-				}
-				// Regular files at their apparent size: a sparse file counts
-				// in full. Directories count as files only (their size
-				// depends on the filesystem); the rounding to blocks is
-				// bounded by the limit on files.
-				var size int64
-				if info.Mode().IsRegular() {
-					size = info.Size()
-				}
-				u.Files++
-				u.Bytes += size
-				switch {
-				case e.IsDir() && d.depth+1 < reportsMaxDepth:
-					queue = append(queue, dir{name, d.depth + 1})
-				case e.IsDir():
-					u.Truncated = true
-				}
-				out = append(out, reportEntry{
-					name:    name,
-					size:    size,
-					modTime: info.ModTime(),
-					log:     d.name == logsDir && e.Type().IsRegular() && !strings.HasPrefix(e.Name(), "."),
-				})
-			}
-			if err != nil || len(batch) == 0 || u.Truncated {
+	}
+	return w.out, nil
+}
+
+type reportsDir struct {
+	name  string
+	depth int
+}
+
+// reportsWalk is walkReports' state.
+type reportsWalk struct {
+	rr      *os.Root
+	u       *ReportsUsage
+	budget  int    // entries left to look at
+	logsDir string // logs/, relative to reports/
+	queue   []reportsDir
+	out     []reportEntry
+}
+
+// readDir adds the entries of d, queueing its subdirectories. Only
+// reports/ itself must open: anything below it that vanished or was
+// swapped while walking is the host's doing.
+func (w *reportsWalk) readDir(d reportsDir) error {
+	// O_NONBLOCK|O_DIRECTORY: a FIFO swapped in for a directory fails
+	// at once instead of hanging the read.
+	f, err := w.rr.OpenFile(d.name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		if d.name == "." {
+			return fmt.Errorf("%s: %s", manifest.ReportsDir, Reason(err))
+		}
+		return nil
+	}
+	defer f.Close()
+	for {
+		batch, err := f.ReadDir(256)
+		for _, e := range batch {
+			if !w.add(d, e) {
 				break
 			}
 		}
-		f.Close()
-		if u.Truncated {
-			break
+		if err != nil || len(batch) == 0 || w.u.Truncated {
+			return nil
 		}
 	}
-	return out, nil
+}
+
+// add counts one entry of d; false when the walk budget is spent.
+func (w *reportsWalk) add(d reportsDir, e fs.DirEntry) bool {
+	if w.budget == 0 {
+		w.u.Truncated = true
+		return false
+	}
+	w.budget--
+	name := path.Join(d.name, e.Name())
+	info, err := e.Info()
+	if err != nil {
+		return true
+	}
+	// Regular files at their apparent size: a sparse file counts in full.
+	// Directories count as files only (their size depends on the
+	// filesystem); the rounding to blocks is bounded by the limit on files.
+	var size int64
+	if info.Mode().IsRegular() {
+		size = info.Size()
+	}
+	w.u.Files++
+	w.u.Bytes += size
+	switch {
+	case e.IsDir() && d.depth+1 < reportsMaxDepth:
+		w.queue = append(w.queue, reportsDir{name, d.depth + 1})
+	case e.IsDir():
+		w.u.Truncated = true
+	}
+	w.out = append(w.out, reportEntry{
+		name:    name,
+		size:    size,
+		modTime: info.ModTime(),
+		log:     d.name == w.logsDir && e.Type().IsRegular() && !strings.HasPrefix(e.Name(), "."),
+	})
+	return true
 }
 
 // planRemoval picks the oldest logs whose removal brings reports/ under
