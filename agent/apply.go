@@ -131,7 +131,9 @@ func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, lo
 	}
 	if err := saveState(t.cfg.StateDir, *st); err != nil {
 		st.Switch = nil
-		return t.failAttempt(ctx, st, rep, log, fmt.Errorf("activation: the switch cannot be recorded before it is made, so it is not made: %w", describeDiskError(err)))
+		err = fmt.Errorf("activation: the switch cannot be recorded before it is made, so it is not made: %w", describeDiskError(err))
+		log.Printf("%v", err)
+		return t.failAttempt(ctx, st, rep, log, err)
 	}
 	actx := context.WithoutCancel(ctx)
 	stopNote := context.AfterFunc(ctx, func() {

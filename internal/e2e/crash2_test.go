@@ -296,6 +296,97 @@ func TestFullStateDiskIsReported(t *testing.T) {
 	}
 }
 
+// The state disk fills up while the new system builds: the switch journal
+// cannot be saved, so the switch is not made (a switch nobody could roll
+// back after a crash), and the failure is reported naming the full disk.
+// A nix stand-in holds "nix build" until the disk is full.
+func TestFullStateDiskBeforeTheSwitchSkipsIt(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	v1 := e.Publish(t)["alpha"]
+	h := e.Host(t, "alpha")
+	mountTmpfs(t, h.StateDir, "4m")
+	if res := h.Run(t); res.ExitCode != 0 {
+		t.Fatalf("first tick: exit %d", res.ExitCode)
+	}
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
+	v2 := e.Publish(t)["alpha"]
+	started, release := holdNixBuild(t, h)
+
+	run := h.Start(t)
+	waitFor(t, "nix build held", func() bool { _, err := os.Stat(started); return err == nil })
+	filler := fillDisk(t, h.StateDir)
+	defer os.Remove(filler)
+	release()
+	res := run.Wait(t)
+	if res.ExitCode == 0 {
+		t.Error("a switch that could not be recorded exited 0")
+	}
+	if sw := h.Switches(t); len(sw) != 1 || h.Current(t) != v1.Built || h.ProfileTarget(t) != v1.Built {
+		t.Errorf("switches %q, current %s, profile %s: the switch was made without its journal", sw, h.Current(t), h.ProfileTarget(t))
+	}
+	st := h.Status(t)
+	if st.AttemptedVersion != v2.Version || st.Result != manifest.ResultFailure || st.AppliedVersion != v1.Version ||
+		!strings.Contains(st.Error, "cannot be recorded before it is made") || !strings.Contains(st.Error, "disk full: "+h.StateDir) {
+		t.Errorf("report when the journal cannot be saved: %+v", st)
+	}
+	if out := bentoStatus(t, e, "alpha"); !strings.Contains(out, "disk full") {
+		t.Errorf("bento status does not show the full disk:\n%s", out)
+	}
+}
+
+// holdNixBuild points the agent at a nix stand-in that runs the real nix,
+// except that "nix build" first touches started and waits for release.
+func holdNixBuild(t testing.TB, h *Host) (started string, release func()) {
+	t.Helper()
+	dir := filepath.Join(h.Dir, "nix-bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	real, err := exec.LookPath("nix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tool := range []string{"nix-env", "nix-store"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(p, filepath.Join(dir, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fifo := filepath.Join(dir, "release")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	started = filepath.Join(dir, "build-started")
+	script := "#!/bin/sh\nif [ \"$1\" = build ]; then : > " + started + "; read x < " + fifo + "; fi\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "nix"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h.Env = append(h.Env, "BENTO_NIX="+filepath.Join(dir, "nix"))
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			f.Write([]byte("go\n"))
+			f.Close()
+		})
+	}
+	t.Cleanup(func() {
+		// A test that failed before releasing must not leave nix waiting.
+		if f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			f.Write([]byte("go\n"))
+			f.Close()
+		}
+	})
+	return started, release
+}
+
 // State files from a bad day: state.json a symlink to /dev/zero, a garbage
 // pending-reboot.json and last-report.json. Each is moved aside, named
 // once in the report, and the agent carries on: the running publication
