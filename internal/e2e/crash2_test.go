@@ -76,6 +76,44 @@ func TestSIGTERMDuringTheSwitchLetsItFinish(t *testing.T) {
 	}
 }
 
+// SIGTERM in the confirmation window, the server gone: the guard is not
+// skipped. The agent keeps probing until confirmTimeout, rolls back, queues
+// the report and only then stops; the report reaches the server later.
+func TestSIGTERMInTheConfirmationWindowStillRollsBack(t *testing.T) {
+	e, h, v1 := applied(t, hostsFleet("alpha"))
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
+	v2 := e.Publish(t)["alpha"]
+	h.Settings["confirmTimeout"] = "3s"
+	start, switches := recordFIFO(t, h)
+
+	run := h.Start(t)
+	run.WaitFor(t, "switch-to-configuration switch")
+	e.SSHD.Stop()
+	start()
+	run.WaitFor(t, "confirmation probe 1:")
+	if err := run.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	run.WaitFor(t, "signal received: stopping after the activation finishes")
+	res := run.Wait(t)
+	want := []string{v2.Built + " switch", v1.Built + " switch"}
+	if got := switches(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("switches %q, want %q: the guard must run to its end", got, want)
+	}
+	if h.ProfileTarget(t) != v1.Built || h.Current(t) != v1.Built {
+		t.Errorf("profile %s, current %s, want %s", h.ProfileTarget(t), h.Current(t), v1.Built)
+	}
+	if res.ExitCode == 0 || !strings.Contains(res.Output(), "waits in") {
+		t.Errorf("exit %d; the stopped tick must queue its report", res.ExitCode)
+	}
+	e.SSHD.Restart(t)
+	h.Run(t)
+	if st := h.Status(t); st.Result != manifest.ResultRolledBack || st.RollbackReason != "server-unreachable" ||
+		st.AttemptedVersion != v2.Version || st.CurrentSystem != v1.Built {
+		t.Errorf("the delivered report: %+v", st)
+	}
+}
+
 // The server goes away when the switch starts and the agent is killed -9
 // while it waits for the confirmation: the journal keeps the guard. A
 // later tick before the deadline leaves the switch alone; the first one
