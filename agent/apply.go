@@ -341,7 +341,7 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 	if rep.Stage == "" {
 		rep.Stage = manifest.StageConfirmed
 	}
-	rep.Error, rep.RollbackReason, rep.NextRetry = t.withNotes(""), "", nil
+	rep.RollbackReason, rep.NextRetry = "", nil
 	if rep.ActualToplevel == "" {
 		rep.ActualToplevel = st.AppliedSystem
 	}
@@ -368,6 +368,8 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 		rep.RebootScheduled = &at
 	}
 	t.idleSecrets(ctx, st.AppliedVersion, &rep)
+	// After the secrets: a damaged secrets state is one of the notes.
+	rep.Error = t.withNotes("")
 	t.say("up to date: version %s, running %s", head.Version, orNone(rep.CurrentSystem))
 	out := Outcome{Action: ActionUpToDate, Report: &rep}
 	err := t.send(ctx, rep, "", nil, false)

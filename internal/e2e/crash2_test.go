@@ -477,6 +477,44 @@ func TestDamagedStateFilesAreMovedAsideAndReportedOnce(t *testing.T) {
 	}
 }
 
+// A garbage secrets/installed.json (issue 13: it warned forever) is moved
+// aside, named once in the report, and healed: the secret stays installed
+// and the next tick is clean.
+func TestDamagedSecretsStateHeals(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	e.SecretsDir = filepath.Join(t.TempDir(), "secrets")
+	h := e.Host(t, "alpha")
+	target := filepath.Join(h.Dir, "run", "bento-secrets", "db")
+	h.Settings["restartCommand"] = []string{"/bin/true"}
+	h.Settings["secrets"] = map[string]any{"db": map[string]any{"path": target, "owner": "nobody", "mode": "0400"}}
+	db := randomSecret("db")
+	writeSecret(t, e, "alpha", "db", db)
+	e.Publish(t)
+	if res := h.Run(t); res.ExitCode != 0 {
+		t.Fatalf("tick: exit %d", res.ExitCode)
+	}
+	installed := filepath.Join(h.StateDir, "secrets", "installed.json")
+	if err := os.WriteFile(installed, []byte("{\"db\": [garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(target)
+
+	res := h.Run(t)
+	st := h.Status(t)
+	if res.ExitCode != 0 || st.Result != manifest.ResultUnchanged || len(st.SecretErrors) != 0 ||
+		!strings.Contains(st.Error, "damaged state") || !strings.Contains(st.Error, installed) {
+		t.Errorf("idle tick with a damaged secrets state: exit %d, report %+v", res.ExitCode, st)
+	}
+	checkSecret(t, target, db, 0o400, 65534)
+	if aside, _ := filepath.Glob(installed + ".corrupt-*"); len(aside) != 1 {
+		t.Errorf("moved aside: %q", aside)
+	}
+	res = h.Run(t)
+	if st := h.Status(t); res.ExitCode != 0 || st.Error != "" || len(st.SecretErrors) != 0 || strings.Contains(res.Output(), "warning") {
+		t.Errorf("the tick after: exit %d, report %+v", res.ExitCode, st)
+	}
+}
+
 // A missing identity file is a configuration error (exit 2) that names
 // the option, not a connection failure.
 func TestMissingIdentityFileExits2(t *testing.T) {
