@@ -515,19 +515,39 @@ func TestDamagedSecretsStateHeals(t *testing.T) {
 	}
 }
 
-// A missing identity file is a configuration error (exit 2) that names
-// the option, not a connection failure.
-func TestMissingIdentityFileExits2(t *testing.T) {
+// The identity file: missing or not a file is a configuration error (exit
+// 2) that names the option, not a connection failure; readable by group or
+// others is a warning, and the tick goes on.
+func TestIdentityFileChecks(t *testing.T) {
 	e := Start(t, hostsFleet("alpha"))
 	e.Publish(t)
 	h := e.Host(t, "alpha")
-	h.Settings["identityFile"] = filepath.Join(h.Dir, "no-such-key")
-	res := h.Run(t)
-	if res.ExitCode != 2 || !strings.Contains(res.Output(), "identityFile") || !strings.Contains(res.Output(), "no-such-key") {
-		t.Errorf("missing identity file: exit %d, want 2 naming identityFile", res.ExitCode)
+	key, err := os.ReadFile(h.SSH.KeyFile)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if h.Status(t) != nil {
-		t.Error("a report was written without an identity")
+	open := filepath.Join(h.Dir, "key-0644")
+	if err := os.WriteFile(open, key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(open, 0o644)
+	for _, tc := range []struct {
+		name, file string
+		exit       int
+		says       string
+	}{
+		{"missing", filepath.Join(h.Dir, "no-such-key"), 2, "identityFile " + filepath.Join(h.Dir, "no-such-key") + " does not exist"},
+		{"a directory", h.Dir, 2, "is not a regular file"},
+		{"readable by others", open, 0, "readable by group or others (mode 0644): chmod 600 " + open},
+	} {
+		h.Settings["identityFile"] = tc.file
+		res := h.Run(t)
+		if res.ExitCode != tc.exit || !strings.Contains(res.Output(), tc.says) {
+			t.Errorf("%s: exit %d, want %d saying %q", tc.name, res.ExitCode, tc.exit, tc.says)
+		}
+		if st := h.Status(t); (st != nil) != (tc.exit == 0) {
+			t.Errorf("%s: report %+v", tc.name, st)
+		}
 	}
 }
 
