@@ -33,7 +33,9 @@ type killLoopPublication struct {
 // The kill -9 loop of issue 13: the server alternates between three
 // publications (two good systems and one whose activation fails), and
 // every tick is killed -9 at a random moment: after a random number of
-// its progress lines plus a random delay of up to 40ms. Half the kills
+// its progress lines plus a random delay of up to 40ms; in a quarter of
+// them the server is cut off at that line too, until a tick has run
+// without it (which must not switch to the new system). Half the kills
 // are the agent alone (systemd's KillMode=process: an orphaned nix or
 // switch-to-configuration finishes on its own), half kill every process
 // of the tick (a power cut). Each kill is confirmed to have ended a
@@ -148,8 +150,14 @@ func TestKillLoop(t *testing.T) {
 		line := rng.IntN(maxLines[kind] + 1)
 		delay := time.Duration(rng.IntN(40)) * time.Millisecond
 		powerCut := rng.IntN(2) == 0
+		serverDown := rng.IntN(4) == 0
 		run := h.Start(t)
 		seen, ran := run.waitLines(line)
+		if serverDown {
+			// The server is cut off at that moment, and stays away for the
+			// kill and the next tick.
+			e.SSHD.Stop()
+		}
 		if ran {
 			time.Sleep(delay) // the random part of the moment, not a wait for an event
 		}
@@ -159,8 +167,9 @@ func TestKillLoop(t *testing.T) {
 		}
 		if !killed {
 			missed++
-			if n := countLines(run.Output()); n > maxLines[kind] || n < maxLines[kind]-4 {
-				maxLines[kind] = n
+			if !serverDown {
+				// The tick ran out: draw from its real length from now on.
+				maxLines[kind] = countLines(run.Output())
 			}
 		} else {
 			done++
@@ -171,14 +180,37 @@ func TestKillLoop(t *testing.T) {
 			} else {
 				modes["agent only"]++
 			}
+			if serverDown {
+				modes["with the server cut off"]++
+			}
 			t.Logf("kill %d: %s publication %s, after line %d (%d seen) + %s, %s: last line %q",
 				done, kind, target.name, line, seen, delay, map[bool]string{true: "power cut", false: "agent only"}[powerCut], lastLine(run.Output()))
 		}
 		// Orphans of an agent-only kill finish on their own.
 		waitFor(t, "the killed tick's processes to end", func() bool { return len(procsWith(mark)) == 0 })
 
-		// Settle: ticks until nothing is under way any more.
 		var recovery []string
+		if serverDown {
+			// A tick without the server may restore the old system, never
+			// switches to the new one, leaves the profile on what runs, and
+			// says it failed.
+			before := len(h.Switches(t))
+			res := runQuiet(t, h)
+			recovery = append(recovery, res.Output())
+			for _, s := range h.Switches(t)[before:] {
+				if s == target.built+" switch" {
+					t.Fatalf("iteration %d: a tick without the server switched to %s:\n%s", iterations, target.built, indent(res.Output()))
+				}
+			}
+			if res.ExitCode == 0 {
+				t.Fatalf("iteration %d: a tick without the server exited 0:\n%s", iterations, indent(res.Output()))
+			}
+			if cur, prof := h.Current(t), h.ProfileTarget(t); cur != prof {
+				t.Fatalf("iteration %d: without the server: current %s, profile %s", iterations, cur, prof)
+			}
+			e.SSHD.Restart(t)
+		}
+		// Settle: ticks until nothing is under way any more.
 		for i := 0; ; i++ {
 			if i == 3 {
 				t.Fatalf("iteration %d: not settled after 3 ticks: state %+v", iterations, readAgentState(t, h))
@@ -191,7 +223,7 @@ func TestKillLoop(t *testing.T) {
 			}
 		}
 		if killed {
-			recoveries[recoveryKind(recovery[0])]++
+			recoveries[recoveryKind(strings.Join(recovery, "\n"))]++
 		}
 
 		// What the user sees.
@@ -321,7 +353,7 @@ func recoveryKind(out string) string {
 	switch {
 	case strings.Contains(out, "the agent stopped during the activation"):
 		switch {
-		case strings.Contains(out, "confirmed"):
+		case strings.Contains(out, "runs and the server answers: confirmed"):
 			return "journal: confirmed"
 		case strings.Contains(out, "stopped while rolling back"):
 			return "journal: rollback recorded"
