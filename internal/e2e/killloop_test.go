@@ -30,10 +30,16 @@ type killLoopPublication struct {
 	tree     string // a copy of config/<version>, restored when pruned
 }
 
+// killLoopFiles is the number of files each publication of the kill loop
+// changes.
+const killLoopFiles = 60
+
 // The kill -9 loop of issue 13: the server alternates between three
 // publications (two good systems and one whose activation fails), and
 // every tick is killed -9 at a random moment: after a random number of
-// its progress lines plus a random delay of up to 40ms; in a quarter of
+// its progress lines plus a random delay of up to 40ms, or a random time
+// into the tick (up to the length of the last tick of its kind that ran
+// out, so long steps get more kills); in a quarter of
 // them the server is cut off at that line too, until a tick has run
 // without it (which must not switch to the new system). Half the kills
 // are the agent alone (systemd's KillMode=process: an orphaned nix or
@@ -75,6 +81,12 @@ func TestKillLoop(t *testing.T) {
 		name string
 		bad  bool
 	}{{"A", false}, {"B", false}, {"X", true}} {
+		// Files that differ between the publications, so that each tick
+		// downloads some and the fetch is a step a kill can land in.
+		e.Fleet.Files = map[string]string{}
+		for j := range killLoopFiles {
+			e.Fleet.Files[fmt.Sprintf("modules/m%03d.nix", j)] = fmt.Sprintf("{ }\n# publication %s, file %d\n%s\n", spec.name, j, strings.Repeat("#", 1024))
+		}
 		e.Update(t, "alpha", func(x *fixture.Host) { x.Generation, x.FailSwitch = strconv.Itoa(i+1), spec.bad })
 		p := e.Publish(t)["alpha"]
 		if p.Built == "" {
@@ -115,6 +127,7 @@ func TestKillLoop(t *testing.T) {
 	// Progress lines seen in a whole tick, per kind of publication (the
 	// random line is drawn below it); learnt from ticks that ran out.
 	maxLines := map[string]int{"new": 16, "bad": 18, "same": 10}
+	tickLength := map[string]time.Duration{"new": 3 * time.Second, "bad": 3 * time.Second, "same": 2 * time.Second}
 	steps := map[string]int{}
 	modes := map[string]int{}
 	outcomes := map[string]int{}
@@ -147,10 +160,17 @@ func TestKillLoop(t *testing.T) {
 			logsBefore[l] = true
 		}
 
+		// Half the moments are a line of progress plus up to 40ms, half a
+		// time into the tick (so that long steps get more kills).
+		byTime := rng.IntN(2) == 0
 		line := rng.IntN(maxLines[kind] + 1)
 		delay := time.Duration(rng.IntN(40)) * time.Millisecond
+		if byTime {
+			line, delay = 0, time.Duration(rng.Int64N(int64(tickLength[kind])))
+		}
 		powerCut := rng.IntN(2) == 0
 		serverDown := rng.IntN(4) == 0
+		tickStart := time.Now()
 		run := h.Start(t)
 		seen, ran := run.waitLines(line)
 		if serverDown {
@@ -159,7 +179,11 @@ func TestKillLoop(t *testing.T) {
 			e.SSHD.Stop()
 		}
 		if ran {
-			time.Sleep(delay) // the random part of the moment, not a wait for an event
+			// The random part of the moment, not a wait for an event.
+			select {
+			case <-time.After(delay):
+			case <-run.done:
+			}
 		}
 		killed := run.killWhileRunning()
 		if powerCut {
@@ -170,6 +194,7 @@ func TestKillLoop(t *testing.T) {
 			if !serverDown {
 				// The tick ran out: draw from its real length from now on.
 				maxLines[kind] = countLines(run.Output())
+				tickLength[kind] = time.Since(tickStart)
 			}
 		} else {
 			done++
@@ -182,6 +207,11 @@ func TestKillLoop(t *testing.T) {
 			}
 			if serverDown {
 				modes["with the server cut off"]++
+			}
+			if byTime {
+				modes["moment: time into the tick"]++
+			} else {
+				modes["moment: line of progress"]++
 			}
 			t.Logf("kill %d: %s publication %s, after line %d (%d seen) + %s, %s: last line %q",
 				done, kind, target.name, line, seen, delay, map[bool]string{true: "power cut", false: "agent only"}[powerCut], lastLine(run.Output()))
