@@ -551,6 +551,35 @@ func TestIdentityFileChecks(t *testing.T) {
 	}
 }
 
+// Numbers in the agent's configuration are bounded, end to end: an
+// overflowing or out-of-range value is a configuration error (exit 2) whose
+// message names the key and the range, never a negative duration or a
+// retry loop that does not end.
+func TestOutOfRangeConfigurationExits2(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	h := e.Host(t, "alpha")
+	for _, tc := range []struct {
+		key  string
+		v    any
+		says string
+	}{
+		{"confirmTimeout", 1e300, `"confirmTimeout": 1e+300 is too long a duration`},
+		{"confirmTimeout", "0s", "confirmTimeout 0 is out of range: it must be from 1s to 1d"},
+		{"retry", map[string]any{"initialDelay": "1m", "maxDelay": "1e10"}, `"1e10" is not a duration`},
+		{"retry", map[string]any{"initialDelay": "1m", "maxDelay": "31d"}, "retry.maxDelay 31d is out of range: it must be from 0 to 30d"},
+		{"connectAttempts", 1e9, "connectAttempts 1000000000 is out of range: it must be from 1 to 100"},
+	} {
+		h.Settings = map[string]any{tc.key: tc.v}
+		res := h.Run(t)
+		if res.ExitCode != 2 || !strings.Contains(res.Output(), tc.says) {
+			t.Errorf("%s = %v: exit %d, want 2 saying %q", tc.key, tc.v, res.ExitCode, tc.says)
+		}
+	}
+	if h.Status(t) != nil {
+		t.Error("a report was written with an invalid configuration")
+	}
+}
+
 // agentState is the part of the agent's state.json the tests look at.
 type agentState struct {
 	AppliedVersion string `json:"appliedVersion"`
