@@ -334,6 +334,48 @@ func TestFullStateDiskIsReported(t *testing.T) {
 	}
 }
 
+// Killed -9 during the build on every tick (a build that runs out of
+// memory each time): the first interruption is re-run at once, the second
+// makes the attempt wait for its retry, and that is reported: the server
+// does not go on showing the host as silently pending.
+func TestRepeatedKillsDuringTheBuildAreReported(t *testing.T) {
+	e, h, v1 := applied(t, hostsFleet("alpha"))
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
+	v2 := e.Publish(t)["alpha"]
+	started, release := holdNixBuild(t, h)
+	for i := 1; i <= 2; i++ {
+		run := h.Start(t)
+		waitFor(t, "nix build held", func() bool { _, err := os.Stat(started); return err == nil })
+		killConfirmed(t, run)
+		// The orphaned nix goes on (and builds nothing new).
+		release()
+		if s := readAgentState(t, h); !s.Attempt.Running || s.Attempt.Count != i {
+			t.Fatalf("state after kill %d: %+v", i, s)
+		}
+	}
+	res := h.Run(t)
+	if res.ExitCode == 0 || !strings.Contains(res.Output(), "will retry version "+v2.Version) || strings.Contains(res.Output(), "building") {
+		t.Errorf("after two interrupted attempts: exit %d; the third tick must wait for the retry", res.ExitCode)
+	}
+	st := h.Status(t)
+	if st.AttemptedVersion != v2.Version || st.Result != manifest.ResultFailure || st.Attempts != 2 || st.NextRetry == nil ||
+		!strings.Contains(st.Error, "interrupted") || st.AppliedVersion != v1.Version || st.CurrentSystem != v1.Built {
+		t.Errorf("the report after two interrupted attempts: %+v", st)
+	}
+	if n := logsOf(t, h, v2.Version); n != 1 {
+		t.Errorf("%d logs for %s, want 1 (the report of the interruptions)", n, v2.Version)
+	}
+	// Reported once: the tick after waits without a new report.
+	before := h.Status(t)
+	h.Run(t)
+	if st := h.Status(t); st.FinishedAt != before.FinishedAt {
+		t.Errorf("the interruption was reported again: %+v", st)
+	}
+	if h.Current(t) != v1.Built || len(h.Switches(t)) != 1 {
+		t.Errorf("current %s, switches %q", h.Current(t), h.Switches(t))
+	}
+}
+
 // The state disk fills up while the new system builds: the switch journal
 // cannot be saved, so the switch is not made (a switch nobody could roll
 // back after a crash), and the failure is reported naming the full disk.
@@ -373,7 +415,8 @@ func TestFullStateDiskBeforeTheSwitchSkipsIt(t *testing.T) {
 }
 
 // holdNixBuild points the agent at a nix stand-in that runs the real nix,
-// except that "nix build" first touches started and waits for release.
+// except that "nix build" first touches started and waits for release
+// (which removes started again, for the next build).
 func holdNixBuild(t testing.TB, h *Host) (started string, release func()) {
 	t.Helper()
 	dir := filepath.Join(h.Dir, "nix-bin")
@@ -403,17 +446,16 @@ func holdNixBuild(t testing.TB, h *Host) (started string, release func()) {
 		t.Fatal(err)
 	}
 	h.Env = append(h.Env, "BENTO_NIX="+filepath.Join(dir, "nix"))
-	var once sync.Once
 	release = func() {
-		once.Do(func() {
-			f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			f.Write([]byte("go\n"))
-			f.Close()
-		})
+		// Blocks until the held nix opens its end: one build per call.
+		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		f.Write([]byte("go\n"))
+		f.Close()
+		os.Remove(started)
 	}
 	t.Cleanup(func() {
 		// A test that failed before releasing must not leave nix waiting.
