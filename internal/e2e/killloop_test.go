@@ -41,7 +41,8 @@ const killLoopFiles = 60
 // into the tick (up to the length of the last tick of its kind that ran
 // out, so long steps get more kills); in a quarter of
 // them the server is cut off at that line too, until a tick has run
-// without it (which must not switch to the new system). Half the kills
+// without it (which must not switch to the new system); in a fifth of the
+// others the tick that takes it up is killed too. Half the kills
 // are the agent alone (systemd's KillMode=process: an orphaned nix or
 // switch-to-configuration finishes on its own), half kill every process
 // of the tick (a power cut). Each kill is confirmed to have ended a
@@ -220,6 +221,28 @@ func TestKillLoop(t *testing.T) {
 		waitFor(t, "the killed tick's processes to end", func() bool { return len(procsWith(mark)) == 0 })
 
 		var recovery []string
+		if killed && !serverDown && rng.IntN(5) == 0 {
+			// The tick that takes it up is killed too (a build that runs
+			// out of memory every time, a host that keeps losing power).
+			again := h.Start(t)
+			_, ran := again.waitLines(rng.IntN(8))
+			if ran {
+				select {
+				case <-time.After(time.Duration(rng.IntN(40)) * time.Millisecond):
+				case <-again.done:
+				}
+			}
+			if again.killWhileRunning() {
+				done++
+				steps[killStep(again.Output())]++
+				modes["second kill, of the tick taking it up"]++
+				if rng.IntN(2) == 0 {
+					killProcs(t, mark)
+				}
+			}
+			recovery = append(recovery, again.Output())
+			waitFor(t, "the killed tick's processes to end", func() bool { return len(procsWith(mark)) == 0 })
+		}
 		if serverDown {
 			// A tick without the server may restore the old system, never
 			// switches to the new one, leaves the profile on what runs, and
@@ -392,6 +415,8 @@ func recoveryKind(out string) string {
 		default:
 			return "journal: failed"
 		}
+	case strings.Contains(out, "was interrupted like the one before"):
+		return "interrupted twice: failed, reported, waits for its retry"
 	case strings.Contains(out, "stopped after recording the outcome"):
 		return "recorded outcome adopted"
 	case strings.Contains(out, "applying version"):
