@@ -472,7 +472,7 @@ func holdNixBuild(t testing.TB, h *Host) (started string, release func()) {
 // once in the report, and the agent carries on: the running publication
 // is recognised without switching again, and the tick after is clean.
 func TestDamagedStateFilesAreMovedAsideAndReportedOnce(t *testing.T) {
-	e, h, v1 := applied(t, hostsFleet("alpha"))
+	_, h, v1 := applied(t, hostsFleet("alpha"))
 	state := filepath.Join(h.StateDir, "state.json")
 	pending := filepath.Join(h.StateDir, "pending-reboot.json")
 	os.Remove(state)
@@ -510,7 +510,6 @@ func TestDamagedStateFilesAreMovedAsideAndReportedOnce(t *testing.T) {
 	if fi, err := os.Lstat(state); err != nil || !fi.Mode().IsRegular() {
 		t.Errorf("state.json not rewritten as a regular file: %v", err)
 	}
-	_ = e
 
 	// Reported once: the next tick finds nothing damaged.
 	res = h.Run(t)
