@@ -27,7 +27,8 @@ type killLoopPublication struct {
 	built    string
 	bad      bool // its switch-to-configuration fails: it must end rolled back
 	manifest []byte
-	tree     string // a copy of config/<version>, restored when pruned
+	tree     string   // copies of the files below, restored when pruned
+	files    []string // what the manifest names in the chroot, relative to it
 }
 
 // killLoopFiles is the number of files each publication of the kill loop
@@ -99,7 +100,17 @@ func TestKillLoop(t *testing.T) {
 		}
 		kp := &killLoopPublication{name: spec.name, version: p.Version, built: p.Built, bad: spec.bad, manifest: data,
 			tree: filepath.Join(saved, p.Version)}
-		copyTree(t, filepath.Join(e.Chroot("alpha"), "config", p.Version), kp.tree)
+		// What the manifest names on the server (its objects in format
+		// 2), kept aside: the loop publishes the three in turn, by hand.
+		m, err := manifest.Parse(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range m.Files {
+			rel := filepath.FromSlash(m.RemotePath(f))
+			kp.files = append(kp.files, rel)
+			copyFile(t, filepath.Join(e.Chroot("alpha"), rel), filepath.Join(kp.tree, rel))
+		}
 		pubs = append(pubs, kp)
 	}
 	byBuilt := map[string]*killLoopPublication{}
@@ -107,9 +118,10 @@ func TestKillLoop(t *testing.T) {
 		byBuilt[p.built] = p
 	}
 	publish := func(p *killLoopPublication) {
-		dir := filepath.Join(e.Chroot("alpha"), "config", p.version)
-		if _, err := os.Stat(dir); os.IsNotExist(err) {
-			copyTree(t, p.tree, dir)
+		for _, rel := range p.files {
+			if dst := filepath.Join(e.Chroot("alpha"), rel); !exists(dst) {
+				copyFile(t, filepath.Join(p.tree, rel), dst)
+			}
 		}
 		path := filepath.Join(e.Chroot("alpha"), manifest.ManifestFile)
 		if err := os.WriteFile(path+".tmp", p.manifest, 0o644); err != nil {
@@ -482,14 +494,6 @@ func killProcs(t testing.TB, mark string) {
 	})
 }
 
-func copyTree(t testing.TB, from, to string) {
-	t.Helper()
-	os.MkdirAll(filepath.Dir(to), 0o755)
-	if out, err := exec.Command("cp", "-a", from, to).CombinedOutput(); err != nil {
-		t.Fatalf("cp -a %s %s: %v\n%s", from, to, err, out)
-	}
-}
-
 // runQuiet is Host.Run without logging the output (the loop's failure
 // message quotes what matters).
 func runQuiet(t testing.TB, h *Host) Result {
@@ -509,4 +513,23 @@ func runQuiet(t testing.TB, h *Host) Result {
 		res.ExitCode = ee.ExitCode()
 	}
 	return res
+}
+
+// copyFile copies src to dst (its directories made), keeping the mode.
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, data, fi.Mode().Perm()); err != nil {
+		t.Fatal(err)
+	}
 }
