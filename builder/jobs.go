@@ -51,11 +51,29 @@ func SystemJobsEnv() JobsEnv {
 //     while half the hosts wait on I/O.
 func DefaultJobs(env JobsEnv) (int, string) {
 	cpus := max(env.CPUs, 1)
-	group := ""
+	group, users, maxJobs := BuildUsers(env)
+	if group == "" {
+		return 2 * cpus, fmt.Sprintf("no Nix build users (build-users-group is empty): two hosts per CPU (%d CPUs)", cpus)
+	}
+	if users == 0 {
+		return 2 * cpus, fmt.Sprintf("build-users-group %s has no members in /etc/group: two hosts per CPU (%d CPUs)", group, cpus)
+	}
+	if maxJobs <= 1 {
+		return users, fmt.Sprintf("one host per Nix build user (%d members of %s)", users, group)
+	}
+	jobs := max(users/maxJobs, cpus, 1)
+	return jobs, fmt.Sprintf("%d Nix build users (%s) shared by hosts building up to %d derivations each (max-jobs), at least one host per CPU", users, group, maxJobs)
+}
+
+// BuildUsers is Nix's build-users-group as configured (empty: builds run
+// as the calling user), how many build users it lists, and each Nix
+// process's max-jobs.
+func BuildUsers(env JobsEnv) (group string, users, maxJobs int) {
+	cpus := max(env.CPUs, 1)
 	if env.Root {
 		group = "nixbld"
 	}
-	maxJobs := 1
+	maxJobs = 1
 	for _, text := range []string{env.NixConf, env.NixConfig} {
 		if v, ok := confValue(text, "build-users-group"); ok {
 			group = v
@@ -70,17 +88,9 @@ func DefaultJobs(env JobsEnv) (int, string) {
 		}
 	}
 	if group == "" {
-		return 2 * cpus, fmt.Sprintf("no Nix build users (build-users-group is empty): two hosts per CPU (%d CPUs)", cpus)
+		return "", 0, maxJobs
 	}
-	users := groupMembers(env.Group, group)
-	if users == 0 {
-		return 2 * cpus, fmt.Sprintf("build-users-group %s has no members in /etc/group: two hosts per CPU (%d CPUs)", group, cpus)
-	}
-	if maxJobs <= 1 {
-		return users, fmt.Sprintf("one host per Nix build user (%d members of %s)", users, group)
-	}
-	jobs := max(users/maxJobs, cpus, 1)
-	return jobs, fmt.Sprintf("%d Nix build users (%s) shared by hosts building up to %d derivations each (max-jobs), at least one host per CPU", users, group, maxJobs)
+	return group, groupMembers(env.Group, group), maxJobs
 }
 
 // confValue returns the last value of key in nix.conf text (later lines
