@@ -111,6 +111,8 @@ func Describe(r builder.Result) string {
 	switch {
 	case r.Status == builder.StatusBuilt && r.CopyErr != nil:
 		return fmt.Sprintf("built in %s %s, but %s", d, r.OutPath, firstLine(r.Reason()))
+	case r.Status == builder.StatusBuilt && r.Unchanged:
+		return fmt.Sprintf("unchanged, not realised again %s", r.OutPath)
 	case r.Status == builder.StatusBuilt:
 		return fmt.Sprintf("built in %s %s", d, r.OutPath)
 	case r.Status == builder.StatusDryRun:
