@@ -54,6 +54,15 @@ func TestRemoteBuilderAndCopyOverSSHNG(t *testing.T) {
 		"NIX_CONFIG=" + fixture.NixConfig + "max-jobs = 0\n",
 		"NIX_SSHOPTS=-p " + strconv.Itoa(srv.Port) + " -o UserKnownHostsFile=" + srv.KnownHostsFile + " -o BatchMode=yes",
 	}}
+	// Each store is created by the first nix-daemon --stdio that opens it;
+	// several creating it at once race on its database. A real builder's
+	// store exists before its first build: open both once, one at a time.
+	for _, store := range []string{buildStore, cacheStore} {
+		uri := "ssh-ng://" + bu.User + "@127.0.0.1?remote-store=" + store + "&ssh-key=" + bu.KeyFile
+		if _, err := r.Output(context.Background(), "", "store", "ping", "--store", uri); err != nil {
+			t.Fatalf("opening the builder's store %s over ssh-ng: %v", store, err)
+		}
+	}
 	gen := nonce(t)
 	hosts := writeFleet(t, r, fixture.Fleet{Hosts: fixture.Many("web", 3, func(i int, h *fixture.Host) {
 		h.Bento = &fixture.Bento{Enable: true}

@@ -124,10 +124,11 @@ func runBuild(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	_, selected, evalFailed, err := discover(c)
+	_, selected, evalFailed, drvs, err := discoverForBuild(c)
 	if err != nil {
 		return err
 	}
+	opts.DrvPaths = drvs
 	hosts, skipped := splitDeployed(selected)
 	for _, s := range skipped {
 		fmt.Fprintf(errWriter(c), "bento: skipping %s: %s\n", s.Host, s.Reason)

@@ -73,6 +73,15 @@ func TestBuildCommand(t *testing.T) {
 					if !ok {
 						t.Errorf("%s: GC roots point at %v", h, targets)
 					}
+					// The whole fleet is built: discovery instantiated
+					// the systems, the build did not evaluate them again.
+					logs, _ := filepath.Glob(filepath.Join(state, "logs", h, "*.log"))
+					if len(logs) != 1 {
+						t.Fatalf("%s: logs %v", h, logs)
+					}
+					if log, _ := os.ReadFile(logs[0]); !strings.Contains(string(log), "(instantiated during discovery)") || strings.Contains(string(log), "$ nix eval") {
+						t.Errorf("%s: log should say its system was instantiated during discovery:\n%s", h, log)
+					}
 				}
 			}},
 		{name: "json for a tag", args: []string{"--json", "@good"}, code: 0,

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
@@ -86,6 +87,32 @@ func useColor(c *cli.Context, w io.Writer) bool {
 // and the returned error is nil; evalFailed tells the caller to exit
 // non-zero at the end.
 func discover(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, err error) {
+	return discoverAndInstantiate(c, nil)
+}
+
+// discoverForBuild is discover for a command that builds the selected
+// hosts next. When every host is selected (no host named), discovery also
+// instantiates the deployed hosts' systems in its own nix processes
+// (eval.Options.DrvPath) and returns them for builder.Options.DrvPaths, so
+// that each configuration is evaluated once, not again by the build. With
+// a selection it does not: instantiating the whole fleet to build one
+// host would cost more than it saves.
+func discoverForBuild(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, drvs map[string]string, err error) {
+	if c.Args().Len() > 0 || c.Bool("dry-run") {
+		f, selected, evalFailed, err = discover(c)
+		return f, selected, evalFailed, nil, err
+	}
+	drvs = map[string]string{}
+	var mu sync.Mutex
+	f, selected, evalFailed, err = discoverAndInstantiate(c, func(host, drv string) {
+		mu.Lock()
+		drvs[host] = drv
+		mu.Unlock()
+	})
+	return f, selected, evalFailed, drvs, err
+}
+
+func discoverAndInstantiate(c *cli.Context, drvPath func(host, drv string)) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, err error) {
 	log := logger(c)
 	// Evaluating copies the flake into the Nix store: refuse first when
 	// that would copy the secrets too. (deploy checked already, and gave
@@ -98,7 +125,7 @@ func discover(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed
 	if err != nil {
 		return nil, nil, false, err
 	}
-	evalOpts.Ref = ref
+	evalOpts.Ref, evalOpts.DrvPath = ref, drvPath
 	f, err = eval.Discover(c.Context, nixRunner(c), evalOpts)
 	var herrs eval.HostErrors
 	if err != nil {
