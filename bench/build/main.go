@@ -35,6 +35,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bento-nix/bento/builder"
@@ -156,12 +157,16 @@ func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string) erro
 		if err != nil {
 			return err
 		}
+		// As bento build without a host selection does: discovery
+		// instantiates the systems, the build reuses them.
 		start = time.Now()
-		hs, err = names(dir)
+		var mu sync.Mutex
+		drvs := map[string]string{}
+		f, err := eval.Discover(ctx, r, eval.Options{Ref: dir, DrvPath: func(h, d string) { mu.Lock(); drvs[h] = d; mu.Unlock() }})
 		if err != nil {
 			return err
 		}
-		results, err := builder.Build(ctx, r, hs, builder.Options{Jobs: jobs, StateDir: filepath.Join(tmp, "state")})
+		results, err := builder.Build(ctx, r, f.Hosts, builder.Options{Jobs: jobs, StateDir: filepath.Join(tmp, "state"), DrvPaths: drvs})
 		if err != nil {
 			return err
 		}
