@@ -50,7 +50,7 @@ func flakeRef(c *cli.Context) (ref string, set bool) {
 func fleetFlags() []cli.Flag {
 	return []cli.Flag{
 		flakeFlag(),
-		&cli.IntFlag{Name: "eval-jobs", Value: runtime.NumCPU(), Usage: "nix eval processes run at once (discovery, and each host's evaluation before its build)"},
+		&cli.IntFlag{Name: "eval-jobs", Value: runtime.NumCPU(), DefaultText: "the number of CPUs", Usage: "nix eval processes run at once (discovery, and the hosts' derivations before their build); evaluation is CPU-bound"},
 		&cli.IntFlag{Name: "eval-chunk", Usage: "hosts evaluated per nix eval process (default 0: sized by --eval-memory)"},
 		&cli.StringFlag{Name: "eval-memory", Usage: "memory the --eval-jobs nix eval processes may use together, e.g. 8G (default: 3/4 of MemAvailable in /proc/meminfo); the first chunks assume 512 MiB a host, the rest are sized from the first chunk's measured peak memory, at most an even share per job", EnvVars: []string{"BENTO_EVAL_MEMORY"}},
 		&cli.BoolFlag{Name: "keep-going", Aliases: []string{"k"}, Usage: "go on with the hosts that evaluate when some do not"},
