@@ -249,3 +249,24 @@ func TestDiscoverWithDrvPaths(t *testing.T) {
 		}
 	}
 }
+
+func TestDiscoverClassicWithDrvPaths(t *testing.T) {
+	dir := t.TempDir()
+	if err := fixture.Write(dir, fixture.Fleet{Classic: true, Hosts: []fixture.Host{
+		{Name: "alpha", Bento: &fixture.Bento{Enable: true}},
+		{Name: "off", Bento: &fixture.Bento{Enable: false}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	r := runner()
+	r.Env = append(r.Env, "NIX_PATH="+fixture.ClassicNixPath(dir))
+	var mu sync.Mutex
+	drvs := map[string]string{}
+	f, err := eval.Discover(context.Background(), r, eval.Options{Ref: dir, DrvPath: func(h, d string) { mu.Lock(); drvs[h] = d; mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Hosts) != 2 || len(drvs) != 1 || !strings.HasSuffix(drvs["alpha"], ".drv") {
+		t.Fatalf("hosts %d, drvs %v: want alpha's derivation only", len(f.Hosts), drvs)
+	}
+}
