@@ -52,14 +52,15 @@ func main() {
 	seqRounds := flag.Int("seq-rounds", 1, "rounds of the (slow: hosts × seconds) original loop; 0 skips it")
 	jobs := flag.Int("jobs", 0, "bento --jobs (0: bento's default)")
 	extra := flag.String("nix-config", "", "extra nix.conf lines for every variant")
+	split := flag.Bool("split", false, "also measure bento with the derivations evaluated by the build, not discovery")
 	flag.Parse()
-	if err := run(*hosts, *seconds, *rounds, *seqRounds, *jobs, *extra); err != nil {
+	if err := run(*hosts, *seconds, *rounds, *seqRounds, *jobs, *extra, *split); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/build:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string) error {
+func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string, split bool) error {
 	ctx := context.Background()
 	tmp, err := os.MkdirTemp("", "bento-bench-build-")
 	if err != nil {
@@ -105,7 +106,7 @@ func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string) erro
 	fmt.Printf("bench/build: %d hosts, %gs I/O-bound build each, %d CPUs, Nix build users: %d (group %q), %d rounds (original loop: %d), load average %s\n",
 		n, seconds, runtime.NumCPU(), users, group, rounds, seqRounds, loadavg())
 
-	var seq, single, bento []time.Duration
+	var seq, single, bento, bentoSplit []time.Duration
 	for round := range max(rounds, seqRounds) {
 		if round < seqRounds {
 			dir, err := fresh("original", round)
@@ -176,6 +177,31 @@ func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string) erro
 				return fmt.Errorf("bento: host %s: unchanged %v, %v", res.Host, res.Unchanged, res.Err)
 			}
 		}
+		if !split {
+			continue
+		}
+		// As bento build with a host selection does: discovery reads the
+		// options only, the build evaluates the derivations in chunks and
+		// starts each chunk's builds as it ends.
+		dir, err = fresh("bento-split", round)
+		if err != nil {
+			return err
+		}
+		start = time.Now()
+		hs, err = names(dir)
+		if err != nil {
+			return err
+		}
+		results, err = builder.Build(ctx, r, hs, builder.Options{Jobs: jobs, StateDir: filepath.Join(tmp, "state")})
+		if err != nil {
+			return err
+		}
+		bentoSplit = append(bentoSplit, time.Since(start))
+		for _, res := range results {
+			if !res.OK() {
+				return fmt.Errorf("bento (split): host %s: %v", res.Host, res.Err)
+			}
+		}
 	}
 	row := func(name string, ds []time.Duration) {
 		fmt.Printf("  %-58s %7.2fs  rounds: %s\n", name, median(ds).Seconds(), list(ds))
@@ -185,6 +211,9 @@ func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string) erro
 	}
 	row(fmt.Sprintf("limit: one nix build of all toplevels, --max-jobs %d", limitJobs), single)
 	row(fmt.Sprintf("bento discovery + build, defaults (--jobs %d: %s)", jobs, why), bento)
+	if split {
+		row("bento, derivations evaluated by the build (as with a selection)", bentoSplit)
+	}
 	if len(seq) > 0 {
 		fmt.Printf("ratio bento / original:  %.3f\n", median(bento).Seconds()/median(seq).Seconds())
 	}
