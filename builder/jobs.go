@@ -21,6 +21,9 @@ type JobsEnv struct {
 	// Root says whether bento runs as root: Nix's build-users-group is
 	// "nixbld" for root and empty otherwise, unless configured.
 	Root bool
+	// Daemon says whether a Nix daemon's socket exists: a user's builds
+	// then run in the daemon, as root, with the same nix.conf.
+	Daemon bool
 	CPUs int
 }
 
@@ -32,7 +35,13 @@ func SystemJobsEnv() JobsEnv {
 		dir = "/etc/nix"
 	}
 	conf, _ := os.ReadFile(filepath.Join(dir, "nix.conf"))
-	return JobsEnv{Group: string(group), NixConf: string(conf), NixConfig: os.Getenv("NIX_CONFIG"), Root: os.Geteuid() == 0, CPUs: runtime.NumCPU()}
+	socket := os.Getenv("NIX_DAEMON_SOCKET_PATH")
+	if socket == "" {
+		socket = "/nix/var/nix/daemon-socket/socket"
+	}
+	_, err := os.Stat(socket)
+	return JobsEnv{Group: string(group), NixConf: string(conf), NixConfig: os.Getenv("NIX_CONFIG"),
+		Root: os.Geteuid() == 0, Daemon: err == nil, CPUs: runtime.NumCPU()}
 }
 
 // DefaultJobs is how many hosts build at once when --jobs is not given,
@@ -70,7 +79,7 @@ func DefaultJobs(env JobsEnv) (int, string) {
 // process's max-jobs.
 func BuildUsers(env JobsEnv) (group string, users, maxJobs int) {
 	cpus := max(env.CPUs, 1)
-	if env.Root {
+	if env.Root || env.Daemon {
 		group = "nixbld"
 	}
 	maxJobs = 1
