@@ -24,7 +24,7 @@ type JobsEnv struct {
 	// Daemon says whether a Nix daemon's socket exists: a user's builds
 	// then run in the daemon, as root, with the same nix.conf.
 	Daemon bool
-	CPUs int
+	CPUs   int
 }
 
 // SystemJobsEnv reads JobsEnv from this machine.
