@@ -210,7 +210,11 @@ func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string, spli
 		row("original: per host, a copy of the flake and one nix build", seq)
 	}
 	row(fmt.Sprintf("limit: one nix build of all toplevels, --max-jobs %d", limitJobs), single)
-	row(fmt.Sprintf("bento discovery + build, defaults (--jobs %d: %s)", jobs, why), bento)
+	label := fmt.Sprintf("bento discovery + build, defaults (--jobs %d: %s)", jobs, why)
+	if why == "--jobs given" {
+		label = fmt.Sprintf("bento discovery + build, --jobs %d", jobs)
+	}
+	row(label, bento)
 	if split {
 		row("bento, derivations evaluated by the build (as with a selection)", bentoSplit)
 	}
