@@ -75,6 +75,7 @@ type Server struct {
 	maxStartups string
 
 	mu     sync.Mutex
+	shells []shellUser // AddShellUser
 	cmd    *exec.Cmd
 	exited chan struct{}
 	own    owner
