@@ -211,7 +211,7 @@ func parseManifest(data []byte, host string) (*manifestInfo, error) {
 			errs = append(errs, fmt.Sprintf("%s is %s, not a string", key, gjsonKind(v)))
 		}
 	}
-	if f := res.Get("format"); f.Type != gjson.Number || f.Num < manifest.MinManifestFormat || f.Num > manifest.ManifestFormat || f.Num != float64(int(f.Num)) {
+	if f := res.Get("format"); !readableFormat(f) {
 		return nil, fmt.Errorf("manifest.json: format %s is not one this bento reads (%d to %d): it is older or newer than the one that published it", f.Raw, manifest.MinManifestFormat, manifest.ManifestFormat)
 	}
 	str("host", &m.host)
@@ -237,6 +237,12 @@ func parseManifest(data []byte, host string) (*manifestInfo, error) {
 		m.publishedAt = t
 	}
 	return m, nil
+}
+
+// readableFormat tells whether a manifest's format is a whole number this
+// bento reads.
+func readableFormat(f gjson.Result) bool {
+	return f.Type == gjson.Number && f.Num >= manifest.MinManifestFormat && f.Num <= manifest.ManifestFormat && f.Num == float64(int(f.Num))
 }
 
 func gjsonKind(v gjson.Result) string {
