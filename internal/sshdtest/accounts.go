@@ -33,6 +33,43 @@ func (s *Server) AddHost(t testing.TB, host string) *Client {
 	}
 	home := filepath.Join(s.Root, host)
 
+	signer, keyFile, authorized := newIdentity(t, host)
+
+	name := s.addUser(t, host, home)
+	t.Cleanup(func() { s.removeUser(t, name) })
+	uid, gid := lookupIDs(t, name)
+
+	// The file, not the chroot, holds the key: a host must not be able to
+	// add keys for itself, and StrictModes wants the file and every
+	// directory above it root-owned.
+	if err := os.WriteFile(filepath.Join(s.StateDir, "keys", name), authorized, 0o644); err != nil {
+		t.Fatalf("sshdtest: %v", err)
+	}
+
+	mkdir0755(t, home, func() {
+		s.mu.Lock()
+		s.own.Dirs = append(s.own.Dirs, home)
+		s.mu.Unlock()
+		s.saveOwner(t)
+	})
+	if err := checkRootOwnedPath(home); err != nil {
+		t.Fatalf("sshdtest: sshd would refuse to chroot %s into %s: %v", name, home, err)
+	}
+	reports := filepath.Join(home, "reports")
+	mkdir0755(t, reports, func() {})
+	// Also when it already existed: a deploy step that ran before AddHost
+	// could not have known the user.
+	if err := os.Lchown(reports, uid, gid); err != nil {
+		t.Fatalf("sshdtest: %v", err)
+	}
+
+	return &Client{Host: host, User: name, KeyFile: keyFile, Signer: signer}
+}
+
+// newIdentity makes a fresh ed25519 key for name: its signer, the private
+// key file (with a .pub beside it) and its authorized_keys line.
+func newIdentity(t testing.TB, name string) (ssh.Signer, string, []byte) {
+	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatalf("sshdtest: %v", err)
@@ -42,59 +79,43 @@ func (s *Server) AddHost(t testing.TB, host string) *Client {
 		t.Fatalf("sshdtest: %v", err)
 	}
 	keyFile := filepath.Join(t.TempDir(), "id_ed25519")
-	writePrivateKey(t, keyFile, priv, "bento-test-"+host)
+	writePrivateKey(t, keyFile, priv, "bento-test-"+name)
 	authorized := ssh.MarshalAuthorizedKey(signer.PublicKey())
 	if err := os.WriteFile(keyFile+".pub", authorized, 0o644); err != nil {
 		t.Fatalf("sshdtest: %v", err)
 	}
+	return signer, keyFile, authorized
+}
 
-	name := s.addUser(t, host, home)
-	t.Cleanup(func() { s.removeUser(t, name) })
-	u, err := user.Lookup(name)
+// lookupIDs is the uid and gid of a user just created.
+func lookupIDs(t testing.TB, login string) (uid, gid int) {
+	t.Helper()
+	u, err := user.Lookup(login)
 	if err != nil {
 		t.Fatalf("sshdtest: looking up the user just created: %v", err)
 	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(u.Gid)
+	return uid, gid
+}
 
-	// The file, not the chroot, holds the key: a host must not be able to
-	// add keys for itself, and StrictModes wants the file and every
-	// directory above it root-owned.
-	if err := os.WriteFile(filepath.Join(s.StateDir, "keys", name), authorized, 0o644); err != nil {
+// mkdir0755 creates dir with mode 0755 unless it exists, calling made
+// as soon as it exists (so that it is recorded for removal even if what
+// follows fails). Mkdir's mode is filtered by the umask; sshd wants exactly
+// "not group/world-writable", but the deploy step and the agent expect 0755.
+func mkdir0755(t testing.TB, dir string, made func()) {
+	t.Helper()
+	err := os.Mkdir(dir, 0o755)
+	if errors.Is(err, os.ErrExist) {
+		return
+	}
+	if err == nil {
+		made()
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
 		t.Fatalf("sshdtest: %v", err)
 	}
-
-	if err := os.Mkdir(home, 0o755); err == nil {
-		s.mu.Lock()
-		s.own.Dirs = append(s.own.Dirs, home)
-		s.mu.Unlock()
-		s.saveOwner(t)
-		// Mkdir's mode is filtered by the umask; sshd wants exactly "not
-		// group/world-writable", but the deploy step and the agent expect 0755.
-		if err := os.Chmod(home, 0o755); err != nil {
-			t.Fatalf("sshdtest: %v", err)
-		}
-	} else if !errors.Is(err, os.ErrExist) {
-		t.Fatalf("sshdtest: %v", err)
-	}
-	if err := checkRootOwnedPath(home); err != nil {
-		t.Fatalf("sshdtest: sshd would refuse to chroot %s into %s: %v", name, home, err)
-	}
-	reports := filepath.Join(home, "reports")
-	if err := os.Mkdir(reports, 0o755); err == nil {
-		if err := os.Chmod(reports, 0o755); err != nil {
-			t.Fatalf("sshdtest: %v", err)
-		}
-	} else if !errors.Is(err, os.ErrExist) {
-		t.Fatalf("sshdtest: %v", err)
-	}
-	// Also when it already existed: a deploy step that ran before AddHost
-	// could not have known the user.
-	if err := os.Lchown(reports, uid, gid); err != nil {
-		t.Fatalf("sshdtest: %v", err)
-	}
-
-	return &Client{Host: host, User: name, KeyFile: keyFile, Signer: signer}
 }
 
 // addUser creates the host's system user: home = its chroot, primary group =

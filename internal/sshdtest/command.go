@@ -1,17 +1,11 @@
 package sshdtest
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
-
-	"golang.org/x/crypto/ssh"
 )
 
 // shellUser is a login that runs commands instead of the SFTP chroot.
@@ -38,32 +32,14 @@ func (s *Server) AddShellUser(t testing.TB, name string, env []string) (*Client,
 			t.Fatalf("sshdtest: environment %q: want KEY=VALUE without quotes or newlines", kv)
 		}
 	}
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatalf("sshdtest: %v", err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatalf("sshdtest: %v", err)
-	}
-	keyFile := filepath.Join(t.TempDir(), "id_ed25519")
-	writePrivateKey(t, keyFile, priv, "bento-test-"+name)
-	authorized := ssh.MarshalAuthorizedKey(signer.PublicKey())
-	if err := os.WriteFile(keyFile+".pub", authorized, 0o644); err != nil {
-		t.Fatalf("sshdtest: %v", err)
-	}
+	signer, keyFile, authorized := newIdentity(t, name)
 	home := filepath.Join(s.base, "home-"+name)
 	if err := os.Mkdir(home, 0o755); err != nil {
 		t.Fatalf("sshdtest: %v", err)
 	}
 	login := s.addShellAccount(t, name, home)
 	t.Cleanup(func() { s.removeUser(t, login) })
-	u, err := user.Lookup(login)
-	if err != nil {
-		t.Fatalf("sshdtest: looking up the user just created: %v", err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
+	uid, gid := lookupIDs(t, login)
 	if err := os.Chown(home, uid, gid); err != nil {
 		t.Fatalf("sshdtest: %v", err)
 	}
