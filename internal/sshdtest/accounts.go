@@ -128,24 +128,32 @@ func (s *Server) addUser(t testing.TB, host, home string) string {
 	if _, err := os.Stat(shell); err != nil {
 		shell = "/bin/false"
 	}
+	return s.useradd(t, host, home, shell, "bento test host "+host)
+}
+
+// useradd creates a system user for name in the server's group, under a
+// fresh random login (retried when taken), recorded before it exists so
+// that the reaper removes it whatever happens next.
+func (s *Server) useradd(t testing.TB, name, home, shell, comment string) string {
+	t.Helper()
 	for i := 0; ; i++ {
-		name := "bt" + randomHex(4) + "-" + strings.ToLower(host)
-		if len(name) > maxUserLen {
-			name = name[:maxUserLen]
+		login := "bt" + randomHex(4) + "-" + strings.ToLower(name)
+		if len(login) > maxUserLen {
+			login = login[:maxUserLen]
 		}
 		s.mu.Lock()
-		s.own.Users = append(s.own.Users, name)
+		s.own.Users = append(s.own.Users, login)
 		s.mu.Unlock()
 		s.saveOwner(t)
 		code, out, err := accountTool("useradd", "--system", "--no-create-home",
 			"--home-dir", home, "--gid", s.Group, "--shell", shell,
-			"--password", "*", "--comment", "bento test host "+host, name)
+			"--password", "*", "--comment", comment, login)
 		if err == nil {
-			return name
+			return login
 		}
-		s.forgetUser(name)
+		s.forgetUser(login)
 		if code != 9 || i == 5 { // 9: name already in use
-			t.Fatalf("sshdtest: useradd %s: %v (exit %d): %s", name, err, code, out)
+			t.Fatalf("sshdtest: useradd %s: %v (exit %d): %s", login, err, code, out)
 		}
 	}
 }

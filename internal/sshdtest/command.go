@@ -37,7 +37,7 @@ func (s *Server) AddShellUser(t testing.TB, name string, env []string) (*Client,
 	if err := os.Mkdir(home, 0o755); err != nil {
 		t.Fatalf("sshdtest: %v", err)
 	}
-	login := s.addShellAccount(t, name, home)
+	login := s.useradd(t, name, home, "/bin/sh", "bento test shell user "+name)
 	t.Cleanup(func() { s.removeUser(t, login) })
 	uid, gid := lookupIDs(t, login)
 	if err := os.Chown(home, uid, gid); err != nil {
@@ -52,31 +52,6 @@ func (s *Server) AddShellUser(t testing.TB, name string, env []string) (*Client,
 	s.writeConfig(t)
 	s.Restart(t)
 	return &Client{Host: name, User: login, KeyFile: keyFile, Signer: signer}, home
-}
-
-// addShellAccount is addUser with a shell and a home of its own.
-func (s *Server) addShellAccount(t testing.TB, name, home string) string {
-	t.Helper()
-	for i := 0; ; i++ {
-		login := "bt" + randomHex(4) + "-" + strings.ToLower(name)
-		if len(login) > maxUserLen {
-			login = login[:maxUserLen]
-		}
-		s.mu.Lock()
-		s.own.Users = append(s.own.Users, login)
-		s.mu.Unlock()
-		s.saveOwner(t)
-		code, out, err := accountTool("useradd", "--system", "--no-create-home",
-			"--home-dir", home, "--gid", s.Group, "--shell", "/bin/sh",
-			"--password", "*", "--comment", "bento test shell user "+name, login)
-		if err == nil {
-			return login
-		}
-		s.forgetUser(login)
-		if code != 9 || i == 5 {
-			t.Fatalf("sshdtest: useradd %s: %v (exit %d): %s", login, err, code, out)
-		}
-	}
 }
 
 // shellBlocks is the sshd_config text for the shell users.
