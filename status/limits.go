@@ -179,21 +179,26 @@ func EnforceReportLimitsIn(chroot *os.Root, limits ReportLimits, dryRun bool) (R
 	}
 	u.Removed, u.RemovedBytes = planRemoval(entries, u)
 	if !dryRun {
-		for i, name := range u.Removed {
-			if err := rr.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				// What was not removed still counts.
-				for _, rest := range u.Removed[i:] {
-					u.RemovedBytes -= sizeOf(entries, rest)
-				}
-				u.Removed, u.RemoveErr = u.Removed[:i], err
-				break
-			}
-		}
+		u.remove(rr, entries)
 	}
 	if u.Over() {
 		return u, fmt.Errorf("%w: %s", ErrReportsOverLimit, u.Describe())
 	}
 	return u, nil
+}
+
+// remove removes the planned logs, stopping at the first that will not
+// go: what was not removed still counts.
+func (u *ReportsUsage) remove(rr *os.Root, entries []reportEntry) {
+	for i, name := range u.Removed {
+		if err := rr.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			for _, rest := range u.Removed[i:] {
+				u.RemovedBytes -= sizeOf(entries, rest)
+			}
+			u.Removed, u.RemoveErr = u.Removed[:i], err
+			return
+		}
+	}
 }
 
 func sizeOf(entries []reportEntry, name string) int64 {

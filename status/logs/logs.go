@@ -103,14 +103,19 @@ func listLogs(r *os.Root, host string) ([]File, error) {
 		}
 		return strings.Compare(a.Name, b.Name)
 	})
-	latest := len(logs) - 1
+	logs[latest(r, host, logs)].Latest = true
+	return logs, nil
+}
+
+// latest is the index of the log of the host's last attempt: the one its
+// report names, else the most recently written (logs are oldest first).
+func latest(r *os.Root, host string, logs []File) int {
 	if rep, err := status.ReadReport(r, host); err == nil && rep.Log != "" {
 		if i := slices.IndexFunc(logs, func(l File) bool { return l.Name == rep.Log }); i >= 0 {
-			latest = i
+			return i
 		}
 	}
-	logs[latest].Latest = true
-	return logs, nil
+	return len(logs) - 1
 }
 
 // pickLog finds the log called name (or starting with it, when that is
@@ -216,27 +221,35 @@ func openLogFile(r *os.Root, host, name string, offset int64) (io.ReadCloser, er
 		f.Close()
 		return nil, fmt.Errorf("host %s: log %s is not a regular file", host, termsafe.Line(name))
 	}
+	rd, err := skipTo(f, offset)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("host %s: log %s: %w", host, termsafe.Line(name), err)
+	}
+	return readCloser{rd, f}, nil
+}
+
+// skipTo is f's content from offset: decompressed and skipped to when f
+// is gzipped, sought to when it is not.
+func skipTo(f *os.File, offset int64) (io.Reader, error) {
 	br := bufio.NewReader(f)
 	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
 		zr, err := gzip.NewReader(br)
 		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("host %s: log %s: %w", host, termsafe.Line(name), err)
+			return nil, err
 		}
 		if _, err := io.CopyN(io.Discard, zr, offset); err != nil && err != io.EOF {
-			f.Close()
-			return nil, fmt.Errorf("host %s: log %s: %w", host, termsafe.Line(name), err)
+			return nil, err
 		}
-		return readCloser{zr, f}, nil
+		return zr, nil
 	}
 	if offset > 0 {
 		if _, err := f.Seek(offset, io.SeekStart); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("host %s: log %s: %w", host, termsafe.Line(name), err)
+			return nil, err
 		}
 		br.Reset(f)
 	}
-	return readCloser{br, f}, nil
+	return br, nil
 }
 
 type readCloser struct {
