@@ -98,11 +98,18 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 	// Unmeasured (permission denied, say), status.json is still read: its
 	// own cap bounds it, and its error says more than the walk's.
 
-	data, err = readCapped(r, manifest.StatusFile, MaxReportSize)
+	in.readReport(r)
+	return in
+}
+
+// readReport reads the host's status.json into in. A chroot with a
+// reports/ directory is one even before the host's first report.
+func (in *hostInput) readReport(r *os.Root) {
+	data, err := readCapped(r, manifest.StatusFile, MaxReportSize)
 	switch {
 	case err == nil:
 		in.chroot = true
-		in.report, in.reportErr = parseReport(data, name)
+		in.report, in.reportErr = parseReport(data, in.name)
 		if in.report != nil {
 			heartbeat(r, in.report)
 		}
@@ -114,7 +121,6 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 		in.chroot = true
 		in.reportErr = err
 	}
-	return in
 }
 
 // heartbeat dates an unchanged report by its file's mtime when that is
