@@ -198,13 +198,20 @@ type Publisher struct {
 	// removed are the objects some chroot dropped: the pool checks them.
 	removedMu sync.Mutex
 	removed   map[string]bool
-	// fullScan: the previous deploy did not finish (its marker is there),
-	// so chroots and the pool may hold objects nothing names: this one
-	// looks at everything. unfinished: this one leaves the marker.
-	fullScan   bool
-	unfinished atomic.Bool
-	markOnce   sync.Once
-	markErr    error
+	// A deploy that did not finish leaves a marker naming the chroots
+	// that may hold objects nothing names (and the pool temporary files):
+	// pending are those hosts, scanned whole by the next deploy that
+	// publishes them; poolScan says the pool is scanned whole too.
+	pending  map[string]bool
+	poolScan bool
+	// markMu guards the marker and leftover: the hosts the marker must
+	// still name when this deploy ends.
+	markMu   sync.Mutex
+	marked   bool
+	leftover map[string]bool
+	inflight map[string]bool
+	// poolFailed: the pool could not be cleaned; the marker stays.
+	poolFailed atomic.Bool
 	// umaskClears: the umask takes bits off 0755/0444, so every directory
 	// and file made needs a chmod.
 	umaskClears bool
@@ -256,7 +263,7 @@ func Open(ctx context.Context, opts Options) (*Publisher, error) {
 		if p.lock, err = AcquireLock(ctx, root, opts.LockWait); err != nil {
 			return nil, err
 		}
-		p.fullScan = exists(p.markerPath())
+		p.loadMarker()
 	}
 	return p, nil
 }
@@ -582,21 +589,21 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 		p.syncJobs(jobs, "writing the new objects", true)
 	}
 	p.opts.Hook(StepSynced, "")
-	if writing {
-		// From here on a kill may leave links that no manifest names; the
-		// marker makes the next deploy look for them.
-		if err := p.mark(); err != nil {
-			for _, j := range jobs {
-				if j.writing() {
-					j.fail(err)
-				}
-			}
-		}
-	}
 	var committing []*hostJob
+	var names []string
 	for _, j := range jobs {
 		if j.writing() {
 			committing = append(committing, j)
+			names = append(names, j.name)
+		}
+	}
+	if len(committing) > 0 {
+		// From here on a kill may leave links that no manifest names; the
+		// marker makes the next deploy look for them.
+		if err := p.mark(names); err != nil {
+			for _, j := range committing {
+				j.fail(err)
+			}
 		}
 	}
 	// 3. Objects renamed into the pool (once each), then linked into the
@@ -675,20 +682,20 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 	// 6. The pool.
 	for _, j := range committing {
 		if j.res.Err != nil {
-			p.unfinished.Store(true) // its links may name nothing
+			p.keepPending(j.name) // its links may name nothing
 		}
 	}
-	if changed || len(p.pool) > 0 {
+	if changed || len(p.pool) > 0 || p.poolScan {
 		p.discardPool()
 		var candidates map[string]bool
-		if !p.fullScan {
+		if !p.poolScan {
 			candidates = p.removed
 			for sum := range p.pool {
 				candidates[sum] = true
 			}
 		}
 		if _, err := p.collectPool(candidates); err != nil {
-			p.unfinished.Store(true)
+			p.poolFailed.Store(true)
 			for _, j := range jobs {
 				if j.res.Err == nil && j.res.Status == StatusPublished {
 					j.res.Notes = append(j.res.Notes, err.Error())
@@ -698,8 +705,13 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 		}
 		p.opts.Hook(StepCollected, "")
 	}
-	if !p.unfinished.Load() && (writing || p.fullScan) {
-		os.Remove(p.markerPath())
+	if err := p.settleMarker(); err != nil {
+		for _, j := range jobs {
+			if j.res.Err == nil {
+				j.res.Notes = append(j.res.Notes, err.Error())
+				break
+			}
+		}
 	}
 }
 
@@ -707,24 +719,96 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 // did not finish.
 func (p *Publisher) markerPath() string { return filepath.Join(p.root, StateDir, "unfinished") }
 
-// mark writes the marker once per deploy, before the first write that a
-// kill could leave unnamed.
-func (p *Publisher) mark() error {
-	p.markOnce.Do(func() { p.markErr = p.markUnfinished() })
-	return p.markErr
+// loadMarker reads what an unfinished deploy left to scan.
+func (p *Publisher) loadMarker() {
+	p.pending, p.leftover, p.inflight = map[string]bool{}, map[string]bool{}, map[string]bool{}
+	data, err := readCapped(p.markerPath(), 16<<20)
+	if err != nil {
+		p.poolScan = !errors.Is(err, fs.ErrNotExist)
+		return
+	}
+	p.poolScan = true
+	for _, l := range strings.Split(string(data), "\n") {
+		if fleet.ValidateName(l) == nil {
+			p.pending[l] = true
+			p.leftover[l] = true
+		}
+	}
 }
 
-func (p *Publisher) markUnfinished() error {
-	if exists(p.markerPath()) {
+// mark makes the marker name hosts (on top of what it names already),
+// before anything a kill could leave unnamed is written for them.
+func (p *Publisher) mark(hosts []string) error {
+	p.markMu.Lock()
+	defer p.markMu.Unlock()
+	grew := !p.marked
+	for _, h := range hosts {
+		if !p.inflight[h] {
+			p.inflight[h], grew = true, true
+		}
+	}
+	if !grew {
 		return nil
 	}
+	if err := p.writeMarker(true); err != nil {
+		return err
+	}
+	p.marked = true
+	return nil
+}
+
+// writeMarker writes the hosts left to scan, and those this deploy is
+// writing when inflight.
+func (p *Publisher) writeMarker(inflight bool) error {
 	if err := p.ensurePrivateDir(filepath.Join(p.root, StateDir)); err != nil {
 		return fmt.Errorf("retention record: %w", err)
 	}
-	if err := atomicfile.WriteFile(p.markerPath(), []byte("a bento deploy linked objects and has not finished; the next one scans every chroot\n"), 0o600); err != nil {
+	var names []string
+	for h := range p.leftover {
+		names = append(names, h)
+	}
+	for h := range p.inflight {
+		if inflight && !p.leftover[h] {
+			names = append(names, h)
+		}
+	}
+	sort.Strings(names)
+	text := "# a bento deploy wrote objects and did not finish; the next deploy of these hosts scans their chroots\n" + strings.Join(names, "\n") + "\n"
+	if err := atomicfile.WriteFile(p.markerPath(), []byte(text), 0o600); err != nil {
 		return fmt.Errorf("retention record: %w", err)
 	}
 	return nil
+}
+
+// scanned says a host's chroot holds nothing unnamed any more.
+func (p *Publisher) scanned(host string) {
+	p.markMu.Lock()
+	delete(p.leftover, host)
+	p.markMu.Unlock()
+}
+
+// keepPending keeps a host in the marker for the next deploy.
+func (p *Publisher) keepPending(host string) {
+	p.markMu.Lock()
+	p.leftover[host] = true
+	p.markMu.Unlock()
+}
+
+// settleMarker removes the marker when nothing is left to scan, or
+// rewrites it with what is.
+func (p *Publisher) settleMarker() error {
+	p.markMu.Lock()
+	defer p.markMu.Unlock()
+	if !p.marked && !p.poolScan {
+		return nil // nothing was written, nothing was pending
+	}
+	if len(p.leftover) == 0 && !p.poolFailed.Load() {
+		if err := os.Remove(p.markerPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("retention record: %w", err)
+		}
+		return nil
+	}
+	return p.writeMarker(false)
 }
 
 func (p *Publisher) noteRemoved(sum string) {
@@ -790,7 +874,8 @@ func (p *Publisher) finish(j *hostJob) bool {
 		h.record(j.m, now)
 	}
 	expiring := h.expiring(now, ret)
-	if !published && !j.histChanged && !expiring {
+	pending := p.pending[j.name]
+	if !published && !j.histChanged && !expiring && !pending {
 		return false // unchanged: nothing written
 	}
 	note := func(format string, args ...any) { j.res.Notes = append(j.res.Notes, fmt.Sprintf(format, args...)) }
@@ -801,7 +886,7 @@ func (p *Publisher) finish(j *hostJob) bool {
 		return published
 	}
 	p.opts.Hook(StepRecorded, j.name)
-	if h.recovering(now, ret) || !(j.res.Status == StatusPublished || expiring) {
+	if h.recovering(now, ret) || !(j.res.Status == StatusPublished || expiring || pending) {
 		return published
 	}
 	var expired []string
@@ -819,7 +904,7 @@ func (p *Publisher) finish(j *hostJob) bool {
 	// is looked at; objects/ is scanned whole when something unknown may
 	// be there: a deploy that did not finish, a repaired record, or a
 	// recovered entry leaving the window.
-	full := p.fullScan || j.histChanged
+	full := pending || j.histChanged
 	var candidates map[string]bool
 	if !full {
 		candidates = map[string]bool{}
@@ -853,9 +938,12 @@ func (p *Publisher) finish(j *hostJob) bool {
 		n, err = removeNamed(j.hostDir, candidates, p.noteRemoved)
 	}
 	j.res.Removed = n
-	if err != nil {
-		p.unfinished.Store(true)
+	switch {
+	case err != nil:
+		p.keepPending(j.name)
 		note("removing old objects: %v", err)
+	case full:
+		p.scanned(j.name)
 	}
 	if err := p.removeOldSecrets(j, versions); err != nil {
 		note("removing old secrets: %v", err)
