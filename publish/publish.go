@@ -188,6 +188,7 @@ type Publisher struct {
 	hashes   *HashCache
 	mu       sync.Mutex
 	trees    map[Source]*treeCall
+	versions map[*Tree]treeMemo
 	// pool maps each content this deploy needs somewhere to its entry.
 	poolMu   sync.Mutex
 	pool     map[string]*object
@@ -235,7 +236,7 @@ func Open(ctx context.Context, opts Options) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{opts: opts, root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{},
+	p := &Publisher{opts: opts, root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{}, versions: map[*Tree]treeMemo{},
 		pool: map[string]*object{}, poolDirs: map[string]bool{}, copies: map[string]map[string]bool{}, removed: map[string]bool{}}
 	p.umaskClears = umask()&0o755 != 0
 	if p.opts.Jobs <= 0 {
@@ -296,6 +297,31 @@ func (p *Publisher) Tree(ctx context.Context, src Source) (*Tree, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// treeVersion returns a tree's manifest lines (shared, read-only) and
+// version; computed once per tree for the hosts without secrets (every
+// host of a flake shares its tree).
+func (p *Publisher) treeVersion(tree *Tree, extra []manifest.File) ([]manifest.File, string) {
+	p.mu.Lock()
+	memo, ok := p.versions[tree]
+	p.mu.Unlock()
+	if !ok {
+		memo.files = tree.Manifest()
+		memo.version = Version(memo.files, nil)
+		p.mu.Lock()
+		p.versions[tree] = memo
+		p.mu.Unlock()
+	}
+	if len(extra) == 0 {
+		return memo.files, memo.version
+	}
+	return memo.files, Version(memo.files, extra)
+}
+
+type treeMemo struct {
+	files   []manifest.File
+	version string
 }
 
 // Publish publishes every target. One failing host never stops the
@@ -421,8 +447,7 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	// the flake is a new version for a fetch-mode host too; but a host in
 	// fetch mode evaluates nothing, so it receives none of the tree: no
 	// host can read the fleet's configuration through it.
-	version := Version(tree.Manifest(), extra)
-	files := tree.Manifest()
+	files, version := p.treeVersion(tree, extra)
 	entries := tree.Files
 	if t.Host.Options.Mode == "fetch" {
 		files, entries = []manifest.File{}, nil
@@ -448,11 +473,19 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	// Only the head of the live manifest is decoded at first: that is all
 	// an unchanged host needs, and decoding every host's file list would
 	// be most of an unchanged deploy's time.
-	cur, curFiles, curErr := readManifestHead(hostDir, name)
+	// Faster still: the retention record keeps the head of the manifest
+	// it saw go live, with the file's identity; while the file is that
+	// very file, nothing is read from it.
+	var curFiles manifestFiles
+	var curErr error
+	cur, curObjects, known := p.liveHead(name, hostDir)
+	if !known {
+		cur, curFiles, curErr = readManifestHead(hostDir, name)
+		curObjects = cur != nil && cur.Format >= 2 && len(curFiles) > 0
+	}
 	if curErr != nil {
 		res.Notes = append(res.Notes, fmt.Sprintf("the current manifest is unreadable (%v): publishing afresh", curErr))
 	}
-	curObjects := cur != nil && cur.Format >= 2 && len(curFiles) > 0
 	j.cur = cur
 	if cur != nil {
 		res.Previous = cur.Version
@@ -483,6 +516,9 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	// What the live manifest names is in the chroot: nothing removes it.
 	have := map[string]bool{}
 	if curObjects && res.Status == StatusPublished {
+		if curFiles == nil {
+			curFiles, _ = readCapped(filepath.Join(hostDir, manifest.ManifestFile), manifest.MaxSize)
+		}
 		for _, f := range curFiles.all() {
 			have[f.SHA256] = true
 		}
@@ -872,6 +908,12 @@ func (p *Publisher) finish(j *hostJob) bool {
 	published := j.res.Status == StatusPublished || j.res.Status == StatusUpdated
 	if published {
 		h.record(j.m, now)
+		h.Live = nil
+		if fi, err := os.Lstat(filepath.Join(j.hostDir, manifest.ManifestFile)); err == nil {
+			head := *j.m
+			head.Files = nil
+			h.Live = &liveHead{ID: fileID(fi), Objects: hasObjects(j.m), Head: head}
+		}
 	}
 	expiring := h.expiring(now, ret)
 	pending := p.pending[j.name]
