@@ -516,12 +516,29 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	// What the live manifest names is in the chroot: nothing removes it.
 	have := map[string]bool{}
 	if curObjects && res.Status == StatusPublished {
-		if curFiles == nil {
-			curFiles, _ = readCapped(filepath.Join(hostDir, manifest.ManifestFile), manifest.MaxSize)
+		// Same version and format, same files: every host of a flake
+		// shares its previous version, which is decoded once.
+		p.copiesMu.Lock()
+		sums, ok := p.copies[cur.Version]
+		p.copiesMu.Unlock()
+		if !ok {
+			if curFiles == nil {
+				curFiles, _ = readCapped(filepath.Join(hostDir, manifest.ManifestFile), manifest.MaxSize)
+			}
+			if files := curFiles.all(); files != nil {
+				sums = make(map[string]bool, len(files))
+				for _, f := range files {
+					sums[f.SHA256] = true
+				}
+				p.copiesMu.Lock()
+				p.copies[cur.Version] = sums
+				p.copiesMu.Unlock()
+			}
 		}
-		for _, f := range curFiles.all() {
-			have[f.SHA256] = true
-		}
+		have = sums
+	}
+	if have == nil {
+		have = map[string]bool{}
 	}
 	if p.opts.DryRun {
 		if res.Status == StatusPublished {
