@@ -133,6 +133,13 @@ func takesValue(flags []cli.Flag) map[string]bool {
 		if !ok || !tv.TakesValue() {
 			continue
 		}
+		if g, ok := f.(*cli.GenericFlag); ok {
+			// A value that says it is boolean ("--prometheus[=FILE]")
+			// takes its value only after "=", as Go's flag package does.
+			if b, ok := g.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+				continue
+			}
+		}
 		for _, n := range f.Names() {
 			m[n] = true
 		}

@@ -23,6 +23,7 @@ func TestNormalizeArgs(t *testing.T) {
 		{name: "a global flag after the command", in: []string{"status", "--verbose", "web-1"}, want: []string{"--verbose", "status", "--", "web-1"}},
 		{name: "subcommand", in: []string{"agent", "run", "--config", "/etc/bento/agent.json"}, want: []string{"agent", "run", "--config", "/etc/bento/agent.json"}},
 		{name: "no arguments", in: []string{"status"}, want: []string{"status"}},
+		{name: "a flag whose value needs =", in: []string{"status", "--prometheus", "--chroot-root", "/srv/c", "web"}, want: []string{"status", "--prometheus", "--chroot-root", "/srv/c", "--", "web"}},
 		{name: "help flag after a host", in: []string{"status", "web-1", "--help"}, want: []string{"status", "--help", "--", "web-1"}},
 		{name: "completion stays last", in: []string{"hosts", "web", "--generate-bash-completion"}, want: []string{"hosts", "--", "web", "--generate-bash-completion"}},
 		{name: "unknown command", in: []string{"bogus"}, err: `unknown command "bogus"; see bento --help`},
