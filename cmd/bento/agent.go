@@ -347,7 +347,9 @@ func runTickProcess(ctx context.Context, c *cli.Context, out io.Writer) error {
 			args = append(args, "--"+name, c.String(name))
 		}
 	}
-	_, err = proc.Run(ctx, proc.Cmd{Argv: append([]string{exe}, args...), Stderr: out, Combined: true, Detached: true})
+	// No tail: out, when it is a file (the journal), is the tick's own
+	// descriptor, so its log goes on when this process is gone.
+	_, err = proc.Run(ctx, proc.Cmd{Argv: append([]string{exe}, args...), Stderr: out, Combined: true, TailBytes: -1, Detached: true})
 	var pe *proc.Error
 	if errors.As(err, &pe) && pe.ExitCode >= 0 {
 		// Its output went to out already; the status is what is left to say.

@@ -61,7 +61,10 @@ type Cmd struct {
 	// then ignored.
 	Combined bool
 	// TailBytes bounds the output kept for Result.Tail and the error;
-	// DefaultTailBytes when zero.
+	// DefaultTailBytes when zero. Negative keeps no tail: Stderr (and
+	// Stdout with Combined) then reach the process as they are, an
+	// *os.File as its own descriptor, so that its output does not go
+	// through bento and outlives it (a Detached tick's log).
 	TailBytes int
 	// Grace is the time between SIGTERM and SIGKILL once ctx is done;
 	// DefaultGrace when zero.
@@ -160,7 +163,10 @@ func Run(ctx context.Context, c Cmd) (Result, error) {
 	cmd.WaitDelay = grace
 	tail := &TailBuffer{Max: max}
 	var errw io.Writer = tail
-	if c.Stderr != nil {
+	switch {
+	case c.TailBytes < 0:
+		errw = c.Stderr
+	case c.Stderr != nil:
 		errw = io.MultiWriter(tail, c.Stderr)
 	}
 	cmd.Stderr = errw

@@ -385,3 +385,28 @@ func TestQuote(t *testing.T) {
 		}
 	}
 }
+
+// Without a tail, a file reaches the process as its own descriptor, not
+// through a pipe that would close when bento exits.
+func TestNoTailPassesTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, tc := range []struct {
+		tail int
+		want string
+	}{{-1, path}, {0, "pipe:"}} {
+		f.Truncate(0)
+		f.Seek(0, 0)
+		if _, err := Run(context.Background(), Cmd{Argv: []string{"sh", "-c", "readlink /proc/$$/fd/1; readlink /proc/$$/fd/2 >&2"}, Stderr: f, Combined: true, TailBytes: tc.tail}); err != nil {
+			t.Fatal(err)
+		}
+		data, _ := os.ReadFile(path)
+		if lines := strings.Split(strings.TrimSpace(string(data)), "\n"); len(lines) != 2 || !strings.HasPrefix(lines[0], tc.want) || !strings.HasPrefix(lines[1], tc.want) {
+			t.Errorf("TailBytes %d: the process wrote to %q, want %s", tc.tail, lines, tc.want)
+		}
+	}
+}
