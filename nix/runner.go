@@ -1,7 +1,8 @@
 // Package nix is the one place where bento starts Nix commands. Every call
-// carries a context (cancellation kills the whole process group, so no stray
-// builders survive Ctrl-C), captures stderr, and turns a failure into an
-// *Error that quotes Nix's own message, the command and the host.
+// carries a context and runs through internal/proc (cancellation stops the
+// whole process group, so no stray builders survive Ctrl-C), captures
+// stderr, and turns a failure into an *Error that quotes Nix's own
+// message, the command and the host.
 package nix
 
 import (
