@@ -1,11 +1,13 @@
 package nix_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -150,6 +152,12 @@ func TestCancelKillsProcessGroup(t *testing.T) {
 			}
 			if alive := survivors(unique); len(alive) > 0 {
 				t.Errorf("processes survived cancellation: %v", alive)
+			}
+			// Nothing may signal the group once Run has returned: its id
+			// may then belong to another process group.
+			buf := make([]byte, 1<<20)
+			if bytes.Contains(buf[:runtime.Stack(buf, true)], []byte("internal/proc.escalate(")) {
+				t.Error("a SIGKILL for the process group is still pending after Run returned")
 			}
 		})
 	}
