@@ -12,6 +12,7 @@ package proc
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -131,81 +132,23 @@ func (e *Error) Is(target error) bool { return target == ErrNotFound && e.notFou
 // period if any of it is still there; Run returns once the group is gone
 // or killed, with an error wrapping ctx.Err().
 func Run(ctx context.Context, c Cmd) (Result, error) {
-	var res Result
 	if len(c.Argv) == 0 || c.Argv[0] == "" {
-		return res, errors.New("proc: no program to run")
+		return Result{}, errors.New("proc: no program to run")
 	}
 	if c.Detached {
 		ctx = context.WithoutCancel(ctx)
 	}
-	grace := c.Grace
-	if grace <= 0 {
-		grace = DefaultGrace
+	if err := ctx.Err(); err != nil {
+		return Result{}, &Error{Argv: c.Argv, ExitCode: -1, Err: err}
 	}
-	max := c.TailBytes
-	if max <= 0 {
-		max = DefaultTailBytes
-	}
+	grace := cmp.Or(max(c.Grace, 0), DefaultGrace)
 	signal := c.signal
 	if signal == nil {
 		signal = syscall.Kill
 	}
-
-	cmd := exec.Command(c.Argv[0], c.Argv[1:]...)
-	cmd.Dir = c.Dir
-	if len(c.Env) > 0 {
-		cmd.Env = append(os.Environ(), c.Env...)
-	}
-	cmd.Stdin = c.Stdin
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// Something the process forked may keep its output open after it
-	// exited; exec stops waiting for that after the grace period too.
-	cmd.WaitDelay = grace
-	tail := &TailBuffer{Max: max}
-	var errw io.Writer = tail
-	switch {
-	case c.TailBytes < 0:
-		errw = c.Stderr
-	case c.Stderr != nil:
-		errw = io.MultiWriter(tail, c.Stderr)
-	}
-	cmd.Stderr = errw
-	var stdout bytes.Buffer
-	switch {
-	case c.Combined:
-		// The same comparable writer for both streams: exec then writes
-		// from one goroutine, in the order the process wrote.
-		cmd.Stdout = errw
-	case c.Stdout != nil:
-		cmd.Stdout = c.Stdout
-	default:
-		cmd.Stdout = &stdout
-	}
-
-	fail := func(err error) (Result, error) {
-		res.Stdout = stdout.Bytes()
-		res.Tail = tail.String()
-		e := &Error{Argv: c.Argv, ExitCode: -1, Err: err}
-		var exitErr *exec.ExitError
-		switch {
-		case cmd.ProcessState == nil && notFound(err, c.Dir):
-			e.notFound = true
-		case err == nil:
-			// It exited cleanly, but on our SIGTERM: it did not finish.
-			e.Err = ctx.Err()
-		case ctx.Err() != nil:
-			e.Err = fmt.Errorf("%w (%w)", ctx.Err(), err)
-		case errors.As(err, &exitErr):
-			e.ExitCode = exitErr.ExitCode()
-		}
-		e.Output = strings.Join(LastLines(res.Tail, errorLines), "\n  ")
-		return res, e
-	}
-	if err := ctx.Err(); err != nil {
-		return res, &Error{Argv: c.Argv, ExitCode: -1, Err: err}
-	}
+	cmd, tail, stdout := c.command(grace)
 	if err := cmd.Start(); err != nil {
-		return fail(err)
+		return c.fail(ctx, cmd, err, tail, stdout)
 	}
 	waited := make(chan struct{})
 	escalated := make(chan struct{})
@@ -218,18 +161,76 @@ func Run(ctx context.Context, c Cmd) (Result, error) {
 	close(waited)
 	// Whatever escalate still had to do is done before Run returns.
 	<-escalated
+	if err != nil || stopped {
+		return c.fail(ctx, cmd, err, tail, stdout)
+	}
+	return result(cmd, tail, stdout), nil
+}
+
+// command prepares the process: its own group, its streams, the tail.
+func (c *Cmd) command(grace time.Duration) (*exec.Cmd, *TailBuffer, *bytes.Buffer) {
+	cmd := exec.Command(c.Argv[0], c.Argv[1:]...)
+	cmd.Dir = c.Dir
+	if len(c.Env) > 0 {
+		cmd.Env = append(os.Environ(), c.Env...)
+	}
+	cmd.Stdin = c.Stdin
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Something the process forked may keep its output open after it
+	// exited; exec stops waiting for that after the grace period too.
+	cmd.WaitDelay = grace
+	tail := &TailBuffer{Max: cmp.Or(max(c.TailBytes, 0), DefaultTailBytes)}
+	var errw io.Writer = tail
+	switch {
+	case c.TailBytes < 0:
+		errw = c.Stderr
+	case c.Stderr != nil:
+		errw = io.MultiWriter(tail, c.Stderr)
+	}
+	cmd.Stderr = errw
+	stdout := &bytes.Buffer{}
+	switch {
+	case c.Combined:
+		// The same comparable writer for both streams: exec then writes
+		// from one goroutine, in the order the process wrote.
+		cmd.Stdout = errw
+	case c.Stdout != nil:
+		cmd.Stdout = c.Stdout
+	default:
+		cmd.Stdout = stdout
+	}
+	return cmd, tail, stdout
+}
+
+func result(cmd *exec.Cmd, tail *TailBuffer, stdout *bytes.Buffer) Result {
+	res := Result{Stdout: stdout.Bytes(), Tail: tail.String()}
 	if cmd.ProcessState != nil {
 		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 			// Linux reports ru_maxrss in KiB.
 			res.MaxRSS = ru.Maxrss * 1024
 		}
 	}
-	if err != nil || stopped {
-		return fail(err)
+	return res
+}
+
+// fail turns what ended the process (err nil: it exited cleanly on our
+// SIGTERM, so it did not finish) into an *Error.
+func (c *Cmd) fail(ctx context.Context, cmd *exec.Cmd, err error, tail *TailBuffer, stdout *bytes.Buffer) (Result, error) {
+	res := result(cmd, tail, stdout)
+	e := &Error{Argv: c.Argv, ExitCode: -1, Err: err}
+	var exitErr *exec.ExitError
+	switch {
+	case cmd.ProcessState == nil && notFound(err, c.Dir):
+		e.notFound = true
+	case err == nil:
+		e.Err = ctx.Err()
+	case ctx.Err() != nil:
+		e.Err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+	case errors.As(err, &exitErr):
+		e.ExitCode = exitErr.ExitCode()
 	}
-	res.Stdout = stdout.Bytes()
-	res.Tail = tail.String()
-	return res, nil
+	e.Output = strings.Join(LastLines(res.Tail, errorLines), "\n  ")
+	return res, e
 }
 
 // notFound tells a missing program from other start errors. A missing
@@ -297,24 +298,31 @@ func groupRunning(pgid int, signal func(int, syscall.Signal) error) bool {
 		return true
 	}
 	for _, e := range entries {
-		if e.Name()[0] < '0' || e.Name()[0] > '9' {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
-		i := bytes.LastIndexByte(stat, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(stat[i+1:]))
-		if len(f) >= 3 && f[0] != "Z" && f[0] != "X" && f[2] == strconv.Itoa(pgid) {
+		if state, group, ok := procStat(e.Name()); ok && group == pgid && state != "Z" && state != "X" {
 			return true
 		}
 	}
 	return false
+}
+
+// procStat reads the state and process group of process pid (a /proc
+// entry name) from /proc/pid/stat.
+func procStat(pid string) (state string, pgrp int, ok bool) {
+	stat, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+	if err != nil {
+		return "", 0, false
+	}
+	// pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return "", 0, false
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 3 {
+		return "", 0, false
+	}
+	pgrp, err = strconv.Atoi(f[2])
+	return f[0], pgrp, err == nil
 }
 
 // Quote renders argv for a message: the program's base name, each
