@@ -5,6 +5,7 @@
 package flock
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -54,14 +55,26 @@ func Acquire(ctx context.Context, path string, o Options) (*Lock, error) {
 	if o.WritePID {
 		flags = os.O_RDWR | os.O_CREATE
 	}
-	perm := o.Perm
-	if perm == 0 {
-		perm = 0o644
-	}
-	f, err := os.OpenFile(path, flags, perm)
+	f, err := os.OpenFile(path, flags, cmp.Or(o.Perm, 0o644))
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
+	if err := take(ctx, f, o); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if o.WritePID {
+		// Only for messages; the flock is what counts.
+		if err := f.Truncate(0); err == nil {
+			f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+		}
+	}
+	return &Lock{f: f}, nil
+}
+
+// take flocks f, retrying while another holds it as long as o and ctx
+// allow.
+func take(ctx context.Context, f *os.File, o Options) error {
 	how := syscall.LOCK_EX
 	if o.Shared {
 		how = syscall.LOCK_SH
@@ -72,45 +85,30 @@ func Acquire(ctx context.Context, path string, o Options) (*Lock, error) {
 		wait, cancel = context.WithTimeout(ctx, o.Timeout)
 		defer cancel()
 	}
-	told := false
-	delay := firstPoll
-	for {
+	for delay, told := firstPoll, false; ; delay = min(delay*2, maxPoll) {
 		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		if o.NoWait {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, ErrHeld)
-		}
-		if !told && o.OnWait != nil {
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR):
+			return err
+		case o.NoWait:
+			return ErrHeld
+		case !told && o.OnWait != nil:
 			o.OnWait()
-			told = true
 		}
+		told = true
 		t := time.NewTimer(delay)
 		select {
 		case <-wait.Done():
 			t.Stop()
-			f.Close()
 			if err := ctx.Err(); err != nil {
-				return nil, fmt.Errorf("lock %s: %w", path, err)
+				return err
 			}
-			return nil, fmt.Errorf("lock %s: %w after %s: %w", path, ErrHeld, o.Timeout, wait.Err())
+			return fmt.Errorf("%w after %s: %w", ErrHeld, o.Timeout, wait.Err())
 		case <-t.C:
 		}
-		delay = min(delay*2, maxPoll)
 	}
-	if o.WritePID {
-		// Only for messages; the flock is what counts.
-		if err := f.Truncate(0); err == nil {
-			f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-		}
-	}
-	return &Lock{f: f}, nil
 }
 
 // Release drops the lock. It is safe on a nil or released Lock.
