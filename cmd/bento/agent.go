@@ -47,6 +47,7 @@ func agentCommand() *cli.Command {
 					"2 when the configuration is invalid.",
 				Flags: append(agentConfigFlags(),
 					&cli.DurationFlag{Name: "lock-wait", Usage: "give up when another tick holds the lock for this long (0: wait)"},
+					&cli.BoolFlag{Name: "now", Usage: "try a version that failed again now, without waiting for its retry delay"},
 				),
 				Action: func(c *cli.Context) error {
 					// A watcher that goes away (a closed pipe, a trigger
@@ -301,6 +302,7 @@ func runTick(c *cli.Context, cfg agent.Config, out io.Writer) error {
 		Nix:          nixRunner(c),
 		AgentVersion: version,
 		LockWait:     lockWait(c),
+		RetryNow:     c.Bool("now"),
 	})
 	var ce *agent.ConfigError
 	if errors.As(err, &ce) {
