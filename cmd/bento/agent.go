@@ -38,6 +38,7 @@ func agentCommand() *cli.Command {
 			"flags and variables override the file. See docs/agent.md.",
 		Subcommands: []*cli.Command{
 			agentInstallSecretsCommand(),
+			agentStatusCommand(),
 			{
 				Name:  "run",
 				Usage: "run one tick: fetch, build, switch and report when a new version is published",
