@@ -37,6 +37,9 @@ type Options struct {
 	WritePID bool
 	// Perm is the lock file's mode when it is created; 0644 when zero.
 	Perm os.FileMode
+	// Existing opens only a lock file that exists (an fs.ErrNotExist
+	// error otherwise): a probe that must change nothing.
+	Existing bool
 }
 
 // Lock is a lock held on a file.
@@ -51,9 +54,12 @@ const (
 
 // Acquire takes the lock on path, creating the file if needed.
 func Acquire(ctx context.Context, path string, o Options) (*Lock, error) {
-	flags := os.O_RDONLY | os.O_CREATE
+	flags := os.O_RDONLY
 	if o.WritePID {
-		flags = os.O_RDWR | os.O_CREATE
+		flags = os.O_RDWR
+	}
+	if !o.Existing {
+		flags |= os.O_CREATE
 	}
 	f, err := os.OpenFile(path, flags, cmp.Or(o.Perm, 0o644))
 	if err != nil {

@@ -182,3 +182,14 @@ func TestCallerDeadlineIsNotHeld(t *testing.T) {
 		t.Fatalf("error %v: want the caller's deadline, not ErrHeld", err)
 	}
 }
+
+// A probe with Existing creates nothing.
+func TestExisting(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lock")
+	if _, err := Acquire(context.Background(), path, Options{Existing: true}); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v, want fs.ErrNotExist", err)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("the probe created the lock file")
+	}
+}
