@@ -1,18 +1,19 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/bento-nix/bento/activate"
 	"github.com/bento-nix/bento/agent/backoff"
 	"github.com/bento-nix/bento/agent/queue"
+	"github.com/bento-nix/bento/internal/flock"
 	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 )
@@ -115,14 +116,12 @@ func readJSON(path string, v any, s *HostStatus) bool {
 // tickRunning tells whether a tick holds the state lock, by trying a
 // shared lock that a running tick's exclusive one refuses; nothing waits.
 func tickRunning(path string) (bool, string) {
-	f, err := os.Open(path)
-	if err != nil {
-		return false, ""
+	l, err := flock.Acquire(context.Background(), path, flock.Options{Shared: true, NoWait: true, Existing: true})
+	if errors.Is(err, flock.ErrHeld) {
+		return true, flock.Holder(path)
 	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
-		return errors.Is(err, syscall.EWOULDBLOCK), lockHolder(path)
+	if err == nil {
+		l.Release()
 	}
-	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 	return false, ""
 }

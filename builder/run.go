@@ -371,7 +371,7 @@ func (b *run) build(ctx context.Context, h *hostRun) {
 	}
 	h.res.OutPath = out
 	// Kept even when the run is being cancelled: the build is done.
-	if err := b.state.keep(Record{Host: name, OutPath: out, DrvPath: h.res.DrvPath, BuiltAt: time.Now().UTC()}, link); err != nil {
+	if err := b.state.keep(context.WithoutCancel(ctx), Record{Host: name, OutPath: out, DrvPath: h.res.DrvPath, BuiltAt: time.Now().UTC()}, link); err != nil {
 		h.fail("keep result", err)
 		return
 	}

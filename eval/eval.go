@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -22,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/gitcmd"
 	"github.com/bento-nix/bento/nix"
 )
 
@@ -162,15 +162,19 @@ func localDir(ref string) (string, bool) {
 
 // checkTracked refuses a flake.nix that git does not track: Nix copies only
 // tracked files of a git repository, and its own message ("getting status
-// of …: No such file or directory") does not say why.
+// of …: No such file or directory") does not say why. A directory in no
+// work tree is read by Nix as it is; a git that fails is an error.
 func checkTracked(ctx context.Context, dir string) error {
-	top, err := exec.CommandContext(ctx, "git", "-C", dir, "rev-parse", "--show-toplevel").Output()
-	if err != nil {
-		return nil // not a git work tree (or no git): Nix reads the directory as is
+	top, err := gitcmd.Top(ctx, dir)
+	if err != nil || top == "" {
+		return err
 	}
-	cmd := exec.CommandContext(ctx, "git", "-C", dir, "ls-files", "--error-unmatch", "flake.nix")
-	if cmd.Run() != nil {
-		return fmt.Errorf("flake.nix is not tracked by git in %s, and Nix sees only tracked files of a git repository: run git add flake.nix (and the files it imports)", strings.TrimSpace(string(top)))
+	files, _, err := gitcmd.Tracked(ctx, dir, "flake.nix")
+	if err != nil {
+		return err
+	}
+	if len(files) == 0 {
+		return fmt.Errorf("flake.nix is not tracked by git in %s, and Nix sees only tracked files of a git repository: run git add flake.nix (and the files it imports)", top)
 	}
 	return nil
 }
