@@ -148,6 +148,24 @@ func errMessage(err error) string {
 	return err.Error()
 }
 
+// StateDirError is a state directory Build cannot use: nothing was built.
+// Problem is what is wrong with it ("" when the path itself is).
+type StateDirError struct {
+	Dir     string
+	Problem string
+	Err     error
+}
+
+func (e *StateDirError) Error() string {
+	s := "build: state directory " + e.Dir
+	if e.Problem != "" {
+		s += " " + e.Problem
+	}
+	return s + ": " + e.Err.Error()
+}
+
+func (e *StateDirError) Unwrap() error { return e.Err }
+
 // HostError is a failure of one host at one stage (build, copy…). Its
 // message is short ("host alpha: build: error: …"); the *nix.Error it
 // wraps keeps the full command for errors.As.
@@ -220,7 +238,7 @@ func validate(hosts []fleet.Host, opts *Options) error {
 	}
 	abs, err := filepath.Abs(opts.StateDir)
 	if err != nil {
-		return fmt.Errorf("build: state directory %s: %w", opts.StateDir, err)
+		return &StateDirError{Dir: opts.StateDir, Err: err}
 	}
 	opts.StateDir = abs
 	if opts.SignKey != "" {

@@ -16,7 +16,7 @@ import (
 
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/builder/progress"
-	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/deploy"
 	"github.com/bento-nix/bento/nix"
 )
 
@@ -128,7 +128,7 @@ func runBuild(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	hosts, skipped := splitDeployed(selected)
+	hosts, skipped := deploy.SplitDeployed(selected)
 	for _, s := range skipped {
 		fmt.Fprintf(errWriter(c), "bento: skipping %s: %s\n", s.Host, s.Reason)
 	}
@@ -137,7 +137,8 @@ func runBuild(c *cli.Context) error {
 	}
 	results, err := builder.Build(c.Context, nixRunner(c), hosts, opts)
 	if err != nil {
-		if strings.Contains(err.Error(), "state directory") {
+		var se *builder.StateDirError
+		if errors.As(err, &se) {
 			err = withHint(err, "--state-dir or BENTO_STATE_DIR chooses another directory")
 		}
 		return failed(err)
@@ -162,35 +163,15 @@ func runBuild(c *cli.Context) error {
 	return nil
 }
 
-// skippedHost is a selected host that bento does not build, and why.
-type skippedHost struct {
-	Host   string `json:"host"`
-	Reason string `json:"reason"`
-}
-
-// splitDeployed keeps the hosts bento deploys and explains the others.
-func splitDeployed(selected []fleet.Host) (hosts []fleet.Host, skipped []skippedHost) {
-	hosts = deployed(selected)
-	for _, h := range selected {
-		switch {
-		case !h.Managed:
-			skipped = append(skipped, skippedHost{h.Name, "not managed by bento (its configuration does not import the bento module)"})
-		case !h.Enable:
-			skipped = append(skipped, skippedHost{h.Name, "disabled (services.bento.enable = false)"})
-		}
-	}
-	return hosts, skipped
-}
-
-func printBuildJSON(w io.Writer, results []builder.Result, skipped []skippedHost, dryRun bool) error {
+func printBuildJSON(w io.Writer, results []builder.Result, skipped []deploy.Skipped, dryRun bool) error {
 	out := struct {
 		OK      bool             `json:"ok"`
 		DryRun  bool             `json:"dryRun"`
 		Results []builder.Result `json:"results"`
-		Skipped []skippedHost    `json:"skipped"`
+		Skipped []deploy.Skipped `json:"skipped"`
 	}{OK: buildFailure(results) == nil, DryRun: dryRun, Results: results, Skipped: skipped}
 	if out.Skipped == nil {
-		out.Skipped = []skippedHost{}
+		out.Skipped = []deploy.Skipped{}
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
