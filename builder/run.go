@@ -155,13 +155,6 @@ func (h *hostRun) fail(stage string, err error) {
 	}
 }
 
-// bentoLines marks every line of a multi-line message as bento's own, so
-// that a log's tail (which leaves out bento's lines) does not show Nix's
-// last lines twice.
-func bentoLines(msg string) string {
-	return strings.ReplaceAll(strings.TrimRight(msg, "\n"), "\n", "\nbento: ")
-}
-
 // finish closes the host's log and returns its result.
 func (h *hostRun) finish(ctx context.Context) Result {
 	res := h.res

@@ -17,7 +17,6 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/builder/progress"
 	"github.com/bento-nix/bento/deploy"
-	"github.com/bento-nix/bento/nix"
 )
 
 func buildCommand() *cli.Command {
@@ -243,7 +242,7 @@ func printBuildSummary(w io.Writer, results []builder.Result, color bool) error 
 		fmt.Fprintf(w, "\n%s %s: %s\n", paint("\x1b[31m", "✗"), r.Host, indent(r.Reason(), "  "))
 		if r.LogFile != "" {
 			fmt.Fprintf(w, "  log: %s\n", r.LogFile)
-			for _, l := range logTail(r.LogFile, logTailLines) {
+			for _, l := range builder.LogTail(r.LogFile, logTailLines) {
 				fmt.Fprintf(w, "  │ %s\n", l)
 			}
 		}
@@ -290,34 +289,6 @@ func buildFailure(results []builder.Result) error {
 		return nil
 	}
 	return failed(errors.New(strings.Join(parts, "; ")))
-}
-
-// logTail returns the last n lines Nix wrote to a host's log, without
-// bento's own header and footer lines.
-func logTail(path string, n int) []string {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	// A build log can be large; its end is what explains a failure.
-	const window = 64 << 10
-	if st, err := f.Stat(); err == nil && st.Size() > window {
-		if _, err := f.Seek(-window, io.SeekEnd); err != nil {
-			return nil
-		}
-	}
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return nil
-	}
-	var kept []string
-	for _, l := range strings.Split(string(data), "\n") {
-		if !strings.HasPrefix(l, "bento: ") {
-			kept = append(kept, l)
-		}
-	}
-	return nix.Tail(strings.Join(kept, "\n"), n)
 }
 
 func indent(s, prefix string) string {
