@@ -91,9 +91,37 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if print == nil {
 		print = func(string) {}
 	}
-	// Lock and check the chroot root before evaluating and building: a
-	// second deploy or an unusable root fails in a second, not after the
-	// builds.
+	pub, pool, err := opts.open(ctx, print)
+	if err != nil {
+		return nil, err
+	}
+	defer pub.Close()
+	sel, err := opts.selectHosts(ctx, print)
+	if err != nil {
+		return nil, err
+	}
+	var builds []builder.Result
+	if opts.Build != nil {
+		if builds, err = builder.Build(ctx, opts.Nix, sel.hosts, *opts.Build); err != nil {
+			return nil, err
+		}
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("deploy interrupted before publishing; nothing was published: %w", ctx.Err())
+	}
+	plan := NewPlan(sel.hosts, builds, sel.fleet.Dir, opts)
+	plan.fillCaches(ctx, pool, pub.Root())
+	plan.publish(ctx, pub)
+	report := &Report{Root: pub.Root(), DryRun: opts.DryRun, Hosts: append(plan.Rows, sel.refused...), Skipped: sel.skipped,
+		Builds: builds, RootWarnings: pub.Warnings(), EvalFailed: sel.evalFailed}
+	opts.finish(ctx, report, pub, pool, sel, plan.Warnings)
+	return report, nil
+}
+
+// open locks and checks the chroot root before evaluating and building: a
+// second deploy or an unusable root fails in a second, not after the
+// builds.
+func (opts Options) open(ctx context.Context, print func(string)) (*publish.Publisher, *cachePool, error) {
 	pub, err := publish.Open(ctx, publish.Options{
 		Root:      opts.Root,
 		Users:     opts.Users,
@@ -104,68 +132,70 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	})
 	if err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, publish.ErrLocked) {
-			return nil, err
+			return nil, nil, err
 		}
-		return nil, &ConfigError{err}
+		return nil, nil, &ConfigError{err}
 	}
-	defer pub.Close()
 	for _, w := range pub.Warnings() {
 		print("warning: " + w)
 	}
-	var pool *cachePool
-	if opts.Cache != nil && !opts.DryRun && opts.Build != nil {
-		if pool, err = openPool(*opts.Cache, pub.Root(), opts.Nix, opts.Logger); err != nil {
-			return nil, &ConfigError{err}
-		}
+	if opts.Cache == nil || opts.DryRun || opts.Build == nil {
+		return pub, nil, nil
 	}
+	pool, err := openPool(*opts.Cache, pub.Root(), opts.Nix, opts.Logger)
+	if err != nil {
+		pub.Close()
+		return nil, nil, &ConfigError{err}
+	}
+	return pub, pool, nil
+}
 
+// selection is the hosts a deploy goes on with.
+type selection struct {
+	fleet *fleet.Fleet
+	// hosts are deployed and not refused; skipped are not deployed by
+	// bento, refused have their failed rows.
+	hosts      []fleet.Host
+	skipped    []Skipped
+	refused    []Row
+	evalFailed bool
+}
+
+func (opts Options) selectHosts(ctx context.Context, print func(string)) (selection, error) {
 	discover := opts.Discover
 	if discover == nil {
 		discover = opts.discover
 	}
 	f, selected, evalFailed, err := discover(ctx)
 	if err != nil {
-		return nil, err
+		return selection{}, err
 	}
-	hosts, skipped := SplitDeployed(selected)
-	for _, s := range skipped {
+	sel := selection{fleet: f, evalFailed: evalFailed}
+	sel.hosts, sel.skipped = SplitDeployed(selected)
+	for _, s := range sel.skipped {
 		print(fmt.Sprintf("skipping %s: %s", s.Host, s.Reason))
 	}
-	if len(hosts) == 0 {
-		return nil, &ConfigError{errors.New("nothing to deploy: no selected host is deployed by bento (set services.bento.enable = true on the hosts to deploy)")}
+	if len(sel.hosts) == 0 {
+		return selection{}, &ConfigError{errors.New("nothing to deploy: no selected host is deployed by bento (set services.bento.enable = true on the hosts to deploy)")}
 	}
-	hosts, refused, err := opts.checkUsers(f.Hosts, hosts, print)
-	if err != nil {
-		return nil, err
-	}
+	sel.hosts, sel.refused, err = opts.checkUsers(f.Hosts, sel.hosts, print)
+	return sel, err
+}
 
-	var builds []builder.Result
-	if opts.Build != nil {
-		if builds, err = builder.Build(ctx, opts.Nix, hosts, *opts.Build); err != nil {
-			return nil, err
-		}
-	}
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("deploy interrupted before publishing; nothing was published: %w", ctx.Err())
-	}
-
-	plan := NewPlan(hosts, builds, f.Dir, opts)
-	plan.fillCaches(ctx, pool, pub.Root())
-	plan.publish(ctx, pub)
-
-	report := &Report{Root: pub.Root(), DryRun: opts.DryRun, Hosts: append(plan.Rows, refused...), Skipped: skipped, Builds: builds, RootWarnings: pub.Warnings()}
-	late := plan.Warnings
+// finish does what follows the publication (bounding reports/, orphans,
+// the cache pool) and completes the report's warnings and verdict.
+func (opts Options) finish(ctx context.Context, report *Report, pub *publish.Publisher, pool *cachePool, sel selection, late []string) {
 	if opts.ReportLimits != nil {
-		late = append(late, enforceReportLimits(pub.Root(), hosts, *opts.ReportLimits, opts.DryRun)...)
+		late = append(late, enforceReportLimits(pub.Root(), sel.hosts, *opts.ReportLimits, opts.DryRun)...)
 	}
 	report.Notes = hostNotes(report.Hosts)
-	if evalFailed {
+	if sel.evalFailed {
 		// The list of hosts is incomplete: a host that did not evaluate
 		// would look orphaned.
-		report.EvalFailed = true
 		late = append(late, "some hosts did not evaluate: chroots of hosts no longer in the fleet are neither listed nor pruned this time")
 	} else {
-		report.Orphans, report.Pruned, report.PruneErrors, err = orphans(pub, f.Hosts, opts.Prune && !opts.DryRun, opts.PruneReports)
+		var err error
+		report.Orphans, report.Pruned, report.PruneErrors, err = orphans(pub, sel.fleet.Hosts, opts.Prune && !opts.DryRun, opts.PruneReports)
 		if err != nil {
 			late = append(late, err.Error())
 		}
@@ -174,7 +204,6 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	late = append(late, pool.prune(ctx)...)
 	report.Warnings = append(slices.Clone(report.RootWarnings), late...)
 	report.OK = report.Failure() == nil
-	return report, nil
 }
 
 // discover is Options.Discover's default: the whole evaluation fails on

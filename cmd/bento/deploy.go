@@ -242,31 +242,45 @@ func printDeploy(w, ew io.Writer, r deploy.Report, prune, color bool) error {
 			return err
 		}
 	}
-	if len(r.Orphans) > 0 {
-		fmt.Fprintln(w)
-		for _, o := range r.Orphans {
-			state := "no longer in the fleet"
-			if o.ReportsOnly {
-				state = "no longer in the fleet, only its reports/ are left"
-			}
-			verb := ""
-			switch {
-			case slices.Contains(r.Pruned, o.Host):
-				verb = " — pruned"
-			case prune && r.DryRun:
-				verb = " — would be pruned"
-			case !prune:
-				verb = " (--prune removes it)"
-			}
-			fmt.Fprintf(w, "%s: %s%s\n", o.Path, state, verb)
-		}
-	}
+	printOrphans(w, r, prune)
 	for _, e := range r.PruneErrors {
 		fmt.Fprintln(ew, "bento: prune:", e)
 	}
 	for _, warn := range r.Warnings {
 		fmt.Fprintln(ew, "bento: warning:", warn)
 	}
+	line := deploySummary(r, counts, bad)
+	_, err := fmt.Fprintf(w, "\n%s\n", line)
+	return err
+}
+
+// printOrphans lists the chroots of hosts no longer in the fleet.
+func printOrphans(w io.Writer, r deploy.Report, prune bool) {
+	if len(r.Orphans) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	for _, o := range r.Orphans {
+		state := "no longer in the fleet"
+		if o.ReportsOnly {
+			state = "no longer in the fleet, only its reports/ are left"
+		}
+		verb := ""
+		switch {
+		case slices.Contains(r.Pruned, o.Host):
+			verb = " — pruned"
+		case prune && r.DryRun:
+			verb = " — would be pruned"
+		case !prune:
+			verb = " (--prune removes it)"
+		}
+		fmt.Fprintf(w, "%s: %s%s\n", o.Path, state, verb)
+	}
+}
+
+// deploySummary is the last line: how many hosts ended how, and which
+// need attention.
+func deploySummary(r deploy.Report, counts map[string]int, bad []string) string {
 	var parts []string
 	for _, k := range []string{"published", "would publish", "updated", "would update", "unchanged", "failed"} {
 		if counts[k] > 0 {
@@ -280,8 +294,7 @@ func printDeploy(w, ew io.Writer, r deploy.Report, prune, color bool) error {
 	if r.DryRun {
 		line += " (dry run: nothing written)"
 	}
-	_, err := fmt.Fprintf(w, "\n%s\n", line)
-	return err
+	return line
 }
 
 // describe is a host's line, its colour and the word it counts under.

@@ -241,13 +241,8 @@ func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table st
 
 // checkStatusFlags refuses arguments and flags that do not go together.
 func checkStatusFlags(c *cli.Context, prom *promTarget) error {
-	for _, a := range c.Args().Slice() {
-		if strings.HasPrefix(a, "-") {
-			return usageError("%s comes after the host names: put flags first (bento status %s HOST…)", a, a)
-		}
-		if prom.set && prom.file == "" && (strings.Contains(a, "/") || strings.HasSuffix(a, ".prom")) {
-			return usageError("%q is not a host: write --prometheus=%s (with =) to write the metrics to a file", a, a)
-		}
+	if err := checkStatusArgs(c, prom); err != nil {
+		return err
 	}
 	switch {
 	case c.Bool("json") && prom.set && prom.file == "":
@@ -260,6 +255,20 @@ func checkStatusFlags(c *cli.Context, prom *promTarget) error {
 		return usageError("--stale-after must be positive")
 	case c.Duration("every") <= 0:
 		return usageError("--every must be positive")
+	}
+	return nil
+}
+
+// checkStatusArgs refuses a flag after the host names, and a file name
+// --prometheus FILE (without =) would take for a host.
+func checkStatusArgs(c *cli.Context, prom *promTarget) error {
+	for _, a := range c.Args().Slice() {
+		if strings.HasPrefix(a, "-") {
+			return usageError("%s comes after the host names: put flags first (bento status %s HOST…)", a, a)
+		}
+		if prom.set && prom.file == "" && (strings.Contains(a, "/") || strings.HasSuffix(a, ".prom")) {
+			return usageError("%q is not a host: write --prometheus=%s (with =) to write the metrics to a file", a, a)
+		}
 	}
 	return nil
 }
