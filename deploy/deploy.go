@@ -59,7 +59,8 @@ type Options struct {
 	Prune, PruneReports bool
 	// Discover evaluates the fleet and selects the hosts to deploy, after
 	// the chroot root is locked; evalFailed says some hosts did not
-	// evaluate (the others are deployed). Its error is returned as it is.
+	// evaluate (the others are deployed). It may fill Build.DrvPaths with
+	// the derivations it instantiated. Its error is returned as it is.
 	// nil: eval.Discover with Eval, then fleet.Select with Select.
 	Discover func(ctx context.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, err error)
 	Eval     eval.Options

@@ -137,6 +137,11 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 			return opts, err
 		}
 		opts.Build = &bopts
+		opts.Discover = func(context.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, err error) {
+			// The build reuses the derivations discovery instantiated.
+			f, selected, evalFailed, bopts.DrvPaths, err = discoverForBuild(c)
+			return f, selected, evalFailed, err
+		}
 	}
 	if !c.Bool("no-cache") {
 		opts.Cache = &deploy.CacheOptions{Key: c.String("cache-key"), KeyRequired: c.IsSet("cache-key"), Pool: c.String("cache-pool")}

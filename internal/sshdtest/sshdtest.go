@@ -92,6 +92,7 @@ type Server struct {
 	maxStartups string
 
 	mu     sync.Mutex
+	shells []shellUser // AddShellUser
 	cmd    *exec.Cmd
 	exited chan struct{}
 	own    owner
@@ -474,6 +475,8 @@ func (s *Server) writeConfig(t testing.TB) {
 	// VERBOSE logs which key each login used: what a failing test needs.
 	b.WriteString("LogLevel VERBOSE\n")
 	b.WriteString("Subsystem sftp internal-sftp\n")
+	// Before the chroot block: sshd keeps the first value of a keyword.
+	b.WriteString(s.shellBlocks())
 	fmt.Fprintf(&b, "\nMatch Group %s\n", s.Group)
 	for _, line := range []string{
 		"ChrootDirectory %h",
