@@ -222,6 +222,11 @@ func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string, spli
 		fmt.Printf("ratio bento / original:  %.3f\n", median(bento).Seconds()/median(seq).Seconds())
 	}
 	fmt.Printf("ratio bento / limit:     %.3f\n", median(bento).Seconds()/median(single).Seconds())
+	if len(seq) > 0 {
+		// One line for bench/table: figure, anchor, bento, goal.
+		fmt.Printf("table: first deploy, %d hosts x %gs build\tthe original's loop %.1fs\t%.2fx with defaults (%.2fx of one nix build)\t<= 0.1x\n",
+			n, seconds, median(seq).Seconds(), median(bento).Seconds()/median(seq).Seconds(), median(bento).Seconds()/median(single).Seconds())
+	}
 	fmt.Printf("load average at the end: %s\n", loadavg())
 	return nil
 }

@@ -133,6 +133,12 @@ func run(n, rounds int, bin string, original bool) error {
 		fmt.Printf("  %-46s %6.3fs  %5.2fx of --no-build  rounds: %s\n", v.name, m.Seconds(), m.Seconds()/base.Seconds(), list(v.durs))
 	}
 	fmt.Printf("load average at the end: %s\n", loadavg())
+	anchor := fmt.Sprintf("--no-build %.2fs", base.Seconds())
+	if len(vs) > 2 {
+		anchor += fmt.Sprintf(", the original %.1fs", median(vs[2].durs).Seconds())
+	}
+	// One line for bench/table: figure, anchor, bento, goal.
+	fmt.Printf("table: unchanged redeploy, %d hosts\t%s\t%.2fs with defaults\t<= 0.5s\n", n, anchor, median(vs[0].durs).Seconds())
 	return nil
 }
 
