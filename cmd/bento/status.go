@@ -16,6 +16,7 @@ import (
 	"github.com/bento-nix/bento/eval"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/status"
+	"github.com/bento-nix/bento/status/render"
 )
 
 const statusDescription = `One row per host, from <chroot-root>/<host>/manifest.json (what is published),
@@ -130,7 +131,7 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 	tty := isTerminal(w)
 	table := statusTable(c, w, tty)
 	if c.Bool("watch") {
-		err := status.WatchScreen(c.Context, opts, status.Screen{Out: w, TTY: tty, Table: table, Every: c.Duration("every"), Clock: time.Now, PromFile: prom.file})
+		err := render.Watch(c.Context, opts, render.Screen{Out: w, TTY: tty, Table: table, Every: c.Duration("every"), Clock: time.Now, PromFile: prom.file})
 		var ue *status.UsageError
 		if errors.As(err, &ue) {
 			return usageError("%w", err)
@@ -187,8 +188,8 @@ func statusOptions(c *cli.Context) (status.Options, error) {
 }
 
 // statusTable sizes the table to the terminal (unless --wide).
-func statusTable(c *cli.Context, w io.Writer, tty bool) status.TableOptions {
-	table := status.TableOptions{Color: useColor(c, w)}
+func statusTable(c *cli.Context, w io.Writer, tty bool) render.TableOptions {
+	table := render.TableOptions{Color: useColor(c, w)}
 	if tty && !c.Bool("wide") {
 		if f, ok := w.(*os.File); ok {
 			if width, _, err := term.GetSize(int(f.Fd())); err == nil {
@@ -201,7 +202,7 @@ func statusTable(c *cli.Context, w io.Writer, tty bool) status.TableOptions {
 
 // printStatus collects the status once and prints it (table, --json or
 // --prometheus), exiting with the fleet's status.
-func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table status.TableOptions) error {
+func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table render.TableOptions) error {
 	w := c.App.Writer
 	opts.Now = time.Now()
 	s, err := status.Collect(c.Context, opts)
@@ -217,17 +218,17 @@ func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table st
 		return failed(err)
 	}
 	if prom.file != "" {
-		if err := status.WriteFileAtomic(prom.file, 0o644, func(w io.Writer) error { return status.WritePrometheus(w, s) }); err != nil {
+		if err := status.WriteFileAtomic(prom.file, 0o644, func(w io.Writer) error { return render.Prometheus(w, s) }); err != nil {
 			return failed(err)
 		}
 	}
 	switch {
 	case c.Bool("json"):
-		err = status.WriteJSON(w, s)
+		err = render.JSON(w, s)
 	case prom.set && prom.file == "":
-		err = status.WritePrometheus(w, s)
+		err = render.Prometheus(w, s)
 	default:
-		err = status.WriteTable(w, s, table)
+		err = render.Table(w, s, table)
 	}
 	if err != nil {
 		return failed(err)

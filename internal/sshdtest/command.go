@@ -1,17 +1,11 @@
 package sshdtest
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
-
-	"golang.org/x/crypto/ssh"
 )
 
 // shellUser is a login that runs commands instead of the SFTP chroot.
@@ -38,32 +32,14 @@ func (s *Server) AddShellUser(t testing.TB, name string, env []string) (*Client,
 			t.Fatalf("sshdtest: environment %q: want KEY=VALUE without quotes or newlines", kv)
 		}
 	}
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatalf("sshdtest: %v", err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatalf("sshdtest: %v", err)
-	}
-	keyFile := filepath.Join(t.TempDir(), "id_ed25519")
-	writePrivateKey(t, keyFile, priv, "bento-test-"+name)
-	authorized := ssh.MarshalAuthorizedKey(signer.PublicKey())
-	if err := os.WriteFile(keyFile+".pub", authorized, 0o644); err != nil {
-		t.Fatalf("sshdtest: %v", err)
-	}
+	signer, keyFile, authorized := newIdentity(t, name)
 	home := filepath.Join(s.base, "home-"+name)
 	if err := os.Mkdir(home, 0o755); err != nil {
 		t.Fatalf("sshdtest: %v", err)
 	}
-	login := s.addShellAccount(t, name, home)
+	login := s.useradd(t, name, home, "/bin/sh", "bento test shell user "+name)
 	t.Cleanup(func() { s.removeUser(t, login) })
-	u, err := user.Lookup(login)
-	if err != nil {
-		t.Fatalf("sshdtest: looking up the user just created: %v", err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
+	uid, gid := lookupIDs(t, login)
 	if err := os.Chown(home, uid, gid); err != nil {
 		t.Fatalf("sshdtest: %v", err)
 	}
@@ -76,31 +52,6 @@ func (s *Server) AddShellUser(t testing.TB, name string, env []string) (*Client,
 	s.writeConfig(t)
 	s.Restart(t)
 	return &Client{Host: name, User: login, KeyFile: keyFile, Signer: signer}, home
-}
-
-// addShellAccount is addUser with a shell and a home of its own.
-func (s *Server) addShellAccount(t testing.TB, name, home string) string {
-	t.Helper()
-	for i := 0; ; i++ {
-		login := "bt" + randomHex(4) + "-" + strings.ToLower(name)
-		if len(login) > maxUserLen {
-			login = login[:maxUserLen]
-		}
-		s.mu.Lock()
-		s.own.Users = append(s.own.Users, login)
-		s.mu.Unlock()
-		s.saveOwner(t)
-		code, out, err := accountTool("useradd", "--system", "--no-create-home",
-			"--home-dir", home, "--gid", s.Group, "--shell", "/bin/sh",
-			"--password", "*", "--comment", "bento test shell user "+name, login)
-		if err == nil {
-			return login
-		}
-		s.forgetUser(login)
-		if code != 9 || i == 5 {
-			t.Fatalf("sshdtest: useradd %s: %v (exit %d): %s", login, err, code, out)
-		}
-	}
 }
 
 // shellBlocks is the sshd_config text for the shell users.
