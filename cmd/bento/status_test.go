@@ -180,7 +180,7 @@ func TestStatusCommandBadInput(t *testing.T) {
 	}{
 		{"unknown host", statusArgs(s.root, "--no-eval", "nope"), 2, `host selection "nope" matches no host (known hosts: web)`},
 		{"missing root", statusArgs(filepath.Join(base, "missing")), 1, "chroot root does not exist: " + filepath.Join(base, "missing")},
-		{"flag after hosts", statusArgs(s.root, "web", "--json"), 2, "--json comes after the host names"},
+		{"flag after --", statusArgs(s.root, "--no-eval", "--", "web", "--json"), 2, "--json comes after the host names"},
 		{"prometheus file without =", statusArgs(s.root, "--prometheus", "/tmp/x.prom"), 2, `write --prometheus=/tmp/x.prom (with =)`},
 		{"json and prometheus", statusArgs(s.root, "--json", "--prometheus"), 2, "choose one"},
 		{"watch and json", statusArgs(s.root, "--watch", "--json"), 2, "does not mix with --json"},
