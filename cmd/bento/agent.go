@@ -38,6 +38,7 @@ func agentCommand() *cli.Command {
 			"flags and variables override the file. See docs/agent.md.",
 		Subcommands: []*cli.Command{
 			agentInstallSecretsCommand(),
+			agentStatusCommand(),
 			{
 				Name:  "run",
 				Usage: "run one tick: fetch, build, switch and report when a new version is published",
@@ -47,6 +48,7 @@ func agentCommand() *cli.Command {
 					"2 when the configuration is invalid.",
 				Flags: append(agentConfigFlags(),
 					&cli.DurationFlag{Name: "lock-wait", Usage: "give up when another tick holds the lock for this long (0: wait)"},
+					&cli.BoolFlag{Name: "now", Usage: "try a version that failed again now, without waiting for its retry delay"},
 				),
 				Action: func(c *cli.Context) error {
 					// A watcher that goes away (a closed pipe, a trigger
@@ -301,6 +303,7 @@ func runTick(c *cli.Context, cfg agent.Config, out io.Writer) error {
 		Nix:          nixRunner(c),
 		AgentVersion: version,
 		LockWait:     lockWait(c),
+		RetryNow:     c.Bool("now"),
 	})
 	var ce *agent.ConfigError
 	if errors.As(err, &ce) {
