@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bento-nix/bento/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bento-nix/bento/internal/atomicfile"
 
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/flock"
@@ -91,12 +92,12 @@ type stateDir struct {
 func openState(root string) (*stateDir, error) {
 	for _, d := range []string{GCRootsDir, LogsDir, BuildsDir} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return nil, fmt.Errorf("build: state directory %s is not usable: %w", root, err)
+			return nil, &StateDirError{Dir: root, Problem: "is not usable", Err: err}
 		}
 	}
 	probe, err := os.CreateTemp(filepath.Join(root, BuildsDir), ".probe-*")
 	if err != nil {
-		return nil, fmt.Errorf("build: state directory %s is not writable: %w", root, err)
+		return nil, &StateDirError{Dir: root, Problem: "is not writable", Err: err}
 	}
 	probe.Close()
 	os.Remove(probe.Name())

@@ -49,22 +49,13 @@ type Options struct {
 	// ChunkStarted, when set, is called with the hosts of each chunk as its
 	// nix process starts (from several goroutines): a progress display.
 	ChunkStarted func(names []string)
-	// KeepGoing returns the hosts that evaluated, plus a *HostErrors for the
+	// KeepGoing returns the hosts that evaluated, plus a HostErrors for the
 	// others, instead of failing on the first host that does not evaluate.
 	KeepGoing bool
 }
 
-// HostError is one host that could not be discovered.
-type HostError struct {
-	Host string
-	Err  error
-}
-
-func (e *HostError) Error() string { return fmt.Sprintf("host %s: %v", e.Host, e.Err) }
-func (e *HostError) Unwrap() error { return e.Err }
-
 // HostErrors lists every host that failed to evaluate.
-type HostErrors []*HostError
+type HostErrors []*fleet.HostError
 
 func (es HostErrors) Error() string {
 	var parts []string
@@ -112,7 +103,7 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 	var valid []string
 	for _, n := range names {
 		if err := fleet.ValidateName(n); err != nil {
-			errs = append(errs, &HostError{Host: n, Err: err})
+			errs = append(errs, &fleet.HostError{Host: n, Err: err})
 			continue
 		}
 		valid = append(valid, n)
@@ -128,7 +119,7 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 	errs = append(errs, evalErrs...)
 	hosts = slices.DeleteFunc(hosts, func(h fleet.Host) bool {
 		if err := h.CheckAgentHost(); err != nil {
-			errs = append(errs, &HostError{Host: h.Name, Err: err})
+			errs = append(errs, &fleet.HostError{Host: h.Name, Err: err})
 			return true
 		}
 		return false
@@ -292,7 +283,7 @@ func forEachChunk(ctx context.Context, names []string, opts Options, fallback bo
 	chunker := NewChunker(names, jobs, budget, opts.ChunkSize)
 	var mu sync.Mutex
 	var errs HostErrors
-	addErr := func(e *HostError) {
+	addErr := func(e *fleet.HostError) {
 		mu.Lock()
 		errs = append(errs, e)
 		mu.Unlock()
@@ -321,7 +312,7 @@ func forEachChunk(ctx context.Context, names []string, opts Options, fallback bo
 				}
 				if len(chunk) == 1 || !fallback {
 					for _, n := range chunk {
-						addErr(&HostError{Host: n, Err: hostCause(err)})
+						addErr(&fleet.HostError{Host: n, Err: hostCause(err)})
 					}
 					continue
 				}
@@ -331,7 +322,7 @@ func forEachChunk(ctx context.Context, names []string, opts Options, fallback bo
 						if gctx.Err() != nil {
 							return gctx.Err()
 						}
-						addErr(&HostError{Host: n, Err: hostCause(err)})
+						addErr(&fleet.HostError{Host: n, Err: hostCause(err)})
 						if !opts.KeepGoing {
 							break
 						}

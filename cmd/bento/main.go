@@ -10,11 +10,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/bento-nix/bento/internal/termsafe"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/bento-nix/bento/internal/termsafe"
 
 	"github.com/urfave/cli/v2"
 )
