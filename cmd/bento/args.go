@@ -38,70 +38,91 @@ func normalizeArgs(app *cli.App, args []string) ([]string, error) {
 	if complete {
 		args = args[:len(args)-1]
 	}
-	out := []string{args[0]}
-	rest := args[1:]
-	// Global flags before the command.
-	globals := takesValue(app.Flags)
-	for len(rest) > 0 && strings.HasPrefix(rest[0], "-") && rest[0] != "--" {
-		n := flagWidth(rest, globals)
-		out, rest = append(out, rest[:n]...), rest[n:]
+	globals, rest := leadingFlags(args[1:], takesValue(app.Flags))
+	cmd, names, rest, err := commandPath(app, rest, complete)
+	if err != nil {
+		return nil, err
 	}
-	if len(rest) == 0 || rest[0] == "--" {
-		return finish(append(out, rest...), complete), nil
-	}
-	// The command, and its subcommands.
-	cmds, path := app.Commands, "bento"
-	var cmd *cli.Command
-	for len(rest) > 0 {
-		next := find(cmds, rest[0])
-		if next == nil {
-			if cmd == nil && rest[0] != "help" && !complete {
-				return nil, usageError("unknown command %q; see bento --help", rest[0])
-			}
-			if cmd != nil && len(cmd.Subcommands) > 0 && cmd.Action == nil && !complete && !strings.HasPrefix(rest[0], "-") {
-				return nil, usageError("unknown command %q; see %s --help", path+" "+rest[0], path)
-			}
-			break
-		}
-		cmd, path = next, path+" "+next.Name
-		out, rest = append(out, rest[0]), rest[1:]
-		cmds = next.Subcommands
-	}
+	out := append([]string{args[0]}, globals...)
 	if cmd == nil {
-		return finish(append(out, rest...), complete), nil
+		return finish(append(append(out, names...), rest...), complete), nil
 	}
-	values := takesValue(cmd.Flags)
-	own, global := flagNames(cmd.Flags), flagNames(app.Flags)
-	var flags, positional, moved []string
-	for len(rest) > 0 {
-		a := rest[0]
-		if a == "--" {
-			positional = append(positional, rest[1:]...)
-			break
-		}
-		if strings.HasPrefix(a, "-") && a != "-" {
-			name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
-			if !own[name] && global[name] {
-				// A global flag after the command ("bento status
-				// --verbose") goes where urfave looks for it.
-				n := flagWidth(rest, globals)
-				moved, rest = append(moved, rest[:n]...), rest[n:]
-				continue
-			}
-			n := flagWidth(rest, values)
-			flags, rest = append(flags, rest[:n]...), rest[n:]
-			continue
-		}
-		positional, rest = append(positional, a), rest[1:]
-	}
-	if len(moved) > 0 {
-		out = append(append([]string{out[0]}, moved...), out[1:]...)
-	}
-	out = append(out, flags...)
+	moved, flags, positional := splitArgs(rest, cmd.Flags, app.Flags)
+	out = append(append(append(out, moved...), names...), flags...)
 	if len(positional) > 0 {
 		out = append(append(out, "--"), positional...)
 	}
 	return finish(out, complete), nil
+}
+
+// leadingFlags splits off the flags before the command.
+func leadingFlags(rest []string, values map[string]bool) (flags, after []string) {
+	for len(rest) > 0 && strings.HasPrefix(rest[0], "-") && rest[0] != "--" {
+		n := flagWidth(rest, values)
+		flags, rest = append(flags, rest[:n]...), rest[n:]
+	}
+	return flags, rest
+}
+
+// commandPath reads the command and its subcommands off rest: the last
+// command (nil when none is named), the names read, and what follows. An
+// unknown command is a usage error (not while completing).
+func commandPath(app *cli.App, rest []string, complete bool) (*cli.Command, []string, []string, error) {
+	cmds, path := app.Commands, "bento"
+	var cmd *cli.Command
+	var names []string
+	for len(rest) > 0 && rest[0] != "--" {
+		next := find(cmds, rest[0])
+		if next == nil {
+			return cmd, names, rest, unknownCommand(cmd, path, rest[0], complete)
+		}
+		cmd, path = next, path+" "+next.Name
+		names, rest = append(names, rest[0]), rest[1:]
+		cmds = next.Subcommands
+	}
+	return cmd, names, rest, nil
+}
+
+// unknownCommand is the error for word where a command of cmd (nil: the
+// top level) is expected, or nil when word is an argument or a flag.
+func unknownCommand(cmd *cli.Command, path, word string, complete bool) error {
+	switch {
+	case complete || strings.HasPrefix(word, "-"):
+		return nil
+	case cmd == nil && word != "help":
+		return usageError("unknown command %q; see bento --help", word)
+	case cmd != nil && len(cmd.Subcommands) > 0 && cmd.Action == nil:
+		return usageError("unknown command %q; see %s --help", path+" "+word, path)
+	}
+	return nil
+}
+
+// splitArgs sorts what follows a command into global flags written after
+// it ("bento status --verbose": they go where urfave looks for them), the
+// command's own flags (and unknown ones, for urfave to refuse), and its
+// arguments; "--" ends the flags.
+func splitArgs(rest []string, own, global []cli.Flag) (moved, flags, positional []string) {
+	ownValues, globalValues := takesValue(own), takesValue(global)
+	ownNames, globalNames := flagNames(own), flagNames(global)
+	for len(rest) > 0 {
+		a := rest[0]
+		switch {
+		case a == "--":
+			return moved, flags, append(positional, rest[1:]...)
+		case !strings.HasPrefix(a, "-") || a == "-":
+			positional, rest = append(positional, a), rest[1:]
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !ownNames[name] && globalNames[name] {
+			n := flagWidth(rest, globalValues)
+			moved, rest = append(moved, rest[:n]...), rest[n:]
+			continue
+		}
+		n := flagWidth(rest, ownValues)
+		flags, rest = append(flags, rest[:n]...), rest[n:]
+	}
+	return moved, flags, positional
 }
 
 func finish(args []string, complete bool) []string {
