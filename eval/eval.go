@@ -92,7 +92,7 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 			f.Layout = fleet.LayoutClassic
 			f.Ref = dir
 		default:
-			return nil, fmt.Errorf("fleet %s: no flake.nix and no hosts/<name>/configuration.nix there; point --flake at your fleet's flake (or run bento init)", ref)
+			return nil, fmt.Errorf("fleet %s: no flake.nix and no hosts/<name>/configuration.nix there; point --flake at your fleet's flake", ref)
 		}
 	}
 

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/manifest"
 )
@@ -151,7 +152,7 @@ func judge(in hostInput, r *Row) (State, string) {
 		msg = joinFacts(msg, oneLine(shortError(rep.Error)))
 	}
 	if applied && rep.BytesFetched > 0 && (state == UpToDate || state == RebootRequired) {
-		msg = joinFacts(msg, "last update fetched "+humanBytes(rep.BytesFetched))
+		msg = joinFacts(msg, "last update fetched "+bytesize.Format(rep.BytesFetched))
 	}
 	if age := in.now.Sub(lastSeen(rep)); age > in.staleAfter && (state == UpToDate || state == Pending || state == RebootRequired) {
 		return Stale, fmt.Sprintf("silent for %s (over %s); its last report said %s", Ago(age), Ago(in.staleAfter), join(string(state), msg))

@@ -6,11 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 
-	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/internal/termsafe"
 )
 
@@ -136,10 +134,4 @@ func escapeLabel(s string) string {
 		return s
 	}
 	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
-}
-
-// WriteFileAtomic replaces path with what write produces, so a reader (the
-// textfile collector) sees the old file or the new one, never a part.
-func WriteFileAtomic(path string, perm os.FileMode, write func(io.Writer) error) error {
-	return atomicfile.Write(path, perm, write)
 }

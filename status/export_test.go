@@ -15,6 +15,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/bento-nix/bento/internal/atomicfile"
 )
 
 func TestPrometheusParses(t *testing.T) {
@@ -106,7 +108,7 @@ func TestPrometheusFileIsAtomic(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "bento.prom")
 	write := func() {
-		if err := WriteFileAtomic(path, 0o644, func(w io.Writer) error { return WritePrometheus(w, s) }); err != nil {
+		if err := atomicfile.Write(path, 0o644, func(w io.Writer) error { return WritePrometheus(w, s) }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -150,7 +152,7 @@ func TestPrometheusFileIsAtomic(t *testing.T) {
 }
 
 func TestPrometheusFileInMissingDirectory(t *testing.T) {
-	err := WriteFileAtomic(filepath.Join(t.TempDir(), "nope", "bento.prom"), 0o644, func(w io.Writer) error { return nil })
+	err := atomicfile.Write(filepath.Join(t.TempDir(), "nope", "bento.prom"), 0o644, func(w io.Writer) error { return nil })
 	if err == nil || !strings.Contains(err.Error(), "nope/bento.prom") {
 		t.Fatalf("error %v, want one naming the file", err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/publish"
 	"github.com/bento-nix/bento/status"
@@ -451,7 +452,7 @@ func printDeploy(w, ew io.Writer, r deployReport, prune, color bool) error {
 			}
 			verb := ""
 			switch {
-			case contains(r.Pruned, o.Host):
+			case slices.Contains(r.Pruned, o.Host):
 				verb = " — pruned"
 			case prune && r.DryRun:
 				verb = " — would be pruned"
@@ -509,7 +510,7 @@ func describe(h deployRow, dryRun bool) (text, colour, key string) {
 	if dryRun {
 		verb, key = "would publish", "would publish"
 	}
-	detail := fmt.Sprintf("%d copied, %d linked, %d shared, %s written", h.Copied, h.Linked, h.Shared, formatBytes(h.BytesWritten))
+	detail := fmt.Sprintf("%d copied, %d linked, %d shared, %s written", h.Copied, h.Linked, h.Shared, bytesize.Format(h.BytesWritten))
 	if dryRun {
 		detail = fmt.Sprintf("%d to copy, %d to link, %d to share", h.Copied, h.Linked, h.Shared)
 	}
@@ -531,27 +532,6 @@ func hostless(host string, err error) string {
 	s := err.Error()
 	s = strings.TrimPrefix(s, "host "+host+": ")
 	return strings.TrimPrefix(s, "publish: ")
-}
-
-func formatBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 // deployFailure names the hosts that failed (build or publication).

@@ -16,6 +16,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/eval"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/status"
 )
 
@@ -198,7 +199,7 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 			} else {
 				status.WriteTable(&buf, s, table)
 				if prom.file != "" {
-					if err := status.WriteFileAtomic(prom.file, 0o644, func(w io.Writer) error { return status.WritePrometheus(w, s) }); err != nil {
+					if err := atomicfile.Write(prom.file, 0o644, func(w io.Writer) error { return status.WritePrometheus(w, s) }); err != nil {
 						fmt.Fprintf(&buf, "bento: %v\n", err)
 					}
 				}
@@ -252,7 +253,7 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 		return failed(err)
 	}
 	if prom.file != "" {
-		if err := status.WriteFileAtomic(prom.file, 0o644, func(w io.Writer) error { return status.WritePrometheus(w, s) }); err != nil {
+		if err := atomicfile.Write(prom.file, 0o644, func(w io.Writer) error { return status.WritePrometheus(w, s) }); err != nil {
 			return failed(err)
 		}
 	}
