@@ -44,15 +44,14 @@ func main() {
 }
 
 type figures struct {
-	dur          time.Duration
-	bytes        int64 // contents written, as counted by the tool
-	touched      int   // inodes created or changed (ctime) during the step
-	files        int   // files written anew
-	linked       int   // hard links to the previous version (bento)
-	shared       int   // hard links to another host's copy from the same run (bento)
-	unchanged    int   // hosts not touched (bento)
-	diskUsedKiB  int64 // du -sk of the chroot root after the step
-	transferRate string
+	dur         time.Duration
+	bytes       int64 // contents written, as counted by the tool
+	touched     int   // inodes created or changed (ctime) during the step
+	files       int   // files written anew
+	linked      int   // hard links to the previous version (bento)
+	shared      int   // hard links to another host's copy from the same run (bento)
+	unchanged   int   // hosts not touched (bento)
+	diskUsedKiB int64 // du -sk of the chroot root after the step
 }
 
 func run(nHosts, nFiles, size int, base string) error {
