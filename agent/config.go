@@ -16,6 +16,7 @@ import (
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/timespan"
+	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/secrets"
 )
 
@@ -125,7 +126,7 @@ func Defaults() Config {
 		Port:             22,
 		IdentityFile:     "/etc/ssh/ssh_host_ed25519_key",
 		StateDir:         "/var/lib/bento",
-		Mode:             "build",
+		Mode:             manifest.ModeBuild,
 		Operation:        activate.OpSwitch,
 		ConfirmTimeout:   Duration(60 * time.Second),
 		Reboot:           Reboot{Policy: activate.PolicyNever},
@@ -453,7 +454,7 @@ func (c *Config) Validate() error {
 		bad("stateDir %q must be an absolute path", c.StateDir)
 	}
 	switch c.Mode {
-	case "build", "fetch":
+	case manifest.ModeBuild, manifest.ModeFetch:
 	default:
 		bad("mode %q is not supported: use build or fetch", c.Mode)
 	}
@@ -466,7 +467,7 @@ func (c *Config) Validate() error {
 	if c.Retry.MaxDelay > 0 && c.Retry.InitialDelay > c.Retry.MaxDelay {
 		bad("retry: initialDelay (%s) must not be above maxDelay (%s)", timespan.Format(time.Duration(c.Retry.InitialDelay)), timespan.Format(time.Duration(c.Retry.MaxDelay)))
 	}
-	if c.Mode == "fetch" && c.SelfUpdate {
+	if c.Mode == manifest.ModeFetch && c.SelfUpdate {
 		bad("selfUpdate needs mode build: a host in fetch mode evaluates nothing")
 	}
 	for name, p := range map[string]string{"profile": c.Profile, "currentSystem": c.CurrentSystem, "bootedSystem": c.BootedSystem} {

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 )
 
@@ -447,7 +448,7 @@ func hostFromJSON(f *fleet.Fleet, name string, v gjson.Result) fleet.Host {
 		o.User = name
 	}
 	if o.Mode == "" {
-		o.Mode = "build"
+		o.Mode = manifest.ModeBuild
 	}
 	if o.Operation == "" {
 		o.Operation = "switch"

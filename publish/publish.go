@@ -417,7 +417,7 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	version := Version(tree.Manifest(), extra)
 	files := tree.Manifest()
 	entries := tree.Files
-	if t.Host.Options.Mode == "fetch" {
+	if t.Host.Options.Mode == manifest.ModeFetch {
 		files, entries = []manifest.File{}, nil
 	}
 	res.Version, res.Files = version, len(files)

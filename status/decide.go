@@ -190,9 +190,9 @@ func leftover(msg string, chroot bool) string {
 func rollbackMessage(rep *manifest.Report) string {
 	why := "rolled back"
 	switch rep.RollbackReason {
-	case "activation-failed":
+	case manifest.RollbackActivationFailed:
 		why = "rolled back: activation failed"
-	case "server-unreachable":
+	case manifest.RollbackServerUnreachable:
 		why = "rolled back: server unreachable after the switch"
 	case "":
 	default:
