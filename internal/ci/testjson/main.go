@@ -111,7 +111,8 @@ func run(in io.Reader, out io.Writer) (*result, error) {
 		case e.Action == "build-fail":
 			res.failed = true
 		case e.Test == "":
-			if e.Action == "output" {
+			// "PASS" precedes every package's "ok" line: one is enough.
+			if e.Action == "output" && e.Output != "PASS\n" {
 				fmt.Fprint(out, e.Output)
 			}
 			if e.Action == "fail" {

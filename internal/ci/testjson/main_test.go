@@ -17,6 +17,7 @@ const stream = `{"Action":"start","Package":"github.com/bento-nix/bento/nixtest"
 {"Action":"pass","Package":"github.com/bento-nix/bento/nixtest","Test":"TestOK"}
 {"Action":"pass","Package":"github.com/bento-nix/bento/nixtest","Test":"FuzzParse"}
 {"Action":"pass","Package":"github.com/bento-nix/bento/nixtest","Test":"FuzzParse/seed#0"}
+{"Action":"output","Package":"github.com/bento-nix/bento/nixtest","Output":"PASS\n"}
 {"Action":"output","Package":"github.com/bento-nix/bento/nixtest","Output":"ok  \tgithub.com/bento-nix/bento/nixtest\t1.0s\n"}
 {"Action":"pass","Package":"github.com/bento-nix/bento/nixtest"}
 {"Action":"output","Package":"github.com/bento-nix/bento/publish","Test":"TestBroken","Output":"    publish_test.go:1: lost the old publication\n"}
@@ -40,7 +41,7 @@ func TestRun(t *testing.T) {
 			bad:     []string{"nixtest TestQuiet/case", "nixtest TestVM"},
 			failed:  true,
 			outHas:  []string{"lost the old publication", "ok  \tgithub.com/bento-nix/bento/nixtest"},
-			outLack: []string{"noise of a passing test", "needs KVM"},
+			outLack: []string{"noise of a passing test", "needs KVM", "PASS"},
 		},
 		{
 			name:   "the VM test allowed, with its reason",
