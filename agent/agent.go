@@ -323,12 +323,18 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		}
 		return t.upToDate(ctx, st, head)
 	case waitRetry:
-		t.say("version %s failed %d time(s) (%s); next retry after %s", head.Version, st.Attempt.Count, st.Attempt.Result, due.Format(time.RFC3339))
 		out := Outcome{Action: ActionWaiting}
+		var cause error
+		if st.Attempt.Running {
+			out, cause = t.reportInterrupted(ctx, &st)
+		} else {
+			t.say("version %s failed %d time(s) (%s); next retry after %s", head.Version, st.Attempt.Count, st.Attempt.Result, due.Format(time.RFC3339))
+			cause = fmt.Errorf("version %s failed; next retry after %s", head.Version, due.Format(time.RFC3339))
+		}
 		t.repairSecrets(ctx, st)
 		rebooted, rerr := t.rebootIfDue(ctx, t.activator(t.o.Out))
 		out.Rebooted = rebooted
-		return out, errors.Join(fmt.Errorf("version %s failed; next retry after %s", head.Version, due.Format(time.RFC3339)), rerr)
+		return out, errors.Join(cause, rerr)
 	}
 	m, err := t.readManifest(ctx)
 	if errors.As(err, &bad) && !bad.otherHost {

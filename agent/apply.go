@@ -166,7 +166,9 @@ func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, lo
 	}
 	if err := saveState(t.cfg.StateDir, *st); err != nil {
 		st.Switch = nil
-		return t.failAttempt(ctx, st, rep, log, fmt.Errorf("activation: the switch cannot be recorded before it is made, so it is not made: %w", describeDiskError(err)))
+		err = fmt.Errorf("activation: the switch cannot be recorded before it is made, so it is not made: %w", describeDiskError(err))
+		log.Printf("%v", err)
+		return t.failAttempt(ctx, st, rep, log, err)
 	}
 	actx := context.WithoutCancel(ctx)
 	stopNote := context.AfterFunc(ctx, func() {
@@ -374,7 +376,7 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 	if rep.Stage == "" {
 		rep.Stage = manifest.StageConfirmed
 	}
-	rep.Error, rep.RollbackReason, rep.NextRetry = t.withNotes(""), "", nil
+	rep.RollbackReason, rep.NextRetry = "", nil
 	if rep.ActualToplevel == "" {
 		rep.ActualToplevel = st.AppliedSystem
 	}
@@ -401,6 +403,8 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 		rep.RebootScheduled = &at
 	}
 	t.idleSecrets(ctx, st.AppliedVersion, &rep)
+	// After the secrets: a damaged secrets state is one of the notes.
+	rep.Error = t.withNotes("")
 	t.say("up to date: version %s, running %s", head.Version, orNone(rep.CurrentSystem))
 	out := Outcome{Action: ActionUpToDate, Report: &rep}
 	err := t.send(ctx, rep, "", nil, false)

@@ -413,6 +413,17 @@ func durationBounds(c *Config) []durationBound {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for _, check := range []func(*Config, func(string, ...any)){
+		(*Config).validateServer, (*Config).validateBounds, (*Config).validateLogin,
+		(*Config).validateApply, (*Config).validateSystem,
+	} {
+		check(c, bad)
+	}
+	return errors.Join(errs...)
+}
+
+// validateServer checks which host this is and which server it polls.
+func (c *Config) validateServer(bad func(format string, args ...any)) {
 	if err := fleet.ValidateName(c.Host); err != nil {
 		bad("host: %w", err)
 	}
@@ -422,6 +433,10 @@ func (c *Config) Validate() error {
 	if c.Port < 1 || c.Port > 65535 {
 		bad("port %d is not a TCP port (1-65535)", c.Port)
 	}
+}
+
+// validateBounds checks the durations and counts that have a range.
+func (c *Config) validateBounds(bad func(format string, args ...any)) {
 	for _, b := range durationBounds(c) {
 		if *b.d < Duration(b.min) || *b.d > Duration(b.max) {
 			bad("%s %s is out of range: it must be from %s to %s", b.name, timespan.Format(time.Duration(*b.d)), timespan.Format(b.min), timespan.Format(b.max))
@@ -441,6 +456,10 @@ func (c *Config) Validate() error {
 			bad("%s %d is out of range: it must be from %d to %d", b.name, b.v, b.min, b.max)
 		}
 	}
+}
+
+// validateLogin checks how the agent logs in to the server.
+func (c *Config) validateLogin(bad func(format string, args ...any)) {
 	if c.User == "" {
 		bad("user is empty: set it to this host's SFTP user on the server")
 	}
@@ -450,6 +469,10 @@ func (c *Config) Validate() error {
 	if _, err := transport.ParseHostKeys(c.ServerHostKey); err != nil {
 		bad("%w", err)
 	}
+}
+
+// validateApply checks where state is kept and how a version is applied.
+func (c *Config) validateApply(bad func(format string, args ...any)) {
 	if c.StateDir == "" || !strings.HasPrefix(c.StateDir, "/") {
 		bad("stateDir %q must be an absolute path", c.StateDir)
 	}
@@ -470,6 +493,11 @@ func (c *Config) Validate() error {
 	if c.Mode == manifest.ModeFetch && c.SelfUpdate {
 		bad("selfUpdate needs mode build: a host in fetch mode evaluates nothing")
 	}
+}
+
+// validateSystem checks the paths and commands of the system and the
+// secrets' names.
+func (c *Config) validateSystem(bad func(format string, args ...any)) {
 	for name, p := range map[string]string{"profile": c.Profile, "currentSystem": c.CurrentSystem, "bootedSystem": c.BootedSystem} {
 		if !strings.HasPrefix(p, "/") {
 			bad("%s %q must be an absolute path", name, p)
@@ -486,7 +514,6 @@ func (c *Config) Validate() error {
 			bad("secrets: %w", err)
 		}
 	}
-	return errors.Join(errs...)
 }
 
 // ConfigError is a configuration the agent cannot run with: the command

@@ -268,6 +268,27 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// Every problem is reported at once, in the order of the options, so one
+// run of the agent names all the fixes.
+func TestValidateReportsEveryProblem(t *testing.T) {
+	c := Defaults()
+	c.Host, c.ServerHostKey = "alpha", hostKey
+	c.Complete()
+	c.Server, c.LogsKept, c.User, c.Mode, c.RestartCommand = "", 0, "", "push", nil
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("Validate() = nil")
+	}
+	msg, at := err.Error(), 0
+	for _, want := range []string{"server is not set", "logsKept 0 is out of range", "user is empty", `mode "push" is not supported`, "restartCommand is empty"} {
+		i := strings.Index(msg[at:], want)
+		if i < 0 {
+			t.Fatalf("Validate() = %q: %q missing or out of order", msg, want)
+		}
+		at += i + len(want)
+	}
+}
+
 func TestCompleteDefaultsUserToHost(t *testing.T) {
 	c := Defaults()
 	c.Host = "alpha"

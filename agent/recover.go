@@ -131,3 +131,18 @@ func (t *tick) recovered(ctx context.Context, st *State, rep *manifest.Report, l
 	rep.Result = manifest.ResultSuccess
 	return t.finishAttempt(context.WithoutCancel(ctx), st, rep, log, ActionApplied, nil)
 }
+
+// reportInterrupted settles an attempt that keeps being interrupted: the
+// agent died during it on two ticks running (a build that runs out of
+// memory each time, a host that loses power). It is recorded as failed and
+// reported once, so it waits for its retry like any failure and the server
+// sees why the host does not move on, instead of a host silently pending.
+func (t *tick) reportInterrupted(ctx context.Context, st *State) (Outcome, error) {
+	a := st.Attempt
+	log := newLogBuffer(t.cfg.LogMaxBytes, t.o.Out)
+	rep := t.newReport(st, a.Version, a.Expected, a.StartedAt)
+	cause := fmt.Errorf("attempt %d of version %s was interrupted like the one before: the agent stopped before it finished (killed, out of memory, a power cut?)", a.Count, a.Version)
+	log.Printf("%v", cause)
+	rep.Stage, rep.Result, rep.Error = manifest.StageFailed, manifest.ResultFailure, cause.Error()
+	return t.finishAttempt(ctx, st, &rep, log, ActionWaiting, cause)
+}

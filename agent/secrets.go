@@ -51,6 +51,7 @@ func (t *tick) fetchSecrets(ctx context.Context, m *manifest.Manifest, rep *mani
 func (t *tick) installSecrets(ctx context.Context, version string, rep *manifest.Report, log *logBuffer, afterSwitch bool) {
 	a := t.secretsAgent(log)
 	o, err := a.Install(ctx, version)
+	t.note(o.Note)
 	if err != nil {
 		log.Printf("warning: secrets: %v", err)
 		rep.SecretErrors = map[string]string{"*": err.Error()}
@@ -97,6 +98,7 @@ func (t *tick) idleSecrets(ctx context.Context, version string, rep *manifest.Re
 			}
 		}
 	}
+	t.note(o.Note)
 	if err != nil {
 		t.say("warning: secrets: %v", err)
 		rep.SecretErrors = map[string]string{"*": err.Error()}
@@ -119,6 +121,8 @@ func (t *tick) repairSecrets(ctx context.Context, st State) {
 	}
 	a := t.secretsAgent(t.o.Out)
 	o, err := a.Install(ctx, st.AppliedVersion)
+	// No report on this tick: the note is only printed.
+	t.note(o.Note)
 	if errors.Is(err, secrets.ErrNotHeld) {
 		return
 	}

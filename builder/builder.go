@@ -46,6 +46,10 @@ type Options struct {
 	// 0 is automatic.
 	EvalChunk  int
 	EvalMemory int64
+	// DrvPaths are hosts' derivations instantiated already (by discovery,
+	// eval.Options.DrvPath, from the same flake); those hosts are not
+	// evaluated again.
+	DrvPaths map[string]string
 	// StateDir holds gcroots/, logs/ and builds/; DefaultStateDir when empty.
 	StateDir string
 	// DryRun evaluates and instantiates only: drv paths, nothing built,

@@ -21,7 +21,10 @@ type JobsEnv struct {
 	// Root says whether bento runs as root: Nix's build-users-group is
 	// "nixbld" for root and empty otherwise, unless configured.
 	Root bool
-	CPUs int
+	// Daemon says whether a Nix daemon's socket exists: a user's builds
+	// then run in the daemon, as root, with the same nix.conf.
+	Daemon bool
+	CPUs   int
 }
 
 // SystemJobsEnv reads JobsEnv from this machine.
@@ -32,7 +35,13 @@ func SystemJobsEnv() JobsEnv {
 		dir = "/etc/nix"
 	}
 	conf, _ := os.ReadFile(filepath.Join(dir, "nix.conf"))
-	return JobsEnv{Group: string(group), NixConf: string(conf), NixConfig: os.Getenv("NIX_CONFIG"), Root: os.Geteuid() == 0, CPUs: runtime.NumCPU()}
+	socket := os.Getenv("NIX_DAEMON_SOCKET_PATH")
+	if socket == "" {
+		socket = "/nix/var/nix/daemon-socket/socket"
+	}
+	_, err := os.Stat(socket)
+	return JobsEnv{Group: string(group), NixConf: string(conf), NixConfig: os.Getenv("NIX_CONFIG"),
+		Root: os.Geteuid() == 0, Daemon: err == nil, CPUs: runtime.NumCPU()}
 }
 
 // DefaultJobs is how many hosts build at once when --jobs is not given,
@@ -51,11 +60,29 @@ func SystemJobsEnv() JobsEnv {
 //     while half the hosts wait on I/O.
 func DefaultJobs(env JobsEnv) (int, string) {
 	cpus := max(env.CPUs, 1)
-	group := ""
-	if env.Root {
+	group, users, maxJobs := BuildUsers(env)
+	if group == "" {
+		return 2 * cpus, fmt.Sprintf("no Nix build users (build-users-group is empty): two hosts per CPU (%d CPUs)", cpus)
+	}
+	if users == 0 {
+		return 2 * cpus, fmt.Sprintf("build-users-group %s has no members in /etc/group: two hosts per CPU (%d CPUs)", group, cpus)
+	}
+	if maxJobs <= 1 {
+		return users, fmt.Sprintf("one host per Nix build user (%d members of %s)", users, group)
+	}
+	jobs := max(users/maxJobs, cpus, 1)
+	return jobs, fmt.Sprintf("%d Nix build users (%s) shared by hosts building up to %d derivations each (max-jobs), at least one host per CPU", users, group, maxJobs)
+}
+
+// BuildUsers is Nix's build-users-group as configured (empty: builds run
+// as the calling user), how many build users it lists, and each Nix
+// process's max-jobs.
+func BuildUsers(env JobsEnv) (group string, users, maxJobs int) {
+	cpus := max(env.CPUs, 1)
+	if env.Root || env.Daemon {
 		group = "nixbld"
 	}
-	maxJobs := 1
+	maxJobs = 1
 	for _, text := range []string{env.NixConf, env.NixConfig} {
 		if v, ok := confValue(text, "build-users-group"); ok {
 			group = v
@@ -70,17 +97,9 @@ func DefaultJobs(env JobsEnv) (int, string) {
 		}
 	}
 	if group == "" {
-		return 2 * cpus, fmt.Sprintf("no Nix build users (build-users-group is empty): two hosts per CPU (%d CPUs)", cpus)
+		return "", 0, maxJobs
 	}
-	users := groupMembers(env.Group, group)
-	if users == 0 {
-		return 2 * cpus, fmt.Sprintf("build-users-group %s has no members in /etc/group: two hosts per CPU (%d CPUs)", group, cpus)
-	}
-	if maxJobs <= 1 {
-		return users, fmt.Sprintf("one host per Nix build user (%d members of %s)", users, group)
-	}
-	jobs := max(users/maxJobs, cpus, 1)
-	return jobs, fmt.Sprintf("%d Nix build users (%s) shared by hosts building up to %d derivations each (max-jobs), at least one host per CPU", users, group, maxJobs)
+	return group, groupMembers(env.Group, group), maxJobs
 }
 
 // confValue returns the last value of key in nix.conf text (later lines

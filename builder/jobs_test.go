@@ -18,6 +18,7 @@ func TestDefaultJobs(t *testing.T) {
 	}{
 		{"root, Debian's 10 build users", builder.JobsEnv{Group: debian, Root: true, CPUs: 2}, 10, "10 members of nixbld"},
 		{"not root: no build users", builder.JobsEnv{Group: debian, CPUs: 2}, 4, "two hosts per CPU"},
+		{"not root, through the daemon", builder.JobsEnv{Group: debian, Daemon: true, CPUs: 2}, 10, "10 members of nixbld"},
 		{"nix.conf names another group", builder.JobsEnv{Group: custom, NixConf: "build-users-group = builders\n", Root: true, CPUs: 2}, 3, "3 members of builders"},
 		{"NIX_CONFIG overrides nix.conf", builder.JobsEnv{Group: custom, NixConf: "build-users-group = builders\n", NixConfig: "sandbox = false\nbuild-users-group = nixbld", Root: true, CPUs: 2}, 1, "1 members of nixbld"},
 		{"build users turned off", builder.JobsEnv{Group: debian, NixConfig: "build-users-group =", Root: true, CPUs: 8}, 16, "build-users-group is empty"},

@@ -130,6 +130,8 @@ type run struct {
 	// that a host evaluated again alone (its chunk failed) is not
 	// announced twice.
 	evaluating sync.Map
+	// copyMu serialises copies to an ssh-ng:// store.
+	copyMu sync.Mutex
 }
 
 // hostRun is one host going through a run.
@@ -259,22 +261,38 @@ func (b *run) evaluateChunks(ctx context.Context, hosts []fleet.Host, single cha
 				b.prog.Phase(n, PhaseEvaluating)
 			}
 		}}
-	_ = eval.DrvPaths(ctx, b.runner, hosts, opts,
+	ready := func(name, drv, how string) {
+		i := index[name]
+		h := &hostRun{i: i, host: hosts[i], start: time.Now()}
+		logf, err := b.state.newLog(name, b.stamp)
+		if err != nil {
+			h.fail("build", err)
+		} else {
+			h.logf, h.lw = logf, newLineWriter(logf, name, b.prog)
+			h.res.LogFile = logf.Name()
+			h.res.DrvPath = drv
+			fmt.Fprintf(logf, "bento: build of %s, started %s\nbento: evaluated %s (%s)\n", name, h.start.Format(time.RFC3339), drv, how)
+		}
+		h.evaluated = time.Now()
+		b.prog.Phase(name, PhaseWaiting)
+		evaluated <- h
+	}
+	var rest []fleet.Host
+	for _, h := range hosts {
+		if drv := b.opts.DrvPaths[h.Name]; strings.HasPrefix(drv, "/") && strings.HasSuffix(drv, ".drv") {
+			b.prog.Phase(h.Name, PhaseEvaluating)
+			b.evaluating.Store(h.Name, true)
+			ready(h.Name, drv, "instantiated during discovery")
+			continue
+		}
+		rest = append(rest, h)
+	}
+	if len(rest) == 0 {
+		return
+	}
+	_ = eval.DrvPaths(ctx, b.runner, rest, opts,
 		func(name, drv string) {
-			i := index[name]
-			h := &hostRun{i: i, host: hosts[i], start: time.Now()}
-			logf, err := b.state.newLog(name, b.stamp)
-			if err != nil {
-				h.fail("build", err)
-			} else {
-				h.logf, h.lw = logf, newLineWriter(logf, name, b.prog)
-				h.res.LogFile = logf.Name()
-				h.res.DrvPath = drv
-				fmt.Fprintf(logf, "bento: build of %s, started %s\nbento: evaluated %s (nix eval --json of many hosts' %s at once)\n", name, h.start.Format(time.RFC3339), drv, eval.ToplevelDrv)
-			}
-			h.evaluated = time.Now()
-			b.prog.Phase(name, PhaseWaiting)
-			evaluated <- h
+			ready(name, drv, "nix eval --json of many hosts' "+eval.ToplevelDrv+" at once")
 		},
 		func(name string, err error) {
 			if b.runner.Logger != nil {
@@ -391,6 +409,14 @@ func (b *run) copy(ctx context.Context, host, path string, lw *lineWriter) error
 		if _, err := b.runner.Run(ctx, nix.Cmd{Host: host, Args: []string{"store", "sign", "--recursive", "--key-file", b.opts.SignKey, path}, Log: lw}); err != nil {
 			return fmt.Errorf("signing: %w", err)
 		}
+	}
+	if strings.HasPrefix(b.opts.CopyTo, "ssh-ng://") {
+		// Concurrent copies whose closures overlap (hosts share most of
+		// theirs) desynchronise Nix's daemon protocol ("not an absolute
+		// path: 'nix-archive-1'", NixOS/nix#6253, #7720): one at a time.
+		// Each skips what the previous ones copied.
+		b.copyMu.Lock()
+		defer b.copyMu.Unlock()
 	}
 	_, err := b.runner.Run(ctx, nix.Cmd{Host: host, Args: []string{"copy", "--to", b.opts.CopyTo, path}, Log: lw})
 	return err

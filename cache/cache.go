@@ -26,12 +26,6 @@ import (
 	"github.com/bento-nix/bento/nix"
 )
 
-// CacheInfoFile is the file a binary cache is recognised by.
-const CacheInfoFile = "nix-cache-info"
-
-// narDir holds the NAR files of a cache, as Nix lays it out.
-const narDir = "nar"
-
 // tmpPrefix marks links being made; a crash may leave some behind and the
 // next LinkHost removes them.
 const tmpPrefix = ".bento-tmp-"
@@ -282,35 +276,11 @@ func readEntry(dir, hash string) (entry, []string, error) {
 // checkNARURL accepts only the NAR names nix copy writes, so nothing a
 // narinfo says can make LinkHost link a file outside nar/.
 func checkNARURL(u string) error {
-	name, ok := strings.CutPrefix(u, narDir+"/")
-	if !ok || !ValidNARName(name) {
+	name, ok := strings.CutPrefix(u, narinfo.NARDir+"/")
+	if !ok || !narinfo.ValidNARName(name) {
 		return fmt.Errorf("unexpected NAR URL %q (want nar/<hash>.nar[.<compression>])", u)
 	}
 	return nil
-}
-
-// ValidNARName reports whether name is a NAR file name as Nix writes them
-// in a binary cache: <52-character base32 file hash>.nar, optionally with
-// a compression suffix.
-func ValidNARName(name string) bool {
-	stem, ok := strings.CutSuffix(name, ".nar")
-	if !ok {
-		i := strings.LastIndex(name, ".nar.")
-		if i < 0 {
-			return false
-		}
-		switch name[i+len(".nar."):] {
-		case "xz", "bz2", "zst", "br", "gz", "lz", "lz4":
-		default:
-			return false
-		}
-		stem = name[:i]
-	}
-	if len(stem) != 52 {
-		return false
-	}
-	_, _, err := narinfo.ParseHash("sha256:" + stem)
-	return err == nil
 }
 
 // LinkHost makes hostDir/cache serve exactly the closures of toplevels:
@@ -334,7 +304,7 @@ func (p *Pool) LinkHost(ctx context.Context, hostDir string, toplevels []string)
 		return Stats{}, err
 	}
 	dest := filepath.Join(hostDir, manifest.CacheDir)
-	if err := os.MkdirAll(filepath.Join(dest, narDir), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dest, narinfo.NARDir), 0o755); err != nil {
 		return Stats{}, fmt.Errorf("host cache: %w", err)
 	}
 
@@ -375,13 +345,13 @@ func (p *Pool) LinkHost(ctx context.Context, hostDir string, toplevels []string)
 		}
 		st.Bytes += nars[n]
 	}
-	if err := atomicfile.SyncDir(filepath.Join(dest, narDir)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Join(dest, narinfo.NARDir)); err != nil {
 		return st, err
 	}
 	if err := ensureCacheInfo(dir); err != nil {
 		return st, err
 	}
-	if err := link(CacheInfoFile); err != nil {
+	if err := link(narinfo.CacheInfoFile); err != nil {
 		return st, err
 	}
 	for _, h := range hashes {
@@ -394,7 +364,7 @@ func (p *Pool) LinkHost(ctx context.Context, hostDir string, toplevels []string)
 	}
 
 	// Narinfos go first, so no narinfo ever points at a removed NAR.
-	keep := map[string]bool{CacheInfoFile: true, narDir: true}
+	keep := map[string]bool{narinfo.CacheInfoFile: true, narinfo.NARDir: true}
 	for _, h := range hashes {
 		keep[h+".narinfo"] = true
 	}
@@ -408,9 +378,9 @@ func (p *Pool) LinkHost(ctx context.Context, hostDir string, toplevels []string)
 	}
 	keepNAR := make(map[string]bool, len(nars))
 	for rel := range nars {
-		keepNAR[strings.TrimPrefix(rel, narDir+"/")] = true
+		keepNAR[strings.TrimPrefix(rel, narinfo.NARDir+"/")] = true
 	}
-	n, err = removeExcept(filepath.Join(dest, narDir), keepNAR)
+	n, err = removeExcept(filepath.Join(dest, narinfo.NARDir), keepNAR)
 	st.Removed += n
 	if err != nil {
 		return st, err
@@ -422,7 +392,7 @@ func (p *Pool) LinkHost(ctx context.Context, hostDir string, toplevels []string)
 // ensureCacheInfo writes the pool's nix-cache-info if nix copy has not
 // (a pool that never received a path still makes valid, empty host caches).
 func ensureCacheInfo(dir string) error {
-	p := filepath.Join(dir, CacheInfoFile)
+	p := filepath.Join(dir, narinfo.CacheInfoFile)
 	if _, err := os.Stat(p); err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -514,13 +484,13 @@ func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
 			return st, err
 		}
 		if ent, ok := want[h]; ok {
-			keepNAR[strings.TrimPrefix(ent.nar, narDir+"/")] = true
+			keepNAR[strings.TrimPrefix(ent.nar, narinfo.NARDir+"/")] = true
 			st.Kept++
 			continue
 		}
 		if linked(filepath.Join(dir, name)) {
 			if ent, _, err := readEntry(dir, h); err == nil {
-				keepNAR[strings.TrimPrefix(ent.nar, narDir+"/")] = true
+				keepNAR[strings.TrimPrefix(ent.nar, narinfo.NARDir+"/")] = true
 			}
 			st.Kept++
 			continue
@@ -533,12 +503,12 @@ func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
 	if err := atomicfile.SyncDir(dir); err != nil {
 		return st, err
 	}
-	ents, err = os.ReadDir(filepath.Join(dir, narDir))
+	ents, err = os.ReadDir(filepath.Join(dir, narinfo.NARDir))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return st, fmt.Errorf("cache pool: %w", err)
 	}
 	for _, e := range ents {
-		file := filepath.Join(dir, narDir, e.Name())
+		file := filepath.Join(dir, narinfo.NARDir, e.Name())
 		if keepNAR[e.Name()] || linked(file) {
 			continue
 		}

@@ -195,3 +195,78 @@ func TestDrvPaths(t *testing.T) {
 		}
 	}
 }
+
+// Discovery can instantiate the systems of the hosts bento deploys in its
+// own processes; a system that does not evaluate leaves its host
+// discovered, without a derivation (its build then reports the error).
+func TestDiscoverWithDrvPaths(t *testing.T) {
+	dir := t.TempDir()
+	flake := `{
+  outputs = { self }: let
+    sys = "` + fixture.NixSystem() + `";
+    host = name: toplevel: enable: {
+      config = {
+        networking.hostName = name;
+        nixpkgs.hostPlatform.system = sys;
+        services.bento = { inherit enable; };
+        system.build.toplevel = toplevel;
+      };
+    };
+    drv = name: derivation { inherit name; system = sys; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; };
+  in {
+    nixosConfigurations = {
+      good = host "good" (drv "good") true;
+      off = host "off" (drv "off") false;
+      broken = host "broken" (throw "the system of broken does not evaluate") true;
+    };
+  };
+}
+`
+	write(t, dir, "flake.nix", flake)
+	for _, chunk := range []int{0, 1} {
+		var mu sync.Mutex
+		drvs := map[string]string{}
+		f, err := eval.Discover(context.Background(), runner(), eval.Options{Ref: dir, ChunkSize: chunk,
+			DrvPath: func(h, drv string) { mu.Lock(); drvs[h] = drv; mu.Unlock() }})
+		if err != nil {
+			t.Fatalf("chunk %d: %v", chunk, err)
+		}
+		if len(f.Hosts) != 3 {
+			t.Fatalf("chunk %d: discovered %d hosts, want 3", chunk, len(f.Hosts))
+		}
+		if _, ok := drvs["off"]; ok {
+			t.Errorf("chunk %d: a disabled host was instantiated", chunk)
+		}
+		if _, ok := drvs["broken"]; ok {
+			t.Errorf("chunk %d: broken has a derivation", chunk)
+		}
+		if chunk == 1 {
+			if d := drvs["good"]; !strings.HasSuffix(d, "-good.drv") {
+				t.Errorf("good: drv %q", d)
+			} else if _, err := os.Stat(d); err != nil {
+				t.Errorf("good: %s not instantiated: %v", d, err)
+			}
+		}
+	}
+}
+
+func TestDiscoverClassicWithDrvPaths(t *testing.T) {
+	dir := t.TempDir()
+	if err := fixture.Write(dir, fixture.Fleet{Classic: true, Hosts: []fixture.Host{
+		{Name: "alpha", Bento: &fixture.Bento{Enable: true}},
+		{Name: "off", Bento: &fixture.Bento{Enable: false}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	r := runner()
+	r.Env = append(r.Env, "NIX_PATH="+fixture.ClassicNixPath(dir))
+	var mu sync.Mutex
+	drvs := map[string]string{}
+	f, err := eval.Discover(context.Background(), r, eval.Options{Ref: dir, DrvPath: func(h, d string) { mu.Lock(); drvs[h] = d; mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Hosts) != 2 || len(drvs) != 1 || !strings.HasSuffix(drvs["alpha"], ".drv") {
+		t.Fatalf("hosts %d, drvs %v: want alpha's derivation only", len(f.Hosts), drvs)
+	}
+}

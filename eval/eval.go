@@ -39,6 +39,14 @@ type Options struct {
 	// when ChunkSize is 0; 0 means SystemBudget (DefaultMemoryShare of
 	// MemAvailable).
 	Memory int64
+	// DrvPath, when set, asks discovery to instantiate the system of every
+	// host bento deploys (managed and enabled) in the same nix process that
+	// reads its options, and is called with each one's .drv path (from
+	// several goroutines). The configuration's module system is then
+	// evaluated once for both, not again by the build. A chunk whose
+	// systems do not all evaluate is read again without them: a system
+	// that does not evaluate is its build's failure, not discovery's.
+	DrvPath func(host, drv string)
 	// ChunkStarted, when set, is called with the hosts of each chunk as its
 	// nix process starts (from several goroutines): a progress display.
 	ChunkStarted func(names []string)
@@ -236,11 +244,19 @@ const hostInfo = `c:
 func evaluate(ctx context.Context, r *nix.Runner, f *fleet.Fleet, names []string, opts Options) ([]fleet.Host, HostErrors) {
 	var mu sync.Mutex
 	var hosts []fleet.Host
+	withDrv := opts.DrvPath != nil
 	errs := forEachChunk(ctx, names, opts, true,
 		func(ctx context.Context, chunk []string, rss *int64) (map[string]gjson.Result, error) {
-			return evalChunk(ctx, r, f, chunk, rss)
+			vals, err := evalChunk(ctx, r, f, chunk, withDrv, rss)
+			if err == nil || !withDrv || ctx.Err() != nil {
+				return vals, err
+			}
+			return evalChunk(ctx, r, f, chunk, false, rss)
 		},
 		func(name string, v gjson.Result) {
+			if drv := v.Get("drvPath"); withDrv && drv.Type == gjson.String && strings.HasPrefix(drv.Str, "/") && strings.HasSuffix(drv.Str, ".drv") {
+				opts.DrvPath(name, drv.Str)
+			}
 			h := hostFromJSON(f, name, v)
 			mu.Lock()
 			hosts = append(hosts, h)
@@ -351,18 +367,31 @@ func nixNames(names []string) string {
 	return list.String()
 }
 
-func evalChunk(ctx context.Context, r *nix.Runner, f *fleet.Fleet, names []string, rss *int64) (map[string]gjson.Result, error) {
+// withDrvInfo extends hostInfo with the drvPath of a deployed host's system.
+const withDrvInfo = `info: c: let i = info c; in i // { drvPath = if i.managed && i.enable then c.config.system.build.toplevel.drvPath else null; }`
+
+func evalChunk(ctx context.Context, r *nix.Runner, f *fleet.Fleet, names []string, withDrv bool, rss *int64) (map[string]gjson.Result, error) {
+	info := hostInfo
+	if withDrv {
+		info = fmt.Sprintf("(%s) (%s)", withDrvInfo, hostInfo)
+	}
 	var args []string
 	if f.Layout == fleet.LayoutClassic {
 		var list strings.Builder
 		for _, n := range names {
 			fmt.Fprintf(&list, "{ name = %q; path = %s; } ", n, classicConfigPath(f.Dir, n))
 		}
-		expr := fmt.Sprintf("let info = %s; in builtins.listToAttrs (map (p: { name = p.name; value = info (import <nixpkgs/nixos> { configuration = p.path; }); }) [ %s])", hostInfo, list.String())
+		expr := fmt.Sprintf("let info = %s; in builtins.listToAttrs (map (p: { name = p.name; value = info (import <nixpkgs/nixos> { configuration = p.path; }); }) [ %s])", info, list.String())
 		args = []string{"eval", "--json", "--impure", "--expr", expr}
 	} else {
-		apply := fmt.Sprintf("cs: let info = %s; in builtins.listToAttrs (map (n: { name = n; value = info cs.${n}; }) [ %s])", hostInfo, nixNames(names))
+		apply := fmt.Sprintf("cs: let info = %s; in builtins.listToAttrs (map (n: { name = n; value = info cs.${n}; }) [ %s])", info, nixNames(names))
 		args = []string{"eval", "--json", f.Ref + "#nixosConfigurations", "--apply", apply}
+		if withDrv {
+			// Instantiating writes to the store; the evaluation cache is
+			// one SQLite database per flake that concurrent processes
+			// fight over.
+			args = append(args, "--no-eval-cache")
+		}
 	}
 	return runChunk(ctx, r, names, args, rss)
 }

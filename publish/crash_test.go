@@ -52,58 +52,76 @@ func TestKillAtEveryStep(t *testing.T) {
 		if n > 100 {
 			t.Fatal("the child never got through")
 		}
-		base := t.TempDir()
-		dir := filepath.Join(base, "fleet")
-		root := filepath.Join(base, "chroot")
-		writeFleet(t, dir, content(0), false)
-		mustOK(t, deploy(t, root, plain(targets(dir, "alpha", "beta")), at(0)), publish.StatusPublished)
-		writeFleet(t, dir, content(1), false)
-		mustOK(t, deploy(t, root, plain(targets(dir, "alpha", "beta")), at(10*time.Minute)), publish.StatusPublished)
-		old := map[string]*manifest.Manifest{"alpha": readManifest(t, root, "alpha"), "beta": readManifest(t, root, "beta")}
-		writeFleet(t, dir, content(2), false)
+		// After the kill, the next deploy publishes the new content again,
+		// or the old one (the operator reverted): either way it converges,
+		// and objects a killed deploy linked but no manifest named go.
+		var childErr error
+		for _, next := range []string{"new", "old"} {
+			base := t.TempDir()
+			dir := filepath.Join(base, "fleet")
+			root := filepath.Join(base, "chroot")
+			writeFleet(t, dir, content(0), false)
+			mustOK(t, deploy(t, root, plain(targets(dir, "alpha", "beta")), at(0)), publish.StatusPublished)
+			writeFleet(t, dir, content(1), false)
+			mustOK(t, deploy(t, root, plain(targets(dir, "alpha", "beta")), at(10*time.Minute)), publish.StatusPublished)
+			old := map[string]*manifest.Manifest{"alpha": readManifest(t, root, "alpha"), "beta": readManifest(t, root, "beta")}
+			writeFleet(t, dir, content(2), false)
 
-		cmd := exec.Command(os.Args[0], "-test.run=^TestKillAtEveryStep$")
-		cmd.Env = append(os.Environ(), fmt.Sprintf("BENTO_TEST_KILL=%d|%d|%s|%s", n, t0.Add(2*time.Hour).UnixNano(), dir, root))
-		out, err := cmd.CombinedOutput()
-		var exit *exec.ExitError
-		switch {
-		case err == nil:
-		case asExit(err, &exit) && exit.Sys().(syscall.WaitStatus).Signaled() && exit.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL:
-			killed++
-		default:
-			t.Fatalf("step %d: the child failed: %v\n%s", n, err, out)
-		}
-		step := strings.TrimSpace(string(out))
-		// What a host sees after the kill: its old or its new manifest,
-		// every object of it present.
-		seen := map[string]string{}
-		for _, host := range []string{"alpha", "beta"} {
-			seen[host] = verify(t, root, host).Version
-		}
-		// The next deploy converges.
-		rs := deploy(t, root, plain(targets(dir, "alpha", "beta")), at(2*time.Hour+time.Minute))
-		for _, r := range rs {
-			if !r.OK() {
-				t.Fatalf("kill %d (%s): the next deploy: %v", n, step, r.Err)
+			cmd := exec.Command(os.Args[0], "-test.run=^TestKillAtEveryStep$")
+			cmd.Env = append(os.Environ(), fmt.Sprintf("BENTO_TEST_KILL=%d|%d|%s|%s", n, t0.Add(2*time.Hour).UnixNano(), dir, root))
+			out, err := cmd.CombinedOutput()
+			childErr = err
+			var exit *exec.ExitError
+			switch {
+			case err == nil:
+			case asExit(err, &exit) && exit.Sys().(syscall.WaitStatus).Signaled() && exit.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL:
+				if next == "new" {
+					killed++
+				}
+			default:
+				t.Fatalf("step %d: the child failed: %v\n%s", n, err, out)
 			}
-		}
-		for _, host := range []string{"alpha", "beta"} {
-			m := verify(t, root, host)
-			if v := seen[host]; v != old[host].Version && v != m.Version {
-				t.Errorf("kill %d (%s): %s served version %s, neither the old %s nor the new %s", n, step, host, v, old[host].Version, m.Version)
+			step := strings.TrimSpace(string(out))
+			// What a host sees after the kill: its old or its new
+			// manifest, every object of it present.
+			seen := map[string]*manifest.Manifest{}
+			for _, host := range []string{"alpha", "beta"} {
+				seen[host] = verify(t, root, host)
 			}
-			allowed := sumsOf(m)
-			for s := range sumsOf(old[host]) {
-				allowed[s] = true // v1 was live a minute ago
+			if next == "old" {
+				writeFleet(t, dir, content(1), false)
 			}
-			for _, p := range listFiles(t, filepath.Join(root, host, manifest.ObjectsDir)) {
-				if !allowed[strings.Replace(p, "/", "", 1)] {
-					t.Errorf("kill %d (%s): %s keeps %s, which neither v1 nor v2 names", n, step, host, p)
+			rs := deploy(t, root, plain(targets(dir, "alpha", "beta")), at(2*time.Hour+time.Minute))
+			for _, r := range rs {
+				if !r.OK() {
+					t.Fatalf("kill %d (%s), then the %s content: the next deploy: %v", n, step, next, r.Err)
 				}
 			}
+			for _, host := range []string{"alpha", "beta"} {
+				m := verify(t, root, host)
+				if next == "new" {
+					if v := seen[host].Version; v != old[host].Version && v != m.Version {
+						t.Errorf("kill %d (%s): %s served version %s, neither the old %s nor the new %s", n, step, host, v, old[host].Version, m.Version)
+					}
+				}
+				// What may stay: the live manifest's objects, and those of
+				// every manifest live since the retention window began.
+				allowed := sumsOf(m)
+				for _, live := range []*manifest.Manifest{old[host], seen[host]} {
+					for s := range sumsOf(live) {
+						allowed[s] = true
+					}
+				}
+				for _, p := range listFiles(t, filepath.Join(root, host, manifest.ObjectsDir)) {
+					if !allowed[strings.Replace(p, "/", "", 1)] {
+						t.Errorf("kill %d (%s), then the %s content: %s keeps %s, which no manifest of the window names", n, step, next, host, p)
+					}
+				}
+			}
+			t.Logf("kill %d (%s), then %s", n, step, next)
+			checkPool(t, root)
 		}
-		checkPool(t, root)
-		if err == nil {
+		if childErr == nil {
 			break
 		}
 	}
@@ -125,7 +143,8 @@ func asExit(err error, exit **exec.ExitError) bool {
 func checkPool(t *testing.T, root string) {
 	t.Helper()
 	if _, err := os.Stat(filepath.Join(root, publish.StateDir, "unfinished")); !os.IsNotExist(err) {
-		t.Errorf("the unfinished-deploy marker is there after a deploy that finished: %v", err)
+		data, _ := os.ReadFile(filepath.Join(root, publish.StateDir, "unfinished"))
+		t.Errorf("the unfinished-deploy marker is there after a deploy that finished: %v %q", err, data)
 	}
 	pool := filepath.Join(root, publish.PoolDir)
 	for _, p := range listFiles(t, pool) {

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/bento-nix/bento/internal/atomicfile"
@@ -37,6 +38,49 @@ const DefaultRetention = time.Hour
 type history struct {
 	Host    string      `json:"host"`
 	Entries []histEntry `json:"entries"`
+	// Live is the head of the manifest this record saw go live, and the
+	// identity of its file: while manifest.json is that file, a deploy
+	// need not read it.
+	Live *liveHead `json:"live,omitempty"`
+}
+
+type liveHead struct {
+	ID      string            `json:"id"`
+	Objects bool              `json:"objects"`
+	Head    manifest.Manifest `json:"head"`
+}
+
+// fileID identifies a file's inode and content: device, inode, size,
+// modification and change times. A manifest is never written in place,
+// so another manifest is another inode.
+func fileID(fi fs.FileInfo) string {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d:%d:%d.%d:%d.%d", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
+}
+
+// liveHead returns the live manifest's head as the record knows it, when
+// manifest.json is still the file the record saw go live.
+func (p *Publisher) liveHead(host, hostDir string) (*manifest.Manifest, bool, bool) {
+	data, err := readCapped(filepath.Join(p.stateDir(host), historyFile), maxHistoryBytes)
+	if err != nil {
+		return nil, false, false
+	}
+	var h history
+	if json.Unmarshal(data, &h) != nil || h.Host != host || h.Live == nil || h.Live.ID == "" {
+		return nil, false, false
+	}
+	fi, err := os.Lstat(filepath.Join(hostDir, manifest.ManifestFile))
+	if err != nil || !fi.Mode().IsRegular() || fileID(fi) != h.Live.ID {
+		return nil, false, false
+	}
+	m := h.Live.Head
+	if m.Host != host || m.Validate() != nil {
+		return nil, false, false
+	}
+	return &m, h.Live.Objects, true
 }
 
 type histEntry struct {

@@ -69,7 +69,7 @@ func (p *Publisher) ready(o *object, src string) (written int64, err error) {
 			return 0, nil
 		}
 	}
-	if err := p.mark(); err != nil {
+	if err := p.mark(nil); err != nil {
 		return 0, err
 	}
 	tmp, err := p.copyObject(src, filepath.Dir(o.final), o.sum, o.size)

@@ -188,6 +188,7 @@ type Publisher struct {
 	hashes   *HashCache
 	mu       sync.Mutex
 	trees    map[Source]*treeCall
+	versions map[*Tree]treeMemo
 	// pool maps each content this deploy needs somewhere to its entry.
 	poolMu   sync.Mutex
 	pool     map[string]*object
@@ -198,13 +199,20 @@ type Publisher struct {
 	// removed are the objects some chroot dropped: the pool checks them.
 	removedMu sync.Mutex
 	removed   map[string]bool
-	// fullScan: the previous deploy did not finish (its marker is there),
-	// so chroots and the pool may hold objects nothing names: this one
-	// looks at everything. unfinished: this one leaves the marker.
-	fullScan   bool
-	unfinished atomic.Bool
-	markOnce   sync.Once
-	markErr    error
+	// A deploy that did not finish leaves a marker naming the chroots
+	// that may hold objects nothing names (and the pool temporary files):
+	// pending are those hosts, scanned whole by the next deploy that
+	// publishes them; poolScan says the pool is scanned whole too.
+	pending  map[string]bool
+	poolScan bool
+	// markMu guards the marker and leftover: the hosts the marker must
+	// still name when this deploy ends.
+	markMu   sync.Mutex
+	marked   bool
+	leftover map[string]bool
+	inflight map[string]bool
+	// poolFailed: the pool could not be cleaned; the marker stays.
+	poolFailed atomic.Bool
 	// umaskClears: the umask takes bits off 0755/0444, so every directory
 	// and file made needs a chmod.
 	umaskClears bool
@@ -228,7 +236,7 @@ func Open(ctx context.Context, opts Options) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{opts: opts, root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{},
+	p := &Publisher{opts: opts, root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{}, versions: map[*Tree]treeMemo{},
 		pool: map[string]*object{}, poolDirs: map[string]bool{}, copies: map[string]map[string]bool{}, removed: map[string]bool{}}
 	p.umaskClears = umask()&0o755 != 0
 	if p.opts.Jobs <= 0 {
@@ -256,7 +264,7 @@ func Open(ctx context.Context, opts Options) (*Publisher, error) {
 		if p.lock, err = AcquireLock(ctx, root, opts.LockWait); err != nil {
 			return nil, err
 		}
-		p.fullScan = exists(p.markerPath())
+		p.loadMarker()
 	}
 	return p, nil
 }
@@ -289,6 +297,31 @@ func (p *Publisher) Tree(ctx context.Context, src Source) (*Tree, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// treeVersion returns a tree's manifest lines (shared, read-only) and
+// version; computed once per tree for the hosts without secrets (every
+// host of a flake shares its tree).
+func (p *Publisher) treeVersion(tree *Tree, extra []manifest.File) ([]manifest.File, string) {
+	p.mu.Lock()
+	memo, ok := p.versions[tree]
+	p.mu.Unlock()
+	if !ok {
+		memo.files = tree.Manifest()
+		memo.version = Version(memo.files, nil)
+		p.mu.Lock()
+		p.versions[tree] = memo
+		p.mu.Unlock()
+	}
+	if len(extra) == 0 {
+		return memo.files, memo.version
+	}
+	return memo.files, Version(memo.files, extra)
+}
+
+type treeMemo struct {
+	files   []manifest.File
+	version string
 }
 
 // Publish publishes every target. One failing host never stops the
@@ -414,8 +447,7 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	// the flake is a new version for a fetch-mode host too; but a host in
 	// fetch mode evaluates nothing, so it receives none of the tree: no
 	// host can read the fleet's configuration through it.
-	version := Version(tree.Manifest(), extra)
-	files := tree.Manifest()
+	files, version := p.treeVersion(tree, extra)
 	entries := tree.Files
 	if t.Host.Options.Mode == manifest.ModeFetch {
 		files, entries = []manifest.File{}, nil
@@ -441,11 +473,19 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	// Only the head of the live manifest is decoded at first: that is all
 	// an unchanged host needs, and decoding every host's file list would
 	// be most of an unchanged deploy's time.
-	cur, curFiles, curErr := readManifestHead(hostDir, name)
+	// Faster still: the retention record keeps the head of the manifest
+	// it saw go live, with the file's identity; while the file is that
+	// very file, nothing is read from it.
+	var curFiles manifestFiles
+	var curErr error
+	cur, curObjects, known := p.liveHead(name, hostDir)
+	if !known {
+		cur, curFiles, curErr = readManifestHead(hostDir, name)
+		curObjects = cur != nil && cur.Format >= 2 && len(curFiles) > 0
+	}
 	if curErr != nil {
 		res.Notes = append(res.Notes, fmt.Sprintf("the current manifest is unreadable (%v): publishing afresh", curErr))
 	}
-	curObjects := cur != nil && cur.Format >= 2 && len(curFiles) > 0
 	j.cur = cur
 	if cur != nil {
 		res.Previous = cur.Version
@@ -476,9 +516,29 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	// What the live manifest names is in the chroot: nothing removes it.
 	have := map[string]bool{}
 	if curObjects && res.Status == StatusPublished {
-		for _, f := range curFiles.all() {
-			have[f.SHA256] = true
+		// Same version and format, same files: every host of a flake
+		// shares its previous version, which is decoded once.
+		p.copiesMu.Lock()
+		sums, ok := p.copies[cur.Version]
+		p.copiesMu.Unlock()
+		if !ok {
+			if curFiles == nil {
+				curFiles, _ = readCapped(filepath.Join(hostDir, manifest.ManifestFile), manifest.MaxSize)
+			}
+			if files := curFiles.all(); files != nil {
+				sums = make(map[string]bool, len(files))
+				for _, f := range files {
+					sums[f.SHA256] = true
+				}
+				p.copiesMu.Lock()
+				p.copies[cur.Version] = sums
+				p.copiesMu.Unlock()
+			}
 		}
+		have = sums
+	}
+	if have == nil {
+		have = map[string]bool{}
 	}
 	if p.opts.DryRun {
 		if res.Status == StatusPublished {
@@ -586,21 +646,21 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 		p.syncJobs(jobs, "writing the new objects", true)
 	}
 	p.opts.Hook(StepSynced, "")
-	if writing {
-		// From here on a kill may leave links that no manifest names; the
-		// marker makes the next deploy look for them.
-		if err := p.mark(); err != nil {
-			for _, j := range jobs {
-				if j.writing() {
-					j.fail(err)
-				}
-			}
-		}
-	}
 	var committing []*hostJob
+	var names []string
 	for _, j := range jobs {
 		if j.writing() {
 			committing = append(committing, j)
+			names = append(names, j.name)
+		}
+	}
+	if len(committing) > 0 {
+		// From here on a kill may leave links that no manifest names; the
+		// marker makes the next deploy look for them.
+		if err := p.mark(names); err != nil {
+			for _, j := range committing {
+				j.fail(err)
+			}
 		}
 	}
 	// 3. Objects renamed into the pool (once each), then linked into the
@@ -682,20 +742,20 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 	// 6. The pool.
 	for _, j := range committing {
 		if j.res.Err != nil {
-			p.unfinished.Store(true) // its links may name nothing
+			p.keepPending(j.name) // its links may name nothing
 		}
 	}
-	if changed || len(p.pool) > 0 {
+	if changed || len(p.pool) > 0 || p.poolScan {
 		p.discardPool()
 		var candidates map[string]bool
-		if !p.fullScan {
+		if !p.poolScan {
 			candidates = p.removed
 			for sum := range p.pool {
 				candidates[sum] = true
 			}
 		}
 		if _, err := p.collectPool(candidates); err != nil {
-			p.unfinished.Store(true)
+			p.poolFailed.Store(true)
 			for _, j := range jobs {
 				if j.res.Err == nil && j.res.Status == StatusPublished {
 					j.res.Notes = append(j.res.Notes, err.Error())
@@ -705,8 +765,13 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 		}
 		p.opts.Hook(StepCollected, "")
 	}
-	if !p.unfinished.Load() && (writing || p.fullScan) {
-		os.Remove(p.markerPath())
+	if err := p.settleMarker(); err != nil {
+		for _, j := range jobs {
+			if j.res.Err == nil {
+				j.res.Notes = append(j.res.Notes, err.Error())
+				break
+			}
+		}
 	}
 }
 
@@ -714,24 +779,96 @@ func (p *Publisher) commit(ctx context.Context, jobs []*hostJob) {
 // did not finish.
 func (p *Publisher) markerPath() string { return filepath.Join(p.root, StateDir, "unfinished") }
 
-// mark writes the marker once per deploy, before the first write that a
-// kill could leave unnamed.
-func (p *Publisher) mark() error {
-	p.markOnce.Do(func() { p.markErr = p.markUnfinished() })
-	return p.markErr
+// loadMarker reads what an unfinished deploy left to scan.
+func (p *Publisher) loadMarker() {
+	p.pending, p.leftover, p.inflight = map[string]bool{}, map[string]bool{}, map[string]bool{}
+	data, err := readCapped(p.markerPath(), 16<<20)
+	if err != nil {
+		p.poolScan = !errors.Is(err, fs.ErrNotExist)
+		return
+	}
+	p.poolScan = true
+	for _, l := range strings.Split(string(data), "\n") {
+		if fleet.ValidateName(l) == nil {
+			p.pending[l] = true
+			p.leftover[l] = true
+		}
+	}
 }
 
-func (p *Publisher) markUnfinished() error {
-	if exists(p.markerPath()) {
+// mark makes the marker name hosts (on top of what it names already),
+// before anything a kill could leave unnamed is written for them.
+func (p *Publisher) mark(hosts []string) error {
+	p.markMu.Lock()
+	defer p.markMu.Unlock()
+	grew := !p.marked
+	for _, h := range hosts {
+		if !p.inflight[h] {
+			p.inflight[h], grew = true, true
+		}
+	}
+	if !grew {
 		return nil
 	}
+	if err := p.writeMarker(true); err != nil {
+		return err
+	}
+	p.marked = true
+	return nil
+}
+
+// writeMarker writes the hosts left to scan, and those this deploy is
+// writing when inflight.
+func (p *Publisher) writeMarker(inflight bool) error {
 	if err := p.ensurePrivateDir(filepath.Join(p.root, StateDir)); err != nil {
 		return fmt.Errorf("retention record: %w", err)
 	}
-	if err := atomicfile.WriteFile(p.markerPath(), []byte("a bento deploy linked objects and has not finished; the next one scans every chroot\n"), 0o600); err != nil {
+	var names []string
+	for h := range p.leftover {
+		names = append(names, h)
+	}
+	for h := range p.inflight {
+		if inflight && !p.leftover[h] {
+			names = append(names, h)
+		}
+	}
+	sort.Strings(names)
+	text := "# a bento deploy wrote objects and did not finish; the next deploy of these hosts scans their chroots\n" + strings.Join(names, "\n") + "\n"
+	if err := atomicfile.WriteFile(p.markerPath(), []byte(text), 0o600); err != nil {
 		return fmt.Errorf("retention record: %w", err)
 	}
 	return nil
+}
+
+// scanned says a host's chroot holds nothing unnamed any more.
+func (p *Publisher) scanned(host string) {
+	p.markMu.Lock()
+	delete(p.leftover, host)
+	p.markMu.Unlock()
+}
+
+// keepPending keeps a host in the marker for the next deploy.
+func (p *Publisher) keepPending(host string) {
+	p.markMu.Lock()
+	p.leftover[host] = true
+	p.markMu.Unlock()
+}
+
+// settleMarker removes the marker when nothing is left to scan, or
+// rewrites it with what is.
+func (p *Publisher) settleMarker() error {
+	p.markMu.Lock()
+	defer p.markMu.Unlock()
+	if !p.marked && !p.poolScan {
+		return nil // nothing was written, nothing was pending
+	}
+	if len(p.leftover) == 0 && !p.poolFailed.Load() {
+		if err := os.Remove(p.markerPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("retention record: %w", err)
+		}
+		return nil
+	}
+	return p.writeMarker(false)
 }
 
 func (p *Publisher) noteRemoved(sum string) {
@@ -802,9 +939,16 @@ func (p *Publisher) finish(j *hostJob) bool {
 	published := j.res.Status == StatusPublished || j.res.Status == StatusUpdated
 	if published {
 		h.record(j.m, now)
+		h.Live = nil
+		if fi, err := os.Lstat(filepath.Join(j.hostDir, manifest.ManifestFile)); err == nil {
+			head := *j.m
+			head.Files = nil
+			h.Live = &liveHead{ID: fileID(fi), Objects: hasObjects(j.m), Head: head}
+		}
 	}
 	expiring := h.expiring(now, ret)
-	if !published && !j.histChanged && !expiring {
+	pending := p.pending[j.name]
+	if !published && !j.histChanged && !expiring && !pending {
 		return false // unchanged: nothing written
 	}
 	note := func(format string, args ...any) { j.res.Notes = append(j.res.Notes, fmt.Sprintf(format, args...)) }
@@ -815,7 +959,7 @@ func (p *Publisher) finish(j *hostJob) bool {
 		return published
 	}
 	p.opts.Hook(StepRecorded, j.name)
-	if h.recovering(now, ret) || !(j.res.Status == StatusPublished || expiring) {
+	if h.recovering(now, ret) || !(j.res.Status == StatusPublished || expiring || pending) {
 		return published
 	}
 	var expired []string
@@ -833,7 +977,7 @@ func (p *Publisher) finish(j *hostJob) bool {
 	// is looked at; objects/ is scanned whole when something unknown may
 	// be there: a deploy that did not finish, a repaired record, or a
 	// recovered entry leaving the window.
-	full := p.fullScan || j.histChanged
+	full := pending || j.histChanged
 	var candidates map[string]bool
 	if !full {
 		candidates = map[string]bool{}
@@ -867,9 +1011,12 @@ func (p *Publisher) finish(j *hostJob) bool {
 		n, err = removeNamed(j.hostDir, candidates, p.noteRemoved)
 	}
 	j.res.Removed = n
-	if err != nil {
-		p.unfinished.Store(true)
+	switch {
+	case err != nil:
+		p.keepPending(j.name)
 		note("removing old objects: %v", err)
+	case full:
+		p.scanned(j.name)
 	}
 	if err := p.removeOldSecrets(j, versions); err != nil {
 		note("removing old secrets: %v", err)

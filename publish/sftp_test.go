@@ -232,11 +232,13 @@ func tornRun(t *testing.T, srv *sshdtest.Server, c *sshdtest.Client, retention t
 					}
 				}
 				// The manifest read was live until publication start+1 at
-				// the earliest; its objects may go from publication
-				// start+1+perPeriod on. A round that lasted that long held
-				// its manifest past the retention period (in the test's
-				// clock): like a real host then, it starts again.
-				if pubs.count() > start+perPeriod {
+				// the earliest; its objects may go during publication
+				// start+1+perPeriod, which may be under way (not counted
+				// yet) once start+perPeriod are done. A round that lasted
+				// that long held its manifest past the retention period
+				// (in the test's clock): like a real host then, it starts
+				// again.
+				if pubs.count() >= start+perPeriod {
 					atomic.AddInt64(&st.expired, 1)
 					continue
 				}

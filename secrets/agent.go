@@ -56,11 +56,12 @@ func (a *Agent) Install(ctx context.Context, version string) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, err
 	}
-	prev, err := LoadState(a.stateFile())
+	prev, note, err := LoadState(a.stateFile())
 	if err != nil {
 		return Outcome{}, err
 	}
 	o, err := a.Installer.Install(ctx, st.Path(version), files, a.Specs, prev)
+	o.Note = note
 	if err != nil {
 		return o, err
 	}

@@ -21,10 +21,12 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -53,20 +55,25 @@ type Installed struct {
 // state directory between ticks.
 type State map[string]Installed
 
-// LoadState reads a state file; a missing one is an empty state.
-func LoadState(file string) (State, error) {
-	data, err := os.ReadFile(file)
-	if errors.Is(err, fs.ErrNotExist) {
-		return State{}, nil
-	}
+// maxStateFile bounds installed.json: a few hundred bytes per secret.
+const maxStateFile = 4 << 20
+
+// LoadState reads a state file; a missing one is an empty state. A damaged
+// one (not a regular file, over the size cap, not JSON) is moved aside as
+// <file>.corrupt-<time> and an empty state returned, with a note saying so
+// for the report: every secret is then installed again, which heals it.
+func LoadState(file string) (st State, note string, err error) {
+	_, note, err = statefile.Load(file, maxStateFile, time.Now(), func(b []byte) error {
+		st = State{}
+		return json.Unmarshal(b, &st)
+	})
 	if err != nil {
-		return nil, fmt.Errorf("secrets state: %w", err)
+		return nil, "", fmt.Errorf("secrets state: %w", err)
 	}
-	st := State{}
-	if err := json.Unmarshal(data, &st); err != nil {
-		return nil, fmt.Errorf("secrets state %s: %w (remove it: every secret is then installed again)", file, err)
+	if note != "" || st == nil {
+		st = State{}
 	}
-	return st, nil
+	return st, note, nil
 }
 
 // Save writes the state file atomically, readable by root only.
@@ -139,6 +146,8 @@ type Outcome struct {
 	Removed []string
 	// Units are the units the changed secrets ask to restart.
 	Units []string
+	// Note says that a damaged state file was moved aside ("" if not).
+	Note string
 
 	// unitsOf maps each unit to the changed secrets that listed it.
 	unitsOf map[string][]string

@@ -279,7 +279,7 @@ func TestInstallRefusesTamperedStagedCopy(t *testing.T) {
 
 func TestStateRoundTrip(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "secrets.json")
-	st, err := LoadState(file)
+	st, _, err := LoadState(file)
 	if err != nil || len(st) != 0 {
 		t.Fatalf("missing state = %v, %v", st, err)
 	}
@@ -287,13 +287,49 @@ func TestStateRoundTrip(t *testing.T) {
 	if err := want.Save(file); err != nil {
 		t.Fatal(err)
 	}
-	got, err := LoadState(file)
-	if err != nil || got["k"] != want["k"] {
-		t.Fatalf("LoadState = %v, %v", got, err)
+	got, note, err := LoadState(file)
+	if err != nil || got["k"] != want["k"] || note != "" {
+		t.Fatalf("LoadState = %v, %q, %v", got, note, err)
 	}
-	os.WriteFile(file, []byte("{"), 0o600)
-	if _, err := LoadState(file); err == nil || !strings.Contains(err.Error(), "remove it") {
-		t.Fatalf("a corrupt state gave %v", err)
+}
+
+// A damaged state file is moved aside and the state starts empty (every
+// secret installed again), with a note for the report; it is never read
+// without a bound.
+func TestDamagedStateIsMovedAside(t *testing.T) {
+	cases := []struct {
+		name string
+		make func(file string) error
+	}{
+		{"not JSON", func(f string) error { return os.WriteFile(f, []byte("{"), 0o600) }},
+		{"null", func(f string) error { return os.WriteFile(f, []byte("null"), 0o600) }},
+		{"symlink to /dev/zero", func(f string) error { return os.Symlink("/dev/zero", f) }},
+		{"too large", func(f string) error { return os.WriteFile(f, bytes.Repeat([]byte(" "), maxStateFile+1), 0o600) }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "installed.json")
+			if err := tc.make(file); err != nil {
+				t.Fatal(err)
+			}
+			st, note, err := LoadState(file)
+			if err != nil || st == nil || len(st) != 0 {
+				t.Fatalf("LoadState = %v, %v; want an empty state", st, err)
+			}
+			if tc.name == "null" {
+				if note != "" {
+					t.Errorf("null is an empty state, not damage: note %q", note)
+				}
+				return
+			}
+			aside, _ := filepath.Glob(file + ".corrupt-*")
+			if len(aside) != 1 || !strings.Contains(note, "moved aside to "+aside[0]) {
+				t.Errorf("note %q, moved aside %q", note, aside)
+			}
+			if _, err := os.Lstat(file); !os.IsNotExist(err) {
+				t.Errorf("%s is still there: %v", file, err)
+			}
+		})
 	}
 }
 

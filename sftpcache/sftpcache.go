@@ -31,7 +31,6 @@ import (
 
 	"github.com/pkg/sftp"
 
-	"github.com/bento-nix/bento/cache"
 	"github.com/bento-nix/bento/cache/narinfo"
 	"github.com/bento-nix/bento/manifest"
 )
@@ -140,11 +139,11 @@ const (
 // handler must never become a way to read the rest of the chroot.
 func classify(p string) (string, kind) {
 	switch {
-	case p == "/"+cache.CacheInfoFile:
-		return cache.CacheInfoFile, kindInfo
+	case p == "/"+narinfo.CacheInfoFile:
+		return narinfo.CacheInfoFile, kindInfo
 	case strings.HasPrefix(p, "/nar/"):
 		name := p[len("/nar/"):]
-		if cache.ValidNARName(name) {
+		if narinfo.ValidNARName(name) {
 			return "nar/" + name, kindNAR
 		}
 	case strings.HasSuffix(p, ".narinfo"):
@@ -154,6 +153,13 @@ func classify(p string) (string, kind) {
 		}
 	}
 	return "", 0
+}
+
+// contentType is what each kind of file is served as.
+var contentType = map[kind]string{
+	kindInfo:    "text/x-nix-cache-info",
+	kindNarinfo: "text/x-nix-narinfo",
+	kindNAR:     "application/x-nix-nar",
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -167,8 +173,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	name := path.Join(h.dir, rel)
-	f, err := h.c.Open(name)
+	f, err := h.c.Open(path.Join(h.dir, rel))
 	if err != nil {
 		h.fail(w, r, rel, err)
 		return
@@ -183,35 +188,38 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	switch k {
-	case kindInfo:
-		w.Header().Set("Content-Type", "text/x-nix-cache-info")
-	case kindNarinfo:
-		w.Header().Set("Content-Type", "text/x-nix-narinfo")
-	case kindNAR:
-		w.Header().Set("Content-Type", "application/x-nix-nar")
+	w.Header().Set("Content-Type", contentType[k])
+	if k == kindNAR {
+		h.serveNAR(w, r, rel, f, fi.Size())
+	} else {
+		h.serveSmall(w, r, rel, k, f)
 	}
-	if k == kindNarinfo || k == kindInfo {
-		// Small: read whole, so a narinfo can be checked before it is sent.
-		data, err := io.ReadAll(io.LimitReader(f, narinfo.MaxSize+1))
-		h.bytes.Add(int64(len(data)))
-		if err != nil {
-			h.fail(w, r, rel, err)
-			return
-		}
-		if k == kindNarinfo {
-			h.narinfos.Add(1)
-			h.checkNarinfo(rel, data)
-		}
-		w.Header().Set("Content-Length", fmt.Sprint(len(data)))
-		if r.Method == http.MethodGet {
-			w.Write(data)
-		}
-		h.log.Debug("binary cache: served", "file", rel, "bytes", len(data))
+}
+
+// serveSmall serves nix-cache-info or a narinfo: read whole, so a narinfo
+// can be checked before it is sent.
+func (h *Handler) serveSmall(w http.ResponseWriter, r *http.Request, rel string, k kind, f io.Reader) {
+	data, err := io.ReadAll(io.LimitReader(f, narinfo.MaxSize+1))
+	h.bytes.Add(int64(len(data)))
+	if err != nil {
+		h.fail(w, r, rel, err)
 		return
 	}
+	if k == kindNarinfo {
+		h.narinfos.Add(1)
+		h.checkNarinfo(rel, data)
+	}
+	w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+	if r.Method == http.MethodGet {
+		w.Write(data)
+	}
+	h.log.Debug("binary cache: served", "file", rel, "bytes", len(data))
+}
 
-	w.Header().Set("Content-Length", fmt.Sprint(fi.Size()))
+// serveNAR streams a NAR, hashing it on the way: a whole NAR whose hash is
+// not its name is recorded as a problem.
+func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, rel string, f io.Reader, size int64) {
+	w.Header().Set("Content-Length", fmt.Sprint(size))
 	if r.Method == http.MethodHead {
 		return
 	}
@@ -225,7 +233,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.log.Warn("binary cache: transfer failed", "file", rel, "after", n, "err", err)
 		return
 	}
-	if n == fi.Size() {
+	if n == size {
 		stem := strings.TrimPrefix(rel, "nar/")
 		stem = stem[:strings.Index(stem, ".nar")]
 		if got := narinfo.Base32(sum.Sum(nil)); got != stem {

@@ -35,34 +35,8 @@ func decide(in hostInput) Row {
 	}
 	r.ReportsBytes, r.ReportsFiles = in.reports.Bytes, in.reports.Files
 	r.ReportsOverLimit = in.reports.Exceeded()
-	if rep := in.report; rep != nil {
-		r.SeenVersion = rep.SeenVersion
-		r.AppliedVersion = rep.AppliedVersion
-		r.AttemptedVersion = rep.AttemptedVersion
-		r.Stage = string(rep.Stage)
-		r.Result = string(rep.Result)
-		r.Error = rep.Error
-		r.RollbackReason = rep.RollbackReason
-		r.System = reportedSystem(rep)
-		if r.System != "" {
-			if err := CheckStorePath(in.storeDir, r.System); err != nil {
-				// Never shown, compared or passed on: the host may have
-				// named a directory it wrote for Nix to evaluate.
-				r.System, r.InvalidSystem = "", true
-			}
-		}
-		r.RebootRequired = rep.RebootRequired
-		r.RebootScheduled = utc(rep.RebootScheduled)
-		r.Attempts = rep.Attempts
-		r.NextRetry = utc(rep.NextRetry)
-		r.Log = rep.Log
-		r.AgentVersion = rep.AgentVersion
-		r.BytesFetched = rep.BytesFetched
-		r.SecretErrors = rep.SecretErrors
-		seen := lastSeen(rep).UTC()
-		r.LastSeen = &seen
-		age := int64(in.now.Sub(seen) / time.Second)
-		r.LastSeenSeconds = &age
+	if in.report != nil {
+		r.fromReport(in.report, in.storeDir, in.now)
 	}
 	// Comparing systems says something only once the host applied the
 	// published version: before, it naturally runs an older one.
@@ -78,6 +52,38 @@ func decide(in hostInput) Row {
 	return r
 }
 
+// fromReport copies what the host reported into its row. A system that
+// is not a store path is dropped and flagged.
+func (r *Row) fromReport(rep *manifest.Report, storeDir string, now time.Time) {
+	r.SeenVersion = rep.SeenVersion
+	r.AppliedVersion = rep.AppliedVersion
+	r.AttemptedVersion = rep.AttemptedVersion
+	r.Stage = string(rep.Stage)
+	r.Result = string(rep.Result)
+	r.Error = rep.Error
+	r.RollbackReason = rep.RollbackReason
+	r.System = reportedSystem(rep)
+	if r.System != "" {
+		if err := CheckStorePath(storeDir, r.System); err != nil {
+			// Never shown, compared or passed on: the host may have
+			// named a directory it wrote for Nix to evaluate.
+			r.System, r.InvalidSystem = "", true
+		}
+	}
+	r.RebootRequired = rep.RebootRequired
+	r.RebootScheduled = utc(rep.RebootScheduled)
+	r.Attempts = rep.Attempts
+	r.NextRetry = utc(rep.NextRetry)
+	r.Log = rep.Log
+	r.AgentVersion = rep.AgentVersion
+	r.BytesFetched = rep.BytesFetched
+	r.SecretErrors = rep.SecretErrors
+	seen := lastSeen(rep).UTC()
+	r.LastSeen = &seen
+	age := int64(now.Sub(seen) / time.Second)
+	r.LastSeenSeconds = &age
+}
+
 // expected is the system the host should run: the manifest's, else the
 // server's last build (a publication made without building).
 func (r *Row) expected() string {
@@ -87,79 +93,125 @@ func (r *Row) expected() string {
 	return r.ServerBuilt
 }
 
+// judge decides a host's state and message: first what keeps it from
+// being compared at all (the flake, unreadable files, nothing published or
+// reported), then how its report's versions compare with the publication,
+// then the facts any state adds, and finally whether it went silent.
 func judge(in hostInput, r *Row) (State, string) {
-	h, m, rep := in.fleetHost, in.manifest, in.report
+	for _, early := range []func(hostInput, *Row) (State, string, bool){fleetState, readState, publishState} {
+		if state, msg, ok := early(in, r); ok {
+			return state, msg
+		}
+	}
+	rep := in.report
+	applied := rep.AppliedVersion == in.manifest.version
+	state, msg := versionState(in, r)
+	msg = addFacts(msg, state, rep, applied)
+	age := in.now.Sub(lastSeen(rep))
+	switch {
+	case age > in.staleAfter && (state == UpToDate || state == Pending || state == RebootRequired):
+		return Stale, fmt.Sprintf("silent for %s (over %s); its last report said %s", Ago(age), Ago(in.staleAfter), join(string(state), msg))
+	case age < -time.Minute:
+		msg = join(msg, fmt.Sprintf("the host's clock is %s ahead", Ago(-age)))
+	}
+	return state, msg
+}
+
+// fleetState is the state of a host the flake no longer deploys.
+func fleetState(in hostInput, _ *Row) (State, string, bool) {
+	h := in.fleetHost
 	switch {
 	case in.fleetKnown && h == nil && in.evalErr == nil:
-		return Removed, "no longer in the flake: bento deploy --prune removes its chroot"
+		return Removed, "no longer in the flake: bento deploy --prune removes its chroot", true
 	case h != nil && !h.Managed:
-		return NotManaged, leftover("does not import the bento module", in.chroot)
+		return NotManaged, leftover("does not import the bento module", in.chroot), true
 	case h != nil && !h.Enable:
-		return Disabled, leftover("services.bento.enable = false", in.chroot)
-	case in.manifestErr != nil:
-		return Unreadable, "unreadable manifest: " + in.manifestErr.Error()
-	case r.ReportsOverLimit:
-		return Unreadable, ReportsOverLimit + ": " + in.reports.Describe()
-	case in.reportErr != nil:
-		return Unreadable, "unreadable report: " + in.reportErr.Error()
-	case in.reportsErr != nil:
-		return Unreadable, "unreadable reports: " + in.reportsErr.Error()
-	case r.InvalidSystem:
-		return Unreadable, "unreadable report: " + InvalidSystem
-	case m == nil:
-		return Unpublished, "nothing published yet: run bento deploy"
-	case rep == nil:
-		if r.PublishedAt != nil {
-			if age := in.now.Sub(*r.PublishedAt); age > in.staleAfter {
-				return NeverSeen, fmt.Sprintf("no report in the %s since publication: is the host's agent set up (services.bento, its SSH key)?", Ago(age))
-			}
-		}
-		return NeverSeen, "no report yet"
+		return Disabled, leftover("services.bento.enable = false", in.chroot), true
 	}
+	return "", "", false
+}
 
-	published := m.version
-	applied := rep.AppliedVersion == published
-	attempted := rep.AttemptedVersion == published
-	var state State
-	var msg string
+// readState is the state of a host whose chroot could not be read or
+// holds something bento refuses.
+func readState(in hostInput, r *Row) (State, string, bool) {
 	switch {
-	case attempted && (rep.Result == manifest.ResultRolledBack || rep.Stage == manifest.StageRolledBack):
-		state, msg = RolledBack, rollbackMessage(rep)
-	case attempted && (rep.Result == manifest.ResultFailure || rep.Stage == manifest.StageFailed || (!applied && rep.Error != "")):
-		state, msg = Failing, failureMessage(rep, in.now)
-	case !applied:
-		state, msg = Pending, pendingMessage(rep, m, in.now)
-	case r.SystemMatch != nil && !*r.SystemMatch && rep.Result != manifest.ResultAutoUpdated:
-		state = Drift
-		msg = fmt.Sprintf("runs %s, the server built %s (bento diff %s)", storeName(r.System), storeName(r.expected()), in.name)
-	case rep.RebootRequired:
-		state, msg = RebootRequired, rebootMessage(rep, in.now)
-	default:
-		state = UpToDate
-		if rep.Result == manifest.ResultAutoUpdated {
-			msg = "runs its own update of the flake inputs (self-update)"
-		}
+	case in.manifestErr != nil:
+		return Unreadable, "unreadable manifest: " + in.manifestErr.Error(), true
+	case r.ReportsOverLimit:
+		return Unreadable, ReportsOverLimit + ": " + in.reports.Describe(), true
+	case in.reportErr != nil:
+		return Unreadable, "unreadable report: " + in.reportErr.Error(), true
+	case in.reportsErr != nil:
+		return Unreadable, "unreadable reports: " + in.reportsErr.Error(), true
+	case r.InvalidSystem:
+		return Unreadable, "unreadable report: " + InvalidSystem, true
 	}
-	// Secrets first: on a narrow terminal the message is cut, and what
-	// needs action must stay visible.
-	// Separate facts are separated by "; " (": " introduces a cause).
+	return "", "", false
+}
+
+// publishState is the state of a host with nothing published or nothing
+// reported.
+func publishState(in hostInput, r *Row) (State, string, bool) {
+	switch {
+	case in.manifest == nil:
+		return Unpublished, "nothing published yet: run bento deploy", true
+	case in.report != nil:
+		return "", "", false
+	case r.PublishedAt != nil && in.now.Sub(*r.PublishedAt) > in.staleAfter:
+		return NeverSeen, fmt.Sprintf("no report in the %s since publication: is the host's agent set up (services.bento, its SSH key)?", Ago(in.now.Sub(*r.PublishedAt))), true
+	}
+	return NeverSeen, "no report yet", true
+}
+
+// versionState compares the versions the report names with the
+// publication.
+func versionState(in hostInput, r *Row) (State, string) {
+	rep, m := in.report, in.manifest
+	applied := rep.AppliedVersion == m.version
+	attempted := rep.AttemptedVersion == m.version
+	switch {
+	case attempted && rolledBack(rep):
+		return RolledBack, rollbackMessage(rep)
+	case attempted && (failed(rep) || (!applied && rep.Error != "")):
+		return Failing, failureMessage(rep, in.now)
+	case !applied:
+		return Pending, pendingMessage(rep, m, in.now)
+	case r.SystemMatch != nil && !*r.SystemMatch && rep.Result != manifest.ResultAutoUpdated:
+		return Drift, fmt.Sprintf("runs %s, the server built %s (bento diff %s)", storeName(r.System), storeName(r.expected()), in.name)
+	case rep.RebootRequired:
+		return RebootRequired, rebootMessage(rep, in.now)
+	case rep.Result == manifest.ResultAutoUpdated:
+		return UpToDate, "runs its own update of the flake inputs (self-update)"
+	}
+	return UpToDate, ""
+}
+
+func rolledBack(rep *manifest.Report) bool {
+	return rep.Result == manifest.ResultRolledBack || rep.Stage == manifest.StageRolledBack
+}
+
+func failed(rep *manifest.Report) bool {
+	return rep.Result == manifest.ResultFailure || rep.Stage == manifest.StageFailed
+}
+
+// addFacts adds to msg what the report says beside its state. Secrets
+// first: on a narrow terminal the message is cut, and what needs action
+// must stay visible. Separate facts are separated by "; " (": " introduces
+// a cause).
+func addFacts(msg string, state State, rep *manifest.Report, applied bool) string {
 	if len(rep.SecretErrors) > 0 {
 		msg = joinFacts(msg, secretsMessage(rep.SecretErrors))
 	}
-	if applied && rep.Error != "" && (state == UpToDate || state == RebootRequired || state == Drift) {
+	runsIt := applied && (state == UpToDate || state == RebootRequired)
+	if rep.Error != "" && (runsIt || applied && state == Drift) {
 		// A host that runs its publication can still be in trouble (a
 		// full disk, damaged state files): say what it reported.
 		msg = joinFacts(msg, oneLine(shortError(rep.Error)))
 	}
-	if applied && rep.BytesFetched > 0 && (state == UpToDate || state == RebootRequired) {
+	if runsIt && rep.BytesFetched > 0 {
 		msg = joinFacts(msg, "last update fetched "+bytesize.Format(rep.BytesFetched))
 	}
-	if age := in.now.Sub(lastSeen(rep)); age > in.staleAfter && (state == UpToDate || state == Pending || state == RebootRequired) {
-		return Stale, fmt.Sprintf("silent for %s (over %s); its last report said %s", Ago(age), Ago(in.staleAfter), join(string(state), msg))
-	} else if age < -time.Minute {
-		msg = join(msg, fmt.Sprintf("the host's clock is %s ahead", Ago(-age)))
-	}
-	return state, msg
+	return msg
 }
 
 // secretsMessage names the secrets a host could not install and why.
@@ -305,6 +357,26 @@ func ShortVersion(v string) string {
 		return string(r[:8])
 	}
 	return v
+}
+
+// Ago renders a duration the way the table shows ages: 45s, 3m, 2h 5m, 4d.
+func Ago(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d/time.Minute))
+	case d < 24*time.Hour:
+		h, m := int(d/time.Hour), int(d%time.Hour/time.Minute)
+		if m == 0 {
+			return fmt.Sprintf("%dh", h)
+		}
+		return fmt.Sprintf("%dh %dm", h, m)
+	}
+	return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
 }
 
 // storeName shortens a store path to its hash prefix and name:

@@ -36,50 +36,72 @@ func (d DiffSides) Same() bool { return d.From == d.To }
 func DiffTargets(root, host string, build *Build, previous bool) (DiffSides, error) {
 	d := DiffSides{Host: host}
 	if previous {
-		if build == nil {
-			return d, fmt.Errorf("host %s: the server has no build record (bento build %s makes one)", host, host)
-		}
-		if build.Previous == "" {
-			return d, fmt.Errorf("host %s: the server has built it only once: no previous build to compare", host)
-		}
-		d.From, d.FromLabel = build.Previous, "the server's previous build"
-		d.To, d.ToLabel = build.OutPath, "its last build"
-		return d, d.check()
+		err := d.previous(build) // sets d: not in the return, whose order is unspecified
+		return d, err
 	}
-	r, err := openChroot(root, host)
+	r, err := OpenChroot(root, host)
 	if err != nil {
 		return d, err
 	}
 	defer r.Close()
-	data, err := readCapped(r, manifest.StatusFile, MaxReportSize)
-	if errors.Is(err, fs.ErrNotExist) {
-		return d, fmt.Errorf("host %s has not reported yet: there is no running system to compare (bento status %s)", host, host)
+	if err := d.reported(r); err != nil {
+		return d, err
 	}
-	if err != nil {
-		return d, fmt.Errorf("host %s: unreadable report: %w", host, err)
-	}
-	rep, err := parseReport(data, host)
-	if err != nil {
-		return d, fmt.Errorf("host %s: unreadable report: %w", host, err)
-	}
-	d.From, d.FromLabel, d.FromHost = reportedSystem(rep), "the system host "+host+" reported", true
-	if d.From == "" {
-		return d, fmt.Errorf("host %s reported no system yet (its last attempt stopped at stage %s)", host, orDash(string(rep.Stage)))
-	}
-	switch {
-	case build != nil && build.OutPath != "":
-		d.To, d.ToLabel = build.OutPath, "the server's last build"
-	default:
-		if mdata, err := readCapped(r, manifest.ManifestFile, manifest.MaxSize); err == nil {
-			if m, err := parseManifest(mdata, host); err == nil && m.expected != "" {
-				d.To, d.ToLabel = m.expected, "the published expected system"
-			}
-		}
-	}
+	d.To, d.ToLabel = serverSide(r, host, build)
 	if d.To == "" {
 		return d, fmt.Errorf("host %s: the server has not built it (no build record, no expected system in its manifest): bento build %s", host, host)
 	}
 	return d, d.check()
+}
+
+// previous sets the sides to the server's previous build and its last.
+func (d *DiffSides) previous(build *Build) error {
+	switch {
+	case build == nil:
+		return fmt.Errorf("host %s: the server has no build record (bento build %s makes one)", d.Host, d.Host)
+	case build.Previous == "":
+		return fmt.Errorf("host %s: the server has built it only once: no previous build to compare", d.Host)
+	}
+	d.From, d.FromLabel = build.Previous, "the server's previous build"
+	d.To, d.ToLabel = build.OutPath, "its last build"
+	return d.check()
+}
+
+// reported sets the From side to the system the host reported.
+func (d *DiffSides) reported(r *os.Root) error {
+	host := d.Host
+	data, err := readCapped(r, manifest.StatusFile, MaxReportSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("host %s has not reported yet: there is no running system to compare (bento status %s)", host, host)
+	}
+	if err != nil {
+		return fmt.Errorf("host %s: unreadable report: %w", host, err)
+	}
+	rep, err := parseReport(data, host)
+	if err != nil {
+		return fmt.Errorf("host %s: unreadable report: %w", host, err)
+	}
+	d.From, d.FromLabel, d.FromHost = reportedSystem(rep), "the system host "+host+" reported", true
+	if d.From == "" {
+		return fmt.Errorf("host %s reported no system yet (its last attempt stopped at stage %s)", host, orDash(string(rep.Stage)))
+	}
+	return nil
+}
+
+// serverSide is the system the server built for host: its build record's,
+// else the published expected system; "" when there is neither.
+func serverSide(r *os.Root, host string, build *Build) (path, label string) {
+	if build != nil && build.OutPath != "" {
+		return build.OutPath, "the server's last build"
+	}
+	mdata, err := readCapped(r, manifest.ManifestFile, manifest.MaxSize)
+	if err != nil {
+		return "", ""
+	}
+	if m, err := parseManifest(mdata, host); err == nil && m.expected != "" {
+		return m.expected, "the published expected system"
+	}
+	return "", ""
 }
 
 func (d DiffSides) check() error {

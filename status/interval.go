@@ -1,11 +1,12 @@
 package status
 
 import (
-	"github.com/bento-nix/bento/internal/timespan"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bento-nix/bento/internal/timespan"
 )
 
 // PollInterval tells the longest gap between two polls of a client whose
@@ -88,40 +89,9 @@ func parseCalendar(s string) (time.Duration, bool) {
 func values(field string, limit int) ([]int, bool) {
 	set := map[int]bool{}
 	for _, item := range strings.Split(field, ",") {
-		step := 0
-		if base, s, ok := strings.Cut(item, "/"); ok {
-			n, err := strconv.Atoi(s)
-			if err != nil || n <= 0 {
-				return nil, false
-			}
-			step, item = n, base
-		}
-		lo, hi := 0, limit-1
-		switch {
-		case item == "*":
-		case strings.Contains(item, ".."):
-			a, b, _ := strings.Cut(item, "..")
-			var err1, err2 error
-			lo, err1 = strconv.Atoi(a)
-			hi, err2 = strconv.Atoi(b)
-			if err1 != nil || err2 != nil {
-				return nil, false
-			}
-		default:
-			n, err := strconv.Atoi(item)
-			if err != nil {
-				return nil, false
-			}
-			lo = n
-			if step == 0 {
-				hi = n
-			}
-		}
-		if lo < 0 || hi >= limit || lo > hi {
+		lo, hi, step, ok := calendarItem(item, limit)
+		if !ok {
 			return nil, false
-		}
-		if step == 0 {
-			step = 1
 		}
 		for v := lo; v <= hi; v += step {
 			set[v] = true
@@ -133,6 +103,53 @@ func values(field string, limit int) ([]int, bool) {
 	}
 	slices.Sort(out)
 	return out, len(out) > 0
+}
+
+// calendarItem reads one item of a field, "*", "a", "a..b", each with an
+// optional "/n", as the values lo, lo+step, … up to hi. A value with a
+// repetition ("5/15") runs to the end of the field's range.
+func calendarItem(item string, limit int) (lo, hi, step int, ok bool) {
+	item, step, ok = cutStep(item)
+	if !ok {
+		return 0, 0, 0, false
+	}
+	lo, hi = 0, limit-1
+	switch a, b, isRange := strings.Cut(item, ".."); {
+	case item == "*":
+	case isRange:
+		var err1, err2 error
+		lo, err1 = strconv.Atoi(a)
+		hi, err2 = strconv.Atoi(b)
+		if err1 != nil || err2 != nil {
+			return 0, 0, 0, false
+		}
+	default:
+		n, err := strconv.Atoi(item)
+		if err != nil {
+			return 0, 0, 0, false
+		}
+		lo = n
+		if step == 0 {
+			hi = n
+		}
+	}
+	if lo < 0 || hi >= limit || lo > hi {
+		return 0, 0, 0, false
+	}
+	return lo, hi, max(step, 1), true
+}
+
+// cutStep splits "a/n" into a and n (n > 0); an item without "/" has step 0.
+func cutStep(item string) (string, int, bool) {
+	base, s, found := strings.Cut(item, "/")
+	if !found {
+		return item, 0, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return "", 0, false
+	}
+	return base, n, true
 }
 
 // maxGap is the longest distance between consecutive values on a cycle of

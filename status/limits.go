@@ -115,7 +115,7 @@ func (u ReportsUsage) Describe() string {
 		s += fmt.Sprintf("; %s its %d oldest logs (%s)", verb, len(u.Removed), bytesize.Format(u.RemovedBytes))
 	}
 	if u.RemoveErr != nil {
-		s += "; cannot remove old logs: " + reason(u.RemoveErr)
+		s += "; cannot remove old logs: " + Reason(u.RemoveErr)
 	}
 	if u.Over() && u.RemoveErr == nil {
 		s += "; removing old logs is not enough: look at what else the host put in its reports/"
@@ -136,23 +136,23 @@ type reportEntry struct {
 // dryRun). It fails with ErrReportsOverLimit when reports/ is still over.
 // A host without reports/ is within any limit.
 func EnforceReportLimits(root, host string, limits ReportLimits, dryRun bool) (ReportsUsage, error) {
-	r, err := openChroot(root, host)
+	r, err := OpenChroot(root, host)
 	if err != nil {
 		return ReportsUsage{Limits: limits.withDefaults()}, err
 	}
 	defer r.Close()
-	u, err := enforceReports(r, limits, dryRun)
+	u, err := EnforceReportLimitsIn(r, limits, dryRun)
 	if err != nil {
 		return u, fmt.Errorf("host %s: %w", host, err)
 	}
 	return u, nil
 }
 
-// enforceReports does EnforceReportLimits in an open chroot. Removals happen
-// inside an os.Root of reports/ only, so a symlink the host planted (in
-// place of logs/, or of a log) never leads them anywhere else: the worst a
-// racing host can do is make the server remove its own files.
-func enforceReports(chroot *os.Root, limits ReportLimits, dryRun bool) (ReportsUsage, error) {
+// EnforceReportLimitsIn does EnforceReportLimits in an open chroot.
+// Removals happen inside an os.Root of reports/ only, so a symlink the host
+// planted (in place of logs/, or of a log) never leads them anywhere else:
+// the worst a racing host can do is make the server remove its own files.
+func EnforceReportLimitsIn(chroot *os.Root, limits ReportLimits, dryRun bool) (ReportsUsage, error) {
 	u := ReportsUsage{Limits: limits.withDefaults(), DryRun: dryRun}
 	// <host>/ is root's, so the host cannot swap reports/ itself; a
 	// directory, never followed through a symlink, is still checked.
@@ -161,13 +161,13 @@ func enforceReports(chroot *os.Root, limits ReportLimits, dryRun bool) (ReportsU
 	case errors.Is(err, fs.ErrNotExist):
 		return u, nil
 	case err != nil:
-		return u, fmt.Errorf("%s: %s", manifest.ReportsDir, reason(err))
+		return u, fmt.Errorf("%s: %s", manifest.ReportsDir, Reason(err))
 	case !st.IsDir():
 		return u, nil // readCapped refuses what is below it, with the reason
 	}
 	rr, err := chroot.OpenRoot(manifest.ReportsDir)
 	if err != nil {
-		return u, fmt.Errorf("%s: %s", manifest.ReportsDir, reason(err))
+		return u, fmt.Errorf("%s: %s", manifest.ReportsDir, Reason(err))
 	}
 	defer rr.Close()
 
@@ -180,21 +180,26 @@ func enforceReports(chroot *os.Root, limits ReportLimits, dryRun bool) (ReportsU
 	}
 	u.Removed, u.RemovedBytes = planRemoval(entries, u)
 	if !dryRun {
-		for i, name := range u.Removed {
-			if err := rr.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				// What was not removed still counts.
-				for _, rest := range u.Removed[i:] {
-					u.RemovedBytes -= sizeOf(entries, rest)
-				}
-				u.Removed, u.RemoveErr = u.Removed[:i], err
-				break
-			}
-		}
+		u.remove(rr, entries)
 	}
 	if u.Over() {
 		return u, fmt.Errorf("%w: %s", ErrReportsOverLimit, u.Describe())
 	}
 	return u, nil
+}
+
+// remove removes the planned logs, stopping at the first that will not
+// go: what was not removed still counts.
+func (u *ReportsUsage) remove(rr *os.Root, entries []reportEntry) {
+	for i, name := range u.Removed {
+		if err := rr.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			for _, rest := range u.Removed[i:] {
+				u.RemovedBytes -= sizeOf(entries, rest)
+			}
+			u.Removed, u.RemoveErr = u.Removed[:i], err
+			return
+		}
+	}
 }
 
 func sizeOf(entries []reportEntry, name string) int64 {
@@ -208,72 +213,97 @@ func sizeOf(entries []reportEntry, name string) int64 {
 // entry and the bytes of each, and stops at the walk budget or the depth
 // limit (then u.Truncated).
 func walkReports(rr *os.Root, l ReportLimits, u *ReportsUsage) ([]reportEntry, error) {
-	var out []reportEntry
-	type dir struct {
-		name  string
-		depth int
+	w := &reportsWalk{
+		rr: rr, u: u, budget: l.walkBudget(),
+		logsDir: strings.TrimPrefix(manifest.LogsDir, manifest.ReportsDir+"/"),
+		queue:   []reportsDir{{".", 0}},
 	}
-	queue := []dir{{".", 0}}
-	budget := l.walkBudget()
-	logsDir := strings.TrimPrefix(manifest.LogsDir, manifest.ReportsDir+"/")
-	for len(queue) > 0 {
-		d := queue[0]
-		queue = queue[1:]
-		// O_NONBLOCK|O_DIRECTORY: a FIFO swapped in for a directory fails
-		// at once instead of hanging the read.
-		f, err := rr.OpenFile(d.name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_DIRECTORY, 0)
-		if err != nil {
-			if d.name == "." {
-				return out, fmt.Errorf("%s: %s", manifest.ReportsDir, reason(err))
-			}
-			continue // vanished or swapped while walking: the host's doing
+	for len(w.queue) > 0 && !u.Truncated {
+		d := w.queue[0]
+		w.queue = w.queue[1:]
+		if err := w.readDir(d); err != nil {
+			return w.out, err
 		}
-		for {
-			batch, err := f.ReadDir(256)
-			for _, e := range batch {
-				if budget == 0 {
-					u.Truncated = true
-					break
-				}
-				budget--
-				name := path.Join(d.name, e.Name())
-				info, ierr := e.Info()
-				if ierr != nil {
-					continue
-				}
-				// Regular files at their apparent size: a sparse file counts
-				// in full. Directories count as files only (their size
-				// depends on the filesystem); the rounding to blocks is
-				// bounded by the limit on files.
-				var size int64
-				if info.Mode().IsRegular() {
-					size = info.Size()
-				}
-				u.Files++
-				u.Bytes += size
-				switch {
-				case e.IsDir() && d.depth+1 < reportsMaxDepth:
-					queue = append(queue, dir{name, d.depth + 1})
-				case e.IsDir():
-					u.Truncated = true
-				}
-				out = append(out, reportEntry{
-					name:    name,
-					size:    size,
-					modTime: info.ModTime(),
-					log:     d.name == logsDir && e.Type().IsRegular() && !strings.HasPrefix(e.Name(), "."),
-				})
-			}
-			if err != nil || len(batch) == 0 || u.Truncated {
+	}
+	return w.out, nil
+}
+
+type reportsDir struct {
+	name  string
+	depth int
+}
+
+// reportsWalk is walkReports' state.
+type reportsWalk struct {
+	rr      *os.Root
+	u       *ReportsUsage
+	budget  int    // entries left to look at
+	logsDir string // logs/, relative to reports/
+	queue   []reportsDir
+	out     []reportEntry
+}
+
+// readDir adds the entries of d, queueing its subdirectories. Only
+// reports/ itself must open: anything below it that vanished or was
+// swapped while walking is the host's doing.
+func (w *reportsWalk) readDir(d reportsDir) error {
+	// O_NONBLOCK|O_DIRECTORY: a FIFO swapped in for a directory fails
+	// at once instead of hanging the read.
+	f, err := w.rr.OpenFile(d.name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		if d.name == "." {
+			return fmt.Errorf("%s: %s", manifest.ReportsDir, Reason(err))
+		}
+		return nil
+	}
+	defer f.Close()
+	for {
+		batch, err := f.ReadDir(256)
+		for _, e := range batch {
+			if !w.add(d, e) {
 				break
 			}
 		}
-		f.Close()
-		if u.Truncated {
-			break
+		if err != nil || len(batch) == 0 || w.u.Truncated {
+			return nil
 		}
 	}
-	return out, nil
+}
+
+// add counts one entry of d; false when the walk budget is spent.
+func (w *reportsWalk) add(d reportsDir, e fs.DirEntry) bool {
+	if w.budget == 0 {
+		w.u.Truncated = true
+		return false
+	}
+	w.budget--
+	name := path.Join(d.name, e.Name())
+	info, err := e.Info()
+	if err != nil {
+		return true
+	}
+	// Regular files at their apparent size: a sparse file counts in full.
+	// Directories count as files only (their size depends on the
+	// filesystem); the rounding to blocks is bounded by the limit on files.
+	var size int64
+	if info.Mode().IsRegular() {
+		size = info.Size()
+	}
+	w.u.Files++
+	w.u.Bytes += size
+	switch {
+	case e.IsDir() && d.depth+1 < reportsMaxDepth:
+		w.queue = append(w.queue, reportsDir{name, d.depth + 1})
+	case e.IsDir():
+		w.u.Truncated = true
+	}
+	w.out = append(w.out, reportEntry{
+		name:    name,
+		size:    size,
+		modTime: info.ModTime(),
+		log:     d.name == w.logsDir && e.Type().IsRegular() && !strings.HasPrefix(e.Name(), "."),
+	})
+	return true
 }
 
 // planRemoval picks the oldest logs whose removal brings reports/ under

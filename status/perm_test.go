@@ -29,7 +29,7 @@ func TestHelperCollect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	WriteJSON(os.Stdout, s)
+	json.NewEncoder(os.Stdout).Encode(s)
 }
 
 // TestUnreadableReportsDirectory: a reports directory bento cannot read is

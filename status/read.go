@@ -68,7 +68,7 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			in.chroot = true
-			in.manifestErr = fmt.Errorf("cannot open %s: %s", dir, reason(err))
+			in.manifestErr = fmt.Errorf("cannot open %s: %s", dir, Reason(err))
 		}
 		return in
 	}
@@ -86,7 +86,7 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 
 	// Limits first: a host over them gets its oldest logs removed, and
 	// nothing of its reports/ is read this time.
-	in.reports, err = enforceReports(r, limits, false)
+	in.reports, err = EnforceReportLimitsIn(r, limits, false)
 	if err != nil && !errors.Is(err, ErrReportsOverLimit) {
 		in.reportsErr = err
 	}
@@ -99,11 +99,18 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 	// Unmeasured (permission denied, say), status.json is still read: its
 	// own cap bounds it, and its error says more than the walk's.
 
-	data, err = readCapped(r, manifest.StatusFile, MaxReportSize)
+	in.readReport(r)
+	return in
+}
+
+// readReport reads the host's status.json into in. A chroot with a
+// reports/ directory is one even before the host's first report.
+func (in *hostInput) readReport(r *os.Root) {
+	data, err := readCapped(r, manifest.StatusFile, MaxReportSize)
 	switch {
 	case err == nil:
 		in.chroot = true
-		in.report, in.reportErr = parseReport(data, name)
+		in.report, in.reportErr = parseReport(data, in.name)
 		if in.report != nil {
 			heartbeat(r, in.report)
 		}
@@ -115,7 +122,6 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 		in.chroot = true
 		in.reportErr = err
 	}
-	return in
 }
 
 // heartbeat dates an unchanged report by its file's mtime when that is
@@ -143,12 +149,12 @@ func readCapped(r *os.Root, name string, limit int64) ([]byte, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%s: %s", name, reason(err))
+		return nil, fmt.Errorf("%s: %s", name, Reason(err))
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s", name, reason(err))
+		return nil, fmt.Errorf("%s: %s", name, Reason(err))
 	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file (%s)", name, strings.TrimSpace(st.Mode().Type().String()))
@@ -158,7 +164,7 @@ func readCapped(r *os.Root, name string, limit int64) ([]byte, error) {
 	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s", name, reason(err))
+		return nil, fmt.Errorf("%s: %s", name, Reason(err))
 	}
 	if int64(len(data)) > limit {
 		return nil, fmt.Errorf("%s grew over the %s limit while being read", name, bytesize.Format(limit))
@@ -166,8 +172,8 @@ func readCapped(r *os.Root, name string, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// reason is the cause of a file error without the path noise of PathError.
-func reason(err error) string {
+// Reason is the cause of a file error without the path noise of PathError.
+func Reason(err error) string {
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		if errors.Is(pe.Err, fs.ErrPermission) {
@@ -200,7 +206,7 @@ func parseManifest(data []byte, host string) (*manifestInfo, error) {
 			errs = append(errs, fmt.Sprintf("%s is %s, not a string", key, gjsonKind(v)))
 		}
 	}
-	if f := res.Get("format"); f.Type != gjson.Number || f.Num < manifest.MinManifestFormat || f.Num > manifest.ManifestFormat || f.Num != float64(int(f.Num)) {
+	if f := res.Get("format"); !readableFormat(f) {
 		return nil, fmt.Errorf("manifest.json: format %s is not one this bento reads (%d to %d): it is older or newer than the one that published it", f.Raw, manifest.MinManifestFormat, manifest.ManifestFormat)
 	}
 	str("host", &m.host)
@@ -226,6 +232,12 @@ func parseManifest(data []byte, host string) (*manifestInfo, error) {
 		m.publishedAt = t
 	}
 	return m, nil
+}
+
+// readableFormat tells whether a manifest's format is a whole number this
+// bento reads.
+func readableFormat(f gjson.Result) bool {
+	return f.Type == gjson.Number && f.Num >= manifest.MinManifestFormat && f.Num <= manifest.ManifestFormat && f.Num == float64(int(f.Num))
 }
 
 func gjsonKind(v gjson.Result) string {

@@ -4,6 +4,11 @@
 // evaluated, the fleet; and it decides a state from the versions these
 // documents name, never from file times, so a host that finishes an old
 // build after a new publication is never shown as up to date.
+//
+// This package is the model: Collect returns a Snapshot of Rows. Printing
+// one (table, JSON, Prometheus) is status/render's; listing, printing and
+// following a host's logs is status/logs'. Both import status, never the
+// reverse.
 package status
 
 import (
@@ -256,34 +261,14 @@ func Collect(ctx context.Context, o Options) (*Snapshot, error) {
 	}
 	rows := make([]Row, len(hosts))
 	keep := make([]bool, len(hosts))
-	jobs := o.Jobs
-	if jobs <= 0 {
-		jobs = 4 * runtime.NumCPU()
-	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(jobs)
+	g.SetLimit(o.jobs())
 	for i, c := range hosts {
 		g.Go(func() error {
 			if err := gctx.Err(); err != nil {
 				return err
 			}
-			in := readHost(o.Root, c.name, o.ReportLimits)
-			// A directory in the root that holds neither a manifest nor
-			// reports, and is no host of the flake, is not a chroot.
-			if c.fleetHost == nil && !c.evalFailed && !in.chroot {
-				return nil
-			}
-			in.storeDir = o.StoreDir
-			in.fleetKnown = o.Fleet != nil
-			in.fleetHost = c.fleetHost
-			in.evalErr = o.EvalErrors[c.name]
-			if b, ok := o.Builds[c.name]; ok {
-				in.build = &b
-			}
-			in.now = o.Now
-			in.staleAfter = staleAfter(o, c.fleetHost, in.manifest)
-			rows[i] = decide(in)
-			keep[i] = true
+			rows[i], keep[i] = o.row(c)
 			return nil
 		})
 	}
@@ -306,13 +291,42 @@ func Collect(ctx context.Context, o Options) (*Snapshot, error) {
 	return s, nil
 }
 
+// jobs is how many hosts are read at once.
+func (o Options) jobs() int {
+	if o.Jobs > 0 {
+		return o.Jobs
+	}
+	return 4 * runtime.NumCPU()
+}
+
+// row reads one candidate and decides its row; false when it is not a
+// host to show.
+func (o Options) row(c candidate) (Row, bool) {
+	in := readHost(o.Root, c.name, o.ReportLimits)
+	// A directory in the root that holds neither a manifest nor
+	// reports, and is no host of the flake, is not a chroot.
+	if c.fleetHost == nil && !c.evalFailed && !in.chroot {
+		return Row{}, false
+	}
+	in.storeDir = o.StoreDir
+	in.fleetKnown = o.Fleet != nil
+	in.fleetHost = c.fleetHost
+	in.evalErr = o.EvalErrors[c.name]
+	if b, ok := o.Builds[c.name]; ok {
+		in.build = &b
+	}
+	in.now = o.Now
+	in.staleAfter = staleAfter(o, c.fleetHost, in.manifest)
+	return decide(in), true
+}
+
 func summarize(rows []Row) (Summary, int) {
 	sum := Summary{Total: len(rows), States: map[State]int{}}
 	code := ExitUpToDate
 	for _, r := range rows {
 		sum.States[r.State]++
 		code = max(code, r.State.ExitCode())
-		if r.hasSecretErrors() {
+		if r.HasSecretErrors() {
 			// A secret that did not install leaves a service without it,
 			// whatever the host's state: monitoring must see it.
 			sum.SecretErrors++
@@ -322,10 +336,10 @@ func summarize(rows []Row) (Summary, int) {
 	return sum, code
 }
 
-// hasSecretErrors tells whether a host bento deploys reported secrets it
+// HasSecretErrors tells whether a host bento deploys reported secrets it
 // could not install. A report left in the chroot of a host no longer
 // deployed (disabled, not managed, removed) does not count.
-func (r *Row) hasSecretErrors() bool {
+func (r *Row) HasSecretErrors() bool {
 	switch r.State {
 	case Removed, Disabled, NotManaged:
 		return false
@@ -377,10 +391,8 @@ func candidates(o Options, inRoot []string) ([]candidate, error) {
 			add(h.Name).fleetHost = h
 			all = append(all, *h)
 		}
-		for n := range o.EvalErrors {
-			if fleet.ValidateName(n) != nil {
-				continue
-			}
+		// Hosts whose evaluation failed are shown with the error.
+		for _, n := range o.evalFailures() {
 			if c := add(n); c.fleetHost == nil {
 				c.evalFailed = true
 				all = append(all, fleet.Host{Name: n})
@@ -394,12 +406,8 @@ func candidates(o Options, inRoot []string) ([]candidate, error) {
 			all = append(all, fleet.Host{Name: n})
 		}
 	}
-	if o.Fleet == nil {
-		for _, p := range o.Select {
-			if strings.HasPrefix(p, "@") {
-				return nil, &UsageError{fmt.Errorf("host selection %q: selecting by tag needs the flake's options; drop --no-eval", p)}
-			}
-		}
+	if err := o.checkSelect(); err != nil {
+		return nil, err
 	}
 	picked, err := fleet.Select(all, o.Select)
 	if err != nil {
@@ -410,6 +418,31 @@ func candidates(o Options, inRoot []string) ([]candidate, error) {
 		out = append(out, *byName[h.Name])
 	}
 	return out, nil
+}
+
+// evalFailures are the valid host names of EvalErrors.
+func (o Options) evalFailures() []string {
+	var names []string
+	for n := range o.EvalErrors {
+		if fleet.ValidateName(n) == nil {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// checkSelect refuses a selection by tag when the flake was not
+// evaluated: without its options no host has tags.
+func (o Options) checkSelect() error {
+	if o.Fleet != nil {
+		return nil
+	}
+	for _, p := range o.Select {
+		if strings.HasPrefix(p, "@") {
+			return &UsageError{fmt.Errorf("host selection %q: selecting by tag needs the flake's options; drop --no-eval", p)}
+		}
+	}
+	return nil
 }
 
 // staleAfter is the host's threshold: the override, else StaleIntervals
@@ -443,7 +476,7 @@ func SortRows(rows []Row, key string) error {
 				return c
 			}
 			// Within a state, hosts with secrets not installed need action.
-			return boolRank(b.hasSecretErrors()) - boolRank(a.hasSecretErrors())
+			return boolRank(b.HasSecretErrors()) - boolRank(a.HasSecretErrors())
 		}
 	case "name":
 		cmp = func(a, b *Row) int { return 0 }

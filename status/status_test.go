@@ -577,3 +577,22 @@ func TestManifestIntervalWithoutTheFlake(t *testing.T) {
 		t.Errorf("state %s, stale after %ds; want up-to-date, 10800s", r.State, r.StaleAfterSeconds)
 	}
 }
+
+func TestAgo(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		-time.Minute:                    "0s",
+		0:                               "0s",
+		45 * time.Second:                "45s",
+		3*time.Minute + 59*time.Second:  "3m",
+		time.Hour:                       "1h",
+		2*time.Hour + 5*time.Minute:     "2h 5m",
+		23*time.Hour + 59*time.Minute:   "23h 59m",
+		4*24*time.Hour + 7*time.Hour:    "4d",
+		400 * 24 * time.Hour:            "400d",
+		59*time.Minute + 59*time.Second: "59m",
+	} {
+		if got := Ago(d); got != want {
+			t.Errorf("Ago(%s) = %q, want %q", d, got, want)
+		}
+	}
+}

@@ -1,14 +1,25 @@
-// Command build benchmarks bento build against the two ways of building a
-// fleet that need no bento: a sequential loop of one nix build per host
-// (the original bento's method, the baseline to beat) and one nix build of
-// every host's toplevel in a single process (the limit: Nix's own
-// scheduler with no per-process overhead).
+// Command build benchmarks a first build of a fleet with bento's default
+// flags against two ways of building it that need no bento, measured in
+// the same run:
 //
-//	go run ./bench/build [-hosts 50] [-seconds 1] [-jobs 16]
+//   - the original bento's method, re-created (its shell script is not in
+//     this project): for each host in turn, a copy of the flake of its own
+//     and one nix build of that host's toplevel from it (the script copied
+//     the flake into each host's chroot and ran nixos-rebuild build there;
+//     nixos-rebuild is replaced by the same nix build);
+//   - the limit: one nix build of every host's toplevel in a single
+//     process, with --max-jobs set to the number of Nix build users (more
+//     would only poll for a free build user), Nix's own scheduler with no
+//     per-process overhead.
 //
-// Every variant builds a fresh generation of the fleet (and fresh kernel,
-// initrd and modules parts), so nothing is found already built in the
-// store and each does the same work.
+// bento's time includes discovery (as a bento deploy's would) and its
+// chunked evaluation; the others evaluate inside their nix build.
+//
+//	go run ./bench/build [-hosts 50] [-seconds 1] [-rounds 3] [-seq-rounds 1]
+//
+// Every variant of every round builds a fresh generation of the fleet (and
+// fresh kernel, initrd and modules parts), so nothing is found already
+// built in the store and each does the same work. Medians are printed.
 package main
 
 import (
@@ -19,7 +30,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/bento-nix/bento/builder"
@@ -32,17 +48,19 @@ import (
 func main() {
 	hosts := flag.Int("hosts", 50, "fixture hosts")
 	seconds := flag.Float64("seconds", 1, "seconds each host's build sleeps (I/O-bound build)")
-	jobs := flag.Int("jobs", 16, "bento build --jobs, and --max-jobs of the single-process build")
-	skipSeq := flag.Bool("skip-sequential", false, "skip the (slow) sequential baseline")
+	rounds := flag.Int("rounds", 3, "rounds of bento and of the single-process limit (medians)")
+	seqRounds := flag.Int("seq-rounds", 1, "rounds of the (slow: hosts × seconds) original loop; 0 skips it")
+	jobs := flag.Int("jobs", 0, "bento --jobs (0: bento's default)")
 	extra := flag.String("nix-config", "", "extra nix.conf lines for every variant")
+	split := flag.Bool("split", false, "also measure bento with the derivations evaluated by the build, not discovery")
 	flag.Parse()
-	if err := run(*hosts, *seconds, *jobs, *skipSeq, *extra); err != nil {
+	if err := run(*hosts, *seconds, *rounds, *seqRounds, *jobs, *extra, *split); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/build:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n int, seconds float64, jobs int, skipSeq bool, extra string) error {
+func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string, split bool) error {
 	ctx := context.Background()
 	tmp, err := os.MkdirTemp("", "bento-bench-build-")
 	if err != nil {
@@ -53,21 +71,31 @@ func run(n int, seconds float64, jobs int, skipSeq bool, extra string) error {
 	r := &nix.Runner{Env: env}
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
-	run := hex.EncodeToString(rnd[:])
+	nonce := hex.EncodeToString(rnd[:])
+	jenv := builder.SystemJobsEnv()
+	jenv.NixConfig = fixture.NixConfig + extra
+	why := "--jobs given"
+	if jobs == 0 {
+		jobs, why = builder.DefaultJobs(jenv)
+	}
+	group, users, _ := builder.BuildUsers(jenv)
+	limitJobs := users
+	if limitJobs == 0 {
+		limitJobs = 2 * runtime.NumCPU()
+	}
 
-	// fresh writes the fleet with a generation no run has built and
-	// discovers it (discovery is not part of what is measured).
-	fresh := func(variant string) ([]fleet.Host, error) {
-		gen := variant + "-" + run
-		dir := fmt.Sprintf("%s/%s", tmp, variant)
-		err := fixture.Write(dir, fixture.Fleet{Hosts: fixture.Many("host", n, func(i int, h *fixture.Host) {
+	// fresh writes the fleet with a generation no run has built.
+	fresh := func(variant string, round int) (string, error) {
+		gen := fmt.Sprintf("%s-%d-%s", variant, round, nonce)
+		dir := filepath.Join(tmp, fmt.Sprintf("%s-%d", variant, round))
+		return dir, fixture.Write(dir, fixture.Fleet{Hosts: fixture.Many("host", n, func(i int, h *fixture.Host) {
+			h.Bento = &fixture.Bento{Enable: true}
 			h.BuildSeconds = seconds
 			h.Generation = gen
 			h.Kernel, h.Initrd, h.Modules = gen, gen, gen
 		})})
-		if err != nil {
-			return nil, err
-		}
+	}
+	names := func(dir string) ([]fleet.Host, error) {
 		f, err := eval.Discover(ctx, r, eval.Options{Ref: dir})
 		if err != nil {
 			return nil, err
@@ -75,63 +103,131 @@ func run(n int, seconds float64, jobs int, skipSeq bool, extra string) error {
 		return f.Hosts, nil
 	}
 
-	fmt.Printf("bench/build: %d hosts, %gs I/O-bound build each, %d CPUs, nix max-jobs default per process unless said\n", n, seconds, runtime.NumCPU())
-	if extra != "" {
-		fmt.Printf("extra nix.conf: %q\n", extra)
-	}
+	fmt.Printf("bench/build: %d hosts, %gs I/O-bound build each, %d CPUs, Nix build users: %d (group %q), %d rounds (original loop: %d), load average %s\n",
+		n, seconds, runtime.NumCPU(), users, group, rounds, seqRounds, loadavg())
 
-	var seq time.Duration
-	if !skipSeq {
-		hs, err := fresh("sequential")
+	var seq, single, bento, bentoSplit []time.Duration
+	for round := range max(rounds, seqRounds) {
+		if round < seqRounds {
+			dir, err := fresh("original", round)
+			if err != nil {
+				return err
+			}
+			hs, err := names(dir)
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			for _, h := range hs {
+				// The original script's per-host copy of the flake.
+				cp := filepath.Join(tmp, fmt.Sprintf("copy-%d", round), h.Name)
+				if err := os.MkdirAll(cp, 0o755); err != nil {
+					return err
+				}
+				if out, err := exec.CommandContext(ctx, "cp", "-a", dir+"/.", cp+"/").CombinedOutput(); err != nil {
+					return fmt.Errorf("copy of the flake: %v: %s", err, out)
+				}
+				if err := nixBuild(ctx, env, 0, "path:"+cp+"#"+fleet.ConfigAttr(h.Name)+"."+builder.ToplevelSub); err != nil {
+					return fmt.Errorf("original loop: host %s: %w", h.Name, err)
+				}
+			}
+			seq = append(seq, time.Since(start))
+		}
+		if round >= rounds {
+			continue
+		}
+		dir, err := fresh("single", round)
 		if err != nil {
 			return err
 		}
-		start := time.Now()
+		hs, err := names(dir)
+		if err != nil {
+			return err
+		}
+		var all []string
 		for _, h := range hs {
-			if err := nixBuild(ctx, env, 0, h.Installable(builder.ToplevelSub)...); err != nil {
-				return fmt.Errorf("sequential: host %s: %w", h.Name, err)
+			all = append(all, h.Installable(builder.ToplevelSub)...)
+		}
+		start := time.Now()
+		if err := nixBuild(ctx, env, limitJobs, all...); err != nil {
+			return fmt.Errorf("single process: %w", err)
+		}
+		single = append(single, time.Since(start))
+
+		dir, err = fresh("bento", round)
+		if err != nil {
+			return err
+		}
+		// As bento build without a host selection does: discovery
+		// instantiates the systems, the build reuses them.
+		start = time.Now()
+		var mu sync.Mutex
+		drvs := map[string]string{}
+		f, err := eval.Discover(ctx, r, eval.Options{Ref: dir, DrvPath: func(h, d string) { mu.Lock(); drvs[h] = d; mu.Unlock() }})
+		if err != nil {
+			return err
+		}
+		results, err := builder.Build(ctx, r, f.Hosts, builder.Options{Jobs: jobs, StateDir: filepath.Join(tmp, "state"), DrvPaths: drvs})
+		if err != nil {
+			return err
+		}
+		bento = append(bento, time.Since(start))
+		for _, res := range results {
+			if !res.OK() || res.Unchanged {
+				return fmt.Errorf("bento: host %s: unchanged %v, %v", res.Host, res.Unchanged, res.Err)
 			}
 		}
-		seq = time.Since(start)
-		fmt.Printf("  sequential loop of nix build (one per host):      %8.2fs\n", seq.Seconds())
-	}
-
-	hs, err := fresh("single")
-	if err != nil {
-		return err
-	}
-	var all []string
-	for _, h := range hs {
-		all = append(all, h.Installable(builder.ToplevelSub)...)
-	}
-	start := time.Now()
-	if err := nixBuild(ctx, env, jobs, all...); err != nil {
-		return fmt.Errorf("single process: %w", err)
-	}
-	single := time.Since(start)
-	fmt.Printf("  one nix build of all toplevels, --max-jobs %-3d:    %8.2fs\n", jobs, single.Seconds())
-
-	hs, err = fresh("bento")
-	if err != nil {
-		return err
-	}
-	start = time.Now()
-	results, err := builder.Build(ctx, r, hs, builder.Options{Jobs: jobs, StateDir: tmp + "/state"})
-	if err != nil {
-		return err
-	}
-	bento := time.Since(start)
-	for _, res := range results {
-		if !res.OK() {
-			return fmt.Errorf("bento: %v", res.Err)
+		if !split {
+			continue
+		}
+		// As bento build with a host selection does: discovery reads the
+		// options only, the build evaluates the derivations in chunks and
+		// starts each chunk's builds as it ends.
+		dir, err = fresh("bento-split", round)
+		if err != nil {
+			return err
+		}
+		start = time.Now()
+		hs, err = names(dir)
+		if err != nil {
+			return err
+		}
+		results, err = builder.Build(ctx, r, hs, builder.Options{Jobs: jobs, StateDir: filepath.Join(tmp, "state")})
+		if err != nil {
+			return err
+		}
+		bentoSplit = append(bentoSplit, time.Since(start))
+		for _, res := range results {
+			if !res.OK() {
+				return fmt.Errorf("bento (split): host %s: %v", res.Host, res.Err)
+			}
 		}
 	}
-	fmt.Printf("  bento build --jobs %-3d (nix's max-jobs per host):   %8.2fs\n", jobs, bento.Seconds())
-
-	if !skipSeq {
-		fmt.Printf("ratio bento / sequential loop:  %.3f (goal <= 0.10)\n", bento.Seconds()/seq.Seconds())
+	row := func(name string, ds []time.Duration) {
+		fmt.Printf("  %-58s %7.2fs  rounds: %s\n", name, median(ds).Seconds(), list(ds))
 	}
-	fmt.Printf("ratio bento / single process:   %.3f (goal <= 1.15)\n", bento.Seconds()/single.Seconds())
+	if len(seq) > 0 {
+		row("original: per host, a copy of the flake and one nix build", seq)
+	}
+	row(fmt.Sprintf("limit: one nix build of all toplevels, --max-jobs %d", limitJobs), single)
+	label := fmt.Sprintf("bento discovery + build, defaults (--jobs %d: %s)", jobs, why)
+	if why == "--jobs given" {
+		label = fmt.Sprintf("bento discovery + build, --jobs %d", jobs)
+	}
+	row(label, bento)
+	if split {
+		row("bento, derivations evaluated by the build (as with a selection)", bentoSplit)
+	}
+	if len(seq) > 0 {
+		fmt.Printf("ratio bento / original:  %.3f\n", median(bento).Seconds()/median(seq).Seconds())
+	}
+	fmt.Printf("ratio bento / limit:     %.3f\n", median(bento).Seconds()/median(single).Seconds())
+	if len(seq) > 0 {
+		// One line for bench/table: figure, anchor, bento, goal.
+		fmt.Printf("table: first deploy, %d hosts x %gs build\tthe original's loop %.1fs\t%.2fx with defaults (%.2fx of one nix build)\t<= 0.1x\n",
+			n, seconds, median(seq).Seconds(), median(bento).Seconds()/median(seq).Seconds(), median(bento).Seconds()/median(single).Seconds())
+	}
+	fmt.Printf("load average at the end: %s\n", loadavg())
 	return nil
 }
 
@@ -150,4 +246,33 @@ func nixBuild(ctx context.Context, env []string, maxJobs int, installables ...st
 		return fmt.Errorf("%v: %s", err, nix.Summarize(string(out)))
 	}
 	return nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func list(ds []time.Duration) string {
+	var parts []string
+	for _, d := range ds {
+		parts = append(parts, fmt.Sprintf("%.2f", d.Seconds()))
+	}
+	return strings.Join(parts, " ")
+}
+
+func loadavg() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }

@@ -41,13 +41,22 @@ func main() {
 	os.Exit(benchtb.Run("bench/burst", io.Discard, func(tb *benchtb.TB) error {
 		fmt.Printf("%d agent ticks released at once against one sshd (OpenSSH, loopback), %d SFTP users\n\n", *ticks, *users)
 		fmt.Printf("%-16s %10s %13s %8s %9s %9s %9s\n", "MaxStartups", "first try", "after retry", "failed", "p50", "p99", "all done")
+		var results []roundResult
 		for _, ms := range strings.Split(*rounds, ",") {
 			if ms == "sized" {
 				ms = Sized(*ticks)
 			}
-			if err := round(tb, ms, *ticks, *users); err != nil {
+			r, err := round(tb, ms, *ticks, *users)
+			if err != nil {
 				return err
 			}
+			results = append(results, r)
+		}
+		if len(results) > 1 {
+			b, s := results[0], results[len(results)-1]
+			// One line for bench/table: figure, anchor, bento, goal.
+			fmt.Printf("table: %d ticks at once on one sshd\tMaxStartups %s: %d first try, %d failed\t%s: %d first try, %d after retries, %d failed, all done in %s, p99 %s\t100%% within 60s\n",
+				*ticks, b.maxStartups, b.first, b.failed, s.maxStartups, s.first, s.retried, s.failed, s.all.Round(100*time.Millisecond), s.p99)
 		}
 		fmt.Println("\n10:30:100 is OpenSSH's default; 100:30:1000 the server module's default before it was sized by host count.")
 		return nil
@@ -62,7 +71,14 @@ func Sized(n int) string {
 	return fmt.Sprintf("%d:30:%d", start, 2*start)
 }
 
-func round(tb *benchtb.TB, maxStartups string, nTicks, nUsers int) error {
+// roundResult is what one round measured.
+type roundResult struct {
+	maxStartups            string
+	first, retried, failed int
+	all, p99               time.Duration
+}
+
+func round(tb *benchtb.TB, maxStartups string, nTicks, nUsers int) (roundResult, error) {
 	srv := sshdtest.Start(tb, sshdtest.Options{MaxStartups: maxStartups})
 	var clients []*sshdtest.Client
 	for i := 0; i < nUsers; i++ {
@@ -132,7 +148,7 @@ func round(tb *benchtb.TB, maxStartups string, nTicks, nUsers int) error {
 		fmt.Printf("  first failure: %v\n", firstErr)
 	}
 	srv.Stop()
-	return nil
+	return roundResult{maxStartups: maxStartups, first: first, retried: retried, failed: failed, all: all, p99: pct(durs, 99)}, nil
 }
 
 func pct(d []time.Duration, p int) time.Duration {

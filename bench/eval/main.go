@@ -1,10 +1,12 @@
 // Command eval benchmarks fleet discovery on a generated fleet: bento's
-// chunked parallel discovery against one sequential nix eval of every host
-// (the baseline) and against what the original bento ran, nix flake show
-// --json three times per command. All three run in the same process, on the
-// same fleet, one after the other, and the ratios are printed.
+// chunked parallel discovery with its default flags against one
+// sequential nix eval of every host (the baseline: one nix process, the
+// same expression), and optionally against what the original bento ran,
+// nix flake show --json three times per command. Every variant runs in
+// every round, in the same process, on the same fleet, in an order that
+// rotates between rounds; the medians and their ratios are printed.
 //
-//	go run ./bench/eval -hosts 300 -cost 200000
+//	go run ./bench/eval [-hosts 300] [-cost 200000] [-rounds 3] [-show]
 package main
 
 import (
@@ -14,9 +16,15 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/bento-nix/bento/eval"
+	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/nix"
 )
@@ -24,16 +32,43 @@ import (
 func main() {
 	hosts := flag.Int("hosts", 300, "hosts in the generated fleet")
 	cost := flag.Int("cost", 200000, "evaluation cost per host (length of a folded list)")
-	jobs := flag.Int("jobs", runtime.NumCPU(), "bento's --eval-jobs")
-	chunk := flag.Int("chunk", 0, "bento's --eval-chunk (0: automatic)")
+	rounds := flag.Int("rounds", 3, "rounds; medians are printed")
+	chunk := flag.Int("chunk", 0, "also measure bento with this --eval-chunk (0: skip)")
+	show := flag.Bool("show", false, "also measure nix flake show --json x3 (the original bento's listing)")
 	flag.Parse()
-	if err := run(*hosts, *cost, *jobs, *chunk); err != nil {
+	if err := run(*hosts, *cost, *rounds, *chunk, *show); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/eval:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n, cost, jobs, chunk int) error {
+type variant struct {
+	name string
+	note string
+	f    func() error
+	durs []time.Duration
+	cpu  []time.Duration
+}
+
+// childCPU is the user and system time of every waited-for child so far:
+// the nix processes' CPU time, which load from other processes on the
+// machine does not inflate the way it inflates wall time.
+func childCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func loadavg() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func run(n, cost, rounds, chunk int, show bool) error {
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "bento-bench-eval-")
 	if err != nil {
@@ -45,66 +80,101 @@ func run(n, cost, jobs, chunk int) error {
 		return err
 	}
 	r := &nix.Runner{Env: fixture.Env()}
-	fmt.Printf("fleet: %d hosts, evaluation cost %d per host, %d CPUs\n", n, cost, runtime.NumCPU())
+	fmt.Printf("bench/eval: %d hosts, evaluation cost %d per host, %d CPUs, %d rounds (medians), budget by default %s (3/4 of MemAvailable)\n",
+		n, cost, runtime.NumCPU(), rounds, bytesize.Format(eval.SystemBudget()))
 
 	// Warm-up: copy the flake into the store once so no variant pays it alone.
 	if _, err := r.Output(ctx, "", "eval", "--json", dir+"#nixosConfigurations", "--apply", "builtins.attrNames"); err != nil {
 		return err
 	}
 
-	seq, err := timed(func() error {
-		_, err := eval.Discover(ctx, r, eval.Options{Ref: dir, Jobs: 1, ChunkSize: n})
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("sequential: %w", err)
-	}
-	var found int
-	par, err := timed(func() error {
-		f, err := eval.Discover(ctx, r, eval.Options{Ref: dir, Jobs: jobs, ChunkSize: chunk})
-		if f != nil {
-			found = len(f.Hosts)
+	load0 := loadavg()
+	var mu sync.Mutex
+	var chunks []int
+	discover := func(opts eval.Options) error {
+		opts.Ref = dir
+		f, err := eval.Discover(ctx, r, opts)
+		if err != nil {
+			return err
 		}
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("bento: %w", err)
-	}
-	if found != n {
-		return fmt.Errorf("bento discovered %d hosts, want %d", found, n)
-	}
-	// One chunk per worker: fewer, larger nix processes, which the default
-	// avoids for real fleets (a NixOS evaluation holds hundreds of MB).
-	whole := (n + jobs - 1) / jobs
-	big, err := timed(func() error {
-		_, err := eval.Discover(ctx, r, eval.Options{Ref: dir, Jobs: jobs, ChunkSize: whole})
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("bento one chunk per job: %w", err)
-	}
-	show, err := timed(func() error {
-		for range 3 {
-			cmd := exec.CommandContext(ctx, "nix", "flake", "show", "--json", dir)
-			cmd.Env = append(os.Environ(), fixture.Env()...)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				return fmt.Errorf("%v: %s", err, out)
-			}
+		if len(f.Hosts) != n {
+			return fmt.Errorf("discovered %d hosts, want %d", len(f.Hosts), n)
 		}
 		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("nix flake show: %w", err)
 	}
-	fmt.Printf("%-48s %8.2fs  1.00x (baseline)\n", "one sequential nix eval of every host", seq.Seconds())
-	fmt.Printf("%-48s %8.2fs  %.2fx\n", fmt.Sprintf("bento discovery (--eval-jobs %d)", jobs), par.Seconds(), par.Seconds()/seq.Seconds())
-	fmt.Printf("%-48s %8.2fs  %.2fx\n", fmt.Sprintf("bento discovery (--eval-jobs %d --eval-chunk %d)", jobs, whole), big.Seconds(), big.Seconds()/seq.Seconds())
-	fmt.Printf("%-48s %8.2fs  %.2fx (lists names only, no options)\n", "nix flake show --json x3 (original bento)", show.Seconds(), show.Seconds()/seq.Seconds())
+	vs := []*variant{
+		{name: "one sequential nix eval of every host", note: "baseline", f: func() error {
+			return discover(eval.Options{Jobs: 1, ChunkSize: n})
+		}},
+		{name: fmt.Sprintf("bento discovery, defaults (--eval-jobs %d)", runtime.NumCPU()), f: func() error {
+			mu.Lock()
+			chunks = nil
+			mu.Unlock()
+			return discover(eval.Options{ChunkStarted: func(names []string) {
+				mu.Lock()
+				chunks = append(chunks, len(names))
+				mu.Unlock()
+			}})
+		}},
+	}
+	if chunk > 0 {
+		vs = append(vs, &variant{name: fmt.Sprintf("bento discovery, --eval-chunk %d", chunk), f: func() error {
+			return discover(eval.Options{ChunkSize: chunk})
+		}})
+	}
+	if show {
+		vs = append(vs, &variant{name: "nix flake show --json x3 (original bento)", note: "lists names only, no options", f: func() error {
+			for range 3 {
+				cmd := exec.CommandContext(ctx, "nix", "flake", "show", "--json", dir)
+				cmd.Env = append(os.Environ(), fixture.Env()...)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					return fmt.Errorf("%v: %s", err, out)
+				}
+			}
+			return nil
+		}})
+	}
+	for round := range rounds {
+		for k := range vs {
+			v := vs[(k+round)%len(vs)]
+			start, cpu := time.Now(), childCPU()
+			if err := v.f(); err != nil {
+				return fmt.Errorf("%s: %w", v.name, err)
+			}
+			v.durs = append(v.durs, time.Since(start))
+			v.cpu = append(v.cpu, childCPU()-cpu)
+		}
+	}
+	base := median(vs[0].durs)
+	for _, v := range vs {
+		m := median(v.durs)
+		note := v.note
+		if note != "" {
+			note = " (" + note + ")"
+		}
+		fmt.Printf("  %-46s %7.2fs  %.2fx%s  cpu %.2fs  rounds: %s\n", v.name, m.Seconds(), m.Seconds()/base.Seconds(), note, median(v.cpu).Seconds(), list(v.durs))
+	}
+	fmt.Printf("load average before: %s, after: %s (wall-time ratios need idle CPUs; compare the cpu column under load)\n", load0, loadavg())
+	fmt.Printf("bento's default chunks (last round): %v hosts\n", chunks)
+	// One line for bench/table: figure, anchor, bento, goal.
+	fmt.Printf("table: discovery, %d hosts\tone sequential nix eval %.1fs\t%.2fx with defaults\t<= 0.6x\n",
+		n, base.Seconds(), median(vs[1].durs).Seconds()/base.Seconds())
 	return nil
 }
 
-func timed(f func() error) (time.Duration, error) {
-	start := time.Now()
-	err := f()
-	return time.Since(start), err
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func list(ds []time.Duration) string {
+	var parts []string
+	for _, d := range ds {
+		parts = append(parts, fmt.Sprintf("%.2f", d.Seconds()))
+	}
+	return strings.Join(parts, " ")
 }

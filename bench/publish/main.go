@@ -43,6 +43,7 @@ func main() {
 	size := flag.Int("size", 2048, "bytes of each extra file")
 	dir := flag.String("dir", "", "where to work (default: a temporary directory; pick the file system you care about)")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of format 2's unchanged redeploy to this file")
+	flag.BoolVar(&only2, "only2", false, "measure format 2 only (no ratios): to iterate on it quickly")
 	flag.Parse()
 	if err := run(*hosts, *files, *size, *dir); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/publish:", err)
@@ -50,7 +51,10 @@ func main() {
 	}
 }
 
-var cpuProfile string
+var (
+	cpuProfile string
+	only2      bool
+)
 
 type figures struct {
 	dur     time.Duration
@@ -146,6 +150,9 @@ func run(nHosts, nFiles, size int, base string) error {
 		}
 		var f [2]figures
 		for k, format := range []string{"1", "2"} {
+			if only2 && format == "1" {
+				continue
+			}
 			runtime.GC()
 			if cpuProfile != "" && i == 1 && format == "2" {
 				out, err := os.Create(cpuProfile)

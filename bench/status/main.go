@@ -35,6 +35,7 @@ import (
 
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/status"
+	"github.com/bento-nix/bento/status/render"
 )
 
 func main() {
@@ -98,18 +99,18 @@ func run(n, files, runs int) error {
 	if err != nil {
 		return err
 	}
-	render := func(w func(io.Writer) error) (time.Duration, error) {
+	timed := func(w func(io.Writer) error) (time.Duration, error) {
 		return measure(func() error { return w(io.Discard) })
 	}
-	table, err := render(func(w io.Writer) error { return status.WriteTable(w, snap, status.TableOptions{}) })
+	table, err := timed(func(w io.Writer) error { return render.Table(w, snap, render.TableOptions{}) })
 	if err != nil {
 		return err
 	}
-	jsonOut, err := render(func(w io.Writer) error { return status.WriteJSON(w, snap) })
+	jsonOut, err := timed(func(w io.Writer) error { return render.JSON(w, snap) })
 	if err != nil {
 		return err
 	}
-	prom, err := render(func(w io.Writer) error { return status.WritePrometheus(w, snap) })
+	prom, err := timed(func(w io.Writer) error { return render.Prometheus(w, snap) })
 	if err != nil {
 		return err
 	}
@@ -139,7 +140,7 @@ func run(n, files, runs int) error {
 	fmt.Printf("%-52s %s\n", "  + --json", ms(jsonOut))
 	fmt.Printf("%-52s %s\n", "  + --prometheus", ms(prom))
 	fmt.Printf("%-52s %s  (goal: well under 1 s)\n", "bento status --no-eval, the binary end to end", ms(binary))
-	fmt.Printf("\nstates: %s\n", status.SummaryLine(snap, false))
+	fmt.Printf("\nstates: %s\n", render.SummaryLine(snap, false))
 	return nil
 }
 

@@ -188,6 +188,9 @@ func run(tb *benchtb.TB, nHosts, nUsers int, every, window time.Duration) error 
 	fmt.Printf("publication seen by every host: p50 %s, p99 %s, max %s (goal p50 <= 15s; the timer: %s)\n",
 		pct(lat, 50), pct(lat, 99), lat[len(lat)-1].Round(time.Millisecond), "10 min ± 5 min")
 	fmt.Println("a tick's own time (download, build, switch) comes on top: see bench/agent")
+	// One line for bench/table: figure, anchor, bento, goal.
+	fmt.Printf("table: publish -> seen, %d watching hosts\tthe timer: 10 min +- 5 min\tp50 %s, p99 %s; sshd %.1f MiB per host\t<= 15s median\n",
+		nHosts, pct(lat, 50), pct(lat, 99), float64(mem)/float64(nHosts)/1024)
 	if extra := 1024 * 1024 * 1024 / max(float64(mem)/float64(nHosts)*1024, 1); extra > 0 {
 		fmt.Printf("at this cost one GiB of sshd memory holds about %.0f watching hosts\n", extra)
 	}

@@ -22,9 +22,10 @@ const (
 	reset = "\x1b[0m"
 )
 
-// Live redraws, on a terminal, one line per running host (phase, elapsed
-// time, Nix's last line) above a counter, and prints a permanent line as
-// each host ends.
+// Live redraws, on a terminal, one line per host that is building or
+// copying (phase, elapsed time, Nix's last line) above a counter that also
+// counts the hosts being evaluated or waiting, and prints a permanent line
+// as each host ends.
 type Live struct {
 	color bool
 	opts  []mpb.ContainerOption
@@ -109,19 +110,30 @@ func (l *Live) Begin(hosts []string) {
 func (l *Live) Phase(host string, ph builder.Phase) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if h, ok := l.hosts[host]; ok {
-		old, _ := h.get()
-		h.set(ph, "")
+	h, ok := l.hosts[host]
+	if !ok {
+		h = &liveHost{}
+		l.hosts[host] = h
 		l.cmu.Lock()
-		l.c.waiting += b2i(ph == builder.PhaseWaiting) - b2i(old == builder.PhaseWaiting)
+		l.c.running++
 		l.cmu.Unlock()
-		return
 	}
-	h := &liveHost{phase: ph}
-	l.hosts[host] = h
+	old, _ := h.get()
+	h.set(ph, "")
 	l.cmu.Lock()
-	l.c.running++
+	l.c.waiting += b2i(ph == builder.PhaseWaiting) - b2i(old == builder.PhaseWaiting)
+	l.c.evaluating += b2i(ph == builder.PhaseEvaluating) - b2i(old == builder.PhaseEvaluating)
 	l.cmu.Unlock()
+	// Hosts being evaluated (a whole chunk at once) or waiting for a build
+	// slot are only counted: a line each would fill the terminal with
+	// hundreds of hosts that have nothing to show yet.
+	if h.bar == nil && ph != builder.PhaseEvaluating && ph != builder.PhaseWaiting {
+		l.addBar(host, h)
+	}
+}
+
+// addBar gives a host its line; l.mu is held.
+func (l *Live) addBar(host string, h *liveHost) {
 	start := time.Now()
 	h.bar = l.p.New(1, mpb.NopStyle(),
 		mpb.BarRemoveOnComplete(),
@@ -161,9 +173,9 @@ func (l *Live) Done(r builder.Result) {
 	l.cmu.Lock()
 	if started {
 		l.c.running--
-		if ph, _ := h.get(); ph == builder.PhaseWaiting {
-			l.c.waiting--
-		}
+		ph, _ := h.get()
+		l.c.waiting -= b2i(ph == builder.PhaseWaiting)
+		l.c.evaluating -= b2i(ph == builder.PhaseEvaluating)
 	}
 	l.c.done++
 	if !r.OK() {
@@ -180,7 +192,7 @@ func (l *Live) Done(r builder.Result) {
 	}
 	// Printed above the bars, where it stays once they are gone.
 	fmt.Fprintf(l.p, "%s %-*s %s\n", l.paint(colour, mark), width, r.Host, Describe(r))
-	if started {
+	if started && h.bar != nil {
 		h.bar.SetTotal(-1, true)
 	}
 	l.total.Increment()
@@ -190,7 +202,9 @@ func (l *Live) End() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, h := range l.hosts {
-		h.bar.Abort(true)
+		if h.bar != nil {
+			h.bar.Abort(true)
+		}
 	}
 	l.total.SetTotal(-1, true)
 	l.p.Wait()

@@ -32,23 +32,24 @@ func (l *lockedBuffer) String() string {
 }
 
 // TestLiveRunningLines checks what the live display shows while hosts run:
-// a line per host with its phase, elapsed time and Nix's last line, and
-// the counter.
+// a line per building host with its phase, elapsed time and Nix's last
+// line, and the counter, which alone counts hosts being evaluated or
+// waiting (a chunk evaluates hundreds at once).
 func TestLiveRunningLines(t *testing.T) {
 	var buf lockedBuffer
 	refresh := make(chan any)
 	l := progress.NewLive(&buf, false, mpb.WithManualRefresh(refresh), mpb.WithWidth(160))
-	l.Begin([]string{"alpha", "beta", "gamma"})
+	l.Begin([]string{"alpha", "beta", "gamma", "delta"})
 	l.Phase("alpha", builder.PhaseEvaluating)
 	l.Phase("alpha", builder.PhaseBuilding)
 	l.Log("alpha", "building '/nix/store/xxxx-foo.drv'...")
 	l.Phase("beta", builder.PhaseEvaluating)
 	l.Phase("beta", builder.PhaseWaiting)
+	l.Phase("delta", builder.PhaseEvaluating)
 
 	want := []*regexp.Regexp{
 		regexp.MustCompile(`alpha\s+building\s+\d[^ ]*\s+building '/nix/store/xxxx-foo.drv'\.\.\.`),
-		regexp.MustCompile(`beta\s+waiting\s+\d`),
-		regexp.MustCompile(`0/3 done, 1 running, 1 waiting`),
+		regexp.MustCompile(`0/4 done, 1 evaluating, 1 running, 1 waiting`),
 	}
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -71,7 +72,10 @@ func TestLiveRunningLines(t *testing.T) {
 	if regexp.MustCompile(`gamma\s+(evaluating|waiting|building)`).MatchString(ansi.ReplaceAllString(buf.String(), "")) {
 		t.Errorf("a host that has not started has a running line:\n%s", buf.String())
 	}
-	for _, h := range []string{"alpha", "beta", "gamma"} {
+	if regexp.MustCompile(`(beta|delta)\s+(evaluating|waiting)`).MatchString(ansi.ReplaceAllString(buf.String(), "")) {
+		t.Errorf("a host evaluating or waiting has a line of its own:\n%s", buf.String())
+	}
+	for _, h := range []string{"alpha", "beta", "gamma", "delta"} {
 		l.Done(builder.Result{Host: h, Status: builder.StatusBuilt, OutPath: "/nix/store/out-" + h})
 	}
 	go func() {

@@ -17,8 +17,9 @@ import (
 type counts struct {
 	total, done, failed int
 	// running counts the hosts started and not done, waiting those of
-	// them evaluated and waiting for a build slot.
-	running, waiting int
+	// them evaluated and waiting for a build slot, evaluating those being
+	// evaluated (the live display counts them; plain lines name them).
+	running, waiting, evaluating int
 }
 
 func (c counts) String() string {
@@ -26,7 +27,10 @@ func (c counts) String() string {
 	if c.failed > 0 {
 		s += fmt.Sprintf(", %d failed", c.failed)
 	}
-	if n := c.running - c.waiting; n > 0 {
+	if c.evaluating > 0 {
+		s += fmt.Sprintf(", %d evaluating", c.evaluating)
+	}
+	if n := c.running - c.waiting - c.evaluating; n > 0 {
 		s += fmt.Sprintf(", %d running", n)
 	}
 	if c.waiting > 0 {
@@ -107,6 +111,8 @@ func Describe(r builder.Result) string {
 	switch {
 	case r.Status == builder.StatusBuilt && r.CopyErr != nil:
 		return fmt.Sprintf("built in %s %s, but %s", d, r.OutPath, firstLine(r.Reason()))
+	case r.Status == builder.StatusBuilt && r.Unchanged:
+		return fmt.Sprintf("unchanged, not realised again %s", r.OutPath)
 	case r.Status == builder.StatusBuilt:
 		return fmt.Sprintf("built in %s %s", d, r.OutPath)
 	case r.Status == builder.StatusDryRun:

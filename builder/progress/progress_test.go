@@ -123,3 +123,18 @@ func TestFormatDuration(t *testing.T) {
 		}
 	}
 }
+
+func TestDescribeUnchanged(t *testing.T) {
+	cases := []struct {
+		r    builder.Result
+		want string
+	}{
+		{builder.Result{Host: "a", Status: builder.StatusBuilt, Duration: 1500 * time.Millisecond, OutPath: "/nix/store/x-a"}, "built in 1.5s /nix/store/x-a"},
+		{builder.Result{Host: "a", Status: builder.StatusBuilt, Unchanged: true, OutPath: "/nix/store/x-a"}, "unchanged, not realised again /nix/store/x-a"},
+	}
+	for _, tc := range cases {
+		if got := progress.Describe(tc.r); got != tc.want {
+			t.Errorf("Describe(%+v) = %q, want %q", tc.r, got, tc.want)
+		}
+	}
+}

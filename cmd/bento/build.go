@@ -39,7 +39,7 @@ func buildCommand() *cli.Command {
 // buildFlags are the flags of every command that builds hosts (build, deploy).
 func buildFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, DefaultText: "auto", Usage: "hosts built at once (one nix process each); default: one per Nix build user (members of build-users-group in /etc/group, from nix.conf/NIX_CONFIG; nixbld for root), divided by max-jobs when that is above 1 but at least the CPUs; two per CPU without build users"},
+		&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, DefaultText: "auto", Usage: "hosts built at once (one nix process each); default: one per Nix build user (members of build-users-group in /etc/group, from nix.conf/NIX_CONFIG; nixbld for root or through a Nix daemon), divided by max-jobs when that is above 1 but at least the CPUs; two per CPU without build users"},
 		&cli.IntFlag{Name: "max-jobs", Usage: "passed to each host's nix as --max-jobs (0: Nix's own setting); up to jobs × max-jobs derivations build at once"},
 		&cli.StringFlag{Name: "state-dir", Value: builder.DefaultStateDir, Usage: "where GC roots, build logs and build records live", EnvVars: []string{"BENTO_STATE_DIR"}},
 		&cli.BoolFlag{Name: "dry-run", Usage: "evaluate and instantiate only (drv paths), build nothing"},
@@ -124,10 +124,11 @@ func runBuild(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	_, selected, evalFailed, err := discover(c)
+	_, selected, evalFailed, drvs, err := discoverForBuild(c)
 	if err != nil {
 		return err
 	}
+	opts.DrvPaths = drvs
 	hosts, skipped := splitDeployed(selected)
 	for _, s := range skipped {
 		fmt.Fprintf(errWriter(c), "bento: skipping %s: %s\n", s.Host, s.Reason)

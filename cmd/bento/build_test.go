@@ -73,6 +73,15 @@ func TestBuildCommand(t *testing.T) {
 					if !ok {
 						t.Errorf("%s: GC roots point at %v", h, targets)
 					}
+					// The whole fleet is built: discovery instantiated
+					// the systems, the build did not evaluate them again.
+					logs, _ := filepath.Glob(filepath.Join(state, "logs", h, "*.log"))
+					if len(logs) != 1 {
+						t.Fatalf("%s: logs %v", h, logs)
+					}
+					if log, _ := os.ReadFile(logs[0]); !strings.Contains(string(log), "(instantiated during discovery)") || strings.Contains(string(log), "$ nix eval") {
+						t.Errorf("%s: log should say its system was instantiated during discovery:\n%s", h, log)
+					}
 				}
 			}},
 		{name: "json for a tag", args: []string{"--json", "@good"}, code: 0,
@@ -97,6 +106,10 @@ func TestBuildCommand(t *testing.T) {
 			stderr: []string{"skipping off: disabled", "nothing to build: no selected host is deployed"}},
 		{name: "sign key without copy", args: []string{"--sign-key", notDir}, code: 2,
 			stderr: []string{"--sign-key signs what is copied: add --copy-to"}},
+		{name: "eval memory not a size", args: []string{"--eval-memory", "lots"}, code: 2,
+			stderr: []string{`--eval-memory: memory size "lots": want a positive number of bytes or one with a K, M, G or T suffix (8G, 512M)`}},
+		{name: "negative eval chunk", args: []string{"--eval-chunk", "-1"}, code: 2,
+			stderr: []string{"--eval-chunk must be 0 (sized by --eval-memory) or more, got -1"}},
 		{name: "missing sign key", args: []string{"--copy-to", "file:///nonexistent", "--sign-key", "/nonexistent/key"}, code: 2,
 			stderr: []string{"--sign-key: stat /nonexistent/key: no such file or directory"}},
 	}
@@ -165,6 +178,44 @@ func TestBuildCommand(t *testing.T) {
 		}
 		if log, err := os.ReadFile(b.LogFile); err != nil || !strings.Contains(string(log), "fails on purpose") {
 			t.Errorf("bad: log %s: %q %v", b.LogFile, log, err)
+		}
+	})
+
+	// A second build of unchanged hosts realises nothing: the JSON says
+	// unchanged, the out paths are those of the first build.
+	t.Run("unchanged rebuild", func(t *testing.T) {
+		state := t.TempDir()
+		type results struct {
+			Results []struct {
+				Host, Status, OutPath string
+				Unchanged             bool
+			}
+		}
+		var runs [2]results
+		for i := range runs {
+			stdout, stderr, code := runCLI(t, "build", "--flake", dir, "--state-dir", state, "--json", "@good")
+			if code != 0 {
+				t.Fatalf("run %d: exit %d: %s", i+1, code, stderr)
+			}
+			if err := json.Unmarshal([]byte(stdout), &runs[i]); err != nil || len(runs[i].Results) != 2 {
+				t.Fatalf("run %d: %v\n%s", i+1, err, stdout)
+			}
+		}
+		for j, r := range runs[1].Results {
+			first := runs[0].Results[j]
+			if first.Unchanged || !r.Unchanged || r.Status != "built" || r.OutPath != first.OutPath {
+				t.Errorf("%s: first %+v, second %+v; want built then unchanged with the same out path", r.Host, first, r)
+			}
+		}
+	})
+
+	// --help says how the defaults are chosen, not only what they are.
+	t.Run("help explains the defaults", func(t *testing.T) {
+		stdout, _, _ := runCLI(t, "build", "--help")
+		for _, w := range []string{"one per Nix build user", "3/4 of MemAvailable", "first chunk's measured peak memory"} {
+			if !strings.Contains(stdout, w) {
+				t.Errorf("bento build --help lacks %q:\n%s", w, stdout)
+			}
 		}
 	})
 

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
@@ -49,7 +50,7 @@ func flakeRef(c *cli.Context) (ref string, set bool) {
 func fleetFlags() []cli.Flag {
 	return []cli.Flag{
 		flakeFlag(),
-		&cli.IntFlag{Name: "eval-jobs", Value: runtime.NumCPU(), Usage: "nix eval processes run at once (discovery, and each host's evaluation before its build)"},
+		&cli.IntFlag{Name: "eval-jobs", Value: runtime.NumCPU(), DefaultText: "the number of CPUs", Usage: "nix eval processes run at once (discovery, and the hosts' derivations before their build); evaluation is CPU-bound"},
 		&cli.IntFlag{Name: "eval-chunk", Usage: "hosts evaluated per nix eval process (default 0: sized by --eval-memory)"},
 		&cli.StringFlag{Name: "eval-memory", Usage: "memory the --eval-jobs nix eval processes may use together, e.g. 8G (default: 3/4 of MemAvailable in /proc/meminfo); the first chunks assume 512 MiB a host, the rest are sized from the first chunk's measured peak memory, at most an even share per job", EnvVars: []string{"BENTO_EVAL_MEMORY"}},
 		&cli.BoolFlag{Name: "keep-going", Aliases: []string{"k"}, Usage: "go on with the hosts that evaluate when some do not"},
@@ -86,6 +87,32 @@ func useColor(c *cli.Context, w io.Writer) bool {
 // and the returned error is nil; evalFailed tells the caller to exit
 // non-zero at the end.
 func discover(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, err error) {
+	return discoverAndInstantiate(c, nil)
+}
+
+// discoverForBuild is discover for a command that builds the selected
+// hosts next. When every host is selected (no host named), discovery also
+// instantiates the deployed hosts' systems in its own nix processes
+// (eval.Options.DrvPath) and returns them for builder.Options.DrvPaths, so
+// that each configuration is evaluated once, not again by the build. With
+// a selection it does not: instantiating the whole fleet to build one
+// host would cost more than it saves.
+func discoverForBuild(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, drvs map[string]string, err error) {
+	if c.Args().Len() > 0 || c.Bool("dry-run") {
+		f, selected, evalFailed, err = discover(c)
+		return f, selected, evalFailed, nil, err
+	}
+	drvs = map[string]string{}
+	var mu sync.Mutex
+	f, selected, evalFailed, err = discoverAndInstantiate(c, func(host, drv string) {
+		mu.Lock()
+		drvs[host] = drv
+		mu.Unlock()
+	})
+	return f, selected, evalFailed, drvs, err
+}
+
+func discoverAndInstantiate(c *cli.Context, drvPath func(host, drv string)) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, err error) {
 	log := logger(c)
 	// Evaluating copies the flake into the Nix store: refuse first when
 	// that would copy the secrets too. (deploy checked already, and gave
@@ -98,7 +125,7 @@ func discover(c *cli.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed
 	if err != nil {
 		return nil, nil, false, err
 	}
-	evalOpts.Ref = ref
+	evalOpts.Ref, evalOpts.DrvPath = ref, drvPath
 	f, err = eval.Discover(c.Context, nixRunner(c), evalOpts)
 	var herrs eval.HostErrors
 	if err != nil {

@@ -134,7 +134,15 @@ func runDeploy(c *cli.Context) error {
 		return err
 	}
 
-	f, selected, evalFailed, err := discover(c)
+	var f *fleet.Fleet
+	var selected []fleet.Host
+	var evalFailed bool
+	if noBuild {
+		f, selected, evalFailed, err = discover(c)
+	} else {
+		// The build reuses the derivations discovery instantiated.
+		f, selected, evalFailed, bopts.DrvPaths, err = discoverForBuild(c)
+	}
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/status"
+	"github.com/bento-nix/bento/status/logs"
 )
 
 func logsCommand() *cli.Command {
@@ -30,7 +31,7 @@ func logsCommand() *cli.Command {
 			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing what the host adds, until Ctrl-C"},
 			&cli.BoolFlag{Name: "list", Aliases: []string{"l"}, Usage: "list the host's logs instead"},
 			&cli.BoolFlag{Name: "raw", Usage: "print the log as the host uploaded it (decompressed), control sequences and all: only into a file or a pager that filters them, never to a terminal"},
-			&cli.Int64Flag{Name: "max-bytes", Value: status.DefaultMaxLogBytes, Usage: "print at most this many bytes of a log, decompressed (a small gzip file may inflate to gigabytes)"},
+			&cli.Int64Flag{Name: "max-bytes", Value: logs.DefaultMaxBytes, Usage: "print at most this many bytes of a log, decompressed (a small gzip file may inflate to gigabytes)"},
 			&cli.DurationFlag{Name: "every", Value: time.Second, Usage: "with --follow: look for new output at least this often", Hidden: true},
 		}, reportsLimitFlags()...),
 		Action: runLogs,
@@ -61,18 +62,18 @@ func runLogs(c *cli.Context) error {
 	if !c.Bool("raw") {
 		// Every byte is the host's: filtered also into a pipe, which may
 		// well end on a terminal (bento logs HOST | less -R).
-		w = &status.TerminalWriter{W: w, KeepColor: isTerminal(w) && useColor(c, w)}
+		w = &logs.TerminalWriter{W: w, KeepColor: isTerminal(w) && useColor(c, w)}
 	}
 	max := c.Int64("max-bytes")
 	switch {
 	case c.Bool("list"):
-		logs, err := status.Logs(root, host, limits)
+		files, err := logs.List(root, host, limits)
 		if err != nil {
 			return logsError(err)
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tSIZE\tWRITTEN\t")
-		for _, l := range logs {
+		for _, l := range files {
 			latest := ""
 			if l.Latest {
 				latest = "latest"
@@ -81,16 +82,16 @@ func runLogs(c *cli.Context) error {
 		}
 		return tw.Flush()
 	case c.Bool("follow"):
-		return logsError(status.FollowLog(c.Context, root, host, name, w, c.Duration("every"), max, limits))
+		return logsError(logs.Follow(c.Context, root, host, name, w, c.Duration("every"), max, limits))
 	}
-	rc, l, err := status.OpenLog(root, host, name, max, limits)
+	rc, l, err := logs.Open(root, host, name, max, limits)
 	if err != nil {
 		return logsError(err)
 	}
 	defer rc.Close()
 	fmt.Fprintf(c.App.ErrWriter, "==> %s: %s <==\n", host, termsafe.Line(l.Name))
 	if _, err := io.Copy(w, rc); err != nil {
-		if errors.Is(err, status.ErrLogTooBig) {
+		if errors.Is(err, logs.ErrTooBig) {
 			return failed(err)
 		}
 		return failed(fmt.Errorf("host %s: log %s: %w", host, termsafe.Line(l.Name), err))

@@ -110,8 +110,19 @@ func TestDeploySecrets(t *testing.T) {
 	if st := fi.Sys().(*syscall.Stat_t); fi.Mode() != 0o400 || st.Uid != 65534 {
 		t.Errorf("published secret is %v uid %d, want 0400 owned by nobody", fi.Mode(), st.Uid)
 	}
-	if _, err := os.Lstat(filepath.Join(e.root, "alpha", manifest.ConfigDir, m.Version, "secrets")); err == nil {
-		t.Error("secrets/ shipped inside the flake tree")
+	for _, f := range m.Files {
+		if strings.HasPrefix(f.Path, "secrets/") || f.SHA256 == m.Secrets[0].SHA256 {
+			t.Errorf("the flake tree ships %s, a secret", f.Path)
+		}
+	}
+	objects, _ := filepath.Glob(filepath.Join(e.root, "alpha", manifest.ObjectsDir, "*", "*"))
+	if len(objects) == 0 {
+		t.Error("alpha's chroot holds no objects: the check below would prove nothing")
+	}
+	for _, o := range objects {
+		if data, err := os.ReadFile(o); err == nil && string(data) == secret {
+			t.Errorf("the secret's content is an object of the flake tree: %s", o)
+		}
 	}
 	if _, err := os.Lstat(filepath.Join(e.root, "beta", manifest.SecretsDir)); err == nil {
 		t.Error("beta, which has no secrets, got a secrets directory")

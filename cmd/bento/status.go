@@ -18,6 +18,7 @@ import (
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/status"
+	"github.com/bento-nix/bento/status/render"
 )
 
 const statusDescription = `One row per host, from <chroot-root>/<host>/manifest.json (what is published),
@@ -181,7 +182,7 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 
 	w := c.App.Writer
 	tty := isTerminal(w)
-	table := status.TableOptions{Color: useColor(c, w)}
+	table := render.TableOptions{Color: useColor(c, w)}
 	if tty && !c.Bool("wide") {
 		if f, ok := w.(*os.File); ok {
 			if width, _, err := term.GetSize(int(f.Fd())); err == nil {
@@ -197,9 +198,9 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 			if err != nil {
 				fmt.Fprintf(&buf, "bento: %v\n", err)
 			} else {
-				status.WriteTable(&buf, s, table)
+				render.Table(&buf, s, table)
 				if prom.file != "" {
-					if err := atomicfile.Write(prom.file, 0o644, func(w io.Writer) error { return status.WritePrometheus(w, s) }); err != nil {
+					if err := atomicfile.Write(prom.file, 0o644, func(w io.Writer) error { return render.Prometheus(w, s) }); err != nil {
 						fmt.Fprintf(&buf, "bento: %v\n", err)
 					}
 				}
@@ -253,17 +254,17 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 		return failed(err)
 	}
 	if prom.file != "" {
-		if err := atomicfile.Write(prom.file, 0o644, func(w io.Writer) error { return status.WritePrometheus(w, s) }); err != nil {
+		if err := atomicfile.Write(prom.file, 0o644, func(w io.Writer) error { return render.Prometheus(w, s) }); err != nil {
 			return failed(err)
 		}
 	}
 	switch {
 	case c.Bool("json"):
-		err = status.WriteJSON(w, s)
+		err = render.JSON(w, s)
 	case prom.set && prom.file == "":
-		err = status.WritePrometheus(w, s)
+		err = render.Prometheus(w, s)
 	default:
-		err = status.WriteTable(w, s, table)
+		err = render.Table(w, s, table)
 	}
 	if err != nil {
 		return failed(err)

@@ -76,6 +76,44 @@ func TestSIGTERMDuringTheSwitchLetsItFinish(t *testing.T) {
 	}
 }
 
+// SIGTERM in the confirmation window, the server gone: the guard is not
+// skipped. The agent keeps probing until confirmTimeout, rolls back, queues
+// the report and only then stops; the report reaches the server later.
+func TestSIGTERMInTheConfirmationWindowStillRollsBack(t *testing.T) {
+	e, h, v1 := applied(t, hostsFleet("alpha"))
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
+	v2 := e.Publish(t)["alpha"]
+	h.Settings["confirmTimeout"] = "3s"
+	start, switches := recordFIFO(t, h)
+
+	run := h.Start(t)
+	run.WaitFor(t, "switch-to-configuration switch")
+	e.SSHD.Stop()
+	start()
+	run.WaitFor(t, "confirmation probe 1:")
+	if err := run.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	run.WaitFor(t, "signal received: stopping after the activation finishes")
+	res := run.Wait(t)
+	want := []string{v2.Built + " switch", v1.Built + " switch"}
+	if got := switches(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("switches %q, want %q: the guard must run to its end", got, want)
+	}
+	if h.ProfileTarget(t) != v1.Built || h.Current(t) != v1.Built {
+		t.Errorf("profile %s, current %s, want %s", h.ProfileTarget(t), h.Current(t), v1.Built)
+	}
+	if res.ExitCode == 0 || !strings.Contains(res.Output(), "waits in") {
+		t.Errorf("exit %d; the stopped tick must queue its report", res.ExitCode)
+	}
+	e.SSHD.Restart(t)
+	h.Run(t)
+	if st := h.Status(t); st.Result != manifest.ResultRolledBack || st.RollbackReason != "server-unreachable" ||
+		st.AttemptedVersion != v2.Version || st.CurrentSystem != v1.Built {
+		t.Errorf("the delivered report: %+v", st)
+	}
+}
+
 // The server goes away when the switch starts and the agent is killed -9
 // while it waits for the confirmation: the journal keeps the guard. A
 // later tick before the deadline leaves the switch alone; the first one
@@ -296,12 +334,145 @@ func TestFullStateDiskIsReported(t *testing.T) {
 	}
 }
 
+// Killed -9 during the build on every tick (a build that runs out of
+// memory each time): the first interruption is re-run at once, the second
+// makes the attempt wait for its retry, and that is reported: the server
+// does not go on showing the host as silently pending.
+func TestRepeatedKillsDuringTheBuildAreReported(t *testing.T) {
+	e, h, v1 := applied(t, hostsFleet("alpha"))
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
+	v2 := e.Publish(t)["alpha"]
+	started, release := holdNixBuild(t, h)
+	for i := 1; i <= 2; i++ {
+		run := h.Start(t)
+		waitFor(t, "nix build held", func() bool { _, err := os.Stat(started); return err == nil })
+		killConfirmed(t, run)
+		// The orphaned nix goes on (and builds nothing new).
+		release()
+		if s := readAgentState(t, h); !s.Attempt.Running || s.Attempt.Count != i {
+			t.Fatalf("state after kill %d: %+v", i, s)
+		}
+	}
+	res := h.Run(t)
+	if res.ExitCode == 0 || !strings.Contains(res.Output(), "will retry version "+v2.Version) || strings.Contains(res.Output(), "building") {
+		t.Errorf("after two interrupted attempts: exit %d; the third tick must wait for the retry", res.ExitCode)
+	}
+	st := h.Status(t)
+	if st.AttemptedVersion != v2.Version || st.Result != manifest.ResultFailure || st.Attempts != 2 || st.NextRetry == nil ||
+		!strings.Contains(st.Error, "interrupted") || st.AppliedVersion != v1.Version || st.CurrentSystem != v1.Built {
+		t.Errorf("the report after two interrupted attempts: %+v", st)
+	}
+	if n := logsOf(t, h, v2.Version); n != 1 {
+		t.Errorf("%d logs for %s, want 1 (the report of the interruptions)", n, v2.Version)
+	}
+	// Reported once: the tick after waits without a new report.
+	before := h.Status(t)
+	h.Run(t)
+	if st := h.Status(t); st.FinishedAt != before.FinishedAt {
+		t.Errorf("the interruption was reported again: %+v", st)
+	}
+	if h.Current(t) != v1.Built || len(h.Switches(t)) != 1 {
+		t.Errorf("current %s, switches %q", h.Current(t), h.Switches(t))
+	}
+}
+
+// The state disk fills up while the new system builds: the switch journal
+// cannot be saved, so the switch is not made (a switch nobody could roll
+// back after a crash), and the failure is reported naming the full disk.
+// A nix stand-in holds "nix build" until the disk is full.
+func TestFullStateDiskBeforeTheSwitchSkipsIt(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	v1 := e.Publish(t)["alpha"]
+	h := e.Host(t, "alpha")
+	mountTmpfs(t, h.StateDir, "4m")
+	if res := h.Run(t); res.ExitCode != 0 {
+		t.Fatalf("first tick: exit %d", res.ExitCode)
+	}
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
+	v2 := e.Publish(t)["alpha"]
+	started, release := holdNixBuild(t, h)
+
+	run := h.Start(t)
+	waitFor(t, "nix build held", func() bool { _, err := os.Stat(started); return err == nil })
+	filler := fillDisk(t, h.StateDir)
+	defer os.Remove(filler)
+	release()
+	res := run.Wait(t)
+	if res.ExitCode == 0 {
+		t.Error("a switch that could not be recorded exited 0")
+	}
+	if sw := h.Switches(t); len(sw) != 1 || h.Current(t) != v1.Built || h.ProfileTarget(t) != v1.Built {
+		t.Errorf("switches %q, current %s, profile %s: the switch was made without its journal", sw, h.Current(t), h.ProfileTarget(t))
+	}
+	st := h.Status(t)
+	if st.AttemptedVersion != v2.Version || st.Result != manifest.ResultFailure || st.AppliedVersion != v1.Version ||
+		!strings.Contains(st.Error, "cannot be recorded before it is made") || !strings.Contains(st.Error, "disk full: "+h.StateDir) {
+		t.Errorf("report when the journal cannot be saved: %+v", st)
+	}
+	if out := bentoStatus(t, e, "alpha"); !strings.Contains(out, "disk full") {
+		t.Errorf("bento status does not show the full disk:\n%s", out)
+	}
+}
+
+// holdNixBuild points the agent at a nix stand-in that runs the real nix,
+// except that "nix build" first touches started and waits for release
+// (which removes started again, for the next build).
+func holdNixBuild(t testing.TB, h *Host) (started string, release func()) {
+	t.Helper()
+	dir := filepath.Join(h.Dir, "nix-bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	real, err := exec.LookPath("nix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tool := range []string{"nix-env", "nix-store"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(p, filepath.Join(dir, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fifo := filepath.Join(dir, "release")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	started = filepath.Join(dir, "build-started")
+	script := "#!/bin/sh\nif [ \"$1\" = build ]; then : > " + started + "; read x < " + fifo + "; fi\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "nix"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h.Env = append(h.Env, "BENTO_NIX="+filepath.Join(dir, "nix"))
+	release = func() {
+		// Blocks until the held nix opens its end: one build per call.
+		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		f.Write([]byte("go\n"))
+		f.Close()
+		os.Remove(started)
+	}
+	t.Cleanup(func() {
+		// A test that failed before releasing must not leave nix waiting.
+		if f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			f.Write([]byte("go\n"))
+			f.Close()
+		}
+	})
+	return started, release
+}
+
 // State files from a bad day: state.json a symlink to /dev/zero, a garbage
 // pending-reboot.json and last-report.json. Each is moved aside, named
 // once in the report, and the agent carries on: the running publication
 // is recognised without switching again, and the tick after is clean.
 func TestDamagedStateFilesAreMovedAsideAndReportedOnce(t *testing.T) {
-	e, h, v1 := applied(t, hostsFleet("alpha"))
+	_, h, v1 := applied(t, hostsFleet("alpha"))
 	state := filepath.Join(h.StateDir, "state.json")
 	pending := filepath.Join(h.StateDir, "pending-reboot.json")
 	os.Remove(state)
@@ -339,7 +510,6 @@ func TestDamagedStateFilesAreMovedAsideAndReportedOnce(t *testing.T) {
 	if fi, err := os.Lstat(state); err != nil || !fi.Mode().IsRegular() {
 		t.Errorf("state.json not rewritten as a regular file: %v", err)
 	}
-	_ = e
 
 	// Reported once: the next tick finds nothing damaged.
 	res = h.Run(t)
@@ -348,19 +518,106 @@ func TestDamagedStateFilesAreMovedAsideAndReportedOnce(t *testing.T) {
 	}
 }
 
-// A missing identity file is a configuration error (exit 2) that names
-// the option, not a connection failure.
-func TestMissingIdentityFileExits2(t *testing.T) {
+// A garbage secrets/installed.json (issue 13: it warned forever) is moved
+// aside, named once in the report, and healed: the secret stays installed
+// and the next tick is clean.
+func TestDamagedSecretsStateHeals(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	e.SecretsDir = filepath.Join(t.TempDir(), "secrets")
+	h := e.Host(t, "alpha")
+	target := filepath.Join(h.Dir, "run", "bento-secrets", "db")
+	h.Settings["restartCommand"] = []string{"/bin/true"}
+	h.Settings["secrets"] = map[string]any{"db": map[string]any{"path": target, "owner": "nobody", "mode": "0400"}}
+	db := randomSecret("db")
+	writeSecret(t, e, "alpha", "db", db)
+	e.Publish(t)
+	if res := h.Run(t); res.ExitCode != 0 {
+		t.Fatalf("tick: exit %d", res.ExitCode)
+	}
+	installed := filepath.Join(h.StateDir, "secrets", "installed.json")
+	if err := os.WriteFile(installed, []byte("{\"db\": [garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(target)
+
+	res := h.Run(t)
+	st := h.Status(t)
+	if res.ExitCode != 0 || st.Result != manifest.ResultUnchanged || len(st.SecretErrors) != 0 ||
+		!strings.Contains(st.Error, "damaged state") || !strings.Contains(st.Error, installed) {
+		t.Errorf("idle tick with a damaged secrets state: exit %d, report %+v", res.ExitCode, st)
+	}
+	checkSecret(t, target, db, 0o400, 65534)
+	if aside, _ := filepath.Glob(installed + ".corrupt-*"); len(aside) != 1 {
+		t.Errorf("moved aside: %q", aside)
+	}
+	res = h.Run(t)
+	if st := h.Status(t); res.ExitCode != 0 || st.Error != "" || len(st.SecretErrors) != 0 || strings.Contains(res.Output(), "warning") {
+		t.Errorf("the tick after: exit %d, report %+v", res.ExitCode, st)
+	}
+}
+
+// The identity file: missing or not a file is a configuration error (exit
+// 2) that names the option, not a connection failure; readable by group or
+// others is a warning, and the tick goes on.
+func TestIdentityFileChecks(t *testing.T) {
 	e := Start(t, hostsFleet("alpha"))
 	e.Publish(t)
 	h := e.Host(t, "alpha")
-	h.Settings["identityFile"] = filepath.Join(h.Dir, "no-such-key")
-	res := h.Run(t)
-	if res.ExitCode != 2 || !strings.Contains(res.Output(), "identityFile") || !strings.Contains(res.Output(), "no-such-key") {
-		t.Errorf("missing identity file: exit %d, want 2 naming identityFile", res.ExitCode)
+	key, err := os.ReadFile(h.SSH.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := filepath.Join(h.Dir, "key-0644")
+	if err := os.WriteFile(open, key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(open, 0o644)
+	for _, tc := range []struct {
+		name, file string
+		exit       int
+		says       string
+	}{
+		{"missing", filepath.Join(h.Dir, "no-such-key"), 2, "identityFile " + filepath.Join(h.Dir, "no-such-key") + " does not exist"},
+		{"a directory", h.Dir, 2, "is not a regular file"},
+		{"readable by others", open, 0, "readable by group or others (mode 0644): chmod 600 " + open},
+	} {
+		h.Settings["identityFile"] = tc.file
+		res := h.Run(t)
+		if res.ExitCode != tc.exit || !strings.Contains(res.Output(), tc.says) {
+			t.Errorf("%s: exit %d, want %d saying %q", tc.name, res.ExitCode, tc.exit, tc.says)
+		}
+		if st := h.Status(t); (st != nil) != (tc.exit == 0) {
+			t.Errorf("%s: report %+v", tc.name, st)
+		}
+	}
+}
+
+// Numbers in the agent's configuration are bounded, end to end: an
+// overflowing or out-of-range value is a configuration error (exit 2) whose
+// message names the key and the range, never a negative duration or a
+// retry loop that does not end.
+func TestOutOfRangeConfigurationExits2(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	h := e.Host(t, "alpha")
+	for _, tc := range []struct {
+		key  string
+		v    any
+		says string
+	}{
+		{"confirmTimeout", 1e300, `"confirmTimeout": 1e+300 is too long a duration`},
+		{"confirmTimeout", "0s", "confirmTimeout 0 is out of range: it must be from 1s to 1d"},
+		{"retry", map[string]any{"initialDelay": "1m", "maxDelay": "1e10"}, `"1e10" is not a duration`},
+		{"retry", map[string]any{"initialDelay": "1m", "maxDelay": "31d"}, "retry.maxDelay 31d is out of range: it must be from 0 to 30d"},
+		{"connectAttempts", 1e9, "connectAttempts 1000000000 is out of range: it must be from 1 to 100"},
+	} {
+		h.Settings = map[string]any{tc.key: tc.v}
+		res := h.Run(t)
+		if res.ExitCode != 2 || !strings.Contains(res.Output(), tc.says) {
+			t.Errorf("%s = %v: exit %d, want 2 saying %q", tc.key, tc.v, res.ExitCode, tc.says)
+		}
 	}
 	if h.Status(t) != nil {
-		t.Error("a report was written without an identity")
+		t.Error("a report was written with an invalid configuration")
 	}
 }
 

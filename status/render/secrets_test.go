@@ -1,4 +1,4 @@
-package status
+package render
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/status"
+	"github.com/bento-nix/bento/status/internal/statustest"
 )
 
 // A secret the host could not install shows in the message and in JSON,
@@ -26,26 +28,26 @@ func TestSecretErrors(t *testing.T) {
 		exit    int
 		summary string
 	}{
-		{"none", nil, "", ExitUpToDate, "1 host: 1 up-to-date"},
+		{"none", nil, "", status.ExitUpToDate, "1 host: 1 up-to-date"},
 		{"one", map[string]string{"api": `secret api: owner "svc": no such user on this host (create it, or fix services.bento.secrets.api.owner)`},
-			`1 secret not installed (api: owner "svc": no such user on this host`, ExitFailing, "1 host: 1 up-to-date; 1 with secrets not installed"},
+			`1 secret not installed (api: owner "svc": no such user on this host`, status.ExitFailing, "1 host: 1 up-to-date; 1 with secrets not installed"},
 		{"two, sorted", map[string]string{"wg": "the server publishes secret wg but this host declares no services.bento.secrets.wg", "db": "secret db: group \"pg\": no such group"},
-			`2 secrets not installed (db: group "pg": no such group; wg: the server publishes secret wg`, ExitFailing, "1 host: 1 up-to-date; 1 with secrets not installed"},
+			`2 secrets not installed (db: group "pg": no such group; wg: the server publishes secret wg`, status.ExitFailing, "1 host: 1 up-to-date; 1 with secrets not installed"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newChroot(t)
-			c.publish("pi", v1, now.Add(-time.Hour), sysA)
-			rep := applied(v1, sysA, now.Add(-time.Minute))
+			c := statustest.New(t)
+			c.Publish("pi", statustest.V1, now.Add(-time.Hour), statustest.SysA)
+			rep := statustest.Applied(statustest.V1, statustest.SysA, now.Add(-time.Minute))
 			rep.SecretErrors = tc.errs
 			rep.BytesFetched = 3 << 10
-			c.report("pi", rep)
-			s, err := Collect(context.Background(), Options{Root: c.root, Now: now})
+			c.Report("pi", rep)
+			s, err := status.Collect(context.Background(), status.Options{Root: c.Root, Now: now})
 			if err != nil {
 				t.Fatal(err)
 			}
 			r := s.Hosts[0]
-			if r.State != UpToDate || len(r.SecretErrors) != len(tc.errs) {
+			if r.State != status.UpToDate || len(r.SecretErrors) != len(tc.errs) {
 				t.Errorf("state %s, secretErrors %v", r.State, r.SecretErrors)
 			}
 			if tc.message != "" && !strings.HasPrefix(r.Message, tc.message) {
@@ -61,7 +63,7 @@ func TestSecretErrors(t *testing.T) {
 				t.Errorf("summary %q, want %q", got, tc.summary)
 			}
 			var buf bytes.Buffer
-			if err := WritePrometheus(&buf, s); err != nil {
+			if err := Prometheus(&buf, s); err != nil {
 				t.Fatal(err)
 			}
 			parser := expfmt.NewTextParser(model.LegacyValidation)
@@ -81,19 +83,19 @@ func TestSecretErrors(t *testing.T) {
 // bento no longer deploys does not raise the exit status with the secret
 // errors its leftover report names.
 func TestSecretErrorsOfHostsNotDeployed(t *testing.T) {
-	c := newChroot(t)
-	rep := applied(v1, sysA, now.Add(-time.Minute))
+	c := statustest.New(t)
+	rep := statustest.Applied(statustest.V1, statustest.SysA, now.Add(-time.Minute))
 	rep.SecretErrors = map[string]string{"api": "no such user"}
 	for _, h := range []string{"gone", "off"} {
-		c.publish(h, v1, now.Add(-time.Hour), sysA)
-		c.report(h, rep)
+		c.Publish(h, statustest.V1, now.Add(-time.Hour), statustest.SysA)
+		c.Report(h, rep)
 	}
 	f := &fleet.Fleet{Ref: "/fleet", Hosts: []fleet.Host{{Name: "off", Managed: true}}}
-	s, err := Collect(context.Background(), Options{Root: c.root, Fleet: f, Now: now})
+	s, err := status.Collect(context.Background(), status.Options{Root: c.Root, Fleet: f, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.ExitCode != ExitUpToDate || s.Summary.SecretErrors != 0 {
+	if s.ExitCode != status.ExitUpToDate || s.Summary.SecretErrors != 0 {
 		t.Errorf("exit %d, summary.secretErrors %d; want 0, 0 (%+v)", s.ExitCode, s.Summary.SecretErrors, s.Hosts)
 	}
 	if strings.Contains(SummaryLine(s, false), "secret") {
@@ -104,17 +106,17 @@ func TestSecretErrorsOfHostsNotDeployed(t *testing.T) {
 // Within a state, the default sort puts hosts with secrets not installed
 // first; facts in a message are separated by "; ".
 func TestSecretErrorsSortFirst(t *testing.T) {
-	c := newChroot(t)
+	c := statustest.New(t)
 	for _, h := range []string{"a", "b", "c"} {
-		c.publish(h, v1, now.Add(-time.Hour), sysA)
-		rep := applied(v1, sysA, now.Add(-time.Minute))
+		c.Publish(h, statustest.V1, now.Add(-time.Hour), statustest.SysA)
+		rep := statustest.Applied(statustest.V1, statustest.SysA, now.Add(-time.Minute))
 		if h == "b" {
 			rep.SecretErrors = map[string]string{"api": "no such user"}
 			rep.BytesFetched = 2 << 10
 		}
-		c.report(h, rep)
+		c.Report(h, rep)
 	}
-	s, err := Collect(context.Background(), Options{Root: c.root, Now: now})
+	s, err := status.Collect(context.Background(), status.Options{Root: c.Root, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +132,7 @@ func TestSecretErrorsSortFirst(t *testing.T) {
 	}
 	// In colour, its message is red even though its state is green.
 	var buf bytes.Buffer
-	if err := WriteTable(&buf, s, TableOptions{Color: true}); err != nil {
+	if err := Table(&buf, s, TableOptions{Color: true}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(buf.String(), "\x1b[1;31m1 secret not installed") || strings.Count(buf.String(), "\x1b[1;31m") != 2 {

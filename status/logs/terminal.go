@@ -1,4 +1,4 @@
-package status
+package logs
 
 import "github.com/bento-nix/bento/internal/termsafe"
 

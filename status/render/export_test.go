@@ -1,4 +1,4 @@
-package status
+package render
 
 import (
 	"bytes"
@@ -12,21 +12,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/status"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-
-	"github.com/bento-nix/bento/internal/atomicfile"
 )
 
 func TestPrometheusParses(t *testing.T) {
 	root, f := goldenFleet(t)
-	s, err := Collect(context.Background(), Options{Root: root, Fleet: f, Now: now})
+	s, err := status.Collect(context.Background(), status.Options{Root: root, Fleet: f, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := WritePrometheus(&buf, s); err != nil {
+	if err := Prometheus(&buf, s); err != nil {
 		t.Fatal(err)
 	}
 	// The legacy name rules: what node_exporter's textfile collector accepts.
@@ -76,7 +76,7 @@ func TestPrometheusParses(t *testing.T) {
 		{"bento_host_last_seen_timestamp_seconds", map[string]string{"host": "web-1"}, float64(now.Add(-3 * time.Minute).Unix())},
 		{"bento_hosts", map[string]string{"state": "stale"}, 2},
 		{"bento_hosts", map[string]string{"state": "pending"}, 0},
-		{"bento_status_exit_code", nil, ExitFailing},
+		{"bento_status_exit_code", nil, status.ExitFailing},
 		{"bento_status_timestamp_seconds", nil, float64(now.Unix())},
 	}
 	for _, c := range checks {
@@ -92,8 +92,8 @@ func TestPrometheusParses(t *testing.T) {
 	if _, ok := get("bento_host_system_match", map[string]string{"host": "new-box"}); ok {
 		t.Error("never-seen host has a system match")
 	}
-	if n := len(fams["bento_host_state"].GetMetric()); n != len(s.Hosts)*len(States) {
-		t.Errorf("%d bento_host_state series, want %d", n, len(s.Hosts)*len(States))
+	if n := len(fams["bento_host_state"].GetMetric()); n != len(s.Hosts)*len(status.States) {
+		t.Errorf("%d bento_host_state series, want %d", n, len(s.Hosts)*len(status.States))
 	}
 }
 
@@ -101,14 +101,14 @@ func TestPrometheusParses(t *testing.T) {
 // every read sees a whole exposition, old or new.
 func TestPrometheusFileIsAtomic(t *testing.T) {
 	root, f := goldenFleet(t)
-	s, err := Collect(context.Background(), Options{Root: root, Fleet: f, Now: now})
+	s, err := status.Collect(context.Background(), status.Options{Root: root, Fleet: f, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "bento.prom")
 	write := func() {
-		if err := atomicfile.Write(path, 0o644, func(w io.Writer) error { return WritePrometheus(w, s) }); err != nil {
+		if err := atomicfile.Write(path, 0o644, func(w io.Writer) error { return Prometheus(w, s) }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -136,7 +136,7 @@ func TestPrometheusFileIsAtomic(t *testing.T) {
 		}
 		p := expfmt.NewTextParser(model.LegacyValidation)
 		fams, err := p.TextToMetricFamilies(bytes.NewReader(data))
-		if err != nil || len(fams["bento_host_state"].GetMetric()) != len(s.Hosts)*len(States) {
+		if err != nil || len(fams["bento_host_state"].GetMetric()) != len(s.Hosts)*len(status.States) {
 			t.Fatalf("read %d saw a partial file (%d bytes): %v", reads, len(data), err)
 		}
 	}
@@ -151,21 +151,14 @@ func TestPrometheusFileIsAtomic(t *testing.T) {
 	}
 }
 
-func TestPrometheusFileInMissingDirectory(t *testing.T) {
-	err := atomicfile.Write(filepath.Join(t.TempDir(), "nope", "bento.prom"), 0o644, func(w io.Writer) error { return nil })
-	if err == nil || !strings.Contains(err.Error(), "nope/bento.prom") {
-		t.Fatalf("error %v, want one naming the file", err)
-	}
-}
-
 func TestJSONFields(t *testing.T) {
 	root, f := goldenFleet(t)
-	s, err := Collect(context.Background(), Options{Root: root, Fleet: f, Now: now})
+	s, err := status.Collect(context.Background(), status.Options{Root: root, Fleet: f, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := WriteJSON(&buf, s); err != nil {
+	if err := JSON(&buf, s); err != nil {
 		t.Fatal(err)
 	}
 	var doc map[string]any
@@ -183,7 +176,7 @@ func TestJSONFields(t *testing.T) {
 			t.Errorf("summary %v: want exactly total, states, secretErrors (docs/status.md)", sum)
 		}
 	}
-	if doc["exitCode"] != float64(ExitFailing) || doc["generatedAt"] != "2025-03-14T12:00:00Z" {
+	if doc["exitCode"] != float64(status.ExitFailing) || doc["generatedAt"] != "2025-03-14T12:00:00Z" {
 		t.Errorf("exitCode %v generatedAt %v", doc["exitCode"], doc["generatedAt"])
 	}
 	// Every documented host field is present on every host, null or not,
@@ -206,5 +199,31 @@ func TestJSONFields(t *testing.T) {
 	web := hosts[10].(map[string]any)
 	if web["host"] != "web-1" || web["state"] != "up-to-date" || web["lastSeenSeconds"] != float64(180) || web["systemMatch"] != true {
 		t.Errorf("web-1 row: %v", web)
+	}
+}
+
+// The gauges for a host that is broken or hostile (status's attack and
+// limits tests check the rows that set these flags).
+func TestPrometheusFlagsHostileHosts(t *testing.T) {
+	s := &status.Snapshot{Format: status.Format, GeneratedAt: now, Hosts: []status.Row{
+		{Host: "alpha", State: status.Unreadable, InvalidSystem: true},
+		{Host: "beta", State: status.Unreadable, ReportsOverLimit: true},
+		{Host: "gamma", State: status.UpToDate},
+	}}
+	var buf bytes.Buffer
+	if err := Prometheus(&buf, s); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`bento_host_invalid_system{host="alpha"} 1`,
+		`bento_host_invalid_system{host="beta"} 0`,
+		`bento_host_invalid_system{host="gamma"} 0`,
+		`bento_host_reports_over_limit{host="alpha"} 0`,
+		`bento_host_reports_over_limit{host="beta"} 1`,
+		`bento_host_reports_over_limit{host="gamma"} 0`,
+	} {
+		if !strings.Contains(buf.String(), want+"\n") {
+			t.Errorf("metrics lack %s:\n%s", want, buf.String())
+		}
 	}
 }

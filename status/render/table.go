@@ -1,0 +1,200 @@
+// Package render prints a status.Snapshot: the human table (Table,
+// SummaryLine), the documented JSON document (JSON) and Prometheus text
+// metrics (Prometheus). Host-written text reaches it already made one line
+// and terminal-safe by status; JSON escapes what encoding/json leaves raw.
+package render
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/bento-nix/bento/status"
+	"github.com/mattn/go-runewidth"
+)
+
+// TableOptions shape the human table.
+type TableOptions struct {
+	// Color adds ANSI colours (only on a terminal, never with NO_COLOR).
+	Color bool
+	// MessageWidth cuts messages to that many columns; 0 keeps them whole.
+	MessageWidth int
+	// Width, when positive and MessageWidth is not set, is the terminal's
+	// width: messages are cut so that rows fit (but never below 20 columns).
+	Width int
+}
+
+// minMessageWidth is the narrowest a cut message gets on a narrow terminal.
+const minMessageWidth = 20
+
+// ANSI colours per state: red needs action, yellow is silence, cyan is
+// work in progress, green is fine, grey is not deployed.
+var stateColor = map[status.State]string{
+	status.Unreadable:     "1;31",
+	status.Failing:        "1;31",
+	status.RolledBack:     "1;31",
+	status.Drift:          "1;35",
+	status.Stale:          "33",
+	status.NeverSeen:      "33",
+	status.Pending:        "36",
+	status.RebootRequired: "36",
+	status.Unpublished:    "36",
+	status.Removed:        "90",
+	status.UpToDate:       "32",
+	status.Disabled:       "90",
+	status.NotManaged:     "90",
+}
+
+func paint(s, code string, on bool) string {
+	if !on || code == "" {
+		return s
+	}
+	return "\x1b[" + code + "m" + s + "\x1b[0m"
+}
+
+// Table prints one aligned row per host and the summary line. Widths
+// are measured in terminal cells (wide and combining characters, emoji)
+// and colour codes never count, so columns line up whatever the content.
+func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
+	bw := bufio.NewWriter(w)
+	cond := &runewidth.Condition{EastAsianWidth: false, StrictEmojiNeutral: true}
+	if len(s.Hosts) > 0 {
+		header := []string{"HOST", "STATE", "PUBLISHED", "APPLIED", "SYSTEM", "SEEN", "MESSAGE"}
+		cells := make([][]string, 0, len(s.Hosts))
+		for i := range s.Hosts {
+			cells = append(cells, tableCells(&s.Hosts[i], s.GeneratedAt))
+		}
+		widths := columnWidths(header, cells, cond)
+		if msgWidth := o.messageWidth(widths); msgWidth > 0 {
+			last := len(header) - 1
+			for _, row := range cells {
+				if cond.StringWidth(row[last]) > msgWidth {
+					row[last] = cond.Truncate(row[last], msgWidth, "…")
+				}
+			}
+		}
+		writeRow(bw, header, widths, cond, func(int, string) string { return "1" }, o.Color)
+		for i, row := range cells {
+			r := &s.Hosts[i]
+			writeRow(bw, row, widths, cond, func(col int, _ string) string { return cellColor(r, col) }, o.Color)
+		}
+	}
+	bw.WriteString(SummaryLine(s, o.Color))
+	bw.WriteByte('\n')
+	return bw.Flush()
+}
+
+// columnWidths is the widest cell of each column but the last (the
+// message, which is never padded).
+func columnWidths(header []string, cells [][]string, cond *runewidth.Condition) []int {
+	widths := make([]int, len(header))
+	for i, h := range header {
+		widths[i] = cond.StringWidth(h)
+	}
+	for _, row := range cells {
+		for i, c := range row[:len(row)-1] {
+			widths[i] = max(widths[i], cond.StringWidth(c))
+		}
+	}
+	return widths
+}
+
+// messageWidth is how many columns a message may take: MessageWidth when
+// set, else what the terminal's Width leaves (at least minMessageWidth),
+// else 0 for no limit.
+func (o TableOptions) messageWidth(widths []int) int {
+	if o.MessageWidth != 0 || o.Width <= 0 {
+		return o.MessageWidth
+	}
+	used := 0
+	for _, w := range widths[:len(widths)-1] {
+		used += w + 2
+	}
+	return max(minMessageWidth, o.Width-used-1)
+}
+
+// cellColor is the colour of column col of r's row.
+func cellColor(r *status.Row, col int) string {
+	switch {
+	case col == 1:
+		return stateColor[r.State]
+	case col == 4 && r.SystemMatch != nil && !*r.SystemMatch:
+		return stateColor[status.Drift]
+	case col == 6 && r.HasSecretErrors():
+		// Whatever the state, a secret not installed needs action.
+		return stateColor[status.Failing]
+	}
+	return ""
+}
+
+func writeRow(w *bufio.Writer, cells []string, widths []int, cond *runewidth.Condition, color func(int, string) string, on bool) {
+	last := len(cells) - 1
+	for last > 0 && cells[last] == "" {
+		last--
+	}
+	for i := 0; i <= last; i++ {
+		c := cells[i]
+		w.WriteString(paint(c, color(i, c), on))
+		if i < last {
+			w.WriteString(strings.Repeat(" ", widths[i]-cond.StringWidth(c)+2))
+		}
+	}
+	w.WriteByte('\n')
+}
+
+func tableCells(r *status.Row, now time.Time) []string {
+	system := "-"
+	if r.SystemMatch != nil {
+		system = "match"
+		if !*r.SystemMatch {
+			system = "differs"
+		}
+	}
+	seen := "never"
+	if r.LastSeen != nil {
+		seen = status.Ago(now.Sub(*r.LastSeen))
+	}
+	return []string{
+		r.Host,
+		string(r.State),
+		orDash(status.ShortVersion(r.PublishedVersion)),
+		orDash(status.ShortVersion(r.AppliedVersion)),
+		system,
+		seen,
+		r.Message,
+	}
+}
+
+// SummaryLine counts hosts per state, most urgent first, then the hosts
+// with secrets not installed: "5 hosts: 1 failing, 1 pending, 3 up-to-date;
+// 1 with secrets not installed".
+func SummaryLine(s *status.Snapshot, color bool) string {
+	if s.Summary.Total == 0 {
+		return fmt.Sprintf("no hosts in %s yet (bento deploy publishes them)", s.Root)
+	}
+	var parts []string
+	for _, st := range status.States {
+		if n := s.Summary.States[st]; n > 0 {
+			parts = append(parts, paint(fmt.Sprintf("%d %s", n, st), stateColor[st], color))
+		}
+	}
+	noun := "hosts"
+	if s.Summary.Total == 1 {
+		noun = "host"
+	}
+	line := fmt.Sprintf("%d %s: %s", s.Summary.Total, noun, strings.Join(parts, ", "))
+	if n := s.Summary.SecretErrors; n > 0 {
+		line += "; " + paint(fmt.Sprintf("%d with secrets not installed", n), stateColor[status.Failing], color)
+	}
+	return line
+}
+
+// orDash fills an empty cell, so columns stay apart.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
