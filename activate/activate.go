@@ -17,12 +17,11 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/bento-nix/bento/internal/proc"
 	"github.com/bento-nix/bento/nix"
 )
 
@@ -220,6 +219,11 @@ func checkSystem(toplevel string) error {
 //
 // On error the Outcome tells whether anything changed (Failed) so that the
 // caller rolls back to the system it recorded with Current beforehand.
+//
+// ctx is checked before the machine is touched; once nix-env or
+// switch-to-configuration has started it runs to its end (Switch and
+// Rollback detach them from ctx): a switch cut in half leaves the machine
+// between two systems, worse than a late stop.
 func (a *Activator) Switch(ctx context.Context, toplevel, op string) (Outcome, error) {
 	if err := CheckOp(op); err != nil {
 		return Untouched, err
@@ -244,6 +248,9 @@ func (a *Activator) Switch(ctx context.Context, toplevel, op string) (Outcome, e
 		return Skipped, nil
 	}
 
+	if err := ctx.Err(); err != nil {
+		return Untouched, err
+	}
 	if op != OpTest {
 		if err := a.setProfile(ctx, toplevel); err != nil {
 			// nix-env replaces the profile link atomically, so it either
@@ -255,7 +262,7 @@ func (a *Activator) Switch(ctx context.Context, toplevel, op string) (Outcome, e
 		}
 	}
 	a.logf("running %s/bin/switch-to-configuration %s", toplevel, op)
-	if err := a.run(ctx, []string{filepath.Join(toplevel, "bin", "switch-to-configuration"), op}); err != nil {
+	if err := a.run(ctx, []string{filepath.Join(toplevel, "bin", "switch-to-configuration"), op}, true); err != nil {
 		return Failed, fmt.Errorf("activate %s: %w", toplevel, err)
 	}
 	if op != OpBoot {
@@ -291,7 +298,7 @@ func (a *Activator) Rollback(ctx context.Context, previous, op string) error {
 			return fmt.Errorf("roll back: %w", err)
 		}
 	}
-	if err := a.run(ctx, []string{filepath.Join(previous, "bin", "switch-to-configuration"), op}); err != nil {
+	if err := a.run(ctx, []string{filepath.Join(previous, "bin", "switch-to-configuration"), op}, true); err != nil {
 		return fmt.Errorf("roll back to %s: %w", previous, err)
 	}
 	return nil
@@ -304,9 +311,10 @@ func (a *Activator) setProfile(ctx context.Context, toplevel string) error {
 		return fmt.Errorf("set profile %s: %w", profile, err)
 	}
 	_, err := a.runner().Run(ctx, nix.Cmd{
-		Tool: "nix-env",
-		Args: []string{"--profile", profile, "--set", toplevel},
-		Log:  a.Log,
+		Tool:     "nix-env",
+		Args:     []string{"--profile", profile, "--set", toplevel},
+		Log:      a.Log,
+		Detached: true,
 	})
 	if err != nil {
 		return fmt.Errorf("set profile %s: %w", profile, err)
@@ -322,7 +330,7 @@ func (a *Activator) Reboot(ctx context.Context) error {
 		return errors.New("reboot: the reboot command is empty: configure a command such as [\"systemctl\", \"reboot\"]")
 	}
 	a.logf("rebooting: %s", strings.Join(cmd, " "))
-	if err := a.run(ctx, cmd); err != nil {
+	if err := a.run(ctx, cmd, false); err != nil {
 		return fmt.Errorf("reboot: %w", err)
 	}
 	return nil
@@ -330,68 +338,26 @@ func (a *Activator) Reboot(ctx context.Context) error {
 
 // CommandError is a command that failed; Output holds the last lines it
 // printed (standard output and error together, as a user sees them).
-type CommandError struct {
-	Command  []string
-	ExitCode int
-	Output   string
-	Err      error
-}
+type CommandError = proc.Error
 
-func (e *CommandError) Error() string {
-	var b strings.Builder
-	b.WriteString(shortCommand(e.Command))
-	if e.ExitCode >= 0 {
-		fmt.Fprintf(&b, " exited with status %d", e.ExitCode)
-	} else {
-		fmt.Fprintf(&b, ": %v", e.Err)
-	}
-	if e.Output != "" {
-		b.WriteString(": ")
-		b.WriteString(e.Output)
-	}
-	return b.String()
-}
+// switchGrace is how long switch-to-configuration and the reboot command
+// have between SIGTERM and SIGKILL when they are cancelled.
+const switchGrace = 10 * time.Second
 
-func (e *CommandError) Unwrap() error { return e.Err }
-
-// run starts argv in its own process group (so cancelling also stops what
+// run runs argv in its own process group (so cancelling also stops what
 // it forked), sends its output to the log and returns a *CommandError
 // quoting the output's tail when it fails. Nothing sits between the
-// process and its exit status: no shell, no pipe.
-func (a *Activator) run(ctx context.Context, argv []string) error {
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), a.Env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	tail := &nix.TailBuffer{Max: 32 << 10}
-	var out io.Writer = tail
-	if a.Log != nil {
-		out = io.MultiWriter(tail, a.Log)
-	}
-	// The same comparable writer for both streams: exec then writes from
-	// one goroutine at a time, and the log keeps the order a terminal shows.
-	cmd.Stdout, cmd.Stderr = out, out
-	err := cmd.Run()
-	if err == nil {
-		return nil
-	}
-	e := &CommandError{Command: argv, ExitCode: -1, Err: err}
-	var exitErr *exec.ExitError
-	if errors.As(err, &exitErr) && ctx.Err() == nil {
-		e.ExitCode = exitErr.ExitCode()
-	}
-	if ctx.Err() != nil {
-		e.Err = fmt.Errorf("%w (%w)", ctx.Err(), err)
-	}
-	e.Output = strings.Join(nix.Tail(tail.String(), 5), "\n  ")
-	return e
-}
-
-func shortCommand(argv []string) string {
-	parts := append([]string(nil), argv...)
-	if len(parts) > 0 && strings.HasSuffix(parts[0], "/bin/switch-to-configuration") {
-		parts[0] = "switch-to-configuration"
-	}
-	return strings.Join(parts, " ")
+// process and its exit status: no shell, no pipe. detached runs it to its
+// end whatever ctx does.
+func (a *Activator) run(ctx context.Context, argv []string, detached bool) error {
+	_, err := proc.Run(ctx, proc.Cmd{
+		Argv:      argv,
+		Env:       a.Env,
+		Stderr:    a.Log,
+		Combined:  true,
+		TailBytes: 32 << 10,
+		Grace:     switchGrace,
+		Detached:  detached,
+	})
+	return err
 }

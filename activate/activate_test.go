@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/bento-nix/bento/activate"
@@ -421,5 +422,78 @@ func TestDefaultPaths(t *testing.T) {
 	if p.Profile != "/tmp/p" || p.CurrentSystem != "/run/current-system" || p.BootedSystem != "/run/booted-system" ||
 		!slices.Equal(p.RebootCommand, []string{"systemctl", "reboot"}) {
 		t.Errorf("defaults: %+v", p)
+	}
+}
+
+// readyLog is an activation log that tells when a line "ready" appears.
+type readyLog struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	ready chan struct{}
+	once  sync.Once
+}
+
+func (l *readyLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(p)
+	if strings.Contains(l.buf.String(), "\nready\n") {
+		l.once.Do(func() { close(l.ready) })
+	}
+	return len(p), nil
+}
+
+func (l *readyLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// Once switch-to-configuration runs, cancelling ctx does not cut it in
+// half: it runs to its end and its exit status decides.
+func TestSwitchIsNotCancelled(t *testing.T) {
+	dir := t.TempDir()
+	top := filepath.Join(dir, "system")
+	if err := os.MkdirAll(filepath.Join(top, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := "#!/bin/sh\necho ready\nwhile [ ! -e \"$GO\" ]; do sleep 0.01; done\necho finished\n"
+	if err := os.WriteFile(filepath.Join(top, "bin", "switch-to-configuration"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	gofile := filepath.Join(dir, "go")
+	log := &readyLog{ready: make(chan struct{})}
+	a := &activate.Activator{
+		Paths: activate.Paths{Profile: filepath.Join(dir, "profile"), CurrentSystem: filepath.Join(dir, "current"), BootedSystem: filepath.Join(dir, "booted")},
+		Env:   []string{"GO=" + gofile},
+		Log:   log,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		out activate.Outcome
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := a.Switch(ctx, top, activate.OpTest)
+		done <- result{out, err}
+	}()
+	select {
+	case <-log.ready:
+	case r := <-done:
+		t.Fatalf("Switch ended before the script was ready: %v %v\n%s", r.out, r.err, log)
+	}
+	cancel()
+	if err := os.WriteFile(gofile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.out != activate.Switched || !strings.Contains(log.String(), "finished") {
+		t.Fatalf("Switch: %v, %v; want Switched with the script finished\n%s", r.out, r.err, log)
+	}
+	// Before the machine is touched, a done ctx still stops Switch.
+	if out, err := a.Switch(ctx, top, activate.OpTest); !errors.Is(err, context.Canceled) || out != activate.Untouched {
+		t.Errorf("Switch with a done ctx: %v, %v; want Untouched, context.Canceled", out, err)
 	}
 }

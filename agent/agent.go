@@ -59,6 +59,10 @@ type Options struct {
 	Now func() time.Time
 	// Rand spreads reboot times; a random seed when nil.
 	Rand *rand.Rand
+	// RetryNow ignores, for this tick, the retry delay of a version whose
+	// last attempt failed ("bento agent run --now", after fixing what made
+	// it fail on the host).
+	RetryNow bool
 }
 
 // Outcome says what a tick did.
@@ -316,6 +320,10 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	}
 	now := t.o.Now()
 	d, due := decide(st, head.Version, head.Expected, now, t.retry)
+	if d == waitRetry && t.o.RetryNow && !st.Attempt.Running {
+		t.say("--now: trying version %s again without waiting for its retry (due %s)", head.Version, due.Format(time.RFC3339))
+		d = apply
+	}
 	switch d {
 	case upToDate:
 		if t.cfg.SelfUpdate {

@@ -244,12 +244,14 @@ func (t *tick) failAttempt(ctx context.Context, st *State, rep *manifest.Report,
 }
 
 func (t *tick) rollback(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, act *activate.Activator, prev, reason string, cause error) (Outcome, error) {
-	rep.RollbackReason = reason
 	if prev == "" {
+		// No rollback happened, so the report names no reason for one
+		// (status would otherwise show a rollback that never was).
 		err := fmt.Errorf("%w; no system was running before (%s missing), so there is nothing to roll back to", cause, t.cfg.CurrentSystem)
 		log.Printf("%v", err)
 		return t.failAttempt(ctx, st, rep, log, err)
 	}
+	rep.RollbackReason = reason
 	if st.Switch != nil && st.Switch.Phase != phaseRollingBack {
 		// A machine found on prev after a kill was rolled back on purpose.
 		st.Switch.Phase = phaseRollingBack

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -467,7 +468,13 @@ func (c *Config) validateLogin(bad func(format string, args ...any)) {
 		bad("identityFile is empty: set it to the private key this host logs in with")
 	}
 	if _, err := transport.ParseHostKeys(c.ServerHostKey); err != nil {
-		bad("%w", err)
+		if k := strings.TrimSpace(c.ServerHostKey); strings.HasPrefix(k, "/") || strings.HasPrefix(k, "./") {
+			// Not read for the user: the file would have to be the
+			// server's, and a key is pinned on purpose, not looked up.
+			bad("serverHostKey %q is a file path, not a key: give the key itself, the line in the server's %s (for example --server-host-key \"$(cat %s)\")", k, filepath.Base(k), k)
+		} else {
+			bad("%w", err)
+		}
 	}
 }
 

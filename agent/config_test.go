@@ -234,6 +234,7 @@ func TestValidate(t *testing.T) {
 		{"no server", func(c *Config) { c.Server = "" }, "server is not set"},
 		{"no host key", func(c *Config) { c.ServerHostKey = "" }, "never trusts a server key on first use"},
 		{"garbage host key", func(c *Config) { c.ServerHostKey = "hello" }, "neither a public key"},
+		{"host key as a file path", func(c *Config) { c.ServerHostKey = "/etc/ssh/ssh_host_ed25519_key.pub" }, "is a file path, not a key: give the key itself, the line in the server's ssh_host_ed25519_key.pub"},
 		{"bad host name", func(c *Config) { c.Host = "../etc" }, "invalid host name"},
 		{"bad mode", func(c *Config) { c.Mode = "push" }, `mode "push" is not supported`},
 		{"bad operation", func(c *Config) { c.Operation = "dry-activate" }, "use switch, boot or test"},

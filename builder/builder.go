@@ -20,7 +20,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"time"
 
 	"github.com/bento-nix/bento/fleet"
@@ -125,47 +124,64 @@ func (r Result) Reason() string {
 	return ""
 }
 
+// withoutHost is a result's error for a line that names the host
+// already: "stage: cause".
 func withoutHost(err error) string {
-	var he *HostError
+	var he *fleet.HostError
 	if errors.As(err, &he) {
-		return he.Stage + ": " + errMessage(he.Err)
+		return (&fleet.HostError{Host: he.Host, Stage: he.Stage, Err: brief(he.Err)}).Detail()
 	}
-	return errMessage(err)
+	return brief(err).Error()
 }
 
-// errMessage is err without the host prefix and the nix command line:
-// what a summary table wants next to the host's name.
-func errMessage(err error) string {
-	var he *HostError
-	if errors.As(err, &he) {
-		err = he.Err
+// nixMessage is a failed nix command as a summary shows it: Nix's own
+// message, not the command line, which the *nix.Error it wraps keeps
+// (for errors.As, and the log).
+type nixMessage struct{ ne *nix.Error }
+
+func (m nixMessage) Error() string {
+	if m.ne.Message != "" {
+		return m.ne.Message
 	}
-	var ne *nix.Error
-	if errors.As(err, &ne) && ne.Message != "" {
-		msg := ne.Message
-		// Keep the context added around the nix error ("to file://…: ").
-		if s := err.Error(); strings.HasSuffix(s, ne.Error()) {
-			msg = strings.TrimSuffix(s, ne.Error()) + msg
-		}
-		return msg
-	}
-	return err.Error()
+	return m.ne.Error()
 }
 
-// HostError is a failure of one host at one stage (build, copy…). Its
+func (m nixMessage) Unwrap() error { return m.ne }
+
+// brief gives a nix command's error its short form; any other error
+// stays as it is. Wrap it right where the command failed, before adding
+// context, so that the context is kept.
+func brief(err error) error {
+	if ne, ok := err.(*nix.Error); ok {
+		return nixMessage{ne}
+	}
+	return err
+}
+
+// hostError is a failure of host at one stage (build, copy…). Its
 // message is short ("host alpha: build: error: …"); the *nix.Error it
 // wraps keeps the full command for errors.As.
-type HostError struct {
-	Host  string
-	Stage string
-	Err   error
+func hostError(host, stage string, err error) *fleet.HostError {
+	return &fleet.HostError{Host: host, Stage: stage, Err: brief(err)}
 }
 
-func (e *HostError) Error() string {
-	return fmt.Sprintf("host %s: %s: %s", e.Host, e.Stage, errMessage(e.Err))
+// StateDirError is a state directory Build cannot use: nothing was built.
+// Problem is what is wrong with it ("" when the path itself is).
+type StateDirError struct {
+	Dir     string
+	Problem string
+	Err     error
 }
 
-func (e *HostError) Unwrap() error { return e.Err }
+func (e *StateDirError) Error() string {
+	s := "build: state directory " + e.Dir
+	if e.Problem != "" {
+		s += " " + e.Problem
+	}
+	return s + ": " + e.Err.Error()
+}
+
+func (e *StateDirError) Unwrap() error { return e.Err }
 
 // MarshalJSON gives scripts the same facts as the summary table.
 func (r Result) MarshalJSON() ([]byte, error) {
@@ -224,7 +240,7 @@ func validate(hosts []fleet.Host, opts *Options) error {
 	}
 	abs, err := filepath.Abs(opts.StateDir)
 	if err != nil {
-		return fmt.Errorf("build: state directory %s: %w", opts.StateDir, err)
+		return &StateDirError{Dir: opts.StateDir, Err: err}
 	}
 	opts.StateDir = abs
 	if opts.SignKey != "" {

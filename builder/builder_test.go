@@ -492,7 +492,7 @@ func TestLastBuildsBadInput(t *testing.T) {
 
 func TestResultJSON(t *testing.T) {
 	res := builder.Result{Host: "alpha", Status: builder.StatusFailed, Duration: 1500 * time.Millisecond,
-		Err: &builder.HostError{Host: "alpha", Stage: "build", Err: &nix.Error{Host: "alpha", Command: []string{"nix", "build"}, Message: "error: boom", Err: errors.New("exit status 1")}}}
+		Err: &fleet.HostError{Host: "alpha", Stage: "build", Err: &nix.Error{Host: "alpha", Command: []string{"nix", "build"}, Message: "error: boom", Err: errors.New("exit status 1")}}}
 	data, err := json.Marshal(res)
 	if err != nil {
 		t.Fatal(err)

@@ -111,7 +111,7 @@ func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options)
 
 	for i, h := range hosts {
 		if !done[i] {
-			results[i] = Result{Host: h.Name, Status: StatusCancelled, Err: &HostError{Host: h.Name, Stage: "build", Err: fmt.Errorf("not started: %w", context.Cause(ctx))}}
+			results[i] = Result{Host: h.Name, Status: StatusCancelled, Err: hostError(h.Name, "build", fmt.Errorf("not started: %w", context.Cause(ctx)))}
 			prog.Done(results[i])
 		}
 	}
@@ -150,18 +150,11 @@ type hostRun struct {
 }
 
 func (h *hostRun) fail(stage string, err error) {
-	h.err = &HostError{Host: h.host.Name, Stage: stage, Err: err}
+	h.err = hostError(h.host.Name, stage, err)
 	if h.logf != nil {
 		h.lw.Flush()
-		fmt.Fprintf(h.logf, "bento: %s: %s\n", stage, bentoLines(errMessage(err)))
+		fmt.Fprintf(h.logf, "bento: %s: %s\n", stage, bentoLines(brief(err).Error()))
 	}
-}
-
-// bentoLines marks every line of a multi-line message as bento's own, so
-// that a log's tail (which leaves out bento's lines) does not show Nix's
-// last lines twice.
-func bentoLines(msg string) string {
-	return strings.ReplaceAll(strings.TrimRight(msg, "\n"), "\n", "\nbento: ")
 }
 
 // finish closes the host's log and returns its result.
@@ -359,7 +352,7 @@ func (b *run) build(ctx context.Context, h *hostRun) {
 	_, err = b.runner.Run(ctx, nix.Cmd{Host: name, Tool: "nix-store", Args: args, Log: h.lw})
 	if err != nil {
 		if _, statErr := os.Stat(h.res.DrvPath); errors.Is(statErr, os.ErrNotExist) {
-			err = fmt.Errorf("%w (its derivation %s was garbage-collected after evaluation: build again)", err, h.res.DrvPath)
+			err = fmt.Errorf("%w (its derivation %s was garbage-collected after evaluation: build again)", brief(err), h.res.DrvPath)
 		}
 		h.fail("build", err)
 		return
@@ -371,7 +364,7 @@ func (b *run) build(ctx context.Context, h *hostRun) {
 	}
 	h.res.OutPath = out
 	// Kept even when the run is being cancelled: the build is done.
-	if err := b.state.keep(Record{Host: name, OutPath: out, DrvPath: h.res.DrvPath, BuiltAt: time.Now().UTC()}, link); err != nil {
+	if err := b.state.keep(context.WithoutCancel(ctx), Record{Host: name, OutPath: out, DrvPath: h.res.DrvPath, BuiltAt: time.Now().UTC()}, link); err != nil {
 		h.fail("keep result", err)
 		return
 	}
@@ -393,8 +386,8 @@ func (b *run) copyResult(ctx context.Context, h *hostRun) {
 	err := b.copy(ctx, name, out, h.lw)
 	h.lw.Flush()
 	if err != nil {
-		h.res.CopyErr = &HostError{Host: name, Stage: "copy to " + b.opts.CopyTo, Err: err}
-		fmt.Fprintf(h.logf, "bento: copy to %s: %s\n", b.opts.CopyTo, bentoLines(errMessage(err)))
+		h.res.CopyErr = hostError(name, "copy to "+b.opts.CopyTo, err)
+		fmt.Fprintf(h.logf, "bento: copy to %s: %s\n", b.opts.CopyTo, bentoLines(brief(err).Error()))
 		return
 	}
 	fmt.Fprintf(h.logf, "bento: copied to %s\n", b.opts.CopyTo)
@@ -407,7 +400,7 @@ func (b *run) copyResult(ctx context.Context, h *hostRun) {
 func (b *run) copy(ctx context.Context, host, path string, lw *lineWriter) error {
 	if b.opts.SignKey != "" {
 		if _, err := b.runner.Run(ctx, nix.Cmd{Host: host, Args: []string{"store", "sign", "--recursive", "--key-file", b.opts.SignKey, path}, Log: lw}); err != nil {
-			return fmt.Errorf("signing: %w", err)
+			return fmt.Errorf("signing: %w", brief(err))
 		}
 	}
 	if strings.HasPrefix(b.opts.CopyTo, "ssh-ng://") {

@@ -1,20 +1,22 @@
 package builder
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bento-nix/bento/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/bento-nix/bento/internal/atomicfile"
+
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/flock"
 )
 
 // Layout of the state directory.
@@ -90,12 +92,12 @@ type stateDir struct {
 func openState(root string) (*stateDir, error) {
 	for _, d := range []string{GCRootsDir, LogsDir, BuildsDir} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return nil, fmt.Errorf("build: state directory %s is not usable: %w", root, err)
+			return nil, &StateDirError{Dir: root, Problem: "is not usable", Err: err}
 		}
 	}
 	probe, err := os.CreateTemp(filepath.Join(root, BuildsDir), ".probe-*")
 	if err != nil {
-		return nil, fmt.Errorf("build: state directory %s is not writable: %w", root, err)
+		return nil, &StateDirError{Dir: root, Problem: "is not writable", Err: err}
 	}
 	probe.Close()
 	os.Remove(probe.Name())
@@ -177,13 +179,17 @@ func (s *stateDir) outLink(host, logFile string) (string, error) {
 // newest that points at a different system, the previous build. Pruning
 // is only os.Remove (Nix drops the stale registration at its next GC), so
 // keeping costs no extra Nix process per host.
-func (s *stateDir) keep(rec Record, link string) error {
+//
+// The lock on the host's GC roots serialises concurrent bento processes;
+// rotating takes milliseconds, so a holder that keeps it for
+// keepLockTimeout is stuck, and waiting longer would only hang this one.
+func (s *stateDir) keep(ctx context.Context, rec Record, link string) error {
 	dir := filepath.Dir(link)
-	unlock, err := lockFile(filepath.Join(dir, ".lock"))
+	lk, err := flock.Acquire(ctx, filepath.Join(dir, ".lock"), flock.Options{Timeout: keepLockTimeout})
 	if err != nil {
 		return fmt.Errorf("gc roots: %w", err)
 	}
-	defer unlock()
+	defer lk.Release()
 	if target, err := os.Readlink(link); err != nil || target != rec.OutPath {
 		return fmt.Errorf("gc root %s: nix build did not link it to %s (%v)", link, rec.OutPath, err)
 	}
@@ -219,19 +225,9 @@ func exists(p string) bool {
 	return err == nil
 }
 
-// lockFile serialises GC root rotation of one host between concurrent
-// bento processes.
-func lockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
-}
+// keepLockTimeout bounds the wait for another process rotating the same
+// host's GC roots.
+const keepLockTimeout = time.Minute
 
 // writeRecord replaces the host's record atomically: temp file, fsync,
 // rename, fsync of the directory.

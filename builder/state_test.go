@@ -1,11 +1,16 @@
 package builder
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/bento-nix/bento/internal/flock"
 )
 
 // TestKeepPicksPrevious checks which older roots survive a new build:
@@ -52,7 +57,7 @@ func TestKeepPicksPrevious(t *testing.T) {
 				}
 			}
 			rec := Record{Host: "alpha", OutPath: tc.newOut, DrvPath: "/nix/store/x.drv"}
-			if err := s.keep(rec, filepath.Join(dir, tc.newRun)); err != nil {
+			if err := s.keep(context.Background(), rec, filepath.Join(dir, tc.newRun)); err != nil {
 				t.Fatal(err)
 			}
 			entries, _ := os.ReadDir(dir)
@@ -86,12 +91,48 @@ func TestKeepRefusesAMissingLink(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	err = s.keep(Record{Host: "alpha", OutPath: "/nix/store/a"}, filepath.Join(dir, "r1"))
+	err = s.keep(context.Background(), Record{Host: "alpha", OutPath: "/nix/store/a"}, filepath.Join(dir, "r1"))
 	if err == nil {
 		t.Fatal("keep accepted a build whose out link does not exist")
 	}
 	if recs, _ := LastBuilds(root); len(recs) != 0 {
 		t.Errorf("a record was written: %v", recs)
+	}
+}
+
+// keep waits for another process rotating the same host's roots, but no
+// longer than its context allows.
+func TestKeepWaitsForTheLock(t *testing.T) {
+	root := t.TempDir()
+	s, err := openState(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, GCRootsDir, "alpha")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "system")
+	os.MkdirAll(out, 0o755)
+	link := filepath.Join(dir, "r1")
+	if err := os.Symlink(out, link); err != nil {
+		t.Fatal(err)
+	}
+	other, err := flock.Acquire(context.Background(), filepath.Join(dir, ".lock"), flock.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := s.keep(ctx, Record{Host: "alpha", OutPath: out}, link); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("keep while another holds the lock: %v, want the context's deadline", err)
+	}
+	other.Release()
+	if err := s.keep(context.Background(), Record{Host: "alpha", OutPath: out}, link); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := LastBuilds(root); len(recs) != 1 || recs["alpha"].OutPath != out {
+		t.Errorf("records %v, want alpha's build", recs)
 	}
 }
 

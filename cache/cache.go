@@ -18,10 +18,10 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/bento-nix/bento/cache/narinfo"
 	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/flock"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 )
@@ -547,28 +547,12 @@ func lock(ctx context.Context, dir string, exclusive bool) (func(), error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cache pool: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
+	l, err := flock.Acquire(ctx, filepath.Join(dir, lockFile), flock.Options{Shared: !exclusive, Perm: 0o600})
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return nil, fmt.Errorf("cache pool %s: waiting for another bento using it: %w", dir, ctx.Err())
+	case err != nil:
 		return nil, fmt.Errorf("cache pool: %w", err)
 	}
-	how := syscall.LOCK_SH
-	if exclusive {
-		how = syscall.LOCK_EX
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("cache pool: lock: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("cache pool %s: waiting for another bento using it: %w", dir, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return func() { l.Release() }, nil
 }

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -22,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/gitcmd"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 )
@@ -50,22 +50,13 @@ type Options struct {
 	// ChunkStarted, when set, is called with the hosts of each chunk as its
 	// nix process starts (from several goroutines): a progress display.
 	ChunkStarted func(names []string)
-	// KeepGoing returns the hosts that evaluated, plus a *HostErrors for the
+	// KeepGoing returns the hosts that evaluated, plus a HostErrors for the
 	// others, instead of failing on the first host that does not evaluate.
 	KeepGoing bool
 }
 
-// HostError is one host that could not be discovered.
-type HostError struct {
-	Host string
-	Err  error
-}
-
-func (e *HostError) Error() string { return fmt.Sprintf("host %s: %v", e.Host, e.Err) }
-func (e *HostError) Unwrap() error { return e.Err }
-
 // HostErrors lists every host that failed to evaluate.
-type HostErrors []*HostError
+type HostErrors []*fleet.HostError
 
 func (es HostErrors) Error() string {
 	var parts []string
@@ -113,7 +104,7 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 	var valid []string
 	for _, n := range names {
 		if err := fleet.ValidateName(n); err != nil {
-			errs = append(errs, &HostError{Host: n, Err: err})
+			errs = append(errs, &fleet.HostError{Host: n, Err: err})
 			continue
 		}
 		valid = append(valid, n)
@@ -129,7 +120,7 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 	errs = append(errs, evalErrs...)
 	hosts = slices.DeleteFunc(hosts, func(h fleet.Host) bool {
 		if err := h.CheckAgentHost(); err != nil {
-			errs = append(errs, &HostError{Host: h.Name, Err: err})
+			errs = append(errs, &fleet.HostError{Host: h.Name, Err: err})
 			return true
 		}
 		return false
@@ -163,15 +154,19 @@ func localDir(ref string) (string, bool) {
 
 // checkTracked refuses a flake.nix that git does not track: Nix copies only
 // tracked files of a git repository, and its own message ("getting status
-// of …: No such file or directory") does not say why.
+// of …: No such file or directory") does not say why. A directory in no
+// work tree is read by Nix as it is; a git that fails is an error.
 func checkTracked(ctx context.Context, dir string) error {
-	top, err := exec.CommandContext(ctx, "git", "-C", dir, "rev-parse", "--show-toplevel").Output()
-	if err != nil {
-		return nil // not a git work tree (or no git): Nix reads the directory as is
+	top, err := gitcmd.Top(ctx, dir)
+	if err != nil || top == "" {
+		return err
 	}
-	cmd := exec.CommandContext(ctx, "git", "-C", dir, "ls-files", "--error-unmatch", "flake.nix")
-	if cmd.Run() != nil {
-		return fmt.Errorf("flake.nix is not tracked by git in %s, and Nix sees only tracked files of a git repository: run git add flake.nix (and the files it imports)", strings.TrimSpace(string(top)))
+	files, _, err := gitcmd.Tracked(ctx, dir, "flake.nix")
+	if err != nil {
+		return err
+	}
+	if len(files) == 0 {
+		return fmt.Errorf("flake.nix is not tracked by git in %s, and Nix sees only tracked files of a git repository: run git add flake.nix (and the files it imports)", top)
 	}
 	return nil
 }
@@ -289,7 +284,7 @@ func forEachChunk(ctx context.Context, names []string, opts Options, fallback bo
 	chunker := NewChunker(names, jobs, budget, opts.ChunkSize)
 	var mu sync.Mutex
 	var errs HostErrors
-	addErr := func(e *HostError) {
+	addErr := func(e *fleet.HostError) {
 		mu.Lock()
 		errs = append(errs, e)
 		mu.Unlock()
@@ -318,7 +313,7 @@ func forEachChunk(ctx context.Context, names []string, opts Options, fallback bo
 				}
 				if len(chunk) == 1 || !fallback {
 					for _, n := range chunk {
-						addErr(&HostError{Host: n, Err: hostCause(err)})
+						addErr(&fleet.HostError{Host: n, Err: hostCause(err)})
 					}
 					continue
 				}
@@ -328,7 +323,7 @@ func forEachChunk(ctx context.Context, names []string, opts Options, fallback bo
 						if gctx.Err() != nil {
 							return gctx.Err()
 						}
-						addErr(&HostError{Host: n, Err: hostCause(err)})
+						addErr(&fleet.HostError{Host: n, Err: hostCause(err)})
 						if !opts.KeepGoing {
 							break
 						}

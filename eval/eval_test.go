@@ -269,3 +269,17 @@ func lookup(f *fleet.Fleet, name string) (fleet.Host, bool) {
 	}
 	return f.Hosts[i], true
 }
+
+// A git work tree that git cannot read stops discovery with git's own
+// message, before Nix gives a vaguer one.
+func TestUnreadableGitIsReported(t *testing.T) {
+	dir := t.TempDir()
+	mustWrite(t, dir, sampleHosts())
+	if err := os.WriteFile(filepath.Join(dir, ".git"), []byte("gitdir: /nonexistent\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := eval.Discover(context.Background(), runner(), eval.Options{Ref: dir})
+	if err == nil || !strings.Contains(err.Error(), "rev-parse --show-toplevel exited with status 128") {
+		t.Fatalf("want git's failure, got %v", err)
+	}
+}

@@ -1,26 +1,25 @@
 // Package nix is the one place where bento starts Nix commands. Every call
-// carries a context (cancellation kills the whole process group, so no stray
-// builders survive Ctrl-C), captures stderr, and turns a failure into an
-// *Error that quotes Nix's own message, the command and the host.
+// carries a context and runs through internal/proc (cancellation stops the
+// whole process group, so no stray builders survive Ctrl-C), captures
+// stderr, and turns a failure into an *Error that quotes Nix's own
+// message, the command and the host.
 package nix
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
-	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/bento-nix/bento/internal/proc"
 )
 
 // killDelay is how long a cancelled command's process group has between
-// SIGTERM and SIGKILL.
+// SIGTERM and SIGKILL: nix passes SIGTERM on to its builders and needs a
+// moment to clean up.
 const killDelay = 5 * time.Second
 
 // Runner runs Nix commands. The zero value runs "nix" from PATH with the
@@ -54,6 +53,9 @@ type Cmd struct {
 	// bytes once it has exited (0 when unknown), whether it failed or not:
 	// discovery sizes its chunks from it.
 	MaxRSS *int64
+	// Detached runs the command to its end even when ctx is cancelled
+	// (see proc.Cmd.Detached).
+	Detached bool
 }
 
 // Error is a failed Nix command.
@@ -71,7 +73,7 @@ func (e *Error) Error() string {
 	if e.Host != "" {
 		fmt.Fprintf(&b, "host %s: ", e.Host)
 	}
-	b.WriteString(shortCommand(e.Command))
+	b.WriteString(proc.Quote(e.Command))
 	b.WriteString(": ")
 	if e.Message != "" {
 		b.WriteString(e.Message)
@@ -107,67 +109,46 @@ func (r *Runner) bin(tool string) string {
 
 // Run runs c and returns its standard output when c.Stdout is nil.
 func (r *Runner) Run(ctx context.Context, c Cmd) ([]byte, error) {
-	bin := r.bin(c.Tool)
-	cmd := exec.CommandContext(ctx, bin, c.Args...)
-	cmd.Dir = c.Dir
-	cmd.Env = append(append(os.Environ(), r.Env...), c.ExtraEnv...)
-	// A process group of its own, so that cancelling kills nix and every
-	// builder it forked, not only the direct child.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error {
-		pgid := cmd.Process.Pid
-		// Builders that ignore SIGTERM get SIGKILL a little later; the
-		// group outlives nix itself, so WaitDelay's kill of nix is not enough.
-		time.AfterFunc(killDelay, func() { syscall.Kill(-pgid, syscall.SIGKILL) })
-		return syscall.Kill(-pgid, syscall.SIGTERM)
-	}
-	cmd.WaitDelay = killDelay + time.Second
-
-	var stdout bytes.Buffer
-	if c.Stdout != nil {
-		cmd.Stdout = c.Stdout
-	} else {
-		cmd.Stdout = &stdout
-	}
-	stderr := &TailBuffer{Max: 64 << 10}
-	if c.Log != nil {
-		cmd.Stderr = io.MultiWriter(stderr, c.Log)
-	} else {
-		cmd.Stderr = stderr
-	}
-	full := append([]string{bin}, c.Args...)
+	full := append([]string{r.bin(c.Tool)}, c.Args...)
 	if r.Logger != nil {
 		r.Logger.Debug("running", "host", c.Host, "cmd", strings.Join(full, " "))
 	}
-	err := cmd.Run()
+	// proc gives nix a process group of its own, so that cancelling kills
+	// nix and every builder it forked, not only the direct child.
+	res, err := proc.Run(ctx, proc.Cmd{
+		Argv:      full,
+		Dir:       c.Dir,
+		Env:       append(append([]string(nil), r.Env...), c.ExtraEnv...),
+		Stdout:    c.Stdout,
+		Stderr:    c.Log,
+		TailBytes: 64 << 10,
+		Grace:     killDelay,
+		Detached:  c.Detached,
+	})
 	if c.MaxRSS != nil {
-		*c.MaxRSS = 0
-		if cmd.ProcessState != nil {
-			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-				// Linux reports ru_maxrss in KiB.
-				*c.MaxRSS = ru.Maxrss * 1024
-			}
-		}
+		*c.MaxRSS = res.MaxRSS
 	}
 	if err == nil {
-		return stdout.Bytes(), nil
+		return res.Stdout, nil
 	}
 	e := &Error{Host: c.Host, Command: full, ExitCode: -1, Err: err}
-	var exitErr *exec.ExitError
-	switch {
-	case errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist) && cmd.ProcessState == nil:
-		e.Err = fmt.Errorf("%w: %w", ErrNotInstalled, err)
-		return nil, e
-	case ctx.Err() != nil:
-		e.Err = fmt.Errorf("%w (%w)", ctx.Err(), err)
-		e.Message = ""
-		return nil, e
-	case errors.As(err, &exitErr):
-		e.ExitCode = exitErr.ExitCode()
+	var pe *proc.Error
+	if errors.As(err, &pe) {
+		// The command is quoted by e itself; keep only the cause.
+		e.Err = pe.Err
 	}
-	e.Message = Summarize(stderr.String())
-	if isFlakesDisabled(stderr.String()) {
-		e.Err = fmt.Errorf("%w: %w", ErrFlakesDisabled, err)
+	switch {
+	case errors.Is(err, proc.ErrNotFound):
+		e.Err = fmt.Errorf("%w: %w", ErrNotInstalled, e.Err)
+		return nil, e
+	case ctx.Err() != nil && !c.Detached:
+		return nil, e
+	case pe != nil:
+		e.ExitCode = pe.ExitCode
+	}
+	e.Message = Summarize(res.Tail)
+	if isFlakesDisabled(res.Tail) {
+		e.Err = fmt.Errorf("%w: %w", ErrFlakesDisabled, e.Err)
 		e.Message = ErrFlakesDisabled.Error()
 	}
 	return nil, e
@@ -191,7 +172,7 @@ func Summarize(stderr string) string {
 	lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
 	var kept []string
 	for _, l := range lines {
-		l = strings.TrimRight(stripANSI(l), " \r")
+		l = strings.TrimRight(proc.StripANSI(l), " \r")
 		if strings.TrimSpace(l) == "" {
 			continue
 		}
@@ -231,72 +212,5 @@ func Summarize(stderr string) string {
 	return strings.Join(out, "\n  ")
 }
 
-// Tail returns the last n non-empty lines of s.
-func Tail(s string, n int) []string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	var kept []string
-	for _, l := range lines {
-		if strings.TrimSpace(l) != "" {
-			kept = append(kept, stripANSI(l))
-		}
-	}
-	if len(kept) > n {
-		kept = kept[len(kept)-n:]
-	}
-	return kept
-}
-
-func shortCommand(args []string) string {
-	var parts []string
-	for _, a := range args {
-		if len(a) > 120 {
-			a = a[:117] + "..."
-		}
-		if strings.ContainsAny(a, " \t\n\"'") {
-			a = fmt.Sprintf("%q", a)
-		}
-		parts = append(parts, a)
-	}
-	if len(parts) > 0 {
-		if i := strings.LastIndexByte(parts[0], '/'); i >= 0 {
-			parts[0] = parts[0][i+1:]
-		}
-	}
-	return strings.Join(parts, " ")
-}
-
-func stripANSI(s string) string {
-	if !strings.ContainsRune(s, 0x1b) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == 0x1b && i+1 < len(s) && s[i+1] == '[' {
-			j := i + 2
-			for j < len(s) && (s[j] < 0x40 || s[j] > 0x7e) {
-				j++
-			}
-			i = j
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// TailBuffer keeps the last Max bytes written to it: enough of a long
-// command's output to quote its error, without holding all of it.
-type TailBuffer struct {
-	buf []byte
-	Max int
-}
-
-func (t *TailBuffer) Write(p []byte) (int, error) {
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.Max {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.Max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *TailBuffer) String() string { return string(t.buf) }
+// Tail returns the last n non-empty lines of s, without escape sequences.
+func Tail(s string, n int) []string { return proc.LastLines(s, n) }

@@ -1,12 +1,15 @@
 package nix_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -74,32 +77,89 @@ func TestToolsAreFoundBesideNix(t *testing.T) {
 	}
 }
 
-// Cancelling must kill every process the command started, not only nix.
-func TestCancelKillsProcessGroup(t *testing.T) {
-	// A sleep duration no other process uses marks our grandchild.
-	unique := fmt.Sprintf("30.%d", time.Now().UnixNano()%1e9)
-	r := &nix.Runner{Bin: fakeTool(t, "(sleep "+unique+") &\nsleep "+unique+"\n")}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { _, err := r.Output(ctx, "alpha", "build"); done <- err }()
-	time.Sleep(200 * time.Millisecond)
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("want context.Canceled, got %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after cancel")
+// readyWriter closes ready when the command prints a line "ready".
+type readyWriter struct {
+	mu    sync.Mutex
+	buf   strings.Builder
+	ready chan struct{}
+	once  sync.Once
+}
+
+func (w *readyWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if strings.Contains(w.buf.String(), "ready\n") {
+		w.once.Do(func() { close(w.ready) })
 	}
-	// The grandchild sleep must be gone: look for it in /proc.
-	time.Sleep(100 * time.Millisecond)
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), unique) {
-			t.Errorf("process %s survived cancellation: %q", e.Name(), cmdline)
+	return len(p), nil
+}
+
+// survivors lists the processes whose command line holds marker, waiting
+// a little for killed ones to go (SIGKILL takes effect asynchronously).
+func survivors(marker string) []string {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		var alive []string
+		entries, _ := os.ReadDir("/proc")
+		for _, e := range entries {
+			cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+			if err == nil && strings.Contains(string(cmdline), marker) {
+				alive = append(alive, fmt.Sprintf("%s %q", e.Name(), cmdline))
+			}
 		}
+		if len(alive) == 0 || time.Now().After(deadline) {
+			return alive
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Cancelling must kill every process the command started, not only nix,
+// and Run returns only once they are gone: a process that honours SIGTERM
+// quickly, one that ignores it after the kill delay.
+func TestCancelKillsProcessGroup(t *testing.T) {
+	tests := []struct {
+		name   string
+		script string
+	}{
+		{"honours TERM", "(sleep %[1]s) &\necho ready >&2\nsleep %[1]s\n"},
+		{"ignores TERM", "trap '' TERM\n(trap '' TERM; sleep %[1]s) &\necho ready >&2\nsleep %[1]s\n"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// A sleep duration no other process uses marks our grandchild.
+			unique := fmt.Sprintf("3%d.%d", i, time.Now().UnixNano()%1e9)
+			r := &nix.Runner{Bin: fakeTool(t, fmt.Sprintf(tc.script, unique))}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			log := &readyWriter{ready: make(chan struct{})}
+			done := make(chan error, 1)
+			go func() { _, err := r.Run(ctx, nix.Cmd{Host: "alpha", Args: []string{"build"}, Log: log}); done <- err }()
+			select {
+			case <-log.ready:
+			case err := <-done:
+				t.Fatalf("ended before it was ready: %v", err)
+			}
+			cancel()
+			select {
+			case err := <-done:
+				if !errors.Is(err, context.Canceled) {
+					t.Fatalf("want context.Canceled, got %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("Run did not return after cancel")
+			}
+			if alive := survivors(unique); len(alive) > 0 {
+				t.Errorf("processes survived cancellation: %v", alive)
+			}
+			// Nothing may signal the group once Run has returned: its id
+			// may then belong to another process group.
+			buf := make([]byte, 1<<20)
+			if bytes.Contains(buf[:runtime.Stack(buf, true)], []byte("internal/proc.escalate(")) {
+				t.Error("a SIGKILL for the process group is still pending after Run returned")
+			}
+		})
 	}
 }
 
@@ -111,26 +171,16 @@ func TestNotInstalled(t *testing.T) {
 	}
 }
 
-// A process that ignores SIGTERM is killed all the same, with its group.
-func TestCancelKillsStubbornProcesses(t *testing.T) {
-	unique := fmt.Sprintf("31.%d", time.Now().UnixNano()%1e9)
-	r := &nix.Runner{Bin: fakeTool(t, "trap '' TERM\n(trap '' TERM; sleep "+unique+") &\nsleep "+unique+"\n")}
+// A detached command runs to its end although ctx is already done.
+func TestDetachedIgnoresCancel(t *testing.T) {
+	r := &nix.Runner{Bin: fakeTool(t, "echo done\n")}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { _, err := r.Output(ctx, "alpha", "build"); done <- err }()
-	time.Sleep(200 * time.Millisecond)
 	cancel()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return after cancel")
+	if _, err := r.Run(ctx, nix.Cmd{Args: []string{"x"}}); !errors.Is(err, context.Canceled) {
+		t.Errorf("attached: %v, want context.Canceled", err)
 	}
-	time.Sleep(6 * time.Second) // past the SIGKILL delay
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), unique) {
-			t.Errorf("process %s survived cancellation: %q", e.Name(), cmdline)
-		}
+	out, err := r.Run(ctx, nix.Cmd{Args: []string{"x"}, Detached: true})
+	if err != nil || string(out) != "done\n" {
+		t.Errorf("detached: %q, %v", out, err)
 	}
 }

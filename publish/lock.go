@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"syscall"
 	"time"
+
+	"github.com/bento-nix/bento/internal/flock"
 )
 
 // LockFile is the name of the lock inside the chroot root. Its leading dot
@@ -18,56 +18,27 @@ const LockFile = ".bento-deploy.lock"
 // ErrLocked is returned (wrapped) when another deploy holds the lock.
 var ErrLocked = errors.New("another bento deploy is running")
 
-// Lock is the exclusive right to change a chroot root. It is a flock(2) on
-// <root>/.bento-deploy.lock: the kernel drops it when the process dies, so
-// a crashed deploy never leaves a stale lock behind.
-type Lock struct {
-	f *os.File
-}
+// Lock is the exclusive right to change a chroot root: a flock on
+// <root>/.bento-deploy.lock, which the kernel drops when the process dies,
+// so a crashed deploy never leaves a stale lock behind.
+type Lock = flock.Lock
 
 // AcquireLock takes the lock on root, waiting up to wait (0: fail at once).
 // Taking it writes nothing once the lock file exists.
 func AcquireLock(ctx context.Context, root string, wait time.Duration) (*Lock, error) {
 	p := filepath.Join(root, LockFile)
-	f, err := os.OpenFile(p, os.O_RDONLY|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", p, err)
+	l, err := flock.Acquire(ctx, p, flock.Options{NoWait: wait <= 0, Timeout: max(wait, 0)})
+	switch {
+	case errors.Is(err, flock.ErrHeld):
+		hint := "pass --lock-wait 10m to wait for it"
+		if wait > 0 {
+			hint = fmt.Sprintf("waited %s; pass a longer --lock-wait", wait)
+		}
+		return nil, fmt.Errorf("%w on %s (it holds %s; `fuser -v %s` shows which process): %s", ErrLocked, root, p, p, hint)
+	case err != nil && ctx.Err() != nil:
+		return nil, fmt.Errorf("waiting for the deploy lock on %s: %w", root, ctx.Err())
+	case err != nil:
+		return nil, err
 	}
-	deadline := time.Now().Add(wait)
-	delay := 10 * time.Millisecond
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return &Lock{f: f}, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", p, err)
-		}
-		if wait <= 0 || time.Now().After(deadline) {
-			f.Close()
-			hint := "pass --lock-wait 10m to wait for it"
-			if wait > 0 {
-				hint = fmt.Sprintf("waited %s; pass a longer --lock-wait", wait)
-			}
-			return nil, fmt.Errorf("%w on %s (it holds %s; `fuser -v %s` shows which process): %s", ErrLocked, root, p, p, hint)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("waiting for the deploy lock on %s: %w", root, ctx.Err())
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 500*time.Millisecond)
-	}
-}
-
-// Release drops the lock.
-func (l *Lock) Release() error {
-	if l == nil || l.f == nil {
-		return nil
-	}
-	err := l.f.Close()
-	l.f = nil
-	return err
+	return l, nil
 }

@@ -174,6 +174,9 @@ type Result struct {
 	Duration time.Duration `json:"-"`
 }
 
+// Stage names publication in a host's *fleet.HostError.
+const Stage = "publish"
+
 // OK reports whether the host is published (changed or not).
 func (r Result) OK() bool { return r.Status != StatusFailed }
 
@@ -369,7 +372,7 @@ func (p *Publisher) Publish(ctx context.Context, targets []Target) []Result {
 		r := j.res
 		if r.Err != nil {
 			r.Status = StatusFailed
-			r.Err = fmt.Errorf("host %s: publish: %w", j.name, r.Err)
+			r.Err = &fleet.HostError{Host: j.name, Stage: Stage, Err: r.Err}
 		}
 		results[i] = r
 	}

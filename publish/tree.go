@@ -1,7 +1,6 @@
 package publish
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,7 +10,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"sort"
@@ -20,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/gitcmd"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -134,7 +133,7 @@ func ReadTree(ctx context.Context, src Source, opts TreeOptions) (*Tree, error) 
 		}
 	}
 	if !src.Plain {
-		top, err := gitTop(ctx, w.realRoot)
+		top, err := gitcmd.Top(ctx, w.realRoot)
 		if err != nil {
 			return nil, err
 		}
@@ -199,67 +198,18 @@ func list(xs []string) string {
 	return strings.Join(xs, ", ")
 }
 
-// gitTop returns the top of the git work tree holding dir, or "" if none.
-func gitTop(ctx context.Context, dir string) (string, error) {
-	found := false
-	for d := dir; ; d = filepath.Dir(d) {
-		if _, err := os.Lstat(filepath.Join(d, ".git")); err == nil {
-			found = true
-			break
-		}
-		if d == filepath.Dir(d) {
-			break
-		}
-	}
-	if !found {
-		return "", nil
-	}
-	out, err := git(ctx, dir, "rev-parse", "--show-toplevel")
-	if err != nil {
-		return "", err
-	}
-	return strings.TrimSpace(string(out)), nil
-}
-
-func git(ctx context.Context, dir string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", dir}, args...)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		if errors.Is(err, exec.ErrNotFound) {
-			return nil, fmt.Errorf("%s is in a git repository but git is not installed: bento needs it to list the files Nix sees (apt-get install git)", dir)
-		}
-		return nil, fmt.Errorf("git %s in %s: %w: %s", strings.Join(args, " "), dir, err, strings.TrimSpace(stderr.String()))
-	}
-	return out, nil
-}
-
 // readGit ships what Nix sees of a git flake: the files in git's index
 // (committed or staged), read from the work tree; untracked files do not
 // exist for Nix, and submodules are left out unless ?submodules=1.
 func (w *walker) readGit() error {
-	out, err := git(w.ctx, w.realRoot, "ls-files", "-z", "--stage", "--", ".")
+	paths, submodules, err := gitcmd.Tracked(w.ctx, w.realRoot)
 	if err != nil {
 		return err
 	}
 	w.tracked = map[string]bool{}
-	var paths, submodules []string
-	for _, rec := range strings.Split(string(out), "\x00") {
-		meta, p, ok := strings.Cut(rec, "\t")
-		if !ok {
-			continue
-		}
-		if strings.HasPrefix(meta, "160000 ") {
-			submodules = append(submodules, p)
-			continue
-		}
-		if !w.tracked[p] {
-			w.tracked[p] = true
-			paths = append(paths, p)
-		}
+	for _, p := range paths {
+		w.tracked[p] = true
 	}
-	sort.Strings(paths)
 	if len(submodules) > 0 {
 		w.notes = append(w.notes, fmt.Sprintf("left out git submodule %s: Nix does not see submodules unless the flake URL says ?submodules=1", list(submodules)))
 	}
@@ -278,10 +228,12 @@ func (w *walker) readGit() error {
 			return err
 		}
 	}
-	if out, err := git(w.ctx, w.realRoot, "ls-files", "-z", "--others", "--exclude-standard", "--", "."); err == nil {
+	// Only for a note: a git that cannot list them costs the note, not
+	// the deploy.
+	if all, err := gitcmd.Untracked(w.ctx, w.realRoot); err == nil {
 		var untracked []string
-		for _, p := range strings.Split(string(out), "\x00") {
-			if p == "" || skipTop(p) || w.excluded0(filepath.Join(w.realRoot, p)) {
+		for _, p := range all {
+			if skipTop(p) || w.excluded0(filepath.Join(w.realRoot, p)) {
 				continue
 			}
 			untracked = append(untracked, p)

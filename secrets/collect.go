@@ -1,7 +1,6 @@
 package secrets
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,7 +10,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"sort"
@@ -19,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/gitcmd"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -309,35 +308,28 @@ func CheckExposure(ctx context.Context, fleetDir, secretsDir string, plain, clas
 	if plain {
 		return "", fmt.Errorf("secrets directory %s is inside the fleet %s, given as path:, so Nix would copy the secrets into the world-readable Nix store: %s", secretsDir, fleetDir, fix)
 	}
-	top, err := git(ctx, realFleet, "rev-parse", "--show-toplevel")
+	top, err := gitcmd.Top(ctx, realFleet)
 	if err != nil {
+		return "", fmt.Errorf("secrets directory %s is inside the fleet %s: %w", secretsDir, fleetDir, err)
+	}
+	if top == "" {
 		return "", fmt.Errorf("secrets directory %s is inside the fleet %s, which is not a git work tree, so Nix would copy the secrets into the world-readable Nix store: %s", secretsDir, fleetDir, fix)
 	}
-	top = strings.TrimSpace(top)
-	tracked, err := git(ctx, top, "ls-files", "-z", "--", realSecrets)
+	files, submodules, err := gitcmd.Tracked(ctx, top, realSecrets)
 	if err != nil {
-		return "", fmt.Errorf("secrets directory %s: git ls-files: %w", secretsDir, err)
+		return "", fmt.Errorf("secrets directory %s: %w", secretsDir, err)
 	}
-	if first, _, _ := strings.Cut(tracked, "\x00"); first != "" {
-		return "", fmt.Errorf("secret %s is tracked by git, so Nix copies it into the world-readable Nix store: git rm -r --cached %s && echo /%s/ >> .gitignore (and rotate the secret: it is in git history)", first, DirName, DirName)
+	if tracked := append(files, submodules...); len(tracked) > 0 {
+		return "", fmt.Errorf("secret %s is tracked by git, so Nix copies it into the world-readable Nix store: git rm -r --cached %s && echo /%s/ >> .gitignore (and rotate the secret: it is in git history)", tracked[0], DirName, DirName)
 	}
-	if _, err := git(ctx, top, "check-ignore", "-q", realSecrets); err != nil {
+	ignored, err := gitcmd.Ignored(ctx, top, realSecrets)
+	if err != nil {
+		return "", fmt.Errorf("secrets directory %s: %w", secretsDir, err)
+	}
+	if !ignored {
 		return fmt.Sprintf("%s is not in .gitignore: a git add -A would put the secrets into the Nix store at the next evaluation; add /%s/ to .gitignore", secretsDir, DirName), nil
 	}
 	return "", nil
-}
-
-func git(ctx context.Context, dir string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "git", append([]string{"-C", dir}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		if msg := strings.TrimSpace(stderr.String()); msg != "" {
-			return "", fmt.Errorf("%w: %s", err, msg)
-		}
-		return "", err
-	}
-	return stdout.String(), nil
 }
 
 // Guard resolves the secrets directory of the fleet at flakeRef (as given

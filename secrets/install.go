@@ -1,7 +1,6 @@
 package secrets
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -13,7 +12,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"regexp"
@@ -26,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/proc"
 	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 )
@@ -103,20 +102,10 @@ func (c Command) Restart(ctx context.Context, unit string) error {
 	if len(argv) == 0 {
 		argv = DefaultRestartCommand
 	}
-	cmd := exec.CommandContext(ctx, argv[0], append(argv[1:len(argv):len(argv)], unit)...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(out.String())
-		if len(msg) > 500 {
-			msg = msg[len(msg)-500:]
-		}
-		if msg != "" {
-			return fmt.Errorf("%s %s: %w: %s", strings.Join(argv, " "), unit, err, msg)
-		}
-		return fmt.Errorf("%s %s: %w", strings.Join(argv, " "), unit, err)
-	}
-	return nil
+	// The unit manager's own output explains a failure; the error quotes
+	// its last lines.
+	_, err := proc.Run(ctx, proc.Cmd{Argv: append(argv[:len(argv):len(argv)], unit), Combined: true, TailBytes: 4 << 10})
+	return err
 }
 
 // Installer puts staged secrets in place on the host.
@@ -585,18 +574,14 @@ func (i *Installer) decrypt(ctx context.Context, src string, w io.Writer) error 
 	if bin == "" {
 		bin = "age"
 	}
-	cmd := exec.CommandContext(ctx, bin, "-d", "-i", i.AgeIdentity, src)
-	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = w, &stderr
-	if err := cmd.Run(); err != nil {
-		if errors.Is(err, exec.ErrNotFound) {
-			return fmt.Errorf("it is age-encrypted, but %s is not installed (add pkgs.age to the agent's path)", bin)
-		}
-		msg := strings.TrimSpace(stderr.String())
-		if len(msg) > 300 {
-			msg = msg[:300]
-		}
-		return fmt.Errorf("age -d with %s: %w: %s (was it encrypted to this host's key? age -R /etc/ssh/ssh_host_ed25519_key.pub)", i.AgeIdentity, err, msg)
+	// Standard output is the plaintext: it goes to w only, never into the
+	// tail an error quotes, which holds age's own messages.
+	_, err := proc.Run(ctx, proc.Cmd{Argv: []string{bin, "-d", "-i", i.AgeIdentity, src}, Stdout: w, TailBytes: 4 << 10})
+	if errors.Is(err, proc.ErrNotFound) {
+		return fmt.Errorf("it is age-encrypted, but %s is not installed (add pkgs.age to the agent's path)", bin)
+	}
+	if err != nil {
+		return fmt.Errorf("%w (was it encrypted to this host's key? age -R /etc/ssh/ssh_host_ed25519_key.pub)", err)
 	}
 	return nil
 }

@@ -84,14 +84,11 @@ func (r *Row) fromReport(rep *manifest.Report, storeDir string, now time.Time) {
 	r.LastSeenSeconds = &age
 }
 
-// expected is the system the host should run: the manifest's, else the
-// server's last build (a publication made without building).
-func (r *Row) expected() string {
-	if r.ExpectedSystem != "" {
-		return r.ExpectedSystem
-	}
-	return r.ServerBuilt
-}
+// expected is the system the host should run: the one the manifest names.
+// A publication made without building (deploy --no-build) names none, and
+// the server's last build may be of another version, so it is no measure:
+// comparing with it showed hosts that applied the publication as drifting.
+func (r *Row) expected() string { return r.ExpectedSystem }
 
 // judge decides a host's state and message: first what keeps it from
 // being compared at all (the flake, unreadable files, nothing published or
@@ -182,6 +179,8 @@ func versionState(in hostInput, r *Row) (State, string) {
 		return RebootRequired, rebootMessage(rep, in.now)
 	case rep.Result == manifest.ResultAutoUpdated:
 		return UpToDate, "runs its own update of the flake inputs (self-update)"
+	case r.expected() == "":
+		return UpToDate, "not built by the server (published with --no-build): nothing to compare its system with"
 	}
 	return UpToDate, ""
 }

@@ -34,57 +34,62 @@ func Watch(ctx context.Context, o Options, every time.Duration, clock func() tim
 	}
 	defer w.Close()
 
-	redraw := func() error {
-		addWatches(w, o.Root)
-		o.Now = clock()
-		s, err := Collect(ctx, o)
-		if ctx.Err() != nil {
-			return nil
-		}
-		var ue *UsageError
-		if errors.As(err, &ue) {
-			return err
-		}
-		return draw(s, err)
-	}
+	redraw := func() error { return redraw(ctx, w, o, clock, draw) }
 	if err := redraw(); err != nil {
 		return err
 	}
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
+	// pending is a redraw soon after a burst of events.
 	var pending <-chan time.Time
+	soon := func() {
+		if pending == nil {
+			pending = time.After(settle)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-ticker.C:
-			pending = nil
-			if err := redraw(); err != nil {
-				return err
-			}
 		case <-pending:
-			pending = nil
-			if err := redraw(); err != nil {
-				return err
-			}
 		case _, ok := <-w.Events:
 			if !ok {
 				return nil
 			}
-			if pending == nil {
-				pending = time.After(settle)
-			}
+			soon()
+			continue
 		case _, ok := <-w.Errors:
 			// An overflowed event queue loses events, not changes: redraw
 			// soon, and the periodic redraw covers the rest.
 			if !ok {
 				return nil
 			}
-			if pending == nil {
-				pending = time.After(settle)
-			}
+			soon()
+			continue
+		}
+		pending = nil
+		if err := redraw(); err != nil {
+			return err
 		}
 	}
+}
+
+// redraw collects the status and draws it (or the error that stopped the
+// collection), after watching any new host directories. A usage error
+// stops the watch; a cancelled context draws nothing.
+func redraw(ctx context.Context, w *fsnotify.Watcher, o Options, clock func() time.Time, draw func(*Snapshot, error) error) error {
+	addWatches(w, o.Root)
+	o.Now = clock()
+	s, err := Collect(ctx, o)
+	if ctx.Err() != nil {
+		return nil
+	}
+	var ue *UsageError
+	if errors.As(err, &ue) {
+		return err
+	}
+	return draw(s, err)
 }
 
 // addWatches watches the root (new hosts), each host directory (manifest.json

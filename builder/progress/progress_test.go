@@ -13,14 +13,15 @@ import (
 
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/builder/progress"
+	"github.com/bento-nix/bento/fleet"
 )
 
 var results = []builder.Result{
 	{Host: "alpha", Status: builder.StatusBuilt, Duration: 2100 * time.Millisecond, OutPath: "/nix/store/aaaa-nixos-system-alpha"},
 	{Host: "bad", Status: builder.StatusFailed, Duration: time.Second,
-		Err: &builder.HostError{Host: "bad", Stage: "build", Err: errors.New("error: builder for 'x.drv' failed with exit code 1")}},
+		Err: &fleet.HostError{Host: "bad", Stage: "build", Err: errors.New("error: builder for 'x.drv' failed with exit code 1")}},
 	{Host: "copyfail", Status: builder.StatusBuilt, Duration: 3 * time.Second, OutPath: "/nix/store/cccc-nixos-system-copyfail",
-		CopyErr: &builder.HostError{Host: "copyfail", Stage: "copy to bogus://x", Err: errors.New("error: don't know how to open Nix store 'bogus://x'")}},
+		CopyErr: &fleet.HostError{Host: "copyfail", Stage: "copy to bogus://x", Err: errors.New("error: don't know how to open Nix store 'bogus://x'")}},
 	{Host: "late", Status: builder.StatusCancelled},
 }
 

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/bento-nix/bento/agent"
 	"github.com/bento-nix/bento/agent/trigger"
+	"github.com/bento-nix/bento/internal/proc"
 	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/manifest"
 )
@@ -38,6 +38,7 @@ func agentCommand() *cli.Command {
 			"flags and variables override the file. See docs/agent.md.",
 		Subcommands: []*cli.Command{
 			agentInstallSecretsCommand(),
+			agentStatusCommand(),
 			{
 				Name:  "run",
 				Usage: "run one tick: fetch, build, switch and report when a new version is published",
@@ -47,6 +48,7 @@ func agentCommand() *cli.Command {
 					"2 when the configuration is invalid.",
 				Flags: append(agentConfigFlags(),
 					&cli.DurationFlag{Name: "lock-wait", Usage: "give up when another tick holds the lock for this long (0: wait)"},
+					&cli.BoolFlag{Name: "now", Usage: "try a version that failed again now, without waiting for its retry delay"},
 				),
 				Action: func(c *cli.Context) error {
 					// A watcher that goes away (a closed pipe, a trigger
@@ -301,6 +303,7 @@ func runTick(c *cli.Context, cfg agent.Config, out io.Writer) error {
 		Nix:          nixRunner(c),
 		AgentVersion: version,
 		LockWait:     lockWait(c),
+		RetryNow:     c.Bool("now"),
 	})
 	var ce *agent.ConfigError
 	if errors.As(err, &ce) {
@@ -347,15 +350,13 @@ func runTickProcess(ctx context.Context, c *cli.Context, out io.Writer) error {
 			args = append(args, "--"+name, c.String(name))
 		}
 	}
-	cmd := exec.CommandContext(context.WithoutCancel(ctx), exe, args...)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Run(); err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return fmt.Errorf("bento agent run exited with status %d", ee.ExitCode())
-		}
-		return err
+	// No tail: out, when it is a file (the journal), is the tick's own
+	// descriptor, so its log goes on when this process is gone.
+	_, err = proc.Run(ctx, proc.Cmd{Argv: append([]string{exe}, args...), Stderr: out, Combined: true, TailBytes: -1, Detached: true})
+	var pe *proc.Error
+	if errors.As(err, &pe) && pe.ExitCode >= 0 {
+		// Its output went to out already; the status is what is left to say.
+		return fmt.Errorf("bento agent run exited with status %d", pe.ExitCode)
 	}
-	return nil
+	return err
 }

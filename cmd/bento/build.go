@@ -16,8 +16,7 @@ import (
 
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/builder/progress"
-	"github.com/bento-nix/bento/fleet"
-	"github.com/bento-nix/bento/nix"
+	"github.com/bento-nix/bento/deploy"
 )
 
 func buildCommand() *cli.Command {
@@ -129,7 +128,7 @@ func runBuild(c *cli.Context) error {
 		return err
 	}
 	opts.DrvPaths = drvs
-	hosts, skipped := splitDeployed(selected)
+	hosts, skipped := deploy.SplitDeployed(selected)
 	for _, s := range skipped {
 		fmt.Fprintf(errWriter(c), "bento: skipping %s: %s\n", s.Host, s.Reason)
 	}
@@ -138,7 +137,8 @@ func runBuild(c *cli.Context) error {
 	}
 	results, err := builder.Build(c.Context, nixRunner(c), hosts, opts)
 	if err != nil {
-		if strings.Contains(err.Error(), "state directory") {
+		var se *builder.StateDirError
+		if errors.As(err, &se) {
 			err = withHint(err, "--state-dir or BENTO_STATE_DIR chooses another directory")
 		}
 		return failed(err)
@@ -163,35 +163,15 @@ func runBuild(c *cli.Context) error {
 	return nil
 }
 
-// skippedHost is a selected host that bento does not build, and why.
-type skippedHost struct {
-	Host   string `json:"host"`
-	Reason string `json:"reason"`
-}
-
-// splitDeployed keeps the hosts bento deploys and explains the others.
-func splitDeployed(selected []fleet.Host) (hosts []fleet.Host, skipped []skippedHost) {
-	hosts = deployed(selected)
-	for _, h := range selected {
-		switch {
-		case !h.Managed:
-			skipped = append(skipped, skippedHost{h.Name, "not managed by bento (its configuration does not import the bento module)"})
-		case !h.Enable:
-			skipped = append(skipped, skippedHost{h.Name, "disabled (services.bento.enable = false)"})
-		}
-	}
-	return hosts, skipped
-}
-
-func printBuildJSON(w io.Writer, results []builder.Result, skipped []skippedHost, dryRun bool) error {
+func printBuildJSON(w io.Writer, results []builder.Result, skipped []deploy.Skipped, dryRun bool) error {
 	out := struct {
 		OK      bool             `json:"ok"`
 		DryRun  bool             `json:"dryRun"`
 		Results []builder.Result `json:"results"`
-		Skipped []skippedHost    `json:"skipped"`
+		Skipped []deploy.Skipped `json:"skipped"`
 	}{OK: buildFailure(results) == nil, DryRun: dryRun, Results: results, Skipped: skipped}
 	if out.Skipped == nil {
-		out.Skipped = []skippedHost{}
+		out.Skipped = []deploy.Skipped{}
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -263,7 +243,7 @@ func printBuildSummary(w io.Writer, results []builder.Result, color bool) error 
 		fmt.Fprintf(w, "\n%s %s: %s\n", paint("\x1b[31m", "✗"), r.Host, indent(r.Reason(), "  "))
 		if r.LogFile != "" {
 			fmt.Fprintf(w, "  log: %s\n", r.LogFile)
-			for _, l := range logTail(r.LogFile, logTailLines) {
+			for _, l := range builder.LogTail(r.LogFile, logTailLines) {
 				fmt.Fprintf(w, "  │ %s\n", l)
 			}
 		}
@@ -310,34 +290,6 @@ func buildFailure(results []builder.Result) error {
 		return nil
 	}
 	return failed(errors.New(strings.Join(parts, "; ")))
-}
-
-// logTail returns the last n lines Nix wrote to a host's log, without
-// bento's own header and footer lines.
-func logTail(path string, n int) []string {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	// A build log can be large; its end is what explains a failure.
-	const window = 64 << 10
-	if st, err := f.Stat(); err == nil && st.Size() > window {
-		if _, err := f.Seek(-window, io.SeekEnd); err != nil {
-			return nil
-		}
-	}
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return nil
-	}
-	var kept []string
-	for _, l := range strings.Split(string(data), "\n") {
-		if !strings.HasPrefix(l, "bento: ") {
-			kept = append(kept, l)
-		}
-	}
-	return nix.Tail(strings.Join(kept, "\n"), n)
 }
 
 func indent(s, prefix string) string {

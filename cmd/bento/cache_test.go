@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/bento-nix/bento/cache/narinfo"
+	"github.com/bento-nix/bento/deploy"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/nix"
 )
@@ -27,13 +28,14 @@ func TestDeployFillsHostCaches(t *testing.T) {
 		t.Fatal(stderr)
 	}
 	pub, _ := os.ReadFile(strings.TrimSuffix(key, ".sec") + ".pub")
-	deploy := func() {
+	poolDir := deploy.PoolDir
+	deployNow := func() {
 		t.Helper()
 		stdout, stderr, code := runCLI(t, e.args("--no-user-check", "--cache-key", key)...)
 		if code != 0 {
 			t.Fatalf("deploy: exit %d\n%s\n%s", code, stdout, stderr)
 		}
-		if strings.Contains(stdout+stderr, cachePoolDir) {
+		if strings.Contains(stdout+stderr, poolDir) {
 			t.Errorf("the pool shows up in the deploy's output:\n%s\n%s", stdout, stderr)
 		}
 	}
@@ -42,9 +44,9 @@ func TestDeployFillsHostCaches(t *testing.T) {
 		_, err := os.Stat(filepath.Join(dir, h+".narinfo"))
 		return err == nil
 	}
-	pool := filepath.Join(e.root, cachePoolDir)
+	pool := filepath.Join(e.root, poolDir)
 
-	deploy()
+	deployNow()
 	alpha1, _ := e.manifest(t, "alpha")
 	beta, _ := e.manifest(t, "beta")
 	for _, m := range []struct{ host, top string }{{"alpha", alpha1.ExpectedToplevel}, {"beta", beta.ExpectedToplevel}} {
@@ -62,7 +64,7 @@ func TestDeployFillsHostCaches(t *testing.T) {
 	}
 	// An unchanged redeploy keeps every link as it was.
 	before := cacheFiles(t, filepath.Join(e.root, "alpha", "cache"))
-	deploy()
+	deployNow()
 	if after := cacheFiles(t, filepath.Join(e.root, "alpha", "cache")); !maps.Equal(before, after) {
 		t.Errorf("an unchanged redeploy changed alpha's cache:\nbefore %v\nafter  %v", before, after)
 	}
@@ -82,7 +84,7 @@ func TestDeployFillsHostCaches(t *testing.T) {
 		if err := fixture.Write(e.fleet, fixture.Fleet{Hosts: hosts, Git: true}); err != nil {
 			t.Fatal(err)
 		}
-		deploy()
+		deployNow()
 	}
 	alpha3, _ := e.manifest(t, "alpha")
 	cacheDir := filepath.Join(e.root, "alpha", "cache")

@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bento-nix/bento/deploy"
 	"github.com/bento-nix/bento/eval"
 	"github.com/bento-nix/bento/fleet"
 )
@@ -73,11 +74,11 @@ func runCheck(c *cli.Context) error {
 			problems++
 		}
 	}
-	bad, err := checkUsers(f.Hosts, hosts, c.String("host-group"), systemAccounts{})
+	bad, err := deploy.CheckUsers(f.Hosts, hosts, c.String("host-group"), deploy.SystemAccounts{})
 	if err != nil {
 		return failed(err)
 	}
-	for _, h := range deployed(hosts) {
+	for _, h := range deploy.Deployed(hosts) {
 		if err := h.ValidateUser(); err != nil {
 			fmt.Fprintf(c.App.ErrWriter, "bento: host %s: %v\n", h.Name, err)
 			problems++
@@ -89,7 +90,7 @@ func runCheck(c *cli.Context) error {
 	if problems > 0 {
 		return failed(fmt.Errorf("%d %s to fix (see above)", problems, plural(problems, "problem", "problems")))
 	}
-	n := len(deployed(hosts))
+	n := len(deploy.Deployed(hosts))
 	fmt.Fprintf(c.App.Writer, "bento: %d deployed %s checked: no problems\n", n, plural(n, "host", "hosts"))
 	return nil
 }

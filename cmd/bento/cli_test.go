@@ -20,7 +20,7 @@ func runCLI(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	app := newApp()
 	app.Writer = &out
 	app.ErrWriter = &errOut
-	err := app.RunContext(context.Background(), append([]string{"bento"}, args...))
+	err := run(context.Background(), app, append([]string{"bento"}, args...))
 	code = exitCode(&errOut, err)
 	return out.String(), errOut.String(), code
 }

@@ -184,8 +184,3 @@ func (h *hinted) Error() string { return h.err.Error() + "\n(" + h.hint + ")" }
 func (h *hinted) Unwrap() error { return h.err }
 
 func withHint(err error, hint string) error { return &hinted{err, hint} }
-
-// deployed keeps the hosts bento publishes (managed and enabled).
-func deployed(hosts []fleet.Host) []fleet.Host {
-	return slices.DeleteFunc(slices.Clone(hosts), func(h fleet.Host) bool { return !h.Deployed() })
-}

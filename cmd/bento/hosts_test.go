@@ -39,8 +39,11 @@ func TestHostsCommand(t *testing.T) {
 			jsonHost: []string{"legacy", "web-1", "web-2"}},
 		{name: "selection matching nothing", args: []string{"hosts", "--flake", dir, "db-*"}, code: 2,
 			stderr: []string{`host selection "db-*" matches no host`, "known hosts: lab, legacy, pi, web-1, web-2"}},
-		{name: "flag after host names", args: []string{"hosts", "--flake", dir, "pi", "--json"}, code: 2,
-			stderr: []string{"--json comes after the host names", "put flags first"}},
+		// Flags go anywhere after the command; after an explicit "--"
+		// everything is a host name.
+		{name: "flag after host names", args: []string{"hosts", "--flake", dir, "pi", "--json"}, jsonHost: []string{"pi"}},
+		{name: "flag after --", args: []string{"hosts", "--flake", dir, "--", "pi", "--json"}, code: 2,
+			stderr: []string{"--json comes after the host names"}},
 		{name: "not a fleet", args: []string{"hosts", "--flake", t.TempDir()}, code: 1,
 			stderr: []string{"no flake.nix and no hosts/<name>/configuration.nix"}},
 	}

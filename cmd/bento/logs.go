@@ -67,29 +67,39 @@ func runLogs(c *cli.Context) error {
 	max := c.Int64("max-bytes")
 	switch {
 	case c.Bool("list"):
-		files, err := logs.List(root, host, limits)
-		if err != nil {
-			return logsError(err)
-		}
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tSIZE\tWRITTEN\t")
-		for _, l := range files {
-			latest := ""
-			if l.Latest {
-				latest = "latest"
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", termsafe.Line(l.Name), l.Size, l.ModTime.Local().Format("2006-01-02 15:04:05"), latest)
-		}
-		return tw.Flush()
+		return listLogs(w, root, host, limits)
 	case c.Bool("follow"):
 		return logsError(logs.Follow(c.Context, root, host, name, w, c.Duration("every"), max, limits))
 	}
+	return catLog(w, c.App.ErrWriter, root, host, name, max, limits)
+}
+
+// listLogs prints the host's logs, newest marked.
+func listLogs(w io.Writer, root, host string, limits status.ReportLimits) error {
+	files, err := logs.List(root, host, limits)
+	if err != nil {
+		return logsError(err)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSIZE\tWRITTEN\t")
+	for _, l := range files {
+		latest := ""
+		if l.Latest {
+			latest = "latest"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", termsafe.Line(l.Name), l.Size, l.ModTime.Local().Format("2006-01-02 15:04:05"), latest)
+	}
+	return tw.Flush()
+}
+
+// catLog prints one log (name "" is the latest), its name going to ew.
+func catLog(w, ew io.Writer, root, host, name string, max int64, limits status.ReportLimits) error {
 	rc, l, err := logs.Open(root, host, name, max, limits)
 	if err != nil {
 		return logsError(err)
 	}
 	defer rc.Close()
-	fmt.Fprintf(c.App.ErrWriter, "==> %s: %s <==\n", host, termsafe.Line(l.Name))
+	fmt.Fprintf(ew, "==> %s: %s <==\n", host, termsafe.Line(l.Name))
 	if _, err := io.Copy(w, rc); err != nil {
 		if errors.Is(err, logs.ErrTooBig) {
 			return failed(err)

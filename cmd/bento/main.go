@@ -10,11 +10,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/bento-nix/bento/internal/termsafe"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/bento-nix/bento/internal/termsafe"
 
 	"github.com/urfave/cli/v2"
 )
@@ -24,16 +25,16 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newApp().RunContext(ctx, os.Args)
+	err := run(ctx, newApp(), os.Args)
 	stop()
 	os.Exit(exitCode(os.Stderr, err))
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "bento",
 		Usage:                "pull-based deployment for a fleet of NixOS machines described by one flake",
-		Version:              version,
+		Version:              versionString(),
 		EnableBashCompletion: true,
 		Suggest:              true,
 		Flags:                globalFlags(),
@@ -51,7 +52,10 @@ func newApp() *cli.App {
 		},
 		// Errors are printed once, by exitCode, with their exit status.
 		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError:   onUsageError,
 	}
+	setUsageErrors(app.Commands)
+	return app
 }
 
 // exitError carries an exit status with an error.

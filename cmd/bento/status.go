@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -122,33 +121,40 @@ func statusStateDirFlag() cli.Flag {
 }
 
 func runStatus(c *cli.Context, prom *promTarget) error {
-	for _, a := range c.Args().Slice() {
-		if strings.HasPrefix(a, "-") {
-			return usageError("%s comes after the host names: put flags first (bento status %s HOST…)", a, a)
-		}
-		if prom.set && prom.file == "" && (strings.Contains(a, "/") || strings.HasSuffix(a, ".prom")) {
-			return usageError("%q is not a host: write --prometheus=%s (with =) to write the metrics to a file", a, a)
-		}
+	if err := checkStatusFlags(c, prom); err != nil {
+		return err
 	}
-	switch {
-	case c.Bool("json") && prom.set && prom.file == "":
-		return usageError("--json and --prometheus both print to standard output: choose one (or --prometheus=FILE)")
-	case c.Bool("watch") && c.Bool("json"):
-		return usageError("--watch redraws a table: it does not mix with --json")
-	case c.Bool("watch") && prom.set && prom.file == "":
-		return usageError("--watch with --prometheus needs a file: --prometheus=FILE rewrites it on every redraw")
-	case c.Duration("stale-after") < 0:
-		return usageError("--stale-after must be positive")
-	case c.Duration("every") <= 0:
-		return usageError("--every must be positive")
+	opts, err := statusOptions(c)
+	if err != nil {
+		return err
 	}
+	w := c.App.Writer
+	tty := isTerminal(w)
+	table := statusTable(c, w, tty)
+	if c.Bool("watch") {
+		err := render.Watch(c.Context, opts, render.Screen{Out: w, TTY: tty, Table: table, Every: c.Duration("every"), Clock: time.Now, PromFile: prom.file})
+		var ue *status.UsageError
+		if errors.As(err, &ue) {
+			return usageError("%w", err)
+		}
+		if err != nil {
+			return failed(err)
+		}
+		return nil
+	}
+	return printStatus(c, opts, prom, table)
+}
+
+// statusOptions reads the flags that say what status collects, and the
+// server's build records and fleet.
+func statusOptions(c *cli.Context) (status.Options, error) {
 	root := c.String("chroot-root")
 	if root == "" {
-		return usageError("--chroot-root is empty: give the directory holding the hosts' chroots (default %s)", DefaultChrootRoot)
+		return status.Options{}, usageError("--chroot-root is empty: give the directory holding the hosts' chroots (default %s)", DefaultChrootRoot)
 	}
 	limits, err := reportLimits(c)
 	if err != nil {
-		return err
+		return status.Options{}, err
 	}
 	opts := status.Options{
 		Root:         root,
@@ -158,7 +164,7 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 		ReportLimits: limits,
 	}
 	if err := status.SortRows(nil, opts.Sort); err != nil {
-		return usageError("%w", err)
+		return status.Options{}, usageError("%w", err)
 	}
 	// Asked once per run: a reported system must be right under it.
 	if dir, err := status.StoreDir(c.Context, nixRunner(c)); err == nil {
@@ -175,13 +181,15 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 	if !c.Bool("no-eval") {
 		f, evalErrs, err := statusFleet(c)
 		if err != nil {
-			return err
+			return status.Options{}, err
 		}
 		opts.Fleet, opts.EvalErrors = f, evalErrs
 	}
+	return opts, nil
+}
 
-	w := c.App.Writer
-	tty := isTerminal(w)
+// statusTable sizes the table to the terminal (unless --wide).
+func statusTable(c *cli.Context, w io.Writer, tty bool) render.TableOptions {
 	table := render.TableOptions{Color: useColor(c, w)}
 	if tty && !c.Bool("wide") {
 		if f, ok := w.(*os.File); ok {
@@ -190,56 +198,13 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 			}
 		}
 	}
+	return table
+}
 
-	if c.Bool("watch") {
-		var last []byte
-		draw := func(s *status.Snapshot, err error) error {
-			var buf bytes.Buffer
-			if err != nil {
-				fmt.Fprintf(&buf, "bento: %v\n", err)
-			} else {
-				render.Table(&buf, s, table)
-				if prom.file != "" {
-					if err := atomicfile.Write(prom.file, 0o644, func(w io.Writer) error { return render.Prometheus(w, s) }); err != nil {
-						fmt.Fprintf(&buf, "bento: %v\n", err)
-					}
-				}
-			}
-			if !tty {
-				// A log gets a table only when something in it changed.
-				if bytes.Equal(buf.Bytes(), last) {
-					return nil
-				}
-				last = bytes.Clone(buf.Bytes())
-				buf.WriteByte('\n')
-				_, err := w.Write(buf.Bytes())
-				return err
-			}
-			// Home, each line cleared to its end, then the rest of the
-			// screen: no flicker, no leftovers from a longer table.
-			var screen bytes.Buffer
-			screen.WriteString("\x1b[H")
-			for _, line := range strings.SplitAfter(buf.String(), "\n") {
-				screen.WriteString(strings.TrimSuffix(line, "\n"))
-				if strings.HasSuffix(line, "\n") {
-					screen.WriteString("\x1b[K\n")
-				}
-			}
-			fmt.Fprintf(&screen, "watching %s, redrawn %s; Ctrl-C quits\x1b[K\n\x1b[J", root, time.Now().Format("15:04:05"))
-			_, err = w.Write(screen.Bytes())
-			return err
-		}
-		err := status.Watch(c.Context, opts, c.Duration("every"), time.Now, draw)
-		var ue *status.UsageError
-		if errors.As(err, &ue) {
-			return usageError("%w", err)
-		}
-		if err != nil {
-			return failed(err)
-		}
-		return nil
-	}
-
+// printStatus collects the status once and prints it (table, --json or
+// --prometheus), exiting with the fleet's status.
+func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table render.TableOptions) error {
+	w := c.App.Writer
 	opts.Now = time.Now()
 	s, err := status.Collect(c.Context, opts)
 	if err != nil {
@@ -272,6 +237,40 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 	if s.ExitCode != status.ExitUpToDate {
 		// The table (or document) already says why.
 		return &exitError{code: s.ExitCode, err: errors.New("")}
+	}
+	return nil
+}
+
+// checkStatusFlags refuses arguments and flags that do not go together.
+func checkStatusFlags(c *cli.Context, prom *promTarget) error {
+	if err := checkStatusArgs(c, prom); err != nil {
+		return err
+	}
+	switch {
+	case c.Bool("json") && prom.set && prom.file == "":
+		return usageError("--json and --prometheus both print to standard output: choose one (or --prometheus=FILE)")
+	case c.Bool("watch") && c.Bool("json"):
+		return usageError("--watch redraws a table: it does not mix with --json")
+	case c.Bool("watch") && prom.set && prom.file == "":
+		return usageError("--watch with --prometheus needs a file: --prometheus=FILE rewrites it on every redraw")
+	case c.Duration("stale-after") < 0:
+		return usageError("--stale-after must be positive")
+	case c.Duration("every") <= 0:
+		return usageError("--every must be positive")
+	}
+	return nil
+}
+
+// checkStatusArgs refuses a flag after the host names, and a file name
+// --prometheus FILE (without =) would take for a host.
+func checkStatusArgs(c *cli.Context, prom *promTarget) error {
+	for _, a := range c.Args().Slice() {
+		if strings.HasPrefix(a, "-") {
+			return usageError("%s comes after the host names: put flags first (bento status %s HOST…)", a, a)
+		}
+		if prom.set && prom.file == "" && (strings.Contains(a, "/") || strings.HasSuffix(a, ".prom")) {
+			return usageError("%q is not a host: write --prometheus=%s (with =) to write the metrics to a file", a, a)
+		}
 	}
 	return nil
 }

@@ -169,18 +169,23 @@ func TestBuildFailureKeepsTheOldSystemAndRetriesLater(t *testing.T) {
 	if res.ExitCode == 0 || !strings.Contains(res.Output(), "next retry after") || strings.Contains(res.Output(), "building") {
 		t.Errorf("a tick before the retry is due must not build: exit %d", res.ExitCode)
 	}
+	// The operator, having fixed the cause on the host, asks for it now.
+	res = h.Run(t, "--now")
+	if !strings.Contains(res.Output(), "--now: trying version "+v2.Version+" again") || !strings.Contains(res.Output(), "attempt 2") {
+		t.Errorf("bento agent run --now did not try version %s again", v2.Version)
+	}
 	// Not never: once due (here: the operator shortens the delay), the
 	// same version is tried again.
 	h.Settings["retry"] = map[string]any{"initialDelay": "1ms", "maxDelay": "1h"}
 	res = h.Run(t)
-	if !strings.Contains(res.Output(), "attempt 2") || !strings.Contains(res.Output(), "fails on purpose") {
+	if !strings.Contains(res.Output(), "attempt 3") || !strings.Contains(res.Output(), "fails on purpose") {
 		t.Errorf("the due retry did not rebuild version %s", v2.Version)
 	}
-	if st := h.Status(t); st.Attempts != 2 || st.NextRetry == nil || st.AttemptedVersion != v2.Version {
-		t.Errorf("second failure: %+v", st)
+	if st := h.Status(t); st.Attempts != 3 || st.NextRetry == nil || st.AttemptedVersion != v2.Version {
+		t.Errorf("third failure: %+v", st)
 	}
-	if logs := h.Logs(t); len(logs) != 3 {
-		t.Errorf("uploaded logs %v, want one per attempt (3)", logs)
+	if logs := h.Logs(t); len(logs) != 4 {
+		t.Errorf("uploaded logs %v, want one per attempt (4)", logs)
 	}
 }
 

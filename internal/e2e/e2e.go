@@ -1,7 +1,7 @@
 // Package e2e runs bento end to end for tests: a real sshd serving one SFTP
 // chroot per host (package sshdtest), a fixture fleet published into those
 // chroots the way bento deploy does (package publish, with the systems
-// built by real Nix on the "server"), and the real bento binary running
+// built by real Nix on the "server", through package deploy), and the real bento binary running
 // "bento agent run" for each host, with every system path (profile,
 // current and booted system, reboot command) in a temporary directory.
 //
@@ -25,6 +25,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bento-nix/bento/builder"
+	"github.com/bento-nix/bento/deploy"
 	"github.com/bento-nix/bento/eval"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/fixture"
@@ -32,7 +34,6 @@ import (
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 	"github.com/bento-nix/bento/publish"
-	"github.com/bento-nix/bento/secrets"
 )
 
 // Env is one server with its fleet.
@@ -48,6 +49,9 @@ type Env struct {
 	// SFTP user.
 	SecretsDir string
 
+	// stateDir is the server's build state (GC roots, logs, records).
+	stateDir string
+
 	mu    sync.Mutex
 	hosts map[string]*Host
 }
@@ -58,6 +62,7 @@ func Start(t testing.TB, f fixture.Fleet) *Env {
 	e := &Env{
 		SSHD:     sshdtest.Start(t, sshdtest.Options{}),
 		FleetDir: filepath.Join(t.TempDir(), "fleet"),
+		stateDir: filepath.Join(t.TempDir(), "state"),
 		hosts:    map[string]*Host{},
 	}
 	// A classic fleet's <nixpkgs/nixos> is the stand-in it ships.
@@ -101,89 +106,49 @@ type Published struct {
 
 // Publish discovers the fleet, builds the named hosts' systems (all hosts
 // when none is named) with real Nix, and publishes them into their
-// chroots, as bento deploy does. A host whose server build fails is
-// published without an expected system.
+// chroots: package deploy's pipeline, as bento deploy --force runs it
+// (without user checks, binary caches or reports/ limits). A host whose
+// server build fails is published without an expected system. Secrets
+// (SecretsDir) belong to each host's SFTP user once Host created it.
 func (e *Env) Publish(t testing.TB, names ...string) map[string]Published {
 	t.Helper()
-	ctx := context.Background()
-	f, err := eval.Discover(ctx, e.Nix, eval.Options{Ref: e.FleetDir})
-	if err != nil {
-		t.Fatalf("e2e: discovering the fleet: %v", err)
-	}
-	hosts, err := fleet.Select(f.Hosts, names)
+	report, err := deploy.Run(context.Background(), deploy.Options{
+		Root:         e.SSHD.Root,
+		Force:        true,
+		LockWait:     time.Minute,
+		Build:        &builder.Options{Jobs: 2, StateDir: e.stateDir},
+		Nix:          e.Nix,
+		SecretsDir:   e.SecretsDir,
+		SecretsOwner: e.sftpUser,
+		Eval:         eval.Options{Ref: e.FleetDir},
+		Select:       names,
+	})
 	if err != nil {
 		t.Fatalf("e2e: %v", err)
-	}
-	p, err := publish.Open(ctx, publish.Options{Root: e.SSHD.Root, LockWait: time.Minute})
-	if err != nil {
-		t.Fatalf("e2e: %v", err)
-	}
-	defer p.Close()
-	var targets []publish.Target
-	built := map[string]string{}
-	for _, h := range hosts {
-		src, err := publish.SourceFor(h, f.Dir)
-		if err != nil {
-			t.Fatalf("e2e: %v", err)
-		}
-		out, err := BuildSystem(ctx, e.Nix, h)
-		if err == nil {
-			built[h.Name] = out
-		}
-		target := publish.Target{Host: h, Source: src, ExpectedToplevel: built[h.Name]}
-		if e.SecretsDir != "" {
-			target.Extra = e.secretsExtra(t, h.Name)
-		}
-		targets = append(targets, target)
 	}
 	res := map[string]Published{}
-	for _, r := range p.Publish(ctx, targets) {
+	for _, r := range report.Hosts {
 		if r.Err != nil {
 			t.Fatalf("e2e: %v", r.Err)
 		}
-		res[r.Host] = Published{Result: r, Built: built[r.Host]}
+		p := Published{Result: r.Result}
+		if r.Build != nil && r.Build.OK() {
+			p.Built = r.Build.OutPath
+		}
+		res[r.Host] = p
 	}
 	return res
 }
 
-// secretsExtra is what publishes a host's secrets (nil: none).
-func (e *Env) secretsExtra(t testing.TB, host string) *publish.Extra {
-	t.Helper()
-	files, err := secrets.Collect(e.SecretsDir, host)
-	if err != nil {
-		t.Fatalf("e2e: %v", err)
-	}
-	if len(files) == 0 {
-		return nil
-	}
-	owner := secrets.NoOwner
+// sftpUser is the account the server created for host h ("" before
+// Host did).
+func (e *Env) sftpUser(h fleet.Host) string {
 	e.mu.Lock()
-	h := e.hosts[host]
-	e.mu.Unlock()
-	if h != nil {
-		if owner, err = secrets.LookupOwner(h.SSH.User); err != nil {
-			t.Fatalf("e2e: %v", err)
-		}
+	defer e.mu.Unlock()
+	if c := e.hosts[h.Name]; c != nil {
+		return c.SSH.User
 	}
-	return &publish.Extra{Files: files, Write: func(ctx context.Context, dir string) error {
-		return secrets.Write(ctx, dir, e.SecretsDir, host, files, owner)
-	}}
-}
-
-// BuildSystem builds a host's toplevel and returns its out path.
-func BuildSystem(ctx context.Context, r *nix.Runner, h fleet.Host) (string, error) {
-	args := append([]string{"build", "--no-link", "--json"}, h.Installable("config.system.build.toplevel")...)
-	out, err := r.Run(ctx, nix.Cmd{Host: h.Name, Args: args})
-	if err != nil {
-		return "", err
-	}
-	var res []struct {
-		Outputs map[string]string `json:"outputs"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil || len(res) != 1 {
-		return "", fmt.Errorf("nix build printed %q", out)
-	}
-	return res[0].Outputs["out"], nil
+	return ""
 }
 
 // WriteManifest replaces a host's published manifest by hand (for

@@ -1,0 +1,127 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/bento-nix/bento/activate"
+	"github.com/bento-nix/bento/agent/backoff"
+	"github.com/bento-nix/bento/agent/queue"
+	"github.com/bento-nix/bento/internal/flock"
+	"github.com/bento-nix/bento/internal/statefile"
+	"github.com/bento-nix/bento/manifest"
+)
+
+// HostStatus is what the agent's state directory says about this host,
+// for "bento agent status": the host's own view, without the server.
+type HostStatus struct {
+	Host     string `json:"host"`
+	StateDir string `json:"stateDir"`
+	// AppliedVersion and AppliedSystem: the publication in effect.
+	AppliedVersion string `json:"appliedVersion"`
+	AppliedSystem  string `json:"appliedSystem"`
+	// Attempt is the last attempt (nil when there was none).
+	Attempt *Attempt `json:"attempt"`
+	// NextRetry is when a failed attempt is tried again under the current
+	// retry policy (nil when nothing waits).
+	NextRetry *time.Time `json:"nextRetry"`
+	// Unconfirmed is an activation the server has not confirmed yet: a
+	// tick rolls it back after its ConfirmBy unless the server answers.
+	Unconfirmed *SwitchJournal `json:"unconfirmed"`
+	// QueuedReports wait for the server.
+	QueuedReports int `json:"queuedReports"`
+	// PendingReboot is a planned reboot (nil when none).
+	PendingReboot *activate.PendingReboot `json:"pendingReboot"`
+	// TickRunning: a tick holds the lock now (TickHolder: its pid, as the
+	// lock file says).
+	TickRunning bool   `json:"tickRunning"`
+	TickHolder  string `json:"tickHolder,omitempty"`
+	// LastReport is the last report made (nil when none).
+	LastReport *manifest.Report `json:"lastReport"`
+	// Problems are state files that could not be read; a tick moves them
+	// aside and carries on.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// ReadStatus reads the state directory of cfg without changing anything
+// (a damaged file is named in Problems, not moved aside) and without
+// contacting the server.
+func ReadStatus(cfg Config, now time.Time) (*HostStatus, error) {
+	if err := cfg.Complete(); err != nil {
+		return nil, &ConfigError{err}
+	}
+	dir := cfg.StateDir
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("state directory %s does not exist: this host has not run a tick yet (bento agent run)", dir)
+		}
+		if err == nil {
+			err = errors.New("not a directory")
+		}
+		return nil, fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	s := &HostStatus{Host: cfg.Host, StateDir: dir}
+	var st State
+	if readJSON(filepath.Join(dir, stateFile), &st, s) {
+		s.AppliedVersion, s.AppliedSystem = st.AppliedVersion, st.AppliedSystem
+		if st.Attempt.Version != "" {
+			a := st.Attempt
+			s.Attempt = &a
+			if d, due := decide(st, a.Version, a.Expected, now, backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)}); d == waitRetry {
+				s.NextRetry = &due
+			}
+		}
+		s.Unconfirmed = st.Switch
+	}
+	var p activate.PendingReboot
+	if readJSON(filepath.Join(dir, activate.PendingFile), &p, s) && !p.At.IsZero() {
+		s.PendingReboot = &p
+	}
+	var r manifest.Report
+	if readJSON(filepath.Join(dir, lastReportFile), &r, s) {
+		s.LastReport = &r
+	}
+	if entries, err := (&queue.Queue{Dir: filepath.Join(dir, queueDir)}).List(); err == nil {
+		s.QueuedReports = len(entries)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		s.Problems = append(s.Problems, fmt.Sprintf("report queue: %v", err))
+	}
+	s.TickRunning, s.TickHolder = tickRunning(filepath.Join(dir, lockFile))
+	return s, nil
+}
+
+// readJSON decodes the state file path into v: false when it is missing or
+// unusable (then named in s.Problems).
+func readJSON(path string, v any, s *HostStatus) bool {
+	data, err := statefile.Read(path, maxStateFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	if err == nil {
+		err = json.Unmarshal(data, v)
+	}
+	if err != nil {
+		s.Problems = append(s.Problems, fmt.Sprintf("%s: %v (the next tick moves it aside)", filepath.Base(path), err))
+		return false
+	}
+	return true
+}
+
+// tickRunning tells whether a tick holds the state lock, by trying a
+// shared lock that a running tick's exclusive one refuses; nothing waits.
+func tickRunning(path string) (bool, string) {
+	l, err := flock.Acquire(context.Background(), path, flock.Options{Shared: true, NoWait: true, Existing: true})
+	if errors.Is(err, flock.ErrHeld) {
+		return true, flock.Holder(path)
+	}
+	if err == nil {
+		l.Release()
+	}
+	return false, ""
+}

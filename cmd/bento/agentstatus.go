@@ -1,0 +1,125 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bento-nix/bento/agent"
+	"github.com/bento-nix/bento/internal/termsafe"
+	"github.com/bento-nix/bento/internal/timespan"
+	"github.com/bento-nix/bento/manifest"
+)
+
+// agentStatusCommand is "bento agent status": the host's own view of where
+// it stands, from its state directory alone (no server needed).
+func agentStatusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show what this host applied, its last attempt, next retry, queued reports, planned reboot and whether a tick runs",
+		Description: "Reads the agent's state directory and changes nothing: it works while the\n" +
+			"server is unreachable and while a tick runs. Exits 0, or 1 when the last\n" +
+			"attempt failed or rolled back, a switch waits for its confirmation, or a\n" +
+			"state file is damaged.",
+		Flags: append(agentConfigFlags(),
+			&cli.BoolFlag{Name: "json", Usage: "print the status as JSON"},
+		),
+		Action: func(c *cli.Context) error {
+			cfg, err := agentConfig(c)
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			s, err := agent.ReadStatus(cfg, now)
+			if err != nil {
+				return failed(err)
+			}
+			if c.Bool("json") {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(s); err != nil {
+					return err
+				}
+			} else {
+				writeAgentStatus(&termsafe.Writer{W: c.App.Writer}, s, now)
+			}
+			if troubled(s) {
+				return failed(nil)
+			}
+			return nil
+		},
+	}
+}
+
+// troubled: something on this host needs a look.
+func troubled(s *agent.HostStatus) bool {
+	if len(s.Problems) > 0 || s.Unconfirmed != nil {
+		return true
+	}
+	return s.Attempt != nil && !s.Attempt.Running && (s.Attempt.Result == manifest.ResultFailure || s.Attempt.Result == manifest.ResultRolledBack)
+}
+
+func writeAgentStatus(w io.Writer, s *agent.HostStatus, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	when := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		d := now.Sub(t)
+		if d > -time.Second && d < time.Second {
+			return t.Local().Format(time.RFC3339) + " (just now)"
+		}
+		if d >= 0 {
+			return fmt.Sprintf("%s (%s ago)", t.Local().Format(time.RFC3339), timespan.Format(d.Round(time.Second)))
+		}
+		return fmt.Sprintf("%s (in %s)", t.Local().Format(time.RFC3339), timespan.Format((-d).Round(time.Second)))
+	}
+	orDash := func(v string) string {
+		if v == "" {
+			return "-"
+		}
+		return v
+	}
+	row("host", s.Host)
+	row("applied", orDash(s.AppliedVersion)+"  "+orDash(s.AppliedSystem))
+	if a := s.Attempt; a != nil {
+		result := string(a.Result)
+		if a.Running {
+			result = "running (or interrupted)"
+		}
+		row("last attempt", fmt.Sprintf("%s, attempt %d: %s, started %s", a.Version, a.Count, orDash(result), when(a.StartedAt)))
+	} else {
+		row("last attempt", "none")
+	}
+	if s.NextRetry != nil {
+		row("next retry", when(*s.NextRetry)+"  (bento agent run --now tries at once)")
+	}
+	if u := s.Unconfirmed; u != nil {
+		row("unconfirmed", fmt.Sprintf("switch to %s (%s) at %s; rolled back after %s unless the server answers", u.To, u.Version, when(u.At), when(u.ConfirmBy)))
+	}
+	row("queued reports", fmt.Sprint(s.QueuedReports))
+	if p := s.PendingReboot; p != nil {
+		row("planned reboot", when(p.At)+" into "+p.System)
+	}
+	tick := "no"
+	if s.TickRunning {
+		tick = "yes (" + s.TickHolder + ")"
+	}
+	row("tick running", tick)
+	if r := s.LastReport; r != nil {
+		msg := string(r.Result)
+		if r.Error != "" {
+			msg += ": " + r.Error
+		}
+		row("last report", fmt.Sprintf("%s, %s", msg, when(r.FinishedAt)))
+	}
+	for _, p := range s.Problems {
+		row("problem", p)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// completionFlag is what urfave/cli appends to ask for completions.
+const completionFlag = "--generate-bash-completion"
+
+// run runs the app on a command line made ready for it by normalizeArgs.
+func run(ctx context.Context, app *cli.App, args []string) error {
+	args, err := normalizeArgs(app, args)
+	if err != nil {
+		return err
+	}
+	return app.RunContext(ctx, args)
+}
+
+// normalizeArgs lets flags come anywhere after their command, as users of
+// most CLIs expect ("bento status --no-color", "bento deploy web-1
+// --force"): urfave/cli v2, like Go's flag package, stops at the first
+// argument that is not a flag, so the flags of the last command named are
+// moved before its arguments (as urfave/cli v1 did), and "--" is put
+// between them so that an argument starting with "-" stays an argument.
+// An explicit "--" ends the flags as usual. It also refuses an unknown
+// command with one line (urfave would print the whole help and exit 3,
+// which is status's "pending").
+func normalizeArgs(app *cli.App, args []string) ([]string, error) {
+	if len(args) < 2 {
+		return args, nil
+	}
+	complete := args[len(args)-1] == completionFlag
+	if complete {
+		args = args[:len(args)-1]
+	}
+	out := []string{args[0]}
+	rest := args[1:]
+	// Global flags before the command.
+	globals := takesValue(app.Flags)
+	for len(rest) > 0 && strings.HasPrefix(rest[0], "-") && rest[0] != "--" {
+		n := flagWidth(rest, globals)
+		out, rest = append(out, rest[:n]...), rest[n:]
+	}
+	if len(rest) == 0 || rest[0] == "--" {
+		return finish(append(out, rest...), complete), nil
+	}
+	// The command, and its subcommands.
+	cmds, path := app.Commands, "bento"
+	var cmd *cli.Command
+	for len(rest) > 0 {
+		next := find(cmds, rest[0])
+		if next == nil {
+			if cmd == nil && rest[0] != "help" && !complete {
+				return nil, usageError("unknown command %q; see bento --help", rest[0])
+			}
+			if cmd != nil && len(cmd.Subcommands) > 0 && cmd.Action == nil && !complete && !strings.HasPrefix(rest[0], "-") {
+				return nil, usageError("unknown command %q; see %s --help", path+" "+rest[0], path)
+			}
+			break
+		}
+		cmd, path = next, path+" "+next.Name
+		out, rest = append(out, rest[0]), rest[1:]
+		cmds = next.Subcommands
+	}
+	if cmd == nil {
+		return finish(append(out, rest...), complete), nil
+	}
+	values := takesValue(cmd.Flags)
+	own, global := flagNames(cmd.Flags), flagNames(app.Flags)
+	var flags, positional, moved []string
+	for len(rest) > 0 {
+		a := rest[0]
+		if a == "--" {
+			positional = append(positional, rest[1:]...)
+			break
+		}
+		if strings.HasPrefix(a, "-") && a != "-" {
+			name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			if !own[name] && global[name] {
+				// A global flag after the command ("bento status
+				// --verbose") goes where urfave looks for it.
+				n := flagWidth(rest, globals)
+				moved, rest = append(moved, rest[:n]...), rest[n:]
+				continue
+			}
+			n := flagWidth(rest, values)
+			flags, rest = append(flags, rest[:n]...), rest[n:]
+			continue
+		}
+		positional, rest = append(positional, a), rest[1:]
+	}
+	if len(moved) > 0 {
+		out = append(append([]string{out[0]}, moved...), out[1:]...)
+	}
+	out = append(out, flags...)
+	if len(positional) > 0 {
+		out = append(append(out, "--"), positional...)
+	}
+	return finish(out, complete), nil
+}
+
+func finish(args []string, complete bool) []string {
+	if complete {
+		return append(args, completionFlag)
+	}
+	return args
+}
+
+// flagWidth is how many arguments the flag at rest[0] takes: two when it
+// takes a value given separately ("--flake dir"), else one ("--json",
+// "--flake=dir", or a flag bento does not know, which urfave then refuses).
+func flagWidth(rest []string, values map[string]bool) int {
+	name := strings.TrimLeft(rest[0], "-")
+	if strings.Contains(name, "=") {
+		return 1
+	}
+	if values[name] && len(rest) > 1 {
+		return 2
+	}
+	return 1
+}
+
+// takesValue maps every name of the flags that take a value.
+func takesValue(flags []cli.Flag) map[string]bool {
+	m := map[string]bool{}
+	for _, f := range flags {
+		tv, ok := f.(interface{ TakesValue() bool })
+		if !ok || !tv.TakesValue() {
+			continue
+		}
+		if g, ok := f.(*cli.GenericFlag); ok {
+			// A value that says it is boolean ("--prometheus[=FILE]")
+			// takes its value only after "=", as Go's flag package does.
+			if b, ok := g.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+				continue
+			}
+		}
+		for _, n := range f.Names() {
+			m[n] = true
+		}
+	}
+	return m
+}
+
+// flagNames maps every name of flags.
+func flagNames(flags []cli.Flag) map[string]bool {
+	m := map[string]bool{"help": true, "h": true}
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			m[n] = true
+		}
+	}
+	return m
+}
+
+func find(cmds []*cli.Command, name string) *cli.Command {
+	for _, c := range cmds {
+		if c.HasName(name) {
+			return c
+		}
+	}
+	return nil
+}
+
+// onUsageError turns every flag error into one line and exit status 2,
+// naming the help to read, instead of urfave's whole help text.
+func onUsageError(c *cli.Context, err error, _ bool) error {
+	help := "bento"
+	if c.Command != nil && c.Command.HelpName != "" {
+		help = c.Command.HelpName
+	}
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: "); ok {
+		msg = "unknown flag " + name
+	}
+	return usageError("%s; see %s --help", msg, help)
+}
+
+// setUsageErrors gives every command onUsageError.
+func setUsageErrors(cmds []*cli.Command) {
+	for _, c := range cmds {
+		c.OnUsageError = onUsageError
+		setUsageErrors(c.Subcommands)
+	}
+}
+
+// versionString is the version set at link time, or else what the Go build
+// recorded: the module version (go install …@v1.2.3) and the VCS revision
+// (go build in a checkout), so that a bug report can name the code.
+func versionString() string {
+	if version != "dev" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return version
+	}
+	v := bi.Main.Version
+	if v == "" || v == "(devel)" {
+		v = "dev"
+	}
+	var rev, modified string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			modified = s.Value
+		}
+	}
+	if rev == "" {
+		return v
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if modified == "true" {
+		rev += ", modified"
+	}
+	return fmt.Sprintf("%s (%s)", v, rev)
+}
