@@ -39,7 +39,7 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	log.Printf("host %s: applying version %s published %s (attempt %d, mode %s, operation %s)",
 		t.cfg.Host, m.Version, m.PublishedAt.UTC().Format(time.RFC3339), st.Attempt.Count, t.cfg.Mode, t.cfg.Operation)
 
-	if t.cfg.Mode == "fetch" {
+	if t.cfg.Mode == manifest.ModeFetch {
 		// Fetch mode evaluates nothing, so it asks for no tree: the
 		// publication may not even list one (the way to keep hosts blind
 		// to each other's configuration). Trees and objects left from
@@ -64,7 +64,7 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	var toplevel string
 	var err error
 	cfg, doneCache := t.serverCache(ctx, m, log)
-	if t.cfg.Mode == "fetch" {
+	if t.cfg.Mode == manifest.ModeFetch {
 		log.Printf("realising %s from the substituters (fetch mode: evaluating nothing)", m.ExpectedToplevel)
 		toplevel, err = fetch(ctx, t.o.Nix, cfg, m, log)
 	} else {
@@ -74,14 +74,14 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	cacheBytes, err := doneCache(err)
 	rep.BytesFetched += cacheBytes
 	// A tampered cache is named by doneCache; the generic hints would mislead.
-	if err != nil && t.cfg.Mode == "fetch" && !errors.Is(err, sftpcache.ErrTampered) {
+	if err != nil && t.cfg.Mode == manifest.ModeFetch && !errors.Is(err, sftpcache.ErrTampered) {
 		err = fetchHint(err, log.Bytes())
 	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return Outcome{}, err
 		}
-		return fail(map[string]string{"fetch": "realise", "build": "build"}[t.cfg.Mode], err)
+		return fail(map[string]string{manifest.ModeFetch: "realise", manifest.ModeBuild: "build"}[t.cfg.Mode], err)
 	}
 	rep.ActualToplevel = toplevel
 	if m.ExpectedToplevel != "" {
@@ -197,7 +197,7 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 			t.restoreSecrets(ctx, st, rep, log)
 			return t.failAttempt(ctx, st, rep, log, err)
 		}
-		return t.rollback(ctx, st, rep, log, act, prev, "activation-failed", err)
+		return t.rollback(ctx, st, rep, log, act, prev, manifest.RollbackActivationFailed, err)
 	}
 	switch {
 	case outcome == activate.Skipped:
@@ -224,7 +224,7 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 		}
 		if err := activate.Confirm(ctx, timeout, probe); err != nil {
 			if errors.Is(err, activate.ErrUnconfirmed) {
-				return t.rollback(ctx, st, rep, log, act, prev, "server-unreachable", err)
+				return t.rollback(ctx, st, rep, log, act, prev, manifest.RollbackServerUnreachable, err)
 			}
 			return Outcome{}, err
 		}

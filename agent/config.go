@@ -17,6 +17,7 @@ import (
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/timespan"
+	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/secrets"
 )
 
@@ -126,7 +127,7 @@ func Defaults() Config {
 		Port:             22,
 		IdentityFile:     "/etc/ssh/ssh_host_ed25519_key",
 		StateDir:         "/var/lib/bento",
-		Mode:             "build",
+		Mode:             manifest.ModeBuild,
 		Operation:        activate.OpSwitch,
 		ConfirmTimeout:   Duration(60 * time.Second),
 		Reboot:           Reboot{Policy: activate.PolicyNever},
@@ -483,7 +484,7 @@ func (c *Config) validateApply(bad func(format string, args ...any)) {
 		bad("stateDir %q must be an absolute path", c.StateDir)
 	}
 	switch c.Mode {
-	case "build", "fetch":
+	case manifest.ModeBuild, manifest.ModeFetch:
 	default:
 		bad("mode %q is not supported: use build or fetch", c.Mode)
 	}
@@ -496,7 +497,7 @@ func (c *Config) validateApply(bad func(format string, args ...any)) {
 	if c.Retry.MaxDelay > 0 && c.Retry.InitialDelay > c.Retry.MaxDelay {
 		bad("retry: initialDelay (%s) must not be above maxDelay (%s)", timespan.Format(time.Duration(c.Retry.InitialDelay)), timespan.Format(time.Duration(c.Retry.MaxDelay)))
 	}
-	if c.Mode == "fetch" && c.SelfUpdate {
+	if c.Mode == manifest.ModeFetch && c.SelfUpdate {
 		bad("selfUpdate needs mode build: a host in fetch mode evaluates nothing")
 	}
 }

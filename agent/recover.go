@@ -102,7 +102,7 @@ func (t *tick) recoverSwitch(ctx context.Context, st *State) (Outcome, error) {
 			return Outcome{Action: ActionWaiting}, fmt.Errorf("%w (switch to %s not confirmed; rolled back after %s)", err, j.To, j.ConfirmBy.Format(time.RFC3339))
 		}
 		cause := fmt.Errorf("%w: the switch was not confirmed by %s and the server is still unreachable: %v", activate.ErrUnconfirmed, j.ConfirmBy.Format(time.RFC3339), err)
-		return t.rollback(actx, st, &rep, log, act, j.From, "server-unreachable", cause)
+		return t.rollback(actx, st, &rep, log, act, j.From, manifest.RollbackServerUnreachable, cause)
 	}
 	// Not in effect, or a rollback was under way.
 	var cause error
@@ -113,11 +113,11 @@ func (t *tick) recoverSwitch(ctx context.Context, st *State) (Outcome, error) {
 	}
 	onFrom := cur == j.From && (j.Op == activate.OpTest || prof == j.From)
 	if j.From != "" && !onFrom {
-		return t.rollback(actx, st, &rep, log, act, j.From, "interrupted", cause)
+		return t.rollback(actx, st, &rep, log, act, j.From, manifest.RollbackInterrupted, cause)
 	}
 	log.Printf("%v; the machine runs %s", cause, orNone(cur))
 	if j.Phase == phaseRollingBack {
-		rep.RollbackReason = "interrupted"
+		rep.RollbackReason = manifest.RollbackInterrupted
 		rep.Stage, rep.Result, rep.Error = manifest.StageRolledBack, manifest.ResultRolledBack, cause.Error()
 		return t.finishAttempt(actx, st, &rep, log, ActionRolledBack, cause)
 	}

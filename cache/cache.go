@@ -20,6 +20,7 @@ import (
 	"syscall"
 
 	"github.com/bento-nix/bento/cache/narinfo"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/internal/flock"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
@@ -344,7 +345,7 @@ func (p *Pool) LinkHost(ctx context.Context, hostDir string, toplevels []string)
 		}
 		st.Bytes += nars[n]
 	}
-	if err := syncDir(filepath.Join(dest, narinfo.NARDir)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Join(dest, narinfo.NARDir)); err != nil {
 		return st, err
 	}
 	if err := ensureCacheInfo(dir); err != nil {
@@ -358,7 +359,7 @@ func (p *Pool) LinkHost(ctx context.Context, hostDir string, toplevels []string)
 			return st, err
 		}
 	}
-	if err := syncDir(dest); err != nil {
+	if err := atomicfile.SyncDir(dest); err != nil {
 		return st, err
 	}
 
@@ -372,7 +373,7 @@ func (p *Pool) LinkHost(ctx context.Context, hostDir string, toplevels []string)
 	if err != nil {
 		return st, err
 	}
-	if err := syncDir(dest); err != nil {
+	if err := atomicfile.SyncDir(dest); err != nil {
 		return st, err
 	}
 	keepNAR := make(map[string]bool, len(nars))
@@ -395,41 +396,7 @@ func ensureCacheInfo(dir string) error {
 	if _, err := os.Stat(p); err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return writeFileAtomic(p, []byte("StoreDir: "+narinfo.StoreDir+"\n"), 0o644)
-}
-
-// writeFileAtomic writes data to path through a temporary file, fsynced
-// and renamed, so path holds the old content or the new, never part.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	return syncDir(filepath.Dir(path))
+	return atomicfile.WriteFile(p, []byte("StoreDir: "+narinfo.StoreDir+"\n"), 0o644)
 }
 
 // linkFile makes dst a hard link to src unless it already is one. The
@@ -533,7 +500,7 @@ func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
 		}
 		st.Removed++
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return st, err
 	}
 	ents, err = os.ReadDir(filepath.Join(dir, narinfo.NARDir))
@@ -569,18 +536,6 @@ func linked(file string) bool {
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	return !ok || st.Nlink > 1
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // lockFile serialises pool writers: Add and LinkHost share the pool,

@@ -456,7 +456,11 @@ func TestGenerateKey(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("secret key file: %v, mode %v; want 0600", err, fi.Mode().Perm())
 	}
-	got, err := cache.ReadPublicKey(pub)
+	pubData, err := os.ReadFile(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := narinfo.ParsePublicKey(string(pubData))
 	if err != nil || got.String() != k.String() || got.Name != "fleet.example.org-1" {
 		t.Errorf("public key file holds %v (%v), want %v", got, err, k)
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/bento-nix/bento/cache/narinfo"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 )
@@ -50,61 +51,13 @@ func GenerateKey(ctx context.Context, r *nix.Runner, name, secretFile, publicFil
 	}
 	// The public half first: a crash in between leaves no secret, so the
 	// next run simply starts again.
-	if err := writeFileAtomic(publicFile, []byte(pub.String()+"\n"), 0o644); err != nil {
+	if err := atomicfile.WriteFile(publicFile, []byte(pub.String()+"\n"), 0o644); err != nil {
 		return narinfo.PublicKey{}, fmt.Errorf("public key: %w", err)
 	}
-	if err := writeNew(secretFile, []byte(secret+"\n")); err != nil {
+	if err := atomicfile.WriteNew(secretFile, []byte(secret+"\n"), 0o600); err != nil {
 		return narinfo.PublicKey{}, fmt.Errorf("secret key: %w", err)
 	}
 	return pub, nil
-}
-
-// writeNew is writeFileAtomic (mode 0600) that fails if path appeared
-// meanwhile, so two keygens at once cannot replace each other's key.
-func writeNew(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	// link fails with EEXIST instead of replacing, unlike rename.
-	if err := os.Link(tmp, path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%s already exists", path)
-		}
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-// ReadPublicKey reads a public key file written by GenerateKey (or by
-// nix key convert-secret-to-public).
-func ReadPublicKey(file string) (narinfo.PublicKey, error) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return narinfo.PublicKey{}, fmt.Errorf("cache public key: %w (create the key pair with bento keygen)", err)
-	}
-	k, err := narinfo.ParsePublicKey(string(data))
-	if err != nil {
-		return narinfo.PublicKey{}, fmt.Errorf("cache public key %s: %w", file, err)
-	}
-	return k, nil
 }
 
 // PublicKey derives the public half of the pool's signing key.

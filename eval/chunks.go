@@ -105,13 +105,6 @@ func (c *Chunker) Observe(hosts int, maxRSS int64) {
 	c.perHost = max(c.perHost, per)
 }
 
-// PerHost is the measured memory per host, 0 before any measurement.
-func (c *Chunker) PerHost() int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.perHost
-}
-
 // Stop makes Next return nil from now on.
 func (c *Chunker) Stop() {
 	c.mu.Lock()
@@ -182,19 +175,4 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("memory size %q: want a positive number of bytes or one with a K, M, G or T suffix (8G, 512M)", s)
 	}
 	return int64(v * float64(mult)), nil
-}
-
-// FormatSize prints bytes in the largest binary unit that keeps one decimal.
-func FormatSize(b int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
-	v := float64(b)
-	i := 0
-	for v >= 1024 && i < len(units)-1 {
-		v /= 1024
-		i++
-	}
-	if i == 0 {
-		return fmt.Sprintf("%d B", b)
-	}
-	return fmt.Sprintf("%.1f %s", v, units[i])
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/gitcmd"
+	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 )
 
@@ -91,7 +92,7 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 			f.Layout = fleet.LayoutClassic
 			f.Ref = dir
 		default:
-			return nil, fmt.Errorf("fleet %s: no flake.nix and no hosts/<name>/configuration.nix there; point --flake at your fleet's flake (or run bento init)", ref)
+			return nil, fmt.Errorf("fleet %s: no flake.nix and no hosts/<name>/configuration.nix there; point --flake at your fleet's flake", ref)
 		}
 	}
 
@@ -471,7 +472,7 @@ func hostFromJSON(f *fleet.Fleet, name string, v gjson.Result) fleet.Host {
 		o.User = name
 	}
 	if o.Mode == "" {
-		o.Mode = "build"
+		o.Mode = manifest.ModeBuild
 	}
 	if o.Operation == "" {
 		o.Operation = "switch"

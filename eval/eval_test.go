@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -88,7 +89,10 @@ func TestInstallableQuotesDottedNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, _ := f.Lookup("pi.home")
+	h, ok := lookup(f, "pi.home")
+	if !ok {
+		t.Fatalf("pi.home not discovered: %+v", f.Hosts)
+	}
 	args := append([]string{"eval", "--raw"}, h.Installable("config.networking.hostName")...)
 	out, err := r.Output(context.Background(), h.Name, args...)
 	if err != nil {
@@ -183,7 +187,7 @@ func TestKeepGoingReturnsTheOtherHosts(t *testing.T) {
 	if f == nil || len(f.Hosts) != 4 {
 		t.Fatalf("want the 4 other hosts, got %+v", f)
 	}
-	if _, ok := f.Lookup("pi.home"); ok {
+	if _, ok := lookup(f, "pi.home"); ok {
 		t.Error("failed host is listed as discovered")
 	}
 }
@@ -256,6 +260,14 @@ func TestAgentHostMustBeTheAttributeName(t *testing.T) {
 	if got, want := strings.Join(names, " "), "db.eu=db.eu mail-1=mail-1 off-1=off plain-1="; got != want {
 		t.Errorf("discovered %s, want %s", got, want)
 	}
+}
+
+func lookup(f *fleet.Fleet, name string) (fleet.Host, bool) {
+	i := slices.IndexFunc(f.Hosts, func(h fleet.Host) bool { return h.Name == name })
+	if i < 0 {
+		return fleet.Host{}, false
+	}
+	return f.Hosts[i], true
 }
 
 // A git work tree that git cannot read stops discovery with git's own

@@ -137,11 +137,6 @@ func ConfigAttr(name string) string {
 	return "nixosConfigurations." + QuoteAttr(name)
 }
 
-// ToplevelAttr is the attribute path of the host's system closure.
-func ToplevelAttr(name string) string {
-	return ConfigAttr(name) + ".config.system.build.toplevel"
-}
-
 // Installable returns the nix arguments that name the attribute sub (e.g.
 // "config.system.build.toplevel") of this host, for nix build or nix eval.
 func (h Host) Installable(sub string) []string {
@@ -230,16 +225,6 @@ func names(hosts []Host) string {
 		return "none"
 	}
 	return strings.Join(ns, ", ")
-}
-
-// Lookup returns the host named name.
-func (f *Fleet) Lookup(name string) (Host, bool) {
-	for _, h := range f.Hosts {
-		if h.Name == name {
-			return h, true
-		}
-	}
-	return Host{}, false
 }
 
 var userRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]*$`)

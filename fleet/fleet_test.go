@@ -28,15 +28,15 @@ func TestValidateName(t *testing.T) {
 }
 
 func TestAttrPaths(t *testing.T) {
-	cases := []struct{ name, toplevel string }{
-		{"alpha", "nixosConfigurations.alpha.config.system.build.toplevel"},
-		{"web-1", "nixosConfigurations.web-1.config.system.build.toplevel"},
-		{"pi.home", `nixosConfigurations."pi.home".config.system.build.toplevel`},
-		{"0day", `nixosConfigurations."0day".config.system.build.toplevel`},
+	cases := []struct{ name, attr string }{
+		{"alpha", "nixosConfigurations.alpha"},
+		{"web-1", "nixosConfigurations.web-1"},
+		{"pi.home", `nixosConfigurations."pi.home"`},
+		{"0day", `nixosConfigurations."0day"`},
 	}
 	for _, tc := range cases {
-		if got := fleet.ToplevelAttr(tc.name); got != tc.toplevel {
-			t.Errorf("ToplevelAttr(%q) = %s, want %s", tc.name, got, tc.toplevel)
+		if got := fleet.ConfigAttr(tc.name); got != tc.attr {
+			t.Errorf("ConfigAttr(%q) = %s, want %s", tc.name, got, tc.attr)
 		}
 	}
 	if got := fleet.QuoteAttr(`a"${x}`); got != `"a\"\${x}"` {

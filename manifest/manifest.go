@@ -255,6 +255,24 @@ const (
 	StageFailed     Stage = "failed"
 )
 
+// Why a client rolled a version back: Report.RollbackReason.
+const (
+	RollbackActivationFailed  = "activation-failed"
+	RollbackServerUnreachable = "server-unreachable"
+	// RollbackInterrupted: the agent stopped (a crash, a reboot) before
+	// the switch took effect, and the next start undid it.
+	RollbackInterrupted = "interrupted"
+)
+
+// How a host gets its system (services.bento.mode, the agent's mode).
+const (
+	// ModeBuild evaluates and builds the published tree on the host.
+	ModeBuild = "build"
+	// ModeFetch realises the server's build from the substituters,
+	// evaluating nothing.
+	ModeFetch = "fetch"
+)
+
 // Result is the outcome of one attempt.
 type Result string
 

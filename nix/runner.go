@@ -89,6 +89,8 @@ func (e *Error) Unwrap() error { return e.Err }
 var ErrNotInstalled = errors.New("nix is not installed or not on PATH (on Debian: apt-get install nix-bin)")
 
 // ErrFlakesDisabled is returned (wrapped) when Nix refuses flakes or nix-command.
+//
+//lint:ignore ST1005 "Nix" is a name, capitalised wherever the message stands.
 var ErrFlakesDisabled = errors.New("Nix's experimental features are off: add \"experimental-features = nix-command flakes\" to /etc/nix/nix.conf or NIX_CONFIG")
 
 func (r *Runner) bin(tool string) string {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -160,7 +161,7 @@ func TestClientConfigCheck(t *testing.T) {
 			if err == nil {
 				t.Fatalf("the check derivation passed; want it to fail with %q", e.check)
 			}
-			if got := buildLog(err.Error()); !contains(got, e.check) {
+			if got := buildLog(err.Error()); !slices.Contains(got, e.check) {
 				t.Errorf("the check failed with\n%s\nwant the line\n%s", strings.Join(got, "\n"), e.check)
 			}
 		})

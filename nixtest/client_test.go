@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -133,7 +134,7 @@ func TestClientDefaults(t *testing.T) {
 	if svc.RestartIfChanged == nil || *svc.RestartIfChanged || svc.UnitConfig["X-StopOnRemoval"] != false {
 		t.Errorf("a switch could stop the agent that runs it: restartIfChanged %v, unitConfig %v", svc.RestartIfChanged, svc.UnitConfig)
 	}
-	if !contains(svc.Wants, "network-online.target") || !contains(svc.After, "network-online.target") {
+	if !slices.Contains(svc.Wants, "network-online.target") || !slices.Contains(svc.After, "network-online.target") {
 		t.Errorf("wants %v, after %v", svc.Wants, svc.After)
 	}
 	if svc.Environment["NIX_REMOTE"] != "daemon" || svc.Environment["HOME"] != "/root" {
@@ -253,7 +254,7 @@ func TestClientOptions(t *testing.T) {
 	// A new bento restarts it; KillMode=process keeps a running tick
 	// (TestTriggerRestartKeepsTheTick runs that for real).
 	if trig.RestartIfChanged == nil || !*trig.RestartIfChanged || len(trig.UnitConfig) != 0 || trig.ServiceConfig["KillMode"] != "process" ||
-		trig.ServiceConfig["Type"] != "simple" || !contains(trig.WantedBy, "multi-user.target") {
+		trig.ServiceConfig["Type"] != "simple" || !slices.Contains(trig.WantedBy, "multi-user.target") {
 		t.Errorf("bento-trigger = %+v", trig)
 	}
 	if want := []string{"bento-agent", "bento-secrets", "bento-trigger"}; !reflect.DeepEqual(keys(r.Services), want) || len(r.Sockets) != 0 {

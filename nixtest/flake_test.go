@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -38,7 +39,7 @@ func TestParseEveryNixFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"flake.nix", "modules/client.nix", "modules/server.nix", "nix/package.nix", "templates/fleet/flake.nix", "nixtest/vm/default.nix"} {
-		if !contains(files, want) {
+		if !slices.Contains(files, want) {
 			t.Errorf("%s is missing", want)
 		}
 	}
@@ -199,7 +200,7 @@ func TestFlakeInitTemplate(t *testing.T) {
 func templateFiles(t testing.TB) []string {
 	files := listFiles(t, filepath.Join(repoRoot(t), "templates/fleet"))
 	for _, want := range []string{"flake.nix", "README.md", "common.nix", "hosts/server/configuration.nix", "hosts/web/configuration.nix", "hosts/pi/configuration.nix"} {
-		if !contains(files, want) {
+		if !slices.Contains(files, want) {
 			t.Errorf("templates/fleet/%s is missing", want)
 		}
 	}
@@ -224,15 +225,6 @@ func listFiles(t testing.TB, dir string) []string {
 	}
 	sort.Strings(files)
 	return files
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func keys[V any](m map[string]V) []string {

@@ -7,6 +7,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -123,7 +124,7 @@ func TestServerModule(t *testing.T) {
 		"X11Forwarding no", "PermitTunnel no", "PermitListen none", "PermitOpen none", "GatewayPorts no",
 		"PasswordAuthentication no", "KbdInteractiveAuthentication no", "AuthenticationMethods publickey",
 	} {
-		if !contains(match, want) {
+		if !slices.Contains(match, want) {
 			t.Errorf("the Match block lacks %q:\n%s", want, r.SSH.ExtraConfig)
 		}
 	}
@@ -313,7 +314,7 @@ func inGroup(t testing.TB, u *user.User, gid string) bool {
 	if err != nil {
 		return true
 	}
-	return contains(ids, gid)
+	return slices.Contains(ids, gid)
 }
 
 // The deploy timer's command line is accepted by the real bento's parser.

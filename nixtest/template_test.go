@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -86,7 +87,7 @@ func TestTemplateAsWritten(t *testing.T) {
 		if len(h.Failed) != 1 || !strings.Contains(h.Failed[0], "serverHostKey is not set") || !strings.Contains(h.Failed[0], "cat /etc/ssh/ssh_host_ed25519_key.pub") {
 			t.Errorf("%s: failed assertions %q, want only the one about serverHostKey", name, h.Failed)
 		}
-		if !contains(h.Units, "bento-agent") || !contains(h.Units, "bento-agent.timer") {
+		if !slices.Contains(h.Units, "bento-agent") || !slices.Contains(h.Units, "bento-agent.timer") {
 			t.Errorf("%s: units %v", name, h.Units)
 		}
 	}
@@ -99,7 +100,7 @@ func TestTemplateAsWritten(t *testing.T) {
 	if len(server.Warnings) != 2 || !strings.Contains(strings.Join(server.Warnings, "\n"), "host `pi' has no public key") {
 		t.Errorf("server: warnings %q", server.Warnings)
 	}
-	if !contains(server.Users, "web") || !contains(server.Users, "pi") || !contains(server.Units, "bento-deploy") || !contains(server.Units, "bento-deploy.timer") {
+	if !slices.Contains(server.Users, "web") || !slices.Contains(server.Users, "pi") || !slices.Contains(server.Units, "bento-deploy") || !slices.Contains(server.Units, "bento-deploy.timer") {
 		t.Errorf("server: users %v, units %v", server.Users, server.Units)
 	}
 }

@@ -105,23 +105,16 @@ func (p *Publisher) copyObject(src, dir, sum string, size int64) (string, error)
 	}
 	defer in.Close()
 	tmp := filepath.Join(dir, atomicfile.TempPrefix+sum[2:]+"-"+randomSuffix())
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
-	if err != nil {
-		return "", err
+	v := atomicfile.Verified{Content: atomicfile.Content{Size: size, SHA256: sum}, Perm: 0o444, NoSync: true}
+	if p.umaskClears {
+		v.Finish = func(f *os.File) error { return f.Chmod(0o444) }
 	}
-	h := newHasher()
-	n, err := io.Copy(io.MultiWriter(out, h), in)
-	if err == nil && (n != size || h.hex() != sum) {
-		err = fmt.Errorf("%s %w", src, ErrChanged)
-	}
-	if err == nil && p.umaskClears {
-		err = out.Chmod(0o444)
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
+	_, err = atomicfile.CopyVerified(tmp, v, func(w io.Writer) (int64, error) { return io.Copy(w, in) })
+	var mismatch *atomicfile.MismatchError
+	if errors.As(err, &mismatch) {
+		return "", fmt.Errorf("%s %w", src, ErrChanged)
 	}
 	if err != nil {
-		os.Remove(tmp)
 		return "", err
 	}
 	return tmp, nil

@@ -452,7 +452,7 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	// host can read the fleet's configuration through it.
 	files, version := p.treeVersion(tree, extra)
 	entries := tree.Files
-	if t.Host.Options.Mode == "fetch" {
+	if t.Host.Options.Mode == manifest.ModeFetch {
 		files, entries = []manifest.File{}, nil
 	}
 	res.Version, res.Files = version, len(files)

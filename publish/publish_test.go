@@ -234,13 +234,6 @@ func sumsOf(m *manifest.Manifest) map[string]bool {
 	return out
 }
 
-func sortStrings2(s []string) []string {
-	if s[0] > s[1] {
-		s[0], s[1] = s[1], s[0]
-	}
-	return s
-}
-
 // A host that cannot be published keeps its publication exactly as it was,
 // and the other hosts go on.
 func TestFailureKeepsPublication(t *testing.T) {

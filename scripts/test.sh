@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Runs bento's whole test suite against real Nix and a real sshd.
-# Installs what it needs first (scripts/deps.sh). Tests that start sshd or
-# create chroot users need root, as in CI.
+# Runs bento's whole test suite against real Nix and a real sshd, and the
+# checks that keep the tree in shape: go vet, gofmt, staticcheck (pinned),
+# the import layers (internal/layers, an ordinary test), the race detector
+# where it can run, the skip rule (under CI=true a skipped test fails the
+# run unless .ci/skips allows it, with a reason) and a short fuzz of every
+# fuzz target. Installs what it needs first (scripts/deps.sh). Tests that
+# start sshd or create chroot users need root, as in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -10,18 +14,57 @@ scripts/deps.sh
 # substituters (there is no network).
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\nwarn-dirty = false'
 
+# Tools the checks use, built here (gitignored), never taken from PATH: the
+# version is the one this script names.
+tools="$PWD/.ci/bin"
+staticcheck_version=v0.8.2
+mkdir -p "$tools"
+took=()
+stage() { took+=("$1 $((SECONDS - t0))s"); t0=$SECONDS; }
+t0=$SECONDS
+
 echo "== go vet"
 go vet ./...
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go'))
 if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted" >&2; exit 1; fi
-echo "== go test"
-go test -count=1 -timeout 25m ./...
+stage vet+gofmt
+
+echo "== staticcheck $staticcheck_version"
+if ! "$tools/staticcheck" -version 2>/dev/null | grep -qF "(${staticcheck_version#v})"; then
+	GOBIN="$tools" go install "honnef.co/go/tools/cmd/staticcheck@$staticcheck_version"
+fi
+"$tools/staticcheck" ./...
+stage staticcheck
+
+# The race detector needs cgo and a supported platform: probe it once.
+race=()
+if CGO_ENABLED=1 go test -race -count=1 -run '^$' ./internal/atomicfile >/dev/null 2>&1; then
+	race=(-race)
+	export CGO_ENABLED=1
+else
+	echo "note: the race detector cannot run here (no cgo or an unsupported platform): testing without -race" >&2
+fi
+stage race-probe
+
+# BENTO_TEST_PACKAGES narrows the run for a developer (CI runs ./...).
+packages=${BENTO_TEST_PACKAGES:-./...}
+echo "== go test ${race[*]} $packages"
+go build -o "$tools/testjson" ./internal/ci/testjson
+# shellcheck disable=SC2086 # a list of packages
+go test "${race[@]}" -json -count=1 -timeout 25m $packages | "$tools/testjson" -allow .ci/skips
+stage "go test"
+
 # Each fuzz target runs briefly on top of its seed corpus (which go test
-# above already replays): "package target" pairs.
+# above already replays as ordinary tests): every func Fuzz… in a test file.
 echo "== fuzz"
-for pair in "manifest FuzzParse" "internal/termsafe FuzzSanitize" "status FuzzParseReport" \
-	"cache/narinfo FuzzParse" "agent FuzzParseHead" "agent/transport FuzzParseHostKeys"; do
-	set -- $pair
-	go test -run='^$' -fuzz="^$2\$" -fuzztime=3s "./$1"
-done
+targets=$(git grep -Il -e '^func Fuzz' -- '*_test.go' | while read -r f; do
+	sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$f" | sed "s#^#$(dirname "$f") #"
+done)
+[ -n "$targets" ] || { echo "no fuzz targets found" >&2; exit 1; }
+while read -r pkg target; do
+	go test -run='^$' -fuzz="^$target\$" -fuzztime=3s "./$pkg"
+done <<<"$targets"
+stage fuzz
+
+echo "== took: ${took[*]}; total $SECONDS s"

@@ -15,7 +15,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/gitcmd"
@@ -260,30 +259,21 @@ func copySecret(src, dst string, f manifest.File, owner Owner) error {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, PublishedMode)
-	if err != nil {
-		return err
-	}
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(out, h), in)
-	if err == nil && (n != f.Size || hex.EncodeToString(h.Sum(nil)) != f.SHA256) {
-		err = ErrChanged
-	}
-	if err == nil {
-		err = out.Chown(owner.UID, owner.GID)
-	}
-	if err == nil {
-		// The umask may have taken bits off; a chown may have cleared some.
-		err = out.Chmod(PublishedMode)
-	}
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(dst)
+	_, err = atomicfile.CopyVerified(dst, atomicfile.Verified{
+		Content: atomicfile.Content{Size: f.Size, SHA256: f.SHA256},
+		Perm:    PublishedMode,
+		Secret:  true,
+		Finish: func(out *os.File) error {
+			if err := out.Chown(owner.UID, owner.GID); err != nil {
+				return err
+			}
+			// The umask may have taken bits off; a chown may have cleared some.
+			return out.Chmod(PublishedMode)
+		},
+	}, func(w io.Writer) (int64, error) { return io.Copy(w, in) })
+	var mismatch *atomicfile.MismatchError
+	if errors.As(err, &mismatch) {
+		return ErrChanged
 	}
 	return err
 }

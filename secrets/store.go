@@ -2,8 +2,6 @@ package secrets
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/bento-nix/bento/manifest"
 )
@@ -167,26 +164,14 @@ func copyVerified(ctx context.Context, dst string, file manifest.File, fill func
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return err
-	}
-	h := sha256.New()
-	n, err := fill(io.MultiWriter(out, h))
-	if err == nil && n != file.Size {
-		err = fmt.Errorf("size %d, but the manifest says %d (republished during the download? the next tick retries)", n, file.Size)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); err == nil && !strings.EqualFold(got, file.SHA256) {
-		err = fmt.Errorf("sha256 differs from the manifest's: refusing the file")
-	}
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(dst)
+	_, err := atomicfile.CopyVerified(dst, atomicfile.Verified{
+		Content: atomicfile.Content{Size: file.Size, SHA256: file.SHA256},
+		Perm:    0o600,
+		Secret:  true,
+	}, fill)
+	var mismatch *atomicfile.MismatchError
+	if errors.As(err, &mismatch) {
+		return fmt.Errorf("%w: refusing the file (republished during the download? the next tick retries)", err)
 	}
 	return err
 }

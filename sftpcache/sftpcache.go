@@ -336,26 +336,6 @@ func (s *Server) Close() error {
 	return err
 }
 
-// NixArgs are the options that make a nix or nix-store command substitute
-// from this server, in addition to the configured substituters, trusting
-// the fleet's keys. Misses are not cached, so a path published a minute
-// ago never counts as missing. Hits are: with a positive TTL of 0, Nix
-// 2.8 fetches each narinfo up to five times per realisation.
-func (s *Server) NixArgs() []string {
-	args := []string{
-		"--option", "extra-substituters", s.URL,
-		"--option", "narinfo-cache-negative-ttl", "0",
-	}
-	if len(s.keys) > 0 {
-		keys := make([]string, len(s.keys))
-		for i, k := range s.keys {
-			keys[i] = k.String()
-		}
-		args = append(args, "--option", "extra-trusted-public-keys", strings.Join(keys, " "))
-	}
-	return args
-}
-
 // ServeManifest serves the cache a manifest announces, after checking
 // that its directory stays inside the chroot and its key is well formed.
 func ServeManifest(ctx context.Context, c *sftp.Client, mc *manifest.Cache, log *slog.Logger) (*Server, error) {

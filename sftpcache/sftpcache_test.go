@@ -84,11 +84,16 @@ func (s *server) publish(t *testing.T, hostName string, toplevels ...string) {
 	}
 }
 
-// realise runs what the agent runs in fetch mode, against its own store.
+// realise runs what the agent runs in fetch mode, against its own store:
+// the server is an extra substituter, the fleet's key an extra trusted key,
+// and misses are not cached (agent.Config.nixOptions).
 // Nix's narinfo disk cache is the client's too: keyed by URL, a hit left by
 // another test on the same port would hide what this one serves.
-func realise(ctx context.Context, srv *sftpcache.Server, store, path string) error {
-	args := append([]string{"--store", store, "--option", "require-sigs", "true", "--realise", path}, srv.NixArgs()...)
+func realise(ctx context.Context, srv *sftpcache.Server, key narinfo.PublicKey, store, path string) error {
+	args := []string{"--store", store, "--option", "require-sigs", "true", "--realise", path,
+		"--option", "narinfo-cache-negative-ttl", "0",
+		"--option", "extra-substituters", srv.URL,
+		"--option", "extra-trusted-public-keys", key.String()}
 	_, err := runner().Run(ctx, nix.Cmd{Tool: "nix-store", Args: args, ExtraEnv: []string{"XDG_CACHE_HOME=" + filepath.Join(store, ".cache")}})
 	return err
 }
@@ -150,7 +155,7 @@ func TestFetchThroughTheChroot(t *testing.T) {
 		if st := srv.Stats(); st != (sftpcache.Stats{}) {
 			t.Errorf("read %+v from the server before Nix asked for anything", st)
 		}
-		if err := realise(ctx, srv, store, top); err != nil {
+		if err := realise(ctx, srv, s.key, store, top); err != nil {
 			t.Fatalf("realising %s through the chroot: %v", top, srv.Explain(err))
 		}
 		if ps := srv.Problems(); len(ps) > 0 {
@@ -262,7 +267,7 @@ func TestOnlyTheHostsOwnCache(t *testing.T) {
 		}
 	}
 	// And Nix cannot get beta's system through alpha's tunnel.
-	if err := realise(ctx, srv, filepath.Join(t.TempDir(), "client"), tops["beta"]); err == nil {
+	if err := realise(ctx, srv, s.key, filepath.Join(t.TempDir(), "client"), tops["beta"]); err == nil {
 		t.Error("alpha realised beta's system through its own chroot")
 	}
 }
@@ -341,7 +346,7 @@ func TestTamperedCacheIsRefusedAndReported(t *testing.T) {
 			}
 			defer srv.Close()
 			store := filepath.Join(t.TempDir(), "client")
-			err = realise(ctx, srv, store, top)
+			err = realise(ctx, srv, s.key, store, top)
 			if err == nil {
 				t.Fatal("Nix accepted a tampered cache")
 			}

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/manifest"
 )
@@ -207,7 +208,7 @@ func addFacts(msg string, state State, rep *manifest.Report, applied bool) strin
 		msg = joinFacts(msg, oneLine(shortError(rep.Error)))
 	}
 	if runsIt && rep.BytesFetched > 0 {
-		msg = joinFacts(msg, "last update fetched "+humanBytes(rep.BytesFetched))
+		msg = joinFacts(msg, "last update fetched "+bytesize.Format(rep.BytesFetched))
 	}
 	return msg
 }
@@ -240,9 +241,9 @@ func leftover(msg string, chroot bool) string {
 func rollbackMessage(rep *manifest.Report) string {
 	why := "rolled back"
 	switch rep.RollbackReason {
-	case "activation-failed":
+	case manifest.RollbackActivationFailed:
 		why = "rolled back: activation failed"
-	case "server-unreachable":
+	case manifest.RollbackServerUnreachable:
 		why = "rolled back: server unreachable after the switch"
 	case "":
 	default:

@@ -60,8 +60,6 @@ func applied(v, sys string, finished time.Time) manifest.Report {
 
 func managed(name string, interval string) fleet.Host { return statustest.Managed(name, interval) }
 
-func goldenFleet(t *testing.T) (string, *fleet.Fleet) { return statustest.GoldenFleet(t) }
-
 func rowsByHost(s *Snapshot) map[string]Row {
 	m := map[string]Row{}
 	for _, r := range s.Hosts {

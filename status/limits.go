@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -105,13 +106,13 @@ func (u ReportsUsage) Describe() string {
 		more = " or more"
 	}
 	s := fmt.Sprintf("reports/ holds %d files%s, %s%s (limits %d files, %s)",
-		u.Files, more, humanBytes(u.Bytes), more, u.Limits.MaxFiles, humanBytes(u.Limits.MaxBytes))
+		u.Files, more, bytesize.Format(u.Bytes), more, u.Limits.MaxFiles, bytesize.Format(u.Limits.MaxBytes))
 	verb := "removed"
 	if u.DryRun {
 		verb = "would remove"
 	}
 	if len(u.Removed) > 0 {
-		s += fmt.Sprintf("; %s its %d oldest logs (%s)", verb, len(u.Removed), humanBytes(u.RemovedBytes))
+		s += fmt.Sprintf("; %s its %d oldest logs (%s)", verb, len(u.Removed), bytesize.Format(u.RemovedBytes))
 	}
 	if u.RemoveErr != nil {
 		s += "; cannot remove old logs: " + Reason(u.RemoveErr)

@@ -14,6 +14,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -159,14 +160,14 @@ func readCapped(r *os.Root, name string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s is not a regular file (%s)", name, strings.TrimSpace(st.Mode().Type().String()))
 	}
 	if st.Size() > limit {
-		return nil, fmt.Errorf("%s is %s, over the %s limit", name, humanBytes(st.Size()), humanBytes(limit))
+		return nil, fmt.Errorf("%s is %s, over the %s limit", name, bytesize.Format(st.Size()), bytesize.Format(limit))
 	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %s", name, Reason(err))
 	}
 	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s grew over the %s limit while being read", name, humanBytes(limit))
+		return nil, fmt.Errorf("%s grew over the %s limit while being read", name, bytesize.Format(limit))
 	}
 	return data, nil
 }
@@ -181,18 +182,6 @@ func Reason(err error) string {
 		return pe.Err.Error()
 	}
 	return err.Error()
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d bytes", n)
 }
 
 // parseManifest reads the few fields status needs with gjson, which skips

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -199,7 +200,7 @@ func hostKeyAlgorithms(keys []ssh.PublicKey) []string {
 	var algos []string
 	add := func(a ...string) {
 		for _, x := range a {
-			if !contains(algos, x) {
+			if !slices.Contains(algos, x) {
 				algos = append(algos, x)
 			}
 		}
@@ -212,15 +213,6 @@ func hostKeyAlgorithms(keys []ssh.PublicKey) []string {
 		}
 	}
 	return algos
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 // Conn is one SSH connection with an SFTP session.

@@ -33,12 +33,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -379,30 +380,21 @@ func (s *Store) put(o manifest.File, write func(io.Writer) (int64, error)) (int6
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return 0, fmt.Errorf("local store: %w", err)
 	}
-	tmp, err := os.CreateTemp(s.Objects, tmpPrefix+o.SHA256[:12]+"-")
-	if err != nil {
-		return 0, fmt.Errorf("local store: %w", err)
-	}
-	h := sha256.New()
-	n, err := write(io.MultiWriter(tmp, h))
+	// The temporary name is in Objects itself, where the cleaner looks.
+	tmp := filepath.Join(s.Objects, tmpPrefix+o.SHA256[:12]+"-"+strconv.FormatUint(rand.Uint64(), 36))
+	n, err := atomicfile.CopyVerified(tmp, atomicfile.Verified{
+		Content: content(o),
+		Perm:    0o600,
+		Finish:  func(f *os.File) error { return f.Chmod(objectPerm) },
+	}, write)
 	if err == nil {
-		err = check(o, h, n)
-	}
-	if err == nil {
-		err = tmp.Chmod(objectPerm)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), dst)
+		err = os.Rename(tmp, dst)
+		if err != nil {
+			os.Remove(tmp)
+		}
 	}
 	if err != nil {
-		os.Remove(tmp.Name())
-		return n, err
+		return n, refusing(err)
 	}
 	return n, atomicfile.SyncDir(filepath.Dir(dst))
 }
@@ -605,32 +597,15 @@ func perm(mode uint32) os.FileMode {
 }
 
 // copyVerified copies an object into a tree, hashing it on the way.
-// O_EXCL and O_NOFOLLOW make sure nothing already there is followed.
 func copyVerified(src, dst string, file manifest.File) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, perm(file.Mode))
-	if err != nil {
-		return err
-	}
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(out, h), in)
-	if err == nil {
-		err = check(file, h, n)
-	}
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(dst)
-	}
-	return err
+	_, err = atomicfile.CopyVerified(dst, atomicfile.Verified{Content: content(file), Perm: perm(file.Mode)},
+		func(w io.Writer) (int64, error) { return io.Copy(w, in) })
+	return refusing(err)
 }
 
 // verifyFile hashes the file at p and compares it with file's size and sum.
@@ -645,18 +620,21 @@ func verifyFile(p string, file manifest.File) error {
 	if err != nil {
 		return err
 	}
-	return check(file, h, n)
+	return atomicfile.Verify(content(file), n, h.Sum(nil))
 }
 
-func check(file manifest.File, h hash.Hash, n int64) error {
-	if n >= 0 && n != file.Size {
-		return fmt.Errorf("size %d, but the manifest says %d (was it republished during the download? the next tick retries)", n, file.Size)
+func content(f manifest.File) atomicfile.Content {
+	return atomicfile.Content{Size: f.Size, SHA256: f.SHA256}
+}
+
+// refusing explains a content mismatch: the file is refused, and the
+// likely cause heals by itself.
+func refusing(err error) error {
+	var mismatch *atomicfile.MismatchError
+	if errors.As(err, &mismatch) {
+		return fmt.Errorf("%w: refusing the file (was it republished during the download? the next tick retries)", err)
 	}
-	got := hex.EncodeToString(h.Sum(nil))
-	if got != file.SHA256 {
-		return fmt.Errorf("sha256 %s, but the manifest says %s: refusing the file", got, file.SHA256)
-	}
-	return nil
+	return err
 }
 
 // SetCurrent points the "current" link at version, atomically.

@@ -127,7 +127,7 @@ func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string, spli
 				if out, err := exec.CommandContext(ctx, "cp", "-a", dir+"/.", cp+"/").CombinedOutput(); err != nil {
 					return fmt.Errorf("copy of the flake: %v: %s", err, out)
 				}
-				if err := nixBuild(ctx, env, 0, "path:"+cp+"#"+fleet.ToplevelAttr(h.Name)); err != nil {
+				if err := nixBuild(ctx, env, 0, "path:"+cp+"#"+fleet.ConfigAttr(h.Name)+"."+builder.ToplevelSub); err != nil {
 					return fmt.Errorf("original loop: host %s: %w", h.Name, err)
 				}
 			}

@@ -292,7 +292,11 @@ func tunnel(ctx context.Context, srv *sshdtest.Server, c *sshdtest.Client, key n
 		return tunnelResult{}, err
 	}
 	defer s.Close()
-	args := append([]string{"--store", store, "--option", "require-sigs", "true", "--realise", top}, s.NixArgs()...)
+	// The options the agent gives nix-store in fetch mode.
+	args := []string{"--store", store, "--option", "require-sigs", "true", "--realise", top,
+		"--option", "narinfo-cache-negative-ttl", "0",
+		"--option", "extra-substituters", s.URL,
+		"--option", "extra-trusted-public-keys", key.String()}
 	if _, err := r.Run(ctx, nix.Cmd{Tool: "nix-store", Args: args, ExtraEnv: []string{"XDG_CACHE_HOME=" + store + "-xdg"}}); err != nil {
 		return tunnelResult{}, s.Explain(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/publish"
 )
@@ -44,15 +45,14 @@ func main() {
 }
 
 type figures struct {
-	dur          time.Duration
-	bytes        int64 // contents written, as counted by the tool
-	touched      int   // inodes created or changed (ctime) during the step
-	files        int   // files written anew
-	linked       int   // hard links to the previous version (bento)
-	shared       int   // hard links to another host's copy from the same run (bento)
-	unchanged    int   // hosts not touched (bento)
-	diskUsedKiB  int64 // du -sk of the chroot root after the step
-	transferRate string
+	dur         time.Duration
+	bytes       int64 // contents written, as counted by the tool
+	touched     int   // inodes created or changed (ctime) during the step
+	files       int   // files written anew
+	linked      int   // hard links to the previous version (bento)
+	shared      int   // hard links to another host's copy from the same run (bento)
+	unchanged   int   // hosts not touched (bento)
+	diskUsedKiB int64 // du -sk of the chroot root after the step
 }
 
 func run(nHosts, nFiles, size int, base string) error {
@@ -91,7 +91,7 @@ func run(nHosts, nFiles, size int, base string) error {
 		return err
 	}
 	fmt.Printf("fleet: %d hosts × a %d-file flake (%s), %d CPUs, work dir %s (%s)\n",
-		nHosts, len(tr.Files), human(tr.Size), runtime.NumCPU(), work, fsType(work))
+		nHosts, len(tr.Files), bytesize.Format(tr.Size), runtime.NumCPU(), work, fsType(work))
 	fmt.Printf("rsync baseline: one `rsync -a --delete --exclude .git` per host, as the original did\n\n")
 
 	bentoRoot := filepath.Join(work, "bento")
@@ -124,14 +124,14 @@ func run(nHosts, nFiles, size int, base string) error {
 			return fmt.Errorf("%s: rsync: %w", s.name, err)
 		}
 		fmt.Printf("%-19s │ %8s %10s %6d %6d %6d %9d %9s │ %8s %10s %6d %8d %9s │ %s\n", s.name,
-			round(b.dur), human(b.bytes), b.files, b.linked, b.shared, b.touched, humanKiB(b.diskUsedKiB),
-			round(r.dur), human(r.bytes), r.files, r.touched, humanKiB(r.diskUsedKiB), ratio(b.dur, r.dur))
+			round(b.dur), bytesize.Format(b.bytes), b.files, b.linked, b.shared, b.touched, humanKiB(b.diskUsedKiB),
+			round(r.dur), bytesize.Format(r.bytes), r.files, r.touched, humanKiB(r.diskUsedKiB), ratio(b.dur, r.dur))
 	}
 	fmt.Printf("\nwritten: file contents (+ manifests for bento) as counted by each tool; copied/linked/shared:\n"+
 		"files written anew / hard-linked to the host's previous version / hard-linked to another host's\n"+
 		"copy of this run; touched: inodes created or changed during the step (ctime), counted on disk;\n"+
 		"du: disk used by the chroot root (bento keeps what its retention period needs, rsync one version).\n"+
-		"the changed file is %s: × %d hosts = %s\n", human(int64(len(extra[changed]))), nHosts, human(int64(len(extra[changed])*nHosts)))
+		"the changed file is %s: × %d hosts = %s\n", bytesize.Format(int64(len(extra[changed]))), nHosts, bytesize.Format(int64(len(extra[changed])*nHosts)))
 	return nil
 }
 
@@ -245,17 +245,7 @@ func content(i, size int) string {
 	return b.String()
 }
 
-func human(n int64) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
-func humanKiB(k int64) string { return human(k << 10) }
+func humanKiB(k int64) string { return bytesize.Format(k << 10) }
 
 func round(d time.Duration) string {
 	if d < time.Second {

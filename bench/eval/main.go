@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/eval"
+	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/nix"
 )
@@ -80,7 +81,7 @@ func run(n, cost, rounds, chunk int, show bool) error {
 	}
 	r := &nix.Runner{Env: fixture.Env()}
 	fmt.Printf("bench/eval: %d hosts, evaluation cost %d per host, %d CPUs, %d rounds (medians), budget by default %s (3/4 of MemAvailable)\n",
-		n, cost, runtime.NumCPU(), rounds, eval.FormatSize(eval.SystemBudget()))
+		n, cost, runtime.NumCPU(), rounds, bytesize.Format(eval.SystemBudget()))
 
 	// Warm-up: copy the flake into the store once so no variant pays it alone.
 	if _, err := r.Output(ctx, "", "eval", "--json", dir+"#nixosConfigurations", "--apply", "builtins.attrNames"); err != nil {

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/internal/format1"
 	"github.com/bento-nix/bento/publish"
@@ -123,7 +124,7 @@ func run(nHosts, nFiles, size int, base string) error {
 		distinct[f.SHA256] = true
 	}
 	fmt.Printf("fleet: %d hosts × a %d-file flake (%d distinct contents, %s), %d CPUs, work dir %s (%s)\n\n",
-		nHosts, len(tr.Files), len(distinct), human(tr.Size), runtime.NumCPU(), work, fsType(work))
+		nHosts, len(tr.Files), len(distinct), bytesize.Format(tr.Size), runtime.NumCPU(), work, fsType(work))
 
 	roots := map[string]string{"1": filepath.Join(work, "format1"), "2": filepath.Join(work, "format2")}
 	pubs := map[string]publisher{"1": format1Publish, "2": format2}
@@ -173,8 +174,8 @@ func run(nHosts, nFiles, size int, base string) error {
 		}
 		a, b := f[0], f[1]
 		fmt.Printf("%-19s │ %8s %10s %10s %9d %8d %9s │ %8s %10s %10s %9d %8d %9s │ %6s %7s %7s\n", s.name,
-			round(a.dur), human(a.bytes), human(a.wchar), a.touched, a.inodes, humanKiB(a.diskKiB),
-			round(b.dur), human(b.bytes), human(b.wchar), b.touched, b.inodes, humanKiB(b.diskKiB),
+			round(a.dur), bytesize.Format(a.bytes), bytesize.Format(a.wchar), a.touched, a.inodes, humanKiB(a.diskKiB),
+			round(b.dur), bytesize.Format(b.bytes), bytesize.Format(b.wchar), b.touched, b.inodes, humanKiB(b.diskKiB),
 			ratio(float64(b.dur), float64(a.dur)), ratio(float64(b.wchar), float64(a.wchar)), ratio(float64(b.touched), float64(a.touched)))
 	}
 	// One version: what the first deploy left.
@@ -188,11 +189,11 @@ func run(nHosts, nFiles, size int, base string) error {
 		first[0].inodes, humanKiB(first[0].diskKiB), first[1].inodes, humanKiB(first[1].diskKiB),
 		ratio(float64(first[1].inodes), float64(first[0].inodes)), ratio(float64(first[1].diskKiB), float64(first[0].diskKiB)))
 	fmt.Printf("format 2 goals: inodes ≤ distinct files + 2 per host = %d (got %d); disk ≤ 1.1 × one copy of the tree + manifests = %s (got %s)\n",
-		len(distinct)+2*nHosts, first[1].inodes, human(int64(1.1*float64(tr.Size))+manifests), humanKiB(first[1].diskKiB))
+		len(distinct)+2*nHosts, first[1].inodes, bytesize.Format(int64(1.1*float64(tr.Size))+manifests), humanKiB(first[1].diskKiB))
 	fmt.Printf("\nwritten: contents and manifests as the publisher counts them; write(2): bytes this process passed to\n"+
 		"write(2) during the step (wchar); touched: inodes created or changed during the step (ctime); inodes\n"+
 		"and du: distinct inodes and disk used under the chroot root after the step (every host directory,\n"+
-		"reports/ included; format 2 also counts its pool and retention records). The changed file is %s.\n", human(int64(len(extra[changed]))))
+		"reports/ included; format 2 also counts its pool and retention records). The changed file is %s.\n", bytesize.Format(int64(len(extra[changed]))))
 	return nil
 }
 
@@ -286,19 +287,7 @@ func content(i, size int) string {
 	return b.String()
 }
 
-func human(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
-func humanKiB(k int64) string { return human(k << 10) }
+func humanKiB(k int64) string { return bytesize.Format(k << 10) }
 
 func round(d time.Duration) string {
 	if d < time.Second {

@@ -16,6 +16,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/deploy"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/publish"
 )
@@ -327,7 +328,7 @@ func describe(h deploy.Row, dryRun bool) (text, colour, key string) {
 	if dryRun {
 		verb, key = "would publish", "would publish"
 	}
-	detail := fmt.Sprintf("%d copied, %d linked, %d shared, %s written", h.Copied, h.Linked, h.Shared, formatBytes(h.BytesWritten))
+	detail := fmt.Sprintf("%d copied, %d linked, %d shared, %s written", h.Copied, h.Linked, h.Shared, bytesize.Format(h.BytesWritten))
 	if dryRun {
 		detail = fmt.Sprintf("%d to copy, %d to link, %d to share", h.Copied, h.Linked, h.Shared)
 	}
@@ -342,16 +343,4 @@ func describe(h deploy.Row, dryRun bool) (text, colour, key string) {
 		colour = "\x1b[33m"
 	}
 	return fmt.Sprintf("%s %s (%s)%s", verb, h.Version, detail, forced), colour, key
-}
-
-func formatBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/eval"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/status"
 	"github.com/bento-nix/bento/status/render"
 )
@@ -218,7 +219,7 @@ func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table re
 		return failed(err)
 	}
 	if prom.file != "" {
-		if err := status.WriteFileAtomic(prom.file, 0o644, func(w io.Writer) error { return render.Prometheus(w, s) }); err != nil {
+		if err := atomicfile.Write(prom.file, 0o644, func(w io.Writer) error { return render.Prometheus(w, s) }); err != nil {
 			return failed(err)
 		}
 	}

@@ -609,9 +609,6 @@ func (r *Running) Kill(t testing.TB) {
 	<-r.done
 }
 
-// Pid is the tick's process id.
-func (r *Running) Pid() int { return r.cmd.Process.Pid }
-
 // Wait waits for the tick to end.
 func (r *Running) Wait(t testing.TB) Result {
 	t.Helper()

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/pkg/sftp"
@@ -24,9 +25,12 @@ func bentoCmd(t *testing.T, args ...string) (stdout, all string, code int) {
 	t.Helper()
 	cmd := exec.Command(Bento(t), args...)
 	cmd.Env = append(os.Environ(), fixture.Env()...)
+	// os/exec copies stdout and stderr in two goroutines: both are
+	// written from each, so under a lock (go test -race found it).
 	var out, both bytes.Buffer
-	cmd.Stdout = io.MultiWriter(&out, &both)
-	cmd.Stderr = &both
+	locked := &lockedWriter{w: &both}
+	cmd.Stdout = io.MultiWriter(&out, locked)
+	cmd.Stderr = locked
 	err := cmd.Run()
 	if err != nil {
 		ee, ok := err.(*exec.ExitError)
@@ -36,6 +40,17 @@ func bentoCmd(t *testing.T, args ...string) (stdout, all string, code int) {
 		code = ee.ExitCode()
 	}
 	return out.String(), both.String(), code
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // upload writes n files of size bytes under reports/logs over SFTP, as the

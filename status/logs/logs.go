@@ -22,6 +22,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/status"
@@ -207,7 +208,7 @@ func (c *capReader) Read(p []byte) (int, error) {
 }
 
 func logTooBig(host, name string, max int64) error {
-	return fmt.Errorf("host %s: log %s: stopped after %s: %w (--max-bytes raises it)", host, termsafe.Line(name), humanBytes(max), ErrTooBig)
+	return fmt.Errorf("host %s: log %s: stopped after %s: %w (--max-bytes raises it)", host, termsafe.Line(name), bytesize.Format(max), ErrTooBig)
 }
 
 // openLogFile opens a log at offset, decompressing gzip (by its magic

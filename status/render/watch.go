@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/status"
 )
 
@@ -36,7 +37,7 @@ func Watch(ctx context.Context, o status.Options, sc Screen) error {
 		} else {
 			Table(&buf, s, sc.Table)
 			if sc.PromFile != "" {
-				if err := status.WriteFileAtomic(sc.PromFile, 0o644, func(w io.Writer) error { return Prometheus(w, s) }); err != nil {
+				if err := atomicfile.Write(sc.PromFile, 0o644, func(w io.Writer) error { return Prometheus(w, s) }); err != nil {
 					fmt.Fprintf(&buf, "bento: %v\n", err)
 				}
 			}

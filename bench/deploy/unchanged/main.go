@@ -26,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/fixture"
 )
@@ -98,7 +99,7 @@ func run(n, rounds int, bin string, original bool) error {
 				}
 				for _, c := range [][]string{
 					{"rsync", "-a", "--delete", "--exclude", ".git", dir + "/", cp + "/"},
-					{"nix", "build", "--no-link", "path:" + cp + "#" + fleet.ToplevelAttr(h.Name)},
+					{"nix", "build", "--no-link", "path:" + cp + "#" + fleet.ConfigAttr(h.Name) + "." + builder.ToplevelSub},
 				} {
 					cmd := exec.CommandContext(ctx, c[0], c[1:]...)
 					cmd.Env = env
