@@ -77,6 +77,8 @@ func main() {
 		}
 	}
 	fmt.Printf("fuzz seed corpora replayed as tests: %d targets\n", res.fuzzSeeds)
+	// The plain closing line that CI reads, tests and subtests alike.
+	fmt.Printf("%d passed, %d failed, %d skipped\n", res.passes, res.failures, len(res.skips))
 	if res.failed || (strict && len(bad) > 0) {
 		os.Exit(1)
 	}
@@ -86,6 +88,8 @@ type result struct {
 	skips     []skip
 	failed    bool
 	fuzzSeeds int
+	// Counts of tests (subtests included) by outcome.
+	passes, failures int
 }
 
 // run copies the interesting parts of the event stream to out.
@@ -122,12 +126,14 @@ func run(in io.Reader, out io.Writer) (*result, error) {
 			buf[key] = append(buf[key], e.Output)
 		case e.Action == "fail":
 			res.failed = true
+			res.failures++
 			fmt.Fprint(out, strings.Join(buf[key], ""))
 			delete(buf, key)
 		case e.Action == "skip":
 			res.skips = append(res.skips, skip{pkg: pkg, test: e.Test, reason: reason(buf[key])})
 			delete(buf, key)
 		case e.Action == "pass":
+			res.passes++
 			if strings.HasPrefix(e.Test, "Fuzz") && !strings.Contains(e.Test, "/") {
 				res.fuzzSeeds++
 			}
