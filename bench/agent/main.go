@@ -49,35 +49,6 @@ func main() {
 	}))
 }
 
-// counter counts the bytes of every connection it dials.
-type counter struct{ in, out atomic.Int64 }
-
-func (c *counter) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, network, addr)
-	if err != nil {
-		return nil, err
-	}
-	return &countedConn{Conn: conn, c: c}, nil
-}
-
-type countedConn struct {
-	net.Conn
-	c *counter
-}
-
-func (c *countedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.c.in.Add(int64(n))
-	return n, err
-}
-
-func (c *countedConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.c.out.Add(int64(n))
-	return n, err
-}
-
 type sample struct {
 	in, out int64
 	dur     time.Duration
@@ -105,10 +76,10 @@ func run(tb *benchtb.TB, nFiles, size, nIdle, nUpdates int) error {
 	}
 	ctx := context.Background()
 	tick := func(want string) (sample, error) {
-		var c counter
+		var c benchtb.Counter
 		start := time.Now()
-		out, err := agent.Run(ctx, cfg, agent.Options{Nix: &nix.Runner{}, Dial: c.dial, AgentVersion: "bench"})
-		s := sample{in: c.in.Load(), out: c.out.Load(), dur: time.Since(start)}
+		out, err := agent.Run(ctx, cfg, agent.Options{Nix: &nix.Runner{}, Dial: c.Dial, AgentVersion: "bench"})
+		s := sample{in: c.In.Load(), out: c.Out.Load(), dur: time.Since(start)}
 		if err != nil {
 			return s, err
 		}
@@ -143,10 +114,10 @@ func run(tb *benchtb.TB, nFiles, size, nIdle, nUpdates int) error {
 	}
 	var hands []sample
 	for i := 0; i < nIdle; i++ {
-		var c counter
+		var c benchtb.Counter
 		o := transport.Options{
 			Addr: net.JoinHostPort(cfg.Server, strconv.Itoa(cfg.Port)), User: cfg.User,
-			HostKeys: keys, Signer: signer, Dial: c.dial,
+			HostKeys: keys, Signer: signer, Dial: c.Dial,
 		}
 		start := time.Now()
 		conn, err := transport.Dial(ctx, o)
@@ -154,7 +125,7 @@ func run(tb *benchtb.TB, nFiles, size, nIdle, nUpdates int) error {
 			return fmt.Errorf("handshake: %w", err)
 		}
 		conn.Close()
-		hands = append(hands, sample{in: c.in.Load(), out: c.out.Load(), dur: time.Since(start)})
+		hands = append(hands, sample{in: c.In.Load(), out: c.Out.Load(), dur: time.Since(start)})
 	}
 	var ups []sample
 	for i := 1; i <= nUpdates; i++ {

@@ -19,7 +19,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -47,34 +46,6 @@ func main() {
 	}))
 }
 
-type counter struct{ in, out atomic.Int64 }
-
-func (c *counter) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, network, addr)
-	if err != nil {
-		return nil, err
-	}
-	return &countedConn{Conn: conn, c: c}, nil
-}
-
-type countedConn struct {
-	net.Conn
-	c *counter
-}
-
-func (c *countedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.c.in.Add(int64(n))
-	return n, err
-}
-
-func (c *countedConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.c.out.Add(int64(n))
-	return n, err
-}
-
 func run(tb *benchtb.TB, nHosts, nUsers int, every, window time.Duration) error {
 	srv := sshdtest.Start(tb, sshdtest.Options{})
 	var clients []*sshdtest.Client
@@ -87,7 +58,7 @@ func run(tb *benchtb.TB, nHosts, nUsers int, every, window time.Duration) error 
 	}
 	base := sshdCost(srv)
 
-	var bytes counter
+	var bytes benchtb.Counter
 	var looks atomic.Int64
 	var publishedAt atomic.Int64 // unix nanos; 0 before the publication
 	seenAt := make(chan time.Duration, nHosts)
@@ -109,7 +80,7 @@ func run(tb *benchtb.TB, nHosts, nUsers int, every, window time.Duration) error 
 			defer wg.Done()
 			err := agent.Watch(ctx, cfg, agent.WatchOptions{
 				Every:     every,
-				Dial:      bytes.dial,
+				Dial:      bytes.Dial,
 				Reconnect: backoff.Policy{Initial: 100 * time.Millisecond, Max: 2 * time.Second},
 				Tick: func(context.Context) error {
 					if p := publishedAt.Load(); p != 0 {
@@ -146,11 +117,11 @@ func run(tb *benchtb.TB, nHosts, nUsers int, every, window time.Duration) error 
 
 	// Idle: every watcher looks, nothing changes.
 	held := sshdCost(srv)
-	b0in, b0out, l0 := bytes.in.Load(), bytes.out.Load(), looks.Load()
+	b0in, b0out, l0 := bytes.In.Load(), bytes.Out.Load(), looks.Load()
 	time.Sleep(window)
 	idle := sshdCost(srv)
 	lw := looks.Load() - l0
-	bin, bout := bytes.in.Load()-b0in, bytes.out.Load()-b0out
+	bin, bout := bytes.In.Load()-b0in, bytes.Out.Load()-b0out
 
 	// A publication: every manifest replaced at once.
 	publishedAt.Store(time.Now().UnixNano())
