@@ -1,0 +1,74 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/bento-nix/bento/deploy"
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/secrets"
+)
+
+// lintOptions is what the fleet lints compare the hosts' settings with:
+// the server's side of the fleet.
+type lintOptions struct {
+	// SecretsDir is the secrets directory (<dir>/<host>/<name>); "" when
+	// there is none.
+	SecretsDir string
+	// CacheKey is the fleet's signing key file; "" when deploy publishes
+	// no caches (--no-cache).
+	CacheKey string
+	// DeployOnly leaves out the lints deploy already warns about
+	// itself (declared secrets that are not published).
+	DeployOnly bool
+}
+
+// lintHosts checks what bento check adds to the users and names checks:
+// every deployed host of hosts gets what it declares from the server, and
+// nothing it does not. One line per finding, each naming the fix.
+func lintHosts(hosts []fleet.Host, o lintOptions) []string {
+	var out []string
+	keyMissing := ""
+	if o.CacheKey == "" {
+		keyMissing = "deploy runs with --no-cache, so the server publishes no binary cache and the host has nothing to fetch its system from: deploy without --no-cache (after bento keygen), or set services.bento.mode = \"build\""
+	} else if _, err := os.Stat(o.CacheKey); errors.Is(err, fs.ErrNotExist) {
+		keyMissing = fmt.Sprintf("the server has no cache key (%s does not exist), so deploy publishes no binary cache and the host has nothing to fetch its system from: run bento keygen (or pass --cache-key where the key is), or set services.bento.mode = \"build\"", o.CacheKey)
+	}
+	for _, h := range deploy.Deployed(hosts) {
+		if h.Options.Mode == "fetch" && keyMissing != "" {
+			out = append(out, fmt.Sprintf("host %s: services.bento.mode is \"fetch\", but %s", h.Name, keyMissing))
+		}
+		files, err := secrets.Collect(o.SecretsDir, h.Name)
+		if err != nil {
+			out = append(out, fmt.Sprintf("host %s: %v", h.Name, err))
+			continue
+		}
+		for _, f := range files {
+			if name := secrets.Name(f.Path); !slices.Contains(h.Options.Secrets, name) {
+				out = append(out, fmt.Sprintf("host %s: %s is published, but the host declares no services.bento.secrets.%s, so its agent refuses to install it: declare it (path, owner, group, mode) or remove the file", h.Name, filepath.Join(o.SecretsDir, h.Name, f.Path), name))
+			}
+		}
+		if o.DeployOnly {
+			continue
+		}
+		for _, name := range h.Options.Secrets {
+			if !slices.ContainsFunc(files, func(f manifest.File) bool { return secrets.Name(f.Path) == name }) {
+				out = append(out, fmt.Sprintf("host %s: services.bento.secrets.%s is declared, but %s does not exist, so the host never gets it: add the file (or %s.age), or remove the declaration", h.Name, name, secretPath(o.SecretsDir, h.Name, name), name))
+			}
+		}
+	}
+	return out
+}
+
+// secretPath names where the server would take host's secret name from.
+func secretPath(dir, host, name string) string {
+	if dir == "" {
+		return "the secrets directory (none here: pass --secrets-dir)"
+	}
+	return filepath.Join(dir, host, name)
+}
