@@ -163,3 +163,59 @@ func TestCheckLintsSecretsAndCacheKey(t *testing.T) {
 		})
 	}
 }
+
+// deploy runs check's lints first, as warnings: it still publishes every
+// host (with the undeclared secret: the agent refuses only that one).
+func TestDeployWarnsWhatCheckFinds(t *testing.T) {
+	requireRootCLI(t)
+	hosts := []fixture.Host{
+		{Name: "alpha", Bento: &fixture.Bento{Enable: true, User: "nobody"}},
+		{Name: "pi", Bento: &fixture.Bento{Enable: true, User: "daemon", Mode: "fetch"}},
+	}
+	e := newDeployEnv(t, hosts)
+	sdir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(sdir, "alpha"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sdir, "alpha", "extra"), []byte("s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A --cache-key named explicitly must exist, or deploy refuses: the
+	// missing key is the default one.
+	noKey := defaultCacheKey
+	if _, err := os.Stat(noKey); err == nil || os.Getenv("BENTO_CACHE_KEY") != "" {
+		t.Skipf("this machine has a cache key (%s or BENTO_CACHE_KEY)", noKey)
+	}
+	cases := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"no key", nil, []string{
+			"bento: warning: host alpha: " + filepath.Join(sdir, "alpha", "extra") + " is published, but the host declares no services.bento.secrets.extra",
+			`bento: warning: host pi: services.bento.mode is "fetch", but the server has no cache key (` + noKey + ` does not exist)`,
+		}},
+		{"no cache", []string{"--no-cache"}, []string{
+			`bento: warning: host pi: services.bento.mode is "fetch", but deploy runs with --no-cache`,
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append(e.args("--no-user-check", "--secrets-dir", sdir, "--force"), tc.args...)
+			stdout, stderr, code := runCLI(t, args...)
+			if code != 0 {
+				t.Fatalf("deploy: exit %d, want 0 (the lints only warn)\nstdout: %s\nstderr: %s", code, stdout, stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+			for _, h := range []string{"alpha", "pi"} {
+				if _, err := os.Stat(filepath.Join(e.root, h, "manifest.json")); err != nil {
+					t.Errorf("%s not published: %v", h, err)
+				}
+			}
+		})
+	}
+}

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/bento-nix/bento/deploy"
 	"github.com/bento-nix/bento/fleet"
@@ -20,9 +23,10 @@ type lintOptions struct {
 	// SecretsDir is the secrets directory (<dir>/<host>/<name>); "" when
 	// there is none.
 	SecretsDir string
-	// CacheKey is the fleet's signing key file; "" when deploy publishes
-	// no caches (--no-cache).
+	// CacheKey is the fleet's signing key file.
 	CacheKey string
+	// NoCache is deploy's --no-cache: no host gets a cache, key or not.
+	NoCache bool
 	// DeployOnly leaves out the lints deploy already warns about
 	// itself (declared secrets that are not published).
 	DeployOnly bool
@@ -34,9 +38,9 @@ type lintOptions struct {
 func lintHosts(hosts []fleet.Host, o lintOptions) []string {
 	var out []string
 	keyMissing := ""
-	if o.CacheKey == "" {
+	if o.NoCache {
 		keyMissing = "deploy runs with --no-cache, so the server publishes no binary cache and the host has nothing to fetch its system from: deploy without --no-cache (after bento keygen), or set services.bento.mode = \"build\""
-	} else if _, err := os.Stat(o.CacheKey); errors.Is(err, fs.ErrNotExist) {
+	} else if _, err := os.Stat(o.CacheKey); o.CacheKey == "" || errors.Is(err, fs.ErrNotExist) {
 		keyMissing = fmt.Sprintf("the server has no cache key (%s does not exist), so deploy publishes no binary cache and the host has nothing to fetch its system from: run bento keygen (or pass --cache-key where the key is), or set services.bento.mode = \"build\"", o.CacheKey)
 	}
 	for _, h := range deploy.Deployed(hosts) {
@@ -71,4 +75,23 @@ func secretPath(dir, host, name string) string {
 		return "the secrets directory (none here: pass --secrets-dir)"
 	}
 	return filepath.Join(dir, host, name)
+}
+
+// lintBeforeDeploy makes deploy run check's lints on the hosts it
+// selected, right after discovery, as warnings: a deploy that publishes
+// what it can is still worth doing, and the agents report the rest.
+// Those deploy warns about itself (declared secrets it lacks) are left out.
+func lintBeforeDeploy(c *cli.Context, opts *deploy.Options) {
+	discover := opts.Discover
+	lo := lintOptions{SecretsDir: opts.SecretsDir, CacheKey: c.String("cache-key"), NoCache: opts.Cache == nil, DeployOnly: true}
+	ew := errWriter(c)
+	opts.Discover = func(ctx context.Context) (*fleet.Fleet, []fleet.Host, bool, error) {
+		f, selected, evalFailed, err := discover(ctx)
+		if err == nil {
+			for _, line := range lintHosts(selected, lo) {
+				fmt.Fprintln(ew, "bento: warning:", sanitizeLine(line))
+			}
+		}
+		return f, selected, evalFailed, err
+	}
 }
