@@ -62,19 +62,20 @@ func lintHosts(hosts []fleet.Host, o lintOptions) []string {
 		}
 		for _, name := range h.Options.Secrets {
 			if !slices.ContainsFunc(files, func(f manifest.File) bool { return secrets.Name(f.Path) == name }) {
-				out = append(out, fmt.Sprintf("host %s: services.bento.secrets.%s is declared, but %s does not exist, so the host never gets it: add the file (or %s.age), or remove the declaration", h.Name, name, secretPath(o.SecretsDir, h.Name, name), name))
+				out = append(out, unpublishedSecret(o.SecretsDir, h.Name, name))
 			}
 		}
 	}
 	return out
 }
 
-// secretPath names where the server would take host's secret name from.
-func secretPath(dir, host, name string) string {
+// unpublishedSecret is the finding for a secret host declares that the
+// secrets directory dir lacks.
+func unpublishedSecret(dir, host, name string) string {
 	if dir == "" {
-		return "the secrets directory (none here: pass --secrets-dir)"
+		return fmt.Sprintf("host %s: services.bento.secrets.%s is declared, but a remote flake has no secrets directory, so the host never gets it: pass --secrets-dir with %s/%s in it, or remove the declaration", host, name, host, name)
 	}
-	return filepath.Join(dir, host, name)
+	return fmt.Sprintf("host %s: services.bento.secrets.%s is declared, but %s does not exist, so the host never gets it: add the file (or %s.age), or remove the declaration", host, name, filepath.Join(dir, host, name), name)
 }
 
 // lintBeforeDeploy makes deploy run check's lints on the hosts it
