@@ -96,6 +96,23 @@ func runCheck(c *cli.Context) error {
 		fmt.Fprintf(c.App.ErrWriter, "bento: %s\n", sanitizeLine(line))
 		problems++
 	}
+	if len(selected) == 0 {
+		known := map[string]bool{}
+		for _, h := range f.Hosts {
+			known[h.Name] = true
+		}
+		for _, he := range herrs {
+			known[he.Host] = true
+		}
+		orphans, err := orphanSecrets(secretsDir, known)
+		if err != nil {
+			return failed(err)
+		}
+		for _, line := range orphans {
+			fmt.Fprintf(c.App.ErrWriter, "bento: %s\n", sanitizeLine(line))
+			problems++
+		}
+	}
 	if problems > 0 {
 		return failed(fmt.Errorf("%d %s to fix (see above)", problems, plural(problems, "problem", "problems")))
 	}

@@ -112,7 +112,7 @@ func TestCheckLintsSecretsAndCacheKey(t *testing.T) {
 	if err := fixture.Write(dir, fixture.Fleet{Hosts: hosts}); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"alpha/db", "alpha/extra.age", "alpha/.gitkeep"} {
+	for _, f := range []string{"alpha/db", "alpha/extra.age", "alpha/.gitkeep", "alhpa/db", ".git/x"} {
 		p := filepath.Join(sdir, f)
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			t.Fatal(err)
@@ -128,6 +128,7 @@ func TestCheckLintsSecretsAndCacheKey(t *testing.T) {
 	}
 	undeclared := "bento: host alpha: " + filepath.Join(sdir, "alpha", "extra.age") + " is published, but the host declares no services.bento.secrets.extra, so its agent refuses to install it: declare it (path, owner, group, mode) or remove the file"
 	unpublished := "bento: host alpha: services.bento.secrets.missing is declared, but " + filepath.Join(sdir, "alpha", "missing") + " does not exist, so the host never gets it: add the file (or missing.age), or remove the declaration"
+	orphan := "bento: " + filepath.Join(sdir, "alhpa") + ` holds secrets for "alhpa", which is no host of the fleet, so deploy never publishes them: rename it to the host's nixosConfigurations name, or remove it`
 	fetch := `bento: host pi: services.bento.mode is "fetch", but the server has no cache key (` + noKey + ` does not exist), so deploy publishes no binary cache and the host has nothing to fetch its system from: run bento keygen (or pass --cache-key where the key is), or set services.bento.mode = "build"`
 	cases := []struct {
 		name   string
@@ -137,8 +138,8 @@ func TestCheckLintsSecretsAndCacheKey(t *testing.T) {
 		want   []string
 		absent []string
 	}{
-		{"every finding", []string{"--cache-key", noKey}, 1, "", []string{undeclared, unpublished, fetch, "3 problems to fix"}, []string{"secrets.db", "host beta"}},
-		{"only alpha", []string{"--cache-key", noKey, "alpha"}, 1, "", []string{undeclared, unpublished, "2 problems to fix"}, []string{"host pi"}},
+		{"every finding", []string{"--cache-key", noKey}, 1, "", []string{undeclared, unpublished, fetch, orphan, "4 problems to fix"}, []string{"secrets.db", "host beta", ".git"}},
+		{"only alpha", []string{"--cache-key", noKey, "alpha"}, 1, "", []string{undeclared, unpublished, "2 problems to fix"}, []string{"host pi", "alhpa"}},
 		{"fetch host with a key", []string{"--cache-key", key, "pi"}, 0, "1 deployed host checked: no problems", nil, []string{"cache key"}},
 		{"fetch host without one", []string{"pi", "--cache-key", noKey}, 1, "", []string{fetch, "1 problem to fix"}, nil},
 		{"good host", []string{"--cache-key", noKey, "beta"}, 0, "1 deployed host checked: no problems", nil, nil},

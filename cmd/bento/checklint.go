@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -95,4 +96,30 @@ func lintBeforeDeploy(c *cli.Context, opts *deploy.Options) {
 		}
 		return f, selected, evalFailed, err
 	}
+}
+
+// orphanSecrets finds the directories of the secrets directory dir that
+// belong to no host of the fleet (known lists every host discovery saw,
+// evaluated or not): deploy never publishes them, which is most often a
+// host renamed or a typo.
+func orphanSecrets(dir string, known map[string]bool) ([]string, error) {
+	if dir == "" {
+		return nil, nil
+	}
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("secrets directory: %w", err)
+	}
+	var out []string
+	for _, e := range entries {
+		n := e.Name()
+		if strings.HasPrefix(n, ".") || !e.IsDir() || known[n] {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s holds secrets for %q, which is no host of the fleet, so deploy never publishes them: rename it to the host's nixosConfigurations name, or remove it", filepath.Join(dir, n), n))
+	}
+	return out, nil
 }
