@@ -22,9 +22,9 @@ func checkCommand() *cli.Command {
 			"publication), and its SFTP user is a name NixOS can create, not root, no other deployed\n" +
 			"host's, and (when --host-group exists on this machine) a member of it. It also checks the\n" +
 			"server's side: every secret under --secrets-dir/<host>/ is declared in the host's\n" +
-			"services.bento.secrets and every declared one is there, and a fetch-mode host has a\n" +
-			"--cache-key to fetch from (bento keygen). Prints one line per problem with the fix; exits 1\n" +
-			"when any host has one.",
+			"services.bento.secrets and every declared one is there (with no HOST given, every\n" +
+			"directory there is a host's), and a fetch-mode host has a --cache-key to fetch from\n" +
+			"(bento keygen). Prints one line per problem with the fix; exits 1 when any host has one.",
 		// No --keep-going: check always goes on, it reports every host.
 		Flags:  append(fleetFlags()[:len(fleetFlags())-1], hostGroupFlag(), secretsDirFlag(), cacheFlags()[0]),
 		Action: runCheck,

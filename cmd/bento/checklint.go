@@ -119,7 +119,11 @@ func orphanSecrets(dir string, known map[string]bool) ([]string, error) {
 		if strings.HasPrefix(n, ".") || !e.IsDir() || known[n] {
 			continue
 		}
-		out = append(out, fmt.Sprintf("%s holds secrets for %q, which is no host of the fleet, so deploy never publishes them: rename it to the host's nixosConfigurations name, or remove it", filepath.Join(dir, n), n))
+		p := filepath.Join(dir, n)
+		if fleet.ValidateName(n) != nil {
+			p = fmt.Sprintf("%q", p) // no host name: keep control characters off the terminal
+		}
+		out = append(out, fmt.Sprintf("%s holds secrets for %q, which is no host of the fleet, so deploy never publishes them: rename it to the host's nixosConfigurations name, or remove it", p, n))
 	}
 	return out, nil
 }
