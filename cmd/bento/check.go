@@ -20,15 +20,20 @@ func checkCommand() *cli.Command {
 		Description: "Evaluates the fleet like bento hosts and checks each deployed host: it evaluates,\n" +
 			"its services.bento.host is its nixosConfigurations name (else its agent refuses every\n" +
 			"publication), and its SFTP user is a name NixOS can create, not root, no other deployed\n" +
-			"host's, and (when --host-group exists on this machine) a member of it. Prints one line per\n" +
-			"problem with the fix; exits 1 when any host has one.",
-		Flags:  append(fleetFlags()[:len(fleetFlags())-1], hostGroupFlag()), // always goes on: it reports every host
+			"host's, and (when --host-group exists on this machine) a member of it. It also checks the\n" +
+			"server's side: every secret under --secrets-dir/<host>/ is declared in the host's\n" +
+			"services.bento.secrets and every declared one is there (with no HOST given, every\n" +
+			"directory there is a host's), and a fetch-mode host has a --cache-key to fetch from\n" +
+			"(bento keygen). Prints one line per problem with the fix; exits 1 when any host has one.",
+		// No --keep-going: check always goes on, it reports every host.
+		Flags:  append(fleetFlags()[:len(fleetFlags())-1], hostGroupFlag(), secretsDirFlag(), cacheFlags()[0]),
 		Action: runCheck,
 	}
 }
 
 func runCheck(c *cli.Context) error {
-	if _, err := guardSecretsNote(c, true); err != nil {
+	secretsDir, err := guardSecretsNote(c, true)
+	if err != nil {
 		return err
 	}
 	if c.Int("eval-jobs") < 1 {
@@ -84,6 +89,27 @@ func runCheck(c *cli.Context) error {
 			problems++
 		} else if err := bad[h.Name]; err != nil {
 			fmt.Fprintf(c.App.ErrWriter, "bento: %v\n", err)
+			problems++
+		}
+	}
+	for _, line := range lintHosts(hosts, lintOptions{SecretsDir: secretsDir, CacheKey: c.String("cache-key")}) {
+		fmt.Fprintf(c.App.ErrWriter, "bento: %s\n", sanitizeLine(line))
+		problems++
+	}
+	if len(selected) == 0 {
+		known := map[string]bool{}
+		for _, h := range f.Hosts {
+			known[h.Name] = true
+		}
+		for _, he := range herrs {
+			known[he.Host] = true
+		}
+		orphans, err := orphanSecrets(secretsDir, known)
+		if err != nil {
+			return failed(err)
+		}
+		for _, line := range orphans {
+			fmt.Fprintf(c.App.ErrWriter, "bento: %s\n", sanitizeLine(line))
 			problems++
 		}
 	}

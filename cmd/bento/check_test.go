@@ -99,3 +99,124 @@ func TestCheckUserNameLength(t *testing.T) {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s\nwant %q", code, stdout, stderr, want)
 	}
 }
+
+// The lints of the server's side: secrets the hosts do not declare (or
+// declare but never get), and fetch-mode hosts without a cache key.
+func TestCheckLintsSecretsAndCacheKey(t *testing.T) {
+	dir, sdir := t.TempDir(), t.TempDir()
+	hosts := []fixture.Host{
+		{Name: "alpha", Bento: &fixture.Bento{Enable: true, Secrets: []string{"db", "missing"}}},
+		{Name: "pi", Bento: &fixture.Bento{Enable: true, Mode: "fetch"}},
+		{Name: "beta", Bento: &fixture.Bento{Enable: true}},
+	}
+	if err := fixture.Write(dir, fixture.Fleet{Hosts: hosts}); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"alpha/db", "alpha/extra.age", "alpha/.gitkeep", "alhpa/db", ".git/x"} {
+		p := filepath.Join(sdir, f)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("s"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	noKey := filepath.Join(t.TempDir(), "cache-key.sec")
+	key := filepath.Join(t.TempDir(), "cache-key.sec")
+	if err := os.WriteFile(key, []byte("k"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	undeclared := "bento: host alpha: " + filepath.Join(sdir, "alpha", "extra.age") + " is published, but the host declares no services.bento.secrets.extra, so its agent refuses to install it: declare it (path, owner, group, mode) or remove the file"
+	unpublished := "bento: host alpha: services.bento.secrets.missing is declared, but " + filepath.Join(sdir, "alpha", "missing") + " does not exist, so the host never gets it: add the file (or missing.age), or remove the declaration"
+	orphan := "bento: " + filepath.Join(sdir, "alhpa") + ` holds secrets for "alhpa", which is no host of the fleet, so deploy never publishes them: rename it to the host's nixosConfigurations name, or remove it`
+	fetch := `bento: host pi: services.bento.mode is "fetch", but the server has no cache key (` + noKey + ` does not exist), so deploy publishes no binary cache and the host has nothing to fetch its system from: run bento keygen (or pass --cache-key where the key is), or set services.bento.mode = "build"`
+	cases := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string
+		want   []string
+		absent []string
+	}{
+		{"every finding", []string{"--cache-key", noKey}, 1, "", []string{undeclared, unpublished, fetch, orphan, "4 problems to fix"}, []string{"secrets.db", "host beta", ".git"}},
+		{"only alpha", []string{"--cache-key", noKey, "alpha"}, 1, "", []string{undeclared, unpublished, "2 problems to fix"}, []string{"host pi", "alhpa"}},
+		{"fetch host with a key", []string{"--cache-key", key, "pi"}, 0, "1 deployed host checked: no problems", nil, []string{"cache key"}},
+		{"fetch host without one", []string{"pi", "--cache-key", noKey}, 1, "", []string{fetch, "1 problem to fix"}, nil},
+		{"good host", []string{"--cache-key", noKey, "beta"}, 0, "1 deployed host checked: no problems", nil, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"check", "--flake", dir, "--secrets-dir", sdir}, tc.args...)
+			stdout, stderr, code := runCLI(t, args...)
+			if code != tc.code || !strings.Contains(stdout, tc.stdout) {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, stdout, stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+			for _, a := range tc.absent {
+				if strings.Contains(stderr, a) {
+					t.Errorf("stderr has %q:\n%s", a, stderr)
+				}
+			}
+		})
+	}
+}
+
+// deploy runs check's lints first, as warnings: it still publishes every
+// host (with the undeclared secret: the agent refuses only that one).
+func TestDeployWarnsWhatCheckFinds(t *testing.T) {
+	requireRootCLI(t)
+	hosts := []fixture.Host{
+		{Name: "alpha", Bento: &fixture.Bento{Enable: true, User: "nobody"}},
+		{Name: "pi", Bento: &fixture.Bento{Enable: true, User: "daemon", Mode: "fetch"}},
+	}
+	e := newDeployEnv(t, hosts)
+	sdir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(sdir, "alpha"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sdir, "alpha", "extra"), []byte("s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A --cache-key named explicitly must exist, or deploy refuses: the
+	// missing key is the default one.
+	noKey := defaultCacheKey
+	if _, err := os.Stat(noKey); err == nil || os.Getenv("BENTO_CACHE_KEY") != "" {
+		t.Skipf("this machine has a cache key (%s or BENTO_CACHE_KEY)", noKey)
+	}
+	cases := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"no key", nil, []string{
+			"bento: warning: host alpha: " + filepath.Join(sdir, "alpha", "extra") + " is published, but the host declares no services.bento.secrets.extra",
+			`bento: warning: host pi: services.bento.mode is "fetch", but the server has no cache key (` + noKey + ` does not exist)`,
+		}},
+		{"no cache", []string{"--no-cache"}, []string{
+			`bento: warning: host pi: services.bento.mode is "fetch", but deploy runs with --no-cache`,
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append(e.args("--no-user-check", "--secrets-dir", sdir, "--force"), tc.args...)
+			stdout, stderr, code := runCLI(t, args...)
+			if code != 0 {
+				t.Fatalf("deploy: exit %d, want 0 (the lints only warn)\nstdout: %s\nstderr: %s", code, stdout, stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+			for _, h := range []string{"alpha", "pi"} {
+				if _, err := os.Stat(filepath.Join(e.root, h, "manifest.json")); err != nil {
+					t.Errorf("%s not published: %v", h, err)
+				}
+			}
+		})
+	}
+}

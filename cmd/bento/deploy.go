@@ -162,6 +162,7 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 	if opts.SecretsDir, err = guardSecrets(c); err != nil {
 		return opts, err
 	}
+	lintBeforeDeploy(c, &opts)
 	return opts, nil
 }
 
