@@ -64,6 +64,7 @@ type deployJSON struct {
 	} `json:"hosts"`
 	Orphans []publish.Orphan `json:"orphans"`
 	Pruned  []string         `json:"pruned"`
+	Kept    []string         `json:"kept"`
 	Notes   []string         `json:"notes"`
 }
 
@@ -243,8 +244,21 @@ func TestDeployOrphansAndPrune(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.root, "alpha/manifest.json")); err != nil {
 		t.Error("alpha was pruned")
 	}
+	// Only the reports/ of beta and gamma are left: --prune again removes
+	// nothing and says so, instead of "pruned" on every run.
+	stdout, _, code = runCLI(t, e.args("--prune")...)
+	if want := filepath.Join(e.root, "beta") + ": no longer in the fleet, only its reports/ are left — kept reports/ of beta; --prune-reports removes it too"; code != 0 || !strings.Contains(stdout, want) {
+		t.Fatalf("second --prune: exit %d, want %q in\n%s", code, want, stdout)
+	}
+	if strings.Contains(stdout, "pruned") {
+		t.Errorf("second --prune says pruned:\n%s", stdout)
+	}
+	stdout, _, code = runCLI(t, e.args("--prune", "--json")...)
+	if out := parseDeploy(t, stdout); code != 0 || len(out.Pruned) != 0 || strings.Join(out.Kept, ",") != "beta,gamma" {
+		t.Errorf("second --prune --json: exit %d, pruned %v, kept %v", code, out.Pruned, out.Kept)
+	}
 	stdout, _, code = runCLI(t, e.args("--prune", "--prune-reports")...)
-	if code != 0 || !strings.Contains(stdout, "pruned") {
+	if code != 0 || !strings.Contains(stdout, filepath.Join(e.root, "beta")+": no longer in the fleet, only its reports/ are left — pruned\n") {
 		t.Fatalf("--prune-reports: exit %d\n%s", code, stdout)
 	}
 	if _, err := os.Stat(filepath.Join(e.root, "beta")); !os.IsNotExist(err) {
