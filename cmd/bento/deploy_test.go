@@ -224,6 +224,10 @@ func TestDeployOrphansAndPrune(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.root, "beta/manifest.json")); err != nil {
 		t.Error("listing an orphan removed it")
 	}
+	stdout, _, code = runCLI(t, e.args("--prune", "--dry-run")...)
+	if want := filepath.Join(e.root, "beta") + ": no longer in the fleet — would be pruned"; code != 0 || !strings.Contains(stdout, want) {
+		t.Fatalf("--prune --dry-run: exit %d, want %q in\n%s", code, want, stdout)
+	}
 	// Deploying one host still judges orphans against the whole fleet.
 	stdout, stderr, code := runCLI(t, e.args("--prune", "--json", "alpha")...)
 	if code != 0 {
@@ -252,6 +256,10 @@ func TestDeployOrphansAndPrune(t *testing.T) {
 	}
 	if strings.Contains(stdout, "pruned") {
 		t.Errorf("second --prune says pruned:\n%s", stdout)
+	}
+	stdout, _, code = runCLI(t, e.args("--prune", "--dry-run")...)
+	if want := "only its reports/ are left — would keep reports/ of beta; --prune-reports removes it too"; code != 0 || !strings.Contains(stdout, want) {
+		t.Errorf("--prune --dry-run of reports/ only: exit %d, want %q in\n%s", code, want, stdout)
 	}
 	stdout, _, code = runCLI(t, e.args("--prune", "--json")...)
 	if out := parseDeploy(t, stdout); code != 0 || len(out.Pruned) != 0 || strings.Join(out.Kept, ",") != "beta,gamma" {
