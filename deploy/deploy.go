@@ -196,7 +196,7 @@ func (opts Options) finish(ctx context.Context, report *Report, pub *publish.Pub
 		late = append(late, "some hosts did not evaluate: chroots of hosts no longer in the fleet are neither listed nor pruned this time")
 	} else {
 		var err error
-		report.Orphans, report.Pruned, report.PruneErrors, err = orphans(pub, sel.fleet.Hosts, opts.Prune && !opts.DryRun, opts.PruneReports)
+		report.Orphans, report.Pruned, report.Kept, report.PruneErrors, err = orphans(pub, sel.fleet.Hosts, opts.Prune && !opts.DryRun, opts.PruneReports)
 		if err != nil {
 			late = append(late, err.Error())
 		}
@@ -277,21 +277,27 @@ func enforceReportLimits(root string, hosts []fleet.Host, l status.ReportLimits,
 }
 
 // orphans lists the chroots of hosts no longer in the fleet (judged
-// against every host, selected or not) and, with prune, removes them.
-func orphans(pub *publish.Publisher, hosts []fleet.Host, prune, withReports bool) (list []publish.Orphan, pruned, pruneErrors []string, err error) {
+// against every host, selected or not) and, with prune, removes them. An
+// orphan with only reports/ left is kept unless withReports: pruning it
+// again would remove nothing.
+func orphans(pub *publish.Publisher, hosts []fleet.Host, prune, withReports bool) (list []publish.Orphan, pruned, kept, pruneErrors []string, err error) {
 	known := make([]string, len(hosts))
 	for i, h := range hosts {
 		known[i] = h.Name
 	}
 	if list, err = pub.Orphans(known); err != nil || !prune {
-		return list, nil, nil, err
+		return list, nil, nil, nil, err
 	}
 	for _, o := range list {
+		if o.ReportsOnly && !withReports {
+			kept = append(kept, o.Host)
+			continue
+		}
 		if err := pub.Prune(o, withReports); err != nil {
 			pruneErrors = append(pruneErrors, err.Error())
 			continue
 		}
 		pruned = append(pruned, o.Host)
 	}
-	return list, pruned, pruneErrors, nil
+	return list, pruned, kept, pruneErrors, nil
 }

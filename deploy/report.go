@@ -67,11 +67,15 @@ type Report struct {
 	Root   string `json:"chrootRoot"`
 	// Hosts has a row per deployed host: the planned ones in the fleet's
 	// order, then the refused ones.
-	Hosts       []Row            `json:"hosts"`
-	Skipped     []Skipped        `json:"skipped"`
-	Orphans     []publish.Orphan `json:"orphans"`
-	Pruned      []string         `json:"pruned"`
-	PruneErrors []string         `json:"pruneErrors,omitempty"`
+	Hosts   []Row            `json:"hosts"`
+	Skipped []Skipped        `json:"skipped"`
+	Orphans []publish.Orphan `json:"orphans"`
+	Pruned  []string         `json:"pruned"`
+	// Kept are the orphans --prune left alone because only their reports/
+	// are left, which only --prune-reports removes: "pruned" again on every
+	// run would say something was removed when nothing was.
+	Kept        []string `json:"kept"`
+	PruneErrors []string `json:"pruneErrors,omitempty"`
 	// Warnings are all of them; the first RootWarnings are the chroot
 	// root's, known (and printed) before the build.
 	Warnings     []string `json:"warnings"`

@@ -16,7 +16,8 @@ import (
 )
 
 // statusBlock returns the table rows and the summary line that follow the
-// demo's "bento status" command line in text, one slice of cells per line, with
+// demo's last "bento status" command line in text (round two's, which the
+// README shows), one slice of cells per line, with
 // what changes from run to run (the SEEN column, the retry delay) masked.
 func statusBlock(t *testing.T, text string) [][]string {
 	t.Helper()
@@ -26,7 +27,6 @@ func statusBlock(t *testing.T, text string) [][]string {
 		// The demo's own status command: other examples may follow.
 		if strings.HasPrefix(l, "$ ") && strings.Contains(l, "bento status ") && strings.Contains(l, "--chroot-root /var/lib/bento-demo/chroot") {
 			start = i + 1
-			break
 		}
 	}
 	if start < 0 {
@@ -67,6 +67,60 @@ func TestDemoMatchesREADME(t *testing.T) {
 	}
 	want := statusBlock(t, string(readme))
 
+	out := runDemo(t)
+	// Round one puts a good version everywhere, so round two's rollback
+	// has a system to go back to.
+	if !strings.Contains(out, "4 hosts: 4 up-to-date") {
+		t.Errorf("round one did not end with every host up to date:\n%s", out)
+	}
+	got := statusBlock(t, out)
+	if !strings.Contains(out, "demo: stopped sshd, removed the demo users") {
+		t.Errorf("the demo did not say it cleaned up:\n%s", out)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("the demo printed %d status lines, the README shows %d:\n%q\n%q", len(got), len(want), got, want)
+	}
+	for i := range want {
+		if strings.Join(got[i], " | ") != strings.Join(want[i], " | ") {
+			t.Errorf("status line %d differs from the README:\n demo:   %q\n README: %q", i, got[i], want[i])
+		}
+	}
+}
+
+// TestDemoKeepAndClean: --keep leaves the demo's directory and users for a
+// look around, and --clean removes them.
+func TestDemoKeepAndClean(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the demo needs root")
+	}
+	if testing.Short() {
+		t.Skip("-short: the demo deploys, starts sshd and runs four agents")
+	}
+	t.Cleanup(func() { exec.Command("bash", "../examples/demo.sh", "--clean").Run() })
+	runDemo(t, "--keep")
+	const dir = "/var/lib/bento-demo"
+	if _, err := os.Stat(dir + "/chroot/broken/manifest.json"); err != nil {
+		t.Fatalf("--keep left no chroots: %v", err)
+	}
+	if err := exec.Command("id", "bento-broken").Run(); err != nil {
+		t.Fatalf("--keep left no user bento-broken: %v", err)
+	}
+	out, err := exec.Command("bash", "../examples/demo.sh", "--clean").CombinedOutput()
+	if err != nil {
+		t.Fatalf("--clean: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("--clean left %s: %v", dir, err)
+	}
+	if err := exec.Command("id", "bento-broken").Run(); err == nil {
+		t.Error("--clean left the user bento-broken")
+	}
+}
+
+// runDemo runs examples/demo.sh with args on a free port and returns its
+// output.
+func runDemo(t *testing.T, args ...string) string {
+	t.Helper()
 	// A free port on loopback, so a developer's own sshd on 2222 is no obstacle.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -77,15 +131,14 @@ func TestDemoMatchesREADME(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	var out []byte
 	for attempt := 1; ; attempt++ {
-		cmd := exec.CommandContext(ctx, "bash", "examples/demo.sh")
+		cmd := exec.CommandContext(ctx, "bash", append([]string{"examples/demo.sh"}, args...)...)
 		cmd.Dir = ".."
 		cmd.Env = append(os.Environ(), "BENTO_DEMO_PORT="+strconv.Itoa(port), "NO_COLOR=1")
 		cmd.WaitDelay = time.Minute
-		out, err = cmd.CombinedOutput()
+		out, err := cmd.CombinedOutput()
 		if err == nil {
-			break
+			return string(out)
 		}
 		// Tests of other packages add and remove users at the same time:
 		// useradd and groupadd fail while another holds /etc/passwd's lock.
@@ -93,18 +146,6 @@ func TestDemoMatchesREADME(t *testing.T) {
 			t.Logf("examples/demo.sh lost a race for /etc/passwd, again: %s", out)
 			continue
 		}
-		t.Fatalf("examples/demo.sh: %v\n%s", err, out)
-	}
-	got := statusBlock(t, string(out))
-	if !strings.Contains(string(out), "demo: stopped sshd, removed the demo users") {
-		t.Errorf("the demo did not say it cleaned up:\n%s", out)
-	}
-	if len(got) != len(want) {
-		t.Fatalf("the demo printed %d status lines, the README shows %d:\n%q\n%q", len(got), len(want), got, want)
-	}
-	for i := range want {
-		if strings.Join(got[i], " | ") != strings.Join(want[i], " | ") {
-			t.Errorf("status line %d differs from the README:\n demo:   %q\n README: %q", i, got[i], want[i])
-		}
+		t.Fatalf("examples/demo.sh %v: %v\n%s", args, err, out)
 	}
 }

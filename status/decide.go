@@ -118,6 +118,9 @@ func judge(in hostInput, r *Row) (State, string) {
 func fleetState(in hostInput, _ *Row) (State, string, bool) {
 	h := in.fleetHost
 	switch {
+	case in.fleetKnown && h == nil && in.evalErr == nil && in.manifest == nil && in.manifestErr == nil:
+		// An earlier --prune kept its reports/: --prune alone keeps them again.
+		return Removed, "no longer in the flake; only its reports/ are left: bento deploy --prune --prune-reports removes them", true
 	case in.fleetKnown && h == nil && in.evalErr == nil:
 		return Removed, "no longer in the flake: bento deploy --prune removes its chroot", true
 	case h != nil && !h.Managed:

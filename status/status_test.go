@@ -233,6 +233,14 @@ func TestStates(t *testing.T) {
 			state: Removed, msg: "bento deploy --prune removes its chroot", exit: ExitUpToDate,
 		},
 		{
+			name: "removed from the flake, only reports/ left",
+			setup: func(c chroot) {
+				c.report(h, applied(v1, sysA, ago(time.Minute)))
+			},
+			fleet: fl(),
+			state: Removed, msg: "only its reports/ are left: bento deploy --prune --prune-reports removes them", exit: ExitUpToDate,
+		},
+		{
 			name:  "not managed",
 			setup: func(c chroot) {},
 			fleet: fl(fleet.Host{Name: h}),

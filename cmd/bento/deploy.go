@@ -183,7 +183,7 @@ func printDeployReport(c *cli.Context, report *deploy.Report) error {
 		// The root's warnings were printed before the build; JSON has them all.
 		text := *report
 		text.Warnings = report.LateWarnings()
-		err = printDeploy(c.App.Writer, errWriter(c), text, c.Bool("prune"), useColor(c, c.App.Writer))
+		err = printDeploy(c.App.Writer, errWriter(c), text, pruneMode{c.Bool("prune"), c.Bool("prune-reports")}, useColor(c, c.App.Writer))
 	}
 	if err != nil {
 		return err
@@ -195,7 +195,7 @@ func printDeployReport(c *cli.Context, report *deploy.Report) error {
 }
 
 func printDeployJSON(w io.Writer, r deploy.Report) error {
-	for _, s := range []*[]string{&r.Pruned, &r.Warnings, &r.Notes} {
+	for _, s := range []*[]string{&r.Pruned, &r.Kept, &r.Warnings, &r.Notes} {
 		if *s == nil {
 			*s = []string{}
 		}
@@ -223,7 +223,10 @@ func onlyFailed(rs []builder.Result) []builder.Result {
 
 // printDeploy prints one line per host, the orphans, then a summary line.
 // Notes and warnings go to the error stream.
-func printDeploy(w, ew io.Writer, r deploy.Report, prune, color bool) error {
+// pruneMode is what --prune and --prune-reports asked for.
+type pruneMode struct{ prune, reports bool }
+
+func printDeploy(w, ew io.Writer, r deploy.Report, prune pruneMode, color bool) error {
 	paint := func(colour, s string) string {
 		if !color || colour == "" {
 			return s
@@ -262,7 +265,7 @@ func printDeploy(w, ew io.Writer, r deploy.Report, prune, color bool) error {
 }
 
 // printOrphans lists the chroots of hosts no longer in the fleet.
-func printOrphans(w io.Writer, r deploy.Report, prune bool) {
+func printOrphans(w io.Writer, r deploy.Report, mode pruneMode) {
 	if len(r.Orphans) == 0 {
 		return
 	}
@@ -274,11 +277,19 @@ func printOrphans(w io.Writer, r deploy.Report, prune bool) {
 		}
 		verb := ""
 		switch {
+		case slices.Contains(r.Kept, o.Host):
+			verb = fmt.Sprintf(" — kept reports/ of %s; --prune-reports removes it too", o.Host)
+		case slices.Contains(r.Pruned, o.Host) && !mode.reports:
+			verb = " — pruned, kept its reports/ (--prune-reports removes them too)"
 		case slices.Contains(r.Pruned, o.Host):
 			verb = " — pruned"
-		case prune && r.DryRun:
+		case mode.prune && r.DryRun && o.ReportsOnly && !mode.reports:
+			verb = fmt.Sprintf(" — would keep reports/ of %s; --prune-reports removes it too", o.Host)
+		case mode.prune && r.DryRun:
 			verb = " — would be pruned"
-		case !prune:
+		case !mode.prune && o.ReportsOnly:
+			verb = " (--prune --prune-reports removes it)"
+		case !mode.prune:
 			verb = " (--prune removes it)"
 		}
 		fmt.Fprintf(w, "%s: %s%s\n", o.Path, state, verb)

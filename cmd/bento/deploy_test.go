@@ -64,6 +64,7 @@ type deployJSON struct {
 	} `json:"hosts"`
 	Orphans []publish.Orphan `json:"orphans"`
 	Pruned  []string         `json:"pruned"`
+	Kept    []string         `json:"kept"`
 	Notes   []string         `json:"notes"`
 }
 
@@ -223,6 +224,10 @@ func TestDeployOrphansAndPrune(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.root, "beta/manifest.json")); err != nil {
 		t.Error("listing an orphan removed it")
 	}
+	stdout, _, code = runCLI(t, e.args("--prune", "--dry-run")...)
+	if want := filepath.Join(e.root, "beta") + ": no longer in the fleet — would be pruned"; code != 0 || !strings.Contains(stdout, want) {
+		t.Fatalf("--prune --dry-run: exit %d, want %q in\n%s", code, want, stdout)
+	}
 	// Deploying one host still judges orphans against the whole fleet.
 	stdout, stderr, code := runCLI(t, e.args("--prune", "--json", "alpha")...)
 	if code != 0 {
@@ -243,8 +248,25 @@ func TestDeployOrphansAndPrune(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.root, "alpha/manifest.json")); err != nil {
 		t.Error("alpha was pruned")
 	}
+	// Only the reports/ of beta and gamma are left: --prune again removes
+	// nothing and says so, instead of "pruned" on every run.
+	stdout, _, code = runCLI(t, e.args("--prune")...)
+	if want := filepath.Join(e.root, "beta") + ": no longer in the fleet, only its reports/ are left — kept reports/ of beta; --prune-reports removes it too"; code != 0 || !strings.Contains(stdout, want) {
+		t.Fatalf("second --prune: exit %d, want %q in\n%s", code, want, stdout)
+	}
+	if strings.Contains(stdout, "pruned") {
+		t.Errorf("second --prune says pruned:\n%s", stdout)
+	}
+	stdout, _, code = runCLI(t, e.args("--prune", "--dry-run")...)
+	if want := "only its reports/ are left — would keep reports/ of beta; --prune-reports removes it too"; code != 0 || !strings.Contains(stdout, want) {
+		t.Errorf("--prune --dry-run of reports/ only: exit %d, want %q in\n%s", code, want, stdout)
+	}
+	stdout, _, code = runCLI(t, e.args("--prune", "--json")...)
+	if out := parseDeploy(t, stdout); code != 0 || len(out.Pruned) != 0 || strings.Join(out.Kept, ",") != "beta,gamma" {
+		t.Errorf("second --prune --json: exit %d, pruned %v, kept %v", code, out.Pruned, out.Kept)
+	}
 	stdout, _, code = runCLI(t, e.args("--prune", "--prune-reports")...)
-	if code != 0 || !strings.Contains(stdout, "pruned") {
+	if code != 0 || !strings.Contains(stdout, filepath.Join(e.root, "beta")+": no longer in the fleet, only its reports/ are left — pruned\n") {
 		t.Fatalf("--prune-reports: exit %d\n%s", code, stdout)
 	}
 	if _, err := os.Stat(filepath.Join(e.root, "beta")); !os.IsNotExist(err) {

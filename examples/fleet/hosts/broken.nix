@@ -1,10 +1,11 @@
 {
-  # Deliberately broken: its activation fails, so bento rolls it back to
-  # the system it ran before and `bento status` shows why.
+  # Good at first. The demo's second round sets failActivation = true (as a
+  # bad change to a real host would break its activation), so bento rolls
+  # it back to this system and `bento status` shows why.
   services.bento = {
     enable = true;
     tags = [ "lab" ];
   };
-  system.motd = "a host whose activation always fails";
-  system.failActivation = true;
+  system.motd = "a host whose next change will fail to activate";
+  system.failActivation = false;
 }
