@@ -43,7 +43,7 @@ func completionCommand() *cli.Command {
 // file names (-o default), which is what --flake and --config want.
 const bashCompletion = `_bento_complete() {
   local cur="${COMP_WORDS[COMP_CWORD]}" IFS=$'\n'
-  COMPREPLY=($("${COMP_WORDS[0]}" "${COMP_WORDS[@]:1:COMP_CWORD-1}" "${cur}" --generate-bash-completion 2>/dev/null))
+  COMPREPLY=($("${COMP_WORDS[0]}" "${COMP_WORDS[@]:1:$((COMP_CWORD-1))}" "${cur}" --generate-bash-completion 2>/dev/null))
   return 0
 }
 complete -o default -F _bento_complete bento
@@ -51,7 +51,8 @@ complete -o default -F _bento_complete bento
 
 const fishCompletion = `function __bento_complete
   set -l words (commandline -opc)
-  command $words[1] $words[2..-1] (commandline -ct) --generate-bash-completion 2>/dev/null
+  set -l cur (commandline -ct)
+  command $words[1] $words[2..-1] "$cur" --generate-bash-completion 2>/dev/null
 end
 complete -c bento -f -a '(__bento_complete)'
 `

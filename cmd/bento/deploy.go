@@ -145,9 +145,9 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 		}
 	}
 	// Shell completion offers the hosts discovery found (hostcache.go).
-	discover := opts.Discover
+	inner := opts.Discover
 	opts.Discover = func(ctx context.Context) (*fleet.Fleet, []fleet.Host, bool, error) {
-		f, selected, evalFailed, err := discover(ctx)
+		f, selected, evalFailed, err := inner(ctx)
 		if err == nil {
 			writeHostCache(c, f)
 		}
