@@ -260,3 +260,25 @@ func shellComplete(shell, script, bin string, words []string) string {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// deploy leaves the cache on both of its discovery paths (with a build,
+// and --no-build), so that a fleet never listed with bento hosts completes
+// too.
+func TestDeployWritesHostCache(t *testing.T) {
+	requireRootCLI(t)
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	e := newDeployEnv(t, hostsOf("alpha", "beta"))
+	dir, err := hostCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, extra := range [][]string{{"--dry-run"}, {"--dry-run", "--no-build"}} {
+		os.RemoveAll(dir)
+		if stdout, stderr, code := runCLI(t, e.args(extra...)...); code != 0 {
+			t.Fatalf("deploy %v: exit %d\n%s\n%s", extra, code, stdout, stderr)
+		}
+		if got := loadHostCache(dir, e.fleet).Hosts; !slices.Equal(got, []string{"alpha", "beta"}) {
+			t.Errorf("deploy %v: cached hosts %q, want alpha and beta", extra, got)
+		}
+	}
+}
