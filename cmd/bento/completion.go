@@ -90,81 +90,33 @@ func printCompletions(app *cli.App, args []string) error {
 // completions are the candidates for cur after words: the values of the
 // flag before it, flags when it starts with "-", else subcommands or, for
 // a command taking hosts, the fleet's host names and @tags from the cache
-// in cacheDir (never an evaluation). It reads only the words: a flag
-// bento does not know is taken as one without value.
+// in cacheDir (never an evaluation).
 func completions(app *cli.App, words []string, cur, cacheDir string) []string {
-	var cmd *cli.Command
-	cmds, flags := app.Commands, app.Flags
-	flake := os.Getenv("BENTO_FLAKE")
-	var pending string // a flag whose value comes next
-	positional, endFlags := 0, false
-	for _, w := range words {
-		switch {
-		case pending != "":
-			// bash splits "--sort=name" into "--sort", "=", "name".
-			if w == "=" {
-				continue
-			}
-			if pending == "flake" {
-				flake = w
-			}
-			pending = ""
-		case endFlags || !strings.HasPrefix(w, "-") || w == "-":
-			if next := find(cmds, w); next != nil && positional == 0 && !endFlags {
-				cmd, cmds, flags = next, next.Subcommands, append(append([]cli.Flag{}, next.Flags...), app.Flags...)
-				continue
-			}
-			positional++
-		case w == "--":
-			endFlags = true
-		default:
-			name, value, hasValue := strings.Cut(strings.TrimLeft(w, "-"), "=")
-			if f := lookupFlag(flags, name); f != nil && takesValue([]cli.Flag{f})[name] {
-				name = f.Names()[0]
-				if !hasValue {
-					pending = name
-				} else if name == "flake" {
-					flake = value
-				}
-			}
-		}
-	}
+	l := readLine(app, words)
 	switch {
-	case pending != "":
+	case l.pending != "":
 		// bash's word for "--sort=" is "=": it is replaced by "=name".
 		prefix := ""
 		if strings.HasPrefix(cur, "=") {
 			prefix = "="
 		}
-		return matching(flagValues[pending], prefix, strings.TrimPrefix(cur, "="))
-	case !endFlags && strings.HasPrefix(cur, "-"):
-		if name, value, ok := strings.Cut(strings.TrimLeft(cur, "-"), "="); ok {
-			if f := lookupFlag(flags, name); f != nil {
-				return matching(flagValues[f.Names()[0]], cur[:len(cur)-len(value)], value)
-			}
-			return nil
-		}
-		var all []string
-		for _, f := range flags {
-			if v, ok := f.(cli.VisibleFlag); !ok || v.IsVisible() {
-				all = append(all, "--"+f.Names()[0])
-			}
-		}
-		return matching(append(all, "--help"), "", cur)
-	case cmd == nil:
+		return matching(flagValues[l.pending], prefix, strings.TrimPrefix(cur, "="))
+	case !l.endFlags && strings.HasPrefix(cur, "-"):
+		return flagCompletions(l.flags, cur)
+	case l.cmd == nil:
 		return matching(commandNames(app.Commands), "", cur)
-	case len(cmd.Subcommands) > 0 && positional == 0:
-		return matching(commandNames(cmd.Subcommands), "", cur)
-	case cmd.Name == "completion" && positional == 0:
+	case len(l.cmd.Subcommands) > 0 && l.positional == 0:
+		return matching(commandNames(l.cmd.Subcommands), "", cur)
+	case l.cmd.Name == "completion" && l.positional == 0:
 		return matching([]string{"bash", "zsh", "fish"}, "", cur)
-	case strings.Contains(cmd.ArgsUsage, "HOST"):
+	case strings.Contains(l.cmd.ArgsUsage, "HOST"):
 		// "HOST [NAME]" takes one host; "[HOST|GLOB|@TAG]..." any number.
-		if strings.HasPrefix(cmd.ArgsUsage, "HOST") && positional > 0 {
+		if strings.HasPrefix(l.cmd.ArgsUsage, "HOST") && l.positional > 0 {
 			return nil
 		}
-		hc := loadHostCache(cacheDir, flake)
+		hc := loadHostCache(cacheDir, l.flake)
 		all := hc.Hosts
-		if strings.Contains(cmd.ArgsUsage, "@TAG") {
+		if strings.Contains(l.cmd.ArgsUsage, "@TAG") {
 			for _, t := range hc.Tags {
 				all = append(all, "@"+t)
 			}
@@ -172,6 +124,76 @@ func completions(app *cli.App, words []string, cur, cacheDir string) []string {
 		return matching(all, "", cur)
 	}
 	return nil
+}
+
+// line is what the words before the cursor say.
+type line struct {
+	cmd        *cli.Command // the last command named; nil: none
+	flags      []cli.Flag   // the flags it (and the top level) takes
+	flake      string       // --flake as given, else $BENTO_FLAKE
+	pending    string       // a flag whose value is the word being completed
+	positional int          // arguments after cmd
+	endFlags   bool         // "--" was given
+}
+
+// readLine reads the words as bento would: commands, flags (a flag bento
+// does not know is taken as one without value), and arguments.
+func readLine(app *cli.App, words []string) line {
+	l := line{flags: app.Flags, flake: os.Getenv("BENTO_FLAKE")}
+	cmds := app.Commands
+	for _, w := range words {
+		switch {
+		case l.pending != "":
+			// bash splits "--sort=name" into "--sort", "=", "name".
+			if w == "=" {
+				continue
+			}
+			if l.pending == "flake" {
+				l.flake = w
+			}
+			l.pending = ""
+		case l.endFlags || !strings.HasPrefix(w, "-") || w == "-":
+			if next := find(cmds, w); next != nil && l.positional == 0 && !l.endFlags {
+				l.cmd, cmds = next, next.Subcommands
+				l.flags = append(append([]cli.Flag{}, next.Flags...), app.Flags...)
+				continue
+			}
+			l.positional++
+		case w == "--":
+			l.endFlags = true
+		default:
+			name, value, hasValue := strings.Cut(strings.TrimLeft(w, "-"), "=")
+			f := lookupFlag(l.flags, name)
+			if f == nil || !takesValue([]cli.Flag{f})[name] {
+				continue
+			}
+			switch name = f.Names()[0]; {
+			case !hasValue:
+				l.pending = name
+			case name == "flake":
+				l.flake = value
+			}
+		}
+	}
+	return l
+}
+
+// flagCompletions are the flags starting with cur, or with "--name=" the
+// values of that flag (zsh and fish keep "--sort=na" one word).
+func flagCompletions(flags []cli.Flag, cur string) []string {
+	if name, value, ok := strings.Cut(strings.TrimLeft(cur, "-"), "="); ok {
+		if f := lookupFlag(flags, name); f != nil {
+			return matching(flagValues[f.Names()[0]], cur[:len(cur)-len(value)], value)
+		}
+		return nil
+	}
+	all := []string{"--help"}
+	for _, f := range flags {
+		if v, ok := f.(cli.VisibleFlag); !ok || v.IsVisible() {
+			all = append(all, "--"+f.Names()[0])
+		}
+	}
+	return matching(all, "", cur)
 }
 
 // matching is prefix+c for every candidate c starting with typed, in
