@@ -14,6 +14,9 @@ const completionFlag = "--generate-bash-completion"
 
 // run runs the app on a command line made ready for it by normalizeArgs.
 func run(ctx context.Context, app *cli.App, args []string) error {
+	if len(args) > 1 && args[len(args)-1] == completionFlag {
+		return printCompletions(app, args[1:len(args)-1])
+	}
 	args, err := normalizeArgs(app, args)
 	if err != nil {
 		return err

@@ -144,6 +144,15 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 			return f, selected, evalFailed, err
 		}
 	}
+	// Shell completion offers the hosts discovery found (hostcache.go).
+	inner := opts.Discover
+	opts.Discover = func(ctx context.Context) (*fleet.Fleet, []fleet.Host, bool, error) {
+		f, selected, evalFailed, err := inner(ctx)
+		if err == nil {
+			writeHostCache(c, f)
+		}
+		return f, selected, evalFailed, err
+	}
 	if !c.Bool("no-cache") {
 		opts.Cache = &deploy.CacheOptions{Key: c.String("cache-key"), KeyRequired: c.IsSet("cache-key"), Pool: c.String("cache-pool")}
 	}

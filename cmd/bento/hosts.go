@@ -27,6 +27,7 @@ func hostsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			writeHostCache(c, f)
 			if c.Bool("json") {
 				err = printHostsJSON(c.App.Writer, f, hosts)
 			} else {
