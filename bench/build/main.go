@@ -28,13 +28,11 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"github.com/bento-nix/bento/internal/benchtb"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -104,7 +102,7 @@ func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string, spli
 	}
 
 	fmt.Printf("bench/build: %d hosts, %gs I/O-bound build each, %d CPUs, Nix build users: %d (group %q), %d rounds (original loop: %d), load average %s\n",
-		n, seconds, runtime.NumCPU(), users, group, rounds, seqRounds, loadavg())
+		n, seconds, runtime.NumCPU(), users, group, rounds, seqRounds, benchtb.LoadAvg())
 
 	var seq, single, bento, bentoSplit []time.Duration
 	for round := range max(rounds, seqRounds) {
@@ -204,7 +202,7 @@ func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string, spli
 		}
 	}
 	row := func(name string, ds []time.Duration) {
-		fmt.Printf("  %-58s %7.2fs  rounds: %s\n", name, median(ds).Seconds(), list(ds))
+		fmt.Printf("  %-58s %7.2fs  rounds: %s\n", name, benchtb.Median(ds).Seconds(), benchtb.Rounds(ds))
 	}
 	if len(seq) > 0 {
 		row("original: per host, a copy of the flake and one nix build", seq)
@@ -219,15 +217,15 @@ func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string, spli
 		row("bento, derivations evaluated by the build (as with a selection)", bentoSplit)
 	}
 	if len(seq) > 0 {
-		fmt.Printf("ratio bento / original:  %.3f\n", median(bento).Seconds()/median(seq).Seconds())
+		fmt.Printf("ratio bento / original:  %.3f\n", benchtb.Median(bento).Seconds()/benchtb.Median(seq).Seconds())
 	}
-	fmt.Printf("ratio bento / limit:     %.3f\n", median(bento).Seconds()/median(single).Seconds())
+	fmt.Printf("ratio bento / limit:     %.3f\n", benchtb.Median(bento).Seconds()/benchtb.Median(single).Seconds())
 	if len(seq) > 0 {
 		// One line for bench/table: figure, anchor, bento, goal.
 		fmt.Printf("table: first deploy, %d hosts x %gs build\tthe original's loop %.1fs\t%.2fx with defaults (%.2fx of one nix build)\t<= 0.1x\n",
-			n, seconds, median(seq).Seconds(), median(bento).Seconds()/median(seq).Seconds(), median(bento).Seconds()/median(single).Seconds())
+			n, seconds, benchtb.Median(seq).Seconds(), benchtb.Median(bento).Seconds()/benchtb.Median(seq).Seconds(), benchtb.Median(bento).Seconds()/benchtb.Median(single).Seconds())
 	}
-	fmt.Printf("load average at the end: %s\n", loadavg())
+	fmt.Printf("load average at the end: %s\n", benchtb.LoadAvg())
 	return nil
 }
 
@@ -246,33 +244,4 @@ func nixBuild(ctx context.Context, env []string, maxJobs int, installables ...st
 		return fmt.Errorf("%v: %s", err, nix.Summarize(string(out)))
 	}
 	return nil
-}
-
-func median(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func list(ds []time.Duration) string {
-	var parts []string
-	for _, d := range ds {
-		parts = append(parts, fmt.Sprintf("%.2f", d.Seconds()))
-	}
-	return strings.Join(parts, " ")
-}
-
-func loadavg() string {
-	data, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }

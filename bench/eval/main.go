@@ -13,12 +13,10 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/bento-nix/bento/internal/benchtb"
 	"os"
 	"os/exec"
 	"runtime"
-	"slices"
-	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -59,15 +57,6 @@ func childCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func loadavg() string {
-	data, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 func run(n, cost, rounds, chunk int, show bool) error {
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "bento-bench-eval-")
@@ -88,7 +77,7 @@ func run(n, cost, rounds, chunk int, show bool) error {
 		return err
 	}
 
-	load0 := loadavg()
+	load0 := benchtb.LoadAvg()
 	var mu sync.Mutex
 	var chunks []int
 	discover := func(opts eval.Options) error {
@@ -145,36 +134,19 @@ func run(n, cost, rounds, chunk int, show bool) error {
 			v.cpu = append(v.cpu, childCPU()-cpu)
 		}
 	}
-	base := median(vs[0].durs)
+	base := benchtb.Median(vs[0].durs)
 	for _, v := range vs {
-		m := median(v.durs)
+		m := benchtb.Median(v.durs)
 		note := v.note
 		if note != "" {
 			note = " (" + note + ")"
 		}
-		fmt.Printf("  %-46s %7.2fs  %.2fx%s  cpu %.2fs  rounds: %s\n", v.name, m.Seconds(), m.Seconds()/base.Seconds(), note, median(v.cpu).Seconds(), list(v.durs))
+		fmt.Printf("  %-46s %7.2fs  %.2fx%s  cpu %.2fs  rounds: %s\n", v.name, m.Seconds(), m.Seconds()/base.Seconds(), note, benchtb.Median(v.cpu).Seconds(), benchtb.Rounds(v.durs))
 	}
-	fmt.Printf("load average before: %s, after: %s (wall-time ratios need idle CPUs; compare the cpu column under load)\n", load0, loadavg())
+	fmt.Printf("load average before: %s, after: %s (wall-time ratios need idle CPUs; compare the cpu column under load)\n", load0, benchtb.LoadAvg())
 	fmt.Printf("bento's default chunks (last round): %v hosts\n", chunks)
 	// One line for bench/table: figure, anchor, bento, goal.
 	fmt.Printf("table: discovery, %d hosts\tone sequential nix eval %.1fs\t%.2fx with defaults\t<= 0.6x\n",
-		n, base.Seconds(), median(vs[1].durs).Seconds()/base.Seconds())
+		n, base.Seconds(), benchtb.Median(vs[1].durs).Seconds()/base.Seconds())
 	return nil
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func list(ds []time.Duration) string {
-	var parts []string
-	for _, d := range ds {
-		parts = append(parts, fmt.Sprintf("%.2f", d.Seconds()))
-	}
-	return strings.Join(parts, " ")
 }

@@ -17,12 +17,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/bento-nix/bento/internal/benchtb"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -73,7 +72,7 @@ func run(n, rounds int, bin string, original bool) error {
 		}
 		return nil
 	}
-	fmt.Printf("bench/deploy/unchanged: %d hosts, %d CPUs, %d rounds (medians), load average %s\n", n, runtime.NumCPU(), rounds, loadavg())
+	fmt.Printf("bench/deploy/unchanged: %d hosts, %d CPUs, %d rounds (medians), load average %s\n", n, runtime.NumCPU(), rounds, benchtb.LoadAvg())
 	start := time.Now()
 	if err := deploy(); err != nil {
 		return fmt.Errorf("first deploy: %w", err)
@@ -128,18 +127,18 @@ func run(n, rounds int, bin string, original bool) error {
 			v.durs = append(v.durs, time.Since(start))
 		}
 	}
-	base := median(vs[1].durs)
+	base := benchtb.Median(vs[1].durs)
 	for _, v := range vs {
-		m := median(v.durs)
-		fmt.Printf("  %-46s %6.3fs  %5.2fx of --no-build  rounds: %s\n", v.name, m.Seconds(), m.Seconds()/base.Seconds(), list(v.durs))
+		m := benchtb.Median(v.durs)
+		fmt.Printf("  %-46s %6.3fs  %5.2fx of --no-build  rounds: %s\n", v.name, m.Seconds(), m.Seconds()/base.Seconds(), benchtb.Rounds(v.durs))
 	}
-	fmt.Printf("load average at the end: %s\n", loadavg())
+	fmt.Printf("load average at the end: %s\n", benchtb.LoadAvg())
 	anchor := fmt.Sprintf("--no-build %.2fs", base.Seconds())
 	if len(vs) > 2 {
-		anchor += fmt.Sprintf(", the original %.1fs", median(vs[2].durs).Seconds())
+		anchor += fmt.Sprintf(", the original %.1fs", benchtb.Median(vs[2].durs).Seconds())
 	}
 	// One line for bench/table: figure, anchor, bento, goal.
-	fmt.Printf("table: unchanged redeploy, %d hosts\t%s\t%.2fs with defaults\t<= 0.5s\n", n, anchor, median(vs[0].durs).Seconds())
+	fmt.Printf("table: unchanged redeploy, %d hosts\t%s\t%.2fs with defaults\t<= 0.5s\n", n, anchor, benchtb.Median(vs[0].durs).Seconds())
 	return nil
 }
 
@@ -148,30 +147,4 @@ func tail(s string) string {
 		return "…" + s[len(s)-2000:]
 	}
 	return s
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func list(ds []time.Duration) string {
-	var parts []string
-	for _, d := range ds {
-		parts = append(parts, fmt.Sprintf("%.2f", d.Seconds()))
-	}
-	return strings.Join(parts, " ")
-}
-
-func loadavg() string {
-	data, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }
