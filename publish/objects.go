@@ -259,28 +259,15 @@ func removeNamed(hostDir string, sums map[string]bool, removed func(sum string))
 // candidates (by sha256), or everywhere when candidates is nil. It runs
 // under the lock, after every chroot's removals.
 func (p *Publisher) collectPool(candidates map[string]bool) (int, error) {
+	var c poolCollector
 	if candidates != nil {
-		n := 0
-		var errs []error
 		for sum := range candidates {
 			q := filepath.Join(p.root, PoolDir, sum[:2], sum[2:])
-			fi, err := os.Lstat(q)
-			if err != nil || !fi.Mode().IsRegular() {
-				continue
+			if orphanObject(q) {
+				c.remove(q)
 			}
-			if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink > 1 {
-				continue
-			}
-			if err := os.Remove(q); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				errs = append(errs, err)
-				continue
-			}
-			n++
 		}
-		if err := errors.Join(errs...); err != nil {
-			return n, fmt.Errorf("object pool: %w", err)
-		}
-		return n, nil
+		return c.result()
 	}
 	base := filepath.Join(p.root, PoolDir)
 	fans, err := os.ReadDir(base)
@@ -290,8 +277,6 @@ func (p *Publisher) collectPool(candidates map[string]bool) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("object pool: %w", err)
 	}
-	n := 0
-	var errs []error
 	for _, fan := range fans {
 		if !fan.IsDir() || !isHexN(fan.Name(), 2) {
 			continue
@@ -299,31 +284,50 @@ func (p *Publisher) collectPool(candidates map[string]bool) (int, error) {
 		fd := filepath.Join(base, fan.Name())
 		entries, err := os.ReadDir(fd)
 		if err != nil {
-			errs = append(errs, err)
+			c.errs = append(c.errs, err)
 			continue
 		}
 		for _, e := range entries {
 			q := filepath.Join(fd, e.Name())
-			if !strings.HasPrefix(e.Name(), atomicfile.TempPrefix) {
-				fi, err := os.Lstat(q)
-				if err != nil || !fi.Mode().IsRegular() {
-					continue
-				}
-				if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink > 1 {
-					continue
-				}
+			if strings.HasPrefix(e.Name(), atomicfile.TempPrefix) || orphanObject(q) {
+				c.remove(q)
 			}
-			if err := os.Remove(q); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				errs = append(errs, err)
-				continue
-			}
-			n++
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return n, fmt.Errorf("object pool: %w", err)
+	return c.result()
+}
+
+// orphanObject tells whether the pool file q is a regular file that no
+// chroot links (its only link is the pool's). In doubt, it says no.
+func orphanObject(q string) bool {
+	fi, err := os.Lstat(q)
+	if err != nil || !fi.Mode().IsRegular() {
+		return false
 	}
-	return n, nil
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Nlink <= 1
+}
+
+// poolCollector counts what collectPool removed and gathers why it could
+// not remove the rest: one failure does not stop the others.
+type poolCollector struct {
+	n    int
+	errs []error
+}
+
+func (c *poolCollector) remove(q string) {
+	if err := os.Remove(q); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		c.errs = append(c.errs, err)
+		return
+	}
+	c.n++
+}
+
+func (c *poolCollector) result() (int, error) {
+	if err := errors.Join(c.errs...); err != nil {
+		return c.n, fmt.Errorf("object pool: %w", err)
+	}
+	return c.n, nil
 }
 
 func fileSum(p string) (string, error) {
