@@ -150,40 +150,58 @@ func (p *Publisher) linkObject(o *object, dst string, made map[string]bool) (boo
 		made[dir] = true
 	}
 	err := os.Link(o.final, dst)
-	if err == nil {
+	switch {
+	case err == nil:
 		return true, nil
-	}
-	if errors.Is(err, fs.ErrExist) {
-		a, err1 := os.Lstat(dst)
-		b, err2 := os.Lstat(o.final)
-		if err1 == nil && err2 == nil && os.SameFile(a, b) {
+	case errors.Is(err, fs.ErrExist):
+		if o.alreadyAt(dst) {
 			return false, nil
 		}
-		if err1 == nil && a.Mode().IsRegular() && a.Size() == o.size && a.Mode().Perm() == 0o444 {
-			if sum, err := fileSum(dst); err == nil && sum == o.sum {
-				return false, nil
-			}
-		}
-	} else if !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EMLINK) {
+	case !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EMLINK):
 		return false, err
 	}
-	// Replace by rename, so the name never goes missing; across file
-	// systems (or past the link limit) a durable copy.
+	if err := p.replaceObject(o, dst); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// alreadyAt tells whether dst already is o: the pool's very file, or a
+// read-only copy with o's content (from before the pool, or another file
+// system).
+func (o *object) alreadyAt(dst string) bool {
+	a, err1 := os.Lstat(dst)
+	b, err2 := os.Lstat(o.final)
+	if err1 == nil && err2 == nil && os.SameFile(a, b) {
+		return true
+	}
+	if err1 == nil && a.Mode().IsRegular() && a.Size() == o.size && a.Mode().Perm() == 0o444 {
+		if sum, err := fileSum(dst); err == nil && sum == o.sum {
+			return true
+		}
+	}
+	return false
+}
+
+// replaceObject puts o at dst by rename, so the name never goes missing;
+// across file systems (or past the link limit) as a durable copy.
+func (p *Publisher) replaceObject(o *object, dst string) error {
+	dir := filepath.Dir(dst)
 	tmp := filepath.Join(dir, atomicfile.TempPrefix+filepath.Base(dst)+"-"+randomSuffix())
 	if err := os.Link(o.final, tmp); err != nil {
 		if tmp, err = p.copyObject(o.final, dir, o.sum, o.size); err != nil {
-			return false, err
+			return err
 		}
 		if err := syncFile(tmp); err != nil {
 			os.Remove(tmp)
-			return false, err
+			return err
 		}
 	}
 	if err := os.Rename(tmp, dst); err != nil {
 		os.Remove(tmp)
-		return false, err
+		return err
 	}
-	return true, nil
+	return nil
 }
 
 // removeObjects removes from a chroot's objects/ every object that keep
