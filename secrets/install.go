@@ -546,24 +546,43 @@ func (i *Installer) write(ctx context.Context, src string, f manifest.File, w wa
 	if err := unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return "", fmt.Errorf("%s is a directory: remove it or pick another path", w.path)
 	}
-	var rnd [8]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
+	tmp, tmpName, err := createTemp(dir, base)
+	if err != nil {
 		return "", err
 	}
-	tmpName := "." + base + ".bento-" + hex.EncodeToString(rnd[:])
-	// O_EXCL|O_NOFOLLOW: a name planted in the meantime is never opened.
-	fd, err := unix.Openat(dfd, tmpName, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	sum, err := i.fill(ctx, tmp, src, f, w)
 	if err != nil {
-		return "", &fs.PathError{Op: "create", Path: filepath.Join(dir.Name(), tmpName), Err: err}
+		tmp.Close()
+		unix.Unlinkat(dfd, tmpName, 0)
+		return "", err
 	}
-	tmp := os.NewFile(uintptr(fd), filepath.Join(dir.Name(), tmpName))
-	done := false
-	defer func() {
-		if !done {
-			tmp.Close()
-			unix.Unlinkat(dfd, tmpName, 0)
-		}
-	}()
+	// rename(2) replaces a symlink at the path itself, never its target.
+	if err := unix.Renameat(dfd, tmpName, dfd, base); err != nil {
+		unix.Unlinkat(dfd, tmpName, 0)
+		return "", &fs.PathError{Op: "rename", Path: w.path, Err: err}
+	}
+	return sum, dir.Sync()
+}
+
+// createTemp makes a new, empty, private file beside base in dir.
+func createTemp(dir *os.File, base string) (*os.File, string, error) {
+	var rnd [8]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, "", err
+	}
+	name := "." + base + ".bento-" + hex.EncodeToString(rnd[:])
+	// O_EXCL|O_NOFOLLOW: a name planted in the meantime is never opened.
+	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, "", &fs.PathError{Op: "create", Path: filepath.Join(dir.Name(), name), Err: err}
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(dir.Name(), name)), name, nil
+}
+
+// fill gives tmp its owner and mode, then the secret's content (decrypted
+// when it is age-encrypted), synced and closed; it returns the content's
+// sha256.
+func (i *Installer) fill(ctx context.Context, tmp *os.File, src string, f manifest.File, w want) (string, error) {
 	// Owner and mode first: the content must never be readable by anyone
 	// else, even for a moment.
 	if err := tmp.Chown(w.uid, w.gid); err != nil {
@@ -573,6 +592,7 @@ func (i *Installer) write(ctx context.Context, src string, f manifest.File, w wa
 		return "", err
 	}
 	h := sha256.New()
+	var err error
 	if Encrypted(f.Path) {
 		err = i.decrypt(ctx, src, io.MultiWriter(tmp, h))
 	} else {
@@ -587,12 +607,7 @@ func (i *Installer) write(ctx context.Context, src string, f manifest.File, w wa
 	if err := tmp.Close(); err != nil {
 		return "", err
 	}
-	// rename(2) replaces a symlink at the path itself, never its target.
-	if err := unix.Renameat(dfd, tmpName, dfd, base); err != nil {
-		return "", &fs.PathError{Op: "rename", Path: w.path, Err: err}
-	}
-	done = true
-	return hex.EncodeToString(h.Sum(nil)), dir.Sync()
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func copyFrom(src string, w io.Writer) error {
