@@ -105,17 +105,7 @@ func (p *Pool) Add(ctx context.Context, storePaths []string) error {
 	if len(storePaths) == 0 {
 		return nil
 	}
-	if p.SecretKeyFile == "" {
-		return errors.New("cache pool: no signing key set: create one with bento keygen (clients only accept signed paths)")
-	}
-	keyFile, err := filepath.Abs(p.SecretKeyFile)
-	if err != nil {
-		return fmt.Errorf("cache signing key: %w", err)
-	}
-	if strings.ContainsAny(keyFile, "?&#%= \t\n") {
-		return fmt.Errorf("cache signing key %s: the path must not contain ?, &, #, %%, = or spaces (Nix takes it as a URL); move the key", keyFile)
-	}
-	pub, err := p.PublicKey()
+	keyFile, pub, err := p.signingKey()
 	if err != nil {
 		return err
 	}
@@ -137,18 +127,9 @@ func (p *Pool) Add(ctx context.Context, storePaths []string) error {
 	if err != nil {
 		return err
 	}
-	stale := 0
-	for _, sp := range closure {
-		h, _ := narinfo.HashPart(sp)
-		reason := staleReason(dir, h, pub)
-		if reason == "" {
-			continue
-		}
-		p.log().Info("cache pool: making entry again", "path", sp, "reason", reason)
-		if err := os.Remove(filepath.Join(dir, h+".narinfo")); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("cache pool: %w", err)
-		}
-		stale++
+	stale, err := p.dropStale(dir, closure, pub)
+	if err != nil {
+		return err
 	}
 	compression := p.Compression
 	if compression == "" {
@@ -161,6 +142,43 @@ func (p *Pool) Add(ctx context.Context, storePaths []string) error {
 	}
 	p.log().Debug("cache pool: added", "closures", len(storePaths), "paths", len(closure), "remade", stale)
 	return nil
+}
+
+// signingKey is the absolute path of the secret key, in a form Nix takes
+// inside a store URL, and its public half.
+func (p *Pool) signingKey() (string, narinfo.PublicKey, error) {
+	var pub narinfo.PublicKey
+	if p.SecretKeyFile == "" {
+		return "", pub, errors.New("cache pool: no signing key set: create one with bento keygen (clients only accept signed paths)")
+	}
+	keyFile, err := filepath.Abs(p.SecretKeyFile)
+	if err != nil {
+		return "", pub, fmt.Errorf("cache signing key: %w", err)
+	}
+	if strings.ContainsAny(keyFile, "?&#%= \t\n") {
+		return "", pub, fmt.Errorf("cache signing key %s: the path must not contain ?, &, #, %%, = or spaces (Nix takes it as a URL); move the key", keyFile)
+	}
+	pub, err = p.PublicKey()
+	return keyFile, pub, err
+}
+
+// dropStale removes the narinfo of every entry of closure that must be
+// made again (see staleReason), so that nix copy makes it, and counts them.
+func (p *Pool) dropStale(dir string, closure []string, pub narinfo.PublicKey) (int, error) {
+	stale := 0
+	for _, sp := range closure {
+		h, _ := narinfo.HashPart(sp)
+		reason := staleReason(dir, h, pub)
+		if reason == "" {
+			continue
+		}
+		p.log().Info("cache pool: making entry again", "path", sp, "reason", reason)
+		if err := os.Remove(filepath.Join(dir, h+".narinfo")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return stale, fmt.Errorf("cache pool: %w", err)
+		}
+		stale++
+	}
+	return stale, nil
 }
 
 // staleReason says why the pool entry of hash h must be made again, or "".
