@@ -53,7 +53,11 @@ const (
 	KindReport = "report"
 	// KindReportGone: the host's report, seen before, is no longer there.
 	KindReportGone = "report-gone"
-	// KindReportRestored: the report that was gone is back, unchanged.
+	// KindReportUnreadable: the host's report, seen before, is there but
+	// cannot be read (invalid, over the reports/ limits).
+	KindReportUnreadable = "report-unreadable"
+	// KindReportRestored: the report that was gone (or unreadable) is
+	// back, unchanged.
 	KindReportRestored = "report-restored"
 	// KindReportRegressed: the host's report went back to one recorded
 	// earlier, or to one older than the last (by its finishedAt).
@@ -88,6 +92,9 @@ type Observation struct {
 	// Report is the parsed reports/status.json; nil means the host has no
 	// report (never had, or it was removed).
 	Report *manifest.Report
+	// Unreadable, with Report nil, says the report is there but could not
+	// be used, and why (recorded as the event's error).
+	Unreadable string
 	// State is the reader's verdict (status.State, e.g. "up-to-date"),
 	// recorded beside the host's own fields; optional.
 	State string
@@ -167,10 +174,11 @@ func Path(root string) string {
 	return filepath.Join(root, ".bento-state", File)
 }
 
-// Open opens (creating it and its directory, mode 0700, if missing) the
-// database at path and brings its schema up to date.
+// Open opens the database at path, creating it (and its directory, mode
+// 0700, whose parent must exist: never a whole chroot root) if missing,
+// and brings its schema up to date.
 func Open(ctx context.Context, path string) (*DB, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := os.Mkdir(filepath.Dir(path), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("history %s: %w", path, err)
 	}
 	return open(ctx, path, false)
@@ -281,6 +289,11 @@ func (h *DB) RecordPublication(ctx context.Context, pubs ...Publication) error {
 			return err
 		}
 		defer st.Close()
+		known, err := tx.PrepareContext(ctx, knownHost)
+		if err != nil {
+			return err
+		}
+		defer known.Close()
 		for _, p := range pubs {
 			at := p.At
 			if at.IsZero() {
@@ -288,6 +301,9 @@ func (h *DB) RecordPublication(ctx context.Context, pubs ...Publication) error {
 			}
 			if _, err := st.ExecContext(ctx, at.UnixMilli(), bound(p.Host, maxShort), bound(p.Version, maxShort),
 				bound(p.ExpectedSystem, maxPath), bound(p.DeployRun, maxShort)); err != nil {
+				return fmt.Errorf("host %s: %w", p.Host, err)
+			}
+			if _, err := known.ExecContext(ctx, bound(p.Host, maxShort)); err != nil {
 				return fmt.Errorf("host %s: %w", p.Host, err)
 			}
 		}
@@ -317,6 +333,11 @@ func (h *DB) RecordRolloutStep(ctx context.Context, s RolloutStep) error {
 				s.Wave, bound(s.Action, maxShort), bound(s.Reason, maxText)); err != nil {
 				return err
 			}
+			if host != "" {
+				if _, err := tx.ExecContext(ctx, knownHost, bound(host, maxShort)); err != nil {
+					return err
+				}
+			}
 		}
 		return nil
 	})
@@ -326,11 +347,51 @@ func (h *DB) RecordRolloutStep(ctx context.Context, s RolloutStep) error {
 	return nil
 }
 
+// knownHost makes a host known (Hosts lists it) before any report.
+const knownHost = `INSERT INTO hosts (host, report_hash, finished_at) VALUES (?, '', 0) ON CONFLICT DO NOTHING`
+
+// Hosts lists the hosts the history knows, by name.
+func (h *DB) Hosts(ctx context.Context) ([]string, error) {
+	rows, err := h.db.QueryContext(ctx, `SELECT host FROM hosts ORDER BY host`)
+	if err != nil {
+		return nil, fmt.Errorf("history: hosts: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var host string
+		if err := rows.Scan(&host); err != nil {
+			return nil, fmt.Errorf("history: hosts: %w", err)
+		}
+		out = append(out, host)
+	}
+	return out, rows.Err()
+}
+
 // lastReport is what the hosts table remembers of a host's latest report.
 type lastReport struct {
 	hash       string
 	finishedAt int64
-	gone       bool
+	absence    absence
+}
+
+// absence is why a host's last observation had no usable report.
+type absence int
+
+const (
+	present absence = iota
+	gone
+	unreadable
+)
+
+func (o Observation) absence() absence {
+	switch {
+	case o.Report != nil:
+		return present
+	case o.Unreadable != "":
+		return unreadable
+	}
+	return gone
 }
 
 // RecordReport records what readers observed of hosts' reports, all in
@@ -355,7 +416,7 @@ func (h *DB) RecordReport(ctx context.Context, obs ...Observation) (int, error) 
 	}
 	var changed []int
 	for i, o := range obs {
-		if changes(last[o.Host], hashes[i], o.Report != nil) {
+		if changes(last[bound(o.Host, maxShort)], hashes[i], o.absence()) {
 			changed = append(changed, i)
 		}
 	}
@@ -391,7 +452,7 @@ type querier interface {
 }
 
 func (h *DB) lastReports(ctx context.Context, q querier) (map[string]lastReport, error) {
-	rows, err := q.QueryContext(ctx, `SELECT host, report_hash, finished_at, gone FROM hosts`)
+	rows, err := q.QueryContext(ctx, `SELECT host, report_hash, finished_at, absence FROM hosts`)
 	if err != nil {
 		return nil, err
 	}
@@ -400,7 +461,7 @@ func (h *DB) lastReports(ctx context.Context, q querier) (map[string]lastReport,
 	for rows.Next() {
 		var host string
 		var l lastReport
-		if err := rows.Scan(&host, &l.hash, &l.finishedAt, &l.gone); err != nil {
+		if err := rows.Scan(&host, &l.hash, &l.finishedAt, &l.absence); err != nil {
 			return nil, err
 		}
 		out[host] = l
@@ -408,37 +469,45 @@ func (h *DB) lastReports(ctx context.Context, q querier) (map[string]lastReport,
 	return out, rows.Err()
 }
 
-// changes tells whether observing hash (present or not) after l is an event.
-func changes(l lastReport, hash string, present bool) bool {
-	if !present {
-		return l.hash != "" && !l.gone
+// changes tells whether observing hash (or its absence a) after l is an
+// event. A host that never had a report has nothing to lose.
+func changes(l lastReport, hash string, a absence) bool {
+	if a != present {
+		return l.hash != "" && l.absence != a
 	}
-	return l.hash != hash || l.gone
+	return l.hash != hash || l.absence != present
 }
 
 func recordOne(ctx context.Context, tx *sql.Tx, o Observation, hash string, last map[string]lastReport) (int, error) {
 	host := bound(o.Host, maxShort)
 	l := last[host]
-	if !changes(l, hash, o.Report != nil) {
+	a := o.absence()
+	if !changes(l, hash, a) {
 		return 0, nil
 	}
 	now := o.ObservedAt
 	if now.IsZero() {
 		now = time.Now()
 	}
-	if o.Report == nil {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO events (at, host, kind, state) VALUES (?, ?, 'report-gone', ?)`,
-			now.UnixMilli(), host, bound(o.State, maxShort)); err != nil {
+	if a != present {
+		kind := KindReportGone
+		if a == unreadable {
+			kind = KindReportUnreadable
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO events (at, host, kind, state, error) VALUES (?, ?, ?, ?, ?)`,
+			now.UnixMilli(), host, kind, bound(o.State, maxShort), bound(o.Unreadable, maxText)); err != nil {
 			return 0, err
 		}
-		_, err := tx.ExecContext(ctx, `UPDATE hosts SET gone = 1 WHERE host = ?`, host)
+		_, err := tx.ExecContext(ctx, `UPDATE hosts SET absence = ? WHERE host = ?`, a, host)
+		l.absence = a
+		last[host] = l
 		return 1, err
 	}
 	r := o.Report
 	finished := millis(r.FinishedAt)
 	kind := KindReport
 	switch {
-	case l.gone && l.hash == hash:
+	case l.absence != present && l.hash == hash:
 		kind = KindReportRestored
 	case l.hash != "" && finished < l.finishedAt:
 		kind = KindReportRegressed
@@ -474,8 +543,8 @@ func recordOne(ctx context.Context, tx *sql.Tx, o Observation, hash string, last
 		bound(r.Log, maxShort), nullMillis(r.StartedAt), nullMillis(r.FinishedAt), hash); err != nil {
 		return 0, err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO hosts (host, report_hash, finished_at, gone) VALUES (?, ?, ?, 0)
-			ON CONFLICT (host) DO UPDATE SET report_hash = excluded.report_hash, finished_at = excluded.finished_at, gone = 0`,
+	if _, err := tx.ExecContext(ctx, `INSERT INTO hosts (host, report_hash, finished_at, absence) VALUES (?, ?, ?, 0)
+			ON CONFLICT (host) DO UPDATE SET report_hash = excluded.report_hash, finished_at = excluded.finished_at, absence = 0`,
 		host, hash, finished); err != nil {
 		return 0, err
 	}
@@ -563,9 +632,16 @@ func repeat(s string, n int) string {
 }
 
 // reportHash names a report's content. The report is re-encoded rather
-// than hashed as read, so that whitespace alone is no change.
+// than hashed as read, so that whitespace alone is no change; the times of
+// an "unchanged" report are left out, as the agent's heartbeat does (it
+// only moves them, and status dates the report by its file's mtime), so
+// that a quiet host is one event, not one per poll.
 func reportHash(r *manifest.Report) string {
-	data, err := json.Marshal(r)
+	c := *r
+	if c.Result == manifest.ResultUnchanged {
+		c.StartedAt, c.FinishedAt = time.Time{}, time.Time{}
+	}
+	data, err := json.Marshal(&c)
 	if err != nil {
 		data = fmt.Appendf(nil, "%#v", r)
 	}

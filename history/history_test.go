@@ -54,9 +54,9 @@ func TestReportSequences(t *testing.T) {
 		{"same report twice is one event", []history.Observation{obs(r1, 0), obs(r1, time.Minute)}, "alpha:report"},
 		{"a new report", []history.Observation{obs(r1, 0), obs(r2, time.Minute)}, "alpha:report alpha:report"},
 		{"no report at all", []history.Observation{obs(nil, 0), obs(nil, time.Minute)}, ""},
-		{"report gone once", []history.Observation{obs(r1, 0), obs(nil, time.Minute), obs(nil, 2 * time.Minute)}, "alpha:report alpha:report-gone"},
-		{"gone and back", []history.Observation{obs(r1, 0), obs(nil, time.Minute), obs(r1, 2 * time.Minute)}, "alpha:report alpha:report-gone alpha:report-restored"},
-		{"back to an older report", []history.Observation{obs(r1, 0), obs(r2, time.Minute), obs(r1, 2 * time.Minute), obs(r1, 3 * time.Minute)},
+		{"report gone once", []history.Observation{obs(r1, 0), obs(nil, time.Minute), obs(nil, 2*time.Minute)}, "alpha:report alpha:report-gone"},
+		{"gone and back", []history.Observation{obs(r1, 0), obs(nil, time.Minute), obs(r1, 2*time.Minute)}, "alpha:report alpha:report-gone alpha:report-restored"},
+		{"back to an older report", []history.Observation{obs(r1, 0), obs(r2, time.Minute), obs(r1, 2*time.Minute), obs(r1, 3*time.Minute)},
 			"alpha:report alpha:report alpha:report-regressed"},
 	}
 	for _, tt := range tests {

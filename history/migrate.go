@@ -53,7 +53,7 @@ CREATE TABLE hosts (
 	host        TEXT PRIMARY KEY,
 	report_hash TEXT NOT NULL,
 	finished_at INTEGER NOT NULL,
-	gone        INTEGER NOT NULL DEFAULT 0
+	absence     INTEGER NOT NULL DEFAULT 0 -- 0 present, 1 gone, 2 unreadable
 ) WITHOUT ROWID;
 `)
 	return err
