@@ -166,6 +166,9 @@ type DB struct {
 	// wmu serialises this process's writers, so they queue here instead
 	// of spinning on SQLite's busy handler.
 	wmu sync.Mutex
+	// recorded, when set (by the crash test), is called inside
+	// RecordReport's transaction after each event.
+	recorded func(n int)
 }
 
 // Path is where a chroot root's history lives when the state directory is
@@ -438,6 +441,9 @@ func (h *DB) RecordReport(ctx context.Context, obs ...Observation) (int, error) 
 				return fmt.Errorf("host %s: %w", obs[i].Host, err)
 			}
 			n += k
+			if h.recorded != nil {
+				h.recorded(n)
+			}
 		}
 		return nil
 	})
