@@ -30,6 +30,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -198,6 +199,22 @@ func OpenReadOnly(ctx context.Context, path string) (*DB, error) {
 }
 
 func open(ctx context.Context, path string, readOnly bool) (*DB, error) {
+	h, err := openWith(ctx, path, readOnly, false)
+	if err != nil && readOnly && syscall.Access(filepath.Dir(path), 2) != nil { // W_OK
+		// A reader of a WAL database needs its shared-memory file, which
+		// a read-only directory (a read-only mount, another user's state
+		// directory) cannot hold: read the file as it is instead. Nobody
+		// can write it there, short of another mount; a log left by a
+		// crashed writer is then not read (its transactions are missing
+		// until a writer opens the database).
+		if h2, err2 := openWith(ctx, path, true, true); err2 == nil {
+			return h2, nil
+		}
+	}
+	return h, err
+}
+
+func openWith(ctx context.Context, path string, readOnly, immutable bool) (*DB, error) {
 	q := url.Values{}
 	// WAL lets readers (status, serve, history) run while one writes;
 	// synchronous=NORMAL in WAL mode loses no committed transaction on a
@@ -208,6 +225,9 @@ func open(ctx context.Context, path string, readOnly bool) (*DB, error) {
 	q.Set("_txlock", "immediate")
 	if readOnly {
 		q.Set("mode", "ro")
+		if immutable {
+			q.Set("immutable", "1")
+		}
 	} else {
 		q.Add("_pragma", "journal_mode(WAL)")
 	}
