@@ -269,8 +269,8 @@ func rollbackMessage(rep *manifest.Report) string {
 	return join(why, shortError(rep.Error))
 }
 
-// healthMessage names the failing checks of h and the first line of
-// the first one's output.
+// healthMessage names the failing checks of h and the start of the
+// first one's output.
 func healthMessage(h *manifest.Health) string {
 	var names []string
 	for _, c := range h.Checks {
@@ -280,8 +280,11 @@ func healthMessage(h *manifest.Health) string {
 	}
 	msg := "unhealthy: " + strings.Join(names, ", ")
 	if f := h.Failing(); f != nil {
-		if line, _, _ := strings.Cut(strings.TrimSpace(f.Output), "\n"); line != "" {
-			msg += " (" + termsafe.Line(line) + ")"
+		if out := oneLine(f.Output); out != "" {
+			if len(out) > 160 {
+				out = strings.ToValidUTF8(out[:157], "") + "..."
+			}
+			msg += " (" + termsafe.Line(out) + ")"
 		}
 	}
 	return msg

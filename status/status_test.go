@@ -160,7 +160,7 @@ func TestStates(t *testing.T) {
 				}}
 				c.report(h, r)
 			},
-			state: UpToDate, msg: "unhealthy: nginx, x\\x1b[2Jy (systemctl is-active nginx.service exited with status 3:)", exit: ExitUpToDate,
+			state: UpToDate, msg: "unhealthy: nginx, x\\x1b[2Jy (systemctl is-active nginx.service exited with status 3: failed)", exit: ExitUpToDate,
 		},
 		{
 			name: "drift: applied, but runs another system",

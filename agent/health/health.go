@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/url"
 	"os/user"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -303,11 +304,18 @@ func (r *Runner) command(ctx context.Context, argv []string, cred *syscall.Crede
 		TailBytes:  manifest.MaxHealthOutput,
 		Grace:      cmp.Or(r.Grace, DefaultGrace),
 		Credential: cred,
+		// Killed with the agent: a check outliving it would hang on,
+		// unbounded (the next start rolls back anyway).
+		KillWithParent: true,
 	})
 	var pe *proc.Error
 	if errors.As(err, &pe) {
 		// The output is quoted on its own; the error says how it ended.
 		msg := proc.Quote(argv)
+		if len(msg) > 80 {
+			// A script's text says less than the check's name does.
+			msg = filepath.Base(argv[0])
+		}
 		if pe.ExitCode >= 0 {
 			msg += " exited with status " + strconv.Itoa(pe.ExitCode)
 		} else {
