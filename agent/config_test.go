@@ -277,7 +277,7 @@ func TestValidate(t *testing.T) {
 		}, "healthChecks.web: set exactly one of unit, command and http (2 set)"},
 		{"health check timeout", func(c *Config) {
 			c.HealthChecks = map[string]HealthCheckSpec{"web": {Unit: "nginx.service", Timeout: Duration(time.Hour)}}
-		}, "healthChecks.web: timeout 1h0m0s is out of range"},
+		}, "healthChecks.web: timeout 1h is out of range"},
 		{"health check name", func(c *Config) {
 			c.HealthChecks = map[string]HealthCheckSpec{"a b": {Unit: "nginx.service"}}
 		}, `healthChecks: "a b" is not a check name`},

@@ -30,6 +30,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/bento-nix/bento/internal/proc"
+	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -127,7 +128,7 @@ func (c Check) Validate() error {
 		{"settle", c.Settle, 0, MaxSettle},
 	} {
 		if d.v < d.min || d.v > d.max {
-			bad("%s %s is out of range: it must be from %s to %s", d.name, d.v, d.min, d.max)
+			bad("%s %s is out of range: it must be from %s to %s", d.name, timespan.Format(d.v), timespan.Format(d.min), timespan.Format(d.max))
 		}
 	}
 	if c.Retries < 0 || c.Retries > MaxRetries {
