@@ -280,12 +280,15 @@ func (r *Runner) attempt(ctx context.Context, c Check) (string, error) {
 	switch c.Kind() {
 	case manifest.HealthUnit:
 		argv := append(append([]string(nil), r.unitCommand()...), c.Unit)
-		out, err = r.command(actx, argv, nil)
+		out, err = r.command(actx, argv, nil, nil)
 	case manifest.HealthCommand:
-		var cred *syscall.Credential
-		cred, err = credential(c.User)
+		var (
+			cred *syscall.Credential
+			env  []string
+		)
+		cred, env, err = credential(c.User)
 		if err == nil {
-			out, err = r.command(actx, c.Command, cred)
+			out, err = r.command(actx, c.Command, cred, env)
 		}
 	case manifest.HealthHTTP:
 		out, err = get(actx, *c.HTTP)
@@ -296,11 +299,11 @@ func (r *Runner) attempt(ctx context.Context, c Check) (string, error) {
 	return out, err
 }
 
-func (r *Runner) command(ctx context.Context, argv []string, cred *syscall.Credential) (string, error) {
+func (r *Runner) command(ctx context.Context, argv []string, cred *syscall.Credential, env []string) (string, error) {
 	res, err := proc.Run(ctx, proc.Cmd{
 		Argv:       argv,
 		Dir:        "/",
-		Env:        r.Env,
+		Env:        append(append([]string(nil), r.Env...), env...),
 		Combined:   true,
 		TailBytes:  manifest.MaxHealthOutput,
 		Grace:      cmp.Or(r.Grace, DefaultGrace),
@@ -328,26 +331,28 @@ func (r *Runner) command(ctx context.Context, argv []string, cred *syscall.Crede
 }
 
 // credential is who a command check runs as: nil (the agent itself) for
-// root or no user, else that user with its groups. An agent that is not
-// root cannot become another user, and says so.
-func credential(name string) (*syscall.Credential, error) {
+// root or no user, else that user with its groups, and the environment
+// that names it (HOME, USER, LOGNAME). An agent that is not root cannot
+// become another user, and says so.
+func credential(name string) (*syscall.Credential, []string, error) {
 	if name == "" || name == "root" {
-		return nil, nil
+		return nil, nil, nil
 	}
 	u, err := user.Lookup(name)
 	if err != nil {
-		return nil, fmt.Errorf("user %q: %w", name, err)
+		return nil, nil, fmt.Errorf("user %q: %w", name, err)
 	}
 	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
 	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
 	if err1 != nil || err2 != nil {
-		return nil, fmt.Errorf("user %q has no numeric uid/gid (%s/%s)", name, u.Uid, u.Gid)
+		return nil, nil, fmt.Errorf("user %q has no numeric uid/gid (%s/%s)", name, u.Uid, u.Gid)
 	}
+	env := []string{"HOME=" + u.HomeDir, "USER=" + name, "LOGNAME=" + name}
 	if me := syscall.Geteuid(); me != 0 {
 		if uint64(me) == uid {
-			return nil, nil
+			return nil, env, nil
 		}
-		return nil, fmt.Errorf("cannot run as user %q: the agent is not root (uid %d)", name, me)
+		return nil, nil, fmt.Errorf("cannot run as user %q: the agent is not root (uid %d)", name, me)
 	}
 	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	if ids, err := u.GroupIds(); err == nil {
@@ -357,7 +362,7 @@ func credential(name string) (*syscall.Credential, error) {
 			}
 		}
 	}
-	return cred, nil
+	return cred, env, nil
 }
 
 // get runs an HTTP check: a GET without proxy, following at most

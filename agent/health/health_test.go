@@ -97,11 +97,12 @@ func TestCommandRunsAsUser(t *testing.T) {
 	}
 	r := &Runner{}
 	h := r.Run(context.Background(), "", []Check{
-		{Name: "as-nobody", Command: []string{"id", "-un"}, User: "nobody", Timeout: 5 * time.Second},
+		{Name: "as-nobody", Command: []string{"sh", "-c", `id -un; echo "home=$HOME user=$USER"`}, User: "nobody", Timeout: 5 * time.Second},
 		{Name: "as-root", Command: []string{"id", "-un"}, Timeout: 5 * time.Second},
 		{Name: "no-such-user", Command: []string{"true"}, User: "no-such-user-here", Timeout: 5 * time.Second},
 	}, false)
-	want := map[string]string{"as-nobody": "nobody", "as-root": "root", "no-such-user": `user "no-such-user-here"`}
+	nobody, _ := user.Lookup("nobody")
+	want := map[string]string{"as-nobody": "nobody\nhome=" + nobody.HomeDir + " user=nobody", "as-root": "root", "no-such-user": `user "no-such-user-here"`}
 	for _, c := range h.Checks {
 		if !strings.Contains(c.Output, want[c.Name]) || c.OK != (c.Name != "no-such-user") {
 			t.Errorf("%s: %+v, want output with %q", c.Name, c, want[c.Name])

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -249,6 +250,20 @@ func TestBootOperationChecksAfterTheReboot(t *testing.T) {
 	// A quiet tick before the reboot keeps waiting.
 	if res := h.Run(t); res.ExitCode != 0 {
 		t.Fatalf("quiet tick before the reboot: exit %d", res.ExitCode)
+	}
+	// bento agent status: waiting for the reboot is no trouble.
+	cmd := exec.Command(Bento(t), "agent", "status", "--json", "--config", h.ConfigFile(t))
+	cmd.Env = h.Environ()
+	out, err := cmd.Output()
+	var as struct {
+		Unconfirmed  any `json:"unconfirmed"`
+		AwaitingBoot *struct {
+			To    string `json:"to"`
+			Phase string `json:"phase"`
+		} `json:"awaitingBoot"`
+	}
+	if err != nil || json.Unmarshal(out, &as) != nil || as.Unconfirmed != nil || as.AwaitingBoot == nil || as.AwaitingBoot.To != v2.Built {
+		t.Errorf("bento agent status --json before the reboot: %v\n%s", err, out)
 	}
 	// The reboot: the machine runs and booted v2.
 	os.Remove(h.CurrentSystem)
