@@ -172,14 +172,14 @@ func (p *Publisher) readLive(j *hostJob) (manifestFiles, bool) {
 // newManifest is the manifest a publication of t writes.
 func (p *Publisher) newManifest(t Target, version string, files []manifest.File) *manifest.Manifest {
 	return &manifest.Manifest{
-		Format:           writeFormat,
-		Host:             t.Host.Name,
-		Version:          version,
-		ExpectedToplevel: t.ExpectedToplevel,
-		Flake:            flakeOf(t.Host),
-		Files:            files,
-		Secrets:          t.Extra.files(),
-		Cache:            t.Cache,
+		Format:             writeFormat,
+		Host:               t.Host.Name,
+		Version:            version,
+		ExpectedToplevel:   t.ExpectedToplevel,
+		Flake:              flakeOf(t.Host),
+		Files:              files,
+		Secrets:            t.Extra.files(),
+		Cache:              t.Cache,
 		Interval:           t.Host.Options.Interval,
 		NextPublicationKey: p.opts.NextPublicationKey,
 	}
