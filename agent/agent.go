@@ -127,6 +127,10 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
+	pubKeys, err := cfg.PublicationKeys()
+	if err != nil {
+		return Outcome{}, &ConfigError{err}
+	}
 	if o.Nix == nil {
 		o.Nix = &nix.Runner{}
 	}
@@ -146,15 +150,16 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	defer lk.release()
 
 	t := &tick{
-		cfg:    cfg,
-		o:      o,
-		keys:   keys,
-		signer: signer,
-		policy: policy,
-		retry:  backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
-		store:  &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir), Objects: filepath.Join(cfg.StateDir, objectsDir)},
-		queue:  &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
-		log:    slog.New(newLineHandler(o.Out)),
+		cfg:     cfg,
+		o:       o,
+		keys:    keys,
+		signer:  signer,
+		policy:  policy,
+		pubKeys: pubKeys,
+		retry:   backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
+		store:   &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir), Objects: filepath.Join(cfg.StateDir, objectsDir)},
+		queue:   &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
+		log:     slog.New(newLineHandler(o.Out)),
 	}
 	defer t.closeConn()
 	out, err := t.run(ctx)
@@ -170,10 +175,14 @@ type tick struct {
 	keys   []ssh.PublicKey
 	signer ssh.Signer
 	policy activate.Policy
-	retry  backoff.Policy
-	store  *tree.Store
-	queue  *queue.Queue
-	log    *slog.Logger
+	// pubKeys are the configured publication keys; pins adds the keys
+	// the state pinned through a rotation (signing.go).
+	pubKeys []manifest.PublicationKey
+	pins    []manifest.PublicationKey
+	retry   backoff.Policy
+	store   *tree.Store
+	queue   *queue.Queue
+	log     *slog.Logger
 
 	mu   sync.Mutex
 	conn *transport.Conn
@@ -274,6 +283,7 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		return Outcome{}, err
 	}
 	t.note(note)
+	t.pins = pinnedKeys(t.pubKeys, st)
 	if _, err := activate.LoadPending(t.cfg.StateDir); errors.Is(err, statefile.ErrUnusable) {
 		t.note(err.Error())
 	}
@@ -351,6 +361,10 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, err
 	}
+	if err := checkFresh(st, m, len(t.pins) > 0, time.Duration(t.cfg.MaxPublicationAge), now); err != nil {
+		return t.refuse(ctx, &st, head, err)
+	}
+	st.accept(m, t.pubKeys)
 	return t.apply(ctx, &st, m)
 }
 
@@ -429,13 +443,20 @@ func tooLarge(err error, data []byte) error {
 }
 
 func (t *tick) parseManifest(data []byte) (*manifest.Manifest, error) {
-	m, err := manifest.Parse(data)
+	// With keys pinned, what is parsed is only what the signature
+	// covers: the verification happens here, wherever the manifest came
+	// from.
+	m, err := manifest.ParseVerified(data, t.pins)
 	if err != nil {
 		h, _ := parseHead(data)
 		return nil, &badManifest{err: fmt.Errorf("refusing the published %s: %w", manifest.ManifestFile, err), head: h}
 	}
 	if m.Host != t.cfg.Host {
-		return nil, &badManifest{otherHost: true, err: fmt.Errorf("the published %s is for host %q, not %q: if this host is %q in the fleet's nixosConfigurations, set services.bento.host = %q; (--host); otherwise user %q reads another host's chroot: check services.bento.user here and on the server", manifest.ManifestFile, m.Host, t.cfg.Host, m.Host, m.Host, t.cfg.User)}
+		also := ""
+		if len(t.pins) > 0 {
+			also = "; or the server (a mirror) swapped in another host's signed manifest"
+		}
+		return nil, &badManifest{otherHost: true, err: fmt.Errorf("the published %s is for host %q, not %q: if this host is %q in the fleet's nixosConfigurations, set services.bento.host = %q; (--host); otherwise user %q reads another host's chroot: check services.bento.user here and on the server%s", manifest.ManifestFile, m.Host, t.cfg.Host, m.Host, m.Host, t.cfg.User, also)}
 	}
 	return m, nil
 }
