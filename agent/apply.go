@@ -292,6 +292,11 @@ func (t *tick) rollbackOp(ctx context.Context, st *State, rep *manifest.Report, 
 // one may have survived a network that is now broken) that can read the
 // manifest. It becomes the tick's connection.
 func (t *tick) probe(ctx context.Context) error {
+	if t.local != nil {
+		// Offline: there is no server to lose; the bundle confirms.
+		_, err := t.local.Stat(ctx, manifest.ManifestFile)
+		return err
+	}
 	c, err := transport.Dial(ctx, t.transportOptions(1))
 	if err != nil {
 		return err
@@ -450,7 +455,7 @@ func orNone(s string) string {
 
 // pruneLogs keeps the newest keep logs under reports/logs (by the time in
 // their names) and removes what a killed upload left behind.
-func pruneLogs(ctx context.Context, c *transport.Conn, keep int) error {
+func pruneLogs(ctx context.Context, c remote, keep int) error {
 	fis, err := c.ReadDir(ctx, manifest.LogsDir)
 	if err != nil {
 		return err
