@@ -123,7 +123,7 @@ func get(t *testing.T, url string) (*http.Response, string) {
 	return resp, string(b)
 }
 
-func fixture(t *testing.T) chroot {
+func threeHosts(t *testing.T) chroot {
 	c := newChroot(t)
 	c.publish("web-1", v1)
 	c.report("web-1", applied(v1))
@@ -135,7 +135,7 @@ func fixture(t *testing.T) chroot {
 }
 
 func TestFleetPage(t *testing.T) {
-	c := fixture(t)
+	c := threeHosts(t)
 	ts := start(t, serve.Options{Status: status.Options{Root: c.root}})
 	for _, tc := range []struct {
 		query     string
@@ -198,7 +198,7 @@ func hostsIn(body string) []string {
 }
 
 func TestBadRequests(t *testing.T) {
-	c := fixture(t)
+	c := threeHosts(t)
 	ts := start(t, serve.Options{Status: status.Options{Root: c.root}})
 	for _, tc := range []struct {
 		method, path string
@@ -228,7 +228,7 @@ func TestBadRequests(t *testing.T) {
 }
 
 func TestHostPage(t *testing.T) {
-	c := fixture(t)
+	c := threeHosts(t)
 	p := filepath.Join(c.root, "db-1", manifest.LogsDir, "20260101T000000Z.log")
 	os.MkdirAll(filepath.Dir(p), 0o755)
 	log := strings.Repeat("early line\n", 10000) + "building <b>x</b>\n\x1b[2Jcleared?\nlast line\n"
@@ -252,7 +252,7 @@ func TestHostPage(t *testing.T) {
 }
 
 func TestAPIStatus(t *testing.T) {
-	c := fixture(t)
+	c := threeHosts(t)
 	ts := start(t, serve.Options{Status: status.Options{Root: c.root}})
 	resp, body := get(t, ts.URL+"/api/status")
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
@@ -284,7 +284,7 @@ func TestAPIStatus(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	c := fixture(t)
+	c := threeHosts(t)
 	ts := start(t, serve.Options{Status: status.Options{Root: c.root}})
 	resp, body := get(t, ts.URL+"/metrics")
 	if resp.StatusCode != 200 {
@@ -322,7 +322,7 @@ func TestMetrics(t *testing.T) {
 // A report arriving reaches an open event stream within 2 s, and the
 // view fetched then shows it.
 func TestEventsOnReport(t *testing.T) {
-	c := fixture(t)
+	c := threeHosts(t)
 	ts := start(t, serve.Options{Status: status.Options{Root: c.root}, Every: time.Hour})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
