@@ -159,7 +159,7 @@ func TestFleetPage(t *testing.T) {
 		})
 	}
 	resp, body := get(t, ts.URL+"/")
-	for _, want := range []string{`data-state="failing"`, `class="state st-bad">failing`, `class="state st-work">pending`, `class="state st-ok">up-to-date`, `<b>3</b> hosts`} {
+	for _, want := range []string{`data-state="failing"`, `class="state st-bad" data-label="state">failing`, `class="state st-work" data-label="state">pending`, `class="state st-ok" data-label="state">up-to-date`, `<b>3</b> hosts`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the fleet page lacks %s:\n%s", want, body)
 		}
