@@ -253,10 +253,10 @@ func (s *Server) fleetView(v view, f filter) fleetView {
 func makeRow(r *status.Row, now time.Time) rowView {
 	rv := rowView{
 		Host: r.Host, Href: "/host/" + url.PathEscape(r.Host),
-		State: string(r.State), Class: stateClass(r.State),
-		Published: orDash(status.ShortVersion(r.PublishedVersion)), PublishedFull: r.PublishedVersion,
-		Applied: orDash(status.ShortVersion(r.AppliedVersion)),
-		System:  "-", Seen: "never",
+		State: string(r.State), Class: "r-" + strings.TrimPrefix(stateClass(r.State), "st-"),
+		Published: orDash(status.ShortVersion(r.PublishedVersion)),
+		Applied:   orDash(status.ShortVersion(r.AppliedVersion)),
+		System:    "-", Seen: "never",
 		Message: termsafe.Line(r.Message), Secrets: r.HasSecretErrors(),
 	}
 	if r.SystemMatch != nil {
@@ -267,7 +267,6 @@ func makeRow(r *status.Row, now time.Time) rowView {
 	}
 	if r.LastSeen != nil {
 		rv.Seen = status.Ago(now.Sub(*r.LastSeen))
-		rv.SeenAt = r.LastSeen.UTC().Format(time.RFC3339)
 	}
 	return rv
 }

@@ -159,7 +159,7 @@ func TestFleetPage(t *testing.T) {
 		})
 	}
 	resp, body := get(t, ts.URL+"/")
-	for _, want := range []string{`data-state="failing"`, `class="state st-bad" data-label="state">failing`, `class="state st-work" data-label="state">pending`, `class="state st-ok" data-label="state">up-to-date`, `<b>3</b> hosts`} {
+	for _, want := range []string{`class="r-bad"><td><a href="/host/db-1">db-1</a><td>failing<`, `class="r-work"><td><a href="/host/web-2">web-2</a><td>pending<`, `class="r-ok"><td><a href="/host/web-1">web-1</a><td>up-to-date<`, `<b>3</b> hosts`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the fleet page lacks %s:\n%s", want, body)
 		}
