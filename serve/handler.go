@@ -92,15 +92,7 @@ func (s *Server) apiStatus(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "status: "+v.err.Error(), http.StatusInternalServerError)
 		return
 	}
-	var b bytes.Buffer
-	if err := render.JSON(&b, v.snap); err != nil {
-		s.o.Log.Error("serve: /api/status", "err", err)
-		http.Error(w, "status: "+err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Write(b.Bytes())
+	s.serveCached(w, r, v.gen, "application/json", func(b *bytes.Buffer) error { return render.JSON(b, v.snap) })
 }
 
 // apiHistory is bento history --json (?host= selects, ?since= is RFC 3339).

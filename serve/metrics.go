@@ -24,13 +24,19 @@ func (m metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for _, g := range render.Metrics(v.snap) {
+		// One Desc per gauge: its samples share the label names, and a
+		// Desc is costly to build (13 states × 1000 hosts of them).
+		var desc *prometheus.Desc
 		for _, smp := range g.Samples {
-			var names, values []string
+			names := make([]string, 0, len(smp.Labels)/2)
+			values := make([]string, 0, len(smp.Labels)/2)
 			for i := 0; i+1 < len(smp.Labels); i += 2 {
 				names = append(names, smp.Labels[i])
 				values = append(values, smp.Labels[i+1])
 			}
-			desc := prometheus.NewDesc(g.Name, g.Help, names, nil)
+			if desc == nil {
+				desc = prometheus.NewDesc(g.Name, g.Help, names, nil)
+			}
 			metric, err := prometheus.NewConstMetric(desc, prometheus.GaugeValue, smp.Value, values...)
 			if err != nil {
 				ch <- prometheus.NewInvalidMetric(desc, err)

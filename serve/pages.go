@@ -176,8 +176,7 @@ func (s *Server) fleet(w http.ResponseWriter, r *http.Request, tmpl string) {
 	if !ok {
 		return
 	}
-	fv := s.fleetView(v, f)
-	s.render(w, tmpl, fv)
+	s.render(w, r, v.gen, tmpl, func() any { return s.fleetView(v, f) })
 }
 
 func (s *Server) frame(v view, title, live string) Page {
@@ -334,12 +333,16 @@ func (s *Server) host(w http.ResponseWriter, r *http.Request, tmpl string) {
 		http.Error(w, "no host "+name+" in "+s.o.Status.Root, http.StatusNotFound)
 		return
 	}
-	hv := hostView{Page: s.frame(v, name+" · bento", "/live/host/"+url.PathEscape(name)),
-		Host: name, State: string(row.State), Class: stateClass(row.State), Message: termsafe.Line(row.Message)}
-	hv.Fields, hv.Systems, hv.Secrets = s.hostFields(row, v.snap.GeneratedAt)
-	hv.LogName, hv.Log, hv.LogNote = s.logTail(name)
-	hv.Timeline, hv.NoHistory, hv.HistErr = s.timeline(r, name)
-	s.render(w, tmpl, hv)
+	// The log and the history change with a report, so with the snapshot:
+	// they are read once per snapshot too.
+	s.render(w, r, v.gen, tmpl, func() any {
+		hv := hostView{Page: s.frame(v, name+" · bento", "/live/host/"+url.PathEscape(name)),
+			Host: name, State: string(row.State), Class: stateClass(row.State), Message: termsafe.Line(row.Message)}
+		hv.Fields, hv.Systems, hv.Secrets = s.hostFields(row, v.snap.GeneratedAt)
+		hv.LogName, hv.Log, hv.LogNote = s.logTail(name)
+		hv.Timeline, hv.NoHistory, hv.HistErr = s.timeline(r, name, v.snap.GeneratedAt)
+		return hv
+	})
 }
 
 func (s *Server) hostFields(r *status.Row, now time.Time) (fields, systems, secrets []field) {
@@ -466,7 +469,7 @@ func (t *tail) bytes() []byte {
 	return t.buf
 }
 
-func (s *Server) timeline(r *http.Request, host string) ([]eventView, bool, string) {
+func (s *Server) timeline(r *http.Request, host string, now time.Time) ([]eventView, bool, string) {
 	if s.o.History == nil {
 		return nil, true, ""
 	}
@@ -474,7 +477,6 @@ func (s *Server) timeline(r *http.Request, host string) ([]eventView, bool, stri
 	if err != nil {
 		return nil, false, termsafe.Line(err.Error())
 	}
-	now := s.o.Clock()
 	out := make([]eventView, len(evs))
 	for i, e := range evs {
 		out[i] = eventView{At: e.At.UTC().Format(time.RFC3339), When: status.Ago(now.Sub(e.At)), Kind: e.Kind, Text: termsafe.Line(e.Text)}
@@ -485,16 +487,7 @@ func (s *Server) timeline(r *http.Request, host string) ([]eventView, bool, stri
 	return out, false, ""
 }
 
-// render executes a template into memory first, so that a failure is
-// an error answer rather than half a page.
-func (s *Server) render(w http.ResponseWriter, name string, data any) {
-	var b bytes.Buffer
-	if err := pages.ExecuteTemplate(&b, name, data); err != nil {
-		s.o.Log.Error("serve: rendering", "template", name, "err", err)
-		http.Error(w, "rendering the page failed: "+err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Write(b.Bytes())
+// render serves a template's output for snapshot gen.
+func (s *Server) render(w http.ResponseWriter, r *http.Request, gen uint64, name string, data func() any) {
+	s.serveCached(w, r, gen, "text/html; charset=utf-8", func(b *bytes.Buffer) error { return pages.ExecuteTemplate(b, name, data()) })
 }

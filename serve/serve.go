@@ -87,6 +87,8 @@ type Event struct {
 type Server struct {
 	o   Options
 	hub hub
+	// answers are the pages and documents rendered from the hub's snapshot.
+	answers answers
 	// streams is a semaphore of the open event streams.
 	streams chan struct{}
 	// done is closed when Run returns: open event streams end.
