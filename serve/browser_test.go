@@ -85,7 +85,7 @@ func TestBrowser(t *testing.T) {
 
 	ctx, cancel := step(time.Minute)
 	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS(`#hosts tr[data-host="alpha"]`))); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS(`#hosts a[href="/host/alpha"]`))); err != nil {
 		t.Fatalf("loading the fleet page: %v", err)
 	}
 	rows := readRows(t, ctx)
@@ -95,7 +95,7 @@ func TestBrowser(t *testing.T) {
 	// Nothing mallory wrote ran or became markup: the title is the page's,
 	// no element came from the message, and the escapes show as text.
 	inert, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]any](`(() => {
-		const cell = document.querySelector('tr[data-host="mallory"]').cells[6];
+		const cell = document.querySelector('#hosts a[href="/host/mallory"]').closest('tr').cells[6];
 		return {title: document.title, elements: cell.querySelectorAll('*').length,
 			text: cell.textContent, raw: /[\x1b\x07\u202e]/.test(document.body.innerHTML)};
 	})()`))
@@ -118,7 +118,7 @@ func TestBrowser(t *testing.T) {
 	}
 	ticked := time.Now()
 	wctx, wcancel := step(2 * time.Second)
-	_, err = chromedp.Run(wctx, chromedp.Poll[bool](`document.querySelector('tr[data-host="alpha"]').cells[1].textContent === "up-to-date"`,
+	_, err = chromedp.Run(wctx, chromedp.Poll[bool](`document.querySelector('#hosts a[href="/host/alpha"]')?.closest('tr').cells[1].textContent === "up-to-date"`,
 		chromedp.WithPollingInterval(20*time.Millisecond)))
 	wcancel()
 	if err != nil {
@@ -167,7 +167,7 @@ func TestBrowser(t *testing.T) {
 	}
 
 	// alpha's page: its state, its systems, its log; its history.
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`tr[data-host="alpha"] a`)), chromedp.WaitVisible(chromedp.ID("history"))); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#hosts a[href="/host/alpha"]`)), chromedp.WaitVisible(chromedp.ID("history"))); err != nil {
 		t.Fatalf("opening alpha's page: %v", err)
 	}
 	state, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID("host-state")))
@@ -200,7 +200,7 @@ func TestBrowser(t *testing.T) {
 func readRows(t *testing.T, ctx context.Context) map[string]string {
 	t.Helper()
 	rows, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]string](`Object.fromEntries(
-		[...document.querySelectorAll('#hosts tbody tr[data-host]')].map(tr => [tr.dataset.host, tr.cells[1].textContent]))`))
+		[...document.querySelectorAll('#hosts tbody tr')].filter(tr => tr.cells.length == 7).map(tr => [tr.cells[0].textContent, tr.cells[1].textContent]))`))
 	if err != nil {
 		t.Fatalf("reading the rows: %v", err)
 	}

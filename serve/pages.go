@@ -259,7 +259,8 @@ func makeRow(r *status.Row, now time.Time) rowView {
 		Message: termsafe.Line(r.Message), Secrets: r.HasSecretErrors(),
 	}
 	if r.SystemMatch != nil {
-		rv.System, rv.SystemClass = "match", "st-ok"
+		// Only a difference is coloured: "match" is most rows.
+		rv.System = "match"
 		if !*r.SystemMatch {
 			rv.System, rv.SystemClass = "differs", "st-drift"
 		}
