@@ -265,6 +265,25 @@ in
       };
     };
 
+    # History (bento history): what the server observed, in
+    # <chrootRoot>/.bento-state/history.db.
+    history = {
+      retention = mkOption {
+        type = types.str;
+        default = "90d";
+        example = "1y";
+        description = ''
+          How long the server's history (`bento history`: each publication,
+          each change of a host's report, each rollout step) keeps an
+          event, a systemd time span or a Go duration. Every `bento deploy`
+          prunes older events; the module passes it to the deploy timer and,
+          through `BENTO_HISTORY_RETENTION`, to `bento` run from a login
+          shell. A thousand hosts take roughly 1 MB per day of history at a
+          deploy a day (docs/status.md).
+        '';
+      };
+    };
+
     cache = {
       enable = mkEnableOption "a binary cache of the server's store for the clients (nix-serve), signed with {option}`services.bento-server.cache.secretKeyFile`";
 
@@ -472,6 +491,14 @@ in
           Persistent = true;
         };
       };
+    })
+
+    # History (bento history): the retention reaches every bento deploy.
+    {
+      environment.variables.BENTO_HISTORY_RETENTION = cfg.history.retention;
+    }
+    (mkIf cfg.deploy.enable {
+      systemd.services.bento-deploy.environment.BENTO_HISTORY_RETENTION = cfg.history.retention;
     })
 
     (mkIf cfg.cache.enable {
