@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -178,9 +181,11 @@ func TestBrowser(t *testing.T) {
 	if err != nil || !strings.Contains(systems, pub["alpha"].Built) {
 		t.Errorf("alpha's page does not show its system %s: %q (%v)", pub["alpha"].Built, systems, err)
 	}
+	// The history: bento deploy recorded the publication, bento serve the
+	// report it read.
 	hist, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID("history")))
-	if err != nil || hist == "" {
-		t.Errorf("alpha's history: %q (%v)", hist, err)
+	if err != nil || !strings.Contains(hist, "published "+pub["alpha"].Version[:8]) || !strings.Contains(hist, "up-to-date "+pub["alpha"].Version[:8]) {
+		t.Errorf("alpha's history lacks its publication and its up-to-date report: %q (%v)", hist, err)
 	}
 	t.Logf("alpha's history section: %q", hist)
 	logText, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID("log")))
@@ -194,6 +199,76 @@ func TestBrowser(t *testing.T) {
 			t.Logf("screenshot: %s", p)
 		}
 	}
+}
+
+// /api/history is bento history --json, /api/status bento status --json
+// (but for the time each was made).
+func TestAPIsAreTheCommands(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a real sshd with per-host chroot users")
+	}
+	env := e2e.Start(t, fixture.Fleet{Hosts: []fixture.Host{{Name: "alpha", Bento: &fixture.Bento{Enable: true}}}})
+	env.Publish(t)
+	if res := env.Host(t, "alpha").Run(t); res.ExitCode != 0 {
+		t.Fatalf("alpha's tick: exit %d", res.ExitCode)
+	}
+	state := t.TempDir()
+	base := startServe(t, "--no-eval", "--chroot-root", env.SSHD.Root, "--state-dir", state, "--listen", "127.0.0.1:0")
+	for _, tc := range []struct {
+		url  string
+		args []string
+		// moving are the fields that differ between two readings: when
+		// each was made, ages, the database's size.
+		moving []string
+	}{
+		{"/api/status", []string{"status", "--no-eval", "--json", "--chroot-root", env.SSHD.Root, "--state-dir", state}, []string{"generatedAt", "historyBytes", "lastSeenSeconds"}},
+		{"/api/history?host=alpha", []string{"history", "--json", "--chroot-root", env.SSHD.Root, "alpha"}, []string{"generatedAt"}},
+	} {
+		// Read after status, so that the report serve recorded is in both.
+		cmd := exec.Command(e2e.Bento(t), tc.args...)
+		cmd.Env = append(os.Environ(), fixture.Env()...)
+		want, _ := cmd.Output() // status exits with the fleet's state
+		resp, err := http.Get(base + tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		g, w := dropFields(t, got, tc.moving), dropFields(t, want, tc.moving)
+		if !reflect.DeepEqual(g, w) {
+			t.Errorf("GET %s differs from bento %s:\n%s\n---\n%s", tc.url, strings.Join(tc.args, " "), got, want)
+		}
+		if len(g) == 0 {
+			t.Errorf("GET %s: empty document", tc.url)
+		}
+	}
+}
+
+// dropFields decodes doc without the fields named, at any depth.
+func dropFields(t *testing.T, doc []byte, fields []string) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(doc, &m); err != nil {
+		t.Fatalf("%v:\n%s", err, doc)
+	}
+	var drop func(v any)
+	drop = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for _, f := range fields {
+				delete(v, f)
+			}
+			for _, x := range v {
+				drop(x)
+			}
+		case []any:
+			for _, x := range v {
+				drop(x)
+			}
+		}
+	}
+	drop(m)
+	return m
 }
 
 // readRows reads host → state from the fleet table in the DOM.

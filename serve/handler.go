@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/status/render"
 )
 
@@ -95,24 +96,44 @@ func (s *Server) apiStatus(w http.ResponseWriter, r *http.Request) {
 	s.serveCached(w, r, v.gen, "application/json", func(b *bytes.Buffer) error { return render.JSON(b, v.snap) })
 }
 
-// apiHistory is bento history --json (?host= selects, ?since= is RFC 3339).
+// apiHistory is bento history --json: ?host= (repeated) selects hosts by
+// name, ?since= is an RFC 3339 time, ?limit= the newest events kept
+// (default 200, as the command's; 0 for all).
 func (s *Server) apiHistory(w http.ResponseWriter, r *http.Request) {
 	if s.o.History == nil {
-		http.Error(w, "no history: bento serve runs without its history database", http.StatusNotFound)
+		http.Error(w, "no history: bento serve could not open its history database (its log says why)", http.StatusNotFound)
 		return
 	}
+	q := r.URL.Query()
 	var since time.Time
-	if q := r.URL.Query().Get("since"); q != "" {
-		t, err := time.Parse(time.RFC3339, q)
+	if v := q.Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
-			http.Error(w, fmt.Sprintf("since=%q: give a time as 2026-01-02T15:04:05Z", q), http.StatusBadRequest)
+			http.Error(w, fmt.Sprintf("since=%q: give a time as 2026-01-02T15:04:05Z", v), http.StatusBadRequest)
 			return
 		}
 		since = t
 	}
+	limit := 200
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			http.Error(w, fmt.Sprintf("limit=%q: give a number of events (0 for all)", v), http.StatusBadRequest)
+			return
+		}
+		limit = n
+	}
+	hosts := q["host"]
+	for _, h := range hosts {
+		if err := fleet.ValidateName(h); err != nil {
+			http.Error(w, fmt.Sprintf("host=%q is no host name", h), http.StatusBadRequest)
+			return
+		}
+	}
 	var b bytes.Buffer
-	if err := s.o.History.JSON(r.Context(), &b, r.URL.Query()["host"], since); err != nil {
-		http.Error(w, "history: "+err.Error(), http.StatusBadRequest)
+	if err := s.o.History.JSON(r.Context(), &b, hosts, since, limit); err != nil {
+		s.o.Log.Error("serve: /api/history", "err", err)
+		http.Error(w, "history: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

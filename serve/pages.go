@@ -474,7 +474,7 @@ func (s *Server) timeline(r *http.Request, host string, now time.Time) ([]eventV
 	if s.o.History == nil {
 		return nil, true, ""
 	}
-	evs, err := s.o.History.Timeline(r.Context(), host, time.Time{}, timelineLimit)
+	evs, err := s.o.History.Timeline(r.Context(), host, timelineLimit)
 	if err != nil {
 		return nil, false, termsafe.Line(err.Error())
 	}

@@ -57,29 +57,29 @@ type Options struct {
 	History History
 }
 
-// History is the server's record of what happened (package history
-// through an adapter in cmd/bento): the host page shows a host's
-// timeline, /api/history serves the document of bento history --json.
+// History is the server's record of what happened (package history,
+// through an adapter in cmd/bento that says each event as bento history
+// does): the host page shows a host's timeline, /api/history serves the
+// document of bento history --json.
 type History interface {
-	// Timeline lists a host's events ("" for the fleet), newest first, at
-	// most limit of them.
-	Timeline(ctx context.Context, host string, since time.Time, limit int) ([]Event, error)
-	// JSON writes the document bento history --json prints for the hosts
-	// selected (none: all) since that time.
-	JSON(ctx context.Context, w io.Writer, sel []string, since time.Time) error
+	// Timeline lists a host's newest events, at most limit, newest first.
+	Timeline(ctx context.Context, host string, limit int) ([]Event, error)
+	// JSON writes the document bento history --json prints for these
+	// hosts (none: the fleet) since that time (zero: all kept), at most
+	// limit events (0: all).
+	JSON(ctx context.Context, w io.Writer, hosts []string, since time.Time, limit int) error
 }
 
 // Event is one line of a host's timeline.
 type Event struct {
-	At   time.Time
-	Host string
-	// Kind is "published", "report", "rollout" …
+	At time.Time
+	// Kind is the history's ("published", "report", "rollout" …).
 	Kind string
-	// Text is what happened, host-written parts already sanitised by the
-	// history's reader (the page escapes it again for HTML).
+	// Text says what happened, host-written parts included (the page makes
+	// it terminal-safe and escapes it).
 	Text string
 	// State is a status state when the event has one ("" else): the page
-	// colours it like status does.
+	// colours it as status does.
 	State string
 }
 

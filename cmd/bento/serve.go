@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/bento-nix/bento/history"
+	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/serve"
 )
 
@@ -76,7 +81,13 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 	log := logger(c)
-	s := serve.New(serve.Options{Status: opts, Every: c.Duration("every"), Log: log})
+	so := serve.Options{Status: opts, Every: c.Duration("every"), Log: log}
+	if opts.History != nil {
+		// serve records the reports it reads, as status does (Collect).
+		defer opts.History.Close()
+		so.History = serveHistory{db: opts.History, root: opts.Root}
+	}
+	s := serve.New(so)
 	// The address as the listener has it: with --listen :0, the port picked.
 	fmt.Fprintf(c.App.ErrWriter, "bento serve: listening on %s (%s)\n", listenURL(l.Addr().Network(), l.Addr().String()), opts.Root)
 	g, ctx := errgroup.WithContext(c.Context)
@@ -86,6 +97,53 @@ func runServe(c *cli.Context) error {
 		return failed(err)
 	}
 	return nil
+}
+
+// serveHistory gives the page bento history's words and /api/history
+// bento history --json's document.
+type serveHistory struct {
+	db   *history.DB
+	root string
+}
+
+func (h serveHistory) Timeline(ctx context.Context, host string, limit int) ([]serve.Event, error) {
+	events, err := h.db.Timeline(ctx, history.Query{Hosts: []string{host}, Limit: limit})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]serve.Event, len(events))
+	for i, e := range events {
+		// Newest first on the page.
+		out[len(events)-1-i] = serve.Event{At: e.At, Kind: e.Kind, Text: describeEvent(e), State: e.State}
+	}
+	return out, nil
+}
+
+// JSON builds the document as runHistory does, and prints it as
+// printHistory does.
+func (h serveHistory) JSON(ctx context.Context, w io.Writer, hosts []string, since time.Time, limit int) error {
+	doc := HistoryDoc{Format: 1, GeneratedAt: time.Now().UTC(), Root: h.root, Events: []history.Event{}}
+	if !since.IsZero() {
+		doc.Since = &since
+	}
+	q := history.Query{Hosts: hosts, Since: since}
+	if limit > 0 {
+		q.Limit = limit + 1
+	}
+	events, err := h.db.Timeline(ctx, q)
+	if err != nil {
+		return err
+	}
+	if q.Limit > 0 && len(events) == q.Limit {
+		events, doc.Truncated = events[1:], true
+	}
+	doc.Events = append(doc.Events, events...)
+	data, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(termsafe.EscapeJSON(data), '\n'))
+	return err
 }
 
 func listenURL(network, addr string) string {
