@@ -105,8 +105,7 @@ func TestBuildInterrupted(t *testing.T) {
 	}
 	// Nix kills its builders (another session, as a build user) while it
 	// exits, and delivery is asynchronous (slow on a loaded machine): allow
-	// up to a minute, polling. A leaked builder
-	// sleeps for 300 s, far beyond it.
+	// up to a minute, polling. A leaked builder sleeps for 300 s.
 	left := append(markedProcesses(prefix), markedProcesses(sleepMarker)...)
 	for wait := time.Now().Add(60 * time.Second); len(left) > 0 && time.Now().Before(wait); {
 		time.Sleep(100 * time.Millisecond)
