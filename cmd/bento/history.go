@@ -282,6 +282,9 @@ func reportWords(e history.Event, v string) string {
 	default:
 		fmt.Fprintf(&b, "%s %s (%s)", e.Result, v, e.Stage)
 	}
+	if e.Result != "rolled-back" && e.Reason != "" {
+		b.WriteString(" (" + e.Reason + ")")
+	}
 	if e.Result == "failure" && e.Error != "" {
 		fmt.Fprintf(&b, ": failed at %s: %s", e.Stage, e.Error)
 	}
