@@ -6,10 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/manifest"
@@ -287,50 +290,61 @@ func TestBootOperationChecksAfterTheReboot(t *testing.T) {
 	}
 }
 
-// holdFIFO waits until the check reads the FIFO, then holds it open for
-// writing (so the check stays blocked: it gets EOF only when this end is
-// closed). Opening for writing without blocking fails with ENXIO exactly
-// while nobody reads it.
+// holdFIFO waits until the check reads the FIFO (opening it for writing
+// blocks until a reader opens it), then holds it open for writing, so the
+// check stays blocked: it gets EOF only when this end is closed.
 func holdFIFO(t *testing.T, fifo string) *os.File {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0)
-		if err == nil {
-			t.Cleanup(func() { f.Close() })
-			return f
+	opened := make(chan *os.File, 1)
+	go func() {
+		// A test that fails first leaves this open blocked until the
+		// cleanup of newHealthMarks opens the FIFO as a reader.
+		if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+			opened <- f
 		}
-		if !errors.Is(err, syscall.ENXIO) {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no health check reads %s after a minute", fifo)
-		}
-		time.Sleep(10 * time.Millisecond)
+	}()
+	select {
+	case f := <-opened:
+		t.Cleanup(func() { f.Close() })
+		return f
+	case <-time.After(time.Minute):
+		t.Fatalf("no health check reads %s after a minute", fifo)
+		return nil
 	}
 }
 
-// waitGone waits until the process whose pid the file holds is gone
-// (or a zombie: dead, not yet reaped by whoever adopted it).
+// waitGone waits until the process whose pid the file holds has ended: a
+// pidfd becomes readable then (a zombie not yet reaped counts as ended).
 func waitGone(t *testing.T, pidFile string) {
 	t.Helper()
 	data, err := os.ReadFile(pidFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := strings.TrimSpace(string(data))
-	deadline := time.Now().Add(time.Minute)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	for {
-		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+		n, err := unix.Poll(fds, int(time.Minute/time.Millisecond))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
 		if err != nil {
-			return
+			t.Fatal(err)
 		}
-		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && strings.HasPrefix(string(stat[i+1:]), " Z") {
-			return
+		if n == 0 {
+			t.Fatalf("the health check's process %d outlived the agent by a minute", pid)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the health check's process %s outlived the agent by a minute", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
+		return
 	}
 }
