@@ -97,6 +97,11 @@ func (t *tick) checkQuiet(ctx context.Context, system string) *manifest.Health {
 		return nil
 	}
 	h := t.healthRunner(t.o.Out).Run(ctx, system, checks, false)
+	if ctx.Err() != nil {
+		// Stopped mid-way (SIGTERM): checks cut short say nothing about
+		// the host, so none is reported.
+		return nil
+	}
 	if !h.OK {
 		t.say("warning: %v (reported; nothing is rolled back on a tick that applies nothing)", healthCause(h))
 	}
