@@ -3,11 +3,14 @@ package e2e
 import (
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -131,12 +134,25 @@ func TestContinuousHealthCheckReportsWithoutRollback(t *testing.T) {
 	e, h, v1 := applied(t, hostsFleet("alpha"))
 	m := newHealthMarks(t, h)
 	healthSettings(h, m, true)
+	// An HTTP check against a server on loopback, healthy until told not to be.
+	var down atomic.Bool
+	site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "backend gone", http.StatusBadGateway)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer site.Close()
+	h.Settings["healthChecks"].(map[string]any)["site"] = map[string]any{
+		"http": map[string]any{"url": site.URL + "/health", "expectStatus": 204}, "timeout": "5s", "retries": 0, "interval": "0", "settle": "0", "continuous": true}
 	if res := h.Run(t); res.ExitCode != 0 {
 		t.Fatalf("quiet tick, healthy: exit %d", res.ExitCode)
 	}
-	if st := h.Status(t); st.Health == nil || !st.Health.OK || st.Result != manifest.ResultUnchanged {
+	if st := h.Status(t); st.Health == nil || !st.Health.OK || len(st.Health.Checks) != 3 || st.Result != manifest.ResultUnchanged {
 		t.Errorf("quiet tick, healthy: %+v", st)
 	}
+	down.Store(true)
 	m.set(t, "bad", v1.Built)
 	res := h.Run(t)
 	if res.ExitCode != 0 || !strings.Contains(res.Output(), "nothing is rolled back") {
@@ -146,11 +162,12 @@ func TestContinuousHealthCheckReportsWithoutRollback(t *testing.T) {
 		t.Errorf("a continuous check switched: %v", got)
 	}
 	st := h.Status(t)
-	if st.Health == nil || st.Health.OK || st.Health.Failing().Name != "web" || st.RollbackReason != "" || st.Result != manifest.ResultUnchanged {
+	if st.Health == nil || st.Health.OK || st.Health.Failing().Name != "site" || st.RollbackReason != "" || st.Result != manifest.ResultUnchanged ||
+		!strings.Contains(st.Health.Failing().Output, "answered 502, want 204") || !strings.Contains(st.Health.Failing().Output, "backend gone") {
 		t.Errorf("quiet tick, unhealthy: %+v health %+v", st, st.Health)
 	}
 	out := statusTable(t, e)
-	if out.ExitCode != 0 || !strings.Contains(out.Stdout, "up-to-date") || !strings.Contains(out.Stdout, "unhealthy: web (sh exited with status 1: checking "+filepath.Base(v1.Built)) {
+	if out.ExitCode != 0 || !strings.Contains(out.Stdout, "up-to-date") || !strings.Contains(out.Stdout, "unhealthy: site, web (GET http://127.0.0.1:") {
 		t.Errorf("bento status: exit %d\n%s", out.ExitCode, out.Output())
 	}
 	js, _ := serverBento(t, e, nil, "status", "--no-eval", "--json", "--chroot-root", e.SSHD.Root, "--state-dir", e.stateDir)
