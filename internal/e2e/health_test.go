@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -363,5 +364,49 @@ func waitGone(t *testing.T, pidFile string) {
 			t.Fatalf("the health check's process %d outlived the agent by a minute", pid)
 		}
 		return
+	}
+}
+
+// A host's health results are its own text: a hostile name or output
+// (terminal escapes, bidi overrides, a raw C1 byte) reaches no terminal
+// through bento status, in either the rollback or the unhealthy message.
+func TestAttackHostileHealthOutputInStatus(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	alpha := e.Host(t, "alpha")
+	e.Publish(t)
+	c := e.SSHD.SFTP(t, alpha.SSH)
+	version := e.Manifest(t, "alpha").Version
+	hostile := &manifest.Health{System: hostileText, OK: false, Checks: []manifest.HealthCheck{
+		{Name: hostileText, Kind: hostileText, Attempts: 3, Output: "output " + hostileText + "\nsecond line"},
+	}}
+	for _, tc := range []struct {
+		name string
+		edit func(*manifest.Report)
+		want string
+	}{
+		{"rolled back", func(r *manifest.Report) {
+			r.Result, r.Stage, r.RollbackReason = manifest.ResultRolledBack, manifest.StageRolledBack, manifest.RollbackHealthCheck
+			r.AppliedVersion, r.Error = "", "health check failed"
+			r.Health, r.PreviousHealth = hostile, hostile
+		}, "the previous system fails its checks too"},
+		{"unhealthy", func(r *manifest.Report) { r.Health = hostile }, "unhealthy: x"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := hostReport("alpha", version)
+			tc.edit(&rep)
+			data, _ := json.Marshal(rep)
+			data = bytes.Replace(data, []byte(`"output `), []byte("\"output \x9b2J "), 1)
+			upload(t, c, "/"+manifest.StatusFile, data)
+			for _, args := range [][]string{
+				{"status", "--no-eval", "--wide", "--chroot-root", e.SSHD.Root, "--state-dir", e.stateDir},
+				{"status", "--no-eval", "--json", "--chroot-root", e.SSHD.Root, "--state-dir", e.stateDir},
+			} {
+				res, _ := serverBento(t, e, nil, args...)
+				assertNoControls(t, "bento status "+args[2], res.Output())
+				if args[2] == "--wide" && !strings.Contains(res.Stdout, tc.want) {
+					t.Errorf("bento status does not say %q:\n%s", tc.want, res.Stdout)
+				}
+			}
+		})
 	}
 }
