@@ -49,6 +49,7 @@ func newApp() *cli.App {
 			diffCommand(),
 			agentCommand(),
 			keygenCommand(),
+			serveCommand(),
 			completionCommand(),
 		},
 		// Errors are printed once, by exitCode, with their exit status.
