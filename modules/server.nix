@@ -111,6 +111,15 @@ let
       "--retention"
       cfg.retention
     ]
+    # Signed publications.
+    ++ lib.optionals (cfg.publicationKeyFile != null) [
+      "--publication-key"
+      cfg.publicationKeyFile
+    ]
+    ++ lib.optionals (cfg.nextPublicationKey != null) [
+      "--next-publication-key"
+      cfg.nextPublicationKey
+    ]
     ++ cfg.deploy.extraArgs
   );
 
@@ -316,6 +325,30 @@ in
         description = "Open the cache's port in the firewall.";
       };
     };
+
+    # Signed publications (docs/mirrors.md, "Signing keys").
+    publicationKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/bento/publication-key.sec";
+      description = ''
+        The key that signs every manifest the deploy timer publishes
+        (`bento keygen --publication`); hosts pin its public half in
+        {option}`services.bento.publicationKey`. A key of its own, not the
+        cache's: mirrors and builders never hold it. Null: `bento deploy`
+        signs with /var/lib/bento/publication-key.sec when that exists.
+      '';
+    };
+
+    nextPublicationKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        Key rotation: the next publication key (name:base64), announced in
+        every manifest under the current key's signature; hosts pin it on
+        applying one. See docs/mirrors.md, "Signing keys".
+      '';
+      };
 
     # bento serve (docs/serve.md): the fleet's status on a read-only web page.
     dashboard = {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/history"
+	"github.com/bento-nix/bento/manifest"
 )
 
 // State is what bento status says about one host.
@@ -219,6 +220,11 @@ type Row struct {
 	// SecretErrors are the secrets the host could not install, with why
 	// (never their content); null when none.
 	SecretErrors map[string]string `json:"secretErrors"`
+	// Health is the host's last health check run (after its last switch,
+	// or a continuous check on a quiet tick), PreviousHealth the old
+	// system's after a health-check rollback; absent when none ran.
+	Health         *manifest.Health `json:"health,omitempty"`
+	PreviousHealth *manifest.Health `json:"previousHealth,omitempty"`
 
 	seen seenReport
 }

@@ -14,7 +14,11 @@
 //   - status.Collect over the same fleet's chroots without and with the
 //     history, so that recording's cost on status is a figure.
 //
-//     go run ./bench/history [-hosts 1000] [-days 90] [-reports 4] [-runs 5]
+//   - with -base-bento, the bento binary end to end (bento status --no-eval
+//     over those chroots) built from this checkout against that one (a
+//     build from before the history), process start included.
+//
+//     go run ./bench/history [-hosts 1000] [-days 90] [-reports 4] [-runs 5] [-base-bento FILE]
 //
 // Each figure is the median of -runs runs (after a warm-up where that makes
 // sense). The files live in a temporary directory on the machine's disk.
@@ -25,7 +29,9 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"time"
@@ -41,8 +47,9 @@ func main() {
 	days := flag.Int("days", 90, "days of history in the big database")
 	reports := flag.Int("reports", 4, "new reports per host and day in the big database")
 	runs := flag.Int("runs", 5, "runs per figure (the median is printed)")
+	base := flag.String("base-bento", "", "a bento binary to compare bento status with (one built before the history)")
 	flag.Parse()
-	if err := run(*hosts, *days, *reports, *runs); err != nil {
+	if err := run(*hosts, *days, *reports, *runs, *base); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/history:", err)
 		os.Exit(1)
 	}
@@ -67,7 +74,7 @@ func observations(n, r int, t time.Time) []history.Observation {
 	return obs
 }
 
-func run(hosts, days, reports, runs int) error {
+func run(hosts, days, reports, runs int, base string) error {
 	tmp, err := os.MkdirTemp("", "bento-bench-history-")
 	if err != nil {
 		return err
@@ -231,6 +238,41 @@ func run(hosts, days, reports, runs int) error {
 	fmt.Printf("\n%-60s %s\n", fmt.Sprintf("status.Collect over %d hosts, no history", hosts), ms(without))
 	fmt.Printf("%-60s %s  (+%s)\n", "  with the history, nothing new (every later run)", ms(with), ms(with-without))
 	fmt.Printf("%-60s %s  (once, then as above)\n", "  with the history, every report new (first run)", ms(first))
+	if base == "" {
+		return nil
+	}
+	bin := filepath.Join(tmp, "bento")
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/bento").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/bento: %v\n%s", err, out)
+	}
+	binary := func(path string) func() error {
+		return func() error {
+			cmd := exec.Command(path, "status", "--no-eval", "--chroot-root", root, "--state-dir", filepath.Join(tmp, "state"))
+			cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+			err := cmd.Run()
+			if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() >= 3 {
+				return nil // a state's exit status, not a failure
+			}
+			return err
+		}
+	}
+	// Interleaved, so that a change of the machine's load hits both.
+	var before, after []time.Duration
+	for range runs + 1 {
+		for _, v := range []struct {
+			path string
+			ds   *[]time.Duration
+		}{{base, &before}, {bin, &after}} {
+			start := time.Now()
+			if err := binary(v.path)(); err != nil {
+				return fmt.Errorf("%s status: %w", v.path, err)
+			}
+			*v.ds = append(*v.ds, time.Since(start))
+		}
+	}
+	before, after = before[1:], after[1:] // the first is the warm-up
+	fmt.Printf("\n%-60s %s  (rounds %s s)\n", "bento status --no-eval, "+base, ms(benchtb.Median(before)), benchtb.Rounds(before))
+	fmt.Printf("%-60s %s  (rounds %s s)\n", "bento status --no-eval, this checkout (records)", ms(benchtb.Median(after)), benchtb.Rounds(after))
 	return nil
 }
 
