@@ -87,6 +87,8 @@ func runServe(c *cli.Context) error {
 		defer opts.History.Close()
 		so.History = serveHistory{db: opts.History, root: opts.Root}
 	}
+	// The rollout view: so.Rollout = a func mapping rollout.Load(opts.Root)
+	// to a serve.Rollout, once package rollout is on main.
 	s := serve.New(so)
 	// The address as the listener has it: with --listen :0, the port picked.
 	fmt.Fprintf(c.App.ErrWriter, "bento serve: listening on %s (%s)\n", listenURL(l.Addr().Network(), l.Addr().String()), opts.Root)
