@@ -332,7 +332,7 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	}
 	if bootPending(st) {
 		// A boot operation whose health checks wait for the reboot.
-		if out, err, done := t.settleBoot(ctx, &st); done {
+		if out, done, err := t.settleBoot(ctx, &st); done {
 			return out, err
 		}
 	} else if st.Switch != nil {
