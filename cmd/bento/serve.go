@@ -124,22 +124,10 @@ func (h serveHistory) Timeline(ctx context.Context, host string, limit int) ([]s
 // JSON builds the document as runHistory does, and prints it as
 // printHistory does.
 func (h serveHistory) JSON(ctx context.Context, w io.Writer, hosts []string, since time.Time, limit int) error {
-	doc := HistoryDoc{Format: 1, GeneratedAt: time.Now().UTC(), Root: h.root, Events: []history.Event{}}
-	if !since.IsZero() {
-		doc.Since = &since
-	}
-	q := history.Query{Hosts: hosts, Since: since}
-	if limit > 0 {
-		q.Limit = limit + 1
-	}
-	events, err := h.db.Timeline(ctx, q)
+	doc, err := h.db.Document(ctx, h.root, history.Query{Hosts: hosts, Since: since, Limit: limit}, time.Now())
 	if err != nil {
 		return err
 	}
-	if q.Limit > 0 && len(events) == q.Limit {
-		events, doc.Truncated = events[1:], true
-	}
-	doc.Events = append(doc.Events, events...)
 	data, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return err
