@@ -371,6 +371,13 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		t.say("--now: trying version %s again without waiting for its retry (due %s)", head.Version, due.Format(time.RFC3339))
 		d = apply
 	}
+	if d == upToDate && len(t.pins) > 0 && head.Sequence > st.Publication.Sequence {
+		// The same version, published anew (re-signed, a next key
+		// announced): nothing to apply, but verified and remembered.
+		if err := t.acceptSame(ctx, &st); err != nil {
+			return t.refuse(ctx, &st, head, err)
+		}
+	}
 	switch d {
 	case upToDate:
 		if t.cfg.SelfUpdate {
@@ -403,6 +410,23 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	}
 	st.accept(m, t.pubKeys)
 	return t.apply(ctx, &st, m)
+}
+
+// acceptSame verifies the manifest of the version already applied and
+// records it (its sequence, a next key it announces).
+func (t *tick) acceptSame(ctx context.Context, st *State) error {
+	m, err := t.readManifest(ctx)
+	if err != nil {
+		return err
+	}
+	if err := checkFresh(*st, m, true, 0, t.o.Now()); err != nil {
+		return err
+	}
+	st.accept(m, t.pubKeys)
+	if err := saveState(t.cfg.StateDir, *st); err != nil {
+		t.say("warning: %v", describeDiskError(err))
+	}
+	return nil
 }
 
 // badManifest is a published manifest the agent refuses to act on.
