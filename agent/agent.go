@@ -330,7 +330,12 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	if err := t.adoptRecordedOutcome(&st); err != nil {
 		return Outcome{}, err
 	}
-	if st.Switch != nil {
+	if bootPending(st) {
+		// A boot operation whose health checks wait for the reboot.
+		if out, err, done := t.settleBoot(ctx, &st); done {
+			return out, err
+		}
+	} else if st.Switch != nil {
 		// Before anything else: the host may run a system nobody confirmed.
 		return t.recoverSwitch(ctx, &st)
 	}
@@ -564,7 +569,9 @@ func (t *tick) refuse(ctx context.Context, st *State, head manifestHead, cause e
 func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, action string, cause error) (Outcome, error) {
 	now := t.o.Now()
 	st.finish(rep.Result, now, t.retry)
-	st.Switch = nil
+	if !bootPending(*st) {
+		st.Switch = nil
+	}
 	if !final(rep.Result) {
 		next := st.Attempt.NextRetry.UTC()
 		rep.NextRetry = &next

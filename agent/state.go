@@ -60,8 +60,10 @@ type Publication struct {
 type SwitchJournal struct {
 	Version string `json:"version"`
 	To      string `json:"to"`
-	// From is the system that ran before ("" on a first installation).
-	From string `json:"from,omitempty"`
+	// From is the system that ran before ("" on a first installation),
+	// FromVersion the version it was applied from.
+	From        string `json:"from,omitempty"`
+	FromVersion string `json:"fromVersion,omitempty"`
 	// Op is the operation (switch, boot, test).
 	Op string    `json:"op"`
 	At time.Time `json:"at"`
@@ -69,7 +71,10 @@ type SwitchJournal struct {
 	ConfirmBy time.Time `json:"confirmBy"`
 	// Phase is "switching" until the guard decides to roll back, then
 	// "rolling-back": a machine found on From is then known to have been
-	// rolled back on purpose.
+	// rolled back on purpose. "health-checking" while the health checks
+	// run: a kill then leaves a system nobody found healthy, rolled back
+	// by the next start. "boot-pending": a boot operation recorded as
+	// switched whose health checks run once the machine booted To.
 	Phase string `json:"phase"`
 }
 
@@ -77,6 +82,8 @@ type SwitchJournal struct {
 const (
 	phaseSwitching   = "switching"
 	phaseRollingBack = "rolling-back"
+	phaseChecking    = "health-checking"
+	phaseBootPending = "boot-pending"
 )
 
 // maxStateFile bounds every small JSON file the agent reads back from its

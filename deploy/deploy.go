@@ -41,6 +41,9 @@ type Options struct {
 	Force     bool
 	LockWait  time.Duration
 	Retention time.Duration
+	// HistoryRetention is how long the server's history keeps events
+	// (0: history.DefaultRetention); a deploy prunes older ones.
+	HistoryRetention time.Duration
 	// Build builds the hosts first; nil publishes without building (the
 	// manifests then name no expected system).
 	Build *builder.Options
@@ -118,9 +121,10 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	plan := NewPlan(sel.hosts, builds, sel.fleet.Dir, opts)
 	plan.fillCaches(ctx, pool, pub.Root())
 	plan.publish(ctx, pub)
+	runID, historyWarnings := opts.recordHistory(ctx, pub.Root(), plan.Rows)
 	report := &Report{Root: pub.Root(), DryRun: opts.DryRun, Hosts: append(plan.Rows, sel.refused...), Skipped: sel.skipped,
-		Builds: builds, RootWarnings: pub.Warnings(), EvalFailed: sel.evalFailed}
-	opts.finish(ctx, report, pub, pool, sel, plan.Warnings)
+		Builds: builds, RootWarnings: pub.Warnings(), EvalFailed: sel.evalFailed, DeployRun: runID}
+	opts.finish(ctx, report, pub, pool, sel, append(plan.Warnings, historyWarnings...))
 	return report, nil
 }
 

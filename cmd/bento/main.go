@@ -46,10 +46,12 @@ func newApp() *cli.App {
 			importReportsCommand(),
 			checkCommand(),
 			statusCommand(),
+			historyCommand(),
 			logsCommand(),
 			diffCommand(),
 			agentCommand(),
 			keygenCommand(),
+			serveCommand(),
 			completionCommand(),
 		},
 		// Errors are printed once, by exitCode, with their exit status.
