@@ -116,9 +116,19 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
+	pubKeys, err := cfg.PublicationKeys()
+	if err != nil {
+		return Outcome{}, &ConfigError{err}
+	}
 	var signer ssh.Signer
 	var local *transport.Local
 	if o.Bundle != "" {
+		if len(pubKeys) == 0 {
+			// Over SFTP the pinned server host key vouches for what is
+			// read; a directory has nothing of the kind but the
+			// publication's own signature.
+			return Outcome{}, &ConfigError{errors.New("apply-bundle needs services.bento.publicationKey (--publication-key): nothing else vouches for a bundle, whoever handed it over")}
+		}
 		// Offline: the bundle is the chroot; nothing logs in anywhere.
 		if local, err = transport.OpenLocal(o.Bundle, o.ReportDir); err != nil {
 			return Outcome{}, err
@@ -137,10 +147,6 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 		}
 	}
 	policy, err := activate.ParsePolicy(cfg.Reboot.Policy, cfg.Reboot.Window)
-	if err != nil {
-		return Outcome{}, &ConfigError{err}
-	}
-	pubKeys, err := cfg.PublicationKeys()
 	if err != nil {
 		return Outcome{}, &ConfigError{err}
 	}

@@ -89,6 +89,12 @@ func TestOfflineBundle(t *testing.T) {
 	apply := func(dir string, args ...string) Result {
 		return runBento(t, h.Environ(), append([]string{"agent", "apply-bundle", "--config", h.ConfigFile(t), dir}, args...)...)
 	}
+	// Without a pinned key nothing vouches for a bundle.
+	delete(h.Settings, "publicationKey")
+	if res := apply(bundle); res.ExitCode != 2 || !strings.Contains(res.Output(), "apply-bundle needs services.bento.publicationKey") {
+		t.Fatalf("apply-bundle with no publication key pinned: exit %d", res.ExitCode)
+	}
+	h.Settings["publicationKey"] = pinned
 	// The host cannot reach the server: a tick over SFTP fails.
 	if res := h.Run(t); res.ExitCode == 0 {
 		t.Fatal("the host reached the server")
