@@ -441,6 +441,11 @@ func importReport(root, dir string) (string, error) {
 	if err := writeRootFile(chroot, manifest.StatusFile, append(body, '\n')); err != nil {
 		return "", err
 	}
+	// status takes an unchanged report's time from its mtime: the time
+	// the host wrote it, not the import's.
+	if !rep.FinishedAt.IsZero() {
+		chroot.Chtimes(manifest.StatusFile, rep.FinishedAt, rep.FinishedAt)
+	}
 	return fmt.Sprintf("%s: imported the report of %s (%s, version %s)", host, rep.FinishedAt.Format("2006-01-02 15:04:05Z07:00"), rep.Result, rep.AttemptedVersion), nil
 }
 
