@@ -132,6 +132,12 @@ func exportHost(ctx context.Context, root, host, out string, opts exportOptions)
 	}
 	sum.version, sum.sequence = m.Version, m.Sequence
 
+	// What an export killed earlier left (its temporary directory, or
+	// the previous bundle moved aside) goes first.
+	stale, _ := filepath.Glob(filepath.Join(out, "."+host+".tmp-*"))
+	for _, d := range stale {
+		os.RemoveAll(d)
+	}
 	tmp, err := os.MkdirTemp(out, "."+host+".tmp-")
 	if err != nil {
 		return sum, err
