@@ -199,3 +199,47 @@ func writeBack(t *testing.T, p string, data []byte) {
 		t.Fatal(err)
 	}
 }
+
+// A build-mode host applies a bundle's tree; a bundle whose object was
+// changed (the manifest intact, so its signature verifies) fails the
+// fetch, names the object, and applies nothing.
+func TestOfflineBundleBuildModeRefusesAChangedObject(t *testing.T) {
+	key := newPublicationKey(t, "fleet-1")
+	e := Start(t, hostsFleet("alpha"))
+	e.PublicationKey = key
+	pub := e.Publish(t)["alpha"]
+	out := t.TempDir()
+	serverEnv := append(os.Environ(), fixture.Env()...)
+	if res := runBento(t, serverEnv, "export", "alpha", "--chroot-root", e.SSHD.Root, "--output", out); res.ExitCode != 0 {
+		t.Fatal("export")
+	}
+	bundle := filepath.Join(out, "alpha")
+	h := e.Host(t, "alpha")
+	h.Settings["publicationKey"] = key.Public().String()
+	h.Settings["port"] = closedPort(t)
+	apply := func(dir string, args ...string) Result {
+		return runBento(t, h.Environ(), append([]string{"agent", "apply-bundle", "--config", h.ConfigFile(t), dir}, args...)...)
+	}
+
+	changed := filepath.Join(t.TempDir(), "alpha")
+	if err := exec.Command("cp", "-a", bundle, changed).Run(); err != nil {
+		t.Fatal(err)
+	}
+	m := e.Manifest(t, "alpha")
+	obj := filepath.Join(changed, filepath.FromSlash(m.RemotePath(m.Files[0])))
+	data := readFile(t, obj)
+	data[0] ^= 1
+	os.Chmod(obj, 0o644)
+	writeBack(t, obj, data)
+	res := apply(changed)
+	if res.ExitCode == 0 || !strings.Contains(res.Output(), "but the manifest says "+m.Files[0].SHA256) {
+		t.Fatalf("a changed object: exit %d, want a failure naming it", res.ExitCode)
+	}
+	if _, err := os.Lstat(h.Profile); err == nil {
+		t.Fatal("the changed bundle was applied")
+	}
+
+	if res := apply(bundle, "--now"); res.ExitCode != 0 || h.Current(t) != pub.Built {
+		t.Fatalf("the genuine bundle: exit %d, running %s, want %s", res.ExitCode, h.Current(t), pub.Built)
+	}
+}
