@@ -42,6 +42,8 @@ func newApp() *cli.App {
 			hostsCommand(),
 			buildCommand(),
 			deployCommand(),
+			exportCommand(),
+			importReportsCommand(),
 			checkCommand(),
 			statusCommand(),
 			historyCommand(),
