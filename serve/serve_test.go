@@ -461,3 +461,35 @@ func TestRolloutOnTheFleetPage(t *testing.T) {
 		})
 	}
 }
+
+// Event streams are bounded: one more than MaxStreams is refused with 503
+// (the page retries later).
+func TestMaxStreams(t *testing.T) {
+	c := threeHosts(t)
+	ts := start(t, serve.Options{Status: status.Options{Root: c.root}, MaxStreams: 1})
+	open := func() (*http.Response, context.CancelFunc) {
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, "GET", ts.URL+"/events", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, cancel
+	}
+	first, cancelFirst := open()
+	if first.StatusCode != 200 {
+		t.Fatalf("first stream: %d", first.StatusCode)
+	}
+	// Its first event says the stream holds its place.
+	if _, err := bufio.NewReader(first.Body).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	second, cancelSecond := open()
+	second.Body.Close()
+	cancelSecond()
+	if second.StatusCode != http.StatusServiceUnavailable || second.Header.Get("Retry-After") == "" {
+		t.Errorf("a stream over the limit: %d (Retry-After %q), want 503 with Retry-After", second.StatusCode, second.Header.Get("Retry-After"))
+	}
+	cancelFirst()
+	first.Body.Close()
+}
