@@ -493,3 +493,28 @@ func TestMaxStreams(t *testing.T) {
 	cancelFirst()
 	first.Body.Close()
 }
+
+// Filtering by tag needs the flake's options: with them the form lists
+// the tags and ?tag= keeps the hosts that carry it.
+func TestTagFilter(t *testing.T) {
+	c := threeHosts(t)
+	host := func(name string, tags ...string) fleet.Host {
+		return fleet.Host{Name: name, Managed: true, Enable: true, Attr: fleet.ConfigAttr(name), Options: fleet.Options{Tags: tags}}
+	}
+	fl := &fleet.Fleet{Hosts: []fleet.Host{host("web-1", "web", "eu"), host("web-2", "web", "us"), host("db-1", "db", "eu")}}
+	ts := start(t, serve.Options{Status: status.Options{Root: c.root, Fleet: fl}})
+	for _, tc := range []struct{ query, want string }{
+		{"?tag=web&sort=name", "web-1 web-2"},
+		{"?tag=eu&sort=name", "db-1 web-1"},
+		{"?tag=nothing", ""},
+	} {
+		_, body := get(t, ts.URL+"/"+tc.query)
+		if got := strings.Join(hostsIn(body), " "); got != tc.want {
+			t.Errorf("%s: hosts %q, want %q", tc.query, got, tc.want)
+		}
+	}
+	_, body := get(t, ts.URL+"/")
+	if !strings.Contains(body, "<option>db</option><option>eu</option><option>us</option><option>web</option>") {
+		t.Errorf("the form does not list the fleet's tags:\n%s", body)
+	}
+}
