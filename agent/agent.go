@@ -21,7 +21,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -105,7 +104,7 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	if err := cfg.Validate(); err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
-	keys, err := transport.ParseHostKeys(cfg.ServerHostKey)
+	endpoints, err := cfg.Endpoints()
 	if err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
@@ -146,9 +145,9 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	defer lk.release()
 
 	t := &tick{
-		cfg:    cfg,
-		o:      o,
-		keys:   keys,
+		cfg:       cfg,
+		o:         o,
+		endpoints: orderServers(endpoints, cfg.ServerOrder, lastServer(cfg.StateDir)),
 		signer: signer,
 		policy: policy,
 		retry:  backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
@@ -165,10 +164,11 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 }
 
 type tick struct {
-	cfg    Config
-	o      Options
-	keys   []ssh.PublicKey
-	signer ssh.Signer
+	cfg Config
+	o   Options
+	// endpoints are the servers to try, in the order of this tick.
+	endpoints []transport.Endpoint
+	signer    ssh.Signer
 	policy activate.Policy
 	retry  backoff.Policy
 	store  *tree.Store
@@ -213,10 +213,7 @@ func (t *tick) say(format string, args ...any) {
 
 func (t *tick) transportOptions(attempts int) transport.Options {
 	return transport.Options{
-		Addr:           net.JoinHostPort(t.cfg.Server, strconv.Itoa(t.cfg.Port)),
-		User:           t.cfg.User,
 		Signer:         t.signer,
-		HostKeys:       t.keys,
 		ConnectTimeout: time.Duration(t.cfg.ConnectTimeout),
 		OpTimeout:      time.Duration(t.cfg.OperationTimeout),
 		Attempts:       attempts,
@@ -227,14 +224,31 @@ func (t *tick) transportOptions(attempts int) transport.Options {
 	}
 }
 
-// connect (re)opens the tick's connection.
+// connect (re)opens the tick's connection, to the first of the servers
+// that answers.
 func (t *tick) connect(ctx context.Context, attempts int) error {
-	c, err := transport.Dial(ctx, t.transportOptions(attempts))
+	c, err := t.dial(ctx, attempts)
 	if err != nil {
 		return err
 	}
 	t.setConn(c)
 	return nil
+}
+
+// dial connects to one of the servers (see transport.DialAny) and
+// remembers which one answered, for the next tick's order.
+func (t *tick) dial(ctx context.Context, attempts int) (*transport.Conn, error) {
+	c, _, err := transport.DialAny(ctx, t.transportOptions(attempts), t.endpoints)
+	if err != nil {
+		return nil, err
+	}
+	if len(t.endpoints) > 1 {
+		if c.Addr() != t.endpoints[0].Addr {
+			t.say("server %s did not answer: using %s", t.endpoints[0].Addr, c.Addr())
+		}
+		setLastServer(t.cfg.StateDir, c.Addr())
+	}
+	return c, nil
 }
 
 func (t *tick) setConn(c *transport.Conn) {
@@ -645,6 +659,9 @@ func (t *tick) deliver(ctx context.Context, e queue.Entry, log []byte) error {
 			return err
 		}
 	}
+	// The server it reached, whichever tick made the report: status
+	// shows where each host was last heard from.
+	e.Report.Server = c.Addr()
 	key := reportKey(e.Report)
 	if !e.HasLog && e.Report.Result == manifest.ResultUnchanged && key == t.delivered() {
 		// The server holds this very report but for its times: moving

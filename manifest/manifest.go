@@ -325,4 +325,7 @@ type Report struct {
 	NextRetry *time.Time `json:"nextRetry,omitempty"`
 	// SecretErrors names secrets that could not be installed (never content).
 	SecretErrors map[string]string `json:"secretErrors,omitempty"`
+	// Server is "address:port" of the server (primary or mirror) this
+	// report was delivered to (services.bento.servers).
+	Server string `json:"server,omitempty"`
 }
