@@ -148,12 +148,12 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 		cfg:       cfg,
 		o:         o,
 		endpoints: orderServers(endpoints, cfg.ServerOrder, lastServer(cfg.StateDir)),
-		signer: signer,
-		policy: policy,
-		retry:  backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
-		store:  &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir), Objects: filepath.Join(cfg.StateDir, objectsDir)},
-		queue:  &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
-		log:    slog.New(newLineHandler(o.Out)),
+		signer:    signer,
+		policy:    policy,
+		retry:     backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
+		store:     &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir), Objects: filepath.Join(cfg.StateDir, objectsDir)},
+		queue:     &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
+		log:       slog.New(newLineHandler(o.Out)),
 	}
 	defer t.closeConn()
 	out, err := t.run(ctx)
@@ -169,11 +169,11 @@ type tick struct {
 	// endpoints are the servers to try, in the order of this tick.
 	endpoints []transport.Endpoint
 	signer    ssh.Signer
-	policy activate.Policy
-	retry  backoff.Policy
-	store  *tree.Store
-	queue  *queue.Queue
-	log    *slog.Logger
+	policy    activate.Policy
+	retry     backoff.Policy
+	store     *tree.Store
+	queue     *queue.Queue
+	log       *slog.Logger
 
 	mu   sync.Mutex
 	conn *transport.Conn

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"golang.org/x/crypto/ssh"
-
 )
 
 // mirrorOf starts a second server holding the same host, which logs in
@@ -41,7 +40,7 @@ func TestDialAnyFailsOver(t *testing.T) {
 		// want is the index reached, -1 for none.
 		want int
 		// dials is how many TCP connections the call opens.
-		dials int32
+		dials  int32
 		errHas []string
 	}{
 		{name: "primary answers", eps: []Endpoint{endpoint(primary), mirrorEP}, want: 0, dials: 1},
@@ -111,4 +110,3 @@ func TestPermanentOfAllFailed(t *testing.T) {
 }
 
 func fmtWrap(err error) error { return errors.Join(errors.New("server x"), err) }
-
