@@ -1,0 +1,199 @@
+package mirror_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bento-nix/bento/internal/e2e"
+	"github.com/bento-nix/bento/internal/fixture"
+	"github.com/bento-nix/bento/internal/sshdtest"
+	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/mirror"
+)
+
+// mirrorServer is a second bento server: its own sshd and chroot root,
+// the same hosts (each with its own SFTP user there, which accepts the
+// host's key), and root allowed to push over SFTP.
+type mirrorServer struct {
+	sshd   *sshdtest.Server
+	pusher *sshdtest.Client
+	users  map[string]*sshdtest.Client
+}
+
+func startMirror(t *testing.T, e *e2e.Env, hosts ...string) *mirrorServer {
+	t.Helper()
+	m := &mirrorServer{sshd: sshdtest.Start(t, sshdtest.Options{}), users: map[string]*sshdtest.Client{}}
+	for _, h := range hosts {
+		c := m.sshd.AddHost(t, h)
+		key := ssh.MarshalAuthorizedKey(e.Host(t, h).SSH.Signer.PublicKey())
+		if err := os.WriteFile(filepath.Join(m.sshd.StateDir, "keys", c.User), key, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		m.users[h] = c
+	}
+	m.pusher = m.sshd.AllowPusher(t)
+	return m
+}
+
+func (m *mirrorServer) dest(t *testing.T) mirror.Dest {
+	t.Helper()
+	d, err := mirror.ParseDest("ssh://root@" + m.sshd.Addr + m.sshd.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// push runs a push from the primary (e's root) to the mirrors, failing the
+// test on any host's error.
+func push(t *testing.T, e *e2e.Env, ms ...*mirrorServer) []mirror.HostResult {
+	t.Helper()
+	res, err := tryPush(t, e, ms...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Err != nil {
+			t.Fatalf("push: %v", r.Err)
+		}
+	}
+	return res
+}
+
+func tryPush(t *testing.T, e *e2e.Env, ms ...*mirrorServer) ([]mirror.HostResult, error) {
+	t.Helper()
+	var dests []mirror.Dest
+	var known []byte
+	for _, m := range ms {
+		dests = append(dests, m.dest(t))
+		known = append(known, m.sshd.KnownHostsLine+"\n"...)
+	}
+	khFile := filepath.Join(t.TempDir(), "known_hosts")
+	if err := os.WriteFile(khFile, known, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kh, err := mirror.LoadKnownHosts(khFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mirror.Push(context.Background(), mirror.Options{Root: e.SSHD.Root, Signer: ms[0].pusher.Signer, KnownHosts: kh}, dests)
+}
+
+func filesFleet() fixture.Fleet {
+	return fixture.Fleet{
+		Hosts: []fixture.Host{
+			{Name: "alpha", Bento: &fixture.Bento{Enable: true, Secrets: []string{"db"}}},
+			{Name: "beta", Bento: &fixture.Bento{Enable: true}},
+		},
+		Files: map[string]string{"modules/a.nix": "{ a = 1; }\n", "modules/b.nix": "{ b = 1; }\n"},
+	}
+}
+
+func TestPushCopiesChrootsIncrementally(t *testing.T) {
+	e := e2e.Start(t, filesFleet())
+	e.SecretsDir = filepath.Join(t.TempDir(), "secrets")
+	os.MkdirAll(filepath.Join(e.SecretsDir, "alpha"), 0o700)
+	if err := os.WriteFile(filepath.Join(e.SecretsDir, "alpha", "db"), []byte("hunter2-but-longer"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.Host(t, "alpha")
+	e.Host(t, "beta")
+	v1 := e.Publish(t)
+	m := startMirror(t, e, "alpha", "beta")
+
+	// A report on the mirror is the host's: a push never touches it.
+	mirrorReport := filepath.Join(m.sshd.Root, "beta", manifest.StatusFile)
+	if err := os.WriteFile(mirrorReport, []byte(`{"mine":true}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	first := push(t, e, m)
+	t.Logf("first push: %+v", first)
+	if len(first) != 2 {
+		t.Fatalf("results %+v", first)
+	}
+	for _, r := range first {
+		if !r.Changed || r.Files < 2 {
+			t.Errorf("first push of %s: %+v", r.Host, r)
+		}
+		got, err := os.ReadFile(filepath.Join(m.sshd.Root, r.Host, manifest.ManifestFile))
+		want, _ := os.ReadFile(filepath.Join(e.Chroot(r.Host), manifest.ManifestFile))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: the mirror's manifest differs from the primary's (%v)", r.Host, err)
+		}
+		man := e.Manifest(t, r.Host)
+		for _, f := range man.Files {
+			p := filepath.Join(m.sshd.Root, r.Host, filepath.FromSlash(manifest.ObjectPath(f.SHA256)))
+			fi, err := os.Stat(p)
+			if err != nil || fi.Size() != f.Size || fi.Mode().Perm() != 0o444 {
+				t.Errorf("%s: object of %s on the mirror: %v %v", r.Host, f.Path, fi, err)
+			}
+		}
+	}
+	if v1["alpha"].Version != e.Manifest(t, "alpha").Version {
+		t.Fatal("publication changed under the test")
+	}
+	// The secret belongs to alpha's user on the mirror, not on the primary.
+	secret := filepath.Join(m.sshd.Root, "alpha", manifest.SecretsDir, v1["alpha"].Version, "db")
+	fi, err := os.Stat(secret)
+	if err != nil {
+		t.Fatalf("secret on the mirror: %v", err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	mu := lookupUID(t, m.users["alpha"].User)
+	if int(st.Uid) != mu || fi.Mode().Perm() != 0o400 {
+		t.Errorf("secret on the mirror: uid %d mode %v, want uid %d (the mirror's alpha user) 0400", st.Uid, fi.Mode().Perm(), mu)
+	}
+	if data, _ := os.ReadFile(mirrorReport); string(data) != `{"mine":true}` {
+		t.Errorf("the push touched the mirror's report: %q", data)
+	}
+
+	// Nothing changed: nothing is uploaded.
+	for _, r := range push(t, e, m) {
+		if r.Files != 0 || r.Changed || r.Bytes != 0 {
+			t.Errorf("second push of %s uploaded: %+v", r.Host, r)
+		}
+	}
+
+	// One file of the fleet changed: its object and the manifests.
+	e.Fleet.Files["modules/b.nix"] = "{ b = 2; }\n"
+	e.WriteFleet(t, e.Fleet)
+	e.Publish(t)
+	for _, r := range push(t, e, m) {
+		// alpha also has its secrets under the new version.
+		want := 2
+		if r.Host == "alpha" {
+			want = 3
+		}
+		if r.Files != want || !r.Changed {
+			t.Errorf("one-file change, push of %s: %+v, want %d files", r.Host, r, want)
+		}
+	}
+}
+
+func lookupUID(t *testing.T, name string) int {
+	t.Helper()
+	data, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) > 3 && f[0] == name {
+			var n int
+			for _, c := range f[2] {
+				n = n*10 + int(c-'0')
+			}
+			return n
+		}
+	}
+	t.Fatalf("no user %s", name)
+	return -1
+}
