@@ -23,9 +23,9 @@ import (
 
 	"github.com/bento-nix/bento/agent/backoff"
 	"github.com/bento-nix/bento/agent/transport"
+	"github.com/bento-nix/bento/cache/narinfo"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/manifest"
-	"github.com/bento-nix/bento/cache/narinfo"
 )
 
 // Options configure Push and PullReports.
@@ -429,7 +429,9 @@ func upToDate(f localFile, r remoteFile, ok bool) bool {
 // upload copies the files of one phase the mirror lacks, Jobs at once,
 // creating their directories first.
 func (p *hostPush) upload(ctx context.Context, dir string, local []localFile, remote map[string]remoteFile, phase, uid, gid int) error {
-	secret := func(rel string) bool { return rel == manifest.SecretsDir || strings.HasPrefix(rel, manifest.SecretsDir+"/") }
+	secret := func(rel string) bool {
+		return rel == manifest.SecretsDir || strings.HasPrefix(rel, manifest.SecretsDir+"/")
+	}
 	var files []localFile
 	for _, f := range local {
 		if f.phase != phase {
