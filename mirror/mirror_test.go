@@ -3,6 +3,7 @@ package mirror_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -196,4 +197,78 @@ func lookupUID(t *testing.T, name string) int {
 	}
 	t.Fatalf("no user %s", name)
 	return -1
+}
+
+// useServers configures h with the primary first, then each mirror.
+func useServers(e *e2e.Env, h *e2e.Host, ms ...*mirrorServer) {
+	servers := []map[string]any{{"address": "127.0.0.1", "port": e.SSHD.Port, "hostKey": e.SSHD.KnownHostsLine}}
+	for _, m := range ms {
+		servers = append(servers, map[string]any{"address": "127.0.0.1", "port": m.sshd.Port, "hostKey": m.sshd.KnownHostsLine, "user": m.users[h.Name].User})
+	}
+	h.Settings["servers"] = servers
+	h.Settings["server"] = ""
+	h.Settings["serverHostKey"] = ""
+}
+
+func readReport(t *testing.T, file string) *manifest.Report {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("report: %v", err)
+	}
+	var r manifest.Report
+	if err := json.Unmarshal(data, &r); err != nil {
+		t.Fatalf("report %s: %v", file, err)
+	}
+	return &r
+}
+
+func oneHostFleet() fixture.Fleet {
+	return fixture.Fleet{
+		Hosts: []fixture.Host{{Name: "alpha", Bento: &fixture.Bento{Enable: true}}},
+		Files: map[string]string{"modules/a.nix": "{ a = 1; }\n"},
+	}
+}
+
+// TestFailoverToTheMirror: the primary stops; the next tick applies the
+// next publication from the mirror, and reports there.
+func TestFailoverToTheMirror(t *testing.T) {
+	e := e2e.Start(t, oneHostFleet())
+	h := e.Host(t, "alpha")
+	v1 := e.Publish(t)["alpha"]
+	m := startMirror(t, e, "alpha")
+	push(t, e, m)
+	useServers(e, h, m)
+
+	if res := h.Run(t); res.ExitCode != 0 || h.Current(t) != v1.Built {
+		t.Fatalf("first tick: exit %d, current %s", res.ExitCode, h.Current(t))
+	}
+	if r := h.Status(t); r.Server != e.SSHD.Addr || r.AppliedVersion != v1.Version {
+		t.Errorf("the primary's report: server %q version %s, want %s %s", r.Server, r.AppliedVersion, e.SSHD.Addr, v1.Version)
+	}
+
+	e.Fleet.Files["modules/a.nix"] = "{ a = 2; }\n"
+	e.WriteFleet(t, e.Fleet)
+	v2 := e.Publish(t)["alpha"]
+	push(t, e, m)
+	e.SSHD.Stop()
+
+	res := h.Run(t)
+	if res.ExitCode != 0 || h.Current(t) != v2.Built {
+		t.Fatalf("tick with the primary down: exit %d, current %s, want %s", res.ExitCode, h.Current(t), v2.Built)
+	}
+	if !strings.Contains(res.Output(), "server "+e.SSHD.Addr+" did not answer: using "+m.sshd.Addr) {
+		t.Errorf("the tick did not say it failed over:\n%s", res.Output())
+	}
+	r := readReport(t, filepath.Join(m.sshd.Root, "alpha", manifest.StatusFile))
+	if r.Server != m.sshd.Addr || r.AppliedVersion != v2.Version || r.Result != manifest.ResultSuccess {
+		t.Errorf("the mirror's report: %+v", r)
+	}
+
+	// Sticky: the next tick goes to the mirror first, without a failed
+	// attempt at the primary.
+	res = h.Run(t)
+	if res.ExitCode != 0 || strings.Contains(res.Output(), "did not answer") {
+		t.Errorf("the tick after the failover tried the primary first (exit %d):\n%s", res.ExitCode, res.Output())
+	}
 }
