@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/bento-nix/bento/internal/sshdtest"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/mirror"
+	"github.com/bento-nix/bento/status"
 )
 
 // mirrorServer is a second bento server: its own sshd and chroot root,
@@ -271,4 +273,56 @@ func TestFailoverToTheMirror(t *testing.T) {
 	if res.ExitCode != 0 || strings.Contains(res.Output(), "did not answer") {
 		t.Errorf("the tick after the failover tried the primary first (exit %d):\n%s", res.ExitCode, res.Output())
 	}
+
+	// The primary's status sees the host through pull-reports: the
+	// mirror's report is newer than the one the primary holds.
+	pulled := pull(t, e, m)
+	// The report, and the log of the attempt it names.
+	if len(pulled) != 1 || !pulled[0].Changed || pulled[0].Files != 2 {
+		t.Errorf("pull-reports: %+v", pulled)
+	}
+	if rep := h.Status(t); rep.Log == "" || !strings.Contains(h.Log(t, rep.Log), v2.Version) {
+		t.Errorf("the pulled report's log %q is not on the primary, or is not the attempt of %s", rep.Log, v2.Version)
+	}
+	snap, err := status.Collect(context.Background(), status.Options{Root: e.SSHD.Root, Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := snap.Hosts[0]
+	if row.Host != "alpha" || row.Server != m.sshd.Addr || row.AppliedVersion != v2.Version || row.State != status.UpToDate {
+		t.Errorf("status on the primary after pull-reports: host %s state %s server %q applied %s, want up-to-date through %s at %s",
+			row.Host, row.State, row.Server, row.AppliedVersion, m.sshd.Addr, v2.Version)
+	}
+	// Pulled again: nothing newer.
+	if again := pull(t, e, m); again[0].Changed || again[0].Note != "the primary's report is as new" {
+		t.Errorf("second pull-reports: %+v", again[0])
+	}
+}
+
+// pull runs pull-reports from the mirrors into the primary, failing the
+// test on any host's error.
+func pull(t *testing.T, e *e2e.Env, ms ...*mirrorServer) []mirror.HostResult {
+	t.Helper()
+	var dests []mirror.Dest
+	var known []byte
+	for _, m := range ms {
+		dests = append(dests, m.dest(t))
+		known = append(known, m.sshd.KnownHostsLine+"\n"...)
+	}
+	khFile := filepath.Join(t.TempDir(), "known_hosts")
+	os.WriteFile(khFile, known, 0o644)
+	kh, err := mirror.LoadKnownHosts(khFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := mirror.PullReports(context.Background(), mirror.Options{Root: e.SSHD.Root, Signer: ms[0].pusher.Signer, KnownHosts: kh}, dests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Err != nil {
+			t.Fatalf("pull-reports: %v", r.Err)
+		}
+	}
+	return res
 }

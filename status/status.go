@@ -213,6 +213,9 @@ type Row struct {
 	// SecretErrors are the secrets the host could not install, with why
 	// (never their content); null when none.
 	SecretErrors map[string]string `json:"secretErrors"`
+	// Server is the server (primary or mirror, "address:port") the host's
+	// last report was delivered to; empty when the report does not say.
+	Server string `json:"server"`
 }
 
 // Summary counts hosts per state.
