@@ -48,6 +48,7 @@ func newApp() *cli.App {
 			diffCommand(),
 			agentCommand(),
 			keygenCommand(),
+			mirrorCommand(),
 			completionCommand(),
 		},
 		// Errors are printed once, by exitCode, with their exit status.
