@@ -326,3 +326,23 @@ func pull(t *testing.T, e *e2e.Env, ms ...*mirrorServer) []mirror.HostResult {
 	}
 	return res
 }
+
+// The push account's key is SFTP only: no command runs as root.
+func TestPusherKeyRunsNoCommand(t *testing.T) {
+	m := &mirrorServer{sshd: sshdtest.Start(t, sshdtest.Options{})}
+	m.pusher = m.sshd.AllowPusher(t)
+	c, err := ssh.Dial("tcp", m.sshd.Addr, m.sshd.ClientConfig(m.pusher))
+	if err != nil {
+		t.Fatalf("the pusher cannot log in: %v", err)
+	}
+	defer c.Close()
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	out, _ := s.CombinedOutput("id; echo ran")
+	if strings.Contains(string(out), "uid=") || strings.Contains(string(out), "ran") {
+		t.Errorf("a command ran as the push account: %q", out)
+	}
+}

@@ -58,9 +58,6 @@ func (s *Server) writeConfig(t testing.TB) {
 	b.WriteString("Subsystem sftp internal-sftp\n")
 	// Before the chroot block: sshd keeps the first value of a keyword.
 	b.WriteString(s.shellBlocks())
-	if pusher {
-		b.WriteString("\nMatch User root\n\tChrootDirectory none\n\tForceCommand internal-sftp\n\tAllowTcpForwarding no\n\tPermitTTY no\n")
-	}
 	fmt.Fprintf(&b, "\nMatch Group %s\n", s.Group)
 	for _, line := range []string{
 		"ChrootDirectory %h",
