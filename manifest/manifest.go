@@ -198,25 +198,37 @@ func CheckStorePath(p, storeDir string) error {
 	if dir == "" {
 		return bad("no store directory")
 	}
+	if why := storeBaseProblem(base); why != "" {
+		return bad(why)
+	}
+	return nil
+}
+
+// storeBaseProblem says what is wrong with the last component of a store
+// path, <32 nix-base32 characters>-<name>, or "".
+func storeBaseProblem(base string) string {
 	if len(base) < 34 || base[32] != '-' {
-		return bad("no hash")
+		return "no hash"
 	}
 	for i := 0; i < 32; i++ {
 		if !strings.ContainsRune(nixBase32, rune(base[i])) {
-			return bad("the hash is not nix-base32")
+			return "the hash is not nix-base32"
 		}
 	}
 	name := base[33:]
 	if len(name) > 211 || name[0] == '.' {
-		return bad("invalid name")
+		return "invalid name"
 	}
 	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("+-._?=", c) >= 0) {
-			return bad("invalid character in the name")
+		if !storeNameByte(name[i]) {
+			return "invalid character in the name"
 		}
 	}
-	return nil
+	return ""
+}
+
+func storeNameByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("+-._?=", c) >= 0
 }
 
 // clip shortens host-controlled text quoted in an error.
