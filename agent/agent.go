@@ -456,7 +456,13 @@ func (t *tick) parseManifest(data []byte) (*manifest.Manifest, error) {
 
 // newReport starts the report of an attempt.
 func (t *tick) newReport(st *State, version, expected string, now time.Time) manifest.Report {
+	server := ""
+	if c := t.getConn(); c != nil {
+		// Where it was read; deliver sets where it went.
+		server = c.Addr()
+	}
 	return manifest.Report{
+		Server:           server,
 		Format:           manifest.Format,
 		Host:             t.cfg.Host,
 		SeenVersion:      version,
