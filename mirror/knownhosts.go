@@ -72,7 +72,8 @@ func (kh *KnownHosts) Keys(addr string) ([]ssh.PublicKey, error) {
 	var out []ssh.PublicKey
 	for _, e := range kh.entries {
 		for _, p := range e.patterns {
-			if p == want || hashedMatch(p, want) {
+			// "[host]:22" and "host" are the same entry.
+			if p == want || knownhosts.Normalize(p) == want || hashedMatch(p, want) {
 				out = append(out, e.key)
 				break
 			}
