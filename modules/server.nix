@@ -111,6 +111,15 @@ let
       "--retention"
       cfg.retention
     ]
+    # Signed publications.
+    ++ lib.optionals (cfg.publicationKeyFile != null) [
+      "--publication-key"
+      cfg.publicationKeyFile
+    ]
+    ++ lib.optionals (cfg.nextPublicationKey != null) [
+      "--next-publication-key"
+      cfg.nextPublicationKey
+    ]
     ++ cfg.deploy.extraArgs
   );
 
@@ -332,6 +341,25 @@ in
       '';
     };
 
+    # History (bento history): what the server observed, in
+    # <chrootRoot>/.bento-state/history.db.
+    history = {
+      retention = mkOption {
+        type = types.str;
+        default = "90d";
+        example = "1y";
+        description = ''
+          How long the server's history (`bento history`: each publication,
+          each change of a host's report, each rollout step) keeps an
+          event, a systemd time span or a Go duration. Every `bento deploy`
+          prunes older events; the module passes it to the deploy timer and,
+          through `BENTO_HISTORY_RETENTION`, to `bento` run from a login
+          shell. A thousand hosts take roughly 1 MB per day of history at a
+          deploy a day (docs/status.md).
+        '';
+      };
+    };
+
     cache = {
       enable = mkEnableOption "a binary cache of the server's store for the clients (nix-serve), signed with {option}`services.bento-server.cache.secretKeyFile`";
 
@@ -363,6 +391,30 @@ in
         default = false;
         description = "Open the cache's port in the firewall.";
       };
+    };
+
+    # Signed publications (docs/mirrors.md, "Signing keys").
+    publicationKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/bento/publication-key.sec";
+      description = ''
+        The key that signs every manifest the deploy timer publishes
+        (`bento keygen --publication`); hosts pin its public half in
+        {option}`services.bento.publicationKey`. A key of its own, not the
+        cache's: mirrors and builders never hold it. Null: `bento deploy`
+        signs with /var/lib/bento/publication-key.sec when that exists.
+      '';
+    };
+
+    nextPublicationKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        Key rotation: the next publication key (name:base64), announced in
+        every manifest under the current key's signature; hosts pin it on
+        applying one. See docs/mirrors.md, "Signing keys".
+      '';
     };
   };
 
@@ -575,6 +627,14 @@ in
     (mkIf (cfg.mirrorPushKeys != [ ]) {
       services.openssh.settings.PermitRootLogin = mkDefault "prohibit-password";
       users.users.root.openssh.authorizedKeys.keys = map (k: ''restrict,command="internal-sftp" ${k}'') cfg.mirrorPushKeys;
+    })
+
+    # History (bento history): the retention reaches every bento deploy.
+    {
+      environment.variables.BENTO_HISTORY_RETENTION = cfg.history.retention;
+    }
+    (mkIf cfg.deploy.enable {
+      systemd.services.bento-deploy.environment.BENTO_HISTORY_RETENTION = cfg.history.retention;
     })
 
     (mkIf cfg.cache.enable {

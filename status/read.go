@@ -37,7 +37,9 @@ type manifestInfo struct {
 type hostInput struct {
 	name string
 	// chroot is true when the host's directory holds a manifest or reports.
-	chroot      bool
+	chroot bool
+	// opened: the host's directory exists and could be opened.
+	opened      bool
 	manifest    *manifestInfo
 	manifestErr error
 	report      *manifest.Report
@@ -73,6 +75,7 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 		return in
 	}
 	defer r.Close()
+	in.opened = true
 
 	data, err := readCapped(r, manifest.ManifestFile, manifest.MaxSize)
 	switch {

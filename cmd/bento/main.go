@@ -44,6 +44,7 @@ func newApp() *cli.App {
 			deployCommand(),
 			checkCommand(),
 			statusCommand(),
+			historyCommand(),
 			logsCommand(),
 			diffCommand(),
 			agentCommand(),

@@ -21,7 +21,7 @@ var Layers = [][]string{
 	// The pipelines: a deploy, a host's agent, the fleet's status.
 	{"deploy/...", "agent/...", "status/...", "mirror/..."},
 	// The steps.
-	{"builder/...", "publish/...", "activate/...", "cache/...", "sftpcache/...", "secrets/..."},
+	{"builder/...", "publish/...", "activate/...", "cache/...", "sftpcache/...", "secrets/...", "history/..."},
 	{"eval/..."},
 	// Shared vocabulary and mechanisms.
 	{"nix/...", "fleet/...", "manifest/...", "internal/..."},
