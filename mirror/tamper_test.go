@@ -1,6 +1,7 @@
 package mirror_test
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,4 +88,89 @@ func TestMirrorSwappingAnotherHostsManifestIsRefused(t *testing.T) {
 	if !strings.Contains(res.Output(), `is for host "beta", not "alpha"`) {
 		t.Errorf("the refusal does not say whose manifest it is:\n%s", res.Output())
 	}
+}
+
+// With signed publications, a compromised mirror can withhold, not forge:
+// the host applies what the primary signed through the mirror, and
+// refuses, with nothing applied, an older signed manifest the mirror
+// replays, one it rewrote, and another host's signed manifest.
+func TestSignedPublicationsThroughACompromisedMirror(t *testing.T) {
+	key, err := manifest.GenerateSigningKey("fleet-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := e2e.Start(t, fixture.Fleet{
+		Hosts: []fixture.Host{{Name: "alpha", Bento: &fixture.Bento{Enable: true}}, {Name: "beta", Bento: &fixture.Bento{Enable: true}}},
+	})
+	e.PublicationKey = &key
+	h := e.Host(t, "alpha")
+	e.Host(t, "beta")
+	pub1 := e.Publish(t)["alpha"]
+	m := startMirror(t, e, "alpha", "beta")
+	push(t, e, m)
+	useServers(e, h, m)
+	h.Settings["publicationKey"] = key.Public().String()
+	if res := h.Run(t); res.ExitCode != 0 || h.Current(t) != pub1.Built {
+		t.Fatalf("first tick: exit %d", res.ExitCode)
+	}
+	mirrorManifest := filepath.Join(m.sshd.Root, "alpha", manifest.ManifestFile)
+	v1, err := os.ReadFile(mirrorManifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The primary goes away; its next publication reaches the host
+	// through the mirror, signature and all.
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
+	pub2 := e.Publish(t, "alpha")["alpha"]
+	push(t, e, m)
+	e.SSHD.Stop()
+	if res := h.Run(t); res.ExitCode != 0 || h.Current(t) != pub2.Built {
+		t.Fatalf("the signed publication through the mirror was not applied: exit %d", res.ExitCode)
+	}
+	v2, _ := os.ReadFile(mirrorManifest)
+
+	serve := func(data []byte) {
+		t.Helper()
+		if err := os.WriteFile(mirrorManifest+".tmp", data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(mirrorManifest+".tmp", mirrorManifest); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refused := func(why string) {
+		t.Helper()
+		res := h.Run(t, "--now")
+		if res.ExitCode == 0 || !strings.Contains(res.Output(), why) {
+			t.Errorf("tick: exit %d, want a refusal saying %q:\n%s", res.ExitCode, why, res.Output())
+		}
+		if got := h.Current(t); got != pub2.Built {
+			t.Fatalf("the host runs %s after a refused publication, not %s", got, pub2.Built)
+		}
+		r := readReport(t, filepath.Join(m.sshd.Root, "alpha", manifest.StatusFile))
+		if r.Result != manifest.ResultFailure || r.AppliedVersion != pub2.Version || r.Server != m.sshd.Addr {
+			t.Errorf("the report on the mirror: result %s applied %s server %s", r.Result, r.AppliedVersion, r.Server)
+		}
+	}
+
+	// Replay: the older signed manifest (its objects are still there).
+	serve(v1)
+	refused("older than sequence")
+
+	// Forgery: a new version written by the mirror into the signed bytes.
+	forged := bytes.Replace(v2, []byte(pub2.Version), []byte("0123456789abcdef"), -1)
+	if bytes.Equal(forged, v2) {
+		t.Fatal("the version is not in the manifest")
+	}
+	serve(forged)
+	refused("does not verify")
+
+	// Another host's genuine signed manifest.
+	beta, err := os.ReadFile(filepath.Join(m.sshd.Root, "beta", manifest.ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(beta)
+	refused(`is for host "beta", not "alpha"`)
 }
