@@ -499,14 +499,23 @@ func (p *hostPush) count(f func(*HostResult)) {
 // differs from the primary's: the last step, once everything it names is
 // there.
 func (p *hostPush) pushManifest(ctx context.Context, dir string, data []byte) error {
-	old, err := p.c.ReadFile(ctx, p.remote(manifest.ManifestFile), manifest.MaxSize)
-	if err == nil && bytes.Equal(old, data) {
-		p.count(func(res *HostResult) { res.Skipped++ })
-		return nil
-	}
 	fi, err := os.Stat(filepath.Join(dir, manifest.ManifestFile))
 	if err != nil {
 		return err
+	}
+	// The same size and time as the primary's (which a push copies) is
+	// the same manifest, as for the other files; else the bytes decide.
+	same := false
+	if rfi, err := p.c.Stat(ctx, p.remote(manifest.ManifestFile)); err == nil && rfi.Mode().IsRegular() && rfi.Size() == int64(len(data)) {
+		if rfi.ModTime().Unix() == fi.ModTime().Unix() {
+			same = true
+		} else if old, err := p.c.ReadFile(ctx, p.remote(manifest.ManifestFile), manifest.MaxSize); err == nil && bytes.Equal(old, data) {
+			same = true
+		}
+	}
+	if same {
+		p.count(func(res *HostResult) { res.Skipped++ })
+		return nil
 	}
 	// The primary's time, which the publisher moves by at least a second
 	// per publication: the agents' watch sees a change on the mirror too.
