@@ -50,6 +50,7 @@ func newApp() *cli.App {
 			agentCommand(),
 			keygenCommand(),
 			mirrorCommand(),
+			serveCommand(),
 			completionCommand(),
 		},
 		// Errors are printed once, by exitCode, with their exit status.
