@@ -51,6 +51,7 @@ func newApp() *cli.App {
 			diffCommand(),
 			agentCommand(),
 			keygenCommand(),
+			mirrorCommand(),
 			serveCommand(),
 			completionCommand(),
 		},
