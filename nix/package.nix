@@ -36,7 +36,7 @@ buildGo {
     ];
   };
 
-  vendorHash = "sha256-PLEs3nwJu8zuwdZdmHuZ0PrZLn69bc+7XARr0sGnUvg=";
+  vendorHash = "sha256-VneMjrupTjFyI8DsMxPtF9zJtriucW0eKyLrZ25WdDQ=";
 
   subPackages = [ "cmd/bento" ];
   ldflags = [
