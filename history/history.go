@@ -231,6 +231,9 @@ func openWith(ctx context.Context, path string, readOnly, immutable bool) (*DB, 
 		}
 	} else {
 		q.Add("_pragma", "journal_mode(WAL)")
+		// A checkpoint truncates the log back to this: the status of a
+		// big first run must not leave a log the size of that batch.
+		q.Add("_pragma", "journal_size_limit(8388608)")
 	}
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 	sdb, err := sql.Open("sqlite", dsn)
