@@ -215,7 +215,13 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 			return t.rollback(ctx, st, rep, log, act, prev, manifest.RollbackHealthCheck, cause)
 		}
 		timeout := time.Duration(t.cfg.ConfirmTimeout)
-		log.Printf("switched; checking that the server is still reachable (up to %s)", timeout)
+		what := "the server is still reachable"
+		if t.local != nil {
+			// Offline the guard is the activation itself: there is no
+			// network the new system could have cut.
+			what = "the bundle is still readable"
+		}
+		log.Printf("switched; checking that %s (up to %s)", what, timeout)
 		probes := 0
 		probe := func(ctx context.Context) error {
 			probes++
@@ -232,7 +238,11 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 			}
 			return Outcome{}, err
 		}
-		log.Printf("confirmed: the server answers after the switch")
+		if t.local != nil {
+			log.Printf("confirmed: the bundle is still readable after the switch")
+		} else {
+			log.Printf("confirmed: the server answers after the switch")
+		}
 		rep.Stage = manifest.StageConfirmed
 	}
 	st.AppliedVersion, st.AppliedSystem = version, toplevel
@@ -292,6 +302,11 @@ func (t *tick) rollbackOp(ctx context.Context, st *State, rep *manifest.Report, 
 // one may have survived a network that is now broken) that can read the
 // manifest. It becomes the tick's connection.
 func (t *tick) probe(ctx context.Context) error {
+	if t.local != nil {
+		// Offline: there is no server to lose; the bundle confirms.
+		_, err := t.local.Stat(ctx, manifest.ManifestFile)
+		return err
+	}
 	c, err := transport.Dial(ctx, t.transportOptions(1))
 	if err != nil {
 		return err
@@ -450,7 +465,7 @@ func orNone(s string) string {
 
 // pruneLogs keeps the newest keep logs under reports/logs (by the time in
 // their names) and removes what a killed upload left behind.
-func pruneLogs(ctx context.Context, c *transport.Conn, keep int) error {
+func pruneLogs(ctx context.Context, c remote, keep int) error {
 	fis, err := c.ReadDir(ctx, manifest.LogsDir)
 	if err != nil {
 		return err

@@ -78,6 +78,14 @@ type Config struct {
 	PostQuantum bool  `json:"postQuantum"`
 	LogMaxBytes int64 `json:"logMaxBytes"`
 	LogsKept    int   `json:"logsKept"`
+
+	// Signed publications (docs/mirrors.md): PublicationKey pins the
+	// fleet's publication key(s), name:base64, space-separated; when set,
+	// a manifest that is not signed by one of them is refused, whatever
+	// server delivered it. MaxPublicationAge (0: off) reports an older
+	// publication as stale instead of applying it.
+	PublicationKey    string   `json:"publicationKey"`
+	MaxPublicationAge Duration `json:"maxPublicationAge"`
 }
 
 // HealthCheckSpec is one health check as the module writes it: exactly
@@ -412,6 +420,9 @@ func Keys() []Key {
 			return nil
 		}),
 		k("logsKept", "how many logs to keep under reports/logs on the server", num(func(c *Config) *int { return &c.LogsKept })),
+		// Signed publications.
+		k("publicationKey", "the fleet's publication key(s), name:base64 (bento keygen --publication), space-separated: refuse any manifest not signed by one", str(func(c *Config) *string { return &c.PublicationKey })),
+		k("maxPublicationAge", "report a publication older than this as stale instead of applying it (0: off)", dur(func(c *Config) *Duration { return &c.MaxPublicationAge })),
 	}
 }
 
@@ -494,6 +505,7 @@ func durationBounds(c *Config) []durationBound {
 		{"retry.maxDelay", &c.Retry.MaxDelay, 0, 30 * day},
 		{"connectTimeout", &c.ConnectTimeout, time.Second, time.Hour},
 		{"operationTimeout", &c.OperationTimeout, time.Second, day},
+		{"maxPublicationAge", &c.MaxPublicationAge, 0, 3650 * day},
 	}
 }
 
@@ -553,6 +565,9 @@ func (c *Config) validateLogin(bad func(format string, args ...any)) {
 	}
 	if c.IdentityFile == "" {
 		bad("identityFile is empty: set it to the private key this host logs in with")
+	}
+	if _, err := c.PublicationKeys(); err != nil {
+		bad("%w", err)
 	}
 	if _, err := transport.ParseHostKeys(c.ServerHostKey); err != nil {
 		if k := strings.TrimSpace(c.ServerHostKey); strings.HasPrefix(k, "/") || strings.HasPrefix(k, "./") {
@@ -662,4 +677,22 @@ func (c *Config) CheckIdentityFile() (warning string, err error) {
 		return fmt.Sprintf("identityFile %s is readable by group or others (mode %04o): chmod 600 %s", c.IdentityFile, perm, c.IdentityFile), nil
 	}
 	return "", nil
+}
+
+// PublicationKeys are the pinned publication keys (none: manifests are
+// not verified).
+func (c *Config) PublicationKeys() ([]manifest.PublicationKey, error) {
+	var keys []manifest.PublicationKey
+	for _, f := range strings.Fields(c.PublicationKey) {
+		if strings.HasPrefix(f, "/") {
+			// BENTO_PUBLICATION_KEY is also deploy's secret key file.
+			return nil, fmt.Errorf("publicationKey %q is a file path, not a key: give the public key itself, the content of the .pub file bento keygen --publication wrote", f)
+		}
+		k, err := manifest.ParsePublicationKey(f)
+		if err != nil {
+			return nil, fmt.Errorf("publicationKey: %w: set services.bento.publicationKey (--publication-key) to the line bento keygen --publication printed", err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }

@@ -41,6 +41,19 @@ type State struct {
 	// loaded with it set belongs to an agent that died between the two,
 	// and the next tick settles it (recoverSwitch) before anything else.
 	Switch *SwitchJournal `json:"switch,omitempty"`
+	// Publication is the newest publication this host accepted: no older
+	// sequence is accepted after it (signing.go).
+	Publication Publication `json:"publication,omitzero"`
+	// RotationKeys are publication keys announced by accepted manifests
+	// signed by a pinned key (name:base64), pinned besides the
+	// configured ones.
+	RotationKeys []string `json:"rotationKeys,omitempty"`
+}
+
+// Publication names an accepted publication.
+type Publication struct {
+	Sequence uint64 `json:"sequence,omitempty"`
+	Version  string `json:"version,omitempty"`
 }
 
 // SwitchJournal is "switched to To from From at At, confirm by ConfirmBy".

@@ -18,6 +18,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/eval"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 	"github.com/bento-nix/bento/publish"
 	"github.com/bento-nix/bento/status"
@@ -55,6 +56,10 @@ type Options struct {
 	SecretsOwner func(h fleet.Host) string
 	// Cache fills the hosts' binary caches; nil fills none.
 	Cache *CacheOptions
+	// PublicationKey signs every manifest written; nil signs none.
+	// NextPublicationKey is announced in them (key rotation).
+	PublicationKey     *manifest.SigningKey
+	NextPublicationKey string
 	// ReportLimits bounds each host's reports/; nil leaves them alone.
 	ReportLimits *status.ReportLimits
 	// Prune removes the chroots of hosts no longer in the fleet (with
@@ -134,6 +139,9 @@ func (opts Options) open(ctx context.Context, print func(string)) (*publish.Publ
 		LockWait:  opts.LockWait,
 		Retention: opts.Retention,
 		Logger:    opts.Logger,
+
+		SigningKey:         opts.PublicationKey,
+		NextPublicationKey: opts.NextPublicationKey,
 	})
 	if err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, publish.ErrLocked) {

@@ -51,7 +51,12 @@ type Manifest struct {
 	Format int    `json:"format"`
 	Host   string `json:"host"`
 	// Version is the content hash of the published tree (and secrets).
-	Version     string    `json:"version"`
+	Version string `json:"version"`
+	// Sequence numbers the host's publications: the publisher gives each
+	// manifest it writes a number above every earlier one (never reused,
+	// even after a crash), so an agent refuses an older publication
+	// replayed to it. 0: a publisher that predates sequences.
+	Sequence    uint64    `json:"sequence,omitempty"`
 	PublishedAt time.Time `json:"publishedAt"`
 	// ExpectedToplevel is the store path the server built for the host;
 	// empty when published without a build.
@@ -65,6 +70,13 @@ type Manifest struct {
 	// Interval is the host's poll schedule (services.bento.interval), so
 	// that bento status can tell a silent host without evaluating the flake.
 	Interval string `json:"interval,omitempty"`
+	// NextPublicationKey announces the key that will sign this host's
+	// publications after a rotation (name:base64); covered by the
+	// signature of the current key (see sign.go).
+	NextPublicationKey string `json:"nextPublicationKey,omitempty"`
+	// Signature is the publisher's Ed25519 signature, always the last
+	// member of the file: it signs the file's bytes without it (sign.go).
+	Signature *Signature `json:"signature,omitempty"`
 }
 
 // Flake says what to build from the published tree.
@@ -136,6 +148,11 @@ func (m *Manifest) Validate() error {
 	if m.ExpectedToplevel != "" {
 		if err := CheckStorePath(m.ExpectedToplevel, ""); err != nil {
 			return fmt.Errorf("manifest: expectedToplevel: %w", err)
+		}
+	}
+	if m.NextPublicationKey != "" {
+		if _, err := ParsePublicationKey(m.NextPublicationKey); err != nil {
+			return fmt.Errorf("manifest: nextPublicationKey: %w", err)
 		}
 	}
 	for _, list := range [][]File{m.Files, m.Secrets} {

@@ -191,7 +191,11 @@ let
         http = { inherit (c.http) url expectStatus; };
       }
     ) cfg.healthChecks;
-  };
+  }
+  # Signed publications (docs/mirrors.md): only when set, so that an
+  # older agent reading this file sees nothing new.
+  // lib.optionalAttrs (cfg.publicationKey != null) { inherit (cfg) publicationKey; }
+  // lib.optionalAttrs (cfg.maxPublicationAge != null) { inherit (cfg) maxPublicationAge; };
 
   # The longest the health checks can hold a switch: they run against the
   # new system, and after a rollback against the old one (each attempt
@@ -710,6 +714,35 @@ in
       default = [ ];
       example = [ "--verbose" ];
       description = "Extra arguments for `bento agent run`.";
+    };
+
+    # Signed publications (docs/mirrors.md, "Signing keys").
+    publicationKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "bento.example.org-pub-1:MEvfnnMYCQk1Q6JnTV5YA7f9zqHObakbLU8UFrBgYEg=";
+      description = ''
+        The fleet's publication key (`bento keygen --publication` prints
+        it; several, space-separated, during a rotation). When set, the
+        agent refuses any manifest not signed by it, whichever server or
+        mirror delivered it, and reports why; it also refuses an older
+        publication than one it already accepted. Null: manifests are not
+        verified (the pinned {option}`services.bento.serverHostKey` is the
+        only trust).
+      '';
+    };
+
+    maxPublicationAge = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "7d";
+      description = ''
+        Report a publication older than this (a systemd time span) as
+        stale instead of applying it: bounds how old a publication a
+        mirror can feed a host whose state was wiped. Null: off. The
+        server must then publish at least that often
+        ({option}`services.bento-server.deploy.enable`).
+      '';
     };
   };
 

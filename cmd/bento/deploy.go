@@ -46,7 +46,7 @@ func deployCommand() *cli.Command {
 			"--prune removes them. One deploy at a time per chroot root. A host whose services.bento.user\n" +
 			"is root, another deployed host's, or (when --host-group exists) outside that group is refused.\n" +
 			"Exits 1 when any host failed.",
-		Flags: append(append(append(append(fleetFlags(), buildFlags()...), cacheFlags()...),
+		Flags: append(append(append(append(append(fleetFlags(), buildFlags()...), cacheFlags()...), publicationFlags()...),
 			chrootRootFlag(),
 			secretsDirFlag(),
 			&cli.BoolFlag{Name: "no-build", Usage: "publish without building (the manifests then name no expected system)"},
@@ -161,6 +161,9 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 	}
 	if !c.Bool("no-cache") {
 		opts.Cache = &deploy.CacheOptions{Key: c.String("cache-key"), KeyRequired: c.IsSet("cache-key"), Pool: c.String("cache-pool")}
+	}
+	if opts.PublicationKey, opts.NextPublicationKey, err = publicationKeys(c); err != nil {
+		return opts, err
 	}
 	ew := errWriter(c)
 	asRoot := os.Geteuid() == 0

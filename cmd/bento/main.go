@@ -42,6 +42,8 @@ func newApp() *cli.App {
 			hostsCommand(),
 			buildCommand(),
 			deployCommand(),
+			exportCommand(),
+			importReportsCommand(),
 			checkCommand(),
 			statusCommand(),
 			historyCommand(),
@@ -49,6 +51,7 @@ func newApp() *cli.App {
 			diffCommand(),
 			agentCommand(),
 			keygenCommand(),
+			serveCommand(),
 			completionCommand(),
 		},
 		// Errors are printed once, by exitCode, with their exit status.
