@@ -636,7 +636,7 @@ func (h *DB) Timeline(ctx context.Context, q Query) ([]Event, error) {
 			&e.RolloutID, &wave, &e.Action); err != nil {
 			return nil, fmt.Errorf("history: timeline: %w", err)
 		}
-		e.At = time.UnixMilli(at)
+		e.At = time.UnixMilli(at).UTC()
 		e.StartedAt, e.FinishedAt = timeOf(started), timeOf(finished)
 		if wave.Valid {
 			w := int(wave.Int64)
@@ -744,6 +744,6 @@ func timeOf(n sql.NullInt64) *time.Time {
 	if !n.Valid {
 		return nil
 	}
-	t := time.UnixMilli(n.Int64)
+	t := time.UnixMilli(n.Int64).UTC()
 	return &t
 }
