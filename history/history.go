@@ -272,9 +272,13 @@ func (h *DB) Path() string { return h.path }
 
 // Size is the bytes the database takes on disk: the file and its
 // write-ahead log.
-func (h *DB) Size(ctx context.Context) (int64, error) {
+func (h *DB) Size(ctx context.Context) (int64, error) { return FileSize(h.path) }
+
+// FileSize is the bytes the database at path takes on disk, without
+// opening it (0 when there is none): for a reader that cannot open it.
+func FileSize(path string) (int64, error) {
 	var total int64
-	for _, p := range []string{h.path, h.path + "-wal"} {
+	for _, p := range []string{path, path + "-wal"} {
 		fi, err := os.Stat(p)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
