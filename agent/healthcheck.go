@@ -97,6 +97,11 @@ func (t *tick) checkQuiet(ctx context.Context, system string) *manifest.Health {
 		return nil
 	}
 	h := t.healthRunner(t.o.Out).Run(ctx, system, checks, false)
+	if ctx.Err() != nil {
+		// Stopped mid-way (SIGTERM): checks cut short say nothing about
+		// the host, so none is reported.
+		return nil
+	}
 	if !h.OK {
 		t.say("warning: %v (reported; nothing is rolled back on a tick that applies nothing)", healthCause(h))
 	}
@@ -140,7 +145,11 @@ func (t *tick) settleBoot(ctx context.Context, st *State) (out Outcome, err erro
 	if !ok {
 		// The running system is the unhealthy one: back to the exact
 		// previous system now (switch), not only at the next boot.
-		st.AppliedVersion, st.AppliedSystem = j.FromVersion, j.From
+		if j.From != "" {
+			// Nothing to go back to on a first installation: the
+			// attempt is then recorded as failed, the system kept.
+			st.AppliedVersion, st.AppliedSystem = j.FromVersion, j.From
+		}
 		out, err := t.rollbackOp(actx, st, &rep, log, act, j.From, activate.OpSwitch, manifest.RollbackHealthCheck, cause)
 		return out, err, true
 	}
