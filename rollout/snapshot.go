@@ -55,7 +55,9 @@ func snapshotManifest(ctx context.Context, m *manifest.Manifest, hostDir, dst st
 }
 
 // SourceOf is the publish source of a snapshot directory.
-func SourceOf(dir string) publish.Source { return publish.Source{Root: dir, Boundary: dir, Plain: true} }
+func SourceOf(dir string) publish.Source {
+	return publish.Source{Root: dir, Boundary: dir, Plain: true}
+}
 
 func checkSnapshot(ctx context.Context, dst, want string) error {
 	got, err := publish.ReadTree(ctx, SourceOf(dst), publish.TreeOptions{})
