@@ -42,6 +42,9 @@ type Options struct {
 	WaveTags map[string]int
 	// Supersede replaces an active rollout instead of refusing to start.
 	Supersede bool
+	// SnapshotDir (absolute, outside the chroot root: publish never ships
+	// a tree from inside it) keeps the snapshots of the trees.
+	SnapshotDir string
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -87,6 +90,9 @@ func Start(ctx context.Context, o Options) (*deploy.Report, *State, error) {
 	if err := o.Policy.Check(); err != nil {
 		return nil, nil, &deploy.ConfigError{Err: err}
 	}
+	if !filepath.IsAbs(o.SnapshotDir) {
+		return nil, nil, &deploy.ConfigError{Err: fmt.Errorf("rollout: the snapshot directory %q is not an absolute path", o.SnapshotDir)}
+	}
 	if o.Deploy.DryRun {
 		return nil, nil, &deploy.ConfigError{Err: errors.New("a rollout cannot be a dry run: run bento deploy --dry-run to see what it would publish")}
 	}
@@ -118,7 +124,7 @@ func Start(ctx context.Context, o Options) (*deploy.Report, *State, error) {
 		if err := st.save(root, t); err != nil {
 			return err
 		}
-		removeOthers(root, st.ID)
+		removeOthers(st.SnapshotDir, st.ID)
 		return nil
 	}
 	report, err := deploy.Run(ctx, d)
@@ -128,14 +134,14 @@ func Start(ctx context.Context, o Options) (*deploy.Report, *State, error) {
 // plan makes the rollout's record: waves, hosts, snapshots.
 func plan(ctx context.Context, root string, f *fleet.Fleet, hosts []fleet.Host, builds []builder.Result, o Options) (*State, error) {
 	t := now(o.Now)
-	st := &State{Format: stateFormat, ID: t.Format("20060102T150405Z"), Phase: PhaseRunning, StartedAt: t, Since: t, Policy: o.Policy}
+	st := &State{Format: stateFormat, ID: t.Format("20060102T150405Z"), Phase: PhaseRunning, StartedAt: t, Since: t, Policy: o.Policy, SnapshotDir: filepath.Clean(o.SnapshotDir)}
 	byHost := map[string]builder.Result{}
 	for _, b := range builds {
 		byHost[b.Host] = b
 	}
 	st.Settings = Settings{Users: o.Deploy.Users, HostGroup: o.Deploy.HostGroup, Retention: o.Deploy.Retention,
 		SecretsDir: o.Deploy.SecretsDir, Cache: o.Deploy.Cache, ReportLimits: o.Deploy.ReportLimits}
-	base := filepath.Join(dir(root), st.ID)
+	base := filepath.Join(st.SnapshotDir, st.ID)
 	if err := os.RemoveAll(base); err != nil {
 		return nil, err
 	}
@@ -163,7 +169,7 @@ func plan(ctx context.Context, root string, f *fleet.Fleet, hosts []fleet.Host, 
 		if !ok {
 			i = len(st.Sources)
 			name := filepath.Join(st.ID, "source-"+strconv.Itoa(i))
-			if err := snapshotTree(ctx, src, root, filepath.Join(dir(root), name)); err != nil {
+			if err := snapshotTree(ctx, src, root, filepath.Join(st.SnapshotDir, name)); err != nil {
 				return nil, fmt.Errorf("rollout: snapshot of %s: %w", src.Root, err)
 			}
 			sources[src] = i
@@ -210,7 +216,7 @@ func (st *State) keepPrevious(ctx context.Context, root, host string, seen map[s
 		return p, nil
 	}
 	name := filepath.Join(st.ID, "previous-"+strconv.Itoa(len(st.Previous)))
-	if err := snapshotManifest(ctx, m, filepath.Join(root, host), filepath.Join(dir(root), name)); err != nil {
+	if err := snapshotManifest(ctx, m, filepath.Join(root, host), filepath.Join(st.SnapshotDir, name)); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -239,14 +245,14 @@ func waveOf(h fleet.Host, tags map[string]int) int {
 
 // removeOthers drops the snapshots of earlier rollouts (best effort: a
 // leftover only takes disk, and the next start retries).
-func removeOthers(root, keep string) {
-	entries, err := os.ReadDir(dir(root))
+func removeOthers(base, keep string) {
+	entries, err := os.ReadDir(base)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
 		if e.IsDir() && e.Name() != keep {
-			os.RemoveAll(filepath.Join(dir(root), e.Name()))
+			os.RemoveAll(filepath.Join(base, e.Name()))
 		}
 	}
 }
@@ -301,12 +307,13 @@ var ErrNoRollout = errors.New("no rollout recorded")
 // rollout is left as it is.
 func Step(ctx context.Context, o StepOptions) (*StepResult, error) {
 	res := &StepResult{}
-	var root string
-	var next int
-	d := o.Deploy
+	pub, d, err := prepare(o.Deploy, false)
+	if err != nil {
+		return nil, err
+	}
+	next := 0
 	d.Hooks.Locked = func(ctx context.Context, r string) error {
-		root = r
-		st, err := loadExisting(r)
+		st, err := pub.reload(r)
 		if err != nil {
 			return err
 		}
@@ -328,7 +335,8 @@ func Step(ctx context.Context, o StepOptions) (*StepResult, error) {
 				break
 			}
 			next = st.Current + 1
-			return st.configure(&d, st.Waves[next].Hosts, false)
+			pub.names = st.Waves[next].Hosts
+			return nil
 		}
 		if err := st.save(r, t); err != nil {
 			return err
@@ -339,10 +347,10 @@ func Step(ctx context.Context, o StepOptions) (*StepResult, error) {
 		t := now(o.Now)
 		res.Published = r
 		res.State.published(next, r.Hosts, t)
-		res.State.judgeWave(root, t)
-		return res.State.save(root, t)
+		res.State.judgeWave(pub.root, t)
+		return res.State.save(pub.root, t)
 	}
-	_, err := deploy.Run(ctx, d)
+	_, err = deploy.Run(ctx, d)
 	if errors.Is(err, errNothingToDo) {
 		err = nil
 	}
@@ -360,61 +368,93 @@ func loadExisting(root string) (*State, error) {
 	return st, nil
 }
 
-// configure makes d publish hosts from the record: their recorded specs,
-// builds and snapshot trees (previous ones when restore), with the
-// settings the rollout started with.
-func (st *State) configure(d *deploy.Options, names []string, restore bool) error {
+// publication is what a step's or an abort's deploy publishes: decided
+// under the lock (st, names), read by the deploy's Discover and Source.
+type publication struct {
+	root    string
+	id      string
+	restore bool
+	st      *State
+	names   []string
+}
+
+// prepare reads the record (without the lock: the deploy's options, such
+// as the cache pool, are needed before the lock is taken; reload checks
+// under the lock that it is still the same rollout) and gives the deploy
+// that publishes, from the record, the hosts the locked hook picks:
+// their recorded specs, builds and snapshot trees (the previous ones when
+// restore), with the settings the rollout started with.
+func prepare(base deploy.Options, restore bool) (*publication, deploy.Options, error) {
+	root, err := filepath.Abs(base.Root)
+	if err != nil {
+		return nil, base, err
+	}
+	st, err := loadExisting(root)
+	if err != nil {
+		return nil, base, err
+	}
+	pub := &publication{root: root, id: st.ID, restore: restore, st: st}
+	d := base
+	d.Root = root
 	d.Users, d.HostGroup, d.Retention = st.Settings.Users, st.Settings.HostGroup, st.Settings.Retention
 	d.SecretsDir, d.Cache, d.ReportLimits = st.Settings.SecretsDir, st.Settings.Cache, st.Settings.ReportLimits
 	d.Build, d.DryRun, d.Force, d.Prune, d.PruneReports, d.Select = nil, false, false, false, false, nil
-	var hosts []fleet.Host
-	var builds []builder.Result
-	for _, n := range names {
-		h := st.host(n)
-		if h == nil {
-			continue
-		}
-		spec := h.Spec
-		spec.Ref = h.Ref
-		hosts = append(hosts, spec)
+	d.Prebuilt = nil
+	for _, h := range st.Hosts {
 		top := h.Toplevel
 		if restore {
-			top = h.Previous.Toplevel
+			top = ""
+			if h.Previous != nil {
+				top = h.Previous.Toplevel
+			}
 		}
 		if top != "" {
-			builds = append(builds, builder.Result{Host: n, Status: builder.StatusBuilt, OutPath: top})
+			d.Prebuilt = append(d.Prebuilt, builder.Result{Host: h.Name, Status: builder.StatusBuilt, OutPath: top})
 		}
 	}
-	if len(hosts) == 0 {
-		return errNothingToDo
-	}
-	all := make([]fleet.Host, len(st.Hosts))
-	for i, h := range st.Hosts {
-		all[i] = h.Spec
-		all[i].Ref = h.Ref
-	}
-	d.Prebuilt = builds
 	d.Discover = func(context.Context) (*fleet.Fleet, []fleet.Host, bool, error) {
-		return &fleet.Fleet{Ref: "rollout " + st.ID, Hosts: all}, hosts, false, nil
-	}
-	base := dir(filepath.Clean(d.Root))
-	if abs, err := filepath.Abs(d.Root); err == nil {
-		base = dir(abs)
+		all := make([]fleet.Host, len(pub.st.Hosts))
+		for i, h := range pub.st.Hosts {
+			all[i] = h.Spec
+			all[i].Ref = h.Ref
+		}
+		var hosts []fleet.Host
+		for _, n := range pub.names {
+			if h := pub.st.host(n); h != nil {
+				spec := h.Spec
+				spec.Ref = h.Ref
+				hosts = append(hosts, spec)
+			}
+		}
+		return &fleet.Fleet{Ref: "rollout " + pub.st.ID, Hosts: all}, hosts, false, nil
 	}
 	d.Source = func(h fleet.Host) (publish.Source, error) {
+		st := pub.st
 		rh := st.host(h.Name)
-		if rh == nil {
-			return publish.Source{}, fmt.Errorf("not in the rollout")
+		switch {
+		case rh == nil:
+			return publish.Source{}, errors.New("not in the rollout")
+		case !restore:
+			return SourceOf(filepath.Join(st.SnapshotDir, st.Sources[rh.Source])), nil
+		case rh.Previous == nil || rh.Previous.Source < 0:
+			return publish.Source{}, errors.New("its previous version was not kept: abort cannot restore it")
 		}
-		if !restore {
-			return SourceOf(filepath.Join(base, st.Sources[rh.Source])), nil
-		}
-		if rh.Previous == nil || rh.Previous.Source < 0 {
-			return publish.Source{}, fmt.Errorf("its previous version %s was not kept, abort cannot restore it", rh.Previous.Version)
-		}
-		return SourceOf(filepath.Join(base, st.Previous[rh.Previous.Source])), nil
+		return SourceOf(filepath.Join(st.SnapshotDir, st.Previous[rh.Previous.Source])), nil
 	}
-	return nil
+	return pub, d, nil
+}
+
+// reload reads the record again under the lock.
+func (pub *publication) reload(root string) (*State, error) {
+	st, err := loadExisting(root)
+	if err != nil {
+		return nil, err
+	}
+	if st.ID != pub.id {
+		return nil, fmt.Errorf("rollout %s was replaced by rollout %s meanwhile: run the command again", pub.id, st.ID)
+	}
+	pub.st = st
+	return st, nil
 }
 
 // judge reads the reports of every published host: a host of an earlier
@@ -533,11 +573,12 @@ func change(ctx context.Context, o StepOptions, f func(*State, time.Time) error)
 // ends aborted.
 func Abort(ctx context.Context, o StepOptions) (*StepResult, error) {
 	res := &StepResult{}
-	var root string
-	d := o.Deploy
+	pub, d, err := prepare(o.Deploy, true)
+	if err != nil {
+		return nil, err
+	}
 	d.Hooks.Locked = func(ctx context.Context, r string) error {
-		root = r
-		st, err := loadExisting(r)
+		st, err := pub.reload(r)
 		if err != nil {
 			return err
 		}
@@ -547,21 +588,18 @@ func Abort(ctx context.Context, o StepOptions) (*StepResult, error) {
 		}
 		t := now(o.Now)
 		st.setPhase(PhaseAborted, "aborted by bento rollout abort", t)
-		var names []string
 		for _, h := range st.Hosts {
 			if h.Version != "" && h.Previous != nil && h.Previous.Source >= 0 && h.Previous.Version != h.Version {
-				names = append(names, h.Name)
+				pub.names = append(pub.names, h.Name)
 			}
 		}
-		if err := st.configure(&d, names, true); err != nil {
-			if errors.Is(err, errNothingToDo) {
-				if err := st.save(r, t); err != nil {
-					return err
-				}
-			}
+		if len(pub.names) > 0 {
+			return nil
+		}
+		if err := st.save(r, t); err != nil {
 			return err
 		}
-		return nil
+		return errNothingToDo
 	}
 	d.Hooks.Done = func(ctx context.Context, r *deploy.Report) error {
 		t := now(o.Now)
@@ -581,9 +619,9 @@ func Abort(ctx context.Context, o StepOptions) (*StepResult, error) {
 		if len(failed) > 0 {
 			res.State.Reason += fmt.Sprintf("; %d host(s) could not be restored: %s", len(failed), list(failed, 5))
 		}
-		return res.State.save(root, t)
+		return res.State.save(pub.root, t)
 	}
-	_, err := deploy.Run(ctx, d)
+	_, err = deploy.Run(ctx, d)
 	if errors.Is(err, errNothingToDo) {
 		err = nil
 	}

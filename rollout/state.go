@@ -6,10 +6,11 @@
 // the version, asleep or not, and the server needs no connection to any
 // host.
 //
-// A rollout is recorded in <root>/.bento-state/rollout/: state.json
-// (written atomically, read back as hostile input) and, beside it, one
-// directory per rollout holding the snapshot of the tree it publishes and
-// of the versions it replaced (for abort). Every change happens while the
+// A rollout is recorded in <root>/.bento-state/rollout/state.json (written
+// atomically, read back as hostile input); the snapshots of the tree it
+// publishes and of the versions it replaced (for abort) live outside the
+// chroot root, under Options.SnapshotDir (bento's state directory), since
+// publish never ships a tree from inside the root. Every change happens while the
 // chroot root's deploy lock is held (inside a deploy.Run), so two steps
 // at once, or a step and a deploy, are serialised.
 package rollout
@@ -124,8 +125,10 @@ type State struct {
 	// Settings are the deploy's, so that every wave is published as the
 	// first was.
 	Settings Settings `json:"settings"`
-	// Sources are the snapshot directories (relative to the rollout's
-	// directory) of the new tree; Host.Source indexes them.
+	// SnapshotDir holds the snapshots, outside the chroot root.
+	SnapshotDir string `json:"snapshotDir"`
+	// Sources are the snapshot directories (relative to SnapshotDir) of
+	// the new tree; Host.Source indexes them.
 	Sources []string `json:"sources"`
 	// Previous are the snapshots of the trees the rollout replaced.
 	Previous []string `json:"previous,omitempty"`
@@ -225,6 +228,9 @@ func (s *State) validate() error {
 	}
 	if len(s.Waves) == 0 || s.Current < 0 || s.Current >= len(s.Waves) {
 		return fmt.Errorf("current wave %d of %d", s.Current, len(s.Waves))
+	}
+	if !filepath.IsAbs(s.SnapshotDir) {
+		return fmt.Errorf("snapshot directory %q is not absolute", s.SnapshotDir)
 	}
 	for _, d := range append(slicesClone(s.Sources), s.Previous...) {
 		if d == "" || filepath.IsAbs(d) || strings.Contains(d, "..") {
