@@ -141,6 +141,10 @@ func plan(ctx context.Context, root string, f *fleet.Fleet, hosts []fleet.Host, 
 	}
 	st.Settings = Settings{Users: o.Deploy.Users, HostGroup: o.Deploy.HostGroup, Retention: o.Deploy.Retention,
 		SecretsDir: o.Deploy.SecretsDir, Cache: o.Deploy.Cache, ReportLimits: o.Deploy.ReportLimits}
+	// Steps run from another directory (the server's timer): paths absolute.
+	if err := absPaths(&st.Settings); err != nil {
+		return nil, err
+	}
 	base := filepath.Join(st.SnapshotDir, st.ID)
 	if err := os.RemoveAll(base); err != nil {
 		return nil, err
@@ -641,4 +645,29 @@ func (st *State) Unrestorable() []string {
 		}
 	}
 	return slices.Clip(out)
+}
+
+func absPaths(s *Settings) error {
+	abs := func(p *string) error {
+		if *p == "" {
+			return nil
+		}
+		a, err := filepath.Abs(*p)
+		*p = a
+		return err
+	}
+	if err := abs(&s.SecretsDir); err != nil {
+		return err
+	}
+	if s.Cache != nil {
+		c := *s.Cache
+		if err := abs(&c.Key); err != nil {
+			return err
+		}
+		if err := abs(&c.Pool); err != nil {
+			return err
+		}
+		s.Cache = &c
+	}
+	return nil
 }

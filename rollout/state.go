@@ -311,3 +311,64 @@ func (s *State) Summary() string {
 	}
 	return line
 }
+
+// View is the rollout as bento status --json and bento rollout status
+// --json show it.
+type View struct {
+	ID          string     `json:"id"`
+	State       Phase      `json:"state"`
+	Reason      string     `json:"reason,omitempty"`
+	Since       time.Time  `json:"since"`
+	StartedAt   time.Time  `json:"startedAt"`
+	UpdatedAt   time.Time  `json:"updatedAt"`
+	CurrentWave int        `json:"currentWave"`
+	Policy      Policy     `json:"policy"`
+	Waves       []WaveView `json:"waves"`
+	Hosts       []HostView `json:"hosts,omitempty"`
+}
+
+// WaveView is one wave with its hosts counted per verdict.
+type WaveView struct {
+	Wave        int               `json:"wave"`
+	State       WaveState         `json:"state"`
+	Hosts       int               `json:"hosts"`
+	Counts      map[HostState]int `json:"counts"`
+	PublishedAt *time.Time        `json:"publishedAt,omitempty"`
+	Deadline    *time.Time        `json:"deadline,omitempty"`
+	Since       *time.Time        `json:"since,omitempty"`
+	Verdict     string            `json:"verdict,omitempty"`
+}
+
+// HostView is one host's line.
+type HostView struct {
+	Host     string    `json:"host"`
+	Wave     int       `json:"wave"`
+	Version  string    `json:"version,omitempty"`
+	Previous string    `json:"previousVersion,omitempty"`
+	State    HostState `json:"state"`
+	Detail   string    `json:"detail,omitempty"`
+	Restored bool      `json:"restored,omitempty"`
+}
+
+// View summarises the record (with every host when hosts).
+func (s *State) View(hosts bool) View {
+	v := View{ID: s.ID, State: s.Phase, Reason: s.Reason, Since: s.Since, StartedAt: s.StartedAt, UpdatedAt: s.UpdatedAt,
+		CurrentWave: s.Waves[s.Current].Number, Policy: s.Policy}
+	for _, w := range s.Waves {
+		v.Waves = append(v.Waves, WaveView{Wave: w.Number, State: w.State, Hosts: len(w.Hosts), Counts: s.Counts(w),
+			PublishedAt: w.PublishedAt, Deadline: w.Deadline, Since: w.Since, Verdict: w.Verdict})
+	}
+	if hosts {
+		for _, h := range s.Hosts {
+			hv := HostView{Host: h.Name, Wave: h.Wave, Version: h.Version, State: h.State, Detail: h.Detail + h.PublishError, Restored: h.Restored}
+			if hv.State == "" {
+				hv.State = HostWaiting
+			}
+			if h.Previous != nil {
+				hv.Previous = h.Previous.Version
+			}
+			v.Hosts = append(v.Hosts, hv)
+		}
+	}
+	return v
+}

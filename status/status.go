@@ -234,6 +234,9 @@ type Snapshot struct {
 	Summary  Summary `json:"summary"`
 	ExitCode int     `json:"exitCode"`
 	Hosts    []Row   `json:"hosts"`
+	// Rollout is the chroot root's rollout (package rollout's View), set
+	// by the caller when one is recorded.
+	Rollout any `json:"rollout,omitempty"`
 }
 
 // Format is the version of the JSON document.
