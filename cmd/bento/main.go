@@ -45,10 +45,12 @@ func newApp() *cli.App {
 			rolloutCommand(),
 			checkCommand(),
 			statusCommand(),
+			historyCommand(),
 			logsCommand(),
 			diffCommand(),
 			agentCommand(),
 			keygenCommand(),
+			serveCommand(),
 			completionCommand(),
 		},
 		// Errors are printed once, by exitCode, with their exit status.

@@ -18,11 +18,11 @@ var Layers = [][]string{
 	{"cmd/...", "bench/...", "examples/...", "nixtest/...", "templates/...",
 		"internal/e2e/...", "internal/fixture/...", "internal/format1/...",
 		"internal/sshdtest/...", "internal/benchtb/...", "internal/ci/...", "internal/layers/..."},
-	// The pipelines: a deploy, a host's agent, the fleet's status, and a
-	// rollout (which drives deploy in waves).
-	{"deploy/...", "agent/...", "status/...", "rollout/..."},
+	// The pipelines: a deploy, a host's agent, the fleet's status, the
+	// dashboard, and a rollout (which drives deploy in waves).
+	{"deploy/...", "agent/...", "status/...", "serve/...", "rollout/..."},
 	// The steps.
-	{"builder/...", "publish/...", "activate/...", "cache/...", "sftpcache/...", "secrets/..."},
+	{"builder/...", "publish/...", "activate/...", "cache/...", "sftpcache/...", "secrets/...", "history/..."},
 	{"eval/..."},
 	// Shared vocabulary and mechanisms.
 	{"nix/...", "fleet/...", "manifest/...", "internal/..."},
