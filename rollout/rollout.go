@@ -17,6 +17,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/deploy"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/history"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/publish"
 	"github.com/bento-nix/bento/status"
@@ -125,6 +126,7 @@ func Start(ctx context.Context, o Options) (*deploy.Report, *State, error) {
 			return err
 		}
 		removeOthers(st.SnapshotDir, st.ID)
+		record(ctx, root, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[0].Number, Action: "start", Reason: st.Waves[0].Verdict, Hosts: st.publishedHosts(0), At: t}, o.Deploy.Print)
 		return nil
 	}
 	report, err := deploy.Run(ctx, d)
@@ -140,7 +142,11 @@ func plan(ctx context.Context, root string, f *fleet.Fleet, hosts []fleet.Host, 
 		byHost[b.Host] = b
 	}
 	st.Settings = Settings{Users: o.Deploy.Users, HostGroup: o.Deploy.HostGroup, Retention: o.Deploy.Retention,
-		SecretsDir: o.Deploy.SecretsDir, Cache: o.Deploy.Cache, ReportLimits: o.Deploy.ReportLimits}
+		SecretsDir: o.Deploy.SecretsDir, Cache: o.Deploy.Cache, ReportLimits: o.Deploy.ReportLimits,
+		HistoryRetention: o.Deploy.HistoryRetention, NextPublicationKey: o.Deploy.NextPublicationKey}
+	if k := o.Deploy.PublicationKey; k != nil {
+		st.Settings.PublicationKey = k.Public().String()
+	}
 	// Steps run from another directory (the server's timer): paths absolute.
 	if err := absPaths(&st.Settings); err != nil {
 		return nil, err
@@ -345,14 +351,26 @@ func Step(ctx context.Context, o StepOptions) (*StepResult, error) {
 		if err := st.save(r, t); err != nil {
 			return err
 		}
+		if res.Decision.Action != ActionWait {
+			action := "done"
+			if res.Decision.Action == ActionHalt {
+				action = "halt"
+			}
+			record(ctx, r, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[st.Current].Number, Action: action, Reason: res.Decision.Reason, At: t}, o.Deploy.Print)
+		}
 		return errNothingToDo
 	}
 	d.Hooks.Done = func(ctx context.Context, r *deploy.Report) error {
 		t := now(o.Now)
 		res.Published = r
-		res.State.published(next, r.Hosts, t)
-		res.State.judgeWave(pub.root, t)
-		return res.State.save(pub.root, t)
+		st := res.State
+		st.published(next, r.Hosts, t)
+		st.judgeWave(pub.root, t)
+		if err := st.save(pub.root, t); err != nil {
+			return err
+		}
+		record(ctx, pub.root, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[next].Number, Action: "advance", Reason: res.Decision.Reason, Hosts: st.publishedHosts(next), At: t}, o.Deploy.Print)
+		return nil
 	}
 	_, err = deploy.Run(ctx, d)
 	if errors.Is(err, errNothingToDo) {
@@ -402,6 +420,15 @@ func prepare(base deploy.Options, restore bool) (*publication, deploy.Options, e
 	d.Root = root
 	d.Users, d.HostGroup, d.Retention = st.Settings.Users, st.Settings.HostGroup, st.Settings.Retention
 	d.SecretsDir, d.Cache, d.ReportLimits = st.Settings.SecretsDir, st.Settings.Cache, st.Settings.ReportLimits
+	d.HistoryRetention = st.Settings.HistoryRetention
+	if want := st.Settings.PublicationKey; want != "" {
+		if d.PublicationKey == nil || d.PublicationKey.Public().String() != want {
+			return nil, base, &deploy.ConfigError{Err: fmt.Errorf("rollout %s signs its manifests with publication key %s, and hosts that pin it refuse any other: pass that key (--publication-key, as to the deploy that started it)", st.ID, want)}
+		}
+		if d.NextPublicationKey == "" {
+			d.NextPublicationKey = st.Settings.NextPublicationKey
+		}
+	}
 	d.Build, d.DryRun, d.Force, d.Prune, d.PruneReports, d.Select = nil, false, false, false, false, nil
 	d.Prebuilt = nil
 	for _, h := range st.Hosts {
@@ -528,7 +555,7 @@ func ReadReport(root, host string) (*Report, error) {
 
 // Pause stops steps from publishing (the published waves stay).
 func Pause(ctx context.Context, o StepOptions) (*State, error) {
-	return change(ctx, o, func(st *State, t time.Time) error {
+	return change(ctx, o, "pause", func(st *State, t time.Time) error {
 		if st.Phase != PhaseRunning {
 			return &deploy.ConfigError{Err: fmt.Errorf("the rollout is %s, not running: nothing to pause", st.Phase)}
 		}
@@ -540,7 +567,7 @@ func Pause(ctx context.Context, o StepOptions) (*State, error) {
 // Resume lets a paused rollout step again. A halted one resumes too: the
 // operator judged the failure acceptable; the wave is judged afresh.
 func Resume(ctx context.Context, o StepOptions) (*State, error) {
-	return change(ctx, o, func(st *State, t time.Time) error {
+	return change(ctx, o, "resume", func(st *State, t time.Time) error {
 		if st.Phase != PhasePaused && st.Phase != PhaseHalted {
 			return &deploy.ConfigError{Err: fmt.Errorf("the rollout is %s: only a paused or halted rollout resumes", st.Phase)}
 		}
@@ -550,7 +577,7 @@ func Resume(ctx context.Context, o StepOptions) (*State, error) {
 	})
 }
 
-func change(ctx context.Context, o StepOptions, f func(*State, time.Time) error) (*State, error) {
+func change(ctx context.Context, o StepOptions, action string, f func(*State, time.Time) error) (*State, error) {
 	root, err := filepath.Abs(o.Deploy.Root)
 	if err != nil {
 		return nil, err
@@ -568,7 +595,11 @@ func change(ctx context.Context, o StepOptions, f func(*State, time.Time) error)
 	if err := f(st, t); err != nil {
 		return st, err
 	}
-	return st, st.save(root, t)
+	if err := st.save(root, t); err != nil {
+		return st, err
+	}
+	record(ctx, root, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[st.Current].Number, Action: action, Reason: st.Reason, At: t}, o.Deploy.Print)
+	return st, nil
 }
 
 // Abort republishes, through the normal publication (a new manifest, so a
@@ -603,6 +634,7 @@ func Abort(ctx context.Context, o StepOptions) (*StepResult, error) {
 		if err := st.save(r, t); err != nil {
 			return err
 		}
+		record(ctx, r, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[st.Current].Number, Action: "abort", Reason: st.Reason, At: t}, o.Deploy.Print)
 		return errNothingToDo
 	}
 	d.Hooks.Done = func(ctx context.Context, r *deploy.Report) error {
@@ -623,7 +655,17 @@ func Abort(ctx context.Context, o StepOptions) (*StepResult, error) {
 		if len(failed) > 0 {
 			res.State.Reason += fmt.Sprintf("; %d host(s) could not be restored: %s", len(failed), list(failed, 5))
 		}
-		return res.State.save(pub.root, t)
+		if err := res.State.save(pub.root, t); err != nil {
+			return err
+		}
+		var restored []string
+		for _, h := range res.State.Hosts {
+			if h.Restored {
+				restored = append(restored, h.Name)
+			}
+		}
+		record(ctx, pub.root, history.RolloutStep{RolloutID: res.State.ID, Wave: res.State.Waves[res.State.Current].Number, Action: "abort", Reason: res.State.Reason, Hosts: restored, At: t}, o.Deploy.Print)
+		return nil
 	}
 	_, err = deploy.Run(ctx, d)
 	if errors.Is(err, errNothingToDo) {

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/bento-nix/bento/deploy"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/history"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/rollout"
 )
@@ -28,7 +30,7 @@ type world struct {
 }
 
 func newWorld(t *testing.T, waves map[string]int) *world {
-	w := &world{t: t, root: t.TempDir(), fleet: t.TempDir(), clock: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC), snap: t.TempDir()}
+	w := &world{t: t, root: t.TempDir(), fleet: t.TempDir(), clock: time.Now().UTC().Truncate(time.Second), snap: t.TempDir()}
 	for _, name := range sortedKeys(waves) {
 		w.hosts = append(w.hosts, fleet.Host{Name: name, Managed: true, Enable: true, Layout: fleet.LayoutFlake,
 			Ref: "path:" + w.fleet, Attr: fleet.ConfigAttr(name),
@@ -224,6 +226,26 @@ func TestRolloutWavesHaltAbort(t *testing.T) {
 			t.Errorf("after abort %s is at %s, want %s", h, v, v1)
 		}
 	}
+	// bento history has the rollout's steps, in order.
+	db, err := history.OpenReadOnly(ctx, history.Path(w.root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	events, err := db.Timeline(ctx, history.Query{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	for _, e := range events {
+		if e.Kind == "rollout" && (e.Host == "" || e.Host == "c1" || e.Host == "m1") {
+			steps = append(steps, fmt.Sprintf("%s %d %s", e.Action, *e.Wave, e.Host))
+		}
+	}
+	if want := "start 0 c1|advance 1 m1|halt 1 |abort 1 c1|abort 1 m1"; strings.Join(steps, "|") != want {
+		t.Errorf("history of the rollout: %q, want %q", strings.Join(steps, "|"), want)
+	}
+
 	// Over a finished rollout, deploys go on.
 	if _, err := deploy.Run(ctx, d); err != nil {
 		t.Fatalf("deploy after abort: %v", err)
@@ -281,5 +303,42 @@ func TestRolloutRefusesSecondStart(t *testing.T) {
 	entries, _ := os.ReadDir(w.snap)
 	if len(entries) != 1 || entries[0].Name() != st.ID {
 		t.Errorf("snapshot directory holds %v, want only the current rollout's %s", entries, st.ID)
+	}
+}
+
+// A rollout started with a publication key signs every wave with it; a
+// step without it is refused rather than publish manifests the hosts
+// would refuse.
+func TestRolloutSignsEveryWave(t *testing.T) {
+	w := newWorld(t, map[string]int{"a": 0, "b": 1})
+	ctx := context.Background()
+	key, err := manifest.GenerateSigningKey("fleet-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := w.deployOptions()
+	d.PublicationKey = &key
+	if _, _, err := rollout.Start(ctx, rollout.Options{Deploy: d, Policy: rollout.DefaultPolicy, Now: w.now, SnapshotDir: w.snap}); err != nil {
+		t.Fatal(err)
+	}
+	w.good("a")
+	var ce *deploy.ConfigError
+	if _, err := rollout.Step(ctx, rollout.StepOptions{Deploy: deploy.Options{Root: w.root}, Now: w.now}); !errors.As(err, &ce) || !strings.Contains(err.Error(), "fleet-1") {
+		t.Fatalf("step without the key: %v", err)
+	}
+	other, _ := manifest.GenerateSigningKey("fleet-2")
+	if _, err := rollout.Step(ctx, rollout.StepOptions{Deploy: deploy.Options{Root: w.root, PublicationKey: &other}, Now: w.now}); !errors.As(err, &ce) {
+		t.Fatalf("step with another key: %v", err)
+	}
+	res, err := rollout.Step(ctx, rollout.StepOptions{Deploy: deploy.Options{Root: w.root, PublicationKey: &key}, Now: w.now})
+	if err != nil || res.Published == nil {
+		t.Fatalf("step with the key: %v", err)
+	}
+	data, err := os.ReadFile(filepath.Join(w.root, "b", manifest.ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, sig, err := manifest.Split(data); err != nil || sig == nil || sig.Key != key.Public().String() {
+		t.Errorf("wave 1's manifest is not signed by the rollout's key: %v %+v", err, sig)
 	}
 }

@@ -190,6 +190,14 @@ type Settings struct {
 	SecretsDir   string               `json:"secretsDir,omitempty"`
 	Cache        *deploy.CacheOptions `json:"cache,omitempty"`
 	ReportLimits *status.ReportLimits `json:"reportLimits,omitempty"`
+	// HistoryRetention is the history's (history.DefaultRetention when 0).
+	HistoryRetention time.Duration `json:"historyRetention,omitempty"`
+	// PublicationKey is the public half of the key that signed the first
+	// wave ("" unsigned): every later wave, and abort, must be signed by
+	// it too, or hosts that pin it refuse them. The secret key is never
+	// recorded: each step reads it again.
+	PublicationKey     string `json:"publicationKey,omitempty"`
+	NextPublicationKey string `json:"nextPublicationKey,omitempty"`
 }
 
 // dir is the rollout directory under root.

@@ -54,6 +54,9 @@ func rolloutCommand() *cli.Command {
 		return []cli.Flag{chrootRootFlag(),
 			&cli.DurationFlag{Name: "lock-wait", Value: time.Minute, Usage: "wait this long for a deploy or another step to finish"}}
 	}
+	// step and abort publish: they sign as the deploy that started the
+	// rollout did.
+	publishing := func() []cli.Flag { return append(root(), publicationFlags()...) }
 	withJSON := func(fs []cli.Flag) []cli.Flag {
 		return append(fs, &cli.BoolFlag{Name: "json", Usage: "print the rollout as JSON"})
 	}
@@ -69,11 +72,11 @@ func rolloutCommand() *cli.Command {
 				Flags:     rolloutStartFlags(),
 				Action:    runRolloutStart,
 			},
-			{Name: "step", Usage: "judge the current wave from the reports; publish the next one or halt", Flags: withJSON(root()), Action: runRolloutStep},
+			{Name: "step", Usage: "judge the current wave from the reports; publish the next one or halt", Flags: withJSON(publishing()), Action: runRolloutStep},
 			{Name: "status", Usage: "show the rollout: waves, hosts per state, since when", Flags: withJSON([]cli.Flag{chrootRootFlag(), &cli.BoolFlag{Name: "hosts", Usage: "list every host with its verdict"}}), Action: runRolloutStatus},
 			{Name: "pause", Usage: "stop publishing further waves until resume", Flags: root(), Action: func(c *cli.Context) error { return runRolloutChange(c, rollout.Pause) }},
 			{Name: "resume", Usage: "let a paused (or halted) rollout step again", Flags: root(), Action: func(c *cli.Context) error { return runRolloutChange(c, rollout.Resume) }},
-			{Name: "abort", Usage: "republish the previous version to the hosts that got the new one, and end the rollout", Flags: withJSON(root()), Action: runRolloutAbort},
+			{Name: "abort", Usage: "republish the previous version to the hosts that got the new one, and end the rollout", Flags: withJSON(publishing()), Action: runRolloutAbort},
 		},
 	}
 }
@@ -189,13 +192,32 @@ func stepOptions(c *cli.Context) (rollout.StepOptions, error) {
 		return rollout.StepOptions{}, usageError("--chroot-root is empty: give the directory holding the hosts' chroots (default %s)", DefaultChrootRoot)
 	}
 	ew := errWriter(c)
-	return rollout.StepOptions{Deploy: deploy.Options{
+	o := rollout.StepOptions{Deploy: deploy.Options{
 		Root:     c.String("chroot-root"),
 		LockWait: c.Duration("lock-wait"),
 		Nix:      nixRunner(c),
 		Logger:   logger(c),
 		Print:    func(line string) { fmt.Fprintln(ew, "bento:", line) },
-	}}, nil
+	}}
+	if hasFlag(c, "publication-key") {
+		var err error
+		if o.Deploy.PublicationKey, o.Deploy.NextPublicationKey, err = publicationKeys(c); err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
+// hasFlag tells whether the command defines the flag.
+func hasFlag(c *cli.Context, name string) bool {
+	for _, f := range c.Command.Flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func runRolloutStep(c *cli.Context) error {
