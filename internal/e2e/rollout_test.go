@@ -139,7 +139,14 @@ func TestRolloutInWaves(t *testing.T) {
 	for _, n := range last {
 		f.Hosts = append(f.Hosts, fixture.Host{Name: n, Bento: &fixture.Bento{Enable: true, Wave: &wave2}})
 	}
-	r := &rolloutEnv{Env: Start(t, f), clock: time.Date(2026, 5, 1, 9, 0, 0, 0, time.UTC)}
+	r := &rolloutEnv{Env: Start(t, f), clock: time.Now().UTC().Truncate(time.Second)}
+	// c-001's health check fails on a system marked bad (the marks are
+	// written below): a real check run by the real agent.
+	marks := t.TempDir()
+	c1 := r.Host(t, "c-001")
+	c1.Settings["healthChecks"] = map[string]any{"web": map[string]any{
+		"command": []string{"/bin/sh", "-c", `b=$(basename "$(readlink -f "$1")"); if [ -e "$2/bad-$b" ]; then echo "web is down on $b" >&2; exit 1; fi`, "check", c1.CurrentSystem, marks},
+		"timeout": "5s", "retries": 0, "interval": "0", "settle": "0"}}
 	r.Publish(t)
 	r.tick(t, all...)
 	v1 := r.Manifest(t, "c-000").Version
@@ -196,19 +203,25 @@ func TestRolloutInWaves(t *testing.T) {
 	r.tick(t, "m-004")
 	r.clock = r.clock.Add(time.Hour)
 
-	// A version whose activation fails on one canary: it rolls back, the
-	// rollout halts, no host outside wave 0 ever receives it; abort
+	// A version whose health check fails on one canary: it rolls back,
+	// the rollout halts, no host outside wave 0 ever receives it; abort
 	// restores wave 0.
-	generation("3", "c-001")
+	generation("3", "")
 	r.start(t, policy)
 	v3 := r.Manifest(t, "c-000").Version
+	if err := os.WriteFile(filepath.Join(marks, "bad-"+filepath.Base(r.Manifest(t, "c-001").ExpectedToplevel)), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	r.tick(t, canaries...)
-	if st := r.Host(t, "c-001").Status(t); st.Result != manifest.ResultRolledBack || st.AttemptedVersion != v3 {
+	if st := r.Host(t, "c-001").Status(t); st.Result != manifest.ResultRolledBack || st.RollbackReason != manifest.RollbackHealthCheck || st.AttemptedVersion != v3 {
 		t.Fatalf("c-001 report: %+v", st)
 	}
 	res := r.step(t)
-	if res.State.Phase != rollout.PhaseHalted || !strings.Contains(res.State.Reason, "c-001") {
+	if res.State.Phase != rollout.PhaseHalted || !strings.Contains(res.State.Reason, "c-001: rolled back (health-check): health checks failed (web)") {
 		t.Fatalf("after the bad canary: %s %q", res.State.Phase, res.State.Reason)
+	}
+	if out, _ := serverBento(t, r.Env, nil, "rollout", "status", "--chroot-root", r.SSHD.Root); !strings.Contains(out.Stdout, "halted") || !strings.Contains(out.Stdout, "c-001") {
+		t.Errorf("bento rollout status:\n%s", out.Output())
 	}
 	r.clock = r.clock.Add(2 * time.Hour)
 	if res := r.step(t); res.State.Phase != rollout.PhaseHalted || res.Published != nil {
