@@ -205,6 +205,11 @@ func plan(ctx context.Context, root string, f *fleet.Fleet, hosts []fleet.Host, 
 	if len(st.Waves) == 0 {
 		return nil, &deploy.ConfigError{Err: errors.New("nothing to roll out: no host selected")}
 	}
+	// A kill -9 or a power cut after the record is written must not leave
+	// it naming a snapshot whose files were not on disk yet.
+	if err := syncFS(base); err != nil {
+		return nil, err
+	}
 	return st, nil
 }
 

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/publish"
 	"github.com/bento-nix/bento/status"
@@ -70,6 +72,21 @@ func checkSnapshot(ctx context.Context, dst, want string) error {
 	return nil
 }
 
+// syncFS makes everything written under dir durable (one syncfs(2) for a
+// whole snapshot instead of an fsync per file and directory): the record
+// that names a snapshot is written only after it.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("snapshot %s: syncfs: %w", dir, err)
+	}
+	return nil
+}
+
 // copyFile copies src to dst (which must not exist), checking its sha256:
 // a snapshot must be exactly what was published. No symlink is followed
 // at src's last component (publish resolved links already).
@@ -99,9 +116,6 @@ func copyFile(src, dst string, mode uint32, sum string) error {
 	}
 	h := sha256.New()
 	_, err = io.Copy(io.MultiWriter(out, h), in)
-	if err == nil {
-		err = out.Sync()
-	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

@@ -245,9 +245,12 @@ func (s *State) validate() error {
 			return fmt.Errorf("snapshot directory %q is not a plain relative name", d)
 		}
 	}
-	for _, h := range s.Hosts {
+	for i, h := range s.Hosts {
 		if err := fleet.ValidateName(h.Name); err != nil {
 			return err
+		}
+		if i > 0 && s.Hosts[i-1].Name >= h.Name {
+			return fmt.Errorf("hosts are not sorted by name (%s before %s)", s.Hosts[i-1].Name, h.Name)
 		}
 		if h.Source < 0 || h.Source >= len(s.Sources) {
 			return fmt.Errorf("host %s: source %d of %d", h.Name, h.Source, len(s.Sources))
