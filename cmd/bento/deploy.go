@@ -187,8 +187,11 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 		return opts, err
 	}
 	lintBeforeDeploy(c, &opts)
-	// Refused while a rollout holds the fleet (rollout start replaces it).
-	opts.Hooks.Locked = rollout.Guard(c.Bool("supersede"), nil)
+	// Refused while a rollout holds the fleet (rollout start replaces
+	// it); a dry run publishes nothing, so it may look.
+	if !opts.DryRun {
+		opts.Hooks.Locked = rollout.Guard(c.Bool("supersede"), nil)
+	}
 	return opts, nil
 }
 

@@ -40,6 +40,10 @@ func TestRolloutCommands(t *testing.T) {
 		t.Fatalf("deploy during the rollout: exit %d\n%s", code, stderr)
 	}
 
+	if _, stderr, code := runCLI(t, e.args("--dry-run")...); code != 0 {
+		t.Errorf("deploy --dry-run during the rollout: exit %d\n%s", code, stderr)
+	}
+
 	stdout, _, code = runCLI(t, "rollout", "status", "--chroot-root", e.root, "--json", "--hosts")
 	var v struct {
 		State string `json:"state"`
