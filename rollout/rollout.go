@@ -143,7 +143,7 @@ func plan(ctx context.Context, root string, f *fleet.Fleet, hosts []fleet.Host, 
 	}
 	st.Settings = Settings{Users: o.Deploy.Users, HostGroup: o.Deploy.HostGroup, Retention: o.Deploy.Retention,
 		SecretsDir: o.Deploy.SecretsDir, Cache: o.Deploy.Cache, ReportLimits: o.Deploy.ReportLimits,
-		HistoryRetention: o.Deploy.HistoryRetention, NextPublicationKey: o.Deploy.NextPublicationKey}
+		HistoryRetention: o.Deploy.HistoryRetention, NextPublicationKey: o.Deploy.NextPublicationKey, Force: o.Deploy.Force}
 	if k := o.Deploy.PublicationKey; k != nil {
 		st.Settings.PublicationKey = k.Public().String()
 	}
@@ -168,8 +168,15 @@ func plan(ctx context.Context, root string, f *fleet.Fleet, hosts []fleet.Host, 
 			return nil, &deploy.ConfigError{Err: fmt.Errorf("host %s: a host named %q cannot take part in a rollout (its server state directory is the rollout's); rename it or deploy it without --rollout", h.Name, Dir)}
 		}
 		rh := Host{Name: h.Name, Wave: waveOf(h, o.WaveTags), Spec: h, Ref: h.Ref}
-		if b, ok := byHost[h.Name]; ok && b.OK() {
-			rh.Toplevel = b.OutPath
+		if b, ok := byHost[h.Name]; ok {
+			if b.Status == builder.StatusBuilt {
+				rh.Toplevel = b.OutPath
+			} else {
+				rh.BuildError = clip(b.Reason(), 300)
+				if rh.BuildError == "" {
+					rh.BuildError = "build " + string(b.Status)
+				}
+			}
 		}
 		src, err := publish.SourceFor(h, f.Dir)
 		if err != nil {
@@ -436,7 +443,13 @@ func prepare(base deploy.Options, restore bool) (*publication, deploy.Options, e
 	}
 	d.Build, d.DryRun, d.Force, d.Prune, d.PruneReports, d.Select = nil, false, false, false, false, nil
 	d.Prebuilt = nil
+	d.Force = st.Settings.Force && !restore
 	for _, h := range st.Hosts {
+		if h.BuildError != "" && !restore {
+			// As at start: its previous publication stays (unless Force).
+			d.Prebuilt = append(d.Prebuilt, builder.Result{Host: h.Name, Status: builder.StatusFailed, Err: errors.New(h.BuildError)})
+			continue
+		}
 		top := h.Toplevel
 		if restore {
 			top = ""

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/deploy"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/history"
@@ -340,5 +341,30 @@ func TestRolloutSignsEveryWave(t *testing.T) {
 	}
 	if _, sig, err := manifest.Split(data); err != nil || sig == nil || sig.Key != key.Public().String() {
 		t.Errorf("wave 1's manifest is not signed by the rollout's key: %v %+v", err, sig)
+	}
+}
+
+// A host whose build failed at start keeps its previous publication when
+// its wave comes, as in a deploy: it is not published without a system.
+func TestRolloutKeepsFailedBuilds(t *testing.T) {
+	w := newWorld(t, map[string]int{"a": 0, "b": 1, "c": 1})
+	ctx := context.Background()
+	if _, err := deploy.Run(ctx, w.deployOptions()); err != nil {
+		t.Fatal(err)
+	}
+	v1 := w.version("b")
+	w.write("v2")
+	d := w.deployOptions()
+	d.Prebuilt = []builder.Result{{Host: "b", Status: builder.StatusFailed, Err: errors.New("build: boom")}}
+	if _, _, err := rollout.Start(ctx, rollout.Options{Deploy: d, Policy: rollout.DefaultPolicy, Now: w.now, SnapshotDir: w.snap}); err != nil {
+		t.Fatal(err)
+	}
+	w.good("a")
+	res := w.step()
+	if res.Published == nil || w.version("b") != v1 || w.version("c") == v1 {
+		t.Fatalf("wave 1: b at %s (want %s, kept), c at %s (want the new version)", w.version("b"), v1, w.version("c"))
+	}
+	if h := res.State.View(true).Hosts[1]; h.Host != "b" || h.State != rollout.HostUnpublished || !strings.Contains(h.Detail, "boom") {
+		t.Errorf("b in the rollout: %+v", h)
 	}
 }

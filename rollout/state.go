@@ -157,6 +157,9 @@ type Host struct {
 	Source int    `json:"source"`
 	// Toplevel is the system the rollout built ("" when unknown).
 	Toplevel string `json:"toplevel,omitempty"`
+	// BuildError says why its build at start failed: its wave then keeps
+	// its previous publication, as a deploy would (unless Force).
+	BuildError string `json:"buildError,omitempty"`
 	// Version is what the rollout published to the host; "" until its
 	// wave is published (or when that publication failed).
 	Version     string     `json:"version,omitempty"`
@@ -198,6 +201,8 @@ type Settings struct {
 	// recorded: each step reads it again.
 	PublicationKey     string `json:"publicationKey,omitempty"`
 	NextPublicationKey string `json:"nextPublicationKey,omitempty"`
+	// Force publishes hosts whose build failed, as deploy --force.
+	Force bool `json:"force,omitempty"`
 }
 
 // dir is the rollout directory under root.
