@@ -102,6 +102,9 @@ func Start(ctx context.Context, o Options) (*deploy.Report, *State, error) {
 	var root string
 	d.Hooks.Locked = func(ctx context.Context, r string) error {
 		root = r
+		if rel, err := filepath.Rel(r, o.SnapshotDir); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+			return &deploy.ConfigError{Err: fmt.Errorf("the rollout's snapshots (%s, from --state-dir) would be inside the chroot root %s, whose files never ship: choose a state directory outside it", o.SnapshotDir, r)}
+		}
 		return guard(r, o.Supersede, "a new rollout", now(o.Now))
 	}
 	d.Hooks.Hold = func(ctx context.Context, f *fleet.Fleet, hosts []fleet.Host, builds []builder.Result) (map[string]bool, error) {

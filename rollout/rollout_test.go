@@ -296,6 +296,9 @@ func TestRolloutRefusesSecondStart(t *testing.T) {
 	if _, _, err := rollout.Start(ctx, rollout.Options{Deploy: w.deployOptions(), Policy: rollout.DefaultPolicy, Now: w.now, SnapshotDir: w.snap}); !errors.Is(err, rollout.ErrActive) {
 		t.Fatalf("second start: %v", err)
 	}
+	if _, _, err := rollout.Start(ctx, rollout.Options{Deploy: w.deployOptions(), Policy: rollout.DefaultPolicy, Now: w.now, Supersede: true, SnapshotDir: filepath.Join(w.root, "state")}); err == nil || !strings.Contains(err.Error(), "inside the chroot root") {
+		t.Fatalf("snapshots inside the chroot root: %v", err)
+	}
 	w.clock = w.clock.Add(time.Second)
 	_, st, err := rollout.Start(ctx, rollout.Options{Deploy: w.deployOptions(), Policy: rollout.DefaultPolicy, Now: w.now, SnapshotDir: w.snap, Supersede: true})
 	if err != nil || st.Phase != rollout.PhaseRunning {
