@@ -338,9 +338,16 @@ type View struct {
 	StartedAt   time.Time  `json:"startedAt"`
 	UpdatedAt   time.Time  `json:"updatedAt"`
 	CurrentWave int        `json:"currentWave"`
-	Policy      Policy     `json:"policy"`
+	Policy      PolicyView `json:"policy"`
 	Waves       []WaveView `json:"waves"`
 	Hosts       []HostView `json:"hosts,omitempty"`
+}
+
+// PolicyView is the policy with the deadline in seconds.
+type PolicyView struct {
+	Quorum              float64 `json:"quorum"`
+	WaveDeadlineSeconds float64 `json:"waveDeadlineSeconds"`
+	Strict              bool    `json:"strict"`
 }
 
 // WaveView is one wave with its hosts counted per verdict.
@@ -369,7 +376,8 @@ type HostView struct {
 // View summarises the record (with every host when hosts).
 func (s *State) View(hosts bool) View {
 	v := View{ID: s.ID, State: s.Phase, Reason: s.Reason, Since: s.Since, StartedAt: s.StartedAt, UpdatedAt: s.UpdatedAt,
-		CurrentWave: s.Waves[s.Current].Number, Policy: s.Policy}
+		CurrentWave: s.Waves[s.Current].Number,
+		Policy:      PolicyView{Quorum: s.Policy.Quorum, WaveDeadlineSeconds: s.Policy.WaveDeadline.Seconds(), Strict: s.Policy.Strict}}
 	for _, w := range s.Waves {
 		v.Waves = append(v.Waves, WaveView{Wave: w.Number, State: w.State, Hosts: len(w.Hosts), Counts: s.Counts(w),
 			PublishedAt: w.PublishedAt, Deadline: w.Deadline, Since: w.Since, Verdict: w.Verdict})
