@@ -371,3 +371,39 @@ func TestRolloutKeepsFailedBuilds(t *testing.T) {
 		t.Errorf("b in the rollout: %+v", h)
 	}
 }
+
+// Two steps at once are serialised by the chroot root's lock: the wave is
+// published once, and the second step judges the next wave.
+func TestConcurrentStepsPublishOnce(t *testing.T) {
+	w := newWorld(t, map[string]int{"a": 0, "b": 1, "c": 2})
+	ctx := context.Background()
+	if _, _, err := rollout.Start(ctx, rollout.Options{Deploy: w.deployOptions(), Policy: rollout.DefaultPolicy, Now: w.now, SnapshotDir: w.snap}); err != nil {
+		t.Fatal(err)
+	}
+	w.good("a")
+	results := make(chan *rollout.StepResult, 2)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			res, err := rollout.Step(ctx, rollout.StepOptions{Deploy: deploy.Options{Root: w.root, LockWait: time.Minute}, Now: w.now})
+			results <- res
+			errs <- err
+		}()
+	}
+	published := 0
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		if res := <-results; res.Published != nil {
+			published++
+		}
+	}
+	st, err := rollout.Load(w.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if published != 1 || st.Current != 1 || st.Waves[2].State != rollout.WavePending {
+		t.Fatalf("%d publications, current wave %d, wave 2 %s; want one, 1, pending", published, st.Current, st.Waves[2].State)
+	}
+}
