@@ -116,9 +116,19 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
+	pubKeys, err := cfg.PublicationKeys()
+	if err != nil {
+		return Outcome{}, &ConfigError{err}
+	}
 	var signer ssh.Signer
 	var local *transport.Local
 	if o.Bundle != "" {
+		if len(pubKeys) == 0 {
+			// Over SFTP the pinned server host key vouches for what is
+			// read; a directory has nothing of the kind but the
+			// publication's own signature.
+			return Outcome{}, &ConfigError{errors.New("apply-bundle needs services.bento.publicationKey (--publication-key): nothing else vouches for a bundle, whoever handed it over")}
+		}
 		// Offline: the bundle is the chroot; nothing logs in anywhere.
 		if local, err = transport.OpenLocal(o.Bundle, o.ReportDir); err != nil {
 			return Outcome{}, err
@@ -137,10 +147,6 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 		}
 	}
 	policy, err := activate.ParsePolicy(cfg.Reboot.Policy, cfg.Reboot.Window)
-	if err != nil {
-		return Outcome{}, &ConfigError{err}
-	}
-	pubKeys, err := cfg.PublicationKeys()
 	if err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
@@ -332,7 +338,7 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	}
 	if bootPending(st) {
 		// A boot operation whose health checks wait for the reboot.
-		if out, err, done := t.settleBoot(ctx, &st); done {
+		if out, done, err := t.settleBoot(ctx, &st); done {
 			return out, err
 		}
 	} else if st.Switch != nil {
@@ -376,6 +382,13 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		t.say("--now: trying version %s again without waiting for its retry (due %s)", head.Version, due.Format(time.RFC3339))
 		d = apply
 	}
+	if d == upToDate && len(t.pins) > 0 && head.Sequence > st.Publication.Sequence {
+		// The same version, published anew (re-signed, a next key
+		// announced): nothing to apply, but verified and remembered.
+		if err := t.acceptSame(ctx, &st); err != nil {
+			return t.refuse(ctx, &st, head, err)
+		}
+	}
 	switch d {
 	case upToDate:
 		if t.cfg.SelfUpdate {
@@ -408,6 +421,23 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	}
 	st.accept(m, t.pubKeys)
 	return t.apply(ctx, &st, m)
+}
+
+// acceptSame verifies the manifest of the version already applied and
+// records it (its sequence, a next key it announces).
+func (t *tick) acceptSame(ctx context.Context, st *State) error {
+	m, err := t.readManifest(ctx)
+	if err != nil {
+		return err
+	}
+	if err := checkFresh(*st, m, true, 0, t.o.Now()); err != nil {
+		return err
+	}
+	st.accept(m, t.pubKeys)
+	if err := saveState(t.cfg.StateDir, *st); err != nil {
+		t.say("warning: %v", describeDiskError(err))
+	}
+	return nil
 }
 
 // badManifest is a published manifest the agent refuses to act on.

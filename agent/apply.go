@@ -215,7 +215,13 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 			return t.rollback(ctx, st, rep, log, act, prev, manifest.RollbackHealthCheck, cause)
 		}
 		timeout := time.Duration(t.cfg.ConfirmTimeout)
-		log.Printf("switched; checking that the server is still reachable (up to %s)", timeout)
+		what := "the server is still reachable"
+		if t.local != nil {
+			// Offline the guard is the activation itself: there is no
+			// network the new system could have cut.
+			what = "the bundle is still readable"
+		}
+		log.Printf("switched; checking that %s (up to %s)", what, timeout)
 		probes := 0
 		probe := func(ctx context.Context) error {
 			probes++
@@ -232,7 +238,11 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 			}
 			return Outcome{}, err
 		}
-		log.Printf("confirmed: the server answers after the switch")
+		if t.local != nil {
+			log.Printf("confirmed: the bundle is still readable after the switch")
+		} else {
+			log.Printf("confirmed: the server answers after the switch")
+		}
 		rep.Stage = manifest.StageConfirmed
 	}
 	st.AppliedVersion, st.AppliedSystem = version, toplevel

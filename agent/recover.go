@@ -89,7 +89,9 @@ func (t *tick) recoverSwitch(ctx context.Context, st *State) (Outcome, error) {
 		if j.Op == activate.OpBoot {
 			// After the reboot into it: leave the running system now.
 			op = activate.OpSwitch
-			st.AppliedVersion, st.AppliedSystem = j.FromVersion, j.From
+			if j.From != "" {
+				st.AppliedVersion, st.AppliedSystem = j.FromVersion, j.From
+			}
 		}
 		return t.rollbackOp(actx, st, &rep, log, act, j.From, op, manifest.RollbackHealthCheck, cause)
 	}

@@ -29,6 +29,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -549,7 +550,7 @@ func recordOne(ctx context.Context, tx *sql.Tx, o Observation, hash string, last
 	}
 	reason := o.Reason
 	if reason == "" {
-		reason = r.RollbackReason
+		reason = reasonOf(r)
 	}
 	system := r.CurrentSystem
 	if system == "" {
@@ -655,6 +656,30 @@ func repeat(s string, n int) string {
 		b = append(b, s...)
 	}
 	return string(b)
+}
+
+// reasonOf says why a report is not plain success: the rollback
+// trigger, with the failing health checks by name ("health-check nginx,
+// db"), or the checks an applied system fails ("unhealthy: nginx").
+func reasonOf(r *manifest.Report) string {
+	var failing []string
+	if r.Health != nil && !r.Health.OK {
+		for _, c := range r.Health.Checks {
+			if !c.OK && len(failing) < 16 {
+				failing = append(failing, c.Name)
+			}
+		}
+	}
+	names := strings.Join(failing, ", ")
+	switch {
+	case r.RollbackReason == manifest.RollbackHealthCheck && names != "":
+		return r.RollbackReason + " " + names
+	case r.RollbackReason != "":
+		return r.RollbackReason
+	case names != "":
+		return "unhealthy: " + names
+	}
+	return ""
 }
 
 // reportHash names a report's content. The report is re-encoded rather

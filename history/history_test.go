@@ -360,3 +360,41 @@ func TestConcurrentWriters(t *testing.T) {
 		t.Fatalf("%d events, want 100", len(evs))
 	}
 }
+
+func TestReason(t *testing.T) {
+	health := func(ok bool, checks ...manifest.HealthCheck) *manifest.Health {
+		return &manifest.Health{OK: ok, Checks: checks}
+	}
+	nginx := manifest.HealthCheck{Name: "nginx", Kind: "unit"}
+	db := manifest.HealthCheck{Name: "db", Kind: "command"}
+	fine := manifest.HealthCheck{Name: "ssh", Kind: "unit", OK: true}
+	tests := []struct {
+		name     string
+		rollback string
+		health   *manifest.Health
+		given    string
+		want     string
+	}{
+		{"success", "", nil, "", ""},
+		{"activation failed", manifest.RollbackActivationFailed, nil, "", "activation-failed"},
+		{"health check", manifest.RollbackHealthCheck, health(false, fine, nginx, db), "", "health-check nginx, db"},
+		{"health check without results", manifest.RollbackHealthCheck, nil, "", "health-check"},
+		{"unhealthy but applied", "", health(false, nginx), "", "unhealthy: nginx"},
+		{"healthy", "", health(true, fine), "", ""},
+		{"the reader knows better", manifest.RollbackActivationFailed, nil, "custom", "custom"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			db := openTemp(t)
+			r := report("0123456789abcdef", manifest.StageRolledBack, manifest.ResultRolledBack, t0)
+			r.RollbackReason, r.Health = tt.rollback, tt.health
+			if _, err := db.RecordReport(context.Background(), history.Observation{Host: "alpha", Report: r, Reason: tt.given, ObservedAt: t0}); err != nil {
+				t.Fatal(err)
+			}
+			evs, _ := db.Timeline(context.Background(), history.Query{})
+			if len(evs) != 1 || evs[0].Reason != tt.want {
+				t.Fatalf("events %+v, want reason %q", evs, tt.want)
+			}
+		})
+	}
+}

@@ -159,6 +159,58 @@ type fleetView struct {
 	NoTags   bool
 	Secrets  int
 	ExitCode int
+	Rollout  *rolloutView
+	// RolloutErr is why the rollout could not be read.
+	RolloutErr string
+}
+
+type rolloutView struct {
+	ID, Phase, Reason, Class, Since string
+	Waves                           []waveView
+}
+
+type waveView struct {
+	Number, Hosts         int
+	State, Verdict, Class string
+	Current               bool
+}
+
+// rollout reads the rollout for the fleet page.
+func (s *Server) rollout(now time.Time) (*rolloutView, string) {
+	if s.o.Rollout == nil {
+		return nil, ""
+	}
+	ro, err := s.o.Rollout()
+	if err != nil {
+		return nil, termsafe.Line(err.Error())
+	}
+	if ro == nil {
+		return nil, ""
+	}
+	rv := &rolloutView{ID: termsafe.Line(ro.ID), Phase: termsafe.Line(ro.Phase), Reason: termsafe.Line(ro.Reason), Class: phaseClass(ro.Phase)}
+	if !ro.Since.IsZero() {
+		rv.Since = status.Ago(now.Sub(ro.Since))
+	}
+	for i, w := range ro.Waves {
+		rv.Waves = append(rv.Waves, waveView{Number: w.Number, Hosts: w.Hosts, State: termsafe.Line(w.State),
+			Verdict: termsafe.Line(w.Verdict), Class: phaseClass(w.State), Current: i == ro.Current})
+	}
+	return rv, ""
+}
+
+// phaseClass colours a rollout's or a wave's word like the states.
+func phaseClass(p string) string {
+	switch p {
+	case "halted", "aborted":
+		return "st-bad"
+	case "paused", "superseded":
+		return "st-silent"
+	case "running", "published":
+		return "st-work"
+	case "done", "passed":
+		return "st-ok"
+	}
+	return "st-off"
 }
 
 func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) { s.fleet(w, r, "fleet.html") }
@@ -223,6 +275,7 @@ func (s *Server) fleetView(v view, f filter) fleetView {
 	slices.Sort(fv.Tags)
 
 	snap := v.snap
+	fv.Rollout, fv.RolloutErr = s.rollout(snap.GeneratedAt)
 	fv.Total, fv.Secrets, fv.ExitCode = snap.Summary.Total, snap.Summary.SecretErrors, snap.ExitCode
 	for _, st := range status.States {
 		if n := snap.Summary.States[st]; n > 0 {

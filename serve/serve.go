@@ -55,6 +55,31 @@ type Options struct {
 	// History gives the host pages their timeline and /api/history its
 	// document; nil shows none.
 	History History
+	// Rollout reads the current (or last) rollout for the fleet page
+	// (package rollout's Load, through an adapter in cmd/bento); nil, or
+	// a nil view, shows none.
+	Rollout func() (*Rollout, error)
+}
+
+// Rollout is what the fleet page shows of a rollout: its phase and why,
+// and each wave with its verdict.
+type Rollout struct {
+	ID string
+	// Phase is the rollout's word ("running", "paused", "halted", "done" …).
+	Phase  string
+	Reason string
+	// Current is the index in Waves of the wave being judged.
+	Current int
+	Waves   []RolloutWave
+	Since   time.Time
+}
+
+// RolloutWave is one wave of a rollout.
+type RolloutWave struct {
+	Number  int
+	Hosts   int
+	State   string
+	Verdict string
 }
 
 // History is the server's record of what happened (package history,

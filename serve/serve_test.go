@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -416,5 +417,39 @@ func TestListen(t *testing.T) {
 	os.WriteFile(plain, nil, 0o644)
 	if _, err := serve.Listen(ctx, "unix:"+plain, false); err == nil {
 		t.Error("Listen replaced a file that is no socket")
+	}
+}
+
+// The rollout, when there is one, heads the fleet page, its words made
+// safe; one that cannot be read says why.
+func TestRolloutOnTheFleetPage(t *testing.T) {
+	c := threeHosts(t)
+	ro := &serve.Rollout{ID: "r-1", Phase: "halted", Reason: "web-2 failed <b>x</b>\x1b[2J", Current: 1, Since: time.Now().Add(-time.Minute),
+		Waves: []serve.RolloutWave{{Number: 0, Hosts: 1, State: "passed"}, {Number: 1, Hosts: 2, State: "halted", Verdict: "1 of 2 failed"}}}
+	for _, tc := range []struct {
+		name string
+		read func() (*serve.Rollout, error)
+		want []string
+		not  []string
+	}{
+		{"none", func() (*serve.Rollout, error) { return nil, nil }, nil, []string{`id="rollout"`}},
+		{"halted", func() (*serve.Rollout, error) { return ro, nil },
+			[]string{`id="rollout"`, `class="st-bad">halted`, "web-2 failed &lt;b&gt;x&lt;/b&gt;\\x1b[2J", `<li class="current">wave 1: 2 hosts, <span class="st-bad">halted</span> — 1 of 2 failed`}, []string{"\x1b"}},
+		{"unreadable", func() (*serve.Rollout, error) { return nil, errors.New("rollout record: format 9") }, []string{"rollout: rollout record: format 9"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := start(t, serve.Options{Status: status.Options{Root: c.root}, Rollout: tc.read})
+			_, body := get(t, ts.URL+"/")
+			for _, w := range tc.want {
+				if !strings.Contains(body, w) {
+					t.Errorf("the page lacks %q", w)
+				}
+			}
+			for _, w := range tc.not {
+				if strings.Contains(body, w) {
+					t.Errorf("the page has %q", w)
+				}
+			}
+		})
 	}
 }

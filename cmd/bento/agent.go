@@ -39,6 +39,7 @@ func agentCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			agentInstallSecretsCommand(),
 			agentStatusCommand(),
+			agentApplyBundleCommand(),
 			{
 				Name:  "run",
 				Usage: "run one tick: fetch, build, switch and report when a new version is published",

@@ -67,18 +67,6 @@ func historyRetention(c *cli.Context) (time.Duration, error) {
 	return d, nil
 }
 
-// HistoryDoc is bento history --json (and serve's /api/history).
-type HistoryDoc struct {
-	Format      int       `json:"format"`
-	GeneratedAt time.Time `json:"generatedAt"`
-	Root        string    `json:"root"`
-	// Since is the earliest time asked for; null for everything kept.
-	Since *time.Time `json:"since"`
-	// Truncated: older events matched but --limit left them out.
-	Truncated bool            `json:"truncated"`
-	Events    []history.Event `json:"events"`
-}
-
 func runHistory(c *cli.Context) error {
 	root := c.String("chroot-root")
 	now := time.Now()
@@ -97,45 +85,35 @@ func runHistory(c *cli.Context) error {
 			return usageError("host selection %q: bento history does not evaluate the flake, so it knows no tags; name the hosts or use a glob", a)
 		}
 	}
-	doc := HistoryDoc{Format: 1, GeneratedAt: now.UTC(), Root: root, Events: []history.Event{}}
-	if !since.IsZero() {
-		doc.Since = &since
-	}
 	path := history.Path(root)
-	db, err := history.OpenReadOnly(c.Context, path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		fmt.Fprintf(c.App.ErrWriter, "bento: no history yet at %s (bento deploy and bento status record it)\n", path)
-		return printHistory(c, &doc, now)
-	case err != nil:
-		return failed(err)
-	}
-	defer db.Close()
-	q := history.Query{Since: since}
+	q := history.Query{Since: since, Limit: c.Int("limit")}
 	if args := c.Args().Slice(); len(args) > 0 {
-		if q.Hosts, err = historyHosts(c, db, root, args); err != nil {
+		if q.Hosts, err = historyHosts(c, path, root, args); err != nil {
 			return err
 		}
 	}
-	if n := c.Int("limit"); n > 0 {
-		q.Limit = n + 1
-	}
-	events, err := db.Timeline(c.Context, q)
-	if err != nil {
+	doc, err := history.Read(c.Context, root, q, now)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		fmt.Fprintf(c.App.ErrWriter, "bento: no history yet at %s (bento deploy and bento status record it)\n", path)
+	case err != nil:
 		return failed(err)
 	}
-	if q.Limit > 0 && len(events) == q.Limit {
-		events, doc.Truncated = events[1:], true
-	}
-	doc.Events = append(doc.Events, events...)
-	return printHistory(c, &doc, now)
+	return printHistory(c, doc, now)
 }
 
 // historyHosts resolves names and globs against the hosts the history
 // knows and the chroots the root holds (a host without events yet).
-func historyHosts(c *cli.Context, db *history.DB, root string, patterns []string) ([]string, error) {
-	known, err := db.Hosts(c.Context)
-	if err != nil {
+func historyHosts(c *cli.Context, path, root string, patterns []string) ([]string, error) {
+	var known []string
+	db, err := history.OpenReadOnly(c.Context, path)
+	switch {
+	case err == nil:
+		defer db.Close()
+		if known, err = db.Hosts(c.Context); err != nil {
+			return nil, failed(err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
 		return nil, failed(err)
 	}
 	seen := map[string]bool{}
@@ -187,7 +165,7 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	return now.Add(-d), nil
 }
 
-func printHistory(c *cli.Context, doc *HistoryDoc, now time.Time) error {
+func printHistory(c *cli.Context, doc *history.Document, now time.Time) error {
 	w := c.App.Writer
 	if c.Bool("json") {
 		data, err := json.MarshalIndent(doc, "", "  ")
@@ -303,6 +281,9 @@ func reportWords(e history.Event, v string) string {
 		b.WriteString(e.State + " " + v)
 	default:
 		fmt.Fprintf(&b, "%s %s (%s)", e.Result, v, e.Stage)
+	}
+	if e.Result != "rolled-back" && e.Reason != "" {
+		b.WriteString(" (" + e.Reason + ")")
 	}
 	if e.Result == "failure" && e.Error != "" {
 		fmt.Fprintf(&b, ": failed at %s: %s", e.Stage, e.Error)

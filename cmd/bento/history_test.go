@@ -102,7 +102,7 @@ func TestHistoryCommand(t *testing.T) {
 	}
 
 	out, _, code = runCLI(t, "history", "--json", "--chroot-root", root)
-	var doc HistoryDoc
+	var doc history.Document
 	if err := json.Unmarshal([]byte(out), &doc); code != 0 || err != nil {
 		t.Fatalf("--json: exit %d, %v\n%s", code, err, out)
 	}

@@ -43,6 +43,8 @@ func newApp() *cli.App {
 			buildCommand(),
 			deployCommand(),
 			rolloutCommand(),
+			exportCommand(),
+			importReportsCommand(),
 			checkCommand(),
 			statusCommand(),
 			historyCommand(),

@@ -87,6 +87,8 @@ func runServe(c *cli.Context) error {
 		defer opts.History.Close()
 		so.History = serveHistory{db: opts.History, root: opts.Root}
 	}
+	// The rollout view: so.Rollout = a func mapping rollout.Load(opts.Root)
+	// to a serve.Rollout, once package rollout is on main.
 	s := serve.New(so)
 	// The address as the listener has it: with --listen :0, the port picked.
 	fmt.Fprintf(c.App.ErrWriter, "bento serve: listening on %s (%s)\n", listenURL(l.Addr().Network(), l.Addr().String()), opts.Root)
@@ -122,22 +124,10 @@ func (h serveHistory) Timeline(ctx context.Context, host string, limit int) ([]s
 // JSON builds the document as runHistory does, and prints it as
 // printHistory does.
 func (h serveHistory) JSON(ctx context.Context, w io.Writer, hosts []string, since time.Time, limit int) error {
-	doc := HistoryDoc{Format: 1, GeneratedAt: time.Now().UTC(), Root: h.root, Events: []history.Event{}}
-	if !since.IsZero() {
-		doc.Since = &since
-	}
-	q := history.Query{Hosts: hosts, Since: since}
-	if limit > 0 {
-		q.Limit = limit + 1
-	}
-	events, err := h.db.Timeline(ctx, q)
+	doc, err := h.db.Document(ctx, h.root, history.Query{Hosts: hosts, Since: since, Limit: limit}, time.Now())
 	if err != nil {
 		return err
 	}
-	if q.Limit > 0 && len(events) == q.Limit {
-		events, doc.Truncated = events[1:], true
-	}
-	doc.Events = append(doc.Events, events...)
 	data, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return err

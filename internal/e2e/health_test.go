@@ -1,15 +1,22 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/manifest"
@@ -128,12 +135,25 @@ func TestContinuousHealthCheckReportsWithoutRollback(t *testing.T) {
 	e, h, v1 := applied(t, hostsFleet("alpha"))
 	m := newHealthMarks(t, h)
 	healthSettings(h, m, true)
+	// An HTTP check against a server on loopback, healthy until told not to be.
+	var down atomic.Bool
+	site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "backend gone", http.StatusBadGateway)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer site.Close()
+	h.Settings["healthChecks"].(map[string]any)["site"] = map[string]any{
+		"http": map[string]any{"url": site.URL + "/health", "expectStatus": 204}, "timeout": "5s", "retries": 0, "interval": "0", "settle": "0", "continuous": true}
 	if res := h.Run(t); res.ExitCode != 0 {
 		t.Fatalf("quiet tick, healthy: exit %d", res.ExitCode)
 	}
-	if st := h.Status(t); st.Health == nil || !st.Health.OK || st.Result != manifest.ResultUnchanged {
+	if st := h.Status(t); st.Health == nil || !st.Health.OK || len(st.Health.Checks) != 3 || st.Result != manifest.ResultUnchanged {
 		t.Errorf("quiet tick, healthy: %+v", st)
 	}
+	down.Store(true)
 	m.set(t, "bad", v1.Built)
 	res := h.Run(t)
 	if res.ExitCode != 0 || !strings.Contains(res.Output(), "nothing is rolled back") {
@@ -143,11 +163,12 @@ func TestContinuousHealthCheckReportsWithoutRollback(t *testing.T) {
 		t.Errorf("a continuous check switched: %v", got)
 	}
 	st := h.Status(t)
-	if st.Health == nil || st.Health.OK || st.Health.Failing().Name != "web" || st.RollbackReason != "" || st.Result != manifest.ResultUnchanged {
+	if st.Health == nil || st.Health.OK || st.Health.Failing().Name != "site" || st.RollbackReason != "" || st.Result != manifest.ResultUnchanged ||
+		!strings.Contains(st.Health.Failing().Output, "answered 502, want 204") || !strings.Contains(st.Health.Failing().Output, "backend gone") {
 		t.Errorf("quiet tick, unhealthy: %+v health %+v", st, st.Health)
 	}
 	out := statusTable(t, e)
-	if out.ExitCode != 0 || !strings.Contains(out.Stdout, "up-to-date") || !strings.Contains(out.Stdout, "unhealthy: web (sh exited with status 1: checking "+filepath.Base(v1.Built)) {
+	if out.ExitCode != 0 || !strings.Contains(out.Stdout, "up-to-date") || !strings.Contains(out.Stdout, "unhealthy: site, web (GET http://127.0.0.1:") {
 		t.Errorf("bento status: exit %d\n%s", out.ExitCode, out.Output())
 	}
 	js, _ := serverBento(t, e, nil, "status", "--no-eval", "--json", "--chroot-root", e.SSHD.Root, "--state-dir", e.stateDir)
@@ -287,50 +308,105 @@ func TestBootOperationChecksAfterTheReboot(t *testing.T) {
 	}
 }
 
-// holdFIFO waits until the check reads the FIFO, then holds it open for
-// writing (so the check stays blocked: it gets EOF only when this end is
-// closed). Opening for writing without blocking fails with ENXIO exactly
-// while nobody reads it.
+// holdFIFO waits until the check reads the FIFO (opening it for writing
+// blocks until a reader opens it), then holds it open for writing, so the
+// check stays blocked: it gets EOF only when this end is closed.
 func holdFIFO(t *testing.T, fifo string) *os.File {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0)
-		if err == nil {
-			t.Cleanup(func() { f.Close() })
-			return f
+	opened := make(chan *os.File, 1)
+	go func() {
+		// A test that fails first leaves this open blocked until the
+		// cleanup of newHealthMarks opens the FIFO as a reader.
+		if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+			opened <- f
 		}
-		if !errors.Is(err, syscall.ENXIO) {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no health check reads %s after a minute", fifo)
-		}
-		time.Sleep(10 * time.Millisecond)
+	}()
+	select {
+	case f := <-opened:
+		t.Cleanup(func() { f.Close() })
+		return f
+	case <-time.After(time.Minute):
+		t.Fatalf("no health check reads %s after a minute", fifo)
+		return nil
 	}
 }
 
-// waitGone waits until the process whose pid the file holds is gone
-// (or a zombie: dead, not yet reaped by whoever adopted it).
+// waitGone waits until the process whose pid the file holds has ended: a
+// pidfd becomes readable then (a zombie not yet reaped counts as ended).
 func waitGone(t *testing.T, pidFile string) {
 	t.Helper()
 	data, err := os.ReadFile(pidFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := strings.TrimSpace(string(data))
-	deadline := time.Now().Add(time.Minute)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	for {
-		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+		n, err := unix.Poll(fds, int(time.Minute/time.Millisecond))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
 		if err != nil {
-			return
+			t.Fatal(err)
 		}
-		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && strings.HasPrefix(string(stat[i+1:]), " Z") {
-			return
+		if n == 0 {
+			t.Fatalf("the health check's process %d outlived the agent by a minute", pid)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the health check's process %s outlived the agent by a minute", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
+		return
+	}
+}
+
+// A host's health results are its own text: a hostile name or output
+// (terminal escapes, bidi overrides, a raw C1 byte) reaches no terminal
+// through bento status, in either the rollback or the unhealthy message.
+func TestAttackHostileHealthOutputInStatus(t *testing.T) {
+	e := Start(t, hostsFleet("alpha"))
+	alpha := e.Host(t, "alpha")
+	e.Publish(t)
+	c := e.SSHD.SFTP(t, alpha.SSH)
+	version := e.Manifest(t, "alpha").Version
+	hostile := &manifest.Health{System: hostileText, OK: false, Checks: []manifest.HealthCheck{
+		{Name: hostileText, Kind: hostileText, Attempts: 3, Output: "output " + hostileText + "\nsecond line"},
+	}}
+	for _, tc := range []struct {
+		name string
+		edit func(*manifest.Report)
+		want string
+	}{
+		{"rolled back", func(r *manifest.Report) {
+			r.Result, r.Stage, r.RollbackReason = manifest.ResultRolledBack, manifest.StageRolledBack, manifest.RollbackHealthCheck
+			r.AppliedVersion, r.Error = "", "health check failed"
+			r.Health, r.PreviousHealth = hostile, hostile
+		}, "the previous system fails its checks too"},
+		{"unhealthy", func(r *manifest.Report) { r.Health = hostile }, "unhealthy: x"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := hostReport("alpha", version)
+			tc.edit(&rep)
+			data, _ := json.Marshal(rep)
+			data = bytes.Replace(data, []byte(`"output `), []byte("\"output \x9b2J "), 1)
+			upload(t, c, "/"+manifest.StatusFile, data)
+			for _, args := range [][]string{
+				{"status", "--no-eval", "--wide", "--chroot-root", e.SSHD.Root, "--state-dir", e.stateDir},
+				{"status", "--no-eval", "--json", "--chroot-root", e.SSHD.Root, "--state-dir", e.stateDir},
+			} {
+				res, _ := serverBento(t, e, nil, args...)
+				assertNoControls(t, "bento status "+args[2], res.Output())
+				if args[2] == "--wide" && !strings.Contains(res.Stdout, tc.want) {
+					t.Errorf("bento status does not say %q:\n%s", tc.want, res.Stdout)
+				}
+			}
+		})
 	}
 }

@@ -142,3 +142,32 @@ func TestStatusWithAReadOnlyHistory(t *testing.T) {
 		t.Errorf("history from a read-only state directory: got %s, want %s", got, want)
 	}
 }
+
+// TestHistoryOfAHealthCheckRollback: "rolled back …: health-check web",
+// the failing check by name, in bento history after bento status read
+// the host's report.
+func TestHistoryOfAHealthCheckRollback(t *testing.T) {
+	e, h, v1 := applied(t, hostsFleet("alpha"))
+	statusTable(t, e)
+	m := newHealthMarks(t, h)
+	healthSettings(h, m, false)
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
+	v2 := e.Publish(t)["alpha"]
+	m.set(t, "bad", v2.Built)
+	if res := h.Run(t); res.ExitCode != 1 {
+		t.Fatalf("a health-check rollback exited %d, want 1", res.ExitCode)
+	}
+	statusTable(t, e)
+	evs := historyEvents(t, e, "alpha")
+	want := "alpha published " + v1.Version[:8] + ", alpha report " + v1.Version[:8] + " up-to-date, alpha published " + v2.Version[:8] + ", alpha report " + v2.Version[:8] + " rolled-back"
+	if got := eventLine(evs); got != want {
+		t.Fatalf("history:\n got %s\nwant %s", got, want)
+	}
+	if last := evs[len(evs)-1]; last.Reason != "health-check web" || last.AppliedVersion != v1.Version || last.Result != "rolled-back" {
+		t.Errorf("the rollback's event: %+v", last)
+	}
+	res, _ := serverBento(t, e, nil, "history", "--chroot-root", e.SSHD.Root, "alpha")
+	if !strings.Contains(res.Stdout, "rolled back "+v2.Version[:8]+": health-check web") {
+		t.Errorf("bento history alpha:\n%s", res.Stdout)
+	}
+}

@@ -5,6 +5,9 @@ package testio
 
 import (
 	"bytes"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 )
@@ -74,4 +77,27 @@ func (b *Buffer) wake() {
 		kept = append(kept, w)
 	}
 	b.waiters = kept
+}
+
+// GrepStore searches every regular file below dir (the Nix store, for a
+// test that a secret never lands there) for each needle, and returns the
+// first file holding each one found.
+func GrepStore(dir string, needles ...string) map[string]string {
+	found := map[string]string{}
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || len(found) == len(needles) {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil
+		}
+		for _, n := range needles {
+			if _, seen := found[n]; !seen && bytes.Contains(data, []byte(n)) {
+				found[n] = p
+			}
+		}
+		return nil
+	})
+	return found
 }

@@ -2,6 +2,8 @@ package testio
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 )
@@ -68,5 +70,23 @@ func TestConcurrentWriters(t *testing.T) {
 	<-done
 	if n := len(b.String()); n < 4*100*5 {
 		t.Fatalf("lost writes: %d bytes", n)
+	}
+}
+
+func TestGrepStore(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{"a/x": "hello secret-1", "b/y": "nothing", "c": "secret-2 and secret-1"} {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := GrepStore(dir, "secret-1", "secret-2", "secret-3")
+	if got["secret-1"] == "" || got["secret-2"] != filepath.Join(dir, "c") {
+		t.Errorf("found %v, want secret-1 and secret-2 (in c)", got)
+	}
+	if p, ok := got["secret-3"]; ok {
+		t.Errorf("secret-3 found in %s: it is nowhere", p)
 	}
 }

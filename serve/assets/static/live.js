@@ -61,17 +61,26 @@
       });
   }
 
-  var es = new EventSource("/events?gen=" + encodeURIComponent(gen));
-  es.addEventListener("open", function () {
-    setBadge("on");
-  });
-  es.addEventListener("error", function () {
-    setBadge("off");
-  });
-  es.addEventListener("change", function (e) {
-    setBadge("on");
-    if (e.data !== gen) {
-      refresh();
-    }
-  });
+  // The browser reconnects by itself after a dropped stream, but not
+  // after an error answer (503: too many streams; the server restarting):
+  // then a new stream is opened after a while, and the view fetched again.
+  function connect() {
+    var es = new EventSource("/events?gen=" + encodeURIComponent(gen));
+    es.addEventListener("open", function () {
+      setBadge("on");
+    });
+    es.addEventListener("error", function () {
+      setBadge("off");
+      if (es.readyState === EventSource.CLOSED) {
+        setTimeout(connect, 5000 + Math.random() * 5000);
+      }
+    });
+    es.addEventListener("change", function (e) {
+      setBadge("on");
+      if (e.data !== gen) {
+        refresh();
+      }
+    });
+  }
+  connect();
 })();
