@@ -78,7 +78,7 @@ func guard(root string, supersede bool, by string, t time.Time) error {
 		return nil
 	}
 	if !supersede {
-		return &deploy.ConfigError{Err: fmt.Errorf("%w on %s (%s): it publishes wave by wave, and a deploy now would publish to every host at once; wait for it (bento rollout status), abort it (bento rollout abort), or pass --supersede to replace it", ErrActive, root, s.Summary())}
+		return &deploy.ConfigError{Err: fmt.Errorf("%w on %s (%s): it publishes wave by wave, and publishing now would bypass its waves; wait for it (bento rollout status), abort it (bento rollout abort), or pass --supersede to replace it", ErrActive, root, s.Summary())}
 	}
 	s.setPhase(PhaseSuperseded, "superseded by "+by, t)
 	return s.save(root, t)
