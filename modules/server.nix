@@ -361,6 +361,17 @@ in
       };
     };
 
+    # Rollouts in waves (docs/rollout.md): a timer running `bento rollout step`.
+    rollout = {
+      enable = mkEnableOption "a timer that runs `bento rollout step`: it publishes a rollout's next wave once the current one reported healthy, and halts it when a host failed (a no-op without a running rollout)";
+
+      interval = mkOption {
+        type = types.str;
+        default = "*:0/5";
+        description = "When `bento rollout step` runs: a systemd `OnCalendar=` expression. A wave is published at most one interval after the previous one became healthy.";
+      };
+    };
+
     cache = {
       enable = mkEnableOption "a binary cache of the server's store for the clients (nix-serve), signed with {option}`services.bento-server.cache.secretKeyFile`";
 
@@ -667,6 +678,43 @@ in
     }
     (mkIf cfg.deploy.enable {
       systemd.services.bento-deploy.environment.BENTO_HISTORY_RETENTION = cfg.history.retention;
+    })
+
+    # Rollouts in waves: the step timer (docs/rollout.md).
+    (mkIf cfg.rollout.enable {
+      systemd.services.bento-rollout-step = {
+        description = "bento rollout step: publish a rollout's next wave when the current one is healthy";
+        restartIfChanged = false;
+        unitConfig.X-StopOnRemoval = false;
+        path = [
+          pkgs.coreutils
+          config.nix.package
+        ];
+        environment = {
+          HOME = "/root";
+          BENTO_HOST_GROUP = cfg.group;
+        };
+        serviceConfig = {
+          Type = "oneshot";
+          ExecStart = execLine [
+            "${cfg.package}/bin/bento"
+            "rollout"
+            "step"
+            "--chroot-root"
+            root
+          ];
+          TimeoutStartSec = lib.mkDefault "1h";
+        };
+      };
+
+      systemd.timers.bento-rollout-step = {
+        description = "bento rollout step: advance a rollout periodically";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = cfg.rollout.interval;
+          Persistent = true;
+        };
+      };
     })
 
     (mkIf cfg.cache.enable {
