@@ -86,6 +86,10 @@ func runServe(c *cli.Context) error {
 		// serve records the reports it reads, as status does (Collect).
 		defer opts.History.Close()
 		so.History = serveHistory{db: opts.History, root: opts.Root}
+	} else if db, err := history.OpenReadOnly(c.Context, history.Path(opts.Root)); err == nil {
+		// Not writable here (a read-only state directory): still shown.
+		defer db.Close()
+		so.History = serveHistory{db: db, root: opts.Root}
 	}
 	// The rollout view: so.Rollout = a func mapping rollout.Load(opts.Root)
 	// to a serve.Rollout, once package rollout is on main.
@@ -121,8 +125,7 @@ func (h serveHistory) Timeline(ctx context.Context, host string, limit int) ([]s
 	return out, nil
 }
 
-// JSON builds the document as runHistory does, and prints it as
-// printHistory does.
+// JSON prints history.Document as bento history --json does (printHistory).
 func (h serveHistory) JSON(ctx context.Context, w io.Writer, hosts []string, since time.Time, limit int) error {
 	doc, err := h.db.Document(ctx, h.root, history.Query{Hosts: hosts, Since: since, Limit: limit}, time.Now())
 	if err != nil {
