@@ -234,6 +234,7 @@ const hostInfo = `c:
     interval = if b == null then null else try (b.interval or null);
     tags = if b == null then [ ] else (b.tags or [ ]);
     secrets = if b == null then [ ] else builtins.attrNames (b.secrets or { });
+    wave = if b == null then null else try ((b.rollout or { }).wave or null);
   }`
 
 func evaluate(ctx context.Context, r *nix.Runner, f *fleet.Fleet, names []string, opts Options) ([]fleet.Host, HostErrors) {
@@ -463,6 +464,10 @@ func hostFromJSON(f *fleet.Fleet, name string, v gjson.Result) fleet.Host {
 	}
 	for _, s := range v.Get("secrets").Array() {
 		o.Secrets = append(o.Secrets, s.String())
+	}
+	o.Wave = fleet.DefaultWave
+	if w := v.Get("wave"); w.Type == gjson.Number && w.Int() >= 0 && float64(w.Int()) == w.Num {
+		o.Wave = int(w.Int())
 	}
 	if o.Host == "" && h.Managed {
 		// A module without services.bento.host: its agent uses the hostName.
