@@ -213,6 +213,9 @@ type Row struct {
 	// SecretErrors are the secrets the host could not install, with why
 	// (never their content); null when none.
 	SecretErrors map[string]string `json:"secretErrors"`
+	// Progress is the tick under way on the host, from its live
+	// progress; null when none is.
+	Progress *Progress `json:"progress"`
 }
 
 // Summary counts hosts per state.

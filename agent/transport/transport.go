@@ -621,3 +621,26 @@ func IsNotExist(err error) bool {
 	var se *sftp.StatusError
 	return errors.As(err, &se) && se.FxCode() == sftp.ErrSSHFxNoSuchFile
 }
+
+// WriteAt writes data into a remote file at offset off, creating the file
+// (truncated, when off is 0): the agent appends its live log this way, a
+// chunk at a time. Unlike WriteFile it is not atomic; readers of the file
+// know it grows.
+func (c *Conn) WriteAt(ctx context.Context, p string, data []byte, off int64) error {
+	flags := os.O_WRONLY | os.O_CREATE
+	if off == 0 {
+		flags |= os.O_TRUNC
+	}
+	return c.guard(ctx, "write "+p, func(kick func()) error {
+		f, err := c.sftp.OpenFile(p, flags)
+		if err != nil {
+			return err
+		}
+		if _, err := f.WriteAt(data, off); err != nil {
+			f.Close()
+			return err
+		}
+		kick()
+		return f.Close()
+	})
+}
