@@ -518,8 +518,9 @@ func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Repor
 		defer cancel()
 		ctx = dctx
 	}
+	// The stage "reporting" shows while a slow delivery goes on.
 	err := t.push(ctx, *rep, name, gz, qerr)
-	t.endProgress(ctx, err == nil)
+	t.endProgress()
 	if err != nil {
 		return out, errors.Join(cause, err, saveErr)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -12,11 +11,15 @@ import (
 	"github.com/bento-nix/bento/manifest"
 )
 
-// progressEvery is the shortest time between two uploads of live
-// progress: stages that pass quicker are not shown (the report says how
-// the tick ended), and a chatty build costs at most one log chunk per
-// interval on the wire.
+// progressEvery is how long an attempt runs before its first upload of
+// live progress, and the shortest time between two uploads of a new
+// stage: a quick tick sends none (its report says it all), and stages that
+// pass quicker are not shown.
 const progressEvery = 2 * time.Second
+
+// logEvery is the shortest time between two uploads of log output alone:
+// a chatty build costs one chunk per interval on the wire.
+const logEvery = 10 * time.Second
 
 // progressStopWait bounds how long the end of a tick waits for an upload
 // of live progress still under way; past it the upload is cut off (which
@@ -33,13 +36,18 @@ type liveProgress struct {
 	t   *tick
 	max int64 // bound of the live log (logMaxBytes)
 
-	mu      sync.Mutex
-	rec     manifest.Progress
-	dirty   bool   // rec changed since its last upload
-	pending []byte // log bytes not uploaded yet
-	sent    int64  // log bytes uploaded: the live log's size
-	cut     bool   // the live log reached max: no more chunks
-	failed  bool   // an upload failed (said once)
+	mu       sync.Mutex
+	rec      manifest.Progress
+	dirty    bool   // rec changed since its last upload
+	pending  []byte // log bytes not uploaded yet
+	accepted int64  // log bytes taken (uploaded or pending), against max
+	sent     int64  // bytes uploaded: the live log's size on the server
+	cut      bool   // the live log reached max: no more chunks
+	failed   bool   // an upload failed (said once)
+
+	// uploading is held during an upload: the report's log must not be
+	// written while a chunk of the growing one still is.
+	uploading sync.Mutex
 
 	kick   chan struct{}
 	stop   chan struct{}
@@ -60,7 +68,9 @@ func (t *tick) startProgress(ctx context.Context, version string, started time.T
 		rec: manifest.Progress{
 			Format: manifest.ProgressFormat, Host: t.cfg.Host, Version: version,
 			StartedAt: started.UTC(), Stage: manifest.ProgressFetching, StageStartedAt: started.UTC(),
-			Log: strings.TrimSuffix(logName(version, started), ".gz"),
+			// The report's log, under the same name: its delivery
+			// replaces the growing copy (one gzip stream either way).
+			Log: logName(version, started),
 		},
 		dirty: true,
 		kick:  make(chan struct{}, 1),
@@ -77,7 +87,9 @@ func (t *tick) startProgress(ctx context.Context, version string, started time.T
 	return p
 }
 
-// stage records that the attempt entered s.
+// stage records that the attempt entered s. From "reporting" on, the log
+// is the report's to deliver: no chunk is sent any more, and none is
+// under way when stage returns.
 func (p *liveProgress) stage(s manifest.ProgressStage) {
 	if p == nil {
 		return
@@ -86,7 +98,14 @@ func (p *liveProgress) stage(s manifest.ProgressStage) {
 	if p.rec.Stage != s {
 		p.rec.Stage, p.rec.StageStartedAt, p.dirty = s, p.t.o.Now().UTC(), true
 	}
+	if s == manifest.ProgressReporting {
+		p.cut, p.pending = true, nil
+	}
 	p.mu.Unlock()
+	if s == manifest.ProgressReporting {
+		p.uploading.Lock()
+		p.uploading.Unlock()
+	}
 	p.signal()
 }
 
@@ -94,7 +113,7 @@ func (p *liveProgress) stage(s manifest.ProgressStage) {
 func (p *liveProgress) write(b []byte) {
 	p.mu.Lock()
 	if !p.cut {
-		room := p.max - p.sent - int64(len(p.pending))
+		room := p.max - p.accepted
 		if int64(len(b)) > room {
 			note := fmt.Sprintf("\n[… the live log stops at logMaxBytes (%d bytes); the report's log has the end …]\n", p.max)
 			b = b[:max(0, room)]
@@ -103,6 +122,7 @@ func (p *liveProgress) write(b []byte) {
 		} else {
 			p.pending = append(p.pending, b...)
 		}
+		p.accepted += int64(len(b))
 	}
 	p.mu.Unlock()
 	p.signal()
@@ -115,22 +135,38 @@ func (p *liveProgress) signal() {
 	}
 }
 
-// run uploads what changed, at most once per progressEvery, until stop.
+// run uploads what changed until stop: a new stage at most once per
+// progressEvery, log output alone at most once per logEvery, nothing in
+// the attempt's first progressEvery.
 func (p *liveProgress) run(ctx context.Context) {
 	defer close(p.done)
-	var last time.Time
+	last := time.Now()
 	for {
-		select {
-		case <-p.stop:
-			return
-		case <-p.kick:
+		p.mu.Lock()
+		dirty, output := p.dirty, len(p.pending) > 0
+		p.mu.Unlock()
+		if !dirty && !output {
+			select {
+			case <-p.stop:
+				return
+			case <-p.kick:
+				continue
+			}
 		}
-		if wait := progressEvery - time.Since(last); !last.IsZero() && wait > 0 {
+		gap := logEvery
+		if dirty {
+			gap = progressEvery
+		}
+		if wait := gap - time.Since(last); wait > 0 {
 			timer := time.NewTimer(wait)
 			select {
 			case <-p.stop:
 				timer.Stop()
 				return
+			case <-p.kick:
+				// A new stage may shorten the wait.
+				timer.Stop()
+				continue
 			case <-timer.C:
 			}
 		}
@@ -142,6 +178,8 @@ func (p *liveProgress) run(ctx context.Context) {
 // upload sends the log's new bytes, then the progress record if it
 // changed: a reader that sees a stage finds the log that led to it.
 func (p *liveProgress) upload(ctx context.Context) {
+	p.uploading.Lock()
+	defer p.uploading.Unlock()
 	c := p.t.getConn()
 	if c == nil {
 		return
@@ -154,16 +192,21 @@ func (p *liveProgress) upload(ctx context.Context) {
 	p.mu.Unlock()
 	var err error
 	if len(chunk) > 0 {
-		if off == 0 {
-			err = c.Mkdir(ctx, manifest.LogsDir)
-		}
-		if err == nil {
-			err = c.WriteAt(ctx, manifest.LogsDir+"/"+rec.Log, chunk, off)
+		// Each chunk is a gzip member of its own: the file is one gzip
+		// stream at every chunk's end, a fraction of the bytes.
+		gz := gzipBytes(chunk)
+		name := manifest.LogsDir + "/" + rec.Log
+		err = c.WriteAt(ctx, name, gz, off)
+		if transport.IsNotExist(err) && off == 0 {
+			// A host's first log: reports/logs is not there yet.
+			if err = c.Mkdir(ctx, manifest.LogsDir); err == nil {
+				err = c.WriteAt(ctx, name, gz, off)
+			}
 		}
 		p.mu.Lock()
 		if err == nil {
-			p.sent += int64(len(chunk))
-		} else {
+			p.sent += int64(len(gz))
+		} else if !p.cut || p.rec.Stage != manifest.ProgressReporting {
 			// Offsets must stay in step with the file: what did not
 			// reach it goes again with the next chunk.
 			p.pending = append(chunk, p.pending...)
@@ -172,7 +215,7 @@ func (p *liveProgress) upload(ctx context.Context) {
 	}
 	if dirty && err == nil {
 		body, _ := json.Marshal(rec)
-		err = c.WriteFile(ctx, manifest.ProgressFile, append(body, '\n'))
+		err = c.WriteFileNoSync(ctx, manifest.ProgressFile, append(body, '\n'))
 		if err != nil {
 			p.mu.Lock()
 			p.dirty = true
@@ -185,12 +228,11 @@ func (p *liveProgress) upload(ctx context.Context) {
 	}
 }
 
-// finish stops the uploads before the report goes; it returns the live
-// log's name when some of it reached the server (the report's log
-// replaces it once delivered).
-func (p *liveProgress) finish() string {
+// finish stops the uploads before the report goes: its log replaces the
+// growing one.
+func (p *liveProgress) finish() {
 	if p == nil {
-		return ""
+		return
 	}
 	close(p.stop)
 	select {
@@ -200,25 +242,13 @@ func (p *liveProgress) finish() string {
 		<-p.done
 	}
 	p.cancel()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.sent == 0 {
-		return ""
-	}
-	return p.rec.Log
 }
 
-// endProgress stops the live progress of the tick's attempt; once the
-// report (with its gzipped log) is delivered, the live log goes.
-// progress.json stays: the report's startedAt tells readers it is over,
-// which costs nothing more on the wire.
-func (t *tick) endProgress(ctx context.Context, delivered bool) {
-	live := t.progress.finish()
+// endProgress stops the live progress of the tick's attempt. Nothing is
+// removed: the report's log replaces the growing one under its name, and
+// progress.json stays, the report's startedAt telling readers it is over
+// (which costs nothing more on the wire).
+func (t *tick) endProgress() {
+	t.progress.finish()
 	t.progress = nil
-	if live == "" || !delivered || t.getConn() == nil {
-		return
-	}
-	if err := t.getConn().Remove(ctx, manifest.LogsDir+"/"+live); err != nil && !transport.IsNotExist(err) {
-		t.say("warning: could not remove the live log %s: %v", live, err)
-	}
 }

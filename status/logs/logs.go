@@ -393,5 +393,10 @@ func (f *follower) copy() error {
 	if errors.Is(err, ErrTooBig) {
 		f.done = f.max + 1
 	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		// A growing log is a gzip member per chunk: the last one may be
+		// read while it is written. The rest comes with the next look.
+		return nil
+	}
 	return err
 }
