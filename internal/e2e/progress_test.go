@@ -18,14 +18,16 @@ import (
 
 // Live progress through the real binaries and a real sshd: while a tick
 // is held in its switch (switch-to-configuration blocks on its record),
-// the server's bento status shows the stage and bento logs --follow prints
-// the log the agent appends as it goes; once the tick is over, the status
-// is the report's again and the growing log is gone.
+// the server's bento status (and --watch) shows the stage and bento logs
+// --follow prints the log the agent appends as it goes; once the tick is
+// over, the status is the report's again and the log is the report's.
 func TestLiveProgressDuringATick(t *testing.T) {
 	e, h, _ := applied(t, hostsFleet("alpha"))
 	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
 	v2 := e.Publish(t)["alpha"]
 	start, _ := recordFIFO(t, h)
+	watch := startCmd(t, "status", "--no-eval", "--watch", "--every", "1h", "--chroot-root", e.SSHD.Root, "alpha")
+	watch.waitFor(t, "1 host: 1 pending")
 
 	run := h.Start(t)
 	run.WaitFor(t, "switch-to-configuration switch")
@@ -51,7 +53,8 @@ func TestLiveProgressDuringATick(t *testing.T) {
 		t.Errorf("bento status --json during the switch: %v\n%s", err, js)
 	}
 
-	follow := startFollow(t, e, "alpha")
+	watch.waitFor(t, "updating: switching (")
+	follow := startCmd(t, "logs", "--follow", "--chroot-root", e.SSHD.Root, "alpha")
 	follow.waitFor(t, "switching to "+v2.Built)
 	if strings.Contains(follow.text(), "confirmed: the server answers") {
 		t.Fatalf("the log was complete before the tick went on:\n%s", follow.text())
@@ -68,14 +71,16 @@ func TestLiveProgressDuringATick(t *testing.T) {
 		t.Errorf("bento logs --follow printed the attempt's log twice, or under a second header:\n%s", out)
 	}
 
+	watch.waitFor(t, "1 host: 1 up-to-date")
 	st = serverCmd(t, "status", "--no-eval", "--chroot-root", e.SSHD.Root, "alpha")
 	if strings.Contains(st, "updating") || !strings.Contains(st, "up-to-date") {
 		t.Errorf("bento status after the tick:\n%s\nwant up-to-date, no progress", st)
 	}
-	for _, l := range h.Logs(t) {
-		if !strings.HasSuffix(l, ".log.gz") {
-			t.Errorf("log %s left on the server after the report: the growing log must go", l)
-		}
+	if got := h.Status(t).Log; got != p.Log {
+		t.Errorf("the report names log %s, the progress %s: the report's log replaces the growing one", got, p.Log)
+	}
+	if logs := h.Logs(t); len(logs) != 2 {
+		t.Errorf("logs on the server %v, want one per attempt", logs)
 	}
 }
 
@@ -131,12 +136,13 @@ type follower struct {
 	lines chan struct{}
 }
 
-// startFollow runs bento logs --follow HOST until the test ends.
-func startFollow(t *testing.T, e *Env, host string) *follower {
+// startCmd runs the bento binary (bento logs --follow, status --watch)
+// until the test ends, collecting its output.
+func startCmd(t *testing.T, args ...string) *follower {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, Bento(t), "logs", "--follow", "--chroot-root", e.SSHD.Root, host)
-	cmd.Env = append(os.Environ(), "NO_COLOR=1")
+	cmd := exec.CommandContext(ctx, Bento(t), args...)
+	cmd.Env = append(append(os.Environ(), fixture.Env()...), "NO_COLOR=1")
 	pipe, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +183,7 @@ func (f *follower) waitFor(t *testing.T, s string) {
 		select {
 		case <-f.lines:
 		case <-timeout:
-			t.Fatalf("bento logs --follow never printed %q:\n%s", s, f.text())
+			t.Fatalf("bento never printed %q:\n%s", s, f.text())
 		}
 	}
 }
