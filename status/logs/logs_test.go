@@ -261,7 +261,9 @@ func TestFollowLiveLog(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- Follow(ctx, c.Root, "alpha", "", &out, 20*time.Millisecond, DefaultMaxBytes, status.ReportLimits{}) }()
+	go func() {
+		done <- Follow(ctx, c.Root, "alpha", "", &out, 20*time.Millisecond, DefaultMaxBytes, status.ReportLimits{})
+	}()
 	wait := func(want string) {
 		t.Helper()
 		deadline := time.Now().Add(waitFor)
