@@ -96,8 +96,12 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 		}
 	}
 
+	hint := &untrackedHinter{ctx: ctx, dir: f.Dir}
 	names, err := listHosts(ctx, r, f)
 	if err != nil {
+		if x := hint.explain(err); x != err {
+			return nil, fmt.Errorf("fleet %s: %w", f.Ref, x)
+		}
 		return nil, err
 	}
 	var errs HostErrors
@@ -116,6 +120,9 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 	hosts, evalErrs := evaluate(ctx, r, f, valid, opts)
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
+	}
+	for _, e := range evalErrs {
+		e.Err = hint.explain(e.Err)
 	}
 	errs = append(errs, evalErrs...)
 	hosts = slices.DeleteFunc(hosts, func(h fleet.Host) bool {
