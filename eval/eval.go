@@ -241,6 +241,7 @@ const hostInfo = `c:
     interval = if b == null then null else try (b.interval or null);
     tags = if b == null then [ ] else (b.tags or [ ]);
     secrets = if b == null then [ ] else builtins.attrNames (b.secrets or { });
+    placeholders = if b == null then [ ] else builtins.filter (n: let r = builtins.tryEval (b.${n} or ""); in r.success && r.value == null) [ "serverHostKey" "hostPublicKey" ];
   }`
 
 func evaluate(ctx context.Context, r *nix.Runner, f *fleet.Fleet, names []string, opts Options) ([]fleet.Host, HostErrors) {
@@ -470,6 +471,9 @@ func hostFromJSON(f *fleet.Fleet, name string, v gjson.Result) fleet.Host {
 	}
 	for _, s := range v.Get("secrets").Array() {
 		o.Secrets = append(o.Secrets, s.String())
+	}
+	for _, p := range v.Get("placeholders").Array() {
+		o.Placeholders = append(o.Placeholders, p.String())
 	}
 	if o.Host == "" && h.Managed {
 		// A module without services.bento.host: its agent uses the hostName.

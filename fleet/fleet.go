@@ -74,6 +74,10 @@ type Options struct {
 	Interval string `json:"interval,omitempty"`
 	// Secrets are the names of the secrets the host declares.
 	Secrets []string `json:"secrets,omitempty"`
+	// Placeholders are the services.bento options left null as the
+	// template has them (serverHostKey, hostPublicKey): bento check
+	// names them before a build fails on them.
+	Placeholders []string `json:"placeholders,omitempty"`
 }
 
 // Deployed reports whether bento publishes this host.
