@@ -64,12 +64,24 @@ func printHostsJSON(w io.Writer, f *fleet.Fleet, hosts []fleet.Host) error {
 
 func printHostsTable(w io.Writer, hosts []fleet.Host) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tSTATE\tSYSTEM\tUSER\tMODE\tTAGS")
+	fmt.Fprintln(tw, "HOST\tENABLED\tPLATFORM\tUSER\tMODE\tTAGS")
 	for _, h := range hosts {
 		tags := strings.Join(h.Options.Tags, ",")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.State(), dash(h.System), h.Options.User, h.Options.Mode, dash(tags))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, enabled(h), dash(h.System), h.Options.User, h.Options.Mode, dash(tags))
 	}
 	return tw.Flush()
+}
+
+// enabled is the ENABLED column: whether bento deploys the host, and for
+// a host without the module, that there is nothing to enable.
+func enabled(h fleet.Host) string {
+	switch {
+	case !h.Managed:
+		return "no module"
+	case !h.Enable:
+		return "no"
+	}
+	return "yes"
 }
 
 func dash(s string) string {

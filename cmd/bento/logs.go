@@ -28,7 +28,7 @@ func logsCommand() *cli.Command {
 			"--reports-max-files has its oldest logs removed first; beyond that, nothing is read.",
 		Flags: append([]cli.Flag{
 			chrootRootFlag(),
-			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing what the host adds, until Ctrl-C"},
+			&cli.BoolFlag{Name: "follow", Aliases: []string{"F"}, Usage: "keep printing what the host adds (a tick under way as it runs), until Ctrl-C; -F, as -f is --flake in every command"},
 			&cli.BoolFlag{Name: "list", Aliases: []string{"l"}, Usage: "list the host's logs instead"},
 			&cli.BoolFlag{Name: "raw", Usage: "print the log as the host uploaded it (decompressed), control sequences and all: only into a file or a pager that filters them, never to a terminal"},
 			&cli.Int64Flag{Name: "max-bytes", Value: logs.DefaultMaxBytes, Usage: "print at most this many bytes of a log, decompressed (a small gzip file may inflate to gigabytes)"},

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -132,7 +135,19 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 	tty := isTerminal(w)
 	table := statusTable(c, w, tty)
 	if c.Bool("watch") {
-		err := render.Watch(c.Context, opts, render.Screen{Out: w, TTY: tty, Table: table, Every: c.Duration("every"), Clock: time.Now, PromFile: prom.file})
+		sc := render.Screen{Out: w, TTY: tty, Table: table, Every: c.Duration("every"), Clock: time.Now, PromFile: prom.file}
+		if f, ok := w.(*os.File); ok && table.Width > 0 {
+			// A resized terminal gets a table of its new width at once.
+			resize, stop := resizes(c.Context)
+			defer stop()
+			sc.Resize, sc.Width = resize, func() int {
+				if width, _, err := term.GetSize(int(f.Fd())); err == nil {
+					return width
+				}
+				return table.Width
+			}
+		}
+		err := render.Watch(c.Context, opts, sc)
 		var ue *status.UsageError
 		if errors.As(err, &ue) {
 			return usageError("%w", err)
@@ -186,6 +201,30 @@ func statusOptions(c *cli.Context) (status.Options, error) {
 		opts.Fleet, opts.EvalErrors = f, evalErrs
 	}
 	return opts, nil
+}
+
+// resizes delivers one value per SIGWINCH (coalesced) until stop.
+func resizes(ctx context.Context) (<-chan struct{}, func()) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGWINCH)
+	out := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-done:
+				return
+			case <-sig:
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return out, func() { signal.Stop(sig); close(done) }
 }
 
 // statusTable sizes the table to the terminal (unless --wide).

@@ -69,9 +69,9 @@ func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 		widths := columnWidths(header, cells, cond)
 		if msgWidth := o.messageWidth(widths); msgWidth > 0 {
 			last := len(header) - 1
-			for _, row := range cells {
+			for i, row := range cells {
 				if cond.StringWidth(row[last]) > msgWidth {
-					row[last] = cond.Truncate(row[last], msgWidth, "…")
+					row[last] = cut(row[last], retryTail(&s.Hosts[i], s.GeneratedAt), msgWidth, cond)
 				}
 			}
 		}
@@ -84,6 +84,32 @@ func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 	bw.WriteString(SummaryLine(s, o.Color))
 	bw.WriteByte('\n')
 	return bw.Flush()
+}
+
+// cut shortens a message to width cells; a tail (when the host will
+// retry) stays visible whatever is cut before it.
+func cut(msg, tail string, width int, cond *runewidth.Condition) string {
+	if tail == "" {
+		return cond.Truncate(msg, width, "…")
+	}
+	tail = " (" + tail + ")"
+	head := width - cond.StringWidth(tail)
+	if head < 2 {
+		return cond.Truncate(strings.TrimPrefix(tail, " "), width, "…")
+	}
+	return cond.Truncate(msg, head, "…") + tail
+}
+
+// retryTail is when a failing or rolled-back host tries its version
+// again ("retry in 12m", "retry due"), "" for other rows.
+func retryTail(r *status.Row, now time.Time) string {
+	if r.NextRetry == nil || (r.State != status.Failing && r.State != status.RolledBack) {
+		return ""
+	}
+	if d := r.NextRetry.Sub(now); d > 0 {
+		return "retry in " + status.Ago(d)
+	}
+	return "retry due"
 }
 
 // columnWidths is the widest cell of each column but the last (the
