@@ -35,7 +35,9 @@ type Fleet struct {
 
 // Host is one nixosConfigurations entry (or one classic host directory).
 type Host struct {
-	Name string `json:"name"`
+	// Name is the nixosConfigurations attribute; JSON "host", as in every
+	// bento document (it was "name" before issue 17).
+	Name string `json:"host"`
 	// Managed is true when the host imports the bento client module
 	// (config.services.bento exists).
 	Managed bool `json:"managed"`

@@ -163,13 +163,16 @@ func runBuild(c *cli.Context) error {
 	return nil
 }
 
+// buildDoc is bento build --json (docs/schema/build.json).
+type buildDoc struct {
+	OK      bool             `json:"ok"`
+	DryRun  bool             `json:"dryRun"`
+	Results []builder.Result `json:"results"`
+	Skipped []deploy.Skipped `json:"skipped"`
+}
+
 func printBuildJSON(w io.Writer, results []builder.Result, skipped []deploy.Skipped, dryRun bool) error {
-	out := struct {
-		OK      bool             `json:"ok"`
-		DryRun  bool             `json:"dryRun"`
-		Results []builder.Result `json:"results"`
-		Skipped []deploy.Skipped `json:"skipped"`
-	}{OK: buildFailure(results) == nil, DryRun: dryRun, Results: results, Skipped: skipped}
+	out := buildDoc{OK: buildFailure(results) == nil, DryRun: dryRun, Results: results, Skipped: skipped}
 	if out.Skipped == nil {
 		out.Skipped = []deploy.Skipped{}
 	}

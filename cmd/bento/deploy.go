@@ -51,7 +51,7 @@ func deployCommand() *cli.Command {
 			secretsDirFlag(),
 			&cli.BoolFlag{Name: "no-build", Usage: "publish without building (the manifests then name no expected system)"},
 			&cli.BoolFlag{Name: "force", Usage: "publish hosts whose build failed, too"},
-			&cli.DurationFlag{Name: "lock-wait", Usage: "wait this long for another deploy to finish (0: fail at once)"},
+			&cli.DurationFlag{Name: "lock-wait", Usage: "wait this long for another deploy to finish; 0 (the default): at once, as in every command"},
 			&cli.StringFlag{Name: "retention", Value: "1h", Usage: "keep each published file this long after the last manifest naming it was replaced, for hosts still downloading it (" + timespan.Syntax + ")"},
 			&cli.BoolFlag{Name: "prune", Usage: "remove the chroots of hosts that are no longer in the fleet (keeping their reports/)"},
 			&cli.BoolFlag{Name: "prune-reports", Usage: "with --prune, remove their reports/ too"},

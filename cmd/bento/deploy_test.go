@@ -51,14 +51,14 @@ type deployJSON struct {
 	DryRun bool `json:"dryRun"`
 	Hosts  []struct {
 		Host             string `json:"host"`
-		Status           string `json:"status"`
+		Status           string `json:"state"`
 		OK               bool   `json:"ok"`
 		Version          string `json:"version"`
 		ExpectedToplevel string `json:"expectedToplevel"`
 		BuildFailed      bool   `json:"buildFailed"`
 		Error            string `json:"error"`
 		Build            *struct {
-			Status  string `json:"status"`
+			Status  string `json:"state"`
 			OutPath string `json:"outPath"`
 		} `json:"build"`
 	} `json:"hosts"`

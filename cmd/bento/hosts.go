@@ -44,18 +44,22 @@ func hostsCommand() *cli.Command {
 	}
 }
 
+// hostsDoc is bento hosts --json (docs/schema/hosts.json).
+type hostsDoc struct {
+	Flake  string       `json:"flake"`
+	Layout fleet.Layout `json:"layout"`
+	Hosts  []hostsRow   `json:"hosts"`
+}
+
+type hostsRow struct {
+	fleet.Host
+	State string `json:"state"`
+}
+
 func printHostsJSON(w io.Writer, f *fleet.Fleet, hosts []fleet.Host) error {
-	type row struct {
-		fleet.Host
-		State string `json:"state"`
-	}
-	out := struct {
-		Flake  string       `json:"flake"`
-		Layout fleet.Layout `json:"layout"`
-		Hosts  []row        `json:"hosts"`
-	}{Flake: f.Ref, Layout: f.Layout, Hosts: []row{}}
+	out := hostsDoc{Flake: f.Ref, Layout: f.Layout, Hosts: []hostsRow{}}
 	for _, h := range hosts {
-		out.Hosts = append(out.Hosts, row{h, h.State()})
+		out.Hosts = append(out.Hosts, hostsRow{h, h.State()})
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

@@ -71,7 +71,7 @@ func TestHostsCommand(t *testing.T) {
 			if tc.jsonHost != nil {
 				var got struct {
 					Hosts []struct {
-						Name  string `json:"name"`
+						Name  string `json:"host"`
 						State string `json:"state"`
 					} `json:"hosts"`
 				}
