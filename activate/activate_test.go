@@ -9,8 +9,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/bento-nix/bento/internal/testio"
 
 	"github.com/bento-nix/bento/activate"
 	"github.com/bento-nix/bento/internal/fixture"
@@ -425,30 +426,6 @@ func TestDefaultPaths(t *testing.T) {
 	}
 }
 
-// readyLog is an activation log that tells when a line "ready" appears.
-type readyLog struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	ready chan struct{}
-	once  sync.Once
-}
-
-func (l *readyLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	if strings.Contains(l.buf.String(), "\nready\n") {
-		l.once.Do(func() { close(l.ready) })
-	}
-	return len(p), nil
-}
-
-func (l *readyLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // Once switch-to-configuration runs, cancelling ctx does not cut it in
 // half: it runs to its end and its exit status decides.
 func TestSwitchIsNotCancelled(t *testing.T) {
@@ -462,7 +439,8 @@ func TestSwitchIsNotCancelled(t *testing.T) {
 		t.Fatal(err)
 	}
 	gofile := filepath.Join(dir, "go")
-	log := &readyLog{ready: make(chan struct{})}
+	log := &testio.Buffer{}
+	ready := log.Line("ready")
 	a := &activate.Activator{
 		Paths: activate.Paths{Profile: filepath.Join(dir, "profile"), CurrentSystem: filepath.Join(dir, "current"), BootedSystem: filepath.Join(dir, "booted")},
 		Env:   []string{"GO=" + gofile},
@@ -480,7 +458,7 @@ func TestSwitchIsNotCancelled(t *testing.T) {
 		done <- result{out, err}
 	}()
 	select {
-	case <-log.ready:
+	case <-ready:
 	case r := <-done:
 		t.Fatalf("Switch ended before the script was ready: %v %v\n%s", r.out, r.err, log)
 	}

@@ -59,6 +59,10 @@ type Options struct {
 	Now func() time.Time
 	// Rand spreads reboot times; a random seed when nil.
 	Rand *rand.Rand
+	// Bundle, when set, is an offline bundle's directory (bento export)
+	// that the tick reads instead of connecting to the server, and
+	// ReportDir where its report goes (default: the bundle's reports/).
+	Bundle, ReportDir string
 	// RetryNow ignores, for this tick, the retry delay of a version whose
 	// last attempt failed ("bento agent run --now", after fixing what made
 	// it fail on the host).
@@ -115,18 +119,31 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
-	warning, err := cfg.CheckIdentityFile()
-	if err != nil {
-		return Outcome{}, err
+	var signer ssh.Signer
+	var local *transport.Local
+	if o.Bundle != "" {
+		// Offline: the bundle is the chroot; nothing logs in anywhere.
+		if local, err = transport.OpenLocal(o.Bundle, o.ReportDir); err != nil {
+			return Outcome{}, err
+		}
+		defer local.Close()
+	} else {
+		warning, err := cfg.CheckIdentityFile()
+		if err != nil {
+			return Outcome{}, err
+		}
+		if warning != "" {
+			fmt.Fprintf(o.Out, "bento: warning: %s\n", warning)
+		}
+		if signer, err = transport.LoadSigner(cfg.IdentityFile); err != nil {
+			return Outcome{}, &ConfigError{err}
+		}
 	}
-	if warning != "" {
-		fmt.Fprintf(o.Out, "bento: warning: %s\n", warning)
-	}
-	signer, err := transport.LoadSigner(cfg.IdentityFile)
+	policy, err := activate.ParsePolicy(cfg.Reboot.Policy, cfg.Reboot.Window)
 	if err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
-	policy, err := activate.ParsePolicy(cfg.Reboot.Policy, cfg.Reboot.Window)
+	pubKeys, err := cfg.PublicationKeys()
 	if err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
@@ -149,15 +166,17 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	defer lk.release()
 
 	t := &tick{
-		cfg:    cfg,
-		o:      o,
-		keys:   keys,
-		signer: signer,
-		policy: policy,
-		retry:  backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
-		store:  &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir), Objects: filepath.Join(cfg.StateDir, objectsDir)},
-		queue:  &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
-		log:    slog.New(newLineHandler(o.Out)),
+		cfg:     cfg,
+		o:       o,
+		keys:    keys,
+		signer:  signer,
+		policy:  policy,
+		pubKeys: pubKeys,
+		local:   local,
+		retry:   backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
+		store:   &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir), Objects: filepath.Join(cfg.StateDir, objectsDir)},
+		queue:   &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
+		log:     slog.New(newLineHandler(o.Out)),
 	}
 	defer t.closeConn()
 	// An attempt cut short by a signal ends its uploads here.
@@ -175,13 +194,20 @@ type tick struct {
 	keys   []ssh.PublicKey
 	signer ssh.Signer
 	policy activate.Policy
-	retry  backoff.Policy
-	store  *tree.Store
-	queue  *queue.Queue
-	log    *slog.Logger
+	// pubKeys are the configured publication keys; pins adds the keys
+	// the state pinned through a rotation (signing.go).
+	pubKeys []manifest.PublicationKey
+	pins    []manifest.PublicationKey
+	retry   backoff.Policy
+	store   *tree.Store
+	queue   *queue.Queue
+	log     *slog.Logger
+
+	// local, when set, is the offline bundle every connection opens.
+	local *transport.Local
 
 	mu   sync.Mutex
-	conn *transport.Conn
+	conn remote
 	// fetched counts the tree objects downloaded this tick.
 	fetched int
 	// secretsBefore is what installing secrets before the switch did.
@@ -236,6 +262,10 @@ func (t *tick) transportOptions(attempts int) transport.Options {
 
 // connect (re)opens the tick's connection.
 func (t *tick) connect(ctx context.Context, attempts int) error {
+	if t.local != nil {
+		t.setConn(t.local)
+		return nil
+	}
 	c, err := transport.Dial(ctx, t.transportOptions(attempts))
 	if err != nil {
 		return err
@@ -244,17 +274,33 @@ func (t *tick) connect(ctx context.Context, attempts int) error {
 	return nil
 }
 
-func (t *tick) setConn(c *transport.Conn) {
+// remote is the chroot a tick reads and writes: a *transport.Conn over
+// SFTP, or the *transport.Local of an offline bundle.
+type remote interface {
+	tree.Fetcher
+	Stat(ctx context.Context, p string) (os.FileInfo, error)
+	ReadFile(ctx context.Context, p string, max int64) ([]byte, error)
+	ReadHead(ctx context.Context, p string, chunk int, max int64, more func(head []byte) bool) ([]byte, bool, error)
+	WriteFile(ctx context.Context, p string, data []byte) error
+	ReadDir(ctx context.Context, p string) ([]os.FileInfo, error)
+	Remove(ctx context.Context, p string) error
+	Mkdir(ctx context.Context, p string) error
+	Touch(ctx context.Context, p string, t time.Time) error
+	Close() error
+}
+
+func (t *tick) setConn(c remote) {
 	t.mu.Lock()
 	old := t.conn
 	t.conn = c
 	t.mu.Unlock()
-	if old != nil {
+	// The bundle stays open for the whole tick (Run closes it).
+	if old != nil && old != remote(t.local) {
 		old.Close()
 	}
 }
 
-func (t *tick) getConn() *transport.Conn {
+func (t *tick) getConn() remote {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.conn
@@ -281,6 +327,7 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		return Outcome{}, err
 	}
 	t.note(note)
+	t.pins = pinnedKeys(t.pubKeys, st)
 	if _, err := activate.LoadPending(t.cfg.StateDir); errors.Is(err, statefile.ErrUnusable) {
 		t.note(err.Error())
 	}
@@ -290,7 +337,12 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	if err := t.adoptRecordedOutcome(&st); err != nil {
 		return Outcome{}, err
 	}
-	if st.Switch != nil {
+	if bootPending(st) {
+		// A boot operation whose health checks wait for the reboot.
+		if out, err, done := t.settleBoot(ctx, &st); done {
+			return out, err
+		}
+	} else if st.Switch != nil {
 		// Before anything else: the host may run a system nobody confirmed.
 		return t.recoverSwitch(ctx, &st)
 	}
@@ -358,6 +410,10 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, err
 	}
+	if err := checkFresh(st, m, len(t.pins) > 0, time.Duration(t.cfg.MaxPublicationAge), now); err != nil {
+		return t.refuse(ctx, &st, head, err)
+	}
+	st.accept(m, t.pubKeys)
 	return t.apply(ctx, &st, m)
 }
 
@@ -436,13 +492,20 @@ func tooLarge(err error, data []byte) error {
 }
 
 func (t *tick) parseManifest(data []byte) (*manifest.Manifest, error) {
-	m, err := manifest.Parse(data)
+	// With keys pinned, what is parsed is only what the signature
+	// covers: the verification happens here, wherever the manifest came
+	// from.
+	m, err := manifest.ParseVerified(data, t.pins)
 	if err != nil {
 		h, _ := parseHead(data)
 		return nil, &badManifest{err: fmt.Errorf("refusing the published %s: %w", manifest.ManifestFile, err), head: h}
 	}
 	if m.Host != t.cfg.Host {
-		return nil, &badManifest{otherHost: true, err: fmt.Errorf("the published %s is for host %q, not %q: if this host is %q in the fleet's nixosConfigurations, set services.bento.host = %q; (--host); otherwise user %q reads another host's chroot: check services.bento.user here and on the server", manifest.ManifestFile, m.Host, t.cfg.Host, m.Host, m.Host, t.cfg.User)}
+		also := ""
+		if len(t.pins) > 0 {
+			also = "; or the server (a mirror) swapped in another host's signed manifest"
+		}
+		return nil, &badManifest{otherHost: true, err: fmt.Errorf("the published %s is for host %q, not %q: if this host is %q in the fleet's nixosConfigurations, set services.bento.host = %q; (--host); otherwise user %q reads another host's chroot: check services.bento.user here and on the server%s", manifest.ManifestFile, m.Host, t.cfg.Host, m.Host, m.Host, t.cfg.User, also)}
 	}
 	return m, nil
 }
@@ -489,7 +552,9 @@ func (t *tick) refuse(ctx context.Context, st *State, head manifestHead, cause e
 func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, action string, cause error) (Outcome, error) {
 	now := t.o.Now()
 	st.finish(rep.Result, now, t.retry)
-	st.Switch = nil
+	if !bootPending(*st) {
+		st.Switch = nil
+	}
 	if !final(rep.Result) {
 		next := st.Attempt.NextRetry.UTC()
 		rep.NextRetry = &next

@@ -166,7 +166,7 @@ func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, lo
 	}
 	now := t.o.Now()
 	st.Switch = &SwitchJournal{
-		Version: version, To: toplevel, From: prev, Op: op, At: now.UTC(),
+		Version: version, To: toplevel, From: prev, FromVersion: st.AppliedVersion, Op: op, At: now.UTC(),
 		ConfirmBy: now.Add(time.Duration(t.cfg.ConfirmTimeout)).UTC(), Phase: phaseSwitching,
 	}
 	if err := saveState(t.cfg.StateDir, *st); err != nil {
@@ -214,8 +214,12 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 	case op == activate.OpBoot:
 		log.Printf("%s is the boot default; it runs after the next reboot", toplevel)
 		rep.Stage = manifest.StageSwitched
+		t.awaitBoot(st, log)
 	default:
 		rep.Stage = manifest.StageSwitched
+		if ok, cause := t.checkSwitched(ctx, st, rep, log, toplevel); !ok {
+			return t.rollback(ctx, st, rep, log, act, prev, manifest.RollbackHealthCheck, cause)
+		}
 		timeout := time.Duration(t.cfg.ConfirmTimeout)
 		t.progress.stage(manifest.ProgressConfirming)
 		log.Printf("switched; checking that the server is still reachable (up to %s)", timeout)
@@ -251,6 +255,13 @@ func (t *tick) failAttempt(ctx context.Context, st *State, rep *manifest.Report,
 }
 
 func (t *tick) rollback(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, act *activate.Activator, prev, reason string, cause error) (Outcome, error) {
+	return t.rollbackOp(ctx, st, rep, log, act, prev, t.cfg.Operation, reason, cause)
+}
+
+// rollbackOp rolls back with operation op: the configured one, except
+// after a boot into an unhealthy system, which is left at once (switch).
+// After a health-check rollback the checks run against prev too.
+func (t *tick) rollbackOp(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, act *activate.Activator, prev, op, reason string, cause error) (Outcome, error) {
 	if prev == "" {
 		// No rollback happened, so the report names no reason for one
 		// (status would otherwise show a rollback that never was).
@@ -267,7 +278,7 @@ func (t *tick) rollback(ctx context.Context, st *State, rep *manifest.Report, lo
 		}
 	}
 	log.Printf("%v: rolling back to %s", cause, prev)
-	if err := act.Rollback(context.WithoutCancel(ctx), prev, t.cfg.Operation); err != nil {
+	if err := act.Rollback(context.WithoutCancel(ctx), prev, op); err != nil {
 		err = fmt.Errorf("%w; rolling back to %s failed too: %w", cause, prev, err)
 		log.Printf("%v", err)
 		return t.failAttempt(ctx, st, rep, log, err)
@@ -277,6 +288,9 @@ func (t *tick) rollback(ctx context.Context, st *State, rep *manifest.Report, lo
 		// The old system gets its own secrets back.
 		t.installSecrets(context.WithoutCancel(ctx), st.AppliedVersion, rep, log, true)
 	}
+	if reason == manifest.RollbackHealthCheck {
+		t.checkPrevious(context.WithoutCancel(ctx), rep, log, prev)
+	}
 	rep.Stage, rep.Result, rep.Error = manifest.StageRolledBack, manifest.ResultRolledBack, cause.Error()
 	return t.finishAttempt(ctx, st, rep, log, ActionRolledBack, fmt.Errorf("rolled back to %s: %w", prev, cause))
 }
@@ -285,6 +299,11 @@ func (t *tick) rollback(ctx context.Context, st *State, rep *manifest.Report, lo
 // one may have survived a network that is now broken) that can read the
 // manifest. It becomes the tick's connection.
 func (t *tick) probe(ctx context.Context) error {
+	if t.local != nil {
+		// Offline: there is no server to lose; the bundle confirms.
+		_, err := t.local.Stat(ctx, manifest.ManifestFile)
+		return err
+	}
 	c, err := transport.Dial(ctx, t.transportOptions(1))
 	if err != nil {
 		return err
@@ -412,6 +431,7 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 		rep.RebootScheduled = &at
 	}
 	t.idleSecrets(ctx, st.AppliedVersion, &rep)
+	rep.Health, rep.PreviousHealth = t.checkQuiet(ctx, rep.CurrentSystem), nil
 	// After the secrets: a damaged secrets state is one of the notes.
 	rep.Error = t.withNotes("")
 	t.say("up to date: version %s, running %s", head.Version, orNone(rep.CurrentSystem))
@@ -441,10 +461,9 @@ func orNone(s string) string {
 }
 
 // pruneLogs keeps the newest keep logs under reports/logs (by the time in
-// their names) and removes what a killed upload left behind. An attempt's
-// growing log (NAME.log, live progress) and its gzipped one (NAME.log.gz)
-// count as one log.
-func pruneLogs(ctx context.Context, c *transport.Conn, keep int) error {
+// their names) and removes what a killed upload left behind. NAME.log and
+// NAME.log.gz of one attempt count as one log.
+func pruneLogs(ctx context.Context, c remote, keep int) error {
 	fis, err := c.ReadDir(ctx, manifest.LogsDir)
 	if err != nil {
 		return err

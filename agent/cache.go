@@ -2,8 +2,12 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"io/fs"
+	"path/filepath"
 	"slices"
 
+	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/sftpcache"
 )
@@ -19,8 +23,14 @@ import (
 func (t *tick) serverCache(ctx context.Context, m *manifest.Manifest, log *logBuffer) (cfg *Config, done func(error) (int64, error)) {
 	own := t.cfg
 	none := func(err error) (int64, error) { return 0, err }
-	conn := t.getConn()
-	if m.Cache == nil || conn == nil {
+	if m.Cache == nil || t.getConn() == nil {
+		return &own, none
+	}
+	if t.local != nil {
+		return t.bundleCache(m, log)
+	}
+	conn, ok := t.getConn().(*transport.Conn)
+	if !ok {
 		return &own, none
 	}
 	srv, err := sftpcache.ServeManifest(ctx, conn.SFTP(), m.Cache, t.log)
@@ -49,4 +59,57 @@ func keyName(k string) string {
 		}
 	}
 	return "none"
+}
+
+// maxBundleCacheFiles bounds the walk over a bundle's cache.
+const maxBundleCacheFiles = 1 << 20
+
+// bundleCache substitutes from an offline bundle's cache directory, a
+// file:// binary cache, after checking that it holds only directories and
+// regular files: Nix follows symlinks and would open a FIFO, and the
+// bundle is as hostile as any server. What Nix takes from it is checked
+// against the cache key the (verified) manifest names.
+func (t *tick) bundleCache(m *manifest.Manifest, log *logBuffer) (*Config, func(error) (int64, error)) {
+	own := t.cfg
+	none := func(err error) (int64, error) { return 0, err }
+	if err := manifest.ValidatePath(m.Cache.Dir); err != nil {
+		log.Printf("warning: not using the bundle's binary cache: %v", err)
+		return &own, none
+	}
+	dir := filepath.Join(t.local.Dir(), filepath.FromSlash(m.Cache.Dir))
+	var size int64
+	n := 0
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if n++; n > maxBundleCacheFiles {
+			return fmt.Errorf("over %d files", maxBundleCacheFiles)
+		}
+		if d.IsDir() {
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			return fmt.Errorf("%s is not a regular file (%s)", p, d.Type())
+		}
+		if fi, err := d.Info(); err == nil {
+			size += fi.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		log.Printf("warning: not using the bundle's binary cache: %v", err)
+		return &own, none
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return &own, none
+	}
+	c := t.cfg
+	c.Substituters = append(slices.Clip(c.Substituters), "file://"+abs)
+	if m.Cache.PublicKey != "" {
+		c.TrustedPublicKeys = append(slices.Clip(c.TrustedPublicKeys), m.Cache.PublicKey)
+	}
+	log.Printf("substituting from the bundle's binary cache (%s, %d bytes, key %s)", abs, size, keyName(m.Cache.PublicKey))
+	return &c, none
 }

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/activate"
+	"github.com/bento-nix/bento/agent/health"
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/timespan"
@@ -56,6 +59,13 @@ type Config struct {
 	// RestartCommand restarts a unit whose secret changed, the unit's
 	// name appended.
 	RestartCommand []string `json:"restartCommand"`
+	// HealthChecks are the host's health checks by name: run after a
+	// switch before it is confirmed (a failure rolls back), and, the
+	// continuous ones, on every quiet tick (see package agent/health).
+	HealthChecks map[string]HealthCheckSpec `json:"healthChecks,omitempty"`
+	// HealthUnitCommand tells whether a unit is active (exit 0), the
+	// unit's name appended.
+	HealthUnitCommand []string `json:"healthUnitCommand"`
 	// Trigger is read by "bento agent trigger-server" only.
 	Trigger Trigger `json:"trigger"`
 
@@ -68,6 +78,88 @@ type Config struct {
 	PostQuantum bool  `json:"postQuantum"`
 	LogMaxBytes int64 `json:"logMaxBytes"`
 	LogsKept    int   `json:"logsKept"`
+
+	// Signed publications (docs/mirrors.md): PublicationKey pins the
+	// fleet's publication key(s), name:base64, space-separated; when set,
+	// a manifest that is not signed by one of them is refused, whatever
+	// server delivered it. MaxPublicationAge (0: off) reports an older
+	// publication as stale instead of applying it.
+	PublicationKey    string   `json:"publicationKey"`
+	MaxPublicationAge Duration `json:"maxPublicationAge"`
+}
+
+// HealthCheckSpec is one health check as the module writes it: exactly
+// one of unit, command and http.
+type HealthCheckSpec struct {
+	Unit       string          `json:"unit,omitempty"`
+	Command    []string        `json:"command,omitempty"`
+	User       string          `json:"user,omitempty"`
+	HTTP       *HealthHTTPSpec `json:"http,omitempty"`
+	Timeout    Duration        `json:"timeout"`
+	Retries    int             `json:"retries"`
+	Interval   Duration        `json:"interval"`
+	Settle     Duration        `json:"settle"`
+	Continuous bool            `json:"continuous"`
+}
+
+// HealthHTTPSpec is an HTTP check: GET url, expect expectStatus (200 when 0).
+type HealthHTTPSpec struct {
+	URL          string `json:"url"`
+	ExpectStatus int    `json:"expectStatus"`
+}
+
+// Defaults of a health check's settings left out of the JSON.
+const (
+	defaultHealthTimeout = 30 * time.Second
+	defaultExpectStatus  = http.StatusOK
+)
+
+// healthChecks are the configured checks, defaults filled in, sorted by
+// name; continuousOnly keeps the continuous ones.
+func (c *Config) healthChecks(continuousOnly bool) []health.Check {
+	var out []health.Check
+	for name, s := range c.HealthChecks {
+		if continuousOnly && !s.Continuous {
+			continue
+		}
+		hc := health.Check{
+			Name: name, Unit: s.Unit, Command: s.Command, User: s.User,
+			Timeout: time.Duration(s.Timeout), Retries: s.Retries, Interval: time.Duration(s.Interval),
+			Settle: time.Duration(s.Settle), Continuous: s.Continuous,
+		}
+		if hc.Timeout == 0 {
+			hc.Timeout = defaultHealthTimeout
+		}
+		if s.HTTP != nil {
+			hc.HTTP = &health.HTTP{URL: s.HTTP.URL, ExpectStatus: cmp.Or(s.HTTP.ExpectStatus, defaultExpectStatus)}
+		}
+		out = append(out, hc)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// healthBudget is the longest the checks after a switch can take (they
+// run side by side).
+func (c *Config) healthBudget() time.Duration {
+	var longest time.Duration
+	for _, hc := range c.healthChecks(false) {
+		longest = max(longest, hc.Budget(health.DefaultGrace))
+	}
+	return longest
+}
+
+// validHealthName: a check's name goes into reports and status lines.
+func validHealthName(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for i, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || i > 0 && (r == '-' || r == '.')) {
+			return false
+		}
+	}
+	return true
 }
 
 // Reboot is the reboot policy.
@@ -124,25 +216,26 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 func Defaults() Config {
 	p := activate.DefaultPaths()
 	return Config{
-		Port:             22,
-		IdentityFile:     "/etc/ssh/ssh_host_ed25519_key",
-		StateDir:         "/var/lib/bento",
-		Mode:             manifest.ModeBuild,
-		Operation:        activate.OpSwitch,
-		ConfirmTimeout:   Duration(60 * time.Second),
-		Reboot:           Reboot{Policy: activate.PolicyNever},
-		Retry:            Retry{InitialDelay: Duration(10 * time.Minute), MaxDelay: Duration(6 * time.Hour)},
-		Profile:          p.Profile,
-		CurrentSystem:    p.CurrentSystem,
-		BootedSystem:     p.BootedSystem,
-		RebootCommand:    p.RebootCommand,
-		RestartCommand:   append([]string(nil), secrets.DefaultRestartCommand...),
-		Trigger:          Trigger{AllowedGroups: []string{"wheel"}},
-		ConnectTimeout:   Duration(20 * time.Second),
-		OperationTimeout: Duration(60 * time.Second),
-		ConnectAttempts:  4,
-		LogMaxBytes:      1 << 20,
-		LogsKept:         20,
+		Port:              22,
+		IdentityFile:      "/etc/ssh/ssh_host_ed25519_key",
+		StateDir:          "/var/lib/bento",
+		Mode:              manifest.ModeBuild,
+		Operation:         activate.OpSwitch,
+		ConfirmTimeout:    Duration(60 * time.Second),
+		Reboot:            Reboot{Policy: activate.PolicyNever},
+		Retry:             Retry{InitialDelay: Duration(10 * time.Minute), MaxDelay: Duration(6 * time.Hour)},
+		Profile:           p.Profile,
+		CurrentSystem:     p.CurrentSystem,
+		BootedSystem:      p.BootedSystem,
+		RebootCommand:     p.RebootCommand,
+		RestartCommand:    append([]string(nil), secrets.DefaultRestartCommand...),
+		HealthUnitCommand: health.DefaultUnitCommand(),
+		Trigger:           Trigger{AllowedGroups: []string{"wheel"}},
+		ConnectTimeout:    Duration(20 * time.Second),
+		OperationTimeout:  Duration(60 * time.Second),
+		ConnectAttempts:   4,
+		LogMaxBytes:       1 << 20,
+		LogsKept:          20,
 	}
 }
 
@@ -214,7 +307,7 @@ func readConfigFile(file string) ([]byte, error) {
 
 // jsonKeys are the top-level keys of the JSON form.
 func jsonKeys() []string {
-	seen := map[string]bool{"secrets": true}
+	seen := map[string]bool{"secrets": true, "healthChecks": true}
 	for _, k := range Keys() {
 		seen[strings.SplitN(k.Name, ".", 2)[0]] = true
 	}
@@ -313,6 +406,7 @@ func Keys() []Key {
 		k("bootedSystem", "link to the booted system (default /run/booted-system)", str(func(c *Config) *string { return &c.BootedSystem })),
 		l(k("rebootCommand", "command that reboots, words separated by spaces (default \"systemctl reboot\")", func(c *Config, v string) error { c.RebootCommand = strings.Fields(v); return nil })),
 		l(k("restartCommand", "command that restarts a unit whose secret changed, the unit's name appended (default \"systemctl try-restart\")", func(c *Config, v string) error { c.RestartCommand = strings.Fields(v); return nil })),
+		l(k("healthUnitCommand", "command that tells whether a unit of a health check is active (exit 0), the unit's name appended (default \"systemctl is-active\")", func(c *Config, v string) error { c.HealthUnitCommand = strings.Fields(v); return nil })),
 		l(k("trigger.allowedGroups", "groups whose members, besides root, may use the local trigger (default wheel; space-separated)", list(func(c *Config) *[]string { return &c.Trigger.AllowedGroups }))),
 		k("connectTimeout", "limit for connecting and the SSH handshake, per attempt", dur(func(c *Config) *Duration { return &c.ConnectTimeout })),
 		k("operationTimeout", "how long one SFTP operation may make no progress", dur(func(c *Config) *Duration { return &c.OperationTimeout })),
@@ -326,6 +420,9 @@ func Keys() []Key {
 			return nil
 		}),
 		k("logsKept", "how many logs to keep under reports/logs on the server", num(func(c *Config) *int { return &c.LogsKept })),
+		// Signed publications.
+		k("publicationKey", "the fleet's publication key(s), name:base64 (bento keygen --publication), space-separated: refuse any manifest not signed by one", str(func(c *Config) *string { return &c.PublicationKey })),
+		k("maxPublicationAge", "report a publication older than this as stale instead of applying it (0: off)", dur(func(c *Config) *Duration { return &c.MaxPublicationAge })),
 	}
 }
 
@@ -391,6 +488,7 @@ const (
 	minLogBytes        = 4096
 	maxLogBytes        = 64 << 20
 	maxLogsKept        = 1000
+	maxHealthChecks    = 64
 )
 
 type durationBound struct {
@@ -407,6 +505,7 @@ func durationBounds(c *Config) []durationBound {
 		{"retry.maxDelay", &c.Retry.MaxDelay, 0, 30 * day},
 		{"connectTimeout", &c.ConnectTimeout, time.Second, time.Hour},
 		{"operationTimeout", &c.OperationTimeout, time.Second, day},
+		{"maxPublicationAge", &c.MaxPublicationAge, 0, 3650 * day},
 	}
 }
 
@@ -467,6 +566,9 @@ func (c *Config) validateLogin(bad func(format string, args ...any)) {
 	if c.IdentityFile == "" {
 		bad("identityFile is empty: set it to the private key this host logs in with")
 	}
+	if _, err := c.PublicationKeys(); err != nil {
+		bad("%w", err)
+	}
 	if _, err := transport.ParseHostKeys(c.ServerHostKey); err != nil {
 		if k := strings.TrimSpace(c.ServerHostKey); strings.HasPrefix(k, "/") || strings.HasPrefix(k, "./") {
 			// Not read for the user: the file would have to be the
@@ -521,6 +623,27 @@ func (c *Config) validateSystem(bad func(format string, args ...any)) {
 			bad("secrets: %w", err)
 		}
 	}
+	c.validateHealth(bad)
+}
+
+// validateHealth checks the health checks: each one's kind and bounds,
+// and that all of them fit in what the agent allows a switch.
+func (c *Config) validateHealth(bad func(format string, args ...any)) {
+	if len(c.HealthChecks) > maxHealthChecks {
+		bad("healthChecks: %d checks, at most %d", len(c.HealthChecks), maxHealthChecks)
+	}
+	for _, hc := range c.healthChecks(false) {
+		if !validHealthName(hc.Name) {
+			bad("healthChecks: %q is not a check name (letters, digits, '_', then '-' and '.' too, at most 64)", hc.Name)
+			continue
+		}
+		if err := hc.Validate(); err != nil {
+			bad("%w", err)
+		}
+	}
+	if len(c.HealthChecks) > 0 && (len(c.HealthUnitCommand) == 0 || c.HealthUnitCommand[0] == "") {
+		bad("healthUnitCommand is empty: use e.g. [\"systemctl\", \"is-active\"]")
+	}
 }
 
 // ConfigError is a configuration the agent cannot run with: the command
@@ -554,4 +677,22 @@ func (c *Config) CheckIdentityFile() (warning string, err error) {
 		return fmt.Sprintf("identityFile %s is readable by group or others (mode %04o): chmod 600 %s", c.IdentityFile, perm, c.IdentityFile), nil
 	}
 	return "", nil
+}
+
+// PublicationKeys are the pinned publication keys (none: manifests are
+// not verified).
+func (c *Config) PublicationKeys() ([]manifest.PublicationKey, error) {
+	var keys []manifest.PublicationKey
+	for _, f := range strings.Fields(c.PublicationKey) {
+		if strings.HasPrefix(f, "/") {
+			// BENTO_PUBLICATION_KEY is also deploy's secret key file.
+			return nil, fmt.Errorf("publicationKey %q is a file path, not a key: give the public key itself, the content of the .pub file bento keygen --publication wrote", f)
+		}
+		k, err := manifest.ParsePublicationKey(f)
+		if err != nil {
+			return nil, fmt.Errorf("publicationKey: %w: set services.bento.publicationKey (--publication-key) to the line bento keygen --publication printed", err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bento-nix/bento/agent/health"
 )
 
 const hostKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl server"
@@ -34,7 +36,13 @@ const moduleJSON = `{
   "currentSystem": "/run/current-system",
   "bootedSystem": "/run/booted-system",
   "rebootCommand": [ "systemctl", "kexec" ],
-  "secrets": { "wifi": { "path": "/run/secrets/wifi", "owner": "root", "group": "root", "mode": "0400", "restartUnits": [ "wpa_supplicant.service" ] } }
+  "secrets": { "wifi": { "path": "/run/secrets/wifi", "owner": "root", "group": "root", "mode": "0400", "restartUnits": [ "wpa_supplicant.service" ] } },
+  "healthUnitCommand": [ "systemctl", "is-active" ],
+  "healthChecks": {
+    "nginx": { "unit": "nginx.service", "timeout": "10s", "retries": 3, "interval": "5s", "settle": "2s", "continuous": true },
+    "db": { "command": [ "pg_isready" ], "user": "postgres", "timeout": "5s", "retries": 0, "interval": "0", "settle": "0", "continuous": false },
+    "site": { "http": { "url": "http://127.0.0.1/health", "expectStatus": 204 }, "timeout": "3s", "retries": 1, "interval": "1s", "settle": "0", "continuous": false }
+  }
 }`
 
 func writeConfig(t *testing.T, text string) string {
@@ -69,6 +77,14 @@ func TestLoadModuleJSON(t *testing.T) {
 		{"substituters", c.Substituters, []string{"https://cache.example", "file:///srv/cache"}},
 		{"rebootCommand", c.RebootCommand, []string{"systemctl", "kexec"}},
 		{"untouched default", c.ConnectAttempts, 4},
+		{"health checks", c.healthChecks(false), []health.Check{
+			{Name: "db", Command: []string{"pg_isready"}, User: "postgres", Timeout: 5 * time.Second},
+			{Name: "nginx", Unit: "nginx.service", Timeout: 10 * time.Second, Retries: 3, Interval: 5 * time.Second, Settle: 2 * time.Second, Continuous: true},
+			{Name: "site", HTTP: &health.HTTP{URL: "http://127.0.0.1/health", ExpectStatus: 204}, Timeout: 3 * time.Second, Retries: 1, Interval: time.Second},
+		}},
+		{"continuous health checks", len(c.healthChecks(true)), 1},
+		// nginx: 2s settle, 4 attempts of 10s + 5s grace, 3 pauses of 5s.
+		{"health budget", c.healthBudget(), 2*time.Second + 4*15*time.Second + 3*5*time.Second},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
@@ -256,6 +272,21 @@ func TestValidate(t *testing.T) {
 		{"logs kept", func(c *Config) { c.LogsKept = 0 }, "logsKept 0 is out of range: it must be from 1 to 1000"},
 		{"empty reboot command", func(c *Config) { c.RebootCommand = nil }, "rebootCommand is empty"},
 		{"port", func(c *Config) { c.Port = 70000 }, "not a TCP port"},
+		{"health check of two kinds", func(c *Config) {
+			c.HealthChecks = map[string]HealthCheckSpec{"web": {Unit: "nginx.service", Command: []string{"true"}}}
+		}, "healthChecks.web: set exactly one of unit, command and http (2 set)"},
+		{"health check timeout", func(c *Config) {
+			c.HealthChecks = map[string]HealthCheckSpec{"web": {Unit: "nginx.service", Timeout: Duration(time.Hour)}}
+		}, "healthChecks.web: timeout 1h is out of range"},
+		{"health check name", func(c *Config) {
+			c.HealthChecks = map[string]HealthCheckSpec{"a b": {Unit: "nginx.service"}}
+		}, `healthChecks: "a b" is not a check name`},
+		{"health http without url", func(c *Config) {
+			c.HealthChecks = map[string]HealthCheckSpec{"web": {HTTP: &HealthHTTPSpec{}}}
+		}, `healthChecks.web: http.url "" is not an http:// or https:// URL`},
+		{"health unit command", func(c *Config) {
+			c.HealthChecks, c.HealthUnitCommand = map[string]HealthCheckSpec{"web": {Unit: "nginx.service"}}, nil
+		}, "healthUnitCommand is empty"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

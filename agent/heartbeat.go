@@ -12,10 +12,16 @@ import (
 	"github.com/bento-nix/bento/manifest"
 )
 
-// reportKey fingerprints a report but for its times: two heartbeats with
+// reportKey fingerprints a report but for its times (also the health
+// checks' time): two heartbeats with
 // the same key say the same thing at different moments.
 func reportKey(r manifest.Report) string {
 	r.StartedAt, r.FinishedAt = time.Time{}, time.Time{}
+	if r.Health != nil {
+		h := *r.Health
+		h.CheckedAt = time.Time{}
+		r.Health = &h
+	}
 	data, err := json.Marshal(r)
 	if err != nil {
 		return ""

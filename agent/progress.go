@@ -175,13 +175,22 @@ func (p *liveProgress) run(ctx context.Context) {
 	}
 }
 
+// liveRemote is a connection that takes live progress (transport.Conn).
+type liveRemote interface {
+	Mkdir(ctx context.Context, p string) error
+	WriteAt(ctx context.Context, p string, data []byte, off int64) error
+	WriteFileNoSync(ctx context.Context, p string, data []byte) error
+}
+
 // upload sends the log's new bytes, then the progress record if it
 // changed: a reader that sees a stage finds the log that led to it.
 func (p *liveProgress) upload(ctx context.Context) {
 	p.uploading.Lock()
 	defer p.uploading.Unlock()
-	c := p.t.getConn()
-	if c == nil {
+	// Only a server gets live progress (an offline bundle has no one
+	// watching it).
+	c, ok := p.t.getConn().(liveRemote)
+	if !ok {
 		return
 	}
 	p.mu.Lock()

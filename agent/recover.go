@@ -54,6 +54,8 @@ func (t *tick) adoptRecordedOutcome(st *State) error {
 //     deadline has passed: rolled back to the system before;
 //   - it is in effect, no answer, deadline not passed: nothing yet, a
 //     later tick decides;
+//   - it is in effect and the agent stopped during its health checks:
+//     rolled back (reason health-check), since no check found it healthy;
 //   - it is not in effect (killed before it took, or during the
 //     rollback): the machine is put back on the system before if it is
 //     not there, and the attempt counts as failed, so its retry delay
@@ -80,6 +82,19 @@ func (t *tick) recoverSwitch(ctx context.Context, st *State) (Outcome, error) {
 		inEffect = cur == j.To && prof == j.To
 	}
 	actx := context.WithoutCancel(ctx)
+	if inEffect && j.Phase == phaseChecking {
+		// Killed during the health checks: the guard is still armed.
+		cause := fmt.Errorf("the agent stopped during the health checks of %s (killed, out of memory, a power cut?): it was never found healthy, so it is not kept", j.To)
+		op := t.cfg.Operation
+		if j.Op == activate.OpBoot {
+			// After the reboot into it: leave the running system now.
+			op = activate.OpSwitch
+			if j.From != "" {
+				st.AppliedVersion, st.AppliedSystem = j.FromVersion, j.From
+			}
+		}
+		return t.rollbackOp(actx, st, &rep, log, act, j.From, op, manifest.RollbackHealthCheck, cause)
+	}
 	if inEffect && j.Phase == phaseSwitching {
 		if j.Op == activate.OpBoot {
 			log.Printf("%s is the boot default; it runs after the next reboot", j.To)
@@ -128,6 +143,10 @@ func (t *tick) recoverSwitch(ctx context.Context, st *State) (Outcome, error) {
 func (t *tick) recovered(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, j SwitchJournal, stage manifest.Stage) (Outcome, error) {
 	rep.Stage = stage
 	st.AppliedVersion, st.AppliedSystem = j.Version, j.To
+	if j.Op == activate.OpBoot {
+		// Its health checks still run after the reboot into it.
+		t.awaitBoot(st, log)
+	}
 	rep.Result = manifest.ResultSuccess
 	return t.finishAttempt(context.WithoutCancel(ctx), st, rep, log, ActionApplied, nil)
 }

@@ -41,14 +41,29 @@ type State struct {
 	// loaded with it set belongs to an agent that died between the two,
 	// and the next tick settles it (recoverSwitch) before anything else.
 	Switch *SwitchJournal `json:"switch,omitempty"`
+	// Publication is the newest publication this host accepted: no older
+	// sequence is accepted after it (signing.go).
+	Publication Publication `json:"publication,omitzero"`
+	// RotationKeys are publication keys announced by accepted manifests
+	// signed by a pinned key (name:base64), pinned besides the
+	// configured ones.
+	RotationKeys []string `json:"rotationKeys,omitempty"`
+}
+
+// Publication names an accepted publication.
+type Publication struct {
+	Sequence uint64 `json:"sequence,omitempty"`
+	Version  string `json:"version,omitempty"`
 }
 
 // SwitchJournal is "switched to To from From at At, confirm by ConfirmBy".
 type SwitchJournal struct {
 	Version string `json:"version"`
 	To      string `json:"to"`
-	// From is the system that ran before ("" on a first installation).
-	From string `json:"from,omitempty"`
+	// From is the system that ran before ("" on a first installation),
+	// FromVersion the version it was applied from.
+	From        string `json:"from,omitempty"`
+	FromVersion string `json:"fromVersion,omitempty"`
 	// Op is the operation (switch, boot, test).
 	Op string    `json:"op"`
 	At time.Time `json:"at"`
@@ -56,7 +71,10 @@ type SwitchJournal struct {
 	ConfirmBy time.Time `json:"confirmBy"`
 	// Phase is "switching" until the guard decides to roll back, then
 	// "rolling-back": a machine found on From is then known to have been
-	// rolled back on purpose.
+	// rolled back on purpose. "health-checking" while the health checks
+	// run: a kill then leaves a system nobody found healthy, rolled back
+	// by the next start. "boot-pending": a boot operation recorded as
+	// switched whose health checks run once the machine booted To.
 	Phase string `json:"phase"`
 }
 
@@ -64,6 +82,8 @@ type SwitchJournal struct {
 const (
 	phaseSwitching   = "switching"
 	phaseRollingBack = "rolling-back"
+	phaseChecking    = "health-checking"
+	phaseBootPending = "boot-pending"
 )
 
 // maxStateFile bounds every small JSON file the agent reads back from its

@@ -34,6 +34,9 @@ type HostStatus struct {
 	// Unconfirmed is an activation the server has not confirmed yet: a
 	// tick rolls it back after its ConfirmBy unless the server answers.
 	Unconfirmed *SwitchJournal `json:"unconfirmed"`
+	// AwaitingBoot is a boot operation whose health checks run once the
+	// machine booted its system (not a trouble: it waits for the reboot).
+	AwaitingBoot *SwitchJournal `json:"awaitingBoot,omitempty"`
 	// QueuedReports wait for the server.
 	QueuedReports int `json:"queuedReports"`
 	// PendingReboot is a planned reboot (nil when none).
@@ -77,7 +80,11 @@ func ReadStatus(cfg Config, now time.Time) (*HostStatus, error) {
 				s.NextRetry = &due
 			}
 		}
-		s.Unconfirmed = st.Switch
+		if bootPending(st) {
+			s.AwaitingBoot = st.Switch
+		} else {
+			s.Unconfirmed = st.Switch
+		}
 	}
 	var p activate.PendingReboot
 	if readJSON(filepath.Join(dir, activate.PendingFile), &p, s) && !p.At.IsZero() {

@@ -4,9 +4,10 @@ import (
 	"context"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/bento-nix/bento/internal/testio"
 
 	"github.com/bento-nix/bento/agent"
 	"github.com/bento-nix/bento/agent/backoff"
@@ -37,7 +38,7 @@ func TestWatchAppliesEachPublication(t *testing.T) {
 
 	ticks := make(chan string, 10)
 	looks := make(chan bool, 1000)
-	var out syncBuilder
+	var out testio.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -117,21 +118,4 @@ func TestWatchAppliesEachPublication(t *testing.T) {
 	if !strings.Contains(out.String(), "reconnecting") {
 		t.Errorf("no reconnection noted:\n%s", out.String())
 	}
-}
-
-type syncBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuilder) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuilder) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -65,19 +65,7 @@ func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options)
 	var evals errgroup.Group
 	for range opts.EvalJobs {
 		evals.Go(func() error {
-			for i := range single {
-				if ctx.Err() != nil {
-					continue
-				}
-				h := b.evaluate(ctx, i, hosts[i])
-				if h.err != nil || opts.DryRun {
-					finish(h)
-					continue
-				}
-				h.evaluated = time.Now()
-				prog.Phase(h.host.Name, PhaseWaiting)
-				evaluated <- h
-			}
+			b.evaluateSingles(ctx, hosts, single, evaluated, finish)
 			return nil
 		})
 	}
@@ -96,14 +84,7 @@ func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options)
 	var builds errgroup.Group
 	for range opts.Jobs {
 		builds.Go(func() error {
-			for h := range evaluated {
-				if !b.unchanged(h) {
-					b.build(ctx, h)
-				} else if b.opts.CopyTo != "" {
-					b.copyResult(ctx, h)
-				}
-				finish(h)
-			}
+			b.buildEvaluated(ctx, evaluated, finish)
 			return nil
 		})
 	}
@@ -117,6 +98,38 @@ func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options)
 	}
 	prog.End()
 	return results, nil
+}
+
+// evaluateSingles is one evaluation worker: it evaluates the hosts sent on
+// single one nix process each, and hands them to the builds (or finishes
+// them: a failed evaluation, a dry run).
+func (b *run) evaluateSingles(ctx context.Context, hosts []fleet.Host, single <-chan int, evaluated chan<- *hostRun, finish func(*hostRun)) {
+	for i := range single {
+		if ctx.Err() != nil {
+			continue
+		}
+		h := b.evaluate(ctx, i, hosts[i])
+		if h.err != nil || b.opts.DryRun {
+			finish(h)
+			continue
+		}
+		h.evaluated = time.Now()
+		b.prog.Phase(h.host.Name, PhaseWaiting)
+		evaluated <- h
+	}
+}
+
+// buildEvaluated is one build slot: it builds evaluated hosts until none
+// are left (an unchanged one is only copied to CopyTo).
+func (b *run) buildEvaluated(ctx context.Context, evaluated <-chan *hostRun, finish func(*hostRun)) {
+	for h := range evaluated {
+		if !b.unchanged(h) {
+			b.build(ctx, h)
+		} else if b.opts.CopyTo != "" {
+			b.copyResult(ctx, h)
+		}
+		finish(h)
+	}
 }
 
 // run is one call of Build.

@@ -105,17 +105,7 @@ func (p *Pool) Add(ctx context.Context, storePaths []string) error {
 	if len(storePaths) == 0 {
 		return nil
 	}
-	if p.SecretKeyFile == "" {
-		return errors.New("cache pool: no signing key set: create one with bento keygen (clients only accept signed paths)")
-	}
-	keyFile, err := filepath.Abs(p.SecretKeyFile)
-	if err != nil {
-		return fmt.Errorf("cache signing key: %w", err)
-	}
-	if strings.ContainsAny(keyFile, "?&#%= \t\n") {
-		return fmt.Errorf("cache signing key %s: the path must not contain ?, &, #, %%, = or spaces (Nix takes it as a URL); move the key", keyFile)
-	}
-	pub, err := p.PublicKey()
+	keyFile, pub, err := p.signingKey()
 	if err != nil {
 		return err
 	}
@@ -137,18 +127,9 @@ func (p *Pool) Add(ctx context.Context, storePaths []string) error {
 	if err != nil {
 		return err
 	}
-	stale := 0
-	for _, sp := range closure {
-		h, _ := narinfo.HashPart(sp)
-		reason := staleReason(dir, h, pub)
-		if reason == "" {
-			continue
-		}
-		p.log().Info("cache pool: making entry again", "path", sp, "reason", reason)
-		if err := os.Remove(filepath.Join(dir, h+".narinfo")); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("cache pool: %w", err)
-		}
-		stale++
+	stale, err := p.dropStale(dir, closure, pub)
+	if err != nil {
+		return err
 	}
 	compression := p.Compression
 	if compression == "" {
@@ -161,6 +142,43 @@ func (p *Pool) Add(ctx context.Context, storePaths []string) error {
 	}
 	p.log().Debug("cache pool: added", "closures", len(storePaths), "paths", len(closure), "remade", stale)
 	return nil
+}
+
+// signingKey is the absolute path of the secret key, in a form Nix takes
+// inside a store URL, and its public half.
+func (p *Pool) signingKey() (string, narinfo.PublicKey, error) {
+	var pub narinfo.PublicKey
+	if p.SecretKeyFile == "" {
+		return "", pub, errors.New("cache pool: no signing key set: create one with bento keygen (clients only accept signed paths)")
+	}
+	keyFile, err := filepath.Abs(p.SecretKeyFile)
+	if err != nil {
+		return "", pub, fmt.Errorf("cache signing key: %w", err)
+	}
+	if strings.ContainsAny(keyFile, "?&#%= \t\n") {
+		return "", pub, fmt.Errorf("cache signing key %s: the path must not contain ?, &, #, %%, = or spaces (Nix takes it as a URL); move the key", keyFile)
+	}
+	pub, err = p.PublicKey()
+	return keyFile, pub, err
+}
+
+// dropStale removes the narinfo of every entry of closure that must be
+// made again (see staleReason), so that nix copy makes it, and counts them.
+func (p *Pool) dropStale(dir string, closure []string, pub narinfo.PublicKey) (int, error) {
+	stale := 0
+	for _, sp := range closure {
+		h, _ := narinfo.HashPart(sp)
+		reason := staleReason(dir, h, pub)
+		if reason == "" {
+			continue
+		}
+		p.log().Info("cache pool: making entry again", "path", sp, "reason", reason)
+		if err := os.Remove(filepath.Join(dir, h+".narinfo")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return stale, fmt.Errorf("cache pool: %w", err)
+		}
+		stale++
+	}
+	return stale, nil
 }
 
 // staleReason says why the pool entry of hash h must be made again, or "".
@@ -308,8 +326,8 @@ func (p *Pool) LinkHost(ctx context.Context, hostDir string, toplevels []string)
 		return Stats{}, fmt.Errorf("host cache: %w", err)
 	}
 
-	var st Stats
-	st.Paths = len(want)
+	l := hostLinker{ctx: ctx, pool: dir, dest: dest}
+	l.st.Paths = len(want)
 	hashes := make([]string, 0, len(want))
 	nars := make(map[string]int64, len(want)) // NAR file → size
 	for h, e := range want {
@@ -317,76 +335,93 @@ func (p *Pool) LinkHost(ctx context.Context, hostDir string, toplevels []string)
 		nars[e.nar] = e.size
 	}
 	sort.Strings(hashes)
+	if err := l.linkAll(hashes, nars); err != nil {
+		return l.st, err
+	}
+	if err := l.removeUnwanted(hashes, nars); err != nil {
+		return l.st, err
+	}
+	p.log().Debug("host cache linked", "dir", dest, "paths", l.st.Paths, "linked", l.st.Linked, "removed", l.st.Removed)
+	return l.st, nil
+}
+
+// hostLinker is one LinkHost at work: the pool it links from, the host
+// cache it links into, and what it did so far.
+type hostLinker struct {
+	ctx        context.Context
+	pool, dest string
+	st         Stats
+}
+
+func (l *hostLinker) link(rel string) error {
+	if err := l.ctx.Err(); err != nil {
+		return err
+	}
+	made, err := linkFile(filepath.Join(l.pool, filepath.FromSlash(rel)), filepath.Join(l.dest, filepath.FromSlash(rel)))
+	if err != nil {
+		if errors.Is(err, syscall.EXDEV) {
+			return fmt.Errorf("host cache %s: cannot hard-link from the pool %s: they are on different filesystems; put the cache pool on the filesystem of the chroot root", l.dest, l.pool)
+		}
+		return fmt.Errorf("host cache %s: %w", l.dest, err)
+	}
+	if made {
+		l.st.Linked++
+	}
+	return nil
+}
+
+// linkAll links the NARs, synced, before any narinfo that points at them.
+func (l *hostLinker) linkAll(hashes []string, nars map[string]int64) error {
 	narList := make([]string, 0, len(nars))
 	for n := range nars {
 		narList = append(narList, n)
 	}
 	sort.Strings(narList)
-
-	link := func(rel string) error {
-		if err := ctx.Err(); err != nil {
+	for _, n := range narList {
+		if err := l.link(n); err != nil {
 			return err
 		}
-		made, err := linkFile(filepath.Join(dir, filepath.FromSlash(rel)), filepath.Join(dest, filepath.FromSlash(rel)))
-		if err != nil {
-			if errors.Is(err, syscall.EXDEV) {
-				return fmt.Errorf("host cache %s: cannot hard-link from the pool %s: they are on different filesystems; put the cache pool on the filesystem of the chroot root", dest, dir)
-			}
-			return fmt.Errorf("host cache %s: %w", dest, err)
-		}
-		if made {
-			st.Linked++
-		}
-		return nil
+		l.st.Bytes += nars[n]
 	}
-	for _, n := range narList {
-		if err := link(n); err != nil {
-			return st, err
-		}
-		st.Bytes += nars[n]
+	if err := atomicfile.SyncDir(filepath.Join(l.dest, narinfo.NARDir)); err != nil {
+		return err
 	}
-	if err := atomicfile.SyncDir(filepath.Join(dest, narinfo.NARDir)); err != nil {
-		return st, err
+	if err := ensureCacheInfo(l.pool); err != nil {
+		return err
 	}
-	if err := ensureCacheInfo(dir); err != nil {
-		return st, err
-	}
-	if err := link(narinfo.CacheInfoFile); err != nil {
-		return st, err
+	if err := l.link(narinfo.CacheInfoFile); err != nil {
+		return err
 	}
 	for _, h := range hashes {
-		if err := link(h + ".narinfo"); err != nil {
-			return st, err
+		if err := l.link(h + ".narinfo"); err != nil {
+			return err
 		}
 	}
-	if err := atomicfile.SyncDir(dest); err != nil {
-		return st, err
-	}
+	return atomicfile.SyncDir(l.dest)
+}
 
-	// Narinfos go first, so no narinfo ever points at a removed NAR.
+// removeUnwanted removes the narinfos first, synced, so no narinfo ever
+// points at a removed NAR.
+func (l *hostLinker) removeUnwanted(hashes []string, nars map[string]int64) error {
 	keep := map[string]bool{narinfo.CacheInfoFile: true, narinfo.NARDir: true}
 	for _, h := range hashes {
 		keep[h+".narinfo"] = true
 	}
-	n, err := removeExcept(dest, keep)
-	st.Removed += n
+	n, err := removeExcept(l.dest, keep)
+	l.st.Removed += n
 	if err != nil {
-		return st, err
+		return err
 	}
-	if err := atomicfile.SyncDir(dest); err != nil {
-		return st, err
+	if err := atomicfile.SyncDir(l.dest); err != nil {
+		return err
 	}
 	keepNAR := make(map[string]bool, len(nars))
 	for rel := range nars {
 		keepNAR[strings.TrimPrefix(rel, narinfo.NARDir+"/")] = true
 	}
-	n, err = removeExcept(filepath.Join(dest, narinfo.NARDir), keepNAR)
-	st.Removed += n
-	if err != nil {
-		return st, err
-	}
-	p.log().Debug("host cache linked", "dir", dest, "paths", st.Paths, "linked", st.Linked, "removed", st.Removed)
-	return st, nil
+	n, err = removeExcept(filepath.Join(l.dest, narinfo.NARDir), keepNAR)
+	l.st.Removed += n
+	return err
 }
 
 // ensureCacheInfo writes the pool's nix-cache-info if nix copy has not
@@ -468,10 +503,27 @@ func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
 		return PruneStats{}, err
 	}
 	var st PruneStats
+	keepNAR, err := pruneNarinfos(ctx, dir, want, &st)
+	if err != nil {
+		return st, err
+	}
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return st, err
+	}
+	if err := pruneNARs(ctx, dir, keepNAR, &st); err != nil {
+		return st, err
+	}
+	p.log().Debug("cache pool pruned", "kept", st.Kept, "removed", st.Removed)
+	return st, nil
+}
+
+// pruneNarinfos removes the pool's narinfos that want lacks and no host
+// cache links, and returns the NARs the kept ones point at.
+func pruneNarinfos(ctx context.Context, dir string, want map[string]entry, st *PruneStats) (map[string]bool, error) {
 	keepNAR := map[string]bool{}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return st, fmt.Errorf("cache pool: %w", err)
+		return nil, fmt.Errorf("cache pool: %w", err)
 	}
 	for _, e := range ents {
 		// Nix's own directories (log/, realisations/) are left alone.
@@ -481,7 +533,7 @@ func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
-			return st, err
+			return nil, err
 		}
 		if ent, ok := want[h]; ok {
 			keepNAR[strings.TrimPrefix(ent.nar, narinfo.NARDir+"/")] = true
@@ -496,16 +548,18 @@ func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
 			continue
 		}
 		if err := os.Remove(filepath.Join(dir, name)); err != nil {
-			return st, fmt.Errorf("cache pool: %w", err)
+			return nil, fmt.Errorf("cache pool: %w", err)
 		}
 		st.Removed++
 	}
-	if err := atomicfile.SyncDir(dir); err != nil {
-		return st, err
-	}
-	ents, err = os.ReadDir(filepath.Join(dir, narinfo.NARDir))
+	return keepNAR, nil
+}
+
+// pruneNARs removes the NARs no kept narinfo points at and no host links.
+func pruneNARs(ctx context.Context, dir string, keepNAR map[string]bool, st *PruneStats) error {
+	ents, err := os.ReadDir(filepath.Join(dir, narinfo.NARDir))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return st, fmt.Errorf("cache pool: %w", err)
+		return fmt.Errorf("cache pool: %w", err)
 	}
 	for _, e := range ents {
 		file := filepath.Join(dir, narinfo.NARDir, e.Name())
@@ -513,18 +567,17 @@ func (p *Pool) Prune(ctx context.Context, keep []string) (PruneStats, error) {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
-			return st, err
+			return err
 		}
 		if fi, err := e.Info(); err == nil {
 			st.RemovedBytes += fi.Size()
 		}
 		if err := os.Remove(file); err != nil {
-			return st, fmt.Errorf("cache pool: %w", err)
+			return fmt.Errorf("cache pool: %w", err)
 		}
 		st.Removed++
 	}
-	p.log().Debug("cache pool pruned", "kept", st.Kept, "removed", st.Removed)
-	return st, nil
+	return nil
 }
 
 // linked reports whether a pool file has links besides the pool's own,

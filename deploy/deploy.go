@@ -18,6 +18,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/eval"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/nix"
 	"github.com/bento-nix/bento/publish"
 	"github.com/bento-nix/bento/status"
@@ -40,6 +41,9 @@ type Options struct {
 	Force     bool
 	LockWait  time.Duration
 	Retention time.Duration
+	// HistoryRetention is how long the server's history keeps events
+	// (0: history.DefaultRetention); a deploy prunes older ones.
+	HistoryRetention time.Duration
 	// Build builds the hosts first; nil publishes without building (the
 	// manifests then name no expected system).
 	Build *builder.Options
@@ -52,6 +56,10 @@ type Options struct {
 	SecretsOwner func(h fleet.Host) string
 	// Cache fills the hosts' binary caches; nil fills none.
 	Cache *CacheOptions
+	// PublicationKey signs every manifest written; nil signs none.
+	// NextPublicationKey is announced in them (key rotation).
+	PublicationKey     *manifest.SigningKey
+	NextPublicationKey string
 	// ReportLimits bounds each host's reports/; nil leaves them alone.
 	ReportLimits *status.ReportLimits
 	// Prune removes the chroots of hosts no longer in the fleet (with
@@ -113,9 +121,10 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	plan := NewPlan(sel.hosts, builds, sel.fleet.Dir, opts)
 	plan.fillCaches(ctx, pool, pub.Root())
 	plan.publish(ctx, pub)
+	runID, historyWarnings := opts.recordHistory(ctx, pub.Root(), plan.Rows)
 	report := &Report{Root: pub.Root(), DryRun: opts.DryRun, Hosts: append(plan.Rows, sel.refused...), Skipped: sel.skipped,
-		Builds: builds, RootWarnings: pub.Warnings(), EvalFailed: sel.evalFailed}
-	opts.finish(ctx, report, pub, pool, sel, plan.Warnings)
+		Builds: builds, RootWarnings: pub.Warnings(), EvalFailed: sel.evalFailed, DeployRun: runID}
+	opts.finish(ctx, report, pub, pool, sel, append(plan.Warnings, historyWarnings...))
 	return report, nil
 }
 
@@ -130,6 +139,9 @@ func (opts Options) open(ctx context.Context, print func(string)) (*publish.Publ
 		LockWait:  opts.LockWait,
 		Retention: opts.Retention,
 		Logger:    opts.Logger,
+
+		SigningKey:         opts.PublicationKey,
+		NextPublicationKey: opts.NextPublicationKey,
 	})
 	if err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, publish.ErrLocked) {

@@ -65,6 +65,9 @@ type Report struct {
 	OK     bool   `json:"ok"`
 	DryRun bool   `json:"dryRun"`
 	Root   string `json:"chrootRoot"`
+	// DeployRun names this run's publications in the server's history
+	// (bento history); "" for a dry run.
+	DeployRun string `json:"deployRun,omitempty"`
 	// Hosts has a row per deployed host: the planned ones in the fleet's
 	// order, then the refused ones.
 	Hosts   []Row            `json:"hosts"`

@@ -51,7 +51,12 @@ type Manifest struct {
 	Format int    `json:"format"`
 	Host   string `json:"host"`
 	// Version is the content hash of the published tree (and secrets).
-	Version     string    `json:"version"`
+	Version string `json:"version"`
+	// Sequence numbers the host's publications: the publisher gives each
+	// manifest it writes a number above every earlier one (never reused,
+	// even after a crash), so an agent refuses an older publication
+	// replayed to it. 0: a publisher that predates sequences.
+	Sequence    uint64    `json:"sequence,omitempty"`
 	PublishedAt time.Time `json:"publishedAt"`
 	// ExpectedToplevel is the store path the server built for the host;
 	// empty when published without a build.
@@ -65,6 +70,13 @@ type Manifest struct {
 	// Interval is the host's poll schedule (services.bento.interval), so
 	// that bento status can tell a silent host without evaluating the flake.
 	Interval string `json:"interval,omitempty"`
+	// NextPublicationKey announces the key that will sign this host's
+	// publications after a rotation (name:base64); covered by the
+	// signature of the current key (see sign.go).
+	NextPublicationKey string `json:"nextPublicationKey,omitempty"`
+	// Signature is the publisher's Ed25519 signature, always the last
+	// member of the file: it signs the file's bytes without it (sign.go).
+	Signature *Signature `json:"signature,omitempty"`
 }
 
 // Flake says what to build from the published tree.
@@ -138,6 +150,11 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("manifest: expectedToplevel: %w", err)
 		}
 	}
+	if m.NextPublicationKey != "" {
+		if _, err := ParsePublicationKey(m.NextPublicationKey); err != nil {
+			return fmt.Errorf("manifest: nextPublicationKey: %w", err)
+		}
+	}
 	for _, list := range [][]File{m.Files, m.Secrets} {
 		seen := make(map[string]bool, len(list))
 		for _, f := range list {
@@ -198,25 +215,37 @@ func CheckStorePath(p, storeDir string) error {
 	if dir == "" {
 		return bad("no store directory")
 	}
+	if why := storeBaseProblem(base); why != "" {
+		return bad(why)
+	}
+	return nil
+}
+
+// storeBaseProblem says what is wrong with the last component of a store
+// path, <32 nix-base32 characters>-<name>, or "".
+func storeBaseProblem(base string) string {
 	if len(base) < 34 || base[32] != '-' {
-		return bad("no hash")
+		return "no hash"
 	}
 	for i := 0; i < 32; i++ {
 		if !strings.ContainsRune(nixBase32, rune(base[i])) {
-			return bad("the hash is not nix-base32")
+			return "the hash is not nix-base32"
 		}
 	}
 	name := base[33:]
 	if len(name) > 211 || name[0] == '.' {
-		return bad("invalid name")
+		return "invalid name"
 	}
 	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("+-._?=", c) >= 0) {
-			return bad("invalid character in the name")
+		if !storeNameByte(name[i]) {
+			return "invalid character in the name"
 		}
 	}
-	return nil
+	return ""
+}
+
+func storeNameByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("+-._?=", c) >= 0
 }
 
 // clip shortens host-controlled text quoted in an error.
@@ -262,6 +291,9 @@ const (
 	// RollbackInterrupted: the agent stopped (a crash, a reboot) before
 	// the switch took effect, and the next start undid it.
 	RollbackInterrupted = "interrupted"
+	// RollbackHealthCheck: a health check of the new system failed
+	// (services.bento.healthChecks); Report.Health holds the results.
+	RollbackHealthCheck = "health-check"
 )
 
 // How a host gets its system (services.bento.mode, the agent's mode).
@@ -325,4 +357,57 @@ type Report struct {
 	NextRetry *time.Time `json:"nextRetry,omitempty"`
 	// SecretErrors names secrets that could not be installed (never content).
 	SecretErrors map[string]string `json:"secretErrors,omitempty"`
+	// Health is the last run of the host's health checks: after a switch
+	// (against the new system), or on a quiet tick (continuous checks).
+	// Readers treat a host as healthy when it is nil or OK.
+	Health *Health `json:"health,omitempty"`
+	// PreviousHealth is the checks' result against the old system after a
+	// health-check rollback: whether rolling back helped.
+	PreviousHealth *Health `json:"previousHealth,omitempty"`
+}
+
+// Health is one run of a host's health checks.
+type Health struct {
+	// System is the system the checks ran against.
+	System    string    `json:"system,omitempty"`
+	CheckedAt time.Time `json:"checkedAt"`
+	// OK is true when every check passed.
+	OK     bool          `json:"ok"`
+	Checks []HealthCheck `json:"checks,omitempty"`
+}
+
+// Health check kinds (HealthCheck.Kind).
+const (
+	HealthUnit    = "unit"
+	HealthCommand = "command"
+	HealthHTTP    = "http"
+)
+
+// MaxHealthOutput bounds HealthCheck.Output: a host's text, quoted by
+// status, is kept short.
+const MaxHealthOutput = 2 << 10
+
+// HealthCheck is the result of one check.
+type HealthCheck struct {
+	Name string `json:"name"`
+	// Kind is unit, command or http.
+	Kind     string `json:"kind"`
+	OK       bool   `json:"ok"`
+	Attempts int    `json:"attempts"`
+	// Output is the tail of what the last attempt printed or why it
+	// failed, at most MaxHealthOutput bytes.
+	Output string `json:"output,omitempty"`
+}
+
+// Failing returns the first failing check, nil when there is none.
+func (h *Health) Failing() *HealthCheck {
+	if h == nil {
+		return nil
+	}
+	for i := range h.Checks {
+		if !h.Checks[i].OK {
+			return &h.Checks[i]
+		}
+	}
+	return nil
 }

@@ -167,7 +167,48 @@ let
         restartUnits
         ;
     }) cfg.secrets;
-  };
+  }
+  // lib.optionalAttrs (cfg.healthChecks != { }) {
+    # Health checks: only the kind that is set (the agent refuses two).
+    healthUnitCommand = [
+      "${config.systemd.package}/bin/systemctl"
+      "is-active"
+    ];
+    healthChecks = mapAttrs (
+      _: c:
+      {
+        inherit (c)
+          timeout
+          retries
+          interval
+          settle
+          continuous
+          ;
+      }
+      // lib.optionalAttrs (c.unit != null) { inherit (c) unit; }
+      // lib.optionalAttrs (c.command != null) { inherit (c) command user; }
+      // lib.optionalAttrs (c.http != null) {
+        http = { inherit (c.http) url expectStatus; };
+      }
+    ) cfg.healthChecks;
+  }
+  # Signed publications (docs/mirrors.md): only when set, so that an
+  # older agent reading this file sees nothing new.
+  // lib.optionalAttrs (cfg.publicationKey != null) { inherit (cfg) publicationKey; }
+  // lib.optionalAttrs (cfg.maxPublicationAge != null) { inherit (cfg) maxPublicationAge; };
+
+  # The longest the health checks can hold a switch: they run against the
+  # new system, and after a rollback against the old one (each attempt
+  # its timeout plus 5s for SIGKILL).
+  healthSeconds = builtins.foldl' maxOf 0 (
+    mapAttrsToList (
+      _: c:
+      spanSeconds c.settle
+      + (c.retries + 1) * (spanSeconds c.timeout + 5)
+      + c.retries * spanSeconds c.interval
+    ) cfg.healthChecks
+  );
+  maxOf = a: b: if a > b then a else b;
 
   configFile = pkgs.writeText "bento-agent.json" (builtins.toJSON agentConfig);
   agentConfigEtc = "bento/agent.json";
@@ -572,11 +613,136 @@ in
       '';
     };
 
+    # Health checks (issue 18): run after a switch, before it is confirmed;
+    # a failing one rolls the host back (docs/agent.md, "Health checks").
+    healthChecks = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          options = {
+            unit = mkOption {
+              type = types.nullOr unitName;
+              default = null;
+              example = "nginx.service";
+              description = "A systemd unit that must be active (`systemctl is-active`).";
+            };
+            command = mkOption {
+              type = types.nullOr (types.listOf types.str);
+              default = null;
+              example = [
+                "/run/current-system/sw/bin/pg_isready"
+                "-q"
+              ];
+              description = "A command (program and arguments, no shell) that must exit 0.";
+            };
+            user = mkOption {
+              type = types.str;
+              default = "root";
+              description = "The user a `command` check runs as.";
+            };
+            http = mkOption {
+              type = types.nullOr (
+                types.submodule {
+                  options = {
+                    url = mkOption {
+                      type = types.strMatching "https?://[^/ ]+.*";
+                      example = "http://127.0.0.1:8080/health";
+                      description = "The URL to GET (redirects are followed only on the same host, at most 3).";
+                    };
+                    expectStatus = mkOption {
+                      type = types.ints.between 100 599;
+                      default = 200;
+                      description = "The HTTP status the answer must have.";
+                    };
+                  };
+                }
+              );
+              default = null;
+              description = "An HTTP(S) GET that must answer `expectStatus`.";
+            };
+            timeout = mkOption {
+              type = span;
+              default = "30s";
+              description = "Longest one attempt may take (a command is then stopped: SIGTERM, SIGKILL 5s later). At most 10min.";
+            };
+            retries = mkOption {
+              type = types.ints.between 0 100;
+              default = 2;
+              description = "How many more attempts a failed attempt gets before the check fails.";
+            };
+            interval = mkOption {
+              type = span;
+              default = "5s";
+              description = "Pause between two attempts. At most 10min.";
+            };
+            settle = mkOption {
+              type = span;
+              default = "0s";
+              example = "10s";
+              description = "Wait after the switch (or the boot) before the first attempt. At most 30min.";
+            };
+            continuous = mkOption {
+              type = types.bool;
+              default = false;
+              description = ''
+                Also run on every tick that applies nothing, and report the
+                result (`bento status` shows the host `unhealthy: …`); such
+                a failure rolls nothing back.
+              '';
+            };
+          };
+        }
+      );
+      default = { };
+      example = literalExpression ''
+        {
+          nginx = { unit = "nginx.service"; settle = "5s"; continuous = true; };
+          site.http.url = "http://127.0.0.1/health";
+          db = { command = [ "''${pkgs.postgresql}/bin/pg_isready" ]; user = "postgres"; };
+        }
+      '';
+      description = ''
+        Health checks of this host. After a switch (for `operation = "boot"`:
+        after the reboot into the new system) the agent runs them all, side by
+        side, before it confirms the switch with the server; if any fails, it
+        rolls back to the exact previous system, runs the checks against that
+        one too, and reports `rolled-back` with reason `health-check`.
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
       example = [ "--verbose" ];
       description = "Extra arguments for `bento agent run`.";
+    };
+
+    # Signed publications (docs/mirrors.md, "Signing keys").
+    publicationKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "bento.example.org-pub-1:MEvfnnMYCQk1Q6JnTV5YA7f9zqHObakbLU8UFrBgYEg=";
+      description = ''
+        The fleet's publication key (`bento keygen --publication` prints
+        it; several, space-separated, during a rotation). When set, the
+        agent refuses any manifest not signed by it, whichever server or
+        mirror delivered it, and reports why; it also refuses an older
+        publication than one it already accepted. Null: manifests are not
+        verified (the pinned {option}`services.bento.serverHostKey` is the
+        only trust).
+      '';
+    };
+
+    maxPublicationAge = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "7d";
+      description = ''
+        Report a publication older than this (a systemd time span) as
+        stale instead of applying it: bounds how old a publication a
+        mirror can feed a host whose state was wiped. Null: off. The
+        server must then publish at least that often
+        ({option}`services.bento-server.deploy.enable`).
+      '';
     };
   };
 
@@ -641,6 +807,26 @@ in
           message = "services.bento.trigger.port must be a port number (1-65535) or null.";
         }
       ]
+      # Health checks: one kind each, durations the agent accepts.
+      ++ mapAttrsToList (name: c: {
+        assertion =
+          builtins.length (builtins.filter (x: x) [
+            (c.unit != null)
+            (c.command != null && c.command != [ ])
+            (c.http != null)
+          ]) == 1;
+        message = "services.bento.healthChecks.\"${name}\" of host `${cfg.host}' must set exactly one of unit, command (not empty) and http.";
+      }) cfg.healthChecks
+      ++ mapAttrsToList (name: c: {
+        assertion =
+          builtins.match "[A-Za-z0-9_][A-Za-z0-9._-]*" name != null
+          && builtins.stringLength name <= 64
+          && spanSeconds c.timeout >= 0.001
+          && spanSeconds c.timeout <= 600
+          && spanSeconds c.interval <= 600
+          && spanSeconds c.settle <= 1800;
+        message = "services.bento.healthChecks.\"${name}\" of host `${cfg.host}': the name must be letters, digits, '_', '-', '.' (at most 64), timeout from 1ms to 10min, interval at most 10min, settle at most 30min (got timeout ${c.timeout}, interval ${c.interval}, settle ${c.settle}).";
+      }) cfg.healthChecks
       ++ mapAttrsToList (name: s: {
         assertion = safeSecretName name && hasPrefix "/" s.path && !(inStore s.path);
         message = "services.bento.secrets.\"${name}\": the name must be a plain file name and the path absolute and outside the Nix store (got `${s.path}').";
@@ -686,7 +872,8 @@ in
           TimeoutStartSec = cfg.timeout;
           # A stop during an activation waits for it (the agent defers
           # SIGTERM until the outcome is recorded): confirm window + margin.
-          TimeoutStopSec = "${toString (builtins.ceil (spanSeconds cfg.confirmTimeout) + 60)}s";
+          # With health checks: their longest run twice (new and old system).
+          TimeoutStopSec = "${toString (builtins.ceil (spanSeconds cfg.confirmTimeout + 2 * healthSeconds) + 60)}s";
         };
       };
 

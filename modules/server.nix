@@ -111,6 +111,15 @@ let
       "--retention"
       cfg.retention
     ]
+    # Signed publications.
+    ++ lib.optionals (cfg.publicationKeyFile != null) [
+      "--publication-key"
+      cfg.publicationKeyFile
+    ]
+    ++ lib.optionals (cfg.nextPublicationKey != null) [
+      "--next-publication-key"
+      cfg.nextPublicationKey
+    ]
     ++ cfg.deploy.extraArgs
   );
 
@@ -265,6 +274,26 @@ in
       };
     };
 
+    # History (bento history): what the server observed, in
+    # <chrootRoot>/.bento-state/history.db.
+    history = {
+      retention = mkOption {
+        type = types.str;
+        default = "90d";
+        example = "1y";
+        description = ''
+          How long the server's history (`bento history`: each publication,
+          each change of a host's report, each rollout step) keeps an
+          event, a systemd time span or a Go duration. Every `bento deploy`
+          prunes older events; the module passes it to the deploy timer and,
+          through `BENTO_HISTORY_RETENTION`, to `bento` run from a login
+          shell. An event takes about 400 bytes: a thousand hosts with a
+          deploy and four report changes a day take 180 MB over 90 days
+          (docs/status.md).
+        '';
+      };
+    };
+
     cache = {
       enable = mkEnableOption "a binary cache of the server's store for the clients (nix-serve), signed with {option}`services.bento-server.cache.secretKeyFile`";
 
@@ -295,6 +324,61 @@ in
         type = types.bool;
         default = false;
         description = "Open the cache's port in the firewall.";
+      };
+    };
+
+    # Signed publications (docs/mirrors.md, "Signing keys").
+    publicationKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/bento/publication-key.sec";
+      description = ''
+        The key that signs every manifest the deploy timer publishes
+        (`bento keygen --publication`); hosts pin its public half in
+        {option}`services.bento.publicationKey`. A key of its own, not the
+        cache's: mirrors and builders never hold it. Null: `bento deploy`
+        signs with /var/lib/bento/publication-key.sec when that exists.
+      '';
+    };
+
+    nextPublicationKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        Key rotation: the next publication key (name:base64), announced in
+        every manifest under the current key's signature; hosts pin it on
+        applying one. See docs/mirrors.md, "Signing keys".
+      '';
+      };
+
+    # bento serve (docs/serve.md): the fleet's status on a read-only web page.
+    dashboard = {
+      enable = mkEnableOption ''
+        `bento serve`: the fleet's status, each host's history and latest log
+        on a read-only web page, with /api/status and /metrics. It has no
+        authentication: keep it on loopback and open it through
+        `ssh -L 8470:127.0.0.1:8470 <server>`'';
+
+      listen = mkOption {
+        type = types.str;
+        default = "127.0.0.1:8470";
+        example = "unix:/run/bento-serve/serve.sock";
+        description = ''
+          Where `bento serve` listens: `host:port` or `unix:/path`. An
+          address beyond loopback also needs
+          {option}`services.bento-server.dashboard.allowRemote`.
+        '';
+      };
+
+      allowRemote = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Let {option}`services.bento-server.dashboard.listen` be an address
+          beyond loopback. Anyone who reaches it sees every host, its
+          versions, errors and logs: put a reverse proxy with authentication
+          in front, or use `ssh -L` instead.
+        '';
       };
     };
   };
@@ -443,6 +527,14 @@ in
       };
     })
 
+    # History (bento history): the retention reaches every bento deploy.
+    {
+      environment.variables.BENTO_HISTORY_RETENTION = cfg.history.retention;
+    }
+    (mkIf cfg.deploy.enable {
+      systemd.services.bento-deploy.environment.BENTO_HISTORY_RETENTION = cfg.history.retention;
+    })
+
     (mkIf cfg.cache.enable {
       assertions = [
         {
@@ -455,6 +547,75 @@ in
         inherit (cfg.cache) port bindAddress openFirewall;
         secretKeyFile = cfg.cache.secretKeyFile;
       };
+    })
+
+    # bento serve (docs/serve.md). Root, sandboxed: the chroots' files belong
+    # to root and to each host's own user (with the modes the host chose),
+    # the build records to root, and the history is shared with bento
+    # deploy; a dedicated user would need read access to everything a host
+    # uploads and write access to root's state. So: root with only the
+    # capabilities to read (and trim over-limit reports/, as status does),
+    # every path read-only but the history's directory.
+    (mkIf cfg.dashboard.enable {
+      systemd.services.bento-serve = {
+        description = "bento serve: the fleet's status on a read-only web page";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "network.target" ];
+        path = [ config.nix.package ];
+        environment = {
+          HOME = "/var/cache/bento-serve";
+          XDG_CACHE_HOME = "/var/cache/bento-serve";
+          NIX_REMOTE = "daemon";
+        };
+        serviceConfig = {
+          ExecStart = execLine (
+            [
+              "${cfg.package}/bin/bento"
+              "serve"
+              "--listen"
+              cfg.dashboard.listen
+              "--chroot-root"
+              root
+              "--reports-max-bytes"
+              (toString cfg.reports.maxBytes)
+              "--reports-max-files"
+              (toString cfg.reports.maxFiles)
+            ]
+            ++ (if cfg.flake != null then [ "--flake" cfg.flake ] else [ "--no-eval" ])
+            ++ lib.optional cfg.dashboard.allowRemote "--allow-remote"
+          );
+          Restart = "on-failure";
+          RestartSec = "5s";
+          CacheDirectory = "bento-serve";
+          RuntimeDirectory = "bento-serve";
+          RuntimeDirectoryMode = "0750";
+          UMask = "0077";
+          CapabilityBoundingSet = [ "CAP_DAC_READ_SEARCH" "CAP_DAC_OVERRIDE" ];
+          AmbientCapabilities = [ ];
+          NoNewPrivileges = true;
+          ProtectSystem = "strict";
+          ProtectHome = "read-only";
+          ReadWritePaths = [ "${root}/.bento-state" ];
+          PrivateTmp = true;
+          PrivateDevices = true;
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+          ProtectProc = "invisible";
+          RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          MemoryDenyWriteExecute = true;
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [ "@system-service" "~@privileged" ];
+        };
+      };
+      systemd.tmpfiles.rules = [ "d ${root}/.bento-state 0700 root root -" ];
     })
   ]);
 }

@@ -33,10 +33,12 @@ buildGo {
       (root + "/go.mod")
       (root + "/go.sum")
       (lib.fileset.fileFilter (file: file.hasExt "go") root)
+      # bento serve's page: its //go:embed assets.
+      (root + "/serve/assets")
     ];
   };
 
-  vendorHash = "sha256-PLEs3nwJu8zuwdZdmHuZ0PrZLn69bc+7XARr0sGnUvg=";
+  vendorHash = "sha256-KOrxAZsz4LRpFBbwMYpEXjMH/P6GXZ7bbROmRcEd26o=";
 
   subPackages = [ "cmd/bento" ];
   ldflags = [

@@ -98,6 +98,14 @@ func clientExamples() []clientExample {
 		{name: "secret name with a slash", defs: base(`secrets."../x" = { };`),
 			assertion: "services.bento.secrets.\"../x\": the name must be a plain file name and the path absolute and outside the Nix store (got `/run/bento-secrets/../x').",
 			check:     `bento: agent configuration: secrets: invalid secret name "../x": names must match ^[A-Za-z0-9_][A-Za-z0-9._-]*$ (they become file names); rename the file`},
+		// Health checks (issue 18).
+		{name: "health checks", defs: base(`healthChecks = { nginx = { unit = "nginx.service"; continuous = true; }; site.http.url = "http://127.0.0.1/health"; db = { command = [ "/bin/true" ]; user = "nobody"; settle = "10s"; }; };`)},
+		{name: "health check of two kinds", defs: base(`healthChecks.web = { unit = "nginx.service"; command = [ "true" ]; };`),
+			assertion: "services.bento.healthChecks.\"web\" of host `web-1' must set exactly one of unit, command (not empty) and http.",
+			check:     "bento: agent configuration: healthChecks.web: set exactly one of unit, command and http (2 set)"},
+		{name: "health check timeout of an hour", defs: base(`healthChecks.web = { unit = "nginx.service"; timeout = "1h"; };`),
+			assertion: "services.bento.healthChecks.\"web\" of host `web-1': the name must be letters, digits, '_', '-', '.' (at most 64), timeout from 1ms to 10min, interval at most 10min, settle at most 30min (got timeout 1h, interval 5s, settle 0s).",
+			check:     "bento: agent configuration: healthChecks.web: timeout 1h is out of range: it must be from 1ms to 10min"},
 		// Ranges only the agent knows: the build-time check stops them.
 		{name: "confirm timeout of two days", defs: base(`confirmTimeout = "2d";`),
 			check: "bento: agent configuration: confirmTimeout 2d is out of range: it must be from 1s to 1d"},

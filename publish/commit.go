@@ -111,8 +111,15 @@ func (p *Publisher) linkAndWrite(j *hostJob) {
 	}
 	p.opts.Hook(StepLinked, j.name)
 	removeStaleTemps(j.hostDir)
-	j.m.PublishedAt = p.opts.Now().UTC().Truncate(time.Millisecond)
-	tmp, n, err := writeManifestTemp(j.hostDir, j.m)
+	now := p.opts.Now()
+	j.m.PublishedAt = now.UTC().Truncate(time.Millisecond)
+	seq, err := p.nextSequence(j, now)
+	if err != nil {
+		j.fail(err)
+		return
+	}
+	j.m.Sequence = seq
+	tmp, n, err := writeManifestTemp(j.hostDir, j.m, p.opts.SigningKey)
 	if err == nil {
 		err = advanceMtime(j.hostDir, tmp, p.opts.Now())
 	}
@@ -308,7 +315,11 @@ func syncFS(dir string) error {
 // for Publish to sync and rename over the old one. The JSON is compact
 // with one file per line: clients fetch it on every change, and every
 // byte of indentation is paid by every host.
-func writeManifestTemp(hostDir string, m *manifest.Manifest) (string, int64, error) {
+//
+// With a key, the manifest is signed (manifest.Sign), and m.Signature set
+// to what the file carries.
+func writeManifestTemp(hostDir string, m *manifest.Manifest, key *manifest.SigningKey) (string, int64, error) {
+	m.Signature = nil
 	data, err := json.Marshal(m)
 	if err != nil {
 		return "", 0, err
@@ -318,6 +329,12 @@ func writeManifestTemp(hostDir string, m *manifest.Manifest) (string, int64, err
 	data = bytes.ReplaceAll(data, []byte(`[{"path":`), []byte("[\n{\"path\":"))
 	data = bytes.ReplaceAll(data, []byte(`},{"path":`), []byte("},\n{\"path\":"))
 	data = append(data, '\n')
+	if key != nil {
+		if data, err = manifest.Sign(data, *key); err != nil {
+			return "", 0, err
+		}
+		_, m.Signature, _ = manifest.Split(data)
+	}
 	f, err := os.CreateTemp(hostDir, "."+manifest.ManifestFile+".tmp-")
 	if err != nil {
 		return "", 0, err

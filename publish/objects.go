@@ -150,40 +150,58 @@ func (p *Publisher) linkObject(o *object, dst string, made map[string]bool) (boo
 		made[dir] = true
 	}
 	err := os.Link(o.final, dst)
-	if err == nil {
+	switch {
+	case err == nil:
 		return true, nil
-	}
-	if errors.Is(err, fs.ErrExist) {
-		a, err1 := os.Lstat(dst)
-		b, err2 := os.Lstat(o.final)
-		if err1 == nil && err2 == nil && os.SameFile(a, b) {
+	case errors.Is(err, fs.ErrExist):
+		if o.alreadyAt(dst) {
 			return false, nil
 		}
-		if err1 == nil && a.Mode().IsRegular() && a.Size() == o.size && a.Mode().Perm() == 0o444 {
-			if sum, err := fileSum(dst); err == nil && sum == o.sum {
-				return false, nil
-			}
-		}
-	} else if !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EMLINK) {
+	case !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EMLINK):
 		return false, err
 	}
-	// Replace by rename, so the name never goes missing; across file
-	// systems (or past the link limit) a durable copy.
+	if err := p.replaceObject(o, dst); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// alreadyAt tells whether dst already is o: the pool's very file, or a
+// read-only copy with o's content (from before the pool, or another file
+// system).
+func (o *object) alreadyAt(dst string) bool {
+	a, err1 := os.Lstat(dst)
+	b, err2 := os.Lstat(o.final)
+	if err1 == nil && err2 == nil && os.SameFile(a, b) {
+		return true
+	}
+	if err1 == nil && a.Mode().IsRegular() && a.Size() == o.size && a.Mode().Perm() == 0o444 {
+		if sum, err := fileSum(dst); err == nil && sum == o.sum {
+			return true
+		}
+	}
+	return false
+}
+
+// replaceObject puts o at dst by rename, so the name never goes missing;
+// across file systems (or past the link limit) as a durable copy.
+func (p *Publisher) replaceObject(o *object, dst string) error {
+	dir := filepath.Dir(dst)
 	tmp := filepath.Join(dir, atomicfile.TempPrefix+filepath.Base(dst)+"-"+randomSuffix())
 	if err := os.Link(o.final, tmp); err != nil {
 		if tmp, err = p.copyObject(o.final, dir, o.sum, o.size); err != nil {
-			return false, err
+			return err
 		}
 		if err := syncFile(tmp); err != nil {
 			os.Remove(tmp)
-			return false, err
+			return err
 		}
 	}
 	if err := os.Rename(tmp, dst); err != nil {
 		os.Remove(tmp)
-		return false, err
+		return err
 	}
-	return true, nil
+	return nil
 }
 
 // removeObjects removes from a chroot's objects/ every object that keep
@@ -259,28 +277,15 @@ func removeNamed(hostDir string, sums map[string]bool, removed func(sum string))
 // candidates (by sha256), or everywhere when candidates is nil. It runs
 // under the lock, after every chroot's removals.
 func (p *Publisher) collectPool(candidates map[string]bool) (int, error) {
+	var c poolCollector
 	if candidates != nil {
-		n := 0
-		var errs []error
 		for sum := range candidates {
 			q := filepath.Join(p.root, PoolDir, sum[:2], sum[2:])
-			fi, err := os.Lstat(q)
-			if err != nil || !fi.Mode().IsRegular() {
-				continue
+			if orphanObject(q) {
+				c.remove(q)
 			}
-			if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink > 1 {
-				continue
-			}
-			if err := os.Remove(q); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				errs = append(errs, err)
-				continue
-			}
-			n++
 		}
-		if err := errors.Join(errs...); err != nil {
-			return n, fmt.Errorf("object pool: %w", err)
-		}
-		return n, nil
+		return c.result()
 	}
 	base := filepath.Join(p.root, PoolDir)
 	fans, err := os.ReadDir(base)
@@ -290,8 +295,6 @@ func (p *Publisher) collectPool(candidates map[string]bool) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("object pool: %w", err)
 	}
-	n := 0
-	var errs []error
 	for _, fan := range fans {
 		if !fan.IsDir() || !isHexN(fan.Name(), 2) {
 			continue
@@ -299,31 +302,50 @@ func (p *Publisher) collectPool(candidates map[string]bool) (int, error) {
 		fd := filepath.Join(base, fan.Name())
 		entries, err := os.ReadDir(fd)
 		if err != nil {
-			errs = append(errs, err)
+			c.errs = append(c.errs, err)
 			continue
 		}
 		for _, e := range entries {
 			q := filepath.Join(fd, e.Name())
-			if !strings.HasPrefix(e.Name(), atomicfile.TempPrefix) {
-				fi, err := os.Lstat(q)
-				if err != nil || !fi.Mode().IsRegular() {
-					continue
-				}
-				if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink > 1 {
-					continue
-				}
+			if strings.HasPrefix(e.Name(), atomicfile.TempPrefix) || orphanObject(q) {
+				c.remove(q)
 			}
-			if err := os.Remove(q); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				errs = append(errs, err)
-				continue
-			}
-			n++
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return n, fmt.Errorf("object pool: %w", err)
+	return c.result()
+}
+
+// orphanObject tells whether the pool file q is a regular file that no
+// chroot links (its only link is the pool's). In doubt, it says no.
+func orphanObject(q string) bool {
+	fi, err := os.Lstat(q)
+	if err != nil || !fi.Mode().IsRegular() {
+		return false
 	}
-	return n, nil
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Nlink <= 1
+}
+
+// poolCollector counts what collectPool removed and gathers why it could
+// not remove the rest: one failure does not stop the others.
+type poolCollector struct {
+	n    int
+	errs []error
+}
+
+func (c *poolCollector) remove(q string) {
+	if err := os.Remove(q); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		c.errs = append(c.errs, err)
+		return
+	}
+	c.n++
+}
+
+func (c *poolCollector) result() (int, error) {
+	if err := errors.Join(c.errs...); err != nil {
+		return c.n, fmt.Errorf("object pool: %w", err)
+	}
+	return c.n, nil
 }
 
 func fileSum(p string) (string, error) {

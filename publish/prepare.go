@@ -66,7 +66,7 @@ func (p *Publisher) prepare(ctx context.Context, t Target) *hostJob {
 	}
 	curFiles, curObjects := p.readLive(j)
 	j.m = p.newManifest(t, j.res.Version, files)
-	j.decide(t, curObjects)
+	p.decide(j, t, curObjects)
 	have := p.liveObjects(j, curFiles, curObjects)
 	if p.opts.DryRun {
 		if j.res.Status == StatusPublished {
@@ -172,26 +172,27 @@ func (p *Publisher) readLive(j *hostJob) (manifestFiles, bool) {
 // newManifest is the manifest a publication of t writes.
 func (p *Publisher) newManifest(t Target, version string, files []manifest.File) *manifest.Manifest {
 	return &manifest.Manifest{
-		Format:           writeFormat,
-		Host:             t.Host.Name,
-		Version:          version,
-		ExpectedToplevel: t.ExpectedToplevel,
-		Flake:            flakeOf(t.Host),
-		Files:            files,
-		Secrets:          t.Extra.files(),
-		Cache:            t.Cache,
-		Interval:         t.Host.Options.Interval,
+		Format:             writeFormat,
+		Host:               t.Host.Name,
+		Version:            version,
+		ExpectedToplevel:   t.ExpectedToplevel,
+		Flake:              flakeOf(t.Host),
+		Files:              files,
+		Secrets:            t.Extra.files(),
+		Cache:              t.Cache,
+		Interval:           t.Host.Options.Interval,
+		NextPublicationKey: p.opts.NextPublicationKey,
 	}
 }
 
 // decide sets the job's status from the live manifest: unchanged, the
 // same version with new metadata (updated), or a new version (published).
-func (j *hostJob) decide(t Target, curObjects bool) {
+func (p *Publisher) decide(j *hostJob, t Target, curObjects bool) {
 	cur, res := j.cur, &j.res
 	live := cur != nil && cur.Format == writeFormat && cur.Version == j.m.Version && curObjects == hasObjects(j.m) &&
 		(t.Extra == nil || isDir(filepath.Join(j.hostDir, manifest.SecretsDir, j.m.Version)))
 	switch {
-	case live && sameMeta(cur, j.m):
+	case live && p.sameMeta(cur, j.m):
 		res.Status = StatusUnchanged
 		res.Previous = ""
 		res.ExpectedToplevel = cur.ExpectedToplevel
@@ -281,9 +282,20 @@ func flakeOf(h fleet.Host) manifest.Flake {
 // sameMeta tells whether publishing m over cur (same version) would change
 // nothing a client or bento status reads. An unknown expected system
 // (--no-build) keeps the known one.
-func sameMeta(cur, m *manifest.Manifest) bool {
-	return cur.Host == m.Host && cur.Flake == m.Flake && sameCache(cur.Cache, m.Cache) && cur.Interval == m.Interval &&
+func (p *Publisher) sameMeta(cur, m *manifest.Manifest) bool {
+	return cur.Host == m.Host && cur.NextPublicationKey == m.NextPublicationKey && p.signedAsWanted(cur) && cur.Flake == m.Flake && sameCache(cur.Cache, m.Cache) && cur.Interval == m.Interval &&
 		(m.ExpectedToplevel == "" || m.ExpectedToplevel == cur.ExpectedToplevel)
+}
+
+// signedAsWanted tells whether the live manifest carries the signature
+// this deploy would give it: none without a key, else the key's. A key
+// added, changed or removed rewrites every manifest (a new sequence and
+// signature, same version).
+func (p *Publisher) signedAsWanted(cur *manifest.Manifest) bool {
+	if p.opts.SigningKey == nil {
+		return cur.Signature == nil
+	}
+	return cur.Signature != nil && cur.Signature.Key == p.opts.SigningKey.Public().String() && cur.Sequence > 0
 }
 
 func sameCache(a, b *manifest.Cache) bool {

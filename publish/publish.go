@@ -69,6 +69,12 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives debug lines; nil discards.
 	Logger *slog.Logger
+	// SigningKey, when set, signs every manifest written (the fleet's
+	// publication key, not the cache's: see sign.go in package manifest).
+	SigningKey *manifest.SigningKey
+	// NextPublicationKey, when set, is announced in every manifest (key
+	// rotation: hosts pin it on applying one), name:base64.
+	NextPublicationKey string
 	// Hook, when set, is called at each step of a publication (step names
 	// are the Step constants; host is "" for the fleet-wide steps). Tests
 	// use it to kill the process at every point.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -262,50 +263,9 @@ func (w *walker) excluded0(p string) bool {
 // add ships the file system object at full (not resolved) as rel. stack
 // holds the real directories being walked, to detect symlink loops.
 func (w *walker) add(full, rel string, stack []string) error {
-	fi, err := os.Lstat(full)
-	if errors.Is(err, fs.ErrNotExist) {
-		// Deleted in the work tree but still in git's index: Nix copies
-		// the work tree, so the file does not exist for it either.
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("tree: %s: %w", rel, err)
-	}
-	if fi.Name() == ".git" {
-		return nil
-	}
-	isLink := fi.Mode()&fs.ModeSymlink != 0
-	target := ""
-	if isLink {
-		target, _ = os.Readlink(full)
-	}
-	// Resolve every path, not only links: a directory of the work tree
-	// replaced by a link must not smuggle in files from outside.
-	real, err := filepath.EvalSymlinks(full)
-	if err != nil {
-		switch {
-		case isLoop(err):
-			return fmt.Errorf("tree: symlink %s -> %s is a loop; fix or remove it", rel, target)
-		case errors.Is(err, fs.ErrNotExist) && isLink:
-			return fmt.Errorf("tree: symlink %s -> %s points to nothing; fix or remove it", rel, target)
-		}
-		return fmt.Errorf("tree: %s: %w", rel, err)
-	}
-	if !within(real, w.boundary) {
-		if isLink && isResultLink(path.Base(rel), target) {
-			w.resultLinks = append(w.resultLinks, rel)
-			return nil
-		}
-		what := "symlink " + rel + " -> " + target
-		if !isLink {
-			what = rel + " (through a symlinked directory)"
-		}
-		return fmt.Errorf("tree: %s escapes the tree (it resolves to %s, outside %s); copy what it points to into the fleet, or make it point inside", what, real, w.boundary)
-	}
-	if real != full {
-		if fi, err = os.Stat(real); err != nil {
-			return fmt.Errorf("tree: %s: %w", rel, err)
-		}
+	real, fi, err := w.resolve(full, rel)
+	if err != nil || fi == nil {
+		return err
 	}
 	if w.excluded0(real) {
 		w.excluded = append(w.excluded, rel)
@@ -317,10 +277,8 @@ func (w *walker) add(full, rel string, stack []string) error {
 	}
 	switch {
 	case fi.IsDir():
-		for _, s := range stack {
-			if s == real {
-				return fmt.Errorf("tree: symlink %s makes a loop (it points to %s, which contains it); fix or remove it", rel, real)
-			}
+		if slices.Contains(stack, real) {
+			return fmt.Errorf("tree: symlink %s makes a loop (it points to %s, which contains it); fix or remove it", rel, real)
 		}
 		return w.walkDir(real, rel, append(stack, real))
 	case fi.Mode().IsRegular():
@@ -336,6 +294,58 @@ func (w *walker) add(full, rel string, stack []string) error {
 	default:
 		return fmt.Errorf("tree: %s is a %s, not a file, directory or symlink; Nix cannot copy it: remove it", rel, fi.Mode().Type())
 	}
+}
+
+// resolve follows full to the real object inside the tree and stats it; a
+// nil FileInfo with a nil error means the object does not ship (gone from
+// the work tree, .git, or a nix build out link).
+func (w *walker) resolve(full, rel string) (string, fs.FileInfo, error) {
+	fi, err := os.Lstat(full)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Deleted in the work tree but still in git's index: Nix copies
+		// the work tree, so the file does not exist for it either.
+		return "", nil, nil
+	}
+	if err != nil {
+		return "", nil, fmt.Errorf("tree: %s: %w", rel, err)
+	}
+	if fi.Name() == ".git" {
+		return "", nil, nil
+	}
+	isLink := fi.Mode()&fs.ModeSymlink != 0
+	target := ""
+	if isLink {
+		target, _ = os.Readlink(full)
+	}
+	// Resolve every path, not only links: a directory of the work tree
+	// replaced by a link must not smuggle in files from outside.
+	real, err := filepath.EvalSymlinks(full)
+	if err != nil {
+		switch {
+		case isLoop(err):
+			return "", nil, fmt.Errorf("tree: symlink %s -> %s is a loop; fix or remove it", rel, target)
+		case errors.Is(err, fs.ErrNotExist) && isLink:
+			return "", nil, fmt.Errorf("tree: symlink %s -> %s points to nothing; fix or remove it", rel, target)
+		}
+		return "", nil, fmt.Errorf("tree: %s: %w", rel, err)
+	}
+	if !within(real, w.boundary) {
+		if isLink && isResultLink(path.Base(rel), target) {
+			w.resultLinks = append(w.resultLinks, rel)
+			return "", nil, nil
+		}
+		what := "symlink " + rel + " -> " + target
+		if !isLink {
+			what = rel + " (through a symlinked directory)"
+		}
+		return "", nil, fmt.Errorf("tree: %s escapes the tree (it resolves to %s, outside %s); copy what it points to into the fleet, or make it point inside", what, real, w.boundary)
+	}
+	if real != full {
+		if fi, err = os.Stat(real); err != nil {
+			return "", nil, fmt.Errorf("tree: %s: %w", rel, err)
+		}
+	}
+	return real, fi, nil
 }
 
 func isLoop(err error) bool {

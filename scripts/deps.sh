@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what bento's demo and tests need on a Debian machine, when missing:
-# Nix (Debian's nix-bin), OpenSSH's server, git, rsync, age (secrets) and gcc
-# (cgo, for go test -race). Go 1.26 must already be on PATH (https://go.dev/dl).
+# Nix (Debian's nix-bin), OpenSSH's server, git, rsync, age (secrets), gcc
+# (cgo, for go test -race) and chromium (serve's browser test, headless). Go 1.26 must already be on PATH (https://go.dev/dl).
 # Idempotent; needs root to install.
 set -euo pipefail
 
@@ -13,6 +13,7 @@ command -v git >/dev/null 2>&1 || missing+=(git)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v age >/dev/null 2>&1 || missing+=(age)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   sudo=""

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/bento-nix/bento/internal/testio"
+
 	"golang.org/x/crypto/ssh"
 
 	"github.com/bento-nix/bento/agent/transport"
@@ -430,20 +432,8 @@ func readReport(t *testing.T, srv *sshdtest.Server, host string) manifest.Report
 func grepStore(t *testing.T, needles ...string) map[string]bool {
 	t.Helper()
 	found := map[string]bool{}
-	filepath.WalkDir("/nix/store", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return nil
-		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return nil
-		}
-		for _, n := range needles {
-			if bytes.Contains(data, []byte(n)) {
-				found[n] = true
-			}
-		}
-		return nil
-	})
+	for n := range testio.GrepStore("/nix/store", needles...) {
+		found[n] = true
+	}
 	return found
 }

@@ -165,68 +165,124 @@ func (i *Installer) Install(ctx context.Context, dir string, files []manifest.Fi
 		log = slog.New(slog.DiscardHandler)
 	}
 	o := Outcome{State: State{}, Errors: map[string]string{}, unitsOf: map[string][]string{}}
-	published := map[string]bool{}
-	for _, f := range files {
-		name := Name(f.Path)
-		if err := ValidateName(name); err != nil {
-			return o, fmt.Errorf("manifest: %w", err)
-		}
-		if published[name] {
-			return o, fmt.Errorf("manifest: secret %s is published twice", name)
-		}
-		published[name] = true
+	published, err := publishedNames(files)
+	if err != nil {
+		return o, err
 	}
-	paths := map[string]string{}
-	ids := &idCache{users: map[string]*user.User{}, groups: map[string]*user.Group{}}
+	run := installRun{i: i, dir: dir, log: log, o: &o, paths: map[string]string{},
+		ids: &idCache{users: map[string]*user.User{}, groups: map[string]*user.Group{}}}
 	for _, f := range files {
 		if err := ctx.Err(); err != nil {
 			return o, err
 		}
+		run.one(ctx, f, specs, prev)
+	}
+	run.removeGone(prev, published)
+	for _, name := range sortedMissing(specs, published) {
+		o.Errors[name] = fmt.Sprintf("services.bento.secrets.%s is declared, but the server publishes no such secret: add secrets/<host>/%s on the server", name, name)
+	}
+	for u := range o.unitsOf {
+		o.Units = append(o.Units, u)
+	}
+	sort.Strings(o.Units)
+	return o, nil
+}
+
+// publishedNames refuses a manifest whose secrets cannot be told apart:
+// nothing is installed from it.
+func publishedNames(files []manifest.File) (map[string]bool, error) {
+	published := map[string]bool{}
+	for _, f := range files {
 		name := Name(f.Path)
-		old, had := prev[name]
-		fail := func(err error) {
-			o.Errors[name] = err.Error()
-			if had {
-				o.State[name] = old
-			}
-			log.Warn("secret not installed", "secret", name, "err", err)
+		if err := ValidateName(name); err != nil {
+			return nil, fmt.Errorf("manifest: %w", err)
 		}
-		spec, ok := specs[name]
-		if !ok {
-			fail(fmt.Errorf("the server publishes secret %s but this host declares no services.bento.secrets.%s: declare it (path, owner, group, mode) or remove secrets/<host>/%s on the server", name, name, f.Path))
-			continue
+		if published[name] {
+			return nil, fmt.Errorf("manifest: secret %s is published twice", name)
 		}
-		w, err := resolve(name, spec, ids)
-		if err != nil {
-			fail(err)
-			continue
-		}
-		if other, dup := paths[w.path]; dup {
-			fail(fmt.Errorf("secret %s: path %s is also secret %s's: give each secret its own path", name, w.path, other))
-			continue
-		}
-		paths[w.path] = name
-		if had && old.Published == f.SHA256 && old.Path == w.path && inPlace(w, old.Content) {
-			o.State[name] = Installed{Path: w.path, Owner: w.owner, Group: w.grp, Mode: fmt.Sprintf("%04o", w.mode), Published: f.SHA256, Content: old.Content}
-			continue
-		}
-		content, err := i.write(ctx, filepath.Join(dir, f.Path), f, w)
-		if err != nil {
-			fail(fmt.Errorf("secret %s: %w", name, err))
-			continue
-		}
-		o.State[name] = Installed{Path: w.path, Owner: w.owner, Group: w.grp, Mode: fmt.Sprintf("%04o", w.mode), Published: f.SHA256, Content: content}
-		o.Changed = append(o.Changed, name)
-		for _, u := range spec.RestartUnits {
-			o.unitsOf[u] = append(o.unitsOf[u], name)
-		}
-		log.Info("secret installed", "secret", name, "path", w.path, "owner", w.owner, "group", w.grp, "mode", fmt.Sprintf("%04o", w.mode))
-		if had && old.Path != w.path {
-			if err := removeInstalled(old.Path); err != nil {
-				o.Errors[name] = fmt.Sprintf("secret %s: installed at %s, but removing the old copy at %s failed: %v", name, w.path, old.Path, err)
-			}
+		published[name] = true
+	}
+	return published, nil
+}
+
+// sortedMissing are the declared secrets the server does not publish.
+func sortedMissing(specs map[string]Spec, published map[string]bool) []string {
+	var missing []string
+	for name := range specs {
+		if !published[name] {
+			missing = append(missing, name)
 		}
 	}
+	sort.Strings(missing)
+	return missing
+}
+
+// installRun is one Install's progress: what it decided so far.
+type installRun struct {
+	i     *Installer
+	dir   string
+	log   *slog.Logger
+	o     *Outcome
+	paths map[string]string // installed path → secret name, to refuse two on one path
+	ids   *idCache
+}
+
+// one installs a published secret, or records why not; a failed secret
+// keeps what was installed before.
+func (r *installRun) one(ctx context.Context, f manifest.File, specs map[string]Spec, prev State) {
+	o := r.o
+	name := Name(f.Path)
+	old, had := prev[name]
+	fail := func(err error) {
+		o.Errors[name] = err.Error()
+		if had {
+			o.State[name] = old
+		}
+		r.log.Warn("secret not installed", "secret", name, "err", err)
+	}
+	spec, ok := specs[name]
+	if !ok {
+		fail(fmt.Errorf("the server publishes secret %s but this host declares no services.bento.secrets.%s: declare it (path, owner, group, mode) or remove secrets/<host>/%s on the server", name, name, f.Path))
+		return
+	}
+	w, err := resolve(name, spec, r.ids)
+	if err != nil {
+		fail(err)
+		return
+	}
+	if other, dup := r.paths[w.path]; dup {
+		fail(fmt.Errorf("secret %s: path %s is also secret %s's: give each secret its own path", name, w.path, other))
+		return
+	}
+	r.paths[w.path] = name
+	installed := func(content string) Installed {
+		return Installed{Path: w.path, Owner: w.owner, Group: w.grp, Mode: fmt.Sprintf("%04o", w.mode), Published: f.SHA256, Content: content}
+	}
+	if had && old.Published == f.SHA256 && old.Path == w.path && inPlace(w, old.Content) {
+		o.State[name] = installed(old.Content)
+		return
+	}
+	content, err := r.i.write(ctx, filepath.Join(r.dir, f.Path), f, w)
+	if err != nil {
+		fail(fmt.Errorf("secret %s: %w", name, err))
+		return
+	}
+	o.State[name] = installed(content)
+	o.Changed = append(o.Changed, name)
+	for _, u := range spec.RestartUnits {
+		o.unitsOf[u] = append(o.unitsOf[u], name)
+	}
+	r.log.Info("secret installed", "secret", name, "path", w.path, "owner", w.owner, "group", w.grp, "mode", fmt.Sprintf("%04o", w.mode))
+	if had && old.Path != w.path {
+		if err := removeInstalled(old.Path); err != nil {
+			o.Errors[name] = fmt.Sprintf("secret %s: installed at %s, but removing the old copy at %s failed: %v", name, w.path, old.Path, err)
+		}
+	}
+}
+
+// removeGone removes the secrets no longer published; one that cannot be
+// removed stays in the state, so the next Install tries again.
+func (r *installRun) removeGone(prev State, published map[string]bool) {
 	var gone []string
 	for name := range prev {
 		if !published[name] {
@@ -237,28 +293,13 @@ func (i *Installer) Install(ctx context.Context, dir string, files []manifest.Fi
 	for _, name := range gone {
 		old := prev[name]
 		if err := removeInstalled(old.Path); err != nil {
-			o.Errors[name] = fmt.Sprintf("secret %s is no longer published, but removing %s failed: %v", name, old.Path, err)
-			o.State[name] = old
+			r.o.Errors[name] = fmt.Sprintf("secret %s is no longer published, but removing %s failed: %v", name, old.Path, err)
+			r.o.State[name] = old
 			continue
 		}
-		o.Removed = append(o.Removed, name)
-		log.Info("secret removed", "secret", name, "path", old.Path)
+		r.o.Removed = append(r.o.Removed, name)
+		r.log.Info("secret removed", "secret", name, "path", old.Path)
 	}
-	var missing []string
-	for name := range specs {
-		if !published[name] {
-			missing = append(missing, name)
-		}
-	}
-	sort.Strings(missing)
-	for _, name := range missing {
-		o.Errors[name] = fmt.Sprintf("services.bento.secrets.%s is declared, but the server publishes no such secret: add secrets/<host>/%s on the server", name, name)
-	}
-	for u := range o.unitsOf {
-		o.Units = append(o.Units, u)
-	}
-	sort.Strings(o.Units)
-	return o, nil
 }
 
 // Restart restarts the units of the secrets Install changed (call it after
@@ -505,24 +546,43 @@ func (i *Installer) write(ctx context.Context, src string, f manifest.File, w wa
 	if err := unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return "", fmt.Errorf("%s is a directory: remove it or pick another path", w.path)
 	}
-	var rnd [8]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
+	tmp, tmpName, err := createTemp(dir, base)
+	if err != nil {
 		return "", err
 	}
-	tmpName := "." + base + ".bento-" + hex.EncodeToString(rnd[:])
-	// O_EXCL|O_NOFOLLOW: a name planted in the meantime is never opened.
-	fd, err := unix.Openat(dfd, tmpName, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	sum, err := i.fill(ctx, tmp, src, f, w)
 	if err != nil {
-		return "", &fs.PathError{Op: "create", Path: filepath.Join(dir.Name(), tmpName), Err: err}
+		tmp.Close()
+		unix.Unlinkat(dfd, tmpName, 0)
+		return "", err
 	}
-	tmp := os.NewFile(uintptr(fd), filepath.Join(dir.Name(), tmpName))
-	done := false
-	defer func() {
-		if !done {
-			tmp.Close()
-			unix.Unlinkat(dfd, tmpName, 0)
-		}
-	}()
+	// rename(2) replaces a symlink at the path itself, never its target.
+	if err := unix.Renameat(dfd, tmpName, dfd, base); err != nil {
+		unix.Unlinkat(dfd, tmpName, 0)
+		return "", &fs.PathError{Op: "rename", Path: w.path, Err: err}
+	}
+	return sum, dir.Sync()
+}
+
+// createTemp makes a new, empty, private file beside base in dir.
+func createTemp(dir *os.File, base string) (*os.File, string, error) {
+	var rnd [8]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, "", err
+	}
+	name := "." + base + ".bento-" + hex.EncodeToString(rnd[:])
+	// O_EXCL|O_NOFOLLOW: a name planted in the meantime is never opened.
+	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, "", &fs.PathError{Op: "create", Path: filepath.Join(dir.Name(), name), Err: err}
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(dir.Name(), name)), name, nil
+}
+
+// fill gives tmp its owner and mode, then the secret's content (decrypted
+// when it is age-encrypted), synced and closed; it returns the content's
+// sha256.
+func (i *Installer) fill(ctx context.Context, tmp *os.File, src string, f manifest.File, w want) (string, error) {
 	// Owner and mode first: the content must never be readable by anyone
 	// else, even for a moment.
 	if err := tmp.Chown(w.uid, w.gid); err != nil {
@@ -532,6 +592,7 @@ func (i *Installer) write(ctx context.Context, src string, f manifest.File, w wa
 		return "", err
 	}
 	h := sha256.New()
+	var err error
 	if Encrypted(f.Path) {
 		err = i.decrypt(ctx, src, io.MultiWriter(tmp, h))
 	} else {
@@ -546,12 +607,7 @@ func (i *Installer) write(ctx context.Context, src string, f manifest.File, w wa
 	if err := tmp.Close(); err != nil {
 		return "", err
 	}
-	// rename(2) replaces a symlink at the path itself, never its target.
-	if err := unix.Renameat(dfd, tmpName, dfd, base); err != nil {
-		return "", &fs.PathError{Op: "rename", Path: w.path, Err: err}
-	}
-	done = true
-	return hex.EncodeToString(h.Sum(nil)), dir.Sync()
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func copyFrom(src string, w io.Writer) error {

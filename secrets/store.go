@@ -84,14 +84,7 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher) (int
 	if s.Has(m.Version) {
 		return 0, nil
 	}
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
-		return 0, fmt.Errorf("secrets store: %w", err)
-	}
-	// The store may predate this bento or have been made by hand.
-	if err := os.Chmod(s.Dir, 0o700); err != nil {
-		return 0, fmt.Errorf("secrets store: %w", err)
-	}
-	if err := s.clean(); err != nil {
+	if err := s.prepare(); err != nil {
 		return 0, err
 	}
 	held := s.index()
@@ -110,31 +103,62 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher) (int
 		if err := ValidateName(Name(file.Path)); err != nil {
 			return total, fmt.Errorf("manifest: %w", err)
 		}
-		dst := filepath.Join(staging, file.Path)
-		if src, found := held[file.SHA256]; found {
-			if err := copyVerified(ctx, dst, file, func(w io.Writer) (int64, error) {
-				in, err := os.Open(src)
-				if err != nil {
-					return 0, err
-				}
-				defer in.Close()
-				return io.Copy(w, io.LimitReader(in, file.Size+1))
-			}); err == nil {
-				continue
-			}
-		}
-		remote := RemotePath(m.Version, file.Path)
-		var n int64
-		err := copyVerified(ctx, dst, file, func(w io.Writer) (int64, error) {
-			var err error
-			n, err = f.Download(ctx, remote, w, file.Size)
-			return n, err
-		})
+		n, err := stageFile(ctx, filepath.Join(staging, file.Path), file, held[file.SHA256], RemotePath(m.Version, file.Path), f)
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("fetch secret %s: %w", file.Path, err)
 		}
 	}
+	if err := s.seal(staging, m); err != nil {
+		return total, err
+	}
+	ok = true
+	if err := atomicfile.SyncDir(s.Dir); err != nil {
+		return total, fmt.Errorf("secrets store: %w", err)
+	}
+	return total, nil
+}
+
+// prepare makes the store directory private (it may predate this bento or
+// have been made by hand) and clears what a killed Stage left.
+func (s *Store) prepare() error {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("secrets store: %w", err)
+	}
+	if err := os.Chmod(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("secrets store: %w", err)
+	}
+	return s.clean()
+}
+
+// stageFile copies file into dst from held (a copy already in the store
+// with its hash) when there is one and it verifies, else downloads it
+// from remote. It returns the bytes downloaded.
+func stageFile(ctx context.Context, dst string, file manifest.File, held, remote string, f Fetcher) (int64, error) {
+	if held != "" {
+		if err := copyVerified(ctx, dst, file, func(w io.Writer) (int64, error) {
+			in, err := os.Open(held)
+			if err != nil {
+				return 0, err
+			}
+			defer in.Close()
+			return io.Copy(w, io.LimitReader(in, file.Size+1))
+		}); err == nil {
+			return 0, nil
+		}
+	}
+	var n int64
+	err := copyVerified(ctx, dst, file, func(w io.Writer) (int64, error) {
+		var err error
+		n, err = f.Download(ctx, remote, w, file.Size)
+		return n, err
+	})
+	return n, err
+}
+
+// seal writes the staged version's file list, syncs it and renames it
+// into place: the version exists under its name only when complete.
+func (s *Store) seal(staging string, m *manifest.Manifest) error {
 	// The list lets a later tick install the version again (after a
 	// reboot emptied /run) without reading the manifest's long tail, and
 	// tells "no secrets" from "not held".
@@ -142,20 +166,16 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher) (int
 	if err == nil {
 		err = writeSynced(filepath.Join(staging, filesList), list)
 	}
+	if err == nil {
+		err = atomicfile.SyncDir(staging)
+	}
+	if err == nil {
+		err = os.Rename(staging, s.Path(m.Version))
+	}
 	if err != nil {
-		return total, fmt.Errorf("secrets store: %w", err)
+		return fmt.Errorf("secrets store: %w", err)
 	}
-	if err := atomicfile.SyncDir(staging); err != nil {
-		return total, fmt.Errorf("secrets store: %w", err)
-	}
-	if err := os.Rename(staging, s.Path(m.Version)); err != nil {
-		return total, fmt.Errorf("secrets store: %w", err)
-	}
-	ok = true
-	if err := atomicfile.SyncDir(s.Dir); err != nil {
-		return total, fmt.Errorf("secrets store: %w", err)
-	}
-	return total, nil
+	return nil
 }
 
 // copyVerified writes what fill produces into a new file dst (0600) and

@@ -81,6 +81,7 @@ func (r *Row) fromReport(rep *manifest.Report, storeDir string, now time.Time) {
 	r.AgentVersion = rep.AgentVersion
 	r.BytesFetched = rep.BytesFetched
 	r.SecretErrors = rep.SecretErrors
+	r.Health, r.PreviousHealth = boundHealth(rep.Health), boundHealth(rep.PreviousHealth)
 	seen := lastSeen(rep).UTC()
 	r.LastSeen = &seen
 	age := int64(now.Sub(seen) / time.Second)
@@ -219,6 +220,11 @@ func addFacts(msg string, state State, rep *manifest.Report, applied bool) strin
 		msg = joinFacts(msg, secretsMessage(rep.SecretErrors))
 	}
 	runsIt := applied && (state == UpToDate || state == RebootRequired)
+	if runsIt && rep.Health != nil && !rep.Health.OK {
+		// Reported by a continuous check on a quiet tick: the host keeps
+		// its system (nothing rolls back then), the operator must act.
+		msg = joinFacts(healthMessage(rep.Health), msg)
+	}
 	if rep.Error != "" && (runsIt || applied && state == Drift) {
 		// A host that runs its publication can still be in trouble (a
 		// full disk, damaged state files): say what it reported.
@@ -262,11 +268,70 @@ func rollbackMessage(rep *manifest.Report) string {
 		why = "rolled back: activation failed"
 	case manifest.RollbackServerUnreachable:
 		why = "rolled back: server unreachable after the switch"
+	case manifest.RollbackHealthCheck:
+		why = "rolled back: health check failed"
+		if f := rep.Health.Failing(); f != nil {
+			why = "rolled back: health check " + termsafe.Line(f.Name) + " failed"
+		}
+		if p := rep.PreviousHealth; p != nil && !p.OK {
+			why += "; the previous system fails its checks too"
+		}
 	case "":
 	default:
 		why = "rolled back: " + rep.RollbackReason
 	}
 	return join(why, shortError(rep.Error))
+}
+
+// healthMessage names the failing checks of h and the start of the
+// first one's output.
+func healthMessage(h *manifest.Health) string {
+	var names []string
+	for _, c := range h.Checks {
+		if !c.OK {
+			names = append(names, termsafe.Line(c.Name))
+		}
+	}
+	msg := "unhealthy: " + strings.Join(names, ", ")
+	if f := h.Failing(); f != nil {
+		if out := oneLine(f.Output); out != "" {
+			if len(out) > 160 {
+				out = strings.ToValidUTF8(out[:157], "") + "..."
+			}
+			msg += " (" + termsafe.Line(out) + ")"
+		}
+	}
+	return msg
+}
+
+// maxHealthChecks bounds the checks of a report shown: the agent runs
+// at most 64.
+const maxHealthChecks = 64
+
+// boundHealth copies a host's health result within the agent's bounds:
+// the report is the host's, and may say anything.
+func boundHealth(h *manifest.Health) *manifest.Health {
+	if h == nil {
+		return nil
+	}
+	c := *h
+	c.Checks = append([]manifest.HealthCheck(nil), h.Checks[:min(len(h.Checks), maxHealthChecks)]...)
+	for i := range c.Checks {
+		c.Checks[i].Name = clipText(c.Checks[i].Name, 64)
+		c.Checks[i].Kind = clipText(c.Checks[i].Kind, 16)
+		c.Checks[i].Output = clipText(c.Checks[i].Output, manifest.MaxHealthOutput)
+	}
+	c.System = clipText(c.System, 4096)
+	return &c
+}
+
+func clipText(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	return strings.ToValidUTF8(s, "")
 }
 
 // shortError drops the command line Nix errors are quoted with ("build:

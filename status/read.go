@@ -37,7 +37,9 @@ type manifestInfo struct {
 type hostInput struct {
 	name string
 	// chroot is true when the host's directory holds a manifest or reports.
-	chroot      bool
+	chroot bool
+	// opened: the host's directory exists and could be opened.
+	opened      bool
 	manifest    *manifestInfo
 	manifestErr error
 	report      *manifest.Report
@@ -76,6 +78,7 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 		return in
 	}
 	defer r.Close()
+	in.opened = true
 
 	data, err := readCapped(r, manifest.ManifestFile, manifest.MaxSize)
 	switch {
@@ -109,13 +112,13 @@ func readHost(root, name string, limits ReportLimits) hostInput {
 // readReport reads the host's status.json into in. A chroot with a
 // reports/ directory is one even before the host's first report.
 func (in *hostInput) readReport(r *os.Root) {
-	data, err := readCapped(r, manifest.StatusFile, MaxReportSize)
+	data, st, err := readCappedStat(r, manifest.StatusFile, MaxReportSize)
 	switch {
 	case err == nil:
 		in.chroot = true
 		in.report, in.reportErr = parseReport(data, in.name)
 		if in.report != nil {
-			heartbeat(r, in.report)
+			heartbeat(st, in.report)
 		}
 		in.progress, _ = ReadProgress(r, in.name)
 	case errors.Is(err, fs.ErrNotExist):
@@ -134,12 +137,10 @@ func (in *hostInput) readReport(r *os.Root) {
 // newer: an agent whose report did not change since its last upload only
 // moves status.json's mtime ("seen now"), which is cheaper on the wire
 // than a new upload. Both times come from the host's clock, as before.
-func heartbeat(r *os.Root, rep *manifest.Report) {
+// st is the file as it was read (no second look by name, which a host
+// could have swapped in between).
+func heartbeat(st fs.FileInfo, rep *manifest.Report) {
 	if rep.Result != manifest.ResultUnchanged {
-		return
-	}
-	st, err := r.Stat(manifest.StatusFile)
-	if err != nil {
 		return
 	}
 	if mt := st.ModTime(); mt.After(rep.FinishedAt) {
@@ -149,33 +150,40 @@ func heartbeat(r *os.Root, rep *manifest.Report) {
 
 // readCapped reads a regular file of at most limit bytes below r.
 func readCapped(r *os.Root, name string, limit int64) ([]byte, error) {
+	data, _, err := readCappedStat(r, name, limit)
+	return data, err
+}
+
+// readCappedStat is readCapped that also returns the file's stat, taken
+// on the descriptor it read.
+func readCappedStat(r *os.Root, name string, limit int64) ([]byte, fs.FileInfo, error) {
 	// O_NONBLOCK: a FIFO planted in place of the file must not hang status.
 	f, err := r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, err
+			return nil, nil, err
 		}
-		return nil, fmt.Errorf("%s: %s", name, Reason(err))
+		return nil, nil, fmt.Errorf("%s: %s", name, Reason(err))
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s", name, Reason(err))
+		return nil, nil, fmt.Errorf("%s: %s", name, Reason(err))
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s)", name, strings.TrimSpace(st.Mode().Type().String()))
+		return nil, nil, fmt.Errorf("%s is not a regular file (%s)", name, strings.TrimSpace(st.Mode().Type().String()))
 	}
 	if st.Size() > limit {
-		return nil, fmt.Errorf("%s is %s, over the %s limit", name, bytesize.Format(st.Size()), bytesize.Format(limit))
+		return nil, nil, fmt.Errorf("%s is %s, over the %s limit", name, bytesize.Format(st.Size()), bytesize.Format(limit))
 	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s", name, Reason(err))
+		return nil, nil, fmt.Errorf("%s: %s", name, Reason(err))
 	}
 	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s grew over the %s limit while being read", name, bytesize.Format(limit))
+		return nil, nil, fmt.Errorf("%s grew over the %s limit while being read", name, bytesize.Format(limit))
 	}
-	return data, nil
+	return data, st, nil
 }
 
 // Reason is the cause of a file error without the path noise of PathError.

@@ -26,6 +26,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/history"
+	"github.com/bento-nix/bento/manifest"
 )
 
 // State is what bento status says about one host.
@@ -152,6 +154,11 @@ type Options struct {
 	// defaults. Collect enforces them: it removes the oldest logs of a
 	// host over them.
 	ReportLimits ReportLimits
+	// History, when set, records the reports Collect read (only what
+	// changed since the last reading); HistoryWarn receives its failures,
+	// which never fail Collect.
+	History     *history.DB
+	HistoryWarn func(error)
 }
 
 // Row is one host's status. Its JSON field names are bento's documented
@@ -216,6 +223,13 @@ type Row struct {
 	// Progress is the tick under way on the host, from its live
 	// progress; null when none is.
 	Progress *Progress `json:"progress"`
+	// Health is the host's last health check run (after its last switch,
+	// or a continuous check on a quiet tick), PreviousHealth the old
+	// system's after a health-check rollback; absent when none ran.
+	Health         *manifest.Health `json:"health,omitempty"`
+	PreviousHealth *manifest.Health `json:"previousHealth,omitempty"`
+
+	seen seenReport
 }
 
 // Summary counts hosts per state.
@@ -237,6 +251,9 @@ type Snapshot struct {
 	Summary  Summary `json:"summary"`
 	ExitCode int     `json:"exitCode"`
 	Hosts    []Row   `json:"hosts"`
+	// HistoryBytes is the size of the server's history database
+	// (history.db and its log); 0 when there is none.
+	HistoryBytes int64 `json:"historyBytes"`
 }
 
 // Format is the version of the JSON document.
@@ -287,6 +304,7 @@ func Collect(ctx context.Context, o Options) (*Snapshot, error) {
 			s.Hosts = append(s.Hosts, r)
 		}
 	}
+	o.record(ctx, s, s.Hosts)
 	if err := SortRows(s.Hosts, o.Sort); err != nil {
 		return nil, err
 	}
@@ -320,7 +338,9 @@ func (o Options) row(c candidate) (Row, bool) {
 	}
 	in.now = o.Now
 	in.staleAfter = staleAfter(o, c.fleetHost, in.manifest)
-	return decide(in), true
+	r := decide(in)
+	r.seen = in.seen()
+	return r, true
 }
 
 func summarize(rows []Row) (Summary, int) {

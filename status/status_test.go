@@ -191,6 +191,49 @@ func TestStates(t *testing.T) {
 			state: RolledBack, msg: "rolled back: server unreachable after the switch", exit: ExitFailing,
 		},
 		{
+			name: "rolled back by a failed health check, the old system healthy",
+			setup: func(c chroot) {
+				c.publish(h, v2, ago(10*time.Minute), sysB)
+				r := applied(v1, sysA, ago(time.Minute))
+				r.SeenVersion, r.AttemptedVersion = v2, v2
+				r.Stage, r.Result, r.RollbackReason = manifest.StageRolledBack, manifest.ResultRolledBack, manifest.RollbackHealthCheck
+				r.Error = "health check web (http) failed after 3 attempt(s): GET http://127.0.0.1/ answered 502"
+				r.Health = &manifest.Health{System: sysB, Checks: []manifest.HealthCheck{{Name: "db", Kind: "unit", OK: true, Attempts: 1}, {Name: "web", Kind: "http", Attempts: 3, Output: "answered 502"}}}
+				r.PreviousHealth = &manifest.Health{System: sysA, OK: true}
+				c.report(h, r)
+			},
+			state: RolledBack, msg: "rolled back: health check web failed: health check web (http) failed after 3 attempt(s)", exit: ExitFailing,
+		},
+		{
+			name: "rolled back by a health check the old system fails too",
+			setup: func(c chroot) {
+				c.publish(h, v2, ago(10*time.Minute), sysB)
+				r := applied(v1, sysA, ago(time.Minute))
+				r.SeenVersion, r.AttemptedVersion = v2, v2
+				r.Stage, r.Result, r.RollbackReason = manifest.StageRolledBack, manifest.ResultRolledBack, manifest.RollbackHealthCheck
+				r.Health = &manifest.Health{Checks: []manifest.HealthCheck{{Name: "web", Kind: "http"}}}
+				r.PreviousHealth = &manifest.Health{Checks: []manifest.HealthCheck{{Name: "web", Kind: "http"}}}
+				c.report(h, r)
+			},
+			state: RolledBack, msg: "rolled back: health check web failed; the previous system fails its checks too", exit: ExitFailing,
+		},
+		{
+			// A continuous check on a quiet tick: reported, not rolled
+			// back; the state stays (the system is the published one).
+			name: "up to date, a continuous health check fails",
+			setup: func(c chroot) {
+				c.publish(h, v1, ago(time.Hour), sysA)
+				r := applied(v1, sysA, ago(3*time.Minute))
+				r.Health = &manifest.Health{System: sysA, Checks: []manifest.HealthCheck{
+					{Name: "nginx", Kind: "unit", Attempts: 2, Output: "systemctl is-active nginx.service exited with status 3:\nfailed"},
+					{Name: "ok", Kind: "command", OK: true, Attempts: 1},
+					{Name: "x\x1b[2Jy", Kind: "command", Attempts: 1},
+				}}
+				c.report(h, r)
+			},
+			state: UpToDate, msg: "unhealthy: nginx, x\\x1b[2Jy (systemctl is-active nginx.service exited with status 3: failed)", exit: ExitUpToDate,
+		},
+		{
 			name: "drift: applied, but runs another system",
 			setup: func(c chroot) {
 				c.publish(h, v1, ago(time.Hour), sysA)

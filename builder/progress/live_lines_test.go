@@ -1,11 +1,11 @@
 package progress_test
 
 import (
-	"bytes"
 	"regexp"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/bento-nix/bento/internal/testio"
 
 	"github.com/vbauerster/mpb/v8"
 
@@ -13,30 +13,12 @@ import (
 	"github.com/bento-nix/bento/builder/progress"
 )
 
-// lockedBuffer is written by mpb's renderer while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestLiveRunningLines checks what the live display shows while hosts run:
 // a line per building host with its phase, elapsed time and Nix's last
 // line, and the counter, which alone counts hosts being evaluated or
 // waiting (a chunk evaluates hundreds at once).
 func TestLiveRunningLines(t *testing.T) {
-	var buf lockedBuffer
+	var buf testio.Buffer
 	refresh := make(chan any)
 	l := progress.NewLive(&buf, false, mpb.WithManualRefresh(refresh), mpb.WithWidth(160))
 	l.Begin([]string{"alpha", "beta", "gamma", "delta"})

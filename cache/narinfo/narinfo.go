@@ -82,46 +82,59 @@ func Parse(data []byte) (*Info, error) {
 		if !ok {
 			return nil, fmt.Errorf("narinfo: malformed line %q", line)
 		}
-		var err error
-		switch key {
-		case "StorePath":
-			in.StorePath = val
-		case "URL":
-			in.URL = val
-		case "Compression":
-			in.Compression = val
-		case "FileHash":
-			in.FileHash = val
-		case "FileSize":
-			in.FileSize, err = strconv.ParseInt(val, 10, 64)
-		case "NarHash":
-			in.NarHash = val
-		case "NarSize":
-			in.NarSize, err = strconv.ParseInt(val, 10, 64)
-		case "References":
-			in.References = strings.Fields(val)
-		case "Sig":
-			in.Sigs = append(in.Sigs, val)
-		}
-		if err != nil {
+		if err := in.set(key, val); err != nil {
 			return nil, fmt.Errorf("narinfo: %s: %w", key, err)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("narinfo: %w", err)
 	}
+	if err := in.validate(); err != nil {
+		return nil, err
+	}
+	return &in, nil
+}
+
+// set records one "Key: value" line; keys Nix may add later are ignored.
+func (in *Info) set(key, val string) error {
+	var err error
+	switch key {
+	case "StorePath":
+		in.StorePath = val
+	case "URL":
+		in.URL = val
+	case "Compression":
+		in.Compression = val
+	case "FileHash":
+		in.FileHash = val
+	case "FileSize":
+		in.FileSize, err = strconv.ParseInt(val, 10, 64)
+	case "NarHash":
+		in.NarHash = val
+	case "NarSize":
+		in.NarSize, err = strconv.ParseInt(val, 10, 64)
+	case "References":
+		in.References = strings.Fields(val)
+	case "Sig":
+		in.Sigs = append(in.Sigs, val)
+	}
+	return err
+}
+
+// validate refuses an entry that lacks what a substitution needs.
+func (in *Info) validate() error {
 	if _, err := HashPart(in.StorePath); err != nil || !strings.HasPrefix(in.StorePath, "/") {
-		return nil, fmt.Errorf("narinfo: bad StorePath %q", in.StorePath)
+		return fmt.Errorf("narinfo: bad StorePath %q", in.StorePath)
 	}
 	if in.URL == "" || in.NarHash == "" || in.NarSize <= 0 {
-		return nil, fmt.Errorf("narinfo for %s: URL, NarHash and NarSize are required", in.StorePath)
+		return fmt.Errorf("narinfo for %s: URL, NarHash and NarSize are required", in.StorePath)
 	}
 	for _, r := range in.References {
 		if _, err := HashPart(r); err != nil {
-			return nil, fmt.Errorf("narinfo for %s: bad reference: %w", in.StorePath, err)
+			return fmt.Errorf("narinfo for %s: bad reference: %w", in.StorePath, err)
 		}
 	}
-	return &in, nil
+	return nil
 }
 
 // Fingerprint is the text a narinfo's signatures sign (Nix's

@@ -104,10 +104,10 @@ func TestBuildInterrupted(t *testing.T) {
 		t.Errorf("exit %v, want status 130\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
 	}
 	// Nix kills its builders (another session, as a build user) while it
-	// exits, and delivery is asynchronous: allow a moment. A leaked builder
-	// sleeps for 300 s, far beyond it.
+	// exits, and delivery is asynchronous (slow on a loaded machine): allow
+	// up to a minute, polling. A leaked builder sleeps for 300 s.
 	left := append(markedProcesses(prefix), markedProcesses(sleepMarker)...)
-	for wait := time.Now().Add(10 * time.Second); len(left) > 0 && time.Now().Before(wait); {
+	for wait := time.Now().Add(60 * time.Second); len(left) > 0 && time.Now().Before(wait); {
 		time.Sleep(100 * time.Millisecond)
 		left = append(markedProcesses(prefix), markedProcesses(sleepMarker)...)
 	}

@@ -46,13 +46,14 @@ func deployCommand() *cli.Command {
 			"--prune removes them. One deploy at a time per chroot root. A host whose services.bento.user\n" +
 			"is root, another deployed host's, or (when --host-group exists) outside that group is refused.\n" +
 			"Exits 1 when any host failed.",
-		Flags: append(append(append(append(fleetFlags(), buildFlags()...), cacheFlags()...),
+		Flags: append(append(append(append(append(fleetFlags(), buildFlags()...), cacheFlags()...), publicationFlags()...),
 			chrootRootFlag(),
 			secretsDirFlag(),
 			&cli.BoolFlag{Name: "no-build", Usage: "publish without building (the manifests then name no expected system)"},
 			&cli.BoolFlag{Name: "force", Usage: "publish hosts whose build failed, too"},
 			&cli.DurationFlag{Name: "lock-wait", Usage: "wait this long for another deploy to finish; 0 (the default): at once, as in every command"},
 			&cli.StringFlag{Name: "retention", Value: "1h", Usage: "keep each published file this long after the last manifest naming it was replaced, for hosts still downloading it (" + timespan.Syntax + ")"},
+			historyRetentionFlag(),
 			&cli.BoolFlag{Name: "prune", Usage: "remove the chroots of hosts that are no longer in the fleet (keeping their reports/)"},
 			&cli.BoolFlag{Name: "prune-reports", Usage: "with --prune, remove their reports/ too"},
 			&cli.BoolFlag{Name: "no-user-check", Usage: "do not require each host's SFTP user to exist (reports/ then stays owned by the deploying user)"},
@@ -116,17 +117,22 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 	if retention <= 0 {
 		return deploy.Options{}, usageError("--retention must be positive (got %s): it is how long hosts may take to download a publication", c.String("retention"))
 	}
+	historyKeep, err := historyRetention(c)
+	if err != nil {
+		return deploy.Options{}, err
+	}
 	opts := deploy.Options{
-		Root:         c.String("chroot-root"),
-		HostGroup:    c.String("host-group"),
-		DryRun:       c.Bool("dry-run"),
-		Force:        c.Bool("force"),
-		LockWait:     c.Duration("lock-wait"),
-		Retention:    retention,
-		Nix:          nixRunner(c),
-		ReportLimits: &limits,
-		Prune:        c.Bool("prune"),
-		PruneReports: c.Bool("prune-reports"),
+		HistoryRetention: historyKeep,
+		Root:             c.String("chroot-root"),
+		HostGroup:        c.String("host-group"),
+		DryRun:           c.Bool("dry-run"),
+		Force:            c.Bool("force"),
+		LockWait:         c.Duration("lock-wait"),
+		Retention:        retention,
+		Nix:              nixRunner(c),
+		ReportLimits:     &limits,
+		Prune:            c.Bool("prune"),
+		PruneReports:     c.Bool("prune-reports"),
 		Discover: func(context.Context) (*fleet.Fleet, []fleet.Host, bool, error) {
 			return discover(c)
 		},
@@ -155,6 +161,9 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 	}
 	if !c.Bool("no-cache") {
 		opts.Cache = &deploy.CacheOptions{Key: c.String("cache-key"), KeyRequired: c.IsSet("cache-key"), Pool: c.String("cache-pool")}
+	}
+	if opts.PublicationKey, opts.NextPublicationKey, err = publicationKeys(c); err != nil {
+		return opts, err
 	}
 	ew := errWriter(c)
 	asRoot := os.Geteuid() == 0

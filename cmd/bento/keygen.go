@@ -25,6 +25,7 @@ func keygenCommand() *cli.Command {
 			&cli.StringFlag{Name: "name", Usage: "key name hosts see in trusted-public-keys (default: <hostname>-bento-1)"},
 			&cli.StringFlag{Name: "secret-key", Value: defaultCacheKey, Usage: "where to write the secret key", EnvVars: []string{"BENTO_CACHE_KEY"}},
 			&cli.StringFlag{Name: "public-key", Usage: "where to write the public key (default: the secret key's path with .pub)"},
+			&cli.BoolFlag{Name: "publication", Usage: "make the key that signs the hosts' manifests instead (default " + defaultPublicationKey + "; hosts pin it in services.bento.publicationKey)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
@@ -39,9 +40,21 @@ func keygenCommand() *cli.Command {
 				name = h + "-bento-1"
 			}
 			sec := c.String("secret-key")
+			if c.Bool("publication") && !c.IsSet("secret-key") {
+				sec = defaultPublicationKey
+			}
 			pub := c.String("public-key")
 			if pub == "" {
 				pub = strings.TrimSuffix(sec, ".sec") + ".pub"
+			}
+			if c.Bool("publication") {
+				key, err := writePublicationKey(name, sec, pub)
+				if err != nil {
+					return failed(err)
+				}
+				fmt.Fprintln(c.App.Writer, key.String())
+				fmt.Fprintf(c.App.ErrWriter, "bento: wrote the publication key to %s (keep it on this server; mirrors never need it) and its public key to %s: set services.bento.publicationKey to it on the hosts\n", sec, pub)
+				return nil
 			}
 			key, err := cache.GenerateKey(c.Context, nixRunner(c), name, sec, pub)
 			if err != nil {

@@ -44,10 +44,12 @@ func newApp() *cli.App {
 			deployCommand(),
 			checkCommand(),
 			statusCommand(),
+			historyCommand(),
 			logsCommand(),
 			diffCommand(),
 			agentCommand(),
 			keygenCommand(),
+			serveCommand(),
 			completionCommand(),
 		},
 		// Errors are printed once, by exitCode, with their exit status.

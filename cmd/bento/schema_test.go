@@ -9,6 +9,7 @@ import (
 
 	"github.com/bento-nix/bento/agent"
 	"github.com/bento-nix/bento/deploy"
+	"github.com/bento-nix/bento/history"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/internal/jsonschema"
 	"github.com/bento-nix/bento/manifest"
@@ -28,6 +29,7 @@ var jsonOutputs = []struct {
 	{"build.json", "bento build --json", "Each selected host's build.", buildDoc{}},
 	{"deploy.json", "bento deploy --json", "What a deploy built and published (docs/deploy.md).", deploy.Report{}},
 	{"agent-status.json", "bento agent status --json", "The agent's state on the host (docs/agent.md).", agent.HostStatus{}},
+	{"history.json", "bento history --json", "What happened, when, on which host (the server's history).", history.Document{}},
 }
 
 // The schemas in docs/schema are generated from the types the commands

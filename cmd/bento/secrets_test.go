@@ -1,15 +1,15 @@
 package main
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/bento-nix/bento/internal/testio"
 
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/manifest"
@@ -23,17 +23,7 @@ func randomSecret() string {
 
 func inNixStore(t *testing.T, needle string) bool {
 	t.Helper()
-	found := false
-	filepath.WalkDir("/nix/store", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || found || !d.Type().IsRegular() {
-			return nil
-		}
-		if data, err := os.ReadFile(p); err == nil && bytes.Contains(data, []byte(needle)) {
-			found = true
-		}
-		return nil
-	})
-	return found
+	return testio.GrepStore("/nix/store", needle)[needle] != ""
 }
 
 // A fleet that is a plain directory would be copied whole into the Nix

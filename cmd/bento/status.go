@@ -131,6 +131,9 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 	if err != nil {
 		return err
 	}
+	if opts.History != nil {
+		defer opts.History.Close()
+	}
 	w := c.App.Writer
 	tty := isTerminal(w)
 	table := statusTable(c, w, tty)
@@ -181,6 +184,7 @@ func statusOptions(c *cli.Context) (status.Options, error) {
 	if err := status.SortRows(nil, opts.Sort); err != nil {
 		return status.Options{}, usageError("%w", err)
 	}
+	opts.History, opts.HistoryWarn = statusHistory(c, root)
 	// Asked once per run: a reported system must be right under it.
 	if dir, err := status.StoreDir(c.Context, nixRunner(c)); err == nil {
 		opts.StoreDir = dir

@@ -8,9 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/bento-nix/bento/internal/testio"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -293,31 +294,13 @@ func TestLogsCommand(t *testing.T) {
 	}
 }
 
-// lockedBuffer is written by the watch and read by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestStatusWatch runs bento status --watch, changes a report and stops it
 // as Ctrl-C would (its context): it redraws and exits 0.
 func TestStatusWatch(t *testing.T) {
 	s := statusRoot{t, filepath.Join(t.TempDir(), "chroot")}
 	s.publish("web", "v2", statusSysB)
 	s.report("web", "v1", "v1", manifest.ResultSuccess, statusSysA, "")
-	var out, errOut lockedBuffer
+	var out, errOut testio.Buffer
 	app := newApp()
 	app.Writer, app.ErrWriter = &out, &errOut
 	ctx, cancel := context.WithCancel(context.Background())

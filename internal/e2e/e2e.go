@@ -48,6 +48,9 @@ type Env struct {
 	// publishes as bento deploy --secrets-dir does, owned by each host's
 	// SFTP user.
 	SecretsDir string
+	// PublicationKey, when set, signs what Publish publishes (bento
+	// deploy --publication-key).
+	PublicationKey *manifest.SigningKey
 
 	// stateDir is the server's build state (GC roots, logs, records).
 	stateDir string
@@ -121,7 +124,9 @@ func (e *Env) Publish(t testing.TB, names ...string) map[string]Published {
 		SecretsDir:   e.SecretsDir,
 		SecretsOwner: e.sftpUser,
 		Eval:         eval.Options{Ref: e.FleetDir},
-		Select:       names,
+
+		PublicationKey: e.PublicationKey,
+		Select:         names,
 	})
 	if err != nil {
 		t.Fatalf("e2e: %v", err)

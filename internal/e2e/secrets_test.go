@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/bento-nix/bento/internal/testio"
+
 	"github.com/bento-nix/bento/internal/fixture"
 )
 
@@ -139,19 +141,10 @@ func TestSecretsThroughTheAgent(t *testing.T) {
 	if !strings.Contains(all.String(), "secret installed") {
 		t.Fatal("control failed: the logs searched do not hold the agent's secret lines")
 	}
-	filepath.WalkDir("/nix/store", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return nil
-		}
-		if b, err := os.ReadFile(p); err == nil {
-			for _, s := range []string{db, db2, api} {
-				if bytes.Contains(b, []byte(s)) {
-					t.Errorf("a secret is in %s", p)
-				}
-			}
-		}
-		return nil
-	})
+	for _, p := range testio.GrepStore("/nix/store", db, db2, api) {
+		t.Errorf("a secret is in %s", p)
+	}
+
 }
 
 // installSecrets runs "bento agent install-secrets" for the host.

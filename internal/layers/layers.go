@@ -19,9 +19,9 @@ var Layers = [][]string{
 		"internal/e2e/...", "internal/fixture/...", "internal/format1/...",
 		"internal/sshdtest/...", "internal/benchtb/...", "internal/ci/...", "internal/layers/..."},
 	// The pipelines: a deploy, a host's agent, the fleet's status.
-	{"deploy/...", "agent/...", "status/..."},
+	{"deploy/...", "agent/...", "status/...", "serve/..."},
 	// The steps.
-	{"builder/...", "publish/...", "activate/...", "cache/...", "sftpcache/...", "secrets/..."},
+	{"builder/...", "publish/...", "activate/...", "cache/...", "sftpcache/...", "secrets/...", "history/..."},
 	{"eval/..."},
 	// Shared vocabulary and mechanisms.
 	{"nix/...", "fleet/...", "manifest/...", "internal/..."},

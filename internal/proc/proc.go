@@ -76,6 +76,13 @@ type Cmd struct {
 	// gets its own process group, so a signal to the caller's group does
 	// not reach it. ctx's values are kept.
 	Detached bool
+	// Credential, when set, runs the process as that user and group
+	// (dropping bento's root privileges: a health check's command).
+	Credential *syscall.Credential
+	// KillWithParent has the kernel SIGKILL the process when bento dies
+	// (a health check nobody is left to time out). Only the process
+	// itself: what it forked lives on in its group.
+	KillWithParent bool
 
 	// signal sends sig to a process group (negative pid); syscall.Kill when
 	// nil. Tests record the signals through it.
@@ -175,7 +182,10 @@ func (c *Cmd) command(grace time.Duration) (*exec.Cmd, *TailBuffer, *bytes.Buffe
 		cmd.Env = append(os.Environ(), c.Env...)
 	}
 	cmd.Stdin = c.Stdin
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: c.Credential}
+	if c.KillWithParent {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	// Something the process forked may keep its output open after it
 	// exited; exec stops waiting for that after the grace period too.
 	cmd.WaitDelay = grace

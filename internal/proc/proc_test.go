@@ -15,36 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bento-nix/bento/internal/testio"
 )
-
-// lineWaiter collects output and tells when a line has appeared.
-type lineWaiter struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	want string
-	seen chan struct{}
-	once sync.Once
-}
-
-func newLineWaiter(want string) *lineWaiter {
-	return &lineWaiter{want: want, seen: make(chan struct{})}
-}
-
-func (w *lineWaiter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(p)
-	if strings.Contains(w.buf.String(), w.want+"\n") {
-		w.once.Do(func() { close(w.seen) })
-	}
-	return len(p), nil
-}
-
-func (w *lineWaiter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
-}
 
 // signals records what Run sends, and sends it.
 type signals struct {
@@ -153,7 +126,8 @@ func TestCancellation(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			out := newLineWaiter("ready")
+			out := &testio.Buffer{}
+			ready := out.Line("ready")
 			// An *os.File, so that exec hands it over instead of copying.
 			stdin, feed, err := os.Pipe()
 			if err != nil {
@@ -171,7 +145,7 @@ func TestCancellation(t *testing.T) {
 				done <- err
 			}()
 			select {
-			case <-out.seen:
+			case <-ready:
 			case err := <-done:
 				t.Fatalf("ended before it was ready: %v (%q)", err, out)
 			}

@@ -157,55 +157,18 @@ func (t *Writer) strByte() {
 	}
 }
 
+// ascii feeds one byte below 0x80 to the state machine: one method per
+// state, each a table of what the byte does there.
 func (t *Writer) ascii(c byte) {
 	switch t.state {
 	case sText:
-		switch {
-		case c == 0x1b:
-			t.state = sEsc
-		case c == '\n' || c == '\t' || c >= 0x20 && c != 0x7f:
-			t.out = append(t.out, c)
-		}
+		t.text(c)
 	case sEsc:
-		switch c {
-		case '[':
-			t.startCSI(true)
-		case ']', 'P', 'X', '^', '_':
-			t.state, t.seqLen = sStr, 0
-		case 0x1b:
-		default:
-			// A two-byte sequence (ESC c resets the terminal): dropped.
-			t.state = sText
-		}
+		t.esc(c)
 	case sCSI:
-		switch {
-		case c >= 0x20 && c <= 0x3f:
-			t.seqLen++
-			if t.seqLen <= MaxSeq {
-				t.seq = append(t.seq, c)
-			}
-		case c >= 0x40 && c <= 0x7e:
-			t.seqLen++
-			if c == 'm' && t.KeepColor && t.seqLen <= MaxSeq && sgrParams(t.seq[2:]) {
-				t.out = append(t.out, t.seq...)
-				t.out = append(t.out, c)
-			}
-			t.state = sText
-		default:
-			// Not part of a CSI sequence: it ends there, dropped, and the
-			// byte is read as text.
-			t.state = sText
-			t.ascii(c)
-		}
+		t.csi(c)
 	case sStr:
-		switch c {
-		case 0x07:
-			t.state = sText
-		case 0x1b:
-			t.state = sStrEsc
-		default:
-			t.strByte()
-		}
+		t.str(c)
 	case sStrEsc:
 		if c == '\\' {
 			t.state = sText
@@ -213,6 +176,61 @@ func (t *Writer) ascii(c byte) {
 			t.state = sStr
 			t.strByte()
 		}
+	}
+}
+
+func (t *Writer) text(c byte) {
+	switch {
+	case c == 0x1b:
+		t.state = sEsc
+	case c == '\n' || c == '\t' || c >= 0x20 && c != 0x7f:
+		t.out = append(t.out, c)
+	}
+}
+
+func (t *Writer) esc(c byte) {
+	switch c {
+	case '[':
+		t.startCSI(true)
+	case ']', 'P', 'X', '^', '_':
+		t.state, t.seqLen = sStr, 0
+	case 0x1b:
+	default:
+		// A two-byte sequence (ESC c resets the terminal): dropped.
+		t.state = sText
+	}
+}
+
+func (t *Writer) csi(c byte) {
+	switch {
+	case c >= 0x20 && c <= 0x3f:
+		t.seqLen++
+		if t.seqLen <= MaxSeq {
+			t.seq = append(t.seq, c)
+		}
+	case c >= 0x40 && c <= 0x7e:
+		t.seqLen++
+		if c == 'm' && t.KeepColor && t.seqLen <= MaxSeq && sgrParams(t.seq[2:]) {
+			t.out = append(t.out, t.seq...)
+			t.out = append(t.out, c)
+		}
+		t.state = sText
+	default:
+		// Not part of a CSI sequence: it ends there, dropped, and the
+		// byte is read as text.
+		t.state = sText
+		t.ascii(c)
+	}
+}
+
+func (t *Writer) str(c byte) {
+	switch c {
+	case 0x07:
+		t.state = sText
+	case 0x1b:
+		t.state = sStrEsc
+	default:
+		t.strByte()
 	}
 }
 

@@ -46,37 +46,46 @@ func Parse(s string) (time.Duration, error) {
 	}
 	var total float64
 	for rest != "" {
-		i := 0
-		for i < len(rest) && (rest[i] >= '0' && rest[i] <= '9' || rest[i] == '.') {
-			i++
-		}
-		if i == 0 {
+		n, unit, tail, ok := nextTerm(rest)
+		if !ok {
 			return bad()
 		}
-		n, err := strconv.ParseFloat(rest[:i], 64)
-		if err != nil {
-			return bad()
-		}
-		rest = strings.TrimLeft(rest[i:], " \t")
-		j := 0
-		for j < len(rest) && !(rest[j] >= '0' && rest[j] <= '9' || rest[j] == '.' || rest[j] == ' ' || rest[j] == '\t') {
-			j++
-		}
-		unit := time.Second
-		if j > 0 {
-			u, ok := units[rest[:j]]
-			if !ok {
-				return bad()
-			}
-			unit = u
-		} else if rest != "" {
-			// A unit-less number is only allowed alone or last ("1min 30").
-			return bad()
-		}
-		rest = strings.TrimLeft(rest[j:], " \t")
+		rest = tail
 		total += n * float64(unit)
 	}
 	return fromFloat(strconv.Quote(s), total, 1)
+}
+
+func isNumberByte(c byte) bool { return c >= '0' && c <= '9' || c == '.' }
+
+// nextTerm reads one "<number>[ ]<unit>" off the front of s. A unit-less
+// number is only allowed alone or last ("1min 30").
+func nextTerm(s string) (n float64, unit time.Duration, rest string, ok bool) {
+	i := 0
+	for i < len(s) && isNumberByte(s[i]) {
+		i++
+	}
+	if i == 0 {
+		return 0, 0, "", false
+	}
+	n, err := strconv.ParseFloat(s[:i], 64)
+	if err != nil {
+		return 0, 0, "", false
+	}
+	rest = strings.TrimLeft(s[i:], " \t")
+	j := 0
+	for j < len(rest) && !isNumberByte(rest[j]) && rest[j] != ' ' && rest[j] != '\t' {
+		j++
+	}
+	unit = time.Second
+	if j > 0 {
+		if unit, ok = units[rest[:j]]; !ok {
+			return 0, 0, "", false
+		}
+	} else if rest != "" {
+		return 0, 0, "", false
+	}
+	return n, unit, strings.TrimLeft(rest[j:], " \t"), true
 }
 
 // isPlain says whether s is a plain decimal number (not "1e9", "Inf" or

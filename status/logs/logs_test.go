@@ -10,9 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/bento-nix/bento/internal/testio"
 
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/status"
@@ -143,24 +144,6 @@ func TestLogsBadInput(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestFollowLog(t *testing.T) {
 	c := statustest.New(t)
 	c.Publish("alpha", statustest.V1, now, statustest.SysA)
@@ -168,7 +151,7 @@ func TestFollowLog(t *testing.T) {
 	first := filepath.Join(logs, statustest.V1+"-1.log")
 	c.Raw("alpha", manifest.LogsDir+"/"+statustest.V1+"-1.log", []byte("building\n"))
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out testio.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- Follow(ctx, c.Root, "alpha", "", &out, time.Hour, DefaultMaxBytes, status.ReportLimits{})
@@ -259,7 +242,7 @@ func TestFollowLiveLog(t *testing.T) {
 	c.Raw("alpha", manifest.LogsDir+"/"+live, append(gz(t, "fetching\n"), second[:len(second)/2]...))
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out testio.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- Follow(ctx, c.Root, "alpha", "", &out, 20*time.Millisecond, DefaultMaxBytes, status.ReportLimits{})

@@ -35,30 +35,58 @@ func JSON(w io.Writer, s *status.Snapshot) error {
 // conditions an alert most often wants.
 func Prometheus(w io.Writer, s *status.Snapshot) error {
 	p := promWriter{bufio.NewWriter(w)}
-	p.gauge("bento_status_timestamp_seconds", "When bento status read the chroots.")
-	p.value("bento_status_timestamp_seconds", float64(s.GeneratedAt.Unix()))
-	p.gauge("bento_status_exit_code", "The exit status bento status gave (0 all up to date, 3 pending, 4 silent, 5 failing or secrets not installed).")
-	p.value("bento_status_exit_code", float64(s.ExitCode))
-	p.gauge("bento_hosts", "Number of hosts per state.")
-	for _, st := range status.States {
-		p.value("bento_hosts", float64(s.Summary.States[st]), "state", string(st))
-	}
-	p.gauge("bento_host_state", "1 for the host's current state, 0 for the others.")
-	for _, r := range s.Hosts {
-		for _, st := range status.States {
-			p.value("bento_host_state", b(r.State == st), "host", r.Host, "state", string(st))
-		}
-	}
-	for _, g := range hostGauges {
-		p.gauge(g.name, g.help)
-		for i := range s.Hosts {
-			r := &s.Hosts[i]
-			if v, ok := g.value(r); ok {
-				p.value(g.name, v, "host", r.Host)
-			}
+	for _, m := range Metrics(s) {
+		p.gauge(m.Name, m.Help)
+		for _, v := range m.Samples {
+			p.value(m.Name, v.Value, v.Labels...)
 		}
 	}
 	return p.Flush()
+}
+
+// Metric is one gauge of the Prometheus metrics, with its samples. bento
+// serve hands these to client_golang's registry; Prometheus prints them.
+type Metric struct {
+	Name, Help string
+	Samples    []Sample
+}
+
+// Sample is one value of a gauge; Labels are name, value pairs.
+type Sample struct {
+	Labels []string
+	Value  float64
+}
+
+// Metrics are the gauges Prometheus prints, in its order.
+func Metrics(s *status.Snapshot) []Metric {
+	ms := []Metric{
+		{Name: "bento_status_timestamp_seconds", Help: "When bento status read the chroots.",
+			Samples: []Sample{{Value: float64(s.GeneratedAt.Unix())}}},
+		{Name: "bento_status_exit_code", Help: "The exit status bento status gave (0 all up to date, 3 pending, 4 silent, 5 failing or secrets not installed).",
+			Samples: []Sample{{Value: float64(s.ExitCode)}}},
+	}
+	hosts := Metric{Name: "bento_hosts", Help: "Number of hosts per state."}
+	for _, st := range status.States {
+		hosts.Samples = append(hosts.Samples, Sample{Labels: []string{"state", string(st)}, Value: float64(s.Summary.States[st])})
+	}
+	state := Metric{Name: "bento_host_state", Help: "1 for the host's current state, 0 for the others."}
+	for _, r := range s.Hosts {
+		for _, st := range status.States {
+			state.Samples = append(state.Samples, Sample{Labels: []string{"host", r.Host, "state", string(st)}, Value: b(r.State == st)})
+		}
+	}
+	ms = append(ms, hosts, state)
+	for _, g := range hostGauges {
+		m := Metric{Name: g.name, Help: g.help}
+		for i := range s.Hosts {
+			r := &s.Hosts[i]
+			if v, ok := g.value(r); ok {
+				m.Samples = append(m.Samples, Sample{Labels: []string{"host", r.Host}, Value: v})
+			}
+		}
+		ms = append(ms, m)
+	}
+	return ms
 }
 
 // hostGauges are the gauges with one series per host, in the order they

@@ -1,0 +1,194 @@
+// Command serve benchmarks bento serve over a generated chroot root of
+// 1,000 hosts (by default) in a mix of states: for the fleet page, its
+// live fragment, /api/status and /metrics, the server's time per request
+// (the handler alone, from the snapshot in memory, as every request is
+// served; the chroots are read once per change, by the one watch, and
+// that collection is timed too) and the weight of the answer.
+//
+//	go run ./bench/serve [-hosts 1000] [-requests 50]
+//
+// Goals (issue 19): ≤ 50 ms per request and ≤ 200 KB for the fleet page
+// over 1000 hosts. Each figure is the median of -requests requests after
+// one warm-up.
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/bento-nix/bento/internal/benchtb"
+	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/serve"
+	"github.com/bento-nix/bento/status"
+)
+
+func main() {
+	hosts := flag.Int("hosts", 1000, "hosts in the chroot root")
+	requests := flag.Int("requests", 50, "requests per URL (the median is printed)")
+	flag.Parse()
+	if err := run(*hosts, *requests); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/serve:", err)
+		os.Exit(1)
+	}
+}
+
+func run(n, requests int) error {
+	tmp, err := os.MkdirTemp("", "bento-bench-serve-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	root := filepath.Join(tmp, "chroot")
+	if err := generate(root, n, time.Now()); err != nil {
+		return err
+	}
+	opts := status.Options{Root: root, Sort: "state"}
+	var collects []time.Duration
+	for range 5 {
+		opts.Now = time.Now()
+		start := time.Now()
+		if _, err := status.Collect(context.Background(), opts); err != nil {
+			return err
+		}
+		collects = append(collects, time.Since(start))
+	}
+
+	s := serve.New(serve.Options{Status: opts, Every: time.Hour, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx)
+	h := s.Handler()
+
+	fmt.Printf("bento serve over %d hosts (%d CPUs, load %s)\n", n, runtime.NumCPU(), benchtb.LoadAvg())
+	fmt.Printf("  reading the chroots (once per change, shared by every client): %s median of 5\n", benchtb.Median(collects).Round(time.Microsecond))
+	fmt.Printf("  %-24s %12s %10s %12s %10s %10s\n", "request", "rendered", "slowest", "from cache", "bytes", "gzipped")
+	for _, url := range []string{"/", "/live/fleet", "/?state=failing", "/host/host-0002", "/api/status", "/metrics"} {
+		// A query of its own makes each request render (the first after a
+		// change, for every view); the same URL again comes from the cache.
+		fresh, _, err := measure(h, url, true, requests)
+		if err != nil {
+			return err
+		}
+		cached, sizes, err := measure(h, url, false, requests)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("  %-24s %12s %10s %12s %10d %10d\n", "GET "+url, benchtb.Median(fresh).Round(time.Microsecond), slowest(fresh).Round(time.Microsecond),
+			benchtb.Median(cached).Round(time.Microsecond), sizes[0], sizes[1])
+	}
+	fmt.Println("  goals: ≤ 50 ms per request, ≤ 200 KB (204800 bytes) for the fleet page (bytes: uncompressed; gzipped: what a browser downloads)")
+	return nil
+}
+
+// measure requests url requests times (after one warm-up), each with a
+// query of its own when fresh; it returns the handler's times and the
+// answer's size plain and gzipped.
+func measure(h http.Handler, url string, fresh bool, requests int) ([]time.Duration, [2]int, error) {
+	var times []time.Duration
+	var sizes [2]int
+	for i := range requests + 1 {
+		u := url
+		if fresh {
+			sep := "?"
+			if strings.Contains(u, "?") {
+				sep = "&"
+			}
+			u += fmt.Sprintf("%sbench=%d", sep, i)
+		}
+		req := httptest.NewRequest(http.MethodGet, u, nil)
+		rec := httptest.NewRecorder()
+		start := time.Now()
+		h.ServeHTTP(rec, req)
+		d := time.Since(start)
+		if rec.Code != http.StatusOK {
+			return nil, sizes, fmt.Errorf("GET %s: %d %s", u, rec.Code, rec.Body.String())
+		}
+		if i == 0 {
+			// The first waits for the first collection.
+			sizes = [2]int{rec.Body.Len(), gzipped(rec.Body.Bytes())}
+			continue
+		}
+		times = append(times, d)
+	}
+	return times, sizes, nil
+}
+
+func slowest(ds []time.Duration) time.Duration {
+	var m time.Duration
+	for _, d := range ds {
+		m = max(m, d)
+	}
+	return m
+}
+
+func gzipped(b []byte) int {
+	var buf bytes.Buffer
+	w := gzip.NewWriter(&buf)
+	w.Write(b)
+	w.Close()
+	return buf.Len()
+}
+
+// generate writes n hosts' manifests and reports: mostly up to date, one
+// in 20 pending, failing, drifting, stale or never seen.
+func generate(root string, n int, now time.Time) error {
+	const sysA = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a-1"
+	const sysB = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b-2"
+	files := make([]manifest.File, 30)
+	for i := range files {
+		files[i] = manifest.File{Path: fmt.Sprintf("hosts/common/module-%04d.nix", i), Mode: 0o644, Size: 1234, SHA256: fmt.Sprintf("%064x", i)}
+	}
+	for i := range n {
+		host := fmt.Sprintf("host-%04d", i)
+		dir := filepath.Join(root, host)
+		if err := os.MkdirAll(filepath.Join(dir, manifest.LogsDir), 0o755); err != nil {
+			return err
+		}
+		version := fmt.Sprintf("%020x", i+1)
+		m := manifest.Manifest{Format: manifest.Format, Host: host, Version: version, PublishedAt: now.Add(-time.Hour),
+			ExpectedToplevel: sysA, Flake: manifest.Flake{Attr: "nixosConfigurations." + host}, Files: files}
+		r := manifest.Report{Format: manifest.Format, Host: host, SeenVersion: version, AppliedVersion: version, AttemptedVersion: version,
+			Stage: manifest.StageConfirmed, Result: manifest.ResultSuccess, ExpectedToplevel: sysA, ActualToplevel: sysA,
+			CurrentSystem: sysA, BootedSystem: sysA, Operation: "switch", AgentVersion: "dev", BytesFetched: 3500,
+			StartedAt: now.Add(-2 * time.Minute), FinishedAt: now.Add(-time.Minute), Log: version + "-20250101T000000Z.log"}
+		switch i % 20 {
+		case 1:
+			r.AppliedVersion = "old"
+		case 2:
+			r.Result, r.Stage, r.AppliedVersion, r.Error = manifest.ResultFailure, manifest.StageFailed, "old", "build: error: builder for '/nix/store/x.drv' failed with exit code 1"
+		case 3:
+			r.CurrentSystem = sysB
+		case 4:
+			r.FinishedAt = now.Add(-3 * time.Hour)
+		}
+		md, _ := json.Marshal(m)
+		if err := os.WriteFile(filepath.Join(dir, manifest.ManifestFile), md, 0o644); err != nil {
+			return err
+		}
+		if i%20 == 5 {
+			continue // never seen
+		}
+		rd, _ := json.Marshal(r)
+		if err := os.WriteFile(filepath.Join(dir, manifest.StatusFile), rd, 0o644); err != nil {
+			return err
+		}
+		log := bytes.Repeat([]byte("bento: building something, line of a log\n"), 200)
+		if err := os.WriteFile(filepath.Join(dir, manifest.LogsDir, r.Log), log, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/history"
+	"github.com/bento-nix/bento/internal/termsafe"
+	"github.com/bento-nix/bento/internal/timespan"
+	"github.com/bento-nix/bento/status"
+)
+
+const historyDescription = `What the server observed, oldest first: each publication (bento deploy), each
+change of a host's report as bento status (or status --watch, serve) read it, and
+each rollout step. The history is <chroot-root>/.bento-state/history.db; bento
+deploy prunes events older than --history-retention (default 90 days).
+
+A report read again unchanged is not recorded again; a report that disappears,
+becomes unreadable, comes back or goes back to an older one is recorded as such.
+What hosts wrote is shown as data, made terminal-safe.
+
+--since takes a duration back from now (24h, 7d, "1h 30min") or a date
+(2026-12-01, local midnight) or an RFC 3339 time. See docs/status.md.`
+
+func historyCommand() *cli.Command {
+	return &cli.Command{
+		Name:        "history",
+		Usage:       "show what happened to the fleet, host by host: publications, reports, rollouts",
+		ArgsUsage:   "[HOST|GLOB]...",
+		Description: historyDescription,
+		Flags: []cli.Flag{
+			chrootRootFlag(),
+			&cli.StringFlag{Name: "since", Usage: "only events since then: a duration back (24h, 7d) or a date (2026-12-01)"},
+			&cli.IntFlag{Name: "limit", Value: 200, Usage: "show at most the newest N events (0: all)"},
+			&cli.BoolFlag{Name: "json", Usage: "print the events as JSON for scripts"},
+		},
+		Action: runHistory,
+	}
+}
+
+// historyRetentionFlag is bento deploy's --history-retention.
+func historyRetentionFlag() cli.Flag {
+	return &cli.StringFlag{Name: "history-retention", Value: "90d", EnvVars: []string{"BENTO_HISTORY_RETENTION"},
+		Usage: "keep the server's history (bento history) this long; older events are pruned by each deploy (" + timespan.Syntax + ")"}
+}
+
+// historyRetention reads --history-retention.
+func historyRetention(c *cli.Context) (time.Duration, error) {
+	d, err := timespan.Parse(c.String("history-retention"))
+	if err != nil {
+		return 0, usageError("--history-retention: %w", err)
+	}
+	if d <= 0 {
+		return 0, usageError("--history-retention must be positive (got %s)", c.String("history-retention"))
+	}
+	return d, nil
+}
+
+func runHistory(c *cli.Context) error {
+	root := c.String("chroot-root")
+	now := time.Now()
+	since, err := parseSince(c.String("since"), now)
+	if err != nil {
+		return usageError("--since: %w", err)
+	}
+	if c.Int("limit") < 0 {
+		return usageError("--limit must not be negative")
+	}
+	for _, a := range c.Args().Slice() {
+		switch {
+		case strings.HasPrefix(a, "-"):
+			return usageError("%s comes after the host names: put flags first (bento history %s HOST…)", a, a)
+		case strings.HasPrefix(a, "@"):
+			return usageError("host selection %q: bento history does not evaluate the flake, so it knows no tags; name the hosts or use a glob", a)
+		}
+	}
+	path := history.Path(root)
+	q := history.Query{Since: since, Limit: c.Int("limit")}
+	if args := c.Args().Slice(); len(args) > 0 {
+		if q.Hosts, err = historyHosts(c, path, root, args); err != nil {
+			return err
+		}
+	}
+	doc, err := history.Read(c.Context, root, q, now)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		fmt.Fprintf(c.App.ErrWriter, "bento: no history yet at %s (bento deploy and bento status record it)\n", path)
+	case err != nil:
+		return failed(err)
+	}
+	return printHistory(c, doc, now)
+}
+
+// historyHosts resolves names and globs against the hosts the history
+// knows and the chroots the root holds (a host without events yet).
+func historyHosts(c *cli.Context, path, root string, patterns []string) ([]string, error) {
+	var known []string
+	db, err := history.OpenReadOnly(c.Context, path)
+	switch {
+	case err == nil:
+		defer db.Close()
+		if known, err = db.Hosts(c.Context); err != nil {
+			return nil, failed(err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, failed(err)
+	}
+	seen := map[string]bool{}
+	var hosts []fleet.Host
+	add := func(n string) {
+		if !seen[n] && fleet.ValidateName(n) == nil {
+			seen[n] = true
+			hosts = append(hosts, fleet.Host{Name: n})
+		}
+	}
+	for _, n := range known {
+		add(n)
+	}
+	if names, err := status.ChrootHosts(root); err == nil {
+		for _, n := range names {
+			add(n)
+		}
+	}
+	picked, err := fleet.Select(hosts, patterns)
+	if err != nil {
+		return nil, usageError("%w", err)
+	}
+	out := make([]string, len(picked))
+	for i, h := range picked {
+		out[i] = h.Name
+	}
+	return out, nil
+}
+
+// parseSince reads --since: empty, a duration back from now, a date
+// (local midnight) or an RFC 3339 time.
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.ParseInLocation("2006-01-02", s, time.Local); err == nil {
+		return t, nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	d, err := timespan.Parse(s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither a date (2026-12-01), an RFC 3339 time nor a duration back from now (24h, 7d)", s)
+	}
+	if d <= 0 {
+		return time.Time{}, fmt.Errorf("%q: the duration must be positive", s)
+	}
+	return now.Add(-d), nil
+}
+
+func printHistory(c *cli.Context, doc *history.Document, now time.Time) error {
+	w := c.App.Writer
+	if c.Bool("json") {
+		data, err := json.MarshalIndent(doc, "", "  ")
+		if err != nil {
+			return failed(err)
+		}
+		// Host-written strings stay what they were, but no control
+		// character reaches a terminal raw.
+		_, err = w.Write(append(termsafe.EscapeJSON(data), '\n'))
+		return err
+	}
+	if len(doc.Events) == 0 {
+		fmt.Fprintln(w, "no events")
+		return nil
+	}
+	if err := historyTable(w, doc.Events, now); err != nil {
+		return failed(err)
+	}
+	if doc.Truncated {
+		fmt.Fprintf(w, "(older events left out: --limit %d; --since or --limit 0 shows more)\n", c.Int("limit"))
+	}
+	return nil
+}
+
+// historyTable prints one line per event, oldest first. A report that
+// says again what the host's previous one said (a success, then
+// "unchanged") is left out: --json has every event.
+func historyTable(w io.Writer, events []history.Event, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tAGO\tHOST\tEVENT")
+	lastDay := ""
+	prev := map[string]string{}
+	for _, e := range events {
+		if e.Kind == history.KindReport {
+			key := e.State + "\x00" + e.Version + "\x00" + e.AppliedVersion + "\x00" + e.Error + "\x00" + e.Reason
+			if prev[e.Host] == key {
+				continue
+			}
+			prev[e.Host] = key
+		} else {
+			delete(prev, e.Host)
+		}
+		t := e.At.Local()
+		// The date once per day, the zone always: times read alone.
+		stamp := t.Format("15:04:05 MST")
+		if day := t.Format("2006-01-02"); day != lastDay {
+			stamp, lastDay = day+" "+stamp, day
+		}
+		host := e.Host
+		if host == "" {
+			host = "(fleet)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", stamp, status.Ago(now.Sub(e.At))+" ago", termsafe.Line(host), termsafe.Line(describeEvent(e)))
+	}
+	return tw.Flush()
+}
+
+// describeEvent says an event in words: "published 3f2a1b2c", "up-to-date
+// 3f2a1b2c", "rolled back 3f2a1b2c: health-check".
+func describeEvent(e history.Event) string {
+	v := status.ShortVersion(e.Version)
+	var b strings.Builder
+	switch e.Kind {
+	case history.KindPublished:
+		fmt.Fprintf(&b, "published %s", v)
+		if e.ExpectedSystem != "" {
+			fmt.Fprintf(&b, " (system %s)", shortSystem(e.ExpectedSystem))
+		}
+		if e.DeployRun != "" {
+			fmt.Fprintf(&b, ", deploy %s", e.DeployRun)
+		}
+	case history.KindReport, history.KindReportRegressed, history.KindReportRestored:
+		switch e.Kind {
+		case history.KindReportRegressed:
+			b.WriteString("report went back to an older one: ")
+		case history.KindReportRestored:
+			b.WriteString("report back: ")
+		}
+		b.WriteString(reportWords(e, v))
+	case history.KindReportGone:
+		b.WriteString("report gone")
+	case history.KindReportUnreadable:
+		b.WriteString("report unreadable")
+		if e.Error != "" {
+			b.WriteString(": " + e.Error)
+		}
+	case history.KindRollout:
+		fmt.Fprintf(&b, "rollout %s", e.RolloutID)
+		if e.Wave != nil {
+			fmt.Fprintf(&b, " wave %d", *e.Wave)
+		}
+		b.WriteString(": " + e.Action)
+		if e.Reason != "" {
+			b.WriteString(" (" + e.Reason + ")")
+		}
+	default:
+		b.WriteString(e.Kind)
+	}
+	return b.String()
+}
+
+// reportWords says what a report told: the state status saw, else the
+// host's stage and result, with the version and why it failed.
+func reportWords(e history.Event, v string) string {
+	var b strings.Builder
+	switch {
+	case e.Result == "rolled-back":
+		fmt.Fprintf(&b, "rolled back %s", v)
+		if e.Reason != "" {
+			b.WriteString(": " + e.Reason)
+		}
+	case e.State != "":
+		b.WriteString(e.State + " " + v)
+	default:
+		fmt.Fprintf(&b, "%s %s (%s)", e.Result, v, e.Stage)
+	}
+	if e.Result != "rolled-back" && e.Reason != "" {
+		b.WriteString(" (" + e.Reason + ")")
+	}
+	if e.Result == "failure" && e.Error != "" {
+		fmt.Fprintf(&b, ": failed at %s: %s", e.Stage, e.Error)
+	}
+	if e.Log != "" {
+		fmt.Fprintf(&b, " [log %s]", e.Log)
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// shortSystem is a store path's name with the first 8 digits of its hash.
+func shortSystem(p string) string {
+	base := p[strings.LastIndexByte(p, '/')+1:]
+	if len(base) > 33 && base[32] == '-' {
+		return base[:8] + "…" + base[32:]
+	}
+	return base
+}
+
+// statusHistory opens the history status records into; nil (after one
+// warning) when it cannot: a read-only chroot root, a state directory
+// only root may write. Status goes on without it.
+func statusHistory(c *cli.Context, root string) (*history.DB, func(error)) {
+	var once sync.Once
+	warn := func(err error) {
+		once.Do(func() {
+			fmt.Fprintf(c.App.ErrWriter, "bento: warning: %v (status goes on without recording its reports in the history)\n", err)
+		})
+	}
+	if _, err := os.Stat(root); err != nil {
+		// status says that the root is missing, better than this could.
+		return nil, warn
+	}
+	db, err := history.Open(c.Context, history.Path(root))
+	if err != nil {
+		warn(err)
+		return nil, warn
+	}
+	return db, warn
+}
