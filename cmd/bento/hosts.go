@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/table"
 )
 
 func hostsCommand() *cli.Command {
@@ -67,13 +67,12 @@ func printHostsJSON(w io.Writer, f *fleet.Fleet, hosts []fleet.Host) error {
 }
 
 func printHostsTable(w io.Writer, hosts []fleet.Host) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tENABLED\tPLATFORM\tUSER\tMODE\tTAGS")
+	t := table.Table{Header: []string{"HOST", "ENABLED", "PLATFORM", "USER", "MODE", "TAGS"}}
 	for _, h := range hosts {
 		tags := strings.Join(h.Options.Tags, ",")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, enabled(h), dash(h.System), h.Options.User, h.Options.Mode, dash(tags))
+		t.Rows = append(t.Rows, []string{h.Name, enabled(h), dash(h.System), h.Options.User, h.Options.Mode, dash(tags)})
 	}
-	return tw.Flush()
+	return t.Write(w)
 }
 
 // enabled is the ENABLED column: whether bento deploys the host, and for

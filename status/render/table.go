@@ -11,8 +11,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bento-nix/bento/status"
 	"github.com/mattn/go-runewidth"
+
+	"github.com/bento-nix/bento/internal/table"
+	"github.com/bento-nix/bento/status"
 )
 
 // TableOptions shape the human table.
@@ -61,24 +63,28 @@ func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 	bw := bufio.NewWriter(w)
 	cond := &runewidth.Condition{EastAsianWidth: false, StrictEmojiNeutral: true}
 	if len(s.Hosts) > 0 {
-		header := []string{"HOST", "STATE", "PUBLISHED", "APPLIED", "SYSTEM", "SEEN", "MESSAGE"}
-		cells := make([][]string, 0, len(s.Hosts))
+		t := table.Table{Header: []string{"HOST", "STATE", "PUBLISHED", "APPLIED", "SYSTEM", "SEEN", "MESSAGE"}}
 		for i := range s.Hosts {
-			cells = append(cells, tableCells(&s.Hosts[i], s.GeneratedAt))
+			t.Rows = append(t.Rows, tableCells(&s.Hosts[i], s.GeneratedAt))
 		}
-		widths := columnWidths(header, cells, cond)
-		if msgWidth := o.messageWidth(widths); msgWidth > 0 {
-			last := len(header) - 1
-			for i, row := range cells {
+		if msgWidth := o.messageWidth(t.Widths()); msgWidth > 0 {
+			last := len(t.Header) - 1
+			for i, row := range t.Rows {
 				if cond.StringWidth(row[last]) > msgWidth {
 					row[last] = cut(row[last], retryTail(&s.Hosts[i], s.GeneratedAt), msgWidth, cond)
 				}
 			}
 		}
-		writeRow(bw, header, widths, cond, func(int, string) string { return "1" }, o.Color)
-		for i, row := range cells {
-			r := &s.Hosts[i]
-			writeRow(bw, row, widths, cond, func(col int, _ string) string { return cellColor(r, col) }, o.Color)
+		if o.Color {
+			t.Color = func(row, col int) string {
+				if row < 0 {
+					return "1"
+				}
+				return cellColor(&s.Hosts[row], col)
+			}
+		}
+		if err := t.Write(bw); err != nil {
+			return err
 		}
 	}
 	bw.WriteString(SummaryLine(s, o.Color))
@@ -112,21 +118,6 @@ func retryTail(r *status.Row, now time.Time) string {
 	return "retry due"
 }
 
-// columnWidths is the widest cell of each column but the last (the
-// message, which is never padded).
-func columnWidths(header []string, cells [][]string, cond *runewidth.Condition) []int {
-	widths := make([]int, len(header))
-	for i, h := range header {
-		widths[i] = cond.StringWidth(h)
-	}
-	for _, row := range cells {
-		for i, c := range row[:len(row)-1] {
-			widths[i] = max(widths[i], cond.StringWidth(c))
-		}
-	}
-	return widths
-}
-
 // messageWidth is how many columns a message may take: MessageWidth when
 // set, else what the terminal's Width leaves (at least minMessageWidth),
 // else 0 for no limit.
@@ -153,21 +144,6 @@ func cellColor(r *status.Row, col int) string {
 		return stateColor[status.Failing]
 	}
 	return ""
-}
-
-func writeRow(w *bufio.Writer, cells []string, widths []int, cond *runewidth.Condition, color func(int, string) string, on bool) {
-	last := len(cells) - 1
-	for last > 0 && cells[last] == "" {
-		last--
-	}
-	for i := 0; i <= last; i++ {
-		c := cells[i]
-		w.WriteString(paint(c, color(i, c), on))
-		if i < last {
-			w.WriteString(strings.Repeat(" ", widths[i]-cond.StringWidth(c)+2))
-		}
-	}
-	w.WriteByte('\n')
 }
 
 func tableCells(r *status.Row, now time.Time) []string {
