@@ -13,6 +13,7 @@ import (
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/status"
 )
 
 // agentStatusCommand is "bento agent status": the host's own view of where
@@ -86,13 +87,13 @@ func writeAgentStatus(w io.Writer, s *agent.HostStatus, now time.Time) {
 		return v
 	}
 	row("host", s.Host)
-	row("applied", orDash(s.AppliedVersion)+"  "+orDash(s.AppliedSystem))
+	row("applied", orDash(status.ShortVersion(s.AppliedVersion))+"  "+orDash(s.AppliedSystem))
 	if a := s.Attempt; a != nil {
 		result := string(a.Result)
 		if a.Running {
 			result = "running (or interrupted)"
 		}
-		row("last attempt", fmt.Sprintf("%s, attempt %d: %s, started %s", a.Version, a.Count, orDash(result), when(a.StartedAt)))
+		row("last attempt", fmt.Sprintf("%s, attempt %d: %s, started %s", status.ShortVersion(a.Version), a.Count, orDash(result), when(a.StartedAt)))
 	} else {
 		row("last attempt", "none")
 	}
@@ -100,7 +101,7 @@ func writeAgentStatus(w io.Writer, s *agent.HostStatus, now time.Time) {
 		row("next retry", when(*s.NextRetry)+"  (bento agent run --now tries at once)")
 	}
 	if u := s.Unconfirmed; u != nil {
-		row("unconfirmed", fmt.Sprintf("switch to %s (%s) at %s; rolled back after %s unless the server answers", u.To, u.Version, when(u.At), when(u.ConfirmBy)))
+		row("unconfirmed", fmt.Sprintf("switch to %s (%s) at %s; rolled back after %s unless the server answers", u.To, status.ShortVersion(u.Version), when(u.At), when(u.ConfirmBy)))
 	}
 	row("queued reports", fmt.Sprint(s.QueuedReports))
 	if p := s.PendingReboot; p != nil {

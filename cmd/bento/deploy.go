@@ -19,6 +19,7 @@ import (
 	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/publish"
+	"github.com/bento-nix/bento/status"
 )
 
 // DefaultChrootRoot is where the SFTP chroots live on a server.
@@ -346,13 +347,13 @@ func describe(h deploy.Row, dryRun bool) (text, colour, key string) {
 	case publish.StatusFailed:
 		return "failed: " + h.ErrorDetail(), "\x1b[31m", "failed"
 	case publish.StatusUnchanged:
-		return "unchanged " + h.Version + forced, "", "unchanged"
+		return "unchanged " + status.ShortVersion(h.Version) + forced, "", "unchanged"
 	case publish.StatusUpdated:
 		verb, key := "updated", "updated"
 		if dryRun {
 			verb, key = "would update", "would update"
 		}
-		return fmt.Sprintf("%s %s: same files, manifest only (expected system %s)%s", verb, h.Version, dash(h.ExpectedToplevel), forced), "\x1b[32m", key
+		return fmt.Sprintf("%s %s: same files, manifest only (expected system %s)%s", verb, status.ShortVersion(h.Version), dash(h.ExpectedToplevel), forced), "\x1b[32m", key
 	}
 	verb, key := "published", "published"
 	if dryRun {
@@ -366,11 +367,11 @@ func describe(h deploy.Row, dryRun bool) (text, colour, key string) {
 		detail = "the kept previous version goes live again"
 	}
 	if h.Previous != "" {
-		detail += "; was " + h.Previous
+		detail += "; was " + status.ShortVersion(h.Previous)
 	}
 	colour = "\x1b[32m"
 	if h.BuildFailed {
 		colour = "\x1b[33m"
 	}
-	return fmt.Sprintf("%s %s (%s)%s", verb, h.Version, detail, forced), colour, key
+	return fmt.Sprintf("%s %s (%s)%s", verb, status.ShortVersion(h.Version), detail, forced), colour, key
 }

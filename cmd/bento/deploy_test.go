@@ -12,6 +12,7 @@ import (
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/publish"
+	"github.com/bento-nix/bento/status"
 )
 
 // deployEnv is a fixture fleet and the directories a deploy uses.
@@ -126,7 +127,7 @@ func TestDeployCommand(t *testing.T) {
 	}
 
 	stdout, _, code = runCLI(t, e.args()...)
-	if code != 0 || !strings.Contains(stdout, "alpha  unchanged "+mAlpha.Version) || !strings.Contains(stdout, "2 unchanged") {
+	if code != 0 || !strings.Contains(stdout, "alpha  unchanged "+status.ShortVersion(mAlpha.Version)) || !strings.Contains(stdout, "2 unchanged") {
 		t.Fatalf("redeploy: exit %d\n%s", code, stdout)
 	}
 
