@@ -4,14 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/bento-nix/bento/agent"
+	"github.com/bento-nix/bento/internal/table"
 	"github.com/bento-nix/bento/internal/termsafe"
-	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/status"
 )
@@ -65,20 +64,21 @@ func troubled(s *agent.HostStatus) bool {
 }
 
 func writeAgentStatus(w io.Writer, s *agent.HostStatus, now time.Time) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
-	when := func(t time.Time) string {
-		if t.IsZero() {
+	var t table.Table
+	row := func(k, v string) { t.Rows = append(t.Rows, []string{k, v}) }
+	// Times with their zone, durations as bento status writes them.
+	when := func(at time.Time) string {
+		if at.IsZero() {
 			return "-"
 		}
-		d := now.Sub(t)
+		d := now.Sub(at)
 		if d > -time.Second && d < time.Second {
-			return t.Local().Format(time.RFC3339) + " (just now)"
+			return at.Local().Format(timeLayout) + " (just now)"
 		}
 		if d >= 0 {
-			return fmt.Sprintf("%s (%s ago)", t.Local().Format(time.RFC3339), timespan.Format(d.Round(time.Second)))
+			return fmt.Sprintf("%s (%s ago)", at.Local().Format(timeLayout), status.Ago(d))
 		}
-		return fmt.Sprintf("%s (in %s)", t.Local().Format(time.RFC3339), timespan.Format((-d).Round(time.Second)))
+		return fmt.Sprintf("%s (in %s)", at.Local().Format(timeLayout), status.Ago(-d))
 	}
 	orDash := func(v string) string {
 		if v == "" {
@@ -122,5 +122,5 @@ func writeAgentStatus(w io.Writer, s *agent.HostStatus, now time.Time) {
 	for _, p := range s.Problems {
 		row("problem", p)
 	}
-	tw.Flush()
+	t.Write(w)
 }
