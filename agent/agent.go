@@ -21,7 +21,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -112,16 +111,26 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	if err := cfg.Validate(); err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
-	keys, err := transport.ParseHostKeys(cfg.ServerHostKey)
+	endpoints, err := cfg.Endpoints()
 	if err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
+	pubKeys, err := cfg.PublicationKeys()
+	if err != nil {
+		return Outcome{}, &ConfigError{err}
+	}
 	var signer ssh.Signer
 	var local *transport.Local
 	if o.Bundle != "" {
+		if len(pubKeys) == 0 {
+			// Over SFTP the pinned server host key vouches for what is
+			// read; a directory has nothing of the kind but the
+			// publication's own signature.
+			return Outcome{}, &ConfigError{errors.New("apply-bundle needs services.bento.publicationKey (--publication-key): nothing else vouches for a bundle, whoever handed it over")}
+		}
 		// Offline: the bundle is the chroot; nothing logs in anywhere.
 		if local, err = transport.OpenLocal(o.Bundle, o.ReportDir); err != nil {
 			return Outcome{}, err
@@ -140,10 +149,6 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 		}
 	}
 	policy, err := activate.ParsePolicy(cfg.Reboot.Policy, cfg.Reboot.Window)
-	if err != nil {
-		return Outcome{}, &ConfigError{err}
-	}
-	pubKeys, err := cfg.PublicationKeys()
 	if err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
@@ -166,17 +171,17 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	defer lk.release()
 
 	t := &tick{
-		cfg:     cfg,
-		o:       o,
-		keys:    keys,
-		signer:  signer,
-		policy:  policy,
-		pubKeys: pubKeys,
-		local:   local,
-		retry:   backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
-		store:   &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir), Objects: filepath.Join(cfg.StateDir, objectsDir)},
-		queue:   &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
-		log:     slog.New(newLineHandler(o.Out)),
+		cfg:       cfg,
+		o:         o,
+		endpoints: orderServers(endpoints, cfg.ServerOrder, lastServer(cfg.StateDir)),
+		signer:    signer,
+		policy:    policy,
+		pubKeys:   pubKeys,
+		local:     local,
+		retry:     backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
+		store:     &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir), Objects: filepath.Join(cfg.StateDir, objectsDir)},
+		queue:     &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
+		log:       slog.New(newLineHandler(o.Out)),
 	}
 	defer t.closeConn()
 	// An attempt cut short by a signal ends its uploads here.
@@ -189,11 +194,12 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 }
 
 type tick struct {
-	cfg    Config
-	o      Options
-	keys   []ssh.PublicKey
-	signer ssh.Signer
-	policy activate.Policy
+	cfg Config
+	o   Options
+	// endpoints are the servers to try, in the order of this tick.
+	endpoints []transport.Endpoint
+	signer    ssh.Signer
+	policy    activate.Policy
 	// pubKeys are the configured publication keys; pins adds the keys
 	// the state pinned through a rotation (signing.go).
 	pubKeys []manifest.PublicationKey
@@ -246,10 +252,7 @@ func (t *tick) say(format string, args ...any) {
 
 func (t *tick) transportOptions(attempts int) transport.Options {
 	return transport.Options{
-		Addr:           net.JoinHostPort(t.cfg.Server, strconv.Itoa(t.cfg.Port)),
-		User:           t.cfg.User,
 		Signer:         t.signer,
-		HostKeys:       t.keys,
 		ConnectTimeout: time.Duration(t.cfg.ConnectTimeout),
 		OpTimeout:      time.Duration(t.cfg.OperationTimeout),
 		Attempts:       attempts,
@@ -260,18 +263,35 @@ func (t *tick) transportOptions(attempts int) transport.Options {
 	}
 }
 
-// connect (re)opens the tick's connection.
+// connect (re)opens the tick's connection, to the first of the servers
+// that answers.
 func (t *tick) connect(ctx context.Context, attempts int) error {
 	if t.local != nil {
 		t.setConn(t.local)
 		return nil
 	}
-	c, err := transport.Dial(ctx, t.transportOptions(attempts))
+	c, err := t.dial(ctx, attempts)
 	if err != nil {
 		return err
 	}
 	t.setConn(c)
 	return nil
+}
+
+// dial connects to one of the servers (see transport.DialAny) and
+// remembers which one answered, for the next tick's order.
+func (t *tick) dial(ctx context.Context, attempts int) (*transport.Conn, error) {
+	c, _, err := transport.DialAny(ctx, t.transportOptions(attempts), t.endpoints)
+	if err != nil {
+		return nil, err
+	}
+	if len(t.endpoints) > 1 {
+		if c.Addr() != t.endpoints[0].Addr {
+			t.say("server %s did not answer: using %s", t.endpoints[0].Addr, c.Addr())
+		}
+		setLastServer(t.cfg.StateDir, c.Addr())
+	}
+	return c, nil
 }
 
 // remote is the chroot a tick reads and writes: a *transport.Conn over
@@ -286,6 +306,8 @@ type remote interface {
 	Remove(ctx context.Context, p string) error
 	Mkdir(ctx context.Context, p string) error
 	Touch(ctx context.Context, p string, t time.Time) error
+	// Addr is the server reached, "" for a bundle.
+	Addr() string
 	Close() error
 }
 
@@ -339,7 +361,7 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	}
 	if bootPending(st) {
 		// A boot operation whose health checks wait for the reboot.
-		if out, err, done := t.settleBoot(ctx, &st); done {
+		if out, done, err := t.settleBoot(ctx, &st); done {
 			return out, err
 		}
 	} else if st.Switch != nil {
@@ -383,6 +405,13 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		t.say("--now: trying version %s again without waiting for its retry (due %s)", head.Version, due.Format(time.RFC3339))
 		d = apply
 	}
+	if d == upToDate && len(t.pins) > 0 && head.Sequence > st.Publication.Sequence {
+		// The same version, published anew (re-signed, a next key
+		// announced): nothing to apply, but verified and remembered.
+		if err := t.acceptSame(ctx, &st); err != nil {
+			return t.refuse(ctx, &st, head, err)
+		}
+	}
 	switch d {
 	case upToDate:
 		if t.cfg.SelfUpdate {
@@ -415,6 +444,23 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 	}
 	st.accept(m, t.pubKeys)
 	return t.apply(ctx, &st, m)
+}
+
+// acceptSame verifies the manifest of the version already applied and
+// records it (its sequence, a next key it announces).
+func (t *tick) acceptSame(ctx context.Context, st *State) error {
+	m, err := t.readManifest(ctx)
+	if err != nil {
+		return err
+	}
+	if err := checkFresh(*st, m, true, 0, t.o.Now()); err != nil {
+		return err
+	}
+	st.accept(m, t.pubKeys)
+	if err := saveState(t.cfg.StateDir, *st); err != nil {
+		t.say("warning: %v", describeDiskError(err))
+	}
+	return nil
 }
 
 // badManifest is a published manifest the agent refuses to act on.
@@ -512,7 +558,13 @@ func (t *tick) parseManifest(data []byte) (*manifest.Manifest, error) {
 
 // newReport starts the report of an attempt.
 func (t *tick) newReport(st *State, version, expected string, now time.Time) manifest.Report {
+	server := ""
+	if c := t.getConn(); c != nil {
+		// Where it was read; deliver sets where it went.
+		server = c.Addr()
+	}
 	return manifest.Report{
+		Server:           server,
 		Format:           manifest.Format,
 		Host:             t.cfg.Host,
 		SeenVersion:      version,
@@ -721,6 +773,9 @@ func (t *tick) deliver(ctx context.Context, e queue.Entry, log []byte) error {
 			return err
 		}
 	}
+	// The server it reached, whichever tick made the report: status
+	// shows where each host was last heard from.
+	e.Report.Server = c.Addr()
 	key := reportKey(e.Report)
 	if !e.HasLog && e.Report.Result == manifest.ResultUnchanged && key == t.delivered() {
 		// The server holds this very report but for its times: moving

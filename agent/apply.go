@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/activate"
-	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/sftpcache"
@@ -222,7 +221,13 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 		}
 		timeout := time.Duration(t.cfg.ConfirmTimeout)
 		t.progress.stage(manifest.ProgressConfirming)
-		log.Printf("switched; checking that the server is still reachable (up to %s)", timeout)
+		what := "the server is still reachable"
+		if t.local != nil {
+			// Offline the guard is the activation itself: there is no
+			// network the new system could have cut.
+			what = "the bundle is still readable"
+		}
+		log.Printf("switched; checking that %s (up to %s)", what, timeout)
 		probes := 0
 		probe := func(ctx context.Context) error {
 			probes++
@@ -239,7 +244,11 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 			}
 			return Outcome{}, err
 		}
-		log.Printf("confirmed: the server answers after the switch")
+		if t.local != nil {
+			log.Printf("confirmed: the bundle is still readable after the switch")
+		} else {
+			log.Printf("confirmed: the server answers after the switch")
+		}
 		rep.Stage = manifest.StageConfirmed
 	}
 	st.AppliedVersion, st.AppliedSystem = version, toplevel
@@ -304,7 +313,9 @@ func (t *tick) probe(ctx context.Context) error {
 		_, err := t.local.Stat(ctx, manifest.ManifestFile)
 		return err
 	}
-	c, err := transport.Dial(ctx, t.transportOptions(1))
+	// Any of the servers confirms: what matters is that the new system
+	// can still reach the fleet's publication.
+	c, err := t.dial(ctx, 1)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,9 @@ type manifestHead struct {
 	Host     string
 	Version  string
 	Expected string
+	// Sequence is unverified here: it only says whether to read (and
+	// verify) the whole manifest of an unchanged version.
+	Sequence uint64
 }
 
 // parseHead reads the top-level keys of a manifest prefix up to "files"
@@ -45,6 +48,10 @@ func parseHead(b []byte) (h manifestHead, ok bool) {
 			}
 		case "version":
 			if dec.Decode(&h.Version) != nil {
+				return h, false
+			}
+		case "sequence":
+			if dec.Decode(&h.Sequence) != nil {
 				return h, false
 			}
 		case "expectedToplevel":

@@ -117,7 +117,7 @@ func bootPending(st State) bool {
 // settleBoot handles a boot operation whose health checks wait for the
 // machine to boot the new system. done false: nothing to do yet (not
 // rebooted), the tick goes on as usual with the journal kept.
-func (t *tick) settleBoot(ctx context.Context, st *State) (out Outcome, err error, done bool) {
+func (t *tick) settleBoot(ctx context.Context, st *State) (out Outcome, done bool, err error) {
 	j := *st.Switch
 	look := t.activator(io.Discard)
 	booted, _ := look.Booted()
@@ -129,10 +129,10 @@ func (t *tick) settleBoot(ctx context.Context, st *State) (out Outcome, err erro
 			t.say("%s is no longer the boot default (%s is): its health checks after the reboot are dropped", j.To, orNone(prof))
 			st.Switch = nil
 			if err := saveState(t.cfg.StateDir, *st); err != nil {
-				return Outcome{}, err, true
+				return Outcome{}, true, err
 			}
 		}
-		return Outcome{}, nil, false
+		return Outcome{}, false, nil
 	}
 	log := newLogBuffer(t.cfg.LogMaxBytes, t.o.Out)
 	act := t.activator(log)
@@ -151,12 +151,12 @@ func (t *tick) settleBoot(ctx context.Context, st *State) (out Outcome, err erro
 			st.AppliedVersion, st.AppliedSystem = j.FromVersion, j.From
 		}
 		out, err := t.rollbackOp(actx, st, &rep, log, act, j.From, activate.OpSwitch, manifest.RollbackHealthCheck, cause)
-		return out, err, true
+		return out, true, err
 	}
 	rep.Stage, rep.Result = manifest.StageConfirmed, manifest.ResultSuccess
 	st.Switch = nil
 	out, err = t.finishAttempt(actx, st, &rep, log, ActionApplied, nil)
-	return out, err, true
+	return out, true, err
 }
 
 // awaitBoot keeps the journal of a boot operation, when there are health

@@ -223,6 +223,9 @@ type Row struct {
 	// Progress is the tick under way on the host, from its live
 	// progress; null when none is.
 	Progress *Progress `json:"progress"`
+	// Server is the server (primary or mirror, "address:port") the host's
+	// last report was delivered to; empty when the report does not say.
+	Server string `json:"server"`
 	// Health is the host's last health check run (after its last switch,
 	// or a continuous check on a quiet tick), PreviousHealth the old
 	// system's after a health-check rollback; absent when none ran.

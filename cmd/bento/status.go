@@ -18,6 +18,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/eval"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/history"
 	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/status"
 	"github.com/bento-nix/bento/status/render"
@@ -260,6 +261,10 @@ func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table re
 			return fmt.Errorf("status interrupted: %w", c.Context.Err())
 		}
 		return failed(err)
+	}
+	if opts.History == nil {
+		// Not opened (a read-only state directory): its size all the same.
+		s.HistoryBytes, _ = history.FileSize(history.Path(opts.Root))
 	}
 	if prom.file != "" {
 		if err := atomicfile.Write(prom.file, 0o644, func(w io.Writer) error { return render.Prometheus(w, s) }); err != nil {

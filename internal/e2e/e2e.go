@@ -51,6 +51,8 @@ type Env struct {
 	// PublicationKey, when set, signs what Publish publishes (bento
 	// deploy --publication-key).
 	PublicationKey *manifest.SigningKey
+	// NextPublicationKey is announced (--next-publication-key).
+	NextPublicationKey string
 
 	// stateDir is the server's build state (GC roots, logs, records).
 	stateDir string
@@ -125,8 +127,9 @@ func (e *Env) Publish(t testing.TB, names ...string) map[string]Published {
 		SecretsOwner: e.sftpUser,
 		Eval:         eval.Options{Ref: e.FleetDir},
 
-		PublicationKey: e.PublicationKey,
-		Select:         names,
+		PublicationKey:     e.PublicationKey,
+		NextPublicationKey: e.NextPublicationKey,
+		Select:             names,
 	})
 	if err != nil {
 		t.Fatalf("e2e: %v", err)

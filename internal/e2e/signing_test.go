@@ -167,3 +167,52 @@ func signed(t *testing.T, m *manifest.Manifest, k *manifest.SigningKey) []byte {
 	}
 	return out
 }
+
+// Key rotation: the server announces the next key under the current one's
+// signature; the host pins it on applying that publication, accepts the
+// next one signed by the new key while its configuration still names the
+// old key, and refuses a key nobody announced.
+func TestPublicationKeyRotation(t *testing.T) {
+	k1, k2, stranger := newPublicationKey(t, "fleet-1"), newPublicationKey(t, "fleet-2"), newPublicationKey(t, "fleet-x")
+	e := Start(t, hostsFleet("alpha"))
+	e.PublicationKey = k1
+	e.Publish(t)
+	h := e.Host(t, "alpha")
+	h.Settings["publicationKey"] = k1.Public().String()
+	if res := h.Run(t); res.ExitCode != 0 {
+		t.Fatal("first publication not applied")
+	}
+
+	// Signed by a key this host never pinned: refused.
+	e.PublicationKey = stranger
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "2" })
+	before := h.Current(t)
+	e.Publish(t)
+	refused(t, h, before, "which this host does not pin")
+
+	// Back to the fleet's key, announcing the next one: the same
+	// version published anew (updated), which the host verifies and
+	// remembers though it has nothing to apply.
+	e.PublicationKey = k1
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "1" })
+	e.Publish(t)
+	if res := h.Run(t); res.ExitCode != 0 || h.Current(t) != before {
+		t.Fatalf("back to the applied version: exit %d", res.ExitCode)
+	}
+	e.NextPublicationKey = k2.Public().String()
+	if pub := e.Publish(t)["alpha"]; pub.Status != "updated" {
+		t.Fatalf("announcing the next key: %s, want updated", pub.Status)
+	}
+	if res := h.Run(t); res.ExitCode != 0 || h.Current(t) != before {
+		t.Fatalf("the announcing publication: exit %d, running %s", res.ExitCode, h.Current(t))
+	}
+	e.NextPublicationKey = ""
+
+	// The switch: the server signs with the new key.
+	e.PublicationKey = k2
+	e.Update(t, "alpha", func(x *fixture.Host) { x.Generation = "3" })
+	pub3 := e.Publish(t)["alpha"]
+	if res := h.Run(t); res.ExitCode != 0 || h.Current(t) != pub3.Built {
+		t.Fatalf("the publication signed by the announced key was not applied: exit %d", res.ExitCode)
+	}
+}

@@ -19,7 +19,7 @@ var Layers = [][]string{
 		"internal/e2e/...", "internal/fixture/...", "internal/format1/...",
 		"internal/sshdtest/...", "internal/benchtb/...", "internal/ci/...", "internal/layers/..."},
 	// The pipelines: a deploy, a host's agent, the fleet's status.
-	{"deploy/...", "agent/...", "status/...", "serve/..."},
+	{"deploy/...", "agent/...", "status/...", "serve/...", "mirror/..."},
 	// The steps.
 	{"builder/...", "publish/...", "activate/...", "cache/...", "sftpcache/...", "secrets/...", "history/..."},
 	{"eval/..."},

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -64,11 +65,21 @@ func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 	cond := &runewidth.Condition{EastAsianWidth: false, StrictEmojiNeutral: true}
 	if len(s.Hosts) > 0 {
 		t := table.Table{Header: []string{"HOST", "STATE", "PUBLISHED", "APPLIED", "SYSTEM", "SEEN", "MESSAGE"}}
-		for i := range s.Hosts {
-			t.Rows = append(t.Rows, tableCells(&s.Hosts[i], s.GeneratedAt))
+		// Which server each host reached matters once there are several
+		// (mirrors): only then a column says it.
+		withServer := serversSeen(s.Hosts) > 1
+		if withServer {
+			t.Header = slices.Insert(t.Header, len(t.Header)-1, "SERVER")
 		}
+		for i := range s.Hosts {
+			row := tableCells(&s.Hosts[i], s.GeneratedAt)
+			if withServer {
+				row = slices.Insert(row, len(row)-1, orDash(s.Hosts[i].Server))
+			}
+			t.Rows = append(t.Rows, row)
+		}
+		last := len(t.Header) - 1
 		if msgWidth := o.messageWidth(t.Widths()); msgWidth > 0 {
-			last := len(t.Header) - 1
 			for i, row := range t.Rows {
 				if cond.StringWidth(row[last]) > msgWidth {
 					row[last] = cut(row[last], retryTail(&s.Hosts[i], s.GeneratedAt), msgWidth, cond)
@@ -80,7 +91,7 @@ func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 				if row < 0 {
 					return "1"
 				}
-				return cellColor(&s.Hosts[row], col)
+				return cellColor(&s.Hosts[row], col, last)
 			}
 		}
 		if err := t.Write(bw); err != nil {
@@ -132,14 +143,26 @@ func (o TableOptions) messageWidth(widths []int) int {
 	return max(minMessageWidth, o.Width-used-1)
 }
 
-// cellColor is the colour of column col of r's row.
-func cellColor(r *status.Row, col int) string {
+// serversSeen counts the distinct servers the hosts last reported through.
+func serversSeen(rows []status.Row) int {
+	seen := map[string]bool{}
+	for _, r := range rows {
+		if r.Server != "" {
+			seen[r.Server] = true
+		}
+	}
+	return len(seen)
+}
+
+// cellColor is the colour of column col of r's row; msgCol is the
+// message's column.
+func cellColor(r *status.Row, col, msgCol int) string {
 	switch {
 	case col == 1:
 		return stateColor[r.State]
 	case col == 4 && r.SystemMatch != nil && !*r.SystemMatch:
 		return stateColor[status.Drift]
-	case col == 6 && r.HasSecretErrors():
+	case col == msgCol && r.HasSecretErrors():
 		// Whatever the state, a secret not installed needs action.
 		return stateColor[status.Failing]
 	}
