@@ -78,6 +78,32 @@ type Options struct {
 	// drops them (they are in the Report, too).
 	Print  func(line string)
 	Logger *slog.Logger
+	// Prebuilt, without Build, are the builds of an earlier run to publish
+	// as if they had just been built (their OutPath become the expected
+	// systems, their caches are filled): a rollout's later waves.
+	Prebuilt []builder.Result
+	// Source, when set, gives each host's tree in place of the fleet's
+	// directory (publish.SourceFor): a rollout publishes the tree it
+	// started with, whatever the working tree holds since.
+	Source func(h fleet.Host) (publish.Source, error)
+	// Hooks let a caller (package rollout) act under the deploy's lock.
+	Hooks Hooks
+}
+
+// Hooks run inside a deploy, while it holds the chroot root's lock, so
+// that what they read and record is serialised with every publication.
+type Hooks struct {
+	// Locked runs once the root is locked, before discovery; its error
+	// stops the deploy before anything is built or published.
+	Locked func(ctx context.Context, root string) error
+	// Hold runs after the build with the fleet, the hosts to publish and
+	// their builds, and names the hosts not to publish now: they keep
+	// their previous publication and have no row. Its error stops the
+	// deploy before anything is published.
+	Hold func(ctx context.Context, f *fleet.Fleet, hosts []fleet.Host, builds []builder.Result) (map[string]bool, error)
+	// Done runs with the report before the lock is released; its error is
+	// returned beside the report.
+	Done func(ctx context.Context, r *Report) error
 }
 
 // ConfigError is a deploy the options or the server's setup stop before
@@ -94,7 +120,8 @@ var ErrNothingDeployed = errors.New("nothing deployed: every selected host's ser
 // Run deploys. Its error stops the deploy before anything is published
 // (and is then the Discover's error, a *ConfigError, publish.ErrLocked,
 // an error of builder.Build or the context's); a host's failure is in its
-// row, and Report.Failure sums them up.
+// row, and Report.Failure sums them up. Only Hooks.Done's error comes
+// with a report: the publication happened.
 func Run(ctx context.Context, opts Options) (*Report, error) {
 	print := opts.Print
 	if print == nil {
@@ -105,11 +132,16 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		return nil, err
 	}
 	defer pub.Close()
+	if opts.Hooks.Locked != nil {
+		if err := opts.Hooks.Locked(ctx, pub.Root()); err != nil {
+			return nil, err
+		}
+	}
 	sel, err := opts.selectHosts(ctx, print)
 	if err != nil {
 		return nil, err
 	}
-	var builds []builder.Result
+	builds := opts.Prebuilt
 	if opts.Build != nil {
 		if builds, err = builder.Build(ctx, opts.Nix, sel.hosts, *opts.Build); err != nil {
 			return nil, err
@@ -118,13 +150,24 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("deploy interrupted before publishing; nothing was published: %w", ctx.Err())
 	}
-	plan := NewPlan(sel.hosts, builds, sel.fleet.Dir, opts)
+	publishNow := sel.hosts
+	if opts.Hooks.Hold != nil {
+		held, err := opts.Hooks.Hold(ctx, sel.fleet, sel.hosts, builds)
+		if err != nil {
+			return nil, err
+		}
+		publishNow = slices.DeleteFunc(slices.Clone(sel.hosts), func(h fleet.Host) bool { return held[h.Name] })
+	}
+	plan := NewPlan(publishNow, builds, sel.fleet.Dir, opts)
 	plan.fillCaches(ctx, pool, pub.Root())
 	plan.publish(ctx, pub)
 	runID, historyWarnings := opts.recordHistory(ctx, pub.Root(), plan.Rows)
 	report := &Report{Root: pub.Root(), DryRun: opts.DryRun, Hosts: append(plan.Rows, sel.refused...), Skipped: sel.skipped,
 		Builds: builds, RootWarnings: pub.Warnings(), EvalFailed: sel.evalFailed, DeployRun: runID}
 	opts.finish(ctx, report, pub, pool, sel, append(plan.Warnings, historyWarnings...))
+	if opts.Hooks.Done != nil {
+		return report, opts.Hooks.Done(ctx, report)
+	}
 	return report, nil
 }
 
@@ -152,7 +195,7 @@ func (opts Options) open(ctx context.Context, print func(string)) (*publish.Publ
 	for _, w := range pub.Warnings() {
 		print("warning: " + w)
 	}
-	if opts.Cache == nil || opts.DryRun || opts.Build == nil {
+	if opts.Cache == nil || opts.DryRun || opts.Build == nil && opts.Prebuilt == nil {
 		return pub, nil, nil
 	}
 	pool, err := openPool(*opts.Cache, pub.Root(), opts.Nix, opts.Logger)

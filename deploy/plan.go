@@ -69,7 +69,11 @@ func (p *Plan) target(row *Row, h fleet.Host, builds map[string]builder.Result, 
 			}
 		}
 	}
-	src, err := publish.SourceFor(h, dir)
+	sourceFor := opts.Source
+	if sourceFor == nil {
+		sourceFor = func(h fleet.Host) (publish.Source, error) { return publish.SourceFor(h, dir) }
+	}
+	src, err := sourceFor(h)
 	if err != nil {
 		return publish.Target{}, err
 	}

@@ -242,6 +242,7 @@ const hostInfo = `c:
     tags = if b == null then [ ] else (b.tags or [ ]);
     secrets = if b == null then [ ] else builtins.attrNames (b.secrets or { });
     placeholders = if b == null then [ ] else builtins.filter (n: let r = builtins.tryEval (b.${n} or ""); in r.success && r.value == null) [ "serverHostKey" "hostPublicKey" ];
+    wave = if b == null then null else try ((b.rollout or { }).wave or null);
   }`
 
 func evaluate(ctx context.Context, r *nix.Runner, f *fleet.Fleet, names []string, opts Options) ([]fleet.Host, HostErrors) {
@@ -474,6 +475,10 @@ func hostFromJSON(f *fleet.Fleet, name string, v gjson.Result) fleet.Host {
 	}
 	for _, p := range v.Get("placeholders").Array() {
 		o.Placeholders = append(o.Placeholders, p.String())
+	}
+	o.Wave = fleet.DefaultWave
+	if w := v.Get("wave"); w.Type == gjson.Number && w.Int() >= 0 && float64(w.Int()) == w.Num {
+		o.Wave = int(w.Int())
 	}
 	if o.Host == "" && h.Managed {
 		// A module without services.bento.host: its agent uses the hostName.

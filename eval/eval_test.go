@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -20,7 +21,7 @@ func runner() *nix.Runner { return &nix.Runner{Env: fixture.Env()} }
 func sampleHosts() []fixture.Host {
 	return []fixture.Host{
 		{Name: "alpha", Bento: &fixture.Bento{Enable: true, Tags: []string{"web", "eu"}, User: "alpha-sftp", Server: "bento.example.org"}},
-		{Name: "beta", Bento: &fixture.Bento{Enable: true, Mode: "fetch", Operation: "boot"}},
+		{Name: "beta", Bento: &fixture.Bento{Enable: true, Mode: "fetch", Operation: "boot", Wave: new(0)}},
 		{Name: "pi.home", Bento: &fixture.Bento{Enable: true, Tags: []string{"pi"}}},
 		{Name: "off", Bento: &fixture.Bento{Enable: false}},
 		{Name: "plain"},
@@ -46,21 +47,21 @@ func TestDiscover(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := []struct {
-				name, state, user, mode, op, tags, server string
+				name, state, user, mode, op, tags, server, wave string
 			}{
-				{"alpha", "managed", "alpha-sftp", "build", "switch", "web,eu", "bento.example.org"},
-				{"beta", "managed", "beta", "fetch", "boot", "", ""},
-				{"off", "disabled", "off", "build", "switch", "", ""},
-				{"pi.home", "managed", "pi.home", "build", "switch", "pi", ""},
-				{"plain", "not-managed", "plain", "build", "switch", "", ""},
+				{"alpha", "managed", "alpha-sftp", "build", "switch", "web,eu", "bento.example.org", "1"},
+				{"beta", "managed", "beta", "fetch", "boot", "", "", "0"},
+				{"off", "disabled", "off", "build", "switch", "", "", "1"},
+				{"pi.home", "managed", "pi.home", "build", "switch", "pi", "", "1"},
+				{"plain", "not-managed", "plain", "build", "switch", "", "", "1"},
 			}
 			if len(f.Hosts) != len(want) {
 				t.Fatalf("got %d hosts, want %d: %+v", len(f.Hosts), len(want), f.Hosts)
 			}
 			for i, w := range want {
 				h := f.Hosts[i]
-				got := []string{h.Name, h.State(), h.Options.User, h.Options.Mode, h.Options.Operation, strings.Join(h.Options.Tags, ","), h.Options.Server}
-				exp := []string{w.name, w.state, w.user, w.mode, w.op, w.tags, w.server}
+				got := []string{h.Name, h.State(), h.Options.User, h.Options.Mode, h.Options.Operation, strings.Join(h.Options.Tags, ","), h.Options.Server, strconv.Itoa(h.Options.Wave)}
+				exp := []string{w.name, w.state, w.user, w.mode, w.op, w.tags, w.server, w.wave}
 				if strings.Join(got, "|") != strings.Join(exp, "|") {
 					t.Errorf("host %d: got %v, want %v", i, got, exp)
 				}

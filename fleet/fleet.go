@@ -80,7 +80,15 @@ type Options struct {
 	// template has them (serverHostKey, hostPublicKey): bento check
 	// names them before a build fails on them.
 	Placeholders []string `json:"placeholders,omitempty"`
+	// Wave is services.bento.rollout.wave: when a rollout (bento rollout
+	// start) publishes to the host; 0 are the canaries, DefaultWave when
+	// the module does not set it.
+	Wave int `json:"wave"`
 }
+
+// DefaultWave is services.bento.rollout.wave's default: after the
+// canaries (wave 0).
+const DefaultWave = 1
 
 // Deployed reports whether bento publishes this host.
 func (h Host) Deployed() bool { return h.Managed && h.Enable }

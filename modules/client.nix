@@ -653,6 +653,20 @@ in
       };
     };
 
+    # Rollouts in waves (docs/rollout.md): read by the server's
+    # `bento rollout start` / `bento deploy --rollout`, never by the agent.
+    rollout.wave = mkOption {
+      type = types.ints.unsigned;
+      default = 1;
+      example = 0;
+      description = ''
+        The wave of a staged rollout this host belongs to: `bento rollout start`
+        publishes a new version to wave 0 (the canaries) first, and to each
+        following wave only once the previous one reported up-to-date and
+        healthy. The server's `--wave-tag TAG=N` overrides it for tagged hosts.
+      '';
+    };
+
     tags = mkOption {
       type = types.listOf types.str;
       default = [ ];

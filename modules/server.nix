@@ -361,6 +361,17 @@ in
       };
     };
 
+    # Rollouts in waves (docs/rollout.md): a timer running `bento rollout step`.
+    rollout = {
+      enable = mkEnableOption "a timer that runs `bento rollout step`: it publishes a rollout's next wave once the current one reported healthy, and halts it when a host failed (a no-op without a running rollout)";
+
+      interval = mkOption {
+        type = types.str;
+        default = "*:0/5";
+        description = "When `bento rollout step` runs: a systemd `OnCalendar=` expression. A wave is published at most one interval after the previous one became healthy.";
+      };
+    };
+
     cache = {
       enable = mkEnableOption "a binary cache of the server's store for the clients (nix-serve), signed with {option}`services.bento-server.cache.secretKeyFile`";
 
@@ -669,6 +680,43 @@ in
       systemd.services.bento-deploy.environment.BENTO_HISTORY_RETENTION = cfg.history.retention;
     })
 
+    # Rollouts in waves: the step timer (docs/rollout.md).
+    (mkIf cfg.rollout.enable {
+      systemd.services.bento-rollout-step = {
+        description = "bento rollout step: publish a rollout's next wave when the current one is healthy";
+        restartIfChanged = false;
+        unitConfig.X-StopOnRemoval = false;
+        path = [
+          pkgs.coreutils
+          config.nix.package
+        ];
+        environment = {
+          HOME = "/root";
+          BENTO_HOST_GROUP = cfg.group;
+        };
+        serviceConfig = {
+          Type = "oneshot";
+          ExecStart = execLine [
+            "${cfg.package}/bin/bento"
+            "rollout"
+            "step"
+            "--chroot-root"
+            root
+          ];
+          TimeoutStartSec = lib.mkDefault "1h";
+        };
+      };
+
+      systemd.timers.bento-rollout-step = {
+        description = "bento rollout step: advance a rollout periodically";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = cfg.rollout.interval;
+          Persistent = true;
+        };
+      };
+    })
+
     (mkIf cfg.cache.enable {
       assertions = [
         {
@@ -688,8 +736,9 @@ in
     # the build records to root, and the history is shared with bento
     # deploy; a dedicated user would need read access to everything a host
     # uploads and write access to root's state. So: root with only the
-    # capabilities to read (and trim over-limit reports/, as status does),
-    # every path read-only but the history's directory.
+    # capability to read any file, every path read-only but the history's
+    # directory (over-limit reports/ are trimmed by deploy and status, not
+    # by the dashboard).
     (mkIf cfg.dashboard.enable {
       systemd.services.bento-serve = {
         description = "bento serve: the fleet's status on a read-only web page";
@@ -724,7 +773,7 @@ in
           RuntimeDirectory = "bento-serve";
           RuntimeDirectoryMode = "0750";
           UMask = "0077";
-          CapabilityBoundingSet = [ "CAP_DAC_READ_SEARCH" "CAP_DAC_OVERRIDE" ];
+          CapabilityBoundingSet = [ "CAP_DAC_READ_SEARCH" ];
           AmbientCapabilities = [ ];
           NoNewPrivileges = true;
           ProtectSystem = "strict";

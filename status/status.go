@@ -257,6 +257,9 @@ type Snapshot struct {
 	// HistoryBytes is the size of the server's history database
 	// (history.db and its log); 0 when there is none.
 	HistoryBytes int64 `json:"historyBytes"`
+	// Rollout is the chroot root's rollout (package rollout's View), set
+	// by the caller when one is recorded.
+	Rollout any `json:"rollout,omitempty"`
 }
 
 // Format is the version of the JSON document.

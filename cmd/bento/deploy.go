@@ -19,6 +19,7 @@ import (
 	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/publish"
+	"github.com/bento-nix/bento/rollout"
 	"github.com/bento-nix/bento/status"
 )
 
@@ -60,12 +61,17 @@ func deployCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-user-check", Usage: "do not require each host's SFTP user to exist (reports/ then stays owned by the deploying user)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the results as JSON for scripts"},
 			hostGroupFlag(),
-		), reportsLimitFlags()...),
+			&cli.BoolFlag{Name: "rollout", Usage: "publish in waves: = bento rollout start (see bento rollout --help)"},
+			supersedeFlag(),
+		), append(reportsLimitFlags(), rolloutPolicyFlags()...)...),
 		Action: runDeploy,
 	}
 }
 
 func runDeploy(c *cli.Context) error {
+	if c.Bool("rollout") {
+		return runRolloutStart(c)
+	}
 	opts, err := deployOptions(c)
 	if err != nil {
 		return err
@@ -182,6 +188,11 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 		return opts, err
 	}
 	lintBeforeDeploy(c, &opts)
+	// Refused while a rollout holds the fleet (rollout start replaces
+	// it); a dry run publishes nothing, so it may look.
+	if !opts.DryRun {
+		opts.Hooks.Locked = rollout.Guard(c.Bool("supersede"), nil)
+	}
 	return opts, nil
 }
 

@@ -42,6 +42,7 @@ func newApp() *cli.App {
 			hostsCommand(),
 			buildCommand(),
 			deployCommand(),
+			rolloutCommand(),
 			exportCommand(),
 			importReportsCommand(),
 			checkCommand(),

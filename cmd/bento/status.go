@@ -20,6 +20,8 @@ import (
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/history"
 	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/termsafe"
+	"github.com/bento-nix/bento/rollout"
 	"github.com/bento-nix/bento/status"
 	"github.com/bento-nix/bento/status/render"
 )
@@ -266,6 +268,7 @@ func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table re
 		// Not opened (a read-only state directory): its size all the same.
 		s.HistoryBytes, _ = history.FileSize(history.Path(opts.Root))
 	}
+	summary := statusRollout(c, opts.Root, s)
 	if prom.file != "" {
 		if err := atomicfile.Write(prom.file, 0o644, func(w io.Writer) error { return render.Prometheus(w, s) }); err != nil {
 			return failed(err)
@@ -277,6 +280,9 @@ func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table re
 	case prom.set && prom.file == "":
 		err = render.Prometheus(w, s)
 	default:
+		if summary != "" {
+			fmt.Fprintf(&termsafe.Writer{W: w}, "%s\n\n", summary)
+		}
 		err = render.Table(w, s, table)
 	}
 	if err != nil {
@@ -375,4 +381,20 @@ func statusBuilds(stateDir string) (map[string]status.Build, error) {
 		out[h] = status.Build{OutPath: r.OutPath, DrvPath: r.DrvPath, BuiltAt: r.BuiltAt, Previous: r.Previous}
 	}
 	return out, nil
+}
+
+// statusRollout puts the recorded rollout, if any, into the snapshot and
+// returns its line for above the table ("" for none).
+func statusRollout(c *cli.Context, root string, s *status.Snapshot) string {
+	st, err := rollout.Load(root)
+	if err != nil {
+		fmt.Fprintf(c.App.ErrWriter, "bento: warning: %v\n", err)
+		return ""
+	}
+	if st == nil {
+		return ""
+	}
+	v := st.View(false)
+	s.Rollout = &v
+	return st.Summary()
 }

@@ -18,8 +18,9 @@ var Layers = [][]string{
 	{"cmd/...", "bench/...", "examples/...", "nixtest/...", "templates/...",
 		"internal/e2e/...", "internal/fixture/...", "internal/format1/...",
 		"internal/sshdtest/...", "internal/benchtb/...", "internal/ci/...", "internal/layers/..."},
-	// The pipelines: a deploy, a host's agent, the fleet's status.
-	{"deploy/...", "agent/...", "status/...", "serve/...", "mirror/..."},
+	// The pipelines: a deploy, a host's agent, the fleet's status, the
+	// dashboard, mirrors, and a rollout (which drives deploy in waves).
+	{"deploy/...", "agent/...", "status/...", "serve/...", "mirror/...", "rollout/..."},
 	// The steps.
 	{"builder/...", "publish/...", "activate/...", "cache/...", "sftpcache/...", "secrets/...", "history/..."},
 	{"eval/..."},

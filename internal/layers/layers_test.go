@@ -90,7 +90,7 @@ func TestCheck(t *testing.T) {
 			"manifest (layer 4) imports publish (layer 2, above it)",
 			"publish (layer 2) imports agent/tree (layer 1, above it)",
 		}},
-		{"unplaced", map[string][]string{"rollout": nil}, []string{"rollout is in no layer: add it to layers.Layers"}},
+		{"unplaced", map[string][]string{"frobnicate": nil}, []string{"frobnicate is in no layer: add it to layers.Layers"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := layers.Check(tc.graph)

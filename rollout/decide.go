@@ -1,0 +1,216 @@
+package rollout
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"time"
+)
+
+// HostState is a host's verdict on the version the rollout published to it.
+type HostState string
+
+const (
+	// HostWaiting: its wave is not published yet.
+	HostWaiting HostState = "waiting"
+	// HostGood: up-to-date on the new version and healthy.
+	HostGood HostState = "good"
+	// HostBad: rolled back, failing or unhealthy on the new version.
+	HostBad HostState = "bad"
+	// HostPending: it saw the new version but has not applied it yet.
+	HostPending HostState = "pending"
+	// HostSilent: no report about the new version yet.
+	HostSilent HostState = "silent"
+	// HostUnpublished: its publication in this rollout failed.
+	HostUnpublished HostState = "unpublished"
+)
+
+// Report is what a rollout reads of a host's reports/status.json: only
+// versions, result and health. Times are the host's clock and never
+// compared with the server's: a report naming the new version was made
+// after its publication, whatever the clocks say.
+type Report struct {
+	Host             string  `json:"host"`
+	SeenVersion      string  `json:"seenVersion"`
+	AppliedVersion   string  `json:"appliedVersion"`
+	AttemptedVersion string  `json:"attemptedVersion"`
+	Stage            string  `json:"stage"`
+	Result           string  `json:"result"`
+	Error            string  `json:"error,omitempty"`
+	RollbackReason   string  `json:"rollbackReason,omitempty"`
+	Health           *Health `json:"health,omitempty"`
+}
+
+// Health is the part of the agent's health result a rollout reads.
+type Health struct {
+	OK     bool `json:"ok"`
+	Checks []struct {
+		Name string `json:"name"`
+		OK   bool   `json:"ok"`
+	} `json:"checks"`
+}
+
+// failedChecks names the checks that failed.
+func (h *Health) failedChecks() string {
+	var names []string
+	for _, c := range h.Checks {
+		if !c.OK {
+			names = append(names, clip(c.Name, 40))
+		}
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(names, ", ") + ")"
+}
+
+// JudgeHost is a host's verdict on version v from its report (nil: none,
+// or unreadable, then why is readErr).
+func JudgeHost(v string, r *Report, readErr error) (HostState, string) {
+	switch {
+	case v == "":
+		return HostUnpublished, "its publication failed"
+	case r == nil && readErr != nil:
+		return HostSilent, "report unreadable: " + clip(readErr.Error(), 120)
+	case r == nil:
+		return HostSilent, "no report yet"
+	}
+	rolledBack := r.Result == "rolled-back" || r.Stage == "rolled-back"
+	failed := r.Result == "failure" || r.Stage == "failed"
+	switch {
+	case r.AttemptedVersion == v && rolledBack:
+		why := "rolled back"
+		if r.RollbackReason != "" {
+			why += " (" + clip(r.RollbackReason, 40) + ")"
+		}
+		if r.Health != nil && !r.Health.OK {
+			why += ": health checks failed" + r.Health.failedChecks()
+		} else if r.Error != "" {
+			why += ": " + clip(r.Error, 160)
+		}
+		return HostBad, why
+	case r.AttemptedVersion == v && failed:
+		return HostBad, "failed: " + clip(r.Error, 160)
+	case r.AppliedVersion == v && r.Health != nil && !r.Health.OK:
+		return HostBad, "unhealthy on the new version" + r.Health.failedChecks()
+	case r.AppliedVersion == v:
+		return HostGood, "up-to-date and healthy"
+	case r.SeenVersion == v || r.AttemptedVersion == v:
+		return HostPending, "saw the new version, not applied yet (" + clip(r.Stage, 20) + ")"
+	}
+	return HostSilent, "no report about the new version yet"
+}
+
+// Action is what a step does about the current wave.
+type Action string
+
+const (
+	ActionWait    Action = "wait"
+	ActionAdvance Action = "advance"
+	ActionHalt    Action = "halt"
+)
+
+// Verdict is one host's judgement, input of Decide.
+type Verdict struct {
+	Host   string
+	State  HostState
+	Detail string
+}
+
+// Decision is a step's judgement of a wave.
+type Decision struct {
+	Action Action
+	Reason string
+}
+
+// Decide judges a wave published at publishedAt from its hosts' verdicts:
+//   - any host bad → halt;
+//   - at least Quorum of all its published hosts good → advance (early:
+//     no need to wait for the deadline);
+//   - before the deadline → wait;
+//   - after it, hosts that did not report are left out of the quorum
+//     (unless Strict, when they keep blocking), so a sleeping laptop does
+//     not hold the fleet; but a wave with no good host never passes.
+//
+// A wave none of whose publications succeeded halts: nothing was tried.
+func Decide(vs []Verdict, publishedAt, now time.Time, p Policy) Decision {
+	var bad, good, pending, silent []string
+	for _, v := range vs {
+		switch v.State {
+		case HostBad:
+			bad = append(bad, v.Host+": "+v.Detail)
+		case HostGood:
+			good = append(good, v.Host)
+		case HostPending:
+			pending = append(pending, v.Host)
+		case HostSilent:
+			silent = append(silent, v.Host)
+		}
+	}
+	if len(bad) > 0 {
+		sort.Strings(bad)
+		return Decision{ActionHalt, fmt.Sprintf("%d host(s) failed on the new version: %s", len(bad), list(bad, 5))}
+	}
+	total := len(good) + len(pending) + len(silent)
+	if total == 0 {
+		return Decision{ActionHalt, "no host of the wave could be published: nothing was tried"}
+	}
+	if len(good) >= need(p.Quorum, total) {
+		return Decision{ActionAdvance, fmt.Sprintf("%d of %d up-to-date and healthy", len(good), total)}
+	}
+	deadline := publishedAt.Add(p.WaveDeadline)
+	waiting := append(append([]string(nil), pending...), silent...)
+	sort.Strings(waiting)
+	if now.Before(deadline) {
+		return Decision{ActionWait, fmt.Sprintf("%d of %d up-to-date and healthy, need %d; waiting for %s until %s", len(good), total, need(p.Quorum, total), list(waiting, 5), deadline.UTC().Format(time.RFC3339))}
+	}
+	if p.Strict {
+		return Decision{ActionWait, fmt.Sprintf("blocked (--strict): %d of %d up-to-date and healthy, need %d; past the deadline, still waiting for %s", len(good), total, need(p.Quorum, total), list(waiting, 5))}
+	}
+	reported := len(good) + len(pending)
+	if len(good) == 0 {
+		return Decision{ActionWait, fmt.Sprintf("no host of the wave is up-to-date and healthy yet (%d reported, %d silent past the deadline)", reported, len(silent))}
+	}
+	if len(good) >= need(p.Quorum, reported) {
+		return Decision{ActionAdvance, fmt.Sprintf("%d of %d reporting hosts up-to-date and healthy; %d silent past the deadline do not block: %s", len(good), reported, len(silent), list(sortedCopy(silent), 5))}
+	}
+	sort.Strings(pending)
+	return Decision{ActionWait, fmt.Sprintf("%d of %d reporting hosts up-to-date and healthy, need %d; waiting for %s", len(good), reported, need(p.Quorum, reported), list(pending, 5))}
+}
+
+// need is how many of n hosts a quorum q asks for (at least one).
+func need(q float64, n int) int {
+	k := int(math.Ceil(q*float64(n) - 1e-9))
+	return max(1, min(k, n))
+}
+
+func list(xs []string, n int) string {
+	if len(xs) > n {
+		return strings.Join(xs[:n], ", ") + fmt.Sprintf(" and %d more", len(xs)-n)
+	}
+	return strings.Join(xs, ", ")
+}
+
+func sortedCopy(xs []string) []string {
+	out := append([]string(nil), xs...)
+	sort.Strings(out)
+	return out
+}
+
+// clip bounds host-written text and keeps it on one printable line: it
+// reaches a terminal through status.
+func clip(s string, n int) string {
+	b := make([]rune, 0, len(s))
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			r = ' '
+		}
+		b = append(b, r)
+		if len(b) >= n {
+			b = append(b, '…')
+			break
+		}
+	}
+	return string(b)
+}
