@@ -81,6 +81,9 @@ type Outcome struct {
 	// Fetched is the number of tree objects (distinct file contents)
 	// downloaded.
 	Fetched int
+	// ProgressUploads counts the live progress records uploaded this
+	// tick (measurements of what live progress costs use it).
+	ProgressUploads int
 	// Rebooted is true when the reboot command ran.
 	Rebooted bool
 }
@@ -637,7 +640,7 @@ func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Repor
 	}
 	// The stage "reporting" shows while a slow delivery goes on.
 	err := t.push(ctx, *rep, name, gz, qerr)
-	t.endProgress()
+	out.ProgressUploads = t.endProgress()
 	if err != nil {
 		return out, errors.Join(cause, err, saveErr)
 	}

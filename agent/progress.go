@@ -44,6 +44,7 @@ type liveProgress struct {
 	sent     int64  // bytes uploaded: the live log's size on the server
 	cut      bool   // the live log reached max: no more chunks
 	failed   bool   // an upload failed (said once)
+	records  int    // records uploaded
 
 	// uploading is held during an upload: the report's log must not be
 	// written while a chunk of the growing one still is.
@@ -225,6 +226,11 @@ func (p *liveProgress) upload(ctx context.Context) {
 	if dirty && err == nil {
 		body, _ := json.Marshal(rec)
 		err = c.WriteFileNoSync(ctx, manifest.ProgressFile, append(body, '\n'))
+		if err == nil {
+			p.mu.Lock()
+			p.records++
+			p.mu.Unlock()
+		}
 		if err != nil {
 			p.mu.Lock()
 			p.dirty = true
@@ -253,11 +259,19 @@ func (p *liveProgress) finish() {
 	p.cancel()
 }
 
-// endProgress stops the live progress of the tick's attempt. Nothing is
+// endProgress stops the live progress of the tick's attempt and says how
+// many records it uploaded. Nothing is
 // removed: the report's log replaces the growing one under its name, and
 // progress.json stays, the report's startedAt telling readers it is over
 // (which costs nothing more on the wire).
-func (t *tick) endProgress() {
-	t.progress.finish()
+func (t *tick) endProgress() int {
+	p := t.progress
 	t.progress = nil
+	if p == nil {
+		return 0
+	}
+	p.finish()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.records
 }
