@@ -27,8 +27,8 @@ const logEvery = 10 * time.Second
 const progressStopWait = 5 * time.Second
 
 // liveProgress uploads, during an attempt, reports/progress.json at each
-// stage and the attempt's log as it grows (reports/logs/<name>.log,
-// appended in chunks), so that bento status and bento logs --follow on the
+// stage and the attempt's log as it grows (appended in gzip members to
+// reports/logs/<name>.log.gz, the name the report's log replaces), so that bento status and bento logs --follow on the
 // server see a tick under way. It is best effort: a failed upload is
 // said once and never fails the tick. A tick that applies nothing never
 // starts one, so an idle tick sends nothing more.
@@ -43,7 +43,7 @@ type liveProgress struct {
 	accepted int64  // log bytes taken (uploaded or pending), against max
 	sent     int64  // bytes uploaded: the live log's size on the server
 	cut      bool   // the live log reached max: no more chunks
-	failed   bool   // an upload failed (said once)
+	failed   bool   // an upload failed (said once; only run's goroutine uses it)
 	records  int    // records uploaded
 
 	// uploading is held during an upload: the report's log must not be
