@@ -21,7 +21,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -109,7 +108,7 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	if err := cfg.Validate(); err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
-	keys, err := transport.ParseHostKeys(cfg.ServerHostKey)
+	endpoints, err := cfg.Endpoints()
 	if err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
@@ -169,17 +168,17 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	defer lk.release()
 
 	t := &tick{
-		cfg:     cfg,
-		o:       o,
-		keys:    keys,
-		signer:  signer,
-		policy:  policy,
-		pubKeys: pubKeys,
-		local:   local,
-		retry:   backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
-		store:   &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir), Objects: filepath.Join(cfg.StateDir, objectsDir)},
-		queue:   &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
-		log:     slog.New(newLineHandler(o.Out)),
+		cfg:       cfg,
+		o:         o,
+		endpoints: orderServers(endpoints, cfg.ServerOrder, lastServer(cfg.StateDir)),
+		signer:    signer,
+		policy:    policy,
+		pubKeys:   pubKeys,
+		local:     local,
+		retry:     backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
+		store:     &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir), Objects: filepath.Join(cfg.StateDir, objectsDir)},
+		queue:     &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
+		log:       slog.New(newLineHandler(o.Out)),
 	}
 	defer t.closeConn()
 	out, err := t.run(ctx)
@@ -190,11 +189,12 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 }
 
 type tick struct {
-	cfg    Config
-	o      Options
-	keys   []ssh.PublicKey
-	signer ssh.Signer
-	policy activate.Policy
+	cfg Config
+	o   Options
+	// endpoints are the servers to try, in the order of this tick.
+	endpoints []transport.Endpoint
+	signer    ssh.Signer
+	policy    activate.Policy
 	// pubKeys are the configured publication keys; pins adds the keys
 	// the state pinned through a rotation (signing.go).
 	pubKeys []manifest.PublicationKey
@@ -245,10 +245,7 @@ func (t *tick) say(format string, args ...any) {
 
 func (t *tick) transportOptions(attempts int) transport.Options {
 	return transport.Options{
-		Addr:           net.JoinHostPort(t.cfg.Server, strconv.Itoa(t.cfg.Port)),
-		User:           t.cfg.User,
 		Signer:         t.signer,
-		HostKeys:       t.keys,
 		ConnectTimeout: time.Duration(t.cfg.ConnectTimeout),
 		OpTimeout:      time.Duration(t.cfg.OperationTimeout),
 		Attempts:       attempts,
@@ -259,18 +256,35 @@ func (t *tick) transportOptions(attempts int) transport.Options {
 	}
 }
 
-// connect (re)opens the tick's connection.
+// connect (re)opens the tick's connection, to the first of the servers
+// that answers.
 func (t *tick) connect(ctx context.Context, attempts int) error {
 	if t.local != nil {
 		t.setConn(t.local)
 		return nil
 	}
-	c, err := transport.Dial(ctx, t.transportOptions(attempts))
+	c, err := t.dial(ctx, attempts)
 	if err != nil {
 		return err
 	}
 	t.setConn(c)
 	return nil
+}
+
+// dial connects to one of the servers (see transport.DialAny) and
+// remembers which one answered, for the next tick's order.
+func (t *tick) dial(ctx context.Context, attempts int) (*transport.Conn, error) {
+	c, _, err := transport.DialAny(ctx, t.transportOptions(attempts), t.endpoints)
+	if err != nil {
+		return nil, err
+	}
+	if len(t.endpoints) > 1 {
+		if c.Addr() != t.endpoints[0].Addr {
+			t.say("server %s did not answer: using %s", t.endpoints[0].Addr, c.Addr())
+		}
+		setLastServer(t.cfg.StateDir, c.Addr())
+	}
+	return c, nil
 }
 
 // remote is the chroot a tick reads and writes: a *transport.Conn over
@@ -285,6 +299,8 @@ type remote interface {
 	Remove(ctx context.Context, p string) error
 	Mkdir(ctx context.Context, p string) error
 	Touch(ctx context.Context, p string, t time.Time) error
+	// Addr is the server reached, "" for a bundle.
+	Addr() string
 	Close() error
 }
 
@@ -535,7 +551,13 @@ func (t *tick) parseManifest(data []byte) (*manifest.Manifest, error) {
 
 // newReport starts the report of an attempt.
 func (t *tick) newReport(st *State, version, expected string, now time.Time) manifest.Report {
+	server := ""
+	if c := t.getConn(); c != nil {
+		// Where it was read; deliver sets where it went.
+		server = c.Addr()
+	}
 	return manifest.Report{
+		Server:           server,
 		Format:           manifest.Format,
 		Host:             t.cfg.Host,
 		SeenVersion:      version,
@@ -740,6 +762,9 @@ func (t *tick) deliver(ctx context.Context, e queue.Entry, log []byte) error {
 			return err
 		}
 	}
+	// The server it reached, whichever tick made the report: status
+	// shows where each host was last heard from.
+	e.Report.Server = c.Addr()
 	key := reportKey(e.Report)
 	if !e.HasLog && e.Report.Result == manifest.ResultUnchanged && key == t.delivered() {
 		// The server holds this very report but for its times: moving

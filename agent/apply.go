@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/activate"
-	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/sftpcache"
@@ -307,7 +306,9 @@ func (t *tick) probe(ctx context.Context) error {
 		_, err := t.local.Stat(ctx, manifest.ManifestFile)
 		return err
 	}
-	c, err := transport.Dial(ctx, t.transportOptions(1))
+	// Any of the servers confirms: what matters is that the new system
+	// can still reach the fleet's publication.
+	c, err := t.dial(ctx, 1)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -35,7 +36,13 @@ type Config struct {
 	User          string `json:"user"`
 	IdentityFile  string `json:"identityFile"`
 	ServerHostKey string `json:"serverHostKey"`
-	StateDir      string `json:"stateDir"`
+	// Servers lists the primary and its mirrors (services.bento.servers);
+	// when set, server, port and serverHostKey stay unset. See ServerList.
+	Servers []ServerEntry `json:"servers,omitempty"`
+	// ServerOrder is how Servers are tried: "sticky" (the last one that
+	// worked first, then the others in order) or "ordered" (always in order).
+	ServerOrder string `json:"serverOrder"`
+	StateDir    string `json:"stateDir"`
 	// Mode is build (evaluate and build the published flake) or fetch
 	// (realise the server's expected toplevel from substituters).
 	Mode string `json:"mode"`
@@ -162,6 +169,51 @@ func validHealthName(name string) bool {
 	return true
 }
 
+// ServerEntry is one server of services.bento.servers: a bento server
+// (the primary, or a mirror that bento mirror push fills).
+type ServerEntry struct {
+	Address string `json:"address"`
+	// Port is the SSH port; 22 when 0.
+	Port int `json:"port,omitempty"`
+	// HostKey is the server's SSH host key, as serverHostKey.
+	HostKey string `json:"hostKey"`
+	// User, when set, is this host's SFTP user on that server (the
+	// host's user otherwise).
+	User string `json:"user,omitempty"`
+}
+
+// Orders of Config.ServerOrder.
+const (
+	ServerOrderSticky  = "sticky"
+	ServerOrderOrdered = "ordered"
+)
+
+// maxServers bounds services.bento.servers: each one that is down costs a
+// connect attempt per round.
+const maxServers = 16
+
+// ServerList is the servers the agent may use, in configuration order:
+// services.bento.servers, or the one server of server/port/serverHostKey.
+func (c *Config) ServerList() []ServerEntry {
+	if len(c.Servers) > 0 {
+		out := make([]ServerEntry, len(c.Servers))
+		for i, s := range c.Servers {
+			if s.Port == 0 {
+				s.Port = 22
+			}
+			if s.User == "" {
+				s.User = c.User
+			}
+			out[i] = s
+		}
+		return out
+	}
+	return []ServerEntry{{Address: c.Server, Port: c.Port, HostKey: c.ServerHostKey, User: c.User}}
+}
+
+// Addr is the entry's "host:port".
+func (s ServerEntry) Addr() string { return net.JoinHostPort(s.Address, strconv.Itoa(s.Port)) }
+
 // Reboot is the reboot policy.
 type Reboot struct {
 	Policy string `json:"policy"`
@@ -217,6 +269,7 @@ func Defaults() Config {
 	p := activate.DefaultPaths()
 	return Config{
 		Port:              22,
+		ServerOrder:       ServerOrderSticky,
 		IdentityFile:      "/etc/ssh/ssh_host_ed25519_key",
 		StateDir:          "/var/lib/bento",
 		Mode:              manifest.ModeBuild,
@@ -307,7 +360,7 @@ func readConfigFile(file string) ([]byte, error) {
 
 // jsonKeys are the top-level keys of the JSON form.
 func jsonKeys() []string {
-	seen := map[string]bool{"secrets": true, "healthChecks": true}
+	seen := map[string]bool{"secrets": true, "healthChecks": true, "servers": true}
 	for _, k := range Keys() {
 		seen[strings.SplitN(k.Name, ".", 2)[0]] = true
 	}
@@ -371,6 +424,7 @@ func Keys() []Key {
 		k("host", "this host's name in the fleet (default: the machine's host name)", str(func(c *Config) *string { return &c.Host })),
 		k("server", "the bento server's address", str(func(c *Config) *string { return &c.Server })),
 		k("port", "the server's SSH port (default 22)", num(func(c *Config) *int { return &c.Port })),
+		k("serverOrder", "with several servers (the JSON key servers): sticky (the last one that worked first) or ordered (always the first one first)", str(func(c *Config) *string { return &c.ServerOrder })),
 		k("user", "the SFTP user of this host on the server (default: the host name)", str(func(c *Config) *string { return &c.User })),
 		k("identityFile", "private key this host logs in with (default /etc/ssh/ssh_host_ed25519_key)", str(func(c *Config) *string { return &c.IdentityFile })),
 		k("serverHostKey", "the server's SSH host key: \"ssh-ed25519 AAAA…\" or a known_hosts line (required: never trusted on first use)", str(func(c *Config) *string { return &c.ServerHostKey })),
@@ -527,12 +581,64 @@ func (c *Config) validateServer(bad func(format string, args ...any)) {
 	if err := fleet.ValidateName(c.Host); err != nil {
 		bad("host: %w", err)
 	}
+	switch c.ServerOrder {
+	case ServerOrderSticky, ServerOrderOrdered:
+	default:
+		bad("serverOrder %q is not sticky or ordered", c.ServerOrder)
+	}
+	if len(c.Servers) > 0 {
+		c.validateServers(bad)
+		return
+	}
 	if c.Server == "" {
 		bad("server is not set: set services.bento.server (--server, BENTO_SERVER) to the bento server's address")
 	}
 	if c.Port < 1 || c.Port > 65535 {
 		bad("port %d is not a TCP port (1-65535)", c.Port)
 	}
+}
+
+// validateServers checks services.bento.servers.
+func (c *Config) validateServers(bad func(format string, args ...any)) {
+	if c.Server != "" || c.ServerHostKey != "" {
+		bad("both servers and server/serverHostKey are set: list every server, the primary first, in servers (services.bento.servers) and leave server and serverHostKey unset")
+	}
+	if len(c.Servers) > maxServers {
+		bad("servers lists %d servers, more than %d", len(c.Servers), maxServers)
+		return
+	}
+	seen := map[string]bool{}
+	for i, s := range c.ServerList() {
+		what := fmt.Sprintf("servers[%d]", i)
+		if s.Address == "" || strings.ContainsAny(s.Address, " \t\n/@") {
+			bad("%s: address %q is not a host name or IP address", what, s.Address)
+			continue
+		}
+		what += " (" + s.Address + ")"
+		if s.Port < 1 || s.Port > 65535 {
+			bad("%s: port %d is not a TCP port (1-65535)", what, s.Port)
+		}
+		if seen[s.Addr()] {
+			bad("%s: %s is listed twice", what, s.Addr())
+		}
+		seen[s.Addr()] = true
+		if _, err := transport.ParseHostKeys(s.HostKey); err != nil {
+			bad("%s: hostKey: %w", what, err)
+		}
+	}
+}
+
+// Endpoints are ServerList ready to dial.
+func (c *Config) Endpoints() ([]transport.Endpoint, error) {
+	var out []transport.Endpoint
+	for _, s := range c.ServerList() {
+		keys, err := transport.ParseHostKeys(s.HostKey)
+		if err != nil {
+			return nil, fmt.Errorf("server %s: %w", s.Addr(), err)
+		}
+		out = append(out, transport.Endpoint{Addr: s.Addr(), User: s.User, HostKeys: keys})
+	}
+	return out, nil
 }
 
 // validateBounds checks the durations and counts that have a range.
@@ -568,6 +674,9 @@ func (c *Config) validateLogin(bad func(format string, args ...any)) {
 	}
 	if _, err := c.PublicationKeys(); err != nil {
 		bad("%w", err)
+	}
+	if len(c.Servers) > 0 {
+		return // validateServers checks each one's key
 	}
 	if _, err := transport.ParseHostKeys(c.ServerHostKey); err != nil {
 		if k := strings.TrimSpace(c.ServerHostKey); strings.HasPrefix(k, "/") || strings.HasPrefix(k, "./") {

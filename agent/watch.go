@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"strconv"
 	"time"
 
 	"github.com/bento-nix/bento/agent/backoff"
@@ -56,7 +55,7 @@ func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
 	if err := cfg.Validate(); err != nil {
 		return &ConfigError{err}
 	}
-	keys, err := transport.ParseHostKeys(cfg.ServerHostKey)
+	endpoints, err := cfg.Endpoints()
 	if err != nil {
 		return &ConfigError{err}
 	}
@@ -77,10 +76,7 @@ func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
 		o.Reconnect = backoff.Policy{Initial: time.Second, Max: 5 * time.Minute}
 	}
 	topts := transport.Options{
-		Addr:           net.JoinHostPort(cfg.Server, strconv.Itoa(cfg.Port)),
-		User:           cfg.User,
 		Signer:         signer,
-		HostKeys:       keys,
 		ConnectTimeout: time.Duration(cfg.ConnectTimeout),
 		OpTimeout:      time.Duration(cfg.OperationTimeout),
 		Attempts:       1,
@@ -92,7 +88,9 @@ func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
 	w := &watcher{o: o, first: true}
 	failures := 0
 	for {
-		c, err := transport.Dial(ctx, topts)
+		// The order of the ticks: the server the last tick reached
+		// holds the publication the next one reads.
+		c, _, err := transport.DialAny(ctx, topts, orderServers(endpoints, cfg.ServerOrder, lastServer(cfg.StateDir)))
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -111,7 +109,7 @@ func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
 			continue
 		}
 		if failures > 0 {
-			fmt.Fprintf(o.Out, "bento: watch: connected to %s again\n", topts.Addr)
+			fmt.Fprintf(o.Out, "bento: watch: connected to %s again\n", c.Addr())
 		}
 		failures = 0
 		err = w.watch(ctx, c)

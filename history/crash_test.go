@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -113,5 +115,45 @@ func TestKillMidInsert(t *testing.T) {
 	n, err := db.RecordReport(ctx, crashReports(2, 2000)...)
 	if err != nil || n != 2000 {
 		t.Fatalf("second batch after the crash: %d, %v", n, err)
+	}
+}
+
+// TestFullDisk: a transaction that meets a full disk fails whole, with an
+// error; the database keeps every committed batch and stays consistent.
+func TestFullDisk(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m,mode=0755"); err != nil {
+		t.Skipf("cannot mount a tmpfs for the full-disk test (needs root and CAP_SYS_ADMIN): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(dir, "state", File))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	committed := 0
+	var full error
+	for b := 1; b < 100 && full == nil; b++ {
+		n, err := db.RecordReport(ctx, crashReports(b, 200)...)
+		if err != nil {
+			full = err
+			break
+		}
+		committed += n
+	}
+	if full == nil || committed == 0 {
+		t.Fatalf("1 MiB never filled (%d events committed)", committed)
+	}
+	if !strings.Contains(full.Error(), "full") {
+		t.Errorf("the error does not say the disk is full: %v", full)
+	}
+	var check string
+	if err := db.db.QueryRowContext(ctx, `PRAGMA integrity_check`).Scan(&check); err != nil || check != "ok" {
+		t.Fatalf("integrity_check after a full disk: %q, %v", check, err)
+	}
+	evs, err := db.Timeline(ctx, Query{})
+	if err != nil || len(evs) != committed {
+		t.Fatalf("%d events after the full disk, %v; want the %d committed", len(evs), err, committed)
 	}
 }

@@ -30,7 +30,7 @@ type Document struct {
 func Read(ctx context.Context, root string, q Query, now time.Time) (*Document, error) {
 	doc := &Document{Format: DocumentFormat, GeneratedAt: now.UTC(), Root: root, Events: []Event{}}
 	if !q.Since.IsZero() {
-		since := q.Since
+		since := q.Since.UTC()
 		doc.Since = &since
 	}
 	db, err := OpenReadOnly(ctx, Path(root))
@@ -49,7 +49,7 @@ func Read(ctx context.Context, root string, q Query, now time.Time) (*Document, 
 func (h *DB) Document(ctx context.Context, root string, q Query, now time.Time) (*Document, error) {
 	doc := &Document{Format: DocumentFormat, GeneratedAt: now.UTC(), Root: root, Events: []Event{}}
 	if !q.Since.IsZero() {
-		since := q.Since
+		since := q.Since.UTC()
 		doc.Since = &since
 	}
 	return doc, h.fill(ctx, doc, q)

@@ -231,6 +231,9 @@ func openWith(ctx context.Context, path string, readOnly, immutable bool) (*DB, 
 		}
 	} else {
 		q.Add("_pragma", "journal_mode(WAL)")
+		// A checkpoint truncates the log back to this: the status of a
+		// big first run must not leave a log the size of that batch.
+		q.Add("_pragma", "journal_size_limit(8388608)")
 	}
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 	sdb, err := sql.Open("sqlite", dsn)
@@ -269,9 +272,13 @@ func (h *DB) Path() string { return h.path }
 
 // Size is the bytes the database takes on disk: the file and its
 // write-ahead log.
-func (h *DB) Size(ctx context.Context) (int64, error) {
+func (h *DB) Size(ctx context.Context) (int64, error) { return FileSize(h.path) }
+
+// FileSize is the bytes the database at path takes on disk, without
+// opening it (0 when there is none): for a reader that cannot open it.
+func FileSize(path string) (int64, error) {
 	var total int64
-	for _, p := range []string{h.path, h.path + "-wal"} {
+	for _, p := range []string{path, path + "-wal"} {
 		fi, err := os.Stat(p)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -633,7 +640,7 @@ func (h *DB) Timeline(ctx context.Context, q Query) ([]Event, error) {
 			&e.RolloutID, &wave, &e.Action); err != nil {
 			return nil, fmt.Errorf("history: timeline: %w", err)
 		}
-		e.At = time.UnixMilli(at)
+		e.At = time.UnixMilli(at).UTC()
 		e.StartedAt, e.FinishedAt = timeOf(started), timeOf(finished)
 		if wave.Valid {
 			w := int(wave.Int64)
@@ -741,6 +748,6 @@ func timeOf(n sql.NullInt64) *time.Time {
 	if !n.Valid {
 		return nil
 	}
-	t := time.UnixMilli(n.Int64)
+	t := time.UnixMilli(n.Int64).UTC()
 	return &t
 }

@@ -156,7 +156,7 @@ func TestPublicationsAreRecordedOncePerRun(t *testing.T) {
 	if got := kinds(evs); got != "alpha:published alpha:published" {
 		t.Fatalf("timeline %q", got)
 	}
-	if evs[0].DeployRun != "run-1" || evs[0].ExpectedSystem != "/nix/store/x" || !evs[0].At.Equal(t0) {
+	if evs[0].DeployRun != "run-1" || evs[0].ExpectedSystem != "/nix/store/x" || !evs[0].At.Equal(t0) || evs[0].At.Location() != time.UTC {
 		t.Errorf("first publication %+v", evs[0])
 	}
 	hosts, err := db.Hosts(ctx)

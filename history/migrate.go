@@ -82,6 +82,11 @@ func schemaVersion(ctx context.Context, q querier) (int, error) {
 // leaves a database at one version, never between two.
 func (h *DB) migrate(ctx context.Context) error {
 	steps := migrations()
+	// Up to date, the common case, is a read: opening the history never
+	// waits for another process's write.
+	if v, err := schemaVersion(ctx, h.db); err == nil && v == len(steps) {
+		return nil
+	}
 	for {
 		done := false
 		err := h.write(ctx, func(tx *sql.Tx) error {

@@ -357,6 +357,9 @@ type Report struct {
 	NextRetry *time.Time `json:"nextRetry,omitempty"`
 	// SecretErrors names secrets that could not be installed (never content).
 	SecretErrors map[string]string `json:"secretErrors,omitempty"`
+	// Server is "address:port" of the server (primary or mirror) this
+	// report was delivered to (services.bento.servers).
+	Server string `json:"server,omitempty"`
 	// Health is the last run of the host's health checks: after a switch
 	// (against the new system), or on a quiet tick (continuous checks).
 	// Readers treat a host as healthy when it is nil or OK.

@@ -30,6 +30,7 @@ let
     mkMerge
     mkOption
     optional
+    optionalAttrs
     types
     unique
     ;
@@ -210,7 +211,17 @@ let
   );
   maxOf = a: b: if a > b then a else b;
 
-  configFile = pkgs.writeText "bento-agent.json" (builtins.toJSON agentConfig);
+  # services.bento.servers replaces server, port and serverHostKey (left
+  # unset, they are null: the agent refuses both ways at once, too).
+  serversConfig = optionalAttrs (cfg.servers != [ ]) {
+    inherit (cfg) serverOrder;
+    servers = map (s: {
+      inherit (s) address port hostKey;
+      user = if s.user == null then userName else s.user;
+    }) cfg.servers;
+  };
+
+  configFile = pkgs.writeText "bento-agent.json" (builtins.toJSON (agentConfig // serversConfig));
   agentConfigEtc = "bento/agent.json";
 
   configCheck = pkgs.runCommand "bento-agent-config-check" { } ''
@@ -389,6 +400,64 @@ in
         `known_hosts` line. The agent verifies the server against it and
         nothing else: there is no trust on first use. Required when enabled.
         On the server: `cat /etc/ssh/ssh_host_ed25519_key.pub`.
+      '';
+    };
+
+    # Mirrors and failover (docs/mirrors.md): several servers, the primary first.
+    servers = mkOption {
+      type = types.listOf (
+        types.submodule {
+          options = {
+            address = mkOption {
+              type = types.str;
+              example = "mirror.example.org";
+              description = "Host name or address of this server.";
+            };
+            port = mkOption {
+              type = types.port;
+              default = 22;
+              description = "Its SSH port.";
+            };
+            hostKey = mkOption {
+              type = types.str;
+              example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... root@mirror";
+              description = "Its SSH host public key or a `known_hosts` line, as {option}`services.bento.serverHostKey`.";
+            };
+            user = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "This host's SFTP user there, when not {option}`services.bento.user`.";
+            };
+          };
+        }
+      );
+      default = [ ];
+      example = literalExpression ''
+        [
+          { address = "bento.example.org"; hostKey = "ssh-ed25519 AAAA… root@bento"; }
+          { address = "mirror.example.org"; port = 2222; hostKey = "ssh-ed25519 AAAA… root@mirror"; }
+        ]
+      '';
+      description = ''
+        The bento servers this host may poll: the primary, then mirrors that
+        `bento mirror push` fills ({option}`services.bento-server.mirrors`).
+        Each tick tries them in turn, with the connect timeout and backoff of
+        one server, and reports through the one it reached. When set, leave
+        {option}`services.bento.server` and {option}`services.bento.serverHostKey`
+        unset: the single-server options are the one-element case.
+      '';
+    };
+
+    serverOrder = mkOption {
+      type = types.enum [
+        "sticky"
+        "ordered"
+      ];
+      default = "sticky";
+      description = ''
+        With several {option}`services.bento.servers`: `sticky` tries the one
+        that answered last first (a primary that is down costs nothing until
+        the mirror fails too); `ordered` always starts with the first.
       '';
     };
 
@@ -764,11 +833,19 @@ in
     {
       assertions = [
         {
-          assertion = cfg.server != null && cfg.server != "";
+          assertion = cfg.servers != [ ] || cfg.server != null && cfg.server != "";
           message = "services.bento.server must name the bento server (host name or address).";
         }
         {
-          assertion = cfg.serverHostKey != null;
+          assertion = cfg.servers == [ ] || cfg.server == null && cfg.serverHostKey == null;
+          message = "services.bento.servers and services.bento.server/serverHostKey are both set on host `${cfg.host}': list every server, the primary first, in services.bento.servers only.";
+        }
+        {
+          assertion = builtins.all (s: builtins.match keyPattern s.hostKey != null && base64Blob (keyBlob s.hostKey)) cfg.servers;
+          message = "services.bento.servers of host `${cfg.host}': each hostKey must be a whole public key such as \"ssh-ed25519 AAAA…\" or a known_hosts line (cat /etc/ssh/ssh_host_ed25519_key.pub on that server).";
+        }
+        {
+          assertion = cfg.servers != [ ] || cfg.serverHostKey != null;
           message = ''
             services.bento.serverHostKey is not set. bento never trusts a server key on first use.
             Read the key on the server: cat /etc/ssh/ssh_host_ed25519_key.pub

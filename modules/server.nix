@@ -274,6 +274,73 @@ in
       };
     };
 
+    # Mirrors (docs/mirrors.md): push after each deploy, pull the reports back.
+    mirrors = mkOption {
+      type = types.listOf (
+        types.submodule {
+          options = {
+            address = mkOption {
+              type = types.str;
+              example = "mirror.example.org";
+              description = "Host name or address of the mirror (another bento server with the same hosts).";
+            };
+            port = mkOption {
+              type = types.port;
+              default = 22;
+              description = "Its SSH port.";
+            };
+            user = mkOption {
+              type = types.str;
+              default = "root";
+              description = "The account push logs in as there: one that may write its chroot root (root, with the key restricted to internal-sftp).";
+            };
+            chrootRoot = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "The mirror's chroot root; this server's {option}`services.bento-server.chrootRoot` when null.";
+            };
+            hostKey = mkOption {
+              type = types.str;
+              example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... root@mirror";
+              description = "The mirror's SSH host public key: push never trusts a key on first use.";
+            };
+          };
+        }
+      );
+      default = [ ];
+      description = ''
+        Mirrors that `bento mirror push` fills after every run of `bento
+        deploy` (the deploy timer's), and that `bento mirror pull-reports`
+        brings the hosts' reports back from every
+        {option}`services.bento-server.mirrorPullInterval`. Hosts list them in
+        {option}`services.bento.servers`.
+      '';
+    };
+
+    mirrorIdentityFile = mkOption {
+      type = types.str;
+      default = "/var/lib/bento/mirror-key";
+      description = "Private key (unencrypted, outside the Nix store) that push and pull-reports log in to the mirrors with.";
+    };
+
+    mirrorPullInterval = mkOption {
+      type = types.str;
+      default = "*:0/5";
+      description = "When `bento mirror pull-reports` runs: a systemd `OnCalendar=` expression.";
+    };
+
+    mirrorPushKeys = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... root@bento" ];
+      description = ''
+        On a mirror: the public keys of the primaries allowed to push into
+        this server's chroots. Each becomes a key of root restricted to
+        SFTP (`restrict,command="internal-sftp"`): the chroots are root's,
+        as sshd requires, so only root can write a manifest there.
+      '';
+    };
+
     # History (bento history): what the server observed, in
     # <chrootRoot>/.bento-state/history.db.
     history = {
@@ -536,6 +603,73 @@ in
           Persistent = true;
         };
       };
+    })
+
+    (mkIf (cfg.mirrors != [ ]) (
+      let
+        mirrorRoot = m: if m.chrootRoot == null then root else m.chrootRoot;
+        bracketed = m: if builtins.match ".*:.*" m.address != null then "[${m.address}]" else m.address;
+        mirrorURL = m: "ssh://${m.user}@${bracketed m}:${toString m.port}${mirrorRoot m}";
+        knownHosts = pkgs.writeText "bento-mirrors-known-hosts" (
+          concatMapStringsSep "" (m: "[${m.address}]:${toString m.port} ${m.hostKey}\n") cfg.mirrors
+        );
+        mirrorCommand =
+          verb:
+          execLine (
+            [
+              "${cfg.package}/bin/bento"
+              "mirror"
+              verb
+              "--chroot-root"
+              root
+              "--known-hosts"
+              (toString knownHosts)
+              "--identity"
+              cfg.mirrorIdentityFile
+            ]
+            ++ map mirrorURL cfg.mirrors
+          );
+        mirrorUnit = verb: {
+          description = "bento mirror ${verb}";
+          wants = [ "network-online.target" ];
+          after = [ "network-online.target" ];
+          restartIfChanged = false;
+          serviceConfig = {
+            Type = "oneshot";
+            ExecStart = mirrorCommand verb;
+            TimeoutStartSec = lib.mkDefault "1h";
+          };
+        };
+      in
+      {
+        assertions = [
+          {
+            assertion = !(hasPrefix "/nix/store/" cfg.mirrorIdentityFile);
+            message = "services.bento-server.mirrorIdentityFile must be outside the Nix store (a private key).";
+          }
+        ];
+        systemd.services.bento-mirror-push = mirrorUnit "push";
+        systemd.services.bento-mirror-pull-reports = mirrorUnit "pull-reports";
+        # After every deploy, whether or not some host failed: the others
+        # were published.
+        systemd.services.bento-deploy.unitConfig = mkIf cfg.deploy.enable {
+          OnSuccess = [ "bento-mirror-push.service" ];
+          OnFailure = [ "bento-mirror-push.service" ];
+        };
+        systemd.timers.bento-mirror-pull-reports = {
+          description = "bento mirror pull-reports: bring the hosts' reports back from the mirrors";
+          wantedBy = [ "timers.target" ];
+          timerConfig = {
+            OnCalendar = cfg.mirrorPullInterval;
+            Persistent = true;
+          };
+        };
+      }
+    ))
+
+    (mkIf (cfg.mirrorPushKeys != [ ]) {
+      services.openssh.settings.PermitRootLogin = mkDefault "prohibit-password";
+      users.users.root.openssh.authorizedKeys.keys = map (k: ''restrict,command="internal-sftp" ${k}'') cfg.mirrorPushKeys;
     })
 
     # History (bento history): the retention reaches every bento deploy.

@@ -68,6 +68,12 @@ func clientExamples() []clientExample {
 		{name: "self-update in build mode", defs: base(`selfUpdate = true; confirmTimeout = "2min";`)},
 		{name: "retry without a cap", defs: base(`retry = { initialDelay = "1h"; maxDelay = "0"; };`)},
 		{name: "reboot window just before midnight", defs: base(`reboot = { policy = "window"; window = "23:00-23:59"; };`)},
+		{name: "servers", defs: `networking.hostName = "web-1";
+		  services.bento = { enable = true; %[2]s serverOrder = "ordered";
+		    servers = [ { address = "bento.example.org"; hostKey = %[1]s; } { address = "mirror.example.org"; port = 2222; hostKey = %[1]s; user = "web-1-m"; } ]; };`},
+		{name: "servers and server at once", defs: base(`servers = [ { address = "mirror.example.org"; hostKey = %[1]s; } ];`),
+			assertion: "services.bento.servers and services.bento.server/serverHostKey are both set on host `web-1': list every server, the primary first, in services.bento.servers only.",
+			check:     "bento: agent configuration: both servers and server/serverHostKey are set: list every server, the primary first, in servers (services.bento.servers) and leave server and serverHostKey unset"},
 
 		{name: "self-update in fetch mode", defs: base(`mode = "fetch"; selfUpdate = true;`),
 			assertion: "services.bento.selfUpdate of host `web-1' needs services.bento.mode = \"build\": a host in fetch mode evaluates nothing, so it cannot update its inputs. Set selfUpdate = false or mode = \"build\".",

@@ -336,3 +336,61 @@ func TestDeployCommandLine(t *testing.T) {
 		t.Errorf("the deploy unit's command line %q is refused: %v\n%s", argv, err, out)
 	}
 }
+
+// Mirrors: a push after every deploy (whatever its exit status), a timer
+// for pull-reports, both with the mirrors' keys pinned.
+func TestServerMirrors(t *testing.T) {
+	needNix(t)
+	r := evalServer(t, `{
+	  services.bento-server = {
+	    enable = true; chrootRoot = "/srv/chroot"; flake = "/srv/fleet"; deploy.enable = true;
+	    hosts.a = { };
+	    mirrors = [
+	      { address = "m1.example"; hostKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl m1"; }
+	      { address = "fd00::7"; port = 2222; chrootRoot = "/home/chroot"; hostKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl m2"; }
+	    ];
+	  };
+	}`)
+	if len(r.Failed) != 0 {
+		t.Fatalf("failed assertions: %q", r.Failed)
+	}
+	for _, verb := range []string{"push", "pull-reports"} {
+		svc, ok := r.Services["bento-mirror-"+verb]
+		if !ok {
+			t.Fatalf("no bento-mirror-%s service", verb)
+		}
+		argv := splitExec(t, svc.ServiceConfig["ExecStart"].(string))
+		want := []string{"mirror", verb, "--chroot-root", "/srv/chroot", "--known-hosts"}
+		if len(argv) != 11 || !reflect.DeepEqual(argv[1:6], want) || argv[7] != "--identity" || argv[8] != "/var/lib/bento/mirror-key" ||
+			argv[9] != "ssh://root@m1.example:22/srv/chroot" || argv[10] != "ssh://root@[fd00::7]:2222/home/chroot" {
+			t.Errorf("bento-mirror-%s: ExecStart = %q", verb, argv)
+		}
+		kh, err := os.ReadFile(argv[6])
+		if err == nil && !strings.Contains(string(kh), "[fd00::7]:2222 ssh-ed25519") {
+			t.Errorf("known hosts:\n%s", kh)
+		}
+	}
+	dep := r.Services["bento-deploy"]
+	if !reflect.DeepEqual(dep.UnitConfig["OnSuccess"], []any{"bento-mirror-push.service"}) || !reflect.DeepEqual(dep.UnitConfig["OnFailure"], []any{"bento-mirror-push.service"}) {
+		t.Errorf("bento-deploy does not start the push: %v", dep.UnitConfig)
+	}
+	if r.Timers["bento-mirror-pull-reports"].TimerConfig["OnCalendar"] != "*:0/5" {
+		t.Errorf("pull-reports timer: %v", r.Timers["bento-mirror-pull-reports"])
+	}
+}
+
+// On a mirror, the primaries' keys log in as root, to SFTP only.
+func TestServerMirrorPushKeys(t *testing.T) {
+	needNix(t)
+	r := evalServer(t, `{ services.bento-server = { enable = true; hosts.a = { }; mirrorPushKeys = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl primary" ]; }; }`)
+	if len(r.Failed) != 0 {
+		t.Fatalf("failed assertions: %q", r.Failed)
+	}
+	want := []string{`restrict,command="internal-sftp" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl primary`}
+	if got := r.Users["root"].Openssh.AuthorizedKeys.Keys; !reflect.DeepEqual(got, want) {
+		t.Errorf("root's keys %q, want %q", got, want)
+	}
+	if r.SSH.Settings["PermitRootLogin"] != "prohibit-password" {
+		t.Errorf("PermitRootLogin = %v", r.SSH.Settings["PermitRootLogin"])
+	}
+}

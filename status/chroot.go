@@ -35,3 +35,12 @@ func ReadReport(r *os.Root, host string) (*manifest.Report, error) {
 	}
 	return parseReport(data, host)
 }
+
+// ParseReport checks a report (status.json) of host read from elsewhere
+// (a mirror) with the rules bento status reads the chroots' with.
+func ParseReport(data []byte, host string) (*manifest.Report, error) {
+	if len(data) > MaxReportSize {
+		return nil, fmt.Errorf("status.json is over the %d byte limit", MaxReportSize)
+	}
+	return parseReport(data, host)
+}

@@ -78,6 +78,7 @@ func (r *Row) fromReport(rep *manifest.Report, storeDir string, now time.Time) {
 	r.AgentVersion = rep.AgentVersion
 	r.BytesFetched = rep.BytesFetched
 	r.SecretErrors = rep.SecretErrors
+	r.Server = reportedServer(rep.Server)
 	r.Health, r.PreviousHealth = boundHealth(rep.Health), boundHealth(rep.PreviousHealth)
 	seen := lastSeen(rep).UTC()
 	r.LastSeen = &seen
@@ -502,4 +503,18 @@ func oneLine(s string) string {
 		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// reportedServer is the server a report names, when it looks like one
+// ("host:port", at most 262 bytes): the host wrote it.
+func reportedServer(s string) string {
+	if len(s) > 262 {
+		return ""
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune(".-:[]_%", c)) {
+			return ""
+		}
+	}
+	return s
 }

@@ -220,6 +220,9 @@ type Row struct {
 	// SecretErrors are the secrets the host could not install, with why
 	// (never their content); null when none.
 	SecretErrors map[string]string `json:"secretErrors"`
+	// Server is the server (primary or mirror, "address:port") the host's
+	// last report was delivered to; empty when the report does not say.
+	Server string `json:"server"`
 	// Health is the host's last health check run (after its last switch,
 	// or a continuous check on a quiet tick), PreviousHealth the old
 	// system's after a health-check rollback; absent when none ran.

@@ -134,6 +134,17 @@ func (e *TooLargeError) Error() string {
 
 // Permanent reports whether retrying the connection cannot help.
 func Permanent(err error) bool {
+	var all *AllFailedError
+	if errors.As(err, &all) {
+		// Only when no server can help: one that was merely down may
+		// answer next time.
+		for _, e := range all.Errs {
+			if !Permanent(e) {
+				return false
+			}
+		}
+		return len(all.Errs) > 0
+	}
 	var hk *HostKeyError
 	return errors.As(err, &hk) || errors.Is(err, ErrAuth)
 }
@@ -217,6 +228,7 @@ func hostKeyAlgorithms(keys []ssh.PublicKey) []string {
 
 // Conn is one SSH connection with an SFTP session.
 type Conn struct {
+	addr      string
 	raw       net.Conn
 	ssh       *ssh.Client
 	sftp      *sftp.Client
@@ -260,6 +272,101 @@ func Dial(ctx context.Context, o Options) (*Conn, error) {
 	}
 	return nil, fmt.Errorf("server %s: %w", o.Addr, last)
 }
+
+// Endpoint is one server of a list the agent may use (a primary and its
+// mirrors): its address, the user to log in as there, its pinned keys.
+type Endpoint struct {
+	Addr     string
+	User     string
+	HostKeys []ssh.PublicKey
+}
+
+// DialAny connects to the first endpoint that answers. A round tries each
+// endpoint once, in order, so a primary that is down costs one connect
+// attempt (or one ConnectTimeout when it is silent), not a whole backoff,
+// before its mirror is tried; o.Attempts rounds are spaced by o.Backoff.
+// An endpoint whose host key is wrong or that refuses the client's key
+// (Permanent) is not tried again this call. It returns the connection and
+// the index of the endpoint it reached; o.Addr, o.User and o.HostKeys are
+// taken from the endpoints. With one endpoint it is Dial.
+func DialAny(ctx context.Context, o Options, eps []Endpoint) (*Conn, int, error) {
+	if len(eps) == 0 {
+		return nil, -1, errors.New("no server configured")
+	}
+	with := func(e Endpoint) Options {
+		x := o
+		x.Addr, x.User, x.HostKeys = e.Addr, e.User, e.HostKeys
+		return x
+	}
+	if len(eps) == 1 {
+		c, err := Dial(ctx, with(eps[0]))
+		return c, 0, err
+	}
+	o.defaults()
+	errs := make([]error, len(eps))
+	dead := make([]bool, len(eps))
+	for round := 1; ; round++ {
+		for i, e := range eps {
+			if dead[i] {
+				continue
+			}
+			x := with(e)
+			if len(x.HostKeys) == 0 {
+				errs[i], dead[i] = fmt.Errorf("server %s: no host key configured: bento never connects without verifying the server", e.Addr), true
+				continue
+			}
+			if x.Signer == nil {
+				return nil, -1, errors.New("no identity key configured")
+			}
+			c, err := dialOnce(ctx, x)
+			if err == nil {
+				if round > 1 || i > 0 {
+					if o.Logger != nil {
+						o.Logger.Info("connected to a fallback server", "server", e.Addr, "round", round)
+					}
+				}
+				return c, i, nil
+			}
+			errs[i] = fmt.Errorf("server %s: %w", e.Addr, err)
+			dead[i] = Permanent(err)
+			if ctx.Err() != nil {
+				return nil, -1, fmt.Errorf("%w (%w)", ctx.Err(), errors.Join(errs...))
+			}
+			if o.Logger != nil {
+				o.Logger.Warn("cannot reach a server, trying the next", "server", e.Addr, "err", err)
+			}
+		}
+		if round >= o.Attempts || !slices.Contains(dead, false) {
+			break
+		}
+		wait := o.Backoff.Jittered(round, nil)
+		if o.Logger != nil {
+			o.Logger.Warn("no server reachable, retrying", "round", round, "of", o.Attempts, "in", wait.Round(time.Millisecond))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, -1, fmt.Errorf("%w (%w)", ctx.Err(), errors.Join(errs...))
+		case <-time.After(wait):
+		}
+	}
+	return nil, -1, &AllFailedError{Errs: errs, Rounds: o.Attempts}
+}
+
+// AllFailedError is DialAny's failure: why each server could not be used.
+type AllFailedError struct {
+	Errs   []error
+	Rounds int
+}
+
+func (e *AllFailedError) Error() string {
+	var parts []string
+	for _, err := range e.Errs {
+		parts = append(parts, err.Error())
+	}
+	return fmt.Sprintf("none of the %d servers reachable (%d rounds): %s", len(e.Errs), e.Rounds, strings.Join(parts, "; "))
+}
+
+func (e *AllFailedError) Unwrap() []error { return e.Errs }
 
 func dialOnce(ctx context.Context, o Options) (*Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, o.ConnectTimeout)
@@ -306,7 +413,7 @@ func dialOnce(ctx context.Context, o Options) (*Conn, error) {
 		client.Close()
 		return nil, deadlineErr(ctx, o.ConnectTimeout)
 	}
-	c := &Conn{raw: raw, ssh: client, sftp: sc2, opTimeout: o.OpTimeout, done: make(chan struct{})}
+	c := &Conn{addr: o.Addr, raw: raw, ssh: client, sftp: sc2, opTimeout: o.OpTimeout, done: make(chan struct{})}
 	go c.keepalive(o.Keepalive)
 	return c, nil
 }
@@ -379,6 +486,9 @@ func (c *idleConn) Read(p []byte) (int, error) {
 	}
 	return c.Conn.Read(p)
 }
+
+// Addr is the "host:port" this connection reached.
+func (c *Conn) Addr() string { return c.addr }
 
 // SFTP is the session itself, for readers that stream many files at once
 // (the binary cache Nix substitutes from). Its calls are not under the

@@ -106,7 +106,7 @@ func agentCommand() *cli.Command {
 					if every < time.Second || every > 10*time.Minute {
 						return usageError("--every %s is out of range: it must be from 1s to 10min", timespan.Format(every))
 					}
-					fmt.Fprintf(c.App.ErrWriter, "bento: watching %s on %s every %s\n", manifest.ManifestFile, cfg.Server, every)
+					fmt.Fprintf(c.App.ErrWriter, "bento: watching %s on %s every %s\n", manifest.ManifestFile, serverNames(cfg), every)
 					err = agent.Watch(c.Context, cfg, agent.WatchOptions{
 						Every: every,
 						Out:   c.App.ErrWriter,
@@ -360,4 +360,13 @@ func runTickProcess(ctx context.Context, c *cli.Context, out io.Writer) error {
 		return fmt.Errorf("bento agent run exited with status %d", pe.ExitCode)
 	}
 	return err
+}
+
+// serverNames is the configured servers, for messages.
+func serverNames(cfg agent.Config) string {
+	var names []string
+	for _, s := range cfg.ServerList() {
+		names = append(names, s.Addr())
+	}
+	return strings.Join(names, ", ")
 }

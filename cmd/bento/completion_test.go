@@ -59,7 +59,7 @@ func TestCompletions(t *testing.T) {
 		cur   string
 		want  []string
 	}{
-		{nil, "", []string{"hosts", "build", "deploy", "rollout", "export", "import-reports", "check", "status", "history", "logs", "diff", "agent", "keygen", "serve", "completion"}},
+		{nil, "", []string{"hosts", "build", "deploy", "rollout", "export", "import-reports", "check", "status", "history", "logs", "diff", "agent", "keygen", "mirror", "serve", "completion"}},
 		{nil, "de", []string{"deploy"}},
 		{[]string{"--verbose"}, "st", []string{"status"}},
 		{[]string{"agent"}, "ru", []string{"run"}},

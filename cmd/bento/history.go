@@ -96,6 +96,8 @@ func runHistory(c *cli.Context) error {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		fmt.Fprintf(c.App.ErrWriter, "bento: no history yet at %s (bento deploy and bento status record it)\n", path)
+	case errors.Is(err, fs.ErrPermission):
+		return failed(withHint(err, "the server's state directory is root-only: run bento history as root"))
 	case err != nil:
 		return failed(err)
 	}
@@ -113,6 +115,8 @@ func historyHosts(c *cli.Context, path, root string, patterns []string) ([]strin
 		if known, err = db.Hosts(c.Context); err != nil {
 			return nil, failed(err)
 		}
+	case errors.Is(err, fs.ErrPermission):
+		return nil, failed(withHint(err, "the server's state directory is root-only: run bento history as root"))
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, failed(err)
 	}

@@ -52,6 +52,7 @@ func newApp() *cli.App {
 			diffCommand(),
 			agentCommand(),
 			keygenCommand(),
+			mirrorCommand(),
 			serveCommand(),
 			completionCommand(),
 		},

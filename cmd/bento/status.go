@@ -15,6 +15,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/eval"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/history"
 	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/rollout"
@@ -223,6 +224,10 @@ func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table re
 			return fmt.Errorf("status interrupted: %w", c.Context.Err())
 		}
 		return failed(err)
+	}
+	if opts.History == nil {
+		// Not opened (a read-only state directory): its size all the same.
+		s.HistoryBytes, _ = history.FileSize(history.Path(opts.Root))
 	}
 	summary := statusRollout(c, opts.Root, s)
 	if prom.file != "" {

@@ -515,6 +515,9 @@ func TestAttackFetchModeExpectedToplevelNotAStorePath(t *testing.T) {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			m := good
 			m.Version = fmt.Sprintf("a77ac0000000000%x", i)
+			// A new publication numbers itself after the last: this one
+			// must reach the expectedToplevel check, not the replay check.
+			m.Sequence = good.Sequence + uint64(i) + 1
 			m.ExpectedToplevel = bad
 			e.WriteManifest(t, "alpha", m)
 			res := h.Run(t)

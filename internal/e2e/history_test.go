@@ -141,6 +141,11 @@ func TestStatusWithAReadOnlyHistory(t *testing.T) {
 	if got, want := eventLine(historyEvents(t, e, "alpha")), "alpha published "+v1[:8]; got != want {
 		t.Errorf("history from a read-only state directory: got %s, want %s", got, want)
 	}
+	res, _ = serverBento(t, e, nil, "status", "--no-eval", "--json", "--chroot-root", e.SSHD.Root, "--state-dir", t.TempDir())
+	var snap status.Snapshot
+	if err := json.Unmarshal([]byte(res.Stdout), &snap); err != nil || snap.HistoryBytes <= 0 {
+		t.Errorf("status --json with a read-only history: historyBytes %d, %v", snap.HistoryBytes, err)
+	}
 }
 
 // TestHistoryOfAHealthCheckRollback: "rolled back …: health-check web",

@@ -19,8 +19,8 @@ var Layers = [][]string{
 		"internal/e2e/...", "internal/fixture/...", "internal/format1/...",
 		"internal/sshdtest/...", "internal/benchtb/...", "internal/ci/...", "internal/layers/..."},
 	// The pipelines: a deploy, a host's agent, the fleet's status, the
-	// dashboard, and a rollout (which drives deploy in waves).
-	{"deploy/...", "agent/...", "status/...", "serve/...", "rollout/..."},
+	// dashboard, mirrors, and a rollout (which drives deploy in waves).
+	{"deploy/...", "agent/...", "status/...", "serve/...", "mirror/...", "rollout/..."},
 	// The steps.
 	{"builder/...", "publish/...", "activate/...", "cache/...", "sftpcache/...", "secrets/...", "history/..."},
 	{"eval/..."},

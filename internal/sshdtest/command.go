@@ -71,3 +71,24 @@ func (s *Server) shellBlocks() string {
 	}
 	return b.String()
 }
+
+// AllowPusher lets root log in with a fresh key, to SFTP only and without
+// a chroot: the account bento mirror push writes a mirror's chroot root
+// as (the chroots are root's, as sshd requires, so only root can). The
+// key is restricted the way services.bento-server.mirrorPushKeys does it,
+// restrict,command="internal-sftp". sshd is restarted; the key file is
+// removed with the server.
+func (s *Server) AllowPusher(t testing.TB) *Client {
+	t.Helper()
+	signer, keyFile, authorized := newIdentity(t, "root")
+	line := append([]byte(`restrict,command="internal-sftp" `), authorized...)
+	if err := os.WriteFile(filepath.Join(s.StateDir, "keys", "root"), line, 0o644); err != nil {
+		t.Fatalf("sshdtest: %v", err)
+	}
+	s.mu.Lock()
+	s.pusher = true
+	s.mu.Unlock()
+	s.writeConfig(t)
+	s.Restart(t)
+	return &Client{Host: "root", User: "root", KeyFile: keyFile, Signer: signer}
+}

@@ -29,10 +29,19 @@ func (s *Server) writeConfig(t testing.TB) {
 	b.WriteString("PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n")
 	fmt.Fprintf(&b, "AuthorizedKeysFile %s/%%u\n", filepath.Join(s.StateDir, "keys"))
 	b.WriteString("StrictModes yes\n")
-	b.WriteString("PermitRootLogin no\n")
-	// Only this server's hosts: the machine's other accounts, and other
-	// tests' users, cannot log in here even by mistake.
-	fmt.Fprintf(&b, "AllowGroups %s\n", s.Group)
+	s.mu.Lock()
+	pusher := s.pusher
+	s.mu.Unlock()
+	if pusher {
+		// AllowPusher: root logs in with its one key, to SFTP only.
+		b.WriteString("PermitRootLogin prohibit-password\n")
+		fmt.Fprintf(&b, "AllowGroups %s root\n", s.Group)
+	} else {
+		b.WriteString("PermitRootLogin no\n")
+		// Only this server's hosts: the machine's other accounts, and other
+		// tests' users, cannot log in here even by mistake.
+		fmt.Fprintf(&b, "AllowGroups %s\n", s.Group)
+	}
 	maxStartups := s.maxStartups
 	if maxStartups == "" {
 		maxStartups = "100:30:200"

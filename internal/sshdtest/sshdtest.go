@@ -76,6 +76,7 @@ type Server struct {
 
 	mu     sync.Mutex
 	shells []shellUser // AddShellUser
+	pusher bool        // AllowPusher
 	cmd    *exec.Cmd
 	exited chan struct{}
 	own    owner

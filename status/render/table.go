@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,9 +63,19 @@ func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 	cond := &runewidth.Condition{EastAsianWidth: false, StrictEmojiNeutral: true}
 	if len(s.Hosts) > 0 {
 		header := []string{"HOST", "STATE", "PUBLISHED", "APPLIED", "SYSTEM", "SEEN", "MESSAGE"}
+		// Which server each host reached matters once there are several
+		// (mirrors): only then a column says it.
+		withServer := serversSeen(s.Hosts) > 1
+		if withServer {
+			header = slices.Insert(header, len(header)-1, "SERVER")
+		}
 		cells := make([][]string, 0, len(s.Hosts))
 		for i := range s.Hosts {
-			cells = append(cells, tableCells(&s.Hosts[i], s.GeneratedAt))
+			row := tableCells(&s.Hosts[i], s.GeneratedAt)
+			if withServer {
+				row = slices.Insert(row, len(row)-1, orDash(s.Hosts[i].Server))
+			}
+			cells = append(cells, row)
 		}
 		widths := columnWidths(header, cells, cond)
 		if msgWidth := o.messageWidth(widths); msgWidth > 0 {
@@ -78,7 +89,7 @@ func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 		writeRow(bw, header, widths, cond, func(int, string) string { return "1" }, o.Color)
 		for i, row := range cells {
 			r := &s.Hosts[i]
-			writeRow(bw, row, widths, cond, func(col int, _ string) string { return cellColor(r, col) }, o.Color)
+			writeRow(bw, row, widths, cond, func(col int, _ string) string { return cellColor(r, col, len(header)-1) }, o.Color)
 		}
 	}
 	bw.WriteString(SummaryLine(s, o.Color))
@@ -115,14 +126,26 @@ func (o TableOptions) messageWidth(widths []int) int {
 	return max(minMessageWidth, o.Width-used-1)
 }
 
-// cellColor is the colour of column col of r's row.
-func cellColor(r *status.Row, col int) string {
+// serversSeen counts the distinct servers the hosts last reported through.
+func serversSeen(rows []status.Row) int {
+	seen := map[string]bool{}
+	for _, r := range rows {
+		if r.Server != "" {
+			seen[r.Server] = true
+		}
+	}
+	return len(seen)
+}
+
+// cellColor is the colour of column col of r's row; msgCol is the
+// message's column.
+func cellColor(r *status.Row, col, msgCol int) string {
 	switch {
 	case col == 1:
 		return stateColor[r.State]
 	case col == 4 && r.SystemMatch != nil && !*r.SystemMatch:
 		return stateColor[status.Drift]
-	case col == 6 && r.HasSecretErrors():
+	case col == msgCol && r.HasSecretErrors():
 		// Whatever the state, a secret not installed needs action.
 		return stateColor[status.Failing]
 	}
