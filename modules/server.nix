@@ -736,8 +736,9 @@ in
     # the build records to root, and the history is shared with bento
     # deploy; a dedicated user would need read access to everything a host
     # uploads and write access to root's state. So: root with only the
-    # capabilities to read (and trim over-limit reports/, as status does),
-    # every path read-only but the history's directory.
+    # capability to read any file, every path read-only but the history's
+    # directory (over-limit reports/ are trimmed by deploy and status, not
+    # by the dashboard).
     (mkIf cfg.dashboard.enable {
       systemd.services.bento-serve = {
         description = "bento serve: the fleet's status on a read-only web page";
@@ -772,7 +773,7 @@ in
           RuntimeDirectory = "bento-serve";
           RuntimeDirectoryMode = "0750";
           UMask = "0077";
-          CapabilityBoundingSet = [ "CAP_DAC_READ_SEARCH" "CAP_DAC_OVERRIDE" ];
+          CapabilityBoundingSet = [ "CAP_DAC_READ_SEARCH" ];
           AmbientCapabilities = [ ];
           NoNewPrivileges = true;
           ProtectSystem = "strict";

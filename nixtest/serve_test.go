@@ -41,7 +41,7 @@ func TestServerDashboard(t *testing.T) {
 			// Root, but read-only everywhere except the history, and with
 			// no capability beyond reading the hosts' files.
 			for k, v := range map[string]any{"ProtectSystem": "strict", "ProtectHome": "read-only", "NoNewPrivileges": true, "PrivateDevices": true,
-				"ReadWritePaths": []any{"/home/chroot/.bento-state"}, "CapabilityBoundingSet": []any{"CAP_DAC_READ_SEARCH", "CAP_DAC_OVERRIDE"}} {
+				"ReadWritePaths": []any{"/home/chroot/.bento-state"}, "CapabilityBoundingSet": []any{"CAP_DAC_READ_SEARCH"}} {
 				if !reflect.DeepEqual(sc[k], v) {
 					t.Errorf("serviceConfig.%s = %v, want %v", k, sc[k], v)
 				}

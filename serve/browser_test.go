@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -269,6 +270,60 @@ func dropFields(t *testing.T, doc []byte, fields []string) map[string]any {
 	}
 	drop(m)
 	return m
+}
+
+// SIGTERM (systemd stopping the service) ends bento serve with exit 0
+// even while a page holds an event stream open, and the stream ends.
+func TestServeStopsOnSIGTERM(t *testing.T) {
+	root := t.TempDir()
+	cmd := exec.Command(e2e.Bento(t), "serve", "--no-eval", "--chroot-root", root, "--state-dir", t.TempDir(), "--listen", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), fixture.Env()...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	sc := bufio.NewScanner(stderr)
+	base := ""
+	for base == "" && sc.Scan() {
+		if _, rest, ok := strings.Cut(sc.Text(), "listening on http://"); ok {
+			base = "http://" + strings.TrimSuffix(strings.Fields(rest)[0], "/")
+		}
+	}
+	if base == "" {
+		t.Fatal("bento serve exited before listening")
+	}
+	copied := make(chan struct{})
+	go func() { io.Copy(io.Discard, stderr); close(copied) }()
+	resp, err := http.Get(base + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	events := bufio.NewReader(resp.Body)
+	if _, err := events.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	// Wait once the output is read to its end (the process closed it).
+	go func() { <-copied; exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("bento serve after SIGTERM: %v, want exit 0", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("bento serve did not stop within 10 s of SIGTERM with an event stream open")
+	}
+	if _, err := io.ReadAll(events); err != nil {
+		t.Logf("the stream ended with %v", err) // ended either way: ReadAll returned
+	}
 }
 
 // readRows reads host → state from the fleet table in the DOM.

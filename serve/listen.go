@@ -73,9 +73,11 @@ func loopback(host string) bool {
 // (bounded by grace). The watch must run (Run) alongside.
 func (s *Server) Serve(ctx context.Context, l net.Listener, grace time.Duration) error {
 	hs := &http.Server{
-		Handler:           s.Handler(),
+		Handler: s.Handler(),
+		// No ReadTimeout: its deadline stays on the connection and would
+		// end every event stream after it. Requests are GETs whose bodies
+		// nothing reads.
 		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    32 << 10,
 		BaseContext:       func(net.Listener) context.Context { return ctx },

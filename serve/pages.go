@@ -16,6 +16,7 @@ import (
 
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/termsafe"
+	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/status"
 	"github.com/bento-nix/bento/status/logs"
 )
@@ -348,12 +349,44 @@ type hostView struct {
 	Fields    []field
 	Systems   []field
 	Secrets   []field
+	Health    []healthView
 	Log       string
 	LogName   string
 	LogNote   string
 	Timeline  []eventView
 	NoHistory bool
 	HistErr   string
+}
+
+// healthView is one run of the host's health checks: the last, and the
+// one against the old system after a health rollback.
+type healthView struct {
+	Title, System, CheckedAt, Verdict, Class string
+	Checks                                   []checkView
+}
+
+type checkView struct {
+	Name, Kind, Verdict, Class, Output string
+	Attempts                           int
+}
+
+func makeHealth(title string, h *manifest.Health, now time.Time) healthView {
+	hv := healthView{Title: title, System: termsafe.Line(h.System), Verdict: "passed", Class: "st-ok"}
+	if !h.OK {
+		hv.Verdict, hv.Class = "failed", "st-bad"
+	}
+	if !h.CheckedAt.IsZero() {
+		hv.CheckedAt = h.CheckedAt.UTC().Format(time.RFC3339) + " (" + status.Ago(now.Sub(h.CheckedAt)) + ")"
+	}
+	for _, c := range h.Checks {
+		cv := checkView{Name: termsafe.Line(c.Name), Kind: termsafe.Line(c.Kind), Verdict: "ok", Class: "st-ok", Attempts: c.Attempts,
+			Output: termsafe.String(strings.ToValidUTF8(c.Output, "\uFFFD"))}
+		if !c.OK {
+			cv.Verdict, cv.Class = "failed", "st-bad"
+		}
+		hv.Checks = append(hv.Checks, cv)
+	}
+	return hv
 }
 
 type eventView struct {
@@ -393,6 +426,12 @@ func (s *Server) host(w http.ResponseWriter, r *http.Request, tmpl string) {
 		hv := hostView{Page: s.frame(v, name+" · bento", "/live/host/"+url.PathEscape(name)),
 			Host: name, State: string(row.State), Class: stateClass(row.State), Message: termsafe.Line(row.Message)}
 		hv.Fields, hv.Systems, hv.Secrets = s.hostFields(row, v.snap.GeneratedAt)
+		if row.Health != nil {
+			hv.Health = append(hv.Health, makeHealth("Health checks", row.Health, v.snap.GeneratedAt))
+		}
+		if row.PreviousHealth != nil {
+			hv.Health = append(hv.Health, makeHealth("Health checks of the system it went back to", row.PreviousHealth, v.snap.GeneratedAt))
+		}
 		hv.LogName, hv.Log, hv.LogNote = s.logTail(name)
 		hv.Timeline, hv.NoHistory, hv.HistErr = s.timeline(r, name, v.snap.GeneratedAt)
 		return hv

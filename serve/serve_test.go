@@ -131,7 +131,13 @@ func threeHosts(t *testing.T) chroot {
 	c.publish("web-2", v2)
 	c.report("web-2", applied(v1))
 	c.publish("db-1", v1)
-	c.report("db-1", failed(v1, hostile))
+	r := failed(v1, hostile)
+	r.Result, r.RollbackReason = manifest.ResultRolledBack, manifest.RollbackHealthCheck
+	r.Health = &manifest.Health{System: sysA, CheckedAt: time.Now(), OK: false, Checks: []manifest.HealthCheck{
+		{Name: "nginx", Kind: manifest.HealthUnit, OK: true, Attempts: 1},
+		{Name: "http <i>home</i>", Kind: manifest.HealthHTTP, OK: false, Attempts: 3, Output: "503 <script>x</script>\x1b[31m"},
+	}}
+	c.report("db-1", r)
 	return c
 }
 
@@ -160,7 +166,7 @@ func TestFleetPage(t *testing.T) {
 		})
 	}
 	resp, body := get(t, ts.URL+"/")
-	for _, want := range []string{`class="r-bad"><td><a href="/host/db-1">db-1</a><td>failing<`, `class="r-work"><td><a href="/host/web-2">web-2</a><td>pending<`, `class="r-ok"><td><a href="/host/web-1">web-1</a><td>up-to-date<`, `<b>3</b> hosts`} {
+	for _, want := range []string{`class="r-bad"><td><a href="/host/db-1">db-1</a><td>rolled-back<`, `class="r-work"><td><a href="/host/web-2">web-2</a><td>pending<`, `class="r-ok"><td><a href="/host/web-1">web-1</a><td>up-to-date<`, `<b>3</b> hosts`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the fleet page lacks %s:\n%s", want, body)
 		}
@@ -242,7 +248,9 @@ func TestHostPage(t *testing.T) {
 		t.Fatalf("%d: %s", resp.StatusCode, body)
 	}
 	checkInert(t, body)
-	for _, want := range []string{`id="host-state">failing`, sysA, "building &lt;b&gt;x&lt;/b&gt;", `\x1b[2Jcleared?`, "last line", "the last 4096 bytes"} {
+	for _, want := range []string{`id="host-state">rolled-back`, sysA, `Health checks <span class="st-bad">failed`,
+		`<span class="st-bad">failed</span> http <b>http &lt;i&gt;home&lt;/i&gt;</b> after 3 attempts<pre class="log">503 &lt;script&gt;x&lt;/script&gt;\x1b[31m</pre>`,
+		`<span class="st-ok">ok</span> unit <b>nginx</b>`, "building &lt;b&gt;x&lt;/b&gt;", `\x1b[2Jcleared?`, "last line", "the last 4096 bytes"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the host page lacks %q", want)
 		}
@@ -275,7 +283,7 @@ func TestAPIStatus(t *testing.T) {
 	for _, h := range doc.Hosts {
 		got[h.Host] = h.State
 	}
-	if doc.Format != status.Format || got["db-1"] != "failing" || got["web-2"] != "pending" || got["web-1"] != "up-to-date" || doc.ExitCode != status.ExitFailing {
+	if doc.Format != status.Format || got["db-1"] != "rolled-back" || got["web-2"] != "pending" || got["web-1"] != "up-to-date" || doc.ExitCode != status.ExitFailing {
 		t.Errorf("/api/status: %s", body)
 	}
 	// As bento status --json: escapes encoding/json leaves raw are escaped.
@@ -306,12 +314,12 @@ func TestMetrics(t *testing.T) {
 		for _, l := range m.Label {
 			labels[l.GetName()] = l.GetValue()
 		}
-		if labels["host"] == "db-1" && labels["state"] == "failing" {
+		if labels["host"] == "db-1" && labels["state"] == "rolled-back" {
 			found = m.GetGauge().GetValue() == 1
 		}
 	}
 	if !found {
-		t.Errorf("bento_host_state{host=db-1,state=failing} is not 1:\n%s", body)
+		t.Errorf("bento_host_state{host=db-1,state=rolled-back} is not 1:\n%s", body)
 	}
 	for _, name := range []string{"bento_hosts", "bento_status_exit_code", "bento_host_system_match", "bento_host_last_seen_timestamp_seconds"} {
 		if fams[name] == nil {
@@ -451,5 +459,62 @@ func TestRolloutOnTheFleetPage(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Event streams are bounded: one more than MaxStreams is refused with 503
+// (the page retries later).
+func TestMaxStreams(t *testing.T) {
+	c := threeHosts(t)
+	ts := start(t, serve.Options{Status: status.Options{Root: c.root}, MaxStreams: 1})
+	open := func() (*http.Response, context.CancelFunc) {
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, "GET", ts.URL+"/events", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, cancel
+	}
+	first, cancelFirst := open()
+	if first.StatusCode != 200 {
+		t.Fatalf("first stream: %d", first.StatusCode)
+	}
+	// Its first event says the stream holds its place.
+	if _, err := bufio.NewReader(first.Body).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	second, cancelSecond := open()
+	second.Body.Close()
+	cancelSecond()
+	if second.StatusCode != http.StatusServiceUnavailable || second.Header.Get("Retry-After") == "" {
+		t.Errorf("a stream over the limit: %d (Retry-After %q), want 503 with Retry-After", second.StatusCode, second.Header.Get("Retry-After"))
+	}
+	cancelFirst()
+	first.Body.Close()
+}
+
+// Filtering by tag needs the flake's options: with them the form lists
+// the tags and ?tag= keeps the hosts that carry it.
+func TestTagFilter(t *testing.T) {
+	c := threeHosts(t)
+	host := func(name string, tags ...string) fleet.Host {
+		return fleet.Host{Name: name, Managed: true, Enable: true, Attr: fleet.ConfigAttr(name), Options: fleet.Options{Tags: tags}}
+	}
+	fl := &fleet.Fleet{Hosts: []fleet.Host{host("web-1", "web", "eu"), host("web-2", "web", "us"), host("db-1", "db", "eu")}}
+	ts := start(t, serve.Options{Status: status.Options{Root: c.root, Fleet: fl}})
+	for _, tc := range []struct{ query, want string }{
+		{"?tag=web&sort=name", "web-1 web-2"},
+		{"?tag=eu&sort=name", "db-1 web-1"},
+		{"?tag=nothing", ""},
+	} {
+		_, body := get(t, ts.URL+"/"+tc.query)
+		if got := strings.Join(hostsIn(body), " "); got != tc.want {
+			t.Errorf("%s: hosts %q, want %q", tc.query, got, tc.want)
+		}
+	}
+	_, body := get(t, ts.URL+"/")
+	if !strings.Contains(body, "<option>db</option><option>eu</option><option>us</option><option>web</option>") {
+		t.Errorf("the form does not list the fleet's tags:\n%s", body)
 	}
 }

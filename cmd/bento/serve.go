@@ -13,6 +13,7 @@ import (
 
 	"github.com/bento-nix/bento/history"
 	"github.com/bento-nix/bento/internal/termsafe"
+	"github.com/bento-nix/bento/rollout"
 	"github.com/bento-nix/bento/serve"
 )
 
@@ -86,9 +87,12 @@ func runServe(c *cli.Context) error {
 		// serve records the reports it reads, as status does (Collect).
 		defer opts.History.Close()
 		so.History = serveHistory{db: opts.History, root: opts.Root}
+	} else if db, err := history.OpenReadOnly(c.Context, history.Path(opts.Root)); err == nil {
+		// Not writable here (a read-only state directory): still shown.
+		defer db.Close()
+		so.History = serveHistory{db: db, root: opts.Root}
 	}
-	// The rollout view: so.Rollout = a func mapping rollout.Load(opts.Root)
-	// to a serve.Rollout, once package rollout is on main.
+	so.Rollout = func() (*serve.Rollout, error) { return serveRollout(opts.Root) }
 	s := serve.New(so)
 	// The address as the listener has it: with --listen :0, the port picked.
 	fmt.Fprintf(c.App.ErrWriter, "bento serve: listening on %s (%s)\n", listenURL(l.Addr().Network(), l.Addr().String()), opts.Root)
@@ -121,8 +125,7 @@ func (h serveHistory) Timeline(ctx context.Context, host string, limit int) ([]s
 	return out, nil
 }
 
-// JSON builds the document as runHistory does, and prints it as
-// printHistory does.
+// JSON prints history.Document as bento history --json does (printHistory).
 func (h serveHistory) JSON(ctx context.Context, w io.Writer, hosts []string, since time.Time, limit int) error {
 	doc, err := h.db.Document(ctx, h.root, history.Query{Hosts: hosts, Since: since, Limit: limit}, time.Now())
 	if err != nil {
@@ -134,6 +137,20 @@ func (h serveHistory) JSON(ctx context.Context, w io.Writer, hosts []string, sin
 	}
 	_, err = w.Write(append(termsafe.EscapeJSON(data), '\n'))
 	return err
+}
+
+// serveRollout is the fleet page's view of the recorded rollout (nil when
+// there is none).
+func serveRollout(root string) (*serve.Rollout, error) {
+	st, err := rollout.Load(root)
+	if err != nil || st == nil {
+		return nil, err
+	}
+	ro := &serve.Rollout{ID: st.ID, Phase: string(st.Phase), Reason: st.Reason, Current: st.Current, Since: st.Since}
+	for _, w := range st.Waves {
+		ro.Waves = append(ro.Waves, serve.RolloutWave{Number: w.Number, Hosts: len(w.Hosts), State: string(w.State), Verdict: w.Verdict})
+	}
+	return ro, nil
 }
 
 func listenURL(network, addr string) string {
