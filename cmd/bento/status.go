@@ -141,7 +141,8 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 	tty := isTerminal(w)
 	table := statusTable(c, w, tty)
 	if c.Bool("watch") {
-		sc := render.Screen{Out: w, TTY: tty, Table: table, Every: c.Duration("every"), Clock: time.Now, PromFile: prom.file}
+		sc := render.Screen{Out: w, TTY: tty, Table: table, Every: c.Duration("every"), Clock: time.Now, PromFile: prom.file,
+			Header: func(*status.Snapshot) string { return rolloutHeader(opts.Root) }}
 		if f, ok := w.(*os.File); ok && table.Width > 0 {
 			// A resized terminal gets a table of its new width at once.
 			resize, stop := resizes(c.Context)
@@ -396,5 +397,18 @@ func statusRollout(c *cli.Context, root string, s *status.Snapshot) string {
 	}
 	v := st.View(false)
 	s.Rollout = &v
+	return st.Summary()
+}
+
+// rolloutHeader is the rollout's line above bento status --watch's table
+// (its error in place, not on the error stream the redraw overwrites).
+func rolloutHeader(root string) string {
+	st, err := rollout.Load(root)
+	switch {
+	case err != nil:
+		return "warning: " + err.Error()
+	case st == nil:
+		return ""
+	}
 	return st.Summary()
 }

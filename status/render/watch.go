@@ -11,6 +11,7 @@ import (
 	"github.com/mattn/go-runewidth"
 
 	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/status"
 )
 
@@ -30,6 +31,9 @@ type Screen struct {
 	// sized to Width() when Width is set.
 	Resize <-chan struct{}
 	Width  func() int
+	// Header, when set, gives lines printed above each table (bento
+	// status: the rollout's summary), "" for none.
+	Header func(*status.Snapshot) string
 }
 
 // Watch is bento status --watch: status.Watch, drawing each snapshot (or
@@ -45,6 +49,11 @@ func Watch(ctx context.Context, o status.Options, sc Screen) error {
 		if err != nil {
 			fmt.Fprintf(&buf, "bento: %v\n", err)
 		} else {
+			if sc.Header != nil {
+				if h := sc.Header(s); h != "" {
+					fmt.Fprintf(&termsafe.Writer{W: &buf}, "%s\n\n", h)
+				}
+			}
 			Table(&buf, s, table)
 			if sc.PromFile != "" {
 				if err := atomicfile.Write(sc.PromFile, 0o644, func(w io.Writer) error { return Prometheus(w, s) }); err != nil {
