@@ -66,6 +66,9 @@ type Options struct {
 	// last attempt failed ("bento agent run --now", after fixing what made
 	// it fail on the host).
 	RetryNow bool
+	// NoProgress uploads no live progress (reports/progress.json and the
+	// growing log) during the tick: measurements compare with it.
+	NoProgress bool
 }
 
 // Outcome says what a tick did.
@@ -78,6 +81,9 @@ type Outcome struct {
 	// Fetched is the number of tree objects (distinct file contents)
 	// downloaded.
 	Fetched int
+	// ProgressUploads counts the live progress records uploaded this
+	// tick (measurements of what live progress costs use it).
+	ProgressUploads int
 	// Rebooted is true when the reboot command ran.
 	Rebooted bool
 }
@@ -181,6 +187,8 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 		log:       slog.New(newLineHandler(o.Out)),
 	}
 	defer t.closeConn()
+	// An attempt cut short by a signal ends its uploads here.
+	defer func() { t.progress.finish() }()
 	out, err := t.run(ctx)
 	if err != nil {
 		err = fmt.Errorf("host %s: %w", cfg.Host, err)
@@ -216,6 +224,8 @@ type tick struct {
 	// notes are damaged state files moved aside this tick: they go into
 	// the tick's report once (the next tick no longer finds the file).
 	notes []string
+	// progress uploads the attempt's stages and log as they happen.
+	progress *liveProgress
 }
 
 // note records a damaged state file moved aside, for the report.
@@ -613,6 +623,7 @@ func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Repor
 	rep.Log = logName(rep.AttemptedVersion, rep.StartedAt)
 	rep.Error = t.withNotes(rep.Error)
 	out := Outcome{Action: action, Report: rep, Fetched: t.fetched}
+	t.progress.stage(manifest.ProgressReporting)
 	gz, name, qerr := t.enqueue(rep, rep.Log, log.Bytes(), true)
 	saveErr := saveState(t.cfg.StateDir, *st)
 	if saveErr != nil {
@@ -627,7 +638,10 @@ func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Repor
 		defer cancel()
 		ctx = dctx
 	}
-	if err := t.push(ctx, *rep, name, gz, qerr); err != nil {
+	// The stage "reporting" shows while a slow delivery goes on.
+	err := t.push(ctx, *rep, name, gz, qerr)
+	out.ProgressUploads = t.endProgress()
+	if err != nil {
 		return out, errors.Join(cause, err, saveErr)
 	}
 	return out, errors.Join(cause, saveErr)

@@ -35,6 +35,7 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 		// reported (directly, when the queue cannot hold it either).
 		return fail("state", describeDiskError(err))
 	}
+	t.progress = t.startProgress(ctx, m.Version, rep.StartedAt, log)
 	log.Printf("host %s: applying version %s published %s (attempt %d, mode %s, operation %s)",
 		t.cfg.Host, m.Version, m.PublishedAt.UTC().Format(time.RFC3339), st.Attempt.Count, t.cfg.Mode, t.cfg.Operation)
 
@@ -62,6 +63,10 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 
 	var toplevel string
 	var err error
+	if t.cfg.Mode != manifest.ModeFetch {
+		// Fetch mode's realising is the download: it stays "fetching".
+		t.progress.stage(manifest.ProgressBuilding)
+	}
 	cfg, doneCache := t.serverCache(ctx, m, log)
 	if t.cfg.Mode == manifest.ModeFetch {
 		log.Printf("realising %s from the substituters (fetch mode: evaluating nothing)", m.ExpectedToplevel)
@@ -187,6 +192,7 @@ func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, lo
 // activate is switchTo's uncancellable part: switch, guard, record.
 func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, act *activate.Activator, prev, toplevel, version, action string, result manifest.Result) (Outcome, error) {
 	op := t.cfg.Operation
+	t.progress.stage(manifest.ProgressSwitching)
 	log.Printf("switching to %s (%s); the running system is %s", toplevel, op, orNone(prev))
 	outcome, err := act.Switch(ctx, toplevel, op)
 	if err != nil {
@@ -214,6 +220,7 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 			return t.rollback(ctx, st, rep, log, act, prev, manifest.RollbackHealthCheck, cause)
 		}
 		timeout := time.Duration(t.cfg.ConfirmTimeout)
+		t.progress.stage(manifest.ProgressConfirming)
 		what := "the server is still reachable"
 		if t.local != nil {
 			// Offline the guard is the activation itself: there is no
@@ -465,14 +472,16 @@ func orNone(s string) string {
 }
 
 // pruneLogs keeps the newest keep logs under reports/logs (by the time in
-// their names) and removes what a killed upload left behind.
+// their names) and removes what a killed upload left behind. NAME.log and
+// NAME.log.gz of one attempt count as one log.
 func pruneLogs(ctx context.Context, c remote, keep int) error {
 	fis, err := c.ReadDir(ctx, manifest.LogsDir)
 	if err != nil {
 		return err
 	}
-	type entry struct{ name, at string }
+	type entry struct{ base, at string }
 	var logs []entry
+	files := map[string][]string{}
 	var errs []error
 	for _, fi := range fis {
 		name := fi.Name()
@@ -488,16 +497,21 @@ func pruneLogs(ctx context.Context, c remote, keep int) error {
 		if _, err := time.Parse(logTimeLayout, base[i+1:]); err != nil {
 			continue
 		}
-		logs = append(logs, entry{name, base[i+1:]})
+		if files[base] == nil {
+			logs = append(logs, entry{base, base[i+1:]})
+		}
+		files[base] = append(files[base], name)
 	}
 	sort.Slice(logs, func(i, j int) bool {
 		if logs[i].at != logs[j].at {
 			return logs[i].at < logs[j].at
 		}
-		return logs[i].name < logs[j].name
+		return logs[i].base < logs[j].base
 	})
 	for len(logs) > keep {
-		errs = append(errs, c.Remove(ctx, manifest.LogsDir+"/"+logs[0].name))
+		for _, name := range files[logs[0].base] {
+			errs = append(errs, c.Remove(ctx, manifest.LogsDir+"/"+name))
+		}
 		logs = logs[1:]
 	}
 	return errors.Join(errs...)

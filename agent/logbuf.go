@@ -21,6 +21,8 @@ type logBuffer struct {
 	cut     int64
 	live    io.Writer
 	liveErr bool
+	// tap, when set, gets every byte written (live progress uploads it).
+	tap func([]byte)
 }
 
 func newLogBuffer(max int64, live io.Writer) *logBuffer {
@@ -36,6 +38,9 @@ func (l *logBuffer) Write(p []byte) (int, error) {
 		if _, err := l.live.Write(p); err != nil {
 			l.liveErr = true
 		}
+	}
+	if l.tap != nil {
+		l.tap(p)
 	}
 	headMax := l.max / 4
 	q := p

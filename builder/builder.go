@@ -187,7 +187,7 @@ func (e *StateDirError) Unwrap() error { return e.Err }
 func (r Result) MarshalJSON() ([]byte, error) {
 	type out struct {
 		Host     string  `json:"host"`
-		Status   Status  `json:"status"`
+		Status   Status  `json:"state"`
 		OK       bool    `json:"ok"`
 		Duration float64 `json:"durationSeconds"`
 		OutPath  string  `json:"outPath,omitempty"`

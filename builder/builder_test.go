@@ -501,7 +501,7 @@ func TestResultJSON(t *testing.T) {
 	if err := json.Unmarshal(data, &got); err != nil {
 		t.Fatal(err)
 	}
-	if got["host"] != "alpha" || got["status"] != "failed" || got["ok"] != false || got["durationSeconds"] != 1.5 || got["error"] != "build: error: boom" {
+	if got["host"] != "alpha" || got["state"] != "failed" || got["ok"] != false || got["durationSeconds"] != 1.5 || got["error"] != "build: error: boom" {
 		t.Errorf("JSON %s", data)
 	}
 }

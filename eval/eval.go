@@ -96,8 +96,12 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 		}
 	}
 
+	hint := &untrackedHinter{ctx: ctx, dir: f.Dir}
 	names, err := listHosts(ctx, r, f)
 	if err != nil {
+		if x := hint.explain(err); x != err {
+			return nil, fmt.Errorf("fleet %s: %w", f.Ref, x)
+		}
 		return nil, err
 	}
 	var errs HostErrors
@@ -116,6 +120,9 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 	hosts, evalErrs := evaluate(ctx, r, f, valid, opts)
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
+	}
+	for _, e := range evalErrs {
+		e.Err = hint.explain(e.Err)
 	}
 	errs = append(errs, evalErrs...)
 	hosts = slices.DeleteFunc(hosts, func(h fleet.Host) bool {
@@ -234,6 +241,7 @@ const hostInfo = `c:
     interval = if b == null then null else try (b.interval or null);
     tags = if b == null then [ ] else (b.tags or [ ]);
     secrets = if b == null then [ ] else builtins.attrNames (b.secrets or { });
+    placeholders = if b == null then [ ] else builtins.filter (n: let r = builtins.tryEval (b.${n} or ""); in r.success && r.value == null) [ "serverHostKey" "hostPublicKey" ];
     wave = if b == null then null else try ((b.rollout or { }).wave or null);
   }`
 
@@ -464,6 +472,9 @@ func hostFromJSON(f *fleet.Fleet, name string, v gjson.Result) fleet.Host {
 	}
 	for _, s := range v.Get("secrets").Array() {
 		o.Secrets = append(o.Secrets, s.String())
+	}
+	for _, p := range v.Get("placeholders").Array() {
+		o.Placeholders = append(o.Placeholders, p.String())
 	}
 	o.Wave = fleet.DefaultWave
 	if w := v.Get("wave"); w.Type == gjson.Number && w.Int() >= 0 && float64(w.Int()) == w.Num {

@@ -35,7 +35,9 @@ type Fleet struct {
 
 // Host is one nixosConfigurations entry (or one classic host directory).
 type Host struct {
-	Name string `json:"name"`
+	// Name is the nixosConfigurations attribute; JSON "host", as in every
+	// bento document (it was "name" before issue 17).
+	Name string `json:"host"`
 	// Managed is true when the host imports the bento client module
 	// (config.services.bento exists).
 	Managed bool `json:"managed"`
@@ -74,6 +76,10 @@ type Options struct {
 	Interval string `json:"interval,omitempty"`
 	// Secrets are the names of the secrets the host declares.
 	Secrets []string `json:"secrets,omitempty"`
+	// Placeholders are the services.bento options left null as the
+	// template has them (serverHostKey, hostPublicKey): bento check
+	// names them before a build fails on them.
+	Placeholders []string `json:"placeholders,omitempty"`
 	// Wave is services.bento.rollout.wave: when a rollout (bento rollout
 	// start) publishes to the host; 0 are the canaries, DefaultWave when
 	// the module does not set it.

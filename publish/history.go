@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -20,6 +21,20 @@ import (
 // outside every chroot (a host sees only <root>/<host>), root-only (0700).
 // Its leading dot keeps it from ever being taken for a host.
 const StateDir = ".bento-state"
+
+// ReservedNames are the entries of StateDir that are not a host's: the
+// deploy's unfinished marker, the rollout record (package rollout) and the
+// history database with SQLite's side files (package history). A host so
+// named would share its state directory with them, so it is refused.
+var ReservedNames = []string{"unfinished", "rollout", "history.db", "history.db-wal", "history.db-shm", "history.db-journal"}
+
+// CheckHostName refuses a host name that StateDir uses for itself.
+func CheckHostName(name string) error {
+	if slices.Contains(ReservedNames, name) {
+		return fmt.Errorf("host name %q is reserved: bento keeps its own %s in %s/; rename the nixosConfigurations entry", name, name, StateDir)
+	}
+	return nil
+}
 
 // historyFile is the per-host record under <root>/.bento-state/<host>/.
 const historyFile = "history.json"

@@ -95,6 +95,9 @@ func (p *Publisher) readTarget(ctx context.Context, t Target, j *hostJob) ([]man
 	if err := fleet.ValidateName(t.Host.Name); err != nil {
 		return nil, nil, err
 	}
+	if err := CheckHostName(t.Host.Name); err != nil {
+		return nil, nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}

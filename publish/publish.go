@@ -144,8 +144,10 @@ const (
 
 // Result is the outcome for one host.
 type Result struct {
-	Host   string `json:"host"`
-	Status Status `json:"status"`
+	Host string `json:"host"`
+	// State is the host's outcome; JSON "state" as in every bento
+	// document (it was "status" before issue 17).
+	Status Status `json:"state"`
 	// DryRun: Status is what would happen; nothing was written.
 	DryRun           bool   `json:"dryRun,omitempty"`
 	Version          string `json:"version,omitempty"`

@@ -430,6 +430,26 @@ func TestHostNameCannotEscape(t *testing.T) {
 	}
 }
 
+// The state directory's own entries (the rollout record, the history
+// database, the unfinished marker) are not a host's to share.
+func TestReservedHostNamesAreRefused(t *testing.T) {
+	dir := newFleet(t, nil, true)
+	root := filepath.Join(t.TempDir(), "chroot")
+	for _, name := range publish.ReservedNames {
+		ts := targets(dir, "alpha")
+		ts[0].Host.Name = name
+		rs := deploy(t, root, ts)
+		if rs[0].OK() || !strings.Contains(rs[0].Err.Error(), "is reserved") {
+			t.Errorf("host %q: %s %v, want refused as reserved", name, rs[0].Status, rs[0].Err)
+		}
+		if _, err := os.Lstat(filepath.Join(root, name)); err == nil {
+			t.Errorf("host %q: a chroot was created", name)
+		}
+	}
+	rs := deploy(t, root, targets(dir, "alpha"))
+	mustOK(t, rs, publish.StatusPublished)
+}
+
 func TestLockSerializesDeploys(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "chroot")
 	first := open(t, root)

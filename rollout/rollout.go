@@ -19,6 +19,7 @@ import (
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/history"
 	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/nix"
 	"github.com/bento-nix/bento/publish"
 	"github.com/bento-nix/bento/status"
 )
@@ -215,6 +216,7 @@ func plan(ctx context.Context, root string, f *fleet.Fleet, hosts []fleet.Host, 
 	if len(st.Waves) == 0 {
 		return nil, &deploy.ConfigError{Err: errors.New("nothing to roll out: no host selected")}
 	}
+	st.addRoots(ctx, base, o.Deploy)
 	// A kill -9 or a power cut after the record is written must not leave
 	// it naming a snapshot whose files were not on disk yet.
 	if err := syncFS(base); err != nil {
@@ -733,4 +735,43 @@ func absPaths(s *Settings) error {
 		s.Cache = &c
 	}
 	return nil
+}
+
+// addRoots keeps the systems the rollout publishes (and those abort would
+// restore) from Nix's garbage collector while it lasts: the builder's own
+// roots move on with every build of a host, and a later wave's binary
+// cache needs its system in the store. They live in the snapshot
+// directory, so the next rollout's start frees them. Best effort: a
+// system already gone (an old previous one) is a warning.
+func (st *State) addRoots(ctx context.Context, base string, d deploy.Options) {
+	if d.Nix == nil {
+		return
+	}
+	seen := map[string]bool{}
+	var paths []string
+	for _, h := range st.Hosts {
+		for _, p := range []string{h.Toplevel, prevToplevel(h.Previous)} {
+			if p != "" && !seen[p] && manifest.CheckStorePath(p, "") == nil {
+				seen[p] = true
+				paths = append(paths, p)
+			}
+		}
+	}
+	dirRoots := filepath.Join(base, "roots")
+	if err := os.MkdirAll(dirRoots, 0o700); err != nil {
+		return
+	}
+	for i, p := range paths {
+		link := filepath.Join(dirRoots, strconv.Itoa(i))
+		if _, err := d.Nix.Run(ctx, nix.Cmd{Tool: "nix-store", Args: []string{"--realise", p, "--add-root", link}}); err != nil && d.Print != nil {
+			d.Print(fmt.Sprintf("warning: rollout: keeping %s from the garbage collector: %v", p, err))
+		}
+	}
+}
+
+func prevToplevel(p *Previous) string {
+	if p == nil {
+		return ""
+	}
+	return p.Toplevel
 }

@@ -322,6 +322,11 @@ func TestRolloutSignsEveryWave(t *testing.T) {
 	}
 	d := w.deployOptions()
 	d.PublicationKey = &key
+	if _, err := deploy.Run(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	v1 := w.version("a")
+	w.write("v2")
 	if _, _, err := rollout.Start(ctx, rollout.Options{Deploy: d, Policy: rollout.DefaultPolicy, Now: w.now, SnapshotDir: w.snap}); err != nil {
 		t.Fatal(err)
 	}
@@ -344,6 +349,14 @@ func TestRolloutSignsEveryWave(t *testing.T) {
 	}
 	if _, sig, err := manifest.Split(data); err != nil || sig == nil || sig.Key != key.Public().String() {
 		t.Errorf("wave 1's manifest is not signed by the rollout's key: %v %+v", err, sig)
+	}
+	// Abort restores the signed previous version, signed afresh.
+	if _, err := rollout.Abort(ctx, rollout.StepOptions{Deploy: deploy.Options{Root: w.root, PublicationKey: &key}, Now: w.now}); err != nil {
+		t.Fatal(err)
+	}
+	data, _ = os.ReadFile(filepath.Join(w.root, "a", manifest.ManifestFile))
+	if _, sig, err := manifest.Split(data); w.version("a") != v1 || err != nil || sig == nil {
+		t.Errorf("after abort a is at %s (want %s), signature %+v %v", w.version("a"), v1, sig, err)
 	}
 }
 

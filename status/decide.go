@@ -44,6 +44,9 @@ func decide(in hostInput) Row {
 		match := r.System == expected
 		r.SystemMatch = &match
 	}
+	if p := LiveProgress(in.progress, in.report, in.now); p != nil {
+		r.Progress = &Progress{Stage: string(p.Stage), Version: p.Version, StartedAt: p.StartedAt.UTC(), StageStartedAt: p.StageStartedAt.UTC(), Log: p.Log}
+	}
 	r.State, r.Message = judge(in, &r)
 	if in.evalErr != nil {
 		r.Message = join("evaluation failed: "+oneLine(in.evalErr.Error()), r.Message)
@@ -106,6 +109,15 @@ func judge(in hostInput, r *Row) (State, string) {
 	applied := rep.AppliedVersion == in.manifest.version
 	state, msg := versionState(in, r)
 	msg = addFacts(msg, state, rep, applied)
+	if r.Progress != nil {
+		// A tick under way says more than the last report's stage, and
+		// the host is evidently not silent.
+		live := progressMessage(r.Progress, in.now)
+		if state == Pending {
+			return state, live
+		}
+		return state, joinFacts(live, msg)
+	}
 	age := in.now.Sub(lastSeen(rep))
 	switch {
 	case age > in.staleAfter && (state == UpToDate || state == Pending || state == RebootRequired):
@@ -159,6 +171,8 @@ func publishState(in hostInput, r *Row) (State, string, bool) {
 		return Unpublished, "nothing published yet: run bento deploy", true
 	case in.report != nil:
 		return "", "", false
+	case r.Progress != nil:
+		return NeverSeen, "first tick: " + progressMessage(r.Progress, in.now), true
 	case r.PublishedAt != nil && in.now.Sub(*r.PublishedAt) > in.staleAfter:
 		return NeverSeen, fmt.Sprintf("no report in the %s since publication: is the host's agent set up (services.bento, its SSH key)?", Ago(in.now.Sub(*r.PublishedAt))), true
 	}

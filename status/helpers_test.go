@@ -67,3 +67,7 @@ func rowsByHost(s *Snapshot) map[string]Row {
 	}
 	return m
 }
+
+func progressRec(host, version string, started time.Time, stage manifest.ProgressStage, stageAt time.Time) manifest.Progress {
+	return manifest.Progress{Format: manifest.ProgressFormat, Host: host, Version: version, StartedAt: started, Stage: stage, StageStartedAt: stageAt, Log: version + "-x.log"}
+}

@@ -44,6 +44,9 @@ type hostInput struct {
 	manifestErr error
 	report      *manifest.Report
 	reportErr   error
+	// progress is the host's progress.json (nil when absent or unusable:
+	// it only adds to the row).
+	progress *manifest.Progress
 
 	fleetKnown bool
 	fleetHost  *fleet.Host
@@ -117,9 +120,12 @@ func (in *hostInput) readReport(r *os.Root) {
 		if in.report != nil {
 			heartbeat(st, in.report)
 		}
+		in.progress, _ = ReadProgress(r, in.name)
 	case errors.Is(err, fs.ErrNotExist):
 		if _, err := r.Lstat(manifest.ReportsDir); err == nil {
 			in.chroot = true
+			// The first tick of a host: no report yet, maybe progress.
+			in.progress, _ = ReadProgress(r, in.name)
 		}
 	default:
 		in.chroot = true

@@ -220,6 +220,9 @@ type Row struct {
 	// SecretErrors are the secrets the host could not install, with why
 	// (never their content); null when none.
 	SecretErrors map[string]string `json:"secretErrors"`
+	// Progress is the tick under way on the host, from its live
+	// progress; null when none is.
+	Progress *Progress `json:"progress"`
 	// Server is the server (primary or mirror, "address:port") the host's
 	// last report was delivered to; empty when the report does not say.
 	Server string `json:"server"`

@@ -71,6 +71,77 @@ func TestStates(t *testing.T) {
 			state: Pending, msg: "updating: built", exit: ExitPending,
 		},
 		{
+			name: "live progress of the tick under way",
+			setup: func(c chroot) {
+				c.publish(h, v2, ago(10*time.Minute), sysB)
+				c.report(h, applied(v1, sysA, ago(time.Hour)))
+				c.json(h, manifest.ProgressFile, progressRec(h, v2, ago(2*time.Minute), manifest.ProgressBuilding, ago(45*time.Second)))
+			},
+			state: Pending, msg: "updating: building (45s)", exit: ExitPending,
+		},
+		{
+			name: "live progress of a host whose last report is older than its stale bound",
+			setup: func(c chroot) {
+				c.publish(h, v2, ago(10*time.Minute), sysB)
+				c.report(h, applied(v1, sysA, ago(5*time.Hour)))
+				c.json(h, manifest.ProgressFile, progressRec(h, v2, ago(time.Hour), manifest.ProgressBuilding, ago(50*time.Minute)))
+			},
+			stale: 3 * time.Hour,
+			state: Pending, msg: "updating: building (50m)", exit: ExitPending,
+		},
+		{
+			name: "first tick of a host, under way",
+			setup: func(c chroot) {
+				c.publish(h, v2, ago(10*time.Minute), sysB)
+				c.json(h, manifest.ProgressFile, progressRec(h, v2, ago(time.Minute), manifest.ProgressFetching, ago(time.Minute)))
+			},
+			state: NeverSeen, msg: "first tick: updating: fetching (1m)", exit: ExitSilent,
+		},
+		{
+			name: "progress of an attempt whose report arrived is old news",
+			setup: func(c chroot) {
+				c.publish(h, v2, ago(10*time.Minute), sysB)
+				r := applied(v2, sysB, ago(time.Minute))
+				c.report(h, r)
+				c.json(h, manifest.ProgressFile, progressRec(h, v2, r.StartedAt, manifest.ProgressReporting, ago(time.Minute)))
+			},
+			state: UpToDate, exit: ExitUpToDate,
+		},
+		{
+			name: "progress left by a tick killed hours ago is ignored",
+			setup: func(c chroot) {
+				c.publish(h, v2, ago(10*time.Minute), sysB)
+				r := applied(v1, sysA, ago(3*time.Hour))
+				r.SeenVersion = v2
+				c.report(h, r)
+				c.json(h, manifest.ProgressFile, progressRec(h, v2, ago(150*time.Minute), manifest.ProgressBuilding, ago(140*time.Minute)))
+			},
+			stale: 24 * time.Hour,
+			state: Pending, msg: "seen, not applied yet", exit: ExitPending,
+		},
+		{
+			name: "hostile progress (escape sequence in the stage) is ignored",
+			setup: func(c chroot) {
+				c.publish(h, v2, ago(10*time.Minute), sysB)
+				r := applied(v1, sysA, ago(5*time.Minute))
+				r.SeenVersion = v2
+				c.report(h, r)
+				c.json(h, manifest.ProgressFile, progressRec(h, v2, ago(time.Minute), "\x1b[2Jbuilding", ago(time.Minute)))
+			},
+			state: Pending, msg: "seen, not applied yet", exit: ExitPending,
+		},
+		{
+			name: "progress naming another host is ignored",
+			setup: func(c chroot) {
+				c.publish(h, v2, ago(10*time.Minute), sysB)
+				r := applied(v1, sysA, ago(5*time.Minute))
+				r.SeenVersion = v2
+				c.report(h, r)
+				c.json(h, manifest.ProgressFile, progressRec("beta", v2, ago(time.Minute), manifest.ProgressBuilding, ago(time.Minute)))
+			},
+			state: Pending, msg: "seen, not applied yet", exit: ExitPending,
+		},
+		{
 			name: "build of the published version failed",
 			setup: func(c chroot) {
 				c.publish(h, v2, ago(10*time.Minute), sysB)

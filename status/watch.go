@@ -25,6 +25,12 @@ const settle = 150 * time.Millisecond
 // A missing or empty root is drawn (with its error) and watched until
 // hosts appear.
 func Watch(ctx context.Context, o Options, every time.Duration, clock func() time.Time, draw func(*Snapshot, error) error) error {
+	return WatchWith(ctx, o, every, clock, nil, draw)
+}
+
+// WatchWith is Watch that also redraws at once on each value from redraw
+// (a terminal resized: SIGWINCH); nil never fires.
+func WatchWith(ctx context.Context, o Options, every time.Duration, clock func() time.Time, redrawNow <-chan struct{}, draw func(*Snapshot, error) error) error {
 	if every <= 0 {
 		return &UsageError{fmt.Errorf("watch: the redraw interval must be positive, not %s", every)}
 	}
@@ -52,6 +58,7 @@ func Watch(ctx context.Context, o Options, every time.Duration, clock func() tim
 		case <-ctx.Done():
 			return nil
 		case <-ticker.C:
+		case <-redrawNow:
 		case <-pending:
 		case _, ok := <-w.Events:
 			if !ok {

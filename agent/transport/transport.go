@@ -647,6 +647,18 @@ func copyLimited(w io.Writer, r io.Reader, max int64, kick func()) (int64, error
 // (posix-rename@openssh.com), so a reader sees the old file or the new one,
 // never a part.
 func (c *Conn) WriteFile(ctx context.Context, p string, data []byte) error {
+	return c.writeFile(ctx, p, data, true)
+}
+
+// WriteFileNoSync replaces a remote file atomically like WriteFile, without
+// asking the server to fsync it first: for a file that is stale within
+// seconds anyway (live progress), where a crash of the server leaving the
+// old content or none is harmless, and one request fewer counts.
+func (c *Conn) WriteFileNoSync(ctx context.Context, p string, data []byte) error {
+	return c.writeFile(ctx, p, data, false)
+}
+
+func (c *Conn) writeFile(ctx context.Context, p string, data []byte, sync bool) error {
 	dir, base := path.Split(p)
 	tmp := fmt.Sprintf("%s.%s.tmp-%08x", dir, base, rand.Uint32())
 	err := c.guard(ctx, "write "+p, func(kick func()) error {
@@ -660,7 +672,7 @@ func (c *Conn) WriteFile(ctx context.Context, p string, data []byte) error {
 			return err
 		}
 		kick()
-		if _, ok := c.sftp.HasExtension("fsync@openssh.com"); ok {
+		if _, ok := c.sftp.HasExtension("fsync@openssh.com"); ok && sync {
 			if err := f.Sync(); err != nil {
 				f.Close()
 				c.sftp.Remove(tmp)
@@ -730,4 +742,27 @@ func IsNotExist(err error) bool {
 	}
 	var se *sftp.StatusError
 	return errors.As(err, &se) && se.FxCode() == sftp.ErrSSHFxNoSuchFile
+}
+
+// WriteAt writes data into a remote file at offset off, creating the file
+// (truncated, when off is 0): the agent appends its live log this way, a
+// chunk at a time. Unlike WriteFile it is not atomic; readers of the file
+// know it grows.
+func (c *Conn) WriteAt(ctx context.Context, p string, data []byte, off int64) error {
+	flags := os.O_WRONLY | os.O_CREATE
+	if off == 0 {
+		flags |= os.O_TRUNC
+	}
+	return c.guard(ctx, "write "+p, func(kick func()) error {
+		f, err := c.sftp.OpenFile(p, flags)
+		if err != nil {
+			return err
+		}
+		if _, err := f.WriteAt(data, off); err != nil {
+			f.Close()
+			return err
+		}
+		kick()
+		return f.Close()
+	})
 }

@@ -48,7 +48,7 @@ func agentCommand() *cli.Command {
 					"or the server could not be reached (reports then wait in the state directory),\n" +
 					"2 when the configuration is invalid.",
 				Flags: append(agentConfigFlags(),
-					&cli.DurationFlag{Name: "lock-wait", Usage: "give up when another tick holds the lock for this long (0: wait)"},
+					&cli.DurationFlag{Name: "lock-wait", Usage: "give up when another tick holds the lock for this long; 0: at once, as in every command (default: wait)"},
 					&cli.BoolFlag{Name: "now", Usage: "try a version that failed again now, without waiting for its retry delay"},
 				),
 				Action: func(c *cli.Context) error {
@@ -218,7 +218,7 @@ func agentInstallSecretsCommand() *cli.Command {
 			"the units that read secrets under /run. Exits 1 when a secret could not be installed\n" +
 			"(the others are), 2 when the configuration is invalid.",
 		Flags: append(agentConfigFlags(),
-			&cli.DurationFlag{Name: "lock-wait", Usage: "give up when a tick holds the lock for this long (0: wait)"},
+			&cli.DurationFlag{Name: "lock-wait", Usage: "give up when a tick holds the lock for this long; 0: at once, as in every command (default: wait)"},
 			&cli.BoolFlag{Name: "no-restart", Usage: "do not restart the restartUnits of the secrets written (at boot they start after this)"},
 		),
 		Action: func(c *cli.Context) error {
@@ -257,6 +257,9 @@ func agentConfigFlags() []cli.Flag {
 // agentConfig builds the configuration: defaults, then the file, then
 // flags and environment variables.
 func agentConfig(c *cli.Context) (agent.Config, error) {
+	if c.IsSet("lock-wait") && c.Duration("lock-wait") < 0 {
+		return agent.Config{}, usageError("--lock-wait must not be negative")
+	}
 	return loadAgentConfig(c, c.App.ErrWriter)
 }
 
@@ -316,13 +319,18 @@ func runTick(c *cli.Context, cfg agent.Config, out io.Writer) error {
 	return nil
 }
 
+// lockWait is --lock-wait as every command reads it: a duration bounds
+// the wait for the lock and 0 does not wait (as bento deploy's default);
+// left out, the agent waits as long as it takes (agent.Options.LockWait
+// 0, which is why an explicit 0 becomes the shortest bound there is).
 func lockWait(c *cli.Context) time.Duration {
-	for _, f := range c.Command.Flags {
-		if f.Names()[0] == "lock-wait" {
-			return c.Duration("lock-wait")
-		}
+	if !c.IsSet("lock-wait") {
+		return 0
 	}
-	return 0
+	if d := c.Duration("lock-wait"); d > 0 {
+		return d
+	}
+	return time.Nanosecond
 }
 
 // runTickProcess runs "bento agent run" with the trigger server's settings

@@ -4,15 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/bento-nix/bento/agent"
+	"github.com/bento-nix/bento/internal/table"
 	"github.com/bento-nix/bento/internal/termsafe"
-	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/status"
 )
 
 // agentStatusCommand is "bento agent status": the host's own view of where
@@ -64,20 +64,21 @@ func troubled(s *agent.HostStatus) bool {
 }
 
 func writeAgentStatus(w io.Writer, s *agent.HostStatus, now time.Time) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
-	when := func(t time.Time) string {
-		if t.IsZero() {
+	var t table.Table
+	row := func(k, v string) { t.Rows = append(t.Rows, []string{k, v}) }
+	// Times with their zone, durations as bento status writes them.
+	when := func(at time.Time) string {
+		if at.IsZero() {
 			return "-"
 		}
-		d := now.Sub(t)
+		d := now.Sub(at)
 		if d > -time.Second && d < time.Second {
-			return t.Local().Format(time.RFC3339) + " (just now)"
+			return at.Local().Format(timeLayout) + " (just now)"
 		}
 		if d >= 0 {
-			return fmt.Sprintf("%s (%s ago)", t.Local().Format(time.RFC3339), timespan.Format(d.Round(time.Second)))
+			return fmt.Sprintf("%s (%s ago)", at.Local().Format(timeLayout), status.Ago(d))
 		}
-		return fmt.Sprintf("%s (in %s)", t.Local().Format(time.RFC3339), timespan.Format((-d).Round(time.Second)))
+		return fmt.Sprintf("%s (in %s)", at.Local().Format(timeLayout), status.Ago(-d))
 	}
 	orDash := func(v string) string {
 		if v == "" {
@@ -86,13 +87,13 @@ func writeAgentStatus(w io.Writer, s *agent.HostStatus, now time.Time) {
 		return v
 	}
 	row("host", s.Host)
-	row("applied", orDash(s.AppliedVersion)+"  "+orDash(s.AppliedSystem))
+	row("applied", orDash(status.ShortVersion(s.AppliedVersion))+"  "+orDash(s.AppliedSystem))
 	if a := s.Attempt; a != nil {
 		result := string(a.Result)
 		if a.Running {
 			result = "running (or interrupted)"
 		}
-		row("last attempt", fmt.Sprintf("%s, attempt %d: %s, started %s", a.Version, a.Count, orDash(result), when(a.StartedAt)))
+		row("last attempt", fmt.Sprintf("%s, attempt %d: %s, started %s", status.ShortVersion(a.Version), a.Count, orDash(result), when(a.StartedAt)))
 	} else {
 		row("last attempt", "none")
 	}
@@ -100,7 +101,7 @@ func writeAgentStatus(w io.Writer, s *agent.HostStatus, now time.Time) {
 		row("next retry", when(*s.NextRetry)+"  (bento agent run --now tries at once)")
 	}
 	if u := s.Unconfirmed; u != nil {
-		row("unconfirmed", fmt.Sprintf("switch to %s (%s) at %s; rolled back after %s unless the server answers", u.To, u.Version, when(u.At), when(u.ConfirmBy)))
+		row("unconfirmed", fmt.Sprintf("switch to %s (%s) at %s; rolled back after %s unless the server answers", u.To, status.ShortVersion(u.Version), when(u.At), when(u.ConfirmBy)))
 	}
 	row("queued reports", fmt.Sprint(s.QueuedReports))
 	if p := s.PendingReboot; p != nil {
@@ -121,5 +122,5 @@ func writeAgentStatus(w io.Writer, s *agent.HostStatus, now time.Time) {
 	for _, p := range s.Problems {
 		row("problem", p)
 	}
-	tw.Flush()
+	t.Write(w)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"runtime/debug"
 	"strings"
 
@@ -21,7 +22,7 @@ func run(ctx context.Context, app *cli.App, args []string) error {
 	if err != nil {
 		return err
 	}
-	return app.RunContext(ctx, args)
+	return explainRoot(commandName(app, args), os.Geteuid(), app.RunContext(ctx, args))
 }
 
 // normalizeArgs lets flags come anywhere after their command, as users of
@@ -92,6 +93,9 @@ func unknownCommand(cmd *cli.Command, path, word string, complete bool) error {
 	switch {
 	case complete || strings.HasPrefix(word, "-"):
 		return nil
+	case cmd == nil && word == "init":
+		// What a newcomer tries first: the template is Nix's to copy.
+		return usageError("unknown command \"init\": a new fleet starts from the template: nix flake init -t github:bento-nix/bento")
 	case cmd == nil && word != "help":
 		return usageError("unknown command %q; see bento --help", word)
 	case cmd != nil && len(cmd.Subcommands) > 0 && cmd.Action == nil:

@@ -27,6 +27,7 @@ func TestNormalizeArgs(t *testing.T) {
 		{name: "help flag after a host", in: []string{"status", "web-1", "--help"}, want: []string{"status", "--help", "--", "web-1"}},
 		{name: "completion stays last", in: []string{"hosts", "web", "--generate-bash-completion"}, want: []string{"hosts", "--", "web", "--generate-bash-completion"}},
 		{name: "unknown command", in: []string{"bogus"}, err: `unknown command "bogus"; see bento --help`},
+		{name: "init is the template's", in: []string{"init"}, err: `unknown command "init": a new fleet starts from the template: nix flake init -t github:bento-nix/bento`},
 		{name: "unknown subcommand", in: []string{"agent", "bogus"}, err: `unknown command "bento agent bogus"; see bento agent --help`},
 	}
 	for _, tc := range cases {
@@ -56,6 +57,7 @@ func TestUsageErrorsAreOneLine(t *testing.T) {
 		want string
 	}{
 		{[]string{"bogus"}, `bento: unknown command "bogus"; see bento --help`},
+		{[]string{"init"}, `bento: unknown command "init": a new fleet starts from the template: nix flake init -t github:bento-nix/bento`},
 		{[]string{"status", "--bogus"}, "bento: unknown flag -bogus; see bento status --help"},
 		{[]string{"agent", "bogus"}, `bento: unknown command "bento agent bogus"; see bento agent --help`},
 		{[]string{"status", "--stale-after", "soon"}, "see bento status --help"},

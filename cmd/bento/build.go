@@ -9,7 +9,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
@@ -17,6 +16,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/builder/progress"
 	"github.com/bento-nix/bento/deploy"
+	"github.com/bento-nix/bento/internal/table"
 )
 
 func buildCommand() *cli.Command {
@@ -163,13 +163,16 @@ func runBuild(c *cli.Context) error {
 	return nil
 }
 
+// buildDoc is bento build --json (docs/schema/build.json).
+type buildDoc struct {
+	OK      bool             `json:"ok"`
+	DryRun  bool             `json:"dryRun"`
+	Results []builder.Result `json:"results"`
+	Skipped []deploy.Skipped `json:"skipped"`
+}
+
 func printBuildJSON(w io.Writer, results []builder.Result, skipped []deploy.Skipped, dryRun bool) error {
-	out := struct {
-		OK      bool             `json:"ok"`
-		DryRun  bool             `json:"dryRun"`
-		Results []builder.Result `json:"results"`
-		Skipped []deploy.Skipped `json:"skipped"`
-	}{OK: buildFailure(results) == nil, DryRun: dryRun, Results: results, Skipped: skipped}
+	out := buildDoc{OK: buildFailure(results) == nil, DryRun: dryRun, Results: results, Skipped: skipped}
 	if out.Skipped == nil {
 		out.Skipped = []deploy.Skipped{}
 	}
@@ -196,38 +199,33 @@ func printBuildSummary(w io.Writer, results []builder.Result, color bool) error 
 	if slices.ContainsFunc(results, func(r builder.Result) bool { return r.Status == builder.StatusDryRun }) {
 		pathHeader = "DRV PATH"
 	}
-	rows := [][]string{{"HOST", "RESULT", "DURATION", pathHeader}}
-	colours := []string{""}
+	t := table.Table{Header: []string{"HOST", "RESULT", "DURATION", pathHeader}}
+	var colours []string
 	for _, r := range results {
-		status, colour := string(r.Status), "\x1b[32m"
+		status, colour := string(r.Status), "32"
 		switch {
 		case r.Status == builder.StatusBuilt && r.CopyErr != nil:
-			status, colour = "built, copy failed", "\x1b[33m"
+			status, colour = "built, copy failed", "33"
 		case !r.OK():
-			colour = "\x1b[31m"
+			colour = "31"
 		}
 		path := r.OutPath
 		if r.Status == builder.StatusDryRun {
 			path = r.DrvPath
 		}
-		rows = append(rows, []string{r.Host, status, progress.FormatDuration(r.Duration), dash(path)})
+		t.Rows = append(t.Rows, []string{r.Host, status, progress.FormatDuration(r.Duration), dash(path)})
 		colours = append(colours, colour)
 	}
-	// Aligned by hand: tabwriter would count colour codes as width.
-	widths := make([]int, 3)
-	for _, row := range rows {
-		for i := range widths {
-			widths[i] = max(widths[i], utf8.RuneCountInString(row[i]))
+	if color {
+		t.Color = func(row, col int) string {
+			if row >= 0 && col == 1 {
+				return colours[row]
+			}
+			return ""
 		}
 	}
-	for i, row := range rows {
-		status := row[1] + strings.Repeat(" ", widths[1]-utf8.RuneCountInString(row[1]))
-		if colours[i] != "" {
-			status = paint(colours[i], status)
-		}
-		if _, err := fmt.Fprintf(w, "%-*s  %s  %-*s  %s\n", widths[0], row[0], status, widths[2], row[2], row[3]); err != nil {
-			return err
-		}
+	if err := t.Write(w); err != nil {
+		return err
 	}
 	var bad []string
 	counts := map[builder.Status]int{}

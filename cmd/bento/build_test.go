@@ -85,7 +85,7 @@ func TestBuildCommand(t *testing.T) {
 				}
 			}},
 		{name: "json for a tag", args: []string{"--json", "@good"}, code: 0,
-			stdout: []string{`"status": "built"`}},
+			stdout: []string{`"state": "built"`}},
 		{name: "dry run", args: []string{"--dry-run", "alpha"}, code: 0,
 			stdout: []string{"DRV PATH", "alpha  dry-run", ".drv\n", "1 dry-run\n"},
 			state: func(t *testing.T, state string) {
@@ -155,8 +155,9 @@ func TestBuildCommand(t *testing.T) {
 		var out struct {
 			OK      bool
 			Results []struct {
-				Host, Status, OutPath, LogFile, Error string
-				OK                                    bool
+				Host, OutPath, LogFile, Error string
+				Status                        string `json:"state"`
+				OK                            bool
 			}
 			Skipped []struct{ Host, Reason string }
 		}
@@ -187,8 +188,9 @@ func TestBuildCommand(t *testing.T) {
 		state := t.TempDir()
 		type results struct {
 			Results []struct {
-				Host, Status, OutPath string
-				Unchanged             bool
+				Host, OutPath string
+				Status        string `json:"state"`
+				Unchanged     bool
 			}
 		}
 		var runs [2]results

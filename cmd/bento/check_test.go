@@ -220,3 +220,35 @@ func TestDeployWarnsWhatCheckFinds(t *testing.T) {
 		})
 	}
 }
+
+// bento check names the null placeholders the template leaves
+// (serverHostKey, hostPublicKey) before a build fails on them.
+func TestCheckLintsTemplatePlaceholders(t *testing.T) {
+	dir := t.TempDir()
+	flake := `{ outputs = { self }: { nixosConfigurations = {
+  web = { config = { networking.hostName = "web"; services.bento = { enable = true; serverHostKey = null; hostPublicKey = null; }; }; };
+  db = { config = { networking.hostName = "db"; services.bento = { enable = true; serverHostKey = "ssh-ed25519 AAAA server"; hostPublicKey = "ssh-ed25519 AAAA db"; }; }; };
+  lab = { config = { networking.hostName = "lab"; services.bento = { enable = false; serverHostKey = null; hostPublicKey = null; }; }; };
+}; }; }`
+	if err := os.WriteFile(filepath.Join(dir, "flake.nix"), []byte(flake), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(t.TempDir(), "cache-key.sec")
+	os.WriteFile(key, []byte("k"), 0o600)
+	stdout, stderr, code := runCLI(t, "check", "--flake", dir, "--cache-key", key)
+	if code != exitFailed {
+		t.Fatalf("exit %d, want 1\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	for _, want := range []string{
+		"bento: host web: services.bento.serverHostKey is null, as the template leaves it, so the host's build fails",
+		"bento: host web: services.bento.hostPublicKey is null, as the template leaves it, so the server authorizes no key",
+		"2 problems to fix",
+	} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	if strings.Contains(stderr, "host db") || strings.Contains(stderr, "host lab") {
+		t.Errorf("a host with its keys set, or not deployed, was flagged:\n%s", stderr)
+	}
+}

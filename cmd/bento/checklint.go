@@ -45,6 +45,9 @@ func lintHosts(hosts []fleet.Host, o lintOptions) []string {
 		keyMissing = fmt.Sprintf("the server has no cache key (%s does not exist), so deploy publishes no binary cache and the host has nothing to fetch its system from: run bento keygen (or pass --cache-key where the key is), or set services.bento.mode = \"build\"", o.CacheKey)
 	}
 	for _, h := range deploy.Deployed(hosts) {
+		for _, p := range h.Options.Placeholders {
+			out = append(out, placeholder(h.Name, p))
+		}
 		if h.Options.Mode == "fetch" && keyMissing != "" {
 			out = append(out, fmt.Sprintf("host %s: services.bento.mode is \"fetch\", but %s", h.Name, keyMissing))
 		}
@@ -68,6 +71,18 @@ func lintHosts(hosts []fleet.Host, o lintOptions) []string {
 		}
 	}
 	return out
+}
+
+// placeholder is the finding for an option left null as the template has
+// it (nix flake init -t github:bento-nix/bento).
+func placeholder(host, option string) string {
+	switch option {
+	case "serverHostKey":
+		return fmt.Sprintf("host %s: services.bento.serverHostKey is null, as the template leaves it, so the host's build fails (bento never trusts a server key on first use): set it to the server's public host key (cat /etc/ssh/ssh_host_ed25519_key.pub on the server)", host)
+	case "hostPublicKey":
+		return fmt.Sprintf("host %s: services.bento.hostPublicKey is null, as the template leaves it, so the server authorizes no key for the host's SFTP user and its agent cannot log in: set it to the host's public host key (cat /etc/ssh/ssh_host_ed25519_key.pub on the host), or list the key in services.bento-server.hosts.%s.publicKeys on the server", host, host)
+	}
+	return fmt.Sprintf("host %s: services.bento.%s is null, as the template leaves it: set it", host, option)
 }
 
 // unpublishedSecret is the finding for a secret host declares that the

@@ -84,8 +84,8 @@ func TestCompletions(t *testing.T) {
 		{[]string{"status", "--flake=" + flake}, "web", []string{"web-1", "web-2"}},
 		{[]string{"logs", "--flake", flake}, "", []string{"db-1", "web-1", "web-2"}},
 		{[]string{"logs", "--flake", flake, "web-1"}, "", nil},
-		// logs' -f is --follow: what follows is the host.
-		{[]string{"logs", "-f", flake}, "", nil},
+		// -f is --flake in every command, logs too (--follow is -F).
+		{[]string{"logs", "-f", flake}, "", []string{"db-1", "web-1", "web-2"}},
 		{[]string{"deploy", "-f", flake, "--"}, "--w", nil},
 		{[]string{"deploy", "-f", t.TempDir()}, "", nil},
 		{[]string{"deploy"}, "", nil},

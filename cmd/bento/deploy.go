@@ -20,6 +20,7 @@ import (
 	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/publish"
 	"github.com/bento-nix/bento/rollout"
+	"github.com/bento-nix/bento/status"
 )
 
 // DefaultChrootRoot is where the SFTP chroots live on a server.
@@ -52,7 +53,7 @@ func deployCommand() *cli.Command {
 			secretsDirFlag(),
 			&cli.BoolFlag{Name: "no-build", Usage: "publish without building (the manifests then name no expected system)"},
 			&cli.BoolFlag{Name: "force", Usage: "publish hosts whose build failed, too"},
-			&cli.DurationFlag{Name: "lock-wait", Usage: "wait this long for another deploy to finish (0: fail at once)"},
+			&cli.DurationFlag{Name: "lock-wait", Usage: "wait this long for another deploy to finish; 0 (the default): at once, as in every command"},
 			&cli.StringFlag{Name: "retention", Value: "1h", Usage: "keep each published file this long after the last manifest naming it was replaced, for hosts still downloading it (" + timespan.Syntax + ")"},
 			historyRetentionFlag(),
 			&cli.BoolFlag{Name: "prune", Usage: "remove the chroots of hosts that are no longer in the fleet (keeping their reports/)"},
@@ -357,13 +358,13 @@ func describe(h deploy.Row, dryRun bool) (text, colour, key string) {
 	case publish.StatusFailed:
 		return "failed: " + h.ErrorDetail(), "\x1b[31m", "failed"
 	case publish.StatusUnchanged:
-		return "unchanged " + h.Version + forced, "", "unchanged"
+		return "unchanged " + status.ShortVersion(h.Version) + forced, "", "unchanged"
 	case publish.StatusUpdated:
 		verb, key := "updated", "updated"
 		if dryRun {
 			verb, key = "would update", "would update"
 		}
-		return fmt.Sprintf("%s %s: same files, manifest only (expected system %s)%s", verb, h.Version, dash(h.ExpectedToplevel), forced), "\x1b[32m", key
+		return fmt.Sprintf("%s %s: same files, manifest only (expected system %s)%s", verb, status.ShortVersion(h.Version), dash(h.ExpectedToplevel), forced), "\x1b[32m", key
 	}
 	verb, key := "published", "published"
 	if dryRun {
@@ -377,11 +378,11 @@ func describe(h deploy.Row, dryRun bool) (text, colour, key string) {
 		detail = "the kept previous version goes live again"
 	}
 	if h.Previous != "" {
-		detail += "; was " + h.Previous
+		detail += "; was " + status.ShortVersion(h.Previous)
 	}
 	colour = "\x1b[32m"
 	if h.BuildFailed {
 		colour = "\x1b[33m"
 	}
-	return fmt.Sprintf("%s %s (%s)%s", verb, h.Version, detail, forced), colour, key
+	return fmt.Sprintf("%s %s (%s)%s", verb, status.ShortVersion(h.Version), detail, forced), colour, key
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/publish"
+	"github.com/bento-nix/bento/status"
 )
 
 // deployEnv is a fixture fleet and the directories a deploy uses.
@@ -51,14 +52,14 @@ type deployJSON struct {
 	DryRun bool `json:"dryRun"`
 	Hosts  []struct {
 		Host             string `json:"host"`
-		Status           string `json:"status"`
+		Status           string `json:"state"`
 		OK               bool   `json:"ok"`
 		Version          string `json:"version"`
 		ExpectedToplevel string `json:"expectedToplevel"`
 		BuildFailed      bool   `json:"buildFailed"`
 		Error            string `json:"error"`
 		Build            *struct {
-			Status  string `json:"status"`
+			Status  string `json:"state"`
 			OutPath string `json:"outPath"`
 		} `json:"build"`
 	} `json:"hosts"`
@@ -126,7 +127,7 @@ func TestDeployCommand(t *testing.T) {
 	}
 
 	stdout, _, code = runCLI(t, e.args()...)
-	if code != 0 || !strings.Contains(stdout, "alpha  unchanged "+mAlpha.Version) || !strings.Contains(stdout, "2 unchanged") {
+	if code != 0 || !strings.Contains(stdout, "alpha  unchanged "+status.ShortVersion(mAlpha.Version)) || !strings.Contains(stdout, "2 unchanged") {
 		t.Fatalf("redeploy: exit %d\n%s", code, stdout)
 	}
 

@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/table"
 )
 
 func hostsCommand() *cli.Command {
@@ -44,18 +44,22 @@ func hostsCommand() *cli.Command {
 	}
 }
 
+// hostsDoc is bento hosts --json (docs/schema/hosts.json).
+type hostsDoc struct {
+	Flake  string       `json:"flake"`
+	Layout fleet.Layout `json:"layout"`
+	Hosts  []hostsRow   `json:"hosts"`
+}
+
+type hostsRow struct {
+	fleet.Host
+	State string `json:"state"`
+}
+
 func printHostsJSON(w io.Writer, f *fleet.Fleet, hosts []fleet.Host) error {
-	type row struct {
-		fleet.Host
-		State string `json:"state"`
-	}
-	out := struct {
-		Flake  string       `json:"flake"`
-		Layout fleet.Layout `json:"layout"`
-		Hosts  []row        `json:"hosts"`
-	}{Flake: f.Ref, Layout: f.Layout, Hosts: []row{}}
+	out := hostsDoc{Flake: f.Ref, Layout: f.Layout, Hosts: []hostsRow{}}
 	for _, h := range hosts {
-		out.Hosts = append(out.Hosts, row{h, h.State()})
+		out.Hosts = append(out.Hosts, hostsRow{h, h.State()})
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -63,13 +67,24 @@ func printHostsJSON(w io.Writer, f *fleet.Fleet, hosts []fleet.Host) error {
 }
 
 func printHostsTable(w io.Writer, hosts []fleet.Host) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tSTATE\tSYSTEM\tUSER\tMODE\tTAGS")
+	t := table.Table{Header: []string{"HOST", "ENABLED", "PLATFORM", "USER", "MODE", "TAGS"}}
 	for _, h := range hosts {
 		tags := strings.Join(h.Options.Tags, ",")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.State(), dash(h.System), h.Options.User, h.Options.Mode, dash(tags))
+		t.Rows = append(t.Rows, []string{h.Name, enabled(h), dash(h.System), h.Options.User, h.Options.Mode, dash(tags)})
 	}
-	return tw.Flush()
+	return t.Write(w)
+}
+
+// enabled is the ENABLED column: whether bento deploys the host, and for
+// a host without the module, that there is nothing to enable.
+func enabled(h fleet.Host) string {
+	switch {
+	case !h.Managed:
+		return "no module"
+	case !h.Enable:
+		return "no"
+	}
+	return "yes"
 }
 
 func dash(s string) string {

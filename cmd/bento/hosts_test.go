@@ -30,7 +30,7 @@ func TestHostsCommand(t *testing.T) {
 		jsonHost []string // with --json: exactly these hosts, in order
 	}{
 		{name: "all hosts", args: []string{"hosts", "--flake", dir}, code: 0,
-			stdout: []string{"HOST", "web-1", "pi-sftp", "lab  ", "disabled", "legacy", "not-managed"}},
+			stdout: []string{"HOST    ENABLED    PLATFORM", "web-1   yes ", "pi-sftp", "lab     no ", "legacy  no module"}},
 		{name: "glob", args: []string{"hosts", "--flake", dir, "web-*"}, code: 0,
 			stdout: []string{"web-1", "web-2"}, absent: []string{"pi", "legacy"}},
 		{name: "tag as json", args: []string{"hosts", "--flake", dir, "--json", "@pi"}, code: 0,
@@ -71,7 +71,7 @@ func TestHostsCommand(t *testing.T) {
 			if tc.jsonHost != nil {
 				var got struct {
 					Hosts []struct {
-						Name  string `json:"name"`
+						Name  string `json:"host"`
 						State string `json:"state"`
 					} `json:"hosts"`
 				}

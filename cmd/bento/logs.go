@@ -4,11 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/bento-nix/bento/internal/bytesize"
+	"github.com/bento-nix/bento/internal/table"
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/status"
 	"github.com/bento-nix/bento/status/logs"
@@ -28,7 +29,7 @@ func logsCommand() *cli.Command {
 			"--reports-max-files has its oldest logs removed first; beyond that, nothing is read.",
 		Flags: append([]cli.Flag{
 			chrootRootFlag(),
-			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing what the host adds, until Ctrl-C"},
+			&cli.BoolFlag{Name: "follow", Aliases: []string{"F"}, Usage: "keep printing what the host adds (a tick under way as it runs), until Ctrl-C; -F, as -f is --flake in every command"},
 			&cli.BoolFlag{Name: "list", Aliases: []string{"l"}, Usage: "list the host's logs instead"},
 			&cli.BoolFlag{Name: "raw", Usage: "print the log as the host uploaded it (decompressed), control sequences and all: only into a file or a pager that filters them, never to a terminal"},
 			&cli.Int64Flag{Name: "max-bytes", Value: logs.DefaultMaxBytes, Usage: "print at most this many bytes of a log, decompressed (a small gzip file may inflate to gigabytes)"},
@@ -74,22 +75,24 @@ func runLogs(c *cli.Context) error {
 	return catLog(w, c.App.ErrWriter, root, host, name, max, limits)
 }
 
+// timeLayout is how tables show a time: with its zone.
+const timeLayout = "2006-01-02 15:04:05 MST"
+
 // listLogs prints the host's logs, newest marked.
 func listLogs(w io.Writer, root, host string, limits status.ReportLimits) error {
 	files, err := logs.List(root, host, limits)
 	if err != nil {
 		return logsError(err)
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSIZE\tWRITTEN\t")
+	t := table.Table{Header: []string{"NAME", "SIZE", "WRITTEN", ""}}
 	for _, l := range files {
 		latest := ""
 		if l.Latest {
 			latest = "latest"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", termsafe.Line(l.Name), l.Size, l.ModTime.Local().Format("2006-01-02 15:04:05"), latest)
+		t.Rows = append(t.Rows, []string{termsafe.Line(l.Name), bytesize.Format(l.Size), l.ModTime.Local().Format(timeLayout), latest})
 	}
-	return tw.Flush()
+	return t.Write(w)
 }
 
 // catLog prints one log (name "" is the latest), its name going to ew.

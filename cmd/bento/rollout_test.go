@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/bento-nix/bento/internal/testio"
 )
 
 // The command line of a rollout: deploy --rollout publishes wave 0 only, a
@@ -62,6 +66,26 @@ func TestRolloutCommands(t *testing.T) {
 	stdout, _, _ = runCLI(t, "status", "--chroot-root", e.root, "--flake", e.fleet, "--state-dir", e.state)
 	if first := strings.SplitN(stdout, "\n", 2)[0]; !strings.HasPrefix(first, "rollout ") || !strings.Contains(first, "running") {
 		t.Errorf("bento status's first line %q, want the rollout", first)
+	}
+
+	// --watch shows it above each table too.
+	var out, errOut testio.Buffer
+	app := newApp()
+	app.Writer, app.ErrWriter = &out, &errOut
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- app.RunContext(ctx, []string{"bento", "status", "--chroot-root", e.root, "--no-eval", "--state-dir", e.state, "--watch", "--every", "1h"})
+	}()
+	select {
+	case <-out.Seen("running since"):
+	case <-time.After(30 * time.Second):
+		t.Errorf("status --watch never showed the rollout:\n%s", out.String())
+	}
+	cancel()
+	<-done
+	if first := strings.SplitN(out.String(), "\n", 2)[0]; !strings.HasPrefix(first, "rollout ") {
+		t.Errorf("status --watch's first line %q, want the rollout", first)
 	}
 
 	stdout, stderr, code = runCLI(t, "rollout", "step", "--chroot-root", e.root)

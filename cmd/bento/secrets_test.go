@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/bento-nix/bento/internal/testio"
+	"github.com/bento-nix/bento/status"
 
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/manifest"
@@ -133,7 +134,7 @@ func TestDeploySecrets(t *testing.T) {
 		t.Fatalf("redeploy: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	m2, _ := e.manifest(t, "alpha")
-	if m2.Version == m.Version || !strings.Contains(stdout, "alpha  published "+m2.Version) || !strings.Contains(stdout, "beta   unchanged") {
+	if m2.Version == m.Version || !strings.Contains(stdout, "alpha  published "+status.ShortVersion(m2.Version)) || !strings.Contains(stdout, "beta   unchanged") {
 		t.Fatalf("a changed secret did not publish a new version of alpha only:\n%s", stdout)
 	}
 

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -138,7 +141,20 @@ func runStatus(c *cli.Context, prom *promTarget) error {
 	tty := isTerminal(w)
 	table := statusTable(c, w, tty)
 	if c.Bool("watch") {
-		err := render.Watch(c.Context, opts, render.Screen{Out: w, TTY: tty, Table: table, Every: c.Duration("every"), Clock: time.Now, PromFile: prom.file})
+		sc := render.Screen{Out: w, TTY: tty, Table: table, Every: c.Duration("every"), Clock: time.Now, PromFile: prom.file,
+			Header: func(*status.Snapshot) string { return rolloutHeader(opts.Root) }}
+		if f, ok := w.(*os.File); ok && table.Width > 0 {
+			// A resized terminal gets a table of its new width at once.
+			resize, stop := resizes(c.Context)
+			defer stop()
+			sc.Resize, sc.Width = resize, func() int {
+				if width, _, err := term.GetSize(int(f.Fd())); err == nil {
+					return width
+				}
+				return table.Width
+			}
+		}
+		err := render.Watch(c.Context, opts, sc)
 		var ue *status.UsageError
 		if errors.As(err, &ue) {
 			return usageError("%w", err)
@@ -193,6 +209,30 @@ func statusOptions(c *cli.Context) (status.Options, error) {
 		opts.Fleet, opts.EvalErrors = f, evalErrs
 	}
 	return opts, nil
+}
+
+// resizes delivers one value per SIGWINCH (coalesced) until stop.
+func resizes(ctx context.Context) (<-chan struct{}, func()) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGWINCH)
+	out := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-done:
+				return
+			case <-sig:
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return out, func() { signal.Stop(sig); close(done) }
 }
 
 // statusTable sizes the table to the terminal (unless --wide).
@@ -357,5 +397,18 @@ func statusRollout(c *cli.Context, root string, s *status.Snapshot) string {
 	}
 	v := st.View(false)
 	s.Rollout = &v
+	return st.Summary()
+}
+
+// rolloutHeader is the rollout's line above bento status --watch's table
+// (its error in place, not on the error stream the redraw overwrites).
+func rolloutHeader(root string) string {
+	st, err := rollout.Load(root)
+	switch {
+	case err != nil:
+		return "warning: " + err.Error()
+	case st == nil:
+		return ""
+	}
 	return st.Summary()
 }

@@ -191,6 +191,11 @@ func TestOneTickAtATime(t *testing.T) {
 	if res.ExitCode != 1 || !strings.Contains(res.Output(), "another tick holds") || !strings.Contains(res.Output(), "pid 4242") {
 		t.Errorf("with the lock held: exit %d", res.ExitCode)
 	}
+	// 0 means what it means for bento deploy: do not wait.
+	res = h.Run(t, "--lock-wait", "0")
+	if res.ExitCode != 1 || !strings.Contains(res.Output(), "another tick holds") {
+		t.Errorf("--lock-wait 0 with the lock held: exit %d, want 1 at once", res.ExitCode)
+	}
 	run := h.Start(t)
 	run.WaitFor(t, "another tick is running")
 	if h.Current(t) != "" {

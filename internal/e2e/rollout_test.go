@@ -170,6 +170,19 @@ func TestRolloutInWaves(t *testing.T) {
 	if v2 == v1 {
 		t.Fatal("the new version is the old one")
 	}
+	// Its systems (new and previous) are GC roots while it lasts.
+	roots, _ := filepath.Glob(filepath.Join(r.stateDir, "rollout", st.ID, "roots", "*"))
+	rooted := map[string]bool{}
+	for _, l := range roots {
+		if p, err := os.Readlink(l); err == nil {
+			rooted[p] = true
+		}
+	}
+	for _, h := range st.Hosts {
+		if !rooted[h.Toplevel] || h.Previous == nil || !rooted[h.Previous.Toplevel] {
+			t.Errorf("%s: system %s or previous %+v is not a GC root of the rollout (%v)", h.Name, h.Toplevel, h.Previous, roots)
+		}
+	}
 	r.expect(t, "after start", canaries, v2)
 	r.expect(t, "after start", slices.Concat(middle, last), v1)
 	// Edits after the start do not reach the later waves.

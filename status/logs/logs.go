@@ -261,7 +261,10 @@ type readCloser struct {
 // Follow prints a host's log (the latest, or the one called name) and
 // then what is added to it; without a name it moves on to each newer log
 // the host uploads, under a "==> name <==" header. It returns nil when ctx
-// is done. Gzipped logs are printed whole when they appear.
+// is done. Gzipped logs are printed whole when they appear. Without a
+// name, a tick under way (its live progress) is followed in the log the
+// agent appends to as it runs, and then in that attempt's gzipped log
+// from where the growing one stopped.
 func Follow(ctx context.Context, root, host, name string, w io.Writer, every time.Duration, max int64, limits status.ReportLimits) error {
 	r, err := status.OpenChroot(root, host)
 	if err != nil {
@@ -328,6 +331,16 @@ func (f *follower) step() error {
 	case err != nil:
 		return nil
 	}
+	if f.name == "" {
+		if live, ok := liveLog(f.r, f.host, logs, time.Now()); ok {
+			l = live
+		}
+	}
+	if l.Name != f.cur && f.cur != "" && strings.TrimSuffix(l.Name, ".gz") == f.cur {
+		// The report's gzipped log of the attempt whose growing log was
+		// printed: it goes on where that stopped.
+		f.cur = l.Name
+	}
 	if l.Name != f.cur {
 		if f.cur != "" {
 			fmt.Fprintf(f.w, "\n==> %s <==\n", termsafe.Line(l.Name))
@@ -338,6 +351,24 @@ func (f *follower) step() error {
 		return nil // reported once already
 	}
 	return f.copy()
+}
+
+// liveLog is the growing log of a tick under way on the host, when its
+// live progress names one that is there.
+func liveLog(r *os.Root, host string, logs []File, now time.Time) (File, bool) {
+	p, err := status.ReadProgress(r, host)
+	if err != nil || p == nil || p.Log == "" {
+		return File{}, false
+	}
+	rep, _ := status.ReadReport(r, host)
+	if status.LiveProgress(p, rep, now) == nil {
+		return File{}, false
+	}
+	i := slices.IndexFunc(logs, func(l File) bool { return l.Name == p.Log })
+	if i < 0 {
+		return File{}, false
+	}
+	return logs[i], true
 }
 
 // watch adds reports/ and reports/logs/ to the watcher once they exist.
@@ -361,6 +392,11 @@ func (f *follower) copy() error {
 	f.done += n
 	if errors.Is(err, ErrTooBig) {
 		f.done = f.max + 1
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		// A growing log is a gzip member per chunk: the last one may be
+		// read while it is written. The rest comes with the next look.
+		return nil
 	}
 	return err
 }

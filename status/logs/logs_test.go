@@ -222,3 +222,60 @@ func TestLogsEnforceTheLimits(t *testing.T) {
 		}
 	}
 }
+
+// A tick under way: --follow prints the growing log its live progress
+// names (a gzip member per chunk, the last one maybe half written), then
+// goes on in the report's log of the same name where it stopped.
+func TestFollowLiveLog(t *testing.T) {
+	c := statustest.New(t)
+	c.Publish("alpha", statustest.V2, now, statustest.SysB)
+	c.Raw("alpha", manifest.LogsDir+"/"+statustest.V1+"-1.log.gz", gz(t, "old attempt\n"))
+	old := statustest.Applied(statustest.V1, statustest.SysA, time.Now().Add(-time.Hour))
+	old.Log = statustest.V1 + "-1.log.gz"
+	c.Report("alpha", old)
+	live := statustest.V2 + "-2.log.gz"
+	started := time.Now().Add(-time.Minute).UTC()
+	c.JSON("alpha", manifest.ProgressFile, manifest.Progress{Format: manifest.ProgressFormat, Host: "alpha", Version: statustest.V2,
+		StartedAt: started, Stage: manifest.ProgressBuilding, StageStartedAt: started, Log: live})
+	path := filepath.Join(c.Root, "alpha", manifest.LogsDir, live)
+	second := gz(t, "building\n")
+	c.Raw("alpha", manifest.LogsDir+"/"+live, append(gz(t, "fetching\n"), second[:len(second)/2]...))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var out testio.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- Follow(ctx, c.Root, "alpha", "", &out, 20*time.Millisecond, DefaultMaxBytes, status.ReportLimits{})
+	}()
+	wait := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(waitFor)
+		for !strings.Contains(out.String(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("follow output %q never showed %q", out.String(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	wait("fetching\n")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(second[len(second)/2:])
+	f.Close()
+	wait("fetching\nbuilding\n")
+	// The report arrives: its log replaces the growing one.
+	c.Raw("alpha", manifest.LogsDir+"/"+live, gz(t, "fetching\nbuilding\nswitched\n"))
+	rep := statustest.Applied(statustest.V2, statustest.SysB, time.Now())
+	rep.StartedAt, rep.Log = started, live
+	c.Report("alpha", rep)
+	wait("fetching\nbuilding\nswitched\n")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("follow: %v", err)
+	}
+	if got := out.String(); got != "fetching\nbuilding\nswitched\n" {
+		t.Errorf("follow printed %q; want the attempt's log once, without the old attempt's or a header", got)
+	}
+}

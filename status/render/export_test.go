@@ -183,7 +183,7 @@ func TestJSONFields(t *testing.T) {
 	// so scripts never meet a missing key.
 	fields := []string{"host", "state", "message", "inFlake", "publishedVersion", "publishedAt", "expectedSystem", "serverBuilt",
 		"seenVersion", "appliedVersion", "attemptedVersion", "stage", "result", "error", "rollbackReason", "system", "systemMatch",
-		"rebootRequired", "rebootScheduled", "attempts", "nextRetry", "lastSeen", "lastSeenSeconds", "staleAfterSeconds", "log", "agentVersion", "bytesFetched", "secretErrors", "reportsBytes", "reportsFiles", "server"}
+		"rebootRequired", "rebootScheduled", "attempts", "nextRetry", "lastSeen", "lastSeenSeconds", "staleAfterSeconds", "log", "agentVersion", "bytesFetched", "secretErrors", "reportsBytes", "reportsFiles", "server", "progress"}
 	hosts := doc["hosts"].([]any)
 	for _, h := range hosts {
 		h := h.(map[string]any)

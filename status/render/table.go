@@ -12,8 +12,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bento-nix/bento/status"
 	"github.com/mattn/go-runewidth"
+
+	"github.com/bento-nix/bento/internal/table"
+	"github.com/bento-nix/bento/status"
 )
 
 // TableOptions shape the human table.
@@ -62,34 +64,38 @@ func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 	bw := bufio.NewWriter(w)
 	cond := &runewidth.Condition{EastAsianWidth: false, StrictEmojiNeutral: true}
 	if len(s.Hosts) > 0 {
-		header := []string{"HOST", "STATE", "PUBLISHED", "APPLIED", "SYSTEM", "SEEN", "MESSAGE"}
+		t := table.Table{Header: []string{"HOST", "STATE", "PUBLISHED", "APPLIED", "SYSTEM", "SEEN", "MESSAGE"}}
 		// Which server each host reached matters once there are several
 		// (mirrors): only then a column says it.
 		withServer := serversSeen(s.Hosts) > 1
 		if withServer {
-			header = slices.Insert(header, len(header)-1, "SERVER")
+			t.Header = slices.Insert(t.Header, len(t.Header)-1, "SERVER")
 		}
-		cells := make([][]string, 0, len(s.Hosts))
 		for i := range s.Hosts {
 			row := tableCells(&s.Hosts[i], s.GeneratedAt)
 			if withServer {
 				row = slices.Insert(row, len(row)-1, orDash(s.Hosts[i].Server))
 			}
-			cells = append(cells, row)
+			t.Rows = append(t.Rows, row)
 		}
-		widths := columnWidths(header, cells, cond)
-		if msgWidth := o.messageWidth(widths); msgWidth > 0 {
-			last := len(header) - 1
-			for _, row := range cells {
+		last := len(t.Header) - 1
+		if msgWidth := o.messageWidth(t.Widths()); msgWidth > 0 {
+			for i, row := range t.Rows {
 				if cond.StringWidth(row[last]) > msgWidth {
-					row[last] = cond.Truncate(row[last], msgWidth, "…")
+					row[last] = cut(row[last], retryTail(&s.Hosts[i], s.GeneratedAt), msgWidth, cond)
 				}
 			}
 		}
-		writeRow(bw, header, widths, cond, func(int, string) string { return "1" }, o.Color)
-		for i, row := range cells {
-			r := &s.Hosts[i]
-			writeRow(bw, row, widths, cond, func(col int, _ string) string { return cellColor(r, col, len(header)-1) }, o.Color)
+		if o.Color {
+			t.Color = func(row, col int) string {
+				if row < 0 {
+					return "1"
+				}
+				return cellColor(&s.Hosts[row], col, last)
+			}
+		}
+		if err := t.Write(bw); err != nil {
+			return err
 		}
 	}
 	bw.WriteString(SummaryLine(s, o.Color))
@@ -97,19 +103,30 @@ func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 	return bw.Flush()
 }
 
-// columnWidths is the widest cell of each column but the last (the
-// message, which is never padded).
-func columnWidths(header []string, cells [][]string, cond *runewidth.Condition) []int {
-	widths := make([]int, len(header))
-	for i, h := range header {
-		widths[i] = cond.StringWidth(h)
+// cut shortens a message to width cells; a tail (when the host will
+// retry) stays visible whatever is cut before it.
+func cut(msg, tail string, width int, cond *runewidth.Condition) string {
+	if tail == "" {
+		return cond.Truncate(msg, width, "…")
 	}
-	for _, row := range cells {
-		for i, c := range row[:len(row)-1] {
-			widths[i] = max(widths[i], cond.StringWidth(c))
-		}
+	tail = " (" + tail + ")"
+	head := width - cond.StringWidth(tail)
+	if head < 2 {
+		return cond.Truncate(strings.TrimPrefix(tail, " "), width, "…")
 	}
-	return widths
+	return cond.Truncate(msg, head, "…") + tail
+}
+
+// retryTail is when a failing or rolled-back host tries its version
+// again ("retry in 12m", "retry due"), "" for other rows.
+func retryTail(r *status.Row, now time.Time) string {
+	if r.NextRetry == nil || (r.State != status.Failing && r.State != status.RolledBack) {
+		return ""
+	}
+	if d := r.NextRetry.Sub(now); d > 0 {
+		return "retry in " + status.Ago(d)
+	}
+	return "retry due"
 }
 
 // messageWidth is how many columns a message may take: MessageWidth when
@@ -150,21 +167,6 @@ func cellColor(r *status.Row, col, msgCol int) string {
 		return stateColor[status.Failing]
 	}
 	return ""
-}
-
-func writeRow(w *bufio.Writer, cells []string, widths []int, cond *runewidth.Condition, color func(int, string) string, on bool) {
-	last := len(cells) - 1
-	for last > 0 && cells[last] == "" {
-		last--
-	}
-	for i := 0; i <= last; i++ {
-		c := cells[i]
-		w.WriteString(paint(c, color(i, c), on))
-		if i < last {
-			w.WriteString(strings.Repeat(" ", widths[i]-cond.StringWidth(c)+2))
-		}
-	}
-	w.WriteByte('\n')
 }
 
 func tableCells(r *status.Row, now time.Time) []string {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/status"
@@ -145,6 +146,33 @@ func TestTableFitsTheTerminal(t *testing.T) {
 		}
 		if cut == 0 {
 			t.Errorf("width %d: no message was cut:\n%s", width, buf.String())
+		}
+	}
+}
+
+// However narrow the terminal, a failing host's message keeps when it
+// retries: the cut is made before it.
+func TestTableKeepsRetryTime(t *testing.T) {
+	retry := now.Add(12*time.Minute + 30*time.Second)
+	s := &status.Snapshot{GeneratedAt: now, Summary: status.Summary{Total: 2}, Hosts: []status.Row{
+		{Host: "web", State: status.Failing, NextRetry: &retry,
+			Message: "build: error: builder for '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-web.drv' failed with exit code 1 (attempt 3, retry in 12m)"},
+		{Host: "db", State: status.Pending, Message: "updating: building (45s) and a long tale of what it builds for how long"},
+	}}
+	for _, width := range []int{200, 100, 80, 60, 30} {
+		var buf bytes.Buffer
+		if err := Table(&buf, s, TableOptions{Width: width}); err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(buf.String(), "\n")
+		if !strings.HasSuffix(lines[1], "retry in 12m)") {
+			t.Errorf("width %d: the retry time is cut off:\n%s", width, lines[1])
+		}
+		if width >= 80 && runewidth.StringWidth(lines[1]) >= width {
+			t.Errorf("width %d: row of %d cells:\n%s", width, runewidth.StringWidth(lines[1]), lines[1])
+		}
+		if width < 150 && !strings.Contains(lines[1], "… (retry in 12m)") {
+			t.Errorf("width %d: want the message cut before the retry time:\n%s", width, lines[1])
 		}
 	}
 }

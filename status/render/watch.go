@@ -8,7 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mattn/go-runewidth"
+
 	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/status"
 )
 
@@ -24,6 +27,13 @@ type Screen struct {
 	Clock func() time.Time
 	// PromFile, when set, is rewritten with the metrics on every redraw.
 	PromFile string
+	// Resize redraws at once when it fires (SIGWINCH), with the table
+	// sized to Width() when Width is set.
+	Resize <-chan struct{}
+	Width  func() int
+	// Header, when set, gives lines printed above each table (bento
+	// status: the rollout's summary), "" for none.
+	Header func(*status.Snapshot) string
 }
 
 // Watch is bento status --watch: status.Watch, drawing each snapshot (or
@@ -31,11 +41,20 @@ type Screen struct {
 func Watch(ctx context.Context, o status.Options, sc Screen) error {
 	var last []byte
 	draw := func(s *status.Snapshot, err error) error {
+		table := sc.Table
+		if sc.Width != nil {
+			table.Width = sc.Width()
+		}
 		var buf bytes.Buffer
 		if err != nil {
 			fmt.Fprintf(&buf, "bento: %v\n", err)
 		} else {
-			Table(&buf, s, sc.Table)
+			if sc.Header != nil {
+				if h := sc.Header(s); h != "" {
+					fmt.Fprintf(&termsafe.Writer{W: &buf}, "%s\n\n", h)
+				}
+			}
+			Table(&buf, s, table)
 			if sc.PromFile != "" {
 				if err := atomicfile.Write(sc.PromFile, 0o644, func(w io.Writer) error { return Prometheus(w, s) }); err != nil {
 					fmt.Fprintf(&buf, "bento: %v\n", err)
@@ -51,16 +70,16 @@ func Watch(ctx context.Context, o status.Options, sc Screen) error {
 			_, err := sc.Out.Write(buf.Bytes())
 			return err
 		}
-		_, err = sc.Out.Write(screen(buf.String(), o.Root, sc.Clock()))
+		_, err = sc.Out.Write(screen(buf.String(), o.Root, sc.Clock(), table.Width))
 		return err
 	}
-	return status.Watch(ctx, o, sc.Every, sc.Clock, draw)
+	return status.WatchWith(ctx, o, sc.Every, sc.Clock, sc.Resize, draw)
 }
 
 // screen redraws table in place: home, each line cleared to its end,
 // then the rest of the screen: no flicker, no leftovers from a longer
 // table.
-func screen(table, root string, now time.Time) []byte {
+func screen(table, root string, now time.Time, width int) []byte {
 	var b bytes.Buffer
 	b.WriteString("\x1b[H")
 	for _, line := range strings.SplitAfter(table, "\n") {
@@ -69,6 +88,11 @@ func screen(table, root string, now time.Time) []byte {
 			b.WriteString("\x1b[K\n")
 		}
 	}
-	fmt.Fprintf(&b, "watching %s, redrawn %s; Ctrl-C quits\x1b[K\n\x1b[J", root, now.Format("15:04:05"))
+	footer := fmt.Sprintf("watching %s, redrawn %s; Ctrl-C quits", root, now.Format("15:04:05"))
+	if width > 0 && runewidth.StringWidth(footer) >= width {
+		// A wrapped line would push the table down on every redraw.
+		footer = runewidth.Truncate(footer, width-1, "…")
+	}
+	fmt.Fprintf(&b, "%s\x1b[K\n\x1b[J", footer)
 	return b.Bytes()
 }
