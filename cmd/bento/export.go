@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bento-nix/bento/agent"
+	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/secrets"
@@ -456,25 +457,9 @@ func importReport(root, dir string) (string, error) {
 }
 
 // writeRootFile replaces name below r atomically (temp, fsync, rename).
+// The temporary name is fixed: one a killed import left is removed first.
 func writeRootFile(r *os.Root, name string, data []byte) error {
 	tmp := path.Join(path.Dir(name), "."+path.Base(name)+".import-tmp")
 	r.Remove(tmp)
-	f, err := r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = r.Rename(tmp, name)
-	}
-	if err != nil {
-		r.Remove(tmp)
-	}
-	return err
+	return transport.WriteInRoot(r, name, tmp, data)
 }
