@@ -339,23 +339,15 @@ func agentApplyBundleCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			_, err = agent.Run(c.Context, cfg, agent.Options{
-				Out:          c.App.ErrWriter,
-				Nix:          nixRunner(c),
-				AgentVersion: version,
-				LockWait:     c.Duration("lock-wait"),
-				RetryNow:     c.Bool("now"),
-				Bundle:       c.Args().First(),
-				ReportDir:    c.String("report"),
+			// --lock-wait as given: 0 waits (its usage says so), unlike
+			// lockWait's reading for the tick commands.
+			return runAgent(c, cfg, agent.Options{
+				Out:       c.App.ErrWriter,
+				LockWait:  c.Duration("lock-wait"),
+				RetryNow:  c.Bool("now"),
+				Bundle:    c.Args().First(),
+				ReportDir: c.String("report"),
 			})
-			var ce *agent.ConfigError
-			if errors.As(err, &ce) {
-				return usageError("agent configuration: %w", err)
-			}
-			if err != nil {
-				return failed(err)
-			}
-			return nil
 		},
 	}
 }
