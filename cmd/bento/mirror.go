@@ -7,13 +7,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
+	"strconv"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/bytesize"
+	"github.com/bento-nix/bento/internal/table"
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/mirror"
 )
@@ -145,16 +146,18 @@ func mirrorState(r mirror.HostResult, verb string) string {
 }
 
 func printMirrorTable(w io.Writer, res []mirror.HostResult, verb string) error {
-	tw := tabwriter.NewWriter(&termsafe.Writer{W: w}, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MIRROR\tHOST\tSTATE\tFILES\tBYTES\tSKIPPED\tREMOVED\tMESSAGE")
+	t := table.Table{Header: []string{"MIRROR", "HOST", "STATE", "FILES", "BYTES", "SKIPPED", "REMOVED", "MESSAGE"}}
 	for _, r := range res {
 		msg := r.Note
 		if r.Err != nil {
-			msg = termsafe.Line(r.Err.Error())
+			msg = r.Err.Error()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%s\n", r.Mirror, r.Host, mirrorState(r, verb), r.Files, bytesize.Format(r.Bytes), r.Skipped, r.Removed, dash(msg))
+		// Errors quote what the mirror sent: one line, no controls, so
+		// that no cell can forge a row or drive the terminal.
+		t.Rows = append(t.Rows, []string{termsafe.Line(r.Mirror), termsafe.Line(r.Host), mirrorState(r, verb),
+			strconv.Itoa(r.Files), bytesize.Format(r.Bytes), strconv.Itoa(r.Skipped), strconv.Itoa(r.Removed), dash(termsafe.Line(msg))})
 	}
-	return tw.Flush()
+	return t.Write(w)
 }
 
 func printMirrorJSON(w io.Writer, res []mirror.HostResult, verb string) error {
