@@ -160,29 +160,40 @@ func printMirrorTable(w io.Writer, res []mirror.HostResult, verb string) error {
 	return t.Write(w)
 }
 
+// mirrorDoc is what bento mirror push/pull-reports --json print
+// (docs/schema/mirror.json): one row per host and mirror.
+type mirrorDoc struct {
+	Hosts []mirrorRow `json:"hosts"`
+}
+
+// mirrorRow is one host's copy to or from one mirror.
+type mirrorRow struct {
+	Mirror  string `json:"mirror"`
+	Host    string `json:"host"`
+	State   string `json:"state" jsonschema:"pushed or pulled (the mirror's manifest, or the report here, was replaced), unchanged, or failed (error says why)"`
+	Files   int    `json:"files" jsonschema:"files uploaded (push) or downloaded (pull-reports)"`
+	Bytes   int64  `json:"bytes" jsonschema:"bytes of those files"`
+	Skipped int    `json:"skipped" jsonschema:"files the destination already had"`
+	Removed int    `json:"removed" jsonschema:"files and directories removed from the mirror (the primary no longer has them)"`
+	Note    string `json:"note,omitempty" jsonschema:"why nothing changed, when that is worth saying"`
+	Error   string `json:"error,omitempty"`
+}
+
 func printMirrorJSON(w io.Writer, res []mirror.HostResult, verb string) error {
-	type row struct {
-		Mirror  string `json:"mirror"`
-		Host    string `json:"host"`
-		State   string `json:"state"`
-		Files   int    `json:"files"`
-		Bytes   int64  `json:"bytes"`
-		Skipped int    `json:"skipped"`
-		Removed int    `json:"removed"`
-		Note    string `json:"note,omitempty"`
-		Error   string `json:"error,omitempty"`
-	}
-	out := struct {
-		Hosts []row `json:"hosts"`
-	}{Hosts: []row{}}
+	out := mirrorDoc{Hosts: []mirrorRow{}}
 	for _, r := range res {
-		x := row{Mirror: r.Mirror, Host: r.Host, State: mirrorState(r, verb), Files: r.Files, Bytes: r.Bytes, Skipped: r.Skipped, Removed: r.Removed, Note: r.Note}
+		x := mirrorRow{Mirror: r.Mirror, Host: r.Host, State: mirrorState(r, verb), Files: r.Files, Bytes: r.Bytes, Skipped: r.Skipped, Removed: r.Removed, Note: r.Note}
 		if r.Err != nil {
 			x.Error = r.Err.Error()
 		}
 		out.Hosts = append(out.Hosts, x)
 	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(out)
+	data, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return err
+	}
+	// Errors quote what a mirror sent: no control character reaches a
+	// terminal raw (the data stays what it was).
+	_, err = w.Write(append(termsafe.EscapeJSON(data), '\n'))
+	return err
 }
