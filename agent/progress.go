@@ -104,7 +104,10 @@ func (p *liveProgress) stage(s manifest.ProgressStage) {
 	}
 	p.mu.Unlock()
 	if s == manifest.ProgressReporting {
+		// A barrier: an upload in flight finishes before the report (and its
+		// log, which replaces the live one) goes up; none starts after cut.
 		p.uploading.Lock()
+		//lint:ignore SA2001 taking and releasing the lock is the wait
 		p.uploading.Unlock()
 	}
 	p.signal()
