@@ -328,7 +328,7 @@ func agentApplyBundleCommand() *cli.Command {
 			"Exits like bento agent run.",
 		Flags: append(agentConfigFlags(),
 			&cli.StringFlag{Name: "report", Usage: "write the report (status.json, logs/) here instead of into the bundle's reports/ (a read-only medium)"},
-			&cli.DurationFlag{Name: "lock-wait", Usage: "give up when another tick holds the lock for this long (0: wait)"},
+			&cli.DurationFlag{Name: "lock-wait", Usage: "give up when another tick holds the lock for this long; 0: at once, as in every command (default: wait)"},
 			&cli.BoolFlag{Name: "now", Usage: "try a version that failed again now, without waiting for its retry delay"},
 		),
 		Action: func(c *cli.Context) error {
@@ -339,11 +339,9 @@ func agentApplyBundleCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			// --lock-wait as given: 0 waits (its usage says so), unlike
-			// lockWait's reading for the tick commands.
 			return runAgent(c, cfg, agent.Options{
 				Out:       c.App.ErrWriter,
-				LockWait:  c.Duration("lock-wait"),
+				LockWait:  lockWait(c),
 				RetryNow:  c.Bool("now"),
 				Bundle:    c.Args().First(),
 				ReportDir: c.String("report"),
