@@ -156,13 +156,16 @@ func generate(root string, n, files int, now time.Time) (int64, error) {
 	}
 	const sysA = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a-1"
 	const sysB = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b-2"
+	// The version failing and pending hosts ran before: 16 hex digits, as
+	// the manifest format wants, and none of the loop's.
+	const oldVersion = "deadbeef00000000"
 	for i := 0; i < n; i++ {
 		host := fmt.Sprintf("host-%04d", i)
 		dir := filepath.Join(root, host)
 		if err := os.MkdirAll(filepath.Join(dir, manifest.LogsDir), 0o755); err != nil {
 			return 0, err
 		}
-		version := fmt.Sprintf("%020x", i+1)
+		version := fmt.Sprintf("%016x", i+1)
 		m := manifest.Manifest{Format: manifest.Format, Host: host, Version: version, PublishedAt: now.Add(-time.Hour),
 			ExpectedToplevel: sysA, Flake: manifest.Flake{Attr: "nixosConfigurations." + host}, Files: list}
 		r := manifest.Report{Format: manifest.Format, Host: host, SeenVersion: version, AppliedVersion: version, AttemptedVersion: version,
@@ -171,9 +174,9 @@ func generate(root string, n, files int, now time.Time) (int64, error) {
 			StartedAt: now.Add(-2 * time.Minute), FinishedAt: now.Add(-time.Minute), Log: version + "-20250101T000000Z.log.gz"}
 		switch i % 20 {
 		case 1:
-			r.AppliedVersion = "old"
+			r.AppliedVersion = oldVersion
 		case 2:
-			r.Result, r.Stage, r.AppliedVersion, r.Error = manifest.ResultFailure, manifest.StageFailed, "old", "build: error: builder for '/nix/store/x.drv' failed with exit code 1"
+			r.Result, r.Stage, r.AppliedVersion, r.Error = manifest.ResultFailure, manifest.StageFailed, oldVersion, "build: error: builder for '/nix/store/x.drv' failed with exit code 1"
 		case 3:
 			r.CurrentSystem = sysB
 		case 4:
