@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/internal/flock"
+	"github.com/bento-nix/bento/internal/timespan"
 )
 
 // stateLock is the flock on <stateDir>/lock that makes ticks run one at a
@@ -16,20 +17,36 @@ import (
 // a stale lock behind. The file holds the holder's pid, for messages.
 type stateLock struct{ l *flock.Lock }
 
+// noWait is the longest wait that means "do not wait": --lock-wait 0
+// reaches the agent as the shortest bound there is (Options.LockWait 0
+// is "as long as ctx allows"), and a wait below flock's first poll could
+// only fail after saying it waits.
+const noWait = time.Millisecond
+
 // acquireLock takes the lock, waiting for a tick that holds it (at most
-// wait, when positive; else as long as ctx allows). It says once on out
-// that it waits.
+// wait, when positive; not at all below noWait; else as long as ctx
+// allows). It says once on out that it waits, and only when it does.
 func acquireLock(ctx context.Context, dir string, wait time.Duration, out io.Writer) (*stateLock, error) {
 	path := filepath.Join(dir, lockFile)
+	dontWait := wait > 0 && wait < noWait
 	l, err := flock.Acquire(ctx, path, flock.Options{
 		Timeout:  max(wait, 0),
+		NoWait:   dontWait,
 		WritePID: true,
 		OnWait: func() {
-			if out != nil {
+			if out == nil {
+				return
+			}
+			if wait > 0 {
+				fmt.Fprintf(out, "bento: another tick is running (%s); waiting up to %s for it\n", flock.Holder(path), timespan.Human(wait))
+			} else {
 				fmt.Fprintf(out, "bento: another tick is running (%s); waiting for it\n", flock.Holder(path))
 			}
 		},
 	})
+	if dontWait && errors.Is(err, flock.ErrHeld) {
+		return nil, fmt.Errorf("another tick holds %s (%s), and --lock-wait 0 does not wait for it: run again when that tick is done, or give --lock-wait 5m: %w", path, flock.Holder(path), err)
+	}
 	if errors.Is(err, flock.ErrHeld) || err != nil && ctx.Err() != nil {
 		cause := ctx.Err()
 		if cause == nil {

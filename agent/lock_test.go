@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bento-nix/bento/internal/flock"
 )
 
 // The messages a user sees while another tick holds the lock name that
@@ -27,13 +29,30 @@ func TestLockWaitMessages(t *testing.T) {
 	}
 	f.WriteString("4242\n")
 
-	var out bytes.Buffer
-	_, err = acquireLock(context.Background(), dir, 100*time.Millisecond, &out)
-	if err == nil || !strings.Contains(err.Error(), "another tick holds") || !strings.Contains(err.Error(), "(pid 4242) and did not finish in time") || !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("error %v", err)
-	}
-	if out.String() != "bento: another tick is running (pid 4242); waiting for it\n" {
-		t.Errorf("said %q", out.String())
+	for _, tc := range []struct {
+		name   string
+		wait   time.Duration
+		errHas string
+		errIs  error
+		said   string
+	}{
+		// --lock-wait 100ms: says it waits, and how long, then gives up.
+		{"bounded", 100 * time.Millisecond, "(pid 4242) and did not finish in time", context.DeadlineExceeded,
+			"bento: another tick is running (pid 4242); waiting up to 100ms for it\n"},
+		// --lock-wait 0 (the shortest bound, 1ns): gives up at once and
+		// never says it waits.
+		{"no wait", time.Nanosecond, "(pid 4242), and --lock-wait 0 does not wait for it", flock.ErrHeld, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			_, err := acquireLock(context.Background(), dir, tc.wait, &out)
+			if err == nil || !strings.Contains(err.Error(), "another tick holds") || !strings.Contains(err.Error(), tc.errHas) || !errors.Is(err, tc.errIs) {
+				t.Errorf("error %v, want one with %q wrapping %v", err, tc.errHas, tc.errIs)
+			}
+			if out.String() != tc.said {
+				t.Errorf("said %q, want %q", out.String(), tc.said)
+			}
+		})
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())

@@ -179,3 +179,7 @@ echo "(bento status exited $code: 5 means some host needs attention; \"broken\" 
 echo
 echo "Logs of the host that rolled back: $BENTO logs --chroot-root $DEMO/chroot broken"
 "$BENTO" logs --chroot-root "$DEMO/chroot" broken 2>&1 | tail -n 8 | sed 's/^/    /'
+
+say "9. Server: bento history broken (what the server saw happen to it, from its SQLite history)"
+run "$BENTO" history --flake "$FLEET" --chroot-root "$DEMO/chroot" --state-dir "$DEMO/server" broken
+echo "(the same fleet on a web page: $BENTO serve --flake $FLEET --chroot-root $DEMO/chroot --state-dir $DEMO/server, opened through ssh -L 8470:127.0.0.1:8470)"

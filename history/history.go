@@ -203,12 +203,14 @@ func open(ctx context.Context, path string, readOnly bool) (*DB, error) {
 	h, err := openWith(ctx, path, readOnly, false)
 	if err != nil && readOnly && syscall.Access(filepath.Dir(path), 2) != nil { // W_OK
 		// A reader of a WAL database needs its shared-memory file, which
-		// a read-only directory (a read-only mount, another user's state
-		// directory) cannot hold: read the file as it is instead. Nobody
-		// can write it there, short of another mount; a log left by a
-		// crashed writer is then not read (its transactions are missing
-		// until a writer opens the database).
+		// a directory it cannot write (a read-only mount, root's state
+		// directory read by a dashboard) cannot hold once the last writer
+		// closed: read the file as it is instead. What a writer still
+		// holds in its log is then not seen until it checkpoints (a
+		// status or deploy does when it closes); each query takes a new
+		// connection, so a long-running reader sees every checkpoint.
 		if h2, err2 := openWith(ctx, path, true, true); err2 == nil {
+			h2.db.SetMaxIdleConns(0)
 			return h2, nil
 		}
 	}

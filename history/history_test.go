@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -396,5 +398,58 @@ func TestReason(t *testing.T) {
 				t.Fatalf("events %+v, want reason %q", evs, tt.want)
 			}
 		})
+	}
+}
+
+// TestReadOnlyDirectorySeesLaterWrites: a reader that cannot write the
+// directory (a dashboard reading root's state directory) keeps seeing what
+// writers commit after it opened.
+func TestReadOnlyDirectorySeesLaterWrites(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to bind-mount the directory read-only")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, history.File)
+	w, err := history.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.RecordPublication(ctx, history.Publication{Host: "alpha", Version: "0000000000000001", At: t0, DeployRun: "1"})
+	w.Close()
+	ro := t.TempDir()
+	if err := syscall.Mount(dir, ro, "", syscall.MS_BIND, ""); err != nil {
+		t.Skipf("cannot bind-mount: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(ro, syscall.MNT_DETACH) })
+	if err := syscall.Mount("", ro, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	r, err := history.OpenReadOnly(ctx, filepath.Join(ro, history.File))
+	if err != nil {
+		t.Fatalf("read-only open in a read-only directory: %v", err)
+	}
+	defer r.Close()
+	count := func() int {
+		t.Helper()
+		evs, err := r.Timeline(ctx, history.Query{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(evs)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("%d events, want 1", n)
+	}
+	// A writer through the writable path, closing (and so checkpointing)
+	// as status and deploy do.
+	w, err = history.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.RecordPublication(ctx, history.Publication{Host: "alpha", Version: "0000000000000002", At: t0, DeployRun: "2"})
+	w.Close()
+	if n := count(); n != 2 {
+		t.Fatalf("the reader sees %d events after a writer committed and closed, want 2", n)
 	}
 }

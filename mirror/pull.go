@@ -11,8 +11,6 @@ import (
 	"regexp"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/status"
@@ -56,31 +54,9 @@ func PullReports(ctx context.Context, o Options, srcs []Dest) ([]HostResult, err
 func pullHosts(o Options) ([]string, error) { return pushHosts(o) }
 
 func pullMirror(ctx context.Context, o Options, d Dest, hosts []string) []HostResult {
-	out := make([]HostResult, len(hosts))
-	for i, h := range hosts {
-		out[i] = HostResult{Mirror: d.String(), Host: h}
-	}
-	c, err := connect(ctx, o, d)
-	if err != nil {
-		for i := range out {
-			out[i].Err = fmt.Errorf("mirror %s: %w", d, err)
-		}
-		return out
-	}
-	defer c.Close()
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(o.Jobs)
-	for i := range out {
-		g.Go(func() error {
-			r := &out[i]
-			if err := pullHost(gctx, o, c, d, r); err != nil {
-				r.Err = fmt.Errorf("mirror %s: host %s: %w", d, r.Host, err)
-			}
-			return nil
-		})
-	}
-	g.Wait()
-	return out
+	return eachHost(ctx, o, d, hosts, func(ctx context.Context, c *transport.Conn, r *HostResult) error {
+		return pullHost(ctx, o, c, d, r)
+	})
 }
 
 func pullHost(ctx context.Context, o Options, c *transport.Conn, d Dest, r *HostResult) error {

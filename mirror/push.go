@@ -189,6 +189,17 @@ func connect(ctx context.Context, o Options, d Dest) (*transport.Conn, error) {
 }
 
 func pushMirror(ctx context.Context, o Options, d Dest, hosts []string) []HostResult {
+	return eachHost(ctx, o, d, hosts, func(ctx context.Context, c *transport.Conn, r *HostResult) error {
+		p := &hostPush{o: o, c: c, d: d, host: r.Host, res: r}
+		return p.run(ctx)
+	})
+}
+
+// eachHost connects once to mirror d and runs fn for every host, o.Jobs
+// at a time, on that one connection. It returns a result a host, in the
+// order of hosts: a failed connection fails them all, fn's error fails
+// its own host only (the others go on).
+func eachHost(ctx context.Context, o Options, d Dest, hosts []string, fn func(context.Context, *transport.Conn, *HostResult) error) []HostResult {
 	out := make([]HostResult, len(hosts))
 	for i, h := range hosts {
 		out[i] = HostResult{Mirror: d.String(), Host: h}
@@ -206,8 +217,7 @@ func pushMirror(ctx context.Context, o Options, d Dest, hosts []string) []HostRe
 	for i := range out {
 		g.Go(func() error {
 			r := &out[i]
-			p := &hostPush{o: o, c: c, d: d, host: r.Host, res: r}
-			if err := p.run(gctx); err != nil {
+			if err := fn(gctx, c, r); err != nil {
 				r.Err = fmt.Errorf("mirror %s: host %s: %w", d, r.Host, err)
 			}
 			return nil

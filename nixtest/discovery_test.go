@@ -43,7 +43,7 @@ func TestDiscoveryReadsTheModule(t *testing.T) {
 	out := run(t, dir, bin, "hosts", "--json", "--flake", "path:"+dir)
 	var got struct {
 		Hosts []struct {
-			Name    string `json:"name"`
+			Name    string `json:"host"`
 			Managed bool   `json:"managed"`
 			Enable  bool   `json:"enable"`
 			Options struct {

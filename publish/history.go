@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -320,18 +320,7 @@ func readCapped(path string, max int64) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err == nil && int64(len(data)) > max {
-		err = fmt.Errorf("%s is over %d bytes", path, max)
-	}
-	return data, err
+	return statefile.ReadRegular(f, path, max)
 }
 
 func exists(p string) bool {

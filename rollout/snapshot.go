@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/publish"
 	"github.com/bento-nix/bento/status"
@@ -157,19 +158,5 @@ func readRoot(r *os.Root, name string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", name)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s is over %d bytes", name, limit)
-	}
-	return data, nil
+	return statefile.ReadRegular(f, name, limit)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/termsafe"
+	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -441,25 +442,9 @@ func ShortVersion(v string) string {
 	return v
 }
 
-// Ago renders a duration the way the table shows ages: 45s, 3m, 2h 5m, 4d.
-func Ago(d time.Duration) string {
-	if d < 0 {
-		d = 0
-	}
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d/time.Second))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d/time.Minute))
-	case d < 24*time.Hour:
-		h, m := int(d/time.Hour), int(d%time.Hour/time.Minute)
-		if m == 0 {
-			return fmt.Sprintf("%dh", h)
-		}
-		return fmt.Sprintf("%dh %dm", h, m)
-	}
-	return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
-}
+// Ago renders an age or a delay as every duration is shown
+// (timespan.Human): 45s, 3m05s, 2h05m, 4d07h; 0s when negative.
+func Ago(d time.Duration) string { return timespan.Human(d) }
 
 // storeName shortens a store path to its hash prefix and name:
 // /nix/store/abcdefgh…-nixos-system-x → abcdefgh-nixos-system-x.

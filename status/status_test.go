@@ -282,7 +282,7 @@ func TestStates(t *testing.T) {
 				r.RebootScheduled = &at
 				c.report(h, r)
 			},
-			state: RebootRequired, msg: "reboot scheduled in 2h 5m", exit: ExitPending,
+			state: RebootRequired, msg: "reboot scheduled in 2h05m", exit: ExitPending,
 		},
 		{
 			name: "stale after the default threshold",
@@ -290,7 +290,7 @@ func TestStates(t *testing.T) {
 				c.publish(h, v1, ago(5*time.Hour), sysA)
 				c.report(h, applied(v1, sysA, ago(2*time.Hour+5*time.Minute)))
 			},
-			state: Stale, msg: "silent for 2h 5m (over 45m); its last report said up-to-date", exit: ExitSilent,
+			state: Stale, msg: "silent for 2h05m (over 45m); its last report said up-to-date", exit: ExitSilent,
 		},
 		{
 			name: "not stale within three poll intervals of the host",
@@ -707,13 +707,13 @@ func TestAgo(t *testing.T) {
 		-time.Minute:                    "0s",
 		0:                               "0s",
 		45 * time.Second:                "45s",
-		3*time.Minute + 59*time.Second:  "3m",
+		3*time.Minute + 59*time.Second:  "3m59s",
 		time.Hour:                       "1h",
-		2*time.Hour + 5*time.Minute:     "2h 5m",
-		23*time.Hour + 59*time.Minute:   "23h 59m",
-		4*24*time.Hour + 7*time.Hour:    "4d",
+		2*time.Hour + 5*time.Minute:     "2h05m",
+		23*time.Hour + 59*time.Minute:   "23h59m",
+		4*24*time.Hour + 7*time.Hour:    "4d07h",
 		400 * 24 * time.Hour:            "400d",
-		59*time.Minute + 59*time.Second: "59m",
+		59*time.Minute + 59*time.Second: "59m59s",
 	} {
 		if got := Ago(d); got != want {
 			t.Errorf("Ago(%s) = %q, want %q", d, got, want)

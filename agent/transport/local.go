@@ -165,7 +165,14 @@ func (l *Local) WriteFile(ctx context.Context, p string, data []byte) error {
 		return err
 	}
 	dir, base := path.Split(name)
-	tmp := fmt.Sprintf("%s.%s.tmp-%08x", dir, base, rand.Uint32())
+	return WriteInRoot(r, name, fmt.Sprintf("%s.%s.tmp-%08x", dir, base, rand.Uint32()), data)
+}
+
+// WriteInRoot replaces name below r atomically: data goes to the new file
+// tmp (beside name, below r; an existing tmp is an error), is fsynced, and
+// is renamed over name. On an error tmp is removed and name is untouched;
+// a kill -9 leaves at most tmp beside it.
+func WriteInRoot(r *os.Root, name, tmp string, data []byte) error {
 	f, err := r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err

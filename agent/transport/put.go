@@ -56,10 +56,8 @@ func (c *Conn) Put(ctx context.Context, p string, r io.Reader, o PutOptions) (in
 		if err != nil {
 			return fail(err)
 		}
-		if _, ok := c.sftp.HasExtension("fsync@openssh.com"); ok {
-			if err := f.Sync(); err != nil {
-				return fail(err)
-			}
+		if err := c.syncFile(f); err != nil {
+			return fail(err)
 		}
 		if err := f.Chmod(o.Mode); err != nil {
 			return fail(err)
@@ -81,16 +79,7 @@ func (c *Conn) Put(ctx context.Context, p string, r io.Reader, o PutOptions) (in
 			}
 		}
 		kick()
-		if _, ok := c.sftp.HasExtension("posix-rename@openssh.com"); ok {
-			err = c.sftp.PosixRename(tmp, p)
-		} else {
-			c.sftp.Remove(p)
-			err = c.sftp.Rename(tmp, p)
-		}
-		if err != nil {
-			c.sftp.Remove(tmp)
-		}
-		return err
+		return c.renameInto(tmp, p)
 	})
 	return n, err
 }

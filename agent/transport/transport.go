@@ -672,8 +672,8 @@ func (c *Conn) writeFile(ctx context.Context, p string, data []byte, sync bool) 
 			return err
 		}
 		kick()
-		if _, ok := c.sftp.HasExtension("fsync@openssh.com"); ok && sync {
-			if err := f.Sync(); err != nil {
+		if sync {
+			if err := c.syncFile(f); err != nil {
 				f.Close()
 				c.sftp.Remove(tmp)
 				return err
@@ -684,19 +684,36 @@ func (c *Conn) writeFile(ctx context.Context, p string, data []byte, sync bool) 
 			return err
 		}
 		kick()
-		if _, ok := c.sftp.HasExtension("posix-rename@openssh.com"); ok {
-			err = c.sftp.PosixRename(tmp, p)
-		} else {
-			// Plain SFTP rename refuses to replace: the old file goes
-			// first, a reader may briefly find none (never a half one).
-			c.sftp.Remove(p)
-			err = c.sftp.Rename(tmp, p)
-		}
-		if err != nil {
-			c.sftp.Remove(tmp)
-		}
-		return err
+		return c.renameInto(tmp, p)
 	})
+	return err
+}
+
+// syncFile flushes f to the server's disk where the server can
+// (fsync@openssh.com); without the extension the rename still keeps a
+// reader from a half file, only a crash of the server may lose it.
+func (c *Conn) syncFile(f *sftp.File) error {
+	if _, ok := c.sftp.HasExtension("fsync@openssh.com"); ok {
+		return f.Sync()
+	}
+	return nil
+}
+
+// renameInto moves the finished temporary file tmp over p, and removes
+// tmp when that fails.
+func (c *Conn) renameInto(tmp, p string) error {
+	var err error
+	if _, ok := c.sftp.HasExtension("posix-rename@openssh.com"); ok {
+		err = c.sftp.PosixRename(tmp, p)
+	} else {
+		// Plain SFTP rename refuses to replace: the old file goes
+		// first, a reader may briefly find none (never a half one).
+		c.sftp.Remove(p)
+		err = c.sftp.Rename(tmp, p)
+	}
+	if err != nil {
+		c.sftp.Remove(tmp)
+	}
 	return err
 }
 

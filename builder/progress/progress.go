@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/builder"
+	"github.com/bento-nix/bento/internal/timespan"
 )
 
 // counts is the done/failed/running tally both displays print.
@@ -124,22 +125,9 @@ func Describe(r builder.Result) string {
 	}
 }
 
-// FormatDuration rounds a duration the way people read it: 850ms, 12.3s,
-// 2m05s, 1h02m.
-func FormatDuration(d time.Duration) string {
-	switch {
-	case d < time.Second:
-		return d.Round(time.Millisecond).String()
-	case d < time.Minute:
-		return fmt.Sprintf("%.1fs", d.Seconds())
-	case d < time.Hour:
-		d = d.Round(time.Second)
-		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
-	default:
-		d = d.Round(time.Minute)
-		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
-	}
-}
+// FormatDuration shows a build's time as every duration is shown
+// (timespan.Human): 850ms, 1.2s, 12s, 2m05s, 1h02m.
+func FormatDuration(d time.Duration) string { return timespan.Human(d) }
 
 func firstLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")

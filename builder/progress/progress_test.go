@@ -115,7 +115,8 @@ func TestFormatDuration(t *testing.T) {
 		want string
 	}{
 		{850 * time.Millisecond, "850ms"},
-		{12340 * time.Millisecond, "12.3s"},
+		{1234 * time.Millisecond, "1.2s"},
+		{12340 * time.Millisecond, "12s"},
 		{125 * time.Second, "2m05s"},
 		{62 * time.Minute, "1h02m"},
 	} {

@@ -114,14 +114,7 @@ func agentCommand() *cli.Command {
 							return runTickProcess(ctx, c, c.App.ErrWriter)
 						},
 					})
-					var ce *agent.ConfigError
-					if errors.As(err, &ce) {
-						return usageError("agent configuration: %w", err)
-					}
-					if err != nil {
-						return failed(err)
-					}
-					return nil
+					return agentError(err)
 				},
 			},
 			{
@@ -302,13 +295,26 @@ func loadAgentConfig(c *cli.Context, warn io.Writer) (agent.Config, error) {
 }
 
 func runTick(c *cli.Context, cfg agent.Config, out io.Writer) error {
-	_, err := agent.Run(c.Context, cfg, agent.Options{
-		Out:          out,
-		Nix:          nixRunner(c),
-		AgentVersion: version,
-		LockWait:     lockWait(c),
-		RetryNow:     c.Bool("now"),
+	return runAgent(c, cfg, agent.Options{
+		Out:      out,
+		LockWait: lockWait(c),
+		RetryNow: c.Bool("now"),
 	})
+}
+
+// runAgent runs one tick with o, on the command's nix and as this
+// bento's version, and gives its exit: an error of the agent's
+// configuration is a usage error (2), any other a failure (1).
+func runAgent(c *cli.Context, cfg agent.Config, o agent.Options) error {
+	o.Nix = nixRunner(c)
+	o.AgentVersion = version
+	_, err := agent.Run(c.Context, cfg, o)
+	return agentError(err)
+}
+
+// agentError is the exit for an error of the agent: its configuration's
+// is a usage error (2), any other a failure (1).
+func agentError(err error) error {
 	var ce *agent.ConfigError
 	if errors.As(err, &ce) {
 		return usageError("agent configuration: %w", err)

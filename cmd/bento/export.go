@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bento-nix/bento/agent"
+	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/secrets"
@@ -338,23 +339,15 @@ func agentApplyBundleCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			_, err = agent.Run(c.Context, cfg, agent.Options{
-				Out:          c.App.ErrWriter,
-				Nix:          nixRunner(c),
-				AgentVersion: version,
-				LockWait:     c.Duration("lock-wait"),
-				RetryNow:     c.Bool("now"),
-				Bundle:       c.Args().First(),
-				ReportDir:    c.String("report"),
+			// --lock-wait as given: 0 waits (its usage says so), unlike
+			// lockWait's reading for the tick commands.
+			return runAgent(c, cfg, agent.Options{
+				Out:       c.App.ErrWriter,
+				LockWait:  c.Duration("lock-wait"),
+				RetryNow:  c.Bool("now"),
+				Bundle:    c.Args().First(),
+				ReportDir: c.String("report"),
 			})
-			var ce *agent.ConfigError
-			if errors.As(err, &ce) {
-				return usageError("agent configuration: %w", err)
-			}
-			if err != nil {
-				return failed(err)
-			}
-			return nil
 		},
 	}
 }
@@ -456,25 +449,9 @@ func importReport(root, dir string) (string, error) {
 }
 
 // writeRootFile replaces name below r atomically (temp, fsync, rename).
+// The temporary name is fixed: one a killed import left is removed first.
 func writeRootFile(r *os.Root, name string, data []byte) error {
 	tmp := path.Join(path.Dir(name), "."+path.Base(name)+".import-tmp")
 	r.Remove(tmp)
-	f, err := r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = r.Rename(tmp, name)
-	}
-	if err != nil {
-		r.Remove(tmp)
-	}
-	return err
+	return transport.WriteInRoot(r, name, tmp, data)
 }

@@ -9,13 +9,13 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/history"
+	"github.com/bento-nix/bento/internal/table"
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/status"
@@ -198,8 +198,7 @@ func printHistory(c *cli.Context, doc *history.Document, now time.Time) error {
 // says again what the host's previous one said (a success, then
 // "unchanged") is left out: --json has every event.
 func historyTable(w io.Writer, events []history.Event, now time.Time) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tAGO\tHOST\tEVENT")
+	t := table.Table{Header: []string{"TIME", "AGO", "HOST", "EVENT"}}
 	lastDay := ""
 	prev := map[string]string{}
 	for _, e := range events {
@@ -212,19 +211,19 @@ func historyTable(w io.Writer, events []history.Event, now time.Time) error {
 		} else {
 			delete(prev, e.Host)
 		}
-		t := e.At.Local()
+		at := e.At.Local()
 		// The date once per day, the zone always: times read alone.
-		stamp := t.Format("15:04:05 MST")
-		if day := t.Format("2006-01-02"); day != lastDay {
+		stamp := at.Format("15:04:05 MST")
+		if day := at.Format("2006-01-02"); day != lastDay {
 			stamp, lastDay = day+" "+stamp, day
 		}
 		host := e.Host
 		if host == "" {
 			host = "(fleet)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", stamp, status.Ago(now.Sub(e.At))+" ago", termsafe.Line(host), termsafe.Line(describeEvent(e)))
+		t.Rows = append(t.Rows, []string{stamp, status.Ago(now.Sub(e.At)) + " ago", termsafe.Line(host), termsafe.Line(describeEvent(e))})
 	}
-	return tw.Flush()
+	return t.Write(w)
 }
 
 // describeEvent says an event in words: "published 3f2a1b2c", "up-to-date

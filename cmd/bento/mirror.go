@@ -7,13 +7,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
+	"strconv"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/bytesize"
+	"github.com/bento-nix/bento/internal/table"
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/mirror"
 )
@@ -145,41 +146,54 @@ func mirrorState(r mirror.HostResult, verb string) string {
 }
 
 func printMirrorTable(w io.Writer, res []mirror.HostResult, verb string) error {
-	tw := tabwriter.NewWriter(&termsafe.Writer{W: w}, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MIRROR\tHOST\tSTATE\tFILES\tBYTES\tSKIPPED\tREMOVED\tMESSAGE")
+	t := table.Table{Header: []string{"MIRROR", "HOST", "STATE", "FILES", "BYTES", "SKIPPED", "REMOVED", "MESSAGE"}}
 	for _, r := range res {
 		msg := r.Note
 		if r.Err != nil {
-			msg = termsafe.Line(r.Err.Error())
+			msg = r.Err.Error()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%s\n", r.Mirror, r.Host, mirrorState(r, verb), r.Files, bytesize.Format(r.Bytes), r.Skipped, r.Removed, dash(msg))
+		// Errors quote what the mirror sent: one line, no controls, so
+		// that no cell can forge a row or drive the terminal.
+		t.Rows = append(t.Rows, []string{termsafe.Line(r.Mirror), termsafe.Line(r.Host), mirrorState(r, verb),
+			strconv.Itoa(r.Files), bytesize.Format(r.Bytes), strconv.Itoa(r.Skipped), strconv.Itoa(r.Removed), dash(termsafe.Line(msg))})
 	}
-	return tw.Flush()
+	return t.Write(w)
+}
+
+// mirrorDoc is what bento mirror push/pull-reports --json print
+// (docs/schema/mirror.json): one row per host and mirror.
+type mirrorDoc struct {
+	Hosts []mirrorRow `json:"hosts"`
+}
+
+// mirrorRow is one host's copy to or from one mirror.
+type mirrorRow struct {
+	Mirror  string `json:"mirror"`
+	Host    string `json:"host"`
+	State   string `json:"state" jsonschema:"pushed or pulled (the mirror's manifest, or the report here, was replaced), unchanged, or failed (error says why)"`
+	Files   int    `json:"files" jsonschema:"files uploaded (push) or downloaded (pull-reports)"`
+	Bytes   int64  `json:"bytes" jsonschema:"bytes of those files"`
+	Skipped int    `json:"skipped" jsonschema:"files the destination already had"`
+	Removed int    `json:"removed" jsonschema:"files and directories removed from the mirror (the primary no longer has them)"`
+	Note    string `json:"note,omitempty" jsonschema:"why nothing changed, when that is worth saying"`
+	Error   string `json:"error,omitempty"`
 }
 
 func printMirrorJSON(w io.Writer, res []mirror.HostResult, verb string) error {
-	type row struct {
-		Mirror  string `json:"mirror"`
-		Host    string `json:"host"`
-		State   string `json:"state"`
-		Files   int    `json:"files"`
-		Bytes   int64  `json:"bytes"`
-		Skipped int    `json:"skipped"`
-		Removed int    `json:"removed"`
-		Note    string `json:"note,omitempty"`
-		Error   string `json:"error,omitempty"`
-	}
-	out := struct {
-		Hosts []row `json:"hosts"`
-	}{Hosts: []row{}}
+	out := mirrorDoc{Hosts: []mirrorRow{}}
 	for _, r := range res {
-		x := row{Mirror: r.Mirror, Host: r.Host, State: mirrorState(r, verb), Files: r.Files, Bytes: r.Bytes, Skipped: r.Skipped, Removed: r.Removed, Note: r.Note}
+		x := mirrorRow{Mirror: r.Mirror, Host: r.Host, State: mirrorState(r, verb), Files: r.Files, Bytes: r.Bytes, Skipped: r.Skipped, Removed: r.Removed, Note: r.Note}
 		if r.Err != nil {
 			x.Error = r.Err.Error()
 		}
 		out.Hosts = append(out.Hosts, x)
 	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(out)
+	data, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return err
+	}
+	// Errors quote what a mirror sent: no control character reaches a
+	// terminal raw (the data stays what it was).
+	_, err = w.Write(append(termsafe.EscapeJSON(data), '\n'))
+	return err
 }

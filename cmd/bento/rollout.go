@@ -221,38 +221,50 @@ func hasFlag(c *cli.Context, name string) bool {
 }
 
 func runRolloutStep(c *cli.Context) error {
-	o, err := stepOptions(c)
-	if err != nil {
-		return err
-	}
-	res, err := rollout.Step(c.Context, o)
-	if err != nil {
-		return deployError(err)
-	}
-	if c.Bool("json") {
-		if err := printRolloutJSON(c.App.Writer, res.State, false); err != nil {
-			return err
-		}
-	} else {
-		w := &termsafe.Writer{W: c.App.Writer}
-		if res.Published != nil {
-			text := *res.Published
-			if err := printDeploy(w, errWriter(c), text, pruneMode{}, useColor(c, c.App.Writer)); err != nil {
-				return err
-			}
-		}
+	res, err := runRolloutAct(c, rollout.Step, func(w io.Writer, res *rollout.StepResult) {
 		fmt.Fprintf(w, "%s: %s\n", res.Decision.Action, res.Decision.Reason)
 		fmt.Fprintln(w, res.State.Summary())
-	}
-	if res.Published != nil {
-		if err := res.Published.Failure(); err != nil {
-			return failed(err)
-		}
+	})
+	if err != nil {
+		return err
 	}
 	if res.State.Phase == rollout.PhaseHalted {
 		return failed(fmt.Errorf("rollout %s is halted: %s (bento rollout abort restores the previous version; resume goes on)", res.State.ID, res.State.Reason))
 	}
 	return nil
+}
+
+// runRolloutAct runs a step or an abort and shows what it did: with
+// --json the state, else the deploy's report when it published and then
+// lines. A failed publication exits 1.
+func runRolloutAct(c *cli.Context, act func(context.Context, rollout.StepOptions) (*rollout.StepResult, error), lines func(io.Writer, *rollout.StepResult)) (*rollout.StepResult, error) {
+	o, err := stepOptions(c)
+	if err != nil {
+		return nil, err
+	}
+	res, err := act(c.Context, o)
+	if err != nil {
+		return nil, deployError(err)
+	}
+	if c.Bool("json") {
+		if err := printRolloutJSON(c.App.Writer, res.State, false); err != nil {
+			return nil, err
+		}
+	} else {
+		w := &termsafe.Writer{W: c.App.Writer}
+		if res.Published != nil {
+			if err := printDeploy(w, errWriter(c), *res.Published, pruneMode{}, useColor(c, c.App.Writer)); err != nil {
+				return nil, err
+			}
+		}
+		lines(w, res)
+	}
+	if res.Published != nil {
+		if err := res.Published.Failure(); err != nil {
+			return nil, failed(err)
+		}
+	}
+	return res, nil
 }
 
 func runRolloutChange(c *cli.Context, f func(context.Context, rollout.StepOptions) (*rollout.State, error)) error {
@@ -269,36 +281,13 @@ func runRolloutChange(c *cli.Context, f func(context.Context, rollout.StepOption
 }
 
 func runRolloutAbort(c *cli.Context) error {
-	o, err := stepOptions(c)
-	if err != nil {
-		return err
-	}
-	res, err := rollout.Abort(c.Context, o)
-	if err != nil {
-		return deployError(err)
-	}
-	if c.Bool("json") {
-		if err := printRolloutJSON(c.App.Writer, res.State, false); err != nil {
-			return err
-		}
-	} else {
-		w := &termsafe.Writer{W: c.App.Writer}
-		if res.Published != nil {
-			if err := printDeploy(w, errWriter(c), *res.Published, pruneMode{}, useColor(c, c.App.Writer)); err != nil {
-				return err
-			}
-		}
+	_, err := runRolloutAct(c, rollout.Abort, func(w io.Writer, res *rollout.StepResult) {
 		fmt.Fprintln(w, res.State.Summary())
 		if bad := res.State.Unrestorable(); len(bad) > 0 {
 			fmt.Fprintf(w, "not restored (no previous version kept: a new host, or its tree could not be read at start): %s\n", strings.Join(bad, ", "))
 		}
-	}
-	if res.Published != nil {
-		if err := res.Published.Failure(); err != nil {
-			return failed(err)
-		}
-	}
-	return nil
+	})
+	return err
 }
 
 func runRolloutStatus(c *cli.Context) error {

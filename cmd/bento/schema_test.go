@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/bento-nix/bento/agent"
 	"github.com/bento-nix/bento/deploy"
@@ -13,6 +17,8 @@ import (
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/internal/jsonschema"
 	"github.com/bento-nix/bento/manifest"
+	"github.com/bento-nix/bento/mirror"
+	"github.com/bento-nix/bento/rollout"
 	"github.com/bento-nix/bento/status"
 )
 
@@ -24,12 +30,15 @@ var jsonOutputs = []struct {
 	file, title, description string
 	v                        any
 }{
-	{"status.json", "bento status --json", "The fleet's status (docs/status.md).", status.Snapshot{}},
+	{"status.json", "bento status --json", "The fleet's status (docs/status.md); also bento serve's GET /api/status.", status.Snapshot{}},
 	{"hosts.json", "bento hosts --json", "The fleet's hosts as discovery evaluated them.", hostsDoc{}},
 	{"build.json", "bento build --json", "Each selected host's build.", buildDoc{}},
 	{"deploy.json", "bento deploy --json", "What a deploy built and published (docs/deploy.md).", deploy.Report{}},
 	{"agent-status.json", "bento agent status --json", "The agent's state on the host (docs/agent.md).", agent.HostStatus{}},
-	{"history.json", "bento history --json", "What happened, when, on which host (the server's history).", history.Document{}},
+	{"history.json", "bento history --json", "What happened, when, on which host (the server's history); also bento serve's GET /api/history.", history.Document{}},
+	{"mirror.json", "bento mirror push/pull-reports --json", "Each host's copy to or from each mirror (docs/mirrors.md).", mirrorDoc{}},
+	// A nil pointer: rollout status prints null when no rollout is recorded.
+	{"rollout.json", "bento rollout status/step/abort --json", "The recorded rollout, or null when there is none (docs/rollout.md).", (*rollout.View)(nil)},
 }
 
 // The schemas in docs/schema are generated from the types the commands
@@ -76,6 +85,8 @@ func TestJSONOutputsMatchTheirSchema(t *testing.T) {
 		{"status.json", statusArgs(s.root, "--no-eval", "--json")},
 		{"hosts.json", []string{"hosts", "--flake", fl, "--json"}},
 		{"build.json", []string{"build", "--flake", fl, "--dry-run", "--json", "--state-dir", t.TempDir()}},
+		{"history.json", []string{"history", "--json", "--chroot-root", historyRoot(t)}},
+		{"rollout.json", []string{"rollout", "status", "--json", "--chroot-root", t.TempDir()}},
 	} {
 		t.Run(tc.schema, func(t *testing.T) {
 			stdout, stderr, _ := runCLI(t, tc.args...)
@@ -83,16 +94,66 @@ func TestJSONOutputsMatchTheirSchema(t *testing.T) {
 			if err := json.Unmarshal([]byte(stdout), &doc); err != nil {
 				t.Fatalf("not JSON: %v\n%s\n%s", err, stdout, stderr)
 			}
-			data, err := os.ReadFile(filepath.Join("..", "..", "docs", "schema", tc.schema))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var schema jsonschema.Schema
-			if err := json.Unmarshal(data, &schema); err != nil {
-				t.Fatal(err)
-			}
-			if err := jsonschema.Validate(schema, doc); err != nil {
+			if err := jsonschema.Validate(loadSchema(t, tc.schema), doc); err != nil {
 				t.Errorf("%s does not match docs/schema/%s: %v\n%s", tc.args[0], tc.schema, err, stdout)
+			}
+		})
+	}
+}
+
+func loadSchema(t *testing.T, file string) jsonschema.Schema {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "docs", "schema", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var schema jsonschema.Schema
+	if err := json.Unmarshal(data, &schema); err != nil {
+		t.Fatal(err)
+	}
+	return schema
+}
+
+// Documents that take a mirror or a rollout to print through the binary
+// (an sshd, real builds: mirror/cli_test.go, rollout_test.go) are printed
+// here by the functions the commands call, with every field set.
+func TestJSONDocumentsMatchTheirSchema(t *testing.T) {
+	at := time.Date(2026, 12, 3, 15, 0, 0, 0, time.UTC)
+	var mirrorOut bytes.Buffer
+	if err := printMirrorJSON(&mirrorOut, []mirror.HostResult{
+		{Mirror: "ssh://root@m1:22/home/chroot", Host: "alpha", Files: 3, Bytes: 4096, Skipped: 2, Removed: 1, Changed: true},
+		{Mirror: "ssh://root@m1:22/home/chroot", Host: "beta", Note: "no report on the mirror"},
+		{Mirror: "ssh://root@m1:22/home/chroot", Host: "gamma", Err: errors.New("no chroot for gamma\x1b[2J")},
+	}, "pushed"); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(mirrorOut.String(), "\x1b") {
+		t.Errorf("mirror --json: a control character reached the output raw:\n%s", mirrorOut.String())
+	}
+	roll, err := json.Marshal(rollout.View{ID: "r1", State: "running", Reason: "wave 1 waits", Since: at, StartedAt: at, UpdatedAt: at,
+		Policy: rollout.PolicyView{Quorum: 0.9, WaveDeadlineSeconds: 3600},
+		Waves: []rollout.WaveView{{Wave: 0, State: "published", Hosts: 1, Counts: map[rollout.HostState]int{rollout.HostGood: 1},
+			PublishedAt: &at, Deadline: &at, Since: &at, Verdict: "healthy"}},
+		Hosts: []rollout.HostView{{Host: "canary", Wave: 0, Version: "v2", Previous: "v1", State: rollout.HostGood, Detail: "up-to-date", Restored: true}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		schema string
+		doc    []byte
+		want   string // a value the document must carry
+	}{
+		{"mirror.json", mirrorOut.Bytes(), "no report on the mirror"},
+		{"rollout.json", roll, "canary"},
+	} {
+		t.Run(tc.schema, func(t *testing.T) {
+			var doc any
+			if err := json.Unmarshal(tc.doc, &doc); err != nil || !strings.Contains(string(tc.doc), tc.want) {
+				t.Fatalf("not JSON or lacks %q: %v\n%s", tc.want, err, tc.doc)
+			}
+			if err := jsonschema.Validate(loadSchema(t, tc.schema), doc); err != nil {
+				t.Errorf("does not match docs/schema/%s: %v\n%s", tc.schema, err, tc.doc)
 			}
 		})
 	}

@@ -55,6 +55,25 @@ func Read(path string, max int64) ([]byte, error) {
 	return data, nil
 }
 
+// ReadRegular reads f, opened as name, when it is a regular file, and at
+// most max bytes of it: a FIFO or a device is refused, not read. Over max
+// it returns an error together with the max+1 bytes read, so that a
+// caller that drops the error still never sees a file cut to size.
+func ReadRegular(f *os.File, name string, max int64) ([]byte, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", name)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(data)) > max {
+		err = fmt.Errorf("%s is over %d bytes", name, max)
+	}
+	return data, err
+}
+
 // Unusable wraps a parse error of path's content as ErrUnusable.
 func Unusable(path string, err error) error {
 	return fmt.Errorf("%s: %w: %v", path, ErrUnusable, err)

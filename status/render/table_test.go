@@ -156,7 +156,7 @@ func TestTableKeepsRetryTime(t *testing.T) {
 	retry := now.Add(12*time.Minute + 30*time.Second)
 	s := &status.Snapshot{GeneratedAt: now, Summary: status.Summary{Total: 2}, Hosts: []status.Row{
 		{Host: "web", State: status.Failing, NextRetry: &retry,
-			Message: "build: error: builder for '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-web.drv' failed with exit code 1 (attempt 3, retry in 12m)"},
+			Message: "build: error: builder for '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-web.drv' failed with exit code 1 (attempt 3, retry in 12m30s)"},
 		{Host: "db", State: status.Pending, Message: "updating: building (45s) and a long tale of what it builds for how long"},
 	}}
 	for _, width := range []int{200, 100, 80, 60, 30} {
@@ -165,13 +165,13 @@ func TestTableKeepsRetryTime(t *testing.T) {
 			t.Fatal(err)
 		}
 		lines := strings.Split(buf.String(), "\n")
-		if !strings.HasSuffix(lines[1], "retry in 12m)") {
+		if !strings.HasSuffix(lines[1], "retry in 12m30s)") {
 			t.Errorf("width %d: the retry time is cut off:\n%s", width, lines[1])
 		}
 		if width >= 80 && runewidth.StringWidth(lines[1]) >= width {
 			t.Errorf("width %d: row of %d cells:\n%s", width, runewidth.StringWidth(lines[1]), lines[1])
 		}
-		if width < 150 && !strings.Contains(lines[1], "… (retry in 12m)") {
+		if width < 150 && !strings.Contains(lines[1], "… (retry in 12m30s)") {
 			t.Errorf("width %d: want the message cut before the retry time:\n%s", width, lines[1])
 		}
 	}
