@@ -232,33 +232,20 @@ func (a *Activator) Switch(ctx context.Context, toplevel, op string) (Outcome, e
 	if err := checkSystem(toplevel); err != nil {
 		return Untouched, err
 	}
-	p := a.paths()
-	cur, err := a.Current()
+	cur, prof, err := a.where()
 	if err != nil {
 		return Untouched, err
 	}
-	prof, err := a.ProfileTarget()
-	if err != nil {
-		return Untouched, err
-	}
-	switch {
-	case op == OpTest && cur == toplevel,
-		op == OpSwitch && cur == toplevel && prof == toplevel:
-		a.logf("%s already runs %s: nothing to %s", p.CurrentSystem, toplevel, op)
+	if alreadyIn(op, toplevel, cur, prof) {
+		a.logf("%s already runs %s: nothing to %s", a.paths().CurrentSystem, toplevel, op)
 		return Skipped, nil
 	}
-
 	if err := ctx.Err(); err != nil {
 		return Untouched, err
 	}
 	if op != OpTest {
-		if err := a.setProfile(ctx, toplevel); err != nil {
-			// nix-env replaces the profile link atomically, so it either
-			// moved or it did not; look rather than guess.
-			if after, _ := a.ProfileTarget(); after != prof {
-				return Failed, err
-			}
-			return Untouched, err
+		if out, err := a.switchProfile(ctx, toplevel, prof); err != nil {
+			return out, err
 		}
 	}
 	a.logf("running %s/bin/switch-to-configuration %s", toplevel, op)
@@ -266,14 +253,56 @@ func (a *Activator) Switch(ctx context.Context, toplevel, op string) (Outcome, e
 		return Failed, fmt.Errorf("activate %s: %w", toplevel, err)
 	}
 	if op != OpBoot {
-		if now, err := a.Current(); err == nil && now != toplevel {
-			// Not an error: the system did switch, but the next tick will
-			// not see it and will switch again. Most likely CurrentSystem
-			// is configured wrong.
-			a.logf("warning: after switch-to-configuration %s, %s points at %q, not %s: check the current-system path", op, p.CurrentSystem, now, toplevel)
-		}
+		a.checkCurrent(toplevel, op)
 	}
 	return Switched, nil
+}
+
+// where reads the running system and the profile's target: what Switch
+// skips on, and what a failed profile change is judged against.
+func (a *Activator) where() (cur, prof string, err error) {
+	if cur, err = a.Current(); err != nil {
+		return "", "", err
+	}
+	if prof, err = a.ProfileTarget(); err != nil {
+		return "", "", err
+	}
+	return cur, prof, nil
+}
+
+// alreadyIn says whether the machine already is where op would put it.
+// boot never is: the running system says nothing about the boot loader.
+func alreadyIn(op, toplevel, cur, prof string) bool {
+	switch op {
+	case OpTest:
+		return cur == toplevel
+	case OpSwitch:
+		return cur == toplevel && prof == toplevel
+	}
+	return false
+}
+
+// switchProfile points the profile at toplevel. nix-env replaces the
+// link atomically, so on error it either moved or it did not: look
+// rather than guess, so the caller knows whether to roll back.
+func (a *Activator) switchProfile(ctx context.Context, toplevel, prof string) (Outcome, error) {
+	err := a.setProfile(ctx, toplevel)
+	if err == nil {
+		return Switched, nil
+	}
+	if after, _ := a.ProfileTarget(); after != prof {
+		return Failed, err
+	}
+	return Untouched, err
+}
+
+// checkCurrent warns when the system switched but CurrentSystem does not
+// show it: not an error, but the next tick will not see it and will
+// switch again. Most likely CurrentSystem is configured wrong.
+func (a *Activator) checkCurrent(toplevel, op string) {
+	if now, err := a.Current(); err == nil && now != toplevel {
+		a.logf("warning: after switch-to-configuration %s, %s points at %q, not %s: check the current-system path", op, a.paths().CurrentSystem, now, toplevel)
+	}
 }
 
 // Rollback returns to previous, the system the caller recorded with

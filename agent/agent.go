@@ -346,10 +346,42 @@ func (t *tick) activator(log io.Writer) *activate.Activator {
 	}
 }
 
+// run is one tick. Each step either ends the tick (a pending operation
+// to settle, nothing published, a refused publication) or hands on to
+// the next; the decision table at the end is the whole policy.
 func (t *tick) run(ctx context.Context) (Outcome, error) {
-	st, note, err := loadState(t.cfg.StateDir, t.o.Now())
+	st, err := t.loadTickState()
 	if err != nil {
 		return Outcome{}, err
+	}
+	if out, done, err := t.settlePending(ctx, &st); done {
+		return out, err
+	}
+	if err := t.connectAndFlush(ctx, st); err != nil {
+		return Outcome{}, err
+	}
+	head, out, done, err := t.publishedHead(ctx, &st)
+	if done {
+		return out, err
+	}
+	now := t.o.Now()
+	d, due := t.decideHead(st, head, now)
+	switch d {
+	case upToDate:
+		return t.stayUpToDate(ctx, &st, head)
+	case waitRetry:
+		return t.waitForRetry(ctx, &st, head, due)
+	}
+	return t.applyPublished(ctx, &st, head, now)
+}
+
+// loadTickState reads the state a tick starts from, and clears what an
+// earlier tick killed mid-way may have left (a half-staged tree, an
+// outcome recorded but not yet in the state).
+func (t *tick) loadTickState() (State, error) {
+	st, note, err := loadState(t.cfg.StateDir, t.o.Now())
+	if err != nil {
+		return State{}, err
 	}
 	t.note(note)
 	t.pins = pinnedKeys(t.pubKeys, st)
@@ -357,26 +389,39 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		t.note(err.Error())
 	}
 	if err := t.store.Clean(); err != nil {
-		return Outcome{}, err
+		return State{}, err
 	}
 	if err := t.adoptRecordedOutcome(&st); err != nil {
-		return Outcome{}, err
+		return State{}, err
 	}
-	if bootPending(st) {
+	return st, nil
+}
+
+// settlePending finishes an operation an earlier tick left open, before
+// anything new is fetched: the host may run a system nobody confirmed.
+// done: the tick ends with out.
+func (t *tick) settlePending(ctx context.Context, st *State) (out Outcome, done bool, err error) {
+	if bootPending(*st) {
 		// A boot operation whose health checks wait for the reboot.
-		if out, done, err := t.settleBoot(ctx, &st); done {
-			return out, err
-		}
-	} else if st.Switch != nil {
-		// Before anything else: the host may run a system nobody confirmed.
-		return t.recoverSwitch(ctx, &st)
+		return t.settleBoot(ctx, st)
 	}
+	if st.Switch != nil {
+		out, err := t.recoverSwitch(ctx, st)
+		return out, true, err
+	}
+	return Outcome{}, false, nil
+}
+
+// connectAndFlush reaches a server and delivers the reports queued while
+// none could be reached. Secrets are repaired even when no server
+// answers: they do not depend on it.
+func (t *tick) connectAndFlush(ctx context.Context, st State) error {
 	if err := t.connect(ctx, t.cfg.ConnectAttempts); err != nil {
 		t.repairSecrets(ctx, st)
 		if n, _ := t.queue.List(); len(n) > 0 {
-			return Outcome{}, fmt.Errorf("%w (%d reports wait in %s)", err, len(n), t.queue.Dir)
+			return fmt.Errorf("%w (%d reports wait in %s)", err, len(n), t.queue.Dir)
 		}
-		return Outcome{}, err
+		return err
 	}
 	if err := t.flush(ctx); err != nil {
 		// Undeliverable reports must not keep the host from updating:
@@ -384,69 +429,98 @@ func (t *tick) run(ctx context.Context) (Outcome, error) {
 		// the connection is gone).
 		t.log.Warn("queued reports not delivered", "err", err)
 	}
+	return nil
+}
 
-	head, err := t.readHead(ctx)
+// publishedHead reads the head of the published manifest. done: the tick
+// ends with out (nothing published, a publication refused, an error).
+func (t *tick) publishedHead(ctx context.Context, st *State) (head manifestHead, out Outcome, done bool, err error) {
+	head, err = t.readHead(ctx)
 	if transport.IsNotExist(err) {
 		t.say("nothing is published for %s yet (no %s in its chroot): run bento deploy on the server", t.cfg.Host, manifest.ManifestFile)
-		return Outcome{Action: ActionUnpublished}, nil
+		return head, Outcome{Action: ActionUnpublished}, true, nil
 	}
 	var bad *badManifest
 	if errors.As(err, &bad) && !bad.otherHost {
-		// Report what is wrong with the publication (once per retry
-		// period), so the operator sees it in bento status.
-		if d, due := decide(st, bad.head.versionOr("invalid"), bad.head.Expected, t.o.Now(), t.retry); d == waitRetry {
-			return Outcome{Action: ActionWaiting}, fmt.Errorf("%w (reported; next check after %s)", err, due.Format(time.RFC3339))
-		}
-		return t.refuse(ctx, &st, bad.head, err)
+		out, err := t.refuseHead(ctx, st, bad, err)
+		return head, out, true, err
 	}
 	if err != nil {
-		return Outcome{}, err
+		return head, Outcome{}, true, err
 	}
-	now := t.o.Now()
+	return head, Outcome{}, false, nil
+}
+
+// refuseHead reports what is wrong with the publication once per retry
+// period, so the operator sees it in bento status without every tick
+// reporting it again.
+func (t *tick) refuseHead(ctx context.Context, st *State, bad *badManifest, err error) (Outcome, error) {
+	if d, due := decide(*st, bad.head.versionOr("invalid"), bad.head.Expected, t.o.Now(), t.retry); d == waitRetry {
+		return Outcome{Action: ActionWaiting}, fmt.Errorf("%w (reported; next check after %s)", err, due.Format(time.RFC3339))
+	}
+	return t.refuse(ctx, st, bad.head, err)
+}
+
+// decideHead is decide, with --now overriding a retry wait (but not an
+// attempt still marked running: that one is reported first).
+func (t *tick) decideHead(st State, head manifestHead, now time.Time) (decision, time.Time) {
 	d, due := decide(st, head.Version, head.Expected, now, t.retry)
 	if d == waitRetry && t.o.RetryNow && !st.Attempt.Running {
 		t.say("--now: trying version %s again without waiting for its retry (due %s)", head.Version, due.Format(time.RFC3339))
 		d = apply
 	}
-	if d == upToDate && len(t.pins) > 0 && head.Sequence > st.Publication.Sequence {
+	return d, due
+}
+
+// stayUpToDate handles the version already applied.
+func (t *tick) stayUpToDate(ctx context.Context, st *State, head manifestHead) (Outcome, error) {
+	if len(t.pins) > 0 && head.Sequence > st.Publication.Sequence {
 		// The same version, published anew (re-signed, a next key
 		// announced): nothing to apply, but verified and remembered.
-		if err := t.acceptSame(ctx, &st); err != nil {
-			return t.refuse(ctx, &st, head, err)
+		if err := t.acceptSame(ctx, st); err != nil {
+			return t.refuse(ctx, st, head, err)
 		}
 	}
-	switch d {
-	case upToDate:
-		if t.cfg.SelfUpdate {
-			return t.selfUpdate(ctx, &st, head)
-		}
-		return t.upToDate(ctx, st, head)
-	case waitRetry:
-		out := Outcome{Action: ActionWaiting}
-		var cause error
-		if st.Attempt.Running {
-			out, cause = t.reportInterrupted(ctx, &st)
-		} else {
-			t.say("version %s failed %d time(s) (%s); next retry after %s", head.Version, st.Attempt.Count, st.Attempt.Result, due.Format(time.RFC3339))
-			cause = fmt.Errorf("version %s failed; next retry after %s", head.Version, due.Format(time.RFC3339))
-		}
-		t.repairSecrets(ctx, st)
-		rebooted, rerr := t.rebootIfDue(ctx, t.activator(t.o.Out))
-		out.Rebooted = rebooted
-		return out, errors.Join(cause, rerr)
+	if t.cfg.SelfUpdate {
+		return t.selfUpdate(ctx, st, head)
 	}
+	return t.upToDate(ctx, *st, head)
+}
+
+// waitForRetry handles a version that failed and is not due again yet:
+// an attempt a crash interrupted is reported now, and the upkeep that
+// does not depend on the version (secrets, a due reboot) still happens.
+func (t *tick) waitForRetry(ctx context.Context, st *State, head manifestHead, due time.Time) (Outcome, error) {
+	out := Outcome{Action: ActionWaiting}
+	var cause error
+	if st.Attempt.Running {
+		out, cause = t.reportInterrupted(ctx, st)
+	} else {
+		t.say("version %s failed %d time(s) (%s); next retry after %s", head.Version, st.Attempt.Count, st.Attempt.Result, due.Format(time.RFC3339))
+		cause = fmt.Errorf("version %s failed; next retry after %s", head.Version, due.Format(time.RFC3339))
+	}
+	t.repairSecrets(ctx, *st)
+	rebooted, rerr := t.rebootIfDue(ctx, t.activator(t.o.Out))
+	out.Rebooted = rebooted
+	return out, errors.Join(cause, rerr)
+}
+
+// applyPublished reads the whole manifest of a new version, refuses it
+// if it is stale or not this host's, and applies it.
+func (t *tick) applyPublished(ctx context.Context, st *State, head manifestHead, now time.Time) (Outcome, error) {
 	m, err := t.readManifest(ctx)
+	var bad *badManifest
 	if errors.As(err, &bad) && !bad.otherHost {
-		return t.refuse(ctx, &st, head, err)
+		return t.refuse(ctx, st, head, err)
 	}
 	if err != nil {
 		return Outcome{}, err
 	}
-	if err := checkFresh(st, m, len(t.pins) > 0, time.Duration(t.cfg.MaxPublicationAge), now); err != nil {
-		return t.refuse(ctx, &st, head, err)
+	if err := checkFresh(*st, m, len(t.pins) > 0, time.Duration(t.cfg.MaxPublicationAge), now); err != nil {
+		return t.refuse(ctx, st, head, err)
 	}
 	st.accept(m, t.pubKeys)
-	return t.apply(ctx, &st, m)
+	return t.apply(ctx, st, m)
 }
 
 // acceptSame verifies the manifest of the version already applied and

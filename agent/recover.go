@@ -72,54 +72,78 @@ func (t *tick) recoverSwitch(ctx context.Context, st *State) (Outcome, error) {
 		t.cfg.Host, j.Version, j.Op, j.To, orNone(j.From), j.At.Format(time.RFC3339))
 	cur, _ := act.Current()
 	prof, _ := act.ProfileTarget()
-	var inEffect bool
-	switch j.Op {
-	case activate.OpTest:
-		inEffect = cur == j.To
-	case activate.OpBoot:
-		inEffect = prof == j.To
-	default:
-		inEffect = cur == j.To && prof == j.To
-	}
-	actx := context.WithoutCancel(ctx)
-	if inEffect && j.Phase == phaseChecking {
-		// Killed during the health checks: the guard is still armed.
-		cause := fmt.Errorf("the agent stopped during the health checks of %s (killed, out of memory, a power cut?): it was never found healthy, so it is not kept", j.To)
-		op := t.cfg.Operation
-		if j.Op == activate.OpBoot {
-			// After the reboot into it: leave the running system now.
-			op = activate.OpSwitch
-			if j.From != "" {
-				st.AppliedVersion, st.AppliedSystem = j.FromVersion, j.From
-			}
-		}
-		return t.rollbackOp(actx, st, &rep, log, act, j.From, op, manifest.RollbackHealthCheck, cause)
-	}
-	if inEffect && j.Phase == phaseSwitching {
-		if j.Op == activate.OpBoot {
-			log.Printf("%s is the boot default; it runs after the next reboot", j.To)
-			return t.recovered(ctx, st, &rep, log, j, manifest.StageSwitched)
-		}
-		err := t.connect(ctx, t.cfg.ConnectAttempts)
-		if err == nil {
-			log.Printf("%s runs and the server answers: confirmed", j.To)
-			if ferr := t.flush(ctx); ferr != nil {
-				t.log.Warn("queued reports not delivered", "err", ferr)
-			}
-			return t.recovered(ctx, st, &rep, log, j, manifest.StageConfirmed)
-		}
-		if ctx.Err() != nil {
-			return Outcome{}, err
-		}
-		now := t.o.Now()
-		if now.Before(j.ConfirmBy) {
-			t.say("the switch to %s is not confirmed: it is rolled back if the server is still unreachable after %s", j.To, j.ConfirmBy.Format(time.RFC3339))
-			return Outcome{Action: ActionWaiting}, fmt.Errorf("%w (switch to %s not confirmed; rolled back after %s)", err, j.To, j.ConfirmBy.Format(time.RFC3339))
-		}
-		cause := fmt.Errorf("%w: the switch was not confirmed by %s and the server is still unreachable: %v", activate.ErrUnconfirmed, j.ConfirmBy.Format(time.RFC3339), err)
-		return t.rollback(actx, st, &rep, log, act, j.From, manifest.RollbackServerUnreachable, cause)
+	inEffect := j.inEffect(cur, prof)
+	switch {
+	case inEffect && j.Phase == phaseChecking:
+		return t.rollbackUnchecked(ctx, st, &rep, log, act, j)
+	case inEffect && j.Phase == phaseSwitching:
+		return t.settleSwitched(ctx, st, &rep, log, act, j)
 	}
 	// Not in effect, or a rollback was under way.
+	return t.settleNotInEffect(ctx, st, &rep, log, act, j, cur, prof)
+}
+
+// inEffect says whether the journal's target took, by what its operation
+// changes: the running system (test), the boot default (boot), or both.
+func (j SwitchJournal) inEffect(cur, prof string) bool {
+	switch j.Op {
+	case activate.OpTest:
+		return cur == j.To
+	case activate.OpBoot:
+		return prof == j.To
+	}
+	return cur == j.To && prof == j.To
+}
+
+// rollbackUnchecked rolls back a system the agent was killed while
+// checking: the guard is still armed, and no check found it healthy.
+func (t *tick) rollbackUnchecked(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, act *activate.Activator, j SwitchJournal) (Outcome, error) {
+	cause := fmt.Errorf("the agent stopped during the health checks of %s (killed, out of memory, a power cut?): it was never found healthy, so it is not kept", j.To)
+	op := t.cfg.Operation
+	if j.Op == activate.OpBoot {
+		// After the reboot into it: leave the running system now.
+		op = activate.OpSwitch
+		if j.From != "" {
+			st.AppliedVersion, st.AppliedSystem = j.FromVersion, j.From
+		}
+	}
+	return t.rollbackOp(context.WithoutCancel(ctx), st, rep, log, act, j.From, op, manifest.RollbackHealthCheck, cause)
+}
+
+// settleSwitched settles a system that took but was not confirmed: the
+// server answering now confirms it; past the confirmation deadline
+// without an answer it is rolled back; before the deadline a later tick
+// decides.
+func (t *tick) settleSwitched(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, act *activate.Activator, j SwitchJournal) (Outcome, error) {
+	if j.Op == activate.OpBoot {
+		log.Printf("%s is the boot default; it runs after the next reboot", j.To)
+		return t.recovered(ctx, st, rep, log, j, manifest.StageSwitched)
+	}
+	err := t.connect(ctx, t.cfg.ConnectAttempts)
+	if err == nil {
+		log.Printf("%s runs and the server answers: confirmed", j.To)
+		if ferr := t.flush(ctx); ferr != nil {
+			t.log.Warn("queued reports not delivered", "err", ferr)
+		}
+		return t.recovered(ctx, st, rep, log, j, manifest.StageConfirmed)
+	}
+	if ctx.Err() != nil {
+		return Outcome{}, err
+	}
+	now := t.o.Now()
+	if now.Before(j.ConfirmBy) {
+		t.say("the switch to %s is not confirmed: it is rolled back if the server is still unreachable after %s", j.To, j.ConfirmBy.Format(time.RFC3339))
+		return Outcome{Action: ActionWaiting}, fmt.Errorf("%w (switch to %s not confirmed; rolled back after %s)", err, j.To, j.ConfirmBy.Format(time.RFC3339))
+	}
+	cause := fmt.Errorf("%w: the switch was not confirmed by %s and the server is still unreachable: %v", activate.ErrUnconfirmed, j.ConfirmBy.Format(time.RFC3339), err)
+	return t.rollback(context.WithoutCancel(ctx), st, rep, log, act, j.From, manifest.RollbackServerUnreachable, cause)
+}
+
+// settleNotInEffect puts the machine back on the system before if it is
+// not there, and counts the attempt as failed (or rolled back, when the
+// rollback itself was interrupted), so its retry delay applies.
+func (t *tick) settleNotInEffect(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, act *activate.Activator, j SwitchJournal, cur, prof string) (Outcome, error) {
+	actx := context.WithoutCancel(ctx)
 	var cause error
 	if j.Phase == phaseRollingBack {
 		cause = errors.New("the agent stopped while rolling back")
@@ -128,15 +152,15 @@ func (t *tick) recoverSwitch(ctx context.Context, st *State) (Outcome, error) {
 	}
 	onFrom := cur == j.From && (j.Op == activate.OpTest || prof == j.From)
 	if j.From != "" && !onFrom {
-		return t.rollback(actx, st, &rep, log, act, j.From, manifest.RollbackInterrupted, cause)
+		return t.rollback(actx, st, rep, log, act, j.From, manifest.RollbackInterrupted, cause)
 	}
 	log.Printf("%v; the machine runs %s", cause, orNone(cur))
 	if j.Phase == phaseRollingBack {
 		rep.RollbackReason = manifest.RollbackInterrupted
 		rep.Stage, rep.Result, rep.Error = manifest.StageRolledBack, manifest.ResultRolledBack, cause.Error()
-		return t.finishAttempt(actx, st, &rep, log, ActionRolledBack, cause)
+		return t.finishAttempt(actx, st, rep, log, ActionRolledBack, cause)
 	}
-	return t.failAttempt(actx, st, &rep, log, cause)
+	return t.failAttempt(actx, st, rep, log, cause)
 }
 
 // recovered records an interrupted activation found in effect.

@@ -69,33 +69,10 @@ func (es HostErrors) Error() string {
 // Discover evaluates the fleet at opts.Ref. With KeepGoing, a fleet is
 // returned together with a HostErrors error when some hosts failed.
 func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, error) {
-	ref := opts.Ref
-	if ref == "" {
-		ref = "."
+	f, err := locateFleet(ctx, opts.Ref)
+	if err != nil {
+		return nil, err
 	}
-	f := &fleet.Fleet{Ref: ref, Layout: fleet.LayoutFlake}
-	if dir, ok := localDir(ref); ok {
-		if _, err := os.Stat(dir); err != nil {
-			return nil, fmt.Errorf("fleet %s: %w", ref, err)
-		}
-		f.Dir = dir
-		switch {
-		case exists(filepath.Join(dir, "flake.nix")):
-			if err := checkTracked(ctx, dir); err != nil {
-				return nil, fmt.Errorf("fleet %s: %w", ref, err)
-			}
-			f.Ref = strings.TrimPrefix(dir, "path:")
-			if strings.HasPrefix(ref, "path:") {
-				f.Ref = "path:" + dir
-			}
-		case hasClassicHosts(dir):
-			f.Layout = fleet.LayoutClassic
-			f.Ref = dir
-		default:
-			return nil, fmt.Errorf("fleet %s: no flake.nix and no hosts/<name>/configuration.nix there; point --flake at your fleet's flake", ref)
-		}
-	}
-
 	hint := &untrackedHinter{ctx: ctx, dir: f.Dir}
 	names, err := listHosts(ctx, r, f)
 	if err != nil {
@@ -104,15 +81,7 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 		}
 		return nil, err
 	}
-	var errs HostErrors
-	var valid []string
-	for _, n := range names {
-		if err := fleet.ValidateName(n); err != nil {
-			errs = append(errs, &fleet.HostError{Host: n, Err: err})
-			continue
-		}
-		valid = append(valid, n)
-	}
+	valid, errs := validNames(names)
 	if len(errs) > 0 && !opts.KeepGoing {
 		return nil, errs
 	}
@@ -125,6 +94,70 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 		e.Err = hint.explain(e.Err)
 	}
 	errs = append(errs, evalErrs...)
+	hosts, agentErrs := dropMisnamedAgents(hosts)
+	errs = append(errs, agentErrs...)
+	sort.Slice(errs, func(i, j int) bool { return errs[i].Host < errs[j].Host })
+	f.Hosts = hosts
+	if len(errs) == 0 {
+		return f, nil
+	}
+	if !opts.KeepGoing {
+		return nil, errs
+	}
+	return f, errs
+}
+
+// locateFleet resolves ref (default ".") to a fleet with its layout: a
+// local directory is checked here, where the fix can be named, rather
+// than left to a Nix error that does not say what is missing.
+func locateFleet(ctx context.Context, ref string) (*fleet.Fleet, error) {
+	if ref == "" {
+		ref = "."
+	}
+	f := &fleet.Fleet{Ref: ref, Layout: fleet.LayoutFlake}
+	dir, ok := localDir(ref)
+	if !ok {
+		return f, nil
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("fleet %s: %w", ref, err)
+	}
+	f.Dir = dir
+	switch {
+	case exists(filepath.Join(dir, "flake.nix")):
+		if err := checkTracked(ctx, dir); err != nil {
+			return nil, fmt.Errorf("fleet %s: %w", ref, err)
+		}
+		f.Ref = strings.TrimPrefix(dir, "path:")
+		if strings.HasPrefix(ref, "path:") {
+			f.Ref = "path:" + dir
+		}
+	case hasClassicHosts(dir):
+		f.Layout = fleet.LayoutClassic
+		f.Ref = dir
+	default:
+		return nil, fmt.Errorf("fleet %s: no flake.nix and no hosts/<name>/configuration.nix there; point --flake at your fleet's flake", ref)
+	}
+	return f, nil
+}
+
+// validNames splits the fleet's host names into those safe to evaluate
+// and an error for each of the others.
+func validNames(names []string) (valid []string, errs HostErrors) {
+	for _, n := range names {
+		if err := fleet.ValidateName(n); err != nil {
+			errs = append(errs, &fleet.HostError{Host: n, Err: err})
+			continue
+		}
+		valid = append(valid, n)
+	}
+	return valid, errs
+}
+
+// dropMisnamedAgents removes the hosts whose agent would refuse every
+// publication (fleet.Host.CheckAgentHost), with an error for each.
+func dropMisnamedAgents(hosts []fleet.Host) ([]fleet.Host, HostErrors) {
+	var errs HostErrors
 	hosts = slices.DeleteFunc(hosts, func(h fleet.Host) bool {
 		if err := h.CheckAgentHost(); err != nil {
 			errs = append(errs, &fleet.HostError{Host: h.Name, Err: err})
@@ -132,15 +165,7 @@ func Discover(ctx context.Context, r *nix.Runner, opts Options) (*fleet.Fleet, e
 		}
 		return false
 	})
-	sort.Slice(errs, func(i, j int) bool { return errs[i].Host < errs[j].Host })
-	f.Hosts = hosts
-	if len(errs) > 0 {
-		if !opts.KeepGoing {
-			return nil, errs
-		}
-		return f, errs
-	}
-	return f, nil
+	return hosts, errs
 }
 
 // localDir tells whether ref names a local directory, and which.
@@ -290,65 +315,93 @@ func forEachChunk(ctx context.Context, names []string, opts Options, fallback bo
 	if budget <= 0 {
 		budget = SystemBudget()
 	}
-	chunker := NewChunker(names, jobs, budget, opts.ChunkSize)
-	var mu sync.Mutex
-	var errs HostErrors
-	addErr := func(e *fleet.HostError) {
-		mu.Lock()
-		errs = append(errs, e)
-		mu.Unlock()
-		if !opts.KeepGoing {
-			chunker.Stop()
-		}
-	}
+	c := &chunkRun{opts: opts, fallback: fallback, eval: eval, keep: keep, chunker: NewChunker(names, jobs, budget, opts.ChunkSize)}
 	g, gctx := errgroup.WithContext(ctx)
 	for range jobs {
-		g.Go(func() error {
-			for chunk := chunker.Next(); chunk != nil; chunk = chunker.Next() {
-				var rss int64
-				if opts.ChunkStarted != nil {
-					opts.ChunkStarted(chunk)
-				}
-				vals, err := eval(gctx, chunk, &rss)
-				if err == nil {
-					chunker.Observe(len(chunk), rss)
-					for _, n := range chunk {
-						keep(n, vals[n])
-					}
-					continue
-				}
-				if gctx.Err() != nil {
-					return gctx.Err()
-				}
-				if len(chunk) == 1 || !fallback {
-					for _, n := range chunk {
-						addErr(&fleet.HostError{Host: n, Err: hostCause(err)})
-					}
-					continue
-				}
-				for _, n := range chunk {
-					vals, err := eval(gctx, []string{n}, &rss)
-					if err != nil {
-						if gctx.Err() != nil {
-							return gctx.Err()
-						}
-						addErr(&fleet.HostError{Host: n, Err: hostCause(err)})
-						if !opts.KeepGoing {
-							break
-						}
-						continue
-					}
-					keep(n, vals[n])
-				}
-			}
-			return nil
-		})
+		g.Go(func() error { return c.work(gctx) })
 	}
 	if err := g.Wait(); err != nil {
 		return HostErrors{{Host: "*", Err: err}}
 	}
-	sort.Slice(errs, func(i, j int) bool { return errs[i].Host < errs[j].Host })
-	return errs
+	sort.Slice(c.errs, func(i, j int) bool { return c.errs[i].Host < c.errs[j].Host })
+	return c.errs
+}
+
+// chunkRun is what the workers of one forEachChunk share.
+type chunkRun struct {
+	opts     Options
+	fallback bool
+	eval     chunkFunc
+	keep     func(string, gjson.Result)
+	chunker  *Chunker
+
+	mu   sync.Mutex
+	errs HostErrors
+}
+
+func (c *chunkRun) addErr(e *fleet.HostError) {
+	c.mu.Lock()
+	c.errs = append(c.errs, e)
+	c.mu.Unlock()
+	if !c.opts.KeepGoing {
+		c.chunker.Stop()
+	}
+}
+
+// work evaluates chunks until none is left; an error ends it only when
+// ctx ended (a host's error is recorded, not returned).
+func (c *chunkRun) work(ctx context.Context) error {
+	for chunk := c.chunker.Next(); chunk != nil; chunk = c.chunker.Next() {
+		if err := c.chunk(ctx, chunk); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *chunkRun) chunk(ctx context.Context, chunk []string) error {
+	var rss int64
+	if c.opts.ChunkStarted != nil {
+		c.opts.ChunkStarted(chunk)
+	}
+	vals, err := c.eval(ctx, chunk, &rss)
+	if err == nil {
+		c.chunker.Observe(len(chunk), rss)
+		for _, n := range chunk {
+			c.keep(n, vals[n])
+		}
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if len(chunk) == 1 || !c.fallback {
+		for _, n := range chunk {
+			c.addErr(&fleet.HostError{Host: n, Err: hostCause(err)})
+		}
+		return nil
+	}
+	return c.oneByOne(ctx, chunk, &rss)
+}
+
+// oneByOne evaluates a failed chunk's hosts each on its own, so that the
+// error names the host and the others are still known.
+func (c *chunkRun) oneByOne(ctx context.Context, chunk []string, rss *int64) error {
+	for _, n := range chunk {
+		vals, err := c.eval(ctx, []string{n}, rss)
+		if err == nil {
+			c.keep(n, vals[n])
+			continue
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.addErr(&fleet.HostError{Host: n, Err: hostCause(err)})
+		if !c.opts.KeepGoing {
+			return nil
+		}
+	}
+	return nil
 }
 
 // hostCause strips the command from a nix error: the host is already named.

@@ -514,6 +514,8 @@ func changes(l lastReport, hash string, a absence) bool {
 	return l.hash != hash || l.absence != present
 }
 
+// recordOne records o as an event when it changes what is known of its
+// host (see changes), and returns how many events it recorded.
 func recordOne(ctx context.Context, tx *sql.Tx, o Observation, hash string, last map[string]lastReport) (int, error) {
 	host := bound(o.Host, maxShort)
 	l := last[host]
@@ -526,37 +528,62 @@ func recordOne(ctx context.Context, tx *sql.Tx, o Observation, hash string, last
 		now = time.Now()
 	}
 	if a != present {
-		kind := KindReportGone
-		if a == unreadable {
-			kind = KindReportUnreadable
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO events (at, host, kind, state, error) VALUES (?, ?, ?, ?, ?)`,
-			now.UnixMilli(), host, kind, bound(o.State, maxShort), bound(o.Unreadable, maxText)); err != nil {
-			return 0, err
-		}
-		_, err := tx.ExecContext(ctx, `UPDATE hosts SET absence = ? WHERE host = ?`, a, host)
-		l.absence = a
-		last[host] = l
-		return 1, err
+		return recordAbsence(ctx, tx, o, host, a, now, last)
 	}
-	r := o.Report
-	finished := millis(r.FinishedAt)
-	kind := KindReport
+	finished := millis(o.Report.FinishedAt)
+	kind, err := reportKind(ctx, tx, l, host, hash, finished)
+	if err != nil {
+		return 0, err
+	}
+	if err := recordReport(ctx, tx, o, host, hash, kind, now); err != nil {
+		return 0, err
+	}
+	last[host] = lastReport{hash: hash, finishedAt: finished}
+	return 1, nil
+}
+
+// recordAbsence records a host's report gone or unreadable.
+func recordAbsence(ctx context.Context, tx *sql.Tx, o Observation, host string, a absence, now time.Time, last map[string]lastReport) (int, error) {
+	kind := KindReportGone
+	if a == unreadable {
+		kind = KindReportUnreadable
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events (at, host, kind, state, error) VALUES (?, ?, ?, ?, ?)`,
+		now.UnixMilli(), host, kind, bound(o.State, maxShort), bound(o.Unreadable, maxText)); err != nil {
+		return 0, err
+	}
+	_, err := tx.ExecContext(ctx, `UPDATE hosts SET absence = ? WHERE host = ?`, a, host)
+	l := last[host]
+	l.absence = a
+	last[host] = l
+	return 1, err
+}
+
+// reportKind tells a new report from one back unchanged after it was
+// gone (restored) and from one going back (regressed): an older
+// finishedAt, or a report already recorded, even if not the last.
+func reportKind(ctx context.Context, tx *sql.Tx, l lastReport, host, hash string, finished int64) (string, error) {
 	switch {
 	case l.absence != present && l.hash == hash:
-		kind = KindReportRestored
+		return KindReportRestored, nil
 	case l.hash != "" && finished < l.finishedAt:
-		kind = KindReportRegressed
-	default:
-		var seen int
-		err := tx.QueryRowContext(ctx, `SELECT count(*) FROM events WHERE host = ? AND kind = 'report' AND report_hash = ?`, host, hash).Scan(&seen)
-		if err != nil {
-			return 0, err
-		}
-		if seen > 0 {
-			kind = KindReportRegressed
-		}
+		return KindReportRegressed, nil
 	}
+	var seen int
+	err := tx.QueryRowContext(ctx, `SELECT count(*) FROM events WHERE host = ? AND kind = 'report' AND report_hash = ?`, host, hash).Scan(&seen)
+	if err != nil {
+		return "", err
+	}
+	if seen > 0 {
+		return KindReportRegressed, nil
+	}
+	return KindReport, nil
+}
+
+// recordReport records o's report as an event of kind, and makes it the
+// host's last.
+func recordReport(ctx context.Context, tx *sql.Tx, o Observation, host, hash, kind string, now time.Time) error {
+	r := o.Report
 	reason := o.Reason
 	if reason == "" {
 		reason = reasonOf(r)
@@ -577,15 +604,12 @@ func recordOne(ctx context.Context, tx *sql.Tx, o Observation, hash string, last
 		bound(o.State, maxShort), bound(string(r.Stage), maxShort), bound(string(r.Result), maxShort),
 		bound(system, maxPath), bound(r.ExpectedToplevel, maxPath), bound(reason, maxText), bound(r.Error, maxText),
 		bound(r.Log, maxShort), nullMillis(r.StartedAt), nullMillis(r.FinishedAt), hash); err != nil {
-		return 0, err
+		return err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO hosts (host, report_hash, finished_at, absence) VALUES (?, ?, ?, 0)
+	_, err := tx.ExecContext(ctx, `INSERT INTO hosts (host, report_hash, finished_at, absence) VALUES (?, ?, ?, 0)
 			ON CONFLICT (host) DO UPDATE SET report_hash = excluded.report_hash, finished_at = excluded.finished_at, absence = 0`,
-		host, hash, finished); err != nil {
-		return 0, err
-	}
-	last[host] = lastReport{hash: hash, finishedAt: finished}
-	return 1, nil
+		host, hash, millis(r.FinishedAt))
+	return err
 }
 
 // Prune deletes the events older than before and returns how many.

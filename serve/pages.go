@@ -253,39 +253,67 @@ func (s *Server) fleetView(v view, f filter) fleetView {
 	if v.snap == nil {
 		return fv
 	}
-	tags := map[string]bool{}
-	tagged := map[string]bool{}
-	if fl := s.o.Status.Fleet; fl != nil {
-		for _, h := range fl.Hosts {
-			for _, t := range h.Options.Tags {
-				tags[t] = true
-			}
-		}
-		if f.Tag != "" {
-			picked, _ := fleet.Select(fl.Hosts, []string{"@" + f.Tag})
-			for _, h := range picked {
-				tagged[h.Name] = true
-			}
-		}
-	} else {
-		fv.NoTags = true
-	}
-	for t := range tags {
-		fv.Tags = append(fv.Tags, t)
-	}
-	slices.Sort(fv.Tags)
+	var tagged map[string]bool
+	fv.Tags, tagged, fv.NoTags = fleetTags(s.o.Status.Fleet, f.Tag)
 
 	snap := v.snap
 	fv.Rollout, fv.RolloutErr = s.rollout(snap.GeneratedAt)
 	fv.Total, fv.Secrets, fv.ExitCode = snap.Summary.Total, snap.Summary.SecretErrors, snap.ExitCode
+	fv.Counters = stateCounters(snap, f)
+	rows := filterRows(snap.Hosts, f, tagged)
+	status.SortRows(rows, f.Sort) // checked by parseFilter
+	now := snap.GeneratedAt
+	fv.Rows = make([]rowView, len(rows))
+	for i := range rows {
+		fv.Rows[i] = makeRow(&rows[i], now)
+	}
+	return fv
+}
+
+// fleetTags lists the fleet's tags, sorted, and the hosts that tag picks
+// ("" picks none). Without the fleet's evaluation (noTags) there are no
+// tags to offer.
+func fleetTags(fl *fleet.Fleet, tag string) (tags []string, tagged map[string]bool, noTags bool) {
+	tagged = map[string]bool{}
+	if fl == nil {
+		return nil, tagged, true
+	}
+	seen := map[string]bool{}
+	for _, h := range fl.Hosts {
+		for _, t := range h.Options.Tags {
+			seen[t] = true
+		}
+	}
+	if tag != "" {
+		picked, _ := fleet.Select(fl.Hosts, []string{"@" + tag})
+		for _, h := range picked {
+			tagged[h.Name] = true
+		}
+	}
+	for t := range seen {
+		tags = append(tags, t)
+	}
+	slices.Sort(tags)
+	return tags, tagged, false
+}
+
+// stateCounters counts the hosts in each state the snapshot has, in
+// status.States order; each links to the page filtered by it.
+func stateCounters(snap *status.Snapshot, f filter) []counter {
+	var out []counter
 	for _, st := range status.States {
 		if n := snap.Summary.States[st]; n > 0 {
-			fv.Counters = append(fv.Counters, counter{State: string(st), N: n, Class: stateClass(st),
+			out = append(out, counter{State: string(st), N: n, Class: stateClass(st),
 				Href: "/" + f.query("state", string(st)), Active: f.State == string(st)})
 		}
 	}
-	rows := make([]status.Row, 0, len(snap.Hosts))
-	for _, row := range snap.Hosts {
+	return out
+}
+
+// filterRows keeps the rows the filter's state, tag and name all match.
+func filterRows(hosts []status.Row, f filter, tagged map[string]bool) []status.Row {
+	rows := make([]status.Row, 0, len(hosts))
+	for _, row := range hosts {
 		switch {
 		case f.State != "" && string(row.State) != f.State:
 		case f.Tag != "" && !tagged[row.Host]:
@@ -294,13 +322,7 @@ func (s *Server) fleetView(v view, f filter) fleetView {
 			rows = append(rows, row)
 		}
 	}
-	status.SortRows(rows, f.Sort) // checked by parseFilter
-	now := snap.GeneratedAt
-	fv.Rows = make([]rowView, len(rows))
-	for i := range rows {
-		fv.Rows[i] = makeRow(&rows[i], now)
-	}
-	return fv
+	return rows
 }
 
 func makeRow(r *status.Row, now time.Time) rowView {

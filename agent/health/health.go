@@ -89,6 +89,14 @@ func (c Check) Validate() error {
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("healthChecks.%s: "+format, append([]any{c.Name}, args...)...))
 	}
+	c.validateKind(bad)
+	c.validateLimits(bad)
+	return errors.Join(errs...)
+}
+
+// validateKind checks the one kind c must be (unit, command or http) and
+// that kind's own settings.
+func (c Check) validateKind(bad func(format string, args ...any)) {
 	kinds := 0
 	if c.Unit != "" {
 		kinds++
@@ -104,13 +112,7 @@ func (c Check) Validate() error {
 	}
 	if c.HTTP != nil {
 		kinds++
-		u, err := url.Parse(c.HTTP.URL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("http.url %q is not an http:// or https:// URL", c.HTTP.URL)
-		}
-		if c.HTTP.ExpectStatus < 100 || c.HTTP.ExpectStatus > 599 {
-			bad("http.expectStatus %d is not an HTTP status (100-599)", c.HTTP.ExpectStatus)
-		}
+		c.HTTP.validate(bad)
 	}
 	if kinds != 1 {
 		bad("set exactly one of unit, command and http (%d set)", kinds)
@@ -118,6 +120,21 @@ func (c Check) Validate() error {
 	if c.User != "" && len(c.Command) == 0 {
 		bad("user is only for command checks")
 	}
+}
+
+func (h *HTTP) validate(bad func(format string, args ...any)) {
+	u, err := url.Parse(h.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("http.url %q is not an http:// or https:// URL", h.URL)
+	}
+	if h.ExpectStatus < 100 || h.ExpectStatus > 599 {
+		bad("http.expectStatus %d is not an HTTP status (100-599)", h.ExpectStatus)
+	}
+}
+
+// validateLimits keeps c's timing within what a switch's confirmation
+// can wait for.
+func (c Check) validateLimits(bad func(format string, args ...any)) {
 	for _, d := range []struct {
 		name     string
 		v        time.Duration
@@ -134,7 +151,6 @@ func (c Check) Validate() error {
 	if c.Retries < 0 || c.Retries > MaxRetries {
 		bad("retries %d is out of range: it must be from 0 to %d", c.Retries, MaxRetries)
 	}
-	return errors.Join(errs...)
 }
 
 // Budget is the longest c can take, given the grace a stopped process
