@@ -181,5 +181,5 @@ echo "Logs of the host that rolled back: $BENTO logs --chroot-root $DEMO/chroot 
 "$BENTO" logs --chroot-root "$DEMO/chroot" broken 2>&1 | tail -n 8 | sed 's/^/    /'
 
 say "9. Server: bento history broken (what the server saw happen to it, from its SQLite history)"
-run "$BENTO" history --flake "$FLEET" --chroot-root "$DEMO/chroot" --state-dir "$DEMO/server" broken
+run "$BENTO" history --chroot-root "$DEMO/chroot" broken
 echo "(the same fleet on a web page: $BENTO serve --flake $FLEET --chroot-root $DEMO/chroot --state-dir $DEMO/server, opened through ssh -L 8470:127.0.0.1:8470)"

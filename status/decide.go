@@ -443,8 +443,16 @@ func ShortVersion(v string) string {
 }
 
 // Ago renders an age or a delay as every duration is shown
-// (timespan.Human): 45s, 3m05s, 2h05m, 4d07h; 0s when negative.
-func Ago(d time.Duration) string { return timespan.Human(d) }
+// (timespan.Human): 45s, 3m05s, 2h05m, 4d07h; 0s under a second or
+// when negative.
+func Ago(d time.Duration) string {
+	// An age needs no milliseconds: "seen 195ms ago" is noise, and the
+	// host's clock is not that exact anyway.
+	if d < time.Second {
+		return "0s"
+	}
+	return timespan.Human(d)
+}
 
 // storeName shortens a store path to its hash prefix and name:
 // /nix/store/abcdefgh…-nixos-system-x → abcdefgh-nixos-system-x.
