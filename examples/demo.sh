@@ -141,13 +141,26 @@ ticks() {
     mkdir -p "$root/profiles"
     printf '$ bento agent run --host %s …\n' "$h"
     set +e
+    progress="$DEMO/chroot/$h/reports/progress.json"
+    rm -f "$progress"
     BENTO_DEMO_CURRENT_SYSTEM="$root/current-system" "$BENTO" agent run \
       --host "$h" --server 127.0.0.1 --port "$PORT" --user "bento-$h" \
       --identity-file "$DEMO/keys/$h" --server-host-key "$HOSTKEY" \
       --state-dir "$root/state" --profile "$root/profiles/system" \
       --current-system "$root/current-system" --booted-system "$root/booted-system" \
-      --reboot-command "/bin/echo would reboot" 2>&1 | sed 's/^/    /'
-    echo "    (exit ${PIPESTATUS[0]})"
+      --reboot-command "/bin/echo would reboot" > "$DEMO/tick.log" 2>&1 &
+    tick=$!
+    # A tick that takes a while uploads its stage as it goes (after 2 s):
+    # the server sees it before the report.
+    while kill -0 "$tick" 2>/dev/null && [ ! -s "$progress" ]; do sleep 0.1; done
+    if kill -0 "$tick" 2>/dev/null; then
+      echo "    … while it runs, on the server (live progress):"
+      "$BENTO" status --no-eval --chroot-root "$DEMO/chroot" "$h" 2>&1 | sed 's/^/    | /'
+    fi
+    wait "$tick"
+    code=$?
+    sed 's/^/    /' "$DEMO/tick.log"
+    echo "    (exit $code)"
     set -e
   done
 }
@@ -166,9 +179,10 @@ say "6. Server: bento status (round one: a good version everywhere)"
 show_status
 echo "(bento status exited $code)"
 
-say "7. Round two: a change that breaks the activation of \"broken\""
+say "7. Round two: a change that breaks the activation of \"broken\" (and makes web-2's take 5 s)"
 sed -i 's/system.failActivation = false;/system.failActivation = true;/; s/a host whose next change will fail to activate/a host whose activation now fails/' "$FLEET/hosts/broken.nix"
-git commit -qam "round two: broken's activation fails"
+sed -i 's/^}$/  system.activationSeconds = 5;\n}/' "$FLEET/hosts/web-2.nix"
+git commit -qam "round two: broken's activation fails, web-2's is slow"
 run git show --stat --format=%s HEAD
 deploy
 ticks

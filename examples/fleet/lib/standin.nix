@@ -12,6 +12,9 @@ let
     services.bento = module.services.bento or { };
   };
   failActivation = module.system.failActivation or false;
+  # How long the activation takes (the demo makes one slow, to show a
+  # tick's live progress in bento status).
+  activationSeconds = module.system.activationSeconds or 0;
   part = kind: derivation {
     name = "standin-${kind}-1";
     inherit system;
@@ -22,6 +25,7 @@ let
     #!/bin/sh
     self=$(/bin/dirname "$(/bin/dirname "$0")")
     /bin/echo "switch-to-configuration $1: ${name} (${module.system.motd or ""})"
+    ${if activationSeconds > 0 then "/bin/sleep ${toString activationSeconds}" else ""}
     ${if failActivation then ''
       /bin/echo "error: unit 'shop.service' failed to start (this example host fails on purpose)" >&2
       exit 4
