@@ -334,6 +334,11 @@ func (f *follower) step() error {
 	if f.name == "" {
 		if live, ok := liveLog(f.r, f.host, logs, time.Now()); ok {
 			l = live
+		} else if i := slices.IndexFunc(logs, func(x File) bool { return x.Name == f.cur }); i >= 0 && logs[i].ModTime.After(l.ModTime) {
+			// Never back to an older log: between a tick's last progress
+			// record and its report, the report still names the previous
+			// attempt's log, while the growing one is newer.
+			l = logs[i]
 		}
 	}
 	if l.Name != f.cur && f.cur != "" && strings.TrimSuffix(l.Name, ".gz") == f.cur {

@@ -230,6 +230,8 @@ func TestFollowLiveLog(t *testing.T) {
 	c := statustest.New(t)
 	c.Publish("alpha", statustest.V2, now, statustest.SysB)
 	c.Raw("alpha", manifest.LogsDir+"/"+statustest.V1+"-1.log.gz", gz(t, "old attempt\n"))
+	hourAgo := time.Now().Add(-time.Hour)
+	os.Chtimes(filepath.Join(c.Root, "alpha", manifest.LogsDir, statustest.V1+"-1.log.gz"), hourAgo, hourAgo)
 	old := statustest.Applied(statustest.V1, statustest.SysA, time.Now().Add(-time.Hour))
 	old.Log = statustest.V1 + "-1.log.gz"
 	c.Report("alpha", old)
@@ -265,17 +267,30 @@ func TestFollowLiveLog(t *testing.T) {
 	f.Write(second[len(second)/2:])
 	f.Close()
 	wait("fetching\nbuilding\n")
+	// Between the tick's last progress record and its report, the report
+	// still names the old attempt's log: the follower stays on the newer,
+	// growing one, and prints what is appended to it.
+	if err := os.Remove(filepath.Join(c.Root, "alpha", manifest.ProgressFile)); err != nil {
+		t.Fatal(err)
+	}
+	f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(gz(t, "checking\n"))
+	f.Close()
+	wait("fetching\nbuilding\nchecking\n")
 	// The report arrives: its log replaces the growing one.
-	c.Raw("alpha", manifest.LogsDir+"/"+live, gz(t, "fetching\nbuilding\nswitched\n"))
+	c.Raw("alpha", manifest.LogsDir+"/"+live, gz(t, "fetching\nbuilding\nchecking\nswitched\n"))
 	rep := statustest.Applied(statustest.V2, statustest.SysB, time.Now())
 	rep.StartedAt, rep.Log = started, live
 	c.Report("alpha", rep)
-	wait("fetching\nbuilding\nswitched\n")
+	wait("fetching\nbuilding\nchecking\nswitched\n")
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("follow: %v", err)
 	}
-	if got := out.String(); got != "fetching\nbuilding\nswitched\n" {
+	if got := out.String(); got != "fetching\nbuilding\nchecking\nswitched\n" {
 		t.Errorf("follow printed %q; want the attempt's log once, without the old attempt's or a header", got)
 	}
 }
