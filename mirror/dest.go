@@ -19,6 +19,7 @@ package mirror
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"path"
 	"strconv"
@@ -70,6 +71,9 @@ func ParseDest(s string) (Dest, error) {
 	if d.Host == "" {
 		return bad("no host")
 	}
+	if !validHost(d.Host) {
+		return bad("the host " + strconv.Quote(d.Host) + " is neither a host name nor an IP address")
+	}
 	if p := u.Port(); p != "" {
 		n, err := strconv.Atoi(p)
 		if err != nil || n < 1 || n > 65535 {
@@ -81,4 +85,21 @@ func ParseDest(s string) (Dest, error) {
 		return bad("the path must be the mirror's chroot root, absolute and clean, not /")
 	}
 	return d, nil
+}
+
+// validHost accepts an IP address or a DNS name (letters, digits, '-',
+// '.', '_'), so that what was parsed prints back the same.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	if len(h) > 253 || strings.HasPrefix(h, ".") || strings.HasPrefix(h, "-") {
+		return false
+	}
+	for _, c := range h {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

@@ -19,6 +19,8 @@ func TestParseDest(t *testing.T) {
 		{in: "ssh://push@[fd00::7]:22/srv/c", want: "ssh://push@[fd00::7]:22/srv/c"},
 		{in: "sftp://m.example/home/chroot", err: "the scheme must be ssh://"},
 		{in: "ssh://root:pw@m.example/home/chroot", err: "no password"},
+		{in: "ssh://::/00", err: "neither a host name nor an IP address"},
+		{in: "ssh://ho*st/srv", err: "neither a host name nor an IP address"},
 		{in: "ssh://m.example", err: "the path must be the mirror's chroot root"},
 		{in: "ssh://m.example/", err: "not /"},
 		{in: "ssh://m.example/a/../etc", err: "absolute and clean"},
