@@ -663,7 +663,7 @@ func (t *tick) refuse(ctx context.Context, st *State, head manifestHead, cause e
 	version := head.versionOr("invalid")
 	st.begin(version, head.Expected, now)
 	rep := t.newReport(st, version, head.Expected, now)
-	rep.Stage, rep.Result, rep.Error = manifest.StageFailed, manifest.ResultFailure, cause.Error()
+	recordFailure(&rep, manifest.StageFailed, manifest.ResultFailure, cause)
 	log := newLogBuffer(t.cfg.LogMaxBytes, t.o.Out)
 	log.Printf("%v", cause)
 	return t.finishAttempt(ctx, st, &rep, log, ActionFailed, cause)
@@ -696,6 +696,9 @@ func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Repor
 	rep.FinishedAt = now.UTC()
 	rep.Log = logName(rep.AttemptedVersion, rep.StartedAt)
 	rep.Error = t.withNotes(rep.Error)
+	if rep.Summary != "" {
+		rep.Summary = t.withNotes(rep.Summary)
+	}
 	out := Outcome{Action: action, Report: rep, Fetched: t.fetched}
 	t.progress.stage(manifest.ProgressReporting)
 	gz, name, qerr := t.enqueue(rep, rep.Log, log.Bytes(), true)
@@ -703,7 +706,7 @@ func (t *tick) finishAttempt(ctx context.Context, st *State, rep *manifest.Repor
 	if saveErr != nil {
 		saveErr = describeDiskError(saveErr)
 		t.say("warning: the outcome could not be saved: %v", saveErr)
-		rep.Error = joinMsg(rep.Error, "state not saved: "+saveErr.Error())
+		addError(rep, "state not saved: "+saveErr.Error())
 	}
 	if ctx.Err() != nil {
 		// Stopping (a signal during the activation): the outcome is
@@ -791,7 +794,7 @@ func (t *tick) enqueue(rep *manifest.Report, logName string, log []byte, withLog
 	if _, err := t.queue.Put(*rep, logName, gz); err != nil {
 		qerr := describeDiskError(err)
 		t.say("warning: the report cannot be queued (%v): sending it directly", qerr)
-		rep.Error = joinMsg(rep.Error, "report not queued: "+qerr.Error())
+		addError(rep, "report not queued: "+qerr.Error())
 		return gz, logName, qerr
 	}
 	if data, err := json.Marshal(rep); err == nil {

@@ -24,9 +24,9 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	rep := t.newReport(st, m.Version, m.ExpectedToplevel, now)
 	log := newLogBuffer(t.cfg.LogMaxBytes, t.o.Out)
 	fail := func(step string, err error) (Outcome, error) {
-		err = fmt.Errorf("%s: %w", step, err)
+		err = &stepError{step, err}
 		log.Printf("%v", err)
-		rep.Stage, rep.Result, rep.Error = manifest.StageFailed, manifest.ResultFailure, err.Error()
+		recordFailure(&rep, manifest.StageFailed, manifest.ResultFailure, err)
 		return t.finishAttempt(ctx, st, &rep, log, ActionFailed, err)
 	}
 	if err := saveState(t.cfg.StateDir, *st); err != nil {
@@ -158,7 +158,7 @@ func (t *tick) switchTo(ctx context.Context, st *State, rep *manifest.Report, lo
 	op := t.cfg.Operation
 	prev, err := act.Current()
 	if err != nil {
-		return t.failAttempt(ctx, st, rep, log, fmt.Errorf("activation: %w", err))
+		return t.failAttempt(ctx, st, rep, log, &stepError{"activation", err})
 	}
 	if ctx.Err() != nil {
 		return Outcome{}, ctx.Err()
@@ -196,7 +196,7 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 	log.Printf("switching to %s (%s); the running system is %s", toplevel, op, orNone(prev))
 	outcome, err := act.Switch(ctx, toplevel, op)
 	if err != nil {
-		err = fmt.Errorf("activation: %w", err)
+		err = &stepError{"activation", err}
 		if !outcome.NeedsRollback() {
 			log.Printf("%v (nothing was changed)", err)
 			t.restoreSecrets(ctx, st, rep, log)
@@ -259,7 +259,7 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 }
 
 func (t *tick) failAttempt(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, err error) (Outcome, error) {
-	rep.Stage, rep.Result, rep.Error = manifest.StageFailed, manifest.ResultFailure, err.Error()
+	recordFailure(rep, manifest.StageFailed, manifest.ResultFailure, err)
 	return t.finishAttempt(ctx, st, rep, log, ActionFailed, err)
 }
 
@@ -300,7 +300,7 @@ func (t *tick) rollbackOp(ctx context.Context, st *State, rep *manifest.Report, 
 	if reason == manifest.RollbackHealthCheck {
 		t.checkPrevious(context.WithoutCancel(ctx), rep, log, prev)
 	}
-	rep.Stage, rep.Result, rep.Error = manifest.StageRolledBack, manifest.ResultRolledBack, cause.Error()
+	recordFailure(rep, manifest.StageRolledBack, manifest.ResultRolledBack, cause)
 	return t.finishAttempt(ctx, st, rep, log, ActionRolledBack, fmt.Errorf("rolled back to %s: %w", prev, cause))
 }
 

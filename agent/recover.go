@@ -157,7 +157,7 @@ func (t *tick) settleNotInEffect(ctx context.Context, st *State, rep *manifest.R
 	log.Printf("%v; the machine runs %s", cause, orNone(cur))
 	if j.Phase == phaseRollingBack {
 		rep.RollbackReason = manifest.RollbackInterrupted
-		rep.Stage, rep.Result, rep.Error = manifest.StageRolledBack, manifest.ResultRolledBack, cause.Error()
+		recordFailure(rep, manifest.StageRolledBack, manifest.ResultRolledBack, cause)
 		return t.finishAttempt(actx, st, rep, log, ActionRolledBack, cause)
 	}
 	return t.failAttempt(actx, st, rep, log, cause)
@@ -186,6 +186,6 @@ func (t *tick) reportInterrupted(ctx context.Context, st *State) (Outcome, error
 	rep := t.newReport(st, a.Version, a.Expected, a.StartedAt)
 	cause := fmt.Errorf("attempt %d of version %s was interrupted like the one before: the agent stopped before it finished (killed, out of memory, a power cut?)", a.Count, a.Version)
 	log.Printf("%v", cause)
-	rep.Stage, rep.Result, rep.Error = manifest.StageFailed, manifest.ResultFailure, cause.Error()
+	recordFailure(&rep, manifest.StageFailed, manifest.ResultFailure, cause)
 	return t.finishAttempt(ctx, st, &rep, log, ActionWaiting, cause)
 }

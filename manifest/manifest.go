@@ -329,6 +329,11 @@ type Report struct {
 	Stage            Stage  `json:"stage"`
 	Result           Result `json:"result"`
 	Error            string `json:"error,omitempty"`
+	// Summary is Error without the command lines it quotes: the step
+	// and the tool's own message ("build: error: builder for … failed"),
+	// what a status row has room for. Error itself when it quotes none;
+	// empty in reports of agents before it.
+	Summary string `json:"summary,omitempty"`
 	// RollbackReason says which trigger fired: "activation-failed" or
 	// "server-unreachable".
 	RollbackReason   string `json:"rollbackReason,omitempty"`

@@ -85,6 +85,15 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// Brief is Nix's own message without the command line: what a status row
+// has room for.
+func (e *Error) Brief() string {
+	if e.Message != "" {
+		return e.Message
+	}
+	return e.Err.Error()
+}
+
 // ErrNotInstalled is returned (wrapped) when the nix binary cannot be found.
 var ErrNotInstalled = errors.New("nix is not installed or not on PATH (on Debian: apt-get install nix-bin)")
 

@@ -230,7 +230,7 @@ func addFacts(msg string, state State, rep *manifest.Report, applied bool) strin
 	if rep.Error != "" && (runsIt || applied && state == Drift) {
 		// A host that runs its publication can still be in trouble (a
 		// full disk, damaged state files): say what it reported.
-		msg = joinFacts(msg, oneLine(shortError(rep.Error)))
+		msg = joinFacts(msg, oneLine(reportedError(rep)))
 	}
 	if runsIt && rep.BytesFetched > 0 {
 		msg = joinFacts(msg, "last update fetched "+bytesize.Format(rep.BytesFetched))
@@ -282,7 +282,7 @@ func rollbackMessage(rep *manifest.Report) string {
 	default:
 		why = "rolled back: " + rep.RollbackReason
 	}
-	return join(why, shortError(rep.Error))
+	return join(why, reportedError(rep))
 }
 
 // healthMessage names the failing checks of h and the start of the
@@ -336,24 +336,18 @@ func clipText(s string, n int) string {
 	return strings.ToValidUTF8(s, "")
 }
 
-// shortError drops the command line Nix errors are quoted with ("build:
-// nix build --no-link … path:/…#…: error: builder for … failed"): the
-// stage and Nix's own message are what a table row has room for. The JSON
-// error field keeps it whole.
-func shortError(s string) string {
-	i := strings.Index(s, "error: ")
-	if i <= 0 {
-		return s
+// reportedError is the host's error as a row shows it: the summary
+// without command lines where the agent sent one (the JSON error field
+// keeps the whole error), else the error itself.
+func reportedError(rep *manifest.Report) string {
+	if rep.Summary != "" {
+		return rep.Summary
 	}
-	stage, _, ok := strings.Cut(s[:i], ":")
-	if ok && stage != "" && !strings.ContainsAny(stage, " /") {
-		return stage + ": " + s[i:]
-	}
-	return s[i:]
+	return rep.Error
 }
 
 func failureMessage(rep *manifest.Report, now time.Time) string {
-	msg := shortError(rep.Error)
+	msg := reportedError(rep)
 	if msg == "" {
 		msg = fmt.Sprintf("failed at stage %s", orDash(string(rep.Stage)))
 	}

@@ -113,6 +113,9 @@ func TestStatesProducedByRealAgents(t *testing.T) {
 		if r.State != w.state || !strings.Contains(r.Message, w.msg) {
 			t.Errorf("%s: %s %q, want %s %q", h, r.State, r.Message, w.state, w.msg)
 		}
+		if strings.Contains(r.Message, "nix build") || strings.Contains(r.Message, "path:/") {
+			t.Errorf("%s: the message quotes the command line: %q", h, r.Message)
+		}
 	}
 	if len(rows) != len(want) || code != status.ExitFailing || s.ExitCode != status.ExitFailing {
 		t.Errorf("exit %d (document %d), hosts %d; want %d, %d\n%s", code, s.ExitCode, len(rows), status.ExitFailing, len(want), stderr)

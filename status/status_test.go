@@ -157,6 +157,31 @@ func TestStates(t *testing.T) {
 			state: Failing, msg: "build: error: builder for '/nix/store/x.drv' failed with exit code 1 (attempt 3, retry in 12m)", exit: ExitFailing,
 		},
 		{
+			name: "a failed build's row shows the summary, not the command line",
+			setup: func(c chroot) {
+				c.publish(h, v2, ago(10*time.Minute), sysB)
+				r := applied(v1, sysA, ago(time.Minute))
+				r.SeenVersion, r.AttemptedVersion = v2, v2
+				r.Stage, r.Result = manifest.StageFailed, manifest.ResultFailure
+				r.Error = "build: nix build --no-link path:/var/lib/bento/tree#nixosConfigurations.beta: error: builder for '/nix/store/x.drv' failed"
+				r.Summary = "build: error: builder for '/nix/store/x.drv' failed"
+				c.report(h, r)
+			},
+			state: Failing, msg: "build: error: builder for '/nix/store/x.drv' failed", exit: ExitFailing,
+		},
+		{
+			name: "a report without a summary (an older agent) shows its whole error",
+			setup: func(c chroot) {
+				c.publish(h, v2, ago(10*time.Minute), sysB)
+				r := applied(v1, sysA, ago(time.Minute))
+				r.SeenVersion, r.AttemptedVersion = v2, v2
+				r.Stage, r.Result = manifest.StageFailed, manifest.ResultFailure
+				r.Error = "build: nix build --no-link path:/t#x: error: boom"
+				c.report(h, r)
+			},
+			state: Failing, msg: "build: nix build --no-link path:/t#x: error: boom", exit: ExitFailing,
+		},
+		{
 			name: "an older version failed, the newer is not tried yet",
 			setup: func(c chroot) {
 				c.publish(h, v2, ago(10*time.Minute), sysB)

@@ -314,6 +314,7 @@ func TestAttackTerminalEscapesInLogsAndStatus(t *testing.T) {
 	rep := hostReport("alpha", e.Manifest(t, "alpha").Version)
 	rep.Result, rep.Stage = manifest.ResultFailure, manifest.StageFailed
 	rep.Error = "build failed: " + hostileText
+	rep.Summary = "build failed: " + hostileText
 	rep.RollbackReason = hostileText
 	rep.AgentVersion = hostileText
 	rep.Log = logName
@@ -321,7 +322,7 @@ func TestAttackTerminalEscapesInLogsAndStatus(t *testing.T) {
 	data, _ := json.Marshal(rep)
 	// A raw 0x9b byte inside a JSON string, which encoding/json would have
 	// replaced: the host writes bytes, not Go values.
-	data = bytes.Replace(data, []byte(`"build failed: `), []byte("\"build failed: \x9b2J "), 1)
+	data = bytes.ReplaceAll(data, []byte(`"build failed: `), []byte("\"build failed: \x9b2J "))
 	upload(t, c, "/"+manifest.StatusFile, data)
 
 	for _, args := range [][]string{

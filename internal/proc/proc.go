@@ -131,6 +131,34 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// Brief is what the process said, without its command line: from the
+// last line of its output that starts with "error:" (where Nix's tools
+// and switch-to-configuration put the message that matters, after their
+// progress), else all of it; the exit status or why it did not start
+// when it said nothing.
+func (e *Error) Brief() string {
+	if e.Output == "" {
+		if e.ExitCode >= 0 {
+			return fmt.Sprintf("exited with status %d", e.ExitCode)
+		}
+		return e.Err.Error()
+	}
+	lines := strings.Split(e.Output, "\n")
+	for i := len(lines) - 1; i > 0; i-- {
+		if strings.HasPrefix(strings.TrimSpace(lines[i]), "error:") {
+			return strings.TrimSpace(strings.Join(lines[i:], "\n"))
+		}
+	}
+	return e.Output
+}
+
+// Briefer is a failed command that can say itself without the command
+// line it quotes (*Error, *nix.Error).
+type Briefer interface {
+	error
+	Brief() string
+}
+
 // Is makes errors.Is(err, ErrNotFound) true for a missing program.
 func (e *Error) Is(target error) bool { return target == ErrNotFound && e.notFound }
 

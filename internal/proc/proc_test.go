@@ -384,3 +384,27 @@ func TestNoTailPassesTheFile(t *testing.T) {
 		}
 	}
 }
+
+func TestErrorBrief(t *testing.T) {
+	argv := []string{"/nix/store/x-system/bin/switch-to-configuration", "switch"}
+	for _, c := range []struct {
+		name string
+		err  *Error
+		want string
+	}{
+		{"output: from its last error line", &Error{Argv: argv, ExitCode: 4, Output: "stopping the following units: a.service\n  activating the configuration...\n  error: unit 'shop.service' failed to start\n  see journalctl -u shop", Err: errors.New("exit status 4")},
+			"error: unit 'shop.service' failed to start\n  see journalctl -u shop"},
+		{"output without an error line: all of it", &Error{Argv: argv, ExitCode: 1, Output: "no space left\n  giving up", Err: errors.New("exit status 1")}, "no space left\n  giving up"},
+		{"no output: the exit status", &Error{Argv: []string{"false"}, ExitCode: 1, Err: errors.New("exit status 1")}, "exited with status 1"},
+		{"did not start: why", &Error{Argv: []string{"age"}, ExitCode: -1, Err: errors.New(`exec: "age": executable file not found in $PATH`)}, `exec: "age": executable file not found in $PATH`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := c.err.Brief(); got != c.want {
+				t.Errorf("Brief = %q, want %q", got, c.want)
+			}
+			if strings.Contains(c.err.Brief(), argv[0]) {
+				t.Errorf("Brief kept the command line: %q", c.err.Brief())
+			}
+		})
+	}
+}
