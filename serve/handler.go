@@ -5,6 +5,7 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"strconv"
@@ -158,16 +159,29 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "too many open event streams", http.StatusServiceUnavailable)
 		return
 	}
-	have, _ := strconv.ParseUint(r.Header.Get("Last-Event-ID"), 10, 64)
-	if q := r.URL.Query().Get("gen"); q != "" && have == 0 {
-		have, _ = strconv.ParseUint(q, 10, 64)
-	}
+	have := lastEventID(r)
 	hd := w.Header()
 	hd.Set("Content-Type", "text/event-stream")
 	hd.Set("Cache-Control", "no-store")
 	// The browser reconnects after this many milliseconds.
 	fmt.Fprint(w, "retry: 2000\n\n")
 	flusher.Flush()
+	s.stream(r.Context(), w, flusher, have)
+}
+
+// lastEventID is the snapshot a client has: the Last-Event-ID of a
+// reconnecting stream, else the page's ?gen=, else 0.
+func lastEventID(r *http.Request) uint64 {
+	have, _ := strconv.ParseUint(r.Header.Get("Last-Event-ID"), 10, 64)
+	if q := r.URL.Query().Get("gen"); q != "" && have == 0 {
+		have, _ = strconv.ParseUint(q, 10, 64)
+	}
+	return have
+}
+
+// stream writes a "change" event whenever the snapshot is newer than the
+// client's (have), until the client goes or the server stops.
+func (s *Server) stream(ctx context.Context, w io.Writer, flusher http.Flusher, have uint64) {
 	keepalive := time.NewTicker(30 * time.Second)
 	defer keepalive.Stop()
 	for {
@@ -179,20 +193,29 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			flusher.Flush()
 			have = v.gen
 		}
-		select {
-		case <-v.changed:
-		case <-keepalive.C:
-			// A comment keeps proxies (ssh -L is fine) from closing it.
-			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil {
-				return
-			}
-			flusher.Flush()
-		case <-r.Context().Done():
-			return
-		case <-s.done:
+		if !s.await(ctx, w, flusher, v.changed, keepalive) {
 			return
 		}
 	}
+}
+
+// await waits for the snapshot to change or for the time to write a
+// keepalive comment; it is false once the stream must end.
+func (s *Server) await(ctx context.Context, w io.Writer, flusher http.Flusher, changed <-chan struct{}, keepalive *time.Ticker) bool {
+	select {
+	case <-changed:
+	case <-keepalive.C:
+		// A comment keeps proxies (ssh -L is fine) from closing it.
+		if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil {
+			return false
+		}
+		flusher.Flush()
+	case <-ctx.Done():
+		return false
+	case <-s.done:
+		return false
+	}
+	return true
 }
 
 // slogPrinter hands promhttp's errors to the server's log.

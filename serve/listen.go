@@ -25,27 +25,37 @@ var ErrRemote = errors.New("not a loopback address")
 // the group of the directory decides who may connect). A host other than
 // a loopback address (127.0.0.0/8, ::1, localhost) needs allowRemote.
 func Listen(ctx context.Context, addr string, allowRemote bool) (net.Listener, error) {
-	var lc net.ListenConfig
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		if path == "" {
-			return nil, fmt.Errorf("listen %q: give the socket's path, as unix:/run/bento/serve.sock", addr)
-		}
-		if st, err := os.Lstat(path); err == nil {
-			if st.Mode()&fs.ModeSocket == 0 {
-				return nil, fmt.Errorf("listen %s: a file that is no socket is in the way: remove it or choose another path", path)
-			}
-			os.Remove(path)
-		}
-		l, err := lc.Listen(ctx, "unix", path)
-		if err != nil {
-			return nil, fmt.Errorf("listen %s: %w", path, err)
-		}
-		if err := os.Chmod(path, 0o660); err != nil {
-			l.Close()
-			return nil, fmt.Errorf("listen %s: %w", path, err)
-		}
-		return l, nil
+		return listenUnix(ctx, addr, path)
 	}
+	return listenTCP(ctx, addr, allowRemote)
+}
+
+// listenUnix opens the Unix socket at path (addr is as given).
+func listenUnix(ctx context.Context, addr, path string) (net.Listener, error) {
+	if path == "" {
+		return nil, fmt.Errorf("listen %q: give the socket's path, as unix:/run/bento/serve.sock", addr)
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&fs.ModeSocket == 0 {
+			return nil, fmt.Errorf("listen %s: a file that is no socket is in the way: remove it or choose another path", path)
+		}
+		os.Remove(path)
+	}
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// listenTCP opens host:port, beyond loopback only with allowRemote.
+func listenTCP(ctx context.Context, addr string, allowRemote bool) (net.Listener, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %q: %w (give host:port, as %s, or unix:/path)", addr, err, DefaultListen)
@@ -54,6 +64,7 @@ func Listen(ctx context.Context, addr string, allowRemote bool) (net.Listener, e
 		return nil, fmt.Errorf("listen %s: %w: the page has no authentication, so anyone who reaches it sees the whole fleet; "+
 			"listen on 127.0.0.1 and use ssh -L, or pass --allow-remote to accept the risk (docs/serve.md)", addr, ErrRemote)
 	}
+	var lc net.ListenConfig
 	l, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)

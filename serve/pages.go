@@ -460,57 +460,75 @@ func (s *Server) host(w http.ResponseWriter, r *http.Request, tmpl string) {
 	})
 }
 
+// hostFields are what a host's page lists: its report's fields, its
+// systems and its secrets that failed.
 func (s *Server) hostFields(r *status.Row, now time.Time) (fields, systems, secrets []field) {
+	return reportFields(r, now), s.systemFields(r), secretFields(r)
+}
+
+// addField appends a field to *to unless its value is empty.
+func addField(to *[]field, name, value string, mono bool) {
 	// Every value may be the host's: controls and escape sequences are
 	// shown escaped (\x1b), html/template escapes the markup.
-	add := func(to *[]field, name, value string, mono bool) {
-		if value != "" {
-			*to = append(*to, field{Name: name, Value: termsafe.Line(value), Mono: mono})
-		}
+	if value != "" {
+		*to = append(*to, field{Name: name, Value: termsafe.Line(value), Mono: mono})
 	}
-	at := func(t *time.Time) string {
-		if t == nil {
-			return ""
-		}
-		return t.UTC().Format(time.RFC3339) + " (" + status.Ago(now.Sub(*t)) + ")"
+}
+
+// stampField shows a time and its age at now; nothing for nil.
+func stampField(t *time.Time, now time.Time) string {
+	if t == nil {
+		return ""
 	}
-	add(&fields, "published version", r.PublishedVersion, true)
-	add(&fields, "published at", at(r.PublishedAt), false)
-	add(&fields, "applied version", r.AppliedVersion, true)
-	add(&fields, "attempted version", r.AttemptedVersion, true)
-	add(&fields, "seen version", r.SeenVersion, true)
-	add(&fields, "stage", r.Stage, false)
-	add(&fields, "result", r.Result, false)
-	add(&fields, "error", r.Error, false)
-	add(&fields, "rollback reason", r.RollbackReason, false)
+	return t.UTC().Format(time.RFC3339) + " (" + status.Ago(now.Sub(*t)) + ")"
+}
+
+// reportFields are the versions and facts of the host's row.
+func reportFields(r *status.Row, now time.Time) (fields []field) {
+	at := func(t *time.Time) string { return stampField(t, now) }
+	add := func(name, value string, mono bool) { addField(&fields, name, value, mono) }
+	add("published version", r.PublishedVersion, true)
+	add("published at", at(r.PublishedAt), false)
+	add("applied version", r.AppliedVersion, true)
+	add("attempted version", r.AttemptedVersion, true)
+	add("seen version", r.SeenVersion, true)
+	add("stage", r.Stage, false)
+	add("result", r.Result, false)
+	add("error", r.Error, false)
+	add("rollback reason", r.RollbackReason, false)
 	if r.Attempts > 0 {
-		add(&fields, "attempts", strconv.Itoa(r.Attempts), false)
+		add("attempts", strconv.Itoa(r.Attempts), false)
 	}
-	add(&fields, "next retry", at(r.NextRetry), false)
+	add("next retry", at(r.NextRetry), false)
 	last := at(r.LastSeen)
 	if last == "" {
 		last = "never"
 	}
-	add(&fields, "last seen", last, false)
-	add(&fields, "stale after", (time.Duration(r.StaleAfterSeconds) * time.Second).String(), false)
+	add("last seen", last, false)
+	add("stale after", (time.Duration(r.StaleAfterSeconds) * time.Second).String(), false)
 	if r.RebootRequired {
-		add(&fields, "reboot", "required", false)
+		add("reboot", "required", false)
 	}
-	add(&fields, "reboot scheduled", at(r.RebootScheduled), false)
-	add(&fields, "agent version", r.AgentVersion, false)
+	add("reboot scheduled", at(r.RebootScheduled), false)
+	add("agent version", r.AgentVersion, false)
 	if r.BytesFetched > 0 {
-		add(&fields, "fetched", strconv.FormatInt(r.BytesFetched, 10)+" bytes", false)
+		add("fetched", strconv.FormatInt(r.BytesFetched, 10)+" bytes", false)
 	}
-	add(&fields, "reports/", fmt.Sprintf("%d bytes in %d files", r.ReportsBytes, r.ReportsFiles), false)
+	add("reports/", fmt.Sprintf("%d bytes in %d files", r.ReportsBytes, r.ReportsFiles), false)
+	return fields
+}
 
-	add(&systems, "running (reported)", r.System, true)
+// systemFields are the store paths the host runs, should run and the
+// server built, and whether they match.
+func (s *Server) systemFields(r *status.Row) (systems []field) {
+	addField(&systems, "running (reported)", r.System, true)
 	if r.InvalidSystem {
 		systems = append(systems, field{Name: "running (reported)", Value: "invalid: not a store path (broken or hostile host)", Class: "st-bad"})
 	}
-	add(&systems, "expected (manifest)", r.ExpectedSystem, true)
-	add(&systems, "server built", r.ServerBuilt, true)
+	addField(&systems, "expected (manifest)", r.ExpectedSystem, true)
+	addField(&systems, "server built", r.ServerBuilt, true)
 	if b, ok := s.o.Status.Builds[r.Host]; ok {
-		add(&systems, "server's previous build", b.Previous, true)
+		addField(&systems, "server's previous build", b.Previous, true)
 	}
 	if r.SystemMatch != nil {
 		m := field{Name: "system match", Value: "match", Class: "st-ok"}
@@ -519,6 +537,11 @@ func (s *Server) hostFields(r *status.Row, now time.Time) (fields, systems, secr
 		}
 		systems = append(systems, m)
 	}
+	return systems
+}
+
+// secretFields are the secrets the host could not install, by name.
+func secretFields(r *status.Row) (secrets []field) {
 	names := make([]string, 0, len(r.SecretErrors))
 	for n := range r.SecretErrors {
 		names = append(names, n)
@@ -527,7 +550,7 @@ func (s *Server) hostFields(r *status.Row, now time.Time) (fields, systems, secr
 	for _, n := range names {
 		secrets = append(secrets, field{Name: termsafe.Line(n), Value: termsafe.Line(r.SecretErrors[n]), Class: "st-bad"})
 	}
-	return fields, systems, secrets
+	return secrets
 }
 
 // logTail is the end of the host's latest log, sanitised: its name, its

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/internal/timespan"
@@ -19,17 +20,9 @@ import (
 // has been silent.
 func decide(in hostInput) Row {
 	r := Row{Host: in.name, StaleAfterSeconds: int64(in.staleAfter / time.Second)}
-	if in.fleetKnown {
-		inFlake := in.fleetHost != nil || in.evalErr != nil
-		r.InFlake = &inFlake
-	}
-	if m := in.manifest; m != nil {
-		r.PublishedVersion = m.version
-		if !m.publishedAt.IsZero() {
-			t := m.publishedAt.UTC()
-			r.PublishedAt = &t
-		}
-		r.ExpectedSystem = m.expected
+	r.InFlake = inFlake(in)
+	if in.manifest != nil {
+		r.fromManifest(in.manifest)
 	}
 	if in.build != nil {
 		r.ServerBuilt = in.build.OutPath
@@ -39,21 +32,59 @@ func decide(in hostInput) Row {
 	if in.report != nil {
 		r.fromReport(in.report, in.storeDir, in.now)
 	}
+	r.SystemMatch = r.systemMatch()
+	r.Progress = rowProgress(LiveProgress(in.progress, in.report, in.now))
+	r.State, r.Message = judge(in, &r)
+	r.Message = oneLine(withEvalError(r.Message, in.evalErr))
+	return r
+}
+
+// inFlake tells whether the flake still names the host, once the fleet
+// is known (nil before).
+func inFlake(in hostInput) *bool {
+	if !in.fleetKnown {
+		return nil
+	}
+	inFlake := in.fleetHost != nil || in.evalErr != nil
+	return &inFlake
+}
+
+// fromManifest copies what the publication says into the row.
+func (r *Row) fromManifest(m *manifestInfo) {
+	r.PublishedVersion = m.version
+	if !m.publishedAt.IsZero() {
+		t := m.publishedAt.UTC()
+		r.PublishedAt = &t
+	}
+	r.ExpectedSystem = m.expected
+}
+
+// systemMatch tells whether the host runs the expected system, or nil
+// when that says nothing.
+func (r *Row) systemMatch() *bool {
 	// Comparing systems says something only once the host applied the
 	// published version: before, it naturally runs an older one.
 	if expected := r.expected(); expected != "" && r.System != "" && r.PublishedVersion != "" && r.AppliedVersion == r.PublishedVersion {
 		match := r.System == expected
-		r.SystemMatch = &match
+		return &match
 	}
-	if p := LiveProgress(in.progress, in.report, in.now); p != nil {
-		r.Progress = &Progress{Stage: string(p.Stage), Version: p.Version, StartedAt: p.StartedAt.UTC(), StageStartedAt: p.StageStartedAt.UTC(), Log: p.Log}
+	return nil
+}
+
+// rowProgress is a tick's live progress as the row shows it.
+func rowProgress(p *manifest.Progress) *Progress {
+	if p == nil {
+		return nil
 	}
-	r.State, r.Message = judge(in, &r)
-	if in.evalErr != nil {
-		r.Message = join("evaluation failed: "+oneLine(in.evalErr.Error()), r.Message)
+	return &Progress{Stage: string(p.Stage), Version: p.Version, StartedAt: p.StartedAt.UTC(), StageStartedAt: p.StageStartedAt.UTC(), Log: p.Log}
+}
+
+// withEvalError puts a failed evaluation of the flake before msg.
+func withEvalError(msg string, evalErr error) string {
+	if evalErr == nil {
+		return msg
 	}
-	r.Message = oneLine(r.Message)
-	return r
+	return join("evaluation failed: "+oneLine(evalErr.Error()), msg)
 }
 
 // fromReport copies what the host reported into its row. A system that
@@ -131,17 +162,27 @@ func judge(in hostInput, r *Row) (State, string) {
 
 // fleetState is the state of a host the flake no longer deploys.
 func fleetState(in hostInput, _ *Row) (State, string, bool) {
-	h := in.fleetHost
+	if h := in.fleetHost; h != nil {
+		return configState(h, in.chroot)
+	}
 	switch {
-	case in.fleetKnown && h == nil && in.evalErr == nil && in.manifest == nil && in.manifestErr == nil:
+	case !in.fleetKnown || in.evalErr != nil:
+		return "", "", false
+	case in.manifest == nil && in.manifestErr == nil:
 		// An earlier --prune kept its reports/: --prune alone keeps them again.
 		return Removed, "no longer in the flake; only its reports/ are left: bento deploy --prune --prune-reports removes them", true
-	case in.fleetKnown && h == nil && in.evalErr == nil:
-		return Removed, "no longer in the flake: bento deploy --prune removes its chroot", true
-	case h != nil && !h.Managed:
-		return NotManaged, leftover("does not import the bento module", in.chroot), true
-	case h != nil && !h.Enable:
-		return Disabled, leftover("services.bento.enable = false", in.chroot), true
+	}
+	return Removed, "no longer in the flake: bento deploy --prune removes its chroot", true
+}
+
+// configState is the state of a host the flake names but does not let
+// bento deploy.
+func configState(h *fleet.Host, chroot bool) (State, string, bool) {
+	switch {
+	case !h.Managed:
+		return NotManaged, leftover("does not import the bento module", chroot), true
+	case !h.Enable:
+		return Disabled, leftover("services.bento.enable = false", chroot), true
 	}
 	return "", "", false
 }
@@ -184,16 +225,23 @@ func publishState(in hostInput, r *Row) (State, string, bool) {
 // publication.
 func versionState(in hostInput, r *Row) (State, string) {
 	rep, m := in.report, in.manifest
-	applied := rep.AppliedVersion == m.version
 	attempted := rep.AttemptedVersion == m.version
 	switch {
 	case attempted && rolledBack(rep):
 		return RolledBack, rollbackMessage(rep)
-	case attempted && (failed(rep) || (!applied && rep.Error != "")):
+	case attempted && attemptFailed(rep, m.version):
 		return Failing, failureMessage(rep, in.now)
-	case !applied:
+	case rep.AppliedVersion != m.version:
 		return Pending, pendingMessage(rep, m, in.now)
-	case r.SystemMatch != nil && !*r.SystemMatch && rep.Result != manifest.ResultAutoUpdated:
+	}
+	return appliedState(in, r)
+}
+
+// appliedState is the state of a host that applied the publication.
+func appliedState(in hostInput, r *Row) (State, string) {
+	rep := in.report
+	switch {
+	case r.drifts() && rep.Result != manifest.ResultAutoUpdated:
 		return Drift, fmt.Sprintf("runs %s, the server built %s (bento diff %s)", storeName(r.System), storeName(r.expected()), in.name)
 	case rep.RebootRequired:
 		return RebootRequired, rebootMessage(rep, in.now)
@@ -203,6 +251,16 @@ func versionState(in hostInput, r *Row) (State, string) {
 		return UpToDate, "not built by the server (published with --no-build): nothing to compare its system with"
 	}
 	return UpToDate, ""
+}
+
+// drifts tells whether the host was compared and runs another system
+// than expected.
+func (r *Row) drifts() bool { return r.SystemMatch != nil && !*r.SystemMatch }
+
+// attemptFailed tells whether the attempt of version failed, or left an
+// error without applying it.
+func attemptFailed(rep *manifest.Report, version string) bool {
+	return failed(rep) || (rep.AppliedVersion != version && rep.Error != "")
 }
 
 func rolledBack(rep *manifest.Report) bool {
@@ -218,24 +276,43 @@ func failed(rep *manifest.Report) bool {
 // must stay visible. Separate facts are separated by "; " (": " introduces
 // a cause).
 func addFacts(msg string, state State, rep *manifest.Report, applied bool) string {
-	if len(rep.SecretErrors) > 0 {
-		msg = joinFacts(msg, secretsMessage(rep.SecretErrors))
-	}
 	runsIt := applied && (state == UpToDate || state == RebootRequired)
-	if runsIt && rep.Health != nil && !rep.Health.OK {
-		// Reported by a continuous check on a quiet tick: the host keeps
-		// its system (nothing rolls back then), the operator must act.
-		msg = joinFacts(healthMessage(rep.Health), msg)
-	}
+	msg = joinFacts(msg, secretsFact(rep))
+	msg = joinFacts(healthFact(rep, runsIt), msg)
 	if rep.Error != "" && (runsIt || applied && state == Drift) {
 		// A host that runs its publication can still be in trouble (a
 		// full disk, damaged state files): say what it reported.
 		msg = joinFacts(msg, oneLine(reportedError(rep)))
 	}
-	if runsIt && rep.BytesFetched > 0 {
-		msg = joinFacts(msg, "last update fetched "+bytesize.Format(rep.BytesFetched))
+	return joinFacts(msg, fetchedFact(rep, runsIt))
+}
+
+// secretsFact names the secrets the host could not install, if any.
+func secretsFact(rep *manifest.Report) string {
+	if len(rep.SecretErrors) == 0 {
+		return ""
 	}
-	return msg
+	return secretsMessage(rep.SecretErrors)
+}
+
+// healthFact names the failing checks of a host that runs its
+// publication, if any.
+func healthFact(rep *manifest.Report, runsIt bool) string {
+	if !runsIt || rep.Health == nil || rep.Health.OK {
+		return ""
+	}
+	// Reported by a continuous check on a quiet tick: the host keeps
+	// its system (nothing rolls back then), the operator must act.
+	return healthMessage(rep.Health)
+}
+
+// fetchedFact says how much the last update of a host that runs its
+// publication fetched, if anything.
+func fetchedFact(rep *manifest.Report, runsIt bool) string {
+	if !runsIt || rep.BytesFetched <= 0 {
+		return ""
+	}
+	return "last update fetched " + bytesize.Format(rep.BytesFetched)
 }
 
 // secretsMessage names the secrets a host could not install and why.

@@ -44,31 +44,11 @@ var shorthand = map[string]time.Duration{
 // optional "*-*-*" date and a time whose hour and minute fields are "*",
 // a value, a list "a,b", a range "a..b" or a repetition "a/n".
 func parseCalendar(s string) (time.Duration, bool) {
-	fields := strings.Fields(s)
-	var clock string
-	for _, f := range fields {
-		switch {
-		case strings.Contains(f, ":"):
-			clock = f
-		case f == "*-*-*":
-		default:
-			// Weekdays, dates, time zones: too rare for a poll schedule
-			// to be worth modelling.
-			return 0, false
-		}
-	}
-	if clock == "" {
-		return 0, false
-	}
-	parts := strings.Split(clock, ":")
-	if len(parts) < 2 || len(parts) > 3 {
-		return 0, false
-	}
-	hours, ok := values(parts[0], 24)
+	clock, ok := dailyClock(s)
 	if !ok {
 		return 0, false
 	}
-	minutes, ok := values(parts[1], 60)
+	hours, minutes, ok := clockValues(clock)
 	if !ok {
 		return 0, false
 	}
@@ -82,6 +62,40 @@ func parseCalendar(s string) (time.Duration, bool) {
 		gap = max(gap, maxGap(minutes, 60))
 	}
 	return time.Duration(gap) * time.Minute, true
+}
+
+// dailyClock is the time of a calendar event on every day (no date or
+// only "*-*-*").
+func dailyClock(s string) (string, bool) {
+	var clock string
+	for _, f := range strings.Fields(s) {
+		switch {
+		case strings.Contains(f, ":"):
+			clock = f
+		case f == "*-*-*":
+		default:
+			// Weekdays, dates, time zones: too rare for a poll schedule
+			// to be worth modelling.
+			return "", false
+		}
+	}
+	return clock, clock != ""
+}
+
+// clockValues expands the hour and minute fields of a time, "h:m" or
+// "h:m:s".
+func clockValues(clock string) (hours, minutes []int, ok bool) {
+	parts := strings.Split(clock, ":")
+	if len(parts) < 2 || len(parts) > 3 {
+		return nil, nil, false
+	}
+	if hours, ok = values(parts[0], 24); !ok {
+		return nil, nil, false
+	}
+	if minutes, ok = values(parts[1], 60); !ok {
+		return nil, nil, false
+	}
+	return hours, minutes, true
 }
 
 // values expands one calendar field to the sorted values it matches in
@@ -113,30 +127,33 @@ func calendarItem(item string, limit int) (lo, hi, step int, ok bool) {
 	if !ok {
 		return 0, 0, 0, false
 	}
-	lo, hi = 0, limit-1
-	switch a, b, isRange := strings.Cut(item, ".."); {
-	case item == "*":
-	case isRange:
-		var err1, err2 error
-		lo, err1 = strconv.Atoi(a)
-		hi, err2 = strconv.Atoi(b)
-		if err1 != nil || err2 != nil {
-			return 0, 0, 0, false
-		}
-	default:
-		n, err := strconv.Atoi(item)
-		if err != nil {
-			return 0, 0, 0, false
-		}
-		lo = n
-		if step == 0 {
-			hi = n
-		}
-	}
-	if lo < 0 || hi >= limit || lo > hi {
+	lo, hi, ok = itemBounds(item, step, limit)
+	if !ok || lo < 0 || hi >= limit || lo > hi {
 		return 0, 0, 0, false
 	}
 	return lo, hi, max(step, 1), true
+}
+
+// itemBounds is the first and last value of an item without its "/n"
+// (step is n, 0 for none), not yet checked against [0, limit).
+func itemBounds(item string, step, limit int) (lo, hi int, ok bool) {
+	a, b, isRange := strings.Cut(item, "..")
+	switch {
+	case item == "*":
+		return 0, limit - 1, true
+	case isRange:
+		lo, err1 := strconv.Atoi(a)
+		hi, err2 := strconv.Atoi(b)
+		return lo, hi, err1 == nil && err2 == nil
+	}
+	n, err := strconv.Atoi(item)
+	switch {
+	case err != nil:
+		return 0, 0, false
+	case step == 0:
+		return n, n, true
+	}
+	return n, limit - 1, true
 }
 
 // cutStep splits "a/n" into a and n (n > 0); an item without "/" has step 0.

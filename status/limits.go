@@ -311,6 +311,28 @@ func (w *reportsWalk) add(d reportsDir, e fs.DirEntry) bool {
 // logs are the admin's record of what the host did, and something else
 // fills its reports/.
 func planRemoval(entries []reportEntry, u ReportsUsage) ([]string, int64) {
+	bytes, files := u.Bytes, u.Files
+	var names []string
+	var removed int64
+	for _, l := range oldestLogs(entries) {
+		if u.Limits.holds(bytes, files) {
+			break
+		}
+		names = append(names, l.name)
+		removed += l.size
+		bytes -= l.size
+		files--
+	}
+	// A walk cut short saw only part of the logs; removing what it saw
+	// still helps the next read, so it goes ahead.
+	if !u.Truncated && !u.Limits.holds(bytes, files) {
+		return nil, 0
+	}
+	return names, removed
+}
+
+// oldestLogs are the logs among entries, oldest first.
+func oldestLogs(entries []reportEntry) []reportEntry {
 	var logs []reportEntry
 	for _, e := range entries {
 		if e.log {
@@ -323,24 +345,10 @@ func planRemoval(entries []reportEntry, u ReportsUsage) ([]string, int64) {
 		}
 		return strings.Compare(a.name, b.name)
 	})
-	bytes, files := u.Bytes, u.Files
-	var names []string
-	var removed int64
-	for _, l := range logs {
-		if bytes <= u.Limits.MaxBytes && files <= u.Limits.MaxFiles {
-			break
-		}
-		names = append(names, l.name)
-		removed += l.size
-		bytes -= l.size
-		files--
-	}
-	if u.Truncated || bytes > u.Limits.MaxBytes || files > u.Limits.MaxFiles {
-		// A walk cut short saw only part of the logs; removing what it saw
-		// still helps the next read, so it goes ahead.
-		if !u.Truncated {
-			return nil, 0
-		}
-	}
-	return names, removed
+	return logs
+}
+
+// holds tells whether bytes and files are within the limits.
+func (l ReportLimits) holds(bytes int64, files int) bool {
+	return bytes <= l.MaxBytes && files <= l.MaxFiles
 }

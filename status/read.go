@@ -201,36 +201,13 @@ func Reason(err error) string {
 // parseManifest reads the few fields status needs with gjson, which skips
 // the file list without decoding it.
 func parseManifest(data []byte, host string) (*manifestInfo, error) {
-	if !gjson.ValidBytes(data) {
-		return nil, fmt.Errorf("manifest.json: %s", jsonReason(json.Unmarshal(data, new(any)), len(data)))
+	res, err := manifestObject(data)
+	if err != nil {
+		return nil, err
 	}
-	res := gjson.ParseBytes(data)
-	if !res.IsObject() {
-		return nil, fmt.Errorf("manifest.json is not a JSON object")
-	}
-	m := &manifestInfo{}
-	var errs []string
-	str := func(key string, dst *string) {
-		v := res.Get(key)
-		switch v.Type {
-		case gjson.String:
-			*dst = v.Str
-		case gjson.Null:
-		default:
-			errs = append(errs, fmt.Sprintf("%s is %s, not a string", key, gjsonKind(v)))
-		}
-	}
-	if f := res.Get("format"); !readableFormat(f) {
-		return nil, fmt.Errorf("manifest.json: format %s is not one this bento reads (%d to %d): it is older or newer than the one that published it", f.Raw, manifest.MinManifestFormat, manifest.ManifestFormat)
-	}
-	str("host", &m.host)
-	str("version", &m.version)
-	str("expectedToplevel", &m.expected)
-	str("interval", &m.interval)
-	var published string
-	str("publishedAt", &published)
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("manifest.json: %s", strings.Join(errs, "; "))
+	m, published, err := manifestFields(res)
+	if err != nil {
+		return nil, err
 	}
 	if m.version == "" {
 		return nil, fmt.Errorf("manifest.json has no version")
@@ -246,6 +223,49 @@ func parseManifest(data []byte, host string) (*manifestInfo, error) {
 		m.publishedAt = t
 	}
 	return m, nil
+}
+
+// manifestObject parses a manifest: a JSON object of a format this bento
+// reads.
+func manifestObject(data []byte) (gjson.Result, error) {
+	if !gjson.ValidBytes(data) {
+		return gjson.Result{}, fmt.Errorf("manifest.json: %s", jsonReason(json.Unmarshal(data, new(any)), len(data)))
+	}
+	res := gjson.ParseBytes(data)
+	if !res.IsObject() {
+		return gjson.Result{}, fmt.Errorf("manifest.json is not a JSON object")
+	}
+	if f := res.Get("format"); !readableFormat(f) {
+		return gjson.Result{}, fmt.Errorf("manifest.json: format %s is not one this bento reads (%d to %d): it is older or newer than the one that published it", f.Raw, manifest.MinManifestFormat, manifest.ManifestFormat)
+	}
+	return res, nil
+}
+
+// manifestFields reads the string fields status needs, and publishedAt
+// as written; a field of another type is an error.
+func manifestFields(res gjson.Result) (*manifestInfo, string, error) {
+	m := &manifestInfo{}
+	var errs []string
+	str := func(key string, dst *string) {
+		v := res.Get(key)
+		switch v.Type {
+		case gjson.String:
+			*dst = v.Str
+		case gjson.Null:
+		default:
+			errs = append(errs, fmt.Sprintf("%s is %s, not a string", key, gjsonKind(v)))
+		}
+	}
+	str("host", &m.host)
+	str("version", &m.version)
+	str("expectedToplevel", &m.expected)
+	str("interval", &m.interval)
+	var published string
+	str("publishedAt", &published)
+	if len(errs) > 0 {
+		return nil, "", fmt.Errorf("manifest.json: %s", strings.Join(errs, "; "))
+	}
+	return m, published, nil
 }
 
 // readableFormat tells whether a manifest's format is a whole number this
@@ -275,15 +295,7 @@ func parseReport(data []byte, host string) (*manifest.Report, error) {
 	}
 	var r manifest.Report
 	if err := json.Unmarshal(data, &r); err != nil {
-		var se *json.SyntaxError
-		var te *json.UnmarshalTypeError
-		if !errors.As(err, &se) && !errors.As(err, &te) {
-			// encoding/json does not say which time field it choked on.
-			if why := badTime(data); why != "" {
-				return nil, fmt.Errorf("status.json: %s", why)
-			}
-		}
-		return nil, fmt.Errorf("status.json: %s", jsonReason(err, len(data)))
+		return nil, fmt.Errorf("status.json: %s", decodeReason(err, data))
 	}
 	if r.Format != manifest.Format {
 		return nil, fmt.Errorf("status.json: format %d is not %d: the host runs an agent older or newer than this bento", r.Format, manifest.Format)
@@ -295,6 +307,19 @@ func parseReport(data []byte, host string) (*manifest.Report, error) {
 		return nil, fmt.Errorf("status.json has neither finishedAt nor startedAt: its age is unknown")
 	}
 	return &r, nil
+}
+
+// decodeReason says why a report did not decode.
+func decodeReason(err error, data []byte) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	if !errors.As(err, &se) && !errors.As(err, &te) {
+		// encoding/json does not say which time field it choked on.
+		if why := badTime(data); why != "" {
+			return why
+		}
+	}
+	return jsonReason(err, len(data))
 }
 
 // badTime names the first time field of a report that is no RFC 3339 time.
@@ -335,16 +360,19 @@ func jsonReason(err error, size int) string {
 	return err.Error()
 }
 
+// article names a JSON or Go kind with its article ("an array").
 func article(kind string) string {
-	switch {
-	case kind == "string":
+	switch kind {
+	case "string":
 		return "a string"
-	case kind == "bool":
+	case "bool":
 		return "a boolean"
-	case kind == "array" || kind == "slice":
+	case "array", "slice":
 		return "an array"
-	case kind == "object" || kind == "struct" || kind == "map":
+	case "object", "struct", "map":
 		return "an object"
+	}
+	switch {
 	case strings.HasPrefix(kind, "int") || strings.HasPrefix(kind, "uint"):
 		return "an integer"
 	case strings.HasPrefix(kind, "number") || strings.HasPrefix(kind, "float"):

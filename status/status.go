@@ -404,49 +404,67 @@ func chrootHosts(root string) ([]string, error) {
 }
 
 func candidates(o Options, inRoot []string) ([]candidate, error) {
-	byName := map[string]*candidate{}
-	var all []fleet.Host
-	add := func(name string) *candidate {
-		c, ok := byName[name]
-		if !ok {
-			c = &candidate{name: name}
-			byName[name] = c
-		}
-		return c
-	}
+	hs := hostSet{byName: map[string]*candidate{}}
 	if o.Fleet != nil {
-		for i := range o.Fleet.Hosts {
-			h := &o.Fleet.Hosts[i]
-			add(h.Name).fleetHost = h
-			all = append(all, *h)
-		}
-		// Hosts whose evaluation failed are shown with the error.
-		for _, n := range o.evalFailures() {
-			if c := add(n); c.fleetHost == nil {
-				c.evalFailed = true
-				all = append(all, fleet.Host{Name: n})
-			}
-		}
+		hs.addFleet(o)
 	}
-	for _, n := range inRoot {
-		c := add(n)
-		c.inChroot = true
-		if c.fleetHost == nil && !c.evalFailed {
-			all = append(all, fleet.Host{Name: n})
-		}
-	}
+	hs.addChroots(inRoot)
 	if err := o.checkSelect(); err != nil {
 		return nil, err
 	}
-	picked, err := fleet.Select(all, o.Select)
+	picked, err := fleet.Select(hs.all, o.Select)
 	if err != nil {
 		return nil, &UsageError{err}
 	}
 	out := make([]candidate, 0, len(picked))
 	for _, h := range picked {
-		out = append(out, *byName[h.Name])
+		out = append(out, *hs.byName[h.Name])
 	}
 	return out, nil
+}
+
+// hostSet gathers the candidates by name, and in all the hosts a
+// selection picks from, in the order they were first named.
+type hostSet struct {
+	byName map[string]*candidate
+	all    []fleet.Host
+}
+
+// get is the candidate named name, added if new.
+func (hs *hostSet) get(name string) *candidate {
+	c, ok := hs.byName[name]
+	if !ok {
+		c = &candidate{name: name}
+		hs.byName[name] = c
+	}
+	return c
+}
+
+// addFleet adds the hosts of the flake.
+func (hs *hostSet) addFleet(o Options) {
+	for i := range o.Fleet.Hosts {
+		h := &o.Fleet.Hosts[i]
+		hs.get(h.Name).fleetHost = h
+		hs.all = append(hs.all, *h)
+	}
+	// Hosts whose evaluation failed are shown with the error.
+	for _, n := range o.evalFailures() {
+		if c := hs.get(n); c.fleetHost == nil {
+			c.evalFailed = true
+			hs.all = append(hs.all, fleet.Host{Name: n})
+		}
+	}
+}
+
+// addChroots adds the hosts that have a directory in the chroot root.
+func (hs *hostSet) addChroots(inRoot []string) {
+	for _, n := range inRoot {
+		c := hs.get(n)
+		c.inChroot = true
+		if c.fleetHost == nil && !c.evalFailed {
+			hs.all = append(hs.all, fleet.Host{Name: n})
+		}
+	}
 }
 
 // evalFailures are the valid host names of EvalErrors.

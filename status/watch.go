@@ -48,31 +48,14 @@ func WatchWith(ctx context.Context, o Options, every time.Duration, clock func()
 	defer ticker.Stop()
 	// pending is a redraw soon after a burst of events.
 	var pending <-chan time.Time
-	soon := func() {
-		if pending == nil {
-			pending = time.After(settle)
-		}
-	}
 	for {
-		select {
-		case <-ctx.Done():
+		switch nextWakeup(ctx, w, ticker.C, redrawNow, pending) {
+		case wakeStop:
 			return nil
-		case <-ticker.C:
-		case <-redrawNow:
-		case <-pending:
-		case _, ok := <-w.Events:
-			if !ok {
-				return nil
+		case wakeEvent:
+			if pending == nil {
+				pending = time.After(settle)
 			}
-			soon()
-			continue
-		case _, ok := <-w.Errors:
-			// An overflowed event queue loses events, not changes: redraw
-			// soon, and the periodic redraw covers the rest.
-			if !ok {
-				return nil
-			}
-			soon()
 			continue
 		}
 		pending = nil
@@ -80,6 +63,43 @@ func WatchWith(ctx context.Context, o Options, every time.Duration, clock func()
 			return err
 		}
 	}
+}
+
+// wakeup is why the watch stopped waiting.
+type wakeup int
+
+const (
+	wakeRedraw wakeup = iota // time to draw again
+	wakeEvent                // a change: draw once the burst settles
+	wakeStop                 // ctx is done or the watcher closed
+)
+
+// nextWakeup waits for the next reason to redraw: the periodic tick, a
+// redraw asked for, a burst of events settled (pending) or a new event.
+func nextWakeup(ctx context.Context, w *fsnotify.Watcher, tick <-chan time.Time, redrawNow <-chan struct{}, pending <-chan time.Time) wakeup {
+	select {
+	case <-ctx.Done():
+		return wakeStop
+	case <-tick:
+	case <-redrawNow:
+	case <-pending:
+	case _, ok := <-w.Events:
+		return eventWakeup(ok)
+	case _, ok := <-w.Errors:
+		// An overflowed event queue loses events, not changes: redraw
+		// soon, and the periodic redraw covers the rest.
+		return eventWakeup(ok)
+	}
+	return wakeRedraw
+}
+
+// eventWakeup is an event's wakeup, or wakeStop once the watcher's
+// channel is closed.
+func eventWakeup(open bool) wakeup {
+	if !open {
+		return wakeStop
+	}
+	return wakeEvent
 }
 
 // redraw collects the status and draws it (or the error that stopped the

@@ -317,30 +317,59 @@ func (f *follower) step() error {
 	if err := checkLimits(f.r, f.host, f.limits); err != nil {
 		return err
 	}
-	logs, err := listLogs(f.r, f.host)
-	if errors.Is(err, ErrNoLogs) {
-		return nil
-	}
-	if err != nil {
+	l, ok, err := f.next()
+	if !ok {
 		return err
 	}
-	l, err := pickLog(logs, f.host, f.name)
+	f.switchTo(l)
+	if f.done > f.max {
+		return nil // reported once already
+	}
+	return f.copy()
+}
+
+// next is the log to print now; ok is false when there is none (yet),
+// with the error that ends the follow if any.
+func (f *follower) next() (l File, ok bool, err error) {
+	logs, err := listLogs(f.r, f.host)
+	if errors.Is(err, ErrNoLogs) {
+		return File{}, false, nil
+	}
+	if err != nil {
+		return File{}, false, err
+	}
+	l, err = pickLog(logs, f.host, f.name)
 	switch {
 	case err != nil && f.name != "" && f.cur == "":
-		return err // the log asked for does not exist
+		return File{}, false, err // the log asked for does not exist
 	case err != nil:
-		return nil
+		return File{}, false, nil
 	}
 	if f.name == "" {
-		if live, ok := liveLog(f.r, f.host, logs, time.Now()); ok {
-			l = live
-		} else if i := slices.IndexFunc(logs, func(x File) bool { return x.Name == f.cur }); i >= 0 && logs[i].ModTime.After(l.ModTime) {
-			// Never back to an older log: between a tick's last progress
-			// record and its report, the report still names the previous
-			// attempt's log, while the growing one is newer.
-			l = logs[i]
-		}
+		l = f.latest(logs, l)
 	}
+	return l, true, nil
+}
+
+// latest is the log to follow when none was named: the growing log of a
+// tick under way, else the one picked (l), unless that is older than the
+// one being printed.
+func (f *follower) latest(logs []File, l File) File {
+	if live, ok := liveLog(f.r, f.host, logs, time.Now()); ok {
+		return live
+	}
+	if i := slices.IndexFunc(logs, func(x File) bool { return x.Name == f.cur }); i >= 0 && logs[i].ModTime.After(l.ModTime) {
+		// Never back to an older log: between a tick's last progress
+		// record and its report, the report still names the previous
+		// attempt's log, while the growing one is newer.
+		return logs[i]
+	}
+	return l
+}
+
+// switchTo makes l the log being printed, with a header when it follows
+// another one.
+func (f *follower) switchTo(l File) {
 	if l.Name != f.cur && f.cur != "" && strings.TrimSuffix(l.Name, ".gz") == f.cur {
 		// The report's gzipped log of the attempt whose growing log was
 		// printed: it goes on where that stopped.
@@ -352,10 +381,6 @@ func (f *follower) step() error {
 		}
 		f.cur, f.done = l.Name, 0
 	}
-	if f.done > f.max {
-		return nil // reported once already
-	}
-	return f.copy()
 }
 
 // liveLog is the growing log of a tick under way on the host, when its

@@ -62,45 +62,58 @@ func paint(s, code string, on bool) string {
 // and colour codes never count, so columns line up whatever the content.
 func Table(w io.Writer, s *status.Snapshot, o TableOptions) error {
 	bw := bufio.NewWriter(w)
-	cond := &runewidth.Condition{EastAsianWidth: false, StrictEmojiNeutral: true}
 	if len(s.Hosts) > 0 {
-		t := table.Table{Header: []string{"HOST", "STATE", "PUBLISHED", "APPLIED", "SYSTEM", "SEEN", "MESSAGE"}}
-		// Which server each host reached matters once there are several
-		// (mirrors): only then a column says it.
-		withServer := serversSeen(s.Hosts) > 1
-		if withServer {
-			t.Header = slices.Insert(t.Header, len(t.Header)-1, "SERVER")
-		}
-		for i := range s.Hosts {
-			row := tableCells(&s.Hosts[i], s.GeneratedAt)
-			if withServer {
-				row = slices.Insert(row, len(row)-1, orDash(s.Hosts[i].Server))
-			}
-			t.Rows = append(t.Rows, row)
-		}
-		last := len(t.Header) - 1
-		if msgWidth := o.messageWidth(t.Widths()); msgWidth > 0 {
-			for i, row := range t.Rows {
-				if cond.StringWidth(row[last]) > msgWidth {
-					row[last] = cut(row[last], retryTail(&s.Hosts[i], s.GeneratedAt), msgWidth, cond)
-				}
-			}
-		}
-		if o.Color {
-			t.Color = func(row, col int) string {
-				if row < 0 {
-					return "1"
-				}
-				return cellColor(&s.Hosts[row], col, last)
-			}
-		}
-		if err := t.Write(bw); err != nil {
+		if err := hostTable(s, o).Write(bw); err != nil {
 			return err
 		}
 	}
 	bw.WriteString(SummaryLine(s, o.Color))
 	bw.WriteByte('\n')
 	return bw.Flush()
+}
+
+// hostTable is one row per host, its messages cut and its cells coloured
+// as o says.
+func hostTable(s *status.Snapshot, o TableOptions) table.Table {
+	t := table.Table{Header: []string{"HOST", "STATE", "PUBLISHED", "APPLIED", "SYSTEM", "SEEN", "MESSAGE"}}
+	// Which server each host reached matters once there are several
+	// (mirrors): only then a column says it.
+	withServer := serversSeen(s.Hosts) > 1
+	if withServer {
+		t.Header = slices.Insert(t.Header, len(t.Header)-1, "SERVER")
+	}
+	for i := range s.Hosts {
+		row := tableCells(&s.Hosts[i], s.GeneratedAt)
+		if withServer {
+			row = slices.Insert(row, len(row)-1, orDash(s.Hosts[i].Server))
+		}
+		t.Rows = append(t.Rows, row)
+	}
+	last := len(t.Header) - 1
+	cutMessages(t.Rows, last, s, o.messageWidth(t.Widths()))
+	if o.Color {
+		t.Color = func(row, col int) string {
+			if row < 0 {
+				return "1"
+			}
+			return cellColor(&s.Hosts[row], col, last)
+		}
+	}
+	return t
+}
+
+// cutMessages cuts the messages (column last) of rows wider than width
+// cells; 0 keeps them whole.
+func cutMessages(rows [][]string, last int, s *status.Snapshot, width int) {
+	if width <= 0 {
+		return
+	}
+	cond := &runewidth.Condition{EastAsianWidth: false, StrictEmojiNeutral: true}
+	for i, row := range rows {
+		if cond.StringWidth(row[last]) > width {
+			row[last] = cut(row[last], retryTail(&s.Hosts[i], s.GeneratedAt), width, cond)
+		}
+	}
 }
 
 // cut shortens a message to width cells; a tail (when the host will
