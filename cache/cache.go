@@ -109,10 +109,8 @@ func (p *Pool) Add(ctx context.Context, storePaths []string) error {
 	if err != nil {
 		return err
 	}
-	for _, sp := range storePaths {
-		if _, err := narinfo.HashPart(sp); err != nil {
-			return fmt.Errorf("cache pool: %w", err)
-		}
+	if err := checkStorePaths(storePaths); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("cache pool: %w", err)
@@ -131,6 +129,26 @@ func (p *Pool) Add(ctx context.Context, storePaths []string) error {
 	if err != nil {
 		return err
 	}
+	if err := p.copyIn(ctx, dir, keyFile, storePaths); err != nil {
+		return err
+	}
+	p.log().Debug("cache pool: added", "closures", len(storePaths), "paths", len(closure), "remade", stale)
+	return nil
+}
+
+// checkStorePaths refuses what is not a store path.
+func checkStorePaths(storePaths []string) error {
+	for _, sp := range storePaths {
+		if _, err := narinfo.HashPart(sp); err != nil {
+			return fmt.Errorf("cache pool: %w", err)
+		}
+	}
+	return nil
+}
+
+// copyIn has nix copy storePaths and their closures into the pool dir,
+// compressed and signed with keyFile.
+func (p *Pool) copyIn(ctx context.Context, dir, keyFile string, storePaths []string) error {
 	compression := p.Compression
 	if compression == "" {
 		compression = DefaultCompression
@@ -140,7 +158,6 @@ func (p *Pool) Add(ctx context.Context, storePaths []string) error {
 	if _, err := p.Nix.Run(ctx, nix.Cmd{Args: args}); err != nil {
 		return fmt.Errorf("cache pool: copying %d closures: %w", len(storePaths), err)
 	}
-	p.log().Debug("cache pool: added", "closures", len(storePaths), "paths", len(closure), "remade", stale)
 	return nil
 }
 

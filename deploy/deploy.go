@@ -141,22 +141,16 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	builds := opts.Prebuilt
-	if opts.Build != nil {
-		if builds, err = builder.Build(ctx, opts.Nix, sel.hosts, *opts.Build); err != nil {
-			return nil, err
-		}
+	builds, err := opts.build(ctx, sel.hosts)
+	if err != nil {
+		return nil, err
 	}
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("deploy interrupted before publishing; nothing was published: %w", ctx.Err())
 	}
-	publishNow := sel.hosts
-	if opts.Hooks.Hold != nil {
-		held, err := opts.Hooks.Hold(ctx, sel.fleet, sel.hosts, builds)
-		if err != nil {
-			return nil, err
-		}
-		publishNow = slices.DeleteFunc(slices.Clone(sel.hosts), func(h fleet.Host) bool { return held[h.Name] })
+	publishNow, err := opts.publishNow(ctx, sel, builds)
+	if err != nil {
+		return nil, err
 	}
 	plan := NewPlan(publishNow, builds, sel.fleet.Dir, opts)
 	plan.fillCaches(ctx, pool, pub.Root())
@@ -169,6 +163,27 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		return report, opts.Hooks.Done(ctx, report)
 	}
 	return report, nil
+}
+
+// build builds the hosts (Options.Build), or takes Options.Prebuilt.
+func (opts Options) build(ctx context.Context, hosts []fleet.Host) ([]builder.Result, error) {
+	if opts.Build == nil {
+		return opts.Prebuilt, nil
+	}
+	return builder.Build(ctx, opts.Nix, hosts, *opts.Build)
+}
+
+// publishNow is the hosts of sel to publish now: those Hooks.Hold does
+// not hold back.
+func (opts Options) publishNow(ctx context.Context, sel selection, builds []builder.Result) ([]fleet.Host, error) {
+	if opts.Hooks.Hold == nil {
+		return sel.hosts, nil
+	}
+	held, err := opts.Hooks.Hold(ctx, sel.fleet, sel.hosts, builds)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(slices.Clone(sel.hosts), func(h fleet.Host) bool { return held[h.Name] }), nil
 }
 
 // open locks and checks the chroot root before evaluating and building: a

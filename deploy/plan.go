@@ -56,24 +56,11 @@ func (p *Plan) target(row *Row, h fleet.Host, builds map[string]builder.Result, 
 	row.Host = h.Name
 	b, built := builds[h.Name]
 	if built {
-		row.Build = &b
-		switch {
-		case b.Status == builder.StatusBuilt && b.CopyErr != nil:
-			// Built, so published; but the cache the host may rely on
-			// lacks it, which the exit status reports.
-			row.CopyError = b.Reason()
-		case !b.OK():
-			row.BuildFailed = true
-			if !opts.Force {
-				return publish.Target{}, errors.New(b.Reason())
-			}
+		if err := row.noteBuild(b, opts.Force); err != nil {
+			return publish.Target{}, err
 		}
 	}
-	sourceFor := opts.Source
-	if sourceFor == nil {
-		sourceFor = func(h fleet.Host) (publish.Source, error) { return publish.SourceFor(h, dir) }
-	}
-	src, err := sourceFor(h)
+	src, err := opts.sourceFor(h, dir)
 	if err != nil {
 		return publish.Target{}, err
 	}
@@ -82,14 +69,7 @@ func (p *Plan) target(row *Row, h fleet.Host, builds map[string]builder.Result, 
 		t.ExpectedToplevel = b.OutPath
 	}
 	if opts.SecretsDir != "" {
-		owner := ""
-		switch {
-		case opts.SecretsOwner != nil:
-			owner = opts.SecretsOwner(h)
-		case opts.Users:
-			owner = h.Options.User
-		}
-		extra, ws, err := secretsExtra(opts.SecretsDir, h, owner)
+		extra, ws, err := secretsExtra(opts.SecretsDir, h, opts.secretsOwner(h))
 		p.Warnings = append(p.Warnings, ws...)
 		if err != nil {
 			return publish.Target{}, err
@@ -97,6 +77,45 @@ func (p *Plan) target(row *Row, h fleet.Host, builds map[string]builder.Result, 
 		t.Extra = extra
 	}
 	return t, nil
+}
+
+// noteBuild puts the host's build b in its row; its error: the build
+// failed and, without force, the host is not published.
+func (row *Row) noteBuild(b builder.Result, force bool) error {
+	row.Build = &b
+	switch {
+	case b.Status == builder.StatusBuilt && b.CopyErr != nil:
+		// Built, so published; but the cache the host may rely on
+		// lacks it, which the exit status reports.
+		row.CopyError = b.Reason()
+	case !b.OK():
+		row.BuildFailed = true
+		if !force {
+			return errors.New(b.Reason())
+		}
+	}
+	return nil
+}
+
+// sourceFor is the source of host h (Options.Source, or the fleet's local
+// directory dir).
+func (opts Options) sourceFor(h fleet.Host, dir string) (publish.Source, error) {
+	if opts.Source != nil {
+		return opts.Source(h)
+	}
+	return publish.SourceFor(h, dir)
+}
+
+// secretsOwner is the account host h's published secrets belong to, ""
+// for nobody.
+func (opts Options) secretsOwner(h fleet.Host) string {
+	switch {
+	case opts.SecretsOwner != nil:
+		return opts.SecretsOwner(h)
+	case opts.Users:
+		return h.Options.User
+	}
+	return ""
 }
 
 // fail replaces target j by a failed row.

@@ -67,48 +67,84 @@ func (NoAccounts) LookupGroup(string) (string, bool, error)          { return ""
 // its chroot. A user that does not exist yet is publish's to report. The
 // result maps each refused host to why, with the fix (a *fleet.HostError).
 func CheckUsers(all, selected []fleet.Host, group string, db Accounts) (map[string]error, error) {
-	byUser := map[string][]string{}
-	for _, h := range Deployed(all) {
-		byUser[h.Options.User] = append(byUser[h.Options.User], h.Name)
-	}
-	gid, groupExists := "", false
-	if group != "" {
-		var err error
-		if gid, groupExists, err = db.LookupGroup(group); err != nil {
-			return nil, fmt.Errorf("looking up the host group %q: %w", group, err)
-		}
+	c, err := newUserCheck(all, group, db)
+	if err != nil {
+		return nil, err
 	}
 	bad := map[string]error{}
-	refuse := func(h fleet.Host, format string, args ...any) {
-		bad[h.Name] = &fleet.HostError{Host: h.Name, Err: fmt.Errorf(format, args...)}
-	}
 	for _, h := range Deployed(selected) {
-		u := h.Options.User
-		if u == "root" {
-			refuse(h, "services.bento.user is \"root\": a host must log in as an unprivileged user of its own, or it could reach every chroot and the server itself; set services.bento.user on host %s to a name of its own (the default is its host name)", h.Name)
-			continue
-		}
-		if others := slices.DeleteFunc(slices.Clone(byUser[u]), func(n string) bool { return n == h.Name }); len(others) > 0 {
-			hosts := "host"
-			if len(others) > 1 {
-				hosts = "hosts"
-			}
-			refuse(h, "services.bento.user %q is also the user of %s %s: hosts sharing a user read each other's reports and secrets; give each host its own services.bento.user (the default is its host name)", u, hosts, strings.Join(others, ", "))
-			continue
-		}
-		uid, gids, found, err := db.LookupUser(u)
+		why, err := c.refusal(h)
 		if err != nil {
-			return nil, &fleet.HostError{Host: h.Name, Err: fmt.Errorf("looking up SFTP user %q: %w", u, err)}
+			return nil, err
 		}
-		switch {
-		case !found:
-		case uid == "0":
-			refuse(h, "SFTP user %q has uid 0 on this server: a host must log in as an unprivileged user of its own; set services.bento.user on host %s to a name of its own", u, h.Name)
-		case groupExists && !slices.Contains(gids, gid):
-			refuse(h, "SFTP user %q is not in the group %q of the hosts' users, so sshd's Match Group block does not lock it into internal-sftp and its chroot: list the host in services.bento-server.hosts (which puts its user in services.bento-server.group), or add the user to %s", u, group, group)
+		if why != nil {
+			bad[h.Name] = &fleet.HostError{Host: h.Name, Err: why}
 		}
 	}
 	return bad, nil
+}
+
+// userCheck is what CheckUsers judges each host's user against.
+type userCheck struct {
+	db Accounts
+	// byUser lists the deployed hosts of each user.
+	byUser map[string][]string
+	// group is the host group; gid its id when groupExists.
+	group       string
+	gid         string
+	groupExists bool
+}
+
+func newUserCheck(all []fleet.Host, group string, db Accounts) (*userCheck, error) {
+	c := &userCheck{db: db, byUser: map[string][]string{}, group: group}
+	for _, h := range Deployed(all) {
+		c.byUser[h.Options.User] = append(c.byUser[h.Options.User], h.Name)
+	}
+	if group != "" {
+		var err error
+		if c.gid, c.groupExists, err = db.LookupGroup(group); err != nil {
+			return nil, fmt.Errorf("looking up the host group %q: %w", group, err)
+		}
+	}
+	return c, nil
+}
+
+// refusal is why host h's user is refused, nil when it is not; err: the
+// user could not be looked up.
+func (c *userCheck) refusal(h fleet.Host) (why, err error) {
+	u := h.Options.User
+	if u == "root" {
+		return fmt.Errorf("services.bento.user is \"root\": a host must log in as an unprivileged user of its own, or it could reach every chroot and the server itself; set services.bento.user on host %s to a name of its own (the default is its host name)", h.Name), nil
+	}
+	if why := c.shared(h); why != nil {
+		return why, nil
+	}
+	uid, gids, found, err := c.db.LookupUser(u)
+	if err != nil {
+		return nil, &fleet.HostError{Host: h.Name, Err: fmt.Errorf("looking up SFTP user %q: %w", u, err)}
+	}
+	switch {
+	case !found:
+	case uid == "0":
+		return fmt.Errorf("SFTP user %q has uid 0 on this server: a host must log in as an unprivileged user of its own; set services.bento.user on host %s to a name of its own", u, h.Name), nil
+	case c.groupExists && !slices.Contains(gids, c.gid):
+		return fmt.Errorf("SFTP user %q is not in the group %q of the hosts' users, so sshd's Match Group block does not lock it into internal-sftp and its chroot: list the host in services.bento-server.hosts (which puts its user in services.bento-server.group), or add the user to %s", u, c.group, c.group), nil
+	}
+	return nil, nil
+}
+
+// shared refuses a user that other deployed hosts have too.
+func (c *userCheck) shared(h fleet.Host) error {
+	u := h.Options.User
+	others := slices.DeleteFunc(slices.Clone(c.byUser[u]), func(n string) bool { return n == h.Name })
+	if len(others) == 0 {
+		return nil
+	}
+	hosts := "host"
+	if len(others) > 1 {
+		hosts = "hosts"
+	}
+	return fmt.Errorf("services.bento.user %q is also the user of %s %s: hosts sharing a user read each other's reports and secrets; give each host its own services.bento.user (the default is its host name)", u, hosts, strings.Join(others, ", "))
 }
 
 // SortedErrors lists the refusals of CheckUsers in host order.

@@ -29,6 +29,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -435,29 +436,52 @@ func (h *DB) RecordReport(ctx context.Context, obs ...Observation) (int, error) 
 	if len(obs) == 0 {
 		return 0, nil
 	}
-	hashes := make([]string, len(obs))
-	for i, o := range obs {
-		if o.Report != nil {
-			hashes[i] = reportHash(o.Report)
-		}
-	}
+	hashes := reportHashes(obs)
 	// A read before the write: the common case (nothing changed) takes no
 	// write lock at all, so status never waits for a busy writer.
 	last, err := h.lastReports(ctx, h.db)
 	if err != nil {
 		return 0, fmt.Errorf("history: record reports: %w", err)
 	}
+	changed := changedObservations(obs, hashes, last)
+	if len(changed) == 0 {
+		return 0, nil
+	}
+	n, err := h.recordChanged(ctx, obs, hashes, changed)
+	if err != nil {
+		return 0, fmt.Errorf("history: record reports: %w", err)
+	}
+	return n, nil
+}
+
+// reportHashes are the hashes of the observed reports ("" where none).
+func reportHashes(obs []Observation) []string {
+	hashes := make([]string, len(obs))
+	for i, o := range obs {
+		if o.Report != nil {
+			hashes[i] = reportHash(o.Report)
+		}
+	}
+	return hashes
+}
+
+// changedObservations are the indexes of the observations that are events
+// after last (see changes).
+func changedObservations(obs []Observation, hashes []string, last map[string]lastReport) []int {
 	var changed []int
 	for i, o := range obs {
 		if changes(last[bound(o.Host, maxShort)], hashes[i], o.absence()) {
 			changed = append(changed, i)
 		}
 	}
-	if len(changed) == 0 {
-		return 0, nil
-	}
+	return changed
+}
+
+// recordChanged records the changed observations in one transaction and
+// returns how many events it recorded.
+func (h *DB) recordChanged(ctx context.Context, obs []Observation, hashes []string, changed []int) (int, error) {
 	n := 0
-	err = h.write(ctx, func(tx *sql.Tx) error {
+	err := h.write(ctx, func(tx *sql.Tx) error {
 		n = 0
 		// Read again under the write lock: another process may have
 		// recorded the same reports since.
@@ -477,10 +501,7 @@ func (h *DB) RecordReport(ctx context.Context, obs ...Observation) (int, error) 
 		}
 		return nil
 	})
-	if err != nil {
-		return 0, fmt.Errorf("history: record reports: %w", err)
-	}
-	return n, nil
+	return n, err
 }
 
 type querier interface {
@@ -631,7 +652,33 @@ func (h *DB) Prune(ctx context.Context, before time.Time) (int64, error) {
 
 // Timeline returns the events q selects, oldest first.
 func (h *DB) Timeline(ctx context.Context, q Query) ([]Event, error) {
-	where, args := "WHERE at >= ?", []any{int64(0)}
+	where, args, limit := q.clauses()
+	rows, err := h.db.QueryContext(ctx, `SELECT id, at, host, kind, version, applied_version, state, stage, result, system,
+		expected_system, reason, error, log, started_at, finished_at, deploy_run, rollout_id, wave, action
+		FROM events `+where+` ORDER BY at DESC, id DESC`+limit, args...)
+	if err != nil {
+		return nil, fmt.Errorf("history: timeline: %w", err)
+	}
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, fmt.Errorf("history: timeline: %w", err)
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("history: timeline: %w", err)
+	}
+	slices.Reverse(out)
+	return out, nil
+}
+
+// clauses are the query's WHERE clause with its arguments, and its LIMIT
+// clause ("" for none).
+func (q Query) clauses() (where string, args []any, limit string) {
+	where, args = "WHERE at >= ?", []any{int64(0)}
 	if !q.Since.IsZero() {
 		args[0] = q.Since.UnixMilli()
 	}
@@ -645,42 +692,29 @@ func (h *DB) Timeline(ctx context.Context, q Query) ([]Event, error) {
 			args = append(args, host)
 		}
 	}
-	limit := ""
 	if q.Limit > 0 {
 		limit = fmt.Sprintf(" LIMIT %d", q.Limit)
 	}
-	rows, err := h.db.QueryContext(ctx, `SELECT id, at, host, kind, version, applied_version, state, stage, result, system,
-		expected_system, reason, error, log, started_at, finished_at, deploy_run, rollout_id, wave, action
-		FROM events `+where+` ORDER BY at DESC, id DESC`+limit, args...)
-	if err != nil {
-		return nil, fmt.Errorf("history: timeline: %w", err)
+	return where, args, limit
+}
+
+// scanEvent reads the timeline row rows is at.
+func scanEvent(rows *sql.Rows) (Event, error) {
+	var e Event
+	var at int64
+	var started, finished, wave sql.NullInt64
+	if err := rows.Scan(&e.ID, &at, &e.Host, &e.Kind, &e.Version, &e.AppliedVersion, &e.State, &e.Stage, &e.Result,
+		&e.System, &e.ExpectedSystem, &e.Reason, &e.Error, &e.Log, &started, &finished, &e.DeployRun,
+		&e.RolloutID, &wave, &e.Action); err != nil {
+		return Event{}, err
 	}
-	defer rows.Close()
-	var out []Event
-	for rows.Next() {
-		var e Event
-		var at int64
-		var started, finished, wave sql.NullInt64
-		if err := rows.Scan(&e.ID, &at, &e.Host, &e.Kind, &e.Version, &e.AppliedVersion, &e.State, &e.Stage, &e.Result,
-			&e.System, &e.ExpectedSystem, &e.Reason, &e.Error, &e.Log, &started, &finished, &e.DeployRun,
-			&e.RolloutID, &wave, &e.Action); err != nil {
-			return nil, fmt.Errorf("history: timeline: %w", err)
-		}
-		e.At = time.UnixMilli(at).UTC()
-		e.StartedAt, e.FinishedAt = timeOf(started), timeOf(finished)
-		if wave.Valid {
-			w := int(wave.Int64)
-			e.Wave = &w
-		}
-		out = append(out, e)
+	e.At = time.UnixMilli(at).UTC()
+	e.StartedAt, e.FinishedAt = timeOf(started), timeOf(finished)
+	if wave.Valid {
+		w := int(wave.Int64)
+		e.Wave = &w
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("history: timeline: %w", err)
-	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
-	return out, nil
+	return e, nil
 }
 
 func repeat(s string, n int) string {

@@ -90,27 +90,8 @@ func (h *DB) migrate(ctx context.Context) error {
 	for {
 		done := false
 		err := h.write(ctx, func(tx *sql.Tx) error {
-			if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
-				return err
-			}
-			v, err := schemaVersion(ctx, tx)
-			if err != nil {
-				return err
-			}
-			switch {
-			case v > len(steps):
-				return fmt.Errorf("schema version %d is newer than this bento knows (%d); upgrade bento", v, len(steps))
-			case v == len(steps):
-				done = true
-				return nil
-			}
-			if err := steps[v](ctx, tx); err != nil {
-				return fmt.Errorf("migration %d: %w", v+1, err)
-			}
-			if _, err := tx.ExecContext(ctx, `DELETE FROM schema_version`); err != nil {
-				return err
-			}
-			_, err = tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (?)`, v+1)
+			var err error
+			done, err = migrateStep(ctx, tx, steps)
 			return err
 		})
 		if err != nil {
@@ -120,4 +101,30 @@ func (h *DB) migrate(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// migrateStep applies, in tx, the step that follows the database's
+// version, with the version it reaches; done: the database had them all.
+func migrateStep(ctx context.Context, tx *sql.Tx, steps []func(context.Context, *sql.Tx) error) (done bool, err error) {
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return false, err
+	}
+	v, err := schemaVersion(ctx, tx)
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case v > len(steps):
+		return false, fmt.Errorf("schema version %d is newer than this bento knows (%d); upgrade bento", v, len(steps))
+	case v == len(steps):
+		return true, nil
+	}
+	if err := steps[v](ctx, tx); err != nil {
+		return false, fmt.Errorf("migration %d: %w", v+1, err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM schema_version`); err != nil {
+		return false, err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (?)`, v+1)
+	return false, err
 }

@@ -261,6 +261,18 @@ func (p *Publisher) linkJob(j *hostJob) error {
 // system failed to flush fails, with nothing of it live yet or, after the
 // manifest rename, with its new manifest live but maybe not durable.
 func (p *Publisher) syncJobs(jobs []*hostJob, what string, pool bool) {
+	byDev, dirs := p.devices(jobs, pool)
+	for dev, d := range dirs {
+		if err := syncFS(d); err != nil {
+			failUnsynced(jobs, byDev[dev], pool, what, err)
+		}
+	}
+}
+
+// devices groups the writing jobs by the file system of their chroot,
+// with a directory on each to flush it by (the root, for the pool's,
+// when pool). A job whose chroot cannot be stat'ed fails.
+func (p *Publisher) devices(jobs []*hostJob, pool bool) (map[uint64][]*hostJob, map[uint64]string) {
 	byDev := map[uint64][]*hostJob{}
 	dirs := map[uint64]string{}
 	if pool {
@@ -282,13 +294,16 @@ func (p *Publisher) syncJobs(jobs []*hostJob, what string, pool bool) {
 		byDev[dev] = append(byDev[dev], j)
 		dirs[dev] = j.hostDir
 	}
-	for dev, d := range dirs {
-		if err := syncFS(d); err != nil {
-			for _, j := range jobs {
-				if j.writing() && (pool || containsJob(byDev[dev], j)) {
-					j.fail(fmt.Errorf("%s: syncfs: %w", what, err))
-				}
-			}
+	return byDev, dirs
+}
+
+// failUnsynced fails, for a file system that did not flush (err), the
+// writing jobs on it (onDev), or every writing job when the pool's
+// flush was asked for.
+func failUnsynced(jobs, onDev []*hostJob, pool bool, what string, err error) {
+	for _, j := range jobs {
+		if j.writing() && (pool || containsJob(onDev, j)) {
+			j.fail(fmt.Errorf("%s: syncfs: %w", what, err))
 		}
 	}
 }

@@ -79,23 +79,33 @@ func fileID(fi fs.FileInfo) string {
 // liveHead returns the live manifest's head as the record knows it, when
 // manifest.json is still the file the record saw go live.
 func (p *Publisher) liveHead(host, hostDir string) (*manifest.Manifest, bool, bool) {
-	data, err := readCapped(filepath.Join(p.stateDir(host), historyFile), maxHistoryBytes)
-	if err != nil {
-		return nil, false, false
-	}
-	var h history
-	if json.Unmarshal(data, &h) != nil || h.Host != host || h.Live == nil || h.Live.ID == "" {
+	live := p.recordedLive(host)
+	if live == nil {
 		return nil, false, false
 	}
 	fi, err := os.Lstat(filepath.Join(hostDir, manifest.ManifestFile))
-	if err != nil || !fi.Mode().IsRegular() || fileID(fi) != h.Live.ID {
+	if err != nil || !fi.Mode().IsRegular() || fileID(fi) != live.ID {
 		return nil, false, false
 	}
-	m := h.Live.Head
+	m := live.Head
 	if m.Host != host || m.Validate() != nil {
 		return nil, false, false
 	}
-	return &m, h.Live.Objects, true
+	return &m, live.Objects, true
+}
+
+// recordedLive is the live head the host's record remembers; nil when the
+// record is unreadable, names another host or remembers none.
+func (p *Publisher) recordedLive(host string) *liveHead {
+	data, err := readCapped(filepath.Join(p.stateDir(host), historyFile), maxHistoryBytes)
+	if err != nil {
+		return nil
+	}
+	var h history
+	if json.Unmarshal(data, &h) != nil || h.Host != host || h.Live == nil || h.Live.ID == "" {
+		return nil
+	}
+	return h.Live
 }
 
 type histEntry struct {
@@ -142,65 +152,96 @@ func (p *Publisher) stateDir(host string) string {
 // the entries it does not know end now (later than they really did), and
 // a lost record keeps everything in the chroot for a whole window.
 func (p *Publisher) loadHistory(host, hostDir string, cur *manifest.Manifest, curObjects bool, now time.Time) (h *history, notes []string, changed bool) {
-	h = &history{Host: host}
 	path := filepath.Join(p.stateDir(host), historyFile)
-	data, err := readCapped(path, maxHistoryBytes)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err == nil:
-		if err = json.Unmarshal(data, h); err == nil && h.Host != host {
-			err = fmt.Errorf("it names host %q", h.Host)
-		}
-		if err == nil {
-			for _, e := range h.Entries {
-				if !e.Recovered && !manifest.IsVersion(e.Version) {
-					err = fmt.Errorf("invalid version %q", clip(e.Version))
-					break
-				}
-			}
-		}
-	}
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	h, err := readHistory(host, path)
+	if err != nil {
 		aside := fmt.Sprintf("%s.corrupt-%d", path, now.UnixNano())
 		os.Rename(path, aside)
 		notes = append(notes, fmt.Sprintf("the retention record %s was unreadable (%v): moved to %s; nothing is removed from the chroot for one retention period", path, err, aside))
 		h = &history{Host: host}
 	}
-	if len(h.Entries) == 0 && (cur != nil || exists(filepath.Join(hostDir, manifest.ObjectsDir)) || exists(filepath.Join(hostDir, manifest.ConfigDir))) {
+	if len(h.Entries) == 0 && chrootInUse(hostDir, cur) {
 		// A chroot without a record: published by format 1, or its record
 		// was lost. Whatever it holds may be in use.
 		h.Entries = append(h.Entries, histEntry{Recovered: true, Until: now})
 		changed = true
 	}
-	if cur != nil {
-		found := false
-		for i := range h.Entries {
-			e := &h.Entries[i]
-			if e.matches(cur, curObjects) {
-				found = true
-				if !e.live() {
-					e.Until = time.Time{}
-					changed = true
-				}
-			} else if e.live() {
-				e.Until = now
+	if cur == nil {
+		return h, notes, changed
+	}
+	found, ended := h.markLive(cur, curObjects, now)
+	changed = changed || ended
+	if !found {
+		notes = append(notes, p.addLive(h, hostDir, cur, curObjects, now)...)
+		changed = true
+	}
+	return h, notes, changed
+}
+
+// readHistory reads and checks a host's record at path; a missing record
+// is an empty one.
+func readHistory(host, path string) (*history, error) {
+	h := &history{Host: host}
+	data, err := readCapped(path, maxHistoryBytes)
+	if errors.Is(err, fs.ErrNotExist) {
+		return h, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(data, h); err != nil {
+		return nil, err
+	}
+	if h.Host != host {
+		return nil, fmt.Errorf("it names host %q", h.Host)
+	}
+	for _, e := range h.Entries {
+		if !e.Recovered && !manifest.IsVersion(e.Version) {
+			return nil, fmt.Errorf("invalid version %q", clip(e.Version))
+		}
+	}
+	return h, nil
+}
+
+// chrootInUse tells whether the chroot serves or holds anything a reader
+// may be using: a manifest, objects/ or config/.
+func chrootInUse(hostDir string, cur *manifest.Manifest) bool {
+	return cur != nil || exists(filepath.Join(hostDir, manifest.ObjectsDir)) || exists(filepath.Join(hostDir, manifest.ConfigDir))
+}
+
+// markLive makes the entries matching cur live again and ends the other
+// live ones now. It tells whether any entry matched and whether any
+// changed.
+func (h *history) markLive(cur *manifest.Manifest, curObjects bool, now time.Time) (found, changed bool) {
+	for i := range h.Entries {
+		e := &h.Entries[i]
+		if e.matches(cur, curObjects) {
+			found = true
+			if !e.live() {
+				e.Until = time.Time{}
 				changed = true
 			}
-		}
-		if !found {
-			e := histEntry{Version: cur.Version, Format: cur.Format, Objects: curObjects}
-			if e.Objects {
-				if err := p.saveCopy(host, e, filepath.Join(hostDir, manifest.ManifestFile)); err != nil {
-					// Without its copy the entry protects nothing: keep all.
-					notes = append(notes, fmt.Sprintf("keeping a copy of the live manifest: %v; nothing is removed from the chroot for one retention period", err))
-					h.Entries = append(h.Entries, histEntry{Recovered: true, Until: now})
-				}
-			}
-			h.Entries = append(h.Entries, e)
+		} else if e.live() {
+			e.Until = now
 			changed = true
 		}
 	}
-	return h, notes, changed
+	return found, changed
+}
+
+// addLive adds the live entry for cur, which the record did not know,
+// keeping a copy of its manifest when it names objects.
+func (p *Publisher) addLive(h *history, hostDir string, cur *manifest.Manifest, curObjects bool, now time.Time) (notes []string) {
+	e := histEntry{Version: cur.Version, Format: cur.Format, Objects: curObjects}
+	if e.Objects {
+		if err := p.saveCopy(h.Host, e, filepath.Join(hostDir, manifest.ManifestFile)); err != nil {
+			// Without its copy the entry protects nothing: keep all.
+			notes = append(notes, fmt.Sprintf("keeping a copy of the live manifest: %v; nothing is removed from the chroot for one retention period", err))
+			h.Entries = append(h.Entries, histEntry{Recovered: true, Until: now})
+		}
+	}
+	h.Entries = append(h.Entries, e)
+	return notes
 }
 
 // saveCopy keeps the manifest at src as the copy of e: a hard link (the
@@ -295,13 +336,7 @@ func (p *Publisher) saveHistory(h *history) error {
 // ensurePrivateDir makes d a directory only root (the deploying user)
 // can enter.
 func (p *Publisher) ensurePrivateDir(d string) error {
-	fi, err := os.Lstat(d)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		fi, err = os.Lstat(d)
-	}
+	fi, err := lstatOrMkdir(d, 0o700)
 	if err != nil {
 		return err
 	}

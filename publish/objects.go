@@ -211,47 +211,68 @@ func (p *Publisher) replaceObject(o *object, dst string) error {
 // objects/ two levels deep, so it reads a fanned-out layout (objects/<aa>/
 // <rest>) as well as a flat one. Returns how many went.
 func removeObjects(hostDir string, keep map[string]bool, removed func(sum string)) (int, error) {
-	base := filepath.Join(hostDir, manifest.ObjectsDir)
-	n := 0
-	var errs []error
-	var walk func(dir, prefix string, depth int) int
-	walk = func(dir, prefix string, depth int) (left int) {
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			if !errors.Is(err, fs.ErrNotExist) {
-				errs = append(errs, err)
-			}
-			return 1
+	s := &objectSweep{keep: keep, removed: removed}
+	s.walk(filepath.Join(hostDir, manifest.ObjectsDir), "", 0)
+	return s.n, errors.Join(s.errs...)
+}
+
+// objectSweep is one removeObjects: it counts what went and gathers why
+// the rest could not go (one failure does not stop the others).
+type objectSweep struct {
+	keep    map[string]bool
+	removed func(sum string)
+	n       int
+	errs    []error
+}
+
+// walk sweeps dir, at depth (0: objects/ itself) and whose objects' names
+// start with prefix; it returns how many entries it left there.
+func (s *objectSweep) walk(dir, prefix string, depth int) (left int) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			s.errs = append(s.errs, err)
 		}
-		for _, e := range entries {
-			name := e.Name()
-			if e.IsDir() {
-				if depth == 0 && isHexN(name, 2) && walk(filepath.Join(dir, name), name, 1) == 0 {
-					os.Remove(filepath.Join(dir, name))
-					continue
-				}
-				left++
-				continue
-			}
-			sum := prefix + name
-			if keep[sum] || !strings.HasPrefix(name, atomicfile.TempPrefix) && !isHexN(sum, 64) {
-				left++ // kept, or not ours: left alone
-				continue
-			}
-			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				errs = append(errs, err)
-				left++
-				continue
-			}
-			if isHexN(sum, 64) {
-				removed(sum)
-			}
-			n++
-		}
-		return left
+		return 1
 	}
-	walk(base, "", 0)
-	return n, errors.Join(errs...)
+	for _, e := range entries {
+		if !s.sweep(dir, prefix, depth, e) {
+			left++
+		}
+	}
+	return left
+}
+
+// sweepFan sweeps the subdirectory name of dir, a fan-out directory when
+// dir is objects/ itself, and removes it once empty; it tells whether it
+// went.
+func (s *objectSweep) sweepFan(dir, name string, depth int) bool {
+	if depth == 0 && isHexN(name, 2) && s.walk(filepath.Join(dir, name), name, 1) == 0 {
+		os.Remove(filepath.Join(dir, name))
+		return true
+	}
+	return false
+}
+
+// sweep removes the entry e of dir when it may go, and tells whether it went.
+func (s *objectSweep) sweep(dir, prefix string, depth int, e fs.DirEntry) bool {
+	name := e.Name()
+	if e.IsDir() {
+		return s.sweepFan(dir, name, depth)
+	}
+	sum := prefix + name
+	if s.keep[sum] || !strings.HasPrefix(name, atomicfile.TempPrefix) && !isHexN(sum, 64) {
+		return false // kept, or not ours: left alone
+	}
+	if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.errs = append(s.errs, err)
+		return false
+	}
+	if isHexN(sum, 64) {
+		s.removed(sum)
+	}
+	s.n++
+	return true
 }
 
 // removeNamed removes the named objects from a chroot's objects/ (those
@@ -278,16 +299,11 @@ func removeNamed(hostDir string, sums map[string]bool, removed func(sum string))
 // under the lock, after every chroot's removals.
 func (p *Publisher) collectPool(candidates map[string]bool) (int, error) {
 	var c poolCollector
+	base := filepath.Join(p.root, PoolDir)
 	if candidates != nil {
-		for sum := range candidates {
-			q := filepath.Join(p.root, PoolDir, sum[:2], sum[2:])
-			if orphanObject(q) {
-				c.remove(q)
-			}
-		}
+		c.collectNamed(base, candidates)
 		return c.result()
 	}
-	base := filepath.Join(p.root, PoolDir)
 	fans, err := os.ReadDir(base)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
@@ -299,20 +315,36 @@ func (p *Publisher) collectPool(candidates map[string]bool) (int, error) {
 		if !fan.IsDir() || !isHexN(fan.Name(), 2) {
 			continue
 		}
-		fd := filepath.Join(base, fan.Name())
-		entries, err := os.ReadDir(fd)
-		if err != nil {
-			c.errs = append(c.errs, err)
-			continue
-		}
-		for _, e := range entries {
-			q := filepath.Join(fd, e.Name())
-			if strings.HasPrefix(e.Name(), atomicfile.TempPrefix) || orphanObject(q) {
-				c.remove(q)
-			}
-		}
+		c.collectFan(filepath.Join(base, fan.Name()))
 	}
 	return c.result()
+}
+
+// collectNamed removes the pool's (base) objects among sums that no
+// chroot links.
+func (c *poolCollector) collectNamed(base string, sums map[string]bool) {
+	for sum := range sums {
+		q := filepath.Join(base, sum[:2], sum[2:])
+		if orphanObject(q) {
+			c.remove(q)
+		}
+	}
+}
+
+// collectFan removes the objects of the pool's fan-out directory fd that
+// no chroot links, and its temporary files.
+func (c *poolCollector) collectFan(fd string) {
+	entries, err := os.ReadDir(fd)
+	if err != nil {
+		c.errs = append(c.errs, err)
+		return
+	}
+	for _, e := range entries {
+		q := filepath.Join(fd, e.Name())
+		if strings.HasPrefix(e.Name(), atomicfile.TempPrefix) || orphanObject(q) {
+			c.remove(q)
+		}
+	}
 }
 
 // orphanObject tells whether the pool file q is a regular file that no

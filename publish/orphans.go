@@ -43,16 +43,24 @@ func (p *Publisher) Orphans(known []string) ([]Orphan, error) {
 		if !e.IsDir() || in[n] || fleet.ValidateName(n) != nil {
 			continue
 		}
-		dir := filepath.Join(p.root, n)
-		has := func(sub string) bool { _, err := os.Lstat(filepath.Join(dir, sub)); return err == nil }
-		bento := has(manifest.ManifestFile) || has(manifest.ObjectsDir) || has(manifest.ConfigDir) || has(manifest.SecretsDir) || has(manifest.CacheDir)
-		if !bento && !has(manifest.ReportsDir) {
-			continue
+		if o, ok := p.orphan(n); ok {
+			out = append(out, o)
 		}
-		out = append(out, Orphan{Host: n, Path: dir, ReportsOnly: !bento})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Host < out[j].Host })
 	return out, nil
+}
+
+// orphan is the directory n of the root as an orphan, when it looks like
+// a bento chroot.
+func (p *Publisher) orphan(n string) (Orphan, bool) {
+	dir := filepath.Join(p.root, n)
+	has := func(sub string) bool { _, err := os.Lstat(filepath.Join(dir, sub)); return err == nil }
+	bento := has(manifest.ManifestFile) || has(manifest.ObjectsDir) || has(manifest.ConfigDir) || has(manifest.SecretsDir) || has(manifest.CacheDir)
+	if !bento && !has(manifest.ReportsDir) {
+		return Orphan{}, false
+	}
+	return Orphan{Host: n, Path: dir, ReportsOnly: !bento}, true
 }
 
 // Prune removes an orphan's publication: its manifest first (a client then
@@ -77,21 +85,31 @@ func (p *Publisher) Prune(o Orphan, withReports bool) error {
 		return fmt.Errorf("host %s: prune: retention record: %w", o.Host, err)
 	}
 	if withReports {
-		if err := removeAll(dir); err != nil {
-			return fmt.Errorf("host %s: prune: %w", o.Host, err)
-		}
-		return atomicfile.SyncDir(p.root)
+		return p.removeChroot(o.Host, dir)
 	}
+	return removeAllButReports(o.Host, dir)
+}
+
+// removeChroot removes host's whole chroot dir.
+func (p *Publisher) removeChroot(host, dir string) error {
+	if err := removeAll(dir); err != nil {
+		return fmt.Errorf("host %s: prune: %w", host, err)
+	}
+	return atomicfile.SyncDir(p.root)
+}
+
+// removeAllButReports empties host's chroot dir but for its reports/.
+func removeAllButReports(host, dir string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return fmt.Errorf("host %s: prune: %w", o.Host, err)
+		return fmt.Errorf("host %s: prune: %w", host, err)
 	}
 	for _, e := range entries {
 		if e.Name() == manifest.ReportsDir {
 			continue
 		}
 		if err := removeAll(filepath.Join(dir, e.Name())); err != nil {
-			return fmt.Errorf("host %s: prune: %w", o.Host, err)
+			return fmt.Errorf("host %s: prune: %w", host, err)
 		}
 	}
 	return atomicfile.SyncDir(dir)

@@ -47,7 +47,7 @@ func (j *hostJob) fail(err error) *hostJob {
 
 // writing tells whether the job still has something to put in place.
 func (j *hostJob) writing() bool {
-	return j.res.Err == nil && (j.res.Status == StatusPublished || j.res.Status == StatusUpdated)
+	return j.res.Err == nil && j.published()
 }
 
 // prepare decides what a host needs and, unless in a dry run, writes the

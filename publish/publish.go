@@ -228,34 +228,16 @@ type treeCall struct {
 
 // Open checks the chroot root (creating it when missing) and takes its lock.
 func Open(ctx context.Context, opts Options) (*Publisher, error) {
-	if opts.Root == "" {
-		return nil, errors.New("no chroot root: pass --chroot-root or set BENTO_CHROOT_ROOT")
-	}
-	if opts.Retention < 0 {
-		return nil, fmt.Errorf("retention %s is negative: pass a duration such as 1h", opts.Retention)
+	if err := opts.check(); err != nil {
+		return nil, err
 	}
 	root, err := filepath.Abs(opts.Root)
 	if err != nil {
 		return nil, err
 	}
-	p := &Publisher{opts: opts, root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{}, versions: map[*Tree]treeMemo{},
+	p := &Publisher{opts: opts.withDefaults(), root: root, asRoot: os.Geteuid() == 0, hashes: NewHashCache(), trees: map[Source]*treeCall{}, versions: map[*Tree]treeMemo{},
 		pool: map[string]*object{}, poolDirs: map[string]bool{}, copies: map[string]map[string]bool{}, removed: map[string]bool{}}
 	p.umaskClears = umask()&0o755 != 0
-	if p.opts.Jobs <= 0 {
-		p.opts.Jobs = 2 * runtime.NumCPU()
-	}
-	if p.opts.Retention == 0 {
-		p.opts.Retention = DefaultRetention
-	}
-	if p.opts.Now == nil {
-		p.opts.Now = time.Now
-	}
-	if p.opts.Logger == nil {
-		p.opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if p.opts.Hook == nil {
-		p.opts.Hook = func(Step, string) {}
-	}
 	if opts.Users && !p.asRoot && !opts.DryRun {
 		return nil, fmt.Errorf("giving each host's reports/ to its SFTP user needs root: run bento deploy as root, or pass --no-user-check for a local try-out")
 	}
@@ -269,6 +251,37 @@ func Open(ctx context.Context, opts Options) (*Publisher, error) {
 		p.loadMarker()
 	}
 	return p, nil
+}
+
+// check refuses the options Open cannot start from.
+func (o Options) check() error {
+	if o.Root == "" {
+		return errors.New("no chroot root: pass --chroot-root or set BENTO_CHROOT_ROOT")
+	}
+	if o.Retention < 0 {
+		return fmt.Errorf("retention %s is negative: pass a duration such as 1h", o.Retention)
+	}
+	return nil
+}
+
+// withDefaults fills in the options left zero.
+func (o Options) withDefaults() Options {
+	if o.Jobs <= 0 {
+		o.Jobs = 2 * runtime.NumCPU()
+	}
+	if o.Retention == 0 {
+		o.Retention = DefaultRetention
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Hook == nil {
+		o.Hook = func(Step, string) {}
+	}
+	return o
 }
 
 // Root is the absolute chroot root.

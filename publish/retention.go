@@ -22,13 +22,16 @@ func (p *Publisher) finish(j *hostJob) bool {
 	if h == nil {
 		return false
 	}
-	published := j.res.Status == StatusPublished || j.res.Status == StatusUpdated
+	published := j.published()
 	if published {
 		p.recordLive(j, now)
 	}
 	expiring := h.expiring(now, ret)
 	pending := p.pending[j.name]
-	if !published && !j.histChanged && !expiring && !pending {
+	// full: objects/ may hold what nothing names (a deploy that did not
+	// finish, a repaired record), so a prune scans it whole.
+	full := pending || j.histChanged
+	if !published && !expiring && !full {
 		return false // unchanged: nothing written
 	}
 	// The record names the new manifest before anything is removed: a
@@ -38,10 +41,26 @@ func (p *Publisher) finish(j *hostJob) bool {
 		return published
 	}
 	p.opts.Hook(StepRecorded, j.name)
-	if h.recovering(now, ret) || !(j.res.Status == StatusPublished || expiring || pending) {
+	if !p.mayPrune(j, now, expiring, pending) {
 		return published
 	}
-	return p.prune(j, now, pending || j.histChanged) || published
+	return p.prune(j, now, full) || published
+}
+
+// published tells whether the job made its manifest live (a new version,
+// or the same one with a new manifest).
+func (j *hostJob) published() bool {
+	return j.res.Status == StatusPublished || j.res.Status == StatusUpdated
+}
+
+// mayPrune tells whether finish removes anything once the record is
+// saved: never while a recovered entry is in the window, and only when
+// something may have left it.
+func (p *Publisher) mayPrune(j *hostJob, now time.Time, expiring, pending bool) bool {
+	if j.hist.recovering(now, p.opts.Retention) {
+		return false
+	}
+	return j.res.Status == StatusPublished || expiring || pending
 }
 
 // prune removes what no manifest of the retention window names (objects

@@ -22,21 +22,12 @@ func CheckRoot(root string, create bool) (warnings []string, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("chroot root %s: %w", root, err)
 	}
-	fi, err := os.Stat(abs)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		if !create {
-			return []string{fmt.Sprintf("chroot root %s does not exist yet; a deploy creates it", abs)}, nil
-		}
-		if err := os.MkdirAll(abs, 0o755); err != nil {
-			return nil, fmt.Errorf("chroot root %s: cannot create it: %w; create it (root-owned, mode 0755) or pick another --chroot-root", abs, unwrapPath(err))
-		}
-	case errors.Is(err, syscall.ENOTDIR):
-		return nil, fmt.Errorf("chroot root %s: a parent of it is a file, not a directory; pick another --chroot-root", abs)
-	case err != nil:
-		return nil, fmt.Errorf("chroot root %s: %w", abs, err)
-	case !fi.IsDir():
-		return nil, fmt.Errorf("chroot root %s is a file, not a directory; pick another --chroot-root (or BENTO_CHROOT_ROOT)", abs)
+	missing, err := ensureRoot(abs, create)
+	if err != nil {
+		return nil, err
+	}
+	if missing {
+		return []string{fmt.Sprintf("chroot root %s does not exist yet; a deploy creates it", abs)}, nil
 	}
 	if create {
 		if err := syscall.Access(abs, 2|1); err != nil { // W_OK|X_OK
@@ -51,6 +42,28 @@ func CheckRoot(root string, create bool) (warnings []string, err error) {
 		warnings = append(warnings, fmt.Sprintf("sshd will refuse ChrootDirectory for the hosts under %s: %s; in production use a directory whose every parent is root-owned and not writable by group or others, such as /home/chroot", real, strings.Join(problems, ", ")))
 	}
 	return warnings, nil
+}
+
+// ensureRoot checks that the chroot root abs is a directory, creating it
+// when it is missing and create is set; missing: it is, and create is not.
+func ensureRoot(abs string, create bool) (missing bool, err error) {
+	fi, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if !create {
+			return true, nil
+		}
+		if err := os.MkdirAll(abs, 0o755); err != nil {
+			return false, fmt.Errorf("chroot root %s: cannot create it: %w; create it (root-owned, mode 0755) or pick another --chroot-root", abs, unwrapPath(err))
+		}
+	case errors.Is(err, syscall.ENOTDIR):
+		return false, fmt.Errorf("chroot root %s: a parent of it is a file, not a directory; pick another --chroot-root", abs)
+	case err != nil:
+		return false, fmt.Errorf("chroot root %s: %w", abs, err)
+	case !fi.IsDir():
+		return false, fmt.Errorf("chroot root %s is a file, not a directory; pick another --chroot-root (or BENTO_CHROOT_ROOT)", abs)
+	}
+	return false, nil
 }
 
 // sshdProblems lists what breaks sshd's ChrootDirectory ownership rule for

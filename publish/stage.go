@@ -94,15 +94,8 @@ func (p *Publisher) ensureLayout(hostDir string, acct *account) error {
 // ensureDir makes d a directory with mode 0755, owned by uid:gid when own.
 // An existing directory keeps its content.
 func (p *Publisher) ensureDir(d string, uid, gid int, own bool) error {
-	fi, err := os.Lstat(d)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		if fi, err = os.Lstat(d); err != nil {
-			return err
-		}
-	} else if err != nil {
+	fi, err := lstatOrMkdir(d, 0o755)
+	if err != nil {
 		return err
 	}
 	if !fi.IsDir() {
@@ -113,12 +106,31 @@ func (p *Publisher) ensureDir(d string, uid, gid int, own bool) error {
 			return err
 		}
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && own && (int(st.Uid) != uid || int(st.Gid) != gid) {
-		if err := os.Lchown(d, uid, gid); err != nil {
-			return err
-		}
+	if own {
+		return chownTo(d, fi, uid, gid)
 	}
 	return nil
+}
+
+// lstatOrMkdir stats d, making it first (mode perm) when it is missing.
+func lstatOrMkdir(d string, perm fs.FileMode) (fs.FileInfo, error) {
+	fi, err := os.Lstat(d)
+	if !errors.Is(err, fs.ErrNotExist) {
+		return fi, err
+	}
+	if err := os.Mkdir(d, perm); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, err
+	}
+	return os.Lstat(d)
+}
+
+// chownTo gives d (fi its Lstat) to uid:gid, unless it is theirs already.
+func chownTo(d string, fi fs.FileInfo, uid, gid int) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || int(st.Uid) == uid && int(st.Gid) == gid {
+		return nil
+	}
+	return os.Lchown(d, uid, gid)
 }
 
 // staged is a directory written completely under a temporary name.

@@ -100,16 +100,34 @@ type TreeOptions struct {
 
 // ReadTree lists and hashes the files of src that a host receives.
 func ReadTree(ctx context.Context, src Source, opts TreeOptions) (*Tree, error) {
-	root, err := filepath.Abs(src.Root)
+	w, err := newWalker(ctx, src, opts)
 	if err != nil {
 		return nil, err
 	}
-	st, err := os.Stat(root)
-	if err != nil {
-		return nil, fmt.Errorf("tree %s: %w", root, err)
+	if !src.Plain {
+		top, err := gitcmd.Top(ctx, w.realRoot)
+		if err != nil {
+			return nil, err
+		}
+		if top != "" {
+			if err := w.readGit(); err != nil {
+				return nil, err
+			}
+			return w.tree()
+		}
 	}
-	if !st.IsDir() {
-		return nil, fmt.Errorf("tree %s: not a directory", root)
+	if err := w.walkDir(w.realRoot, "", []string{w.realRoot}); err != nil {
+		return nil, err
+	}
+	return w.tree()
+}
+
+// newWalker checks src's root and boundary and resolves them, with the
+// exclusions, to real paths.
+func newWalker(ctx context.Context, src Source, opts TreeOptions) (*walker, error) {
+	root, err := treeRoot(src.Root)
+	if err != nil {
+		return nil, err
 	}
 	boundary := src.Boundary
 	if boundary == "" {
@@ -128,27 +146,36 @@ func ReadTree(ctx context.Context, src Source, opts TreeOptions) (*Tree, error) 
 	if !within(w.realRoot, w.boundary) {
 		return nil, fmt.Errorf("tree %s: not inside %s", root, boundary)
 	}
-	for _, x := range opts.Exclude {
+	w.exclude = realPaths(opts.Exclude)
+	return w, nil
+}
+
+// treeRoot is the absolute path of a tree's root, which must be a directory.
+func treeRoot(dir string) (string, error) {
+	root, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	st, err := os.Stat(root)
+	if err != nil {
+		return "", fmt.Errorf("tree %s: %w", root, err)
+	}
+	if !st.IsDir() {
+		return "", fmt.Errorf("tree %s: not a directory", root)
+	}
+	return root, nil
+}
+
+// realPaths resolves each of paths; those that do not resolve (missing)
+// are dropped.
+func realPaths(paths []string) []string {
+	var out []string
+	for _, x := range paths {
 		if rx, err := filepath.EvalSymlinks(x); err == nil {
-			w.exclude = append(w.exclude, rx)
+			out = append(out, rx)
 		}
 	}
-	if !src.Plain {
-		top, err := gitcmd.Top(ctx, w.realRoot)
-		if err != nil {
-			return nil, err
-		}
-		if top != "" {
-			if err := w.readGit(); err != nil {
-				return nil, err
-			}
-			return w.tree()
-		}
-	}
-	if err := w.walkDir(w.realRoot, "", []string{w.realRoot}); err != nil {
-		return nil, err
-	}
-	return w.tree()
+	return out
 }
 
 type walker struct {
@@ -214,6 +241,15 @@ func (w *walker) readGit() error {
 	if len(submodules) > 0 {
 		w.notes = append(w.notes, fmt.Sprintf("left out git submodule %s: Nix does not see submodules unless the flake URL says ?submodules=1", list(submodules)))
 	}
+	if err := w.addTracked(paths); err != nil {
+		return err
+	}
+	w.noteUntracked()
+	return nil
+}
+
+// addTracked ships the tracked paths (relative to the tree root).
+func (w *walker) addTracked(paths []string) error {
 	for _, p := range paths {
 		if err := w.ctx.Err(); err != nil {
 			return err
@@ -229,21 +265,27 @@ func (w *walker) readGit() error {
 			return err
 		}
 	}
+	return nil
+}
+
+// noteUntracked notes the untracked files that would have shipped.
+func (w *walker) noteUntracked() {
 	// Only for a note: a git that cannot list them costs the note, not
 	// the deploy.
-	if all, err := gitcmd.Untracked(w.ctx, w.realRoot); err == nil {
-		var untracked []string
-		for _, p := range all {
-			if skipTop(p) || w.excluded0(filepath.Join(w.realRoot, p)) {
-				continue
-			}
-			untracked = append(untracked, p)
-		}
-		if len(untracked) > 0 {
-			w.notes = append(w.notes, fmt.Sprintf("%d untracked file(s) not published, as Nix does not see them either: %s (git add them to publish them)", len(untracked), list(untracked)))
-		}
+	all, err := gitcmd.Untracked(w.ctx, w.realRoot)
+	if err != nil {
+		return
 	}
-	return nil
+	var untracked []string
+	for _, p := range all {
+		if skipTop(p) || w.excluded0(filepath.Join(w.realRoot, p)) {
+			continue
+		}
+		untracked = append(untracked, p)
+	}
+	if len(untracked) > 0 {
+		w.notes = append(w.notes, fmt.Sprintf("%d untracked file(s) not published, as Nix does not see them either: %s (git add them to publish them)", len(untracked), list(untracked)))
+	}
 }
 
 // skipTop tells whether a path relative to the tree root never ships.
@@ -267,12 +309,7 @@ func (w *walker) add(full, rel string, stack []string) error {
 	if err != nil || fi == nil {
 		return err
 	}
-	if w.excluded0(real) {
-		w.excluded = append(w.excluded, rel)
-		return nil
-	}
-	if within(real, filepath.Join(w.boundary, SecretsName)) || within(real, filepath.Join(w.realRoot, SecretsName)) {
-		w.secrets = true
+	if w.leftOut(real, rel) {
 		return nil
 	}
 	switch {
@@ -282,18 +319,42 @@ func (w *walker) add(full, rel string, stack []string) error {
 		}
 		return w.walkDir(real, rel, append(stack, real))
 	case fi.Mode().IsRegular():
-		if w.tracked != nil && real != full {
-			// A link into the tree is dereferenced: what it points to must
-			// be something Nix sees, i.e. tracked.
-			r, err := filepath.Rel(w.realRoot, real)
-			if err != nil || !w.tracked[filepath.ToSlash(r)] {
-				return fmt.Errorf("tree: symlink %s points to %s, which git does not track, so Nix does not see it; git add it", rel, real)
-			}
+		if err := w.checkLinkTracked(full, real, rel); err != nil {
+			return err
 		}
 		return w.addFile(real, rel, fi)
 	default:
 		return fmt.Errorf("tree: %s is a %s, not a file, directory or symlink; Nix cannot copy it: remove it", rel, fi.Mode().Type())
 	}
+}
+
+// leftOut tells whether the real object real (shipped as rel) is left out:
+// excluded or secrets, which it counts for the notes.
+func (w *walker) leftOut(real, rel string) bool {
+	if w.excluded0(real) {
+		w.excluded = append(w.excluded, rel)
+		return true
+	}
+	if within(real, filepath.Join(w.boundary, SecretsName)) || within(real, filepath.Join(w.realRoot, SecretsName)) {
+		w.secrets = true
+		return true
+	}
+	return false
+}
+
+// checkLinkTracked refuses, in a git tree, a file reached through a link
+// (full resolving to real) whose target git does not track.
+func (w *walker) checkLinkTracked(full, real, rel string) error {
+	if w.tracked == nil || real == full {
+		return nil
+	}
+	// A link into the tree is dereferenced: what it points to must
+	// be something Nix sees, i.e. tracked.
+	r, err := filepath.Rel(w.realRoot, real)
+	if err != nil || !w.tracked[filepath.ToSlash(r)] {
+		return fmt.Errorf("tree: symlink %s points to %s, which git does not track, so Nix does not see it; git add it", rel, real)
+	}
+	return nil
 }
 
 // resolve follows full to the real object inside the tree and stats it; a
@@ -321,24 +382,11 @@ func (w *walker) resolve(full, rel string) (string, fs.FileInfo, error) {
 	// replaced by a link must not smuggle in files from outside.
 	real, err := filepath.EvalSymlinks(full)
 	if err != nil {
-		switch {
-		case isLoop(err):
-			return "", nil, fmt.Errorf("tree: symlink %s -> %s is a loop; fix or remove it", rel, target)
-		case errors.Is(err, fs.ErrNotExist) && isLink:
-			return "", nil, fmt.Errorf("tree: symlink %s -> %s points to nothing; fix or remove it", rel, target)
-		}
-		return "", nil, fmt.Errorf("tree: %s: %w", rel, err)
+		return "", nil, unresolvable(err, rel, target, isLink)
 	}
 	if !within(real, w.boundary) {
-		if isLink && isResultLink(path.Base(rel), target) {
-			w.resultLinks = append(w.resultLinks, rel)
-			return "", nil, nil
-		}
-		what := "symlink " + rel + " -> " + target
-		if !isLink {
-			what = rel + " (through a symlinked directory)"
-		}
-		return "", nil, fmt.Errorf("tree: %s escapes the tree (it resolves to %s, outside %s); copy what it points to into the fleet, or make it point inside", what, real, w.boundary)
+		// A nil error: a result link, left out.
+		return "", nil, w.outside(real, rel, target, isLink)
 	}
 	if real != full {
 		if fi, err = os.Stat(real); err != nil {
@@ -346,6 +394,32 @@ func (w *walker) resolve(full, rel string) (string, fs.FileInfo, error) {
 		}
 	}
 	return real, fi, nil
+}
+
+// unresolvable is the error of a path (a link to target when isLink)
+// that EvalSymlinks could not resolve.
+func unresolvable(err error, rel, target string, isLink bool) error {
+	switch {
+	case isLoop(err):
+		return fmt.Errorf("tree: symlink %s -> %s is a loop; fix or remove it", rel, target)
+	case errors.Is(err, fs.ErrNotExist) && isLink:
+		return fmt.Errorf("tree: symlink %s -> %s points to nothing; fix or remove it", rel, target)
+	}
+	return fmt.Errorf("tree: %s: %w", rel, err)
+}
+
+// outside is the error of a path that resolves (to real) outside the
+// boundary; nil for a nix build out link, which it counts for the notes.
+func (w *walker) outside(real, rel, target string, isLink bool) error {
+	if isLink && isResultLink(path.Base(rel), target) {
+		w.resultLinks = append(w.resultLinks, rel)
+		return nil
+	}
+	what := "symlink " + rel + " -> " + target
+	if !isLink {
+		what = rel + " (through a symlinked directory)"
+	}
+	return fmt.Errorf("tree: %s escapes the tree (it resolves to %s, outside %s); copy what it points to into the fleet, or make it point inside", what, real, w.boundary)
 }
 
 func isLoop(err error) bool {
@@ -371,27 +445,34 @@ func (w *walker) walkDir(dir, rel string, stack []string) error {
 		return fmt.Errorf("tree: %s: %w", orDot(rel), err)
 	}
 	for _, e := range entries {
-		name := e.Name()
-		r := joinRel(rel, name)
-		if name == ".git" {
+		if w.skipEntry(dir, rel, e) {
 			continue
 		}
-		if rel == "" && name == SecretsName {
-			w.secrets = true
-			continue
-		}
-		if w.tracked != nil && !e.IsDir() && e.Type()&fs.ModeSymlink == 0 {
-			// Inside a linked directory of a git tree: only tracked files.
-			real := filepath.Join(dir, name)
-			if rr, err := filepath.Rel(w.realRoot, real); err != nil || !w.tracked[filepath.ToSlash(rr)] {
-				continue
-			}
-		}
-		if err := w.add(filepath.Join(dir, name), r, stack); err != nil {
+		if err := w.add(filepath.Join(dir, e.Name()), joinRel(rel, e.Name()), stack); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// skipEntry tells whether the entry e of the real directory dir (shipped
+// as rel) never ships: .git, the top secrets/ (counted for the notes), or
+// a file git does not track.
+func (w *walker) skipEntry(dir, rel string, e fs.DirEntry) bool {
+	name := e.Name()
+	if name == ".git" {
+		return true
+	}
+	if rel == "" && name == SecretsName {
+		w.secrets = true
+		return true
+	}
+	if w.tracked == nil || e.IsDir() || e.Type()&fs.ModeSymlink != 0 {
+		return false
+	}
+	// Inside a linked directory of a git tree: only tracked files.
+	rr, err := filepath.Rel(w.realRoot, filepath.Join(dir, name))
+	return err != nil || !w.tracked[filepath.ToSlash(rr)]
 }
 
 func (w *walker) addFile(real, rel string, fi fs.FileInfo) error {
