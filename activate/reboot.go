@@ -31,51 +31,73 @@ type RebootCheck struct {
 // booted "" or missing means the booted system is unknown (a fresh
 // installation, a container): no reboot, and Note says why.
 func NeedsReboot(booted, next string) (RebootCheck, error) {
+	if rc, done, err := checkSystems(booted, next); done || err != nil {
+		return rc, err
+	}
+	changed, err := changedParts(booted, next)
+	if err != nil {
+		return RebootCheck{}, fmt.Errorf("reboot check: %w", err)
+	}
+	return RebootCheck{Required: len(changed) > 0, Changed: changed}, nil
+}
+
+// checkSystems checks that next exists and whether booted is known:
+// when it is not, done is true and rc is the answer.
+func checkSystems(booted, next string) (rc RebootCheck, done bool, err error) {
 	if next == "" {
-		return RebootCheck{}, errors.New("reboot check: no new system given")
+		return RebootCheck{}, false, errors.New("reboot check: no new system given")
 	}
 	if _, err := os.Stat(next); err != nil {
-		return RebootCheck{}, fmt.Errorf("reboot check: new system: %w", err)
+		return RebootCheck{}, false, fmt.Errorf("reboot check: new system: %w", err)
 	}
 	if booted == "" {
-		return RebootCheck{Note: "no booted system is known (fresh installation?): reboot not required"}, nil
+		return RebootCheck{Note: "no booted system is known (fresh installation?): reboot not required"}, true, nil
 	}
 	if _, err := os.Stat(booted); errors.Is(err, fs.ErrNotExist) {
-		return RebootCheck{Note: fmt.Sprintf("booted system %s does not exist: reboot not required", booted)}, nil
+		return RebootCheck{Note: fmt.Sprintf("booted system %s does not exist: reboot not required", booted)}, true, nil
 	} else if err != nil {
-		return RebootCheck{}, fmt.Errorf("reboot check: booted system: %w", err)
+		return RebootCheck{}, false, fmt.Errorf("reboot check: booted system: %w", err)
 	}
-	var rc RebootCheck
-	// The parts only a reboot brings into effect. Like nixpkgs'
-	// system.autoUpgrade, links are compared by target: two systems share
-	// a kernel exactly when they link the same store path.
-	for _, part := range []string{"kernel", "initrd", "kernel-modules"} {
-		a, err := partID(filepath.Join(booted, part))
+	return RebootCheck{}, false, nil
+}
+
+// bootPart is a part only a reboot brings into effect, with how it is
+// identified.
+type bootPart struct {
+	name string
+	id   func(string) (string, error)
+}
+
+// bootParts are the parts only a reboot brings into effect. Like
+// nixpkgs' system.autoUpgrade, links are compared by target: two systems
+// share a kernel exactly when they link the same store path.
+func bootParts() []bootPart {
+	return []bootPart{
+		{"kernel", partID},
+		{"initrd", partID},
+		{"kernel-modules", partID},
+		// kernel-params is a small file (missing in old systems: same as empty).
+		{"kernel-params", readParams},
+	}
+}
+
+// changedParts lists the boot parts that differ between booted and next.
+func changedParts(booted, next string) ([]string, error) {
+	var changed []string
+	for _, part := range bootParts() {
+		a, err := part.id(filepath.Join(booted, part.name))
 		if err != nil {
-			return RebootCheck{}, fmt.Errorf("reboot check: %w", err)
+			return nil, err
 		}
-		b, err := partID(filepath.Join(next, part))
+		b, err := part.id(filepath.Join(next, part.name))
 		if err != nil {
-			return RebootCheck{}, fmt.Errorf("reboot check: %w", err)
+			return nil, err
 		}
 		if a != b {
-			rc.Changed = append(rc.Changed, part)
+			changed = append(changed, part.name)
 		}
 	}
-	// kernel-params is a small file (missing in old systems: same as empty).
-	a, err := readParams(filepath.Join(booted, "kernel-params"))
-	if err != nil {
-		return RebootCheck{}, fmt.Errorf("reboot check: %w", err)
-	}
-	b, err := readParams(filepath.Join(next, "kernel-params"))
-	if err != nil {
-		return RebootCheck{}, fmt.Errorf("reboot check: %w", err)
-	}
-	if a != b {
-		rc.Changed = append(rc.Changed, "kernel-params")
-	}
-	rc.Required = len(rc.Changed) > 0
-	return rc, nil
+	return changed, nil
 }
 
 // partID identifies a boot part: its link target when it is a link (the
@@ -178,14 +200,28 @@ func ParsePolicy(mode, window string) (Policy, error) {
 // parseClock reads "HH:MM" as minutes after midnight; "24:00" only as an end.
 func parseClock(s string, end bool) (int, error) {
 	s = strings.TrimSpace(s)
-	hh, mm, ok := strings.Cut(s, ":")
-	h, err1 := strconv.Atoi(hh)
-	m, err2 := strconv.Atoi(mm)
-	if !ok || err1 != nil || err2 != nil || len(hh) == 0 || len(hh) > 2 || len(mm) != 2 ||
-		h < 0 || m < 0 || m > 59 || h > 24 || (h == 24 && (m != 0 || !end)) {
+	h, m, ok := splitClock(s)
+	if !ok || !validClock(h, m, end) {
 		return 0, fmt.Errorf("%q is not a time of day: use HH:MM between 00:00 and 23:59", s)
 	}
 	return h*60 + m, nil
+}
+
+// splitClock reads the hours (one or two digits) and minutes (two) of
+// "HH:MM", not yet checked against a day.
+func splitClock(s string) (h, m int, ok bool) {
+	hh, mm, ok := strings.Cut(s, ":")
+	h, err1 := strconv.Atoi(hh)
+	m, err2 := strconv.Atoi(mm)
+	return h, m, ok && err1 == nil && err2 == nil && len(hh) != 0 && len(hh) <= 2 && len(mm) == 2
+}
+
+// validClock reports whether h:m is a time of day; 24:00 only as an end.
+func validClock(h, m int, end bool) bool {
+	if h < 0 || m < 0 || m > 59 || h > 24 {
+		return false
+	}
+	return h != 24 || (m == 0 && end)
 }
 
 // Plan decides, at now, when a needed reboot happens: never → zero time

@@ -209,7 +209,27 @@ func (r Result) MarshalJSON() ([]byte, error) {
 	return json.Marshal(o)
 }
 
+// validate checks hosts and opts, and fills opts' automatic values.
 func validate(hosts []fleet.Host, opts *Options) error {
+	if err := validateJobs(opts); err != nil {
+		return err
+	}
+	if err := validateHosts(hosts); err != nil {
+		return err
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = DefaultStateDir
+	}
+	abs, err := filepath.Abs(opts.StateDir)
+	if err != nil {
+		return &StateDirError{Dir: opts.StateDir, Err: err}
+	}
+	opts.StateDir = abs
+	return validateSignKey(opts)
+}
+
+// validateJobs checks the limits, and sets EvalJobs when automatic.
+func validateJobs(opts *Options) error {
 	if opts.Jobs < 1 {
 		return fmt.Errorf("build: jobs must be at least 1, got %d", opts.Jobs)
 	}
@@ -222,6 +242,11 @@ func validate(hosts []fleet.Host, opts *Options) error {
 	if opts.MaxJobs < 0 {
 		return fmt.Errorf("build: max-jobs must be 0 (Nix's setting) or more, got %d", opts.MaxJobs)
 	}
+	return nil
+}
+
+// validateHosts wants at least one host, each named validly and once.
+func validateHosts(hosts []fleet.Host) error {
 	if len(hosts) == 0 {
 		return errors.New("build: no host to build")
 	}
@@ -235,24 +260,23 @@ func validate(hosts []fleet.Host, opts *Options) error {
 		}
 		seen[h.Name] = true
 	}
-	if opts.StateDir == "" {
-		opts.StateDir = DefaultStateDir
+	return nil
+}
+
+// validateSignKey checks that a signing key has something to sign (a
+// copy) and can be opened.
+func validateSignKey(opts *Options) error {
+	if opts.SignKey == "" {
+		return nil
 	}
-	abs, err := filepath.Abs(opts.StateDir)
+	if opts.CopyTo == "" {
+		return errors.New("build: a signing key (--sign-key) only signs what is copied: add --copy-to STORE_URL")
+	}
+	f, err := os.Open(opts.SignKey)
 	if err != nil {
-		return &StateDirError{Dir: opts.StateDir, Err: err}
+		return fmt.Errorf("build: signing key: %w (make one with: nix key generate-secret --key-name NAME > FILE)", err)
 	}
-	opts.StateDir = abs
-	if opts.SignKey != "" {
-		if opts.CopyTo == "" {
-			return errors.New("build: a signing key (--sign-key) only signs what is copied: add --copy-to STORE_URL")
-		}
-		f, err := os.Open(opts.SignKey)
-		if err != nil {
-			return fmt.Errorf("build: signing key: %w (make one with: nix key generate-secret --key-name NAME > FILE)", err)
-		}
-		f.Close()
-	}
+	f.Close()
 	return nil
 }
 

@@ -24,6 +24,51 @@ import (
 // first host starts (bad options, unusable state directory); a host's
 // failure, and cancellation, live in its Result.
 func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options) ([]Result, error) {
+	b, err := newRun(r, hosts, opts)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(hosts))
+	for i, h := range hosts {
+		names[i] = h.Name
+	}
+	b.prog.Begin(names)
+
+	results := make([]Result, len(hosts))
+	done := make([]bool, len(hosts))
+	finish := func(h *hostRun) {
+		results[h.i] = h.finish(ctx)
+		done[h.i] = true
+		b.prog.Done(results[h.i])
+	}
+
+	// evaluated holds hosts whose derivation is known, waiting for a
+	// build slot. It can hold every host: chunked evaluation delivers a
+	// whole chunk at once, and a chunk worker must not wait for builds.
+	evaluated := make(chan *hostRun, len(hosts))
+	b.startEvaluations(ctx, hosts, evaluated, finish)
+	var builds errgroup.Group
+	for range b.opts.Jobs {
+		builds.Go(func() error {
+			b.buildEvaluated(ctx, evaluated, finish)
+			return nil
+		})
+	}
+	_ = builds.Wait()
+
+	for i, h := range hosts {
+		if !done[i] {
+			results[i] = Result{Host: h.Name, Status: StatusCancelled, Err: hostError(h.Name, "build", fmt.Errorf("not started: %w", context.Cause(ctx)))}
+			b.prog.Done(results[i])
+		}
+	}
+	b.prog.End()
+	return results, nil
+}
+
+// newRun checks the options and opens the state directory: the problems
+// that stop everything before the first host starts.
+func newRun(r *nix.Runner, hosts []fleet.Host, opts Options) (*run, error) {
 	if r == nil {
 		r = &nix.Runner{}
 	}
@@ -38,39 +83,26 @@ func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options)
 	if prog == nil {
 		prog = silent{}
 	}
-	b := &run{runner: r, opts: opts, state: st, stamp: logStamp(time.Now()), prog: prog}
-	names := make([]string, len(hosts))
-	for i, h := range hosts {
-		names[i] = h.Name
-	}
-	prog.Begin(names)
+	return &run{runner: r, opts: opts, state: st, stamp: logStamp(time.Now()), prog: prog}, nil
+}
 
-	results := make([]Result, len(hosts))
-	done := make([]bool, len(hosts))
-	finish := func(h *hostRun) {
-		results[h.i] = h.finish(ctx)
-		done[h.i] = true
-		prog.Done(results[h.i])
-	}
-
-	// evaluated holds hosts whose derivation is known, waiting for a
-	// build slot. It can hold every host: chunked evaluation delivers a
-	// whole chunk at once, and a chunk worker must not wait for builds.
-	evaluated := make(chan *hostRun, len(hosts))
+// startEvaluations starts the evaluation workers and what feeds them;
+// evaluated is closed once every host is evaluated or finished.
+func (b *run) startEvaluations(ctx context.Context, hosts []fleet.Host, evaluated chan *hostRun, finish func(*hostRun)) {
 	// single holds hosts evaluated one per nix process, into their own
 	// log: every host in a dry run (nix build --dry-run says what would be
 	// built), else the hosts of chunks that failed to evaluate, so that
 	// each one's log shows its own error.
 	single := make(chan int, len(hosts))
 	var evals errgroup.Group
-	for range opts.EvalJobs {
+	for range b.opts.EvalJobs {
 		evals.Go(func() error {
 			b.evaluateSingles(ctx, hosts, single, evaluated, finish)
 			return nil
 		})
 	}
 	go func() {
-		if opts.DryRun {
+		if b.opts.DryRun {
 			for i := range hosts {
 				single <- i
 			}
@@ -81,23 +113,6 @@ func Build(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options)
 		_ = evals.Wait()
 		close(evaluated)
 	}()
-	var builds errgroup.Group
-	for range opts.Jobs {
-		builds.Go(func() error {
-			b.buildEvaluated(ctx, evaluated, finish)
-			return nil
-		})
-	}
-	_ = builds.Wait()
-
-	for i, h := range hosts {
-		if !done[i] {
-			results[i] = Result{Host: h.Name, Status: StatusCancelled, Err: hostError(h.Name, "build", fmt.Errorf("not started: %w", context.Cause(ctx)))}
-			prog.Done(results[i])
-		}
-	}
-	prog.End()
-	return results, nil
 }
 
 // evaluateSingles is one evaluation worker: it evaluates the hosts sent on
@@ -214,40 +229,51 @@ func (b *run) evaluate(ctx context.Context, i int, host fleet.Host) *hostRun {
 	// concurrent evaluations fight over ("error (ignored): … is busy" in
 	// every log), and a changed flake misses it anyway.
 	if b.opts.DryRun {
-		args := append([]string{"build", "--dry-run", "--json", "--no-link", "--no-eval-cache"}, host.Installable(ToplevelSub)...)
-		fmt.Fprintf(logf, "bento: dry run of %s, started %s\nbento: $ nix %s\n", host.Name, h.start.Format(time.RFC3339), strings.Join(args, " "))
-		out, err := b.runner.Run(ctx, nix.Cmd{Host: host.Name, Args: args, Log: h.lw})
-		if err != nil {
-			h.fail("evaluate", err)
-			return h
-		}
-		var outs []nixBuildOutput
-		if err := json.Unmarshal(out, &outs); err != nil || len(outs) != 1 || outs[0].DrvPath == "" {
-			h.fail("evaluate", fmt.Errorf("unexpected output of nix build --dry-run --json (%q): want one derivation", truncate(string(out), 200)))
-			return h
-		}
-		h.res.DrvPath, h.res.OutPath, h.res.Status = outs[0].DrvPath, outs[0].Outputs["out"], StatusDryRun
-		h.lw.Flush()
-		fmt.Fprintf(logf, "bento: dry run: %s would build %s\n", host.Name, h.res.OutPath)
-		return h
+		b.dryRun(ctx, h)
+	} else {
+		b.instantiate(ctx, h)
 	}
+	return h
+}
 
+// dryRun is nix build --dry-run of h's toplevel: its drv and out paths.
+func (b *run) dryRun(ctx context.Context, h *hostRun) {
+	host, logf := h.host, h.logf
+	args := append([]string{"build", "--dry-run", "--json", "--no-link", "--no-eval-cache"}, host.Installable(ToplevelSub)...)
+	fmt.Fprintf(logf, "bento: dry run of %s, started %s\nbento: $ nix %s\n", host.Name, h.start.Format(time.RFC3339), strings.Join(args, " "))
+	out, err := b.runner.Run(ctx, nix.Cmd{Host: host.Name, Args: args, Log: h.lw})
+	if err != nil {
+		h.fail("evaluate", err)
+		return
+	}
+	var outs []nixBuildOutput
+	if err := json.Unmarshal(out, &outs); err != nil || len(outs) != 1 || outs[0].DrvPath == "" {
+		h.fail("evaluate", fmt.Errorf("unexpected output of nix build --dry-run --json (%q): want one derivation", truncate(string(out), 200)))
+		return
+	}
+	h.res.DrvPath, h.res.OutPath, h.res.Status = outs[0].DrvPath, outs[0].Outputs["out"], StatusDryRun
+	h.lw.Flush()
+	fmt.Fprintf(logf, "bento: dry run: %s would build %s\n", host.Name, h.res.OutPath)
+}
+
+// instantiate is nix eval of h's toplevel's drvPath, which instantiates it.
+func (b *run) instantiate(ctx context.Context, h *hostRun) {
+	host, logf := h.host, h.logf
 	args := append([]string{"eval", "--raw", "--no-eval-cache"}, host.Installable(ToplevelSub+".drvPath")...)
 	fmt.Fprintf(logf, "bento: build of %s, started %s\nbento: $ nix %s\n", host.Name, h.start.Format(time.RFC3339), strings.Join(args, " "))
 	out, err := b.runner.Run(ctx, nix.Cmd{Host: host.Name, Args: args, Log: h.lw})
 	if err != nil {
 		h.fail("evaluate", err)
-		return h
+		return
 	}
 	drv := strings.TrimSpace(string(out))
 	if !strings.HasPrefix(drv, "/") || !strings.HasSuffix(drv, ".drv") {
 		h.fail("evaluate", fmt.Errorf("%s is not a derivation: nix eval of its drvPath printed %q", ToplevelSub, truncate(drv, 200)))
-		return h
+		return
 	}
 	h.res.DrvPath = drv
 	h.lw.Flush()
 	fmt.Fprintf(logf, "bento: evaluated %s\n", drv)
-	return h
 }
 
 // evaluateChunks instantiates every host's toplevel with a few chunked
@@ -351,22 +377,7 @@ func (b *run) build(ctx context.Context, h *hostRun) {
 		h.fail("build", err)
 		return
 	}
-	// Hosts build in separate processes that often need the same
-	// derivations at once; the losers of a lock poll for it every
-	// build-poll-interval (5 s by default), which 1 s makes cheap.
-	args := []string{"--realise", h.res.DrvPath, "--add-root", link, "--option", "build-poll-interval", "1"}
-	if b.opts.Builders != "" {
-		args = append(args, "--option", "builders", b.opts.Builders)
-	}
-	if b.opts.MaxJobs > 0 {
-		args = append(args, "--max-jobs", strconv.Itoa(b.opts.MaxJobs))
-	}
-	fmt.Fprintf(h.logf, "bento: $ nix-store %s\n", strings.Join(args, " "))
-	_, err = b.runner.Run(ctx, nix.Cmd{Host: name, Tool: "nix-store", Args: args, Log: h.lw})
-	if err != nil {
-		if _, statErr := os.Stat(h.res.DrvPath); errors.Is(statErr, os.ErrNotExist) {
-			err = fmt.Errorf("%w (its derivation %s was garbage-collected after evaluation: build again)", brief(err), h.res.DrvPath)
-		}
+	if err := b.realise(ctx, h, link); err != nil {
 		h.fail("build", err)
 		return
 	}
@@ -388,6 +399,29 @@ func (b *run) build(ctx context.Context, h *hostRun) {
 	if b.opts.CopyTo != "" {
 		b.copyResult(ctx, h)
 	}
+}
+
+// realise runs nix-store --realise of h's derivation, linking its output
+// at link.
+func (b *run) realise(ctx context.Context, h *hostRun, link string) error {
+	// Hosts build in separate processes that often need the same
+	// derivations at once; the losers of a lock poll for it every
+	// build-poll-interval (5 s by default), which 1 s makes cheap.
+	args := []string{"--realise", h.res.DrvPath, "--add-root", link, "--option", "build-poll-interval", "1"}
+	if b.opts.Builders != "" {
+		args = append(args, "--option", "builders", b.opts.Builders)
+	}
+	if b.opts.MaxJobs > 0 {
+		args = append(args, "--max-jobs", strconv.Itoa(b.opts.MaxJobs))
+	}
+	fmt.Fprintf(h.logf, "bento: $ nix-store %s\n", strings.Join(args, " "))
+	_, err := b.runner.Run(ctx, nix.Cmd{Host: h.host.Name, Tool: "nix-store", Args: args, Log: h.lw})
+	if err != nil {
+		if _, statErr := os.Stat(h.res.DrvPath); errors.Is(statErr, os.ErrNotExist) {
+			err = fmt.Errorf("%w (its derivation %s was garbage-collected after evaluation: build again)", brief(err), h.res.DrvPath)
+		}
+	}
+	return err
 }
 
 // copyResult copies a built host's closure to opts.CopyTo (also when the

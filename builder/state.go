@@ -66,21 +66,29 @@ func LastBuilds(stateDir string) (map[string]Record, error) {
 		if !ok || strings.HasPrefix(name, ".") || e.IsDir() {
 			continue
 		}
-		p := filepath.Join(dir, e.Name())
-		data, err := os.ReadFile(p)
+		rec, err := readRecord(filepath.Join(dir, e.Name()), name)
 		if err != nil {
-			return nil, fmt.Errorf("build record: %w", err)
-		}
-		var rec Record
-		if err := json.Unmarshal(data, &rec); err != nil {
-			return nil, fmt.Errorf("build record %s: %w (remove the file; the next bento build writes it again)", p, err)
-		}
-		if rec.Host != name {
-			return nil, fmt.Errorf("build record %s: it is for host %q (remove the file; the next bento build writes it again)", p, rec.Host)
+			return nil, err
 		}
 		out[name] = rec
 	}
 	return out, nil
+}
+
+// readRecord reads the record at p, which must be host's.
+func readRecord(p, host string) (Record, error) {
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return Record{}, fmt.Errorf("build record: %w", err)
+	}
+	var rec Record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return Record{}, fmt.Errorf("build record %s: %w (remove the file; the next bento build writes it again)", p, err)
+	}
+	if rec.Host != host {
+		return Record{}, fmt.Errorf("build record %s: it is for host %q (remove the file; the next bento build writes it again)", p, rec.Host)
+	}
+	return rec, nil
 }
 
 type stateDir struct {
@@ -193,31 +201,52 @@ func (s *stateDir) keep(ctx context.Context, rec Record, link string) error {
 	if target, err := os.Readlink(link); err != nil || target != rec.OutPath {
 		return fmt.Errorf("gc root %s: nix build did not link it to %s (%v)", link, rec.OutPath, err)
 	}
-	entries, err := os.ReadDir(dir)
+	names, err := otherLinks(dir, filepath.Base(link))
 	if err != nil {
 		return fmt.Errorf("gc roots: %w", err)
 	}
+	previous, err := pruneLinks(dir, names, rec.OutPath)
+	if err != nil {
+		return err
+	}
+	rec.Previous = previous
+	return s.writeRecord(rec)
+}
+
+// otherLinks lists the GC root links in dir but self, newest first.
+func otherLinks(dir, self string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
 	var names []string
 	for _, e := range entries {
-		if e.Type()&fs.ModeSymlink != 0 && !strings.HasPrefix(e.Name(), ".") && e.Name() != filepath.Base(link) {
+		if e.Type()&fs.ModeSymlink != 0 && !strings.HasPrefix(e.Name(), ".") && e.Name() != self {
 			names = append(names, e.Name())
 		}
 	}
 	// Names are run stamps: newest first.
 	sort.Sort(sort.Reverse(sort.StringSlice(names)))
-	rec.Previous = ""
+	return names, nil
+}
+
+// pruneLinks removes the links names in dir (newest first) but the first
+// that points at an existing system other than out, and returns that
+// system ("" when none does): the previous build.
+func pruneLinks(dir string, names []string, out string) (string, error) {
+	previous := ""
 	for _, n := range names {
 		p := filepath.Join(dir, n)
 		target, _ := os.Readlink(p)
-		if rec.Previous == "" && target != "" && target != rec.OutPath && exists(target) {
-			rec.Previous = target
+		if previous == "" && target != "" && target != out && exists(target) {
+			previous = target
 			continue
 		}
 		if err := os.Remove(p); err != nil {
-			return fmt.Errorf("gc roots: %w", err)
+			return "", fmt.Errorf("gc roots: %w", err)
 		}
 	}
-	return s.writeRecord(rec)
+	return previous, nil
 }
 
 func exists(p string) bool {

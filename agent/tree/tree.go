@@ -144,23 +144,32 @@ func (s *Store) Clean() error {
 		return fmt.Errorf("local tree: %w", err)
 	}
 	for _, e := range entries {
-		name := e.Name()
-		switch {
-		case strings.HasPrefix(name, stagingPrefix), strings.HasPrefix(name, trashPrefix), strings.HasPrefix(name, ".current-"):
-			if err := os.RemoveAll(filepath.Join(s.Dir, name)); err != nil {
-				return fmt.Errorf("local tree: removing leftover %s: %w", name, err)
-			}
-		case strings.HasPrefix(name, manifestPrefix) && strings.HasSuffix(name, manifestSuffix):
-			v := strings.TrimSuffix(strings.TrimPrefix(name, manifestPrefix), manifestSuffix)
-			if fi, err := os.Lstat(s.Path(v)); err != nil || !fi.IsDir() {
-				os.Remove(filepath.Join(s.Dir, name))
-			}
+		if err := s.cleanEntry(e.Name()); err != nil {
+			return err
 		}
 	}
 	tmps, _ := filepath.Glob(filepath.Join(s.Objects, tmpPrefix+"*"))
 	for _, p := range tmps {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("local tree: removing leftover %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// cleanEntry removes the entry name of Dir if an interrupted tick left
+// it: a staging or trash directory, a current link's temporary name, a
+// manifest whose tree is gone.
+func (s *Store) cleanEntry(name string) error {
+	switch {
+	case strings.HasPrefix(name, stagingPrefix), strings.HasPrefix(name, trashPrefix), strings.HasPrefix(name, ".current-"):
+		if err := os.RemoveAll(filepath.Join(s.Dir, name)); err != nil {
+			return fmt.Errorf("local tree: removing leftover %s: %w", name, err)
+		}
+	case strings.HasPrefix(name, manifestPrefix) && strings.HasSuffix(name, manifestSuffix):
+		v := strings.TrimSuffix(strings.TrimPrefix(name, manifestPrefix), manifestSuffix)
+		if fi, err := os.Lstat(s.Path(v)); err != nil || !fi.IsDir() {
+			os.Remove(filepath.Join(s.Dir, name))
 		}
 	}
 	return nil
@@ -181,28 +190,42 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher, keep
 	if err := s.Clean(); err != nil {
 		return st, err
 	}
-	if _, err := os.Lstat(s.Path(m.Version)); err == nil {
-		verr := s.Verify(m)
-		if verr == nil {
-			st.Reused = true
-			// Saved again: the tree may come from an agent that kept no
-			// manifest beside it, and GC goes by this one.
-			return st, s.saveManifest(m)
-		}
-		st.Discarded = verr.Error()
-		if err := s.remove(m.Version); err != nil {
-			return st, err
-		}
+	if reused, err := s.reuse(m, &st); reused || err != nil {
+		return st, err
 	}
 	if err := s.GC(m, keep...); err != nil {
 		return st, err
 	}
+	err = s.build(ctx, m, f, objects, keep, &st)
+	return st, err
+}
 
+// reuse checks an existing tree of m.Version against m: one that matches
+// is reused (true), one that does not is removed and st.Discarded says
+// why. false and no error when there is none.
+func (s *Store) reuse(m *manifest.Manifest, st *Stats) (bool, error) {
+	if _, err := os.Lstat(s.Path(m.Version)); err != nil {
+		return false, nil
+	}
+	verr := s.Verify(m)
+	if verr == nil {
+		st.Reused = true
+		// Saved again: the tree may come from an agent that kept no
+		// manifest beside it, and GC goes by this one.
+		return true, s.saveManifest(m)
+	}
+	st.Discarded = verr.Error()
+	return false, s.remove(m.Version)
+}
+
+// build makes m's tree in a staging directory from the objects, fetching
+// those the store lacks, and renames it to Path(m.Version).
+func (s *Store) build(ctx context.Context, m *manifest.Manifest, f Fetcher, objects []manifest.File, keep []string, st *Stats) error {
 	// The staging directory comes first, so that a tick's progress is
 	// visible from the moment it starts fetching.
 	staging, err := os.MkdirTemp(s.Dir, stagingPrefix+m.Version+"-")
 	if err != nil {
-		return st, fmt.Errorf("local tree: %w", err)
+		return fmt.Errorf("local tree: %w", err)
 	}
 	ok := false
 	defer func() {
@@ -211,6 +234,23 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher, keep
 		}
 	}()
 
+	missing := s.missing(objects, keep, st)
+	n, bytes, err := s.fetch(ctx, m, f, missing)
+	st.Downloaded, st.Bytes = n, bytes
+	if err != nil {
+		return err
+	}
+
+	if err := s.install(m, staging); err != nil {
+		return err
+	}
+	ok = true
+	return atomicfile.SyncDir(s.Dir)
+}
+
+// missing lists the objects neither held (verified) in the store nor
+// imported from an older tree, counting each kind in st.
+func (s *Store) missing(objects []manifest.File, keep []string, st *Stats) []manifest.File {
 	var missing []manifest.File
 	for _, o := range objects {
 		held, damaged := s.held(o)
@@ -226,26 +266,25 @@ func (s *Store) Stage(ctx context.Context, m *manifest.Manifest, f Fetcher, keep
 			missing = append(missing, o)
 		}
 	}
-	n, bytes, err := s.fetch(ctx, m, f, missing)
-	st.Downloaded, st.Bytes = n, bytes
-	if err != nil {
-		return st, err
-	}
+	return missing
+}
 
+// install materialises m's files in staging, fsyncs them, saves m's
+// manifest and only then renames staging to Path(m.Version).
+func (s *Store) install(m *manifest.Manifest, staging string) error {
 	if err := s.materialise(m, staging); err != nil {
-		return st, err
+		return err
 	}
 	if err := syncDirs(staging); err != nil {
-		return st, fmt.Errorf("local tree: %w", err)
+		return fmt.Errorf("local tree: %w", err)
 	}
 	if err := s.saveManifest(m); err != nil {
-		return st, err
+		return err
 	}
 	if err := os.Rename(staging, s.Path(m.Version)); err != nil {
-		return st, fmt.Errorf("local tree: %w", err)
+		return fmt.Errorf("local tree: %w", err)
 	}
-	ok = true
-	return st, atomicfile.SyncDir(s.Dir)
+	return nil
 }
 
 // distinct lists one file per distinct content of m, refusing paths that
@@ -361,14 +400,20 @@ func (s *Store) fetch(ctx context.Context, m *manifest.Manifest, f Fetcher, miss
 	if err := ctx.Err(); err != nil {
 		return int(done.Load()), bytes.Load(), err
 	}
+	return int(done.Load()), bytes.Load(), fetchError(errs, done.Load())
+}
+
+// fetchError is the error of a fetch where errs failed and done objects
+// were verified: the first failure (by its text), and how many more.
+func fetchError(errs []error, done int64) error {
 	switch len(errs) {
 	case 0:
-		return int(done.Load()), bytes.Load(), nil
+		return nil
 	case 1:
-		return int(done.Load()), bytes.Load(), errs[0]
+		return errs[0]
 	default:
 		sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
-		return int(done.Load()), bytes.Load(), fmt.Errorf("%w (and %d more objects failed; the %d verified are kept for the next attempt)", errs[0], len(errs)-1, done.Load())
+		return fmt.Errorf("%w (and %d more objects failed; the %d verified are kept for the next attempt)", errs[0], len(errs)-1, done)
 	}
 }
 
@@ -435,14 +480,7 @@ func (s *Store) materialise(m *manifest.Manifest, staging string) error {
 // difference.
 func (s *Store) Verify(m *manifest.Manifest) error {
 	root := s.Path(m.Version)
-	want := make(map[string]manifest.File, len(m.Files))
-	dirs := map[string]bool{".": true}
-	for _, f := range m.Files {
-		want[f.Path] = f
-		for d := filepath.Dir(filepath.FromSlash(f.Path)); d != "."; d = filepath.Dir(d) {
-			dirs[filepath.ToSlash(d)] = true
-		}
-	}
+	want, dirs := listed(m)
 	seen := 0
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -456,22 +494,8 @@ func (s *Store) Verify(m *manifest.Manifest) error {
 			}
 			return nil
 		}
-		f, ok := want[rel]
-		if !ok {
-			return fmt.Errorf("%s: a file the manifest does not list", rel)
-		}
-		if !d.Type().IsRegular() {
-			return fmt.Errorf("%s: not a regular file", rel)
-		}
-		fi, err := d.Info()
-		if err != nil {
+		if err := verifyEntry(p, rel, d, want); err != nil {
 			return err
-		}
-		if (fi.Mode().Perm()&0o111 != 0) != (f.Mode&0o111 != 0) {
-			return fmt.Errorf("%s: mode %o, but the manifest says %o", rel, fi.Mode().Perm(), f.Mode)
-		}
-		if err := verifyFile(p, f); err != nil {
-			return fmt.Errorf("%s: %w", rel, err)
 		}
 		seen++
 		return nil
@@ -480,20 +504,63 @@ func (s *Store) Verify(m *manifest.Manifest) error {
 		return fmt.Errorf("local tree %s: %w", m.Version, err)
 	}
 	if seen != len(want) {
-		var absent []string
-		for p := range want {
-			if _, err := os.Lstat(filepath.Join(root, filepath.FromSlash(p))); err != nil {
-				absent = append(absent, p)
-			}
-		}
-		sort.Strings(absent)
-		more := ""
-		if len(absent) > 1 {
-			more = fmt.Sprintf(" and %d more", len(absent)-1)
-		}
-		return fmt.Errorf("local tree %s: %d of %d files; missing %s%s", m.Version, seen, len(want), strings.Join(absent[:min(1, len(absent))], ""), more)
+		return missingFiles(m.Version, root, want, seen)
 	}
 	return nil
+}
+
+// listed is what a tree of m holds: its files by path, and the
+// directories they are in ("." for the root).
+func listed(m *manifest.Manifest) (map[string]manifest.File, map[string]bool) {
+	want := make(map[string]manifest.File, len(m.Files))
+	dirs := map[string]bool{".": true}
+	for _, f := range m.Files {
+		want[f.Path] = f
+		for d := filepath.Dir(filepath.FromSlash(f.Path)); d != "."; d = filepath.Dir(d) {
+			dirs[filepath.ToSlash(d)] = true
+		}
+	}
+	return want, dirs
+}
+
+// verifyEntry checks the tree's non-directory entry d (at p, rel in the
+// tree) against the file want lists there.
+func verifyEntry(p, rel string, d fs.DirEntry, want map[string]manifest.File) error {
+	f, ok := want[rel]
+	if !ok {
+		return fmt.Errorf("%s: a file the manifest does not list", rel)
+	}
+	if !d.Type().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", rel)
+	}
+	fi, err := d.Info()
+	if err != nil {
+		return err
+	}
+	if (fi.Mode().Perm()&0o111 != 0) != (f.Mode&0o111 != 0) {
+		return fmt.Errorf("%s: mode %o, but the manifest says %o", rel, fi.Mode().Perm(), f.Mode)
+	}
+	if err := verifyFile(p, f); err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	return nil
+}
+
+// missingFiles is the error of a tree under root that holds only seen of
+// the files want lists: how many, and the first missing one.
+func missingFiles(version, root string, want map[string]manifest.File, seen int) error {
+	var absent []string
+	for p := range want {
+		if _, err := os.Lstat(filepath.Join(root, filepath.FromSlash(p))); err != nil {
+			absent = append(absent, p)
+		}
+	}
+	sort.Strings(absent)
+	more := ""
+	if len(absent) > 1 {
+		more = fmt.Sprintf(" and %d more", len(absent)-1)
+	}
+	return fmt.Errorf("local tree %s: %d of %d files; missing %s%s", version, seen, len(want), strings.Join(absent[:min(1, len(absent))], ""), more)
 }
 
 func (s *Store) saveManifest(m *manifest.Manifest) error {
@@ -534,6 +601,27 @@ func (s *Store) loadManifest(version string) *manifest.Manifest {
 // store's bound: what one attempt fetched survives until a stage of
 // another publication that does not need it.
 func (s *Store) GC(m *manifest.Manifest, keep ...string) error {
+	named := s.named(m, keep)
+	fans, err := os.ReadDir(s.Objects)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("local store: %w", err)
+	}
+	var errs []error
+	for _, fan := range fans {
+		errs = append(errs, s.gcFan(fan, named)...)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("local store: garbage collection: %w", err)
+	}
+	return nil
+}
+
+// named is the set of sums that m and the local manifests of the
+// versions in keep name.
+func (s *Store) named(m *manifest.Manifest, keep []string) map[string]bool {
 	named := map[string]bool{}
 	add := func(m *manifest.Manifest) {
 		if m == nil {
@@ -547,46 +635,40 @@ func (s *Store) GC(m *manifest.Manifest, keep ...string) error {
 	for _, v := range keep {
 		add(s.loadManifest(v))
 	}
-	fans, err := os.ReadDir(s.Objects)
-	if errors.Is(err, os.ErrNotExist) {
+	return named
+}
+
+// gcFan removes the objects of the fan-out directory fan that are not
+// named, and the directory once empty; an entry of Objects that is not a
+// fan-out directory goes whole.
+func (s *Store) gcFan(fan os.DirEntry, named map[string]bool) []error {
+	dir := filepath.Join(s.Objects, fan.Name())
+	if !fan.IsDir() || len(fan.Name()) != 2 {
+		if err := os.RemoveAll(dir); err != nil {
+			return []error{err}
+		}
 		return nil
 	}
+	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return fmt.Errorf("local store: %w", err)
+		return []error{err}
 	}
 	var errs []error
-	for _, fan := range fans {
-		dir := filepath.Join(s.Objects, fan.Name())
-		if !fan.IsDir() || len(fan.Name()) != 2 {
-			if err := os.RemoveAll(dir); err != nil {
-				errs = append(errs, err)
-			}
+	left := len(entries)
+	for _, e := range entries {
+		if named[fan.Name()+e.Name()] {
 			continue
 		}
-		entries, err := os.ReadDir(dir)
-		if err != nil {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		left := len(entries)
-		for _, e := range entries {
-			if named[fan.Name()+e.Name()] {
-				continue
-			}
-			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			left--
-		}
-		if left == 0 {
-			os.Remove(dir)
-		}
+		left--
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("local store: garbage collection: %w", err)
+	if left == 0 {
+		os.Remove(dir)
 	}
-	return nil
+	return errs
 }
 
 func perm(mode uint32) os.FileMode {

@@ -40,47 +40,55 @@ const (
 func peerUID(c net.Conn) (uint32, error) {
 	switch c := c.(type) {
 	case *net.UnixConn:
-		raw, err := c.SyscallConn()
-		if err != nil {
-			return 0, err
-		}
-		var cred *syscall.Ucred
-		var credErr error
-		if err := raw.Control(func(fd uintptr) {
-			cred, credErr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-		}); err != nil {
-			return 0, err
-		}
-		if credErr != nil {
-			return 0, fmt.Errorf("SO_PEERCRED: %w", credErr)
-		}
-		return cred.Uid, nil
+		return unixPeerUID(c)
 	case *net.TCPConn:
-		local, lok := c.LocalAddr().(*net.TCPAddr)
-		remote, rok := c.RemoteAddr().(*net.TCPAddr)
-		if !lok || !rok {
-			return 0, errors.New("not a TCP connection")
-		}
-		if !remote.IP.IsLoopback() {
-			return 0, fmt.Errorf("connection from %s, which is not a loopback address", remote)
-		}
-		var errs []error
-		for _, table := range procNetTables {
-			uid, found, err := tableUID(table, remote, local)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if found {
-				return uid, nil
-			}
-		}
-		if err := errors.Join(errs...); err != nil {
-			return 0, err
-		}
-		return 0, fmt.Errorf("no socket from %s to %s in %s (did the client go away?)", remote, local, strings.Join(procNetTables, " or "))
+		return tcpPeerUID(c)
 	}
 	return 0, fmt.Errorf("cannot tell who is at the other end of a %T", c)
+}
+
+func unixPeerUID(c *net.UnixConn) (uint32, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *syscall.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if credErr != nil {
+		return 0, fmt.Errorf("SO_PEERCRED: %w", credErr)
+	}
+	return cred.Uid, nil
+}
+
+func tcpPeerUID(c *net.TCPConn) (uint32, error) {
+	local, lok := c.LocalAddr().(*net.TCPAddr)
+	remote, rok := c.RemoteAddr().(*net.TCPAddr)
+	if !lok || !rok {
+		return 0, errors.New("not a TCP connection")
+	}
+	if !remote.IP.IsLoopback() {
+		return 0, fmt.Errorf("connection from %s, which is not a loopback address", remote)
+	}
+	var errs []error
+	for _, table := range procNetTables {
+		uid, found, err := tableUID(table, remote, local)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if found {
+			return uid, nil
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("no socket from %s to %s in %s (did the client go away?)", remote, local, strings.Join(procNetTables, " or "))
 }
 
 func tableUID(table string, from, to *net.TCPAddr) (uint32, bool, error) {
@@ -113,29 +121,40 @@ func socketOwner(r io.Reader, from, to *net.TCPAddr) (uid uint32, found bool, er
 		if n > maxProcLines {
 			return 0, false, fmt.Errorf("more than %d sockets: gave up looking for the client's", maxProcLines)
 		}
-		// sl local_address rem_address st tx:rx tr:when retrnsmt uid ...
-		f := strings.Fields(sc.Text())
-		if len(f) < 8 || f[3] != tcpEstablished {
+		u, ok := lineOwner(sc.Text(), from, to)
+		if !ok {
 			continue
 		}
-		local, err1 := parseProcAddr(f[1])
-		remote, err2 := parseProcAddr(f[2])
-		if err1 != nil || err2 != nil || !sameAddr(local, from) || !sameAddr(remote, to) {
-			continue
-		}
-		u, err := strconv.ParseUint(f[7], 10, 32)
-		if err != nil {
-			continue
-		}
-		if found && uint32(u) != uid {
+		if found && u != uid {
 			return 0, false, fmt.Errorf("two owners (%d and %d) for the connection from %s", uid, u, from)
 		}
-		uid, found = uint32(u), true
+		uid, found = u, true
 	}
 	if err := sc.Err(); err != nil {
 		return 0, false, err
 	}
 	return uid, found, nil
+}
+
+// lineOwner reads one line of a socket table: the owner's uid when it is
+// the established socket from from to to (false for any other line,
+// malformed ones included).
+func lineOwner(line string, from, to *net.TCPAddr) (uint32, bool) {
+	// sl local_address rem_address st tx:rx tr:when retrnsmt uid ...
+	f := strings.Fields(line)
+	if len(f) < 8 || f[3] != tcpEstablished {
+		return 0, false
+	}
+	local, err1 := parseProcAddr(f[1])
+	remote, err2 := parseProcAddr(f[2])
+	if err1 != nil || err2 != nil || !sameAddr(local, from) || !sameAddr(remote, to) {
+		return 0, false
+	}
+	u, err := strconv.ParseUint(f[7], 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return uint32(u), true
 }
 
 // parseProcAddr reads "0100007F:1F90": the address as the kernel's 32-bit

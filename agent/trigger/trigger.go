@@ -53,6 +53,11 @@ func ParseAddr(s string) (Addr, error) {
 		}
 		return Addr{Network: "unix", Address: p}, nil
 	}
+	return parseTCPAddr(s)
+}
+
+// parseTCPAddr reads a loopback host:port.
+func parseTCPAddr(s string) (Addr, error) {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
 		return Addr{}, fmt.Errorf("trigger address %q: want unix:/path/to/socket or 127.0.0.1:PORT", s)
@@ -227,62 +232,77 @@ func (s *Server) ServeAll(ctx context.Context, lns []net.Listener) error {
 // run runs the queued batches one after the other until ctx ends; then
 // it ends the waiting batch without running it.
 func (s *Server) run(ctx context.Context, q *queue) {
-	take := func() *batch {
-		q.mu.Lock()
-		defer q.mu.Unlock()
-		b := q.next
-		q.next = nil
-		return b
-	}
 	for {
 		select {
 		case <-ctx.Done():
-			q.mu.Lock()
-			q.stopping = true
-			q.mu.Unlock()
-			if b := take(); b != nil {
-				close(b.done)
-			}
+			q.stop()
+			q.endNext()
 			return
 		case <-q.wake:
 		}
-		b := take()
+		b := q.take()
 		if b == nil {
 			continue
 		}
 		if ctx.Err() != nil { // stopped while the previous tick ran
-			q.mu.Lock()
-			q.stopping = true
-			q.mu.Unlock()
+			q.stop()
 			close(b.done)
 			return
 		}
-		if !s.Detached {
-			b.err = s.Tick(ctx, b)
-			b.ran = true
-			close(b.done)
-			continue
-		}
-		ticked := make(chan error, 1)
-		go func() { ticked <- s.Tick(ctx, b) }()
-		select {
-		case err := <-ticked:
-			b.err = err
-			b.ran = true
-			close(b.done)
-		case <-ctx.Done():
-			// The tick's process goes on; this server's copy of its
-			// output ends with the server.
-			b.detached = true
-			q.mu.Lock()
-			q.stopping = true
-			q.mu.Unlock()
-			close(b.done)
-			if w := take(); w != nil {
-				close(w.done)
-			}
+		if !s.runBatch(ctx, q, b) {
 			return
 		}
+	}
+}
+
+// runBatch runs b's tick and ends b. false means that the server stopped
+// while a Detached tick ran.
+func (s *Server) runBatch(ctx context.Context, q *queue, b *batch) bool {
+	if !s.Detached {
+		b.err = s.Tick(ctx, b)
+		b.ran = true
+		close(b.done)
+		return true
+	}
+	ticked := make(chan error, 1)
+	go func() { ticked <- s.Tick(ctx, b) }()
+	select {
+	case err := <-ticked:
+		b.err = err
+		b.ran = true
+		close(b.done)
+		return true
+	case <-ctx.Done():
+		// The tick's process goes on; this server's copy of its
+		// output ends with the server.
+		b.detached = true
+		q.stop()
+		close(b.done)
+		q.endNext()
+		return false
+	}
+}
+
+// take removes the waiting batch from q and returns it (nil if none).
+func (q *queue) take() *batch {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	b := q.next
+	q.next = nil
+	return b
+}
+
+// stop makes q refuse new clients.
+func (q *queue) stop() {
+	q.mu.Lock()
+	q.stopping = true
+	q.mu.Unlock()
+}
+
+// endNext ends the waiting batch, if any, without running it.
+func (q *queue) endNext() {
+	if b := q.take(); b != nil {
+		close(b.done)
 	}
 }
 
@@ -335,19 +355,11 @@ func (s *Server) handle(c net.Conn, q *queue) {
 		c.SetWriteDeadline(time.Now().Add(time.Second))
 		fmt.Fprintf(c, "%s%d %s\n", trailer, code, msg)
 	}
-	q.mu.Lock()
-	if q.clients >= s.MaxClients {
-		q.mu.Unlock()
+	if !q.enter(s.MaxClients) {
 		end(codeBusy, fmt.Sprintf("%d clients already wait for or watch a tick; try again when it ends", s.MaxClients))
 		return
 	}
-	q.clients++
-	q.mu.Unlock()
-	defer func() {
-		q.mu.Lock()
-		q.clients--
-		q.mu.Unlock()
-	}()
+	defer q.leave()
 
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	line, err := bufio.NewReader(io.LimitReader(c, 64)).ReadString('\n')
@@ -358,12 +370,47 @@ func (s *Server) handle(c net.Conn, q *queue) {
 	}
 	c.SetReadDeadline(time.Time{})
 
-	w := &dropWriter{c: c}
-	q.mu.Lock()
-	if q.stopping {
-		q.mu.Unlock()
+	b := q.join(&dropWriter{c: c})
+	if b == nil {
 		end(codeStopping, "the trigger server is stopping: no tick was run")
 		return
+	}
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	if s.queued != nil {
+		s.queued()
+	}
+	<-b.done
+	end(b.outcome())
+}
+
+// enter counts a client in, unless limit already wait or watch.
+func (q *queue) enter(limit int) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.clients >= limit {
+		return false
+	}
+	q.clients++
+	return true
+}
+
+// leave counts a client out.
+func (q *queue) leave() {
+	q.mu.Lock()
+	q.clients--
+	q.mu.Unlock()
+}
+
+// join adds w to the clients of the next tick and returns its batch; nil
+// when the server is stopping.
+func (q *queue) join(w *dropWriter) *batch {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.stopping {
+		return nil
 	}
 	b := q.next
 	if b == nil {
@@ -373,24 +420,20 @@ func (s *Server) handle(c net.Conn, q *queue) {
 	b.mu.Lock()
 	b.outs = append(b.outs, w)
 	b.mu.Unlock()
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-	if s.queued != nil {
-		s.queued()
-	}
-	<-b.done
+	return b
+}
+
+// outcome is the trailer code and message of an ended batch.
+func (b *batch) outcome() (int, string) {
 	switch {
 	case b.detached:
-		end(codeDetached, "the trigger server stopped (restarted?) while the tick ran: the tick goes on without it; bento status on the server shows its outcome once it reports")
+		return codeDetached, "the trigger server stopped (restarted?) while the tick ran: the tick goes on without it; bento status on the server shows its outcome once it reports"
 	case !b.ran:
-		end(codeStopping, "the trigger server stopped before the tick started: no tick was run")
+		return codeStopping, "the trigger server stopped before the tick started: no tick was run"
 	case b.err != nil:
-		end(codeFailed, strings.ReplaceAll(b.err.Error(), "\n", " "))
+		return codeFailed, strings.ReplaceAll(b.err.Error(), "\n", " ")
 	default:
-		end(codeOK, "ok")
+		return codeOK, "ok"
 	}
 }
 

@@ -69,93 +69,137 @@ func of(t reflect.Type, seen map[reflect.Type]bool) Schema {
 	if t == timeType {
 		return Schema{"type": "string", "format": "date-time"}
 	}
-	if t.Kind() != reflect.Pointer && (t.Implements(marshalerType) || t.Implements(textType)) {
+	if hasOwnMarshalling(t) {
 		return byZeroValue(t)
+	}
+	if name := scalarType(t.Kind()); name != "" {
+		return Schema{"type": name}
 	}
 	switch t.Kind() {
 	case reflect.Pointer:
 		return nullable(of(t.Elem(), seen))
-	case reflect.Bool:
-		return Schema{"type": "boolean"}
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		return Schema{"type": "integer"}
-	case reflect.Float32, reflect.Float64:
-		return Schema{"type": "number"}
-	case reflect.String:
-		return Schema{"type": "string"}
 	case reflect.Slice:
-		if t.Elem().Kind() == reflect.Uint8 {
-			return Schema{"type": []any{"string", "null"}, "contentEncoding": "base64"}
-		}
-		return Schema{"type": []any{"array", "null"}, "items": of(t.Elem(), seen)}
+		return sliceSchema(t, seen)
 	case reflect.Array:
 		return Schema{"type": "array", "items": of(t.Elem(), seen)}
 	case reflect.Map:
 		return Schema{"type": []any{"object", "null"}, "additionalProperties": of(t.Elem(), seen)}
-	case reflect.Interface:
-		return Schema{}
 	case reflect.Struct:
-		if seen[t] {
-			return Schema{}
-		}
-		seen[t] = true
-		defer delete(seen, t)
-		props := Schema{}
-		var required []string
-		fields(t, seen, props, &required)
-		sort.Strings(required)
-		s := Schema{"type": "object", "properties": props, "additionalProperties": false}
-		if len(required) > 0 {
-			req := make([]any, len(required))
-			for i, r := range required {
-				req[i] = r
-			}
-			s["required"] = req
-		}
-		return s
+		return structSchema(t, seen)
 	}
+	// An interface holds anything.
 	return Schema{}
+}
+
+// hasOwnMarshalling reports whether encoding/json marshals a t with t's
+// own method rather than by its kind. A pointer is described by what it
+// points to.
+func hasOwnMarshalling(t reflect.Type) bool {
+	return t.Kind() != reflect.Pointer && (t.Implements(marshalerType) || t.Implements(textType))
+}
+
+// scalarType is the JSON Schema type of a kind encoding/json writes as a
+// scalar, "" for the others.
+func scalarType(k reflect.Kind) string {
+	switch k {
+	case reflect.Bool:
+		return "boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "integer"
+	case reflect.Float32, reflect.Float64:
+		return "number"
+	case reflect.String:
+		return "string"
+	}
+	return ""
+}
+
+func sliceSchema(t reflect.Type, seen map[reflect.Type]bool) Schema {
+	if t.Elem().Kind() == reflect.Uint8 {
+		return Schema{"type": []any{"string", "null"}, "contentEncoding": "base64"}
+	}
+	return Schema{"type": []any{"array", "null"}, "items": of(t.Elem(), seen)}
+}
+
+func structSchema(t reflect.Type, seen map[reflect.Type]bool) Schema {
+	if seen[t] {
+		return Schema{}
+	}
+	seen[t] = true
+	defer delete(seen, t)
+	props := Schema{}
+	var required []string
+	fields(t, seen, props, &required)
+	sort.Strings(required)
+	s := Schema{"type": "object", "properties": props, "additionalProperties": false}
+	if len(required) > 0 {
+		req := make([]any, len(required))
+		for i, r := range required {
+			req[i] = r
+		}
+		s["required"] = req
+	}
+	return s
 }
 
 // fields adds t's JSON fields to props (embedded structs flattened, as
 // encoding/json does).
 func fields(t reflect.Type, seen map[reflect.Type]bool, props Schema, required *[]string) {
 	for i := range t.NumField() {
-		f := t.Field(i)
-		tag := f.Tag.Get("json")
-		if tag == "-" {
-			continue
-		}
-		name, opts, _ := strings.Cut(tag, ",")
-		if f.Anonymous && name == "" {
-			ft := f.Type
-			if ft.Kind() == reflect.Pointer {
-				ft = ft.Elem()
-			}
-			if ft.Kind() == reflect.Struct {
-				fields(ft, seen, props, required)
-				continue
-			}
-		}
-		if !f.IsExported() {
-			continue
-		}
-		if name == "" {
-			name = f.Name
-		}
-		s := of(f.Type, seen)
-		if strings.Contains(","+opts+",", ",string,") {
-			s = Schema{"type": "string"}
-		}
-		if doc := f.Tag.Get("jsonschema"); doc != "" {
-			s["description"] = doc
-		}
-		props[name] = s
-		if !strings.Contains(","+opts+",", ",omitempty,") && !strings.Contains(","+opts+",", ",omitzero,") {
-			*required = append(*required, name)
+		field(t.Field(i), seen, props, required)
+	}
+}
+
+// field adds f to props, or an embedded struct's fields.
+func field(f reflect.StructField, seen map[reflect.Type]bool, props Schema, required *[]string) {
+	tag := f.Tag.Get("json")
+	if tag == "-" {
+		return
+	}
+	name, opts, _ := strings.Cut(tag, ",")
+	if f.Anonymous && name == "" {
+		if ft, ok := embeddedStruct(f.Type); ok {
+			fields(ft, seen, props, required)
+			return
 		}
 	}
+	if !f.IsExported() {
+		return
+	}
+	if name == "" {
+		name = f.Name
+	}
+	props[name] = fieldSchema(f, opts, seen)
+	if !hasOpt(opts, "omitempty") && !hasOpt(opts, "omitzero") {
+		*required = append(*required, name)
+	}
+}
+
+// embeddedStruct is the struct an embedded field of type t stands for,
+// if it is one (or a pointer to one).
+func embeddedStruct(t reflect.Type) (reflect.Type, bool) {
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return t, t.Kind() == reflect.Struct
+}
+
+func fieldSchema(f reflect.StructField, opts string, seen map[reflect.Type]bool) Schema {
+	s := of(f.Type, seen)
+	if hasOpt(opts, "string") {
+		s = Schema{"type": "string"}
+	}
+	if doc := f.Tag.Get("jsonschema"); doc != "" {
+		s["description"] = doc
+	}
+	return s
+}
+
+// hasOpt reports whether the json tag options opts (after the name)
+// include opt.
+func hasOpt(opts, opt string) bool {
+	return strings.Contains(","+opts+",", ","+opt+",")
 }
 
 // byZeroValue describes a type with its own marshalling by the JSON kind
@@ -173,31 +217,41 @@ func byZeroValue(t reflect.Type) Schema {
 	case '[':
 		return Schema{"type": "array"}
 	case '{':
-		// The keys the zero value has are there always; others may be
-		// added (omitempty).
-		var m map[string]any
-		if json.Unmarshal(data, &m) != nil {
-			return Schema{"type": "object"}
-		}
-		props := Schema{}
-		var req []any
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			props[k] = Schema{"type": jsonType(m[k])}
-			if m[k] == nil {
-				props[k] = Schema{}
-			}
-			req = append(req, k)
-		}
-		return Schema{"type": "object", "properties": props, "required": req}
+		return objectByZeroValue(data)
 	case 'n':
 		return Schema{}
 	}
 	return Schema{"type": "number"}
+}
+
+// objectByZeroValue describes the JSON object data a zero value
+// marshals to.
+func objectByZeroValue(data []byte) Schema {
+	// The keys the zero value has are there always; others may be
+	// added (omitempty).
+	var m map[string]any
+	if json.Unmarshal(data, &m) != nil {
+		return Schema{"type": "object"}
+	}
+	props := Schema{}
+	var req []any
+	for _, k := range sortedKeys(m) {
+		props[k] = Schema{"type": jsonType(m[k])}
+		if m[k] == nil {
+			props[k] = Schema{}
+		}
+		req = append(req, k)
+	}
+	return Schema{"type": "object", "properties": props, "required": req}
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // Validate checks doc (decoded JSON: map[string]any, []any, string,
@@ -209,65 +263,102 @@ func Validate(s Schema, doc any) error {
 }
 
 func validate(s Schema, v any, path string) error {
-	if t, ok := s["type"]; ok {
-		var types []string
-		switch t := t.(type) {
-		case string:
-			types = []string{t}
-		case []any:
-			for _, x := range t {
-				types = append(types, x.(string))
-			}
-		}
-		if !hasType(types, v) {
-			return fmt.Errorf("%s: %s, want %s", path, kind(v), strings.Join(types, " or "))
-		}
+	if err := validateType(s, v, path); err != nil {
+		return err
 	}
 	switch v := v.(type) {
 	case map[string]any:
-		props, _ := s["properties"].(Schema)
-		for _, r := range asList(s["required"]) {
-			if _, ok := v[r]; !ok {
-				return fmt.Errorf("%s: no %q", path, r)
-			}
-		}
-		keys := make([]string, 0, len(v))
-		for k := range v {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			if ps, ok := props[k].(Schema); ok {
-				if err := validate(ps, v[k], path+"."+k); err != nil {
-					return err
-				}
-				continue
-			}
-			switch ap := s["additionalProperties"].(type) {
-			case bool:
-				if !ap {
-					return fmt.Errorf("%s: %q is not in the schema", path, k)
-				}
-			case Schema:
-				if err := validate(ap, v[k], path+"."+k); err != nil {
-					return err
-				}
-			}
-		}
+		return validateObject(s, v, path)
 	case []any:
-		if items, ok := s["items"].(Schema); ok {
-			for i, x := range v {
-				if err := validate(items, x, fmt.Sprintf("%s[%d]", path, i)); err != nil {
-					return err
-				}
-			}
+		return validateItems(s, v, path)
+	}
+	return nil
+}
+
+func validateType(s Schema, v any, path string) error {
+	t, ok := s["type"]
+	if !ok {
+		return nil
+	}
+	types := typeList(t)
+	if !hasType(types, v) {
+		return fmt.Errorf("%s: %s, want %s", path, kind(v), strings.Join(types, " or "))
+	}
+	return nil
+}
+
+// typeList is a schema's "type", one name or a list of them.
+func typeList(t any) []string {
+	var types []string
+	switch t := t.(type) {
+	case string:
+		types = []string{t}
+	case []any:
+		for _, x := range t {
+			types = append(types, x.(string))
+		}
+	}
+	return types
+}
+
+func validateObject(s Schema, v map[string]any, path string) error {
+	props, _ := s["properties"].(Schema)
+	for _, r := range asList(s["required"]) {
+		if _, ok := v[r]; !ok {
+			return fmt.Errorf("%s: no %q", path, r)
+		}
+	}
+	for _, k := range sortedKeys(v) {
+		if err := validateProperty(s, props, k, v[k], path); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
+// validateProperty checks the value x of an object's key k against its
+// schema in props, or else against the object's additionalProperties.
+func validateProperty(s, props Schema, k string, x any, path string) error {
+	if ps, ok := props[k].(Schema); ok {
+		return validate(ps, x, path+"."+k)
+	}
+	switch ap := s["additionalProperties"].(type) {
+	case bool:
+		if !ap {
+			return fmt.Errorf("%s: %q is not in the schema", path, k)
+		}
+	case Schema:
+		return validate(ap, x, path+"."+k)
+	}
+	return nil
+}
+
+func validateItems(s Schema, v []any, path string) error {
+	items, ok := s["items"].(Schema)
+	if !ok {
+		return nil
+	}
+	for i, x := range v {
+		if err := validate(items, x, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// jsonType is the JSON Schema type of a decoded JSON value.
 func jsonType(v any) string {
+	if t := typeOf(v); t != "" {
+		return t
+	}
+	return "null"
+}
+
+// typeOf is the JSON Schema type of v, "" if v is not decoded JSON.
+func typeOf(v any) string {
 	switch v.(type) {
+	case nil:
+		return "null"
 	case string:
 		return "string"
 	case bool:
@@ -279,7 +370,7 @@ func jsonType(v any) string {
 	case map[string]any:
 		return "object"
 	}
-	return "null"
+	return ""
 }
 
 func asList(v any) []string {
@@ -297,38 +388,21 @@ func asList(v any) []string {
 
 func hasType(types []string, v any) bool {
 	for _, t := range types {
-		switch t {
-		case "null":
-			if v == nil {
-				return true
-			}
-		case "object":
-			if _, ok := v.(map[string]any); ok {
-				return true
-			}
-		case "array":
-			if _, ok := v.([]any); ok {
-				return true
-			}
-		case "string":
-			if _, ok := v.(string); ok {
-				return true
-			}
-		case "boolean":
-			if _, ok := v.(bool); ok {
-				return true
-			}
-		case "number":
-			if _, ok := v.(float64); ok {
-				return true
-			}
-		case "integer":
-			if f, ok := v.(float64); ok && f == float64(int64(f)) {
-				return true
-			}
+		if isType(v, t) {
+			return true
 		}
 	}
 	return false
+}
+
+// isType reports whether v is of the JSON Schema type t; an integer is
+// a number with no fraction.
+func isType(v any, t string) bool {
+	if t == "integer" {
+		f, ok := v.(float64)
+		return ok && f == float64(int64(f))
+	}
+	return t == typeOf(v)
 }
 
 func kind(v any) string {
