@@ -51,19 +51,15 @@ func (s *Store) Files(version string) ([]manifest.File, error) {
 	return files, nil
 }
 
+// writeSynced creates p (which must not exist), writes data to it and
+// fsyncs it.
 func writeSynced(p string, data []byte) error {
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	root, err := os.OpenRoot(filepath.Dir(p))
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	defer root.Close()
+	return atomicfile.WriteNewIn(root, filepath.Base(p), data, 0o600)
 }
 
 // Path is the directory of a version's secrets.
