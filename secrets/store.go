@@ -51,17 +51,6 @@ func (s *Store) Files(version string) ([]manifest.File, error) {
 	return files, nil
 }
 
-// writeSynced creates p (which must not exist), writes data to it and
-// fsyncs it.
-func writeSynced(p string, data []byte) error {
-	root, err := os.OpenRoot(filepath.Dir(p))
-	if err != nil {
-		return err
-	}
-	defer root.Close()
-	return atomicfile.WriteNewIn(root, filepath.Base(p), data, 0o600)
-}
-
 // Path is the directory of a version's secrets.
 func (s *Store) Path(version string) string { return filepath.Join(s.Dir, version) }
 
@@ -160,7 +149,7 @@ func (s *Store) seal(staging string, m *manifest.Manifest) error {
 	// tells "no secrets" from "not held".
 	list, err := json.Marshal(m.Secrets)
 	if err == nil {
-		err = writeSynced(filepath.Join(staging, filesList), list)
+		err = atomicfile.Create(filepath.Join(staging, filesList), list, 0o600)
 	}
 	if err == nil {
 		err = atomicfile.SyncDir(staging)

@@ -174,7 +174,7 @@ func (l *Local) WriteFile(ctx context.Context, p string, data []byte) error {
 // is renamed over name. On an error tmp is removed and name is untouched;
 // a kill -9 leaves at most tmp beside it.
 func WriteInRoot(r *os.Root, name, tmp string, data []byte) error {
-	if err := atomicfile.WriteNewIn(r, tmp, data, 0o644); err != nil {
+	if err := atomicfile.CreateIn(r, tmp, data, 0o644); err != nil {
 		return err
 	}
 	if err := r.Rename(tmp, name); err != nil {
