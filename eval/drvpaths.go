@@ -29,16 +29,32 @@ const ToplevelDrv = "config.system.build.toplevel.drvPath"
 // cannot share a chunk (different flakes) are evaluated in chunks of their
 // own flake. The error is only the context's.
 func DrvPaths(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Options, found func(host, drv string), failed func(host string, err error)) error {
-	// Group by flake (or classic directory): one chunk is one nix process
-	// over one flake's nixosConfigurations.
-	type group struct {
-		layout fleet.Layout
-		ref    string
-		names  []string
-		byName map[string]fleet.Host
+	groups := groupByFlake(hosts, failed)
+	// A failed chunk is not split here, so the chunk errors do not stop
+	// the other chunks: KeepGoing.
+	opts.KeepGoing = true
+	for _, g := range groups {
+		if err := g.eval(ctx, r, opts, found, failed); err != nil {
+			return err
+		}
 	}
-	var groups []*group
-	index := map[string]*group{}
+	return nil
+}
+
+// drvGroup is the hosts of one flake (or classic directory): one chunk is
+// one nix process over one flake's nixosConfigurations.
+type drvGroup struct {
+	layout fleet.Layout
+	ref    string
+	names  []string
+	byName map[string]fleet.Host
+}
+
+// groupByFlake groups hosts by flake, in the order they come; a host that
+// cannot be evaluated this way goes to failed.
+func groupByFlake(hosts []fleet.Host, failed func(host string, err error)) []*drvGroup {
+	var groups []*drvGroup
+	index := map[string]*drvGroup{}
 	for _, h := range hosts {
 		if err := fleet.ValidateName(h.Name); err != nil {
 			failed(h.Name, err)
@@ -51,40 +67,38 @@ func DrvPaths(ctx context.Context, r *nix.Runner, hosts []fleet.Host, opts Optio
 		key := string(h.Layout) + "\x00" + h.Ref
 		g := index[key]
 		if g == nil {
-			g = &group{layout: h.Layout, ref: h.Ref, byName: map[string]fleet.Host{}}
+			g = &drvGroup{layout: h.Layout, ref: h.Ref, byName: map[string]fleet.Host{}}
 			index[key] = g
 			groups = append(groups, g)
 		}
 		g.names = append(g.names, h.Name)
 		g.byName[h.Name] = h
 	}
-	// A failed chunk is not split here, so the chunk errors do not stop
-	// the other chunks: KeepGoing.
-	opts.KeepGoing = true
-	for _, g := range groups {
-		errs := forEachChunk(ctx, g.names, opts, false,
-			func(ctx context.Context, chunk []string, rss *int64) (map[string]gjson.Result, error) {
-				return runChunk(ctx, r, chunk, drvArgs(g.layout, g.ref, chunk, g.byName), rss)
-			},
-			func(name string, v gjson.Result) {
-				drv := v.String()
-				if v.Type != gjson.String || !strings.HasPrefix(drv, "/") || !strings.HasSuffix(drv, ".drv") {
-					failed(name, fmt.Errorf("%s is not a derivation: nix eval printed %q", ToplevelDrv, truncate(v.Raw, 200)))
-					return
-				}
-				found(name, drv)
-			})
-		for _, e := range errs {
-			if e.Host == "*" {
-				return e.Err
+	return groups
+}
+
+// eval instantiates the group's hosts in chunks (see DrvPaths). The error
+// is only the context's.
+func (g *drvGroup) eval(ctx context.Context, r *nix.Runner, opts Options, found func(host, drv string), failed func(host string, err error)) error {
+	errs := forEachChunk(ctx, g.names, opts, false,
+		func(ctx context.Context, chunk []string, rss *int64) (map[string]gjson.Result, error) {
+			return runChunk(ctx, r, chunk, drvArgs(g.layout, g.ref, chunk, g.byName), rss)
+		},
+		func(name string, v gjson.Result) {
+			drv := v.String()
+			if v.Type != gjson.String || !strings.HasPrefix(drv, "/") || !strings.HasSuffix(drv, ".drv") {
+				failed(name, fmt.Errorf("%s is not a derivation: nix eval printed %q", ToplevelDrv, truncate(v.Raw, 200)))
+				return
 			}
-			failed(e.Host, e.Err)
+			found(name, drv)
+		})
+	for _, e := range errs {
+		if e.Host == "*" {
+			return e.Err
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+		failed(e.Host, e.Err)
 	}
-	return nil
+	return ctx.Err()
 }
 
 func drvArgs(layout fleet.Layout, ref string, names []string, byName map[string]fleet.Host) []string {

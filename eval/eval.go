@@ -171,10 +171,8 @@ func dropMisnamedAgents(hosts []fleet.Host) ([]fleet.Host, HostErrors) {
 // localDir tells whether ref names a local directory, and which.
 func localDir(ref string) (string, bool) {
 	p := strings.TrimPrefix(ref, "path:")
-	if strings.Contains(p, ":") || strings.Contains(p, "#") || strings.Contains(p, "?") {
-		return "", false
-	}
-	if !(p == "." || p == ".." || strings.HasPrefix(p, "/") || strings.HasPrefix(p, "./") || strings.HasPrefix(p, "../") || !strings.Contains(p, ":")) {
+	// Without a ':' it is a path (relative or absolute), not a URL.
+	if strings.ContainsAny(p, ":#?") {
 		return "", false
 	}
 	abs, err := filepath.Abs(p)
@@ -510,35 +508,48 @@ func hostFromJSON(f *fleet.Fleet, name string, v gjson.Result) fleet.Host {
 		h.ClassicConfig = filepath.Join(f.Dir, "hosts", name, "configuration.nix")
 		h.Attr = "hosts/" + name
 	}
+	h.Options = optionsFromJSON(v)
+	setOptionDefaults(&h.Options, h)
+	return h
+}
+
+// optionsFromJSON reads a host's services.bento options as evaluated.
+func optionsFromJSON(v gjson.Result) fleet.Options {
 	o := fleet.Options{
-		Host:      v.Get("host").String(),
-		User:      v.Get("user").String(),
-		Server:    v.Get("server").String(),
-		Port:      int(v.Get("port").Int()),
-		Mode:      v.Get("mode").String(),
-		Operation: v.Get("operation").String(),
-		Interval:  v.Get("interval").String(),
-		Tags:      []string{},
+		Host:         v.Get("host").String(),
+		User:         v.Get("user").String(),
+		Server:       v.Get("server").String(),
+		Port:         int(v.Get("port").Int()),
+		Mode:         v.Get("mode").String(),
+		Operation:    v.Get("operation").String(),
+		Interval:     v.Get("interval").String(),
+		Tags:         appendStrings([]string{}, v.Get("tags")),
+		Secrets:      appendStrings(nil, v.Get("secrets")),
+		Placeholders: appendStrings(nil, v.Get("placeholders")),
+		Wave:         fleet.DefaultWave,
 	}
-	for _, t := range v.Get("tags").Array() {
-		o.Tags = append(o.Tags, t.String())
-	}
-	for _, s := range v.Get("secrets").Array() {
-		o.Secrets = append(o.Secrets, s.String())
-	}
-	for _, p := range v.Get("placeholders").Array() {
-		o.Placeholders = append(o.Placeholders, p.String())
-	}
-	o.Wave = fleet.DefaultWave
 	if w := v.Get("wave"); w.Type == gjson.Number && w.Int() >= 0 && float64(w.Int()) == w.Num {
 		o.Wave = int(w.Int())
 	}
+	return o
+}
+
+// appendStrings appends the strings of the JSON array a to to.
+func appendStrings(to []string, a gjson.Result) []string {
+	for _, x := range a.Array() {
+		to = append(to, x.String())
+	}
+	return to
+}
+
+// setOptionDefaults fills in the options of h that its module left unset.
+func setOptionDefaults(o *fleet.Options, h fleet.Host) {
 	if o.Host == "" && h.Managed {
 		// A module without services.bento.host: its agent uses the hostName.
 		o.Host = h.HostName
 	}
 	if o.User == "" {
-		o.User = name
+		o.User = h.Name
 	}
 	if o.Mode == "" {
 		o.Mode = manifest.ModeBuild
@@ -549,6 +560,4 @@ func hostFromJSON(f *fleet.Fleet, name string, v gjson.Result) fleet.Host {
 	if o.Port == 0 && o.Server != "" {
 		o.Port = 22
 	}
-	h.Options = o
-	return h
 }

@@ -60,31 +60,51 @@ func (u *untrackedHinter) explain(err error) error {
 	if m == nil {
 		return err
 	}
-	if !u.asked {
-		u.asked = true
-		if top, terr := gitcmd.Top(u.ctx, u.dir); terr == nil && top != "" {
-			u.top = top
-			u.files, _ = gitcmd.Untracked(u.ctx, top)
-		}
-	}
+	u.ask()
 	rel := strings.TrimSuffix(m[1], "/")
+	hit := u.untrackedUnder(rel)
+	if len(hit) == 0 {
+		return err
+	}
+	shown, cmd := u.addCommand(rel, hit)
+	return &UntrackedError{Files: shown, Top: u.top, Add: cmd, Err: err}
+}
+
+// ask asks git, the first time only, for the work tree's untracked files.
+func (u *untrackedHinter) ask() {
+	if u.asked {
+		return
+	}
+	u.asked = true
+	if top, terr := gitcmd.Top(u.ctx, u.dir); terr == nil && top != "" {
+		u.top = top
+		u.files, _ = gitcmd.Untracked(u.ctx, top)
+	}
+}
+
+// untrackedUnder lists the untracked files that are rel or under it.
+func (u *untrackedHinter) untrackedUnder(rel string) []string {
 	var hit []string
 	for _, f := range u.files {
 		if f == rel || strings.HasPrefix(f, rel+"/") {
 			hit = append(hit, f)
 		}
 	}
-	if len(hit) == 0 {
-		return err
-	}
+	return hit
+}
+
+// addCommand is the git add that tracks hit (the untracked files under
+// rel), and the files to show: the first five and a count of the rest,
+// when it adds rel whole.
+func (u *untrackedHinter) addCommand(rel string, hit []string) (shown []string, cmd string) {
 	add := hit
 	if len(hit) > 5 {
 		hit, add = append(hit[:5:5], fmt.Sprintf("and %d more", len(hit)-5)), []string{rel}
 	}
-	cmd := "git add " + strings.Join(add, " ")
+	cmd = "git add " + strings.Join(add, " ")
 	if filepath.Clean(u.dir) != filepath.Clean(u.top) {
 		// The paths are the work tree's, not the flake directory's.
 		cmd = "git -C " + u.top + " add " + strings.Join(add, " ")
 	}
-	return &UntrackedError{Files: hit, Top: u.top, Add: cmd, Err: err}
+	return hit, cmd
 }

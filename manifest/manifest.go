@@ -145,6 +145,20 @@ func (m *Manifest) Validate() error {
 	if !IsVersion(m.Version) {
 		return fmt.Errorf("manifest: invalid version %q (want %d lowercase hex digits)", clip(m.Version), VersionLen)
 	}
+	if err := m.validateKeys(); err != nil {
+		return err
+	}
+	for _, list := range [][]File{m.Files, m.Secrets} {
+		if err := validateFiles(list); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateKeys checks the optional expectedToplevel and
+// nextPublicationKey.
+func (m *Manifest) validateKeys() error {
 	if m.ExpectedToplevel != "" {
 		if err := CheckStorePath(m.ExpectedToplevel, ""); err != nil {
 			return fmt.Errorf("manifest: expectedToplevel: %w", err)
@@ -155,22 +169,26 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("manifest: nextPublicationKey: %w", err)
 		}
 	}
-	for _, list := range [][]File{m.Files, m.Secrets} {
-		seen := make(map[string]bool, len(list))
-		for _, f := range list {
-			if err := ValidatePath(f.Path); err != nil {
-				return fmt.Errorf("manifest: %w", err)
-			}
-			if seen[f.Path] {
-				return fmt.Errorf("manifest: %s listed twice", f.Path)
-			}
-			seen[f.Path] = true
-			if f.Size < 0 {
-				return fmt.Errorf("manifest: %s: negative size", f.Path)
-			}
-			if !isHex(f.SHA256, 64) {
-				return fmt.Errorf("manifest: %s: sha256 must be 64 lowercase hex digits", f.Path)
-			}
+	return nil
+}
+
+// validateFiles checks a list of files (Files or Secrets): safe paths,
+// each once, sizes and hashes.
+func validateFiles(list []File) error {
+	seen := make(map[string]bool, len(list))
+	for _, f := range list {
+		if err := ValidatePath(f.Path); err != nil {
+			return fmt.Errorf("manifest: %w", err)
+		}
+		if seen[f.Path] {
+			return fmt.Errorf("manifest: %s listed twice", f.Path)
+		}
+		seen[f.Path] = true
+		if f.Size < 0 {
+			return fmt.Errorf("manifest: %s: negative size", f.Path)
+		}
+		if !isHex(f.SHA256, 64) {
+			return fmt.Errorf("manifest: %s: sha256 must be 64 lowercase hex digits", f.Path)
 		}
 	}
 	return nil
@@ -258,18 +276,30 @@ func clip(s string) string {
 
 // ValidatePath refuses a path that is absolute, not clean, or escapes the tree.
 func ValidatePath(p string) error {
-	if p == "" || strings.HasPrefix(p, "/") || strings.Contains(p, "\\") || strings.ContainsRune(p, 0) {
+	if hasUnsafeChar(p) || !cleanRelative(p) || hasUnsafePart(p) {
 		return fmt.Errorf("unsafe path %q", p)
-	}
-	if path.Clean(p) != p || p == "." || p == ".." || strings.HasPrefix(p, "../") {
-		return fmt.Errorf("unsafe path %q", p)
-	}
-	for _, part := range strings.Split(p, "/") {
-		if part == ".." || part == "." || part == ".git" {
-			return fmt.Errorf("unsafe path %q", p)
-		}
 	}
 	return nil
+}
+
+// hasUnsafeChar: p is empty, absolute, or has a backslash or a NUL.
+func hasUnsafeChar(p string) bool {
+	return p == "" || strings.HasPrefix(p, "/") || strings.Contains(p, "\\") || strings.ContainsRune(p, 0)
+}
+
+// cleanRelative: p is clean and does not start above the tree.
+func cleanRelative(p string) bool {
+	return path.Clean(p) == p && p != "." && p != ".." && !strings.HasPrefix(p, "../")
+}
+
+// hasUnsafePart: a component of p is .., . or .git.
+func hasUnsafePart(p string) bool {
+	for _, part := range strings.Split(p, "/") {
+		if part == ".." || part == "." || part == ".git" {
+			return true
+		}
+	}
+	return false
 }
 
 // Stage is how far a client got with a version.

@@ -65,29 +65,32 @@ func ParseProgress(data []byte, host string) (*Progress, error) {
 	if err := json.Unmarshal(data, &p); err != nil {
 		return nil, fmt.Errorf("%s: %w", ProgressFile, err)
 	}
-	var errs []string
-	if p.Format != ProgressFormat {
-		errs = append(errs, fmt.Sprintf("format %d is not %d", p.Format, ProgressFormat))
-	}
-	if p.Host != host {
-		errs = append(errs, fmt.Sprintf("it is for host %q", p.Host))
-	}
-	if !validStage(p.Stage) {
-		errs = append(errs, fmt.Sprintf("unknown stage %q", p.Stage))
-	}
-	if !plainName(p.Version, 128) {
-		errs = append(errs, "version is not a plain name")
-	}
-	if p.Log != "" && (!plainName(p.Log, 255) || strings.HasPrefix(p.Log, ".")) {
-		errs = append(errs, "log is not a plain file name")
-	}
-	if p.StartedAt.IsZero() || p.StageStartedAt.Before(p.StartedAt) {
-		errs = append(errs, "its stage started before the attempt (or the attempt has no start)")
-	}
-	if len(errs) > 0 {
+	if errs := p.problems(host); len(errs) > 0 {
 		return nil, fmt.Errorf("%s: %w", ProgressFile, errors.New(strings.Join(errs, "; ")))
 	}
 	return &p, nil
+}
+
+// problems lists what is wrong with a progress.json of host.
+func (p *Progress) problems(host string) []string {
+	checks := []struct {
+		bad bool
+		why string
+	}{
+		{p.Format != ProgressFormat, fmt.Sprintf("format %d is not %d", p.Format, ProgressFormat)},
+		{p.Host != host, fmt.Sprintf("it is for host %q", p.Host)},
+		{!validStage(p.Stage), fmt.Sprintf("unknown stage %q", p.Stage)},
+		{!plainName(p.Version, 128), "version is not a plain name"},
+		{p.Log != "" && (!plainName(p.Log, 255) || strings.HasPrefix(p.Log, ".")), "log is not a plain file name"},
+		{p.StartedAt.IsZero() || p.StageStartedAt.Before(p.StartedAt), "its stage started before the attempt (or the attempt has no start)"},
+	}
+	var errs []string
+	for _, c := range checks {
+		if c.bad {
+			errs = append(errs, c.why)
+		}
+	}
+	return errs
 }
 
 func validStage(s ProgressStage) bool {
@@ -106,9 +109,16 @@ func plainName(s string, max int) bool {
 		return false
 	}
 	for _, r := range s {
-		if r <= ' ' || r == 0x7f || r == '/' || r == '\\' || (r >= 0x80 && r < 0xa0) || r > 0x7e {
+		if !plainRune(r) {
 			return false
 		}
 	}
 	return true
+}
+
+// plainRune is printable ASCII other than a space or a path separator:
+// everything above 0x7e (DEL, the C1 controls, the rest of Unicode) is
+// out.
+func plainRune(r rune) bool {
+	return r > ' ' && r <= 0x7e && r != '/' && r != '\\'
 }

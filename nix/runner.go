@@ -178,40 +178,11 @@ func isFlakesDisabled(stderr string) bool {
 // older versions and after it in newer ones), otherwise the last few
 // non-empty lines, joined on one line each separated by " | " when short.
 func Summarize(stderr string) string {
-	lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
-	var kept []string
-	for _, l := range lines {
-		l = strings.TrimRight(proc.StripANSI(l), " \r")
-		if strings.TrimSpace(l) == "" {
-			continue
-		}
-		kept = append(kept, l)
-	}
+	kept := nonEmptyLines(stderr)
 	if len(kept) == 0 {
 		return ""
 	}
-	start := -1
-	for i, l := range kept {
-		if strings.HasPrefix(strings.TrimSpace(l), "error:") {
-			start = i
-		}
-	}
-	var out []string
-	if start >= 0 {
-		out = kept[start:]
-		// Drop trace noise that follows the message in newer Nix.
-		for i, l := range out {
-			if i > 0 && strings.Contains(l, "(use '--show-trace'") {
-				out = out[:i]
-				break
-			}
-		}
-	} else {
-		if len(kept) > 5 {
-			kept = kept[len(kept)-5:]
-		}
-		out = kept
-	}
+	out := meaningfulLines(kept)
 	if len(out) > 12 {
 		out = append(out[:12], "…")
 	}
@@ -219,6 +190,45 @@ func Summarize(stderr string) string {
 		out[i] = strings.TrimSpace(out[i])
 	}
 	return strings.Join(out, "\n  ")
+}
+
+// nonEmptyLines splits stderr into its lines without escape sequences,
+// trailing blanks or empty lines.
+func nonEmptyLines(stderr string) []string {
+	var kept []string
+	for _, l := range strings.Split(strings.TrimRight(stderr, "\n"), "\n") {
+		l = strings.TrimRight(proc.StripANSI(l), " \r")
+		if strings.TrimSpace(l) == "" {
+			continue
+		}
+		kept = append(kept, l)
+	}
+	return kept
+}
+
+// meaningfulLines picks, of Nix's non-empty stderr lines, the message from
+// the last "error:" line on, else the last five lines.
+func meaningfulLines(kept []string) []string {
+	start := -1
+	for i, l := range kept {
+		if strings.HasPrefix(strings.TrimSpace(l), "error:") {
+			start = i
+		}
+	}
+	if start < 0 {
+		if len(kept) > 5 {
+			kept = kept[len(kept)-5:]
+		}
+		return kept
+	}
+	out := kept[start:]
+	// Drop trace noise that follows the message in newer Nix.
+	for i, l := range out {
+		if i > 0 && strings.Contains(l, "(use '--show-trace'") {
+			return out[:i]
+		}
+	}
+	return out
 }
 
 // Tail returns the last n non-empty lines of s, without escape sequences.

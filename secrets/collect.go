@@ -82,26 +82,37 @@ func Collect(dir, host string) ([]manifest.File, error) {
 		if strings.HasPrefix(n, ".") {
 			continue
 		}
-		rel := filepath.Join(host, n)
-		if err := ValidateName(Name(n)); err != nil {
-			return nil, fmt.Errorf("secret %s: %w", rel, err)
-		}
-		if other, ok := byName[Name(n)]; ok {
-			return nil, fmt.Errorf("secret %s: both %s and %s are there; keep one (the .age one is encrypted)", filepath.Join(host, Name(n)), other, n)
-		}
-		byName[Name(n)] = n
-		src, err := source(dir, host, n)
+		f, err := collectOne(dir, host, n, byName)
 		if err != nil {
 			return nil, err
 		}
-		size, sum, err := hashFile(src)
-		if err != nil {
-			return nil, fmt.Errorf("secret %s: %w", rel, err)
-		}
-		files = append(files, manifest.File{Path: n, Mode: PublishedMode, Size: size, SHA256: sum})
+		files = append(files, f)
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
 	return files, nil
+}
+
+// collectOne lists the secret file n of host; byName maps the secret
+// names seen so far to their file's name (a secret must not be there
+// both plain and encrypted).
+func collectOne(dir, host, n string, byName map[string]string) (manifest.File, error) {
+	rel := filepath.Join(host, n)
+	if err := ValidateName(Name(n)); err != nil {
+		return manifest.File{}, fmt.Errorf("secret %s: %w", rel, err)
+	}
+	if other, ok := byName[Name(n)]; ok {
+		return manifest.File{}, fmt.Errorf("secret %s: both %s and %s are there; keep one (the .age one is encrypted)", filepath.Join(host, Name(n)), other, n)
+	}
+	byName[Name(n)] = n
+	src, err := source(dir, host, n)
+	if err != nil {
+		return manifest.File{}, err
+	}
+	size, sum, err := hashFile(src)
+	if err != nil {
+		return manifest.File{}, fmt.Errorf("secret %s: %w", rel, err)
+	}
+	return manifest.File{Path: n, Mode: PublishedMode, Size: size, SHA256: sum}, nil
 }
 
 // Exposed warns, one line each, about the plaintext secrets of host (as
@@ -290,19 +301,9 @@ func CheckExposure(ctx context.Context, fleetDir, secretsDir string, plain, clas
 	if fleetDir == "" || secretsDir == "" || classic {
 		return "", nil
 	}
-	realSecrets, err := filepath.EvalSymlinks(secretsDir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("secrets directory %s: %w", secretsDir, err)
-	}
-	realFleet, err := filepath.EvalSymlinks(fleetDir)
-	if err != nil {
-		return "", fmt.Errorf("fleet directory %s: %w", fleetDir, err)
-	}
-	if !within(realSecrets, realFleet) {
-		return "", nil
+	realFleet, realSecrets, err := resolveDirs(fleetDir, secretsDir)
+	if err != nil || realSecrets == "" || !within(realSecrets, realFleet) {
+		return "", err
 	}
 	const fix = "move the secrets out of the flake (--secrets-dir), or keep the fleet in git with the secrets untracked (echo /secrets/ >> .gitignore)"
 	if plain {
@@ -315,6 +316,29 @@ func CheckExposure(ctx context.Context, fleetDir, secretsDir string, plain, clas
 	if top == "" {
 		return "", fmt.Errorf("secrets directory %s is inside the fleet %s, which is not a git work tree, so Nix would copy the secrets into the world-readable Nix store: %s", secretsDir, fleetDir, fix)
 	}
+	return checkUntracked(ctx, top, realSecrets, secretsDir)
+}
+
+// resolveDirs follows the symlinks of both directories; realSecrets is ""
+// when the secrets directory does not exist.
+func resolveDirs(fleetDir, secretsDir string) (realFleet, realSecrets string, err error) {
+	realSecrets, err = filepath.EvalSymlinks(secretsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", "", nil
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("secrets directory %s: %w", secretsDir, err)
+	}
+	realFleet, err = filepath.EvalSymlinks(fleetDir)
+	if err != nil {
+		return "", "", fmt.Errorf("fleet directory %s: %w", fleetDir, err)
+	}
+	return realFleet, realSecrets, nil
+}
+
+// checkUntracked refuses secrets (at realSecrets, in the work tree top)
+// that git tracks, and notes ones that git does not ignore.
+func checkUntracked(ctx context.Context, top, realSecrets, secretsDir string) (string, error) {
 	files, submodules, err := gitcmd.Tracked(ctx, top, realSecrets)
 	if err != nil {
 		return "", fmt.Errorf("secrets directory %s: %w", secretsDir, err)

@@ -240,25 +240,15 @@ func (r *installRun) one(ctx context.Context, f manifest.File, specs map[string]
 		}
 		r.log.Warn("secret not installed", "secret", name, "err", err)
 	}
-	spec, ok := specs[name]
-	if !ok {
-		fail(fmt.Errorf("the server publishes secret %s but this host declares no services.bento.secrets.%s: declare it (path, owner, group, mode) or remove secrets/<host>/%s on the server", name, name, f.Path))
-		return
-	}
-	w, err := resolve(name, spec, r.ids)
+	spec, w, err := r.claim(name, f, specs)
 	if err != nil {
 		fail(err)
 		return
 	}
-	if other, dup := r.paths[w.path]; dup {
-		fail(fmt.Errorf("secret %s: path %s is also secret %s's: give each secret its own path", name, w.path, other))
-		return
-	}
-	r.paths[w.path] = name
 	installed := func(content string) Installed {
 		return Installed{Path: w.path, Owner: w.owner, Group: w.grp, Mode: fmt.Sprintf("%04o", w.mode), Published: f.SHA256, Content: content}
 	}
-	if had && old.Published == f.SHA256 && old.Path == w.path && inPlace(w, old.Content) {
+	if had && upToDate(old, f, w) {
 		o.State[name] = installed(old.Content)
 		return
 	}
@@ -268,16 +258,46 @@ func (r *installRun) one(ctx context.Context, f manifest.File, specs map[string]
 		return
 	}
 	o.State[name] = installed(content)
-	o.Changed = append(o.Changed, name)
-	for _, u := range spec.RestartUnits {
-		o.unitsOf[u] = append(o.unitsOf[u], name)
-	}
-	r.log.Info("secret installed", "secret", name, "path", w.path, "owner", w.owner, "group", w.grp, "mode", fmt.Sprintf("%04o", w.mode))
+	r.changed(name, spec, w)
 	if had && old.Path != w.path {
 		if err := removeInstalled(old.Path); err != nil {
 			o.Errors[name] = fmt.Sprintf("secret %s: installed at %s, but removing the old copy at %s failed: %v", name, w.path, old.Path, err)
 		}
 	}
+}
+
+// claim finds and checks the Spec of the published secret name (file f)
+// and takes its path for it.
+func (r *installRun) claim(name string, f manifest.File, specs map[string]Spec) (Spec, want, error) {
+	spec, ok := specs[name]
+	if !ok {
+		return spec, want{}, fmt.Errorf("the server publishes secret %s but this host declares no services.bento.secrets.%s: declare it (path, owner, group, mode) or remove secrets/<host>/%s on the server", name, name, f.Path)
+	}
+	w, err := resolve(name, spec, r.ids)
+	if err != nil {
+		return spec, w, err
+	}
+	if other, dup := r.paths[w.path]; dup {
+		return spec, w, fmt.Errorf("secret %s: path %s is also secret %s's: give each secret its own path", name, w.path, other)
+	}
+	r.paths[w.path] = name
+	return spec, w, nil
+}
+
+// upToDate says whether old, what was installed, is still f installed as
+// w wants.
+func upToDate(old Installed, f manifest.File, w want) bool {
+	return old.Published == f.SHA256 && old.Path == w.path && inPlace(w, old.Content)
+}
+
+// changed records that secret name was installed anew, so that its units
+// restart.
+func (r *installRun) changed(name string, spec Spec, w want) {
+	r.o.Changed = append(r.o.Changed, name)
+	for _, u := range spec.RestartUnits {
+		r.o.unitsOf[u] = append(r.o.unitsOf[u], name)
+	}
+	r.log.Info("secret installed", "secret", name, "path", w.path, "owner", w.owner, "group", w.grp, "mode", fmt.Sprintf("%04o", w.mode))
 }
 
 // removeGone removes the secrets no longer published; one that cannot be
@@ -344,31 +364,56 @@ func validUnit(u string) error {
 func resolve(name string, s Spec, ids *idCache) (want, error) {
 	opt := "services.bento.secrets." + name
 	w := want{spec: s, path: s.Path}
-	if s.Path == "" {
-		return w, fmt.Errorf("secret %s: %s.path is empty: set it to an absolute path", name, opt)
+	if err := checkPath(name, opt, s.Path); err != nil {
+		return w, err
 	}
-	if !filepath.IsAbs(s.Path) || filepath.Clean(s.Path) != s.Path || s.Path == "/" {
-		return w, fmt.Errorf("secret %s: %s.path %q must be an absolute, clean file path", name, opt, s.Path)
+	mode, err := parseMode(name, opt, s.Mode)
+	if err != nil {
+		return w, err
 	}
-	if inStore(s.Path) {
-		return w, fmt.Errorf("secret %s: %s.path %s is in the Nix store, which every user can read: pick a path such as /run/bento-secrets/%s", name, opt, s.Path, name)
+	w.mode = mode
+	err = ids.resolveOwner(&w, name, opt)
+	return w, err
+}
+
+// checkPath checks where secret name is to be installed (option opt).
+func checkPath(name, opt, p string) error {
+	if p == "" {
+		return fmt.Errorf("secret %s: %s.path is empty: set it to an absolute path", name, opt)
 	}
-	mode := s.Mode
-	if mode == "" {
-		mode = "0400"
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p || p == "/" {
+		return fmt.Errorf("secret %s: %s.path %q must be an absolute, clean file path", name, opt, p)
 	}
-	m, err := strconv.ParseUint(mode, 8, 32)
+	if inStore(p) {
+		return fmt.Errorf("secret %s: %s.path %s is in the Nix store, which every user can read: pick a path such as /run/bento-secrets/%s", name, opt, p, name)
+	}
+	return nil
+}
+
+// parseMode parses secret name's mode (option opt), 0400 when unset.
+func parseMode(name, opt, mode string) (fs.FileMode, error) {
+	octal := mode
+	if octal == "" {
+		octal = "0400"
+	}
+	m, err := strconv.ParseUint(octal, 8, 32)
 	if err != nil || m > 0o777 {
-		return w, fmt.Errorf("secret %s: %s.mode %q is not an octal permission such as 0400", name, opt, s.Mode)
+		return 0, fmt.Errorf("secret %s: %s.mode %q is not an octal permission such as 0400", name, opt, mode)
 	}
-	w.mode = fs.FileMode(m)
+	return fs.FileMode(m), nil
+}
+
+// resolveOwner sets w's owner and group (root and the owner's group when
+// unset) and their ids on this host.
+func (ids *idCache) resolveOwner(w *want, name, opt string) error {
+	s := w.spec
 	w.owner = s.Owner
 	if w.owner == "" {
 		w.owner = "root"
 	}
 	u, err := ids.user(w.owner)
 	if err != nil {
-		return w, fmt.Errorf("secret %s: owner %q: no such user on this host (create it, or fix %s.owner)", name, w.owner, opt)
+		return fmt.Errorf("secret %s: owner %q: no such user on this host (create it, or fix %s.owner)", name, w.owner, opt)
 	}
 	w.uid, _ = strconv.Atoi(u.Uid)
 	w.grp = s.Group
@@ -378,14 +423,14 @@ func resolve(name string, s Spec, ids *idCache) (want, error) {
 		if g, err := user.LookupGroupId(u.Gid); err == nil {
 			w.grp = g.Name
 		}
-		return w, nil
+		return nil
 	}
 	g, err := ids.group(w.grp)
 	if err != nil {
-		return w, fmt.Errorf("secret %s: group %q: no such group on this host (create it, or fix %s.group)", name, w.grp, opt)
+		return fmt.Errorf("secret %s: group %q: no such group on this host (create it, or fix %s.group)", name, w.grp, opt)
 	}
 	w.gid, _ = strconv.Atoi(g.Gid)
-	return w, nil
+	return nil
 }
 
 // idCache remembers lookups for one Install: each one reads /etc/passwd
@@ -501,19 +546,9 @@ func openParent(p string, create bool) (*os.File, error) {
 			continue
 		}
 		next := filepath.Join(at, comp)
-		nfd, err := unix.Openat(fd, comp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if errors.Is(err, unix.ENOENT) && create {
-			if err = unix.Mkdirat(fd, comp, 0o751); err == nil || errors.Is(err, unix.EEXIST) {
-				nfd, err = unix.Openat(fd, comp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			}
-		}
+		nfd, err := openChild(fd, comp, create)
 		if err != nil {
-			var st unix.Stat_t
-			if serr := unix.Fstatat(fd, comp, &st, unix.AT_SYMLINK_NOFOLLOW); serr == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
-				err = fmt.Errorf("%s is a symlink: %w (whoever can write %s could point it anywhere); set the path to where it leads, or make %s a directory", next, ErrSymlinkInPath, at, next)
-			} else {
-				err = &fs.PathError{Op: "open", Path: next, Err: err}
-			}
+			err = walkError(fd, comp, at, next, err)
 			unix.Close(fd)
 			return nil, err
 		}
@@ -521,6 +556,28 @@ func openParent(p string, create bool) (*os.File, error) {
 		fd, at = nfd, next
 	}
 	return os.NewFile(uintptr(fd), at), nil
+}
+
+// openChild opens the directory comp in the directory fd, not following
+// a symlink, and with create makes it (0751) when missing.
+func openChild(fd int, comp string, create bool) (int, error) {
+	nfd, err := unix.Openat(fd, comp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) && create {
+		if err = unix.Mkdirat(fd, comp, 0o751); err == nil || errors.Is(err, unix.EEXIST) {
+			nfd, err = unix.Openat(fd, comp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
+	}
+	return nfd, err
+}
+
+// walkError is openParent's error when comp (next) in the directory fd
+// (at) could not be opened with err: a symlink there is ErrSymlinkInPath.
+func walkError(fd int, comp, at, next string, err error) error {
+	var st unix.Stat_t
+	if serr := unix.Fstatat(fd, comp, &st, unix.AT_SYMLINK_NOFOLLOW); serr == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return fmt.Errorf("%s is a symlink: %w (whoever can write %s could point it anywhere); set the path to where it leads, or make %s a directory", next, ErrSymlinkInPath, at, next)
+	}
+	return &fs.PathError{Op: "open", Path: next, Err: err}
 }
 
 // write installs the staged file src at w.path atomically: a temporary file

@@ -51,21 +51,6 @@ func (s *Store) Files(version string) ([]manifest.File, error) {
 	return files, nil
 }
 
-func writeSynced(p string, data []byte) error {
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
 // Path is the directory of a version's secrets.
 func (s *Store) Path(version string) string { return filepath.Join(s.Dir, version) }
 
@@ -164,7 +149,7 @@ func (s *Store) seal(staging string, m *manifest.Manifest) error {
 	// tells "no secrets" from "not held".
 	list, err := json.Marshal(m.Secrets)
 	if err == nil {
-		err = writeSynced(filepath.Join(staging, filesList), list)
+		err = atomicfile.Create(filepath.Join(staging, filesList), list, 0o600)
 	}
 	if err == nil {
 		err = atomicfile.SyncDir(staging)

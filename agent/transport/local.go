@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -173,24 +174,14 @@ func (l *Local) WriteFile(ctx context.Context, p string, data []byte) error {
 // is renamed over name. On an error tmp is removed and name is untouched;
 // a kill -9 leaves at most tmp beside it.
 func WriteInRoot(r *os.Root, name, tmp string, data []byte) error {
-	f, err := r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
+	if err := atomicfile.CreateIn(r, tmp, data, 0o644); err != nil {
 		return err
 	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = r.Rename(tmp, name)
-	}
-	if err != nil {
+	if err := r.Rename(tmp, name); err != nil {
 		r.Remove(tmp)
+		return err
 	}
-	return err
+	return nil
 }
 
 // ReadDir lists a directory.

@@ -43,45 +43,62 @@ func (c *Conn) Put(ctx context.Context, p string, r io.Reader, o PutOptions) (in
 	tmp := fmt.Sprintf("%s%s%08x-%s", dir, TempPrefix, rand.Uint32(), base)
 	var n int64
 	err := c.guard(ctx, "put "+p, func(kick func()) error {
-		f, err := c.sftp.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_TRUNC)
+		var err error
+		n, err = c.writeTemp(tmp, r, o, kick)
 		if err != nil {
 			return err
-		}
-		fail := func(err error) error {
-			f.Close()
-			c.sftp.Remove(tmp)
-			return err
-		}
-		n, err = copyKicking(f, r, kick)
-		if err != nil {
-			return fail(err)
-		}
-		if err := c.syncFile(f); err != nil {
-			return fail(err)
-		}
-		if err := f.Chmod(o.Mode); err != nil {
-			return fail(err)
-		}
-		if o.Chown {
-			if err := f.Chown(o.UID, o.GID); err != nil {
-				return fail(fmt.Errorf("chown to %d:%d: %w", o.UID, o.GID, err))
-			}
-		}
-		if err := f.Close(); err != nil {
-			c.sftp.Remove(tmp)
-			return err
-		}
-		if !o.ModTime.IsZero() {
-			// After the close: a write would move the time again.
-			if err := c.sftp.Chtimes(tmp, o.ModTime, o.ModTime); err != nil {
-				c.sftp.Remove(tmp)
-				return err
-			}
 		}
 		kick()
 		return c.renameInto(tmp, p)
 	})
 	return n, err
+}
+
+// writeTemp makes the new file tmp, complete with its attributes, or
+// removes it. It returns the bytes written.
+func (c *Conn) writeTemp(tmp string, r io.Reader, o PutOptions, kick func()) (int64, error) {
+	f, err := c.sftp.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_TRUNC)
+	if err != nil {
+		return 0, err
+	}
+	n, err := c.fillTemp(f, r, o, kick)
+	if err != nil {
+		f.Close()
+		c.sftp.Remove(tmp)
+		return n, err
+	}
+	if err := f.Close(); err != nil {
+		c.sftp.Remove(tmp)
+		return n, err
+	}
+	if !o.ModTime.IsZero() {
+		// After the close: a write would move the time again.
+		if err := c.sftp.Chtimes(tmp, o.ModTime, o.ModTime); err != nil {
+			c.sftp.Remove(tmp)
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// fillTemp copies r into f, syncs it and sets its mode and owner.
+func (c *Conn) fillTemp(f *sftp.File, r io.Reader, o PutOptions, kick func()) (int64, error) {
+	n, err := copyKicking(f, r, kick)
+	if err != nil {
+		return n, err
+	}
+	if err := c.syncFile(f); err != nil {
+		return n, err
+	}
+	if err := f.Chmod(o.Mode); err != nil {
+		return n, err
+	}
+	if o.Chown {
+		if err := f.Chown(o.UID, o.GID); err != nil {
+			return n, fmt.Errorf("chown to %d:%d: %w", o.UID, o.GID, err)
+		}
+	}
+	return n, nil
 }
 
 func copyKicking(w io.Writer, r io.Reader, kick func()) (int64, error) {

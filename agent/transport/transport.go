@@ -241,11 +241,8 @@ type Conn struct {
 // refused client key) with jittered exponential backoff.
 func Dial(ctx context.Context, o Options) (*Conn, error) {
 	o.defaults()
-	if len(o.HostKeys) == 0 {
-		return nil, errors.New("no serverHostKey configured: bento never connects without verifying the server")
-	}
-	if o.Signer == nil {
-		return nil, errors.New("no identity key configured")
+	if err := o.checkKeys(); err != nil {
+		return nil, err
 	}
 	var last error
 	for attempt := 1; ; attempt++ {
@@ -261,16 +258,41 @@ func Dial(ctx context.Context, o Options) (*Conn, error) {
 		if o.Logger != nil {
 			o.Logger.Warn("cannot reach the server, retrying", "server", o.Addr, "attempt", attempt, "of", o.Attempts, "in", wait.Round(time.Millisecond), "err", err)
 		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("server %s: %w (last error: %w)", o.Addr, ctx.Err(), last)
-		case <-time.After(wait):
+		if err := sleep(ctx, wait); err != nil {
+			return nil, fmt.Errorf("server %s: %w (last error: %w)", o.Addr, err, last)
 		}
 	}
-	if o.Attempts > 1 && !Permanent(last) {
-		return nil, fmt.Errorf("server %s unreachable after %d attempts: %w", o.Addr, o.Attempts, last)
+	return nil, o.dialError(last)
+}
+
+// checkKeys refuses options that cannot make a verified, authenticated
+// connection.
+func (o *Options) checkKeys() error {
+	if len(o.HostKeys) == 0 {
+		return errors.New("no serverHostKey configured: bento never connects without verifying the server")
 	}
-	return nil, fmt.Errorf("server %s: %w", o.Addr, last)
+	if o.Signer == nil {
+		return errors.New("no identity key configured")
+	}
+	return nil
+}
+
+// dialError is Dial's error once it gives up after last.
+func (o *Options) dialError(last error) error {
+	if o.Attempts > 1 && !Permanent(last) {
+		return fmt.Errorf("server %s unreachable after %d attempts: %w", o.Addr, o.Attempts, last)
+	}
+	return fmt.Errorf("server %s: %w", o.Addr, last)
+}
+
+// sleep waits d, or until ctx is done: then it returns ctx's error.
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
 }
 
 // Endpoint is one server of a list the agent may use (a primary and its
@@ -279,6 +301,12 @@ type Endpoint struct {
 	Addr     string
 	User     string
 	HostKeys []ssh.PublicKey
+}
+
+// at is o aimed at e.
+func (o Options) at(e Endpoint) Options {
+	o.Addr, o.User, o.HostKeys = e.Addr, e.User, e.HostKeys
+	return o
 }
 
 // DialAny connects to the first endpoint that answers. A round tries each
@@ -293,63 +321,99 @@ func DialAny(ctx context.Context, o Options, eps []Endpoint) (*Conn, int, error)
 	if len(eps) == 0 {
 		return nil, -1, errors.New("no server configured")
 	}
-	with := func(e Endpoint) Options {
-		x := o
-		x.Addr, x.User, x.HostKeys = e.Addr, e.User, e.HostKeys
-		return x
-	}
 	if len(eps) == 1 {
-		c, err := Dial(ctx, with(eps[0]))
+		c, err := Dial(ctx, o.at(eps[0]))
 		return c, 0, err
 	}
 	o.defaults()
-	errs := make([]error, len(eps))
-	dead := make([]bool, len(eps))
+	d := &anyDialer{o: o, eps: eps, errs: make([]error, len(eps)), dead: make([]bool, len(eps))}
 	for round := 1; ; round++ {
-		for i, e := range eps {
-			if dead[i] {
-				continue
-			}
-			x := with(e)
-			if len(x.HostKeys) == 0 {
-				errs[i], dead[i] = fmt.Errorf("server %s: no host key configured: bento never connects without verifying the server", e.Addr), true
-				continue
-			}
-			if x.Signer == nil {
-				return nil, -1, errors.New("no identity key configured")
-			}
-			c, err := dialOnce(ctx, x)
-			if err == nil {
-				if round > 1 || i > 0 {
-					if o.Logger != nil {
-						o.Logger.Info("connected to a fallback server", "server", e.Addr, "round", round)
-					}
-				}
-				return c, i, nil
-			}
-			errs[i] = fmt.Errorf("server %s: %w", e.Addr, err)
-			dead[i] = Permanent(err)
-			if ctx.Err() != nil {
-				return nil, -1, fmt.Errorf("%w (%w)", ctx.Err(), errors.Join(errs...))
-			}
-			if o.Logger != nil {
-				o.Logger.Warn("cannot reach a server, trying the next", "server", e.Addr, "err", err)
-			}
+		if c, i, err := d.round(ctx, round); c != nil || err != nil {
+			return c, i, err
 		}
-		if round >= o.Attempts || !slices.Contains(dead, false) {
+		if round >= o.Attempts || !slices.Contains(d.dead, false) {
 			break
 		}
-		wait := o.Backoff.Jittered(round, nil)
-		if o.Logger != nil {
-			o.Logger.Warn("no server reachable, retrying", "round", round, "of", o.Attempts, "in", wait.Round(time.Millisecond))
-		}
-		select {
-		case <-ctx.Done():
-			return nil, -1, fmt.Errorf("%w (%w)", ctx.Err(), errors.Join(errs...))
-		case <-time.After(wait):
+		if err := d.pause(ctx, round); err != nil {
+			return nil, -1, err
 		}
 	}
-	return nil, -1, &AllFailedError{Errs: errs, Rounds: o.Attempts}
+	return nil, -1, &AllFailedError{Errs: d.errs, Rounds: o.Attempts}
+}
+
+// anyDialer is one DialAny call: per endpoint, its last error and whether
+// it is out of this call (dead).
+type anyDialer struct {
+	o    Options
+	eps  []Endpoint
+	errs []error
+	dead []bool
+}
+
+// round tries each endpoint still in, in order. It returns the first
+// connection made and its endpoint's index, or an error that ends the
+// call; neither when every endpoint failed.
+func (d *anyDialer) round(ctx context.Context, round int) (*Conn, int, error) {
+	for i := range d.eps {
+		if d.dead[i] {
+			continue
+		}
+		c, err := d.try(ctx, i, round)
+		if err != nil {
+			return nil, -1, err
+		}
+		if c != nil {
+			return c, i, nil
+		}
+	}
+	return nil, -1, nil
+}
+
+// try dials endpoint i once, recording why it failed; the error is one
+// that ends the whole call.
+func (d *anyDialer) try(ctx context.Context, i, round int) (*Conn, error) {
+	e := d.eps[i]
+	x := d.o.at(e)
+	if len(x.HostKeys) == 0 {
+		d.errs[i], d.dead[i] = fmt.Errorf("server %s: no host key configured: bento never connects without verifying the server", e.Addr), true
+		return nil, nil
+	}
+	if x.Signer == nil {
+		return nil, errors.New("no identity key configured")
+	}
+	c, err := dialOnce(ctx, x)
+	if err == nil {
+		if (round > 1 || i > 0) && d.o.Logger != nil {
+			d.o.Logger.Info("connected to a fallback server", "server", e.Addr, "round", round)
+		}
+		return c, nil
+	}
+	d.errs[i] = fmt.Errorf("server %s: %w", e.Addr, err)
+	d.dead[i] = Permanent(err)
+	if ctx.Err() != nil {
+		return nil, d.cancelled(ctx.Err())
+	}
+	if d.o.Logger != nil {
+		d.o.Logger.Warn("cannot reach a server, trying the next", "server", e.Addr, "err", err)
+	}
+	return nil, nil
+}
+
+// pause waits the backoff after a round in which no server answered.
+func (d *anyDialer) pause(ctx context.Context, round int) error {
+	wait := d.o.Backoff.Jittered(round, nil)
+	if d.o.Logger != nil {
+		d.o.Logger.Warn("no server reachable, retrying", "round", round, "of", d.o.Attempts, "in", wait.Round(time.Millisecond))
+	}
+	if err := sleep(ctx, wait); err != nil {
+		return d.cancelled(err)
+	}
+	return nil
+}
+
+// cancelled is the call's error when ctx ends it (with ctxErr).
+func (d *anyDialer) cancelled(ctxErr error) error {
+	return fmt.Errorf("%w (%w)", ctxErr, errors.Join(d.errs...))
 }
 
 // AllFailedError is DialAny's failure: why each server could not be used.

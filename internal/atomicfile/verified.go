@@ -119,15 +119,13 @@ func WriteNew(path string, data []byte, perm fs.FileMode) (err error) {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp)
-	if err = f.Chmod(perm); err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err = fillSynced(f, func(f *os.File) error {
+		if err := f.Chmod(perm); err != nil {
+			return err
+		}
+		_, err := f.Write(data)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -92,28 +92,46 @@ func take(ctx context.Context, f *os.File, o Options) error {
 		defer cancel()
 	}
 	for delay, told := firstPoll, false; ; delay = min(delay*2, maxPoll) {
-		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
-		switch {
-		case err == nil:
-			return nil
-		case !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR):
+		busy, err := tryFlock(f, how)
+		if !busy {
 			return err
-		case o.NoWait:
+		}
+		if o.NoWait {
 			return ErrHeld
-		case !told && o.OnWait != nil:
+		}
+		if !told && o.OnWait != nil {
 			o.OnWait()
 		}
 		told = true
-		t := time.NewTimer(delay)
-		select {
-		case <-wait.Done():
-			t.Stop()
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			return fmt.Errorf("%w after %s: %w", ErrHeld, o.Timeout, wait.Err())
-		case <-t.C:
+		if err := poll(ctx, wait, delay, o.Timeout); err != nil {
+			return err
 		}
+	}
+}
+
+// tryFlock flocks f without waiting; busy says that another holds it (or
+// a signal interrupted the call): try again.
+func tryFlock(f *os.File, how int) (busy bool, err error) {
+	err = syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
+	if errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EINTR) {
+		return true, nil
+	}
+	return false, err
+}
+
+// poll waits delay before the next try; its error ends the wait: ctx's,
+// or ErrHeld when wait (ctx bounded by timeout) is over.
+func poll(ctx, wait context.Context, delay, timeout time.Duration) error {
+	t := time.NewTimer(delay)
+	select {
+	case <-wait.Done():
+		t.Stop()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w after %s: %w", ErrHeld, timeout, wait.Err())
+	case <-t.C:
+		return nil
 	}
 }
 

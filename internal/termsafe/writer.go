@@ -82,50 +82,71 @@ func (t *Writer) feed(b []byte, more bool) {
 		}
 		r, n := utf8.DecodeRune(b[i:])
 		if r == utf8.RuneError && n <= 1 {
-			// A raw byte: 0x80–0x9f are the 8-bit C1 controls some
-			// terminals obey.
-			if c <= 0x9f {
-				t.c1(rune(c))
-			} else if t.state == sText {
-				t.out = fmt.Appendf(t.out, `\x%02x`, c)
-			} else {
-				t.other()
-			}
+			t.rawByte(c)
 			i++
 			continue
 		}
-		switch {
-		case r <= 0x9f:
-			t.c1(r)
-		case t.state != sText:
-			t.other()
-			if t.state == sText {
-				continue // re-read the rune as text
-			}
-		case Unsafe(r):
-			t.out = fmt.Appendf(t.out, `\u%04x`, r)
-		default:
-			t.out = append(t.out, b[i:i+n]...)
+		if t.nonASCII(r, b[i:i+n]) {
+			i += n
 		}
-		i += n
 	}
+}
+
+// rawByte acts on a byte that is not part of valid UTF-8.
+func (t *Writer) rawByte(c byte) {
+	// A raw byte: 0x80–0x9f are the 8-bit C1 controls some
+	// terminals obey.
+	if c <= 0x9f {
+		t.c1(rune(c))
+	} else if t.state == sText {
+		t.out = fmt.Appendf(t.out, `\x%02x`, c)
+	} else {
+		t.other()
+	}
+}
+
+// nonASCII acts on the rune r, encoded as enc. It returns false when r
+// ended a sequence and must be read again, as text.
+func (t *Writer) nonASCII(r rune, enc []byte) bool {
+	switch {
+	case r <= 0x9f:
+		t.c1(r)
+	case t.state != sText:
+		t.other()
+		return t.state != sText // else re-read the rune as text
+	case Unsafe(r):
+		t.out = fmt.Appendf(t.out, `\u%04x`, r)
+	default:
+		t.out = append(t.out, enc...)
+	}
+	return true
 }
 
 // c1 acts on a C1 control: CSI and the string introducers open a sequence
 // (dropped like their ESC forms), ST ends a string, the others are dropped.
 func (t *Writer) c1(r rune) {
+	inString := t.state == sStr || t.state == sStrEsc
 	switch {
-	case r == 0x9c && (t.state == sStr || t.state == sStrEsc):
+	case r == 0x9c && inString:
 		t.state = sText
-	case t.state == sStr || t.state == sStrEsc:
+	case inString:
 		t.strByte()
 	case r == 0x9b:
 		t.startCSI(false)
-	case r == 0x90 || r == 0x98 || r == 0x9d || r == 0x9e || r == 0x9f:
+	case stringIntroducer(r):
 		t.state, t.seqLen = sStr, 0
 	default:
 		t.state = sText
 	}
+}
+
+// stringIntroducer: r is DCS, SOS, OSC, PM or APC.
+func stringIntroducer(r rune) bool {
+	switch r {
+	case 0x90, 0x98, 0x9d, 0x9e, 0x9f:
+		return true
+	}
+	return false
 }
 
 // other handles a non-ASCII rune inside a sequence: a string swallows it, a

@@ -61,32 +61,50 @@ func isNumberByte(c byte) bool { return c >= '0' && c <= '9' || c == '.' }
 // nextTerm reads one "<number>[ ]<unit>" off the front of s. A unit-less
 // number is only allowed alone or last ("1min 30").
 func nextTerm(s string) (n float64, unit time.Duration, rest string, ok bool) {
+	n, rest, ok = leadingNumber(s)
+	if !ok {
+		return 0, 0, "", false
+	}
+	unit, rest, ok = leadingUnit(strings.TrimLeft(rest, " \t"))
+	if !ok {
+		return 0, 0, "", false
+	}
+	return n, unit, rest, true
+}
+
+// leadingNumber reads the number at the front of s.
+func leadingNumber(s string) (n float64, rest string, ok bool) {
 	i := 0
 	for i < len(s) && isNumberByte(s[i]) {
 		i++
 	}
 	if i == 0 {
-		return 0, 0, "", false
+		return 0, "", false
 	}
 	n, err := strconv.ParseFloat(s[:i], 64)
 	if err != nil {
-		return 0, 0, "", false
+		return 0, "", false
 	}
-	rest = strings.TrimLeft(s[i:], " \t")
+	return n, s[i:], true
+}
+
+// leadingUnit reads the unit at the front of s, seconds when there is
+// none and nothing follows, and the blanks after it.
+func leadingUnit(s string) (unit time.Duration, rest string, ok bool) {
 	j := 0
-	for j < len(rest) && !isNumberByte(rest[j]) && rest[j] != ' ' && rest[j] != '\t' {
+	for j < len(s) && isUnitByte(s[j]) {
 		j++
 	}
-	unit = time.Second
-	if j > 0 {
-		if unit, ok = units[rest[:j]]; !ok {
-			return 0, 0, "", false
-		}
-	} else if rest != "" {
-		return 0, 0, "", false
+	if j == 0 {
+		return time.Second, "", s == ""
 	}
-	return n, unit, strings.TrimLeft(rest[j:], " \t"), true
+	if unit, ok = units[s[:j]]; !ok {
+		return 0, "", false
+	}
+	return unit, strings.TrimLeft(s[j:], " \t"), true
 }
+
+func isUnitByte(c byte) bool { return !isNumberByte(c) && c != ' ' && c != '\t' }
 
 // isPlain says whether s is a plain decimal number (not "1e9", "Inf" or
 // "0x10", which ParseFloat also takes).
