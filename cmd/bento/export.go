@@ -108,71 +108,18 @@ func exportHost(ctx context.Context, root, host, out string, opts exportOptions)
 		return sum, fmt.Errorf("no chroot: %w (bento status lists the hosts; --chroot-root sets the root)", err)
 	}
 	defer chroot.Close()
-	data, err := readRootFile(chroot, manifest.ManifestFile, manifest.MaxSize)
-	if err != nil {
-		return sum, fmt.Errorf("%s: %w (deploy the host first)", manifest.ManifestFile, err)
-	}
-	m, err := manifest.Parse(data)
+	data, m, err := readExportManifest(chroot, host, opts)
 	if err != nil {
 		return sum, err
 	}
-	if m.Host != host {
-		return sum, fmt.Errorf("its %s names host %q", manifest.ManifestFile, m.Host)
-	}
-	if m.Signature == nil && !opts.unsigned {
-		return sum, errors.New("its publication is not signed: deploy with --publication-key (bento keygen --publication), or pass --allow-unsigned for hosts that pin no publication key")
-	}
-	var plain []string
-	for _, f := range m.Secrets {
-		if !secrets.Encrypted(f.Path) {
-			plain = append(plain, f.Path)
-		}
-	}
-	if len(plain) > 0 && !opts.plainSecrets {
-		return sum, fmt.Errorf("secrets %s are not age-encrypted: the bundle would carry them in clear text; encrypt them (docs/secrets.md) or pass --include-plain-secrets", strings.Join(plain, ", "))
-	}
 	sum.version, sum.sequence = m.Version, m.Sequence
-
-	// What an export killed earlier left (its temporary directory, or
-	// the previous bundle moved aside) goes first.
-	stale, _ := filepath.Glob(filepath.Join(out, "."+host+".tmp-*"))
-	for _, d := range stale {
-		os.RemoveAll(d)
-	}
-	tmp, err := os.MkdirTemp(out, "."+host+".tmp-")
+	tmp, err := makeBundleTemp(out, host)
 	if err != nil {
 		return sum, err
 	}
 	defer os.RemoveAll(tmp)
-	if err := os.Chmod(tmp, 0o755); err != nil {
+	if err := copyPublication(ctx, chroot, m, tmp, &sum); err != nil {
 		return sum, err
-	}
-	copied := map[string]bool{}
-	for _, f := range m.Files {
-		p := m.RemotePath(f)
-		if copied[p] {
-			continue
-		}
-		copied[p] = true
-		if err := copyChecked(ctx, chroot, p, tmp, f); err != nil {
-			return sum, err
-		}
-		sum.objects++
-		sum.bytes += f.Size
-	}
-	for _, f := range m.Secrets {
-		if err := copyChecked(ctx, chroot, secrets.RemotePath(m.Version, f.Path), tmp, f); err != nil {
-			return sum, fmt.Errorf("secret %s: %w", f.Path, err)
-		}
-		sum.secrets++
-		sum.bytes += f.Size
-	}
-	if m.Cache != nil {
-		n, size, err := copyTree(ctx, chroot, m.Cache.Dir, tmp)
-		if err != nil {
-			return sum, fmt.Errorf("binary cache: %w", err)
-		}
-		sum.cacheFiles, sum.bytes = n, sum.bytes+size
 	}
 	// The manifest last, byte for byte: its signature covers it.
 	if err := os.WriteFile(filepath.Join(tmp, manifest.ManifestFile), data, 0o644); err != nil {
@@ -188,20 +135,119 @@ func exportHost(ctx context.Context, root, host, out string, opts exportOptions)
 	return sum, nil
 }
 
+// readExportManifest reads the chroot's manifest and refuses what the
+// bundle must not carry: another host's, an unsigned one, plain secrets
+// (each unless opts allows it).
+func readExportManifest(chroot *os.Root, host string, opts exportOptions) ([]byte, *manifest.Manifest, error) {
+	data, err := readRootFile(chroot, manifest.ManifestFile, manifest.MaxSize)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w (deploy the host first)", manifest.ManifestFile, err)
+	}
+	m, err := manifest.Parse(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	if m.Host != host {
+		return nil, nil, fmt.Errorf("its %s names host %q", manifest.ManifestFile, m.Host)
+	}
+	if m.Signature == nil && !opts.unsigned {
+		return nil, nil, errors.New("its publication is not signed: deploy with --publication-key (bento keygen --publication), or pass --allow-unsigned for hosts that pin no publication key")
+	}
+	if plain := plainSecrets(m); len(plain) > 0 && !opts.plainSecrets {
+		return nil, nil, fmt.Errorf("secrets %s are not age-encrypted: the bundle would carry them in clear text; encrypt them (docs/secrets.md) or pass --include-plain-secrets", strings.Join(plain, ", "))
+	}
+	return data, m, nil
+}
+
+// plainSecrets lists the paths of m's secrets that are not age-encrypted.
+func plainSecrets(m *manifest.Manifest) []string {
+	var plain []string
+	for _, f := range m.Secrets {
+		if !secrets.Encrypted(f.Path) {
+			plain = append(plain, f.Path)
+		}
+	}
+	return plain
+}
+
+// makeBundleTemp makes the temporary directory beside out/host that the
+// bundle is written into.
+func makeBundleTemp(out, host string) (string, error) {
+	// What an export killed earlier left (its temporary directory, or
+	// the previous bundle moved aside) goes first.
+	stale, _ := filepath.Glob(filepath.Join(out, "."+host+".tmp-*"))
+	for _, d := range stale {
+		os.RemoveAll(d)
+	}
+	tmp, err := os.MkdirTemp(out, "."+host+".tmp-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
+// copyPublication copies m's objects, secrets and binary cache from the
+// chroot to tmp, counting them into sum.
+func copyPublication(ctx context.Context, chroot *os.Root, m *manifest.Manifest, tmp string, sum *exportSummary) error {
+	copied := map[string]bool{}
+	for _, f := range m.Files {
+		p := m.RemotePath(f)
+		if copied[p] {
+			continue
+		}
+		copied[p] = true
+		if err := copyChecked(ctx, chroot, p, tmp, f); err != nil {
+			return err
+		}
+		sum.objects++
+		sum.bytes += f.Size
+	}
+	for _, f := range m.Secrets {
+		if err := copyChecked(ctx, chroot, secrets.RemotePath(m.Version, f.Path), tmp, f); err != nil {
+			return fmt.Errorf("secret %s: %w", f.Path, err)
+		}
+		sum.secrets++
+		sum.bytes += f.Size
+	}
+	if m.Cache != nil {
+		n, size, err := copyTree(ctx, chroot, m.Cache.Dir, tmp)
+		if err != nil {
+			return fmt.Errorf("binary cache: %w", err)
+		}
+		sum.cacheFiles, sum.bytes = n, sum.bytes+size
+	}
+	return nil
+}
+
 func readRootFile(r *os.Root, name string, max int64) ([]byte, error) {
-	f, err := r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := openRootRegular(r, name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", name)
-	}
 	data, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err == nil && int64(len(data)) > max {
 		err = fmt.Errorf("%s is over %d bytes", name, max)
 	}
 	return data, err
+}
+
+// openRootRegular opens name below r for reading, refusing anything but
+// a regular file (O_NONBLOCK: a FIFO put there does not block the open).
+func openRootRegular(r *os.Root, name string) (*os.File, error) {
+	f, err := r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", name)
+	}
+	return f, nil
 }
 
 // copyChecked copies the chroot file p to dst/p, checking the size and
@@ -211,34 +257,38 @@ func copyChecked(ctx context.Context, src *os.Root, p, dst string, f manifest.Fi
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	in, err := src.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	in, err := openRootRegular(src, p)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	if fi, err := in.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", p)
-	}
 	target := filepath.Join(dst, filepath.FromSlash(p))
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return err
 	}
-	outf, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	n, sum, err := copyToNewFile(target, io.LimitReader(in, f.Size+1))
 	if err != nil {
 		return err
 	}
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(outf, h), io.LimitReader(in, f.Size+1))
-	if cerr := outf.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	if n != f.Size || hex.EncodeToString(h.Sum(nil)) != f.SHA256 {
+	if n != f.Size || sum != f.SHA256 {
 		return fmt.Errorf("%s does not have the content its manifest names (%d bytes, want %d, or another sha256): the chroot is damaged; deploy again", p, n, f.Size)
 	}
 	return nil
+}
+
+// copyToNewFile copies in to target, which must not exist yet, and
+// returns the bytes copied and their sha256 in hex.
+func copyToNewFile(target string, in io.Reader) (int64, string, error) {
+	outf, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return 0, "", err
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(outf, h), in)
+	if cerr := outf.Close(); err == nil {
+		err = cerr
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), err
 }
 
 // copyTree copies the chroot directory dir (its directories and regular
@@ -395,18 +445,9 @@ func importReport(root, dir string) (string, error) {
 		return "", err
 	}
 	defer b.Close()
-	data, err := readRootFile(b, manifest.ManifestFile, manifest.MaxSize)
-	if err != nil {
-		return "", fmt.Errorf("not a bundle: %w", err)
-	}
-	m, err := manifest.Parse(data)
+	host, rep, err := readBundleReport(b)
 	if err != nil {
 		return "", err
-	}
-	host := m.Host
-	rep, err := status.ReadReport(b, host)
-	if err != nil {
-		return "", fmt.Errorf("host %s: %w", host, err)
 	}
 	chroot, err := status.OpenChroot(root, host)
 	if err != nil {
@@ -414,36 +455,78 @@ func importReport(root, dir string) (string, error) {
 	}
 	defer chroot.Close()
 	if cur, err := status.ReadReport(chroot, host); err == nil && cur.FinishedAt.After(rep.FinishedAt) {
-		return fmt.Sprintf("%s: skipped the bundle's report of %s: the server has a newer one (%s)", host, rep.FinishedAt.Format("2006-01-02 15:04:05Z07:00"), cur.FinishedAt.Format("2006-01-02 15:04:05Z07:00")), nil
+		return fmt.Sprintf("%s: skipped the bundle's report of %s: the server has a newer one (%s)", host, rep.FinishedAt.Format(reportTimeLayout), cur.FinishedAt.Format(reportTimeLayout)), nil
 	}
-	if rep.Log != "" {
-		if strings.ContainsAny(rep.Log, "/\\\x00") || strings.HasPrefix(rep.Log, ".") || len(rep.Log) > 255 || path.Base(rep.Log) != rep.Log {
-			return "", fmt.Errorf("host %s: the report names an unsafe log %q", host, rep.Log)
-		}
-		log, err := readRootFile(b, manifest.LogsDir+"/"+rep.Log, maxImportedLog)
-		if err != nil {
-			return "", fmt.Errorf("host %s: log: %w", host, err)
-		}
-		if err := chroot.MkdirAll(manifest.LogsDir, 0o755); err != nil {
-			return "", err
-		}
-		if err := writeRootFile(chroot, manifest.LogsDir+"/"+rep.Log, log); err != nil {
-			return "", err
-		}
+	if err := importLog(b, chroot, host, rep.Log); err != nil {
+		return "", err
 	}
+	if err := writeImportedReport(chroot, rep); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%s: imported the report of %s (%s, version %s)", host, rep.FinishedAt.Format(reportTimeLayout), rep.Result, rep.AttemptedVersion), nil
+}
+
+// reportTimeLayout is how import-reports prints a report's time.
+const reportTimeLayout = "2006-01-02 15:04:05Z07:00"
+
+// readBundleReport reads the bundle's host (from its manifest) and the
+// report that host wrote into it.
+func readBundleReport(b *os.Root) (string, *manifest.Report, error) {
+	data, err := readRootFile(b, manifest.ManifestFile, manifest.MaxSize)
+	if err != nil {
+		return "", nil, fmt.Errorf("not a bundle: %w", err)
+	}
+	m, err := manifest.Parse(data)
+	if err != nil {
+		return "", nil, err
+	}
+	rep, err := status.ReadReport(b, m.Host)
+	if err != nil {
+		return "", nil, fmt.Errorf("host %s: %w", m.Host, err)
+	}
+	return m.Host, rep, nil
+}
+
+// importLog copies the log the report names (if any) from the bundle
+// into the chroot's logs.
+func importLog(b, chroot *os.Root, host, name string) error {
+	if name == "" {
+		return nil
+	}
+	if unsafeLogName(name) {
+		return fmt.Errorf("host %s: the report names an unsafe log %q", host, name)
+	}
+	log, err := readRootFile(b, manifest.LogsDir+"/"+name, maxImportedLog)
+	if err != nil {
+		return fmt.Errorf("host %s: log: %w", host, err)
+	}
+	if err := chroot.MkdirAll(manifest.LogsDir, 0o755); err != nil {
+		return err
+	}
+	return writeRootFile(chroot, manifest.LogsDir+"/"+name, log)
+}
+
+// unsafeLogName reports whether a log name from a report could reach
+// outside the logs directory (or hide in it).
+func unsafeLogName(name string) bool {
+	return strings.ContainsAny(name, "/\\\x00") || strings.HasPrefix(name, ".") || len(name) > 255 || path.Base(name) != name
+}
+
+// writeImportedReport writes rep as the chroot's status file.
+func writeImportedReport(chroot *os.Root, rep *manifest.Report) error {
 	body, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
-		return "", err
+		return err
 	}
 	if err := writeRootFile(chroot, manifest.StatusFile, append(body, '\n')); err != nil {
-		return "", err
+		return err
 	}
 	// status takes an unchanged report's time from its mtime: the time
 	// the host wrote it, not the import's.
 	if !rep.FinishedAt.IsZero() {
 		chroot.Chtimes(manifest.StatusFile, rep.FinishedAt, rep.FinishedAt)
 	}
-	return fmt.Sprintf("%s: imported the report of %s (%s, version %s)", host, rep.FinishedAt.Format("2006-01-02 15:04:05Z07:00"), rep.Result, rep.AttemptedVersion), nil
+	return nil
 }
 
 // writeRootFile replaces name below r atomically (temp, fsync, rename).
