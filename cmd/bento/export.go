@@ -376,11 +376,9 @@ func agentApplyBundleCommand() *cli.Command {
 			"sequence, age), fetch, build, switch with the guard, roll back, reboot per policy.\n" +
 			"The report goes into DIR/reports/ (or --report DIR2) for bento import-reports.\n" +
 			"Exits like bento agent run.",
-		Flags: append(agentConfigFlags(),
+		Flags: append(append(agentConfigFlags(),
 			&cli.StringFlag{Name: "report", Usage: "write the report (status.json, logs/) here instead of into the bundle's reports/ (a read-only medium)"},
-			&cli.DurationFlag{Name: "lock-wait", Usage: "give up when another tick holds the lock for this long; 0: at once, as in every command (default: wait)"},
-			&cli.BoolFlag{Name: "now", Usage: "try a version that failed again now, without waiting for its retry delay"},
-		),
+		), tickFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usageError("apply-bundle takes one bundle directory (got %d arguments)", c.NArg())
