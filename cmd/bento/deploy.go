@@ -9,7 +9,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
@@ -115,7 +114,7 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 	if err != nil {
 		return deploy.Options{}, err
 	}
-	retention, err := deployRetention(c)
+	retention, err := positiveSpan(c, "retention", ": it is how long hosts may take to download a publication")
 	if err != nil {
 		return deploy.Options{}, err
 	}
@@ -172,18 +171,6 @@ func checkDeployFlags(c *cli.Context) error {
 		return usageError("--lock-wait must not be negative")
 	}
 	return nil
-}
-
-// deployRetention reads --retention, which must be positive.
-func deployRetention(c *cli.Context) (time.Duration, error) {
-	retention, err := timespan.Parse(c.String("retention"))
-	if err != nil {
-		return 0, usageError("--retention: %w", err)
-	}
-	if retention <= 0 {
-		return 0, usageError("--retention must be positive (got %s): it is how long hosts may take to download a publication", c.String("retention"))
-	}
-	return retention, nil
 }
 
 // setDeployDiscover sets how deploy discovers the fleet, and reads the
