@@ -66,37 +66,10 @@ func troubled(s *agent.HostStatus) bool {
 func writeAgentStatus(w io.Writer, s *agent.HostStatus, now time.Time) {
 	var t table.Table
 	row := func(k, v string) { t.Rows = append(t.Rows, []string{k, v}) }
-	// Times with their zone, durations as bento status writes them.
-	when := func(at time.Time) string {
-		if at.IsZero() {
-			return "-"
-		}
-		d := now.Sub(at)
-		if d > -time.Second && d < time.Second {
-			return at.Local().Format(timeLayout) + " (just now)"
-		}
-		if d >= 0 {
-			return fmt.Sprintf("%s (%s ago)", at.Local().Format(timeLayout), status.Ago(d))
-		}
-		return fmt.Sprintf("%s (in %s)", at.Local().Format(timeLayout), status.Ago(-d))
-	}
-	orDash := func(v string) string {
-		if v == "" {
-			return "-"
-		}
-		return v
-	}
+	when := func(at time.Time) string { return agentStatusTime(at, now) }
 	row("host", s.Host)
-	row("applied", orDash(status.ShortVersion(s.AppliedVersion))+"  "+orDash(s.AppliedSystem))
-	if a := s.Attempt; a != nil {
-		result := string(a.Result)
-		if a.Running {
-			result = "running (or interrupted)"
-		}
-		row("last attempt", fmt.Sprintf("%s, attempt %d: %s, started %s", status.ShortVersion(a.Version), a.Count, orDash(result), when(a.StartedAt)))
-	} else {
-		row("last attempt", "none")
-	}
+	row("applied", dash(status.ShortVersion(s.AppliedVersion))+"  "+dash(s.AppliedSystem))
+	row("last attempt", lastAttemptCell(s.Attempt, now))
 	if s.NextRetry != nil {
 		row("next retry", when(*s.NextRetry)+"  (bento agent run --now tries at once)")
 	}
@@ -123,4 +96,32 @@ func writeAgentStatus(w io.Writer, s *agent.HostStatus, now time.Time) {
 		row("problem", p)
 	}
 	t.Write(w)
+}
+
+// agentStatusTime is at with its zone and how long ago (or in how long)
+// it is, the durations as bento status writes them.
+func agentStatusTime(at, now time.Time) string {
+	if at.IsZero() {
+		return "-"
+	}
+	d := now.Sub(at)
+	if d > -time.Second && d < time.Second {
+		return at.Local().Format(timeLayout) + " (just now)"
+	}
+	if d >= 0 {
+		return fmt.Sprintf("%s (%s ago)", at.Local().Format(timeLayout), status.Ago(d))
+	}
+	return fmt.Sprintf("%s (in %s)", at.Local().Format(timeLayout), status.Ago(-d))
+}
+
+// lastAttemptCell is the "last attempt" row's value.
+func lastAttemptCell(a *agent.Attempt, now time.Time) string {
+	if a == nil {
+		return "none"
+	}
+	result := string(a.Result)
+	if a.Running {
+		result = "running (or interrupted)"
+	}
+	return fmt.Sprintf("%s, attempt %d: %s, started %s", status.ShortVersion(a.Version), a.Count, dash(result), agentStatusTime(a.StartedAt, now))
 }

@@ -232,8 +232,17 @@ func versionString() string {
 	if v == "" || v == "(devel)" {
 		v = "dev"
 	}
+	if rev := vcsRevision(bi.Settings); rev != "" {
+		return fmt.Sprintf("%s (%s)", v, rev)
+	}
+	return v
+}
+
+// vcsRevision is the short VCS revision the build recorded, with
+// ", modified" for a dirty checkout; "" when none was recorded.
+func vcsRevision(settings []debug.BuildSetting) string {
 	var rev, modified string
-	for _, s := range bi.Settings {
+	for _, s := range settings {
 		switch s.Key {
 		case "vcs.revision":
 			rev = s.Value
@@ -242,7 +251,7 @@ func versionString() string {
 		}
 	}
 	if rev == "" {
-		return v
+		return ""
 	}
 	if len(rev) > 12 {
 		rev = rev[:12]
@@ -250,5 +259,5 @@ func versionString() string {
 	if modified == "true" {
 		rev += ", modified"
 	}
-	return fmt.Sprintf("%s (%s)", v, rev)
+	return rev
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/builder/progress"
 	"github.com/bento-nix/bento/deploy"
+	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/table"
 )
 
@@ -51,12 +52,7 @@ func buildFlags() []cli.Flag {
 // buildOptions reads buildFlags. The progress display goes to the
 // command's error stream: live on a terminal, plain lines otherwise.
 func buildOptions(c *cli.Context) (builder.Options, error) {
-	jobs := c.Int("jobs")
-	if !c.IsSet("jobs") {
-		var why string
-		jobs, why = builder.DefaultJobs(builder.SystemJobsEnv())
-		logger(c).Debug("default --jobs", "jobs", jobs, "why", why)
-	}
+	jobs := buildJobs(c)
 	evalOpts, err := evalOptions(c)
 	if err != nil {
 		return builder.Options{}, err
@@ -75,27 +71,8 @@ func buildOptions(c *cli.Context) (builder.Options, error) {
 		SignKey:    c.String("sign-key"),
 		Builders:   c.String("builders"),
 	}
-	switch {
-	case opts.Jobs < 1:
-		return opts, usageError("--jobs must be at least 1, got %d", opts.Jobs)
-	case opts.EvalJobs < 0:
-		return opts, usageError("--eval-jobs must be at least 1, got %d", c.Int("eval-jobs"))
-	case opts.MaxJobs < 0:
-		return opts, usageError("--max-jobs must be 0 (Nix's own setting) or more, got %d", opts.MaxJobs)
-	case opts.StateDir == "":
-		return opts, usageError("--state-dir is empty: give a directory (default %s)", builder.DefaultStateDir)
-	case opts.SignKey != "" && opts.CopyTo == "":
-		return opts, usageError("--sign-key signs what is copied: add --copy-to STORE_URL")
-	}
-	if opts.DryRun {
-		// Nothing is built, so nothing is copied (BENTO_COPY_TO may be set
-		// for the real runs).
-		opts.CopyTo, opts.SignKey = "", ""
-	}
-	if opts.SignKey != "" {
-		if _, err := os.Stat(opts.SignKey); err != nil {
-			return opts, usageError("--sign-key: %w (make one with: nix key generate-secret --key-name NAME > FILE)", err)
-		}
+	if err := checkBuildOptions(c, &opts); err != nil {
+		return opts, err
 	}
 	w := errWriter(c)
 	if isTerminal(w) {
@@ -104,6 +81,44 @@ func buildOptions(c *cli.Context) (builder.Options, error) {
 		opts.Progress = progress.NewPlain(w)
 	}
 	return opts, nil
+}
+
+// buildJobs is --jobs, or the default the system's build users give.
+func buildJobs(c *cli.Context) int {
+	if c.IsSet("jobs") {
+		return c.Int("jobs")
+	}
+	jobs, why := builder.DefaultJobs(builder.SystemJobsEnv())
+	logger(c).Debug("default --jobs", "jobs", jobs, "why", why)
+	return jobs
+}
+
+// checkBuildOptions refuses flag values that cannot work together, and
+// drops the copy of a dry run.
+func checkBuildOptions(c *cli.Context, opts *builder.Options) error {
+	switch {
+	case opts.Jobs < 1:
+		return usageError("--jobs must be at least 1, got %d", opts.Jobs)
+	case opts.EvalJobs < 0:
+		return usageError("--eval-jobs must be at least 1, got %d", c.Int("eval-jobs"))
+	case opts.MaxJobs < 0:
+		return usageError("--max-jobs must be 0 (Nix's own setting) or more, got %d", opts.MaxJobs)
+	case opts.StateDir == "":
+		return usageError("--state-dir is empty: give a directory (default %s)", builder.DefaultStateDir)
+	case opts.SignKey != "" && opts.CopyTo == "":
+		return usageError("--sign-key signs what is copied: add --copy-to STORE_URL")
+	}
+	if opts.DryRun {
+		// Nothing is built, so nothing is copied (BENTO_COPY_TO may be set
+		// for the real runs).
+		opts.CopyTo, opts.SignKey = "", ""
+	}
+	if opts.SignKey != "" {
+		if _, err := os.Stat(opts.SignKey); err != nil {
+			return usageError("--sign-key: %w (make one with: nix key generate-secret --key-name NAME > FILE)", err)
+		}
+	}
+	return nil
 }
 
 func errWriter(c *cli.Context) io.Writer {
@@ -128,12 +143,9 @@ func runBuild(c *cli.Context) error {
 		return err
 	}
 	opts.DrvPaths = drvs
-	hosts, skipped := deploy.SplitDeployed(selected)
-	for _, s := range skipped {
-		fmt.Fprintf(errWriter(c), "bento: skipping %s: %s\n", s.Host, s.Reason)
-	}
-	if len(hosts) == 0 {
-		return usageError("nothing to build: no selected host is deployed by bento (set services.bento.enable = true on the hosts to build)")
+	hosts, skipped, err := deployedToBuild(c, selected)
+	if err != nil {
+		return err
 	}
 	results, err := builder.Build(c.Context, nixRunner(c), hosts, opts)
 	if err != nil {
@@ -143,12 +155,7 @@ func runBuild(c *cli.Context) error {
 		}
 		return failed(err)
 	}
-	if c.Bool("json") {
-		err = printBuildJSON(c.App.Writer, results, skipped, opts.DryRun)
-	} else {
-		err = printBuildSummary(c.App.Writer, results, useColor(c, c.App.Writer))
-	}
-	if err != nil {
+	if err := printBuildResults(c, results, skipped, opts.DryRun); err != nil {
 		return err
 	}
 	if c.Context.Err() != nil {
@@ -161,6 +168,27 @@ func runBuild(c *cli.Context) error {
 		return failed(errors.New("some hosts could not be evaluated and were not built (see above)"))
 	}
 	return nil
+}
+
+// deployedToBuild keeps the selected hosts bento deploys, saying which
+// it skips; none is a usage error.
+func deployedToBuild(c *cli.Context, selected []fleet.Host) ([]fleet.Host, []deploy.Skipped, error) {
+	hosts, skipped := deploy.SplitDeployed(selected)
+	for _, s := range skipped {
+		fmt.Fprintf(errWriter(c), "bento: skipping %s: %s\n", s.Host, s.Reason)
+	}
+	if len(hosts) == 0 {
+		return nil, skipped, usageError("nothing to build: no selected host is deployed by bento (set services.bento.enable = true on the hosts to build)")
+	}
+	return hosts, skipped, nil
+}
+
+// printBuildResults prints the results as --json asks.
+func printBuildResults(c *cli.Context, results []builder.Result, skipped []deploy.Skipped, dryRun bool) error {
+	if c.Bool("json") {
+		return printBuildJSON(c.App.Writer, results, skipped, dryRun)
+	}
+	return printBuildSummary(c.App.Writer, results, useColor(c, c.App.Writer))
 }
 
 // buildDoc is bento build --json (docs/schema/build.json).
@@ -188,12 +216,28 @@ const logTailLines = 12
 // host that failed, its error, its log file and the last lines of the log,
 // then one line that counts.
 func printBuildSummary(w io.Writer, results []builder.Result, color bool) error {
-	paint := func(colour, s string) string {
-		if !color {
-			return s
-		}
-		return colour + s + "\x1b[0m"
+	if err := buildTable(results, color).Write(w); err != nil {
+		return err
 	}
+	var bad []string
+	counts := map[builder.Status]int{}
+	for _, r := range results {
+		counts[r.Status]++
+		if r.OK() {
+			continue
+		}
+		bad = append(bad, r.Host)
+		if r.Status != builder.StatusCancelled {
+			printBuildFailure(w, r, color)
+		}
+	}
+	_, err := fmt.Fprintf(w, "\n%s\n", buildCountLine(counts, bad))
+	return err
+}
+
+// buildTable is the summary's table: a row per host, its result
+// coloured when color.
+func buildTable(results []builder.Result, color bool) table.Table {
 	pathHeader := "OUT PATH"
 	// A dry run's hosts are dry-run, failed or cancelled, in any order.
 	if slices.ContainsFunc(results, func(r builder.Result) bool { return r.Status == builder.StatusDryRun }) {
@@ -202,13 +246,7 @@ func printBuildSummary(w io.Writer, results []builder.Result, color bool) error 
 	t := table.Table{Header: []string{"HOST", "RESULT", "DURATION", pathHeader}}
 	var colours []string
 	for _, r := range results {
-		status, colour := string(r.Status), "32"
-		switch {
-		case r.Status == builder.StatusBuilt && r.CopyErr != nil:
-			status, colour = "built, copy failed", "33"
-		case !r.OK():
-			colour = "31"
-		}
+		status, colour := buildResultCell(r)
 		path := r.OutPath
 		if r.Status == builder.StatusDryRun {
 			path = r.DrvPath
@@ -224,28 +262,39 @@ func printBuildSummary(w io.Writer, results []builder.Result, color bool) error 
 			return ""
 		}
 	}
-	if err := t.Write(w); err != nil {
-		return err
+	return t
+}
+
+// buildResultCell is a host's RESULT cell and its colour.
+func buildResultCell(r builder.Result) (status, colour string) {
+	switch {
+	case r.Status == builder.StatusBuilt && r.CopyErr != nil:
+		return "built, copy failed", "33"
+	case !r.OK():
+		return string(r.Status), "31"
 	}
-	var bad []string
-	counts := map[builder.Status]int{}
-	for _, r := range results {
-		counts[r.Status]++
-		if r.OK() {
-			continue
-		}
-		bad = append(bad, r.Host)
-		if r.Status == builder.StatusCancelled {
-			continue
-		}
-		fmt.Fprintf(w, "\n%s %s: %s\n", paint("\x1b[31m", "✗"), r.Host, indent(r.Reason(), "  "))
-		if r.LogFile != "" {
-			fmt.Fprintf(w, "  log: %s\n", r.LogFile)
-			for _, l := range builder.LogTail(r.LogFile, logTailLines) {
-				fmt.Fprintf(w, "  │ %s\n", l)
-			}
+	return string(r.Status), "32"
+}
+
+// printBuildFailure prints a failed host's error, its log file and the
+// last lines of the log.
+func printBuildFailure(w io.Writer, r builder.Result, color bool) {
+	mark := "✗"
+	if color {
+		mark = "\x1b[31m" + mark + "\x1b[0m"
+	}
+	fmt.Fprintf(w, "\n%s %s: %s\n", mark, r.Host, indent(r.Reason(), "  "))
+	if r.LogFile != "" {
+		fmt.Fprintf(w, "  log: %s\n", r.LogFile)
+		for _, l := range builder.LogTail(r.LogFile, logTailLines) {
+			fmt.Fprintf(w, "  │ %s\n", l)
 		}
 	}
+}
+
+// buildCountLine is the summary's last line: the hosts per result, and
+// those that need attention.
+func buildCountLine(counts map[builder.Status]int, bad []string) string {
 	var parts []string
 	for _, s := range []builder.Status{builder.StatusBuilt, builder.StatusDryRun, builder.StatusFailed, builder.StatusCancelled} {
 		if counts[s] > 0 {
@@ -256,8 +305,7 @@ func printBuildSummary(w io.Writer, results []builder.Result, color bool) error 
 	if len(bad) > 0 {
 		line += "; needs attention: " + strings.Join(bad, ", ")
 	}
-	_, err := fmt.Fprintf(w, "\n%s\n", line)
-	return err
+	return line
 }
 
 // buildFailure is the error a command returns when any host did not

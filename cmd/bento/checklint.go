@@ -38,12 +38,7 @@ type lintOptions struct {
 // nothing it does not. One line per finding, each naming the fix.
 func lintHosts(hosts []fleet.Host, o lintOptions) []string {
 	var out []string
-	keyMissing := ""
-	if o.NoCache {
-		keyMissing = "deploy runs with --no-cache, so the server publishes no binary cache and the host has nothing to fetch its system from: deploy without --no-cache (after bento keygen), or set services.bento.mode = \"build\""
-	} else if _, err := os.Stat(o.CacheKey); o.CacheKey == "" || errors.Is(err, fs.ErrNotExist) {
-		keyMissing = fmt.Sprintf("the server has no cache key (%s does not exist), so deploy publishes no binary cache and the host has nothing to fetch its system from: run bento keygen (or pass --cache-key where the key is), or set services.bento.mode = \"build\"", o.CacheKey)
-	}
+	keyMissing := cacheKeyMissing(o)
 	for _, h := range deploy.Deployed(hosts) {
 		for _, p := range h.Options.Placeholders {
 			out = append(out, placeholder(h.Name, p))
@@ -51,23 +46,42 @@ func lintHosts(hosts []fleet.Host, o lintOptions) []string {
 		if h.Options.Mode == "fetch" && keyMissing != "" {
 			out = append(out, fmt.Sprintf("host %s: services.bento.mode is \"fetch\", but %s", h.Name, keyMissing))
 		}
-		files, err := secrets.Collect(o.SecretsDir, h.Name)
-		if err != nil {
-			out = append(out, fmt.Sprintf("host %s: %v", h.Name, err))
-			continue
+		out = append(out, lintSecrets(h, o)...)
+	}
+	return out
+}
+
+// cacheKeyMissing says why deploy publishes no binary cache for a host
+// in fetch mode to fetch from; "" when it does.
+func cacheKeyMissing(o lintOptions) string {
+	if o.NoCache {
+		return "deploy runs with --no-cache, so the server publishes no binary cache and the host has nothing to fetch its system from: deploy without --no-cache (after bento keygen), or set services.bento.mode = \"build\""
+	}
+	if _, err := os.Stat(o.CacheKey); o.CacheKey == "" || errors.Is(err, fs.ErrNotExist) {
+		return fmt.Sprintf("the server has no cache key (%s does not exist), so deploy publishes no binary cache and the host has nothing to fetch its system from: run bento keygen (or pass --cache-key where the key is), or set services.bento.mode = \"build\"", o.CacheKey)
+	}
+	return ""
+}
+
+// lintSecrets compares the secrets published for h with those it
+// declares.
+func lintSecrets(h fleet.Host, o lintOptions) []string {
+	files, err := secrets.Collect(o.SecretsDir, h.Name)
+	if err != nil {
+		return []string{fmt.Sprintf("host %s: %v", h.Name, err)}
+	}
+	var out []string
+	for _, f := range files {
+		if name := secrets.Name(f.Path); !slices.Contains(h.Options.Secrets, name) {
+			out = append(out, fmt.Sprintf("host %s: %s is published, but the host declares no services.bento.secrets.%s, so its agent refuses to install it: declare it (path, owner, group, mode) or remove the file", h.Name, filepath.Join(o.SecretsDir, h.Name, f.Path), name))
 		}
-		for _, f := range files {
-			if name := secrets.Name(f.Path); !slices.Contains(h.Options.Secrets, name) {
-				out = append(out, fmt.Sprintf("host %s: %s is published, but the host declares no services.bento.secrets.%s, so its agent refuses to install it: declare it (path, owner, group, mode) or remove the file", h.Name, filepath.Join(o.SecretsDir, h.Name, f.Path), name))
-			}
-		}
-		if o.DeployOnly {
-			continue
-		}
-		for _, name := range h.Options.Secrets {
-			if !slices.ContainsFunc(files, func(f manifest.File) bool { return secrets.Name(f.Path) == name }) {
-				out = append(out, unpublishedSecret(o.SecretsDir, h.Name, name))
-			}
+	}
+	if o.DeployOnly {
+		return out
+	}
+	for _, name := range h.Options.Secrets {
+		if !slices.ContainsFunc(files, func(f manifest.File) bool { return secrets.Name(f.Path) == name }) {
+			out = append(out, unpublishedSecret(o.SecretsDir, h.Name, name))
 		}
 	}
 	return out

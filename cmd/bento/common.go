@@ -127,32 +127,50 @@ func discoverAndInstantiate(c *cli.Context, drvPath func(host, drv string)) (f *
 	}
 	evalOpts.Ref, evalOpts.DrvPath = ref, drvPath
 	f, err = eval.Discover(c.Context, nixRunner(c), evalOpts)
-	var herrs eval.HostErrors
-	if err != nil {
-		if f == nil || !errors.As(err, &herrs) {
-			if errors.As(err, &herrs) {
-				err = withHint(err, "--keep-going goes on with the other hosts")
-			}
-			return nil, nil, false, failed(err)
-		}
-		for _, he := range herrs {
-			log.Error("host skipped", "host", he.Host, "err", he.Err)
-		}
-		evalFailed = true
+	if evalFailed, err = skipFailedHosts(log, f, err); err != nil {
+		return nil, nil, false, err
 	}
 	if c.Int("eval-jobs") < 1 {
 		return nil, nil, false, usageError("--eval-jobs must be at least 1")
 	}
-	for _, a := range c.Args().Slice() {
-		if strings.HasPrefix(a, "-") {
-			return nil, nil, false, usageError("%s comes after the host names: put flags first (bento %s %s %s)", a, c.Command.Name, a, strings.Join(slices.DeleteFunc(c.Args().Slice(), func(s string) bool { return s == a }), " "))
-		}
+	if err := checkArgsAfterFlags(c); err != nil {
+		return nil, nil, false, err
 	}
 	selected, err = fleet.Select(f.Hosts, c.Args().Slice())
 	if err != nil {
 		return nil, nil, false, usageError("%w", err)
 	}
 	return f, selected, evalFailed, nil
+}
+
+// skipFailedHosts logs the hosts that failed to evaluate when the others
+// could go on (--keep-going); any other error of discovery is returned,
+// as the command's failure.
+func skipFailedHosts(log *slog.Logger, f *fleet.Fleet, err error) (evalFailed bool, _ error) {
+	if err == nil {
+		return false, nil
+	}
+	var herrs eval.HostErrors
+	if f == nil || !errors.As(err, &herrs) {
+		if errors.As(err, &herrs) {
+			err = withHint(err, "--keep-going goes on with the other hosts")
+		}
+		return false, failed(err)
+	}
+	for _, he := range herrs {
+		log.Error("host skipped", "host", he.Host, "err", he.Err)
+	}
+	return true, nil
+}
+
+// checkArgsAfterFlags refuses a flag after the host names.
+func checkArgsAfterFlags(c *cli.Context) error {
+	for _, a := range c.Args().Slice() {
+		if strings.HasPrefix(a, "-") {
+			return usageError("%s comes after the host names: put flags first (bento %s %s %s)", a, c.Command.Name, a, strings.Join(slices.DeleteFunc(c.Args().Slice(), func(s string) bool { return s == a }), " "))
+		}
+	}
+	return nil
 }
 
 // evalOptions reads the fleet flags that size nix evaluations.

@@ -95,12 +95,7 @@ func completions(app *cli.App, words []string, cur, cacheDir string) []string {
 	l := readLine(app, words)
 	switch {
 	case l.pending != "":
-		// bash's word for "--sort=" is "=": it is replaced by "=name".
-		prefix := ""
-		if strings.HasPrefix(cur, "=") {
-			prefix = "="
-		}
-		return matching(flagValues[l.pending], prefix, strings.TrimPrefix(cur, "="))
+		return flagValueCompletions(l.pending, cur)
 	case !l.endFlags && strings.HasPrefix(cur, "-"):
 		return flagCompletions(l.flags, cur)
 	case l.cmd == nil:
@@ -110,20 +105,36 @@ func completions(app *cli.App, words []string, cur, cacheDir string) []string {
 	case l.cmd.Name == "completion" && l.positional == 0:
 		return matching([]string{"bash", "zsh", "fish"}, "", cur)
 	case strings.Contains(l.cmd.ArgsUsage, "HOST"):
-		// "HOST [NAME]" takes one host; "[HOST|GLOB|@TAG]..." any number.
-		if strings.HasPrefix(l.cmd.ArgsUsage, "HOST") && l.positional > 0 {
-			return nil
-		}
-		hc := loadHostCache(cacheDir, l.flake)
-		all := hc.Hosts
-		if strings.Contains(l.cmd.ArgsUsage, "@TAG") {
-			for _, t := range hc.Tags {
-				all = append(all, "@"+t)
-			}
-		}
-		return matching(all, "", cur)
+		return hostCompletions(l, cur, cacheDir)
 	}
 	return nil
+}
+
+// flagValueCompletions are the values of the flag pending for cur.
+func flagValueCompletions(pending, cur string) []string {
+	// bash's word for "--sort=" is "=": it is replaced by "=name".
+	prefix := ""
+	if strings.HasPrefix(cur, "=") {
+		prefix = "="
+	}
+	return matching(flagValues[pending], prefix, strings.TrimPrefix(cur, "="))
+}
+
+// hostCompletions are the cached host names (and @tags, where the
+// command takes them) starting with cur.
+func hostCompletions(l line, cur, cacheDir string) []string {
+	// "HOST [NAME]" takes one host; "[HOST|GLOB|@TAG]..." any number.
+	if strings.HasPrefix(l.cmd.ArgsUsage, "HOST") && l.positional > 0 {
+		return nil
+	}
+	hc := loadHostCache(cacheDir, l.flake)
+	all := hc.Hosts
+	if strings.Contains(l.cmd.ArgsUsage, "@TAG") {
+		for _, t := range hc.Tags {
+			all = append(all, "@"+t)
+		}
+	}
+	return matching(all, "", cur)
 }
 
 // line is what the words before the cursor say.
@@ -139,43 +150,68 @@ type line struct {
 // readLine reads the words as bento would: commands, flags (a flag bento
 // does not know is taken as one without value), and arguments.
 func readLine(app *cli.App, words []string) line {
-	l := line{flags: app.Flags, flake: os.Getenv("BENTO_FLAKE")}
-	cmds := app.Commands
+	r := lineReader{line: line{flags: app.Flags, flake: os.Getenv("BENTO_FLAKE")}, app: app, cmds: app.Commands}
 	for _, w := range words {
-		switch {
-		case l.pending != "":
-			// bash splits "--sort=name" into "--sort", "=", "name".
-			if w == "=" {
-				continue
-			}
-			if l.pending == "flake" {
-				l.flake = w
-			}
-			l.pending = ""
-		case l.endFlags || !strings.HasPrefix(w, "-") || w == "-":
-			if next := find(cmds, w); next != nil && l.positional == 0 && !l.endFlags {
-				l.cmd, cmds = next, next.Subcommands
-				l.flags = append(append([]cli.Flag{}, next.Flags...), app.Flags...)
-				continue
-			}
-			l.positional++
-		case w == "--":
-			l.endFlags = true
-		default:
-			name, value, hasValue := strings.Cut(strings.TrimLeft(w, "-"), "=")
-			f := lookupFlag(l.flags, name)
-			if f == nil || !takesValue([]cli.Flag{f})[name] {
-				continue
-			}
-			switch name = f.Names()[0]; {
-			case !hasValue:
-				l.pending = name
-			case name == "flake":
-				l.flake = value
-			}
-		}
+		r.read(w)
 	}
-	return l
+	return r.line
+}
+
+// lineReader reads a line's words one at a time.
+type lineReader struct {
+	line
+	app  *cli.App
+	cmds []*cli.Command // the subcommands of cmd (of app before one)
+}
+
+func (r *lineReader) read(w string) {
+	switch {
+	case r.pending != "":
+		r.readValue(w)
+	case r.endFlags || !strings.HasPrefix(w, "-") || w == "-":
+		r.readArg(w)
+	case w == "--":
+		r.endFlags = true
+	default:
+		r.readFlag(w)
+	}
+}
+
+// readValue reads the value of the pending flag.
+func (r *lineReader) readValue(w string) {
+	// bash splits "--sort=name" into "--sort", "=", "name".
+	if w == "=" {
+		return
+	}
+	if r.pending == "flake" {
+		r.flake = w
+	}
+	r.pending = ""
+}
+
+// readArg reads a command's name or an argument.
+func (r *lineReader) readArg(w string) {
+	if next := find(r.cmds, w); next != nil && r.positional == 0 && !r.endFlags {
+		r.cmd, r.cmds = next, next.Subcommands
+		r.flags = append(append([]cli.Flag{}, next.Flags...), r.app.Flags...)
+		return
+	}
+	r.positional++
+}
+
+// readFlag reads a flag, with its value when it is given in the word.
+func (r *lineReader) readFlag(w string) {
+	name, value, hasValue := strings.Cut(strings.TrimLeft(w, "-"), "=")
+	f := lookupFlag(r.flags, name)
+	if f == nil || !takesValue([]cli.Flag{f})[name] {
+		return
+	}
+	switch name = f.Names()[0]; {
+	case !hasValue:
+		r.pending = name
+	case name == "flake":
+		r.flake = value
+	}
 }
 
 // flagCompletions are the flags starting with cur, or with "--name=" the

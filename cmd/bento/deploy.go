@@ -107,22 +107,16 @@ func deployError(err error) error {
 // deployOptions reads deploy's flags and prints the warnings about
 // running as a user other than root.
 func deployOptions(c *cli.Context) (deploy.Options, error) {
-	if c.Bool("prune-reports") && !c.Bool("prune") {
-		return deploy.Options{}, usageError("--prune-reports only adds to --prune: pass both")
-	}
-	if c.Duration("lock-wait") < 0 {
-		return deploy.Options{}, usageError("--lock-wait must not be negative")
+	if err := checkDeployFlags(c); err != nil {
+		return deploy.Options{}, err
 	}
 	limits, err := reportLimits(c)
 	if err != nil {
 		return deploy.Options{}, err
 	}
-	retention, err := timespan.Parse(c.String("retention"))
+	retention, err := positiveSpan(c, "retention", ": it is how long hosts may take to download a publication")
 	if err != nil {
-		return deploy.Options{}, usageError("--retention: %w", err)
-	}
-	if retention <= 0 {
-		return deploy.Options{}, usageError("--retention must be positive (got %s): it is how long hosts may take to download a publication", c.String("retention"))
+		return deploy.Options{}, err
 	}
 	historyKeep, err := historyRetention(c)
 	if err != nil {
@@ -140,15 +134,55 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 		ReportLimits:     &limits,
 		Prune:            c.Bool("prune"),
 		PruneReports:     c.Bool("prune-reports"),
-		Discover: func(context.Context) (*fleet.Fleet, []fleet.Host, bool, error) {
-			return discover(c)
-		},
-		Logger: logger(c),
+		Logger:           logger(c),
+	}
+	if err := setDeployDiscover(c, &opts); err != nil {
+		return opts, err
+	}
+	if !c.Bool("no-cache") {
+		opts.Cache = &deploy.CacheOptions{Key: c.String("cache-key"), KeyRequired: c.IsSet("cache-key"), Pool: c.String("cache-pool")}
+	}
+	if opts.PublicationKey, opts.NextPublicationKey, err = publicationKeys(c); err != nil {
+		return opts, err
+	}
+	ew := errWriter(c)
+	setDeployUsers(c, ew, &opts)
+	opts.Print = func(line string) { fmt.Fprintln(ew, "bento:", line) }
+	// Before anything evaluates the fleet: a secrets directory Nix would
+	// copy into its store is refused.
+	if opts.SecretsDir, err = guardSecrets(c); err != nil {
+		return opts, err
+	}
+	lintBeforeDeploy(c, &opts)
+	// Refused while a rollout holds the fleet (rollout start replaces
+	// it); a dry run publishes nothing, so it may look.
+	if !opts.DryRun {
+		opts.Hooks.Locked = rollout.Guard(c.Bool("supersede"), nil)
+	}
+	return opts, nil
+}
+
+// checkDeployFlags refuses deploy flags that make no sense together.
+func checkDeployFlags(c *cli.Context) error {
+	if c.Bool("prune-reports") && !c.Bool("prune") {
+		return usageError("--prune-reports only adds to --prune: pass both")
+	}
+	if c.Duration("lock-wait") < 0 {
+		return usageError("--lock-wait must not be negative")
+	}
+	return nil
+}
+
+// setDeployDiscover sets how deploy discovers the fleet, and reads the
+// build's options unless --no-build.
+func setDeployDiscover(c *cli.Context, opts *deploy.Options) error {
+	opts.Discover = func(context.Context) (*fleet.Fleet, []fleet.Host, bool, error) {
+		return discover(c)
 	}
 	if !c.Bool("no-build") {
 		bopts, err := buildOptions(c)
 		if err != nil {
-			return opts, err
+			return err
 		}
 		opts.Build = &bopts
 		opts.Discover = func(context.Context) (f *fleet.Fleet, selected []fleet.Host, evalFailed bool, err error) {
@@ -166,13 +200,12 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 		}
 		return f, selected, evalFailed, err
 	}
-	if !c.Bool("no-cache") {
-		opts.Cache = &deploy.CacheOptions{Key: c.String("cache-key"), KeyRequired: c.IsSet("cache-key"), Pool: c.String("cache-pool")}
-	}
-	if opts.PublicationKey, opts.NextPublicationKey, err = publicationKeys(c); err != nil {
-		return opts, err
-	}
-	ew := errWriter(c)
+	return nil
+}
+
+// setDeployUsers decides whether deploy checks the hosts' SFTP users,
+// warning when it does not.
+func setDeployUsers(c *cli.Context, ew io.Writer, opts *deploy.Options) {
 	asRoot := os.Geteuid() == 0
 	opts.Users = asRoot && !c.Bool("no-user-check")
 	switch {
@@ -181,19 +214,6 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 	case !opts.Users:
 		fmt.Fprintln(ew, "bento: warning: --no-user-check: each host's reports/ stays owned by root, so hosts cannot upload reports until you deploy again without it")
 	}
-	opts.Print = func(line string) { fmt.Fprintln(ew, "bento:", line) }
-	// Before anything evaluates the fleet: a secrets directory Nix would
-	// copy into its store is refused.
-	if opts.SecretsDir, err = guardSecrets(c); err != nil {
-		return opts, err
-	}
-	lintBeforeDeploy(c, &opts)
-	// Refused while a rollout holds the fleet (rollout start replaces
-	// it); a dry run publishes nothing, so it may look.
-	if !opts.DryRun {
-		opts.Hooks.Locked = rollout.Guard(c.Bool("supersede"), nil)
-	}
-	return opts, nil
 }
 
 // printDeployReport renders the report (text or --json) and gives the
@@ -305,25 +325,33 @@ func printOrphans(w io.Writer, r deploy.Report, mode pruneMode) {
 		if o.ReportsOnly {
 			state = "no longer in the fleet, only its reports/ are left"
 		}
-		verb := ""
-		switch {
-		case slices.Contains(r.Kept, o.Host):
-			verb = fmt.Sprintf(" — kept reports/ of %s; --prune-reports removes it too", o.Host)
-		case slices.Contains(r.Pruned, o.Host) && !mode.reports:
-			verb = " — pruned, kept its reports/ (--prune-reports removes them too)"
-		case slices.Contains(r.Pruned, o.Host):
-			verb = " — pruned"
-		case mode.prune && r.DryRun && o.ReportsOnly && !mode.reports:
-			verb = fmt.Sprintf(" — would keep reports/ of %s; --prune-reports removes it too", o.Host)
-		case mode.prune && r.DryRun:
-			verb = " — would be pruned"
-		case !mode.prune && o.ReportsOnly:
-			verb = " (--prune --prune-reports removes it)"
-		case !mode.prune:
-			verb = " (--prune removes it)"
-		}
-		fmt.Fprintf(w, "%s: %s%s\n", o.Path, state, verb)
+		fmt.Fprintf(w, "%s: %s%s\n", o.Path, state, orphanVerb(o, r, mode))
 	}
+}
+
+// orphanVerb is what deploy did (or would do, or how to make it do
+// something) with an orphan's chroot.
+func orphanVerb(o publish.Orphan, r deploy.Report, mode pruneMode) string {
+	switch {
+	case slices.Contains(r.Kept, o.Host):
+		return fmt.Sprintf(" — kept reports/ of %s; --prune-reports removes it too", o.Host)
+	case slices.Contains(r.Pruned, o.Host):
+		if !mode.reports {
+			return " — pruned, kept its reports/ (--prune-reports removes them too)"
+		}
+		return " — pruned"
+	case mode.prune && r.DryRun:
+		if o.ReportsOnly && !mode.reports {
+			return fmt.Sprintf(" — would keep reports/ of %s; --prune-reports removes it too", o.Host)
+		}
+		return " — would be pruned"
+	case !mode.prune:
+		if o.ReportsOnly {
+			return " (--prune --prune-reports removes it)"
+		}
+		return " (--prune removes it)"
+	}
+	return ""
 }
 
 // deploySummary is the last line: how many hosts ended how, and which
@@ -347,13 +375,7 @@ func deploySummary(r deploy.Report, counts map[string]int, bad []string) string 
 
 // describe is a host's line, its colour and the word it counts under.
 func describe(h deploy.Row, dryRun bool) (text, colour, key string) {
-	forced := ""
-	if h.BuildFailed {
-		forced = " — its build failed, published anyway (--force)"
-	}
-	if h.CopyError != "" {
-		forced = " — not copied to the cache: " + h.CopyError
-	}
+	forced := forcedNote(h)
 	switch h.Status {
 	case publish.StatusFailed:
 		return "failed: " + h.ErrorDetail(), "\x1b[31m", "failed"
@@ -370,6 +392,29 @@ func describe(h deploy.Row, dryRun bool) (text, colour, key string) {
 	if dryRun {
 		verb, key = "would publish", "would publish"
 	}
+	colour = "\x1b[32m"
+	if h.BuildFailed {
+		colour = "\x1b[33m"
+	}
+	return fmt.Sprintf("%s %s (%s)%s", verb, status.ShortVersion(h.Version), publishedDetail(h, dryRun), forced), colour, key
+}
+
+// forcedNote is what a host's line adds when it went live despite a
+// failed build or copy.
+func forcedNote(h deploy.Row) string {
+	forced := ""
+	if h.BuildFailed {
+		forced = " — its build failed, published anyway (--force)"
+	}
+	if h.CopyError != "" {
+		forced = " — not copied to the cache: " + h.CopyError
+	}
+	return forced
+}
+
+// publishedDetail is what publishing a host's version wrote (or would
+// write).
+func publishedDetail(h deploy.Row, dryRun bool) string {
 	detail := fmt.Sprintf("%d copied, %d linked, %d shared, %s written", h.Copied, h.Linked, h.Shared, bytesize.Format(h.BytesWritten))
 	if dryRun {
 		detail = fmt.Sprintf("%d to copy, %d to link, %d to share", h.Copied, h.Linked, h.Shared)
@@ -380,9 +425,5 @@ func describe(h deploy.Row, dryRun bool) (text, colour, key string) {
 	if h.Previous != "" {
 		detail += "; was " + status.ShortVersion(h.Previous)
 	}
-	colour = "\x1b[32m"
-	if h.BuildFailed {
-		colour = "\x1b[33m"
-	}
-	return fmt.Sprintf("%s %s (%s)%s", verb, status.ShortVersion(h.Version), detail, forced), colour, key
+	return detail
 }

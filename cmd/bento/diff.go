@@ -34,21 +34,9 @@ func runDiff(c *cli.Context) error {
 		return usageError("say which host: bento diff HOST (bento status lists the hosts)")
 	}
 	host := c.Args().First()
-	builds, err := statusBuilds(c.String("state-dir"))
+	d, err := diffSides(c, host)
 	if err != nil {
-		return failed(fmt.Errorf("host %s: %w", host, err))
-	}
-	var build *status.Build
-	if b, ok := builds[host]; ok {
-		build = &b
-	}
-	d, err := status.DiffTargets(c.String("chroot-root"), host, build, c.Bool("previous"))
-	if err != nil {
-		var ue *status.UsageError
-		if errors.As(err, &ue) {
-			return usageError("%w", err)
-		}
-		return failed(err)
+		return err
 	}
 	if err := d.Verify(c.Context, nixRunner(c)); err != nil {
 		if c.Context.Err() != nil {
@@ -70,4 +58,26 @@ func runDiff(c *cli.Context) error {
 		return failed(err)
 	}
 	return nil
+}
+
+// diffSides finds the two systems to compare (status.DiffTargets), its
+// errors as the exits they give.
+func diffSides(c *cli.Context, host string) (status.DiffSides, error) {
+	builds, err := statusBuilds(c.String("state-dir"))
+	if err != nil {
+		return status.DiffSides{}, failed(fmt.Errorf("host %s: %w", host, err))
+	}
+	var build *status.Build
+	if b, ok := builds[host]; ok {
+		build = &b
+	}
+	d, err := status.DiffTargets(c.String("chroot-root"), host, build, c.Bool("previous"))
+	if err != nil {
+		var ue *status.UsageError
+		if errors.As(err, &ue) {
+			return d, usageError("%w", err)
+		}
+		return d, failed(err)
+	}
+	return d, nil
 }

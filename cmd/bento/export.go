@@ -1,37 +1,19 @@
 package main
 
 import (
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"os"
-	"path"
-	"path/filepath"
-	"strings"
-	"syscall"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/bento-nix/bento/agent"
-	"github.com/bento-nix/bento/agent/transport"
-	"github.com/bento-nix/bento/fleet"
-	"github.com/bento-nix/bento/manifest"
-	"github.com/bento-nix/bento/secrets"
-	"github.com/bento-nix/bento/status"
+	"github.com/bento-nix/bento/bundle"
 )
 
-// An offline bundle is a copy of one host's chroot as the host reads it:
-// manifest.json (signed, byte for byte the live one), the objects and
-// secrets it names, and its binary cache; the agent applies it with
-// "bento agent apply-bundle" exactly as a tick over SFTP, and writes its
-// report into the bundle's reports/, which "bento import-reports" brings
-// to the server.
+// The commands of offline bundles (package bundle): export writes them,
+// the agent's apply-bundle applies one, import-reports brings the
+// reports back.
 
 func exportCommand() *cli.Command {
 	return &cli.Command{
@@ -61,16 +43,16 @@ func exportCommand() *cli.Command {
 			if err := os.MkdirAll(out, 0o755); err != nil {
 				return usageError("--output: %w", err)
 			}
-			opts := exportOptions{plainSecrets: c.Bool("include-plain-secrets"), unsigned: c.Bool("allow-unsigned")}
+			opts := bundle.ExportOptions{PlainSecrets: c.Bool("include-plain-secrets"), Unsigned: c.Bool("allow-unsigned")}
 			var errs []error
 			for _, host := range c.Args().Slice() {
-				sum, err := exportHost(c.Context, c.String("chroot-root"), host, out, opts)
+				sum, err := bundle.Export(c.Context, c.String("chroot-root"), host, out, opts)
 				if err != nil {
 					errs = append(errs, fmt.Errorf("host %s: export: %w", host, err))
 					continue
 				}
 				fmt.Fprintf(c.App.Writer, "bento: %s: bundle %s (version %s, sequence %d, %d objects, %d secrets, %d cache files, %d bytes)\n",
-					host, sum.dir, sum.version, sum.sequence, sum.objects, sum.secrets, sum.cacheFiles, sum.bytes)
+					host, sum.Dir, sum.Version, sum.Sequence, sum.Objects, sum.Secrets, sum.CacheFiles, sum.Bytes)
 			}
 			if len(errs) > 0 {
 				return failed(errors.Join(errs...))
@@ -78,242 +60,6 @@ func exportCommand() *cli.Command {
 			return nil
 		},
 	}
-}
-
-type exportOptions struct {
-	plainSecrets, unsigned bool
-}
-
-type exportSummary struct {
-	dir, version                 string
-	sequence                     uint64
-	objects, secrets, cacheFiles int
-	bytes                        int64
-}
-
-// maxCacheFiles bounds what one bundle's cache copy walks.
-const maxCacheFiles = 1 << 20
-
-// exportHost writes root/host's publication into out/host: into a
-// temporary directory beside it first, synced, then renamed, so that an
-// interrupted export leaves the previous bundle (or none), never half
-// of one.
-func exportHost(ctx context.Context, root, host, out string, opts exportOptions) (exportSummary, error) {
-	sum := exportSummary{dir: filepath.Join(out, host)}
-	if err := fleet.ValidateName(host); err != nil {
-		return sum, err
-	}
-	chroot, err := os.OpenRoot(filepath.Join(root, host))
-	if err != nil {
-		return sum, fmt.Errorf("no chroot: %w (bento status lists the hosts; --chroot-root sets the root)", err)
-	}
-	defer chroot.Close()
-	data, err := readRootFile(chroot, manifest.ManifestFile, manifest.MaxSize)
-	if err != nil {
-		return sum, fmt.Errorf("%s: %w (deploy the host first)", manifest.ManifestFile, err)
-	}
-	m, err := manifest.Parse(data)
-	if err != nil {
-		return sum, err
-	}
-	if m.Host != host {
-		return sum, fmt.Errorf("its %s names host %q", manifest.ManifestFile, m.Host)
-	}
-	if m.Signature == nil && !opts.unsigned {
-		return sum, errors.New("its publication is not signed: deploy with --publication-key (bento keygen --publication), or pass --allow-unsigned for hosts that pin no publication key")
-	}
-	var plain []string
-	for _, f := range m.Secrets {
-		if !secrets.Encrypted(f.Path) {
-			plain = append(plain, f.Path)
-		}
-	}
-	if len(plain) > 0 && !opts.plainSecrets {
-		return sum, fmt.Errorf("secrets %s are not age-encrypted: the bundle would carry them in clear text; encrypt them (docs/secrets.md) or pass --include-plain-secrets", strings.Join(plain, ", "))
-	}
-	sum.version, sum.sequence = m.Version, m.Sequence
-
-	// What an export killed earlier left (its temporary directory, or
-	// the previous bundle moved aside) goes first.
-	stale, _ := filepath.Glob(filepath.Join(out, "."+host+".tmp-*"))
-	for _, d := range stale {
-		os.RemoveAll(d)
-	}
-	tmp, err := os.MkdirTemp(out, "."+host+".tmp-")
-	if err != nil {
-		return sum, err
-	}
-	defer os.RemoveAll(tmp)
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return sum, err
-	}
-	copied := map[string]bool{}
-	for _, f := range m.Files {
-		p := m.RemotePath(f)
-		if copied[p] {
-			continue
-		}
-		copied[p] = true
-		if err := copyChecked(ctx, chroot, p, tmp, f); err != nil {
-			return sum, err
-		}
-		sum.objects++
-		sum.bytes += f.Size
-	}
-	for _, f := range m.Secrets {
-		if err := copyChecked(ctx, chroot, secrets.RemotePath(m.Version, f.Path), tmp, f); err != nil {
-			return sum, fmt.Errorf("secret %s: %w", f.Path, err)
-		}
-		sum.secrets++
-		sum.bytes += f.Size
-	}
-	if m.Cache != nil {
-		n, size, err := copyTree(ctx, chroot, m.Cache.Dir, tmp)
-		if err != nil {
-			return sum, fmt.Errorf("binary cache: %w", err)
-		}
-		sum.cacheFiles, sum.bytes = n, sum.bytes+size
-	}
-	// The manifest last, byte for byte: its signature covers it.
-	if err := os.WriteFile(filepath.Join(tmp, manifest.ManifestFile), data, 0o644); err != nil {
-		return sum, err
-	}
-	sum.bytes += int64(len(data))
-	if err := syncDir(tmp); err != nil {
-		return sum, err
-	}
-	if err := replaceDir(tmp, sum.dir); err != nil {
-		return sum, err
-	}
-	return sum, nil
-}
-
-func readRootFile(r *os.Root, name string, max int64) ([]byte, error) {
-	f, err := r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", name)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err == nil && int64(len(data)) > max {
-		err = fmt.Errorf("%s is over %d bytes", name, max)
-	}
-	return data, err
-}
-
-// copyChecked copies the chroot file p to dst/p, checking the size and
-// sha256 the manifest gives: a bundle never carries what the host would
-// refuse.
-func copyChecked(ctx context.Context, src *os.Root, p, dst string, f manifest.File) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	in, err := src.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	if fi, err := in.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", p)
-	}
-	target := filepath.Join(dst, filepath.FromSlash(p))
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		return err
-	}
-	outf, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
-	if err != nil {
-		return err
-	}
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(outf, h), io.LimitReader(in, f.Size+1))
-	if cerr := outf.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	if n != f.Size || hex.EncodeToString(h.Sum(nil)) != f.SHA256 {
-		return fmt.Errorf("%s does not have the content its manifest names (%d bytes, want %d, or another sha256): the chroot is damaged; deploy again", p, n, f.Size)
-	}
-	return nil
-}
-
-// copyTree copies the chroot directory dir (its directories and regular
-// files; anything else is refused) to dst/dir.
-func copyTree(ctx context.Context, src *os.Root, dir, dst string) (files int, size int64, err error) {
-	if err := manifest.ValidatePath(dir); err != nil {
-		return 0, 0, err
-	}
-	err = fs.WalkDir(src.FS(), dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		target := filepath.Join(dst, filepath.FromSlash(p))
-		if d.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
-		if !d.Type().IsRegular() {
-			return fmt.Errorf("%s is not a regular file (%s)", p, d.Type())
-		}
-		if files++; files > maxCacheFiles {
-			return fmt.Errorf("over %d files", maxCacheFiles)
-		}
-		in, err := src.Open(p)
-		if err != nil {
-			return err
-		}
-		defer in.Close()
-		outf, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
-		if err != nil {
-			return err
-		}
-		n, err := io.Copy(outf, in)
-		if cerr := outf.Close(); err == nil {
-			err = cerr
-		}
-		size += n
-		return err
-	})
-	return files, size, err
-}
-
-// syncDir makes everything written under dir durable: one syncfs for
-// the file system instead of an fsync per file.
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return unix.Syncfs(int(f.Fd()))
-}
-
-// replaceDir renames tmp to dir; an existing dir (an older bundle) is
-// moved aside first and removed after.
-func replaceDir(tmp, dir string) error {
-	old := ""
-	if _, err := os.Lstat(dir); err == nil {
-		old = tmp + ".old"
-		if err := os.Rename(dir, old); err != nil {
-			return err
-		}
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		if old != "" {
-			os.Rename(old, dir)
-		}
-		return err
-	}
-	if old != "" {
-		return os.RemoveAll(old)
-	}
-	return nil
 }
 
 func agentApplyBundleCommand() *cli.Command {
@@ -326,11 +72,9 @@ func agentApplyBundleCommand() *cli.Command {
 			"sequence, age), fetch, build, switch with the guard, roll back, reboot per policy.\n" +
 			"The report goes into DIR/reports/ (or --report DIR2) for bento import-reports.\n" +
 			"Exits like bento agent run.",
-		Flags: append(agentConfigFlags(),
+		Flags: append(append(agentConfigFlags(),
 			&cli.StringFlag{Name: "report", Usage: "write the report (status.json, logs/) here instead of into the bundle's reports/ (a read-only medium)"},
-			&cli.DurationFlag{Name: "lock-wait", Usage: "give up when another tick holds the lock for this long; 0: at once, as in every command (default: wait)"},
-			&cli.BoolFlag{Name: "now", Usage: "try a version that failed again now, without waiting for its retry delay"},
-		),
+		), tickFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return usageError("apply-bundle takes one bundle directory (got %d arguments)", c.NArg())
@@ -367,12 +111,12 @@ func importReportsCommand() *cli.Command {
 			}
 			var errs []error
 			for _, dir := range c.Args().Slice() {
-				msg, err := importReport(c.String("chroot-root"), dir)
+				done, err := bundle.ImportReport(c.String("chroot-root"), dir)
 				if err != nil {
 					errs = append(errs, fmt.Errorf("bundle %s: %w", dir, err))
 					continue
 				}
-				fmt.Fprintln(c.App.Writer, "bento: "+msg)
+				fmt.Fprintln(c.App.Writer, "bento: "+importedLine(done))
 			}
 			if len(errs) > 0 {
 				return failed(errors.Join(errs...))
@@ -382,74 +126,14 @@ func importReportsCommand() *cli.Command {
 	}
 }
 
-// maxImportedLog bounds a log read from a bundle (the agent caps its
-// logs far below).
-const maxImportedLog = 64 << 20
+// reportTimeLayout is how import-reports prints a report's time.
+const reportTimeLayout = "2006-01-02 15:04:05Z07:00"
 
-// importReport copies a bundle's report (and its log) into its host's
-// chroot. Everything in the bundle came back from the host: it is read
-// below the bundle with os.Root and checked like a report over SFTP.
-func importReport(root, dir string) (string, error) {
-	b, err := os.OpenRoot(dir)
-	if err != nil {
-		return "", err
+// importedLine says what import-reports did with a bundle's report.
+func importedLine(done bundle.Imported) string {
+	rep := done.Report
+	if done.Newer != nil {
+		return fmt.Sprintf("%s: skipped the bundle's report of %s: the server has a newer one (%s)", done.Host, rep.FinishedAt.Format(reportTimeLayout), done.Newer.FinishedAt.Format(reportTimeLayout))
 	}
-	defer b.Close()
-	data, err := readRootFile(b, manifest.ManifestFile, manifest.MaxSize)
-	if err != nil {
-		return "", fmt.Errorf("not a bundle: %w", err)
-	}
-	m, err := manifest.Parse(data)
-	if err != nil {
-		return "", err
-	}
-	host := m.Host
-	rep, err := status.ReadReport(b, host)
-	if err != nil {
-		return "", fmt.Errorf("host %s: %w", host, err)
-	}
-	chroot, err := status.OpenChroot(root, host)
-	if err != nil {
-		return "", err
-	}
-	defer chroot.Close()
-	if cur, err := status.ReadReport(chroot, host); err == nil && cur.FinishedAt.After(rep.FinishedAt) {
-		return fmt.Sprintf("%s: skipped the bundle's report of %s: the server has a newer one (%s)", host, rep.FinishedAt.Format("2006-01-02 15:04:05Z07:00"), cur.FinishedAt.Format("2006-01-02 15:04:05Z07:00")), nil
-	}
-	if rep.Log != "" {
-		if strings.ContainsAny(rep.Log, "/\\\x00") || strings.HasPrefix(rep.Log, ".") || len(rep.Log) > 255 || path.Base(rep.Log) != rep.Log {
-			return "", fmt.Errorf("host %s: the report names an unsafe log %q", host, rep.Log)
-		}
-		log, err := readRootFile(b, manifest.LogsDir+"/"+rep.Log, maxImportedLog)
-		if err != nil {
-			return "", fmt.Errorf("host %s: log: %w", host, err)
-		}
-		if err := chroot.MkdirAll(manifest.LogsDir, 0o755); err != nil {
-			return "", err
-		}
-		if err := writeRootFile(chroot, manifest.LogsDir+"/"+rep.Log, log); err != nil {
-			return "", err
-		}
-	}
-	body, err := json.MarshalIndent(rep, "", "  ")
-	if err != nil {
-		return "", err
-	}
-	if err := writeRootFile(chroot, manifest.StatusFile, append(body, '\n')); err != nil {
-		return "", err
-	}
-	// status takes an unchanged report's time from its mtime: the time
-	// the host wrote it, not the import's.
-	if !rep.FinishedAt.IsZero() {
-		chroot.Chtimes(manifest.StatusFile, rep.FinishedAt, rep.FinishedAt)
-	}
-	return fmt.Sprintf("%s: imported the report of %s (%s, version %s)", host, rep.FinishedAt.Format("2006-01-02 15:04:05Z07:00"), rep.Result, rep.AttemptedVersion), nil
-}
-
-// writeRootFile replaces name below r atomically (temp, fsync, rename).
-// The temporary name is fixed: one a killed import left is removed first.
-func writeRootFile(r *os.Root, name string, data []byte) error {
-	tmp := path.Join(path.Dir(name), "."+path.Base(name)+".import-tmp")
-	r.Remove(tmp)
-	return transport.WriteInRoot(r, name, tmp, data)
+	return fmt.Sprintf("%s: imported the report of %s (%s, version %s)", done.Host, rep.FinishedAt.Format(reportTimeLayout), rep.Result, rep.AttemptedVersion)
 }

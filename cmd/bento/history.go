@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,12 +58,18 @@ func historyRetentionFlag() cli.Flag {
 
 // historyRetention reads --history-retention.
 func historyRetention(c *cli.Context) (time.Duration, error) {
-	d, err := timespan.Parse(c.String("history-retention"))
+	return positiveSpan(c, "history-retention", "")
+}
+
+// positiveSpan reads the time span flag, which must be positive; why
+// ends the error that says so.
+func positiveSpan(c *cli.Context, flag, why string) (time.Duration, error) {
+	d, err := timespan.Parse(c.String(flag))
 	if err != nil {
-		return 0, usageError("--history-retention: %w", err)
+		return 0, usageError("--%s: %w", flag, err)
 	}
 	if d <= 0 {
-		return 0, usageError("--history-retention must be positive (got %s)", c.String("history-retention"))
+		return 0, usageError("--%s must be positive (got %s)%s", flag, c.String(flag), why)
 	}
 	return d, nil
 }
@@ -77,13 +84,8 @@ func runHistory(c *cli.Context) error {
 	if c.Int("limit") < 0 {
 		return usageError("--limit must not be negative")
 	}
-	for _, a := range c.Args().Slice() {
-		switch {
-		case strings.HasPrefix(a, "-"):
-			return usageError("%s comes after the host names: put flags first (bento history %s HOST…)", a, a)
-		case strings.HasPrefix(a, "@"):
-			return usageError("host selection %q: bento history does not evaluate the flake, so it knows no tags; name the hosts or use a glob", a)
-		}
+	if err := checkHistoryArgs(c.Args().Slice()); err != nil {
+		return err
 	}
 	path := history.Path(root)
 	q := history.Query{Since: since, Limit: c.Int("limit")}
@@ -104,36 +106,35 @@ func runHistory(c *cli.Context) error {
 	return printHistory(c, doc, now)
 }
 
+// checkHistoryArgs refuses a flag after the host names, and tags.
+func checkHistoryArgs(args []string) error {
+	for _, a := range args {
+		switch {
+		case strings.HasPrefix(a, "-"):
+			return usageError("%s comes after the host names: put flags first (bento history %s HOST…)", a, a)
+		case strings.HasPrefix(a, "@"):
+			return usageError("host selection %q: bento history does not evaluate the flake, so it knows no tags; name the hosts or use a glob", a)
+		}
+	}
+	return nil
+}
+
 // historyHosts resolves names and globs against the hosts the history
 // knows and the chroots the root holds (a host without events yet).
 func historyHosts(c *cli.Context, path, root string, patterns []string) ([]string, error) {
-	var known []string
-	db, err := history.OpenReadOnly(c.Context, path)
-	switch {
-	case err == nil:
-		defer db.Close()
-		if known, err = db.Hosts(c.Context); err != nil {
-			return nil, failed(err)
-		}
-	case errors.Is(err, fs.ErrPermission):
-		return nil, failed(withHint(err, "the server's state directory is root-only: run bento history as root"))
-	case !errors.Is(err, fs.ErrNotExist):
-		return nil, failed(err)
+	known, err := historyKnownHosts(c.Context, path)
+	if err != nil {
+		return nil, err
+	}
+	if names, err := status.ChrootHosts(root); err == nil {
+		known = append(known, names...)
 	}
 	seen := map[string]bool{}
 	var hosts []fleet.Host
-	add := func(n string) {
+	for _, n := range known {
 		if !seen[n] && fleet.ValidateName(n) == nil {
 			seen[n] = true
 			hosts = append(hosts, fleet.Host{Name: n})
-		}
-	}
-	for _, n := range known {
-		add(n)
-	}
-	if names, err := status.ChrootHosts(root); err == nil {
-		for _, n := range names {
-			add(n)
 		}
 	}
 	picked, err := fleet.Select(hosts, patterns)
@@ -145,6 +146,26 @@ func historyHosts(c *cli.Context, path, root string, patterns []string) ([]strin
 		out[i] = h.Name
 	}
 	return out, nil
+}
+
+// historyKnownHosts are the hosts the history at path has events of;
+// none when there is no history yet.
+func historyKnownHosts(ctx context.Context, path string) ([]string, error) {
+	db, err := history.OpenReadOnly(ctx, path)
+	switch {
+	case err == nil:
+		defer db.Close()
+		known, err := db.Hosts(ctx)
+		if err != nil {
+			return nil, failed(err)
+		}
+		return known, nil
+	case errors.Is(err, fs.ErrPermission):
+		return nil, failed(withHint(err, "the server's state directory is root-only: run bento history as root"))
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, failed(err)
+	}
+	return nil, nil
 }
 
 // parseSince reads --since: empty, a duration back from now, a date
@@ -230,42 +251,51 @@ func historyTable(w io.Writer, events []history.Event, now time.Time) error {
 // 3f2a1b2c", "rolled back 3f2a1b2c: health-check".
 func describeEvent(e history.Event) string {
 	v := status.ShortVersion(e.Version)
-	var b strings.Builder
 	switch e.Kind {
 	case history.KindPublished:
-		fmt.Fprintf(&b, "published %s", v)
-		if e.ExpectedSystem != "" {
-			fmt.Fprintf(&b, " (system %s)", shortSystem(e.ExpectedSystem))
-		}
-		if e.DeployRun != "" {
-			fmt.Fprintf(&b, ", deploy %s", e.DeployRun)
-		}
-	case history.KindReport, history.KindReportRegressed, history.KindReportRestored:
-		switch e.Kind {
-		case history.KindReportRegressed:
-			b.WriteString("report went back to an older one: ")
-		case history.KindReportRestored:
-			b.WriteString("report back: ")
-		}
-		b.WriteString(reportWords(e, v))
+		return publishedWords(e, v)
+	case history.KindReport:
+		return reportWords(e, v)
+	case history.KindReportRegressed:
+		return "report went back to an older one: " + reportWords(e, v)
+	case history.KindReportRestored:
+		return "report back: " + reportWords(e, v)
 	case history.KindReportGone:
-		b.WriteString("report gone")
+		return "report gone"
 	case history.KindReportUnreadable:
-		b.WriteString("report unreadable")
 		if e.Error != "" {
-			b.WriteString(": " + e.Error)
+			return "report unreadable: " + e.Error
 		}
+		return "report unreadable"
 	case history.KindRollout:
-		fmt.Fprintf(&b, "rollout %s", e.RolloutID)
-		if e.Wave != nil {
-			fmt.Fprintf(&b, " wave %d", *e.Wave)
-		}
-		b.WriteString(": " + e.Action)
-		if e.Reason != "" {
-			b.WriteString(" (" + e.Reason + ")")
-		}
-	default:
-		b.WriteString(e.Kind)
+		return rolloutWords(e)
+	}
+	return e.Kind
+}
+
+// publishedWords says what a publication event records.
+func publishedWords(e history.Event, v string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "published %s", v)
+	if e.ExpectedSystem != "" {
+		fmt.Fprintf(&b, " (system %s)", shortSystem(e.ExpectedSystem))
+	}
+	if e.DeployRun != "" {
+		fmt.Fprintf(&b, ", deploy %s", e.DeployRun)
+	}
+	return b.String()
+}
+
+// rolloutWords says what a rollout did, in which wave and why.
+func rolloutWords(e history.Event) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "rollout %s", e.RolloutID)
+	if e.Wave != nil {
+		fmt.Fprintf(&b, " wave %d", *e.Wave)
+	}
+	b.WriteString(": " + e.Action)
+	if e.Reason != "" {
+		b.WriteString(" (" + e.Reason + ")")
 	}
 	return b.String()
 }

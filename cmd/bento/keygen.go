@@ -27,42 +27,52 @@ func keygenCommand() *cli.Command {
 			&cli.StringFlag{Name: "public-key", Usage: "where to write the public key (default: the secret key's path with .pub)"},
 			&cli.BoolFlag{Name: "publication", Usage: "make the key that signs the hosts' manifests instead (default " + defaultPublicationKey + "; hosts pin it in services.bento.publicationKey)"},
 		},
-		Action: func(c *cli.Context) error {
-			if c.Args().Present() {
-				return usageError("keygen takes no arguments (got %q); use --name, --secret-key and --public-key", c.Args().First())
-			}
-			name := c.String("name")
-			if name == "" {
-				h, err := os.Hostname()
-				if err != nil || h == "" {
-					return usageError("cannot tell this machine's hostname (%v): pass --name", err)
-				}
-				name = h + "-bento-1"
-			}
-			sec := c.String("secret-key")
-			if c.Bool("publication") && !c.IsSet("secret-key") {
-				sec = defaultPublicationKey
-			}
-			pub := c.String("public-key")
-			if pub == "" {
-				pub = strings.TrimSuffix(sec, ".sec") + ".pub"
-			}
-			if c.Bool("publication") {
-				key, err := writePublicationKey(name, sec, pub)
-				if err != nil {
-					return failed(err)
-				}
-				fmt.Fprintln(c.App.Writer, key.String())
-				fmt.Fprintf(c.App.ErrWriter, "bento: wrote the publication key to %s (keep it on this server; mirrors never need it) and its public key to %s: set services.bento.publicationKey to it on the hosts\n", sec, pub)
-				return nil
-			}
-			key, err := cache.GenerateKey(c.Context, nixRunner(c), name, sec, pub)
-			if err != nil {
-				return failed(err)
-			}
-			fmt.Fprintln(c.App.Writer, key.String())
-			fmt.Fprintf(c.App.ErrWriter, "bento: wrote the secret key to %s (keep it on this server) and the public key to %s\n", sec, pub)
-			return nil
-		},
+		Action: runKeygen,
 	}
+}
+
+func runKeygen(c *cli.Context) error {
+	if c.Args().Present() {
+		return usageError("keygen takes no arguments (got %q); use --name, --secret-key and --public-key", c.Args().First())
+	}
+	name, err := keygenName(c)
+	if err != nil {
+		return err
+	}
+	sec := c.String("secret-key")
+	if c.Bool("publication") && !c.IsSet("secret-key") {
+		sec = defaultPublicationKey
+	}
+	pub := c.String("public-key")
+	if pub == "" {
+		pub = strings.TrimSuffix(sec, ".sec") + ".pub"
+	}
+	if c.Bool("publication") {
+		key, err := writePublicationKey(name, sec, pub)
+		if err != nil {
+			return failed(err)
+		}
+		fmt.Fprintln(c.App.Writer, key.String())
+		fmt.Fprintf(c.App.ErrWriter, "bento: wrote the publication key to %s (keep it on this server; mirrors never need it) and its public key to %s: set services.bento.publicationKey to it on the hosts\n", sec, pub)
+		return nil
+	}
+	key, err := cache.GenerateKey(c.Context, nixRunner(c), name, sec, pub)
+	if err != nil {
+		return failed(err)
+	}
+	fmt.Fprintln(c.App.Writer, key.String())
+	fmt.Fprintf(c.App.ErrWriter, "bento: wrote the secret key to %s (keep it on this server) and the public key to %s\n", sec, pub)
+	return nil
+}
+
+// keygenName is --name, by default <hostname>-bento-1.
+func keygenName(c *cli.Context) (string, error) {
+	if name := c.String("name"); name != "" {
+		return name, nil
+	}
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "", usageError("cannot tell this machine's hostname (%v): pass --name", err)
+	}
+	return h + "-bento-1", nil
 }

@@ -41,14 +41,8 @@ func logsCommand() *cli.Command {
 
 func runLogs(c *cli.Context) error {
 	args := c.Args().Slice()
-	if len(args) == 0 || len(args) > 2 {
-		return usageError("say which host: bento logs HOST [NAME] (bento status lists the hosts)")
-	}
-	if c.Duration("every") <= 0 {
-		return usageError("--every must be positive")
-	}
-	if c.Int64("max-bytes") <= 0 {
-		return usageError("--max-bytes must be positive")
+	if err := checkLogsFlags(c, args); err != nil {
+		return err
 	}
 	limits, err := reportLimits(c)
 	if err != nil {
@@ -73,6 +67,21 @@ func runLogs(c *cli.Context) error {
 		return logsError(logs.Follow(c.Context, root, host, name, w, c.Duration("every"), max, limits))
 	}
 	return catLog(w, c.App.ErrWriter, root, host, name, max, limits)
+}
+
+// checkLogsFlags refuses anything but a host and maybe a log's name, and
+// sizes and durations that cannot be.
+func checkLogsFlags(c *cli.Context, args []string) error {
+	if len(args) == 0 || len(args) > 2 {
+		return usageError("say which host: bento logs HOST [NAME] (bento status lists the hosts)")
+	}
+	if c.Duration("every") <= 0 {
+		return usageError("--every must be positive")
+	}
+	if c.Int64("max-bytes") <= 0 {
+		return usageError("--max-bytes must be positive")
+	}
+	return nil
 }
 
 // timeLayout is how tables show a time: with its zone.

@@ -76,41 +76,15 @@ func mirrorCommand() *cli.Command {
 type mirrorFunc func(ctx context.Context, o mirror.Options, d []mirror.Dest) ([]mirror.HostResult, error)
 
 func mirrorAction(c *cli.Context, run mirrorFunc, verb string) error {
-	if !c.Args().Present() {
-		return usageError("name at least one mirror: ssh://root@mirror.example:22/home/chroot (its chroot root)")
-	}
-	var dests []mirror.Dest
-	for _, a := range c.Args().Slice() {
-		d, err := mirror.ParseDest(a)
-		if err != nil {
-			return usageError("%w", err)
-		}
-		dests = append(dests, d)
-	}
-	for _, h := range c.StringSlice("host") {
-		if err := fleet.ValidateName(h); err != nil {
-			return usageError("--host: %w", err)
-		}
-	}
-	if c.Int("jobs") < 1 || c.Int("jobs") > 64 {
-		return usageError("--jobs %d is out of range: it must be from 1 to 64", c.Int("jobs"))
-	}
-	kh, err := mirror.LoadKnownHosts(c.String("known-hosts"))
+	dests, err := mirrorDests(c)
 	if err != nil {
-		return usageError("%w (--known-hosts pins the mirrors' host keys: bento never trusts a key on first use)", err)
+		return err
 	}
-	signer, err := transport.LoadSigner(c.String("identity"))
+	opts, err := mirrorOptions(c)
 	if err != nil {
-		return usageError("%w (--identity)", err)
+		return err
 	}
-	res, err := run(c.Context, mirror.Options{
-		Root:       c.String("chroot-root"),
-		Hosts:      c.StringSlice("host"),
-		Signer:     signer,
-		KnownHosts: kh,
-		Jobs:       c.Int("jobs"),
-		Logger:     logger(c),
-	}, dests)
+	res, err := run(c.Context, opts, dests)
 	if err != nil {
 		return usageError("%w", err)
 	}
@@ -132,6 +106,51 @@ func mirrorAction(c *cli.Context, run mirrorFunc, verb string) error {
 		return failed(fmt.Errorf("%d of %d host copies failed (see above)", failedHosts, len(res)))
 	}
 	return nil
+}
+
+// mirrorDests parses the mirrors the arguments name.
+func mirrorDests(c *cli.Context) ([]mirror.Dest, error) {
+	if !c.Args().Present() {
+		return nil, usageError("name at least one mirror: ssh://root@mirror.example:22/home/chroot (its chroot root)")
+	}
+	var dests []mirror.Dest
+	for _, a := range c.Args().Slice() {
+		d, err := mirror.ParseDest(a)
+		if err != nil {
+			return nil, usageError("%w", err)
+		}
+		dests = append(dests, d)
+	}
+	return dests, nil
+}
+
+// mirrorOptions reads the mirror flags, loading the known hosts and
+// the identity they name.
+func mirrorOptions(c *cli.Context) (mirror.Options, error) {
+	for _, h := range c.StringSlice("host") {
+		if err := fleet.ValidateName(h); err != nil {
+			return mirror.Options{}, usageError("--host: %w", err)
+		}
+	}
+	if c.Int("jobs") < 1 || c.Int("jobs") > 64 {
+		return mirror.Options{}, usageError("--jobs %d is out of range: it must be from 1 to 64", c.Int("jobs"))
+	}
+	kh, err := mirror.LoadKnownHosts(c.String("known-hosts"))
+	if err != nil {
+		return mirror.Options{}, usageError("%w (--known-hosts pins the mirrors' host keys: bento never trusts a key on first use)", err)
+	}
+	signer, err := transport.LoadSigner(c.String("identity"))
+	if err != nil {
+		return mirror.Options{}, usageError("%w (--identity)", err)
+	}
+	return mirror.Options{
+		Root:       c.String("chroot-root"),
+		Hosts:      c.StringSlice("host"),
+		Signer:     signer,
+		KnownHosts: kh,
+		Jobs:       c.Int("jobs"),
+		Logger:     logger(c),
+	}, nil
 }
 
 // mirrorState is a result's one word.

@@ -60,14 +60,8 @@ func serveCommand() *cli.Command {
 }
 
 func runServe(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return usageError("bento serve takes no arguments (got %q): the page shows every host and filters them itself", c.Args().First())
-	}
-	if c.Duration("every") <= 0 {
-		return usageError("--every must be positive")
-	}
-	if c.Duration("stale-after") < 0 {
-		return usageError("--stale-after must be positive")
+	if err := checkServeFlags(c); err != nil {
+		return err
 	}
 	l, err := serve.Listen(c.Context, c.String("listen"), c.Bool("allow-remote"))
 	if err != nil {
@@ -101,6 +95,20 @@ func runServe(c *cli.Context) error {
 	g.Go(func() error { return s.Serve(ctx, l, 5*time.Second) })
 	if err := g.Wait(); err != nil && c.Context.Err() == nil {
 		return failed(err)
+	}
+	return nil
+}
+
+// checkServeFlags refuses arguments, and durations that cannot be.
+func checkServeFlags(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usageError("bento serve takes no arguments (got %q): the page shows every host and filters them itself", c.Args().First())
+	}
+	if c.Duration("every") <= 0 {
+		return usageError("--every must be positive")
+	}
+	if c.Duration("stale-after") < 0 {
+		return usageError("--stale-after must be positive")
 	}
 	return nil
 }

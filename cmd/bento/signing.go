@@ -33,39 +33,56 @@ func publicationFlags() []cli.Flag {
 // publicationKeys reads the signing key (nil when the default file does
 // not exist and none was named) and the next key to announce.
 func publicationKeys(c *cli.Context) (*manifest.SigningKey, string, error) {
+	key, err := publicationSigningKey(c)
+	if err != nil {
+		return nil, "", err
+	}
+	next := strings.TrimSpace(c.String("next-publication-key"))
+	if next == "" {
+		return key, next, nil
+	}
+	if next, err = nextPublicationKey(next); err != nil {
+		return nil, "", err
+	}
+	if key == nil {
+		return nil, "", usageError("--next-publication-key needs --publication-key: the next key is announced under the current key's signature")
+	}
+	return key, next, nil
+}
+
+// publicationSigningKey reads --publication-key: nil when the default
+// file does not exist and none was named.
+func publicationSigningKey(c *cli.Context) (*manifest.SigningKey, error) {
 	file := c.String("publication-key")
-	var key *manifest.SigningKey
 	data, err := readSmall(file, 4096)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && !c.IsSet("publication-key"):
+		return nil, nil
 	case err != nil:
-		return nil, "", usageError("--publication-key %s: %w (create it with bento keygen --publication)", file, err)
-	default:
-		k, err := manifest.ParseSigningKey(string(data))
-		if err != nil {
-			return nil, "", usageError("--publication-key %s: %w", file, err)
-		}
-		key = &k
+		return nil, usageError("--publication-key %s: %w (create it with bento keygen --publication)", file, err)
 	}
-	next := strings.TrimSpace(c.String("next-publication-key"))
-	if next != "" {
-		if strings.HasPrefix(next, "/") || strings.HasPrefix(next, ".") {
-			data, err := readSmall(next, 4096)
-			if err != nil {
-				return nil, "", usageError("--next-publication-key %s: %w", next, err)
-			}
-			next = strings.TrimSpace(string(data))
-		}
-		k, err := manifest.ParsePublicationKey(next)
-		if err != nil {
-			return nil, "", usageError("--next-publication-key: %w", err)
-		}
-		if key == nil {
-			return nil, "", usageError("--next-publication-key needs --publication-key: the next key is announced under the current key's signature")
-		}
-		next = k.String()
+	k, err := manifest.ParseSigningKey(string(data))
+	if err != nil {
+		return nil, usageError("--publication-key %s: %w", file, err)
 	}
-	return key, next, nil
+	return &k, nil
+}
+
+// nextPublicationKey reads --next-publication-key, a key or a file
+// holding one, in the form manifests announce it.
+func nextPublicationKey(next string) (string, error) {
+	if strings.HasPrefix(next, "/") || strings.HasPrefix(next, ".") {
+		data, err := readSmall(next, 4096)
+		if err != nil {
+			return "", usageError("--next-publication-key %s: %w", next, err)
+		}
+		next = strings.TrimSpace(string(data))
+	}
+	k, err := manifest.ParsePublicationKey(next)
+	if err != nil {
+		return "", usageError("--next-publication-key: %w", err)
+	}
+	return k.String(), nil
 }
 
 func readSmall(file string, max int64) ([]byte, error) {

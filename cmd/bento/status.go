@@ -89,6 +89,9 @@ type promTarget struct {
 
 func (p *promTarget) String() string { return "" }
 
+// toStdout: --prometheus without a file prints the metrics.
+func (p *promTarget) toStdout() bool { return p.set && p.file == "" }
+
 // IsBoolFlag lets "--prometheus" go without a value.
 func (p *promTarget) IsBoolFlag() bool { return true }
 
@@ -251,19 +254,10 @@ func statusTable(c *cli.Context, w io.Writer, tty bool) render.TableOptions {
 // printStatus collects the status once and prints it (table, --json or
 // --prometheus), exiting with the fleet's status.
 func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table render.TableOptions) error {
-	w := c.App.Writer
 	opts.Now = time.Now()
-	s, err := status.Collect(c.Context, opts)
+	s, err := collectStatus(c, opts)
 	if err != nil {
-		var ue *status.UsageError
-		switch {
-		case errors.As(err, &ue):
-			return usageError("%w", err)
-		case c.Context.Err() != nil:
-			// Ctrl-C: exit 130, like every bento command.
-			return fmt.Errorf("status interrupted: %w", c.Context.Err())
-		}
-		return failed(err)
+		return err
 	}
 	if opts.History == nil {
 		// Not opened (a read-only state directory): its size all the same.
@@ -275,18 +269,7 @@ func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table re
 			return failed(err)
 		}
 	}
-	switch {
-	case c.Bool("json"):
-		err = render.JSON(w, s)
-	case prom.set && prom.file == "":
-		err = render.Prometheus(w, s)
-	default:
-		if summary != "" {
-			fmt.Fprintf(&termsafe.Writer{W: w}, "%s\n\n", summary)
-		}
-		err = render.Table(w, s, table)
-	}
-	if err != nil {
+	if err := writeStatus(c.App.Writer, c.Bool("json"), prom, s, summary, table); err != nil {
 		return failed(err)
 	}
 	if s.ExitCode != status.ExitUpToDate {
@@ -296,17 +279,49 @@ func printStatus(c *cli.Context, opts status.Options, prom *promTarget, table re
 	return nil
 }
 
+// collectStatus collects the status, its error as the exit it gives.
+func collectStatus(c *cli.Context, opts status.Options) (*status.Snapshot, error) {
+	s, err := status.Collect(c.Context, opts)
+	if err != nil {
+		var ue *status.UsageError
+		switch {
+		case errors.As(err, &ue):
+			return nil, usageError("%w", err)
+		case c.Context.Err() != nil:
+			// Ctrl-C: exit 130, like every bento command.
+			return nil, fmt.Errorf("status interrupted: %w", c.Context.Err())
+		}
+		return nil, failed(err)
+	}
+	return s, nil
+}
+
+// writeStatus prints the status as --json, as --prometheus (to standard
+// output) or as a table after the rollout's summary.
+func writeStatus(w io.Writer, asJSON bool, prom *promTarget, s *status.Snapshot, summary string, table render.TableOptions) error {
+	switch {
+	case asJSON:
+		return render.JSON(w, s)
+	case prom.toStdout():
+		return render.Prometheus(w, s)
+	}
+	if summary != "" {
+		fmt.Fprintf(&termsafe.Writer{W: w}, "%s\n\n", summary)
+	}
+	return render.Table(w, s, table)
+}
+
 // checkStatusFlags refuses arguments and flags that do not go together.
 func checkStatusFlags(c *cli.Context, prom *promTarget) error {
 	if err := checkStatusArgs(c, prom); err != nil {
 		return err
 	}
 	switch {
-	case c.Bool("json") && prom.set && prom.file == "":
+	case c.Bool("json") && prom.toStdout():
 		return usageError("--json and --prometheus both print to standard output: choose one (or --prometheus=FILE)")
 	case c.Bool("watch") && c.Bool("json"):
 		return usageError("--watch redraws a table: it does not mix with --json")
-	case c.Bool("watch") && prom.set && prom.file == "":
+	case c.Bool("watch") && prom.toStdout():
 		return usageError("--watch with --prometheus needs a file: --prometheus=FILE rewrites it on every redraw")
 	case c.Duration("stale-after") < 0:
 		return usageError("--stale-after must be positive")
@@ -323,7 +338,7 @@ func checkStatusArgs(c *cli.Context, prom *promTarget) error {
 		if strings.HasPrefix(a, "-") {
 			return usageError("%s comes after the host names: put flags first (bento status %s HOST…)", a, a)
 		}
-		if prom.set && prom.file == "" && (strings.Contains(a, "/") || strings.HasSuffix(a, ".prom")) {
+		if prom.toStdout() && (strings.Contains(a, "/") || strings.HasSuffix(a, ".prom")) {
 			return usageError("%q is not a host: write --prometheus=%s (with =) to write the metrics to a file", a, a)
 		}
 	}

@@ -20,7 +20,7 @@ var Layers = [][]string{
 		"internal/sshdtest/...", "internal/benchtb/...", "internal/ci/...", "internal/layers/..."},
 	// The pipelines: a deploy, a host's agent, the fleet's status, the
 	// dashboard, mirrors, and a rollout (which drives deploy in waves).
-	{"deploy/...", "agent/...", "status/...", "serve/...", "mirror/...", "rollout/..."},
+	{"deploy/...", "agent/...", "status/...", "serve/...", "mirror/...", "bundle/...", "rollout/..."},
 	// The steps.
 	{"builder/...", "publish/...", "activate/...", "cache/...", "sftpcache/...", "secrets/...", "history/..."},
 	{"eval/..."},
