@@ -108,15 +108,9 @@ var ErrQueued = errors.New("report queued")
 // waits for its retry) or the server could not be reached; the Outcome
 // says what happened either way.
 func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
-	if err := cfg.Complete(); err != nil {
-		return Outcome{}, &ConfigError{err}
-	}
-	if err := cfg.Validate(); err != nil {
-		return Outcome{}, &ConfigError{err}
-	}
-	endpoints, err := cfg.Endpoints()
+	endpoints, err := completeConfig(&cfg)
 	if err != nil {
-		return Outcome{}, &ConfigError{err}
+		return Outcome{}, err
 	}
 	if o.Out == nil {
 		o.Out = io.Discard
@@ -125,45 +119,18 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
-	var signer ssh.Signer
-	var local *transport.Local
-	if o.Bundle != "" {
-		if len(pubKeys) == 0 {
-			// Over SFTP the pinned server host key vouches for what is
-			// read; a directory has nothing of the kind but the
-			// publication's own signature.
-			return Outcome{}, &ConfigError{errors.New("apply-bundle needs services.bento.publicationKey (--publication-key): nothing else vouches for a bundle, whoever handed it over")}
-		}
-		// Offline: the bundle is the chroot; nothing logs in anywhere.
-		if local, err = transport.OpenLocal(o.Bundle, o.ReportDir); err != nil {
-			return Outcome{}, err
-		}
+	signer, local, err := openChroot(cfg, o, pubKeys)
+	if err != nil {
+		return Outcome{}, err
+	}
+	if local != nil {
 		defer local.Close()
-	} else {
-		warning, err := cfg.CheckIdentityFile()
-		if err != nil {
-			return Outcome{}, err
-		}
-		if warning != "" {
-			fmt.Fprintf(o.Out, "bento: warning: %s\n", warning)
-		}
-		if signer, err = transport.LoadSigner(cfg.IdentityFile); err != nil {
-			return Outcome{}, &ConfigError{err}
-		}
 	}
 	policy, err := activate.ParsePolicy(cfg.Reboot.Policy, cfg.Reboot.Window)
 	if err != nil {
 		return Outcome{}, &ConfigError{err}
 	}
-	if o.Nix == nil {
-		o.Nix = &nix.Runner{}
-	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
-	if o.Rand == nil {
-		o.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
-	}
+	o.setDefaults()
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 		return Outcome{}, fmt.Errorf("state directory: %w", err)
 	}
@@ -181,7 +148,7 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 		policy:    policy,
 		pubKeys:   pubKeys,
 		local:     local,
-		retry:     backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)},
+		retry:     cfg.retryPolicy(),
 		store:     &tree.Store{Dir: filepath.Join(cfg.StateDir, treesDir), Objects: filepath.Join(cfg.StateDir, objectsDir)},
 		queue:     &queue.Queue{Dir: filepath.Join(cfg.StateDir, queueDir)},
 		log:       slog.New(newLineHandler(o.Out)),
@@ -194,6 +161,71 @@ func Run(ctx context.Context, cfg Config, o Options) (Outcome, error) {
 		err = fmt.Errorf("host %s: %w", cfg.Host, err)
 	}
 	return out, err
+}
+
+// completeConfig completes and validates cfg, and returns its servers
+// ready to dial.
+func completeConfig(cfg *Config) ([]transport.Endpoint, error) {
+	if err := cfg.Complete(); err != nil {
+		return nil, &ConfigError{err}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, &ConfigError{err}
+	}
+	endpoints, err := cfg.Endpoints()
+	if err != nil {
+		return nil, &ConfigError{err}
+	}
+	return endpoints, nil
+}
+
+// retryPolicy is the backoff of a version whose attempt failed.
+func (c *Config) retryPolicy() backoff.Policy {
+	return backoff.Policy{Initial: time.Duration(c.Retry.InitialDelay), Max: time.Duration(c.Retry.MaxDelay)}
+}
+
+// openChroot prepares what a tick reads: the offline bundle's directory
+// (local), or the SSH key that logs in to the servers (signer).
+func openChroot(cfg Config, o Options, pubKeys []manifest.PublicationKey) (ssh.Signer, *transport.Local, error) {
+	if o.Bundle != "" {
+		if len(pubKeys) == 0 {
+			// Over SFTP the pinned server host key vouches for what is
+			// read; a directory has nothing of the kind but the
+			// publication's own signature.
+			return nil, nil, &ConfigError{errors.New("apply-bundle needs services.bento.publicationKey (--publication-key): nothing else vouches for a bundle, whoever handed it over")}
+		}
+		// Offline: the bundle is the chroot; nothing logs in anywhere.
+		local, err := transport.OpenLocal(o.Bundle, o.ReportDir)
+		if err != nil {
+			return nil, nil, err
+		}
+		return nil, local, nil
+	}
+	warning, err := cfg.CheckIdentityFile()
+	if err != nil {
+		return nil, nil, err
+	}
+	if warning != "" {
+		fmt.Fprintf(o.Out, "bento: warning: %s\n", warning)
+	}
+	signer, err := transport.LoadSigner(cfg.IdentityFile)
+	if err != nil {
+		return nil, nil, &ConfigError{err}
+	}
+	return signer, nil, nil
+}
+
+// setDefaults fills in the runner, clock and randomness left unset.
+func (o *Options) setDefaults() {
+	if o.Nix == nil {
+		o.Nix = &nix.Runner{}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
 }
 
 type tick struct {
@@ -885,19 +917,9 @@ func (t *tick) flush(ctx context.Context) error {
 		return err
 	}
 	c := t.getConn()
-	logged := false
-	for _, e := range entries {
-		data, err := t.queue.Log(e)
-		if err != nil {
-			return err
-		}
-		if err := t.deliver(ctx, e, data); err != nil {
-			return err
-		}
-		if err := t.queue.Done(e); err != nil {
-			return err
-		}
-		logged = logged || e.HasLog
+	logged, err := t.deliverQueued(ctx, entries)
+	if err != nil {
+		return err
 	}
 	if len(entries) > 1 || entries[0].HasLog {
 		t.say("delivered %d report(s) to %s", len(entries), manifest.StatusFile)
@@ -908,4 +930,23 @@ func (t *tick) flush(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// deliverQueued delivers entries in order, each leaving the queue once
+// the server has it. logged: one of them had a log.
+func (t *tick) deliverQueued(ctx context.Context, entries []queue.Entry) (logged bool, err error) {
+	for _, e := range entries {
+		data, err := t.queue.Log(e)
+		if err != nil {
+			return logged, err
+		}
+		if err := t.deliver(ctx, e, data); err != nil {
+			return logged, err
+		}
+		if err := t.queue.Done(e); err != nil {
+			return logged, err
+		}
+		logged = logged || e.HasLog
+	}
+	return logged, nil
 }

@@ -23,22 +23,51 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	st.begin(m.Version, m.ExpectedToplevel, now)
 	rep := t.newReport(st, m.Version, m.ExpectedToplevel, now)
 	log := newLogBuffer(t.cfg.LogMaxBytes, t.o.Out)
-	fail := func(step string, err error) (Outcome, error) {
-		err = &stepError{step, err}
-		log.Printf("%v", err)
-		recordFailure(&rep, manifest.StageFailed, manifest.ResultFailure, err)
-		return t.finishAttempt(ctx, st, &rep, log, ActionFailed, err)
-	}
 	if err := saveState(t.cfg.StateDir, *st); err != nil {
 		// Nothing is fetched without the attempt on record; but a full
 		// disk must not make the host go silent: the failure is
 		// reported (directly, when the queue cannot hold it either).
-		return fail("state", describeDiskError(err))
+		return t.failStep(ctx, st, &rep, log, "state", describeDiskError(err))
 	}
 	t.progress = t.startProgress(ctx, m.Version, rep.StartedAt, log)
 	log.Printf("host %s: applying version %s published %s (attempt %d, mode %s, operation %s)",
 		t.cfg.Host, m.Version, m.PublishedAt.UTC().Format(time.RFC3339), st.Attempt.Count, t.cfg.Mode, t.cfg.Operation)
 
+	if err := t.fetchPublication(ctx, st, m, &rep, log); err != nil {
+		return t.failStepUnlessStopped(ctx, st, &rep, log, "fetch", err)
+	}
+	rep.Stage = manifest.StageFetched
+
+	toplevel, err := t.realiseSystem(ctx, m, &rep, log)
+	if err != nil {
+		return t.failStepUnlessStopped(ctx, st, &rep, log, map[string]string{manifest.ModeFetch: "realise", manifest.ModeBuild: "build"}[t.cfg.Mode], err)
+	}
+	rep.ActualToplevel = toplevel
+	logBuilt(log, &rep, toplevel, m.ExpectedToplevel)
+	rep.Stage = manifest.StageBuilt
+	t.installSecrets(ctx, m.Version, &rep, log, false)
+	return t.switchTo(ctx, st, &rep, log, toplevel, m.Version, ActionApplied, manifest.ResultSuccess)
+}
+
+// failStep ends the attempt as failed in step.
+func (t *tick) failStep(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, step string, err error) (Outcome, error) {
+	err = &stepError{step, err}
+	log.Printf("%v", err)
+	return t.failAttempt(ctx, st, rep, log, err)
+}
+
+// failStepUnlessStopped is failStep, except when ctx ended (a signal):
+// then the attempt stays running, for the next tick to take up.
+func (t *tick) failStepUnlessStopped(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, step string, err error) (Outcome, error) {
+	if ctx.Err() != nil {
+		return Outcome{}, err
+	}
+	return t.failStep(ctx, st, rep, log, step, err)
+}
+
+// fetchPublication downloads what the attempt needs before it builds:
+// the tree (build mode) and the secrets.
+func (t *tick) fetchPublication(ctx context.Context, st *State, m *manifest.Manifest, rep *manifest.Report, log *logBuffer) error {
 	if t.cfg.Mode == manifest.ModeFetch {
 		// Fetch mode evaluates nothing, so it asks for no tree: the
 		// publication may not even list one (the way to keep hosts blind
@@ -47,20 +76,15 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 		if err := t.store.Empty(); err != nil {
 			log.Printf("warning: removing local trees (fetch mode keeps none): %v", err)
 		}
-	} else if err := t.stageTree(ctx, st, m, &rep, log); err != nil {
-		if ctx.Err() != nil {
-			return Outcome{}, err
-		}
-		return fail("fetch", err)
+	} else if err := t.stageTree(ctx, st, m, rep, log); err != nil {
+		return err
 	}
-	if err := t.fetchSecrets(ctx, m, &rep, log); err != nil {
-		if ctx.Err() != nil {
-			return Outcome{}, err
-		}
-		return fail("fetch", err)
-	}
-	rep.Stage = manifest.StageFetched
+	return t.fetchSecrets(ctx, m, rep, log)
+}
 
+// realiseSystem builds m's system (build mode) or fetches the server's
+// build from the substituters (fetch mode), and returns its store path.
+func (t *tick) realiseSystem(ctx context.Context, m *manifest.Manifest, rep *manifest.Report, log *logBuffer) (string, error) {
 	var toplevel string
 	var err error
 	if t.cfg.Mode != manifest.ModeFetch {
@@ -81,27 +105,23 @@ func (t *tick) apply(ctx context.Context, st *State, m *manifest.Manifest) (Outc
 	if err != nil && t.cfg.Mode == manifest.ModeFetch && !errors.Is(err, sftpcache.ErrTampered) {
 		err = fetchHint(err, log.Bytes())
 	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return Outcome{}, err
-		}
-		return fail(map[string]string{manifest.ModeFetch: "realise", manifest.ModeBuild: "build"}[t.cfg.Mode], err)
-	}
-	rep.ActualToplevel = toplevel
-	if m.ExpectedToplevel != "" {
-		same := toplevel == m.ExpectedToplevel
-		rep.Reproducible = &same
-		if same {
-			log.Printf("built %s: the same system the server built", toplevel)
-		} else {
-			log.Printf("built %s, but the server built %s: not reproducible (applying this host's build)", toplevel, m.ExpectedToplevel)
-		}
-	} else {
+	return toplevel, err
+}
+
+// logBuilt says what was built, and whether it is the system the server
+// built (expected).
+func logBuilt(log *logBuffer, rep *manifest.Report, toplevel, expected string) {
+	if expected == "" {
 		log.Printf("built %s", toplevel)
+		return
 	}
-	rep.Stage = manifest.StageBuilt
-	t.installSecrets(ctx, m.Version, &rep, log, false)
-	return t.switchTo(ctx, st, &rep, log, toplevel, m.Version, ActionApplied, manifest.ResultSuccess)
+	same := toplevel == expected
+	rep.Reproducible = &same
+	if same {
+		log.Printf("built %s: the same system the server built", toplevel)
+	} else {
+		log.Printf("built %s, but the server built %s: not reproducible (applying this host's build)", toplevel, expected)
+	}
 }
 
 // stageTree brings m's tree into the local store and materialises it,
@@ -219,35 +239,11 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 		if ok, cause := t.checkSwitched(ctx, st, rep, log, toplevel); !ok {
 			return t.rollback(ctx, st, rep, log, act, prev, manifest.RollbackHealthCheck, cause)
 		}
-		timeout := time.Duration(t.cfg.ConfirmTimeout)
-		t.progress.stage(manifest.ProgressConfirming)
-		what := "the server is still reachable"
-		if t.local != nil {
-			// Offline the guard is the activation itself: there is no
-			// network the new system could have cut.
-			what = "the bundle is still readable"
-		}
-		log.Printf("switched; checking that %s (up to %s)", what, timeout)
-		probes := 0
-		probe := func(ctx context.Context) error {
-			probes++
-			err := t.probe(ctx)
-			if err != nil && ctx.Err() == nil {
-				// In the log: a network that came back in time is visible.
-				log.Printf("confirmation probe %d: the server is not reachable: %v", probes, err)
-			}
-			return err
-		}
-		if err := activate.Confirm(ctx, timeout, probe); err != nil {
+		if err := t.confirmSwitch(ctx, log); err != nil {
 			if errors.Is(err, activate.ErrUnconfirmed) {
 				return t.rollback(ctx, st, rep, log, act, prev, manifest.RollbackServerUnreachable, err)
 			}
 			return Outcome{}, err
-		}
-		if t.local != nil {
-			log.Printf("confirmed: the bundle is still readable after the switch")
-		} else {
-			log.Printf("confirmed: the server answers after the switch")
 		}
 		rep.Stage = manifest.StageConfirmed
 	}
@@ -256,6 +252,39 @@ func (t *tick) activate(ctx context.Context, st *State, rep *manifest.Report, lo
 	rep.Result = result
 	t.planReboot(rep, act, toplevel, log)
 	return t.finishAttempt(ctx, st, rep, log, action, nil)
+}
+
+// confirmSwitch is the guard after a switch: the server (or the bundle)
+// must still be reachable within confirmTimeout.
+func (t *tick) confirmSwitch(ctx context.Context, log *logBuffer) error {
+	timeout := time.Duration(t.cfg.ConfirmTimeout)
+	t.progress.stage(manifest.ProgressConfirming)
+	what := "the server is still reachable"
+	if t.local != nil {
+		// Offline the guard is the activation itself: there is no
+		// network the new system could have cut.
+		what = "the bundle is still readable"
+	}
+	log.Printf("switched; checking that %s (up to %s)", what, timeout)
+	probes := 0
+	probe := func(ctx context.Context) error {
+		probes++
+		err := t.probe(ctx)
+		if err != nil && ctx.Err() == nil {
+			// In the log: a network that came back in time is visible.
+			log.Printf("confirmation probe %d: the server is not reachable: %v", probes, err)
+		}
+		return err
+	}
+	if err := activate.Confirm(ctx, timeout, probe); err != nil {
+		return err
+	}
+	if t.local != nil {
+		log.Printf("confirmed: the bundle is still readable after the switch")
+	} else {
+		log.Printf("confirmed: the server answers after the switch")
+	}
+	return nil
 }
 
 func (t *tick) failAttempt(ctx context.Context, st *State, rep *manifest.Report, log *logBuffer, err error) (Outcome, error) {
@@ -425,18 +454,7 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 	rep.Attempts = st.Attempt.Count
 	rep.BytesFetched = 0
 	rep.StartedAt, rep.FinishedAt = now.UTC(), now.UTC()
-	rep.RebootRequired, rep.RebootScheduled = false, nil
-	if t.cfg.Operation != activate.OpTest && rep.BootedSystem != "" {
-		next, _ := act.ProfileTarget()
-		if next == "" {
-			next = st.AppliedSystem
-		}
-		if next != "" {
-			if rc, err := activate.NeedsReboot(rep.BootedSystem, next); err == nil {
-				rep.RebootRequired = rc.Required
-			}
-		}
-	}
+	rep.RebootRequired, rep.RebootScheduled = t.rebootRequired(act, st, rep.BootedSystem), nil
 	if p, _ := activate.LoadPending(t.cfg.StateDir); p != nil && rep.RebootRequired {
 		at := p.At.UTC()
 		rep.RebootScheduled = &at
@@ -451,6 +469,24 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 	rebooted, rerr := t.rebootIfDue(ctx, act)
 	out.Rebooted = rebooted
 	return out, errors.Join(err, rerr)
+}
+
+// rebootRequired says whether the system the profile boots next (the
+// applied one when the profile names none) differs from booted in what
+// needs a reboot. Never after test, which leaves the boot default alone.
+func (t *tick) rebootRequired(act *activate.Activator, st State, booted string) bool {
+	if t.cfg.Operation == activate.OpTest || booted == "" {
+		return false
+	}
+	next, _ := act.ProfileTarget()
+	if next == "" {
+		next = st.AppliedSystem
+	}
+	if next == "" {
+		return false
+	}
+	rc, err := activate.NeedsReboot(booted, next)
+	return err == nil && rc.Required
 }
 
 // lastReport is the last report made (a zero one when there is none or it
@@ -479,8 +515,7 @@ func pruneLogs(ctx context.Context, c remote, keep int) error {
 	if err != nil {
 		return err
 	}
-	type entry struct{ base, at string }
-	var logs []entry
+	var logs []attemptLog
 	files := map[string][]string{}
 	var errs []error
 	for _, fi := range fis {
@@ -489,25 +524,16 @@ func pruneLogs(ctx context.Context, c remote, keep int) error {
 			errs = append(errs, c.Remove(ctx, manifest.LogsDir+"/"+name))
 			continue
 		}
-		base := strings.TrimSuffix(strings.TrimSuffix(name, ".gz"), ".log")
-		i := strings.LastIndexByte(base, '-')
-		if i < 0 || base == name {
+		l, ok := parseLogName(name)
+		if !ok {
 			continue
 		}
-		if _, err := time.Parse(logTimeLayout, base[i+1:]); err != nil {
-			continue
+		if files[l.base] == nil {
+			logs = append(logs, l)
 		}
-		if files[base] == nil {
-			logs = append(logs, entry{base, base[i+1:]})
-		}
-		files[base] = append(files[base], name)
+		files[l.base] = append(files[l.base], name)
 	}
-	sort.Slice(logs, func(i, j int) bool {
-		if logs[i].at != logs[j].at {
-			return logs[i].at < logs[j].at
-		}
-		return logs[i].base < logs[j].base
-	})
+	sortLogs(logs)
 	for len(logs) > keep {
 		for _, name := range files[logs[0].base] {
 			errs = append(errs, c.Remove(ctx, manifest.LogsDir+"/"+name))
@@ -515,6 +541,34 @@ func pruneLogs(ctx context.Context, c remote, keep int) error {
 		logs = logs[1:]
 	}
 	return errors.Join(errs...)
+}
+
+// attemptLog is the log of one attempt under reports/logs: its name
+// without .log or .log.gz (base), and the time in it (at).
+type attemptLog struct{ base, at string }
+
+// parseLogName reads a log's file name (logName); ok is false for a file
+// that is not an attempt's log.
+func parseLogName(name string) (attemptLog, bool) {
+	base := strings.TrimSuffix(strings.TrimSuffix(name, ".gz"), ".log")
+	i := strings.LastIndexByte(base, '-')
+	if i < 0 || base == name {
+		return attemptLog{}, false
+	}
+	if _, err := time.Parse(logTimeLayout, base[i+1:]); err != nil {
+		return attemptLog{}, false
+	}
+	return attemptLog{base, base[i+1:]}, true
+}
+
+// sortLogs puts logs oldest first.
+func sortLogs(logs []attemptLog) {
+	sort.Slice(logs, func(i, j int) bool {
+		if logs[i].at != logs[j].at {
+			return logs[i].at < logs[j].at
+		}
+		return logs[i].base < logs[j].base
+	})
 }
 
 // fetchHint explains the two usual reasons a fetch fails, which Nix only

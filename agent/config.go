@@ -162,11 +162,22 @@ func validHealthName(name string) bool {
 		return false
 	}
 	for i, r := range name {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || i > 0 && (r == '-' || r == '.')) {
+		if !healthNameChar(r, i == 0) {
 			return false
 		}
 	}
 	return true
+}
+
+// healthNameChar: letters, digits and _ anywhere; - and . but first.
+func healthNameChar(r rune, first bool) bool {
+	switch {
+	case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_':
+		return true
+	case r == '-' || r == '.':
+		return !first
+	}
+	return false
 }
 
 // ServerEntry is one server of services.bento.servers: a bento server
@@ -307,9 +318,11 @@ func (c *Config) LoadFile(file string) (warnings []string, err error) {
 	for _, k := range jsonKeys() {
 		known[k] = true
 	}
-	var unknown []string
+	var unknown, keys []string
 	for k := range raw {
-		if !known[k] {
+		if known[k] {
+			keys = append(keys, k)
+		} else {
 			unknown = append(unknown, k)
 		}
 	}
@@ -317,26 +330,25 @@ func (c *Config) LoadFile(file string) (warnings []string, err error) {
 	for _, k := range unknown {
 		warnings = append(warnings, fmt.Sprintf("config %s: unknown key %q ignored", file, k))
 	}
+	sort.Strings(keys)
+	return warnings, c.decodeKeys(file, raw, keys)
+}
+
+// decodeKeys decodes the values of keys in raw over c, in that order.
+func (c *Config) decodeKeys(file string, raw map[string]json.RawMessage, keys []string) error {
 	// Key by key, so that an error names the key even when it comes from
 	// a value's own parser (a duration) rather than from encoding/json.
-	keys := make([]string, 0, len(raw))
-	for k := range raw {
-		if known[k] {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
 	for _, k := range keys {
 		one, _ := json.Marshal(map[string]json.RawMessage{k: raw[k]})
 		if err := json.NewDecoder(bytes.NewReader(one)).Decode(c); err != nil {
 			var te *json.UnmarshalTypeError
 			if errors.As(err, &te) {
-				return warnings, fmt.Errorf("config %s: key %q: %s is not a %s", file, te.Field, te.Value, te.Type)
+				return fmt.Errorf("config %s: key %q: %s is not a %s", file, te.Field, te.Value, te.Type)
 			}
-			return warnings, fmt.Errorf("config %s: key %q: %w", file, k, err)
+			return fmt.Errorf("config %s: key %q: %w", file, k, err)
 		}
 	}
-	return warnings, nil
+	return nil
 }
 
 // maxConfigBytes bounds the configuration file: the module's is a few KiB.
@@ -609,22 +621,28 @@ func (c *Config) validateServers(bad func(format string, args ...any)) {
 	}
 	seen := map[string]bool{}
 	for i, s := range c.ServerList() {
-		what := fmt.Sprintf("servers[%d]", i)
-		if s.Address == "" || strings.ContainsAny(s.Address, " \t\n/@") {
-			bad("%s: address %q is not a host name or IP address", what, s.Address)
-			continue
-		}
-		what += " (" + s.Address + ")"
-		if s.Port < 1 || s.Port > 65535 {
-			bad("%s: port %d is not a TCP port (1-65535)", what, s.Port)
-		}
-		if seen[s.Addr()] {
-			bad("%s: %s is listed twice", what, s.Addr())
-		}
-		seen[s.Addr()] = true
-		if _, err := transport.ParseHostKeys(s.HostKey); err != nil {
-			bad("%s: hostKey: %w", what, err)
-		}
+		validateServerEntry(bad, i, s, seen)
+	}
+}
+
+// validateServerEntry checks servers[i]; seen are the addresses listed
+// before it.
+func validateServerEntry(bad func(format string, args ...any), i int, s ServerEntry, seen map[string]bool) {
+	what := fmt.Sprintf("servers[%d]", i)
+	if s.Address == "" || strings.ContainsAny(s.Address, " \t\n/@") {
+		bad("%s: address %q is not a host name or IP address", what, s.Address)
+		return
+	}
+	what += " (" + s.Address + ")"
+	if s.Port < 1 || s.Port > 65535 {
+		bad("%s: port %d is not a TCP port (1-65535)", what, s.Port)
+	}
+	if seen[s.Addr()] {
+		bad("%s: %s is listed twice", what, s.Addr())
+	}
+	seen[s.Addr()] = true
+	if _, err := transport.ParseHostKeys(s.HostKey); err != nil {
+		bad("%s: hostKey: %w", what, err)
 	}
 }
 

@@ -35,34 +35,29 @@ func parseHead(b []byte) (h manifestHead, ok bool) {
 			return h, true
 		}
 		key, _ := t.(string)
-		switch key {
-		case "files", "secrets":
+		if key == "files" || key == "secrets" {
 			return h, h.Version != ""
-		case "format":
-			if dec.Decode(&h.Format) != nil {
-				return h, false
-			}
-		case "host":
-			if dec.Decode(&h.Host) != nil {
-				return h, false
-			}
-		case "version":
-			if dec.Decode(&h.Version) != nil {
-				return h, false
-			}
-		case "sequence":
-			if dec.Decode(&h.Sequence) != nil {
-				return h, false
-			}
-		case "expectedToplevel":
-			if dec.Decode(&h.Expected) != nil {
-				return h, false
-			}
-		default:
-			var skip json.RawMessage
-			if dec.Decode(&skip) != nil {
-				return h, false
-			}
+		}
+		if dec.Decode(h.field(key)) != nil {
+			return h, false
 		}
 	}
+}
+
+// field is where the value of key goes: one of h's fields, or a value
+// that is read and dropped for the keys the head does not keep.
+func (h *manifestHead) field(key string) any {
+	switch key {
+	case "format":
+		return &h.Format
+	case "host":
+		return &h.Host
+	case "version":
+		return &h.Version
+	case "sequence":
+		return &h.Sequence
+	case "expectedToplevel":
+		return &h.Expected
+	}
+	return new(json.RawMessage)
 }

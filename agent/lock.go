@@ -33,31 +33,43 @@ func acquireLock(ctx context.Context, dir string, wait time.Duration, out io.Wri
 		Timeout:  max(wait, 0),
 		NoWait:   dontWait,
 		WritePID: true,
-		OnWait: func() {
-			if out == nil {
-				return
-			}
-			if wait > 0 {
-				fmt.Fprintf(out, "bento: another tick is running (%s); waiting up to %s for it\n", flock.Holder(path), timespan.Human(wait))
-			} else {
-				fmt.Fprintf(out, "bento: another tick is running (%s); waiting for it\n", flock.Holder(path))
-			}
-		},
+		OnWait:   sayWaiting(out, path, wait),
 	})
-	if dontWait && errors.Is(err, flock.ErrHeld) {
-		return nil, fmt.Errorf("another tick holds %s (%s), and --lock-wait 0 does not wait for it: run again when that tick is done, or give --lock-wait 5m: %w", path, flock.Holder(path), err)
+	if err != nil {
+		return nil, lockError(ctx, path, dontWait, err)
 	}
-	if errors.Is(err, flock.ErrHeld) || err != nil && ctx.Err() != nil {
+	return &stateLock{l: l}, nil
+}
+
+// sayWaiting is the lock's OnWait: it says on out (when set) that the
+// tick waits for the one holding path.
+func sayWaiting(out io.Writer, path string, wait time.Duration) func() {
+	return func() {
+		if out == nil {
+			return
+		}
+		if wait > 0 {
+			fmt.Fprintf(out, "bento: another tick is running (%s); waiting up to %s for it\n", flock.Holder(path), timespan.Human(wait))
+		} else {
+			fmt.Fprintf(out, "bento: another tick is running (%s); waiting for it\n", flock.Holder(path))
+		}
+	}
+}
+
+// lockError explains why the lock on path was not taken: another tick
+// holds it (and no wait was asked for, or the wait ran out), or err.
+func lockError(ctx context.Context, path string, dontWait bool, err error) error {
+	if dontWait && errors.Is(err, flock.ErrHeld) {
+		return fmt.Errorf("another tick holds %s (%s), and --lock-wait 0 does not wait for it: run again when that tick is done, or give --lock-wait 5m: %w", path, flock.Holder(path), err)
+	}
+	if errors.Is(err, flock.ErrHeld) || ctx.Err() != nil {
 		cause := ctx.Err()
 		if cause == nil {
 			cause = context.DeadlineExceeded
 		}
-		return nil, fmt.Errorf("another tick holds %s (%s) and did not finish in time: %w", path, flock.Holder(path), cause)
+		return fmt.Errorf("another tick holds %s (%s) and did not finish in time: %w", path, flock.Holder(path), cause)
 	}
-	if err != nil {
-		return nil, err
-	}
-	return &stateLock{l: l}, nil
+	return err
 }
 
 func (s *stateLock) release() {

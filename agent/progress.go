@@ -150,32 +150,54 @@ func (p *liveProgress) run(ctx context.Context) {
 		dirty, output := p.dirty, len(p.pending) > 0
 		p.mu.Unlock()
 		if !dirty && !output {
-			select {
-			case <-p.stop:
+			if !p.idle() {
 				return
-			case <-p.kick:
-				continue
 			}
+			continue
 		}
 		gap := logEvery
 		if dirty {
 			gap = progressEvery
 		}
-		if wait := gap - time.Since(last); wait > 0 {
-			timer := time.NewTimer(wait)
-			select {
-			case <-p.stop:
-				timer.Stop()
-				return
-			case <-p.kick:
-				// A new stage may shorten the wait.
-				timer.Stop()
-				continue
-			case <-timer.C:
-			}
+		stopped, kicked := p.pause(gap - time.Since(last))
+		if stopped {
+			return
+		}
+		if kicked {
+			continue
 		}
 		last = time.Now()
 		p.upload(ctx)
+	}
+}
+
+// idle waits, with nothing to upload, for a change; false on stop.
+func (p *liveProgress) idle() bool {
+	select {
+	case <-p.stop:
+		return false
+	case <-p.kick:
+		return true
+	}
+}
+
+// pause waits out wait (the rest of the gap between two uploads) unless
+// the uploads stop, or a change comes first (kicked: look again).
+func (p *liveProgress) pause(wait time.Duration) (stopped, kicked bool) {
+	if wait <= 0 {
+		return false, false
+	}
+	timer := time.NewTimer(wait)
+	select {
+	case <-p.stop:
+		timer.Stop()
+		return true, false
+	case <-p.kick:
+		// A new stage may shorten the wait.
+		timer.Stop()
+		return false, true
+	case <-timer.C:
+		return false, false
 	}
 }
 
@@ -205,45 +227,55 @@ func (p *liveProgress) upload(ctx context.Context) {
 	p.mu.Unlock()
 	var err error
 	if len(chunk) > 0 {
-		// Each chunk is a gzip member of its own: the file is one gzip
-		// stream at every chunk's end, a fraction of the bytes.
-		gz := gzipBytes(chunk)
-		name := manifest.LogsDir + "/" + rec.Log
-		err = c.WriteAt(ctx, name, gz, off)
-		if transport.IsNotExist(err) && off == 0 {
-			// A host's first log: reports/logs is not there yet.
-			if err = c.Mkdir(ctx, manifest.LogsDir); err == nil {
-				err = c.WriteAt(ctx, name, gz, off)
-			}
-		}
-		p.mu.Lock()
-		if err == nil {
-			p.sent += int64(len(gz))
-		} else if !p.cut || p.rec.Stage != manifest.ProgressReporting {
-			// Offsets must stay in step with the file: what did not
-			// reach it goes again with the next chunk.
-			p.pending = append(chunk, p.pending...)
-		}
-		p.mu.Unlock()
+		err = p.uploadChunk(ctx, c, rec.Log, chunk, off)
 	}
 	if dirty && err == nil {
-		body, _ := json.Marshal(rec)
-		err = c.WriteFileNoSync(ctx, manifest.ProgressFile, append(body, '\n'))
-		if err == nil {
-			p.mu.Lock()
-			p.records++
-			p.mu.Unlock()
-		}
-		if err != nil {
-			p.mu.Lock()
-			p.dirty = true
-			p.mu.Unlock()
-		}
+		err = p.uploadRecord(ctx, c, rec)
 	}
 	if err != nil && !p.failed {
 		p.failed = true
 		p.t.say("warning: live progress not uploaded (the report will be): %v", err)
 	}
+}
+
+// uploadChunk appends chunk to the live log log at off.
+func (p *liveProgress) uploadChunk(ctx context.Context, c liveRemote, log string, chunk []byte, off int64) error {
+	// Each chunk is a gzip member of its own: the file is one gzip
+	// stream at every chunk's end, a fraction of the bytes.
+	gz := gzipBytes(chunk)
+	name := manifest.LogsDir + "/" + log
+	err := c.WriteAt(ctx, name, gz, off)
+	if transport.IsNotExist(err) && off == 0 {
+		// A host's first log: reports/logs is not there yet.
+		if err = c.Mkdir(ctx, manifest.LogsDir); err == nil {
+			err = c.WriteAt(ctx, name, gz, off)
+		}
+	}
+	p.mu.Lock()
+	if err == nil {
+		p.sent += int64(len(gz))
+	} else if !p.cut || p.rec.Stage != manifest.ProgressReporting {
+		// Offsets must stay in step with the file: what did not
+		// reach it goes again with the next chunk.
+		p.pending = append(chunk, p.pending...)
+	}
+	p.mu.Unlock()
+	return err
+}
+
+// uploadRecord replaces progress.json with rec; a record that did not
+// get there goes again with the next upload.
+func (p *liveProgress) uploadRecord(ctx context.Context, c liveRemote, rec manifest.Progress) error {
+	body, _ := json.Marshal(rec)
+	err := c.WriteFileNoSync(ctx, manifest.ProgressFile, append(body, '\n'))
+	p.mu.Lock()
+	if err == nil {
+		p.records++
+	} else {
+		p.dirty = true
+	}
+	p.mu.Unlock()
+	return err
 }
 
 // finish stops the uploads before the report goes: its log replaces the

@@ -19,20 +19,7 @@ func (t *tick) adoptRecordedOutcome(st *State) error {
 	if !a.Running {
 		return nil
 	}
-	same := func(r manifest.Report) bool {
-		return r.AttemptedVersion == a.Version && r.StartedAt.Equal(a.StartedAt) && r.Result != "" && !r.FinishedAt.IsZero()
-	}
-	var rep *manifest.Report
-	if entries, err := t.queue.List(); err == nil {
-		for i := len(entries) - 1; i >= 0 && rep == nil; i-- {
-			if same(entries[i].Report) {
-				rep = &entries[i].Report
-			}
-		}
-	}
-	if last := t.lastReport(); rep == nil && same(last) {
-		rep = &last
-	}
+	rep := t.recordedOutcome(a)
 	if rep == nil {
 		return nil
 	}
@@ -44,6 +31,28 @@ func (t *tick) adoptRecordedOutcome(st *State) error {
 	}
 	st.Switch = nil
 	return saveState(t.cfg.StateDir, *st)
+}
+
+// recordedOutcome is the finished report of attempt a: the newest such
+// entry of the queue, else last-report.json; nil when neither is.
+func (t *tick) recordedOutcome(a Attempt) *manifest.Report {
+	if entries, err := t.queue.List(); err == nil {
+		for i := len(entries) - 1; i >= 0; i-- {
+			if reportsAttempt(entries[i].Report, a) {
+				return &entries[i].Report
+			}
+		}
+	}
+	if last := t.lastReport(); reportsAttempt(last, a) {
+		return &last
+	}
+	return nil
+}
+
+// reportsAttempt says whether r is the finished report of attempt a
+// (same version, same start).
+func reportsAttempt(r manifest.Report, a Attempt) bool {
+	return r.AttemptedVersion == a.Version && r.StartedAt.Equal(a.StartedAt) && r.Result != "" && !r.FinishedAt.IsZero()
 }
 
 // recoverSwitch settles an activation the agent did not see to its end

@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"time"
 
 	"github.com/bento-nix/bento/manifest"
@@ -170,45 +171,57 @@ func InstallSecrets(ctx context.Context, cfg Config, o Options, restart bool) er
 		return err
 	}
 	defer lk.release()
-	st, note, err := loadState(cfg.StateDir, time.Now())
-	if err != nil {
+	version, err := t.appliedVersion()
+	if err != nil || version == "" {
 		return err
+	}
+	return t.reinstallSecrets(ctx, version, restart)
+}
+
+// appliedVersion is the version the state says the host applied; ""
+// (said) when it applied nothing yet.
+func (t *tick) appliedVersion() (string, error) {
+	st, note, err := loadState(t.cfg.StateDir, time.Now())
+	if err != nil {
+		return "", err
 	}
 	if note != "" {
 		t.say("warning: %s", note)
 	}
 	if st.AppliedVersion == "" {
 		t.say("nothing applied yet: no secrets to install")
-		return nil
 	}
-	a := t.secretsAgent(o.Out)
-	out, err := a.Install(ctx, st.AppliedVersion)
+	return st.AppliedVersion, nil
+}
+
+// reinstallSecrets is InstallSecrets once the lock is held: it installs
+// the agent's copies of version's secrets, restarting their units when
+// restart is set.
+func (t *tick) reinstallSecrets(ctx context.Context, version string, restart bool) error {
+	a := t.secretsAgent(t.o.Out)
+	out, err := a.Install(ctx, version)
 	if errors.Is(err, secrets.ErrNotHeld) {
-		t.say("warning: the secrets of version %s are not held here: the next tick fetches them", st.AppliedVersion)
+		t.say("warning: the secrets of version %s are not held here: the next tick fetches them", version)
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("secrets: %w", err)
 	}
 	if restart {
-		if err := a.Finish(ctx, []string{st.AppliedVersion}, &out); err != nil {
+		if err := a.Finish(ctx, []string{version}, &out); err != nil {
 			t.say("warning: secrets: %v", err)
 		}
 	}
 	t.say("secrets of version %s: %d written, %d removed, %d failed",
-		st.AppliedVersion, len(out.Changed), len(out.Removed), len(out.Errors))
+		version, len(out.Changed), len(out.Removed), len(out.Errors))
 	if len(out.Errors) == 0 {
 		return nil
 	}
-	names := make([]string, 0, len(out.Errors))
-	for name := range out.Errors {
-		names = append(names, name)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(out.Errors))
 	for _, name := range names {
 		t.say("error: %s", out.Errors[name])
 	}
-	return fmt.Errorf("host %s: %w: %v", cfg.Host, ErrSecretsFailed, names)
+	return fmt.Errorf("host %s: %w: %v", t.cfg.Host, ErrSecretsFailed, names)
 }
 
 func orNil(m map[string]string) map[string]string {

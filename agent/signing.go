@@ -34,7 +34,18 @@ func pinnedKeys(cfg []manifest.PublicationKey, st State) []manifest.PublicationK
 // sequence to compare with; the age bounds how old a publication it can
 // be fed).
 func checkFresh(st State, m *manifest.Manifest, verified bool, maxAge time.Duration, now time.Time) error {
-	last := st.Publication
+	if err := checkSequence(st.Publication, m, verified); err != nil {
+		return err
+	}
+	if maxAge > 0 && now.Sub(m.PublishedAt) > maxAge {
+		return fmt.Errorf("stale publication: refusing the published %s: version %s was published %s, more than maxPublicationAge (%s) ago: the server (or a mirror) serves an old publication; publish anew on the server (bento deploy)", manifest.ManifestFile, m.Version, m.PublishedAt.UTC().Format(time.RFC3339), timespan.Format(maxAge))
+	}
+	return nil
+}
+
+// checkSequence refuses m when its sequence goes back on last, the
+// publication this host accepted last.
+func checkSequence(last Publication, m *manifest.Manifest, verified bool) error {
 	switch {
 	case m.Sequence == 0 && verified && last.Sequence > 0:
 		return fmt.Errorf("refusing the published %s: it has no sequence, and this host already accepted sequence %d (version %s): only a publisher older than the one that signed before writes none", manifest.ManifestFile, last.Sequence, last.Version)
@@ -42,9 +53,6 @@ func checkFresh(st State, m *manifest.Manifest, verified bool, maxAge time.Durat
 		return fmt.Errorf("refusing the published %s: its sequence %d (version %s, published %s) is older than sequence %d (version %s) this host already accepted: the server or a mirror replays an old publication; publish anew (bento deploy) or repair the mirror", manifest.ManifestFile, m.Sequence, m.Version, m.PublishedAt.UTC().Format(time.RFC3339), last.Sequence, last.Version)
 	case m.Sequence > 0 && m.Sequence == last.Sequence && m.Version != last.Version:
 		return fmt.Errorf("refusing the published %s: its sequence %d was already accepted for version %s, not %s: a publisher never numbers two publications alike", manifest.ManifestFile, m.Sequence, last.Version, m.Version)
-	}
-	if maxAge > 0 && now.Sub(m.PublishedAt) > maxAge {
-		return fmt.Errorf("stale publication: refusing the published %s: version %s was published %s, more than maxPublicationAge (%s) ago: the server (or a mirror) serves an old publication; publish anew on the server (bento deploy)", manifest.ManifestFile, m.Version, m.PublishedAt.UTC().Format(time.RFC3339), timespan.Format(maxAge))
 	}
 	return nil
 }

@@ -60,32 +60,11 @@ func ReadStatus(cfg Config, now time.Time) (*HostStatus, error) {
 		return nil, &ConfigError{err}
 	}
 	dir := cfg.StateDir
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("state directory %s does not exist: this host has not run a tick yet (bento agent run)", dir)
-		}
-		if err == nil {
-			err = errors.New("not a directory")
-		}
-		return nil, fmt.Errorf("state directory %s: %w", dir, err)
+	if err := checkStateDir(dir); err != nil {
+		return nil, err
 	}
 	s := &HostStatus{Host: cfg.Host, StateDir: dir}
-	var st State
-	if readJSON(filepath.Join(dir, stateFile), &st, s) {
-		s.AppliedVersion, s.AppliedSystem = st.AppliedVersion, st.AppliedSystem
-		if st.Attempt.Version != "" {
-			a := st.Attempt
-			s.Attempt = &a
-			if d, due := decide(st, a.Version, a.Expected, now, backoff.Policy{Initial: time.Duration(cfg.Retry.InitialDelay), Max: time.Duration(cfg.Retry.MaxDelay)}); d == waitRetry {
-				s.NextRetry = &due
-			}
-		}
-		if bootPending(st) {
-			s.AwaitingBoot = st.Switch
-		} else {
-			s.Unconfirmed = st.Switch
-		}
-	}
+	s.readState(filepath.Join(dir, stateFile), now, cfg.retryPolicy())
 	var p activate.PendingReboot
 	if readJSON(filepath.Join(dir, activate.PendingFile), &p, s) && !p.At.IsZero() {
 		s.PendingReboot = &p
@@ -94,13 +73,55 @@ func ReadStatus(cfg Config, now time.Time) (*HostStatus, error) {
 	if readJSON(filepath.Join(dir, lastReportFile), &r, s) {
 		s.LastReport = &r
 	}
-	if entries, err := (&queue.Queue{Dir: filepath.Join(dir, queueDir)}).List(); err == nil {
+	s.countQueued(filepath.Join(dir, queueDir))
+	s.TickRunning, s.TickHolder = tickRunning(filepath.Join(dir, lockFile))
+	return s, nil
+}
+
+// checkStateDir says why dir cannot be read as a state directory.
+func checkStateDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err == nil && fi.IsDir() {
+		return nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("state directory %s does not exist: this host has not run a tick yet (bento agent run)", dir)
+	}
+	if err == nil {
+		err = errors.New("not a directory")
+	}
+	return fmt.Errorf("state directory %s: %w", dir, err)
+}
+
+// readState fills in what the state file at path says: the applied
+// version, the last attempt and its retry, a switch not settled yet.
+func (s *HostStatus) readState(path string, now time.Time, retry backoff.Policy) {
+	var st State
+	if !readJSON(path, &st, s) {
+		return
+	}
+	s.AppliedVersion, s.AppliedSystem = st.AppliedVersion, st.AppliedSystem
+	if st.Attempt.Version != "" {
+		a := st.Attempt
+		s.Attempt = &a
+		if d, due := decide(st, a.Version, a.Expected, now, retry); d == waitRetry {
+			s.NextRetry = &due
+		}
+	}
+	if bootPending(st) {
+		s.AwaitingBoot = st.Switch
+	} else {
+		s.Unconfirmed = st.Switch
+	}
+}
+
+// countQueued counts the reports waiting in the queue at dir.
+func (s *HostStatus) countQueued(dir string) {
+	if entries, err := (&queue.Queue{Dir: dir}).List(); err == nil {
 		s.QueuedReports = len(entries)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		s.Problems = append(s.Problems, fmt.Sprintf("report queue: %v", err))
 	}
-	s.TickRunning, s.TickHolder = tickRunning(filepath.Join(dir, lockFile))
-	return s, nil
 }
 
 // readJSON decodes the state file path into v: false when it is missing or

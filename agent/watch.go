@@ -49,15 +49,9 @@ type WatchOptions struct {
 // the watch misses, the timer's ticks still catch: the watch only makes
 // updates faster, never the only way to get them.
 func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
-	if err := cfg.Complete(); err != nil {
-		return &ConfigError{err}
-	}
-	if err := cfg.Validate(); err != nil {
-		return &ConfigError{err}
-	}
-	endpoints, err := cfg.Endpoints()
+	endpoints, err := completeConfig(&cfg)
 	if err != nil {
-		return &ConfigError{err}
+		return err
 	}
 	signer, err := transport.LoadSigner(cfg.IdentityFile)
 	if err != nil {
@@ -66,15 +60,7 @@ func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
 	if o.Tick == nil {
 		return errors.New("watch: no tick to run")
 	}
-	if o.Every <= 0 {
-		o.Every = 5 * time.Second
-	}
-	if o.Out == nil {
-		o.Out = io.Discard
-	}
-	if o.Reconnect.Initial <= 0 {
-		o.Reconnect = backoff.Policy{Initial: time.Second, Max: 5 * time.Minute}
-	}
+	o.setDefaults()
 	topts := transport.Options{
 		Signer:         signer,
 		ConnectTimeout: time.Duration(cfg.ConnectTimeout),
@@ -92,18 +78,8 @@ func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
 		// holds the publication the next one reads.
 		c, _, err := transport.DialAny(ctx, topts, orderServers(endpoints, cfg.ServerOrder, lastServer(cfg.StateDir)))
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if transport.Permanent(err) {
-				// A wrong host key or a refused client key does not heal
-				// by retrying fast; the timer's ticks report it.
-				failures = max(failures, 8)
-			}
-			failures++
-			wait := o.Reconnect.Jittered(failures, rnd)
-			fmt.Fprintf(o.Out, "bento: watch: %v; reconnecting in %s\n", err, wait.Round(time.Second))
-			if !sleep(ctx, wait) {
+			var again bool
+			if failures, again = w.backOff(ctx, err, failures, rnd); !again {
 				return nil
 			}
 			continue
@@ -122,6 +98,38 @@ func Watch(ctx context.Context, cfg Config, o WatchOptions) error {
 	}
 }
 
+// setDefaults fills in the pause, output and reconnection backoff left
+// unset.
+func (o *WatchOptions) setDefaults() {
+	if o.Every <= 0 {
+		o.Every = 5 * time.Second
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	if o.Reconnect.Initial <= 0 {
+		o.Reconnect = backoff.Policy{Initial: time.Second, Max: 5 * time.Minute}
+	}
+}
+
+// backOff waits before the next connection attempt after a failed one
+// (err, the failures-th in a row): it returns the failures counted and
+// false when ctx ended.
+func (w *watcher) backOff(ctx context.Context, err error, failures int, rnd *rand.Rand) (int, bool) {
+	if ctx.Err() != nil {
+		return failures, false
+	}
+	if transport.Permanent(err) {
+		// A wrong host key or a refused client key does not heal
+		// by retrying fast; the timer's ticks report it.
+		failures = max(failures, 8)
+	}
+	failures++
+	wait := w.o.Reconnect.Jittered(failures, rnd)
+	fmt.Fprintf(w.o.Out, "bento: watch: %v; reconnecting in %s\n", err, wait.Round(time.Second))
+	return failures, sleep(ctx, wait)
+}
+
 // watcher remembers what manifest.json looked like at the last look.
 type watcher struct {
 	o     WatchOptions
@@ -138,13 +146,8 @@ type manifestStat struct {
 // watch looks at the manifest until the connection fails or ctx ends.
 func (w *watcher) watch(ctx context.Context, c *transport.Conn) error {
 	for {
-		var now manifestStat
-		fi, err := c.Stat(ctx, manifest.ManifestFile)
-		switch {
-		case err == nil:
-			now = manifestStat{exists: true, size: fi.Size(), mtime: fi.ModTime()}
-		case transport.IsNotExist(err):
-		default:
+		now, err := statManifest(ctx, c)
+		if err != nil {
 			return err
 		}
 		changed := w.first || now != w.last
@@ -153,21 +156,8 @@ func (w *watcher) watch(ctx context.Context, c *transport.Conn) error {
 				fmt.Fprintf(w.o.Out, "bento: watch: %s changed: running a tick\n", manifest.ManifestFile)
 			}
 			w.first, w.last = false, now
-			done := make(chan error, 1)
-			go func() { done <- w.o.Tick(ctx) }()
-			select {
-			case err := <-done:
-				if err != nil {
-					fmt.Fprintf(w.o.Out, "bento: watch: tick failed: %v\n", err)
-				} else {
-					fmt.Fprintf(w.o.Out, "bento: watch: tick finished\n")
-				}
-			case <-ctx.Done():
-				// The tick is a process of its own: a switch that
-				// restarts the watch must not wait for the tick that
-				// runs the switch, which waits for the restart.
-				fmt.Fprintf(w.o.Out, "bento: watch: stopping; the running tick goes on without the watch\n")
-				return ctx.Err()
+			if err := w.runTick(ctx); err != nil {
+				return err
 			}
 		}
 		if w.o.Changed != nil {
@@ -176,6 +166,41 @@ func (w *watcher) watch(ctx context.Context, c *transport.Conn) error {
 		if !sleep(ctx, w.o.Every) {
 			return ctx.Err()
 		}
+	}
+}
+
+// statManifest is the size and modification time of manifest.json; a
+// missing one is the zero manifestStat.
+func statManifest(ctx context.Context, c *transport.Conn) (manifestStat, error) {
+	fi, err := c.Stat(ctx, manifest.ManifestFile)
+	switch {
+	case err == nil:
+		return manifestStat{exists: true, size: fi.Size(), mtime: fi.ModTime()}, nil
+	case transport.IsNotExist(err):
+		return manifestStat{}, nil
+	}
+	return manifestStat{}, err
+}
+
+// runTick runs one tick and says how it ended; the error is ctx's when
+// the watch stops first.
+func (w *watcher) runTick(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- w.o.Tick(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			fmt.Fprintf(w.o.Out, "bento: watch: tick failed: %v\n", err)
+		} else {
+			fmt.Fprintf(w.o.Out, "bento: watch: tick finished\n")
+		}
+		return nil
+	case <-ctx.Done():
+		// The tick is a process of its own: a switch that
+		// restarts the watch must not wait for the tick that
+		// runs the switch, which waits for the restart.
+		fmt.Fprintf(w.o.Out, "bento: watch: stopping; the running tick goes on without the watch\n")
+		return ctx.Err()
 	}
 }
 

@@ -370,15 +370,23 @@ func credential(name string) (*syscall.Credential, []string, error) {
 		}
 		return nil, nil, fmt.Errorf("cannot run as user %q: the agent is not root (uid %d)", name, me)
 	}
-	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	if ids, err := u.GroupIds(); err == nil {
-		for _, g := range ids {
-			if n, err := strconv.ParseUint(g, 10, 32); err == nil {
-				cred.Groups = append(cred.Groups, uint32(n))
-			}
+	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groupIDs(u)}
+	return cred, env, nil
+}
+
+// groupIDs are the numeric ids of u's groups (nil when none can be read).
+func groupIDs(u *user.User) []uint32 {
+	ids, err := u.GroupIds()
+	if err != nil {
+		return nil
+	}
+	var groups []uint32
+	for _, g := range ids {
+		if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+			groups = append(groups, uint32(n))
 		}
 	}
-	return cred, env, nil
+	return groups
 }
 
 // get runs an HTTP check: a GET without proxy, following at most

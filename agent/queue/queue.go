@@ -112,37 +112,60 @@ func (q *Queue) List() ([]Entry, error) {
 			os.Remove(filepath.Join(q.Dir, n))
 			continue
 		}
-		base, suffix, ok := strings.Cut(n, ".")
-		seq, err := strconv.ParseInt(base, 10, 64)
-		if !ok || err != nil {
+		seq, suffix, ok := parseName(n)
+		if !ok {
 			continue
 		}
-		switch "." + suffix {
+		switch suffix {
 		case logSuffix:
 			logs = append(logs, seq)
 		case entrySuffix:
-			data, err := os.ReadFile(filepath.Join(q.Dir, n))
+			e, ok, err := q.readEntry(n, seq)
 			if err != nil {
-				return nil, fmt.Errorf("report queue: %w", err)
+				return nil, err
 			}
-			var e Entry
-			if err := json.Unmarshal(data, &e); err != nil || e.Seq != seq {
-				// Written atomically, so damaged from outside: it can
-				// never be delivered, and must not block the others.
-				os.Remove(filepath.Join(q.Dir, n))
-				continue
+			if ok {
+				have[seq] = true
+				out = append(out, e)
 			}
-			have[seq] = true
-			out = append(out, e)
 		}
 	}
+	q.removeOrphanLogs(logs, have)
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out, nil
+}
+
+// parseName reads a queue file's name (see name); ok is false for a
+// name that is not one.
+func parseName(n string) (seq int64, suffix string, ok bool) {
+	base, suffix, ok := strings.Cut(n, ".")
+	seq, err := strconv.ParseInt(base, 10, 64)
+	return seq, "." + suffix, ok && err == nil
+}
+
+// readEntry reads the entry file n of sequence seq; ok is false for a
+// damaged one, which is removed.
+func (q *Queue) readEntry(n string, seq int64) (e Entry, ok bool, err error) {
+	data, err := os.ReadFile(filepath.Join(q.Dir, n))
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("report queue: %w", err)
+	}
+	if err := json.Unmarshal(data, &e); err != nil || e.Seq != seq {
+		// Written atomically, so damaged from outside: it can
+		// never be delivered, and must not block the others.
+		os.Remove(filepath.Join(q.Dir, n))
+		return Entry{}, false, nil
+	}
+	return e, true, nil
+}
+
+// removeOrphanLogs removes the logs whose entry is not there (have).
+func (q *Queue) removeOrphanLogs(logs []int64, have map[int64]bool) {
 	for _, seq := range logs {
 		if !have[seq] {
 			os.Remove(q.name(seq, logSuffix))
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
-	return out, nil
 }
 
 // Log returns the stored log of e.
