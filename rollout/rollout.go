@@ -409,13 +409,18 @@ func Step(ctx context.Context, o StepOptions) (*StepResult, error) {
 		return nil, err
 	}
 	s := &stepRun{o: o, pub: pub, res: &StepResult{}}
-	d.Hooks.Locked = s.locked
-	d.Hooks.Done = s.done
-	_, err = deploy.Run(ctx, d)
+	return s.res, runHooked(ctx, d, s.locked, s.done)
+}
+
+// runHooked runs the deploy of a step or an abort with its hooks: a
+// locked hook that stops it with errNothingToDo is no error.
+func runHooked(ctx context.Context, d deploy.Options, locked func(context.Context, string) error, done func(context.Context, *deploy.Report) error) error {
+	d.Hooks.Locked, d.Hooks.Done = locked, done
+	_, err := deploy.Run(ctx, d)
 	if errors.Is(err, errNothingToDo) {
-		err = nil
+		return nil
 	}
-	return s.res, err
+	return err
 }
 
 // stepRun is one step: its deploy's hooks and what they decide.
@@ -754,13 +759,7 @@ func Abort(ctx context.Context, o StepOptions) (*StepResult, error) {
 		return nil, err
 	}
 	a := &abortRun{o: o, pub: pub, res: &StepResult{}}
-	d.Hooks.Locked = a.locked
-	d.Hooks.Done = a.done
-	_, err = deploy.Run(ctx, d)
-	if errors.Is(err, errNothingToDo) {
-		err = nil
-	}
-	return a.res, err
+	return a.res, runHooked(ctx, d, a.locked, a.done)
 }
 
 // abortRun is one abort: its deploy's hooks.
