@@ -55,36 +55,66 @@ func ParseDest(s string) (Dest, error) {
 	if err != nil {
 		return bad("not a URL")
 	}
-	if u.Scheme != "ssh" {
-		return bad("the scheme must be ssh://")
-	}
-	if u.Opaque != "" || u.RawQuery != "" || u.Fragment != "" {
-		return bad("no query or fragment")
-	}
-	if _, has := u.User.Password(); has {
-		return bad("no password: push logs in with a key")
+	if why := urlShapeProblem(u); why != "" {
+		return bad(why)
 	}
 	d := Dest{User: u.User.Username(), Host: u.Hostname(), Port: 22, Root: u.Path}
 	if d.User == "" {
 		d.User = "root"
 	}
-	if d.Host == "" {
-		return bad("no host")
-	}
-	if !validHost(d.Host) {
-		return bad("the host " + strconv.Quote(d.Host) + " is neither a host name nor an IP address")
+	if why := hostProblem(d.Host); why != "" {
+		return bad(why)
 	}
 	if p := u.Port(); p != "" {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
+		n, ok := tcpPort(p)
+		if !ok {
 			return bad("port " + p + " is not a TCP port")
 		}
 		d.Port = n
 	}
-	if !strings.HasPrefix(d.Root, "/") || path.Clean(d.Root) != d.Root || d.Root == "/" {
+	if !validRoot(d.Root) {
 		return bad("the path must be the mirror's chroot root, absolute and clean, not /")
 	}
 	return d, nil
+}
+
+// urlShapeProblem says what makes u no ssh:// destination ("" when nothing).
+func urlShapeProblem(u *url.URL) string {
+	if u.Scheme != "ssh" {
+		return "the scheme must be ssh://"
+	}
+	if u.Opaque != "" || u.RawQuery != "" || u.Fragment != "" {
+		return "no query or fragment"
+	}
+	if _, has := u.User.Password(); has {
+		return "no password: push logs in with a key"
+	}
+	return ""
+}
+
+// hostProblem says what is wrong with a destination's host ("" when nothing).
+func hostProblem(h string) string {
+	if h == "" {
+		return "no host"
+	}
+	if !validHost(h) {
+		return "the host " + strconv.Quote(h) + " is neither a host name nor an IP address"
+	}
+	return ""
+}
+
+// tcpPort reads a port number, 1 to 65535.
+func tcpPort(p string) (int, bool) {
+	n, err := strconv.Atoi(p)
+	if err != nil || n < 1 || n > 65535 {
+		return 0, false
+	}
+	return n, true
+}
+
+// validRoot accepts an absolute, clean path other than /.
+func validRoot(r string) bool {
+	return strings.HasPrefix(r, "/") && path.Clean(r) == r && r != "/"
 }
 
 // validHost accepts an IP address or a DNS name (letters, digits, '-',
@@ -96,10 +126,10 @@ func validHost(h string) bool {
 	if len(h) > 253 || strings.HasPrefix(h, ".") || strings.HasPrefix(h, "-") {
 		return false
 	}
-	for _, c := range h {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
-			return false
-		}
-	}
-	return true
+	return strings.IndexFunc(h, func(c rune) bool { return !hostNameChar(c) }) < 0
+}
+
+// hostNameChar is a character of a DNS name as validHost takes it.
+func hostNameChar(c rune) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_'
 }

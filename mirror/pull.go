@@ -59,102 +59,178 @@ func pullMirror(ctx context.Context, o Options, d Dest, hosts []string) []HostRe
 	})
 }
 
+// hostPull brings one host's report from one mirror.
+type hostPull struct {
+	c *transport.Conn
+	d Dest
+	r *HostResult
+	// uid owns the host's reports/ on the mirror: the host's user there.
+	uid int
+}
+
+// theirReport is the host's report as the mirror holds it.
+type theirReport struct {
+	data  []byte
+	mtime time.Time
+	rep   *manifest.Report
+}
+
+// localReports is a host's reports/ on the primary, and who owns it
+// (-1 when unknown).
+type localReports struct {
+	root     *os.Root
+	uid, gid int
+}
+
+func (l localReports) write(name string, data []byte, mtime time.Time) error {
+	return writeIn(l.root, name, data, mtime, l.uid, l.gid)
+}
+
 func pullHost(ctx context.Context, o Options, c *transport.Conn, d Dest, r *HostResult) error {
-	remote := func(rel string) string { return path.Join(d.Root, r.Host, rel) }
-	rfi, err := c.Lstat(ctx, remote(manifest.ReportsDir))
-	if transport.IsNotExist(err) {
-		r.Note = "no reports/ on the mirror"
-		return nil
-	}
-	if err != nil {
+	p := &hostPull{c: c, d: d, r: r}
+	found, err := p.findReports(ctx)
+	if err != nil || !found {
 		return err
 	}
-	if !rfi.IsDir() {
-		return fmt.Errorf("%s on the mirror is not a directory", remote(manifest.ReportsDir))
+	theirs, err := p.readReport(ctx)
+	if err != nil || theirs == nil {
+		return err
 	}
-	uid, _ := transport.Owner(rfi)
-	owned := func(fi os.FileInfo) error {
-		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
-		}
-		if u, _ := transport.Owner(fi); u != uid || uid < 0 {
-			return fmt.Errorf("owned by uid %d, not by the host's user (uid %d, the owner of reports/): refusing a file the host did not write", u, uid)
-		}
-		return nil
-	}
-	data, fi, err := c.ReadOwned(ctx, remote(manifest.StatusFile), status.MaxReportSize, owned)
-	if transport.IsNotExist(err) {
-		r.Note = "no report on the mirror"
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("the mirror's report: %w", err)
-	}
-	rep, err := status.ParseReport(data, r.Host)
-	if err != nil {
-		return fmt.Errorf("the mirror's report: %w", err)
-	}
-	theirs := reportTime(rep, fi.ModTime())
-
 	chroot, err := status.OpenChroot(o.Root, r.Host)
 	if err != nil {
 		return err
 	}
 	defer chroot.Close()
-	if ours, err := status.ReadReport(chroot, r.Host); err == nil {
-		st, serr := chroot.Lstat(manifest.StatusFile)
-		mt := time.Time{}
-		if serr == nil {
-			mt = st.ModTime()
-		}
-		if !theirs.After(reportTime(ours, mt)) {
-			r.Note = "the primary's report is as new"
-			return nil
-		}
+	if oursAsNew(chroot, r.Host, reportTime(theirs.rep, theirs.mtime)) {
+		r.Note = "the primary's report is as new"
+		return nil
 	}
-
-	rr, err := openReports(chroot)
+	dst, err := openLocalReports(chroot)
 	if err != nil {
 		return err
 	}
-	defer rr.Close()
-	dst, err := rr.Lstat(".")
-	if err != nil {
-		return err
-	}
-	var luid, lgid = -1, -1
-	if st, ok := statOwner(dst); ok {
-		luid, lgid = st[0], st[1]
-	}
+	defer dst.root.Close()
 
 	// The log first, then the report that names it, as the agent does.
-	if rep.Log != "" {
-		if !logNameRE.MatchString(rep.Log) {
-			return fmt.Errorf("the mirror's report names the log %q, which is not a log name the agent writes", rep.Log)
-		}
-		log, _, err := c.ReadOwned(ctx, remote(manifest.LogsDir+"/"+rep.Log), MaxLogSize, owned)
-		switch {
-		case transport.IsNotExist(err):
-			r.Note = "the report's log is not on the mirror"
-		case err != nil:
-			return fmt.Errorf("the mirror's log %s: %w", rep.Log, err)
-		default:
-			if err := rr.Mkdir("logs", 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-				return err
-			}
-			if err := writeIn(rr, "logs/"+rep.Log, log, fi.ModTime(), luid, lgid); err != nil {
-				return fmt.Errorf("writing the log: %w", err)
-			}
-			r.Files++
-			r.Bytes += int64(len(log))
-		}
+	if err := p.pullLog(ctx, dst, theirs.rep.Log, theirs.mtime); err != nil {
+		return err
 	}
-	if err := writeIn(rr, "status.json", data, fi.ModTime(), luid, lgid); err != nil {
+	if err := dst.write("status.json", theirs.data, theirs.mtime); err != nil {
 		return fmt.Errorf("writing the report: %w", err)
 	}
 	r.Files++
-	r.Bytes += int64(len(data))
+	r.Bytes += int64(len(theirs.data))
 	r.Changed = true
+	return nil
+}
+
+func (p *hostPull) remote(rel string) string { return path.Join(p.d.Root, p.r.Host, rel) }
+
+// findReports checks the host's reports/ on the mirror, a directory, and
+// learns its owner; false (with a note) when there is none.
+func (p *hostPull) findReports(ctx context.Context) (bool, error) {
+	rfi, err := p.c.Lstat(ctx, p.remote(manifest.ReportsDir))
+	if transport.IsNotExist(err) {
+		p.r.Note = "no reports/ on the mirror"
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if !rfi.IsDir() {
+		return false, fmt.Errorf("%s on the mirror is not a directory", p.remote(manifest.ReportsDir))
+	}
+	p.uid, _ = transport.Owner(rfi)
+	return true, nil
+}
+
+// owned accepts a regular file of the mirror the host's user owns.
+func (p *hostPull) owned(fi os.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
+	}
+	if u, _ := transport.Owner(fi); u != p.uid || p.uid < 0 {
+		return fmt.Errorf("owned by uid %d, not by the host's user (uid %d, the owner of reports/): refusing a file the host did not write", u, p.uid)
+	}
+	return nil
+}
+
+// readReport reads and parses the mirror's report of the host; nil (with
+// a note) when there is none.
+func (p *hostPull) readReport(ctx context.Context) (*theirReport, error) {
+	data, fi, err := p.c.ReadOwned(ctx, p.remote(manifest.StatusFile), status.MaxReportSize, p.owned)
+	if transport.IsNotExist(err) {
+		p.r.Note = "no report on the mirror"
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the mirror's report: %w", err)
+	}
+	rep, err := status.ParseReport(data, p.r.Host)
+	if err != nil {
+		return nil, fmt.Errorf("the mirror's report: %w", err)
+	}
+	return &theirReport{data: data, mtime: fi.ModTime(), rep: rep}, nil
+}
+
+// oursAsNew says whether the primary's report of host is at least as new
+// as theirs (false when it has none it can read).
+func oursAsNew(chroot *os.Root, host string, theirs time.Time) bool {
+	ours, err := status.ReadReport(chroot, host)
+	if err != nil {
+		return false
+	}
+	mt := time.Time{}
+	if st, err := chroot.Lstat(manifest.StatusFile); err == nil {
+		mt = st.ModTime()
+	}
+	return !theirs.After(reportTime(ours, mt))
+}
+
+// openLocalReports opens the primary's reports/ of a chroot and learns
+// its owner.
+func openLocalReports(chroot *os.Root) (localReports, error) {
+	rr, err := openReports(chroot)
+	if err != nil {
+		return localReports{}, err
+	}
+	dst, err := rr.Lstat(".")
+	if err != nil {
+		rr.Close()
+		return localReports{}, err
+	}
+	l := localReports{root: rr, uid: -1, gid: -1}
+	if st, ok := statOwner(dst); ok {
+		l.uid, l.gid = st[0], st[1]
+	}
+	return l, nil
+}
+
+// pullLog copies the log a report names (none: nothing to do), after
+// checking it has the name of a log the agent writes.
+func (p *hostPull) pullLog(ctx context.Context, dst localReports, name string, mtime time.Time) error {
+	if name == "" {
+		return nil
+	}
+	if !logNameRE.MatchString(name) {
+		return fmt.Errorf("the mirror's report names the log %q, which is not a log name the agent writes", name)
+	}
+	log, _, err := p.c.ReadOwned(ctx, p.remote(manifest.LogsDir+"/"+name), MaxLogSize, p.owned)
+	switch {
+	case transport.IsNotExist(err):
+		p.r.Note = "the report's log is not on the mirror"
+		return nil
+	case err != nil:
+		return fmt.Errorf("the mirror's log %s: %w", name, err)
+	}
+	if err := dst.root.Mkdir("logs", 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	if err := dst.write("logs/"+name, log, mtime); err != nil {
+		return fmt.Errorf("writing the log: %w", err)
+	}
+	p.r.Files++
+	p.r.Bytes += int64(len(log))
 	return nil
 }
 

@@ -234,6 +234,11 @@ type hostPush struct {
 	d    Dest
 	host string
 	res  *HostResult
+	// dir is the host's chroot on the primary.
+	dir string
+	// uid and gid own the host's reports/ on the mirror (-1 when unknown):
+	// the host's user there, who gets the secrets.
+	uid, gid int
 
 	mu sync.Mutex
 }
@@ -241,34 +246,81 @@ type hostPush struct {
 func (p *hostPush) remote(rel string) string { return path.Join(p.d.Root, p.host, rel) }
 
 func (p *hostPush) run(ctx context.Context) error {
-	dir := filepath.Join(p.o.Root, p.host)
+	p.dir = filepath.Join(p.o.Root, p.host)
+	src, err := readPrimary(p.dir)
+	if err != nil {
+		return err
+	}
+	if err := p.checkMirror(ctx); err != nil {
+		return err
+	}
+	remote, err := p.walkRemote(ctx)
+	if err != nil {
+		return err
+	}
+	for phase := 0; phase <= len(copied); phase++ {
+		if err := p.upload(ctx, src.local, remote, phase); err != nil {
+			return err
+		}
+	}
+	if err := p.pushManifest(ctx, p.dir, src.manifest); err != nil {
+		return err
+	}
+	return p.prune(ctx, src.have, remote)
+}
+
+// primary is what a push copies of a host's chroot on the primary.
+type primary struct {
+	// manifest is manifest.json's bytes.
+	manifest []byte
+	local    []localFile
+	// have indexes local by rel.
+	have map[string]localFile
+}
+
+// readPrimary reads the host's chroot on the primary, whose manifest must
+// be format 2 and find every object it names.
+func readPrimary(dir string) (*primary, error) {
 	// The manifest first: everything it names was in place before it was
 	// renamed there, and the publisher keeps it for the retention period.
 	data, err := readLocal(filepath.Join(dir, manifest.ManifestFile), manifest.MaxSize)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	m, err := manifest.Parse(data)
 	if err != nil {
-		return fmt.Errorf("the primary's %s: %w", manifest.ManifestFile, err)
+		return nil, fmt.Errorf("the primary's %s: %w", manifest.ManifestFile, err)
 	}
 	if m.Format < 2 {
-		return fmt.Errorf("the primary's %s is format %d: run bento deploy once (it migrates the chroot to format 2) before mirroring", manifest.ManifestFile, m.Format)
+		return nil, fmt.Errorf("the primary's %s is format %d: run bento deploy once (it migrates the chroot to format 2) before mirroring", manifest.ManifestFile, m.Format)
 	}
 	local, err := walkLocal(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	have := map[string]localFile{}
+	src := &primary{manifest: data, local: local, have: map[string]localFile{}}
 	for _, f := range local {
-		have[f.rel] = f
+		src.have[f.rel] = f
 	}
+	if err := src.checkObjects(m); err != nil {
+		return nil, err
+	}
+	return src, nil
+}
+
+// checkObjects refuses a chroot whose objects/ lacks a file m names.
+func (src *primary) checkObjects(m *manifest.Manifest) error {
 	for _, f := range m.Files {
-		if lf, ok := have[manifest.ObjectPath(f.SHA256)]; !ok || lf.size != f.Size {
+		if lf, ok := src.have[manifest.ObjectPath(f.SHA256)]; !ok || lf.size != f.Size {
 			return fmt.Errorf("the primary's objects/ lacks %s (%s), which its manifest names: a deploy is under way or the chroot is damaged; push again after it (bento deploy repairs it)", manifest.ObjectPath(f.SHA256), f.Path)
 		}
 	}
+	return nil
+}
 
+// checkMirror makes sure the mirror is a bento server for this host and
+// learns who the host's user is there.
+func (p *hostPush) checkMirror(ctx context.Context) error {
 	// The mirror must be a bento server for this host: its chroot exists,
 	// with a reports/ owned by the host's user there, who gets the secrets.
 	fi, err := p.c.Stat(ctx, p.remote(""))
@@ -279,21 +331,8 @@ func (p *hostPush) run(ctx context.Context) error {
 	if err != nil || !rfi.IsDir() {
 		return fmt.Errorf("no %s/ in the mirror's chroot %s (%v): configure the mirror as a bento server with the same hosts (services.bento-server.hosts creates it for the host's user)", manifest.ReportsDir, p.remote(""), err)
 	}
-	uid, gid := transport.Owner(rfi)
-
-	remote, err := p.walkRemote(ctx)
-	if err != nil {
-		return err
-	}
-	for phase := 0; phase <= len(copied); phase++ {
-		if err := p.upload(ctx, dir, local, remote, phase, uid, gid); err != nil {
-			return err
-		}
-	}
-	if err := p.pushManifest(ctx, dir, data); err != nil {
-		return err
-	}
-	return p.prune(ctx, have, remote)
+	p.uid, p.gid = transport.Owner(rfi)
+	return nil
 }
 
 // readLocal reads a file of the primary, capped.
@@ -330,54 +369,77 @@ func phaseOf(rel string) int {
 // goes last) and reports/. Names starting with a dot are a publisher's
 // temporary files; symlinks are not followed (a publisher makes none).
 func walkLocal(dir string) ([]localFile, error) {
-	var out []localFile
 	top, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
+	w := &localWalk{dir: dir}
 	for _, e := range top {
-		name := e.Name()
-		if strings.HasPrefix(name, ".") || name == manifest.ManifestFile || name == manifest.ReportsDir || name == manifest.ConfigDir {
-			continue
-		}
-		if e.Type().IsRegular() {
-			info, err := e.Info()
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, localFile{rel: name, mode: info.Mode().Perm(), size: info.Size(), modTime: info.ModTime(), phase: len(copied)})
-			continue
-		}
-		if !e.IsDir() || !slices.Contains(copied, name) {
-			continue
-		}
-		err := filepath.WalkDir(filepath.Join(dir, name), func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			rel, _ := filepath.Rel(dir, p)
-			rel = filepath.ToSlash(rel)
-			if strings.HasPrefix(d.Name(), ".") {
-				if d.IsDir() {
-					return filepath.SkipDir
-				}
-				return nil
-			}
-			if !d.IsDir() && !d.Type().IsRegular() {
-				return nil
-			}
-			info, err := d.Info()
-			if err != nil {
-				return err
-			}
-			out = append(out, localFile{rel: rel, dir: d.IsDir(), mode: info.Mode().Perm(), size: info.Size(), modTime: info.ModTime(), phase: phaseOf(rel)})
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("reading the primary's chroot: %w", err)
+		if err := w.top(e); err != nil {
+			return nil, err
 		}
 	}
-	return out, nil
+	return w.out, nil
+}
+
+// localWalk collects walkLocal's list.
+type localWalk struct {
+	dir string
+	out []localFile
+}
+
+// skippedTop tells the top-level names of a chroot a push never copies.
+func skippedTop(name string) bool {
+	return strings.HasPrefix(name, ".") || name == manifest.ManifestFile || name == manifest.ReportsDir || name == manifest.ConfigDir
+}
+
+func (w *localWalk) add(rel string, dir bool, info fs.FileInfo, phase int) {
+	w.out = append(w.out, localFile{rel: rel, dir: dir, mode: info.Mode().Perm(), size: info.Size(), modTime: info.ModTime(), phase: phase})
+}
+
+// top lists one top-level entry: a regular file, or a copied directory
+// with everything in it.
+func (w *localWalk) top(e fs.DirEntry) error {
+	name := e.Name()
+	switch {
+	case skippedTop(name):
+		return nil
+	case e.Type().IsRegular():
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		w.add(name, false, info, len(copied))
+	case e.IsDir() && slices.Contains(copied, name):
+		if err := filepath.WalkDir(filepath.Join(w.dir, name), w.visit); err != nil {
+			return fmt.Errorf("reading the primary's chroot: %w", err)
+		}
+	}
+	return nil
+}
+
+// visit is the WalkDir function of a copied directory.
+func (w *localWalk) visit(p string, d fs.DirEntry, err error) error {
+	if err != nil {
+		return err
+	}
+	rel, _ := filepath.Rel(w.dir, p)
+	rel = filepath.ToSlash(rel)
+	if strings.HasPrefix(d.Name(), ".") {
+		if d.IsDir() {
+			return filepath.SkipDir
+		}
+		return nil
+	}
+	if !d.IsDir() && !d.Type().IsRegular() {
+		return nil
+	}
+	info, err := d.Info()
+	if err != nil {
+		return err
+	}
+	w.add(rel, d.IsDir(), info, phaseOf(rel))
+	return nil
 }
 
 // walkRemote lists the copied directories (and top-level files) of the
@@ -401,25 +463,37 @@ func (p *hostPush) walkRemote(ctx context.Context) (map[string]remoteFile, error
 	for len(queue) > 0 {
 		rel := queue[0]
 		queue = queue[1:]
-		entries, err := p.c.ReadDir(ctx, p.remote(rel))
+		subdirs, err := p.listRemote(ctx, rel, out)
 		if err != nil {
 			return nil, err
 		}
-		for _, fi := range entries {
-			if len(out) >= maxRemoteEntries {
-				return nil, fmt.Errorf("the mirror's chroot %s holds more than %d entries", p.remote(""), maxRemoteEntries)
-			}
-			r := path.Join(rel, fi.Name())
-			switch {
-			case fi.IsDir():
-				out[r] = remoteFile{dir: true}
-				queue = append(queue, r)
-			default:
-				out[r] = remoteFile{size: fi.Size(), modTime: fi.ModTime()}
-			}
-		}
+		queue = append(queue, subdirs...)
 	}
 	return out, nil
+}
+
+// listRemote adds the entries of the mirror's directory rel to out,
+// bounded, and returns its subdirectories.
+func (p *hostPush) listRemote(ctx context.Context, rel string, out map[string]remoteFile) ([]string, error) {
+	entries, err := p.c.ReadDir(ctx, p.remote(rel))
+	if err != nil {
+		return nil, err
+	}
+	var subdirs []string
+	for _, fi := range entries {
+		if len(out) >= maxRemoteEntries {
+			return nil, fmt.Errorf("the mirror's chroot %s holds more than %d entries", p.remote(""), maxRemoteEntries)
+		}
+		r := path.Join(rel, fi.Name())
+		switch {
+		case fi.IsDir():
+			out[r] = remoteFile{dir: true}
+			subdirs = append(subdirs, r)
+		default:
+			out[r] = remoteFile{size: fi.Size(), modTime: fi.ModTime()}
+		}
+	}
+	return subdirs, nil
 }
 
 // upToDate says whether the mirror already has f: objects are named by
@@ -438,35 +512,19 @@ func upToDate(f localFile, r remoteFile, ok bool) bool {
 
 // upload copies the files of one phase the mirror lacks, Jobs at once,
 // creating their directories first.
-func (p *hostPush) upload(ctx context.Context, dir string, local []localFile, remote map[string]remoteFile, phase, uid, gid int) error {
-	secret := func(rel string) bool {
-		return rel == manifest.SecretsDir || strings.HasPrefix(rel, manifest.SecretsDir+"/")
-	}
+func (p *hostPush) upload(ctx context.Context, local []localFile, remote map[string]remoteFile, phase int) error {
 	var files []localFile
 	for _, f := range local {
 		if f.phase != phase {
 			continue
 		}
 		if f.dir {
-			if r, ok := remote[f.rel]; !ok || !r.dir {
-				if err := p.c.Mkdir(ctx, p.remote(f.rel)); err != nil {
-					return err
-				}
-			}
-			// Secrets' directories belong to the host's user (0500), the
-			// others to root, as on the primary.
-			if err := p.c.Chmod(ctx, p.remote(f.rel), f.mode); err != nil {
+			if err := p.makeDir(ctx, f, remote); err != nil {
 				return err
-			}
-			if secret(f.rel) && uid >= 0 && f.rel != manifest.SecretsDir {
-				if err := p.c.Chown(ctx, p.remote(f.rel), uid, gid); err != nil {
-					return err
-				}
 			}
 			continue
 		}
-		r, ok := remote[f.rel]
-		if upToDate(f, r, ok) {
+		if r, ok := remote[f.rel]; upToDate(f, r, ok) {
 			p.count(func(res *HostResult) { res.Skipped++ })
 			continue
 		}
@@ -475,28 +533,57 @@ func (p *hostPush) upload(ctx context.Context, dir string, local []localFile, re
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(p.o.Jobs)
 	for _, f := range files {
-		g.Go(func() error {
-			src, err := os.Open(filepath.Join(dir, filepath.FromSlash(f.rel)))
-			if err != nil {
-				return err
-			}
-			defer src.Close()
-			po := transport.PutOptions{Mode: f.mode, ModTime: f.modTime}
-			if secret(f.rel) && uid >= 0 {
-				po.Chown, po.UID, po.GID = true, uid, gid
-			}
-			n, err := p.c.Put(gctx, p.remote(f.rel), src, po)
-			if err != nil {
-				return err
-			}
-			if n != f.size {
-				return fmt.Errorf("%s changed while it was copied (%d bytes, then %d)", f.rel, f.size, n)
-			}
-			p.count(func(res *HostResult) { res.Files++; res.Bytes += n })
-			return nil
-		})
+		g.Go(func() error { return p.put(gctx, f) })
 	}
 	return g.Wait()
+}
+
+// secret tells the paths under secrets/ (and secrets/ itself).
+func secret(rel string) bool {
+	return rel == manifest.SecretsDir || strings.HasPrefix(rel, manifest.SecretsDir+"/")
+}
+
+// makeDir creates a directory of the chroot on the mirror when it lacks
+// it, with the primary's mode and owner.
+func (p *hostPush) makeDir(ctx context.Context, f localFile, remote map[string]remoteFile) error {
+	if r, ok := remote[f.rel]; !ok || !r.dir {
+		if err := p.c.Mkdir(ctx, p.remote(f.rel)); err != nil {
+			return err
+		}
+	}
+	// Secrets' directories belong to the host's user (0500), the
+	// others to root, as on the primary.
+	if err := p.c.Chmod(ctx, p.remote(f.rel), f.mode); err != nil {
+		return err
+	}
+	if secret(f.rel) && p.uid >= 0 && f.rel != manifest.SecretsDir {
+		if err := p.c.Chown(ctx, p.remote(f.rel), p.uid, p.gid); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// put copies one file to the mirror, refusing one that changed meanwhile.
+func (p *hostPush) put(ctx context.Context, f localFile) error {
+	src, err := os.Open(filepath.Join(p.dir, filepath.FromSlash(f.rel)))
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	po := transport.PutOptions{Mode: f.mode, ModTime: f.modTime}
+	if secret(f.rel) && p.uid >= 0 {
+		po.Chown, po.UID, po.GID = true, p.uid, p.gid
+	}
+	n, err := p.c.Put(ctx, p.remote(f.rel), src, po)
+	if err != nil {
+		return err
+	}
+	if n != f.size {
+		return fmt.Errorf("%s changed while it was copied (%d bytes, then %d)", f.rel, f.size, n)
+	}
+	p.count(func(res *HostResult) { res.Files++; res.Bytes += n })
+	return nil
 }
 
 func (p *hostPush) count(f func(*HostResult)) {
@@ -542,47 +629,72 @@ func (p *hostPush) pushManifest(ctx context.Context, dir string, data []byte) er
 // the reverse order of the upload (narinfos before their NARs), then
 // directories, deepest first.
 func (p *hostPush) prune(ctx context.Context, have map[string]localFile, remote map[string]remoteFile) error {
-	type gone struct {
-		rel   string
-		phase int
-		depth int
-		dir   bool
+	list := goneFrom(have, remote)
+	sort.Slice(list, func(i, j int) bool { return removedBefore(list[i], list[j]) })
+	for _, g := range list {
+		if err := p.remove(ctx, g); err != nil {
+			return err
+		}
+		p.count(func(res *HostResult) { res.Removed++ })
 	}
+	return nil
+}
+
+// gone is an entry of the mirror's chroot the primary no longer has.
+type gone struct {
+	rel   string
+	phase int
+	depth int
+	dir   bool
+}
+
+// goneFrom lists what the mirror has and the primary does not, but the
+// mirror's own top-level files.
+func goneFrom(have map[string]localFile, remote map[string]remoteFile) []gone {
 	var list []gone
 	for rel, r := range remote {
 		if lf, ok := have[rel]; ok && lf.dir == r.dir {
 			continue
 		}
-		if rel == manifest.ManifestFile || rel == manifest.ReportsDir || !strings.Contains(rel, "/") && !r.dir && !strings.HasPrefix(rel, transport.TempPrefix) {
-			// Top-level files the primary lacks: the mirror's own, not ours.
+		if mirrorsOwn(rel, r) {
 			continue
 		}
 		list = append(list, gone{rel, phaseOf(rel), strings.Count(rel, "/"), r.dir})
 	}
-	sort.Slice(list, func(i, j int) bool {
-		a, b := list[i], list[j]
-		if a.dir != b.dir {
-			return !a.dir
-		}
-		if a.dir {
-			return a.depth > b.depth
-		}
-		if a.phase != b.phase {
-			return a.phase > b.phase
-		}
-		return a.rel < b.rel
-	})
-	for _, g := range list {
-		var err error
-		if g.dir {
-			err = p.c.RemoveDir(ctx, p.remote(g.rel))
-		} else {
-			err = p.c.Remove(ctx, p.remote(g.rel))
-		}
-		if err != nil && !transport.IsNotExist(err) {
-			return fmt.Errorf("removing what the primary no longer has: %w", err)
-		}
-		p.count(func(res *HostResult) { res.Removed++ })
+	return list
+}
+
+// mirrorsOwn tells an entry the primary lacks that prune leaves alone.
+func mirrorsOwn(rel string, r remoteFile) bool {
+	// Top-level files the primary lacks: the mirror's own, not ours.
+	return rel == manifest.ManifestFile || rel == manifest.ReportsDir || !strings.Contains(rel, "/") && !r.dir && !strings.HasPrefix(rel, transport.TempPrefix)
+}
+
+// removedBefore is prune's order: files before directories; files by
+// phase, the last uploaded first; directories deepest first.
+func removedBefore(a, b gone) bool {
+	if a.dir != b.dir {
+		return !a.dir
+	}
+	if a.dir {
+		return a.depth > b.depth
+	}
+	if a.phase != b.phase {
+		return a.phase > b.phase
+	}
+	return a.rel < b.rel
+}
+
+// remove removes one entry of the mirror (already gone is fine).
+func (p *hostPush) remove(ctx context.Context, g gone) error {
+	var err error
+	if g.dir {
+		err = p.c.RemoveDir(ctx, p.remote(g.rel))
+	} else {
+		err = p.c.Remove(ctx, p.remote(g.rel))
+	}
+	if err != nil && !transport.IsNotExist(err) {
+		return fmt.Errorf("removing what the primary no longer has: %w", err)
 	}
 	return nil
 }

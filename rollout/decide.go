@@ -76,30 +76,48 @@ func JudgeHost(v string, r *Report, readErr error) (HostState, string) {
 	case r == nil:
 		return HostSilent, "no report yet"
 	}
-	rolledBack := r.Result == "rolled-back" || r.Stage == "rolled-back"
-	failed := r.Result == "failure" || r.Stage == "failed"
+	return judgeReport(v, r)
+}
+
+// judgeReport is the verdict on v of a host's report: what it says of
+// the version it attempted comes first, then the one it applied, then
+// the one it saw.
+func judgeReport(v string, r *Report) (HostState, string) {
+	attempted, applied := r.AttemptedVersion == v, r.AppliedVersion == v
 	switch {
-	case r.AttemptedVersion == v && rolledBack:
-		why := "rolled back"
-		if r.RollbackReason != "" {
-			why += " (" + clip(r.RollbackReason, 40) + ")"
-		}
-		if r.Health != nil && !r.Health.OK {
-			why += ": health checks failed" + r.Health.failedChecks()
-		} else if r.Error != "" {
-			why += ": " + clip(r.Error, 160)
-		}
-		return HostBad, why
-	case r.AttemptedVersion == v && failed:
+	case attempted && r.rolledBack():
+		return HostBad, r.rollbackDetail()
+	case attempted && r.failed():
 		return HostBad, "failed: " + clip(r.Error, 160)
-	case r.AppliedVersion == v && r.Health != nil && !r.Health.OK:
+	case applied && r.unhealthy():
 		return HostBad, "unhealthy on the new version" + r.Health.failedChecks()
-	case r.AppliedVersion == v:
+	case applied:
 		return HostGood, "up-to-date and healthy"
-	case r.SeenVersion == v || r.AttemptedVersion == v:
+	case attempted || r.SeenVersion == v:
 		return HostPending, "saw the new version, not applied yet (" + clip(r.Stage, 20) + ")"
 	}
 	return HostSilent, "no report about the new version yet"
+}
+
+func (r *Report) rolledBack() bool { return r.Result == "rolled-back" || r.Stage == "rolled-back" }
+
+func (r *Report) failed() bool { return r.Result == "failure" || r.Stage == "failed" }
+
+func (r *Report) unhealthy() bool { return r.Health != nil && !r.Health.OK }
+
+// rollbackDetail says why a host rolled back: the reason it gives, then
+// the failed health checks or its error.
+func (r *Report) rollbackDetail() string {
+	why := "rolled back"
+	if r.RollbackReason != "" {
+		why += " (" + clip(r.RollbackReason, 40) + ")"
+	}
+	if r.unhealthy() {
+		why += ": health checks failed" + r.Health.failedChecks()
+	} else if r.Error != "" {
+		why += ": " + clip(r.Error, 160)
+	}
+	return why
 }
 
 // Action is what a step does about the current wave.
@@ -135,48 +153,64 @@ type Decision struct {
 //
 // A wave none of whose publications succeeded halts: nothing was tried.
 func Decide(vs []Verdict, publishedAt, now time.Time, p Policy) Decision {
-	var bad, good, pending, silent []string
-	for _, v := range vs {
-		switch v.State {
-		case HostBad:
-			bad = append(bad, v.Host+": "+v.Detail)
-		case HostGood:
-			good = append(good, v.Host)
-		case HostPending:
-			pending = append(pending, v.Host)
-		case HostSilent:
-			silent = append(silent, v.Host)
-		}
+	t := tallyVerdicts(vs)
+	if len(t.bad) > 0 {
+		sort.Strings(t.bad)
+		return Decision{ActionHalt, fmt.Sprintf("%d host(s) failed on the new version: %s", len(t.bad), list(t.bad, 5))}
 	}
-	if len(bad) > 0 {
-		sort.Strings(bad)
-		return Decision{ActionHalt, fmt.Sprintf("%d host(s) failed on the new version: %s", len(bad), list(bad, 5))}
-	}
-	total := len(good) + len(pending) + len(silent)
+	total := len(t.good) + len(t.pending) + len(t.silent)
 	if total == 0 {
 		return Decision{ActionHalt, "no host of the wave could be published: nothing was tried"}
 	}
-	if len(good) >= need(p.Quorum, total) {
-		return Decision{ActionAdvance, fmt.Sprintf("%d of %d up-to-date and healthy", len(good), total)}
+	if len(t.good) >= need(p.Quorum, total) {
+		return Decision{ActionAdvance, fmt.Sprintf("%d of %d up-to-date and healthy", len(t.good), total)}
 	}
 	deadline := publishedAt.Add(p.WaveDeadline)
-	waiting := append(append([]string(nil), pending...), silent...)
+	waiting := append(append([]string(nil), t.pending...), t.silent...)
 	sort.Strings(waiting)
 	if now.Before(deadline) {
-		return Decision{ActionWait, fmt.Sprintf("%d of %d up-to-date and healthy, need %d; waiting for %s until %s", len(good), total, need(p.Quorum, total), list(waiting, 5), deadline.UTC().Format(time.RFC3339))}
+		return Decision{ActionWait, fmt.Sprintf("%d of %d up-to-date and healthy, need %d; waiting for %s until %s", len(t.good), total, need(p.Quorum, total), list(waiting, 5), deadline.UTC().Format(time.RFC3339))}
 	}
 	if p.Strict {
-		return Decision{ActionWait, fmt.Sprintf("blocked (--strict): %d of %d up-to-date and healthy, need %d; past the deadline, still waiting for %s", len(good), total, need(p.Quorum, total), list(waiting, 5))}
+		return Decision{ActionWait, fmt.Sprintf("blocked (--strict): %d of %d up-to-date and healthy, need %d; past the deadline, still waiting for %s", len(t.good), total, need(p.Quorum, total), list(waiting, 5))}
 	}
-	reported := len(good) + len(pending)
-	if len(good) == 0 {
-		return Decision{ActionWait, fmt.Sprintf("no host of the wave is up-to-date and healthy yet (%d reported, %d silent past the deadline)", reported, len(silent))}
+	return t.pastDeadline(p)
+}
+
+// tally is a wave's hosts by verdict (bad ones with their detail).
+type tally struct {
+	bad, good, pending, silent []string
+}
+
+func tallyVerdicts(vs []Verdict) tally {
+	var t tally
+	for _, v := range vs {
+		switch v.State {
+		case HostBad:
+			t.bad = append(t.bad, v.Host+": "+v.Detail)
+		case HostGood:
+			t.good = append(t.good, v.Host)
+		case HostPending:
+			t.pending = append(t.pending, v.Host)
+		case HostSilent:
+			t.silent = append(t.silent, v.Host)
+		}
 	}
-	if len(good) >= need(p.Quorum, reported) {
-		return Decision{ActionAdvance, fmt.Sprintf("%d of %d reporting hosts up-to-date and healthy; %d silent past the deadline do not block: %s", len(good), reported, len(silent), list(sortedCopy(silent), 5))}
+	return t
+}
+
+// pastDeadline judges a wave past its deadline, not Strict: its silent
+// hosts are left out of the quorum.
+func (t tally) pastDeadline(p Policy) Decision {
+	reported := len(t.good) + len(t.pending)
+	if len(t.good) == 0 {
+		return Decision{ActionWait, fmt.Sprintf("no host of the wave is up-to-date and healthy yet (%d reported, %d silent past the deadline)", reported, len(t.silent))}
 	}
-	sort.Strings(pending)
-	return Decision{ActionWait, fmt.Sprintf("%d of %d reporting hosts up-to-date and healthy, need %d; waiting for %s", len(good), reported, need(p.Quorum, reported), list(pending, 5))}
+	if len(t.good) >= need(p.Quorum, reported) {
+		return Decision{ActionAdvance, fmt.Sprintf("%d of %d reporting hosts up-to-date and healthy; %d silent past the deadline do not block: %s", len(t.good), reported, len(t.silent), list(sortedCopy(t.silent), 5))}
+	}
+	sort.Strings(t.pending)
+	return Decision{ActionWait, fmt.Sprintf("%d of %d reporting hosts up-to-date and healthy, need %d; waiting for %s", len(t.good), reported, need(p.Quorum, reported), list(t.pending, 5))}
 }
 
 // need is how many of n hosts a quorum q asks for (at least one).

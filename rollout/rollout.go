@@ -89,21 +89,15 @@ func guard(root string, supersede bool, by string, t time.Time) error {
 // replaces, publishes the first wave and records the rollout. The report
 // has rows for the first wave's hosts only.
 func Start(ctx context.Context, o Options) (*deploy.Report, *State, error) {
-	if err := o.Policy.Check(); err != nil {
+	if err := checkStart(o); err != nil {
 		return nil, nil, &deploy.ConfigError{Err: err}
-	}
-	if !filepath.IsAbs(o.SnapshotDir) {
-		return nil, nil, &deploy.ConfigError{Err: fmt.Errorf("rollout: the snapshot directory %q is not an absolute path", o.SnapshotDir)}
-	}
-	if o.Deploy.DryRun {
-		return nil, nil, &deploy.ConfigError{Err: errors.New("a rollout cannot be a dry run: run bento deploy --dry-run to see what it would publish")}
 	}
 	d := o.Deploy
 	var st *State
 	var root string
 	d.Hooks.Locked = func(ctx context.Context, r string) error {
 		root = r
-		if rel, err := filepath.Rel(r, o.SnapshotDir); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+		if within(r, o.SnapshotDir) {
 			return &deploy.ConfigError{Err: fmt.Errorf("the rollout's snapshots (%s, from --state-dir) would be inside the chroot root %s, whose files never ship: choose a state directory outside it", o.SnapshotDir, r)}
 		}
 		return guard(r, o.Supersede, "a new rollout", now(o.Now))
@@ -114,13 +108,7 @@ func Start(ctx context.Context, o Options) (*deploy.Report, *State, error) {
 		if err != nil {
 			return nil, err
 		}
-		held := map[string]bool{}
-		for _, h := range st.Hosts {
-			if h.Wave != st.Waves[0].Number {
-				held[h.Name] = true
-			}
-		}
-		return held, nil
+		return st.heldAtStart(), nil
 	}
 	d.Hooks.Done = func(ctx context.Context, r *deploy.Report) error {
 		t := now(o.Now)
@@ -137,22 +125,42 @@ func Start(ctx context.Context, o Options) (*deploy.Report, *State, error) {
 	return report, st, err
 }
 
+// checkStart refuses the options no rollout can start with.
+func checkStart(o Options) error {
+	if err := o.Policy.Check(); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(o.SnapshotDir) {
+		return fmt.Errorf("rollout: the snapshot directory %q is not an absolute path", o.SnapshotDir)
+	}
+	if o.Deploy.DryRun {
+		return errors.New("a rollout cannot be a dry run: run bento deploy --dry-run to see what it would publish")
+	}
+	return nil
+}
+
+// within tells whether path p is root or inside it.
+func within(root, p string) bool {
+	rel, err := filepath.Rel(root, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// heldAtStart are the hosts the first publication holds back: those of
+// later waves.
+func (st *State) heldAtStart() map[string]bool {
+	held := map[string]bool{}
+	for _, h := range st.Hosts {
+		if h.Wave != st.Waves[0].Number {
+			held[h.Name] = true
+		}
+	}
+	return held
+}
+
 // plan makes the rollout's record: waves, hosts, snapshots.
 func plan(ctx context.Context, root string, f *fleet.Fleet, hosts []fleet.Host, builds []builder.Result, o Options) (*State, error) {
-	t := now(o.Now)
-	st := &State{Format: stateFormat, ID: t.Format("20060102T150405Z"), Phase: PhaseRunning, StartedAt: t, Since: t, Policy: o.Policy, SnapshotDir: filepath.Clean(o.SnapshotDir)}
-	byHost := map[string]builder.Result{}
-	for _, b := range builds {
-		byHost[b.Host] = b
-	}
-	st.Settings = Settings{Users: o.Deploy.Users, HostGroup: o.Deploy.HostGroup, Retention: o.Deploy.Retention,
-		SecretsDir: o.Deploy.SecretsDir, Cache: o.Deploy.Cache, ReportLimits: o.Deploy.ReportLimits,
-		HistoryRetention: o.Deploy.HistoryRetention, NextPublicationKey: o.Deploy.NextPublicationKey, Force: o.Deploy.Force}
-	if k := o.Deploy.PublicationKey; k != nil {
-		st.Settings.PublicationKey = k.Public().String()
-	}
-	// Steps run from another directory (the server's timer): paths absolute.
-	if err := absPaths(&st.Settings); err != nil {
+	st, err := newState(o, now(o.Now))
+	if err != nil {
 		return nil, err
 	}
 	base := filepath.Join(st.SnapshotDir, st.ID)
@@ -162,57 +170,18 @@ func plan(ctx context.Context, root string, f *fleet.Fleet, hosts []fleet.Host, 
 	if err := os.MkdirAll(base, 0o700); err != nil {
 		return nil, fmt.Errorf("rollout: %w", err)
 	}
-	sources := map[publish.Source]int{}
-	previous := map[string]int{}
-	waves := map[int][]string{}
+	pl := &planner{st: st, root: root, f: f, tags: o.WaveTags, builds: map[string]builder.Result{},
+		sources: map[publish.Source]int{}, previous: map[string]int{}, waves: map[int][]string{}}
+	for _, b := range builds {
+		pl.builds[b.Host] = b
+	}
 	for _, h := range hosts {
-		if h.Name == Dir {
-			// publish keeps <root>/.bento-state/<host>/ and empties it of
-			// what it does not know: it would remove the rollout's record.
-			return nil, &deploy.ConfigError{Err: fmt.Errorf("host %s: a host named %q cannot take part in a rollout (its server state directory is the rollout's); rename it or deploy it without --rollout", h.Name, Dir)}
-		}
-		rh := Host{Name: h.Name, Wave: waveOf(h, o.WaveTags), Spec: h, Ref: h.Ref}
-		if b, ok := byHost[h.Name]; ok {
-			if b.Status == builder.StatusBuilt {
-				rh.Toplevel = b.OutPath
-			} else {
-				rh.BuildError = clip(b.Reason(), 300)
-				if rh.BuildError == "" {
-					rh.BuildError = "build " + string(b.Status)
-				}
-			}
-		}
-		src, err := publish.SourceFor(h, f.Dir)
-		if err != nil {
-			return nil, fmt.Errorf("host %s: %w", h.Name, err)
-		}
-		i, ok := sources[src]
-		if !ok {
-			i = len(st.Sources)
-			name := filepath.Join(st.ID, "source-"+strconv.Itoa(i))
-			if err := snapshotTree(ctx, src, root, filepath.Join(st.SnapshotDir, name)); err != nil {
-				return nil, fmt.Errorf("rollout: snapshot of %s: %w", src.Root, err)
-			}
-			sources[src] = i
-			st.Sources = append(st.Sources, name)
-		}
-		rh.Source = i
-		if rh.Previous, err = st.keepPrevious(ctx, root, h.Name, previous); err != nil {
+		if err := pl.add(ctx, h); err != nil {
 			return nil, err
 		}
-		st.Hosts = append(st.Hosts, rh)
-		waves[rh.Wave] = append(waves[rh.Wave], h.Name)
 	}
 	sort.Slice(st.Hosts, func(i, j int) bool { return st.Hosts[i].Name < st.Hosts[j].Name })
-	nums := make([]int, 0, len(waves))
-	for n := range waves {
-		nums = append(nums, n)
-	}
-	sort.Ints(nums)
-	for _, n := range nums {
-		sort.Strings(waves[n])
-		st.Waves = append(st.Waves, Wave{Number: n, Hosts: waves[n], State: WavePending})
-	}
+	st.Waves = wavesOf(pl.waves)
 	if len(st.Waves) == 0 {
 		return nil, &deploy.ConfigError{Err: errors.New("nothing to roll out: no host selected")}
 	}
@@ -223,6 +192,108 @@ func plan(ctx context.Context, root string, f *fleet.Fleet, hosts []fleet.Host, 
 		return nil, err
 	}
 	return st, nil
+}
+
+// newState is the record of a rollout starting at t, with the deploy's
+// settings, before any host.
+func newState(o Options, t time.Time) (*State, error) {
+	st := &State{Format: stateFormat, ID: t.Format("20060102T150405Z"), Phase: PhaseRunning, StartedAt: t, Since: t, Policy: o.Policy, SnapshotDir: filepath.Clean(o.SnapshotDir)}
+	st.Settings = Settings{Users: o.Deploy.Users, HostGroup: o.Deploy.HostGroup, Retention: o.Deploy.Retention,
+		SecretsDir: o.Deploy.SecretsDir, Cache: o.Deploy.Cache, ReportLimits: o.Deploy.ReportLimits,
+		HistoryRetention: o.Deploy.HistoryRetention, NextPublicationKey: o.Deploy.NextPublicationKey, Force: o.Deploy.Force}
+	if k := o.Deploy.PublicationKey; k != nil {
+		st.Settings.PublicationKey = k.Public().String()
+	}
+	// Steps run from another directory (the server's timer): paths absolute.
+	if err := absPaths(&st.Settings); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// planner adds the selected hosts to a new record, snapshotting each
+// distinct tree once.
+type planner struct {
+	st       *State
+	root     string
+	f        *fleet.Fleet
+	tags     map[string]int
+	builds   map[string]builder.Result
+	sources  map[publish.Source]int
+	previous map[string]int
+	waves    map[int][]string
+}
+
+// add records host h: its wave, its build, the snapshot of its tree and
+// the version it replaces.
+func (pl *planner) add(ctx context.Context, h fleet.Host) error {
+	if h.Name == Dir {
+		// publish keeps <root>/.bento-state/<host>/ and empties it of
+		// what it does not know: it would remove the rollout's record.
+		return &deploy.ConfigError{Err: fmt.Errorf("host %s: a host named %q cannot take part in a rollout (its server state directory is the rollout's); rename it or deploy it without --rollout", h.Name, Dir)}
+	}
+	rh := Host{Name: h.Name, Wave: waveOf(h, pl.tags), Spec: h, Ref: h.Ref}
+	if b, ok := pl.builds[h.Name]; ok {
+		rh.recordBuild(b)
+	}
+	src, err := publish.SourceFor(h, pl.f.Dir)
+	if err != nil {
+		return fmt.Errorf("host %s: %w", h.Name, err)
+	}
+	if rh.Source, err = pl.snapshotSource(ctx, src); err != nil {
+		return err
+	}
+	if rh.Previous, err = pl.st.keepPrevious(ctx, pl.root, h.Name, pl.previous); err != nil {
+		return err
+	}
+	pl.st.Hosts = append(pl.st.Hosts, rh)
+	pl.waves[rh.Wave] = append(pl.waves[rh.Wave], h.Name)
+	return nil
+}
+
+// recordBuild keeps what the host's build gave: its system, or why it
+// failed.
+func (h *Host) recordBuild(b builder.Result) {
+	if b.Status == builder.StatusBuilt {
+		h.Toplevel = b.OutPath
+		return
+	}
+	h.BuildError = clip(b.Reason(), 300)
+	if h.BuildError == "" {
+		h.BuildError = "build " + string(b.Status)
+	}
+}
+
+// snapshotSource is the index in Sources of src's snapshot, taken the
+// first time a host names it.
+func (pl *planner) snapshotSource(ctx context.Context, src publish.Source) (int, error) {
+	if i, ok := pl.sources[src]; ok {
+		return i, nil
+	}
+	st := pl.st
+	i := len(st.Sources)
+	name := filepath.Join(st.ID, "source-"+strconv.Itoa(i))
+	if err := snapshotTree(ctx, src, pl.root, filepath.Join(st.SnapshotDir, name)); err != nil {
+		return 0, fmt.Errorf("rollout: snapshot of %s: %w", src.Root, err)
+	}
+	pl.sources[src] = i
+	st.Sources = append(st.Sources, name)
+	return i, nil
+}
+
+// wavesOf are the waves, by number, each with its hosts sorted.
+func wavesOf(waves map[int][]string) []Wave {
+	nums := make([]int, 0, len(waves))
+	for n := range waves {
+		nums = append(nums, n)
+	}
+	sort.Ints(nums)
+	var out []Wave
+	for _, n := range nums {
+		sort.Strings(waves[n])
+		out = append(out, Wave{Number: n, Hosts: waves[n], State: WavePending})
+	}
+	return out
 }
 
 // keepPrevious records the version host's chroot serves now and keeps a
@@ -333,67 +404,97 @@ var ErrNoRollout = errors.New("no rollout recorded")
 // idempotent: a wave is published once, a halted, paused or finished
 // rollout is left as it is.
 func Step(ctx context.Context, o StepOptions) (*StepResult, error) {
-	res := &StepResult{}
 	pub, d, err := prepare(o.Deploy, false)
 	if err != nil {
 		return nil, err
 	}
-	next := 0
-	d.Hooks.Locked = func(ctx context.Context, r string) error {
-		st, err := pub.reload(r)
-		if err != nil {
-			return err
-		}
-		res.State = st
-		if st.Phase != PhaseRunning {
-			res.Decision = Decision{ActionWait, "rollout is " + string(st.Phase)}
-			return errNothingToDo
-		}
-		t := now(o.Now)
-		res.Decision = st.judge(r, t)
-		switch res.Decision.Action {
-		case ActionHalt:
-			st.Waves[st.Current].State, st.Waves[st.Current].Since = WaveHalted, &t
-			st.setPhase(PhaseHalted, res.Decision.Reason, t)
-		case ActionAdvance:
-			st.Waves[st.Current].State, st.Waves[st.Current].Since = WavePassed, &t
-			if st.Current+1 == len(st.Waves) {
-				st.setPhase(PhaseDone, "", t)
-				break
-			}
-			next = st.Current + 1
-			pub.names = st.Waves[next].Hosts
-			return nil
-		}
-		if err := st.save(r, t); err != nil {
-			return err
-		}
-		if res.Decision.Action != ActionWait {
-			action := "done"
-			if res.Decision.Action == ActionHalt {
-				action = "halt"
-			}
-			record(ctx, r, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[st.Current].Number, Action: action, Reason: res.Decision.Reason, At: t}, o.Deploy.Print)
-		}
-		return errNothingToDo
-	}
-	d.Hooks.Done = func(ctx context.Context, r *deploy.Report) error {
-		t := now(o.Now)
-		res.Published = r
-		st := res.State
-		st.published(next, r.Hosts, t)
-		st.judgeWave(pub.root, t)
-		if err := st.save(pub.root, t); err != nil {
-			return err
-		}
-		record(ctx, pub.root, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[next].Number, Action: "advance", Reason: res.Decision.Reason, Hosts: st.publishedHosts(next), At: t}, o.Deploy.Print)
+	s := &stepRun{o: o, pub: pub, res: &StepResult{}}
+	return s.res, runHooked(ctx, d, s.locked, s.done)
+}
+
+// runHooked runs the deploy of a step or an abort with its hooks: a
+// locked hook that stops it with errNothingToDo is no error.
+func runHooked(ctx context.Context, d deploy.Options, locked func(context.Context, string) error, done func(context.Context, *deploy.Report) error) error {
+	d.Hooks.Locked, d.Hooks.Done = locked, done
+	_, err := deploy.Run(ctx, d)
+	if errors.Is(err, errNothingToDo) {
 		return nil
 	}
-	_, err = deploy.Run(ctx, d)
-	if errors.Is(err, errNothingToDo) {
-		err = nil
+	return err
+}
+
+// stepRun is one step: its deploy's hooks and what they decide.
+type stepRun struct {
+	o   StepOptions
+	pub *publication
+	res *StepResult
+	// next is the index of the wave the step publishes.
+	next int
+}
+
+// locked judges the current wave under the lock; it lets the deploy go
+// on only to publish the next wave.
+func (s *stepRun) locked(ctx context.Context, r string) error {
+	st, err := s.pub.reload(r)
+	if err != nil {
+		return err
 	}
-	return res, err
+	s.res.State = st
+	if st.Phase != PhaseRunning {
+		s.res.Decision = Decision{ActionWait, "rollout is " + string(st.Phase)}
+		return errNothingToDo
+	}
+	t := now(s.o.Now)
+	s.res.Decision = st.judge(r, t)
+	if s.settle(st, t) {
+		return nil
+	}
+	if err := st.save(r, t); err != nil {
+		return err
+	}
+	if s.res.Decision.Action != ActionWait {
+		action := "done"
+		if s.res.Decision.Action == ActionHalt {
+			action = "halt"
+		}
+		record(ctx, r, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[st.Current].Number, Action: action, Reason: s.res.Decision.Reason, At: t}, s.o.Deploy.Print)
+	}
+	return errNothingToDo
+}
+
+// settle applies the decision to the current wave; true when the next
+// wave is to be published (then its hosts are the publication's).
+func (s *stepRun) settle(st *State, t time.Time) bool {
+	w := &st.Waves[st.Current]
+	switch s.res.Decision.Action {
+	case ActionHalt:
+		w.State, w.Since = WaveHalted, &t
+		st.setPhase(PhaseHalted, s.res.Decision.Reason, t)
+	case ActionAdvance:
+		w.State, w.Since = WavePassed, &t
+		if st.Current+1 == len(st.Waves) {
+			st.setPhase(PhaseDone, "", t)
+			return false
+		}
+		s.next = st.Current + 1
+		s.pub.names = st.Waves[s.next].Hosts
+		return true
+	}
+	return false
+}
+
+// done records the next wave's publication.
+func (s *stepRun) done(ctx context.Context, r *deploy.Report) error {
+	t := now(s.o.Now)
+	s.res.Published = r
+	st := s.res.State
+	st.published(s.next, r.Hosts, t)
+	st.judgeWave(s.pub.root, t)
+	if err := st.save(s.pub.root, t); err != nil {
+		return err
+	}
+	record(ctx, s.pub.root, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[s.next].Number, Action: "advance", Reason: s.res.Decision.Reason, Hosts: st.publishedHosts(s.next), At: t}, s.o.Deploy.Print)
+	return nil
 }
 
 func loadExisting(root string) (*State, error) {
@@ -438,64 +539,87 @@ func prepare(base deploy.Options, restore bool) (*publication, deploy.Options, e
 	d.Users, d.HostGroup, d.Retention = st.Settings.Users, st.Settings.HostGroup, st.Settings.Retention
 	d.SecretsDir, d.Cache, d.ReportLimits = st.Settings.SecretsDir, st.Settings.Cache, st.Settings.ReportLimits
 	d.HistoryRetention = st.Settings.HistoryRetention
-	if want := st.Settings.PublicationKey; want != "" {
-		if d.PublicationKey == nil || d.PublicationKey.Public().String() != want {
-			return nil, base, &deploy.ConfigError{Err: fmt.Errorf("rollout %s signs its manifests with publication key %s, and hosts that pin it refuse any other: pass that key (--publication-key, as to the deploy that started it)", st.ID, want)}
-		}
-		if d.NextPublicationKey == "" {
-			d.NextPublicationKey = st.Settings.NextPublicationKey
-		}
+	if err := st.usePublicationKey(&d); err != nil {
+		return nil, base, err
 	}
 	d.Build, d.DryRun, d.Force, d.Prune, d.PruneReports, d.Select = nil, false, false, false, false, nil
-	d.Prebuilt = nil
 	d.Force = st.Settings.Force && !restore
+	d.Prebuilt = st.prebuilt(restore)
+	d.Discover = pub.discover
+	d.Source = pub.source
+	return pub, d, nil
+}
+
+// usePublicationKey checks that d signs with the key the rollout started
+// with, and gives it the recorded next key unless it has one.
+func (st *State) usePublicationKey(d *deploy.Options) error {
+	want := st.Settings.PublicationKey
+	if want == "" {
+		return nil
+	}
+	if d.PublicationKey == nil || d.PublicationKey.Public().String() != want {
+		return &deploy.ConfigError{Err: fmt.Errorf("rollout %s signs its manifests with publication key %s, and hosts that pin it refuse any other: pass that key (--publication-key, as to the deploy that started it)", st.ID, want)}
+	}
+	if d.NextPublicationKey == "" {
+		d.NextPublicationKey = st.Settings.NextPublicationKey
+	}
+	return nil
+}
+
+// prebuilt are the recorded builds a publication reuses: the systems the
+// rollout built (the previous ones when restore).
+func (st *State) prebuilt(restore bool) []builder.Result {
+	var out []builder.Result
 	for _, h := range st.Hosts {
 		if h.BuildError != "" && !restore {
 			// As at start: its previous publication stays (unless Force).
-			d.Prebuilt = append(d.Prebuilt, builder.Result{Host: h.Name, Status: builder.StatusFailed, Err: errors.New(h.BuildError)})
+			out = append(out, builder.Result{Host: h.Name, Status: builder.StatusFailed, Err: errors.New(h.BuildError)})
 			continue
 		}
 		top := h.Toplevel
 		if restore {
-			top = ""
-			if h.Previous != nil {
-				top = h.Previous.Toplevel
-			}
+			top = prevToplevel(h.Previous)
 		}
 		if top != "" {
-			d.Prebuilt = append(d.Prebuilt, builder.Result{Host: h.Name, Status: builder.StatusBuilt, OutPath: top})
+			out = append(out, builder.Result{Host: h.Name, Status: builder.StatusBuilt, OutPath: top})
 		}
 	}
-	d.Discover = func(context.Context) (*fleet.Fleet, []fleet.Host, bool, error) {
-		all := make([]fleet.Host, len(pub.st.Hosts))
-		for i, h := range pub.st.Hosts {
-			all[i] = h.Spec
-			all[i].Ref = h.Ref
-		}
-		var hosts []fleet.Host
-		for _, n := range pub.names {
-			if h := pub.st.host(n); h != nil {
-				spec := h.Spec
-				spec.Ref = h.Ref
-				hosts = append(hosts, spec)
-			}
-		}
-		return &fleet.Fleet{Ref: "rollout " + pub.st.ID, Hosts: all}, hosts, false, nil
+	return out
+}
+
+// discover is the publication's deploy.Options.Discover: the recorded
+// fleet, with the hosts the locked hook picked selected.
+func (pub *publication) discover(context.Context) (*fleet.Fleet, []fleet.Host, bool, error) {
+	all := make([]fleet.Host, len(pub.st.Hosts))
+	for i, h := range pub.st.Hosts {
+		all[i] = h.Spec
+		all[i].Ref = h.Ref
 	}
-	d.Source = func(h fleet.Host) (publish.Source, error) {
-		st := pub.st
-		rh := st.host(h.Name)
-		switch {
-		case rh == nil:
-			return publish.Source{}, errors.New("not in the rollout")
-		case !restore:
-			return SourceOf(filepath.Join(st.SnapshotDir, st.Sources[rh.Source])), nil
-		case rh.Previous == nil || rh.Previous.Source < 0:
-			return publish.Source{}, errors.New("its previous version was not kept: abort cannot restore it")
+	var hosts []fleet.Host
+	for _, n := range pub.names {
+		if h := pub.st.host(n); h != nil {
+			spec := h.Spec
+			spec.Ref = h.Ref
+			hosts = append(hosts, spec)
 		}
-		return SourceOf(filepath.Join(st.SnapshotDir, st.Previous[rh.Previous.Source])), nil
 	}
-	return pub, d, nil
+	return &fleet.Fleet{Ref: "rollout " + pub.st.ID, Hosts: all}, hosts, false, nil
+}
+
+// source is the publication's deploy.Options.Source: the host's snapshot
+// tree (its previous one when restore).
+func (pub *publication) source(h fleet.Host) (publish.Source, error) {
+	st := pub.st
+	rh := st.host(h.Name)
+	switch {
+	case rh == nil:
+		return publish.Source{}, errors.New("not in the rollout")
+	case !pub.restore:
+		return SourceOf(filepath.Join(st.SnapshotDir, st.Sources[rh.Source])), nil
+	case rh.Previous == nil || rh.Previous.Source < 0:
+		return publish.Source{}, errors.New("its previous version was not kept: abort cannot restore it")
+	}
+	return SourceOf(filepath.Join(st.SnapshotDir, st.Previous[rh.Previous.Source])), nil
 }
 
 // reload reads the record again under the lock.
@@ -630,71 +754,96 @@ func change(ctx context.Context, o StepOptions, action string, f func(*State, ti
 // already got the new one; the others keep what they have. The rollout
 // ends aborted.
 func Abort(ctx context.Context, o StepOptions) (*StepResult, error) {
-	res := &StepResult{}
 	pub, d, err := prepare(o.Deploy, true)
 	if err != nil {
 		return nil, err
 	}
-	d.Hooks.Locked = func(ctx context.Context, r string) error {
-		st, err := pub.reload(r)
-		if err != nil {
-			return err
-		}
-		res.State = st
-		if !st.Phase.Active() {
-			return &deploy.ConfigError{Err: fmt.Errorf("the rollout is %s: nothing to abort", st.Phase)}
-		}
-		t := now(o.Now)
-		st.setPhase(PhaseAborted, "aborted by bento rollout abort", t)
-		for _, h := range st.Hosts {
-			if h.Version != "" && h.Previous != nil && h.Previous.Source >= 0 && h.Previous.Version != h.Version {
-				pub.names = append(pub.names, h.Name)
-			}
-		}
-		if len(pub.names) > 0 {
-			return nil
-		}
-		if err := st.save(r, t); err != nil {
-			return err
-		}
-		record(ctx, r, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[st.Current].Number, Action: "abort", Reason: st.Reason, At: t}, o.Deploy.Print)
-		return errNothingToDo
+	a := &abortRun{o: o, pub: pub, res: &StepResult{}}
+	return a.res, runHooked(ctx, d, a.locked, a.done)
+}
+
+// abortRun is one abort: its deploy's hooks.
+type abortRun struct {
+	o   StepOptions
+	pub *publication
+	res *StepResult
+}
+
+// locked ends the rollout under the lock and picks the hosts to restore;
+// with none, it records the abort and stops the deploy.
+func (a *abortRun) locked(ctx context.Context, r string) error {
+	st, err := a.pub.reload(r)
+	if err != nil {
+		return err
 	}
-	d.Hooks.Done = func(ctx context.Context, r *deploy.Report) error {
-		t := now(o.Now)
-		res.Published = r
-		var failed []string
-		for _, row := range r.Hosts {
-			h := res.State.host(row.Host)
-			if h == nil {
-				continue
-			}
-			if row.OK() {
-				h.Restored = true
-			} else {
-				failed = append(failed, row.Host)
-			}
+	a.res.State = st
+	if !st.Phase.Active() {
+		return &deploy.ConfigError{Err: fmt.Errorf("the rollout is %s: nothing to abort", st.Phase)}
+	}
+	t := now(a.o.Now)
+	st.setPhase(PhaseAborted, "aborted by bento rollout abort", t)
+	for _, h := range st.Hosts {
+		if h.restorable() {
+			a.pub.names = append(a.pub.names, h.Name)
 		}
-		if len(failed) > 0 {
-			res.State.Reason += fmt.Sprintf("; %d host(s) could not be restored: %s", len(failed), list(failed, 5))
-		}
-		if err := res.State.save(pub.root, t); err != nil {
-			return err
-		}
-		var restored []string
-		for _, h := range res.State.Hosts {
-			if h.Restored {
-				restored = append(restored, h.Name)
-			}
-		}
-		record(ctx, pub.root, history.RolloutStep{RolloutID: res.State.ID, Wave: res.State.Waves[res.State.Current].Number, Action: "abort", Reason: res.State.Reason, Hosts: restored, At: t}, o.Deploy.Print)
+	}
+	if len(a.pub.names) > 0 {
 		return nil
 	}
-	_, err = deploy.Run(ctx, d)
-	if errors.Is(err, errNothingToDo) {
-		err = nil
+	if err := st.save(r, t); err != nil {
+		return err
 	}
-	return res, err
+	record(ctx, r, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[st.Current].Number, Action: "abort", Reason: st.Reason, At: t}, a.o.Deploy.Print)
+	return errNothingToDo
+}
+
+// restorable: the host got the new version, and abort has its previous
+// one to republish.
+func (h *Host) restorable() bool {
+	return h.Version != "" && h.Previous != nil && h.Previous.Source >= 0 && h.Previous.Version != h.Version
+}
+
+// done records which hosts the abort restored.
+func (a *abortRun) done(ctx context.Context, r *deploy.Report) error {
+	t := now(a.o.Now)
+	a.res.Published = r
+	st := a.res.State
+	if failed := st.markRestored(r.Hosts); len(failed) > 0 {
+		st.Reason += fmt.Sprintf("; %d host(s) could not be restored: %s", len(failed), list(failed, 5))
+	}
+	if err := st.save(a.pub.root, t); err != nil {
+		return err
+	}
+	record(ctx, a.pub.root, history.RolloutStep{RolloutID: st.ID, Wave: st.Waves[st.Current].Number, Action: "abort", Reason: st.Reason, Hosts: st.restoredHosts(), At: t}, a.o.Deploy.Print)
+	return nil
+}
+
+// markRestored marks the hosts whose republication succeeded and names
+// those whose failed.
+func (st *State) markRestored(rows []deploy.Row) []string {
+	var failed []string
+	for _, row := range rows {
+		h := st.host(row.Host)
+		if h == nil {
+			continue
+		}
+		if row.OK() {
+			h.Restored = true
+		} else {
+			failed = append(failed, row.Host)
+		}
+	}
+	return failed
+}
+
+func (st *State) restoredHosts() []string {
+	var restored []string
+	for _, h := range st.Hosts {
+		if h.Restored {
+			restored = append(restored, h.Name)
+		}
+	}
+	return restored
 }
 
 // Unrestorable names the published hosts abort cannot restore (a new
@@ -747,16 +896,7 @@ func (st *State) addRoots(ctx context.Context, base string, d deploy.Options) {
 	if d.Nix == nil {
 		return
 	}
-	seen := map[string]bool{}
-	var paths []string
-	for _, h := range st.Hosts {
-		for _, p := range []string{h.Toplevel, prevToplevel(h.Previous)} {
-			if p != "" && !seen[p] && manifest.CheckStorePath(p, "") == nil {
-				seen[p] = true
-				paths = append(paths, p)
-			}
-		}
-	}
+	paths := st.systems()
 	dirRoots := filepath.Join(base, "roots")
 	if err := os.MkdirAll(dirRoots, 0o700); err != nil {
 		return
@@ -767,6 +907,22 @@ func (st *State) addRoots(ctx context.Context, base string, d deploy.Options) {
 			d.Print(fmt.Sprintf("warning: rollout: keeping %s from the garbage collector: %v", p, err))
 		}
 	}
+}
+
+// systems are the store paths of the systems the rollout publishes and
+// those abort would restore, each once.
+func (st *State) systems() []string {
+	seen := map[string]bool{}
+	var paths []string
+	for _, h := range st.Hosts {
+		for _, p := range []string{h.Toplevel, prevToplevel(h.Previous)} {
+			if p != "" && !seen[p] && manifest.CheckStorePath(p, "") == nil {
+				seen[p] = true
+				paths = append(paths, p)
+			}
+		}
+	}
+	return paths
 }
 
 func prevToplevel(p *Previous) string {

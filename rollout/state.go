@@ -242,6 +242,20 @@ func (s *State) validate() error {
 	if len(s.Waves) == 0 || s.Current < 0 || s.Current >= len(s.Waves) {
 		return fmt.Errorf("current wave %d of %d", s.Current, len(s.Waves))
 	}
+	if err := s.checkSnapshotDirs(); err != nil {
+		return err
+	}
+	for i := range s.Hosts {
+		if err := s.checkHost(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkSnapshotDirs checks the snapshot directory and the names in it,
+// which are joined into paths.
+func (s *State) checkSnapshotDirs() error {
 	if !filepath.IsAbs(s.SnapshotDir) {
 		return fmt.Errorf("snapshot directory %q is not absolute", s.SnapshotDir)
 	}
@@ -250,19 +264,24 @@ func (s *State) validate() error {
 			return fmt.Errorf("snapshot directory %q is not a plain relative name", d)
 		}
 	}
-	for i, h := range s.Hosts {
-		if err := fleet.ValidateName(h.Name); err != nil {
-			return err
-		}
-		if i > 0 && s.Hosts[i-1].Name >= h.Name {
-			return fmt.Errorf("hosts are not sorted by name (%s before %s)", s.Hosts[i-1].Name, h.Name)
-		}
-		if h.Source < 0 || h.Source >= len(s.Sources) {
-			return fmt.Errorf("host %s: source %d of %d", h.Name, h.Source, len(s.Sources))
-		}
-		if p := h.Previous; p != nil && (p.Source < -1 || p.Source >= len(s.Previous)) {
-			return fmt.Errorf("host %s: previous source %d of %d", h.Name, p.Source, len(s.Previous))
-		}
+	return nil
+}
+
+// checkHost checks host i: its name, its order, and the snapshots it
+// indexes.
+func (s *State) checkHost(i int) error {
+	h := s.Hosts[i]
+	if err := fleet.ValidateName(h.Name); err != nil {
+		return err
+	}
+	if i > 0 && s.Hosts[i-1].Name >= h.Name {
+		return fmt.Errorf("hosts are not sorted by name (%s before %s)", s.Hosts[i-1].Name, h.Name)
+	}
+	if h.Source < 0 || h.Source >= len(s.Sources) {
+		return fmt.Errorf("host %s: source %d of %d", h.Name, h.Source, len(s.Sources))
+	}
+	if p := h.Previous; p != nil && (p.Source < -1 || p.Source >= len(s.Previous)) {
+		return fmt.Errorf("host %s: previous source %d of %d", h.Name, p.Source, len(s.Previous))
 	}
 	return nil
 }
