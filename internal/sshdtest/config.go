@@ -88,42 +88,52 @@ func (s *Server) setupRoot(t testing.TB, root string) {
 			t.Fatalf("sshdtest: %v", err)
 		}
 	} else {
-		abs, err := filepath.Abs(root)
-		if err != nil {
-			t.Fatalf("sshdtest: %v", err)
-		}
-		root = filepath.Clean(abs)
-		// Check what exists before creating anything, so a Root under /tmp
-		// leaves nothing behind.
-		first := root
-		for {
-			if _, err := os.Stat(first); err == nil {
-				break
-			}
-			first = filepath.Dir(first)
-		}
-		if err := checkRootOwnedPath(first); err != nil {
-			t.Fatalf("sshdtest: Root %s cannot hold sshd chroots: %v (every component must be a root-owned directory that is not group/world-writable, so not under /tmp)", root, err)
-		}
-		if first != root {
-			// Remember the topmost directory we create, to remove it all.
-			top := root
-			for filepath.Dir(top) != first {
-				top = filepath.Dir(top)
-			}
-			if err := os.MkdirAll(root, 0o755); err != nil {
-				t.Fatalf("sshdtest: %v", err)
-			}
-			s.mu.Lock()
-			s.own.Dirs = append(s.own.Dirs, top)
-			s.mu.Unlock()
-			s.saveOwner(t)
-		}
+		root = s.makeGivenRoot(t, root)
 	}
 	if err := checkRootOwnedPath(root); err != nil {
 		t.Fatalf("sshdtest: Root %s cannot hold sshd chroots: %v", root, err)
 	}
 	s.Root = root
+}
+
+// makeGivenRoot makes the Root a test asked for, once its existing part
+// is known to be fit for chroots, and records what it created for the
+// cleanup.
+func (s *Server) makeGivenRoot(t testing.TB, root string) string {
+	t.Helper()
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		t.Fatalf("sshdtest: %v", err)
+	}
+	root = filepath.Clean(abs)
+	// Check what exists before creating anything, so a Root under /tmp
+	// leaves nothing behind.
+	first := root
+	for {
+		if _, err := os.Stat(first); err == nil {
+			break
+		}
+		first = filepath.Dir(first)
+	}
+	if err := checkRootOwnedPath(first); err != nil {
+		t.Fatalf("sshdtest: Root %s cannot hold sshd chroots: %v (every component must be a root-owned directory that is not group/world-writable, so not under /tmp)", root, err)
+	}
+	if first == root {
+		return root
+	}
+	// Remember the topmost directory we create, to remove it all.
+	top := root
+	for filepath.Dir(top) != first {
+		top = filepath.Dir(top)
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		t.Fatalf("sshdtest: %v", err)
+	}
+	s.mu.Lock()
+	s.own.Dirs = append(s.own.Dirs, top)
+	s.mu.Unlock()
+	s.saveOwner(t)
+	return root
 }
 
 func (s *Server) setupGroup(t testing.TB, group string) {

@@ -69,32 +69,45 @@ func reapStale(t testing.TB) {
 	matches, _ := filepath.Glob(filepath.Join(stateParent, statePrefix+"*", "owner.json"))
 	ns := pidNamespace()
 	for _, m := range matches {
-		b, err := os.ReadFile(m)
-		if err != nil {
+		o, ok := deadOwner(m, ns)
+		if !ok {
 			continue
 		}
-		var o owner
-		if json.Unmarshal(b, &o) != nil || o.PIDNS != ns || o.PID <= 0 || processAlive(o.PID) {
-			continue
-		}
-		if o.SSHDPID > 0 {
-			// The PID may have been reused; only kill an sshd running our config.
-			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", o.SSHDPID)); err == nil &&
-				bytes.Contains(cmdline, []byte(o.Config)) {
-				killTree(o.SSHDPID)
-			}
-		}
-		var errs []error
-		for _, u := range o.Users {
-			errs = append(errs, deleteUser(u))
-		}
-		errs = append(errs, undo(o), os.RemoveAll(filepath.Dir(m)))
-		if err := errors.Join(errs...); err != nil {
+		if err := reap(o, filepath.Dir(m)); err != nil {
 			t.Logf("sshdtest: reaping %s left by dead process %d: %v", filepath.Dir(m), o.PID, err)
 		} else {
 			t.Logf("sshdtest: reaped %s left by dead process %d", filepath.Dir(m), o.PID)
 		}
 	}
+}
+
+// deadOwner reads an owner record and says whether it is of a dead
+// process of namespace ns.
+func deadOwner(file, ns string) (owner, bool) {
+	var o owner
+	b, err := os.ReadFile(file)
+	if err != nil || json.Unmarshal(b, &o) != nil {
+		return o, false
+	}
+	return o, o.PIDNS == ns && o.PID > 0 && !processAlive(o.PID)
+}
+
+// reap stops the dead owner's sshd, removes its users and undoes its
+// changes, then removes its state directory.
+func reap(o owner, dir string) error {
+	if o.SSHDPID > 0 {
+		// The PID may have been reused; only kill an sshd running our config.
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", o.SSHDPID)); err == nil &&
+			bytes.Contains(cmdline, []byte(o.Config)) {
+			killTree(o.SSHDPID)
+		}
+	}
+	var errs []error
+	for _, u := range o.Users {
+		errs = append(errs, deleteUser(u))
+	}
+	errs = append(errs, undo(o), os.RemoveAll(dir))
+	return errors.Join(errs...)
 }
 
 func processAlive(pid int) bool {

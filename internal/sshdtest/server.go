@@ -30,19 +30,7 @@ func Start(t testing.TB, opts Options) *Server {
 	sshd := sshdBinary(t)
 	reapOnce.Do(func() { reapStale(t) })
 
-	if err := os.MkdirAll(stateParent, 0o755); err != nil {
-		t.Fatalf("sshdtest: %v", err)
-	}
-	if err := checkRootOwnedPath(stateParent); err != nil {
-		t.Fatalf("sshdtest: state directories go under %s, which sshd would refuse: %v", stateParent, err)
-	}
-	base, err := os.MkdirTemp(stateParent, statePrefix)
-	if err != nil {
-		t.Fatalf("sshdtest: %v", err)
-	}
-	if err := os.Chmod(base, 0o755); err != nil {
-		t.Fatalf("sshdtest: %v", err)
-	}
+	base := makeBase(t)
 	s := &Server{
 		sshd:           sshd,
 		base:           base,
@@ -71,22 +59,48 @@ func Start(t testing.TB, opts Options) *Server {
 		t.Fatalf("sshdtest: %v", err)
 	}
 
-	// Picking a port by listening on :0 and closing races with every other
-	// process doing the same, so a lost race is retried on a new port.
+	s.launchOnFreePort(t)
+	return s
+}
+
+// makeBase makes a server's own state directory under stateParent, which
+// must be fit for sshd (root-owned all the way up).
+func makeBase(t testing.TB) string {
+	t.Helper()
+	if err := os.MkdirAll(stateParent, 0o755); err != nil {
+		t.Fatalf("sshdtest: %v", err)
+	}
+	if err := checkRootOwnedPath(stateParent); err != nil {
+		t.Fatalf("sshdtest: state directories go under %s, which sshd would refuse: %v", stateParent, err)
+	}
+	base, err := os.MkdirTemp(stateParent, statePrefix)
+	if err != nil {
+		t.Fatalf("sshdtest: %v", err)
+	}
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatalf("sshdtest: %v", err)
+	}
+	return base
+}
+
+// launchOnFreePort starts sshd on a free port. Picking a port by listening
+// on :0 and closing races with every other process doing the same, so a
+// lost race is retried on a new port.
+func (s *Server) launchOnFreePort(t testing.TB) {
+	t.Helper()
 	const attempts = 5
 	for i := 1; ; i++ {
 		s.setPort(t, freePort(t))
 		s.writeConfig(t)
 		err := s.launch()
 		if err == nil {
-			break
+			return
 		}
 		if !errors.Is(err, errPortTaken) || i == attempts {
 			t.Fatalf("sshdtest: starting sshd: %v", err)
 		}
 		t.Logf("sshdtest: port %d was taken, retrying: %v", s.Port, err)
 	}
-	return s
 }
 
 // errPortTaken means another process holds the port sshd was given.

@@ -94,8 +94,7 @@ type result struct {
 
 // run copies the interesting parts of the event stream to out.
 func run(in io.Reader, out io.Writer) (*result, error) {
-	res := &result{}
-	buf := map[string][]string{} // package + test → its output so far
+	st := &eventReader{res: &result{}, buf: map[string][]string{}, out: out}
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
 	for sc.Scan() {
@@ -107,40 +106,61 @@ func run(in io.Reader, out io.Writer) (*result, error) {
 			fmt.Fprintf(out, "%s\n", line)
 			continue
 		}
-		pkg := strings.TrimPrefix(strings.TrimPrefix(e.Package+e.ImportPath, module), "/")
-		key := pkg + " " + e.Test
-		switch {
-		case e.Action == "build-output":
-			fmt.Fprint(out, e.Output)
-		case e.Action == "build-fail":
-			res.failed = true
-		case e.Test == "":
-			// "PASS" precedes every package's "ok" line: one is enough.
-			if e.Action == "output" && e.Output != "PASS\n" {
-				fmt.Fprint(out, e.Output)
-			}
-			if e.Action == "fail" {
-				res.failed = true
-			}
-		case e.Action == "output":
-			buf[key] = append(buf[key], e.Output)
-		case e.Action == "fail":
-			res.failed = true
-			res.failures++
-			fmt.Fprint(out, strings.Join(buf[key], ""))
-			delete(buf, key)
-		case e.Action == "skip":
-			res.skips = append(res.skips, skip{pkg: pkg, test: e.Test, reason: reason(buf[key])})
-			delete(buf, key)
-		case e.Action == "pass":
-			res.passes++
-			if strings.HasPrefix(e.Test, "Fuzz") && !strings.Contains(e.Test, "/") {
-				res.fuzzSeeds++
-			}
-			delete(buf, key)
-		}
+		st.handle(e)
 	}
-	return res, sc.Err()
+	return st.res, sc.Err()
+}
+
+// eventReader is run's state between events.
+type eventReader struct {
+	res *result
+	buf map[string][]string // package + test → its output so far
+	out io.Writer
+}
+
+func (st *eventReader) handle(e event) {
+	switch {
+	case e.Action == "build-output":
+		fmt.Fprint(st.out, e.Output)
+	case e.Action == "build-fail":
+		st.res.failed = true
+	case e.Test == "":
+		// "PASS" precedes every package's "ok" line: one is enough.
+		if e.Action == "output" && e.Output != "PASS\n" {
+			fmt.Fprint(st.out, e.Output)
+		}
+		if e.Action == "fail" {
+			st.res.failed = true
+		}
+	default:
+		st.testEvent(e)
+	}
+}
+
+// testEvent keeps a test's output until its end, and prints it only if
+// it failed.
+func (st *eventReader) testEvent(e event) {
+	pkg := strings.TrimPrefix(strings.TrimPrefix(e.Package+e.ImportPath, module), "/")
+	key := pkg + " " + e.Test
+	switch e.Action {
+	case "output":
+		st.buf[key] = append(st.buf[key], e.Output)
+		return
+	case "fail":
+		st.res.failed = true
+		st.res.failures++
+		fmt.Fprint(st.out, strings.Join(st.buf[key], ""))
+	case "skip":
+		st.res.skips = append(st.res.skips, skip{pkg: pkg, test: e.Test, reason: reason(st.buf[key])})
+	case "pass":
+		st.res.passes++
+		if strings.HasPrefix(e.Test, "Fuzz") && !strings.Contains(e.Test, "/") {
+			st.res.fuzzSeeds++
+		}
+	default:
+		return
+	}
+	delete(st.buf, key)
 }
 
 // reason is what the test printed when it skipped, without go test's own
