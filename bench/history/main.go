@@ -74,197 +74,252 @@ func observations(n, r int, t time.Time) []history.Observation {
 	return obs
 }
 
+// bench is what the phases share: the fleet's size, the temporary
+// directory, and the big database's period.
+type bench struct {
+	ctx                        context.Context
+	tmp                        string
+	hosts, days, reports, runs int
+	begin, end                 time.Time
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%9.2f ms", float64(d.Microseconds())/1000) }
+
 func run(hosts, days, reports, runs int, base string) error {
 	tmp, err := os.MkdirTemp("", "bento-bench-history-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	ctx := context.Background()
+	b := &bench{ctx: context.Background(), tmp: tmp, hosts: hosts, days: days, reports: reports, runs: runs}
 	fmt.Printf("bench/history: %d hosts, %d CPUs, load %s, median of %d runs\n\n", hosts, runtime.NumCPU(), benchtb.LoadAvg(), runs)
-	ms := func(d time.Duration) string { return fmt.Sprintf("%9.2f ms", float64(d.Microseconds())/1000) }
 
 	// 1. Recording 1000 new reports, and 1000 unchanged ones.
+	if err := b.recordTwice(); err != nil {
+		return err
+	}
+
+	// 2. The big database.
+	db, err := history.Open(b.ctx, filepath.Join(tmp, "big", history.File))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	round, err := b.fill(db)
+	if err != nil {
+		return err
+	}
+	if err := b.queries(db); err != nil {
+		return err
+	}
+	if err := b.maintenance(db, round); err != nil {
+		return err
+	}
+
+	// 3. status.Collect without and with the history.
+	root := filepath.Join(tmp, "chroot")
+	sdb, err := b.collect(root)
+	if sdb != nil {
+		defer sdb.Close()
+	}
+	if err != nil || base == "" {
+		return err
+	}
+	return b.binaries(root, base)
+}
+
+// recordTwice records the fleet's new reports into a fresh database, then
+// the same reports again, in every run.
+func (b *bench) recordTwice() error {
 	var fresh, again []time.Duration
-	for r := range runs {
-		db, err := history.Open(ctx, filepath.Join(tmp, fmt.Sprintf("insert-%d", r), history.File))
+	for r := range b.runs {
+		db, err := history.Open(b.ctx, filepath.Join(b.tmp, fmt.Sprintf("insert-%d", r), history.File))
 		if err != nil {
 			return err
 		}
-		obs := observations(hosts, 1, time.Now())
+		obs := observations(b.hosts, 1, time.Now())
 		start := time.Now()
-		n, err := db.RecordReport(ctx, obs...)
-		if err != nil || n != hosts {
-			return fmt.Errorf("record %d reports: %d, %v", hosts, n, err)
+		n, err := db.RecordReport(b.ctx, obs...)
+		if err != nil || n != b.hosts {
+			return fmt.Errorf("record %d reports: %d, %v", b.hosts, n, err)
 		}
 		fresh = append(fresh, time.Since(start))
 		start = time.Now()
-		if n, err = db.RecordReport(ctx, obs...); err != nil || n != 0 {
+		if n, err = db.RecordReport(b.ctx, obs...); err != nil || n != 0 {
 			return fmt.Errorf("record the same reports again: %d, %v", n, err)
 		}
 		again = append(again, time.Since(start))
 		db.Close()
 	}
-	fmt.Printf("%-60s %s  (goal ≤ 1 s)\n", fmt.Sprintf("record %d new reports (one transaction)", hosts), ms(benchtb.Median(fresh)))
-	fmt.Printf("%-60s %s  (no write)\n", fmt.Sprintf("record the same %d again (nothing changed)", hosts), ms(benchtb.Median(again)))
+	fmt.Printf("%-60s %s  (goal ≤ 1 s)\n", fmt.Sprintf("record %d new reports (one transaction)", b.hosts), ms(benchtb.Median(fresh)))
+	fmt.Printf("%-60s %s  (no write)\n", fmt.Sprintf("record the same %d again (nothing changed)", b.hosts), ms(benchtb.Median(again)))
+	return nil
+}
 
-	// 2. The big database.
-	path := filepath.Join(tmp, "big", history.File)
-	db, err := history.Open(ctx, path)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	end := time.Now().Truncate(24 * time.Hour)
-	begin := end.Add(-time.Duration(days) * 24 * time.Hour)
+// fill writes -days days of the fleet into db and returns the number of
+// report rounds it recorded.
+func (b *bench) fill(db *history.DB) (int, error) {
+	b.end = time.Now().Truncate(24 * time.Hour)
+	b.begin = b.end.Add(-time.Duration(b.days) * 24 * time.Hour)
 	start := time.Now()
 	round := 0
-	for d := range days {
-		day := begin.Add(time.Duration(d) * 24 * time.Hour)
-		pubs := make([]history.Publication, hosts)
-		for i := range pubs {
-			pubs[i] = history.Publication{Host: hostName(i), Version: fmt.Sprintf("%016x", d), ExpectedSystem: sysA, At: day, DeployRun: fmt.Sprintf("run-%d", d)}
-		}
-		if err := db.RecordPublication(ctx, pubs...); err != nil {
-			return err
-		}
-		for k := range reports {
-			round++
-			if _, err := db.RecordReport(ctx, observations(hosts, round, day.Add(time.Duration(k+1)*time.Hour))...); err != nil {
-				return err
-			}
+	for d := range b.days {
+		if err := b.fillDay(db, d, &round); err != nil {
+			return 0, err
 		}
 	}
 	fill := time.Since(start)
-	events := days * hosts * (1 + reports)
-	size, _ := db.Size(ctx)
+	events := b.days * b.hosts * (1 + b.reports)
+	size, _ := db.Size(b.ctx)
 	fmt.Printf("\nbig database: %d days × %d hosts × %d events = %d events, %.1f MB, written in %.1f s (%.0f events/s)\n",
-		days, hosts, 1+reports, events, float64(size)/1e6, fill.Seconds(), float64(events)/fill.Seconds())
+		b.days, b.hosts, 1+b.reports, events, float64(size)/1e6, fill.Seconds(), float64(events)/fill.Seconds())
+	return round, nil
+}
 
-	measure := func(f func() error) (time.Duration, error) {
+// fillDay records day d: one publication per host, then -reports rounds of
+// reports, counted in *round.
+func (b *bench) fillDay(db *history.DB, d int, round *int) error {
+	day := b.begin.Add(time.Duration(d) * 24 * time.Hour)
+	pubs := make([]history.Publication, b.hosts)
+	for i := range pubs {
+		pubs[i] = history.Publication{Host: hostName(i), Version: fmt.Sprintf("%016x", d), ExpectedSystem: sysA, At: day, DeployRun: fmt.Sprintf("run-%d", d)}
+	}
+	if err := db.RecordPublication(b.ctx, pubs...); err != nil {
+		return err
+	}
+	for k := range b.reports {
+		*round++
+		if _, err := db.RecordReport(b.ctx, observations(b.hosts, *round, day.Add(time.Duration(k+1)*time.Hour))...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// measure runs f once as a warm-up, then -runs times, and returns the
+// median.
+func (b *bench) measure(f func() error) (time.Duration, error) {
+	if err := f(); err != nil {
+		return 0, err
+	}
+	var ds []time.Duration
+	for range b.runs {
+		start := time.Now()
 		if err := f(); err != nil {
 			return 0, err
 		}
-		var ds []time.Duration
-		for range runs {
-			start := time.Now()
-			if err := f(); err != nil {
-				return 0, err
-			}
-			ds = append(ds, time.Since(start))
-		}
-		return benchtb.Median(ds), nil
+		ds = append(ds, time.Since(start))
 	}
+	return benchtb.Median(ds), nil
+}
+
+// queries measures the big database's timelines, one line each.
+func (b *bench) queries(db *history.DB) error {
 	var got int
-	oneHost, err := measure(func() error {
-		evs, err := db.Timeline(ctx, history.Query{Hosts: []string{hostName(hosts / 2)}, Since: end.Add(-time.Duration(days) * 24 * time.Hour)})
-		got = len(evs)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	fmt.Printf("%-60s %s  (goal ≤ 20 ms)\n", fmt.Sprintf("one host's %d-day timeline (%d events)", days, got), ms(oneHost))
-	oneHostJSON, err := measure(func() error {
-		evs, err := db.Timeline(ctx, history.Query{Hosts: []string{hostName(hosts / 2)}})
-		if err == nil {
-			_, err = json.Marshal(evs)
+	timeline := func(q history.Query) func() error {
+		return func() error {
+			evs, err := db.Timeline(b.ctx, q)
+			got = len(evs)
+			return err
 		}
-		return err
-	})
-	if err != nil {
-		return err
 	}
-	fmt.Printf("%-60s %s\n", "  + encoded as JSON", ms(oneHostJSON))
-	fleet, err := measure(func() error {
-		evs, err := db.Timeline(ctx, history.Query{Limit: 201})
-		got = len(evs)
-		return err
-	})
-	if err != nil {
-		return err
+	for _, q := range []struct {
+		f     func() error
+		label func() string
+		note  string
+	}{
+		{timeline(history.Query{Hosts: []string{hostName(b.hosts / 2)}, Since: b.end.Add(-time.Duration(b.days) * 24 * time.Hour)}),
+			func() string { return fmt.Sprintf("one host's %d-day timeline (%d events)", b.days, got) }, "  (goal ≤ 20 ms)"},
+		{func() error {
+			evs, err := db.Timeline(b.ctx, history.Query{Hosts: []string{hostName(b.hosts / 2)}})
+			if err == nil {
+				_, err = json.Marshal(evs)
+			}
+			return err
+		}, func() string { return "  + encoded as JSON" }, ""},
+		{timeline(history.Query{Limit: 201}),
+			func() string { return fmt.Sprintf("the fleet's newest %d events (bento history's default)", got-1) }, ""},
+		{timeline(history.Query{Since: b.end.Add(-24 * time.Hour)}),
+			func() string { return fmt.Sprintf("the fleet's last day (%d events)", got) }, ""},
+	} {
+		d, err := b.measure(q.f)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%-60s %s%s\n", q.label(), ms(d), q.note)
 	}
-	fmt.Printf("%-60s %s\n", fmt.Sprintf("the fleet's newest %d events (bento history's default)", got-1), ms(fleet))
-	day, err := measure(func() error {
-		evs, err := db.Timeline(ctx, history.Query{Since: end.Add(-24 * time.Hour)})
-		got = len(evs)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	fmt.Printf("%-60s %s\n", fmt.Sprintf("the fleet's last day (%d events)", got), ms(day))
-	start = time.Now()
-	pruned, err := db.Prune(ctx, begin.Add(24*time.Hour))
+	return nil
+}
+
+// maintenance times the daily prune and one more round of new reports
+// into the big database.
+func (b *bench) maintenance(db *history.DB, round int) error {
+	start := time.Now()
+	pruned, err := db.Prune(b.ctx, b.begin.Add(24*time.Hour))
 	if err != nil {
 		return err
 	}
 	fmt.Printf("%-60s %s\n", fmt.Sprintf("prune the oldest day (%d events, as a daily deploy does)", pruned), ms(time.Since(start)))
 	start = time.Now()
-	if _, err := db.RecordReport(ctx, observations(hosts, round+1, end)...); err != nil {
+	if _, err := db.RecordReport(b.ctx, observations(b.hosts, round+1, b.end)...); err != nil {
 		return err
 	}
-	fmt.Printf("%-60s %s\n", fmt.Sprintf("record %d new reports into the big database", hosts), ms(time.Since(start)))
+	fmt.Printf("%-60s %s\n", fmt.Sprintf("record %d new reports into the big database", b.hosts), ms(time.Since(start)))
+	return nil
+}
 
-	// 3. status.Collect without and with the history.
-	root := filepath.Join(tmp, "chroot")
+// collect measures status.Collect over chroots written under root,
+// without and with the history. It returns the history it opened there
+// (also with an error), for the caller to close.
+func (b *bench) collect(root string) (*history.DB, error) {
 	now := time.Now()
-	if err := chroots(root, hosts, now); err != nil {
-		return err
+	if err := chroots(root, b.hosts, now); err != nil {
+		return nil, err
 	}
 	opts := status.Options{Root: root, Now: now}
-	without, err := measure(func() error { _, err := status.Collect(ctx, opts); return err })
+	without, err := b.measure(func() error { _, err := status.Collect(b.ctx, opts); return err })
 	if err != nil {
-		return err
+		return nil, err
 	}
-	sdb, err := history.Open(ctx, history.Path(root))
+	sdb, err := history.Open(b.ctx, history.Path(root))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer sdb.Close()
 	opts.History = sdb
 	opts.HistoryWarn = func(err error) { fmt.Fprintln(os.Stderr, "bench/history: status history:", err) }
 	// The first run records every report; measure runs after it are the
 	// steady state: nothing changed.
-	start = time.Now()
-	if _, err := status.Collect(ctx, opts); err != nil {
-		return err
+	start := time.Now()
+	if _, err := status.Collect(b.ctx, opts); err != nil {
+		return sdb, err
 	}
 	first := time.Since(start)
-	with, err := measure(func() error { _, err := status.Collect(ctx, opts); return err })
+	with, err := b.measure(func() error { _, err := status.Collect(b.ctx, opts); return err })
 	if err != nil {
-		return err
+		return sdb, err
 	}
-	fmt.Printf("\n%-60s %s\n", fmt.Sprintf("status.Collect over %d hosts, no history", hosts), ms(without))
+	fmt.Printf("\n%-60s %s\n", fmt.Sprintf("status.Collect over %d hosts, no history", b.hosts), ms(without))
 	fmt.Printf("%-60s %s  (+%s)\n", "  with the history, nothing new (every later run)", ms(with), ms(with-without))
 	fmt.Printf("%-60s %s  (once, then as above)\n", "  with the history, every report new (first run)", ms(first))
-	if base == "" {
-		return nil
-	}
-	bin := filepath.Join(tmp, "bento")
+	return sdb, nil
+}
+
+// binaries times bento status --no-eval over root, the base binary's
+// against one built from this checkout.
+func (b *bench) binaries(root, base string) error {
+	bin := filepath.Join(b.tmp, "bento")
 	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/bento").CombinedOutput(); err != nil {
 		return fmt.Errorf("go build ./cmd/bento: %v\n%s", err, out)
 	}
-	binary := func(path string) func() error {
-		return func() error {
-			cmd := exec.Command(path, "status", "--no-eval", "--chroot-root", root, "--state-dir", filepath.Join(tmp, "state"))
-			cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-			err := cmd.Run()
-			if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() >= 3 {
-				return nil // a state's exit status, not a failure
-			}
-			return err
-		}
-	}
 	// Interleaved, so that a change of the machine's load hits both.
 	var before, after []time.Duration
-	for range runs + 1 {
+	for range b.runs + 1 {
 		for _, v := range []struct {
 			path string
 			ds   *[]time.Duration
 		}{{base, &before}, {bin, &after}} {
 			start := time.Now()
-			if err := binary(v.path)(); err != nil {
+			if err := b.status(v.path, root); err != nil {
 				return fmt.Errorf("%s status: %w", v.path, err)
 			}
 			*v.ds = append(*v.ds, time.Since(start))
@@ -274,6 +329,17 @@ func run(hosts, days, reports, runs int, base string) error {
 	fmt.Printf("\n%-60s %s  (rounds %s s)\n", "bento status --no-eval, "+base, ms(benchtb.Median(before)), benchtb.Rounds(before))
 	fmt.Printf("%-60s %s  (rounds %s s)\n", "bento status --no-eval, this checkout (records)", ms(benchtb.Median(after)), benchtb.Rounds(after))
 	return nil
+}
+
+// status runs the bento binary at path: bento status --no-eval over root.
+func (b *bench) status(path, root string) error {
+	cmd := exec.Command(path, "status", "--no-eval", "--chroot-root", root, "--state-dir", filepath.Join(b.tmp, "state"))
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() >= 3 {
+		return nil // a state's exit status, not a failure
+	}
+	return err
 }
 
 // chroots writes n chroots, each with a manifest and a report.
