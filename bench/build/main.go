@@ -58,175 +58,240 @@ func main() {
 	}
 }
 
+// bench is what the phases share: the fleet's parameters, the Nix
+// environment, the job counts and the durations measured so far.
+type bench struct {
+	ctx       context.Context
+	tmp       string
+	n         int
+	seconds   float64
+	split     bool
+	env       []string
+	r         *nix.Runner
+	nonce     string
+	jobs      int
+	why       string
+	limitJobs int
+
+	seq, single, bento, bentoSplit []time.Duration
+}
+
 func run(n int, seconds float64, rounds, seqRounds, jobs int, extra string, split bool) error {
-	ctx := context.Background()
 	tmp, err := os.MkdirTemp("", "bento-bench-build-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	b := setUp(tmp, n, seconds, rounds, seqRounds, jobs, extra, split)
+	for round := range max(rounds, seqRounds) {
+		if err := b.round(round, rounds, seqRounds); err != nil {
+			return err
+		}
+	}
+	b.report()
+	return nil
+}
+
+// setUp works out the job counts and prints the header line.
+func setUp(tmp string, n int, seconds float64, rounds, seqRounds, jobs int, extra string, split bool) *bench {
 	env := []string{"NIX_CONFIG=" + fixture.NixConfig + extra + "\n"}
-	r := &nix.Runner{Env: env}
+	b := &bench{ctx: context.Background(), tmp: tmp, n: n, seconds: seconds, split: split, env: env, r: &nix.Runner{Env: env}}
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
-	nonce := hex.EncodeToString(rnd[:])
+	b.nonce = hex.EncodeToString(rnd[:])
 	jenv := builder.SystemJobsEnv()
 	jenv.NixConfig = fixture.NixConfig + extra
-	why := "--jobs given"
+	b.jobs, b.why = jobs, "--jobs given"
 	if jobs == 0 {
-		jobs, why = builder.DefaultJobs(jenv)
+		b.jobs, b.why = builder.DefaultJobs(jenv)
 	}
 	group, users, _ := builder.BuildUsers(jenv)
-	limitJobs := users
-	if limitJobs == 0 {
-		limitJobs = 2 * runtime.NumCPU()
+	b.limitJobs = users
+	if b.limitJobs == 0 {
+		b.limitJobs = 2 * runtime.NumCPU()
 	}
-
-	// fresh writes the fleet with a generation no run has built.
-	fresh := func(variant string, round int) (string, error) {
-		gen := fmt.Sprintf("%s-%d-%s", variant, round, nonce)
-		dir := filepath.Join(tmp, fmt.Sprintf("%s-%d", variant, round))
-		return dir, fixture.Write(dir, fixture.Fleet{Hosts: fixture.Many("host", n, func(i int, h *fixture.Host) {
-			h.Bento = &fixture.Bento{Enable: true}
-			h.BuildSeconds = seconds
-			h.Generation = gen
-			h.Kernel, h.Initrd, h.Modules = gen, gen, gen
-		})})
-	}
-	names := func(dir string) ([]fleet.Host, error) {
-		f, err := eval.Discover(ctx, r, eval.Options{Ref: dir})
-		if err != nil {
-			return nil, err
-		}
-		return f.Hosts, nil
-	}
-
 	fmt.Printf("bench/build: %d hosts, %gs I/O-bound build each, %d CPUs, Nix build users: %d (group %q), %d rounds (original loop: %d), load average %s\n",
 		n, seconds, runtime.NumCPU(), users, group, rounds, seqRounds, benchtb.LoadAvg())
+	return b
+}
 
-	var seq, single, bento, bentoSplit []time.Duration
-	for round := range max(rounds, seqRounds) {
-		if round < seqRounds {
-			dir, err := fresh("original", round)
-			if err != nil {
-				return err
-			}
-			hs, err := names(dir)
-			if err != nil {
-				return err
-			}
-			start := time.Now()
-			for _, h := range hs {
-				// The original script's per-host copy of the flake.
-				cp := filepath.Join(tmp, fmt.Sprintf("copy-%d", round), h.Name)
-				if err := os.MkdirAll(cp, 0o755); err != nil {
-					return err
-				}
-				if out, err := exec.CommandContext(ctx, "cp", "-a", dir+"/.", cp+"/").CombinedOutput(); err != nil {
-					return fmt.Errorf("copy of the flake: %v: %s", err, out)
-				}
-				if err := nixBuild(ctx, env, 0, "path:"+cp+"#"+fleet.ConfigAttr(h.Name)+"."+builder.ToplevelSub); err != nil {
-					return fmt.Errorf("original loop: host %s: %w", h.Name, err)
-				}
-			}
-			seq = append(seq, time.Since(start))
-		}
-		if round >= rounds {
-			continue
-		}
-		dir, err := fresh("single", round)
-		if err != nil {
+// round runs one round of every variant: the original loop while round <
+// seqRounds, the limit and bento while round < rounds.
+func (b *bench) round(round, rounds, seqRounds int) error {
+	if round < seqRounds {
+		if err := b.original(round); err != nil {
 			return err
 		}
-		hs, err := names(dir)
-		if err != nil {
-			return err
-		}
-		var all []string
-		for _, h := range hs {
-			all = append(all, h.Installable(builder.ToplevelSub)...)
-		}
-		start := time.Now()
-		if err := nixBuild(ctx, env, limitJobs, all...); err != nil {
-			return fmt.Errorf("single process: %w", err)
-		}
-		single = append(single, time.Since(start))
+	}
+	if round >= rounds {
+		return nil
+	}
+	if err := b.limit(round); err != nil {
+		return err
+	}
+	if err := b.bentoDefaults(round); err != nil {
+		return err
+	}
+	if !b.split {
+		return nil
+	}
+	return b.bentoSplitRound(round)
+}
 
-		dir, err = fresh("bento", round)
-		if err != nil {
+// fresh writes the fleet with a generation no run has built.
+func (b *bench) fresh(variant string, round int) (string, error) {
+	gen := fmt.Sprintf("%s-%d-%s", variant, round, b.nonce)
+	dir := filepath.Join(b.tmp, fmt.Sprintf("%s-%d", variant, round))
+	return dir, fixture.Write(dir, fixture.Fleet{Hosts: fixture.Many("host", b.n, func(i int, h *fixture.Host) {
+		h.Bento = &fixture.Bento{Enable: true}
+		h.BuildSeconds = b.seconds
+		h.Generation = gen
+		h.Kernel, h.Initrd, h.Modules = gen, gen, gen
+	})})
+}
+
+func (b *bench) names(dir string) ([]fleet.Host, error) {
+	f, err := eval.Discover(b.ctx, b.r, eval.Options{Ref: dir})
+	if err != nil {
+		return nil, err
+	}
+	return f.Hosts, nil
+}
+
+// original times the original's loop: for each host, a copy of the flake
+// and one nix build.
+func (b *bench) original(round int) error {
+	dir, err := b.fresh("original", round)
+	if err != nil {
+		return err
+	}
+	hs, err := b.names(dir)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	for _, h := range hs {
+		// The original script's per-host copy of the flake.
+		cp := filepath.Join(b.tmp, fmt.Sprintf("copy-%d", round), h.Name)
+		if err := os.MkdirAll(cp, 0o755); err != nil {
 			return err
 		}
-		// As bento build without a host selection does: discovery
-		// instantiates the systems, the build reuses them.
-		start = time.Now()
-		var mu sync.Mutex
-		drvs := map[string]string{}
-		f, err := eval.Discover(ctx, r, eval.Options{Ref: dir, DrvPath: func(h, d string) { mu.Lock(); drvs[h] = d; mu.Unlock() }})
-		if err != nil {
-			return err
+		if out, err := exec.CommandContext(b.ctx, "cp", "-a", dir+"/.", cp+"/").CombinedOutput(); err != nil {
+			return fmt.Errorf("copy of the flake: %v: %s", err, out)
 		}
-		results, err := builder.Build(ctx, r, f.Hosts, builder.Options{Jobs: jobs, StateDir: filepath.Join(tmp, "state"), DrvPaths: drvs})
-		if err != nil {
-			return err
-		}
-		bento = append(bento, time.Since(start))
-		for _, res := range results {
-			if !res.OK() || res.Unchanged {
-				return fmt.Errorf("bento: host %s: unchanged %v, %v", res.Host, res.Unchanged, res.Err)
-			}
-		}
-		if !split {
-			continue
-		}
-		// As bento build with a host selection does: discovery reads the
-		// options only, the build evaluates the derivations in chunks and
-		// starts each chunk's builds as it ends.
-		dir, err = fresh("bento-split", round)
-		if err != nil {
-			return err
-		}
-		start = time.Now()
-		hs, err = names(dir)
-		if err != nil {
-			return err
-		}
-		results, err = builder.Build(ctx, r, hs, builder.Options{Jobs: jobs, StateDir: filepath.Join(tmp, "state")})
-		if err != nil {
-			return err
-		}
-		bentoSplit = append(bentoSplit, time.Since(start))
-		for _, res := range results {
-			if !res.OK() {
-				return fmt.Errorf("bento (split): host %s: %v", res.Host, res.Err)
-			}
+		if err := nixBuild(b.ctx, b.env, 0, "path:"+cp+"#"+fleet.ConfigAttr(h.Name)+"."+builder.ToplevelSub); err != nil {
+			return fmt.Errorf("original loop: host %s: %w", h.Name, err)
 		}
 	}
-	row := func(name string, ds []time.Duration) {
-		fmt.Printf("  %-58s %7.2fs  rounds: %s\n", name, benchtb.Median(ds).Seconds(), benchtb.Rounds(ds))
+	b.seq = append(b.seq, time.Since(start))
+	return nil
+}
+
+// limit times one nix build of every host's toplevel.
+func (b *bench) limit(round int) error {
+	dir, err := b.fresh("single", round)
+	if err != nil {
+		return err
 	}
-	if len(seq) > 0 {
-		row("original: per host, a copy of the flake and one nix build", seq)
+	hs, err := b.names(dir)
+	if err != nil {
+		return err
 	}
-	row(fmt.Sprintf("limit: one nix build of all toplevels, --max-jobs %d", limitJobs), single)
-	label := fmt.Sprintf("bento discovery + build, defaults (--jobs %d: %s)", jobs, why)
-	if why == "--jobs given" {
-		label = fmt.Sprintf("bento discovery + build, --jobs %d", jobs)
+	var all []string
+	for _, h := range hs {
+		all = append(all, h.Installable(builder.ToplevelSub)...)
 	}
-	row(label, bento)
-	if split {
-		row("bento, derivations evaluated by the build (as with a selection)", bentoSplit)
+	start := time.Now()
+	if err := nixBuild(b.ctx, b.env, b.limitJobs, all...); err != nil {
+		return fmt.Errorf("single process: %w", err)
 	}
-	if len(seq) > 0 {
-		fmt.Printf("ratio bento / original:  %.3f\n", benchtb.Median(bento).Seconds()/benchtb.Median(seq).Seconds())
+	b.single = append(b.single, time.Since(start))
+	return nil
+}
+
+// bentoDefaults times bento's discovery and build with its defaults.
+func (b *bench) bentoDefaults(round int) error {
+	dir, err := b.fresh("bento", round)
+	if err != nil {
+		return err
 	}
-	fmt.Printf("ratio bento / limit:     %.3f\n", benchtb.Median(bento).Seconds()/benchtb.Median(single).Seconds())
-	if len(seq) > 0 {
+	// As bento build without a host selection does: discovery
+	// instantiates the systems, the build reuses them.
+	start := time.Now()
+	var mu sync.Mutex
+	drvs := map[string]string{}
+	f, err := eval.Discover(b.ctx, b.r, eval.Options{Ref: dir, DrvPath: func(h, d string) { mu.Lock(); drvs[h] = d; mu.Unlock() }})
+	if err != nil {
+		return err
+	}
+	results, err := builder.Build(b.ctx, b.r, f.Hosts, builder.Options{Jobs: b.jobs, StateDir: filepath.Join(b.tmp, "state"), DrvPaths: drvs})
+	if err != nil {
+		return err
+	}
+	b.bento = append(b.bento, time.Since(start))
+	for _, res := range results {
+		if !res.OK() || res.Unchanged {
+			return fmt.Errorf("bento: host %s: unchanged %v, %v", res.Host, res.Unchanged, res.Err)
+		}
+	}
+	return nil
+}
+
+// bentoSplitRound times bento with the derivations evaluated by the build.
+func (b *bench) bentoSplitRound(round int) error {
+	// As bento build with a host selection does: discovery reads the
+	// options only, the build evaluates the derivations in chunks and
+	// starts each chunk's builds as it ends.
+	dir, err := b.fresh("bento-split", round)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	hs, err := b.names(dir)
+	if err != nil {
+		return err
+	}
+	results, err := builder.Build(b.ctx, b.r, hs, builder.Options{Jobs: b.jobs, StateDir: filepath.Join(b.tmp, "state")})
+	if err != nil {
+		return err
+	}
+	b.bentoSplit = append(b.bentoSplit, time.Since(start))
+	for _, res := range results {
+		if !res.OK() {
+			return fmt.Errorf("bento (split): host %s: %v", res.Host, res.Err)
+		}
+	}
+	return nil
+}
+
+func row(name string, ds []time.Duration) {
+	fmt.Printf("  %-58s %7.2fs  rounds: %s\n", name, benchtb.Median(ds).Seconds(), benchtb.Rounds(ds))
+}
+
+// report prints the medians, the ratios and the line for bench/table.
+func (b *bench) report() {
+	if len(b.seq) > 0 {
+		row("original: per host, a copy of the flake and one nix build", b.seq)
+	}
+	row(fmt.Sprintf("limit: one nix build of all toplevels, --max-jobs %d", b.limitJobs), b.single)
+	label := fmt.Sprintf("bento discovery + build, defaults (--jobs %d: %s)", b.jobs, b.why)
+	if b.why == "--jobs given" {
+		label = fmt.Sprintf("bento discovery + build, --jobs %d", b.jobs)
+	}
+	row(label, b.bento)
+	if b.split {
+		row("bento, derivations evaluated by the build (as with a selection)", b.bentoSplit)
+	}
+	if len(b.seq) > 0 {
+		fmt.Printf("ratio bento / original:  %.3f\n", benchtb.Median(b.bento).Seconds()/benchtb.Median(b.seq).Seconds())
+	}
+	fmt.Printf("ratio bento / limit:     %.3f\n", benchtb.Median(b.bento).Seconds()/benchtb.Median(b.single).Seconds())
+	if len(b.seq) > 0 {
 		// One line for bench/table: figure, anchor, bento, goal.
 		fmt.Printf("table: first deploy, %d hosts x %gs build\tthe original's loop %.1fs\t%.2fx with defaults (%.2fx of one nix build)\t<= 0.1x\n",
-			n, seconds, benchtb.Median(seq).Seconds(), benchtb.Median(bento).Seconds()/benchtb.Median(seq).Seconds(), benchtb.Median(bento).Seconds()/benchtb.Median(single).Seconds())
+			b.n, b.seconds, benchtb.Median(b.seq).Seconds(), benchtb.Median(b.bento).Seconds()/benchtb.Median(b.seq).Seconds(), benchtb.Median(b.bento).Seconds()/benchtb.Median(b.single).Seconds())
 	}
 	fmt.Printf("load average at the end: %s\n", benchtb.LoadAvg())
-	return nil
 }
 
 // nixBuild runs one nix build of installables, without out links, with
