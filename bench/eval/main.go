@@ -57,72 +57,115 @@ func childCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// bench is what the variants share: the fleet, the runner, and the
+// chunks bento's default discovery started in its last run.
+type bench struct {
+	ctx    context.Context
+	dir    string
+	n      int
+	r      *nix.Runner
+	mu     sync.Mutex
+	chunks []int
+}
+
 func run(n, cost, rounds, chunk int, show bool) error {
-	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "bento-bench-eval-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	fl := fixture.Fleet{Hosts: fixture.Many("host", n, func(i int, h *fixture.Host) { h.EvalCost = cost })}
-	if err := fixture.Write(dir, fl); err != nil {
+	b, err := setUp(dir, n, cost, rounds)
+	if err != nil {
 		return err
 	}
-	r := &nix.Runner{Env: fixture.Env()}
+	load0 := benchtb.LoadAvg()
+	vs := b.variants(chunk, show)
+	if err := measure(vs, rounds); err != nil {
+		return err
+	}
+	b.report(vs, load0)
+	return nil
+}
+
+// setUp writes the fleet, prints the header line and copies the flake
+// into the store.
+func setUp(dir string, n, cost, rounds int) (*bench, error) {
+	fl := fixture.Fleet{Hosts: fixture.Many("host", n, func(i int, h *fixture.Host) { h.EvalCost = cost })}
+	if err := fixture.Write(dir, fl); err != nil {
+		return nil, err
+	}
+	b := &bench{ctx: context.Background(), dir: dir, n: n, r: &nix.Runner{Env: fixture.Env()}}
 	fmt.Printf("bench/eval: %d hosts, evaluation cost %d per host, %d CPUs, %d rounds (medians), budget by default %s (3/4 of MemAvailable)\n",
 		n, cost, runtime.NumCPU(), rounds, bytesize.Format(eval.SystemBudget()))
 
 	// Warm-up: copy the flake into the store once so no variant pays it alone.
-	if _, err := r.Output(ctx, "", "eval", "--json", dir+"#nixosConfigurations", "--apply", "builtins.attrNames"); err != nil {
-		return err
+	if _, err := b.r.Output(b.ctx, "", "eval", "--json", dir+"#nixosConfigurations", "--apply", "builtins.attrNames"); err != nil {
+		return nil, err
 	}
+	return b, nil
+}
 
-	load0 := benchtb.LoadAvg()
-	var mu sync.Mutex
-	var chunks []int
-	discover := func(opts eval.Options) error {
-		opts.Ref = dir
-		f, err := eval.Discover(ctx, r, opts)
-		if err != nil {
-			return err
-		}
-		if len(f.Hosts) != n {
-			return fmt.Errorf("discovered %d hosts, want %d", len(f.Hosts), n)
-		}
-		return nil
-	}
+// variants are the measured ones, the baseline first and bento's defaults
+// second.
+func (b *bench) variants(chunk int, show bool) []*variant {
 	vs := []*variant{
 		{name: "one sequential nix eval of every host", note: "baseline", f: func() error {
-			return discover(eval.Options{Jobs: 1, ChunkSize: n})
+			return b.discover(eval.Options{Jobs: 1, ChunkSize: b.n})
 		}},
-		{name: fmt.Sprintf("bento discovery, defaults (--eval-jobs %d)", runtime.NumCPU()), f: func() error {
-			mu.Lock()
-			chunks = nil
-			mu.Unlock()
-			return discover(eval.Options{ChunkStarted: func(names []string) {
-				mu.Lock()
-				chunks = append(chunks, len(names))
-				mu.Unlock()
-			}})
-		}},
+		{name: fmt.Sprintf("bento discovery, defaults (--eval-jobs %d)", runtime.NumCPU()), f: b.discoverDefaults},
 	}
 	if chunk > 0 {
 		vs = append(vs, &variant{name: fmt.Sprintf("bento discovery, --eval-chunk %d", chunk), f: func() error {
-			return discover(eval.Options{ChunkSize: chunk})
+			return b.discover(eval.Options{ChunkSize: chunk})
 		}})
 	}
 	if show {
-		vs = append(vs, &variant{name: "nix flake show --json x3 (original bento)", note: "lists names only, no options", f: func() error {
-			for range 3 {
-				cmd := exec.CommandContext(ctx, "nix", "flake", "show", "--json", dir)
-				cmd.Env = append(os.Environ(), fixture.Env()...)
-				if out, err := cmd.CombinedOutput(); err != nil {
-					return fmt.Errorf("%v: %s", err, out)
-				}
-			}
-			return nil
-		}})
+		vs = append(vs, &variant{name: "nix flake show --json x3 (original bento)", note: "lists names only, no options", f: b.flakeShow})
 	}
+	return vs
+}
+
+func (b *bench) discover(opts eval.Options) error {
+	opts.Ref = b.dir
+	f, err := eval.Discover(b.ctx, b.r, opts)
+	if err != nil {
+		return err
+	}
+	if len(f.Hosts) != b.n {
+		return fmt.Errorf("discovered %d hosts, want %d", len(f.Hosts), b.n)
+	}
+	return nil
+}
+
+// discoverDefaults is bento's discovery with its defaults, recording the
+// sizes of the chunks it starts.
+func (b *bench) discoverDefaults() error {
+	b.mu.Lock()
+	b.chunks = nil
+	b.mu.Unlock()
+	return b.discover(eval.Options{ChunkStarted: func(names []string) {
+		b.mu.Lock()
+		b.chunks = append(b.chunks, len(names))
+		b.mu.Unlock()
+	}})
+}
+
+// flakeShow is the original bento's listing: nix flake show --json, three
+// times.
+func (b *bench) flakeShow() error {
+	for range 3 {
+		cmd := exec.CommandContext(b.ctx, "nix", "flake", "show", "--json", b.dir)
+		cmd.Env = append(os.Environ(), fixture.Env()...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+	}
+	return nil
+}
+
+// measure runs every variant in every round, in an order that rotates
+// between rounds.
+func measure(vs []*variant, rounds int) error {
 	for round := range rounds {
 		for k := range vs {
 			v := vs[(k+round)%len(vs)]
@@ -134,6 +177,11 @@ func run(n, cost, rounds, chunk int, show bool) error {
 			v.cpu = append(v.cpu, childCPU()-cpu)
 		}
 	}
+	return nil
+}
+
+// report prints the medians and their ratios to the baseline, vs[0].
+func (b *bench) report(vs []*variant, load0 string) {
 	base := benchtb.Median(vs[0].durs)
 	for _, v := range vs {
 		m := benchtb.Median(v.durs)
@@ -144,9 +192,8 @@ func run(n, cost, rounds, chunk int, show bool) error {
 		fmt.Printf("  %-46s %7.2fs  %.2fx%s  cpu %.2fs  rounds: %s\n", v.name, m.Seconds(), m.Seconds()/base.Seconds(), note, benchtb.Median(v.cpu).Seconds(), benchtb.Rounds(v.durs))
 	}
 	fmt.Printf("load average before: %s, after: %s (wall-time ratios need idle CPUs; compare the cpu column under load)\n", load0, benchtb.LoadAvg())
-	fmt.Printf("bento's default chunks (last round): %v hosts\n", chunks)
+	fmt.Printf("bento's default chunks (last round): %v hosts\n", b.chunks)
 	// One line for bench/table: figure, anchor, bento, goal.
 	fmt.Printf("table: discovery, %d hosts\tone sequential nix eval %.1fs\t%.2fx with defaults\t<= 0.6x\n",
-		n, base.Seconds(), benchtb.Median(vs[1].durs).Seconds()/base.Seconds())
-	return nil
+		b.n, base.Seconds(), benchtb.Median(vs[1].durs).Seconds()/base.Seconds())
 }
