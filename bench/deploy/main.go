@@ -77,28 +77,12 @@ func run(nHosts, nFiles, size int, base string) error {
 		return err
 	}
 	ctx := context.Background()
-	var targets []publish.Target
-	for _, h := range fl.Hosts {
-		host := fleet.Host{Name: h.Name, Managed: true, Enable: true, Layout: fleet.LayoutFlake, Ref: src, Attr: fleet.ConfigAttr(h.Name)}
-		s, err := publish.SourceFor(host, src)
-		if err != nil {
-			return err
-		}
-		targets = append(targets, publish.Target{Host: host, Source: s, ExpectedToplevel: "/nix/store/" + strings.Repeat("0", 32) + "-nixos-system-" + h.Name})
-	}
-	tr, err := publish.ReadTree(ctx, targets[0].Source, publish.TreeOptions{})
+	targets, err := targetsFor(fl, src)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("fleet: %d hosts × a %d-file flake (%s), %d CPUs, work dir %s (%s)\n",
-		nHosts, len(tr.Files), bytesize.Format(tr.Size), runtime.NumCPU(), work, fsType(work))
-	fmt.Printf("rsync baseline: one `rsync -a --delete --exclude .git` per host, as the original did\n\n")
-
-	bentoRoot := filepath.Join(work, "bento")
-	rsyncRoot := filepath.Join(work, "rsync")
-	type step struct {
-		name   string
-		before func() error
+	if err := printFleet(ctx, targets[0], nHosts, work); err != nil {
+		return err
 	}
 	changed := fmt.Sprintf("modules/m%02d/file-%03d.nix", 7%10, 7)
 	steps := []step{
@@ -109,6 +93,56 @@ func run(nHosts, nFiles, size int, base string) error {
 			return fixture.Write(src, fl)
 		}},
 	}
+	if err := runSteps(ctx, steps, src, work, targets); err != nil {
+		return err
+	}
+	fmt.Printf("\nwritten: file contents (+ manifests for bento) as counted by each tool; copied/linked/shared:\n"+
+		"files written anew / hard-linked to the host's previous version / hard-linked to another host's\n"+
+		"copy of this run; touched: inodes created or changed during the step (ctime), counted on disk;\n"+
+		"du: disk used by the chroot root (bento keeps what its retention period needs, rsync one version).\n"+
+		"the changed file is %s: × %d hosts = %s\n", bytesize.Format(int64(len(extra[changed]))), nHosts, bytesize.Format(int64(len(extra[changed])*nHosts)))
+	return nil
+}
+
+// targetsFor are the fleet's hosts as publication targets of the flake at
+// src.
+func targetsFor(fl fixture.Fleet, src string) ([]publish.Target, error) {
+	var targets []publish.Target
+	for _, h := range fl.Hosts {
+		host := fleet.Host{Name: h.Name, Managed: true, Enable: true, Layout: fleet.LayoutFlake, Ref: src, Attr: fleet.ConfigAttr(h.Name)}
+		s, err := publish.SourceFor(host, src)
+		if err != nil {
+			return nil, err
+		}
+		targets = append(targets, publish.Target{Host: host, Source: s, ExpectedToplevel: "/nix/store/" + strings.Repeat("0", 32) + "-nixos-system-" + h.Name})
+	}
+	return targets, nil
+}
+
+// printFleet prints the fleet's line (the size of t's tree) and the
+// baseline's.
+func printFleet(ctx context.Context, t publish.Target, nHosts int, work string) error {
+	tr, err := publish.ReadTree(ctx, t.Source, publish.TreeOptions{})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("fleet: %d hosts × a %d-file flake (%s), %d CPUs, work dir %s (%s)\n",
+		nHosts, len(tr.Files), bytesize.Format(tr.Size), runtime.NumCPU(), work, fsType(work))
+	fmt.Printf("rsync baseline: one `rsync -a --delete --exclude .git` per host, as the original did\n\n")
+	return nil
+}
+
+// A step is a scenario: what changes in the fleet before both publish it.
+type step struct {
+	name   string
+	before func() error
+}
+
+// runSteps prints the table's header, then each step's row: bento's and
+// rsync's figures, and their ratio.
+func runSteps(ctx context.Context, steps []step, src, work string, targets []publish.Target) error {
+	bentoRoot := filepath.Join(work, "bento")
+	rsyncRoot := filepath.Join(work, "rsync")
 	fmt.Printf("%-19s │ %-61s │ %-47s │ %s\n", "", "bento (publish)", "rsync -a --delete", "bento vs rsync")
 	fmt.Printf("%-19s │ %8s %10s %6s %6s %6s %9s %9s │ %8s %10s %6s %8s %9s │ %s\n", "scenario", "time", "written", "copied", "linked", "shared", "touched", "du", "time", "written", "files", "touched", "du", "time")
 	for _, s := range steps {
@@ -127,11 +161,6 @@ func run(nHosts, nFiles, size int, base string) error {
 			round(b.dur), bytesize.Format(b.bytes), b.files, b.linked, b.shared, b.touched, humanKiB(b.diskUsedKiB),
 			round(r.dur), bytesize.Format(r.bytes), r.files, r.touched, humanKiB(r.diskUsedKiB), ratio(b.dur, r.dur))
 	}
-	fmt.Printf("\nwritten: file contents (+ manifests for bento) as counted by each tool; copied/linked/shared:\n"+
-		"files written anew / hard-linked to the host's previous version / hard-linked to another host's\n"+
-		"copy of this run; touched: inodes created or changed during the step (ctime), counted on disk;\n"+
-		"du: disk used by the chroot root (bento keeps what its retention period needs, rsync one version).\n"+
-		"the changed file is %s: × %d hosts = %s\n", bytesize.Format(int64(len(extra[changed]))), nHosts, bytesize.Format(int64(len(extra[changed])*nHosts)))
 	return nil
 }
 
