@@ -78,6 +78,26 @@ func main() {
 
 var r = &nix.Runner{Env: fixture.Env()}
 
+// cacheBench is one scenario's fleet, its pool and the sshd that serves
+// the hosts' caches.
+type cacheBench struct {
+	work                       string
+	hosts, packages, uniqueKiB int
+	pkgBytes                   int64
+	srv                        *sshdtest.Server
+	pool                       *cache.Pool
+	key                        narinfo.PublicKey
+	tops                       []string // generation 1's toplevels, in host order
+}
+
+// diskFigures are the disk usages measureDisk compares.
+type diskFigures struct {
+	one      int64 // one host's cache
+	union    int64 // the pool: the fleet's distinct paths once
+	all      int64 // the pool and every host's cache
+	separate int64 // the hosts' caches counted apart
+}
+
 func run(tb *benchtb.TB, hosts, sharedMiB, packages, uniqueKiB, runs int) error {
 	ctx := context.Background()
 	shared := int64(sharedMiB) << 20
@@ -89,106 +109,153 @@ func run(tb *benchtb.TB, hosts, sharedMiB, packages, uniqueKiB, runs int) error 
 		return err
 	}
 	defer os.RemoveAll(work)
-	tops, err := buildFleet(ctx, filepath.Join(work, "fleet"), hosts, packages, shared/int64(packages), uniqueKiB, "1")
-	if err != nil {
+	b := &cacheBench{work: work, hosts: hosts, packages: packages, uniqueKiB: uniqueKiB, pkgBytes: shared / int64(packages)}
+	if err := b.setUp(ctx, tb); err != nil {
+		return err
+	}
+	if err := b.measureDisk(ctx); err != nil {
 		return err
 	}
 
-	srv := sshdtest.Start(tb, sshdtest.Options{})
-	base := filepath.Dir(srv.Root)
+	// Transfer and time, for host 0.
+	client := b.srv.AddHost(tb, hostName(0))
+	first, err := b.measureTransfer(ctx, client)
+	if err != nil {
+		return err
+	}
+	return b.measureTime(ctx, client, first, runs)
+}
+
+// setUp builds the fleet's first generation, starts sshd and makes the
+// pool with its signing key.
+func (b *cacheBench) setUp(ctx context.Context, tb *benchtb.TB) error {
+	var err error
+	if b.tops, err = b.buildFleet(ctx, "1"); err != nil {
+		return err
+	}
+	b.srv = sshdtest.Start(tb, sshdtest.Options{})
+	base := filepath.Dir(b.srv.Root)
 	if _, err := cache.GenerateKey(ctx, r, "bench-1", filepath.Join(base, "key.sec"), filepath.Join(base, "key.pub")); err != nil {
 		return err
 	}
-	pool := &cache.Pool{Dir: filepath.Join(base, "pool"), Nix: r, SecretKeyFile: filepath.Join(base, "key.sec")}
-	key, err := pool.PublicKey()
-	if err != nil {
-		return err
-	}
+	b.pool = &cache.Pool{Dir: filepath.Join(base, "pool"), Nix: r, SecretKeyFile: filepath.Join(base, "key.sec")}
+	b.key, err = b.pool.PublicKey()
+	return err
+}
 
-	// Disk.
+func (b *cacheBench) buildFleet(ctx context.Context, gen string) ([]string, error) {
+	return buildFleet(ctx, filepath.Join(b.work, "fleet"), b.hosts, b.packages, b.pkgBytes, b.uniqueKiB, gen)
+}
+
+func (b *cacheBench) hostCache(i int) string { return filepath.Join(b.srv.Root, hostName(i), "cache") }
+
+// measureDisk fills the pool and every host's cache, timed, and compares
+// what they take on disk.
+func (b *cacheBench) measureDisk(ctx context.Context) error {
 	start := time.Now()
-	if err := pool.Add(ctx, tops); err != nil {
+	if err := b.pool.Add(ctx, b.tops); err != nil {
 		return err
 	}
 	addTime := time.Since(start)
 	start = time.Now()
-	for i, top := range tops {
-		if _, err := pool.LinkHost(ctx, filepath.Join(srv.Root, hostName(i)), []string{top}); err != nil {
+	for i, top := range b.tops {
+		if _, err := b.pool.LinkHost(ctx, filepath.Join(b.srv.Root, hostName(i)), []string{top}); err != nil {
 			return err
 		}
 	}
 	linkTime := time.Since(start)
-	one, err := diskUsage(filepath.Join(srv.Root, hostName(0), "cache"))
+	d, err := b.diskUsages()
 	if err != nil {
 		return err
 	}
-	union, err := diskUsage(pool.Dir)
-	if err != nil {
-		return err
+	n := len(b.tops)
+	fmt.Printf("pool: nix copy of %d closures %v, %d LinkHost %v (%v per host)\n", n, addTime.Round(time.Millisecond), n, linkTime.Round(time.Millisecond), (linkTime / time.Duration(n)).Round(time.Microsecond))
+	reportDisk(n, d)
+	return nil
+}
+
+func (b *cacheBench) diskUsages() (diskFigures, error) {
+	var d diskFigures
+	var err error
+	if d.one, err = diskUsage(b.hostCache(0)); err != nil {
+		return d, err
 	}
-	all, err := diskUsage(pool.Dir, srv.Root)
-	if err != nil {
-		return err
+	if d.union, err = diskUsage(b.pool.Dir); err != nil {
+		return d, err
 	}
-	var separate int64
-	for i := range tops {
-		d, err := diskUsage(filepath.Join(srv.Root, hostName(i), "cache"))
+	if d.all, err = diskUsage(b.pool.Dir, b.srv.Root); err != nil {
+		return d, err
+	}
+	for i := range b.tops {
+		u, err := diskUsage(b.hostCache(i))
 		if err != nil {
-			return err
+			return d, err
 		}
-		separate += d
+		d.separate += u
 	}
-	fmt.Printf("pool: nix copy of %d closures %v, %d LinkHost %v (%v per host)\n", len(tops), addTime.Round(time.Millisecond), len(tops), linkTime.Round(time.Millisecond), (linkTime / time.Duration(len(tops))).Round(time.Microsecond))
-	fmt.Printf("disk: one host's closure %s; the fleet's distinct paths once (pool) %s\n", mib(one), mib(union))
+	return d, nil
+}
+
+func reportDisk(n int, d diskFigures) {
+	fmt.Printf("disk: one host's closure %s; the fleet's distinct paths once (pool) %s\n", mib(d.one), mib(d.union))
 	// Both views: the goal compares with one closure, which only
 	// holds while the hosts' own paths are small; against the fleet's
 	// distinct paths is what the hard links themselves cost.
 	verdict := "met"
-	if ratio(all, one) > 1.1 {
-		verdict = fmt.Sprintf("NOT met: the hosts' own paths add %s of distinct data that no sharing can avoid", mib(union-one))
+	if ratio(d.all, d.one) > 1.1 {
+		verdict = fmt.Sprintf("NOT met: the hosts' own paths add %s of distinct data that no sharing can avoid", mib(d.union-d.one))
 	}
-	fmt.Printf("disk: pool + %d host caches %s = %.2f× one closure (the issue's goal ≤ 1.1×: %s)\n", len(tops), mib(all), ratio(all, one), verdict)
-	fmt.Printf("disk: pool + %d host caches %s = %.3f× the fleet's distinct paths stored once (what the per-host links cost)\n", len(tops), mib(all), ratio(all, union))
-	fmt.Printf("disk: %d separate caches without links would take %s (%.1f× bento's)\n", len(tops), mib(separate), ratio(separate, all))
+	fmt.Printf("disk: pool + %d host caches %s = %.2f× one closure (the issue's goal ≤ 1.1×: %s)\n", n, mib(d.all), ratio(d.all, d.one), verdict)
+	fmt.Printf("disk: pool + %d host caches %s = %.3f× the fleet's distinct paths stored once (what the per-host links cost)\n", n, mib(d.all), ratio(d.all, d.union))
+	fmt.Printf("disk: %d separate caches without links would take %s (%.1f× bento's)\n", n, mib(d.separate), ratio(d.separate, d.all))
+}
 
-	// Transfer and time, for host 0.
-	client := srv.AddHost(tb, hostName(0))
-	clientStore := filepath.Join(work, "client")
-	first, err := tunnel(ctx, srv, client, key, clientStore, tops[0])
+// measureTransfer reads host 0's closure through the tunnel into a fresh
+// store, then publishes a second generation of host 0 and reads again:
+// the first update against one changed path.
+func (b *cacheBench) measureTransfer(ctx context.Context, client *sshdtest.Client) (tunnelResult, error) {
+	clientStore := filepath.Join(b.work, "client")
+	first, err := tunnel(ctx, b.srv, client, b.key, clientStore, b.tops[0])
 	if err != nil {
-		return err
+		return first, err
 	}
-	next, err := buildFleet(ctx, filepath.Join(work, "fleet"), hosts, packages, shared/int64(packages), uniqueKiB, "2")
+	next, err := b.buildFleet(ctx, "2")
 	if err != nil {
-		return err
+		return first, err
 	}
-	if err := pool.Add(ctx, next[:1]); err != nil {
-		return err
+	if err := b.pool.Add(ctx, next[:1]); err != nil {
+		return first, err
 	}
-	if _, err := pool.LinkHost(ctx, filepath.Join(srv.Root, hostName(0)), []string{next[0], tops[0]}); err != nil {
-		return err
+	if _, err := b.pool.LinkHost(ctx, filepath.Join(b.srv.Root, hostName(0)), []string{next[0], b.tops[0]}); err != nil {
+		return first, err
 	}
-	second, err := tunnel(ctx, srv, client, key, clientStore, next[0])
+	second, err := tunnel(ctx, b.srv, client, b.key, clientStore, next[0])
 	if err != nil {
-		return err
+		return first, err
 	}
 	fmt.Printf("transfer: first update %s read (%d NARs, %d narinfos), SSH wire %s in / %s out\n", kib(first.stats.Bytes), first.stats.NARs, first.stats.Narinfos, kib(first.wireIn), kib(first.wireOut))
 	fmt.Printf("transfer: one changed path %s read (%d NAR), SSH wire %s in / %s out: %.4f× the first\n", kib(second.stats.Bytes), second.stats.NARs, kib(second.wireIn), kib(second.wireOut), ratio(second.stats.Bytes, first.stats.Bytes))
+	return first, nil
+}
 
+// measureTime realises host 0's closure into empty stores runs times each
+// way: through the tunnel, nix copy from the cache on disk (the limit),
+// and plain HTTP from local disk; it prints the medians' ratios.
+func (b *cacheBench) measureTime(ctx context.Context, client *sshdtest.Client, first tunnelResult, runs int) error {
 	var viaTunnel, viaFile, viaHTTP []time.Duration
-	cacheDir := filepath.Join(srv.Root, hostName(0), "cache")
+	cacheDir := b.hostCache(0)
 	for i := 0; i < runs; i++ {
-		res, err := tunnel(ctx, srv, client, key, filepath.Join(work, fmt.Sprintf("t%d", i)), tops[0])
+		res, err := tunnel(ctx, b.srv, client, b.key, filepath.Join(b.work, fmt.Sprintf("t%d", i)), b.tops[0])
 		if err != nil {
 			return err
 		}
 		viaTunnel = append(viaTunnel, res.took)
-		d, err := fileCopy(ctx, cacheDir, key, filepath.Join(work, fmt.Sprintf("f%d", i)), tops[0])
+		d, err := fileCopy(ctx, cacheDir, b.key, filepath.Join(b.work, fmt.Sprintf("f%d", i)), b.tops[0])
 		if err != nil {
 			return err
 		}
 		viaFile = append(viaFile, d)
-		d, err = localHTTP(ctx, cacheDir, key, filepath.Join(work, fmt.Sprintf("h%d", i)), tops[0])
+		d, err = localHTTP(ctx, cacheDir, b.key, filepath.Join(b.work, fmt.Sprintf("h%d", i)), b.tops[0])
 		if err != nil {
 			return err
 		}

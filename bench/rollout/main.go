@@ -70,9 +70,31 @@ func run(n, nWaves int, interval time.Duration, asleep float64, seed uint64, bas
 	}
 	defer os.RemoveAll(work)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b9))
+	sizes := waveSizes(n, nWaves)
+	s := newSim(work, sizes, interval, asleep, rng)
+	fmt.Printf("fleet: %d hosts in %d waves %v, poll every %s (virtual), %.0f%% of the later waves asleep; %d CPUs, load %s\n",
+		n, nWaves, sizes, interval, asleep*100, runtime.NumCPU(), benchtb.LoadAvg())
+
+	ctx := context.Background()
+	if err := s.firstDeploy(ctx); err != nil {
+		return err
+	}
+	policy := rollout.Policy{Quorum: 1, WaveDeadline: 2 * interval}
+	if err := s.goodVersion(ctx, policy); err != nil {
+		return err
+	}
+	if err := s.badVersion(ctx, policy, rng, sizes[0]); err != nil {
+		return err
+	}
+	s.reportSteps()
+	return nil
+}
+
+// newSim lays out a fleet of waves of the given sizes: each host's tick
+// phase and whether it sleeps are drawn from rng, host by host.
+func newSim(work string, sizes []int, interval time.Duration, asleep float64, rng *rand.Rand) *sim {
 	s := &sim{root: filepath.Join(work, "root"), fleetDir: filepath.Join(work, "fleet"), snap: filepath.Join(work, "state"),
 		interval: interval, clock: time.Date(2026, 6, 1, 8, 0, 0, 0, time.UTC)}
-	sizes := waveSizes(n, nWaves)
 	i := 0
 	for w, size := range sizes {
 		for range size {
@@ -86,11 +108,13 @@ func run(n, nWaves int, interval time.Duration, asleep float64, seed uint64, bas
 			i++
 		}
 	}
-	s.applied = make([]string, n)
-	fmt.Printf("fleet: %d hosts in %d waves %v, poll every %s (virtual), %.0f%% of the later waves asleep; %d CPUs, load %s\n",
-		n, nWaves, sizes, interval, asleep*100, runtime.NumCPU(), benchtb.LoadAvg())
+	s.applied = make([]string, len(s.hosts))
+	return s
+}
 
-	ctx := context.Background()
+// firstDeploy publishes v1 to every host with a plain deploy, timed, and
+// has every host apply it.
+func (s *sim) firstDeploy(ctx context.Context) error {
 	if err := s.write("v1"); err != nil {
 		return err
 	}
@@ -98,12 +122,13 @@ func run(n, nWaves int, interval time.Duration, asleep float64, seed uint64, bas
 	if _, err := deploy.Run(ctx, s.deployOptions()); err != nil {
 		return err
 	}
-	fmt.Printf("first deploy of %d hosts: %s\n", n, time.Since(start).Round(time.Millisecond))
+	fmt.Printf("first deploy of %d hosts: %s\n", len(s.hosts), time.Since(start).Round(time.Millisecond))
 	s.tickAll(func(int) bool { return true }) // everyone on v1
+	return nil
+}
 
-	policy := rollout.Policy{Quorum: 1, WaveDeadline: 2 * interval}
-
-	// A good version: how long until every wave has it.
+// goodVersion rolls out a good version: how long until every wave has it.
+func (s *sim) goodVersion(ctx context.Context, policy rollout.Policy) error {
 	if err := s.write("v2"); err != nil {
 		return err
 	}
@@ -116,25 +141,40 @@ func run(n, nWaves int, interval time.Duration, asleep float64, seed uint64, bas
 		return err
 	}
 	fmt.Printf("good version: rollout %s after %s (virtual); waves published at %s\n", st.Phase, s.clock.Sub(t0), publishedOffsets(st, t0))
+	return nil
+}
 
-	// A bad version: it fails on one canary.
+// badVersion rolls out a bad version: it fails on one canary, drawn from
+// rng among the canaries wave 0 holds, and the rollout should halt.
+func (s *sim) badVersion(ctx context.Context, policy rollout.Policy, rng *rand.Rand, canaries int) error {
 	if err := s.write("v3-bad"); err != nil {
 		return err
 	}
-	s.clock = s.clock.Add(interval)
+	s.clock = s.clock.Add(s.interval)
 	s.exposed = map[string]bool{}
 	if _, _, err := rollout.Start(ctx, rollout.Options{Deploy: s.deployOptions(), Policy: policy, Now: s.now, SnapshotDir: s.snap}); err != nil {
 		return err
 	}
 	s.bad = s.version(s.hosts[0].Name)
-	s.badHost = s.hosts[rng.IntN(sizes[0])].Name
-	t0 = s.clock
-	st, err = s.drive(ctx)
+	s.badHost = s.hosts[rng.IntN(canaries)].Name
+	t0 := s.clock
+	st, err := s.drive(ctx)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("bad version (fails on canary %s): rollout %s after %s (virtual): %s\n", s.badHost, st.Phase, s.clock.Sub(t0), st.Reason)
-	served, outside := 0, 0
+	served, outside := s.exposure()
+	n := len(s.hosts)
+	fmt.Printf("hosts served the bad version: %d of %d (goal: wave 0 only, %d hosts); hosts that applied it before the halt: %d; a plain deploy serves it to all %d (%.1f%% of that)\n",
+		served, n, canaries, len(s.exposed), n, 100*float64(served)/float64(n))
+	fmt.Printf("hosts outside wave 0 served or applying the bad version: %d\n", outside)
+	return nil
+}
+
+// exposure counts the hosts whose chroot serves the bad version, and those
+// outside wave 0 that it serves or that applied it (a host counts twice if
+// both).
+func (s *sim) exposure() (served, outside int) {
 	for _, h := range s.hosts {
 		if s.version(h.Name) == s.bad {
 			served++
@@ -148,18 +188,18 @@ func run(n, nWaves int, interval time.Duration, asleep float64, seed uint64, bas
 			outside++
 		}
 	}
-	fmt.Printf("hosts served the bad version: %d of %d (goal: wave 0 only, %d hosts); hosts that applied it before the halt: %d; a plain deploy serves it to all %d (%.1f%% of that)\n",
-		served, n, sizes[0], len(s.exposed), n, 100*float64(served)/float64(n))
-	fmt.Printf("hosts outside wave 0 served or applying the bad version: %d\n", outside)
+	return served, outside
+}
 
+// reportSteps prints the wall times of the rollout steps both rollouts ran.
+func (s *sim) reportSteps() {
 	fmt.Printf("rollout step, judging only (reads every published host's report): median %s, max %s over %d steps\n",
 		benchtb.Median(s.judgeTimes), slices.Max(s.judgeTimes), len(s.judgeTimes))
 	if len(s.fullJudgeTimes) > 0 {
 		fmt.Printf("rollout step over all %d hosts (every wave published, judging only): median %s, max %s over %d steps (goal ≤ 1s)\n",
-			n, benchtb.Median(s.fullJudgeTimes), slices.Max(s.fullJudgeTimes), len(s.fullJudgeTimes))
+			len(s.hosts), benchtb.Median(s.fullJudgeTimes), slices.Max(s.fullJudgeTimes), len(s.fullJudgeTimes))
 	}
 	fmt.Printf("rollout step publishing a wave (judging + deploy of the wave's hosts): %s\n", benchtb.Rounds(s.publishTimes))
-	return nil
 }
 
 // waveSizes: 2% canaries (at least 1), the rest split 1:2:3… over the
@@ -270,39 +310,60 @@ func (s *sim) drive(ctx context.Context) (*rollout.State, error) {
 	for s.clock.Before(end) {
 		prev := s.clock
 		s.clock = s.clock.Add(time.Minute)
-		s.tickAll(func(i int) bool {
-			// A tick falls in (prev, clock].
-			p := s.phase[i]
-			a := time.Duration(prev.UnixNano()) % s.interval
-			b := time.Duration(s.clock.UnixNano()) % s.interval
-			if a < b {
-				return p > a && p <= b
-			}
-			return p > a || p <= b
-		})
+		s.tickAll(s.tickedSince(prev))
 		if s.clock.Minute()%5 != 0 {
 			continue
 		}
-		start := time.Now()
-		res, err := rollout.Step(ctx, rollout.StepOptions{Deploy: deploy.Options{Root: s.root}, Now: s.now})
+		st, done, err := s.step(ctx)
 		if err != nil {
 			return nil, err
 		}
-		d := time.Since(start)
-		if res.Published != nil {
-			s.publishTimes = append(s.publishTimes, d)
-		} else if res.State.Phase == rollout.PhaseRunning || res.Decision.Action != rollout.ActionWait {
-			s.judgeTimes = append(s.judgeTimes, d)
-			if res.State.Current == len(res.State.Waves)-1 {
-				s.fullJudgeTimes = append(s.fullJudgeTimes, d)
-			}
-		}
-		if !res.State.Phase.Active() || res.State.Phase == rollout.PhaseHalted {
-			return res.State, nil
+		if done {
+			return st, nil
 		}
 	}
 	st, err := rollout.Load(s.root)
 	return st, err
+}
+
+// tickedSince is tickAll's due for the minute that ended at s.clock:
+// whether host i ticked since prev.
+func (s *sim) tickedSince(prev time.Time) func(i int) bool {
+	return func(i int) bool {
+		// A tick falls in (prev, clock].
+		p := s.phase[i]
+		a := time.Duration(prev.UnixNano()) % s.interval
+		b := time.Duration(s.clock.UnixNano()) % s.interval
+		if a < b {
+			return p > a && p <= b
+		}
+		return p > a || p <= b
+	}
+}
+
+// step runs one rollout step, timed; done says the rollout has ended or
+// halted.
+func (s *sim) step(ctx context.Context) (st *rollout.State, done bool, err error) {
+	start := time.Now()
+	res, err := rollout.Step(ctx, rollout.StepOptions{Deploy: deploy.Options{Root: s.root}, Now: s.now})
+	if err != nil {
+		return nil, false, err
+	}
+	s.recordStep(res, time.Since(start))
+	return res.State, !res.State.Phase.Active() || res.State.Phase == rollout.PhaseHalted, nil
+}
+
+// recordStep files a step's wall time d under publishing or judging (and
+// judging with every wave published).
+func (s *sim) recordStep(res *rollout.StepResult, d time.Duration) {
+	if res.Published != nil {
+		s.publishTimes = append(s.publishTimes, d)
+	} else if res.State.Phase == rollout.PhaseRunning || res.Decision.Action != rollout.ActionWait {
+		s.judgeTimes = append(s.judgeTimes, d)
+		if res.State.Current == len(res.State.Waves)-1 {
+			s.fullJudgeTimes = append(s.fullJudgeTimes, d)
+		}
+	}
 }
 
 func publishedOffsets(st *rollout.State, t0 time.Time) []string {

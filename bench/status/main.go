@@ -49,78 +49,107 @@ func main() {
 	}
 }
 
+// bench is one run's chroot root and the medians its phases measure.
+type bench struct {
+	tmp, root string
+	runs      int
+	opts      status.Options
+	snap      *status.Snapshot
+
+	floor, naive, collect, table, jsonOut, prom, binary time.Duration
+}
+
 func run(n, files, runs int) error {
 	tmp, err := os.MkdirTemp("", "bento-bench-status-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	root := filepath.Join(tmp, "chroot")
+	b := &bench{tmp: tmp, root: filepath.Join(tmp, "chroot"), runs: runs}
 	now := time.Now()
-	bytesWritten, err := generate(root, n, files, now)
+	bytesWritten, err := generate(b.root, n, files, now)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("bench/status: %d hosts, %d files per manifest, %.1f MB of manifests and reports, %d CPUs, median of %d runs\n\n",
 		n, files, float64(bytesWritten)/1e6, runtime.NumCPU(), runs)
 
-	ctx := context.Background()
-	opts := status.Options{Root: root, Now: now}
-	var snap *status.Snapshot
-	measure := func(f func() error) (time.Duration, error) {
-		if err := f(); err != nil { // warm-up
+	b.opts = status.Options{Root: b.root, Now: now}
+	if err := b.measureReaders(context.Background()); err != nil {
+		return err
+	}
+	if err := b.measureRenderings(); err != nil {
+		return err
+	}
+	if err := b.measureBinary(); err != nil {
+		return err
+	}
+	b.report()
+	return nil
+}
+
+// measure is f's median time over b.runs runs after one warm-up.
+func (b *bench) measure(f func() error) (time.Duration, error) {
+	if err := f(); err != nil { // warm-up
+		return 0, err
+	}
+	var ds []time.Duration
+	for i := 0; i < b.runs; i++ {
+		start := time.Now()
+		if err := f(); err != nil {
 			return 0, err
 		}
-		var ds []time.Duration
-		for i := 0; i < runs; i++ {
-			start := time.Now()
-			if err := f(); err != nil {
-				return 0, err
-			}
-			ds = append(ds, time.Since(start))
-		}
-		slices.Sort(ds)
-		return ds[len(ds)/2], nil
+		ds = append(ds, time.Since(start))
 	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], nil
+}
 
-	floor, err := measure(func() error { return readAll(root) })
-	if err != nil {
+// measureReaders times the floor, the baseline and status.Collect, whose
+// snapshot the renderings then use.
+func (b *bench) measureReaders(ctx context.Context) error {
+	var err error
+	if b.floor, err = b.measure(func() error { return readAll(b.root) }); err != nil {
 		return err
 	}
-	naive, err := measure(func() error { return decodeAll(root) })
-	if err != nil {
+	if b.naive, err = b.measure(func() error { return decodeAll(b.root) }); err != nil {
 		return err
 	}
-	collect, err := measure(func() error {
+	b.collect, err = b.measure(func() error {
 		var err error
-		snap, err = status.Collect(ctx, opts)
+		b.snap, err = status.Collect(ctx, b.opts)
 		return err
 	})
-	if err != nil {
-		return err
-	}
+	return err
+}
+
+// measureRenderings times the table, JSON and Prometheus renderings of
+// the snapshot.
+func (b *bench) measureRenderings() error {
 	timed := func(w func(io.Writer) error) (time.Duration, error) {
-		return measure(func() error { return w(io.Discard) })
+		return b.measure(func() error { return w(io.Discard) })
 	}
-	table, err := timed(func(w io.Writer) error { return render.Table(w, snap, render.TableOptions{}) })
-	if err != nil {
+	var err error
+	if b.table, err = timed(func(w io.Writer) error { return render.Table(w, b.snap, render.TableOptions{}) }); err != nil {
 		return err
 	}
-	jsonOut, err := timed(func(w io.Writer) error { return render.JSON(w, snap) })
-	if err != nil {
+	if b.jsonOut, err = timed(func(w io.Writer) error { return render.JSON(w, b.snap) }); err != nil {
 		return err
 	}
-	prom, err := timed(func(w io.Writer) error { return render.Prometheus(w, snap) })
-	if err != nil {
-		return err
-	}
-	bin := filepath.Join(tmp, "bento")
+	b.prom, err = timed(func(w io.Writer) error { return render.Prometheus(w, b.snap) })
+	return err
+}
+
+// measureBinary builds bento and times bento status --no-eval end to end.
+func (b *bench) measureBinary() error {
+	bin := filepath.Join(b.tmp, "bento")
 	build := exec.Command("go", "build", "-o", bin, "./cmd/bento")
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build ./cmd/bento: %v\n%s", err, out)
 	}
-	binary, err := measure(func() error {
-		cmd := exec.Command(bin, "status", "--no-eval", "--chroot-root", root, "--state-dir", filepath.Join(tmp, "state"))
+	var err error
+	b.binary, err = b.measure(func() error {
+		cmd := exec.Command(bin, "status", "--no-eval", "--chroot-root", b.root, "--state-dir", filepath.Join(b.tmp, "state"))
 		cmd.Stdout = io.Discard
 		err := cmd.Run()
 		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() >= 3 {
@@ -128,23 +157,33 @@ func run(n, files, runs int) error {
 		}
 		return err
 	})
-	if err != nil {
-		return err
-	}
-
-	ms := func(d time.Duration) string { return fmt.Sprintf("%8.1f ms", float64(d.Microseconds())/1000) }
-	fmt.Printf("%-52s %s\n", "floor: read every manifest and report", ms(floor))
-	fmt.Printf("%-52s %s  (%.1f× the floor)\n", "baseline: decode them whole, one host at a time", ms(naive), ratio(naive, floor))
-	fmt.Printf("%-52s %s  (%.1f× the floor, %.2f× the baseline)\n", "bento status: read and decide (status.Collect)", ms(collect), ratio(collect, floor), ratio(collect, naive))
-	fmt.Printf("%-52s %s\n", "  + human table", ms(table))
-	fmt.Printf("%-52s %s\n", "  + --json", ms(jsonOut))
-	fmt.Printf("%-52s %s\n", "  + --prometheus", ms(prom))
-	fmt.Printf("%-52s %s  (goal: well under 1 s)\n", "bento status --no-eval, the binary end to end", ms(binary))
-	fmt.Printf("\nstates: %s\n", render.SummaryLine(snap, false))
-	return nil
+	return err
 }
 
+func (b *bench) report() {
+	fmt.Printf("%-52s %s\n", "floor: read every manifest and report", ms(b.floor))
+	fmt.Printf("%-52s %s  (%.1f× the floor)\n", "baseline: decode them whole, one host at a time", ms(b.naive), ratio(b.naive, b.floor))
+	fmt.Printf("%-52s %s  (%.1f× the floor, %.2f× the baseline)\n", "bento status: read and decide (status.Collect)", ms(b.collect), ratio(b.collect, b.floor), ratio(b.collect, b.naive))
+	fmt.Printf("%-52s %s\n", "  + human table", ms(b.table))
+	fmt.Printf("%-52s %s\n", "  + --json", ms(b.jsonOut))
+	fmt.Printf("%-52s %s\n", "  + --prometheus", ms(b.prom))
+	fmt.Printf("%-52s %s  (goal: well under 1 s)\n", "bento status --no-eval, the binary end to end", ms(b.binary))
+	fmt.Printf("\nstates: %s\n", render.SummaryLine(b.snap, false))
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%8.1f ms", float64(d.Microseconds())/1000) }
+
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
+
+// The systems the generated hosts run: sysB is the drifting hosts'.
+const (
+	sysA = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a-1"
+	sysB = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b-2"
+)
+
+// The version failing and pending hosts ran before: 16 hex digits, as
+// the manifest format wants, and none of the loop's.
+const oldVersion = "deadbeef00000000"
 
 // generate writes n chroots: a manifest with files entries, a report, in a
 // mix of states (most up to date, as in a healthy fleet).
@@ -154,49 +193,59 @@ func generate(root string, n, files int, now time.Time) (int64, error) {
 	for i := range list {
 		list[i] = manifest.File{Path: fmt.Sprintf("hosts/common/module-%04d.nix", i), Mode: 0o644, Size: 1234, SHA256: fmt.Sprintf("%064x", i)}
 	}
-	const sysA = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a-1"
-	const sysB = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b-2"
-	// The version failing and pending hosts ran before: 16 hex digits, as
-	// the manifest format wants, and none of the loop's.
-	const oldVersion = "deadbeef00000000"
 	for i := 0; i < n; i++ {
-		host := fmt.Sprintf("host-%04d", i)
-		dir := filepath.Join(root, host)
-		if err := os.MkdirAll(filepath.Join(dir, manifest.LogsDir), 0o755); err != nil {
+		written, err := writeHost(root, i, list, now)
+		if err != nil {
 			return 0, err
 		}
-		version := fmt.Sprintf("%016x", i+1)
-		m := manifest.Manifest{Format: manifest.Format, Host: host, Version: version, PublishedAt: now.Add(-time.Hour),
-			ExpectedToplevel: sysA, Flake: manifest.Flake{Attr: "nixosConfigurations." + host}, Files: list}
-		r := manifest.Report{Format: manifest.Format, Host: host, SeenVersion: version, AppliedVersion: version, AttemptedVersion: version,
-			Stage: manifest.StageConfirmed, Result: manifest.ResultSuccess, ExpectedToplevel: sysA, ActualToplevel: sysA,
-			CurrentSystem: sysA, BootedSystem: sysA, Operation: "switch", AgentVersion: "dev",
-			StartedAt: now.Add(-2 * time.Minute), FinishedAt: now.Add(-time.Minute), Log: version + "-20250101T000000Z.log.gz"}
-		switch i % 20 {
-		case 1:
-			r.AppliedVersion = oldVersion
-		case 2:
-			r.Result, r.Stage, r.AppliedVersion, r.Error = manifest.ResultFailure, manifest.StageFailed, oldVersion, "build: error: builder for '/nix/store/x.drv' failed with exit code 1"
-		case 3:
-			r.CurrentSystem = sysB
-		case 4:
-			r.FinishedAt = now.Add(-3 * time.Hour)
-		}
-		md, _ := json.Marshal(m)
-		rd, _ := json.Marshal(r)
-		if err := os.WriteFile(filepath.Join(dir, manifest.ManifestFile), md, 0o644); err != nil {
-			return 0, err
-		}
-		total += int64(len(md))
-		if i%20 == 5 {
-			continue // never seen
-		}
-		if err := os.WriteFile(filepath.Join(dir, manifest.StatusFile), rd, 0o644); err != nil {
-			return 0, err
-		}
-		total += int64(len(rd))
+		total += written
 	}
 	return total, nil
+}
+
+// hostDocs is host i's manifest and report, in the state i%20 picks.
+func hostDocs(i int, list []manifest.File, now time.Time) (manifest.Manifest, manifest.Report) {
+	host := fmt.Sprintf("host-%04d", i)
+	version := fmt.Sprintf("%016x", i+1)
+	m := manifest.Manifest{Format: manifest.Format, Host: host, Version: version, PublishedAt: now.Add(-time.Hour),
+		ExpectedToplevel: sysA, Flake: manifest.Flake{Attr: "nixosConfigurations." + host}, Files: list}
+	r := manifest.Report{Format: manifest.Format, Host: host, SeenVersion: version, AppliedVersion: version, AttemptedVersion: version,
+		Stage: manifest.StageConfirmed, Result: manifest.ResultSuccess, ExpectedToplevel: sysA, ActualToplevel: sysA,
+		CurrentSystem: sysA, BootedSystem: sysA, Operation: "switch", AgentVersion: "dev",
+		StartedAt: now.Add(-2 * time.Minute), FinishedAt: now.Add(-time.Minute), Log: version + "-20250101T000000Z.log.gz"}
+	switch i % 20 {
+	case 1:
+		r.AppliedVersion = oldVersion
+	case 2:
+		r.Result, r.Stage, r.AppliedVersion, r.Error = manifest.ResultFailure, manifest.StageFailed, oldVersion, "build: error: builder for '/nix/store/x.drv' failed with exit code 1"
+	case 3:
+		r.CurrentSystem = sysB
+	case 4:
+		r.FinishedAt = now.Add(-3 * time.Hour)
+	}
+	return m, r
+}
+
+// writeHost writes host i's chroot, its manifest and, unless it was never
+// seen, its report; it returns the bytes written.
+func writeHost(root string, i int, list []manifest.File, now time.Time) (int64, error) {
+	m, r := hostDocs(i, list, now)
+	dir := filepath.Join(root, m.Host)
+	if err := os.MkdirAll(filepath.Join(dir, manifest.LogsDir), 0o755); err != nil {
+		return 0, err
+	}
+	md, _ := json.Marshal(m)
+	rd, _ := json.Marshal(r)
+	if err := os.WriteFile(filepath.Join(dir, manifest.ManifestFile), md, 0o644); err != nil {
+		return 0, err
+	}
+	if i%20 == 5 {
+		return int64(len(md)), nil // never seen
+	}
+	if err := os.WriteFile(filepath.Join(dir, manifest.StatusFile), rd, 0o644); err != nil {
+		return 0, err
+	}
+	return int64(len(md) + len(rd)), nil
 }
 
 // readAll reads every manifest and report: the I/O floor.

@@ -46,106 +46,178 @@ func main() {
 	}))
 }
 
-func run(tb *benchtb.TB, nHosts, nUsers int, every, window time.Duration) error {
-	srv := sshdtest.Start(tb, sshdtest.Options{})
-	var clients []*sshdtest.Client
-	for i := 0; i < nUsers; i++ {
-		c := srv.AddHost(tb, fmt.Sprintf("w%03d", i))
-		if err := writeManifest(srv.Root, c.Host, 0); err != nil {
-			return err
-		}
-		clients = append(clients, c)
-	}
-	base := sshdCost(srv)
+// watchBench is one run's server, its SFTP users and what the watchers
+// report to the measurement.
+type watchBench struct {
+	srv            *sshdtest.Server
+	clients        []*sshdtest.Client
+	nHosts, nUsers int
+	every          time.Duration
 
-	var bytes benchtb.Counter
-	var looks atomic.Int64
-	var publishedAt atomic.Int64 // unix nanos; 0 before the publication
-	seenAt := make(chan time.Duration, nHosts)
-	firstTick := make(chan int, nHosts)
+	bytes       benchtb.Counter
+	looks       atomic.Int64
+	publishedAt atomic.Int64 // unix nanos; 0 before the publication
+	seenAt      chan time.Duration
+	firstTick   chan int
+}
+
+// idleCost is the server while every watcher looks and nothing changes:
+// its cost before and after the window, and the looks and bytes in it.
+type idleCost struct {
+	held, idle cost
+	looks      int64
+	bin, bout  int64
+}
+
+func run(tb *benchtb.TB, nHosts, nUsers int, every, window time.Duration) error {
+	b, err := setUp(tb, nHosts, nUsers, every)
+	if err != nil {
+		return err
+	}
+	base := sshdCost(b.srv)
+
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
+	connected, err := b.connectAll(ctx, tb, &wg)
+	if err != nil {
+		return err
+	}
+	idle := b.measureIdle(window)
+	lat, err := b.publish()
+	if err != nil {
+		return err
+	}
+	b.report(base, idle, connected, window, lat)
+	return nil
+}
+
+// setUp starts sshd with nUsers SFTP users, each with a first manifest.
+func setUp(tb *benchtb.TB, nHosts, nUsers int, every time.Duration) (*watchBench, error) {
+	b := &watchBench{srv: sshdtest.Start(tb, sshdtest.Options{}), nHosts: nHosts, nUsers: nUsers, every: every,
+		seenAt: make(chan time.Duration, nHosts), firstTick: make(chan int, nHosts)}
+	for i := 0; i < nUsers; i++ {
+		c := b.srv.AddHost(tb, fmt.Sprintf("w%03d", i))
+		if err := writeManifest(b.srv.Root, c.Host, 0); err != nil {
+			return nil, err
+		}
+		b.clients = append(b.clients, c)
+	}
+	return b, nil
+}
+
+// connectAll starts the watchers and returns once each has ticked once,
+// with the time that took.
+func (b *watchBench) connectAll(ctx context.Context, tb *benchtb.TB, wg *sync.WaitGroup) (time.Duration, error) {
 	start := time.Now()
-	for i := 0; i < nHosts; i++ {
-		c := clients[i%nUsers]
-		cfg := agent.Defaults()
-		cfg.Host, cfg.User, cfg.Server = c.Host, c.User, "127.0.0.1"
-		cfg.Port = srv.Port
-		cfg.IdentityFile, cfg.ServerHostKey = c.KeyFile, srv.KnownHostsLine
-		cfg.StateDir = filepath.Join(tb.TempDir(), "state")
-		seen := false
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			err := agent.Watch(ctx, cfg, agent.WatchOptions{
-				Every:     every,
-				Dial:      bytes.Dial,
-				Reconnect: backoff.Policy{Initial: 100 * time.Millisecond, Max: 2 * time.Second},
-				Tick: func(context.Context) error {
-					if p := publishedAt.Load(); p != 0 {
-						seenAt <- time.Duration(time.Now().UnixNano() - p)
-					}
-					if !seen {
-						seen = true
-						firstTick <- i
-					}
-					return nil
-				},
-				Changed: func(bool) { looks.Add(1) },
-			})
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "watcher %d: %v\n", i, err)
-			}
-		}()
+	for i := 0; i < b.nHosts; i++ {
+		b.startWatcher(ctx, wg, i, b.config(tb, i))
 		// sshd takes at most MaxStartups unauthenticated connections at
 		// once: let each batch log in before the next.
 		if (i+1)%50 == 0 {
-			for j := 0; j < 50; j++ {
-				select {
-				case <-firstTick:
-				case <-time.After(2 * time.Minute):
-					return fmt.Errorf("watchers did not connect within 2 minutes")
-				}
+			if err := b.awaitBatch(50); err != nil {
+				return 0, err
 			}
 		}
 	}
-	for j := 0; j < nHosts%50; j++ {
-		<-firstTick
+	for j := 0; j < b.nHosts%50; j++ {
+		<-b.firstTick
 	}
-	connected := time.Since(start)
+	return time.Since(start), nil
+}
 
-	// Idle: every watcher looks, nothing changes.
-	held := sshdCost(srv)
-	b0in, b0out, l0 := bytes.In.Load(), bytes.Out.Load(), looks.Load()
+// config is watcher i's agent configuration: one of the SFTP users, a
+// state directory of its own.
+func (b *watchBench) config(tb *benchtb.TB, i int) agent.Config {
+	c := b.clients[i%b.nUsers]
+	cfg := agent.Defaults()
+	cfg.Host, cfg.User, cfg.Server = c.Host, c.User, "127.0.0.1"
+	cfg.Port = b.srv.Port
+	cfg.IdentityFile, cfg.ServerHostKey = c.KeyFile, b.srv.KnownHostsLine
+	cfg.StateDir = filepath.Join(tb.TempDir(), "state")
+	return cfg
+}
+
+// startWatcher runs watcher i until ctx ends: its ticks record how long
+// after the publication they came, its first tick announces it connected.
+func (b *watchBench) startWatcher(ctx context.Context, wg *sync.WaitGroup, i int, cfg agent.Config) {
+	seen := false
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := agent.Watch(ctx, cfg, agent.WatchOptions{
+			Every:     b.every,
+			Dial:      b.bytes.Dial,
+			Reconnect: backoff.Policy{Initial: 100 * time.Millisecond, Max: 2 * time.Second},
+			Tick: func(context.Context) error {
+				if p := b.publishedAt.Load(); p != 0 {
+					b.seenAt <- time.Duration(time.Now().UnixNano() - p)
+				}
+				if !seen {
+					seen = true
+					b.firstTick <- i
+				}
+				return nil
+			},
+			Changed: func(bool) { b.looks.Add(1) },
+		})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "watcher %d: %v\n", i, err)
+		}
+	}()
+}
+
+// awaitBatch waits for n watchers' first tick, each within 2 minutes.
+func (b *watchBench) awaitBatch(n int) error {
+	for j := 0; j < n; j++ {
+		select {
+		case <-b.firstTick:
+		case <-time.After(2 * time.Minute):
+			return fmt.Errorf("watchers did not connect within 2 minutes")
+		}
+	}
+	return nil
+}
+
+// measureIdle: every watcher looks, nothing changes, for window.
+func (b *watchBench) measureIdle(window time.Duration) idleCost {
+	held := sshdCost(b.srv)
+	b0in, b0out, l0 := b.bytes.In.Load(), b.bytes.Out.Load(), b.looks.Load()
 	time.Sleep(window)
-	idle := sshdCost(srv)
-	lw := looks.Load() - l0
-	bin, bout := bytes.In.Load()-b0in, bytes.Out.Load()-b0out
+	idle := sshdCost(b.srv)
+	return idleCost{held: held, idle: idle, looks: b.looks.Load() - l0,
+		bin: b.bytes.In.Load() - b0in, bout: b.bytes.Out.Load() - b0out}
+}
 
-	// A publication: every manifest replaced at once.
-	publishedAt.Store(time.Now().UnixNano())
-	for _, c := range clients {
-		if err := writeManifest(srv.Root, c.Host, 1); err != nil {
-			return err
+// publish replaces every manifest at once and returns, sorted, how long
+// each watcher took to tick on it.
+func (b *watchBench) publish() ([]time.Duration, error) {
+	b.publishedAt.Store(time.Now().UnixNano())
+	for _, c := range b.clients {
+		if err := writeManifest(b.srv.Root, c.Host, 1); err != nil {
+			return nil, err
 		}
 	}
 	var lat []time.Duration
-	limit := time.After(3*every + 30*time.Second)
-	for len(lat) < nHosts {
+	limit := time.After(3*b.every + 30*time.Second)
+	for len(lat) < b.nHosts {
 		select {
-		case d := <-seenAt:
+		case d := <-b.seenAt:
 			lat = append(lat, d)
 		case <-limit:
-			return fmt.Errorf("only %d of %d watchers saw the publication within %s", len(lat), nHosts, 3*every+30*time.Second)
+			return nil, fmt.Errorf("only %d of %d watchers saw the publication within %s", len(lat), b.nHosts, 3*b.every+30*time.Second)
 		}
 	}
-	sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return lat, nil
+}
 
+func (b *watchBench) report(base cost, ic idleCost, connected, window time.Duration, lat []time.Duration) {
+	nHosts, held, lw, bin, bout := b.nHosts, ic.held, ic.looks, ic.bin, ic.bout
 	procs := held.procs - base.procs
 	mem := held.pssKiB - base.pssKiB
-	cpu := idle.cpuTicks - held.cpuTicks
-	fmt.Printf("watch mode: %d hosts (over %d SFTP users), a look every %s, one sshd on loopback\n\n", nHosts, nUsers, every)
+	cpu := ic.idle.cpuTicks - held.cpuTicks
+	fmt.Printf("watch mode: %d hosts (over %d SFTP users), a look every %s, one sshd on loopback\n\n", nHosts, b.nUsers, b.every)
 	fmt.Printf("%-44s %12s %12s\n", "", "no watcher", "watching")
 	fmt.Printf("%-44s %12d %12d\n", "sshd processes", base.procs, held.procs)
 	fmt.Printf("%-44s %12d %12d\n", "sshd memory (PSS, KiB)", base.pssKiB, held.pssKiB)
@@ -165,7 +237,6 @@ func run(tb *benchtb.TB, nHosts, nUsers int, every, window time.Duration) error 
 	if extra := 1024 * 1024 * 1024 / max(float64(mem)/float64(nHosts)*1024, 1); extra > 0 {
 		fmt.Printf("at this cost one GiB of sshd memory holds about %.0f watching hosts\n", extra)
 	}
-	return nil
 }
 
 func pct(d []time.Duration, p int) time.Duration {
@@ -213,45 +284,66 @@ func sshdCost(srv *sshdtest.Server) cost {
 	var c cost
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if !isTestSshd(e.Name(), srv) {
 			continue
 		}
-		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		if err != nil || filepath.Base(exe) != "sshd" {
-			continue
-		}
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if !strings.Contains(string(cmdline), "sshd") {
-			continue
-		}
-		if !belongsTo(pid, srv) {
-			continue
-		}
+		dir := filepath.Join("/proc", e.Name())
 		c.procs++
-		if data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "smaps_rollup")); err == nil {
-			for _, line := range strings.Split(string(data), "\n") {
-				if f := strings.Fields(line); len(f) >= 2 && f[0] == "Pss:" {
-					n, _ := strconv.ParseInt(f[1], 10, 64)
-					c.pssKiB += n
-				}
-			}
-		}
-		if data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
-			// Fields after the command name in parentheses: utime is the
-			// 14th field of the line, stime the 15th.
-			s := string(data)
-			if i := strings.LastIndexByte(s, ')'); i > 0 {
-				f := strings.Fields(s[i+1:])
-				if len(f) > 13 {
-					u, _ := strconv.ParseInt(f[11], 10, 64)
-					st, _ := strconv.ParseInt(f[12], 10, 64)
-					c.cpuTicks += u + st
-				}
+		c.pssKiB += pssKiB(dir)
+		c.cpuTicks += cpuTicks(dir)
+	}
+	return c
+}
+
+// isTestSshd tells whether /proc/<name> is an sshd process of srv's.
+func isTestSshd(name string, srv *sshdtest.Server) bool {
+	pid, err := strconv.Atoi(name)
+	if err != nil {
+		return false
+	}
+	exe, err := os.Readlink(filepath.Join("/proc", name, "exe"))
+	if err != nil || filepath.Base(exe) != "sshd" {
+		return false
+	}
+	cmdline, _ := os.ReadFile(filepath.Join("/proc", name, "cmdline"))
+	if !strings.Contains(string(cmdline), "sshd") {
+		return false
+	}
+	return belongsTo(pid, srv)
+}
+
+// pssKiB is the process's proportional set size (smaps_rollup), 0 if
+// unreadable.
+func pssKiB(dir string) int64 {
+	var total int64
+	if data, err := os.ReadFile(filepath.Join(dir, "smaps_rollup")); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "Pss:" {
+				n, _ := strconv.ParseInt(f[1], 10, 64)
+				total += n
 			}
 		}
 	}
-	return c
+	return total
+}
+
+// cpuTicks is the process's user and system CPU time, in clockTicks, 0 if
+// unreadable.
+func cpuTicks(dir string) int64 {
+	if data, err := os.ReadFile(filepath.Join(dir, "stat")); err == nil {
+		// Fields after the command name in parentheses: utime is the
+		// 14th field of the line, stime the 15th.
+		s := string(data)
+		if i := strings.LastIndexByte(s, ')'); i > 0 {
+			f := strings.Fields(s[i+1:])
+			if len(f) > 13 {
+				u, _ := strconv.ParseInt(f[11], 10, 64)
+				st, _ := strconv.ParseInt(f[12], 10, 64)
+				return u + st
+			}
+		}
+	}
+	return 0
 }
 
 // belongsTo tells whether pid is the test sshd or one of its descendants.
