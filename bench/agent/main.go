@@ -55,6 +55,38 @@ type sample struct {
 }
 
 func run(tb *benchtb.TB, nFiles, size, nIdle, nUpdates int) error {
+	b, err := setUp(tb, nFiles, size)
+	if err != nil {
+		return err
+	}
+	if err := b.measureBento(nIdle, nUpdates); err != nil {
+		return err
+	}
+	if err := b.measureOriginal(nIdle, nUpdates); err != nil {
+		return err
+	}
+	b.report()
+	return nil
+}
+
+// bench is the state the phases share: the fleet and its host, the
+// agent's configuration, and the samples each phase measured.
+type bench struct {
+	tb   *benchtb.TB
+	ctx  context.Context
+	env  *e2e.Env
+	h    *e2e.Host
+	cfg  agent.Config
+	size int
+
+	first                sample   // bento's first tick
+	idles, hands, ups    []sample // bento's idle ticks, handshakes alone, one-file updates
+	origIdle, origUpdate []sample // the original client's polls and downloads
+}
+
+// setUp starts a one-host fleet of nFiles extra files, publishes it, and
+// loads the host's agent configuration into this process's environment.
+func setUp(tb *benchtb.TB, nFiles, size int) (*bench, error) {
 	os.Setenv("NIX_CONFIG", fixture.NixConfig)
 	f := fixture.Fleet{
 		Hosts: []fixture.Host{{Name: "alpha", Bento: &fixture.Bento{Enable: true}}},
@@ -72,82 +104,124 @@ func run(tb *benchtb.TB, nFiles, size, nIdle, nUpdates int) error {
 	}
 	cfg := agent.Defaults()
 	if _, err := cfg.LoadFile(h.ConfigFile(tb)); err != nil {
-		return err
+		return nil, err
 	}
-	ctx := context.Background()
-	tick := func(want string) (sample, error) {
-		var c benchtb.Counter
-		start := time.Now()
-		out, err := agent.Run(ctx, cfg, agent.Options{Nix: &nix.Runner{}, Dial: c.Dial, AgentVersion: "bench"})
-		s := sample{in: c.In.Load(), out: c.Out.Load(), dur: time.Since(start)}
-		if err != nil {
-			return s, err
-		}
-		if out.Action != want {
-			return s, fmt.Errorf("tick did %s, want %s", out.Action, want)
-		}
-		return s, nil
-	}
-
 	fmt.Printf("fleet: 1 host, %d files (%d extra of %d bytes), version %s\n\n", len(env.Manifest(tb, "alpha").Files), nFiles, size, pub.Version)
-	first, err := tick(agent.ActionApplied)
+	return &bench{tb: tb, ctx: context.Background(), env: env, h: h, cfg: cfg, size: size}, nil
+}
+
+// tick runs one agent tick, counting its bytes, and wants it to do want.
+func (b *bench) tick(want string) (sample, error) {
+	var c benchtb.Counter
+	start := time.Now()
+	out, err := agent.Run(b.ctx, b.cfg, agent.Options{Nix: &nix.Runner{}, Dial: c.Dial, AgentVersion: "bench"})
+	s := sample{in: c.In.Load(), out: c.Out.Load(), dur: time.Since(start)}
+	if err != nil {
+		return s, err
+	}
+	if out.Action != want {
+		return s, fmt.Errorf("tick did %s, want %s", out.Action, want)
+	}
+	return s, nil
+}
+
+// measureBento measures bento's first tick, its idle ticks, the
+// handshake alone and one-file updates.
+func (b *bench) measureBento(nIdle, nUpdates int) error {
+	first, err := b.tick(agent.ActionApplied)
 	if err != nil {
 		return fmt.Errorf("first tick: %w", err)
 	}
-	var idles []sample
+	b.first = first
 	for i := 0; i < nIdle; i++ {
-		s, err := tick(agent.ActionUpToDate)
+		s, err := b.tick(agent.ActionUpToDate)
 		if err != nil {
 			return fmt.Errorf("idle tick: %w", err)
 		}
-		idles = append(idles, s)
+		b.idles = append(b.idles, s)
 	}
-	// The handshake alone (TCP, SSH, SFTP session, then closed), to split
-	// an idle tick's cost between connecting and the SFTP work.
-	keys, err := transport.ParseHostKeys(cfg.ServerHostKey)
+	if err := b.measureHandshakes(nIdle); err != nil {
+		return err
+	}
+	for i := 1; i <= nUpdates; i++ {
+		b.env.Fleet.Files["modules/m000.nix"] = fileContent(0, i, b.size)
+		b.env.WriteFleet(b.tb, b.env.Fleet)
+		b.env.Publish(b.tb)
+		s, err := b.tick(agent.ActionApplied)
+		if err != nil {
+			return fmt.Errorf("update tick: %w", err)
+		}
+		b.ups = append(b.ups, s)
+	}
+	return nil
+}
+
+// measureHandshakes measures the handshake alone (TCP, SSH, SFTP session,
+// then closed), to split an idle tick's cost between connecting and the
+// SFTP work.
+func (b *bench) measureHandshakes(n int) error {
+	keys, err := transport.ParseHostKeys(b.cfg.ServerHostKey)
 	if err != nil {
 		return err
 	}
-	signer, err := transport.LoadSigner(cfg.IdentityFile)
+	signer, err := transport.LoadSigner(b.cfg.IdentityFile)
 	if err != nil {
 		return err
 	}
-	var hands []sample
-	for i := 0; i < nIdle; i++ {
+	for i := 0; i < n; i++ {
 		var c benchtb.Counter
 		o := transport.Options{
-			Addr: net.JoinHostPort(cfg.Server, strconv.Itoa(cfg.Port)), User: cfg.User,
+			Addr: net.JoinHostPort(b.cfg.Server, strconv.Itoa(b.cfg.Port)), User: b.cfg.User,
 			HostKeys: keys, Signer: signer, Dial: c.Dial,
 		}
 		start := time.Now()
-		conn, err := transport.Dial(ctx, o)
+		conn, err := transport.Dial(b.ctx, o)
 		if err != nil {
 			return fmt.Errorf("handshake: %w", err)
 		}
 		conn.Close()
-		hands = append(hands, sample{in: c.In.Load(), out: c.Out.Load(), dur: time.Since(start)})
+		b.hands = append(b.hands, sample{in: c.In.Load(), out: c.Out.Load(), dur: time.Since(start)})
 	}
-	var ups []sample
-	for i := 1; i <= nUpdates; i++ {
-		env.Fleet.Files["modules/m000.nix"] = fileContent(0, i, size)
-		env.WriteFleet(tb, env.Fleet)
-		env.Publish(tb)
-		s, err := tick(agent.ActionApplied)
-		if err != nil {
-			return fmt.Errorf("update tick: %w", err)
-		}
-		ups = append(ups, s)
-	}
+	return nil
+}
 
-	// The original client, through a counting proxy.
-	chroot := env.Chroot("alpha")
+// origTree is where, in the chroot, the original's plain tree is laid out.
+const origTree = "original-config"
+
+// measureOriginal measures the original client, through a counting proxy:
+// idle polls, then downloads of the whole tree.
+func (b *bench) measureOriginal(nIdle, nUpdates int) error {
+	if err := b.layOutOriginalTree(); err != nil {
+		return err
+	}
+	for i := 0; i < nIdle; i++ {
+		s, err := originalSFTP(b.tb, b.env, b.h, "ls -l last_change_date\n")
+		if err != nil {
+			return fmt.Errorf("original idle poll: %w", err)
+		}
+		b.origIdle = append(b.origIdle, s)
+	}
+	for i := 0; i < nUpdates; i++ {
+		dst := b.tb.TempDir()
+		s, err := originalSFTP(b.tb, b.env, b.h, fmt.Sprintf("ls -l last_change_date\nget -R %s %s\n", origTree, dst))
+		if err != nil {
+			return fmt.Errorf("original download: %w", err)
+		}
+		b.origUpdate = append(b.origUpdate, s)
+	}
+	return nil
+}
+
+// layOutOriginalTree writes the original's last_change_date and its
+// tree into the host's chroot.
+func (b *bench) layOutOriginalTree() error {
+	chroot := b.env.Chroot("alpha")
 	if err := os.WriteFile(filepath.Join(chroot, "last_change_date"), []byte(time.Now().String()+"\n"), 0o644); err != nil {
 		return err
 	}
 	// The original served the flake as a plain directory tree: lay the
 	// published files out as one (from this chroot's objects) for it.
-	m := env.Manifest(tb, "alpha")
-	origTree := "original-config"
+	m := b.env.Manifest(b.tb, "alpha")
 	for _, f := range m.Files {
 		data, err := os.ReadFile(filepath.Join(chroot, filepath.FromSlash(m.RemotePath(f))))
 		if err != nil {
@@ -161,36 +235,23 @@ func run(tb *benchtb.TB, nFiles, size, nIdle, nUpdates int) error {
 			return err
 		}
 	}
-	var origIdle, origUpdate []sample
-	for i := 0; i < nIdle; i++ {
-		s, err := originalSFTP(tb, env, h, "ls -l last_change_date\n")
-		if err != nil {
-			return fmt.Errorf("original idle poll: %w", err)
-		}
-		origIdle = append(origIdle, s)
-	}
-	for i := 0; i < nUpdates; i++ {
-		dst := tb.TempDir()
-		s, err := originalSFTP(tb, env, h, fmt.Sprintf("ls -l last_change_date\nget -R %s %s\n", origTree, dst))
-		if err != nil {
-			return fmt.Errorf("original download: %w", err)
-		}
-		origUpdate = append(origUpdate, s)
-	}
+	return nil
+}
 
-	bi, bu, oi, ou := median(idles), median(ups), median(origIdle), median(origUpdate)
+func (b *bench) report() {
+	bi, bu, oi, ou := median(b.idles), median(b.ups), median(b.origIdle), median(b.origUpdate)
 	fmt.Printf("%-38s %10s %10s %10s\n", "", "bytes in", "bytes out", "wall time")
 	row := func(name string, s sample) {
 		fmt.Printf("%-38s %10d %10d %10s\n", name, s.in, s.out, s.dur.Round(100*time.Microsecond))
 	}
-	row("bento first tick (whole tree)", first)
-	row(fmt.Sprintf("bento idle tick (median of %d)", len(idles)), bi)
-	hs := median(hands)
+	row("bento first tick (whole tree)", b.first)
+	row(fmt.Sprintf("bento idle tick (median of %d)", len(b.idles)), bi)
+	hs := median(b.hands)
 	row("  of which handshake (SSH + SFTP init)", hs)
 	row("  of which SFTP (head read + heartbeat)", sample{in: bi.in - hs.in, out: bi.out - hs.out, dur: bi.dur - hs.dur})
 	row("original idle poll (sftp ls -l)", oi)
 	row("original idle poll (author's figure)", sample{in: 5100, out: 5100})
-	row(fmt.Sprintf("bento one-file update (median of %d)", len(ups)), bu)
+	row(fmt.Sprintf("bento one-file update (median of %d)", len(b.ups)), bu)
 	row("original update (sftp get -R of the tree)", ou)
 	fmt.Println()
 	fmt.Printf("idle tick, bento / original measured: in %.2fx, out %.2fx, both %.2fx, time %.2fx\n", ratio(bi.in, oi.in), ratio(bi.out, oi.out), ratio(bi.in+bi.out, oi.in+oi.out), ratio(int64(bi.dur), int64(oi.dur)))
@@ -201,7 +262,6 @@ func run(tb *benchtb.TB, nFiles, size, nIdle, nUpdates int) error {
 	fmt.Println("bytes are TCP payload in each direction (headers not counted, for both sides alike);")
 	fmt.Println("bento's idle tick includes its heartbeat (status.json's mtime moved; the whole report when it changed);")
 	fmt.Println("its update includes the report and the gzipped build log.")
-	return nil
 }
 
 // fileContent is size bytes that differ with i and rev but keep their length.

@@ -96,105 +96,196 @@ func run(nHosts, nFiles, size int, base string) error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	src := filepath.Join(work, "fleet")
-	extra := map[string]string{}
-	for i := 0; len(extra) < nFiles-nHosts-2; i++ {
-		extra[fmt.Sprintf("modules/m%02d/file-%03d.nix", i%10, i)] = content(i, size)
+	b := &bench{
+		ctx: context.Background(), nHosts: nHosts, size: size, work: work,
+		src:     filepath.Join(work, "fleet"),
+		extra:   map[string]string{},
+		roots:   map[string]string{"1": filepath.Join(work, "format1"), "2": filepath.Join(work, "format2")},
+		pubs:    map[string]publisher{"1": format1Publish, "2": format2},
+		changed: fmt.Sprintf("modules/m%02d/file-%03d.nix", 7%10, 7),
 	}
-	fl := fixture.Fleet{Hosts: fixture.Many("host", nHosts, nil), Files: extra, Git: true}
-	if err := fixture.Write(src, fl); err != nil {
+	if err := b.writeFleet(nFiles); err != nil {
 		return err
 	}
-	ctx := context.Background()
-	var targets []publish.Target
-	for _, h := range fl.Hosts {
-		host := fleet.Host{Name: h.Name, Managed: true, Enable: true, Layout: fleet.LayoutFlake, Ref: src, Attr: fleet.ConfigAttr(h.Name)}
-		s, err := publish.SourceFor(host, src)
+	if err := b.makeTargets(); err != nil {
+		return err
+	}
+	if err := b.readTree(); err != nil {
+		return err
+	}
+	b.printHeader()
+	for i, s := range b.steps() {
+		if err := b.step(i, s); err != nil {
+			return err
+		}
+	}
+	b.report()
+	return nil
+}
+
+// bench is the state the phases share: the generated fleet, its targets,
+// each format's chroot root and publisher, and what the first deploy left.
+type bench struct {
+	ctx          context.Context
+	nHosts, size int
+	work, src    string
+	extra        map[string]string // the flake's extra files, by path
+	fl           fixture.Fleet
+	targets      []publish.Target
+	tr           *publish.Tree
+	distinct     map[string]bool // the flake's distinct contents, by SHA-256
+	roots        map[string]string
+	pubs         map[string]publisher
+	changed      string // the file the one-file change changes
+	first        [2]figures
+}
+
+// step is one scenario: what to change in the fleet before both formats
+// publish it.
+type step struct {
+	name   string
+	before func() error
+}
+
+// writeFleet writes the fleet's flake: nFiles files, flake.nix,
+// lib/mkhost.nix and one per host included.
+func (b *bench) writeFleet(nFiles int) error {
+	for i := 0; len(b.extra) < nFiles-b.nHosts-2; i++ {
+		b.extra[fmt.Sprintf("modules/m%02d/file-%03d.nix", i%10, i)] = content(i, b.size)
+	}
+	b.fl = fixture.Fleet{Hosts: fixture.Many("host", b.nHosts, nil), Files: b.extra, Git: true}
+	return fixture.Write(b.src, b.fl)
+}
+
+func (b *bench) makeTargets() error {
+	for _, h := range b.fl.Hosts {
+		host := fleet.Host{Name: h.Name, Managed: true, Enable: true, Layout: fleet.LayoutFlake, Ref: b.src, Attr: fleet.ConfigAttr(h.Name)}
+		s, err := publish.SourceFor(host, b.src)
 		if err != nil {
 			return err
 		}
-		targets = append(targets, publish.Target{Host: host, Source: s, ExpectedToplevel: "/nix/store/" + strings.Repeat("0", 32) + "-nixos-system-" + h.Name})
+		b.targets = append(b.targets, publish.Target{Host: host, Source: s, ExpectedToplevel: "/nix/store/" + strings.Repeat("0", 32) + "-nixos-system-" + h.Name})
 	}
-	tr, err := publish.ReadTree(ctx, targets[0].Source, publish.TreeOptions{})
+	return nil
+}
+
+// readTree reads the tree every host receives and counts its distinct
+// contents.
+func (b *bench) readTree() error {
+	tr, err := publish.ReadTree(b.ctx, b.targets[0].Source, publish.TreeOptions{})
 	if err != nil {
 		return err
 	}
-	distinct := map[string]bool{}
+	b.tr = tr
+	b.distinct = map[string]bool{}
 	for _, f := range tr.Files {
-		distinct[f.SHA256] = true
+		b.distinct[f.SHA256] = true
 	}
-	fmt.Printf("fleet: %d hosts × a %d-file flake (%d distinct contents, %s), %d CPUs, work dir %s (%s)\n\n",
-		nHosts, len(tr.Files), len(distinct), bytesize.Format(tr.Size), runtime.NumCPU(), work, fsType(work))
+	return nil
+}
 
-	roots := map[string]string{"1": filepath.Join(work, "format1"), "2": filepath.Join(work, "format2")}
-	pubs := map[string]publisher{"1": format1Publish, "2": format2}
-	changed := fmt.Sprintf("modules/m%02d/file-%03d.nix", 7%10, 7)
-	steps := []struct {
-		name   string
-		before func() error
-	}{
-		{"first deploy", func() error { return nil }},
-		{"unchanged redeploy", func() error { return nil }},
-		{"one-file change", func() error {
-			extra[changed] = content(7, size) + "# changed\n"
-			return fixture.Write(src, fl)
-		}},
-	}
+func (b *bench) printHeader() {
+	fmt.Printf("fleet: %d hosts × a %d-file flake (%d distinct contents, %s), %d CPUs, work dir %s (%s)\n\n",
+		b.nHosts, len(b.tr.Files), len(b.distinct), bytesize.Format(b.tr.Size), runtime.NumCPU(), b.work, fsType(b.work))
 	fmt.Printf("%-19s │ %-58s │ %-58s │ %s\n", "", "format 1 (config/<version>/ trees)", "format 2 (objects/ + pool)", "format 2 / format 1")
 	fmt.Printf("%-19s │ %8s %10s %10s %9s %8s %9s │ %8s %10s %10s %9s %8s %9s │ %6s %7s %7s\n", "scenario",
 		"time", "written", "write(2)", "touched", "inodes", "du", "time", "written", "write(2)", "touched", "inodes", "du", "time", "written", "inodes")
-	var first [2]figures
-	for i, s := range steps {
-		if err := s.before(); err != nil {
-			return err
-		}
-		var f [2]figures
-		for k, format := range []string{"1", "2"} {
-			if only2 && format == "1" {
-				continue
-			}
-			runtime.GC()
-			if cpuProfile != "" && i == 1 && format == "2" {
-				out, err := os.Create(cpuProfile)
-				if err != nil {
-					return err
-				}
-				pprof.StartCPUProfile(out)
-				defer out.Close()
-			}
-			if f[k], err = measure(ctx, pubs[format], roots[format], targets); err != nil {
-				return fmt.Errorf("%s: format %s: %w", s.name, format, err)
-			}
-		}
-		if cpuProfile != "" && i == 1 {
-			pprof.StopCPUProfile()
-		}
-		if i == 0 {
-			first = f
-		}
-		a, b := f[0], f[1]
-		fmt.Printf("%-19s │ %8s %10s %10s %9d %8d %9s │ %8s %10s %10s %9d %8d %9s │ %6s %7s %7s\n", s.name,
-			round(a.dur), bytesize.Format(a.bytes), bytesize.Format(a.wchar), a.touched, a.inodes, humanKiB(a.diskKiB),
-			round(b.dur), bytesize.Format(b.bytes), bytesize.Format(b.wchar), b.touched, b.inodes, humanKiB(b.diskKiB),
-			ratio(float64(b.dur), float64(a.dur)), ratio(float64(b.wchar), float64(a.wchar)), ratio(float64(b.touched), float64(a.touched)))
+}
+
+func (b *bench) steps() []step {
+	return []step{
+		{"first deploy", func() error { return nil }},
+		{"unchanged redeploy", func() error { return nil }},
+		{"one-file change", func() error {
+			b.extra[b.changed] = content(7, b.size) + "# changed\n"
+			return fixture.Write(b.src, b.fl)
+		}},
 	}
+}
+
+// step runs scenario i in both formats and prints its row.
+func (b *bench) step(i int, s step) error {
+	if err := s.before(); err != nil {
+		return err
+	}
+	f, err := b.measureFormats(i, s.name)
+	if err != nil {
+		return err
+	}
+	if i == 0 {
+		b.first = f
+	}
+	printRow(s.name, f[0], f[1])
+	return nil
+}
+
+// measureFormats publishes the fleet with each format (format 2 only with
+// -only2), profiling format 2's unchanged redeploy (scenario 1) with
+// -cpuprofile.
+func (b *bench) measureFormats(i int, name string) ([2]figures, error) {
+	var f [2]figures
+	for k, format := range []string{"1", "2"} {
+		if only2 && format == "1" {
+			continue
+		}
+		runtime.GC()
+		stop, err := profile(i == 1 && format == "2")
+		if err != nil {
+			return f, err
+		}
+		f[k], err = measure(b.ctx, b.pubs[format], b.roots[format], b.targets)
+		stop()
+		if err != nil {
+			return f, fmt.Errorf("%s: format %s: %w", name, format, err)
+		}
+	}
+	return f, nil
+}
+
+// profile starts the CPU profile into -cpuprofile's file when it is set
+// and on; stop stops it and closes the file.
+func profile(on bool) (stop func(), err error) {
+	if cpuProfile == "" || !on {
+		return func() {}, nil
+	}
+	out, err := os.Create(cpuProfile)
+	if err != nil {
+		return nil, err
+	}
+	pprof.StartCPUProfile(out)
+	return func() {
+		pprof.StopCPUProfile()
+		out.Close()
+	}, nil
+}
+
+func printRow(name string, a, b figures) {
+	fmt.Printf("%-19s │ %8s %10s %10s %9d %8d %9s │ %8s %10s %10s %9d %8d %9s │ %6s %7s %7s\n", name,
+		round(a.dur), bytesize.Format(a.bytes), bytesize.Format(a.wchar), a.touched, a.inodes, humanKiB(a.diskKiB),
+		round(b.dur), bytesize.Format(b.bytes), bytesize.Format(b.wchar), b.touched, b.inodes, humanKiB(b.diskKiB),
+		ratio(float64(b.dur), float64(a.dur)), ratio(float64(b.wchar), float64(a.wchar)), ratio(float64(b.touched), float64(a.touched)))
+}
+
+// report prints one version's cost, what the first deploy left, against
+// format 2's goals, and the legend.
+func (b *bench) report() {
 	// One version: what the first deploy left.
 	manifests := int64(0)
-	for _, t := range targets {
-		if fi, err := os.Stat(filepath.Join(roots["2"], t.Host.Name, "manifest.json")); err == nil {
+	for _, t := range b.targets {
+		if fi, err := os.Stat(filepath.Join(b.roots["2"], t.Host.Name, "manifest.json")); err == nil {
 			manifests += fi.Size()
 		}
 	}
+	first := b.first
 	fmt.Printf("\none version (after the first deploy): format 1 %d inodes, %s; format 2 %d inodes, %s (%s of inodes, %s of disk)\n",
 		first[0].inodes, humanKiB(first[0].diskKiB), first[1].inodes, humanKiB(first[1].diskKiB),
 		ratio(float64(first[1].inodes), float64(first[0].inodes)), ratio(float64(first[1].diskKiB), float64(first[0].diskKiB)))
 	fmt.Printf("format 2 goals: inodes ≤ distinct files + 2 per host = %d (got %d); disk ≤ 1.1 × one copy of the tree + manifests = %s (got %s)\n",
-		len(distinct)+2*nHosts, first[1].inodes, bytesize.Format(int64(1.1*float64(tr.Size))+manifests), humanKiB(first[1].diskKiB))
+		len(b.distinct)+2*b.nHosts, first[1].inodes, bytesize.Format(int64(1.1*float64(b.tr.Size))+manifests), humanKiB(first[1].diskKiB))
 	fmt.Printf("\nwritten: contents and manifests as the publisher counts them; write(2): bytes this process passed to\n"+
 		"write(2) during the step (wchar); touched: inodes created or changed during the step (ctime); inodes\n"+
 		"and du: distinct inodes and disk used under the chroot root after the step (every host directory,\n"+
-		"reports/ included; format 2 also counts its pool and retention records). The changed file is %s.\n", bytesize.Format(int64(len(extra[changed]))))
-	return nil
+		"reports/ included; format 2 also counts its pool and retention records). The changed file is %s.\n", bytesize.Format(int64(len(b.extra[b.changed]))))
 }
 
 func measure(ctx context.Context, pub publisher, root string, ts []publish.Target) (figures, error) {

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/secrets"
 )
 
@@ -34,106 +35,146 @@ func main() {
 	if os.Geteuid() != 0 {
 		log.Fatal("run as root: the benchmark chowns secrets to nobody, as a deploy and an agent do")
 	}
-	ctx := context.Background()
 	work, err := os.MkdirTemp("", "bento-bench-secrets-")
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(work)
 
-	src := filepath.Join(work, "secrets")
-	buf := make([]byte, *size)
-	for i := 0; i < *n; i++ {
+	b := &bench{ctx: context.Background(), work: work, src: filepath.Join(work, "secrets"), n: *n, size: *size, rounds: *rounds}
+	b.writeSources()
+	owner, err := secrets.LookupOwner("nobody")
+	must(err)
+	b.owner = owner
+	b.measurePublish()
+	b.measureInstall()
+	b.measureIdle()
+	b.report()
+}
+
+// bench is the state the phases share: the work directory, the host's
+// secrets under src, and each phase's best time and its baseline's.
+type bench struct {
+	ctx              context.Context
+	work, src        string
+	n, size, rounds  int
+	owner            secrets.Owner
+	files            []manifest.File
+	inst             *secrets.Installer
+	state            secrets.State // after the last first install
+	target           string        // where the last first install went
+	pub, pubBase     time.Duration
+	first, firstBase time.Duration
+	idle, idleBase   time.Duration
+}
+
+// writeSources writes n random secrets of size bytes for the host.
+func (b *bench) writeSources() {
+	buf := make([]byte, b.size)
+	for i := 0; i < b.n; i++ {
 		rand.Read(buf)
-		p := filepath.Join(src, "host", "s"+strconv.Itoa(i))
+		p := b.source(i)
 		must(os.MkdirAll(filepath.Dir(p), 0o700))
 		must(os.WriteFile(p, buf, 0o600))
 	}
-	owner, err := secrets.LookupOwner("nobody")
-	must(err)
+}
 
-	best := func(f func(i int)) time.Duration {
-		var b time.Duration
-		for r := 0; r < *rounds; r++ {
-			start := time.Now()
-			f(r)
-			if d := time.Since(start); b == 0 || d < b {
-				b = d
-			}
+func (b *bench) source(i int) string { return filepath.Join(b.src, "host", "s"+strconv.Itoa(i)) }
+
+// best runs f rounds times (with the round's number) and returns the
+// shortest time.
+func (b *bench) best(f func(i int)) time.Duration {
+	var best time.Duration
+	for r := 0; r < b.rounds; r++ {
+		start := time.Now()
+		f(r)
+		if d := time.Since(start); best == 0 || d < best {
+			best = d
 		}
-		return b
 	}
+	return best
+}
 
-	// Publish.
-	pub := best(func(r int) {
-		files, err := secrets.Collect(src, "host")
+// copyAll copies every source into dst, made with mode, as the baselines do.
+func (b *bench) copyAll(dst string, mode os.FileMode) {
+	must(os.MkdirAll(dst, mode))
+	for i := 0; i < b.n; i++ {
+		must(copySync(b.source(i), filepath.Join(dst, "s"+strconv.Itoa(i))))
+	}
+}
+
+func (b *bench) measurePublish() {
+	b.pub = b.best(func(r int) {
+		files, err := secrets.Collect(b.src, "host")
 		must(err)
-		dst := filepath.Join(work, "pub", strconv.Itoa(r))
+		dst := filepath.Join(b.work, "pub", strconv.Itoa(r))
 		must(os.MkdirAll(dst, 0o700))
-		must(secrets.Write(ctx, dst, src, "host", files, owner))
+		must(secrets.Write(b.ctx, dst, b.src, "host", files, b.owner))
 	})
-	pubBase := best(func(r int) {
-		dst := filepath.Join(work, "pubbase", strconv.Itoa(r))
-		must(os.MkdirAll(dst, 0o700))
-		for i := 0; i < *n; i++ {
-			must(copySync(filepath.Join(src, "host", "s"+strconv.Itoa(i)), filepath.Join(dst, "s"+strconv.Itoa(i))))
-		}
+	b.pubBase = b.best(func(r int) {
+		b.copyAll(filepath.Join(b.work, "pubbase", strconv.Itoa(r)), 0o700)
 	})
+}
 
-	// Install, as the agent does from its held copy.
-	files, err := secrets.Collect(src, "host")
-	must(err)
-	specsFor := func(dir string) map[string]secrets.Spec {
-		specs := map[string]secrets.Spec{}
-		for _, f := range files {
-			specs[f.Path] = secrets.Spec{Path: filepath.Join(dir, f.Path), Owner: "nobody", Mode: "0400"}
-		}
-		return specs
+func (b *bench) specsFor(dir string) map[string]secrets.Spec {
+	specs := map[string]secrets.Spec{}
+	for _, f := range b.files {
+		specs[f.Path] = secrets.Spec{Path: filepath.Join(dir, f.Path), Owner: "nobody", Mode: "0400"}
 	}
-	inst := &secrets.Installer{}
-	var state secrets.State
-	var target string
-	first := best(func(r int) {
-		target = filepath.Join(work, "run", strconv.Itoa(r))
-		o, err := inst.Install(ctx, filepath.Join(src, "host"), files, specsFor(target), secrets.State{})
+	return specs
+}
+
+// measureInstall times the first install, as the agent does from its held
+// copy.
+func (b *bench) measureInstall() {
+	files, err := secrets.Collect(b.src, "host")
+	must(err)
+	b.files = files
+	b.inst = &secrets.Installer{}
+	b.first = b.best(func(r int) {
+		b.target = filepath.Join(b.work, "run", strconv.Itoa(r))
+		o, err := b.inst.Install(b.ctx, filepath.Join(b.src, "host"), b.files, b.specsFor(b.target), secrets.State{})
 		must(err)
 		if len(o.Errors) > 0 {
 			log.Fatal(o.Errors)
 		}
-		state = o.State
+		b.state = o.State
 	})
-	firstBase := best(func(r int) {
-		dst := filepath.Join(work, "runbase", strconv.Itoa(r))
-		must(os.MkdirAll(dst, 0o751))
-		for i := 0; i < *n; i++ {
-			must(copySync(filepath.Join(src, "host", "s"+strconv.Itoa(i)), filepath.Join(dst, "s"+strconv.Itoa(i))))
-		}
+	b.firstBase = b.best(func(r int) {
+		b.copyAll(filepath.Join(b.work, "runbase", strconv.Itoa(r)), 0o751)
 	})
-	specs := specsFor(target)
-	idle := best(func(int) {
-		o, err := inst.Install(ctx, filepath.Join(src, "host"), files, specs, state)
+}
+
+// measureIdle times the check of the last first install's secrets.
+func (b *bench) measureIdle() {
+	specs := b.specsFor(b.target)
+	b.idle = b.best(func(int) {
+		o, err := b.inst.Install(b.ctx, filepath.Join(b.src, "host"), b.files, specs, b.state)
 		must(err)
 		if len(o.Changed) > 0 {
 			log.Fatalf("idle install rewrote %d secrets", len(o.Changed))
 		}
 	})
-	idleBase := best(func(int) {
-		for _, f := range files {
-			data, err := os.ReadFile(filepath.Join(target, f.Path))
+	b.idleBase = b.best(func(int) {
+		for _, f := range b.files {
+			data, err := os.ReadFile(filepath.Join(b.target, f.Path))
 			must(err)
 			_ = data
 		}
 	})
+}
 
-	fmt.Printf("%d secrets of %d bytes, best of %d rounds\n", *n, *size, *rounds)
+func (b *bench) report() {
+	fmt.Printf("%d secrets of %d bytes, best of %d rounds\n", b.n, b.size, b.rounds)
 	row := func(what string, d, base time.Duration, baseWhat string) {
 		fmt.Printf("%-34s %10s   baseline %-34s %10s   ratio %.2f\n", what, d.Round(time.Microsecond), baseWhat, base.Round(time.Microsecond), float64(d)/float64(base))
 	}
-	row("publish (collect+write, owned)", pub, pubBase, "(copy + fsync)")
-	row("first install (atomic, owned)", first, firstBase, "(copy + fsync in place)")
-	row("idle tick (all in place)", idle, idleBase, "(read every file)")
+	row("publish (collect+write, owned)", b.pub, b.pubBase, "(copy + fsync)")
+	row("first install (atomic, owned)", b.first, b.firstBase, "(copy + fsync in place)")
+	row("idle tick (all in place)", b.idle, b.idleBase, "(read every file)")
+	n := time.Duration(b.n)
 	fmt.Printf("per secret: publish %s, first install %s, idle check %s\n",
-		(pub / time.Duration(*n)).Round(time.Microsecond), (first / time.Duration(*n)).Round(time.Microsecond), (idle / time.Duration(*n)).Round(time.Microsecond))
+		(b.pub / n).Round(time.Microsecond), (b.first / n).Round(time.Microsecond), (b.idle / n).Round(time.Microsecond))
 }
 
 func copySync(src, dst string) error {
