@@ -32,6 +32,9 @@ func main() {
 	size := flag.Int("size", 4096, "bytes per secret")
 	rounds := flag.Int("rounds", 5, "repetitions; the best is printed")
 	flag.Parse()
+	if *n < 1 || *size < 1 || *rounds < 1 {
+		log.Fatal("-n, -size and -rounds must be at least 1")
+	}
 	if os.Geteuid() != 0 {
 		log.Fatal("run as root: the benchmark chowns secrets to nobody, as a deploy and an agent do")
 	}
