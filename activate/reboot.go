@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bento-nix/bento/internal/atomicfile"
-	"github.com/bento-nix/bento/internal/statefile"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -14,6 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/statefile"
 )
 
 // RebootCheck is the answer of NeedsReboot.

@@ -2,7 +2,6 @@ package activate_test
 
 import (
 	"errors"
-	"github.com/bento-nix/bento/internal/statefile"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/activate"
+	"github.com/bento-nix/bento/internal/statefile"
 )
 
 func TestNeedsReboot(t *testing.T) {

@@ -3,13 +3,13 @@ package publish
 import (
 	"errors"
 	"fmt"
-	"github.com/bento-nix/bento/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/manifest"
 )
 

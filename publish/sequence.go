@@ -68,9 +68,3 @@ func readSequence(file string) (uint64, error) {
 	}
 	return n, nil
 }
-
-// LastSequence is the highest sequence reserved for host under root (0
-// when none): what the next publication will exceed.
-func LastSequence(root, host string) (uint64, error) {
-	return readSequence(filepath.Join(root, StateDir, host, sequenceFile))
-}

@@ -18,7 +18,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/bento-nix/bento/internal/benchtb"
 	"io"
 	"net"
 	"os"
@@ -33,6 +32,7 @@ import (
 
 	"github.com/bento-nix/bento/agent"
 	"github.com/bento-nix/bento/agent/transport"
+	"github.com/bento-nix/bento/internal/benchtb"
 	"github.com/bento-nix/bento/internal/e2e"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/nix"

@@ -22,7 +22,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/bento-nix/bento/internal/benchtb"
 	"io/fs"
 	"net"
 	"net/http"
@@ -34,6 +33,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/bento-nix/bento/internal/benchtb"
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"

@@ -13,7 +13,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/bento-nix/bento/internal/benchtb"
 	"os"
 	"os/exec"
 	"runtime"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/eval"
+	"github.com/bento-nix/bento/internal/benchtb"
 	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/nix"

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mattn/go-runewidth"
-
 	"github.com/bento-nix/bento/internal/table"
 	"github.com/bento-nix/bento/status"
 )
@@ -108,26 +106,25 @@ func cutMessages(rows [][]string, last int, s *status.Snapshot, width int) {
 	if width <= 0 {
 		return
 	}
-	cond := &runewidth.Condition{EastAsianWidth: false, StrictEmojiNeutral: true}
 	for i, row := range rows {
-		if cond.StringWidth(row[last]) > width {
-			row[last] = cut(row[last], retryTail(&s.Hosts[i], s.GeneratedAt), width, cond)
+		if table.Width(row[last]) > width {
+			row[last] = cut(row[last], retryTail(&s.Hosts[i], s.GeneratedAt), width)
 		}
 	}
 }
 
 // cut shortens a message to width cells; a tail (when the host will
 // retry) stays visible whatever is cut before it.
-func cut(msg, tail string, width int, cond *runewidth.Condition) string {
+func cut(msg, tail string, width int) string {
 	if tail == "" {
-		return cond.Truncate(msg, width, "…")
+		return table.Truncate(msg, width)
 	}
 	tail = " (" + tail + ")"
-	head := width - cond.StringWidth(tail)
+	head := width - table.Width(tail)
 	if head < 2 {
-		return cond.Truncate(strings.TrimPrefix(tail, " "), width, "…")
+		return table.Truncate(strings.TrimPrefix(tail, " "), width)
 	}
-	return cond.Truncate(msg, head, "…") + tail
+	return table.Truncate(msg, head) + tail
 }
 
 // retryTail is when a failing or rolled-back host tries its version

@@ -8,9 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mattn/go-runewidth"
-
 	"github.com/bento-nix/bento/internal/atomicfile"
+	"github.com/bento-nix/bento/internal/table"
 	"github.com/bento-nix/bento/internal/termsafe"
 	"github.com/bento-nix/bento/status"
 )
@@ -41,9 +40,9 @@ type Screen struct {
 func Watch(ctx context.Context, o status.Options, sc Screen) error {
 	var last []byte
 	draw := func(s *status.Snapshot, err error) error {
-		table := sc.Table
+		opts := sc.Table
 		if sc.Width != nil {
-			table.Width = sc.Width()
+			opts.Width = sc.Width()
 		}
 		var buf bytes.Buffer
 		if err != nil {
@@ -54,7 +53,7 @@ func Watch(ctx context.Context, o status.Options, sc Screen) error {
 					fmt.Fprintf(&termsafe.Writer{W: &buf}, "%s\n\n", h)
 				}
 			}
-			Table(&buf, s, table)
+			Table(&buf, s, opts)
 			if sc.PromFile != "" {
 				if err := atomicfile.Write(sc.PromFile, 0o644, func(w io.Writer) error { return Prometheus(w, s) }); err != nil {
 					fmt.Fprintf(&buf, "bento: %v\n", err)
@@ -70,28 +69,28 @@ func Watch(ctx context.Context, o status.Options, sc Screen) error {
 			_, err := sc.Out.Write(buf.Bytes())
 			return err
 		}
-		_, err = sc.Out.Write(screen(buf.String(), o.Root, sc.Clock(), table.Width))
+		_, err = sc.Out.Write(screen(buf.String(), o.Root, sc.Clock(), opts.Width))
 		return err
 	}
 	return status.WatchWith(ctx, o, sc.Every, sc.Clock, sc.Resize, draw)
 }
 
-// screen redraws table in place: home, each line cleared to its end,
-// then the rest of the screen: no flicker, no leftovers from a longer
-// table.
-func screen(table, root string, now time.Time, width int) []byte {
+// screen redraws text (the table) in place: home, each line cleared to
+// its end, then the rest of the screen: no flicker, no leftovers from a
+// longer table.
+func screen(text, root string, now time.Time, width int) []byte {
 	var b bytes.Buffer
 	b.WriteString("\x1b[H")
-	for _, line := range strings.SplitAfter(table, "\n") {
+	for _, line := range strings.SplitAfter(text, "\n") {
 		b.WriteString(strings.TrimSuffix(line, "\n"))
 		if strings.HasSuffix(line, "\n") {
 			b.WriteString("\x1b[K\n")
 		}
 	}
 	footer := fmt.Sprintf("watching %s, redrawn %s; Ctrl-C quits", root, now.Format("15:04:05"))
-	if width > 0 && runewidth.StringWidth(footer) >= width {
+	if width > 0 && table.Width(footer) >= width {
 		// A wrapped line would push the table down on every redraw.
-		footer = runewidth.Truncate(footer, width-1, "…")
+		footer = table.Truncate(footer, width-1)
 	}
 	fmt.Fprintf(&b, "%s\x1b[K\n\x1b[J", footer)
 	return b.Bytes()

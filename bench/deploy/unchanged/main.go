@@ -17,7 +17,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/bento-nix/bento/internal/benchtb"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/bento-nix/bento/builder"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/benchtb"
 	"github.com/bento-nix/bento/internal/fixture"
 )
 
