@@ -18,6 +18,8 @@ export NIX_CONFIG=$'experimental-features = nix-command flakes\nsandbox = false\
 # version is the one this script names.
 tools="$PWD/.ci/bin"
 staticcheck_version=v0.8.2
+gocyclo_version=v0.6.0
+deadcode_version=v0.52.0 # golang.org/x/tools
 mkdir -p "$tools"
 took=()
 stage() { took+=("$1 $((SECONDS - t0))s"); t0=$SECONDS; }
@@ -36,6 +38,17 @@ if ! "$tools/staticcheck" -version 2>/dev/null | grep -qF "(${staticcheck_versio
 fi
 "$tools/staticcheck" ./...
 stage staticcheck
+
+# Issue 16's bar, kept: no function over complexity 10 outside the tests
+# and the frozen format-1 publisher, and nothing the binary cannot reach.
+echo "== gocyclo $gocyclo_version, deadcode $deadcode_version"
+[ -x "$tools/gocyclo-$gocyclo_version" ] || { GOBIN="$tools" go install "github.com/fzipp/gocyclo/cmd/gocyclo@$gocyclo_version" && mv "$tools/gocyclo" "$tools/gocyclo-$gocyclo_version"; }
+[ -x "$tools/deadcode-$deadcode_version" ] || { GOBIN="$tools" go install "golang.org/x/tools/cmd/deadcode@$deadcode_version" && mv "$tools/deadcode" "$tools/deadcode-$deadcode_version"; }
+complex=$("$tools/gocyclo-$gocyclo_version" -over 10 -ignore '_test\.go$|^internal/format1/' .)
+if [ -n "$complex" ]; then printf 'over complexity 10 (split them by step):\n%s\n' "$complex" >&2; exit 1; fi
+dead=$("$tools/deadcode-$deadcode_version" ./cmd/bento)
+if [ -n "$dead" ]; then printf 'unreachable from bento (remove it, or move it to an _test.go file):\n%s\n' "$dead" >&2; exit 1; fi
+stage gocyclo+deadcode
 
 # The race detector needs cgo and a supported platform: probe it once.
 race=()
