@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/benchtb"
 	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/publish"
@@ -70,7 +71,7 @@ func run(nHosts, nFiles, size int, base string) error {
 	src := filepath.Join(work, "fleet")
 	extra := map[string]string{}
 	for i := 0; len(extra) < nFiles-nHosts-2; i++ {
-		extra[fmt.Sprintf("modules/m%02d/file-%03d.nix", i%10, i)] = content(i, size)
+		extra[fmt.Sprintf("modules/m%02d/file-%03d.nix", i%10, i)] = benchtb.NixModule(i, size)
 	}
 	fl := fixture.Fleet{Hosts: fixture.Many("host", nHosts, nil), Files: extra, Git: true}
 	if err := fixture.Write(src, fl); err != nil {
@@ -89,7 +90,7 @@ func run(nHosts, nFiles, size int, base string) error {
 		{"first deploy", func() error { return nil }},
 		{"unchanged redeploy", func() error { return nil }},
 		{"one-file change", func() error {
-			extra[changed] = content(7, size) + "# changed\n"
+			extra[changed] = benchtb.NixModule(7, size) + "# changed\n"
 			return fixture.Write(src, fl)
 		}},
 	}
@@ -127,7 +128,7 @@ func printFleet(ctx context.Context, t publish.Target, nHosts int, work string) 
 		return err
 	}
 	fmt.Printf("fleet: %d hosts × a %d-file flake (%s), %d CPUs, work dir %s (%s)\n",
-		nHosts, len(tr.Files), bytesize.Format(tr.Size), runtime.NumCPU(), work, fsType(work))
+		nHosts, len(tr.Files), bytesize.Format(tr.Size), runtime.NumCPU(), work, benchtb.FSType(work))
 	fmt.Printf("rsync baseline: one `rsync -a --delete --exclude .git` per host, as the original did\n\n")
 	return nil
 }
@@ -158,8 +159,8 @@ func runSteps(ctx context.Context, steps []step, src, work string, targets []pub
 			return fmt.Errorf("%s: rsync: %w", s.name, err)
 		}
 		fmt.Printf("%-19s │ %8s %10s %6d %6d %6d %9d %9s │ %8s %10s %6d %8d %9s │ %s\n", s.name,
-			round(b.dur), bytesize.Format(b.bytes), b.files, b.linked, b.shared, b.touched, humanKiB(b.diskUsedKiB),
-			round(r.dur), bytesize.Format(r.bytes), r.files, r.touched, humanKiB(r.diskUsedKiB), ratio(b.dur, r.dur))
+			benchtb.Round(b.dur), bytesize.Format(b.bytes), b.files, b.linked, b.shared, b.touched, benchtb.FormatKiB(b.diskUsedKiB),
+			benchtb.Round(r.dur), bytesize.Format(r.bytes), r.files, r.touched, benchtb.FormatKiB(r.diskUsedKiB), ratio(b.dur, r.dur))
 	}
 	return nil
 }
@@ -186,7 +187,7 @@ func bento(ctx context.Context, root string, targets []publish.Target) (figures,
 			f.unchanged++
 		}
 	}
-	f.diskUsedKiB = du(root)
+	f.diskUsedKiB = benchtb.DiskKiB(root)
 	f.touched = touched(root, start)
 	return f, nil
 }
@@ -219,7 +220,7 @@ func rsync(ctx context.Context, src, root string, targets []publish.Target) (fig
 		}
 	}
 	f.dur = time.Since(start)
-	f.diskUsedKiB = du(root)
+	f.diskUsedKiB = benchtb.DiskKiB(root)
 	f.touched = touched(root, start)
 	return f, nil
 }
@@ -244,43 +245,6 @@ func touched(root string, since time.Time) int {
 		return nil
 	})
 	return len(seen)
-}
-
-func du(dir string) int64 {
-	out, err := exec.Command("du", "-sk", dir).Output()
-	if err != nil {
-		return 0
-	}
-	n, _ := strconv.ParseInt(strings.Fields(string(out))[0], 10, 64)
-	return n
-}
-
-func fsType(dir string) string {
-	out, err := exec.Command("df", "--output=fstype", dir).Output()
-	if err != nil {
-		return "?"
-	}
-	lines := strings.Fields(string(out))
-	return lines[len(lines)-1]
-}
-
-func content(i, size int) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "# module %d\n{ config, ... }: {\n", i)
-	for b.Len() < size-4 {
-		fmt.Fprintf(&b, "  # option %d of module %d, padding the file to a realistic size\n", b.Len(), i)
-	}
-	b.WriteString("}\n")
-	return b.String()
-}
-
-func humanKiB(k int64) string { return bytesize.Format(k << 10) }
-
-func round(d time.Duration) string {
-	if d < time.Second {
-		return d.Round(time.Millisecond).String()
-	}
-	return d.Round(10 * time.Millisecond).String()
 }
 
 func ratio(a, b time.Duration) string {

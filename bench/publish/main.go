@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
@@ -31,6 +30,7 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/benchtb"
 	"github.com/bento-nix/bento/internal/bytesize"
 	"github.com/bento-nix/bento/internal/fixture"
 	"github.com/bento-nix/bento/internal/format1"
@@ -151,7 +151,7 @@ type step struct {
 // lib/mkhost.nix and one per host included.
 func (b *bench) writeFleet(nFiles int) error {
 	for i := 0; len(b.extra) < nFiles-b.nHosts-2; i++ {
-		b.extra[fmt.Sprintf("modules/m%02d/file-%03d.nix", i%10, i)] = content(i, b.size)
+		b.extra[fmt.Sprintf("modules/m%02d/file-%03d.nix", i%10, i)] = benchtb.NixModule(i, b.size)
 	}
 	b.fl = fixture.Fleet{Hosts: fixture.Many("host", b.nHosts, nil), Files: b.extra, Git: true}
 	return fixture.Write(b.src, b.fl)
@@ -186,7 +186,7 @@ func (b *bench) readTree() error {
 
 func (b *bench) printHeader() {
 	fmt.Printf("fleet: %d hosts × a %d-file flake (%d distinct contents, %s), %d CPUs, work dir %s (%s)\n\n",
-		b.nHosts, len(b.tr.Files), len(b.distinct), bytesize.Format(b.tr.Size), runtime.NumCPU(), b.work, fsType(b.work))
+		b.nHosts, len(b.tr.Files), len(b.distinct), bytesize.Format(b.tr.Size), runtime.NumCPU(), b.work, benchtb.FSType(b.work))
 	fmt.Printf("%-19s │ %-58s │ %-58s │ %s\n", "", "format 1 (config/<version>/ trees)", "format 2 (objects/ + pool)", "format 2 / format 1")
 	fmt.Printf("%-19s │ %8s %10s %10s %9s %8s %9s │ %8s %10s %10s %9s %8s %9s │ %6s %7s %7s\n", "scenario",
 		"time", "written", "write(2)", "touched", "inodes", "du", "time", "written", "write(2)", "touched", "inodes", "du", "time", "written", "inodes")
@@ -197,7 +197,7 @@ func (b *bench) steps() []step {
 		{"first deploy", func() error { return nil }},
 		{"unchanged redeploy", func() error { return nil }},
 		{"one-file change", func() error {
-			b.extra[b.changed] = content(7, b.size) + "# changed\n"
+			b.extra[b.changed] = benchtb.NixModule(7, b.size) + "# changed\n"
 			return fixture.Write(b.src, b.fl)
 		}},
 	}
@@ -261,8 +261,8 @@ func profile(on bool) (stop func(), err error) {
 
 func printRow(name string, a, b figures) {
 	fmt.Printf("%-19s │ %8s %10s %10s %9d %8d %9s │ %8s %10s %10s %9d %8d %9s │ %6s %7s %7s\n", name,
-		round(a.dur), bytesize.Format(a.bytes), bytesize.Format(a.wchar), a.touched, a.inodes, humanKiB(a.diskKiB),
-		round(b.dur), bytesize.Format(b.bytes), bytesize.Format(b.wchar), b.touched, b.inodes, humanKiB(b.diskKiB),
+		benchtb.Round(a.dur), bytesize.Format(a.bytes), bytesize.Format(a.wchar), a.touched, a.inodes, benchtb.FormatKiB(a.diskKiB),
+		benchtb.Round(b.dur), bytesize.Format(b.bytes), bytesize.Format(b.wchar), b.touched, b.inodes, benchtb.FormatKiB(b.diskKiB),
 		ratio(float64(b.dur), float64(a.dur)), ratio(float64(b.wchar), float64(a.wchar)), ratio(float64(b.touched), float64(a.touched)))
 }
 
@@ -278,10 +278,10 @@ func (b *bench) report() {
 	}
 	first := b.first
 	fmt.Printf("\none version (after the first deploy): format 1 %d inodes, %s; format 2 %d inodes, %s (%s of inodes, %s of disk)\n",
-		first[0].inodes, humanKiB(first[0].diskKiB), first[1].inodes, humanKiB(first[1].diskKiB),
+		first[0].inodes, benchtb.FormatKiB(first[0].diskKiB), first[1].inodes, benchtb.FormatKiB(first[1].diskKiB),
 		ratio(float64(first[1].inodes), float64(first[0].inodes)), ratio(float64(first[1].diskKiB), float64(first[0].diskKiB)))
 	fmt.Printf("format 2 goals: inodes ≤ distinct files + 2 per host = %d (got %d); disk ≤ 1.1 × one copy of the tree + manifests = %s (got %s)\n",
-		len(b.distinct)+2*b.nHosts, first[1].inodes, bytesize.Format(int64(1.1*float64(b.tr.Size))+manifests), humanKiB(first[1].diskKiB))
+		len(b.distinct)+2*b.nHosts, first[1].inodes, bytesize.Format(int64(1.1*float64(b.tr.Size))+manifests), benchtb.FormatKiB(first[1].diskKiB))
 	fmt.Printf("\nwritten: contents and manifests as the publisher counts them; write(2): bytes this process passed to\n"+
 		"write(2) during the step (wchar); touched: inodes created or changed during the step (ctime); inodes\n"+
 		"and du: distinct inodes and disk used under the chroot root after the step (every host directory,\n"+
@@ -305,7 +305,7 @@ func measure(ctx context.Context, pub publisher, root string, ts []publish.Targe
 		f.bytes += r.BytesWritten
 	}
 	f.touched, f.inodes = inodes(root, start)
-	f.diskKiB = du(root)
+	f.diskKiB = benchtb.DiskKiB(root)
 	return f, nil
 }
 
@@ -348,43 +348,6 @@ func wchar() int64 {
 		}
 	}
 	return 0
-}
-
-func du(dir string) int64 {
-	out, err := exec.Command("du", "-sk", dir).Output()
-	if err != nil {
-		return 0
-	}
-	n, _ := strconv.ParseInt(strings.Fields(string(out))[0], 10, 64)
-	return n
-}
-
-func fsType(dir string) string {
-	out, err := exec.Command("df", "--output=fstype", dir).Output()
-	if err != nil {
-		return "?"
-	}
-	lines := strings.Fields(string(out))
-	return lines[len(lines)-1]
-}
-
-func content(i, size int) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "# module %d\n{ config, ... }: {\n", i)
-	for b.Len() < size-4 {
-		fmt.Fprintf(&b, "  # option %d of module %d, padding the file to a realistic size\n", b.Len(), i)
-	}
-	b.WriteString("}\n")
-	return b.String()
-}
-
-func humanKiB(k int64) string { return bytesize.Format(k << 10) }
-
-func round(d time.Duration) string {
-	if d < time.Second {
-		return d.Round(time.Millisecond).String()
-	}
-	return d.Round(10 * time.Millisecond).String()
 }
 
 // ratio is a / b, as "0.01×".
