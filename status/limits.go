@@ -84,7 +84,7 @@ type ReportsUsage struct {
 
 // Exceeded tells whether reports/ was over a limit when it was read.
 func (u ReportsUsage) Exceeded() bool {
-	return u.Truncated || u.Bytes > u.Limits.MaxBytes || u.Files > u.Limits.MaxFiles
+	return u.Truncated || !u.Limits.holds(u.Bytes, u.Files)
 }
 
 // Over tells whether reports/ is still over a limit after the removals.
@@ -92,7 +92,7 @@ func (u ReportsUsage) Over() bool {
 	if u.Truncated || u.RemoveErr != nil || u.DryRun {
 		return u.Exceeded()
 	}
-	return u.Bytes-u.RemovedBytes > u.Limits.MaxBytes || u.Files-len(u.Removed) > u.Limits.MaxFiles
+	return !u.Limits.holds(u.Bytes-u.RemovedBytes, u.Files-len(u.Removed))
 }
 
 // Describe says, in one line, what reports/ holds against its limits and
