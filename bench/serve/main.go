@@ -17,7 +17,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -32,7 +31,6 @@ import (
 	"time"
 
 	"github.com/bento-nix/bento/internal/benchtb"
-	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/serve"
 	"github.com/bento-nix/bento/status"
 )
@@ -54,7 +52,7 @@ func run(n, requests int) error {
 	}
 	defer os.RemoveAll(tmp)
 	root := filepath.Join(tmp, "chroot")
-	if err := generate(root, n, time.Now()); err != nil {
+	if _, err := benchtb.ChrootFleet(root, n, 30, time.Now(), true); err != nil {
 		return err
 	}
 	opts := status.Options{Root: root, Sort: "state"}
@@ -153,71 +151,4 @@ func gzipped(b []byte) int {
 	w.Write(b)
 	w.Close()
 	return buf.Len()
-}
-
-// The systems the generated hosts run: sysB is the drifting hosts'.
-const (
-	sysA = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a-1"
-	sysB = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b-2"
-)
-
-// generate writes n hosts' manifests and reports: mostly up to date, one
-// in 20 pending, failing, drifting, stale or never seen.
-func generate(root string, n int, now time.Time) error {
-	files := make([]manifest.File, 30)
-	for i := range files {
-		files[i] = manifest.File{Path: fmt.Sprintf("hosts/common/module-%04d.nix", i), Mode: 0o644, Size: 1234, SHA256: fmt.Sprintf("%064x", i)}
-	}
-	for i := range n {
-		if err := writeHost(root, i, files, now); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// hostDocs is host i's manifest and report, in the state i%20 picks.
-func hostDocs(i int, files []manifest.File, now time.Time) (manifest.Manifest, manifest.Report) {
-	host := fmt.Sprintf("host-%04d", i)
-	version := fmt.Sprintf("%020x", i+1)
-	m := manifest.Manifest{Format: manifest.Format, Host: host, Version: version, PublishedAt: now.Add(-time.Hour),
-		ExpectedToplevel: sysA, Flake: manifest.Flake{Attr: "nixosConfigurations." + host}, Files: files}
-	r := manifest.Report{Format: manifest.Format, Host: host, SeenVersion: version, AppliedVersion: version, AttemptedVersion: version,
-		Stage: manifest.StageConfirmed, Result: manifest.ResultSuccess, ExpectedToplevel: sysA, ActualToplevel: sysA,
-		CurrentSystem: sysA, BootedSystem: sysA, Operation: "switch", AgentVersion: "dev", BytesFetched: 3500,
-		StartedAt: now.Add(-2 * time.Minute), FinishedAt: now.Add(-time.Minute), Log: version + "-20250101T000000Z.log"}
-	switch i % 20 {
-	case 1:
-		r.AppliedVersion = "old"
-	case 2:
-		r.Result, r.Stage, r.AppliedVersion, r.Error = manifest.ResultFailure, manifest.StageFailed, "old", "build: error: builder for '/nix/store/x.drv' failed with exit code 1"
-	case 3:
-		r.CurrentSystem = sysB
-	case 4:
-		r.FinishedAt = now.Add(-3 * time.Hour)
-	}
-	return m, r
-}
-
-// writeHost writes host i's chroot: its manifest and, unless it was never
-// seen, its report and the report's log.
-func writeHost(root string, i int, files []manifest.File, now time.Time) error {
-	m, r := hostDocs(i, files, now)
-	dir := filepath.Join(root, m.Host)
-	if err := os.MkdirAll(filepath.Join(dir, manifest.LogsDir), 0o755); err != nil {
-		return err
-	}
-	md, _ := json.Marshal(m)
-	if err := os.WriteFile(filepath.Join(dir, manifest.ManifestFile), md, 0o644); err != nil {
-		return err
-	}
-	if i%20 == 5 {
-		return nil // never seen
-	}
-	rd, _ := json.Marshal(r)
-	if err := os.WriteFile(filepath.Join(dir, manifest.StatusFile), rd, 0o644); err != nil {
-		return err
-	}
-	log := bytes.Repeat([]byte("bento: building something, line of a log\n"), 200)
-	return os.WriteFile(filepath.Join(dir, manifest.LogsDir, r.Log), log, 0o644)
 }

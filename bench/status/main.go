@@ -33,6 +33,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/bento-nix/bento/internal/benchtb"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/status"
 	"github.com/bento-nix/bento/status/render"
@@ -67,7 +68,7 @@ func run(n, files, runs int) error {
 	defer os.RemoveAll(tmp)
 	b := &bench{tmp: tmp, root: filepath.Join(tmp, "chroot"), runs: runs}
 	now := time.Now()
-	bytesWritten, err := generate(b.root, n, files, now)
+	bytesWritten, err := benchtb.ChrootFleet(b.root, n, files, now, false)
 	if err != nil {
 		return err
 	}
@@ -174,79 +175,6 @@ func (b *bench) report() {
 func ms(d time.Duration) string { return fmt.Sprintf("%8.1f ms", float64(d.Microseconds())/1000) }
 
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
-
-// The systems the generated hosts run: sysB is the drifting hosts'.
-const (
-	sysA = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a-1"
-	sysB = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b-2"
-)
-
-// The version failing and pending hosts ran before: 16 hex digits, as
-// the manifest format wants, and none of the loop's.
-const oldVersion = "deadbeef00000000"
-
-// generate writes n chroots: a manifest with files entries, a report, in a
-// mix of states (most up to date, as in a healthy fleet).
-func generate(root string, n, files int, now time.Time) (int64, error) {
-	var total int64
-	list := make([]manifest.File, files)
-	for i := range list {
-		list[i] = manifest.File{Path: fmt.Sprintf("hosts/common/module-%04d.nix", i), Mode: 0o644, Size: 1234, SHA256: fmt.Sprintf("%064x", i)}
-	}
-	for i := 0; i < n; i++ {
-		written, err := writeHost(root, i, list, now)
-		if err != nil {
-			return 0, err
-		}
-		total += written
-	}
-	return total, nil
-}
-
-// hostDocs is host i's manifest and report, in the state i%20 picks.
-func hostDocs(i int, list []manifest.File, now time.Time) (manifest.Manifest, manifest.Report) {
-	host := fmt.Sprintf("host-%04d", i)
-	version := fmt.Sprintf("%016x", i+1)
-	m := manifest.Manifest{Format: manifest.Format, Host: host, Version: version, PublishedAt: now.Add(-time.Hour),
-		ExpectedToplevel: sysA, Flake: manifest.Flake{Attr: "nixosConfigurations." + host}, Files: list}
-	r := manifest.Report{Format: manifest.Format, Host: host, SeenVersion: version, AppliedVersion: version, AttemptedVersion: version,
-		Stage: manifest.StageConfirmed, Result: manifest.ResultSuccess, ExpectedToplevel: sysA, ActualToplevel: sysA,
-		CurrentSystem: sysA, BootedSystem: sysA, Operation: "switch", AgentVersion: "dev",
-		StartedAt: now.Add(-2 * time.Minute), FinishedAt: now.Add(-time.Minute), Log: version + "-20250101T000000Z.log.gz"}
-	switch i % 20 {
-	case 1:
-		r.AppliedVersion = oldVersion
-	case 2:
-		r.Result, r.Stage, r.AppliedVersion, r.Error = manifest.ResultFailure, manifest.StageFailed, oldVersion, "build: error: builder for '/nix/store/x.drv' failed with exit code 1"
-	case 3:
-		r.CurrentSystem = sysB
-	case 4:
-		r.FinishedAt = now.Add(-3 * time.Hour)
-	}
-	return m, r
-}
-
-// writeHost writes host i's chroot, its manifest and, unless it was never
-// seen, its report; it returns the bytes written.
-func writeHost(root string, i int, list []manifest.File, now time.Time) (int64, error) {
-	m, r := hostDocs(i, list, now)
-	dir := filepath.Join(root, m.Host)
-	if err := os.MkdirAll(filepath.Join(dir, manifest.LogsDir), 0o755); err != nil {
-		return 0, err
-	}
-	md, _ := json.Marshal(m)
-	rd, _ := json.Marshal(r)
-	if err := os.WriteFile(filepath.Join(dir, manifest.ManifestFile), md, 0o644); err != nil {
-		return 0, err
-	}
-	if i%20 == 5 {
-		return int64(len(md)), nil // never seen
-	}
-	if err := os.WriteFile(filepath.Join(dir, manifest.StatusFile), rd, 0o644); err != nil {
-		return 0, err
-	}
-	return int64(len(md) + len(rd)), nil
-}
 
 // readAll reads every manifest and report: the I/O floor.
 func readAll(root string) error {
