@@ -575,8 +575,9 @@ func (c *HashCache) Sum(p string, fi fs.FileInfo) (string, int64, error) {
 	return sum, n, nil
 }
 
-// VersionLen is how many hex digits of the tree hash name a version.
-const VersionLen = 16
+// VersionLen is how many hex digits of the tree hash name a version: the
+// manifest's.
+const VersionLen = manifest.VersionLen
 
 // Version is the content hash of a publication: the tree's files (path,
 // mode, sha256, in path order) and, when any, the extra files published
