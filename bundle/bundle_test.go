@@ -29,8 +29,8 @@ func TestUnsafeLogName(t *testing.T) {
 func TestExportRefusesBeforeWriting(t *testing.T) {
 	root, out := t.TempDir(), t.TempDir()
 	for host, want := range map[string]string{
-		"../alpha": "",          // not a host name (fleet.ValidateName's words)
-		"alpha":    "no chroot", // none under root
+		"../alpha": "invalid host name", // fleet.ValidateName
+		"alpha":    "no chroot",         // none under root
 	} {
 		sum, err := Export(context.Background(), root, host, out, ExportOptions{})
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -46,7 +46,7 @@ func TestExportRefusesBeforeWriting(t *testing.T) {
 }
 
 func TestImportReportNeedsABundle(t *testing.T) {
-	_, err := ImportReport(t.TempDir(), t.TempDir())
+	_, err := ImportReport(t.TempDir(), t.TempDir(), ImportOptions{})
 	if err == nil || !strings.HasPrefix(err.Error(), "not a bundle: ") {
 		t.Fatalf("ImportReport of an empty directory: %v", err)
 	}

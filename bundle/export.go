@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/secrets"
 )
@@ -85,7 +86,9 @@ func Export(ctx context.Context, root, host, out string, opts ExportOptions) (Su
 	if err := replaceDir(tmp, sum.Dir); err != nil {
 		return sum, err
 	}
-	return sum, nil
+	// The rename itself, durable: a medium pulled after "bundle written"
+	// must hold the bundle, not only its temporary name.
+	return sum, atomicfile.SyncDir(out)
 }
 
 // readExportManifest reads the chroot's manifest and refuses what the

@@ -1,6 +1,7 @@
 package bundle
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -25,17 +26,28 @@ type Imported struct {
 	Newer *manifest.Report
 }
 
+// ImportOptions says how ImportReport checks a bundle.
+type ImportOptions struct {
+	// Keys are the server's publication keys. A bundle's manifest is
+	// accepted when it is its host's live manifest, byte for byte, or,
+	// with Keys, when one of them signed it (the host was deployed again
+	// since the export).
+	Keys []manifest.PublicationKey
+}
+
 // ImportReport copies a bundle's report (and its log) into its host's
 // chroot below root. Everything in the bundle came back from the host: it
 // is read below the bundle with os.Root and checked like a report over
-// SFTP.
-func ImportReport(root, dir string) (Imported, error) {
+// SFTP. Over SFTP a host can only write its own chroot; here the bundle's
+// manifest names the chroot, so it must be one the server published for
+// that host, or any host could report for another.
+func ImportReport(root, dir string, opts ImportOptions) (Imported, error) {
 	b, err := os.OpenRoot(dir)
 	if err != nil {
 		return Imported{}, err
 	}
 	defer b.Close()
-	host, rep, err := readBundleReport(b)
+	host, published, rep, err := readBundleReport(b)
 	if err != nil {
 		return Imported{}, err
 	}
@@ -44,6 +56,9 @@ func ImportReport(root, dir string) (Imported, error) {
 		return Imported{}, err
 	}
 	defer chroot.Close()
+	if err := checkPublished(chroot, host, published, opts.Keys); err != nil {
+		return Imported{}, err
+	}
 	done := Imported{Host: host, Report: rep}
 	if cur, err := status.ReadReport(chroot, host); err == nil && cur.FinishedAt.After(rep.FinishedAt) {
 		done.Newer = cur
@@ -58,22 +73,37 @@ func ImportReport(root, dir string) (Imported, error) {
 	return done, nil
 }
 
-// readBundleReport reads the bundle's host (from its manifest) and the
-// report that host wrote into it.
-func readBundleReport(b *os.Root) (string, *manifest.Report, error) {
+// readBundleReport reads the bundle's host and manifest, and the report
+// that host wrote into it.
+func readBundleReport(b *os.Root) (string, []byte, *manifest.Report, error) {
 	data, err := readRootFile(b, manifest.ManifestFile, manifest.MaxSize)
 	if err != nil {
-		return "", nil, fmt.Errorf("not a bundle: %w", err)
+		return "", nil, nil, fmt.Errorf("not a bundle: %w", err)
 	}
 	m, err := manifest.Parse(data)
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	rep, err := status.ReadReport(b, m.Host)
 	if err != nil {
-		return "", nil, fmt.Errorf("host %s: %w", m.Host, err)
+		return "", nil, nil, fmt.Errorf("host %s: %w", m.Host, err)
 	}
-	return m.Host, rep, nil
+	return m.Host, data, rep, nil
+}
+
+// checkPublished refuses a bundle manifest the server did not publish for
+// host: neither the chroot's live manifest nor signed by one of keys.
+func checkPublished(chroot *os.Root, host string, data []byte, keys []manifest.PublicationKey) error {
+	if live, err := readRootFile(chroot, manifest.ManifestFile, manifest.MaxSize); err == nil && bytes.Equal(live, data) {
+		return nil
+	}
+	if len(keys) == 0 {
+		return fmt.Errorf("host %s: the bundle's manifest is not the one the server publishes for this host (a host reports only for itself); if the host was deployed again since the export, pass --publication-key so that its signature is checked instead", host)
+	}
+	if _, err := manifest.ParseVerified(data, keys); err != nil {
+		return fmt.Errorf("host %s: the bundle's manifest is not one the server published: %w", host, err)
+	}
+	return nil
 }
 
 // importLog copies the log the report names (if any) from the bundle

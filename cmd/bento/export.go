@@ -9,6 +9,8 @@ import (
 
 	"github.com/bento-nix/bento/agent"
 	"github.com/bento-nix/bento/bundle"
+	"github.com/bento-nix/bento/internal/termsafe"
+	"github.com/bento-nix/bento/manifest"
 )
 
 // The commands of offline bundles (package bundle): export writes them,
@@ -101,17 +103,29 @@ func importReportsCommand() *cli.Command {
 		ArgsUsage: "BUNDLE...",
 		Description: "For each bundle directory (bento export, then bento agent apply-bundle on the\n" +
 			"host), reads reports/status.json and its log, checks them as any report a host\n" +
-			"writes (size, host name: it must be the bundle's host) and puts them into that\n" +
+			"writes (size, host name: it must be the bundle's host, and the bundle's manifest\n" +
+			"one the server published for that host) and puts them into that\n" +
 			"host's chroot reports/. A report older than the one the chroot holds is skipped.\n" +
 			"Exits 1 when any bundle could not be imported.",
-		Flags: []cli.Flag{chrootRootFlag()},
+		Flags: []cli.Flag{chrootRootFlag(),
+			&cli.StringFlag{Name: "publication-key", Value: defaultPublicationKey, EnvVars: []string{"BENTO_PUBLICATION_KEY"},
+				Usage: "the key that signs the manifests: a bundle whose manifest is no longer its host's live one is accepted when this key signed it"},
+		},
 		Action: func(c *cli.Context) error {
 			if !c.Args().Present() {
 				return usageError("import-reports needs the bundle directories to import")
 			}
+			var opts bundle.ImportOptions
+			key, err := publicationSigningKey(c)
+			if err != nil {
+				return err
+			}
+			if key != nil {
+				opts.Keys = []manifest.PublicationKey{key.Public()}
+			}
 			var errs []error
 			for _, dir := range c.Args().Slice() {
-				done, err := bundle.ImportReport(c.String("chroot-root"), dir)
+				done, err := bundle.ImportReport(c.String("chroot-root"), dir, opts)
 				if err != nil {
 					errs = append(errs, fmt.Errorf("bundle %s: %w", dir, err))
 					continue
@@ -135,5 +149,6 @@ func importedLine(done bundle.Imported) string {
 	if done.Newer != nil {
 		return fmt.Sprintf("%s: skipped the bundle's report of %s: the server has a newer one (%s)", done.Host, rep.FinishedAt.Format(reportTimeLayout), done.Newer.FinishedAt.Format(reportTimeLayout))
 	}
-	return fmt.Sprintf("%s: imported the report of %s (%s, version %s)", done.Host, rep.FinishedAt.Format(reportTimeLayout), rep.Result, rep.AttemptedVersion)
+	// Result and version are the host's words, not checked by the import.
+	return fmt.Sprintf("%s: imported the report of %s (%s, version %s)", done.Host, rep.FinishedAt.Format(reportTimeLayout), termsafe.Line(string(rep.Result)), termsafe.Line(rep.AttemptedVersion))
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -157,6 +158,50 @@ func TestImportReportsRefusesWhatAHostMayNotWrite(t *testing.T) {
 			}
 		})
 	}
+	keyFile := filepath.Join(t.TempDir(), "publication-key.sec")
+	if err := os.WriteFile(keyFile, []byte(k.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("a bundle manifest the server did not publish for that host", func(t *testing.T) {
+		// alpha's host rewrites its bundle to report for beta.
+		forged := filepath.Join(t.TempDir(), "beta")
+		if err := exec.Command("cp", "-a", bundle, forged).Run(); err != nil {
+			t.Fatal(err)
+		}
+		fm := m
+		fm.Host = "beta"
+		fdata, _ := json.Marshal(fm)
+		os.WriteFile(filepath.Join(forged, manifest.ManifestFile), fdata, 0o644)
+		r := manifest.Report{Format: 1, Host: "beta", SeenVersion: m.Version, AttemptedVersion: m.Version, AppliedVersion: m.Version,
+			Stage: manifest.StageConfirmed, Result: manifest.ResultSuccess, StartedAt: time.Now().UTC(), FinishedAt: time.Now().UTC()}
+		rdata, _ := json.Marshal(r)
+		os.Remove(filepath.Join(forged, manifest.StatusFile))
+		os.WriteFile(filepath.Join(forged, manifest.StatusFile), rdata, 0o644)
+		os.MkdirAll(filepath.Join(root, "beta", manifest.ReportsDir), 0o755)
+		os.WriteFile(filepath.Join(root, "beta", manifest.ManifestFile), []byte(`{"host":"beta"}`), 0o644)
+		for _, args := range [][]string{{}, {"--publication-key", keyFile}} {
+			stdout, stderr, code := runCLI(t, append([]string{"import-reports", "--chroot-root", root, forged}, args...)...)
+			if code != 1 || !strings.Contains(stderr, "the bundle's manifest is not") {
+				t.Fatalf("import-reports %v of a forged bundle: exit %d\n%s%s", args, code, stdout, stderr)
+			}
+			if _, err := os.Stat(filepath.Join(root, "beta", manifest.StatusFile)); err == nil {
+				t.Fatal("a host's bundle wrote another host's report")
+			}
+		}
+	})
+	t.Run("the host deployed again since the export", func(t *testing.T) {
+		live := filepath.Join(root, "alpha", manifest.ManifestFile)
+		before, _ := os.ReadFile(live)
+		defer os.WriteFile(live, before, 0o644)
+		os.WriteFile(live, append(before, ' '), 0o644)
+		report(func(r *manifest.Report) { r.FinishedAt = time.Now().Add(time.Minute) })
+		if _, stderr, code := runCLI(t, "import-reports", "--chroot-root", root, bundle); code != 1 || !strings.Contains(stderr, "--publication-key") {
+			t.Fatalf("without the key: exit %d, %s", code, stderr)
+		}
+		if stdout, stderr, code := runCLI(t, "import-reports", "--chroot-root", root, "--publication-key", keyFile, bundle); code != 0 || !strings.Contains(stdout, "alpha: imported") {
+			t.Fatalf("with the key that signed the bundle: exit %d, %s%s", code, stdout, stderr)
+		}
+	})
 	var got manifest.Report
 	data, err := os.ReadFile(filepath.Join(root, "alpha", manifest.StatusFile))
 	if err != nil || json.Unmarshal(data, &got) != nil || got.FinishedAt.Before(time.Now().Add(-time.Minute)) {
