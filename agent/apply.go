@@ -462,7 +462,7 @@ func (t *tick) upToDate(ctx context.Context, st State, head manifestHead) (Outco
 	t.idleSecrets(ctx, st.AppliedVersion, &rep)
 	rep.Health, rep.PreviousHealth = t.checkQuiet(ctx, rep.CurrentSystem), nil
 	// After the secrets: a damaged secrets state is one of the notes.
-	rep.Error = t.withNotes("")
+	rep.Error, rep.Summary = t.withNotes(""), ""
 	t.say("up to date: version %s, running %s", head.Version, orNone(rep.CurrentSystem))
 	out := Outcome{Action: ActionUpToDate, Report: &rep}
 	err := t.send(ctx, rep, "", nil, false)

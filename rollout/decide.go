@@ -31,15 +31,18 @@ const (
 // compared with the server's: a report naming the new version was made
 // after its publication, whatever the clocks say.
 type Report struct {
-	Host             string  `json:"host"`
-	SeenVersion      string  `json:"seenVersion"`
-	AppliedVersion   string  `json:"appliedVersion"`
-	AttemptedVersion string  `json:"attemptedVersion"`
-	Stage            string  `json:"stage"`
-	Result           string  `json:"result"`
-	Error            string  `json:"error,omitempty"`
-	RollbackReason   string  `json:"rollbackReason,omitempty"`
-	Health           *Health `json:"health,omitempty"`
+	Host             string `json:"host"`
+	SeenVersion      string `json:"seenVersion"`
+	AppliedVersion   string `json:"appliedVersion"`
+	AttemptedVersion string `json:"attemptedVersion"`
+	Stage            string `json:"stage"`
+	Result           string `json:"result"`
+	Error            string `json:"error,omitempty"`
+	// Summary is Error without the command lines it quotes (agents that
+	// send it); what a halt reason has room for.
+	Summary        string  `json:"summary,omitempty"`
+	RollbackReason string  `json:"rollbackReason,omitempty"`
+	Health         *Health `json:"health,omitempty"`
 }
 
 // Health is the part of the agent's health result a rollout reads.
@@ -88,7 +91,7 @@ func judgeReport(v string, r *Report) (HostState, string) {
 	case attempted && r.rolledBack():
 		return HostBad, r.rollbackDetail()
 	case attempted && r.failed():
-		return HostBad, "failed: " + clip(r.Error, 160)
+		return HostBad, "failed: " + clip(r.shortError(), 160)
 	case applied && r.unhealthy():
 		return HostBad, "unhealthy on the new version" + r.Health.failedChecks()
 	case applied:
@@ -103,6 +106,14 @@ func (r *Report) rolledBack() bool { return r.Result == "rolled-back" || r.Stage
 
 func (r *Report) failed() bool { return r.Result == "failure" || r.Stage == "failed" }
 
+// shortError is the summary where the agent sent one, else the error.
+func (r *Report) shortError() string {
+	if r.Summary != "" {
+		return r.Summary
+	}
+	return r.Error
+}
+
 func (r *Report) unhealthy() bool { return r.Health != nil && !r.Health.OK }
 
 // rollbackDetail says why a host rolled back: the reason it gives, then
@@ -114,8 +125,8 @@ func (r *Report) rollbackDetail() string {
 	}
 	if r.unhealthy() {
 		why += ": health checks failed" + r.Health.failedChecks()
-	} else if r.Error != "" {
-		why += ": " + clip(r.Error, 160)
+	} else if e := r.shortError(); e != "" {
+		why += ": " + clip(e, 160)
 	}
 	return why
 }

@@ -36,6 +36,8 @@ func TestJudgeHost(t *testing.T) {
 		{"rolled back by activation", vNew, &Report{SeenVersion: vNew, AppliedVersion: vOld, AttemptedVersion: vNew, Result: "rolled-back", RollbackReason: "activation-failed", Error: "switch failed"}, nil, HostBad, "rolled back (activation-failed): switch failed"},
 		{"rolled back by health", vNew, &Report{AppliedVersion: vOld, AttemptedVersion: vNew, Result: "rolled-back", RollbackReason: "health-check", Health: unhealthy}, nil, HostBad, "health checks failed (nginx)"},
 		{"build failed", vNew, &Report{AttemptedVersion: vNew, AppliedVersion: vOld, Result: "failure", Stage: "failed", Error: "build: boom"}, nil, HostBad, "failed: build: boom"},
+		{"build failed, with a summary", vNew, &Report{AttemptedVersion: vNew, AppliedVersion: vOld, Result: "failure", Stage: "failed", Error: "build: nix build --no-link path:/t#x: error: boom", Summary: "build: error: boom"}, nil, HostBad, "failed: build: error: boom"},
+		{"rolled back, with a summary", vNew, &Report{SeenVersion: vNew, AppliedVersion: vOld, AttemptedVersion: vNew, Result: "rolled-back", RollbackReason: "activation-failed", Error: "activation: activate /nix/store/x: error: unit a failed", Summary: "activation: error: unit a failed"}, nil, HostBad, "rolled back (activation-failed): activation: error: unit a failed"},
 		{"old rollback, new seen", vNew, &Report{SeenVersion: vNew, AttemptedVersion: vOld, AppliedVersion: vOld, Result: "rolled-back", Stage: "fetched"}, nil, HostPending, "saw the new version"},
 		{"error text is one line", vNew, &Report{AttemptedVersion: vNew, Result: "failure", Error: "a\x1b[2Jb\nc"}, nil, HostBad, "failed: a [2Jb c"},
 	} {

@@ -461,7 +461,7 @@ func pendingMessage(rep *manifest.Report, m *manifestInfo, now time.Time) string
 		msg += fmt.Sprintf(" (published %s ago)", Ago(now.Sub(m.publishedAt)))
 	}
 	if rep.AttemptedVersion != m.version && rep.AttemptedVersion != "" && rep.Result == manifest.ResultFailure {
-		msg = join(msg, fmt.Sprintf("version %s had failed: %s", ShortVersion(rep.AttemptedVersion), orDash(rep.Error)))
+		msg = join(msg, fmt.Sprintf("version %s had failed: %s", ShortVersion(rep.AttemptedVersion), orDash(reportedError(rep))))
 	}
 	return msg
 }

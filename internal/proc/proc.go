@@ -143,13 +143,19 @@ func (e *Error) Brief() string {
 		}
 		return e.Err.Error()
 	}
+	said := e.Output
 	lines := strings.Split(e.Output, "\n")
-	for i := len(lines) - 1; i > 0; i-- {
+	for i := len(lines) - 1; i >= 0; i-- {
 		if strings.HasPrefix(strings.TrimSpace(lines[i]), "error:") {
-			return strings.TrimSpace(strings.Join(lines[i:], "\n"))
+			said = strings.TrimSpace(strings.Join(lines[i:], "\n"))
+			break
 		}
 	}
-	return e.Output
+	if e.ExitCode < 0 {
+		// Killed or cancelled: what it printed last does not say so.
+		return e.Err.Error() + ": " + said
+	}
+	return said
 }
 
 // Briefer is a failed command that can say itself without the command

@@ -395,6 +395,7 @@ func TestErrorBrief(t *testing.T) {
 		{"output: from its last error line", &Error{Argv: argv, ExitCode: 4, Output: "stopping the following units: a.service\n  activating the configuration...\n  error: unit 'shop.service' failed to start\n  see journalctl -u shop", Err: errors.New("exit status 4")},
 			"error: unit 'shop.service' failed to start\n  see journalctl -u shop"},
 		{"output without an error line: all of it", &Error{Argv: argv, ExitCode: 1, Output: "no space left\n  giving up", Err: errors.New("exit status 1")}, "no space left\n  giving up"},
+		{"killed after some output: why, then the output", &Error{Argv: argv, ExitCode: -1, Output: "starting the following units: a.service", Err: errors.New("signal: killed")}, "signal: killed: starting the following units: a.service"},
 		{"no output: the exit status", &Error{Argv: []string{"false"}, ExitCode: 1, Err: errors.New("exit status 1")}, "exited with status 1"},
 		{"did not start: why", &Error{Argv: []string{"age"}, ExitCode: -1, Err: errors.New(`exec: "age": executable file not found in $PATH`)}, `exec: "age": executable file not found in $PATH`},
 	} {
