@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/publish"
 )
 
 // Accounts answers what the user checks need to know about this machine's
@@ -112,6 +113,10 @@ func newUserCheck(all []fleet.Host, group string, db Accounts) (*userCheck, erro
 // refusal is why host h's user is refused, nil when it is not; err: the
 // user could not be looked up.
 func (c *userCheck) refusal(h fleet.Host) (why, err error) {
+	// Before the build, like every refusal here; publish checks it again.
+	if err := publish.CheckHostName(h.Name); err != nil {
+		return err, nil
+	}
 	u := h.Options.User
 	if u == "root" {
 		return fmt.Errorf("services.bento.user is \"root\": a host must log in as an unprivileged user of its own, or it could reach every chroot and the server itself; set services.bento.user on host %s to a name of its own (the default is its host name)", h.Name), nil

@@ -81,8 +81,13 @@ func (p *Publisher) Prune(o Orphan, withReports bool) error {
 		return fmt.Errorf("host %s: prune: %w", o.Host, err)
 	}
 	defer p.collectPool(nil)
-	if err := removeAll(p.stateDir(o.Host)); err != nil {
-		return fmt.Errorf("host %s: prune: retention record: %w", o.Host, err)
+	// A chroot left by a host named like bento's own state (before such
+	// names were refused) has no retention record: that entry of StateDir
+	// is the rollout record, the history database or the deploy marker.
+	if CheckHostName(o.Host) == nil {
+		if err := removeAll(p.stateDir(o.Host)); err != nil {
+			return fmt.Errorf("host %s: prune: retention record: %w", o.Host, err)
+		}
 	}
 	if withReports {
 		return p.removeChroot(o.Host, dir)
