@@ -39,9 +39,10 @@ type Dest struct {
 func (d Dest) Addr() string { return net.JoinHostPort(d.Host, strconv.Itoa(d.Port)) }
 
 // String is the destination as written on the command line (no
-// password: there is none).
+// password: there is none), escaped as a URL: what ParseDest read prints
+// back to the same destination, whatever its user, zone or path hold.
 func (d Dest) String() string {
-	return "ssh://" + d.User + "@" + d.Addr() + d.Root
+	return (&url.URL{Scheme: "ssh", User: url.User(d.User), Host: d.Addr(), Path: d.Root}).String()
 }
 
 // ParseDest reads ssh://user@host[:port]/path. The user defaults to
