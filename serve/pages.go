@@ -16,6 +16,7 @@ import (
 
 	"github.com/bento-nix/bento/fleet"
 	"github.com/bento-nix/bento/internal/termsafe"
+	"github.com/bento-nix/bento/internal/timespan"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/status"
 	"github.com/bento-nix/bento/status/logs"
@@ -505,7 +506,7 @@ func reportFields(r *status.Row, now time.Time) (fields []field) {
 		last = "never"
 	}
 	add("last seen", last, false)
-	add("stale after", (time.Duration(r.StaleAfterSeconds) * time.Second).String(), false)
+	add("stale after", timespan.Human(time.Duration(r.StaleAfterSeconds)*time.Second), false)
 	if r.RebootRequired {
 		add("reboot", "required", false)
 	}

@@ -55,8 +55,6 @@ func main() {
 	}
 }
 
-const sysA = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a-1"
-
 func hostName(i int) string { return fmt.Sprintf("host-%04d", i) }
 
 // observations are n hosts' reports of round r at t: a realistic report
@@ -66,8 +64,8 @@ func observations(n, r int, t time.Time) []history.Observation {
 	version := fmt.Sprintf("%016x", r)
 	for i := range obs {
 		rep := &manifest.Report{Format: 1, Host: hostName(i), SeenVersion: version, AppliedVersion: version, AttemptedVersion: version,
-			Stage: manifest.StageConfirmed, Result: manifest.ResultSuccess, ExpectedToplevel: sysA, ActualToplevel: sysA,
-			CurrentSystem: sysA, BootedSystem: sysA, Operation: "switch", AgentVersion: "dev",
+			Stage: manifest.StageConfirmed, Result: manifest.ResultSuccess, ExpectedToplevel: benchtb.SystemA, ActualToplevel: benchtb.SystemA,
+			CurrentSystem: benchtb.SystemA, BootedSystem: benchtb.SystemA, Operation: "switch", AgentVersion: "dev",
 			StartedAt: t.Add(-time.Minute), FinishedAt: t, Log: version + "-20261201T000000Z.log.gz"}
 		obs[i] = history.Observation{Host: rep.Host, Report: rep, State: "up-to-date", ObservedAt: t}
 	}
@@ -182,7 +180,7 @@ func (b *bench) fillDay(db *history.DB, d int, round *int) error {
 	day := b.begin.Add(time.Duration(d) * 24 * time.Hour)
 	pubs := make([]history.Publication, b.hosts)
 	for i := range pubs {
-		pubs[i] = history.Publication{Host: hostName(i), Version: fmt.Sprintf("%016x", d), ExpectedSystem: sysA, At: day, DeployRun: fmt.Sprintf("run-%d", d)}
+		pubs[i] = history.Publication{Host: hostName(i), Version: fmt.Sprintf("%016x", d), ExpectedSystem: benchtb.SystemA, At: day, DeployRun: fmt.Sprintf("run-%d", d)}
 	}
 	if err := db.RecordPublication(b.ctx, pubs...); err != nil {
 		return err
@@ -352,7 +350,7 @@ func chroots(root string, n int, now time.Time) error {
 		}
 		version := fmt.Sprintf("%016x", i+1)
 		m := manifest.Manifest{Format: manifest.ManifestFormat, Host: host, Version: version, PublishedAt: now.Add(-time.Hour),
-			ExpectedToplevel: sysA, Flake: manifest.Flake{Attr: "nixosConfigurations." + host}}
+			ExpectedToplevel: benchtb.SystemA, Flake: manifest.Flake{Attr: "nixosConfigurations." + host}}
 		obs := observations(1, i+1, now.Add(-time.Minute))[0]
 		obs.Report.Host = host
 		md, _ := json.Marshal(m)
