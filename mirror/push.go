@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -25,6 +26,7 @@ import (
 	"github.com/bento-nix/bento/agent/transport"
 	"github.com/bento-nix/bento/cache/narinfo"
 	"github.com/bento-nix/bento/fleet"
+	"github.com/bento-nix/bento/internal/statefile"
 	"github.com/bento-nix/bento/manifest"
 )
 
@@ -263,7 +265,7 @@ func (p *hostPush) run(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := p.pushManifest(ctx, p.dir, src.manifest); err != nil {
+	if err := p.pushManifest(ctx, src.manifest, src.modTime); err != nil {
 		return err
 	}
 	return p.prune(ctx, src.have, remote)
@@ -271,8 +273,10 @@ func (p *hostPush) run(ctx context.Context) error {
 
 // primary is what a push copies of a host's chroot on the primary.
 type primary struct {
-	// manifest is manifest.json's bytes.
+	// manifest is manifest.json's bytes, and modTime the time of the
+	// file they were read from (not of whatever has the name by now).
 	manifest []byte
+	modTime  time.Time
 	local    []localFile
 	// have indexes local by rel.
 	have map[string]localFile
@@ -283,7 +287,7 @@ type primary struct {
 func readPrimary(dir string) (*primary, error) {
 	// The manifest first: everything it names was in place before it was
 	// renamed there, and the publisher keeps it for the retention period.
-	data, err := readLocal(filepath.Join(dir, manifest.ManifestFile), manifest.MaxSize)
+	data, modTime, err := readLocal(filepath.Join(dir, manifest.ManifestFile), manifest.MaxSize)
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +302,7 @@ func readPrimary(dir string) (*primary, error) {
 	if err != nil {
 		return nil, err
 	}
-	src := &primary{manifest: data, local: local, have: map[string]localFile{}}
+	src := &primary{manifest: data, modTime: modTime, local: local, have: map[string]localFile{}}
 	for _, f := range local {
 		src.have[f.rel] = f
 	}
@@ -336,20 +340,21 @@ func (p *hostPush) checkMirror(ctx context.Context) error {
 }
 
 // readLocal reads a file of the primary, capped.
-func readLocal(file string, max int64) ([]byte, error) {
-	f, err := os.Open(file)
+func readLocal(file string, max int64) ([]byte, time.Time, error) {
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	fi, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
-	if int64(len(data)) > max {
-		return nil, fmt.Errorf("%s is over %d bytes", file, max)
+	data, err := statefile.ReadRegular(f, file, max)
+	if err != nil {
+		return nil, time.Time{}, err
 	}
-	return data, nil
+	return data, fi.ModTime(), nil
 }
 
 // phaseOf is the index in copied of the directory rel is in (the
@@ -595,16 +600,12 @@ func (p *hostPush) count(f func(*HostResult)) {
 // pushManifest replaces the mirror's manifest.json, by rename, when it
 // differs from the primary's: the last step, once everything it names is
 // there.
-func (p *hostPush) pushManifest(ctx context.Context, dir string, data []byte) error {
-	fi, err := os.Stat(filepath.Join(dir, manifest.ManifestFile))
-	if err != nil {
-		return err
-	}
+func (p *hostPush) pushManifest(ctx context.Context, data []byte, modTime time.Time) error {
 	// The same size and time as the primary's (which a push copies) is
 	// the same manifest, as for the other files; else the bytes decide.
 	same := false
 	if rfi, err := p.c.Stat(ctx, p.remote(manifest.ManifestFile)); err == nil && rfi.Mode().IsRegular() && rfi.Size() == int64(len(data)) {
-		if rfi.ModTime().Unix() == fi.ModTime().Unix() {
+		if rfi.ModTime().Unix() == modTime.Unix() {
 			same = true
 		} else if old, err := p.c.ReadFile(ctx, p.remote(manifest.ManifestFile), manifest.MaxSize); err == nil && bytes.Equal(old, data) {
 			same = true
@@ -616,7 +617,7 @@ func (p *hostPush) pushManifest(ctx context.Context, dir string, data []byte) er
 	}
 	// The primary's time, which the publisher moves by at least a second
 	// per publication: the agents' watch sees a change on the mirror too.
-	n, err := p.c.Put(ctx, p.remote(manifest.ManifestFile), bytes.NewReader(data), transport.PutOptions{Mode: 0o644, ModTime: fi.ModTime()})
+	n, err := p.c.Put(ctx, p.remote(manifest.ManifestFile), bytes.NewReader(data), transport.PutOptions{Mode: 0o644, ModTime: modTime})
 	if err != nil {
 		return err
 	}
