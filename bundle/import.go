@@ -8,7 +8,7 @@ import (
 	"path"
 	"strings"
 
-	"github.com/bento-nix/bento/agent/transport"
+	"github.com/bento-nix/bento/internal/atomicfile"
 	"github.com/bento-nix/bento/manifest"
 	"github.com/bento-nix/bento/status"
 )
@@ -153,5 +153,5 @@ func writeImportedReport(chroot *os.Root, rep *manifest.Report) error {
 func writeRootFile(r *os.Root, name string, data []byte) error {
 	tmp := path.Join(path.Dir(name), "."+path.Base(name)+".import-tmp")
 	r.Remove(tmp)
-	return transport.WriteInRoot(r, name, tmp, data)
+	return atomicfile.ReplaceIn(r, name, tmp, data, 0o644)
 }

@@ -166,22 +166,7 @@ func (l *Local) WriteFile(ctx context.Context, p string, data []byte) error {
 		return err
 	}
 	dir, base := path.Split(name)
-	return WriteInRoot(r, name, fmt.Sprintf("%s.%s.tmp-%08x", dir, base, rand.Uint32()), data)
-}
-
-// WriteInRoot replaces name below r atomically: data goes to the new file
-// tmp (beside name, below r; an existing tmp is an error), is fsynced, and
-// is renamed over name. On an error tmp is removed and name is untouched;
-// a kill -9 leaves at most tmp beside it.
-func WriteInRoot(r *os.Root, name, tmp string, data []byte) error {
-	if err := atomicfile.CreateIn(r, tmp, data, 0o644); err != nil {
-		return err
-	}
-	if err := r.Rename(tmp, name); err != nil {
-		r.Remove(tmp)
-		return err
-	}
-	return nil
+	return atomicfile.ReplaceIn(r, name, fmt.Sprintf("%s.%s.tmp-%08x", dir, base, rand.Uint32()), data, 0o644)
 }
 
 // ReadDir lists a directory.

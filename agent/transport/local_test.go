@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -122,51 +121,5 @@ func TestLocalWritesReportsElsewhere(t *testing.T) {
 	}
 	if fi, _ := os.Stat(filepath.Join(reports, "status.json")); !fi.ModTime().Equal(time.Unix(1e9, 0)) {
 		t.Errorf("Touch: mtime %v", fi.ModTime())
-	}
-}
-
-// WriteInRoot replaces name, with mode 0o644; when the rename fails
-// (name is a non-empty directory) its temporary file is gone and name is
-// as it was; an existing temporary file is never overwritten.
-func TestWriteInRoot(t *testing.T) {
-	dir := t.TempDir()
-	os.MkdirAll(filepath.Join(dir, "busy", "x"), 0o755)
-	os.WriteFile(filepath.Join(dir, "taken.tmp"), []byte("other"), 0o600)
-	r, err := os.OpenRoot(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	if err := WriteInRoot(r, "f", "f.tmp", []byte("one")); err != nil {
-		t.Fatal(err)
-	}
-	if err := WriteInRoot(r, "f", "f.tmp", []byte("two")); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := os.ReadFile(filepath.Join(dir, "f")); string(got) != "two" {
-		t.Errorf("f holds %q, want two", got)
-	}
-	if fi, _ := os.Stat(filepath.Join(dir, "f")); fi.Mode().Perm() != 0o644 {
-		t.Errorf("mode %v, want 0644", fi.Mode().Perm())
-	}
-	if err := WriteInRoot(r, "busy", "busy.tmp", []byte("x")); err == nil {
-		t.Error("renaming over a non-empty directory succeeded")
-	}
-	if err := WriteInRoot(r, "f", "taken.tmp", []byte("x")); !errors.Is(err, fs.ErrExist) {
-		t.Errorf("existing temporary file: %v, want ErrExist", err)
-	}
-	if got, _ := os.ReadFile(filepath.Join(dir, "taken.tmp")); string(got) != "other" {
-		t.Errorf("existing temporary file overwritten: %q", got)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "busy", "x")); err != nil {
-		t.Errorf("busy/ changed: %v", err)
-	}
-	entries, _ := os.ReadDir(dir)
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	if strings.Join(names, " ") != "busy f taken.tmp" {
-		t.Errorf("directory holds %v, want busy f taken.tmp", names)
 	}
 }

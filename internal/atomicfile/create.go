@@ -3,6 +3,7 @@ package atomicfile
 import (
 	"io/fs"
 	"os"
+	"path"
 )
 
 // Create makes the new file path with permissions perm (the umask
@@ -18,6 +19,27 @@ func Create(path string, data []byte, perm fs.FileMode) error {
 // CreateIn is Create for name below root, which it cannot leave.
 func CreateIn(root *os.Root, name string, data []byte, perm fs.FileMode) error {
 	return create(root, name, perm, writeData(data))
+}
+
+// ReplaceIn replaces name below root atomically: data goes to the new
+// file tmp (beside name, below root; an existing tmp is an error), is
+// fsynced, renamed over name, and the rename is made durable by syncing
+// the directory. On an error before the rename tmp is removed and name is
+// untouched; a kill -9 leaves at most tmp beside it.
+func ReplaceIn(root *os.Root, name, tmp string, data []byte, perm fs.FileMode) error {
+	if err := CreateIn(root, tmp, data, perm); err != nil {
+		return err
+	}
+	if err := root.Rename(tmp, name); err != nil {
+		root.Remove(tmp)
+		return err
+	}
+	d, err := root.Open(path.Dir(name))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // dir is where create makes a file: an *os.Root, or plainDir.

@@ -124,3 +124,49 @@ func TestCreateInStaysInRoot(t *testing.T) {
 		t.Errorf("a file was made outside the root: %v", err)
 	}
 }
+
+// ReplaceIn replaces name, with its mode; when the rename fails
+// (name is a non-empty directory) its temporary file is gone and name is
+// as it was; an existing temporary file is never overwritten.
+func TestReplaceIn(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "busy", "x"), 0o755)
+	os.WriteFile(filepath.Join(dir, "taken.tmp"), []byte("other"), 0o600)
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := ReplaceIn(r, "f", "f.tmp", []byte("one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := ReplaceIn(r, "f", "f.tmp", []byte("two"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "f")); string(got) != "two" {
+		t.Errorf("f holds %q, want two", got)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "f")); fi.Mode().Perm() != 0o644 {
+		t.Errorf("mode %v, want 0644", fi.Mode().Perm())
+	}
+	if err := ReplaceIn(r, "busy", "busy.tmp", []byte("x"), 0o644); err == nil {
+		t.Error("renaming over a non-empty directory succeeded")
+	}
+	if err := ReplaceIn(r, "f", "taken.tmp", []byte("x"), 0o644); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("existing temporary file: %v, want ErrExist", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "taken.tmp")); string(got) != "other" {
+		t.Errorf("existing temporary file overwritten: %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "busy", "x")); err != nil {
+		t.Errorf("busy/ changed: %v", err)
+	}
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "busy f taken.tmp" {
+		t.Errorf("directory holds %v, want busy f taken.tmp", names)
+	}
+}
