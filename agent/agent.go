@@ -50,7 +50,7 @@ type Options struct {
 	// AgentVersion goes into every report.
 	AgentVersion string
 	// LockWait bounds the wait for another tick's lock; 0 waits as long
-	// as ctx allows.
+	// as ctx allows, and a negative one does not wait.
 	LockWait time.Duration
 	// Dial replaces the TCP dialer (benchmarks count bytes with it).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)

@@ -17,18 +17,12 @@ import (
 // a stale lock behind. The file holds the holder's pid, for messages.
 type stateLock struct{ l *flock.Lock }
 
-// noWait is the longest wait that means "do not wait": --lock-wait 0
-// reaches the agent as the shortest bound there is (Options.LockWait 0
-// is "as long as ctx allows"), and a wait below flock's first poll could
-// only fail after saying it waits.
-const noWait = time.Millisecond
-
 // acquireLock takes the lock, waiting for a tick that holds it (at most
-// wait, when positive; not at all below noWait; else as long as ctx
+// wait, when positive; not at all when negative; else as long as ctx
 // allows). It says once on out that it waits, and only when it does.
 func acquireLock(ctx context.Context, dir string, wait time.Duration, out io.Writer) (*stateLock, error) {
 	path := filepath.Join(dir, lockFile)
-	dontWait := wait > 0 && wait < noWait
+	dontWait := wait < 0
 	l, err := flock.Acquire(ctx, path, flock.Options{
 		Timeout:  max(wait, 0),
 		NoWait:   dontWait,

@@ -39,9 +39,9 @@ func TestLockWaitMessages(t *testing.T) {
 		// --lock-wait 100ms: says it waits, and how long, then gives up.
 		{"bounded", 100 * time.Millisecond, "(pid 4242) and did not finish in time", context.DeadlineExceeded,
 			"bento: another tick is running (pid 4242); waiting up to 100ms for it\n"},
-		// --lock-wait 0 (the shortest bound, 1ns): gives up at once and
+		// --lock-wait 0 (a negative LockWait): gives up at once and
 		// never says it waits.
-		{"no wait", time.Nanosecond, "(pid 4242), and --lock-wait 0 does not wait for it", flock.ErrHeld, ""},
+		{"no wait", -1, "(pid 4242), and --lock-wait 0 does not wait for it", flock.ErrHeld, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer

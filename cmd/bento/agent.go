@@ -382,9 +382,9 @@ func agentError(err error) error {
 }
 
 // lockWait is --lock-wait as every command reads it: a duration bounds
-// the wait for the lock and 0 does not wait (as bento deploy's default);
-// left out, the agent waits as long as it takes (agent.Options.LockWait
-// 0, which is why an explicit 0 becomes the shortest bound there is).
+// the wait for the lock and 0 does not wait (as bento deploy's default,
+// agent.Options.LockWait < 0); left out, the agent waits as long as it
+// takes (agent.Options.LockWait 0).
 func lockWait(c *cli.Context) time.Duration {
 	if !c.IsSet("lock-wait") {
 		return 0
@@ -392,7 +392,7 @@ func lockWait(c *cli.Context) time.Duration {
 	if d := c.Duration("lock-wait"); d > 0 {
 		return d
 	}
-	return time.Nanosecond
+	return -1
 }
 
 // runTickProcess runs "bento agent run" with the trigger server's settings
